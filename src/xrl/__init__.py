@@ -1,0 +1,23 @@
+"""xrl: saliency maps for deep RL agents that see images, computed fast and compared fairly.
+
+Entry points::
+
+    import xrl
+    env = xrl.make_env("red-fetch-green")
+    model = xrl.load_agent("red-fetch-green")            # a zoo name, an SB3 .zip or an xrl .pt
+    explainer = xrl.get_explainer("greydanus", model)
+    saliency = explainer.explain(states)                   # (B, H, W)
+    xrl.get_metric("deletion")(model=model, states=states, saliency=saliency)
+"""
+__version__ = "0.1.0"
+
+from xrl.agents.model import Model, as_model
+from xrl.envs import list_envs, make_env
+from xrl.explainers import get_explainer, list_explainers
+from xrl.metrics import get_metric, list_metrics
+from xrl.agents.load import load_agent
+
+__all__ = [
+    "Model", "as_model", "make_env", "list_envs", "load_agent",
+    "get_explainer", "list_explainers", "get_metric", "list_metrics", "__version__",
+]

@@ -1,0 +1,166 @@
+"""Load agents as :class:`~xrl.agents.model.Model`: SB3 ``.zip`` files (PPO, A2C, DQN), xrl
+checkpoints (``.pt`` + ``.json`` card) and zoo names (``zoo/<name>/agent.pt``).
+
+An xrl checkpoint holds the SB3 policy's ``state_dict`` and what is needed to rebuild it (the
+registered architecture, observation shape, action count), and is loaded with
+``weights_only=True``. Its card (same stem, ``.json``) records the env and settings, the
+training command, seed and measured score.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from torch import nn
+
+import xrl
+from xrl.agents.model import Model
+from xrl.agents.nets import ARCHS
+from xrl.files import atomic_path, write_json
+
+CHECKPOINT_FORMAT = "xrl.agent"
+ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[3] / "zoo"))
+_SB3_ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+
+
+class _ActorScores(nn.Module):
+    """The actor (logits) or Q-network of an SB3 policy, fed states already scaled to [0, 1]."""
+
+    def __init__(self, policy: BasePolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        p = self.policy
+        if isinstance(p, ActorCriticPolicy):
+            features = p.pi_features_extractor(states)
+            return p.action_net(p.mlp_extractor.forward_actor(features))
+        q_net = p.q_net  # DQN
+        return q_net.q_net(q_net.features_extractor(states))
+
+
+class _CriticValue(nn.Module):
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        p = self.policy
+        return p.value_net(p.mlp_extractor.forward_critic(p.vf_features_extractor(states)))
+
+
+def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | None = None) -> Model:
+    """Wrap an SB3 policy (PPO/A2C actor-critic or DQN) as a Model."""
+    space = policy.observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 3:
+        raise ValueError(f"xrl explains image observations (C, H, W); this policy observes {space}")
+    if space.shape[0] > space.shape[-1]:
+        raise ValueError(
+            f"observation space {space.shape} looks channels-last; xrl expects (C, H, W) "
+            "(SB3 wraps such envs in VecTransposeImage: use the transposed space)"
+        )
+    normalized = getattr(policy, "normalize_images", True) and space.dtype == np.uint8
+    is_ac = isinstance(policy, ActorCriticPolicy)
+    policy.set_training_mode(False)
+    return Model(
+        _ActorScores(policy), input_shape=space.shape, action_names=action_names,
+        n_actions=int(policy.action_space.n),
+        score_kind="logits" if is_ac else "q_values",
+        value_net=_CriticValue(policy) if is_ac else None,
+        obs_scale=255.0 if normalized else 1.0, info=info,
+    )
+
+
+def save_agent(algo: BaseAlgorithm, path: str | os.PathLike, *, arch: str, card: dict) -> Path:
+    """Write an xrl checkpoint (``.pt``) and its card (``.json``) atomically."""
+    path = Path(path)
+    policy = algo.policy
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": 1, "algo": type(algo).__name__.lower(), "arch": arch,
+        "obs_shape": list(policy.observation_space.shape), "n_actions": int(policy.action_space.n),
+        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    write_json(path.with_suffix(".json"), {**card, "xrl_version": xrl.__version__, "arch": arch})
+    return path
+
+
+def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu") -> Model:
+    """A Model from a zoo name, an SB3 ``.zip`` or an xrl ``.pt`` checkpoint."""
+    path = Path(path_or_name)
+    if not path.exists():
+        zoo = ZOO_DIR / str(path_or_name) / "agent.pt"
+        if zoo.exists():
+            path = zoo
+        else:
+            known = sorted(p.parent.name for p in ZOO_DIR.glob("*/agent.pt"))
+            raise ValueError(
+                f"no agent file {str(path_or_name)!r} and no zoo agent of that name; zoo agents: "
+                f"{', '.join(known) or '(none)'}; or give an SB3 .zip or an xrl .pt path"
+            )
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    info = {"env": card.get("env"), "card": card, "source": str(path)}
+    if path.suffix == ".zip":
+        model = _load_sb3_zip(path, device, info)
+    elif path.suffix == ".pt":
+        model = _load_checkpoint(path, device, info)
+    else:
+        raise ValueError(f"agent files are SB3 .zip or xrl .pt checkpoints, got {path.name!r}")
+    return model.to(device)
+
+
+def _load_sb3_zip(path: Path, device: str, info: dict) -> Model:
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a zip file; expected an SB3 model saved with model.save()")
+    # schedules pickled by other Python versions cannot always be rebuilt; they are not needed
+    custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0,
+              "exploration_schedule": lambda _: 0.0}
+    errors = []
+    for name, algo in _SB3_ALGOS.items():
+        try:
+            loaded = algo.load(path, device=device, custom_objects=custom)
+        except Exception as err:  # wrong algorithm class: try the next one
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        names = info["card"].get("action_names")
+        return model_from_policy(loaded.policy, action_names=names, info=info)
+    raise ValueError(f"{path} is not a loadable SB3 PPO/A2C/DQN model:\n  " + "\n  ".join(errors))
+
+
+def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> BasePolicy:
+    """An untrained SB3 policy of a registered architecture (to load a state_dict into)."""
+    obs_space = gym.spaces.Box(0, 255, tuple(obs_shape), dtype=np.uint8)
+    act_space = gym.spaces.Discrete(int(n_actions))
+    kwargs = ARCHS.get(arch).policy_kwargs()
+    if algo == "dqn":
+        from stable_baselines3.dqn.policies import DQNPolicy
+        return DQNPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
+    return ActorCriticPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
+
+
+def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable xrl checkpoint (torch.load failed: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an xrl agent checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    policy = build_policy(payload["arch"], payload["obs_shape"], payload["n_actions"], payload["algo"])
+    try:
+        policy.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: its weights do not fit architecture {payload['arch']!r} with observations "
+            f"{payload['obs_shape']}: {str(err).splitlines()[0]}"
+        ) from err
+    return model_from_policy(policy, action_names=info["card"].get("action_names"), info=info)

@@ -1,0 +1,154 @@
+"""The Model contract: what every explainer and metric explains.
+
+A :class:`Model` maps float32 states ``(B, C, H, W)`` to scores ``(B, K)`` (policy logits,
+Q-values or class logits) and knows about itself: action names, input shape, how raw env
+observations become its input, an optional value head and its conv layers.
+
+States are in the space the network consumes: uint8 observations divided by 255, channels
+first, frames stacked along channels (oldest first).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+SCORE_KINDS = ("logits", "q_values", "class_logits")
+
+
+class Model(nn.Module):
+    """Wrap ``net: (B, C, H, W) float -> (B, K)`` with the metadata explainers need.
+
+    Example::
+
+        model = Model(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), input_shape=(3, 2, 2))
+        scores = model(torch.rand(5, 3, 2, 2))   # (5, 3)
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        input_shape: Sequence[int],
+        action_names: Sequence[str] | None = None,
+        n_actions: int | None = None,
+        score_kind: str = "logits",
+        value_net: nn.Module | None = None,
+        frame_stack: int = 1,
+        obs_scale: float = 255.0,
+        info: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+        if score_kind not in SCORE_KINDS:
+            raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
+        self.net = net
+        self.value_net = value_net
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if action_names is None:
+            if n_actions is None:
+                with torch.no_grad():
+                    was = net.training
+                    net.eval()
+                    n_actions = int(net(torch.zeros(1, *self.input_shape)).shape[-1])
+                    net.train(was)
+            action_names = [str(i) for i in range(n_actions)]
+        self.action_names = [str(a) for a in action_names]
+        self.score_kind = score_kind
+        self.frame_stack = int(frame_stack)
+        self.obs_scale = float(obs_scale)
+        self.info = dict(info or {})
+        self.eval()
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.action_names)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        scores = self.net(states)
+        if isinstance(scores, (tuple, list)):  # models returning (logits, extra)
+            scores = scores[0]
+        return scores
+
+    def value(self, states: torch.Tensor) -> torch.Tensor:
+        """State value ``(B,)``; raises if the model has no value head."""
+        if self.value_net is None:
+            raise ValueError("this model has no value head; pass value_net= to as_model")
+        return self.value_net(states).reshape(-1)
+
+    def probs(self, states: torch.Tensor) -> torch.Tensor:
+        """Softmax of the scores ``(B, K)`` (for Q-values: a Boltzmann policy at temperature 1)."""
+        return torch.softmax(self(states), dim=-1)
+
+    def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw env observation(s) ``(C, H, W)`` or ``(B, C, H, W)`` uint8 -> float states."""
+        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, torch.Tensor) else obs)
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"observations of shape {tuple(x.shape[1:])} do not match the model's input "
+                f"{self.input_shape} (channels first, frames stacked on channels)"
+            )
+        device = next(self.parameters()).device
+        return x.to(device=device, dtype=torch.float32) / self.obs_scale
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Greedy actions ``(B,)`` for raw observations."""
+        return self(self.preprocess(obs)).argmax(-1).cpu().numpy()
+
+    def conv_layers(self) -> dict[str, nn.Conv2d]:
+        """Named conv layers in forward order (for CAM-style methods)."""
+        return {n: m for n, m in self.net.named_modules() if isinstance(m, nn.Conv2d)}
+
+    def check_states(self, states: torch.Tensor) -> None:
+        """Raise a ``ValueError``/``TypeError`` naming what was expected."""
+        if not isinstance(states, torch.Tensor):
+            raise TypeError(f"states must be a torch.Tensor, got {type(states).__name__}")
+        if not states.is_floating_point():
+            raise TypeError(
+                f"states must be float (observations / {self.obs_scale:g}), got {states.dtype}; "
+                "use model.preprocess(obs) on raw uint8 observations"
+            )
+        if states.dim() != 4 or tuple(states.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"states must have shape (B, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(states.shape)}"
+            )
+        if states.shape[0] == 0:
+            raise ValueError("states is an empty batch (B == 0)")
+        if not torch.isfinite(states).all():
+            raise ValueError("states contain NaN or Inf values")
+
+
+def as_model(
+    module: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    action_names: Sequence[str] | None = None,
+    score_kind: str = "logits",
+    value_fn: nn.Module | Callable | None = None,
+    **kwargs,
+) -> Model:
+    """Wrap any ``nn.Module`` mapping ``(B, C, H, W)`` float states to ``(B, K)`` scores."""
+    if isinstance(module, Model):
+        return module
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"as_model expects an nn.Module, got {type(module).__name__}")
+    if value_fn is not None and not isinstance(value_fn, nn.Module):
+        value_fn = _Lambda(value_fn)
+    return Model(module, input_shape=input_shape, action_names=action_names,
+                 score_kind=score_kind, value_net=value_fn, **kwargs)
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)

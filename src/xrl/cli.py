@@ -1,0 +1,200 @@
+"""The ``xrl`` command. Each subcommand maps one to one onto a library call."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrl.envs import ENVS, list_envs
+from xrl.explainers import EXPLAINERS, list_explainers
+from xrl.metrics import METRICS, list_metrics
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(pairs: list[str] | None) -> dict:
+    """``["radius=4", "score=kl"]`` -> ``{"radius": 4, "score": "kl"}`` (values read as JSON)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"settings are key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _method_settings(names: str, pairs: list[str] | None) -> dict[str, dict]:
+    """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` -> ``{name: settings}``."""
+    methods = {m.strip(): {} for m in names.split(",") if m.strip()}
+    for key, value in _settings(pairs).items():
+        method, _, setting = key.partition(".")
+        if method not in methods or not setting:
+            raise SystemExit(f"--setting {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
+        methods[method][setting] = value
+    return methods
+
+
+def _doc(obj) -> str:
+    return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+
+
+def cmd_envs(args) -> None:
+    for name in list_envs():
+        print(f"{name:18s} {_doc(ENVS.get(name))}")
+
+
+def cmd_methods(args) -> None:
+    for name in list_explainers():
+        cls = EXPLAINERS.get(name)
+        tag = "per-action" if cls.per_action else ""
+        print(f"{name:24s} {tag:10s} {_doc(cls)}")
+
+
+def cmd_metrics(args) -> None:
+    for name in list_metrics():
+        cls = METRICS.get(name)
+        hib = cls.higher_is_better
+        direction = ("higher" if hib else "lower") if isinstance(hib, bool) else \
+            ", ".join(f"{k}: {'higher' if v else 'lower'}" for k, v in hib.items())
+        print(f"{name:16s} {cls.category:14s} {direction:44s} {_doc(cls)}")
+
+
+def cmd_train_agent(args) -> None:
+    from xrl.train.agent import AgentArgs, train_agent
+    path = train_agent(AgentArgs(
+        env=args.env, env_settings=_settings(args.set), arch=args.arch, total_timesteps=args.timesteps,
+        seed=args.seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every,
+        eval_episodes=args.eval_episodes, out=args.out))
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"saved {path}\nscore: {json.dumps(card['score'])}")
+
+
+def cmd_collect(args) -> None:
+    from xrl.agents.load import load_agent
+    from xrl.data.collect import collect
+    model = load_agent(args.agent)
+    path = collect(model, episodes=args.episodes, out=args.out, env=args.env,
+                   env_settings=_settings(args.set) if args.set else None, seed=args.seed,
+                   max_steps=args.max_steps, sample=args.sample, overwrite=args.overwrite)
+    print(f"wrote {path}")
+
+
+def _rows(n_total: int, n: int, seed: int) -> np.ndarray:
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
+
+
+def cmd_explain(args) -> None:
+    from xrl.agents.load import load_agent
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import explain_dataset
+    from xrl.viz.overlay import explanation_grid
+    model = load_agent(args.agent)
+    methods = _method_settings(args.methods or ",".join(list_explainers()), args.setting)
+    with StateDataset.open(args.data) as ds:
+        rows = _rows(len(ds), args.n, args.seed)
+        maps = {m: explain_dataset(model, ds, m, s, rows=rows) for m, s in methods.items()}
+        probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
+        explanation_grid(ds.frames(rows), maps, args.out, actions=ds.actions[rows],
+                         action_names=model.action_names, probs=probs)
+    print(f"wrote {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from xrl.agents.load import load_agent
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import evaluate
+    model = load_agent(args.agent)
+    methods = _method_settings(args.methods or ",".join(list_explainers()), args.setting)
+    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting)
+    with StateDataset.open(args.data) as ds:
+        result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed)
+    print(result.table())
+    csv_path, json_path = result.write(args.out)
+    print(f"wrote {csv_path} and {json_path}")
+
+
+def cmd_demo(args) -> None:
+    from xrl.demo import run_demo
+    run_demo(out=args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
+    sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
+    sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
+
+    train = sub.add_parser("train", help="train an agent").add_subparsers(dest="what", required=True)
+    t = train.add_parser("agent", help="PPO agent (checkpoints, resumes when run again)")
+    t.add_argument("--env", required=True, help="registered env name (xrl envs)")
+    t.add_argument("--arch", default=None, help="architecture (grid_cnn, nature_cnn); default per env")
+    t.add_argument("--timesteps", type=int, default=1_000_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--n-envs", type=int, default=None)
+    t.add_argument("--checkpoint-every", type=int, default=50_000)
+    t.add_argument("--eval-episodes", type=int, default=100)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.set_defaults(fn=cmd_train_agent)
+
+    c = sub.add_parser("collect", help="roll out an agent into a StateDataset")
+    c.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
+    c.add_argument("--episodes", type=int, required=True)
+    c.add_argument("--out", required=True, help="dataset file (.h5)")
+    c.add_argument("--env", default=None, help="default: the env the agent was trained on")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-steps", type=int, default=None)
+    c.add_argument("--sample", action="store_true", help="sample actions instead of argmax")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(fn=cmd_collect)
+
+    for name, fn, helptext in (("explain", cmd_explain, "PNG grid of frames and overlays"),
+                               ("evaluate", cmd_evaluate, "metrics table (terminal, CSV, JSON)")):
+        e = sub.add_parser(name, help=helptext)
+        e.add_argument("--agent", required=True)
+        e.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
+        e.add_argument("--methods", default=None, help="comma-separated; default all")
+        e.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
+        e.add_argument("--seed", type=int, default=0, help="which states are drawn")
+        if name == "explain":
+            e.add_argument("--n", type=int, default=6, help="states in the grid")
+            e.add_argument("--out", default="explain.png")
+        else:
+            e.add_argument("--metrics", default=None, help="comma-separated; default all")
+            e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
+            e.add_argument("--n-states", type=int, default=64)
+            e.add_argument("--out", default="results")
+        e.set_defaults(fn=fn)
+
+    d = sub.add_parser("demo", help="the README's main job: agent, states, every method, metrics, report")
+    d.add_argument("--out", default="demo-results")
+    d.add_argument("--quick", action="store_true", help="tiny budgets (used by the tests)")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"xrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

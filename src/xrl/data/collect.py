@@ -1,0 +1,214 @@
+"""Roll an agent out in its environment and store what it saw and did as a StateDataset.
+
+Episode ``i`` is reset with seed ``seed + i`` (and, with ``sample=True``, actions are drawn with
+a ``torch.Generator`` seeded the same way), so a collection is reproducible episode by episode
+and an interrupted one resumes exactly where it stopped.
+
+Example::
+
+    model = xrl.load_agent("red-fetch-green")
+    path = collect(model, episodes=20, out="runs/rfg.h5")   # the env the agent was trained on
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xrl.agents.model import Model
+from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
+from xrl.envs import make_env
+from xrl.envs.labels import EXCLUDED
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 128  # steps held in memory before they are appended to the file
+
+
+def collect(
+    model: Model,
+    *,
+    episodes: int,
+    out: str | os.PathLike,
+    env: str | None = None,
+    env_settings: Mapping | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+    sample: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    compression: str | None = "gzip",
+) -> Path:
+    """Write ``episodes`` rollouts of ``model`` to the StateDataset ``out`` and return its path.
+
+    Args:
+        env: registered env name; default the one the agent was trained on (``model.info["env"]``).
+        env_settings: settings for ``make_env``; default the agent's. Asking for another env or
+            other settings than the agent's recorded ones raises ``ValueError``.
+        seed: episode ``i`` is reset with ``seed + i``.
+        max_steps: cap on the steps stored per episode (its return then covers those steps).
+        sample: draw actions from ``softmax(scores)`` instead of taking the argmax.
+        overwrite: collect again even if ``out`` (or a ``.partial`` of another collection) exists.
+
+    An existing complete ``out`` of the same collection is returned as is (or extended when more
+    episodes are asked); an interrupted one (``<out>.partial``) is resumed.
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"collect takes an xrl Model, got {type(model).__name__}; wrap it with "
+                        "xrl.as_model(module, input_shape=...)")
+    for arg, value, low in (("episodes", episodes, 1), ("seed", seed, 0), ("max_steps", max_steps, 1)):
+        if value is None and arg == "max_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
+    name, settings = _resolve_env(model, env, env_settings)
+    out = Path(out)
+    meta = {
+        "env": {"name": name, "settings": settings},
+        "agent": agent_record(model),
+        "action_names": list(model.action_names),
+        "collect": {"seed": int(seed), "sample": bool(sample), "max_steps": max_steps},
+    }
+    if out.exists() and not overwrite:
+        with StateDataset.open(out) as done:
+            differ = meta_differences(done.meta, meta)
+            n_done = done.n_episodes
+        if differ:
+            raise ValueError(f"{out} already holds a dataset with another {', '.join(differ)}; "
+                             "pass overwrite=True to replace it or choose another out")
+        if n_done == episodes:
+            log.warning("%s already exists and is complete (%d episodes); returning it "
+                        "(pass overwrite=True to collect again)", out, n_done)
+            return out
+        if n_done > episodes:
+            raise ValueError(f"{out} already holds {n_done} episodes, more than the {episodes} "
+                             "asked; pass overwrite=True to replace it or choose another out")
+    extend = out.exists() and not overwrite  # add episodes to the complete file
+
+    environment = make_env(name, **settings)
+    try:
+        _check_env(environment, model)
+        with StateDatasetWriter(out, **meta, compression=compression, restart=overwrite) as writer:
+            if extend and writer.n_episodes == 0:
+                writer.start_from(out)
+            if writer.n_episodes > episodes:
+                writer.truncate(episodes)
+            returns = list(writer.episode_returns)
+            with tqdm(total=episodes, initial=writer.n_episodes, unit="episode",
+                      disable=not progress, desc=f"collect {name}") as bar:
+                for i in range(writer.n_episodes, episodes):
+                    returns.append(_rollout(model, environment, writer, seed + i, max_steps, sample))
+                    bar.update(1)
+                    bar.set_postfix(steps=writer.n_rows, mean_return=f"{np.mean(returns):.3g}")
+            return writer.finalize()
+    finally:
+        environment.close()
+
+
+def agent_record(model: Model) -> dict:
+    """What a dataset records about its agent; ``fingerprint`` hashes the weights."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {
+        "source": model.info.get("source"),  # path or zoo name, as load_agent records it
+        "card": model.info.get("card"),
+        "architecture": type(model.net).__name__,
+        "input_shape": list(model.input_shape),
+        "score_kind": model.score_kind,
+        "obs_scale": model.obs_scale,
+        "fingerprint": digest.hexdigest()[:16],
+    }
+
+
+def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) -> tuple[str, dict]:
+    """The env name and settings to collect in; refuse ones the agent was not trained on."""
+    if env is not None and not isinstance(env, str):
+        raise TypeError(f"env must be a registered env name, got {type(env).__name__}")
+    trained = model.info.get("env")
+    if not trained:
+        if env is None:
+            raise ValueError("no env given and the model does not record the env it was trained "
+                             "on (model.info['env']); pass env='<name>'")
+        return env, dict(env_settings or {})
+    name = trained["name"] if env is None else env
+    settings = dict(trained.get("settings") or {}) if env_settings is None else dict(env_settings)
+    try:
+        same = json.dumps(settings, sort_keys=True) == json.dumps(trained.get("settings") or {},
+                                                                   sort_keys=True)
+    except TypeError as err:
+        raise ValueError(f"env settings must be JSON-serialisable to be recorded: {err}") from err
+    if name != trained["name"] or not same:
+        raise ValueError(
+            f"the agent was trained on env {trained['name']!r} with settings "
+            f"{trained.get('settings') or {}}, but the collection asks for env {name!r} with "
+            f"settings {settings}; omit env and env_settings to use the agent's (other settings "
+            "would show it observations it was never trained on)"
+        )
+    return name, settings
+
+
+def _check_env(env: gym.Env, model: Model) -> None:
+    shape = tuple(env.observation_space.shape or ())
+    if shape != model.input_shape:
+        raise ValueError(f"the env's observations {shape} do not match the model's input "
+                         f"{model.input_shape} (channels first, frames stacked on channels)")
+    n = getattr(env.action_space, "n", None)
+    if not isinstance(env.action_space, gym.spaces.Discrete) or int(n) != model.n_actions:
+        raise ValueError(f"the env's action space {env.action_space} does not match the model's "
+                         f"{model.n_actions} actions")
+
+
+@torch.inference_mode()
+def _rollout(model: Model, env: gym.Env, writer: StateDatasetWriter, seed: int,
+             max_steps: int | None, sample: bool) -> float:
+    """Play one episode, append its steps to ``writer``, commit it; return its return."""
+    generator = torch.Generator().manual_seed(seed) if sample else None
+    obs, info = env.reset(seed=seed)
+    block: list[tuple] = []
+    total, t, done = 0.0, 0, False
+    while not done:
+        obs = np.asarray(obs)
+        if obs.dtype != np.uint8:
+            raise ValueError(f"xrl envs give uint8 observations, got {obs.dtype}")
+        frame = env.render()
+        if frame is None:
+            raise ValueError("env.render() returned None; the env must render rgb_array frames")
+        scores = model(model.preprocess(obs))[0].float().cpu()  # (K,)
+        if sample:
+            action = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
+        else:
+            action = int(scores.argmax())
+        # copies: wrappers may reuse their buffers on the next step
+        block.append((obs.copy(), np.array(frame, copy=True), action, scores.numpy(),
+                      info.get("labels")))
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        t += 1
+        done = terminated or truncated or (max_steps is not None and t >= max_steps)
+        if len(block) == _BLOCK or done:
+            _append(writer, block, model.input_shape[1:])
+            block = []
+    writer.end_episode(total)
+    return total
+
+
+def _append(writer: StateDatasetWriter, block: list[tuple], label_shape: tuple[int, ...]) -> None:
+    states, frames, actions, scores, labels = zip(*block)
+    if all(x is None for x in labels):
+        stacked = None
+    else:  # steps without ground truth are excluded from scoring
+        stacked = np.stack([np.full(label_shape, EXCLUDED, np.int8) if x is None else np.asarray(x)
+                            for x in labels])
+    writer.append(states=np.stack(states), frames=np.stack(frames), actions=np.asarray(actions),
+                  scores=np.stack(scores), labels=stacked)

@@ -1,0 +1,170 @@
+"""Score explainers with metrics on the states of a StateDataset: the table behind
+``xrl evaluate`` and ``xrl demo``.
+
+Every method explains the same states with the same targets (the actions the agent took, stored
+in the dataset), every metric scores every method with the same code, and per-sample values are
+kept so that means can be recomputed and compared. A metric a dataset cannot support (e.g.
+``localization`` without ground truth) is reported as skipped, not silently zero.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xrl.agents.model import Model
+from xrl.data.dataset import StateDataset
+from xrl.explainers import get_explainer
+from xrl.explainers.base import chunks
+from xrl.files import atomic_path, write_json
+from xrl.metrics import get_metric
+from xrl.metrics.base import Metric
+
+
+@dataclass
+class Evaluation:
+    """Per-sample values ``values[method][column]`` (column = metric or ``metric.output``),
+    and each column's direction."""
+
+    methods: list[str]
+    columns: list[str]
+    higher_is_better: dict[str, bool]
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """NaN-free mean of every column (NaN = undefined for that sample, left out)."""
+        out = {}
+        for method in self.methods:
+            out[method] = {}
+            for col in self.columns:
+                v = np.asarray(self.values[method].get(col, []), dtype=np.float64)
+                v = v[~np.isnan(v)]
+                out[method][col] = float(v.mean()) if v.size else math.nan
+        return out
+
+    def table(self) -> str:
+        """A plain-text table; the best value of each column is marked with ``*``."""
+        means = self.means()
+        arrows = {c: ("↑" if self.higher_is_better[c] else "↓") for c in self.columns}
+        best = {}
+        for c in self.columns:
+            vals = [means[m][c] for m in self.methods if not math.isnan(means[m][c])]
+            if vals:
+                best[c] = max(vals) if self.higher_is_better[c] else min(vals)
+        header = ["method"] + [f"{c} {arrows[c]}" for c in self.columns]
+        rows = [[m] + [_fmt(means[m][c]) + ("*" if best.get(c) == means[m][c] else " ")
+                       for c in self.columns] for m in self.methods]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        lines = ["  ".join(x.ljust(w) for x, w in zip(header, widths))]
+        lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
+        lines += [f"(skipped {k}: {v})" for k, v in self.skipped.items()]
+        return "\n".join(lines)
+
+    def write(self, folder: str | os.PathLike) -> tuple[Path, Path]:
+        """``metrics.csv`` (means) and ``metrics.json`` (means, per-sample values, directions)."""
+        folder = Path(folder)
+        means = self.means()
+        with atomic_path(folder / "metrics.csv") as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["method"] + self.columns)
+                for m in self.methods:
+                    w.writerow([m] + [means[m][c] for c in self.columns])
+        write_json(folder / "metrics.json", {
+            "methods": self.methods, "columns": self.columns, "higher_is_better": self.higher_is_better,
+            "means": means, "values": self.values, "skipped": self.skipped,
+        })
+        return folder / "metrics.csv", folder / "metrics.json"
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    return f"{x:.4g}" if abs(x) < 1000 else f"{x:.1f}"
+
+
+def explain_dataset(model: Model, dataset: StateDataset, method: str, settings: Mapping | None = None,
+                    *, rows: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """Saliency ``(n, H, W)`` of ``method`` on the dataset ``rows``, targets = stored actions."""
+    explainer = get_explainer(method, model, **dict(settings or {}))
+    actions = torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+    maps = []
+    for part in chunks(len(rows), batch_size):
+        maps.append(explainer.explain(dataset.states(rows[part]), actions[part]))
+    return torch.cat(maps)
+
+
+def evaluate(
+    model: Model,
+    dataset: StateDataset,
+    methods: Mapping[str, Mapping] | list[str],
+    metrics: Mapping[str, Mapping] | list[str],
+    *,
+    n_states: int | None = 64,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    saliency: dict[str, torch.Tensor] | None = None,
+) -> Evaluation:
+    """Explain ``n_states`` dataset states (a seeded sample; all when None) with every method and
+    score every map with every metric. ``methods``/``metrics``: names or ``{name: settings}``.
+    Computed maps are stored in ``saliency`` when a dict is given."""
+    methods = {m: {} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
+    metrics = {m: {} for m in metrics} if not isinstance(metrics, Mapping) else dict(metrics)
+    if not methods or not metrics:
+        raise ValueError("evaluate needs at least one method and one metric")
+    n = len(dataset)
+    rows = np.arange(n) if n_states is None or n_states >= n else \
+        np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
+    states = dataset.states(rows)
+    targets = torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+    labels = dataset.labels(rows)
+    labels = torch.as_tensor(labels) if labels is not None else None
+
+    metric_objs: dict[str, Metric] = {name: get_metric(name, **s) for name, s in metrics.items()}
+    columns, directions, skipped = [], {}, {}
+    for name, metric in metric_objs.items():
+        if "labels" in metric.requires and labels is None:
+            skipped[name] = "the dataset has no ground-truth labels"
+            continue
+        outs = metric.outputs or (None,)
+        for out in outs:
+            col = name if out is None else f"{name}.{out}"
+            columns.append(col)
+            directions[col] = metric.higher_is_better[out] if out else metric.higher_is_better
+
+    result = Evaluation(list(methods), columns, directions, skipped=skipped)
+    work = [(m, k) for m in methods for k in metric_objs if k not in skipped]
+    bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
+    for method, settings in methods.items():
+        bar.set_postfix_str(f"{method}: explaining")
+        maps = explain_dataset(model, dataset, method, settings, rows=rows, batch_size=batch_size)
+        if saliency is not None:
+            saliency[method] = maps
+        bar.update()
+        explainer = get_explainer(method, model, **settings)
+        result.values[method] = {}
+        for name, metric in metric_objs.items():
+            if name in skipped:
+                continue
+            bar.set_postfix_str(f"{method}: {name}")
+            values = {}
+            for part in chunks(len(rows), batch_size):
+                v = metric(model=model, states=states[part], saliency=maps[part], targets=targets[part],
+                           labels=labels[part] if labels is not None else None, explainer=explainer)
+                for key, t in (v.items() if isinstance(v, dict) else [(None, v)]):
+                    values.setdefault(name if key is None else f"{name}.{key}", []).append(t)
+            for col, parts in values.items():
+                result.values[method][col] = torch.cat(parts).double().cpu().tolist()
+            bar.update()
+    bar.close()
+    return result

@@ -1,0 +1,17 @@
+"""Explainers registry: ``get_explainer(name, model, **settings)`` and ``list_explainers()``."""
+from xrl.agents.model import Model
+from xrl.explainers.base import EXPLAINERS, Explainer
+
+
+def get_explainer(name: str, model: Model, **settings) -> Explainer:
+    """An explainer of ``model`` registered as ``name``, with its settings."""
+    return EXPLAINERS.get(name)(model, **settings)
+
+
+def list_explainers() -> list[str]:
+    return EXPLAINERS.names()
+
+
+__all__ = ["EXPLAINERS", "Explainer", "get_explainer", "list_explainers"]
+
+from xrl.explainers import gradient, greydanus, random_map  # noqa: E402,F401  (registers the explainers)

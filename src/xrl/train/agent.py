@@ -1,0 +1,244 @@
+"""Train an agent with SB3 PPO, checkpointing at rollout boundaries so that an interrupted run,
+resumed, ends exactly where an uninterrupted one would (for envs that can be pickled; others
+resume with fresh episodes, and say so).
+
+Reads top to bottom: ``AgentArgs`` (every setting, one line of doc each) → ``make_vec_env`` →
+``train_agent`` (build or resume, learn with a checkpoint callback, export, evaluate).
+
+Defaults follow the papers: Red-Fetch-Green uses DIGR's Table 2 (16 envs × 128 steps, 4 epochs,
+8 minibatches, lr 1e-3, clip 0.2); Atari uses the rl-zoo PPO settings (8 envs × 128 steps,
+4 epochs, batch 256, lr 2.5e-4 and clip 0.1 both decayed linearly, rewards clipped in training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cloudpickle
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.atari_wrappers import ClipRewardEnv
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
+
+from xrl.agents.load import model_from_policy, save_agent
+from xrl.agents.model import Model
+from xrl.envs import make_env
+from xrl.files import atomic_path, write_json
+
+ATARI_PREFIXES = ("pong", "breakout", "seaquest", "ms-pacman", "enduro", "space-invaders", "beam-rider")
+
+
+@dataclass
+class AgentArgs:
+    env: str = "red-fetch-green"
+    """registered env name (``xrl envs`` lists them)"""
+    env_settings: dict = field(default_factory=dict)
+    """keyword settings of the env, recorded in the card"""
+    arch: str | None = None
+    """registered architecture; None = grid_cnn for grid worlds, nature_cnn for Atari"""
+    total_timesteps: int = 1_000_000
+    """agent steps (Atari: one step = 4 frames)"""
+    seed: int = 0
+    """seeds the policy, the envs (env i gets seed + i) and the evaluation"""
+    n_envs: int | None = None
+    n_steps: int = 128
+    n_epochs: int = 4
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    linear_decay: bool | None = None
+    """decay learning rate and clip range linearly to 0 (rl-zoo Atari setting)"""
+    clip_range: float | None = None
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    checkpoint_every: int = 50_000
+    """timesteps between checkpoints (rounded up to whole rollouts)"""
+    eval_episodes: int = 100
+    """seeded greedy episodes for the score in the card"""
+    out: str = "runs/agent"
+    """run folder: checkpoint.zip + checkpoint.state, then agent.pt and agent.json"""
+    progress: bool = True
+
+    def resolved(self) -> "AgentArgs":
+        """Fill the env-family defaults left as None."""
+        atari = self.env.split("-v")[0] in ATARI_PREFIXES or self.env in ATARI_PREFIXES
+        d = dict(arch="nature_cnn", n_envs=8, batch_size=256, learning_rate=2.5e-4,
+                 linear_decay=True, clip_range=0.1) if atari else \
+            dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
+                 linear_decay=False, clip_range=0.2)
+        return dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
+                                            for k, v in d.items()})
+
+    @property
+    def atari(self) -> bool:
+        return self.arch == "nature_cnn"
+
+
+def make_vec_env(args: AgentArgs) -> DummyVecEnv:
+    """``n_envs`` monitored copies of the env; Atari rewards are clipped after the Monitor so
+    logged returns are game scores."""
+
+    def builder(i: int):
+        def build() -> gym.Env:
+            env = Monitor(make_env(args.env, **args.env_settings))
+            env = ClipRewardEnv(env) if args.atari else env
+            env.reset(seed=args.seed + i)
+            return env
+        return build
+
+    return DummyVecEnv([builder(i) for i in range(args.n_envs)])
+
+
+class _Checkpoint(BaseCallback):
+    """Save model + optimizer + RNG + env state at the start of rollouts; show progress."""
+
+    def __init__(self, args: AgentArgs, run: Path, stop_at: int | None) -> None:
+        super().__init__()
+        self.args, self.run, self.stop_at = args, run, stop_at
+        self.last_saved = -1
+        self.bar = None
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.args.total_timesteps, initial=self.num_timesteps, unit="step",
+                        desc=f"PPO {self.args.env}", disable=not self.args.progress, smoothing=0.05)
+        self.last_saved = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        due = self.num_timesteps - self.last_saved >= self.args.checkpoint_every
+        if due and self.num_timesteps > 0:
+            save_checkpoint(self.model, self.run)
+            self.last_saved = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        if self.n_calls % 200 == 0 and self.model.ep_info_buffer:
+            returns = [e["r"] for e in self.model.ep_info_buffer]
+            self.bar.set_postfix(mean_return=f"{np.mean(returns):.2f}", episodes=len(returns))
+        # stop_at simulates an interruption (for the resume test): stop right after a checkpoint
+        return not (self.stop_at is not None and self.last_saved >= self.stop_at)
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def save_checkpoint(algo: PPO, run: Path) -> None:
+    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs, each atomically."""
+    try:
+        env_blob = cloudpickle.dumps(algo.get_env())
+    except Exception:  # e.g. emulators without pickling support: resume starts new episodes
+        env_blob = None
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "env": env_blob, "num_timesteps": algo.num_timesteps}
+    with atomic_path(run / "checkpoint.state") as tmp:
+        tmp.write_bytes(pickle.dumps(state))
+    with atomic_path(run / "checkpoint.zip") as tmp:
+        algo.save(tmp.with_suffix(".zip"))
+        tmp.with_suffix(".zip").replace(tmp)
+
+
+def _resume(args: AgentArgs, run: Path) -> PPO | None:
+    if not (run / "checkpoint.zip").exists() or not (run / "checkpoint.state").exists():
+        return None
+    state = pickle.loads((run / "checkpoint.state").read_bytes())
+    env = cloudpickle.loads(state["env"]) if state["env"] is not None else make_vec_env(args)
+    algo = PPO.load(run / "checkpoint.zip", env=env, device="cpu", force_reset=state["env"] is None)
+    if algo.num_timesteps != state["num_timesteps"]:
+        raise ValueError(f"{run}: checkpoint.zip and checkpoint.state disagree; delete both to restart")
+    if state["env"] is None:
+        print(f"resuming at {algo.num_timesteps} steps with fresh episodes (env not picklable)", file=sys.stderr)
+        algo._last_obs = None
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    return algo
+
+
+def train_agent(args: AgentArgs, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) and export ``out/agent.pt`` with its card; returns the checkpoint path."""
+    args = args.resolved()
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    config = run / "args.json"
+    settings = dataclasses.asdict(args)
+    ignore = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"}
+    if config.exists():
+        import json
+        old = json.loads(config.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
+        if diff:
+            raise ValueError(f"{run} holds a run with other settings {diff}; use another --out")
+    write_json(config, settings)
+
+    algo = _resume(args, run)
+    if algo is None:
+        decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
+        from xrl.agents.nets import ARCHS
+        algo = PPO(
+            "CnnPolicy", make_vec_env(args), n_steps=args.n_steps, n_epochs=args.n_epochs,
+            batch_size=args.batch_size, learning_rate=decay(args.learning_rate),
+            clip_range=decay(args.clip_range), ent_coef=args.ent_coef, vf_coef=args.vf_coef,
+            max_grad_norm=args.max_grad_norm, gamma=args.gamma, gae_lambda=args.gae_lambda,
+            policy_kwargs=ARCHS.get(args.arch).policy_kwargs(), seed=args.seed, device="cpu", verbose=0,
+        )
+    started = time.time()
+    remaining = args.total_timesteps - algo.num_timesteps
+    if remaining > 0:
+        algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
+        if stop_at is not None and algo.num_timesteps < args.total_timesteps:
+            return run / "checkpoint.zip"
+        save_checkpoint(algo, run)
+    model = agent_model(algo, args)
+    score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
+    card = {
+        "what": f"PPO agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
+        "algo": "ppo", "seed": args.seed, "timesteps": int(algo.num_timesteps),
+        "command": "xrl train agent " + " ".join(_cli_flags(args)),
+        "action_names": model.action_names, "score": score,
+        "train_seconds_this_run": round(time.time() - started, 1),
+    }
+    return save_agent(algo, run / "agent.pt", arch=args.arch, card=card)
+
+
+def agent_model(algo: PPO, args: AgentArgs) -> Model:
+    env = make_env(args.env, **args.env_settings)
+    names = list(getattr(env.unwrapped, "action_names", None) or
+                 [str(i) for i in range(env.action_space.n)])
+    return model_from_policy(algo.policy, action_names=names,
+                             info={"env": {"name": args.env, "settings": args.env_settings}})
+
+
+def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int) -> dict:
+    """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
+    (success = positive return, meaningful for goal-reaching envs)."""
+    env = make_env(env_name, **settings)
+    returns = []
+    for i in tqdm(range(episodes), desc="evaluate", leave=False):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(model.act(obs)[0]))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    returns = np.asarray(returns)
+    return {"episodes": episodes, "seed": seed, "mean_return": float(returns.mean()),
+            "std_return": float(returns.std()), "success_rate": float((returns > 0).mean())}
+
+
+def _cli_flags(args: AgentArgs) -> list[str]:
+    flags = [f"--env {args.env}", f"--arch {args.arch}", f"--timesteps {args.total_timesteps}",
+             f"--seed {args.seed}", f"--out {args.out}"]
+    flags += [f"--set {k}={v}" for k, v in args.env_settings.items()]
+    return flags

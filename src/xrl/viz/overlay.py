@@ -1,0 +1,82 @@
+"""Saliency pictures: heat-map overlays on display frames and side-by-side grids.
+
+The only module that imports matplotlib (with the non-interactive Agg backend).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from xrl.files import atomic_path  # noqa: E402
+
+
+def normalize(saliency: np.ndarray | torch.Tensor) -> np.ndarray:
+    """One map ``(H, W)`` rescaled to [0, 1] by its min and max (a constant map becomes 0)."""
+    s = torch.as_tensor(saliency, dtype=torch.float32)
+    span = s.max() - s.min()
+    return ((s - s.min()) / span if span > 0 else torch.zeros_like(s)).numpy()
+
+
+def resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(H, W)`` to ``size = (h, w)`` (state resolution → display frame)."""
+    s = torch.as_tensor(saliency, dtype=torch.float32)[None, None]
+    return F.interpolate(s, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.6,
+            cmap: str = "inferno") -> np.ndarray:
+    """Blend the normalised map, coloured by ``cmap``, over an RGB ``frame (h, w, 3)`` uint8.
+
+    The map's opacity grows with its value so unimportant regions show the frame."""
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be an RGB image (h, w, 3), got shape {frame.shape}")
+    weight = resize(normalize(saliency), frame.shape[:2])
+    colour = plt.get_cmap(cmap)(weight)[..., :3]
+    a = alpha * weight[..., None]
+    out = (1 - a) * (frame.astype(np.float32) / 255) + a * colour
+    return (out * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def explanation_grid(
+    frames: Sequence[np.ndarray],
+    maps: Mapping[str, np.ndarray | torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    actions: Sequence[int] | None = None,
+    action_names: Sequence[str] | None = None,
+    probs: np.ndarray | None = None,
+    title: str | None = None,
+) -> None:
+    """PNG grid: one row per state, the frame then one overlay per method (column titles)."""
+    n, methods = len(frames), list(maps)
+    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(2.2 * (1 + len(methods)), 2.4 * n),
+                             squeeze=False)
+    for i in range(n):
+        label = ""
+        if actions is not None:
+            a = int(actions[i])
+            label = action_names[a] if action_names else str(a)
+            if probs is not None:
+                label += f" ({probs[i][a]:.2f})"
+        axes[i, 0].imshow(frames[i])
+        axes[i, 0].set_title(f"action: {label}" if label else "frame", fontsize=8)
+        for j, method in enumerate(methods):
+            axes[i, j + 1].imshow(overlay(frames[i], maps[method][i]))
+            if i == 0:
+                axes[i, j + 1].set_title(method, fontsize=9)
+        for ax in axes[i]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
