@@ -39,6 +39,8 @@ class Evaluation:
     higher_is_better: dict[str, bool]
     values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)
+    """the dataset rows scored, in the order of the per-sample values"""
 
     def means(self) -> dict[str, dict[str, float]]:
         """NaN-free mean of every column (NaN = undefined for that sample, left out)."""
@@ -81,7 +83,7 @@ class Evaluation:
                     w.writerow([m] + [means[m][c] for c in self.columns])
         write_json(folder / "metrics.json", {
             "methods": self.methods, "columns": self.columns, "higher_is_better": self.higher_is_better,
-            "means": means, "values": self.values, "skipped": self.skipped,
+            "means": means, "values": self.values, "skipped": self.skipped, "rows": self.rows,
         })
         return folder / "metrics.csv", folder / "metrics.json"
 
@@ -142,7 +144,7 @@ def evaluate(
             columns.append(col)
             directions[col] = metric.higher_is_better[out] if out else metric.higher_is_better
 
-    result = Evaluation(list(methods), columns, directions, skipped=skipped)
+    result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())
     work = [(m, k) for m in methods for k in metric_objs if k not in skipped]
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
     for method, settings in methods.items():

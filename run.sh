@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up xrl in ./.venv (Python 3.11) on first use, then run one job:
+#   bash run.sh demo [xrl demo options]   the main job: explain and score the zoo agent
+#   bash run.sh test [pytest options]     the test suite
+#   bash run.sh xrl ARGS...               any xrl command
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+if ! command -v "$PY" >/dev/null; then
+  echo "run.sh: needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# (Re)install when pyproject.toml changed since the last install.
+stamp=.venv/.xrl-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+job=${1:-demo}; shift || true
+case "$job" in
+  demo) exec .venv/bin/xrl demo "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+  xrl)  exec .venv/bin/xrl "$@" ;;
+  *) echo "run.sh: unknown job '$job' (expected demo, test or xrl)" >&2; exit 2 ;;
+esac
