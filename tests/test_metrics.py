@@ -184,9 +184,13 @@ def test_batch_size_and_batch_composition_never_change_the_value(substrate):
 def test_substrates():
     states = torch.rand(2, 3, 5, 4)
     constant = torch.full((1, 2, 5, 4), 0.3)
-    torch.testing.assert_close(gaussian_blur(constant, 5.0, 31), constant)  # borders replicated
-    blurred = Substrate("blur", blur_sigma=1.0)(states)
-    assert blurred.shape == states.shape and blurred.std() < states.std()
+    torch.testing.assert_close(gaussian_blur(constant, 5.0, kernel_size=31), constant)  # borders replicated
+    blurred = Substrate("blur", blur_sigma=1.0)(states)  # kernel 2 * ceil(3 * 1) + 1 = 7 taps
+    g = torch.exp(-0.5 * torch.arange(-3.0, 4.0) ** 2)
+    g = torch.outer(g, g) / g.sum() ** 2
+    padded = torch.nn.functional.pad(states, (3, 3, 3, 3), mode="replicate")
+    expected = torch.nn.functional.conv2d(padded.flatten(0, 1)[:, None], g[None, None]).view_as(states)
+    torch.testing.assert_close(blurred, expected)
     noise = Substrate("noise", seed=3)(states)
     assert torch.equal(noise, Substrate("noise", seed=3)(states)) and torch.equal(noise[0], noise[1])
     assert not torch.equal(noise, Substrate("noise", seed=4)(states))

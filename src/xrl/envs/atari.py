@@ -80,7 +80,10 @@ GAMES: dict[str, str] = {}
 def register_atari(name: str, game: str) -> None:
     """Register the ALE game ``game`` (e.g. ``"Qbert"``) as the xrl environment ``name``."""
     GAMES[name] = game
-    ENVS.register(name)(functools.partial(make_atari, name))
+    builder = functools.partial(make_atari, name)
+    builder.__doc__ = (f"Atari {game} (ALE v5 or NoFrameskip-v4), 84×84 grayscale, frame skip 4, "
+                       "4-frame stack; settings: version, sticky_actions, frame_stack, noop_max, ...")
+    ENVS.register(name)(builder)
 
 
 def ale_id(name: str, version: str = "v5") -> str:

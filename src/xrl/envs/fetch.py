@@ -126,6 +126,7 @@ class RedFetchGreenEnv(MiniGridEnv):
 
 @ENVS.register("red-fetch-green")
 def _make_red_fetch_green(**settings) -> RedFetchGreenEnv:
+    """DIGR Red-Fetch-Green: 8×8 MiniGrid room, fetch green, avoid yellow/blue; RGB 64×64 or symbolic; ground truth."""
     env = RedFetchGreenEnv(**settings)
     resolved = {"size": env.width, "obs_type": env.obs_type, "tile_size": env.tile_size,
                 "object_type": env.object_type, "max_steps": env.max_steps,

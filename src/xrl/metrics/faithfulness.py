@@ -29,10 +29,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from xrl.agents.model import Model
 from xrl.explainers.base import chunks, guarded, target_function
+from xrl.explainers.masks import gaussian_blur
 from xrl.metrics.base import METRICS, Metric, check_saliency, minmax
 
 SUBSTRATES = ("blur", "noise", "black", "mean", "background")
@@ -81,7 +81,7 @@ class Substrate:
         if self.kind == "mean":
             return states.mean(dim=(2, 3), keepdim=True).expand_as(states)
         if self.kind == "blur":
-            return gaussian_blur(states, self.blur_sigma, self.blur_kernel)
+            return gaussian_blur(states, self.blur_sigma, kernel_size=self.blur_kernel)
         if self.kind == "noise":
             # drawn on the CPU so the same seed gives the same image on every device
             noise = torch.rand(states.shape[1:], generator=torch.Generator().manual_seed(self.seed))
@@ -90,18 +90,6 @@ class Substrate:
             raise ValueError(f"background has shape {tuple(self.background.shape)} but states are "
                              f"(B, {', '.join(map(str, states.shape[1:]))})")
         return self.background.to(states).expand_as(states)
-
-
-def gaussian_blur(states: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur of every channel of ``states (B, C, H, W)``, borders replicated."""
-    half = kernel_size // 2
-    x = torch.arange(-half, half + 1, dtype=states.dtype, device=states.device)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    c = states.shape[1]
-    out = F.pad(states, (half, half, half, half), mode="replicate")
-    out = F.conv2d(out, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along W
-    return F.conv2d(out, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along H
 
 
 def target_indices(model: Model, states: torch.Tensor, targets) -> torch.Tensor:
