@@ -31,17 +31,19 @@ def resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(s, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.6,
-            cmap: str = "inferno") -> np.ndarray:
+def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.8,
+            cmap: str = "jet", dim: float = 0.6) -> np.ndarray:
     """Blend the normalised map, coloured by ``cmap``, over an RGB ``frame (h, w, 3)`` uint8.
 
-    The map's opacity grows with its value so unimportant regions show the frame."""
+    The frame is dimmed by ``dim`` so the colours stand out on dark games; the map's opacity
+    grows with the square root of its value, so unimportant regions show the frame and weak
+    but non-zero saliency stays visible."""
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame must be an RGB image (h, w, 3), got shape {frame.shape}")
     weight = resize(normalize(saliency), frame.shape[:2])
     colour = plt.get_cmap(cmap)(weight)[..., :3]
-    a = alpha * weight[..., None]
-    out = (1 - a) * (frame.astype(np.float32) / 255) + a * colour
+    a = alpha * np.sqrt(weight)[..., None]
+    out = (1 - a) * dim * (frame.astype(np.float32) / 255) + a * colour
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
