@@ -73,7 +73,7 @@ def cmd_train_agent(args) -> None:
     path = train_agent(AgentArgs(
         env=args.env, env_settings=_settings(args.set), arch=args.arch, total_timesteps=args.timesteps,
         seed=args.seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every,
-        eval_episodes=args.eval_episodes, out=args.out))
+        eval_episodes=args.eval_episodes, out=args.out), export_only=args.export_only)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
 
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-episodes", type=int, default=100)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--export-only", action="store_true",
+                   help="export the latest checkpoint of an unfinished run (agent.pt + card) without training")
     t.set_defaults(fn=cmd_train_agent)
 
     c = sub.add_parser("collect", help="roll out an agent into a StateDataset")

@@ -165,8 +165,12 @@ def _resume(args: AgentArgs, run: Path) -> PPO | None:
     return algo
 
 
-def train_agent(args: AgentArgs, *, stop_at: int | None = None) -> Path:
-    """Train (or resume) and export ``out/agent.pt`` with its card; returns the checkpoint path."""
+def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: bool = False) -> Path:
+    """Train (or resume) and export ``out/agent.pt`` with its card; returns the checkpoint path.
+
+    ``export_only``: do not train; export the latest checkpoint of an unfinished run (its card
+    records the timesteps reached and the planned total) so it can be used and shipped while
+    training goes on in later runs of the same command."""
     args = args.resolved()
     run = Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -182,6 +186,8 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None) -> Path:
     write_json(config, settings)
 
     algo = _resume(args, run)
+    if algo is None and export_only:
+        raise FileNotFoundError(f"{run} has no checkpoint to export; train first")
     if algo is None:
         decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
         from xrl.agents.nets import ARCHS
@@ -194,7 +200,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None) -> Path:
         )
     started = time.time()
     remaining = args.total_timesteps - algo.num_timesteps
-    if remaining > 0:
+    if remaining > 0 and not export_only:
         algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
         if stop_at is not None and algo.num_timesteps < args.total_timesteps:
             return run / "checkpoint.zip"
@@ -204,6 +210,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None) -> Path:
     card = {
         "what": f"PPO agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
         "algo": "ppo", "seed": args.seed, "timesteps": int(algo.num_timesteps),
+        "timesteps_planned": args.total_timesteps,
         "command": "xrl train agent " + " ".join(_cli_flags(args)),
         "action_names": model.action_names, "score": score,
         "train_seconds_this_run": round(time.time() - started, 1),
