@@ -148,6 +148,16 @@ def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> Bas
     return ActorCriticPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
 
 
+def _fits(arch: str, payload: dict) -> bool:
+    """Whether the checkpoint's weights load into architecture ``arch``."""
+    try:
+        build_policy(arch, payload["obs_shape"], payload["n_actions"], payload["algo"]).load_state_dict(
+            payload["state_dict"])
+    except Exception:
+        return False
+    return True
+
+
 def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
@@ -159,8 +169,12 @@ def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
     try:
         policy.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
+        fits = [a for a in ARCHS.names() if a != payload["arch"] and _fits(a, payload)]
+        hint = (f"the weights fit architecture {fits[0]!r}" if fits else
+                f"they fit no registered architecture ({', '.join(ARCHS.names())})")
+        detail = [line.strip() for line in str(err).splitlines()[1:3] if line.strip()]
         raise ValueError(
             f"{path}: its weights do not fit architecture {payload['arch']!r} with observations "
-            f"{payload['obs_shape']}: {str(err).splitlines()[0]}"
+            f"{payload['obs_shape']}; {hint}. torch: {' '.join(detail)[:300]}"
         ) from err
     return model_from_policy(policy, action_names=info["card"].get("action_names"), info=info)

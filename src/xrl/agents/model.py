@@ -48,20 +48,41 @@ class Model(nn.Module):
         self.net = net
         self.value_net = value_net
         self.input_shape = tuple(int(s) for s in input_shape)
+        k = self._probe_outputs(net)
+        if n_actions is not None and int(n_actions) != k:
+            raise ValueError(f"n_actions={n_actions} but the model returns {k} scores per state")
         if action_names is None:
-            if n_actions is None:
-                with torch.no_grad():
-                    was = net.training
-                    net.eval()
-                    n_actions = int(net(torch.zeros(1, *self.input_shape)).shape[-1])
-                    net.train(was)
-            action_names = [str(i) for i in range(n_actions)]
+            action_names = [str(i) for i in range(k)]
+        if len(action_names) != k:
+            raise ValueError(f"{len(action_names)} action_names given but the model returns (B, K) "
+                             f"scores with K = {k}")
         self.action_names = [str(a) for a in action_names]
         self.score_kind = score_kind
         self.frame_stack = int(frame_stack)
         self.obs_scale = float(obs_scale)
         self.info = dict(info or {})
         self.eval()
+
+    def _probe_outputs(self, net: nn.Module) -> int:
+        """Run a batch of two zero states through ``net``; return K or say what was expected."""
+        expected = f"(B, {', '.join(map(str, self.input_shape))}) float states to (B, K) scores"
+        was = net.training
+        try:
+            net.eval()
+            with torch.no_grad():
+                out = net(torch.zeros(2, *self.input_shape))
+        except Exception as err:
+            raise ValueError(f"the model must map {expected}; a batch of 2 zero states of input_shape "
+                             f"{self.input_shape} failed: {type(err).__name__}: {err}") from err
+        finally:
+            net.train(was)
+        if isinstance(out, (tuple, list)):  # models returning (logits, extra)
+            out = out[0]
+        shape = tuple(getattr(out, "shape", ()))
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or shape[0] != 2 or shape[1] < 1:
+            raise ValueError(f"the model must map {expected}; for a batch of 2 it returned "
+                             f"{shape if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return int(shape[1])
 
     @property
     def n_actions(self) -> int:

@@ -57,6 +57,10 @@ class RedFetchGreenEnv(MiniGridEnv):
             raise ValueError(f"object_type must be one of {sorted(_OBJECTS)}, got {object_type!r}")
         if size < 5:
             raise ValueError(f"size must be at least 5 (walls + room for 4 entities), got {size}")
+        for name, value in (("tile_size", tile_size), ("max_steps", max_steps),
+                            ("render_tile_size", render_tile_size if render_tile_size is not None else 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.obs_type = obs_type
         self.object_type = object_type
         self.render_tile_size = render_tile_size or tile_size

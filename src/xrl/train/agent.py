@@ -30,6 +30,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
+import xrl
 from xrl.agents.load import model_from_policy, save_agent
 from xrl.agents.model import Model
 from xrl.envs import make_env
@@ -118,7 +119,7 @@ class _Checkpoint(BaseCallback):
     def _on_rollout_start(self) -> None:
         due = self.num_timesteps - self.last_saved >= self.args.checkpoint_every
         if due and self.num_timesteps > 0:
-            save_checkpoint(self.model, self.run)
+            save_checkpoint(self.model, self.run, self.args)
             self.last_saved = self.num_timesteps
 
     def _on_step(self) -> bool:
@@ -133,8 +134,9 @@ class _Checkpoint(BaseCallback):
         self.bar.close()
 
 
-def save_checkpoint(algo: PPO, run: Path) -> None:
-    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs, each atomically."""
+def save_checkpoint(algo: PPO, run: Path, args: AgentArgs) -> None:
+    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs, each atomically; a
+    ``checkpoint.json`` card lets ``load_agent("run/checkpoint.zip")`` name the actions."""
     try:
         env_blob = cloudpickle.dumps(algo.get_env())
     except Exception:  # e.g. emulators without pickling support: resume starts new episodes
@@ -146,6 +148,11 @@ def save_checkpoint(algo: PPO, run: Path) -> None:
     with atomic_path(run / "checkpoint.zip") as tmp:
         algo.save(tmp.with_suffix(".zip"))
         tmp.with_suffix(".zip").replace(tmp)
+    write_json(run / "checkpoint.json", {
+        "what": f"PPO checkpoint for {args.env} (training in progress)",
+        "env": {"name": args.env, "settings": args.env_settings}, "algo": "ppo", "arch": args.arch,
+        "seed": args.seed, "timesteps": int(algo.num_timesteps), "timesteps_planned": args.total_timesteps,
+        "action_names": _action_names(args), "xrl_version": xrl.__version__})
 
 
 def _resume(args: AgentArgs, run: Path) -> PPO | None:
@@ -204,7 +211,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
         algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
         if stop_at is not None and algo.num_timesteps < args.total_timesteps:
             return run / "checkpoint.zip"
-        save_checkpoint(algo, run)
+        save_checkpoint(algo, run, args)
     model = agent_model(algo, args)
     score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
     card = {
@@ -218,10 +225,20 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     return save_agent(algo, run / "agent.pt", arch=args.arch, card=card)
 
 
-def agent_model(algo: PPO, args: AgentArgs) -> Model:
+def _action_names(args: AgentArgs) -> list[str]:
     env = make_env(args.env, **args.env_settings)
-    names = list(getattr(env.unwrapped, "action_names", None) or
-                 [str(i) for i in range(env.action_space.n)])
+    try:
+        if args.atari:
+            from xrl.envs.atari import action_names
+            return action_names(env)
+        return list(getattr(env.unwrapped, "action_names", None) or
+                    [str(i) for i in range(env.action_space.n)])
+    finally:
+        env.close()
+
+
+def agent_model(algo: PPO, args: AgentArgs) -> Model:
+    names = _action_names(args)
     return model_from_policy(algo.policy, action_names=names,
                              info={"env": {"name": args.env, "settings": args.env_settings}})
 

@@ -1,0 +1,296 @@
+"""Agents: train (tiny PPO budgets) → save → load, resume, refusing bad checkpoints and runs, zoo.
+
+The trained agents here are far too small to play well; what is tested is that the weights that
+come back from disk are the weights that were trained, and that a resumed run ends bit-for-bit
+where an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from xrl import load_agent, make_env
+from xrl.agents.load import CHECKPOINT_FORMAT, ZOO_DIR, save_agent
+from xrl.agents.nets import ARCHS, GridCNN
+from xrl.train.agent import AgentArgs, evaluate, make_vec_env, train_agent
+
+ENV = "red-fetch-green"
+ACTION_NAMES = ["left", "right", "forward", "pickup"]
+
+
+def tiny_args(out, **changes) -> AgentArgs:
+    base = AgentArgs(env=ENV, total_timesteps=512, n_envs=2, n_steps=128, eval_episodes=2,
+                     checkpoint_every=256, out=str(out), progress=False)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run: (args, path of agent.pt)."""
+    args = tiny_args(tmp_path_factory.mktemp("agent") / "run")
+    return args, train_agent(args)
+
+
+@pytest.fixture(scope="module")
+def observations() -> np.ndarray:
+    """Raw uint8 observations from a few seeded random rollouts."""
+    env = make_env(ENV)
+    rng = np.random.default_rng(0)
+    out = []
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        for _ in range(8):
+            out.append(obs)
+            obs, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
+            if terminated or truncated:
+                obs, _ = env.reset(seed=100 + seed)
+    return np.stack(out)
+
+
+def payload(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state_dict(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# -- train → save → load ---------------------------------------------------------------------
+
+def test_training_writes_checkpoint_and_card(trained):
+    args, path = trained
+    run = path.parent
+    assert path == run / "agent.pt"
+    for name in ("agent.json", "args.json", "checkpoint.zip", "checkpoint.state"):
+        assert (run / name).exists(), name
+    data = payload(path)
+    assert data["format"] == CHECKPOINT_FORMAT and data["arch"] == "grid_cnn" and data["algo"] == "ppo"
+    assert data["obs_shape"] == [3, 64, 64] and data["n_actions"] == 4
+    card = json.loads((run / "agent.json").read_text())
+    assert card["action_names"] == ACTION_NAMES and card["arch"] == "grid_cnn"
+    assert card["env"] == {"name": ENV, "settings": {}}
+    assert card["timesteps"] == 512 and card["seed"] == 0
+    assert card["score"]["episodes"] == 2 and card["score"]["seed"] == 10_000
+    assert "--env red-fetch-green" in card["command"]
+
+
+def test_loaded_agent_matches_the_trained_sb3_policy(trained, observations):
+    _, path = trained
+    model = load_agent(path)
+    sb3 = PPO.load(path.parent / "checkpoint.zip", device="cpu")
+    sb3.policy.set_training_mode(False)
+    # the weights are the trained ones (not a fresh init)
+    assert_same_state_dict(model.net.policy.state_dict(), sb3.policy.state_dict())
+    assert model.action_names == ACTION_NAMES and model.input_shape == (3, 64, 64)
+    assert model.score_kind == "logits" and model.info["source"] == str(path)
+
+    with torch.no_grad():
+        obs_t, _ = sb3.policy.obs_to_tensor(observations)  # SB3 does its own uint8 scaling
+        sb3_logits = sb3.policy.get_distribution(obs_t).distribution.logits  # log-probabilities
+        sb3_values = sb3.policy.predict_values(obs_t).reshape(-1)
+        states = model.preprocess(observations)
+        scores = model(states)
+        values = model.value(states)
+    assert scores.shape == (len(observations), 4) and scores.dtype == torch.float32
+    assert float(states.max()) <= 1.0 and float(states.max()) > 0.5
+    torch.testing.assert_close(torch.log_softmax(scores, -1), sb3_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(values, sb3_values, rtol=1e-5, atol=1e-6)
+    sb3_actions, _ = sb3.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(model.act(observations), sb3_actions)
+
+
+def test_sb3_zip_and_xrl_checkpoint_load_the_same_agent(trained, observations):
+    _, path = trained
+    from_pt = load_agent(path)
+    from_zip = load_agent(path.parent / "checkpoint.zip")
+    assert from_zip.input_shape == (3, 64, 64) and from_zip.n_actions == 4
+    assert_same_state_dict(from_zip.net.policy.state_dict(), from_pt.net.policy.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(from_zip(from_zip.preprocess(observations)),
+                                   from_pt(from_pt.preprocess(observations)), rtol=0, atol=0)
+    np.testing.assert_array_equal(from_zip.act(observations), from_pt.act(observations))
+
+
+def test_loaded_agent_reproduces_its_card_score(trained):
+    args, path = trained
+    card = json.loads(path.with_suffix(".json").read_text())
+    score = evaluate(load_agent(path), ENV, {}, episodes=args.eval_episodes, seed=card["score"]["seed"])
+    assert score == card["score"]
+
+
+def test_finished_run_reexports_the_same_weights_and_ignores_out(trained, tmp_path):
+    args, path = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(path.parent, copy)
+    (copy / "agent.pt").unlink()
+    # same settings (arch spelled out instead of defaulted), another folder: accepted, no training
+    again = train_agent(dataclasses.replace(args, out=str(copy), arch="grid_cnn"))
+    assert again == copy / "agent.pt"
+    assert_same_state_dict(payload(again)["state_dict"], payload(path)["state_dict"])
+    assert json.loads((copy / "agent.json").read_text())["timesteps"] == 512
+
+
+# -- resume --------------------------------------------------------------------------------------
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    def args(out):  # 4 rollouts of 256 steps, checkpoints every rollout
+        return tiny_args(out, n_envs=4, n_steps=64, batch_size=128, total_timesteps=1024,
+                         checkpoint_every=256, eval_episodes=1)
+
+    interrupted = tmp_path / "interrupted"
+    stopped = train_agent(args(interrupted), stop_at=512)
+    assert stopped == interrupted / "checkpoint.zip"
+    assert not (interrupted / "agent.pt").exists()  # it really stopped early
+    state = pickle.loads((interrupted / "checkpoint.state").read_bytes())
+    assert state["num_timesteps"] == 512 and state["env"] is not None
+    resumed = train_agent(args(interrupted))
+
+    straight = train_agent(args(tmp_path / "straight"))
+    assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])
+    first, second = (json.loads(p.with_suffix(".json").read_text()) for p in (resumed, straight))
+    assert first["timesteps"] == second["timesteps"] == 1024
+    assert first["score"] == second["score"]
+    # and training did change the weights (the comparison above is not between two fresh inits)
+    init = PPO("CnnPolicy", make_vec_env(args(tmp_path / "x").resolved()), seed=0, device="cpu",
+               policy_kwargs=ARCHS.get("grid_cnn").policy_kwargs()).policy.state_dict()
+    trained_sd = payload(straight)["state_dict"]
+    assert not all(torch.equal(init[k], trained_sd[k]) for k in init)
+
+
+# -- bad runs and checkpoints --------------------------------------------------------------------
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"n_steps": 64}, {"learning_rate": 3e-4},
+                                    {"env_settings": {"max_steps": 50}}, {"arch": "nature_cnn"}])
+def test_changing_settings_in_an_existing_run_is_refused(trained, change):
+    args, path = trained
+    run = path.parent
+    before = {name: (run / name).read_bytes() for name in ("args.json", "agent.pt", "checkpoint.zip")}
+    with pytest.raises(ValueError) as err:
+        train_agent(dataclasses.replace(args, **change))
+    message = str(err.value)
+    assert "other settings" in message and str(run) in message and "--out" in message
+    assert f"'{next(iter(change))}'" in message.replace(str(run), "")
+    for name, data in before.items():  # nothing was touched
+        assert (run / name).read_bytes() == data, name
+
+
+def checkpoint_with(tmp_path, trained, **changes):
+    _, path = trained
+    data = payload(path)
+    data.update(changes)
+    out = tmp_path / "edited.pt"
+    torch.save(data, out)
+    return out
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained):
+    path = checkpoint_with(tmp_path, trained, arch="nature_cnn")  # grid_cnn weights
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    message = str(err.value)
+    assert "do not fit architecture 'nature_cnn'" in message and "[3, 64, 64]" in message
+
+
+def test_checkpoint_with_other_observation_shape_is_refused(tmp_path, trained):
+    path = checkpoint_with(tmp_path, trained, obs_shape=[3, 8, 8])
+    with pytest.raises(ValueError, match=r"do not fit architecture 'grid_cnn' with observations \[3, 8, 8\]"):
+        load_agent(path)
+
+
+def test_checkpoint_of_an_unregistered_architecture_lists_the_known_ones(tmp_path, trained):
+    path = checkpoint_with(tmp_path, trained, arch="resnet18")
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    message = str(err.value)
+    assert "'resnet18'" in message and "grid_cnn" in message and "nature_cnn" in message
+
+
+def test_architecture_error_names_both_architectures(tmp_path):
+    # nature_cnn weights saved under the name grid_cnn
+    env = make_vec_env(AgentArgs(env=ENV, n_envs=1).resolved())
+    algo = PPO("CnnPolicy", env, device="cpu", seed=0, policy_kwargs=ARCHS.get("nature_cnn").policy_kwargs())
+    path = save_agent(algo, tmp_path / "agent.pt", arch="grid_cnn", card={})
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    message = str(err.value).replace(str(path), "")
+    assert "grid_cnn" in message and "nature_cnn" in message
+
+
+def test_truncated_garbage_and_foreign_checkpoints_give_clear_errors(tmp_path, trained):
+    _, path = trained
+    good = path.read_bytes()
+    cases = {
+        "truncated.pt": good[: len(good) // 2],
+        "empty.pt": b"",
+        "garbage.pt": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match="is not a readable xrl checkpoint"):
+            load_agent(tmp_path / name)
+    # a readable torch file that is not an xrl agent (e.g. a bare state_dict)
+    torch.save(GridCNN(make_env(ENV).observation_space).state_dict(), tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=f"is not an xrl agent checkpoint .*'{CHECKPOINT_FORMAT}'"):
+        load_agent(tmp_path / "foreign.pt")
+    # the last good file is still there and loads
+    assert load_agent(path).n_actions == 4
+
+
+def test_bad_sb3_zips_and_other_files_give_clear_errors(tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="is not a zip file; expected an SB3 model"):
+        load_agent(tmp_path / "fake.zip")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(ValueError, match="is not a loadable SB3 PPO/A2C/DQN model"):
+        load_agent(tmp_path / "other.zip")
+    (tmp_path / "agent.onnx").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"SB3 \.zip or xrl \.pt checkpoints, got 'agent.onnx'"):
+        load_agent(tmp_path / "agent.onnx")
+
+
+def test_unknown_zoo_name_lists_the_zoo_agents():
+    with pytest.raises(ValueError) as err:
+        load_agent("no-such-agent")
+    message = str(err.value)
+    assert "'no-such-agent'" in message and "zoo agents: red-fetch-green" in message
+
+
+# -- zoo -----------------------------------------------------------------------------------------
+
+def test_zoo_agent(observations):
+    model = load_agent(ENV)
+    assert model.action_names == ACTION_NAMES
+    assert model.input_shape == (3, 64, 64) and model.n_actions == 4
+    assert model.obs_scale == 255.0 and model.score_kind == "logits"
+    assert model.info["source"] == str(ZOO_DIR / ENV / "agent.pt")
+    assert model.info["env"] == {"name": ENV, "settings": {}}
+    assert not model.training
+    actions = model.act(observations)
+    assert actions.shape == (len(observations),) and set(actions.tolist()) <= {0, 1, 2, 3}
+
+
+def test_zoo_agent_reproduces_its_card_score():
+    model = load_agent(ENV)
+    card = json.loads((ZOO_DIR / ENV / "agent.json").read_text())["score"]
+    score = evaluate(model, ENV, {}, episodes=card["episodes"], seed=card["seed"])
+    assert score["success_rate"] == card["success_rate"] >= 0.9
+    assert score["mean_return"] == pytest.approx(card["mean_return"], abs=1e-9)
+
+
+def test_a_training_checkpoint_zip_loads_with_action_names(tmp_path):
+    args = tiny_args(tmp_path / "run", total_timesteps=1024)
+    train_agent(args, stop_at=256)
+    card = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert card["env"]["name"] == ENV and card["timesteps"] >= 256
+    assert load_agent(tmp_path / "run" / "checkpoint.zip").action_names == ACTION_NAMES
