@@ -26,7 +26,7 @@ def _settings(pairs: list[str] | None) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"settings are key=value, got {pair!r}")
+            raise ValueError(f"settings are key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = _value(value)
     return out
@@ -38,7 +38,7 @@ def _method_settings(names: str, pairs: list[str] | None) -> dict[str, dict]:
     for key, value in _settings(pairs).items():
         method, _, setting = key.partition(".")
         if method not in methods or not setting:
-            raise SystemExit(f"--setting {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
+            raise ValueError(f"--setting {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
         methods[method][setting] = value
     return methods
 

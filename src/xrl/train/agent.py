@@ -178,7 +178,11 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     ``export_only``: do not train; export the latest checkpoint of an unfinished run (its card
     records the timesteps reached and the planned total) so it can be used and shipped while
     training goes on in later runs of the same command."""
+    from xrl.agents.nets import ARCHS
+    from xrl.envs import ENVS
+    ENVS.get(args.env)  # unknown names fail here, before a run folder is made
     args = args.resolved()
+    ARCHS.get(args.arch)
     run = Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
     config = run / "args.json"
@@ -197,7 +201,6 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
         raise FileNotFoundError(f"{run} has no checkpoint to export; train first")
     if algo is None:
         decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
-        from xrl.agents.nets import ARCHS
         algo = PPO(
             "CnnPolicy", make_vec_env(args), n_steps=args.n_steps, n_epochs=args.n_epochs,
             batch_size=args.batch_size, learning_rate=decay(args.learning_rate),

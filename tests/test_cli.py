@@ -1,0 +1,338 @@
+"""The ``xrl`` command, in process (``xrl.cli.main``) plus one run of the installed script."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import xrl
+import xrl.evaluation
+from xrl import cli
+from xrl.data.dataset import StateDataset
+from xrl.envs import ENVS
+from xrl.explainers import EXPLAINERS, get_explainer
+from xrl.metrics import METRICS
+
+AGENT = "red-fetch-green"  # the shipped zoo agent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # A training runs beside the tests: one thread avoids oversubscribing the cores (with the
+    # default thread count the no-zoo demo below takes minutes instead of ~20 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``xrl argv`` in process: (exit status, stdout, stderr); SystemExit counts as an exit."""
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# -- listings ------------------------------------------------------------------------------------
+
+def listing(capsys, command: str, names: list[str]) -> dict[str, str]:
+    """Each output line as name -> the rest; one line per registered name, in order."""
+    code, out, err = run(capsys, command)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == names
+    return {name: line[len(name):].strip() for name, line in zip(names, lines)}
+
+
+def check_description(obj, text: str) -> None:
+    assert text, "empty description"
+    assert not text.startswith(("partial(", "functools.partial")), text
+    generic = ((type(obj).__doc__ or "").strip().splitlines() or [""])[0]
+    assert text != generic.strip(), f"the generic docstring of {type(obj).__name__}: {text}"
+
+
+def test_envs_lists_every_env_with_a_description(capsys):
+    names = xrl.list_envs()
+    assert "red-fetch-green" in names and "pong" in names
+    rows = listing(capsys, "envs", names)
+    for name, description in rows.items():
+        check_description(ENVS.get(name), description)
+
+
+def test_methods_lists_every_explainer_with_a_description(capsys):
+    names = xrl.list_explainers()
+    assert {"gradient", "greydanus", "random"} <= set(names)
+    rows = listing(capsys, "methods", names)
+    for name, rest in rows.items():
+        cls = EXPLAINERS.get(name)
+        assert rest.startswith("per-action") == bool(cls.per_action), rest
+        description = rest.removeprefix("per-action").strip()
+        check_description(cls, description)
+
+
+def test_metrics_lists_every_metric_with_direction_and_description(capsys):
+    names = xrl.list_metrics()
+    assert {"deletion", "localization", "sparseness"} <= set(names)
+    rows = listing(capsys, "metrics", names)
+    for name, rest in rows.items():
+        cls = METRICS.get(name)
+        assert rest.startswith(cls.category + " "), rest
+        rest = rest[len(cls.category):].strip()
+        hib = cls.higher_is_better
+        if isinstance(hib, bool):
+            assert rest.split()[0] == ("higher" if hib else "lower"), rest
+        else:
+            for out, higher in hib.items():
+                assert f"{out}: {'higher' if higher else 'lower'}" in rest, rest
+        match = re.fullmatch(r"(?:(?:\w+: )?(?:higher|lower),?\s+)+(.*)", rest)
+        assert match, rest
+        check_description(cls, match.group(1).strip())
+
+
+# -- collect -> explain -> evaluate ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "states.h5"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(["collect", "--agent", AGENT, "--episodes", "1", "--max-steps", "5",
+                         "--out", str(out)])
+    assert code == 0
+    return out, stdout.getvalue()
+
+
+def test_collect(collected):
+    path, stdout = collected
+    assert f"wrote {path}" in stdout
+    with StateDataset.open(path) as ds:
+        assert len(ds) == 5 and ds.n_episodes == 1
+        assert ds.env["name"] == "red-fetch-green"
+        assert ds.has_labels
+        assert ds.collect_settings["max_steps"] == 5
+
+
+def test_explain_writes_a_png(capsys, collected, tmp_path, monkeypatch):
+    import xrl.viz.overlay
+    data, _ = collected
+    png = tmp_path / "grid.png"
+    grids = []
+    real_grid = xrl.viz.overlay.explanation_grid
+
+    def spy(frames, maps, path, **kwargs):
+        grids.append((len(frames), {m: tuple(v.shape) for m, v in maps.items()}))
+        return real_grid(frames, maps, path, **kwargs)
+
+    monkeypatch.setattr(xrl.viz.overlay, "explanation_grid", spy)
+    code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data,
+                         "--methods", "gradient,random", "--n", "2", "--out", png)
+    assert code == 0, err
+    assert f"wrote {png}" in out
+    assert grids == [(2, {"gradient": (2, 64, 64), "random": (2, 64, 64)})]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.width >= 200 and image.height >= 200
+        pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # frames and overlays, not blank
+
+
+def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, monkeypatch):
+    data, _ = collected
+    made = []
+
+    def spy(name, model, **settings):
+        made.append((name, settings))
+        return get_explainer(name, model, **settings)
+
+    monkeypatch.setattr(xrl.evaluation, "get_explainer", spy)
+    results = tmp_path / "results"
+    code, out, err = run(capsys, "evaluate", "--agent", AGENT, "--data", data,
+                         "--methods", "gradient,greydanus,random",
+                         "--setting", "greydanus.radius=4", "--setting", "greydanus.stride=8",
+                         "--metrics", "localization,sparseness", "--n-states", "4", "--out", results)
+    assert code == 0, err
+    assert ("greydanus", {"radius": 4, "stride": 8}) in made
+    assert all(s == {} for name, s in made if name != "greydanus")
+    for method in ("gradient", "greydanus", "random"):
+        assert re.search(rf"^{method}\s", out, re.M), out
+    assert "localization.auc" in out and "sparseness" in out
+
+    doc = json.loads((results / "metrics.json").read_text())
+    columns = ["localization.auc", "localization.important", "localization.unimportant",
+               "sparseness"]
+    assert doc["methods"] == ["gradient", "greydanus", "random"]
+    assert doc["columns"] == columns
+    assert len(doc["rows"]) == 4
+    for m in doc["methods"]:
+        for col in columns:
+            values = doc["values"][m][col]
+            assert len(values) == 4
+            want = np.nanmean(np.asarray(values, dtype=float))
+            assert doc["means"][m][col] == pytest.approx(want, rel=1e-12), (m, col)
+
+    with open(results / "metrics.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["method", *columns]
+    assert [row[0] for row in table[1:]] == doc["methods"]
+    for row in table[1:]:
+        assert [float(x) for x in row[1:]] == [doc["means"][row[0]][c] for c in columns]
+
+
+def test_method_settings_parsing():
+    assert cli._method_settings("gradient, greydanus", ["greydanus.radius=4", "greydanus.score=kl"]) \
+        == {"gradient": {}, "greydanus": {"radius": 4, "score": "kl"}}
+
+
+# -- bad input: exit status 2 and a message naming the choices ------------------------------------
+
+def assert_error(code, out, err, *words):
+    assert code == 2, (code, err)
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_unknown_method(capsys, collected, command):
+    data, _ = collected
+    code, out, err = run(capsys, command, "--agent", AGENT, "--data", data, "--methods", "nosuch")
+    assert_error(code, out, err, "nosuch", *xrl.list_explainers())
+
+
+def test_unknown_metric(capsys, collected, tmp_path):
+    data, _ = collected
+    code, out, err = run(capsys, "evaluate", "--agent", AGENT, "--data", data, "--methods",
+                         "random", "--metrics", "nosuch", "--n-states", "2", "--out", tmp_path)
+    assert_error(code, out, err, "nosuch", *xrl.list_metrics())
+
+
+def test_unknown_env_in_train_agent(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "agent", "--env", "nosuch", "--timesteps", "10",
+                         "--out", tmp_path / "run")
+    assert_error(code, out, err, "nosuch", *xrl.list_envs())
+
+
+def test_unknown_env_in_train_agent_leaves_no_run_folder(capsys, tmp_path):
+    # a typo must not poison the run folder: re-running with the right --env must not be refused
+    run(capsys, "train", "agent", "--env", "nosuch", "--timesteps", "10", "--out", tmp_path / "run")
+    assert not (tmp_path / "run" / "args.json").exists()
+
+
+def test_unknown_agent(capsys, tmp_path):
+    code, out, err = run(capsys, "collect", "--agent", "nosuch", "--episodes", "1",
+                         "--out", tmp_path / "d.h5")
+    assert_error(code, out, err, "nosuch", AGENT)
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_missing_data_file(capsys, tmp_path, command):
+    missing = tmp_path / "missing.h5"
+    code, out, err = run(capsys, command, "--agent", AGENT, "--data", missing, "--methods", "random")
+    assert_error(code, out, err, str(missing))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["evaluate", "--setting", "foo"], ["foo", "key=value"]),
+    (["explain", "--setting", "foo"], ["foo", "key=value"]),
+    (["evaluate", "--setting", "greydanus.radius=4"], ["greydanus.radius", "random"]),
+    (["evaluate", "--metric-setting", "bar"], ["bar", "key=value"]),
+])
+def test_malformed_setting(capsys, collected, tmp_path, argv, words):
+    data, _ = collected
+    code, out, err = run(capsys, *argv, "--agent", AGENT, "--data", data, "--methods", "random",
+                         "--out", tmp_path / "x")
+    assert_error(code, out, err, *words)
+
+
+def test_malformed_env_setting_in_collect(capsys, tmp_path):
+    code, out, err = run(capsys, "collect", "--agent", AGENT, "--episodes", "1", "--set", "foo",
+                         "--out", tmp_path / "d.h5")
+    assert_error(code, out, err, "foo", "key=value")
+
+
+def test_unknown_command(capsys):
+    code, out, err = run(capsys, "nosuch")
+    assert_error(code, out, err, "nosuch", "envs", "evaluate", "demo")
+
+
+def test_installed_script(tmp_path):
+    script = Path(sys.executable).parent / "xrl"
+    assert script.exists(), f"the console script is not installed beside {sys.executable}"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for command in ("envs", "methods", "metrics", "train", "collect", "explain", "evaluate", "demo"):
+        assert command in done.stdout
+    # main()'s status reaches the shell
+    done = subprocess.run([str(script), "evaluate", "--agent", AGENT, "--data",
+                           str(tmp_path / "missing.h5")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "missing.h5" in done.stderr, done.stderr
+
+
+# -- demo --------------------------------------------------------------------------------------------
+
+def check_demo_results(out: Path) -> None:
+    for name in ("metrics.csv", "metrics.json", "explain.png", "summary.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["methods"] == xrl.list_explainers()
+    assert doc["skipped"] == {}
+    for col in ("localization.auc", "localization.important", "localization.unimportant"):
+        assert col in doc["columns"]
+    for metric in xrl.list_metrics():  # every metric has its column(s)
+        assert any(c == metric or c.startswith(metric + ".") for c in doc["columns"]), metric
+    rows = doc["rows"]
+    assert rows
+    for m in doc["methods"]:
+        for col in doc["columns"]:
+            assert len(doc["values"][m][col]) == len(rows), (m, col)
+        assert not math.isnan(doc["means"][m]["localization.auc"])
+    with open(out / "metrics.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert [row[0] for row in table[1:]] == doc["methods"]
+    summary = (out / "summary.md").read_text()
+    assert "explain.png" in summary
+    for m in doc["methods"]:
+        assert m in summary
+    with Image.open(out / "explain.png") as image:
+        image.verify()
+    with StateDataset.open(out / "states.h5") as ds:
+        assert max(rows) < len(ds)
+
+
+def test_demo_quick(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--quick", "--out", out)
+    assert code == 0, err
+    check_demo_results(out)
+    assert not (out / "agent").exists()  # the zoo agent was used
+
+
+def test_demo_without_zoo_agent_trains_one(tmp_path):
+    from xrl.demo import run_demo
+    empty = tmp_path / "zoo"
+    empty.mkdir()
+    out = run_demo(tmp_path / "demo", quick=True, zoo=empty)
+    assert out == tmp_path / "demo"
+    assert (out / "agent" / "agent.pt").is_file()
+    card = json.loads((out / "agent" / "agent.json").read_text())
+    assert card["env"]["name"] == "red-fetch-green"
+    check_demo_results(out)
+    assert card["what"] in (out / "summary.md").read_text()
