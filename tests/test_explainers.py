@@ -22,13 +22,14 @@ class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(SHAPE[0], 4, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()  # a module, as in SB3 networks (guided backprop replaces its backward)
         self.head = nn.Linear(4 * 6 * 6, K)
         self.fail = False  # set to make the forward raise (error-path tests)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fail:
             raise RuntimeError("forward failed on purpose")
-        return self.head(torch.relu(self.conv(x)).flatten(1))
+        return self.head(self.relu(self.conv(x)).flatten(1))
 
 
 def tiny_model():

@@ -1,0 +1,84 @@
+"""NormGrad (Rebuffi et al. 2020, "There and Back Again: Revisiting Backpropagation Saliency
+Methods"), a white-box baseline of RExL.
+
+Insert a virtual 1x1 identity convolution after a layer with activations ``a (C, h, w)``; the
+gradient of the target with respect to its weights is ``sum_p g(p) a(p)^T`` with
+``g(p) = d f / d a(p)``, and NormGrad scores each position by the Frobenius norm of its term:
+
+    saliency(p) = || g(p) a(p)^T ||_F = ||a(p)||_2 * ||g(p)||_2      (norms over channels)
+
+This is the plain (not "selective"), single-layer variant with the 1x1 virtual identity, exactly
+what the TorchRay ``normgrad`` branch computes (``gradient_to_norm_grad_saliency``), which RExL
+used for its NormGrad baseline. The ``(h, w)`` map is upsampled bilinearly
+(``align_corners=False``) to the state's ``(H, W)``; stacked frames enter only through the layer.
+
+Settings: ``layer``, a module name of ``model.net`` (as in ``model.conv_layers()``), whose output
+is ``a``. Default: the last conv layer, the last conv block where RExL's reference code applies
+it (``features.29`` of VGG16) and where Grad-CAM works, so the two are directly comparable. The
+paper's multi-layer aggregation and the selective variant are not implemented.
+
+Hand-written (Captum has no NormGrad): a forward hook records the layer's output on chunks of
+``batch_size`` states and ``torch.autograd.grad`` gives ``g``; the hook is always removed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from xrl.agents.model import Model
+from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.grad_cam import check_spatial, find_layer, upsample
+
+
+@EXPLAINERS.register("normgrad")
+class NormGrad(Explainer):
+    """NormGrad (Rebuffi et al. 2020): ``||a(p)|| * ||g(p)||`` at the last conv layer or ``layer``.
+
+    Example::
+
+        explainer = get_explainer("normgrad", model)
+        saliency = explainer.explain(states)  # (B, H, W)
+    """
+
+    def __init__(self, model: Model, *, layer: str | None = None, batch_size: int = 256, seed: int = 0) -> None:
+        super().__init__(model, batch_size=batch_size, seed=seed)
+        self.layer = find_layer(model, layer, "normgrad")
+
+    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        parts = []
+        for rows in chunks(states.shape[0], self.batch_size):
+            x = states[rows].detach().clone().requires_grad_()
+            acts, grads = self.activations_and_gradients(x, _rows_target(target_fn, rows))  # (b, C', h, w) each
+            maps = (acts.norm(dim=1) * grads.norm(dim=1)).unsqueeze(1)  # (b, 1, h, w)
+            parts.append(upsample(maps, states))
+        return torch.cat(parts)
+
+    def activations_and_gradients(self, x: torch.Tensor, fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output ``a`` on ``x`` and ``d sum(fn(model(x))) / d a``."""
+        module = dict(self.model.net.named_modules())[self.layer]
+        outputs = []
+
+        def record(module, inputs, output):
+            outputs.append(output)
+            return output.clone()  # later in-place ops (ReLU(inplace=True)) must not alter `a`
+
+        handle = module.register_forward_hook(record)
+        try:
+            score = fn(self.model(x)).sum()
+        finally:
+            handle.remove()
+        if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
+            raise ValueError(f"normgrad needs layer {self.layer!r} to give one tensor per forward pass, "
+                             f"it gave {len(outputs)} outputs; name another layer")
+        acts = check_spatial(outputs[0], self.layer, "normgrad")
+        (grads,) = torch.autograd.grad(score, acts, allow_unused=True, materialize_grads=True)
+        return acts.detach(), grads
+
+
+def _rows_target(target_fn: Callable, rows: slice) -> Callable:
+    """``target_fn`` for the states ``rows``: action indices are picked for those rows only."""
+    index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+    if index is None:
+        return target_fn
+    return lambda scores: scores.gather(1, index[rows, None])[:, 0]
