@@ -18,29 +18,15 @@ Prints the ratios, checks the loop and the batched maps agree, and writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import time
-from pathlib import Path
 
-import gymnasium as gym
 import torch
 from torch import nn
 
 import xrl
-from xrl.agents.nets import ARCHS
 from xrl.explainers.masks import gaussian_blur, perturbation_masks, upsample_grid
 
-RESULTS = Path(__file__).parent / "results" / "greydanus.json"
-
-
-def nature_cnn_policy(n_actions: int = 6) -> xrl.Model:
-    """The Nature CNN trunk (conv 32 8x8 s4, 64 4x4 s2, 64 3x3 s1, fc 512) + a linear policy head."""
-    arch = ARCHS.get("nature_cnn")
-    space = gym.spaces.Box(0, 255, (4, 84, 84), dtype="uint8")
-    trunk = arch.features_extractor_class(space, **arch.features_extractor_kwargs)
-    return xrl.as_model(nn.Sequential(trunk, nn.Linear(512, n_actions)), input_shape=(4, 84, 84))
+from common import interleaved, nature_cnn_policy, write_result
 
 
 @torch.inference_mode()
@@ -58,22 +44,6 @@ def loop_greydanus(model: nn.Module, states: torch.Tensor, stride: int = 5, radi
             q = model(s * (1 - mask) + blurred * mask).softmax(-1)
             coarse[i, n] = 0.5 * ((p - q) ** 2).sum()
     return upsample_grid(coarse.view(b, 1, side_h, side_w), h, w, stride)[:, 0]
-
-
-def interleaved(candidates: dict, repeats: int, slow: tuple = ()) -> dict[str, list[float]]:
-    """Wall times of each ``candidates[name]()``, run round-robin after one warm-up each, so
-    load from other processes hits every candidate alike (``slow`` ones run at most twice)."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for fn in candidates.values():
-        fn()
-    for r in range(repeats):
-        for name, fn in candidates.items():
-            if name in slow and r >= 2:
-                continue
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -137,11 +107,7 @@ def main() -> None:
           f"{result['ratio_to_floor_best_batch']:.2f} (target <= 2); agree with loop: {agree} "
           f"(max |diff| {max_abs_diff:.2e})")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_result('greydanus', result)}")
 
 
 if __name__ == "__main__":
