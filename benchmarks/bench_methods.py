@@ -1,0 +1,158 @@
+"""Time per map of every registered explainer, next to its floor and to Captum's implementation.
+
+On one Nature-CNN policy (6 actions) and ``--states`` random 84x84x4 states, in one run:
+
+- ``xrl``   : ``get_explainer(name, model).explain(states)`` with default settings, time per map;
+- ``floor`` : the same work done by the network alone. While ``xrl`` runs, a hook counts the rows
+  that go through the network, and whether gradients were taken; the floor puts as many rows
+  through one batched forward pass (inference mode) or forward + backward (when the method
+  takes gradients), in chunks of the method's ``batch_size``;
+- ``captum``: where Captum has the method, Captum's own implementation with the same settings
+  (same number of samples/steps/windows), called the way its documentation shows.
+
+Writes ``benchmarks/results/methods.json`` and prints a table. Targets (issue 3): every
+perturbation method within 2x of its floor; no method slower than its Captum counterpart.
+Run::
+
+    .venv/bin/python benchmarks/bench_methods.py [--states 16] [--repeats 5] [--methods a,b]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import warnings
+from typing import Callable
+
+import torch
+
+import xrl
+from xrl.explainers import EXPLAINERS
+
+from common import interleaved, nature_cnn_policy, write_result
+
+
+class RowCounter:
+    """Counts rows through ``module``'s forward: with and without autograd."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.grad_rows = self.nograd_rows = 0
+        self.handle = module.register_forward_hook(self.hook)
+
+    def hook(self, module, inputs, output) -> None:
+        n = inputs[0].shape[0]
+        if torch.is_grad_enabled() and (inputs[0].requires_grad or output.requires_grad):
+            self.grad_rows += n
+        else:
+            self.nograd_rows += n
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def floor(model: xrl.Model, nograd_rows: int, grad_rows: int, batch_size: int) -> Callable[[], None]:
+    """The network alone: ``nograd_rows`` forward rows and ``grad_rows`` forward+backward rows."""
+    nograd = torch.rand(min(nograd_rows, batch_size), *model.input_shape)
+    grad = torch.rand(min(grad_rows, batch_size), *model.input_shape)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for start in range(0, nograd_rows, batch_size):
+                model(nograd[: min(batch_size, nograd_rows - start)])
+        for start in range(0, grad_rows, batch_size):
+            x = grad[: min(batch_size, grad_rows - start)].clone().requires_grad_(True)
+            torch.autograd.grad(model(x)[:, 0].sum(), x)  # input gradient only, as the methods need
+    return run
+
+
+def captum_counterpart(name: str, explainer, model: xrl.Model, states: torch.Tensor, targets: torch.Tensor):
+    """Captum's implementation of ``name`` with ``explainer``'s settings, or None."""
+    from captum import attr
+    net = model
+    bs = explainer.batch_size
+    if name == "gradient":
+        return lambda: attr.Saliency(net).attribute(states.clone().requires_grad_(), target=targets)
+    if name == "guided_backprop":
+        return lambda: attr.GuidedBackprop(net).attribute(states.clone().requires_grad_(), target=targets)
+    if name == "grad_cam":
+        layer = dict(model.net.named_modules())[explainer.layer]
+
+        def cam():
+            maps = attr.LayerGradCam(net, layer).attribute(states, target=targets)
+            return attr.LayerAttribution.interpolate(maps, states.shape[-2:], "bilinear")
+        return cam
+    if name == "integrated_gradients":
+        return lambda: attr.IntegratedGradients(net).attribute(
+            states, baselines=0.0, target=targets, n_steps=explainer.n_steps, internal_batch_size=bs)
+    if name == "smoothgrad":
+        return lambda: attr.NoiseTunnel(attr.Saliency(net)).attribute(
+            states.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=explainer.n_samples,
+            nt_samples_batch_size=max(1, bs // states.shape[0]), stdevs=explainer.sigma, target=targets)
+    if name == "occlusion" and hasattr(explainer, "window"):
+        c = states.shape[1]
+        return lambda: attr.Occlusion(net).attribute(
+            states, sliding_window_shapes=(c, explainer.window, explainer.window),
+            strides=(c, explainer.stride, explainer.stride), baselines=0.0, target=targets,
+            perturbations_per_eval=bs)
+    if name == "lime" and hasattr(explainer, "n_samples"):
+        return None  # Captum's Lime needs a feature mask per state; compared in the lime tests instead
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--states", type=int, default=16, help="states per explain call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--methods", default=None, help="comma-separated; default every registered method")
+    args = parser.parse_args()
+
+    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's, every call
+    torch.manual_seed(0)
+    model = nature_cnn_policy()
+    states = torch.rand(args.states, 4, 84, 84)
+    with torch.no_grad():
+        targets = model(states).argmax(-1)  # given to every implementation (same work for all)
+    names = args.methods.split(",") if args.methods else xrl.list_explainers()
+    rows = {}
+    print(f"Nature CNN, {args.states} x (4, 84, 84), {torch.get_num_threads()} threads; "
+          f"ms per map (min of {args.repeats} interleaved rounds)")
+    print(f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)")
+    for name in names:
+        explainer = xrl.get_explainer(name, model)
+        counter = RowCounter(model.net)
+        explainer.explain(states, targets)
+        counter.close()
+        candidates = {"xrl": lambda e=explainer: e.explain(states, targets),
+                      "floor": floor(model, counter.nograd_rows, counter.grad_rows, explainer.batch_size)}
+        theirs = captum_counterpart(name, explainer, model, states, targets)
+        if theirs is not None:
+            candidates["captum"] = theirs
+        times = interleaved(candidates, args.repeats)
+        per_map = {k: min(v) / args.states for k, v in times.items()}
+        row = {
+            "seconds_per_map": per_map,
+            "seconds_per_map_median": {k: statistics.median(v) / args.states for k, v in times.items()},
+            "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
+            "ratio_to_floor": per_map["xrl"] / per_map["floor"],
+            "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
+            "perturbation": counter.grad_rows == 0,
+            "batch_size": explainer.batch_size,
+        }
+        rows[name] = row
+        cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
+        print(f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
+              f"{row['ratio_to_floor']:9.2f} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
+
+    perturbation = {n: r for n, r in rows.items() if r["perturbation"] and r["forward_rows"] > 0}
+    result = {
+        "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
+        "methods": rows,
+        "perturbation_within_2x_of_floor": {n: r["ratio_to_floor"] <= 2 for n, r in perturbation.items()},
+        "not_slower_than_captum": {n: r["ratio_to_captum"] <= 1 for n, r in rows.items()
+                                   if r["ratio_to_captum"] is not None},
+    }
+    print(f"wrote {write_result('methods', result)}")
+
+
+if __name__ == "__main__":
+    main()
