@@ -15,7 +15,7 @@ SHAPE = (2, 12, 12)  # (C, H, W): two stacked frames
 K = 3
 NAMES = list_explainers()
 #: tiny budgets so every method runs in well under a second on 12x12 states
-SETTINGS = {"greydanus": {"stride": 3, "radius": 2.0}}
+SETTINGS = {"greydanus": {"stride": 3, "radius": 2.0}, "extremal_perturbation": {"iterations": 20}}
 
 
 class TinyCNN(nn.Module):
