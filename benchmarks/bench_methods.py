@@ -26,7 +26,6 @@ from typing import Callable
 import torch
 
 import xrl
-from xrl.explainers import EXPLAINERS
 
 from common import interleaved, nature_cnn_policy, write_result
 

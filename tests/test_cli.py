@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import xrl
@@ -25,16 +24,6 @@ from xrl.explainers import EXPLAINERS, get_explainer
 from xrl.metrics import METRICS
 
 AGENT = "red-fetch-green"  # the shipped zoo agent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # A training runs beside the tests: one thread avoids oversubscribing the cores (with the
-    # default thread count the no-zoo demo below takes minutes instead of ~20 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

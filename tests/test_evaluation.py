@@ -22,15 +22,6 @@ NAN_ROW = 3  # a row whose labels have no important pixel: localization.auc is N
 LOC = ["localization.auc", "localization.important", "localization.unimportant"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # A training runs beside the tests: one thread avoids oversubscribing the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

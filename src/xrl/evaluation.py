@@ -9,7 +9,6 @@ kept so that means can be recomputed and compared. A metric a dataset cannot sup
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
