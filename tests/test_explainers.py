@@ -80,8 +80,14 @@ def test_no_side_effects(name, train_mode):
     x.grad = torch.full_like(x, 7.0)
     before = x.detach().clone()
     explainer = make(name, model)
-    for call in (lambda: explainer.explain(x), lambda: explainer.explain(x, targets=lambda s: s[:, 0] - s[:, 1]),
-                 lambda: explainer.explain_all(x)):
+
+    def by_callable():
+        if explainer.callable_targets:
+            return explainer.explain(x, targets=lambda s: s[:, 0] - s[:, 1])
+        with pytest.raises(TypeError, match="callable"):  # refused (documented), also without side effects
+            explainer.explain(x, targets=lambda s: s[:, 0] - s[:, 1])
+
+    for call in (lambda: explainer.explain(x), by_callable, lambda: explainer.explain_all(x)):
         call()
         assert torch.equal(x.detach(), before) and x.requires_grad and torch.equal(x.grad, torch.full_like(x, 7.0))
         assert all(p.grad is None and p.requires_grad for p in model.parameters())
@@ -138,7 +144,11 @@ def test_every_form_of_targets(name):
     own = model(x).argmax(-1)
     torch.testing.assert_close(explainer.explain(x), explainer.explain(x, targets=own))
     for fn in (lambda s: s[:, 0] - s[:, 1], lambda s: s.logsumexp(-1)):  # "why 0 not 1", soft value
-        check_map(explainer.explain(x, targets=fn), (3, 12, 12), x)
+        if explainer.callable_targets:
+            check_map(explainer.explain(x, targets=fn), (3, 12, 12), x)
+        else:  # methods that need action indices say so
+            with pytest.raises(TypeError, match="callable"):
+                explainer.explain(x, targets=fn)
 
 
 @pytest.mark.parametrize("name", NAMES)

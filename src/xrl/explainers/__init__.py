@@ -17,3 +17,4 @@ __all__ = ["EXPLAINERS", "Explainer", "get_explainer", "list_explainers"]
 from xrl.explainers import gradient, greydanus, random_map  # noqa: E402,F401  (registers the explainers)
 from xrl.explainers import extremal_perturbation, lime  # noqa: E402,F401  (LIME, extremal perturbations)
 from xrl.explainers import grad_cam, guided_backprop, integrated_gradients, normgrad, smoothgrad  # noqa: E402,F401  (gradient family)
+from xrl.explainers import occlusion, rise, sarfa  # noqa: E402,F401  (occlusion, RISE, SARFA)

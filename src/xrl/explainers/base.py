@@ -31,6 +31,8 @@ class Explainer:
 
     #: True when ``explain_all`` gives all K maps at the cost of one ``explain``
     per_action: bool = False
+    #: False when the method needs action indices and refuses a callable ``targets`` (TypeError)
+    callable_targets: bool = True
 
     def __init__(self, model: Model, *, batch_size: int = 256, seed: int = 0) -> None:
         if not isinstance(model, Model):

@@ -35,8 +35,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, Targets, chunks
-from xrl.explainers.masks import gaussian_blur, mask_centres, perturbation_masks, upsample_grid
+from xrl.explainers.base import EXPLAINERS, Explainer, Targets
+from xrl.explainers.masks import (gaussian_blur, mask_centres, perturbation_masks, perturbed_scores,
+                                  upsample_grid)
 
 SCORES = ("l2", "kl", "target")
 
@@ -112,15 +113,12 @@ class Greydanus(Explainer):
 
     def _scores(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of the states ``(B, K)`` and of all their perturbations ``(B, N, K)``."""
-        b, _, height, width = states.shape
+        height, width = states.shape[-2:]
         masks = self.masks(height, width, states.device).to(states.dtype)  # no copy for float32
-        n = masks.shape[0] + 1  # each state itself, then its N perturbations: no separate pass
+        # each state itself, then its N perturbations, in one state-major batch: no separate pass
         with torch.inference_mode():
             blurred = gaussian_blur(states, self.blur_sigma)
-            parts = [self.model(perturb(states, blurred, masks, rows)) for rows in chunks(b * n, self.batch_size)]
-        # leaving inference mode here: the results are ordinary tensors (usable in autograd later)
-        scores = torch.cat(parts).view(b, n, -1)
-        return scores[:, 0], scores[:, 1:]
+        return perturbed_scores(self.model, states, blurred, masks, self.batch_size)
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached perturbation masks ``(N, H, W)`` this explainer uses."""
@@ -136,26 +134,3 @@ class Greydanus(Explainer):
 
 def _unused(scores: torch.Tensor) -> torch.Tensor:
     raise AssertionError("the l2 and kl scores do not use targets")
-
-
-def perturb(states: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Rows ``rows`` of the state-major batch ``(B * (N + 1), C, H, W)``, built without it.
-
-    Row ``b * (N + 1)`` is ``states[b]``; row ``b * (N + 1) + 1 + m`` is
-    ``states[b] * (1 - masks[m]) + blurred[b] * masks[m]``. Each state's run of masks is written
-    by one broadcast ``lerp`` straight into the output chunk.
-    """
-    n = masks.shape[0] + 1
-    out = states.new_empty((rows.stop - rows.start, *states.shape[1:]))
-    start = rows.start
-    while start < rows.stop:
-        b, m = divmod(start, n)
-        stop = min(rows.stop, (b + 1) * n)
-        if m == 0:  # the unperturbed state
-            out[start - rows.start] = states[b]
-            start, m = start + 1, 1
-        if start < stop:
-            weight = masks[m - 1 : m - 1 + stop - start, None]  # (n_b, 1, H, W), same on every channel
-            torch.lerp(states[b], blurred[b], weight, out=out[start - rows.start : stop - rows.start])
-        start = stop
-    return out

@@ -1,0 +1,147 @@
+"""Occlusion saliency (Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional
+Networks", section 4.2: occlusion sensitivity).
+
+A square ``window`` of ``w x w`` pixels slides over the state in steps of ``stride``; inside it every
+channel (stacked frames included) is replaced by ``fill``. The saliency of a pixel is the average
+drop of the explained target ``f`` over the windows ``W_i`` that cover it::
+
+    saliency(p) = mean over {i : p in W_i} of  f(s) - f(s_i),    s_i = s * (1 - M_i) + fill * M_i
+
+signed: negative where hiding the pixel raises ``f``. ``f`` is an action's score (logit or
+Q-value) or any callable of the scores (a value, "A minus B"). ``explain_all[:, k]`` is the map of
+action ``k``, all K from the same perturbed batch, so ``explain_all`` costs what ``explain`` costs.
+
+Windows start at ``0, stride, 2 * stride, ...`` along each axis; the last one is clipped at the
+border (``ceil((H - w) / stride) + 1`` positions per axis), so every pixel is covered: these are
+Captum's ``Occlusion`` windows, and the maps equal Captum's with
+``sliding_window_shapes=(C, w, w)``, ``strides=(C, stride, stride)``, ``baselines=fill`` (tested).
+The stride may not exceed the window (pixels between windows would never be occluded).
+
+Settings: Zeiler & Fergus occlude ImageNet images with a grey square. States here are in
+``[0, 1]``, not mean-subtracted, so ``fill`` is explicit: a float
+(default 0, black, Captum's default baseline; on Atari frames most of the background is black,
+so black patches hide objects and leave the background unchanged) or a baseline tensor
+broadcastable to ``(C, H, W)``, e.g. a dataset's mean state or 0.5 for mid-grey.
+``window=8, stride=4`` (defaults) give 400 windows on 84x84 Atari states and 225 on 64x64
+Red-Fetch-Green states (one 8-pixel grid cell per window).
+
+Cost: ``B * (n_windows + 1)`` forward passes (each state rides along with its windows), run in
+chunks of ``batch_size`` rows under ``torch.inference_mode()``; results do not depend on
+``batch_size``. Window masks are built once per ``(H, W, window, stride, device)`` and cached.
+Measured on 84x84x4 states with a Nature CNN (2 shared CPU cores): ~1.3x the floor (the same
+number of forward passes in one batch) for all actions at once; Captum's ``Occlusion`` with the
+same windows (``perturbations_per_eval=400``) took ~7x longer for one action, same maps to 1e-8.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Callable, Union
+
+import torch
+
+from xrl.agents.model import Model
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.explainers.masks import perturbed_scores
+
+Fill = Union[float, torch.Tensor]
+
+
+@EXPLAINERS.register("occlusion")
+class Occlusion(Explainer):
+    """Occlusion (Zeiler & Fergus 2014): mean drop of the target over the sliding windows covering each pixel.
+
+    Example::
+
+        explainer = get_explainer("occlusion", model, window=8, stride=4, fill=0.0)
+        saliency = explainer.explain(states, targets=lambda q: q[:, 2] - q[:, 3])  # (B, H, W)
+        per_action = explainer.explain_all(states)                                 # (B, K, H, W)
+    """
+
+    per_action = True
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        window: int = 8,
+        stride: int = 4,
+        fill: Fill = 0.0,
+        batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, batch_size=batch_size, seed=seed)
+        for name, value in (("window", window), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
+        if stride > window:
+            raise ValueError(f"stride {stride} may not exceed window {window}: pixels between windows "
+                             "would never be occluded")
+        self.window, self.stride = int(window), int(stride)
+        self.fill = _check_fill(fill, model.input_shape)
+
+    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        base, perturbed = self._scores(states)  # (B, K), (B, N, K)
+        b, n = perturbed.shape[:2]
+        # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
+        drop = target_fn(base)[:, None] - target_fn(perturbed.flatten(0, 1)).view(b, n)
+        return self._average(drop[:, None], states)[:, 0]
+
+    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
+        base, perturbed = self._scores(states)
+        return self._average((base[:, None] - perturbed).transpose(1, 2), states)
+
+    def _scores(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = self.masks(*states.shape[-2:], device=states.device).to(states.dtype)
+        fill = torch.as_tensor(self.fill, dtype=states.dtype, device=states.device).expand_as(states)
+        return perturbed_scores(self.model, states, fill, masks, self.batch_size)
+
+    def _average(self, drops: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``(B, K, N)`` drops per window -> ``(B, K, H, W)`` mean over the windows covering each pixel."""
+        height, width = states.shape[-2:]
+        masks = self.masks(height, width, device=states.device).flatten(1)  # (N, H*W), 0/1
+        total = drops.to(masks.dtype) @ masks  # (B, K, H*W)
+        return (total / masks.sum(0)).view(*drops.shape[:2], height, width)
+
+    def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The cached 0/1 window masks ``(N, H, W)``, row-major over window positions."""
+        if self.window > min(height, width):
+            raise ValueError(f"window {self.window} is larger than the state ({height}x{width})")
+        return window_masks(height, width, self.window, self.stride, torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+def window_masks(height: int, width: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
+    """0/1 masks ``(N, H, W)`` of the windows, ``N = n_rows * n_cols`` with
+    ``n = ceil((size - window) / stride) + 1`` positions per axis, clipped at the border.
+    Cached: the same arguments return the same tensor (do not modify it)."""
+    with torch.inference_mode(False):  # cached: must stay usable by autograd later
+        rows = _window_axis(height, window, stride)  # (n_rows, H)
+        cols = _window_axis(width, window, stride)  # (n_cols, W)
+        masks = rows[:, None, :, None] * cols[None, :, None, :]  # (n_rows, n_cols, H, W)
+        return masks.reshape(-1, height, width).to(device)
+
+
+def _window_axis(size: int, window: int, stride: int) -> torch.Tensor:
+    starts = torch.arange(math.ceil((size - window) / stride) + 1) * stride
+    pixel = torch.arange(size)
+    return ((pixel >= starts[:, None]) & (pixel < starts[:, None] + window)).float()
+
+
+def _check_fill(fill: Fill, input_shape: tuple[int, ...]) -> Fill:
+    if isinstance(fill, torch.Tensor):
+        if not fill.is_floating_point() or not torch.isfinite(fill).all():
+            raise ValueError(f"a fill tensor must be finite floats, got dtype {fill.dtype}")
+        try:
+            fits = torch.broadcast_shapes(fill.shape, tuple(input_shape)) == tuple(input_shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"a fill tensor must broadcast to the state shape {tuple(input_shape)}, got {tuple(fill.shape)}"
+            )
+        return fill.detach().clone()
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+        raise ValueError(f"fill must be a finite number or a baseline tensor, got {fill!r}")
+    return float(fill)
