@@ -31,8 +31,9 @@ from xrl.viz.overlay import explanation_grid
 
 ENV = "red-fetch-green"
 # DIGR appendix A: the Gaussian-blur perturbation radius for Red-Fetch-Green's 64×64 image is half
-# a grid cell; masks every 4 pixels cover each cell at four offsets.
-METHOD_SETTINGS = {"greydanus": {"radius": 4, "stride": 4}}
+# a grid cell; masks every 4 pixels cover each cell at four offsets. DIGR compares SARFA with the
+# same perturbations.
+METHOD_SETTINGS = {"greydanus": {"radius": 4, "stride": 4}, "sarfa": {"radius": 4, "stride": 4}}
 # Local Lipschitz re-explains every state once per neighbour: 8 neighbours (default 16) keep the
 # demo to minutes with the optimisation and sampling methods.
 METRIC_SETTINGS = {"lipschitz": {"n_samples": 8}}
