@@ -131,15 +131,16 @@ def main() -> None:
             "seconds_per_map": per_map,
             "seconds_per_map_median": {k: statistics.median(v) / args.states for k, v in times.items()},
             "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
-            "ratio_to_floor": per_map["xrl"] / per_map["floor"],
+            "ratio_to_floor": per_map["xrl"] / per_map["floor"] if counter.nograd_rows + counter.grad_rows else None,
             "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
             "perturbation": counter.grad_rows == 0,
             "batch_size": explainer.batch_size,
         }
         rows[name] = row
         cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
+        ratio = f"{row['ratio_to_floor']:9.2f}" if row["ratio_to_floor"] is not None else f"{'-':>9s}"
         print(f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
-              f"{row['ratio_to_floor']:9.2f} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
+              f"{ratio} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
 
     perturbation = {n: r for n, r in rows.items() if r["perturbation"] and r["forward_rows"] > 0}
     result = {
