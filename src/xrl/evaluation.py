@@ -24,7 +24,7 @@ from xrl.data.dataset import StateDataset
 from xrl.explainers import get_explainer
 from xrl.explainers.base import chunks
 from xrl.files import atomic_path, write_json
-from xrl.metrics import get_metric
+from xrl.metrics import METRICS, get_metric
 from xrl.metrics.base import Metric
 
 
@@ -68,6 +68,12 @@ class Evaluation:
         lines = ["  ".join(x.ljust(w) for x, w in zip(header, widths))]
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
         lines += [f"(skipped {k}: {v})" for k, v in self.skipped.items()]
+        for c in self.columns:  # a `<metric>.passed` column: methods failing it on average
+            metric, _, out = c.rpartition(".")
+            failed = [m for m in self.methods if out == "passed" and means[m][c] < 0.5]
+            if failed:
+                reason = getattr(METRICS.get(metric), "flagged", None) if metric in METRICS else None
+                lines.append(f"flagged: {', '.join(failed)} ({reason or f'mean {c} < 0.5'})")
         return "\n".join(lines)
 
     def write(self, folder: str | os.PathLike) -> tuple[Path, Path]:

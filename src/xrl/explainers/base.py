@@ -34,6 +34,14 @@ class Explainer:
     #: False when the method needs action indices and refuses a callable ``targets`` (TypeError)
     callable_targets: bool = True
 
+    def __new__(cls, *args, **kwargs):
+        # Record the constructor's settings (all arguments but the model) so that ``with_model``
+        # can build the same method for another model. ``copy`` and ``pickle`` call ``__new__``
+        # without arguments and then restore ``__dict__``, so they keep the recorded settings.
+        self = super().__new__(cls)
+        self._settings = (args[1:], {k: v for k, v in kwargs.items() if k != "model"})
+        return self
+
     def __init__(self, model: Model, *, batch_size: int = 256, seed: int = 0) -> None:
         if not isinstance(model, Model):
             raise TypeError(
@@ -71,12 +79,18 @@ class Explainer:
     def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def with_model(self, model: Model) -> "Explainer":
+        """The same method with the same settings, explaining ``model`` (e.g. a randomized copy
+        of the agent, for sanity checks)."""
+        args, kwargs = self._settings
+        return type(self)(model, *args, **kwargs)
+
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator seeded with ``seed``: same seed, same maps."""
         return torch.Generator(device=device).manual_seed(self.seed)
 
     def __repr__(self) -> str:
-        settings = {k: v for k, v in vars(self).items() if k != "model"}
+        settings = {k: v for k, v in vars(self).items() if k not in ("model", "_settings")}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
 

@@ -20,7 +20,8 @@ import torch
 from xrl.agents.model import Model
 from xrl.registry import Registry
 
-CATEGORIES = ("faithfulness", "robustness", "complexity", "localization", "human_agreement", "cost")
+CATEGORIES = ("faithfulness", "robustness", "complexity", "localization", "human_agreement", "cost",
+              "sanity")
 
 METRICS: Registry[type["Metric"]] = Registry("metric")
 
