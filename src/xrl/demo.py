@@ -33,10 +33,13 @@ ENV = "red-fetch-green"
 # DIGR appendix A: the Gaussian-blur perturbation radius for Red-Fetch-Green's 64×64 image is half
 # a grid cell; masks every 4 pixels cover each cell at four offsets. DIGR compares SARFA with the
 # same perturbations.
-METHOD_SETTINGS = {"greydanus": {"radius": 4, "stride": 4}, "sarfa": {"radius": 4, "stride": 4}}
+# RISE with 1000 masks (default 2000) keeps the demo to minutes on a CPU.
+METHOD_SETTINGS = {"greydanus": {"radius": 4, "stride": 4}, "sarfa": {"radius": 4, "stride": 4},
+                   "rise": {"n_masks": 1000}}
 # Local Lipschitz re-explains every state once per neighbour: 8 neighbours (default 16) keep the
 # demo to minutes with the optimisation and sampling methods.
 METRIC_SETTINGS = {"lipschitz": {"n_samples": 8}}
+N_STATES = 32  # states scored per method
 
 
 def demo_agent(out: Path, *, zoo: Path | None = None, quick: bool = False) -> tuple[Model, dict]:
@@ -69,7 +72,7 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
         metrics["lipschitz"] = {"n_samples": 2}
     saliency: dict[str, torch.Tensor] = {}
     with StateDataset.open(data) as ds:
-        result = evaluate(model, ds, methods, metrics, n_states=6 if quick else 64, seed=seed,
+        result = evaluate(model, ds, methods, metrics, n_states=6 if quick else N_STATES, seed=seed,
                           saliency=saliency, progress=not quick)
         result.write(out)
         pick = np.unique(np.linspace(0, len(result.rows) - 1, min(6, len(result.rows))).round().astype(int))
@@ -88,7 +91,7 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
             f"# xrl demo: {ENV}\n\nAgent: {card.get('what')} — `{card.get('command')}`; "
             f"score {json.dumps(card.get('score'))}\n\n"
             f"States: {n_states} from seeded greedy episodes; "
-            f"{min(n_states, 6 if quick else 64)} scored per method (seed {seed}).\n\n"
+            f"{min(n_states, 6 if quick else N_STATES)} scored per method (seed {seed}).\n\n"
             f"Method settings: {json.dumps(METHOD_SETTINGS)}; metric settings: "
             f"{json.dumps(METRIC_SETTINGS)}; every other setting is the default.\n\n"
             f"```\n{table}\n```\n\n![explanations](explain.png)\n\n"
