@@ -265,8 +265,11 @@ def region_model(shape=(1, 16, 16)):
 def test_greydanus_is_zero_beyond_the_mask_support(score):
     model, x = region_model(), torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     saliency = get_explainer("greydanus", model, stride=1, radius=1.0, score=score).explain(x)
-    # masks vanish beyond truncate * radius = 4 pixels: centres at rows/cols >= 9 cannot reach R
-    assert saliency[:, 9:, :].abs().max() < 1e-10 and saliency[:, :, 9:].abs().max() < 1e-10
+    # masks vanish beyond truncate * radius = 4 pixels: centres at rows/cols >= 9 cannot reach R.
+    # Zero up to float32 rounding of the batched forward (a row's rounding in a GEMM may depend on
+    # its position): ~1 ulp of the scores for the linear "target" drop, its square for l2/kl.
+    tol = 1e-6 if score == "target" else 1e-10
+    assert saliency[:, 9:, :].abs().max() < tol and saliency[:, :, 9:].abs().max() < tol
     assert (saliency[:, 2:5, 2:5] > 0).all()
 
 

@@ -181,9 +181,11 @@ def region_reader(shape=(1, 16, 16)):
 def test_occlusion_is_zero_where_no_window_touches_what_the_model_reads():
     model, x = region_reader(), rand(2, 1, 16, 16)
     maps = get_explainer("occlusion", model, window=3, stride=1).explain_all(x)
-    # a window covering row (col) >= 7 spans rows >= 5: it never touches the region
-    assert torch.equal(maps[..., 7:, :], torch.zeros_like(maps[..., 7:, :]))
-    assert torch.equal(maps[..., :, 7:], torch.zeros_like(maps[..., :, 7:]))
+    # a window covering row (col) >= 7 spans rows >= 5: it never touches the region, so the drop
+    # there is zero up to float32 rounding of the batched forward (~1 ulp of the scores: a row's
+    # rounding in a GEMM may depend on its position in the batch)
+    assert maps[..., 7:, :].abs().max() < 1e-6 and maps[..., :, 7:].abs().max() < 1e-6
+    assert (maps[..., 2:5, 2:5].abs() > 1e-3).any()
     assert (maps[..., 2:5, 2:5] != 0).all()
 
 
