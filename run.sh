@@ -23,7 +23,17 @@ fi
 job=${1:-demo}; shift || true
 case "$job" in
   demo) exec .venv/bin/xrl demo "$@" ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  test)
+    # the report is tested in a real browser: Debian's chromium, installed when missing
+    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "run.sh: installing chromium (for the report test)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+      else
+        echo "run.sh: chromium is missing; the report test will fail (sudo apt-get install chromium)" >&2
+      fi
+    fi
+    exec .venv/bin/python -m pytest "$@" ;;
   xrl)  exec .venv/bin/xrl "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test or xrl)" >&2; exit 2 ;;
 esac

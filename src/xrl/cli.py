@@ -123,6 +123,31 @@ def cmd_evaluate(args) -> None:
     print(f"wrote {csv_path} and {json_path}")
 
 
+def cmd_bench(args) -> int:
+    from xrl.bench import load_results, load_spec, run_bench
+    from xrl.bench.results import group_table
+    spec = load_spec(args.spec)
+    if args.check:
+        print(f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
+              f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)")
+        return 0
+    out = run_bench(spec, args.out, ray=args.ray, workers=args.workers)
+    doc = load_results(out)
+    for g in doc["groups"]:
+        print(f"\n{g['agent']} ({g['env']}), seed {g['seed']}:\n{group_table(g)}")
+    if args.report:
+        from xrl.report import build_report
+        print(f"wrote {build_report(out)}")
+    for f in doc["failed"]:
+        print(f"FAILED {f['id']}: {f['error']}", file=sys.stderr)
+    return 1 if doc["failed"] else 0
+
+
+def cmd_report(args) -> None:
+    from xrl.report import build_report
+    print(f"wrote {build_report(args.results, args.out)}")
+
+
 def cmd_demo(args) -> None:
     from xrl.demo import run_demo
     run_demo(out=args.out, quick=args.quick)
@@ -180,6 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--out", default="results")
         e.set_defaults(fn=fn)
 
+    b = sub.add_parser("bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, "
+                                     "in process or on Ray")
+    b.add_argument("spec", help="spec file (TOML) or a shipped spec: quick, full")
+    b.add_argument("--out", default=None, help="results folder (default bench-results/<spec name>)")
+    b.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster")
+    b.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray (--ray auto)")
+    b.add_argument("--check", action="store_true", help="only check the spec")
+    b.add_argument("--report", action="store_true", help="also write report.html")
+    b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("report", help="self-contained HTML report of a bench results folder")
+    r.add_argument("results", help="results folder (xrl bench --out)")
+    r.add_argument("--out", default=None, help="HTML file (default RESULTS/report.html)")
+    r.set_defaults(fn=cmd_report)
+
     d = sub.add_parser("demo", help="the README's main job: agent, states, every method, metrics, report")
     d.add_argument("--out", default="demo-results")
     d.add_argument("--quick", action="store_true", help="tiny budgets (used by the tests)")
@@ -190,11 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"xrl {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""Run a spec's grid of jobs, in process or on Ray, into a results folder that resumes.
+
+Results folder::
+
+    spec.toml, spec.json          the spec as written and as resolved
+    data/<agent>-seed<s>.h5        the collected states (``collect``, itself resumable)
+    jobs/<agent>/seed<s>/<method>.json   one finished job (written last, atomically)
+    jobs/<agent>/seed<s>/<method>.npz    its gallery maps (and every map with store_saliency)
+    jobs/<agent>/seed<s>/<method>.error.json   a job that raised: error and traceback
+    results.json, results.csv      every finished job merged (:mod:`xrl.bench.results`)
+
+A job is one method on one (agent, seed): :func:`xrl.evaluation.evaluate` on the seeded sample of
+states, plus the mean deletion/insertion curves. Jobs are functions of their inputs (one torch
+thread each, seeded methods), so the results do not depend on where or in which order they run;
+only ``cost`` metrics (wall time) differ from run to run.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xrl.agents.model import Model
+from xrl.bench.spec import Job, Spec, load_spec
+from xrl.data.collect import collect
+from xrl.data.dataset import StateDataset
+from xrl.evaluation import evaluate
+from xrl.files import atomic_path, write_json
+from xrl.metrics import METRICS, get_metric
+
+CURVE_METRICS = ("deletion", "insertion")
+
+
+def job_paths(out: Path, job: Job) -> dict[str, Path]:
+    stem = out / "jobs" / job.agent / f"seed{job.seed}" / job.method
+    return {"json": stem.with_suffix(".json"), "npz": stem.with_suffix(".npz"),
+            "error": stem.with_name(stem.name + ".error.json")}
+
+
+def data_path(out: Path, spec: Spec, agent: str, seed: int) -> Path:
+    a = next(x for x in spec.agents if x.name == agent)
+    return Path(a.data) if a.data else out / "data" / f"{agent}-seed{seed}.h5"
+
+
+def is_done(out: Path, job: Job) -> bool:
+    """A finished result of exactly this job (same settings, same metrics) is on disk."""
+    import json
+    path = job_paths(out, job)["json"]
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text())["job"]["key"] == job.key
+    except (ValueError, KeyError):
+        return False
+
+
+def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
+    """Compute one job; returns ``{"result": JSON-able dict, "arrays": {name: ndarray}}``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.threads)
+    started = time.perf_counter()
+    try:
+        saliency: dict[str, torch.Tensor] = {}
+        with StateDataset.open(data) as ds:
+            ev = evaluate(model, ds, {job.method: job.settings}, job.metrics, n_states=job.n_states,
+                          seed=job.seed, saliency=saliency, progress=False)
+            rows = np.asarray(ev.rows)
+            maps = saliency[job.method]  # (n, H, W)
+            curves = {}
+            for name in CURVE_METRICS:
+                if name in job.metrics:
+                    metric = get_metric(name, **job.metrics[name])
+                    x, y = metric.curve(model=model, states=ds.states(rows), saliency=maps,
+                                        targets=torch.as_tensor(ds.actions[rows], dtype=torch.long))
+                    curves[name] = {"x": x.tolist(), "y": y.mean(0).tolist()}
+        pick = gallery_positions(len(rows), job.gallery)
+        arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
+        if job.store_saliency:
+            arrays.update(saliency=maps.numpy(), rows=rows)
+        result = {
+            "job": {**asdict(job), "id": job.id, "key": job.key},
+            "rows": ev.rows, "columns": ev.columns, "higher_is_better": ev.higher_is_better,
+            "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
+            "values": ev.values[job.method], "means": ev.means()[job.method], "skipped": ev.skipped,
+            "curves": curves, "seconds": time.perf_counter() - started,
+        }
+        return {"result": result, "arrays": arrays}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gallery_positions(n: int, k: int) -> np.ndarray:
+    """``k`` positions spread over ``n`` sampled states (the same for every method)."""
+    if k == 0 or n == 0:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def save_job(out: Path, job: Job, output: dict) -> None:
+    """Write a finished job: maps first, then the JSON that marks it done (both atomic)."""
+    paths = job_paths(out, job)
+    with atomic_path(paths["npz"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **output["arrays"])
+    write_json(paths["json"], output["result"])
+    paths["error"].unlink(missing_ok=True)
+
+
+def save_error(out: Path, job: Job, error: str, trace: str) -> None:
+    write_json(job_paths(out, job)["error"], {"job": {**asdict(job), "id": job.id, "key": job.key},
+                                               "error": error, "traceback": trace})
+
+
+def _guarded(job: Job, model: Model, data) -> dict:
+    """``run_job`` with any exception turned into an error record (the other jobs go on)."""
+    try:
+        return run_job(job, model, data)
+    except Exception as err:  # noqa: BLE001 - a crashing job is recorded, not fatal
+        return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def run_bench(
+    spec: Spec | str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    ray: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run every job of ``spec`` not already finished in ``out``; merge; return ``out``.
+
+    ``ray=None`` runs the jobs one after another in this process; ``"auto"`` starts a local Ray
+    (``workers`` CPUs, default all) or uses the one already initialised; any other value is the
+    address of a running cluster (``host:port`` or ``ray://host:port``)."""
+    from xrl.bench.results import merge
+
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    out = Path(out) if out is not None else Path("bench-results") / spec.name
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if ray is not None and ray != "auto":
+        check_reachable(ray)
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.text is not None:
+        with atomic_path(out / "spec.toml") as tmp:
+            tmp.write_text(spec.text)
+    write_json(out / "spec.json", spec.resolved())
+
+    for agent in spec.agents:  # collect the states once per (agent, seed); resumable
+        for seed in spec.seeds if agent.data is None else ():
+            collect(spec.models[agent.name], episodes=agent.episodes,
+                    out=data_path(out, spec, agent.name, seed), env=agent.env,
+                    env_settings=agent.env_settings, seed=seed, max_steps=agent.max_steps,
+                    sample=agent.sample, progress=progress)
+
+    jobs = spec.jobs()
+    todo = [j for j in jobs if not is_done(out, j)]
+    if progress:
+        print(f"xrl bench {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
+              f"{len(todo)} to run ({'in process' if ray is None else 'on Ray'}) -> {out}")
+    failed = 0
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="job", desc=f"bench {spec.name}",
+              disable=not progress) as bar:
+        run = _in_process if ray is None else _on_ray(ray, workers)
+        for job, output in run(todo, spec, out):
+            if "error" in output:
+                failed += 1
+                save_error(out, job, output["error"], output["traceback"])
+            else:
+                save_job(out, job, output)
+            bar.update(1)
+            bar.set_postfix_str(f"{job.id} {'FAILED' if 'error' in output else 'done'}"
+                                + (f", {failed} failed" if failed else ""))
+    merge(spec, out)
+    if progress:
+        print(f"wrote {out}/results.json and results.csv" + (f"; {failed} job(s) failed (see "
+                                                               "results.json)" if failed else ""))
+    return out
+
+
+def _in_process(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
+    for job in todo:
+        yield job, _guarded(job, spec.models[job.agent], data_path(out, spec, job.agent, job.seed))
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a clear message, when nothing listens at a Ray ``address``."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray takes 'auto' or a cluster address host:port (or ray://host:port), "
+                         f"got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(f"no Ray cluster reachable at {address} ({err}); start one with "
+                         "`ray start --head` or use --ray auto for a local one") from None
+
+
+def _local_copy(blob: bytes, digest: str) -> Path:
+    """The dataset file on a Ray worker: written once per machine from the object store."""
+    path = Path(tempfile.gettempdir()) / "xrl-bench-data" / f"{digest}.h5"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
+    return path
+
+
+def _remote_job(job: Job, model: Model, blob: bytes, digest: str) -> dict:
+    return _guarded(job, model, _local_copy(blob, digest))
+
+
+def _on_ray(address: str, workers: int | None) -> Callable:
+    import hashlib
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs Ray: pip install 'xrl[ray]'") from None
+
+    def run(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
+        started = False
+        if not ray.is_initialized():
+            if address == "auto":
+                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            started = True
+        try:
+            if not todo:
+                return
+            remote = ray.remote(num_cpus=1, max_retries=0)(_remote_job)
+            models = {a: ray.put(spec.models[a]) for a in {j.agent for j in todo}}
+            blobs = {}
+            for j in todo:
+                path = data_path(out, spec, j.agent, j.seed)
+                if path not in blobs:
+                    blob = path.read_bytes()
+                    blobs[path] = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16])
+            pending = {}
+            for j in todo:
+                blob, digest = blobs[data_path(out, spec, j.agent, j.seed)]
+                pending[remote.remote(j, models[j.agent], blob, digest)] = j
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    job = pending.pop(ref)
+                    try:
+                        output = ray.get(ref)
+                    except Exception as err:  # noqa: BLE001 - the worker died: record it, go on
+                        output = {"error": f"{type(err).__name__}: {err}", "traceback": str(err)}
+                    yield job, output
+        finally:
+            if started:
+                ray.shutdown()
+
+    return run
+
+
+def _npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a job's ``.npz`` (read whole, so no file handle stays open)."""
+    with np.load(io.BytesIO(Path(path).read_bytes())) as f:
+        return {k: f[k] for k in f.files}

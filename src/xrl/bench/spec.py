@@ -1,0 +1,405 @@
+"""Benchmark specs: a TOML file naming agents, methods, metrics and seeds, checked as a whole.
+
+Format (every key but ``[[agents]]`` optional; see ``docs/bench.md``)::
+
+    name = "quick"
+    seeds = [0]             # each seed: which episodes are collected and which states are drawn
+    n_states = 32           # states scored per (agent, seed)
+    threads = 1             # torch threads per job
+    gallery = 4             # states shown with every method's overlay in the report
+    store_saliency = false  # keep every job's maps in jobs/*.npz (gallery maps are always kept)
+    methods = "all"         # or a list of registered names
+    metrics = "all"
+
+    [[agents]]
+    agent = "red-fetch-green"   # zoo name, SB3 .zip or xrl .pt (paths relative to the spec)
+    env = "red-fetch-green"     # default: the env the agent was trained on
+    episodes = 16
+    # data = "states.h5"        # a StateDataset to use instead of collecting
+
+    [method_settings.greydanus]
+    radius = 4
+
+    [metric_settings.lipschitz]
+    n_samples = 8
+
+:func:`load_spec` reports *every* problem at once, each with its line in the file
+(:class:`SpecError`), before anything runs: unknown keys and names, wrong types, settings a
+method or metric refuses, an agent trained on another env, a dataset of another env.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xrl.agents.model import Model
+
+SPECS_DIR = Path(__file__).parent / "specs"
+
+_TOP = {"name", "seeds", "n_states", "threads", "gallery", "store_saliency", "methods", "metrics",
+        "agents", "method_settings", "metric_settings"}
+_AGENT = {"name", "agent", "env", "env_settings", "data", "episodes", "max_steps", "sample"}
+
+
+class SpecError(ValueError):
+    """Every problem of a spec, one per line: ``file:line: place: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"the spec has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class AgentSpec:
+    name: str
+    agent: str
+    env: str
+    env_settings: dict
+    data: str | None = None
+    episodes: int = 16
+    max_steps: int | None = None
+    sample: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell of the grid: one method on one agent's states for one seed, scored by every metric."""
+
+    agent: str
+    seed: int
+    method: str
+    settings: dict
+    metrics: dict
+    n_states: int
+    threads: int
+    gallery: int
+    store_saliency: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.agent}/seed{self.seed}/{self.method}"
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that determines the job's result (a stored result with another
+        key is stale and run again)."""
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Spec:
+    name: str
+    seeds: list[int]
+    n_states: int
+    threads: int
+    gallery: int
+    store_saliency: bool
+    agents: list[AgentSpec]
+    methods: dict[str, dict]
+    metrics: dict[str, dict]
+    text: str | None = None
+    path: str | None = None
+    models: dict[str, Model] = field(default_factory=dict, repr=False)
+
+    def jobs(self) -> list[Job]:
+        """The grid, agents × seeds × methods, in that order."""
+        return [Job(a.name, s, m, self.methods[m], self.metrics, self.n_states, self.threads,
+                    self.gallery, self.store_saliency)
+                for a in self.agents for s in self.seeds for m in self.methods]
+
+    def resolved(self) -> dict:
+        """The spec with every choice made (JSON), as recorded in the results."""
+        return {"name": self.name, "seeds": self.seeds, "n_states": self.n_states,
+                "threads": self.threads, "gallery": self.gallery,
+                "store_saliency": self.store_saliency, "agents": [asdict(a) for a in self.agents],
+                "methods": self.methods, "metrics": self.metrics}
+
+
+def find_spec(name_or_path: str | os.PathLike) -> Path:
+    """A spec file path, or the shipped spec of that name (``quick``, ``full``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SPECS_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.toml")))
+    raise FileNotFoundError(f"no spec file {str(name_or_path)!r} and no shipped spec of that name; "
+                            f"shipped specs: {known}")
+
+
+def load_spec(name_or_path: str | os.PathLike) -> Spec:
+    """Read and check a spec file (or a shipped spec by name); raises :class:`SpecError`."""
+    path = find_spec(name_or_path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError([f"{path}: not valid TOML: {err}"]) from None
+    return parse_spec(data, text=text, path=path)
+
+
+def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike | None = None) -> Spec:
+    """Check a spec given as a dict (what ``tomllib`` reads); ``text`` locates problems by line."""
+    from xrl.explainers import EXPLAINERS, get_explainer
+    from xrl.metrics import METRICS, get_metric
+
+    where = _Locator(text or "", str(path) if path else "<spec>")
+    base = Path(path).parent if path else Path.cwd()
+    problems: list[str] = []
+
+    def bad(place: tuple, message: str) -> None:
+        problems.append(f"{where(place)}: {message}")
+
+    for key in sorted(set(data) - _TOP):
+        bad((key,), f"unknown key {key!r}; known keys: {', '.join(sorted(_TOP))}")
+
+    name = data.get("name", Path(path).stem if path else "bench")
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+        bad(("name",), f"name must be a word (letters, digits, _ . -), got {name!r}")
+    seeds = data.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        bad(("seeds",), f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+        seeds = [0]
+    numbers = {}
+    for key, default, low in (("n_states", 32, 1), ("threads", 1, 1), ("gallery", 4, 0)):
+        value = data.get(key, default)
+        if not _is_int(value, low):
+            bad((key,), f"{key} must be an integer >= {low}, got {value!r}")
+            value = default
+        numbers[key] = value
+    store = data.get("store_saliency", False)
+    if not isinstance(store, bool):
+        bad(("store_saliency",), f"store_saliency must be true or false, got {store!r}")
+
+    methods = _selection(data, "methods", EXPLAINERS.names(), bad)
+    metrics = _selection(data, "metrics", METRICS.names(), bad)
+    method_settings = _settings_tables(data, "method_settings", methods, bad)
+    metric_settings = _settings_tables(data, "metric_settings", metrics, bad)
+
+    agents: list[AgentSpec] = []
+    models: dict[str, Model] = {}
+    loaded: list[Model] = []  # also agents with other problems: their methods' settings are checked
+    raw_agents = data.get("agents")
+    if not isinstance(raw_agents, list) or not raw_agents or not all(isinstance(a, dict) for a in raw_agents):
+        bad(("agents",), "expected at least one [[agents]] table naming an agent")
+        raw_agents = []
+    for i, raw in enumerate(raw_agents):
+        agent = _agent(raw, i, base, bad, models, loaded, labels_needed=[
+            m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"])
+        if agent is not None:
+            if agent.name in {a.name for a in agents}:
+                bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
+            agents.append(agent)
+
+    # settings are checked by building each method and metric once (unknown or bad settings,
+    # a trained network that is not there): the same constructors the jobs call
+    model = loaded[0] if loaded else None
+    for m in methods:
+        if model is None:
+            break
+        try:
+            get_explainer(m, model, **method_settings.get(m, {}))
+        except (TypeError, ValueError, FileNotFoundError) as err:
+            bad(_setting_place("method_settings", m, method_settings.get(m, {}), err),
+                f"method {m!r} refuses its settings: {err}")
+    for m in metrics:
+        try:
+            get_metric(m, **metric_settings.get(m, {}))
+        except (TypeError, ValueError, FileNotFoundError) as err:
+            bad(_setting_place("metric_settings", m, metric_settings.get(m, {}), err),
+                f"metric {m!r} refuses its settings: {err}")
+
+    if problems:  # in the order of the file
+        raise SpecError(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))
+    return Spec(name=name, seeds=list(seeds), n_states=numbers["n_states"], threads=numbers["threads"],
+                gallery=numbers["gallery"], store_saliency=store, agents=agents,
+                methods={m: method_settings.get(m, {}) for m in methods},
+                metrics={m: metric_settings.get(m, {}) for m in metrics},
+                text=text, path=str(path) if path else None, models=models)
+
+
+def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
+    """The setting an error message names (``'radus'``, ``step_fraction``), else the table."""
+    for key in settings:
+        if re.search(rf"\b{re.escape(key)}\b", str(err)):
+            return (table, name, key)
+    return (table, name)
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _selection(data: dict, key: str, known: list[str], bad) -> list[str]:
+    value = data.get(key, "all")
+    if value == "all":
+        return list(known)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        bad((key,), f'{key} must be "all" or a non-empty list of names, got {value!r}')
+        return []
+    for v in value:
+        if v not in known:
+            bad((key,), f"unknown {key[:-1]} {v!r}; known: {', '.join(known)}")
+    if len(set(value)) != len(value):
+        bad((key,), f"{key} lists a name twice: {value!r}")
+    return [v for v in dict.fromkeys(value) if v in known]
+
+
+def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str, dict]:
+    tables = data.get(key, {})
+    if not isinstance(tables, dict):
+        bad((key,), f"[{key}.NAME] tables expected, got {tables!r}")
+        return {}
+    out = {}
+    for name, settings in tables.items():
+        if name not in selected:
+            bad((key, name), f"settings for {name!r}, which is not among the {key.split('_')[0]}s "
+                             f"run ({', '.join(selected) or 'none'})")
+        elif not isinstance(settings, dict):
+            bad((key, name), f"[{key}.{name}] must be a table of settings, got {settings!r}")
+        else:
+            out[name] = dict(settings)
+    return out
+
+
+def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
+           labels_needed: list[str]) -> AgentSpec | None:
+    from xrl.agents.load import load_agent
+    from xrl.data.dataset import StateDataset
+    from xrl.envs import ENVS, make_env
+
+    place = ("agents", i)
+    ok = True
+    for key in sorted(set(raw) - _AGENT):
+        bad(place + (key,), f"unknown key {key!r} in [[agents]]; known keys: {', '.join(sorted(_AGENT))}")
+        ok = False
+    source = raw.get("agent")
+    if not isinstance(source, str) or not source:
+        bad(place, "every [[agents]] table needs agent = \"<zoo name, .zip or .pt path>\"")
+        return None
+    for key, low in (("episodes", 1), ("max_steps", 1)):
+        if key in raw and not _is_int(raw[key], low):
+            bad(place + (key,), f"{key} must be an integer >= {low}, got {raw[key]!r}")
+            ok = False
+    if "sample" in raw and not isinstance(raw["sample"], bool):
+        bad(place + ("sample",), f"sample must be true or false, got {raw['sample']!r}")
+        ok = False
+    env_settings = raw.get("env_settings")
+    if env_settings is not None and not isinstance(env_settings, dict):
+        bad(place + ("env_settings",), f"env_settings must be a table, got {env_settings!r}")
+        ok = False
+    name = raw.get("name", Path(source).stem if source.endswith((".pt", ".zip")) else source)
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+        bad(place + ("name",), f"name must be a word (letters, digits, _ . -), got {name!r}")
+        ok = False
+
+    path = base / source
+    source = str(path) if path.exists() else source
+    try:
+        model = load_agent(source)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        bad(place + ("agent",), f"cannot load agent {raw['agent']!r}: {err}")
+        return None
+    loaded.append(model)
+    trained = (model.info.get("env") or {}).get("name")
+    env = raw.get("env", trained)
+    if env is None:
+        bad(place, f"agent {raw['agent']!r} does not record its env; add env = \"<name>\"")
+        return None
+    if env not in ENVS:
+        bad(place + ("env",), f"unknown env {env!r}; known envs: {', '.join(ENVS.names())}")
+        return None
+    if trained is not None and env != trained:
+        bad(place + ("env",), f"agent {raw['agent']!r} was trained on {trained!r}, not {env!r}")
+        ok = False
+
+    data = raw.get("data")
+    has_labels = None
+    if data is not None:
+        data_path = base / str(data)
+        try:
+            with StateDataset.open(data_path) as ds:
+                if ds.env["name"] != env:
+                    bad(place + ("data",), f"dataset {data} holds {ds.env['name']!r} states, the agent plays {env!r}")
+                    ok = False
+                if tuple(ds.state_shape) != tuple(model.input_shape):
+                    bad(place + ("data",), f"dataset {data} holds states of shape {ds.state_shape}, "
+                                           f"the agent takes {tuple(model.input_shape)}")
+                    ok = False
+                has_labels = ds.has_labels
+            data = str(data_path)
+        except (ValueError, FileNotFoundError) as err:
+            bad(place + ("data",), str(err))
+            ok = False
+    elif labels_needed and ok:
+        settings = env_settings if env_settings is not None else (model.info.get("env") or {}).get("settings") or {}
+        try:
+            environment = make_env(env, **settings)
+            _, info = environment.reset(seed=0)
+            environment.close()
+            has_labels = "labels" in info
+        except (TypeError, ValueError) as err:
+            bad(place + ("env_settings",), f"env {env!r} refuses its settings: {err}")
+            ok = False
+    if labels_needed and has_labels is False:
+        bad(("metrics",), f"{', '.join(labels_needed)} need ground-truth labels, which agent "
+                          f"{name!r} ({env}) has none of; drop them or use metrics = \"all\" "
+                          "(metrics without data are then reported as skipped)")
+        ok = False
+    if not ok:
+        return None
+    models[name] = model
+    return AgentSpec(name=name, agent=source, env=env,
+                     env_settings=dict(env_settings) if env_settings is not None else
+                     dict((model.info.get("env") or {}).get("settings") or {}),
+                     data=data, episodes=raw.get("episodes", 16), max_steps=raw.get("max_steps"),
+                     sample=raw.get("sample", False))
+
+
+class _Locator:
+    """Line numbers of the tables and keys of a TOML text, for error messages.
+
+    A place is a key path such as ``("method_settings", "greydanus", "radius")`` or
+    ``("agents", 1, "env")`` (index of an ``[[agents]]`` table); the deepest known prefix is used."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[tuple, int] = {}
+        current: tuple = ()
+        counts: dict[tuple, int] = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if m := re.fullmatch(r"\[\[\s*([^\]]+?)\s*\]\]", line):
+                table = self._key(m.group(1))
+                counts[table] = counts.get(table, -1) + 1
+                current = table + (counts[table],)
+                self.lines.setdefault(table, n)
+            elif m := re.fullmatch(r"\[\s*([^\]]+?)\s*\]", line):
+                current = self._key(m.group(1))
+            elif m := re.match(r"([\w.\"' -]+?)\s*=", line):
+                current_key = current + self._key(m.group(1))
+                self.lines.setdefault(current_key, n)
+                continue
+            else:
+                continue
+            self.lines.setdefault(current, n)
+
+    @staticmethod
+    def _key(text: str) -> tuple:
+        return tuple(part.strip().strip("\"'") for part in text.split("."))
+
+    def __call__(self, place: tuple) -> str:
+        label = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in place).replace(".[", "[")
+        for end in range(len(place), 0, -1):
+            if place[:end] in self.lines:
+                return f"{self.filename}:{self.lines[place[:end]]}: {label}"
+        return f"{self.filename}: {label}"
