@@ -8,7 +8,8 @@ import torch.nn.modules.module as module_globals
 from torch import nn
 
 from xrl.agents.model import as_model
-from xrl.explainers import Explainer, get_explainer, list_explainers
+from xrl.agents.attention import FLSModule, receptive_field
+from xrl.explainers import EXPLAINERS, Explainer, get_explainer, list_explainers
 from xrl.explainers.masks import gaussian_blur, gaussian_kernel, perturbation_masks, upsample_grid
 
 SHAPE = (2, 12, 12)  # (C, H, W): two stacked frames
@@ -32,9 +33,36 @@ class TinyCNN(nn.Module):
         return self.head(self.relu(self.conv(x)).flatten(1))
 
 
-def tiny_model():
+class TinyAttentionCNN(TinyCNN):
+    """TinyCNN with an FLS attention module after its conv (the attention protocol of
+    ``xrl.agents.attention``: ``attention_maps`` and ``receptive_fields``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fls = FLSModule(4, hidden=8)
+        self.receptive_fields = [receptive_field([(3, 2, 1)])]
+
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.fls(self.relu(self.conv(x))).squeeze(1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("forward failed on purpose")
+        h = self.relu(self.conv(x))
+        return self.head((h * self.fls(h)).flatten(1))
+
+
+#: Explainers whose class attribute ``requires`` names more than the Model contract get a tiny
+#: model that has it: "attention" = a network with an attention module.
+NETS_FOR_REQUIREMENT = {"attention": TinyAttentionCNN}
+
+
+def tiny_model(name: str | None = None):
+    """The contract test's model for explainer ``name`` (TinyCNN unless the method requires more)."""
     torch.manual_seed(0)
-    return as_model(TinyCNN(), input_shape=SHAPE)
+    needs = [r for r in getattr(EXPLAINERS.get(name), "requires", ()) if r in NETS_FOR_REQUIREMENT] if name else []
+    assert len(needs) <= 1, f"{name} requires {needs}: teach tiny_model to build a model with all of them"
+    return as_model(NETS_FOR_REQUIREMENT[needs[0]]() if needs else TinyCNN(), input_shape=SHAPE)
 
 
 def make(name, model, **settings):
@@ -65,7 +93,7 @@ def check_map(saliency: torch.Tensor, shape: tuple, like: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_output_contract(name):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     explainer = make(name, model)
     check_map(explainer.explain(x), (3, 12, 12), x)
     check_map(explainer.explain_all(x), (3, K, 12, 12), x)
@@ -74,7 +102,7 @@ def test_output_contract(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_no_side_effects(name, train_mode):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     model.train(train_mode)
     x.requires_grad_(True)
     x.grad = torch.full_like(x, 7.0)
@@ -97,7 +125,7 @@ def test_no_side_effects(name, train_mode):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_restored_when_the_call_raises(name):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     model.train()
     model.net.fail = True
     explainer = make(name, model)
@@ -115,7 +143,7 @@ def test_state_restored_when_the_call_raises(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_maps(name):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     a, b = make(name, model, seed=3), make(name, model, seed=3)
     assert torch.equal(a.explain(x), b.explain(x))
     assert torch.equal(a.explain_all(x), b.explain_all(x))
@@ -123,7 +151,7 @@ def test_same_seed_same_maps(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_equals_per_sample_loop(name):
-    model, x = tiny_model(), states(4)
+    model, x = tiny_model(name), states(4)
     targets = torch.tensor([0, 2, 1, 2])
     for small in (make(name, model), make(name, model, batch_size=3)):  # chunks split states
         batch = small.explain(x)
@@ -136,7 +164,7 @@ def test_batch_equals_per_sample_loop(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_form_of_targets(name):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     explainer = make(name, model)
     by_int = explainer.explain(x, targets=1)
     torch.testing.assert_close(explainer.explain(x, targets=torch.tensor([1, 1, 1])), by_int)
@@ -153,7 +181,7 @@ def test_every_form_of_targets(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_explain_all_is_explain_per_action(name):
-    model, x = tiny_model(), states()
+    model, x = tiny_model(name), states()
     explainer = make(name, model)
     if type(explainer)._explain_all is not Explainer._explain_all:
         pytest.skip("explain_all is method-specific (documented in the method; tested below)")
@@ -180,7 +208,7 @@ BAD_CALLS = {
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
 def test_bad_input_is_refused(name, case):
-    model = tiny_model()
+    model = tiny_model(name)
     edit, targets, error = BAD_CALLS[case]
     with pytest.raises(error):
         make(name, model).explain(edit(states()), targets=targets)

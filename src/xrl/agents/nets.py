@@ -62,3 +62,5 @@ class GridCNN(BaseFeaturesExtractor):
 
 ARCHS.register("nature_cnn")(Arch(NatureCNN, {"features_dim": 512}))
 ARCHS.register("grid_cnn")(Arch(GridCNN, {"features_dim": 256}))
+
+from xrl.agents import attention  # noqa: E402,F401  (registers the FLS, DAQN and RS-PPO architectures)

@@ -18,3 +18,4 @@ from xrl.explainers import gradient, greydanus, random_map  # noqa: E402,F401  (
 from xrl.explainers import extremal_perturbation, lime  # noqa: E402,F401  (LIME, extremal perturbations)
 from xrl.explainers import grad_cam, guided_backprop, integrated_gradients, normgrad, smoothgrad  # noqa: E402,F401  (gradient family)
 from xrl.explainers import occlusion, rise, sarfa  # noqa: E402,F401  (occlusion, RISE, SARFA)
+from xrl.explainers import attention  # noqa: E402,F401  (FLS: the agent's own attention)
