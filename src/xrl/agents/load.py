@@ -80,11 +80,16 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
 
 
 def save_agent(algo: BaseAlgorithm, path: str | os.PathLike, *, arch: str, card: dict) -> Path:
-    """Write an xrl checkpoint (``.pt``) and its card (``.json``) atomically."""
+    """Write an xrl checkpoint (``.pt``) of a trained SB3 model and its card (``.json``) atomically."""
+    return save_policy(algo.policy, path, algo=type(algo).__name__.lower(), arch=arch, card=card)
+
+
+def save_policy(policy: BasePolicy, path: str | os.PathLike, *, algo: str, arch: str, card: dict) -> Path:
+    """Write an xrl checkpoint of an SB3 policy (``algo``: ``"ppo"``, ``"a2c"`` or ``"dqn"``, how
+    :func:`build_policy` rebuilds it) and its card, atomically."""
     path = Path(path)
-    policy = algo.policy
     payload = {
-        "format": CHECKPOINT_FORMAT, "version": 1, "algo": type(algo).__name__.lower(), "arch": arch,
+        "format": CHECKPOINT_FORMAT, "version": 1, "algo": algo, "arch": arch,
         "obs_shape": list(policy.observation_space.shape), "n_actions": int(policy.action_space.n),
         "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
     }

@@ -13,6 +13,7 @@ One row per environment step; N rows, E episodes::
     episode_returns  float64 (E,)          sum of rewards of each episode
     episode_lengths  int32   (E,)          rows of each episode
     saliency/<name>  float32 (N, H, W)     optional stored saliency, one dataset per method
+                                           (attribute ``settings``: how it was made, JSON)
 
 Attributes: ``format`` = ``"xrl.StateDataset"``, ``format_version``, ``xrl_version``,
 ``complete``, ``n_episodes`` and, as JSON, ``env`` (``{"name", "settings"}``), ``agent``
@@ -237,9 +238,16 @@ class StateDataset:
             raise ValueError(f"no saliency stored for {method!r} in {self.path}; stored: {known}")
         return self._read(f"saliency/{method}", idx)
 
+    def saliency_settings(self, method: str) -> dict:
+        """The settings stored with ``saliency/<method>`` (``{}`` when none were given)."""
+        self.saliency(method, [])  # unknown methods fail with the list of stored ones
+        return json.loads(self._h5()[f"saliency/{method}"].attrs.get("settings", "{}"))
+
     def add_saliency(self, method: str, maps: np.ndarray | torch.Tensor, *,
-                     overwrite: bool = False, compression: str | None = "gzip") -> None:
-        """Store ``maps`` ``(N, H, W)`` (one per state, in row order) as ``saliency/<method>``.
+                     settings: Mapping[str, Any] | None = None, overwrite: bool = False,
+                     compression: str | None = "gzip") -> None:
+        """Store ``maps`` ``(N, H, W)`` (one per state, in row order) as ``saliency/<method>``,
+        with the explainer's ``settings`` (JSON) so a reader knows how they were made.
 
         Written to a copy of the file that then replaces it in one rename, so a kill midway
         leaves the previous file intact (the price is one copy of the file).
@@ -263,7 +271,9 @@ class StateDataset:
                 group = file.require_group("saliency")
                 if method in group:
                     del group[method]
-                _create(group, method, maps.shape, np.float32, compression)[...] = maps
+                dset = _create(group, method, maps.shape, np.float32, compression)
+                dset[...] = maps
+                dset.attrs["settings"] = _json(dict(settings or {}))
             self.close()  # the rename must not happen under an open handle
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cloudpickle
 import gymnasium as gym
@@ -246,19 +247,33 @@ def agent_model(algo: PPO, args: AgentArgs) -> Model:
                              info={"env": {"name": args.env, "settings": args.env_settings}})
 
 
-def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int) -> dict:
+def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
+             perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
-    (success = positive return, meaningful for goal-reaching envs)."""
+    (success = positive return, meaningful for goal-reaching envs).
+
+    ``perturb`` maps the model's input states ``(1, C, H, W)`` to the states it acts on (an
+    adversarial attack, see :mod:`xrl.attacks`); it may have a ``reseed(seed)`` method, called
+    with the episode's seed so that every episode is reproducible on its own."""
     env = make_env(env_name, **settings)
     returns = []
-    for i in tqdm(range(episodes), desc="evaluate", leave=False):
+    for i in tqdm(range(episodes), desc="evaluate", leave=False, disable=not progress):
         obs, _ = env.reset(seed=seed + i)
+        if hasattr(perturb, "reseed"):
+            perturb.reseed(seed + i)
         total, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(int(model.act(obs)[0]))
+            if perturb is None:
+                action = int(model.act(obs)[0])
+            else:
+                states = perturb(model.preprocess(obs))
+                with torch.inference_mode():
+                    action = int(model(states).argmax(-1)[0])
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
+    env.close()
     returns = np.asarray(returns)
     return {"episodes": episodes, "seed": seed, "mean_return": float(returns.mean()),
             "std_return": float(returns.std()), "success_rate": float((returns > 0).mean())}

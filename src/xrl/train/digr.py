@@ -1,0 +1,470 @@
+"""DIGR (Distillation with selective Input Gradient Regularization; ``../papers/digr.txt``): retrain
+an agent so that its cheap vanilla-gradient saliency looks like the teacher's perturbation saliency
+while it still acts like the teacher.
+
+Reads top to bottom:
+
+1. :func:`make_saliency_dataset` — the *offline perturbation saliency dataset* D: states from the
+   teacher's own (sampled) rollouts, stored as a StateDataset, with the teacher's Gaussian-blur
+   perturbation maps ``f(s, i) = KL(pi_t(s) || pi_t(m(s, i)))`` (Eq. 3; the ``greydanus``
+   explainer with ``score="kl"``, radius 4 on Red-Fetch-Green, 8 on Breakout, 5 elsewhere as in
+   appendix A) in ``saliency/digr``. Maps are computed in chunks, each chunk saved as it finishes,
+   so an interrupted run resumes; ``ray=`` spreads the chunks over Ray workers.
+2. The losses: :func:`policy_saliency` is the paper's gradient map
+   ``Mg_i = |sum_a pi(a|s) d pi(a|s) / d s_i| / max_j`` (Eq. 2; ``sum_a pi d pi = d(1/2 sum_a pi^2)``,
+   so it is the input gradient of ``1/2 ||pi(s)||^2``, reduced over channels by max);
+   :func:`igr_loss` is Eq. 4, ``mean_i 1[Mp_i <= lambda] * Mg_i`` with ``Mp`` the teacher's map
+   normalised by its max (Eq. 3); :func:`distillation_loss` is ``KL(pi_t(s) || pi_theta(s))``.
+   :func:`pcgrad` combines the two gradients (Yu et al. 2020).
+3. :func:`train_digr` — a new, randomly initialised policy of the teacher's architecture is
+   trained on ``L_IGR`` over D plus ``alpha * L_KL`` over states of its *own* rollouts (an online
+   buffer of the last ``buffer_size`` states). Adam, Table 3 defaults (threshold 0.1, alpha 0.01,
+   lr 1e-3, buffer 10k). Checkpoints at every ``checkpoint_every`` updates (weights, optimizer,
+   buffer, envs, RNGs); the same call resumes to the same result. A loss that turns NaN stops the
+   run with a clear message and leaves the last good checkpoint. The student is exported as an
+   xrl agent (``agent.pt`` + card), so every explainer, metric and ``xrl attack`` takes it.
+   ``igr=False`` trains the distillation-only ablation of Fig. 8.
+
+The DIGR saliency of the student is then the ``gradient`` explainer with ``targets=DIGR_TARGET``
+(the quantity of Eq. 2), or plain vanilla gradient of the chosen action.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cloudpickle
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import xrl
+from xrl.agents.load import build_policy, load_agent, model_from_policy, save_policy
+from xrl.agents.model import Model
+from xrl.data.collect import agent_record, collect
+from xrl.data.dataset import StateDataset
+from xrl.envs import make_env
+from xrl.explainers import get_explainer
+from xrl.files import atomic_path, write_json
+from xrl.train.agent import evaluate
+
+#: the stored saliency a DIGR dataset holds
+SALIENCY_KEY = "digr"
+#: Gaussian-blur radius per env (DIGR appendix A); others use Greydanus' 5
+RADIUS = {"red-fetch-green": 4.0, "breakout": 8.0}
+
+
+def DIGR_TARGET(scores: torch.Tensor) -> torch.Tensor:
+    """``1/2 sum_a pi(a|s)^2`` ``(B,)``: its input gradient is Eq. 2's ``sum_a pi d pi / d s``."""
+    return 0.5 * scores.softmax(-1).pow(2).sum(-1)
+
+
+# ------------------------------------------------------------------ 1. the saliency dataset
+
+
+def make_saliency_dataset(
+    teacher: Model,
+    out: str | os.PathLike,
+    *,
+    n_states: int = 1000,
+    radius: float | None = None,
+    stride: int = 2,
+    seed: int = 0,
+    chunk: int = 32,
+    ray: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Collect at least ``n_states`` states of the teacher's sampled rollouts (episode ``i``
+    seeded ``seed + i``) into the StateDataset ``out`` and store the teacher's KL perturbation
+    maps as ``saliency/digr`` (settings recorded with them). Resumes an interrupted run.
+
+    ``stride``: the perturbation grid pitch (2 = a blur centred on every other pixel, the maps
+    upsampled bilinearly; 1 = every pixel, 4× the forward passes). ``ray``: ``None`` computes in
+    this process; ``"auto"`` starts a local Ray, an address joins a cluster.
+    """
+    out = Path(out)
+    env = teacher.info.get("env") or {}
+    if not env.get("name"):
+        raise ValueError("the teacher records no env (model.info['env']); load it with xrl.load_agent")
+    if isinstance(n_states, bool) or int(n_states) < 1:
+        raise ValueError(f"n_states must be a positive integer, got {n_states!r}")
+    settings = {"radius": float(radius if radius is not None else RADIUS.get(env["name"], 5.0)),
+                "stride": int(stride), "score": "kl"}
+    if out.exists():
+        with StateDataset.open(out) as ds:
+            _check_dataset(ds, teacher, maps=False)
+            if SALIENCY_KEY in ds.saliency_methods:
+                if len(ds) < n_states or ds.saliency_settings(SALIENCY_KEY) != settings:
+                    raise ValueError(f"{out} holds a DIGR dataset of {len(ds)} states made with "
+                                     f"{ds.saliency_settings(SALIENCY_KEY)}; asked for {n_states} "
+                                     f"with {settings}: choose another out")
+                return out
+    episodes = 1
+    while True:  # episodes until there are enough states (collect extends the same file)
+        collect(teacher, episodes=episodes, out=out, seed=seed, sample=True, progress=False)
+        with StateDataset.open(out) as ds:
+            n, done = len(ds), ds.n_episodes
+        if n >= n_states:
+            break
+        episodes = done + max(1, math.ceil((n_states - n) / max(1, n / done)))
+    with StateDataset.open(out) as ds:
+        maps = _maps_in_chunks(teacher, ds, settings, chunk, ray, progress)
+        ds.add_saliency(SALIENCY_KEY, maps, settings=settings)
+    shutil.rmtree(_maps_partial(out), ignore_errors=True)
+    return out
+
+
+def _maps_partial(out: Path) -> Path:
+    return Path(f"{out}.maps.partial")
+
+
+def _chunk_maps(teacher: Model, states: np.ndarray, settings: dict) -> np.ndarray:
+    """Teacher maps ``(n, H, W)`` of raw uint8 states ``(n, C, H, W)`` (one thread per worker)."""
+    x = torch.as_tensor(states).float() / teacher.obs_scale
+    return get_explainer("greydanus", teacher, **settings).explain(x).numpy()
+
+
+def _maps_in_chunks(teacher: Model, ds: StateDataset, settings: dict, chunk: int,
+                    ray: str | None, progress: bool) -> np.ndarray:
+    """All maps of ``ds``, chunk by chunk; finished chunks are kept in ``<out>.maps.partial/``."""
+    folder = _maps_partial(ds.path)
+    folder.mkdir(exist_ok=True)
+    marker = folder / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()) != {**settings, "chunk": chunk}:
+        shutil.rmtree(folder)
+        folder.mkdir()
+    write_json(marker, {**settings, "chunk": chunk})
+    starts = list(range(0, len(ds), chunk))
+    todo = [s for s in starts if not (folder / f"{s:08d}.npy").exists()]
+
+    def save(start: int, maps: np.ndarray) -> None:
+        with atomic_path(folder / f"{start:08d}.npy") as tmp, tmp.open("wb") as f:
+            np.save(f, maps.astype(np.float32))
+
+    with tqdm(total=len(starts), initial=len(starts) - len(todo), unit="chunk", disable=not progress,
+              desc=f"perturbation maps ({len(ds)} states)") as bar:
+        if ray is None:
+            for start in todo:
+                save(start, _chunk_maps(teacher, ds.raw_states(slice(start, start + chunk)), settings))
+                bar.update(1)
+        else:
+            import ray as ray_lib
+            if not ray_lib.is_initialized():
+                ray_lib.init(address=None if ray == "auto" else ray, include_dashboard=False,
+                             log_to_driver=False)
+            remote = ray_lib.remote(num_cpus=1)(_chunk_maps_one_thread)
+            model_ref = ray_lib.put(teacher)
+            pending = {remote.remote(model_ref, ds.raw_states(slice(s, s + chunk)), settings): s for s in todo}
+            while pending:
+                ready, _ = ray_lib.wait(list(pending), num_returns=1)
+                save(pending.pop(ready[0]), ray_lib.get(ready[0]))
+                bar.update(1)
+    return np.concatenate([np.load(folder / f"{s:08d}.npy") for s in starts])
+
+
+def _chunk_maps_one_thread(teacher: Model, states: np.ndarray, settings: dict) -> np.ndarray:
+    torch.set_num_threads(1)
+    return _chunk_maps(teacher, states, settings)
+
+
+# ------------------------------------------------------------------ 2. the losses
+
+
+def policy_saliency(model: Model, states: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
+    """Eq. 2: ``|d (1/2 ||pi(s)||^2) / d s|`` max over channels, divided by its max per state
+    ``(B, H, W)``; differentiable in the model's weights when ``create_graph``."""
+    x = states.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(DIGR_TARGET(model(x)).sum(), [x], create_graph=create_graph)
+    g = grad.abs().amax(1)  # (B, H, W)
+    return g / g.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def normalised_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's normalisation: each map divided by its max (all-zero maps stay zero)."""
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def igr_loss(model: Model, states: torch.Tensor, teacher_maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Eq. 4: ``mean_s mean_i 1[Mp_i <= threshold] * Mg_i`` (scalar), ``teacher_maps`` raw."""
+    penalised = (normalised_maps(teacher_maps) <= threshold).to(states.dtype)
+    return (penalised * policy_saliency(model, states)).flatten(1).mean(1).mean()
+
+
+def distillation_loss(teacher: Model, student: Model, states: torch.Tensor) -> torch.Tensor:
+    """``mean_s KL(pi_t(s) || pi_theta(s))`` (scalar)."""
+    with torch.no_grad():
+        log_p = teacher(states).log_softmax(-1)
+    log_q = student(states).log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def pcgrad(grads: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    """PCGrad (Yu et al. 2020, Alg. 1) on flat task gradients: each task's gradient, in turn
+    against the others in a random order, loses its component along any other task's gradient
+    it conflicts with (negative dot product); the projected gradients are summed."""
+    projected = []
+    for i, g in enumerate(grads):
+        g = g.clone()
+        others = [j for j in range(len(grads)) if j != i]
+        order = torch.randperm(len(others), generator=generator).tolist()
+        for j in (others[k] for k in order):
+            dot = g @ grads[j]
+            if dot < 0:
+                g = g - dot / grads[j].pow(2).sum().clamp_min(1e-20) * grads[j]
+        projected.append(g)
+    return torch.stack(projected).sum(0)
+
+
+# ------------------------------------------------------------------ 3. training
+
+
+@dataclass
+class DigrArgs:
+    teacher: str
+    """the agent to distil: zoo name, xrl .pt or SB3 .zip"""
+    data: str
+    """the offline perturbation saliency dataset (:func:`make_saliency_dataset`; made if absent)"""
+    out: str = "runs/digr"
+    """run folder: checkpoint.pkl, history.json, then agent.pt and agent.json"""
+    updates: int = 10_000
+    """gradient steps"""
+    batch_size: int = 64
+    """states per loss term and step"""
+    learning_rate: float = 1e-3
+    alpha: float = 0.01
+    """weight of the distillation loss (Table 3)"""
+    threshold: float = 0.1
+    """teacher saliency at or below which the student's gradient saliency is penalised (Table 3)"""
+    buffer_size: int = 10_000
+    """online state buffer of the student's own rollouts (Table 3)"""
+    n_envs: int = 8
+    """envs the student acts in; each update adds one step of each to the buffer"""
+    igr: bool = True
+    """False: distillation only (the ablation of Fig. 8)"""
+    use_pcgrad: bool = True
+    """combine the two gradients with PCGrad (else their sum)"""
+    n_states: int = 1000
+    """states in the saliency dataset when it is made here (Table 3)"""
+    stride: int = 2
+    """perturbation grid pitch of the saliency dataset when it is made here"""
+    arch: str | None = None
+    """student architecture; default (and required unless allow_other_arch) the teacher's"""
+    allow_other_arch: bool = False
+    eval_every: int = 1000
+    """updates between evaluations of the student's return (Fig. 9)"""
+    eval_episodes: int = 20
+    final_eval_episodes: int = 100
+    checkpoint_every: int = 1000
+    seed: int = 0
+    progress: bool = True
+
+
+def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) a DIGR student; returns ``out/agent.pt``. ``stop_at`` stops after the
+    checkpoint at that update (to test resuming)."""
+    run = Path(args.out)
+    teacher = load_agent(args.teacher)
+    arch = _student_arch(args, teacher)
+    env = teacher.info["env"]
+    data = Path(args.data)
+    with (StateDataset.open(data) if data.exists() else _nothing()) as ds:
+        made = ds is not None and SALIENCY_KEY in ds.saliency_methods
+    if not made:  # make it (or finish making it) with this teacher
+        make_saliency_dataset(teacher, data, n_states=args.n_states, stride=args.stride, seed=args.seed,
+                              progress=args.progress)
+    with StateDataset.open(data) as ds:
+        _check_dataset(ds, teacher)
+        states_d = torch.as_tensor(ds.raw_states())  # uint8 (N, C, H, W)
+        maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY))  # (N, H, W)
+        data_settings = ds.saliency_settings(SALIENCY_KEY)
+    _check_run_folder(run, args)
+
+    state = _resume(run) or _fresh(args, teacher, arch)
+    student_policy = state["policy"]
+    student = model_from_policy(student_policy, action_names=teacher.action_names, info={"env": env})
+    params = [p for p in student_policy.parameters()]
+    optimiser = state["optimiser"]
+    rng, gen = state["rng"], state["torch_gen"]
+    history = state["history"]
+    if "teacher" not in history:
+        history["teacher"] = evaluate(teacher, env["name"], env.get("settings") or {},
+                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False)
+    bar = tqdm(total=args.updates, initial=state["update"], desc="DIGR", unit="update", disable=not args.progress)
+    last_good = state["update"]
+    started = time.time()
+    for update in range(state["update"], args.updates):
+        _act(student, state, gen)
+        rows = torch.as_tensor(rng.integers(0, len(states_d), args.batch_size))
+        online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size))
+        x_d = states_d[rows].float() / teacher.obs_scale
+        x_b = torch.as_tensor(state["buffer"][online.numpy()]).float() / teacher.obs_scale
+        kl = args.alpha * distillation_loss(teacher, student, x_b)
+        losses = [kl]
+        if args.igr:
+            losses.insert(0, igr_loss(student, x_d, maps_d[rows], args.threshold))
+        values = [v.item() for v in losses]
+        if not all(math.isfinite(v) for v in values):
+            bar.close()
+            raise FloatingPointError(
+                f"DIGR loss became {values} at update {update}; stopped. The last good checkpoint "
+                f"(update {last_good}) is kept in {run}; lower learning_rate or check the dataset")
+        grads = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, params, allow_unused=True,
+                                                                        materialize_grads=True)])
+                 for v in losses]
+        combined = pcgrad(grads, gen) if args.use_pcgrad and len(grads) > 1 else torch.stack(grads).sum(0)
+        offset = 0
+        for p in params:
+            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+        state["update"] = update + 1
+        log = {"update": update + 1, "kl": values[-1] / args.alpha, "igr": values[0] if args.igr else None}
+        if (update + 1) % args.eval_every == 0 or update + 1 == args.updates:
+            log["student"] = evaluate(student, env["name"], env.get("settings") or {},
+                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False)
+            history["log"].append(log)
+            bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}",
+                            student_return=f"{log['student']['mean_return']:.3f}",
+                            teacher_return=f"{history['teacher']['mean_return']:.3f}")
+        elif (update + 1) % 50 == 0:
+            bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}")
+        bar.update(1)
+        if (update + 1) % args.checkpoint_every == 0 or update + 1 == args.updates:
+            _save(run, state)
+            last_good = update + 1
+            write_json(run / "history.json", history)
+            if stop_at is not None and update + 1 >= stop_at:
+                bar.close()
+                return run / "checkpoint.pkl"
+    bar.close()
+    score = evaluate(student, env["name"], env.get("settings") or {}, episodes=args.final_eval_episodes,
+                     seed=10_000 + args.seed, progress=False)
+    teacher_score = evaluate(teacher, env["name"], env.get("settings") or {},
+                             episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False)
+    card = {
+        "what": f"DIGR student of {args.teacher} for {env['name']}" + ("" if args.igr else " (distillation only)"),
+        "env": env, "algo": "ppo", "seed": args.seed, "teacher": teacher.info.get("source"),
+        "teacher_score": teacher_score, "score": score, "updates": args.updates,
+        "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
+        "saliency_dataset": {"path": str(data), "states": int(len(states_d)), **data_settings},
+        "command": "xrl train digr " + " ".join(_cli_flags(args)),
+        "action_names": teacher.action_names, "value_head": "untrained (DIGR distils the policy only)",
+        "train_seconds_this_run": round(time.time() - started, 1),
+    }
+    write_json(run / "history.json", history)
+    return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield None
+
+
+def _student_arch(args: DigrArgs, teacher: Model) -> str:
+    card = teacher.info.get("card") or {}
+    teacher_arch = card.get("arch")
+    if teacher_arch is None and args.arch is None:
+        raise ValueError("the teacher's card names no architecture; pass arch= (a registered one)")
+    arch = args.arch or teacher_arch
+    if teacher_arch is not None and arch != teacher_arch and not args.allow_other_arch:
+        raise ValueError(f"the student's architecture {arch!r} differs from the teacher's {teacher_arch!r}; "
+                         "DIGR retrains the same architecture (pass allow_other_arch=True to distil into another)")
+    return arch
+
+
+def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> None:
+    if ds.env != teacher.info.get("env"):
+        raise ValueError(f"the saliency dataset {ds.path} was collected on {ds.env}, the teacher was "
+                         f"trained on {teacher.info.get('env')}: make the dataset with this teacher")
+    if ds.agent.get("fingerprint") != agent_record(teacher)["fingerprint"]:
+        raise ValueError(f"the saliency dataset {ds.path} was made by another agent "
+                         f"({ds.agent.get('source')}); its perturbation maps are not this teacher's")
+    if maps and SALIENCY_KEY not in ds.saliency_methods:
+        raise ValueError(f"{ds.path} has no saliency/{SALIENCY_KEY}; make it with make_saliency_dataset")
+
+
+def _check_run_folder(run: Path, args: DigrArgs) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.asdict(args)
+    ignore = {"updates", "progress", "eval_episodes", "final_eval_episodes", "checkpoint_every", "out"}
+    config = run / "args.json"
+    if config.exists():
+        old = json.loads(config.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
+        if diff:
+            raise ValueError(f"{run} holds a DIGR run with other settings {diff}; use another out")
+    write_json(config, settings)
+
+
+def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
+    torch.manual_seed(args.seed)  # the student's random initialisation
+    policy = build_policy(arch, teacher.input_shape, teacher.n_actions)
+    env = teacher.info["env"]
+    envs = [make_env(env["name"], **(env.get("settings") or {})) for _ in range(args.n_envs)]
+    obs = [np.asarray(e.reset(seed=args.seed + i)[0]) for i, e in enumerate(envs)]
+    return {
+        "policy": policy, "optimiser": torch.optim.Adam(policy.parameters(), lr=args.learning_rate),
+        "rng": np.random.default_rng(args.seed), "torch_gen": torch.Generator().manual_seed(args.seed),
+        "envs": envs, "obs": obs, "episode_seed": args.seed + args.n_envs,
+        "buffer": np.zeros((args.buffer_size, *teacher.input_shape), np.uint8), "filled": 0, "cursor": 0,
+        "update": 0, "history": {"log": []},
+    }
+
+
+@torch.no_grad()
+def _act(student: Model, state: dict, gen: torch.Generator) -> None:
+    """One step of every env with actions sampled from the student; their states join the buffer."""
+    obs = np.stack(state["obs"])
+    probs = student.probs(student.preprocess(obs))
+    actions = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
+    for i, (env, action) in enumerate(zip(state["envs"], actions)):
+        state["buffer"][state["cursor"]] = state["obs"][i]
+        state["cursor"] = (state["cursor"] + 1) % len(state["buffer"])
+        state["filled"] = min(state["filled"] + 1, len(state["buffer"]))
+        next_obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            next_obs, _ = env.reset(seed=state["episode_seed"])
+            state["episode_seed"] += 1
+        state["obs"][i] = np.asarray(next_obs)
+
+
+def _save(run: Path, state: dict) -> None:
+    """Everything needed to continue exactly: weights, optimizer, buffer, envs, RNG states."""
+    blob = {**state, "optimiser": state["optimiser"].state_dict(), "torch_gen": state["torch_gen"].get_state(),
+            "rng": state["rng"].bit_generator.state, "xrl_version": xrl.__version__}
+    with atomic_path(run / "checkpoint.pkl") as tmp:
+        tmp.write_bytes(cloudpickle.dumps(blob))
+
+
+def _resume(run: Path) -> dict | None:
+    path = run / "checkpoint.pkl"
+    if not path.exists():
+        return None
+    blob = pickle.loads(path.read_bytes())
+    optimiser = torch.optim.Adam(blob["policy"].parameters())
+    optimiser.load_state_dict(blob["optimiser"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = blob["rng"]
+    gen = torch.Generator()
+    gen.set_state(blob["torch_gen"])
+    return {**blob, "optimiser": optimiser, "rng": rng, "torch_gen": gen}
+
+
+def _cli_flags(args: DigrArgs) -> list[str]:
+    defaults = DigrArgs(teacher=args.teacher, data=args.data)
+    flags = [f"--teacher {args.teacher}", f"--data {args.data}", f"--out {args.out}"]
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if f.name not in ("teacher", "data", "out", "progress") and value != getattr(defaults, f.name):
+            flags.append(f"--{f.name.replace('_', '-')} {value}")
+    return flags
