@@ -14,3 +14,4 @@ def list_metrics() -> list[str]:
 __all__ = ["METRICS", "Metric", "get_metric", "list_metrics"]
 from xrl.metrics import complexity, cost, faithfulness, localization, robustness  # noqa: E402,F401  (registers the metrics)
 from xrl.metrics import sanity  # noqa: E402,F401  (sanity checks, Adebayo et al. 2018)
+from xrl.metrics import gaze  # noqa: E402,F401  (agreement with human gaze: nss, gaze_kl, shuffled_auc)
