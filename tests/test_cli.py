@@ -5,7 +5,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import re
 import subprocess
 import sys
@@ -267,7 +266,8 @@ def test_installed_script(tmp_path):
     assert script.exists(), f"the console script is not installed beside {sys.executable}"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for command in ("envs", "methods", "metrics", "train", "collect", "explain", "evaluate", "demo"):
+    for command in ("envs", "methods", "metrics", "train", "collect", "explain", "evaluate", "bench",
+                    "report", "demo"):
         assert command in done.stdout
     # main()'s status reaches the shell
     done = subprocess.run([str(script), "evaluate", "--agent", AGENT, "--data",
@@ -278,31 +278,38 @@ def test_installed_script(tmp_path):
 # -- demo --------------------------------------------------------------------------------------------
 
 def check_demo_results(out: Path) -> None:
-    for name in ("metrics.csv", "metrics.json", "explain.png", "summary.md"):
+    for name in ("results.csv", "results.json", "report.html", "explain.png", "summary.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    doc = json.loads((out / "metrics.json").read_text())
-    assert doc["methods"] == xrl.list_explainers()
-    assert doc["skipped"] == {}
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["failed"] == [] and doc["missing"] == []
+    (group,) = doc["groups"]
+    # every registered method ran, except those that cannot explain this agent (and say why)
+    assert sorted(group["methods"] + list(group["not_run"])) == xrl.list_explainers()
+    assert all(why for why in group["not_run"].values())
+    assert group["skipped"] == {}
     for col in ("localization.auc", "localization.important", "localization.unimportant"):
-        assert col in doc["columns"]
+        assert col in group["columns"]
     for metric in xrl.list_metrics():  # every metric has its column(s)
-        assert any(c == metric or c.startswith(metric + ".") for c in doc["columns"]), metric
-    rows = doc["rows"]
+        assert any(c == metric or c.startswith(metric + ".") for c in group["columns"]), metric
+    rows = group["rows"]
     assert rows
-    for m in doc["methods"]:
-        for col in doc["columns"]:
-            assert len(doc["values"][m][col]) == len(rows), (m, col)
-        assert not math.isnan(doc["means"][m]["localization.auc"])
-    with open(out / "metrics.csv", newline="") as f:
+    for m in group["methods"]:
+        for col in group["columns"]:
+            assert len(group["values"][m][col]) == len(rows), (m, col)
+        assert group["means"][m]["localization.auc"] is not None
+    with open(out / "results.csv", newline="") as f:
         table = list(csv.reader(f))
-    assert [row[0] for row in table[1:]] == doc["methods"]
+    assert [row[3] for row in table[1:]] == group["methods"]
     summary = (out / "summary.md").read_text()
-    assert "explain.png" in summary
-    for m in doc["methods"]:
+    assert "explain.png" in summary and "report.html" in summary
+    for m in group["methods"]:
         assert m in summary
+    html = (out / "report.html").read_text()
+    for m in group["methods"]:
+        assert f'data-method="{m}"' in html
     with Image.open(out / "explain.png") as image:
         image.verify()
-    with StateDataset.open(out / "states.h5") as ds:
+    with StateDataset.open(out / group["data"]) as ds:
         assert max(rows) < len(ds)
 
 

@@ -9,7 +9,7 @@
      "groups": [{"agent", "env", "seed", "data", "rows", "gallery_rows",
                  "methods", "columns", "higher_is_better", "categories",
                  "means": {method: {column: mean}}, "values": {method: {column: [per state]}},
-                 "skipped": {metric: why}, "curves": {method: {"deletion": {"x", "y"}}},
+                 "skipped": {metric: why}, "not_run": {method: why}, "curves": {method: {"deletion": {"x", "y"}}},
                  "seconds": {method: wall time of the job}, "maps": {method: npz path}}]}
 
 ``results.csv``: one row per (agent, seed, method) with the means of every column.
@@ -59,7 +59,8 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
                 "data": _relative(data_path(out, spec, job.agent, job.seed), out),
                 "rows": None, "gallery_rows": None, "methods": [], "columns": [],
                 "higher_is_better": {}, "categories": {}, "means": {}, "values": {}, "skipped": {},
-                "curves": {}, "seconds": {}, "maps": {}}
+                "curves": {}, "seconds": {}, "maps": {},
+                "not_run": spec.not_run.get(job.agent, {})}
             groups.append(g)
         paths = job_paths(out, job)
         if is_done(out, job):

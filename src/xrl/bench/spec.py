@@ -104,6 +104,8 @@ class Spec:
     agents: list[AgentSpec]
     methods: dict[str, dict]
     metrics: dict[str, dict]
+    not_run: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``{agent: {method: why}}``: methods of ``methods = "all"`` that cannot explain that agent"""
     text: str | None = None
     path: str | None = None
     models: dict[str, Model] = field(default_factory=dict, repr=False)
@@ -112,14 +114,15 @@ class Spec:
         """The grid, agents × seeds × methods, in that order."""
         return [Job(a.name, s, m, self.methods[m], self.metrics, self.n_states, self.threads,
                     self.gallery, self.store_saliency)
-                for a in self.agents for s in self.seeds for m in self.methods]
+                for a in self.agents for s in self.seeds for m in self.methods
+                if m not in self.not_run.get(a.name, {})]
 
     def resolved(self) -> dict:
         """The spec with every choice made (JSON), as recorded in the results."""
         return {"name": self.name, "seeds": self.seeds, "n_states": self.n_states,
                 "threads": self.threads, "gallery": self.gallery,
                 "store_saliency": self.store_saliency, "agents": [asdict(a) for a in self.agents],
-                "methods": self.methods, "metrics": self.metrics}
+                "methods": self.methods, "metrics": self.metrics, "not_run": self.not_run}
 
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
@@ -202,15 +205,23 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
 
     # settings are checked by building each method and metric once (unknown or bad settings,
     # a trained network that is not there): the same constructors the jobs call
-    model = loaded[0] if loaded else None
+    # With methods = "all", a method that cannot explain an agent at its default settings (e.g.
+    # one that needs an attention module the agent lacks) is not run for that agent, and the
+    # results say why; a method named in the spec, or given settings, must work.
+    every = data.get("methods", "all") == "all"
+    not_run: dict[str, dict[str, str]] = {a.name: {} for a in agents}
+    checks = [(a.name, models[a.name]) for a in agents] or [(None, m) for m in loaded[:1]]
     for m in methods:
-        if model is None:
-            break
-        try:
-            get_explainer(m, model, **method_settings.get(m, {}))
-        except (TypeError, ValueError, FileNotFoundError) as err:
-            bad(_setting_place("method_settings", m, method_settings.get(m, {}), err),
-                f"method {m!r} refuses its settings: {err}")
+        for agent_name, model in checks:
+            try:
+                get_explainer(m, model, **method_settings.get(m, {}))
+            except (TypeError, ValueError, FileNotFoundError) as err:
+                if every and m not in method_settings and agent_name is not None:
+                    not_run[agent_name][m] = str(err)
+                    continue
+                bad(_setting_place("method_settings", m, method_settings.get(m, {}), err),
+                    f"method {m!r} refuses its settings: {err}")
+                break
     for m in metrics:
         try:
             get_metric(m, **metric_settings.get(m, {}))
@@ -224,7 +235,7 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
                 gallery=numbers["gallery"], store_saliency=store, agents=agents,
                 methods={m: method_settings.get(m, {}) for m in methods},
                 metrics={m: metric_settings.get(m, {}) for m in metrics},
-                text=text, path=str(path) if path else None, models=models)
+                not_run=not_run, text=text, path=str(path) if path else None, models=models)
 
 
 def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
@@ -233,6 +244,14 @@ def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tup
         if re.search(rf"\b{re.escape(key)}\b", str(err)):
             return (table, name, key)
     return (table, name)
+
+
+def _agent_name(source: str) -> str:
+    """``zoo/pong/agent.pt`` -> ``pong``, ``runs/x.zip`` -> ``x``, a zoo name stays itself."""
+    path = Path(source)
+    if path.suffix not in (".pt", ".zip"):
+        return source
+    return path.parent.name if path.stem == "agent" and path.parent.name else path.stem
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -297,7 +316,7 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     if env_settings is not None and not isinstance(env_settings, dict):
         bad(place + ("env_settings",), f"env_settings must be a table, got {env_settings!r}")
         ok = False
-    name = raw.get("name", Path(source).stem if source.endswith((".pt", ".zip")) else source)
+    name = raw.get("name", _agent_name(source))
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         bad(place + ("name",), f"name must be a word (letters, digits, _ . -), got {name!r}")
         ok = False

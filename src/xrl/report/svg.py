@@ -18,9 +18,9 @@ def colour(i: int) -> str:
 
 
 def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
-               xlabel: str, ylabel: str, width: int = 420, height: int = 280) -> str:
+               xlabel: str, ylabel: str, width: int = 470, height: int = 280) -> str:
     """One polyline per series ``name: (x, y)``; axes from 0 to 1 in x, 0 to max(y, 1) in y."""
-    left, right, top, bottom = 48, 120, 24, 36
+    left, right, top, bottom = 48, 170, 24, 36
     pw, ph = width - left - right, height - top - bottom
     ymax = max([1.0] + [max(y) for _, y in series.values() if len(y)])
 
