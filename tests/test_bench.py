@@ -183,7 +183,11 @@ def test_shipped_specs_are_valid_and_cover_every_registered_name():
         spec = load_spec(name)
         assert list(spec.methods) == xrl.list_explainers()
         assert list(spec.metrics) == xrl.list_metrics()
-        assert len(spec.jobs()) == len(spec.agents) * len(spec.seeds) * len(xrl.list_explainers())
+        # methods that cannot explain an agent (an attention explainer on a plain CNN) are left
+        # out of its jobs, with the reason
+        assert all(all(why for why in spec.not_run[a.name].values()) for a in spec.agents)
+        assert len(spec.jobs()) == sum(len(spec.seeds) * (len(spec.methods) - len(spec.not_run[a.name]))
+                                       for a in spec.agents)
     with pytest.raises(FileNotFoundError, match="quick, full|full, quick"):
         load_spec("nosuch")
 
@@ -338,3 +342,23 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path, tiny_run):
         assert (out / p).stat().st_mtime_ns == t
     assert comparable(load_results(out)) == comparable(load_results(reference))
     same_maps(reference, out)
+
+
+class _NeedsNetwork(Explainer):
+    """Refuses every agent, as a method needing a trained network that is not there would."""
+
+    def __init__(self, model, **settings):
+        raise ValueError("needs a trained explainer network at nets/x.pt, which is not there")
+
+
+def test_a_method_that_cannot_explain_the_agent(tmp_path, monkeypatch):
+    monkeypatch.setitem(EXPLAINERS._items, "_needs_network", _NeedsNetwork)
+    named = TINY.replace('"greydanus"]', '"greydanus", "_needs_network"]')
+    with pytest.raises(SpecError, match=r"spec.toml:5: methods.*_needs_network.*not there"):
+        load_spec(write_spec(tmp_path, named))
+    # with methods = "all" it is left out of that agent's jobs, and the results say why
+    every = TINY.replace('methods = ["gradient", "random", "greydanus"]', 'methods = "all"')
+    spec = load_spec(write_spec(tmp_path, every, "all.toml"))
+    assert spec.not_run["red-fetch-green"]["_needs_network"].startswith("needs a trained explainer")
+    assert "_needs_network" not in {j.method for j in spec.jobs()}
+    assert {j.method for j in spec.jobs()} == set(xrl.list_explainers()) - set(spec.not_run["red-fetch-green"])

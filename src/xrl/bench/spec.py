@@ -219,8 +219,11 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
                 if every and m not in method_settings and agent_name is not None:
                     not_run[agent_name][m] = str(err)
                     continue
-                bad(_setting_place("method_settings", m, method_settings.get(m, {}), err),
-                    f"method {m!r} refuses its settings: {err}")
+                if m in method_settings:
+                    bad(_setting_place("method_settings", m, method_settings[m], err),
+                        f"method {m!r} refuses its settings: {err}")
+                else:
+                    bad(("methods",), f"method {m!r} cannot explain agent {agent_name or ''!r}: {err}")
                 break
     for m in metrics:
         try:
