@@ -117,7 +117,8 @@ def test_recorded_settings_hold_defaults_and_differ_between_versions():
     v4 = env_spec(make_env("pong", version="v4", noop_max=5))
     assert v5 == {"name": "pong", "settings": {
         "version": "v5", "sticky_actions": True, "full_action_space": False, "frame_stack": 4,
-        "noop_max": 30, "terminal_on_life_loss": False, "frame_stack_padding": "reset"}}
+        "noop_max": 30, "terminal_on_life_loss": False, "frame_stack_padding": "reset",
+        "labels": False, "infinite": False}}
     assert v4["settings"]["version"] == "v4"
     assert v4["settings"]["sticky_actions"] is False
     assert v4["settings"]["frame_stack_padding"] == "zero"

@@ -41,6 +41,10 @@ Other settings, same meaning in both versions:
   ``reset`` restarts the game; in v4 (SB3 ``EpisodicLifeEnv``) it continues the same game.
 - ``frame_stack_padding``: ``"reset"`` (repeat the first screen) or ``"zero"``; ``None`` = the
   version's default (v5 ``"reset"``, v4 ``"zero"``).
+- ``labels``: put RAM ground truth (ball and paddles, 84×84 int8) in ``info["labels"]`` (Pong and
+  Breakout; :mod:`xrl.envs.atari_objects`). Default False.
+- ``infinite``: Breakout only, "BreakoutInfinite" (FLS appendix 6.2): the bricks keep respawning
+  instead of stopping after two walls (864 points). Default False.
 
 Both versions truncate an episode after 108 000 emulator frames (27 000 agent steps).
 
@@ -62,7 +66,7 @@ import ale_py
 import gymnasium as gym
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, ReshapeObservation
 
-from xrl.envs import ENVS
+from xrl.envs import ENVS, atari_objects
 
 gym.register_envs(ale_py)
 
@@ -106,6 +110,8 @@ def make_atari(
     noop_max: int = 30,
     terminal_on_life_loss: bool = False,
     frame_stack_padding: str | None = None,
+    labels: bool = False,
+    infinite: bool = False,
 ) -> gym.Env:
     """Build the Atari game ``name`` with the settings described in the module docstring.
 
@@ -118,7 +124,7 @@ def make_atari(
     if frame_stack_padding is None:
         frame_stack_padding = _DEFAULT_PADDING[version]
     for key, value in (("sticky_actions", sticky_actions), ("full_action_space", full_action_space),
-                       ("terminal_on_life_loss", terminal_on_life_loss)):
+                       ("terminal_on_life_loss", terminal_on_life_loss), ("labels", labels), ("infinite", infinite)):
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be a bool, got {value!r}")
     for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):
@@ -126,6 +132,10 @@ def make_atari(
             raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
     if frame_stack_padding not in ("reset", "zero"):
         raise ValueError(f"frame_stack_padding must be 'reset' or 'zero', got {frame_stack_padding!r}")
+    if labels and name not in atari_objects.GAMES:
+        raise ValueError(f"labels=True: RAM ground truth exists for {', '.join(sorted(atari_objects.GAMES))}, not {name!r}")
+    if infinite and name != "breakout":
+        raise ValueError(f"infinite=True is BreakoutInfinite; it applies to breakout, not {name!r}")
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
@@ -140,6 +150,8 @@ def make_atari(
         full_action_space=full_action_space,
         render_mode="rgb_array",
     )
+    if infinite:
+        env = atari_objects.BreakoutInfinite(env)  # frame level: the score is checked every frame
     if version == "v5":
         env = AtariPreprocessing(
             env, noop_max=noop_max, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
@@ -155,10 +167,13 @@ def make_atari(
         )  # (84, 84, 1)
         env = ReshapeObservation(env, (SCREEN_SIZE, SCREEN_SIZE))
     env = FrameStackObservation(env, frame_stack, padding_type=frame_stack_padding)  # (S, 84, 84)
+    if labels:
+        env = atari_objects.ObjectLabels(env, name, frame_stack=frame_stack)
     env.unwrapped.xrl_spec = {"name": name, "settings": {
         "version": version, "sticky_actions": sticky_actions, "full_action_space": full_action_space,
         "frame_stack": frame_stack, "noop_max": noop_max,
         "terminal_on_life_loss": terminal_on_life_loss, "frame_stack_padding": frame_stack_padding,
+        "labels": labels, "infinite": infinite,
     }}
     return env
 

@@ -1,0 +1,177 @@
+"""Ground truth for Atari from the emulator RAM: where the ball and the paddles are, as per-pixel
+label maps at the observation's 84×84 resolution (:mod:`xrl.envs.labels`: 1 important,
+0 unimportant, -1 excluded), so ``localization`` scores Atari agents as it does Red-Fetch-Green.
+
+RAM addresses from AtariARI (Anand et al. 2019, ``atariari/benchmark/ram_annotations.py``):
+Pong ``ball_x = 49, ball_y = 54, player_y = 51, enemy_y = 50``; Breakout ``ball_x = 99,
+ball_y = 101, player_x = 72``. The offsets turning them into screen pixels (210×160) were fitted
+on rendered frames (ALE 0.12, colours of each object) and are checked by
+``tests/test_atari_ground_truth.py``; where the drawn position jitters by one screen line
+relative to RAM (Pong's ball and player paddle), the box holds both lines.
+
+Label map of one step (``info["labels"]`` when the env is made with ``labels=True``):
+
+* important: every observation pixel whose source area (``INTER_AREA``) overlaps the ball or a
+  paddle on the newest screen (Pong: both paddles and the ball; Breakout: the paddle and ball);
+* excluded: a ring of ``margin`` pixels around them (the newest frame is the max of the last two
+  screens, and resizing blurs edges), the same objects on the older frames of the stack (the
+  agent sees them; their role is uncertain), and for Breakout the rows of bricks (the agent aims
+  at them; also uncertain);
+* unimportant: everything else.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
+
+SCREEN = (210, 160)
+PONG_ROWS = (34, 194)  # the playing field between the walls
+BREAKOUT_COLUMNS = (8, 152)  # between the side walls
+BREAKOUT_BRICK_ROWS = (57, 93)
+
+
+class Box(NamedTuple):
+    """Screen pixels ``top <= row < bottom``, ``left <= column < right``."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    def clip(self, rows: tuple[int, int] = (0, SCREEN[0]), columns: tuple[int, int] = (0, SCREEN[1])) -> "Box | None":
+        box = Box(max(self.top, rows[0]), min(self.bottom, rows[1]), max(self.left, columns[0]),
+                  min(self.right, columns[1]))
+        return box if box.top < box.bottom and box.left < box.right else None
+
+
+def pong_objects(ram: np.ndarray) -> dict[str, Box]:
+    """Ball and paddles of Pong on the screen (objects not on the field are left out)."""
+    ram = ram.astype(int)
+    boxes = {
+        "player": Box(ram[51] - 14, ram[51] + 3, 140, 144).clip(PONG_ROWS),
+        "enemy": Box(ram[50] - 15, ram[50] + 1, 16, 20).clip(PONG_ROWS),
+        "ball": Box(ram[54] - 15, ram[54] - 10, ram[49] - 49, ram[49] - 47).clip(PONG_ROWS) if ram[54] else None,
+    }
+    return {k: v for k, v in boxes.items() if v is not None}
+
+
+def breakout_objects(ram: np.ndarray) -> dict[str, Box]:
+    """Paddle and ball of Breakout on the screen (no ball between serves)."""
+    ram = ram.astype(int)
+    boxes = {
+        "player": Box(189, 193, ram[72] - 47, ram[72] - 31).clip(columns=BREAKOUT_COLUMNS),
+        "ball": Box(ram[101] + 9, ram[101] + 13, ram[99] - 49, ram[99] - 47).clip((0, 196), BREAKOUT_COLUMNS)
+        if ram[101] else None,
+    }
+    return {k: v for k, v in boxes.items() if v is not None}
+
+
+#: xrl game name -> (RAM -> boxes, screen regions always excluded)
+GAMES: dict[str, tuple[Callable[[np.ndarray], dict[str, Box]], tuple[Box, ...]]] = {
+    "pong": (pong_objects, ()),
+    "breakout": (breakout_objects, (Box(BREAKOUT_BRICK_ROWS[0], BREAKOUT_BRICK_ROWS[1], *BREAKOUT_COLUMNS),)),
+}
+
+
+def to_grid(box: Box, size: tuple[int, int] = (84, 84), margin: int = 0) -> tuple[slice, slice]:
+    """The observation pixels whose source area overlaps ``box`` (grown by ``margin`` pixels)."""
+    h, w = size
+    sy, sx = SCREEN[0] / h, SCREEN[1] / w
+    top, bottom = int(np.floor(box.top / sy)) - margin, int(np.ceil(box.bottom / sy)) + margin
+    left, right = int(np.floor(box.left / sx)) - margin, int(np.ceil(box.right / sx)) + margin
+    return slice(max(top, 0), min(bottom, h)), slice(max(left, 0), min(right, w))
+
+
+def label_map(now: dict[str, Box], before: list[dict[str, Box]] = (), always_excluded: tuple[Box, ...] = (),
+              size: tuple[int, int] = (84, 84), margin: int = 1) -> np.ndarray:
+    """Labels ``(H, W)`` int8 from the objects on the newest screen and on older ones (module docstring)."""
+    labels = np.full(size, UNIMPORTANT, dtype=np.int8)
+    for box in always_excluded:
+        labels[to_grid(box, size)] = EXCLUDED
+    for boxes in before:
+        for box in boxes.values():
+            labels[to_grid(box, size, margin)] = EXCLUDED
+    for box in now.values():
+        labels[to_grid(box, size, margin)] = EXCLUDED
+    for box in now.values():
+        labels[to_grid(box, size)] = IMPORTANT
+    return labels
+
+
+class ObjectLabels(gym.Wrapper):
+    """Adds ``info["labels"]`` (84×84 int8) from the RAM after every ``reset`` and ``step``.
+
+    ``frame_stack``: the objects of the last ``frame_stack - 1`` steps are excluded too (they are
+    on the older frames of the observation)."""
+
+    def __init__(self, env: gym.Env, game: str, *, frame_stack: int = 4, margin: int = 1) -> None:
+        super().__init__(env)
+        if game not in GAMES:
+            raise ValueError(f"RAM ground truth exists for {', '.join(sorted(GAMES))}, not {game!r}")
+        self.objects, self.always_excluded = GAMES[game]
+        self.frame_stack, self.margin = frame_stack, margin
+        self.history: list[dict[str, Box]] = []
+        self.size = tuple(env.observation_space.shape[-2:])
+
+    def boxes(self) -> dict[str, Box]:
+        """The objects on the current screen."""
+        return self.objects(self.env.unwrapped.ale.getRAM())
+
+    def _labels(self, fresh: bool) -> np.ndarray:
+        now = self.boxes()
+        if fresh:
+            self.history = []
+        labels = label_map(now, self.history, self.always_excluded, self.size, self.margin)
+        self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
+        return labels
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "labels": self._labels(fresh=True)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "labels": self._labels(fresh=False)}
+
+
+def breakout_score(ram: np.ndarray) -> int:
+    """Breakout's score: RAM 76 (hundreds) and 77 (tens and units), binary-coded decimal."""
+    def bcd(value: int) -> int:
+        return (int(value) >> 4) * 10 + (int(value) & 15)
+    return bcd(ram[76]) * 100 + bcd(ram[77])
+
+
+class BreakoutInfinite(gym.Wrapper):
+    """Breakout whose bricks keep respawning (FLS appendix 6.2): Breakout's bricks are cleared at
+    most twice (864 points) and then stop coming back; as the authors did, the score in RAM is set
+    back by 432 (one wall) whenever it reaches 864, which lets the game respawn the wall.
+
+    Wraps the frame-level ALE env (``frameskip=1``) so the score is checked after every emulator
+    frame. ALE computes rewards as RAM score differences, so the frame after a rewrite would give
+    -432; the wrapper adds the 432 back, and rewards (returns) stay the points actually scored."""
+
+    WALL = 432
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.owed = 0
+
+    def reset(self, **kwargs):
+        self.owed = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward, self.owed = reward + self.owed, 0
+        ale = self.env.unwrapped.ale
+        score = breakout_score(ale.getRAM())
+        if score >= 2 * self.WALL:
+            hundreds, rest = divmod(score - self.WALL, 100)
+            ale.setRAM(76, (hundreds // 10) << 4 | hundreds % 10)
+            ale.setRAM(77, (rest // 10) << 4 | rest % 10)
+            self.owed = self.WALL
+        return obs, reward, terminated, truncated, info
