@@ -93,6 +93,7 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
             "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
             "values": ev.values[job.method], "means": ev.means()[job.method], "skipped": ev.skipped,
             "curves": curves, "seconds": time.perf_counter() - started,
+            "worker": {"host": socket.gethostname(), "pid": os.getpid()},
         }
         return {"result": result, "arrays": arrays}
     finally:
@@ -207,6 +208,17 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                          "`ray start --head` or use --ray auto for a local one") from None
 
 
+def start_local_ray(workers: int | None = None, **kwargs) -> None:
+    """``ray.init`` of a local Ray with ``workers`` CPUs (default all), no dashboard.
+
+    Its workers run at normal priority: Ray's default (nice 15) would leave them only the CPU
+    time other programs do not use, so a local Ray would lose to an in-process run on a busy
+    machine."""
+    import ray
+    ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, _system_config={"worker_niceness": 0}, **kwargs)
+
+
 def _local_copy(blob: bytes, digest: str) -> Path:
     """The dataset file on a Ray worker: written once per machine from the object store."""
     path = Path(tempfile.gettempdir()) / "xrl-bench-data" / f"{digest}.h5"
@@ -231,8 +243,7 @@ def _on_ray(address: str, workers: int | None) -> Callable:
         started = False
         if not ray.is_initialized():
             if address == "auto":
-                ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
+                start_local_ray(workers)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             started = True
