@@ -267,7 +267,7 @@ def test_installed_script(tmp_path):
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     for command in ("envs", "methods", "metrics", "train", "collect", "explain", "evaluate", "bench",
-                    "report", "demo"):
+                    "report", "watch", "demo"):
         assert command in done.stdout
     # main()'s status reaches the shell
     done = subprocess.run([str(script), "evaluate", "--agent", AGENT, "--data",

@@ -77,6 +77,71 @@ def cmd_train_agent(args) -> None:
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
 
 
+def _dataclass_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
+    """One ``--flag`` per field of a training dataclass (its one-line doc as help); fields
+    without a default are required; booleans take true/false."""
+    import dataclasses
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
+        kind = {"bool": _bool, "int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument(flag, dest=f.name, type=kind, required=required, default=default,
+                            help=docs.get(f.name, "") + ("" if required else f" (default {default})"))
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The string literal under each dataclass field (the CleanRL-style one-line docs)."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(cls))
+    body, docs = tree.body[0].body, {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
+    return docs
+
+
+def cmd_train_digr(args) -> None:
+    import dataclasses
+    from xrl.train.digr import DigrArgs, train_digr
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(DigrArgs) if hasattr(args, f.name)}
+    path = train_digr(DigrArgs(**settings))
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"saved {path}\nstudent: {json.dumps(card['score'])}\nteacher: {json.dumps(card['teacher_score'])}")
+
+
+def cmd_attack(args) -> None:
+    from xrl.agents.load import load_agent
+    from xrl.attacks.evaluate import return_under_attack, write_attack_results
+    from xrl.viz.overlay import attack_curves
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    eps = [float(e) for e in args.eps.split(",") if e.strip()]
+    settings = _method_settings(",".join(attacks), args.setting)
+    results, sources = {}, {}
+    for agent in args.agent:
+        model = load_agent(agent)
+        results[agent] = return_under_attack(model, attacks, eps, episodes=args.episodes, seed=args.seed,
+                                             attack_settings=settings)
+        sources[agent] = model.info.get("card", {})
+        for name, rows in results[agent].items():
+            print(f"{agent} {name}: " + "  ".join(f"eps {r['eps']:g}: {r['mean_return']:.3f}" for r in rows))
+    out = write_attack_results(results, args.out, agents=sources)
+    attack_curves(results, out / "attacks.png")
+    print(f"wrote {out}/attacks.csv, attacks.json, attacks.png")
+
+
 def cmd_collect(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.collect import collect
@@ -148,6 +213,22 @@ def cmd_report(args) -> None:
     print(f"wrote {build_report(args.results, args.out)}")
 
 
+def cmd_watch(args) -> None:
+    from xrl.agents.load import load_agent
+    from xrl.watch import watch
+    model = load_agent(args.agent)
+    result = watch(model, methods=_method_settings(args.methods, args.setting), env=args.env,
+                   env_settings=_settings(args.set) if args.set else None, seed=args.seed,
+                   max_steps=args.max_steps, counterfactual=args.counterfactual,
+                   fraction=args.fraction, out=args.out, fps=args.fps,
+                   formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    print(f"{result.steps} frames, return {result.episode_return:.3g}")
+    for method, fps in result.fps.items():
+        print(f"{method:24s} {result.seconds_per_map[method] * 1000:8.2f} ms per map  "
+              f"({fps:.1f} frames/s)")
+    print("wrote " + ", ".join(str(p) for p in result.paths))
+
+
 def cmd_demo(args) -> None:
     from xrl.demo import run_demo
     run_demo(out=args.out, quick=args.quick)
@@ -174,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export-only", action="store_true",
                    help="export the latest checkpoint of an unfinished run (agent.pt + card) without training")
     t.set_defaults(fn=cmd_train_agent)
+
+    from xrl.train.digr import DigrArgs
+    t = train.add_parser("digr", help="DIGR student: gradient saliency like the teacher's perturbation "
+                                      "saliency (checkpoints, resumes when run again)")
+    _dataclass_flags(t, DigrArgs)
+    t.set_defaults(fn=cmd_train_digr)
+
+    a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
+    a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")
+    a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
+    a.add_argument("--eps", default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)")
+    a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
+    a.add_argument("--episodes", type=int, default=50)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="attack-results")
+    a.set_defaults(fn=cmd_attack)
 
     c = sub.add_parser("collect", help="roll out an agent into a StateDataset")
     c.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
@@ -220,6 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", help="results folder (xrl bench --out)")
     r.add_argument("--out", default=None, help="HTML file (default RESULTS/report.html)")
     r.set_defaults(fn=cmd_report)
+
+    w = sub.add_parser("watch", help="film one seeded episode: frame, overlays, action, probabilities")
+    w.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
+    w.add_argument("--methods", default="gradient,grad_cam", help="comma-separated (xrl methods)")
+    w.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
+    w.add_argument("--env", default=None, help="default: the env the agent was trained on")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
+    w.add_argument("--seed", type=int, default=0, help="the episode's reset seed")
+    w.add_argument("--max-steps", type=int, default=500)
+    w.add_argument("--counterfactual", action="store_true",
+                   help="add the frame without the first method's most salient region and the action then")
+    w.add_argument("--fraction", type=float, default=0.05, help="share of pixels removed (--counterfactual)")
+    w.add_argument("--fps", type=float, default=10, help="frames per second of the video")
+    w.add_argument("--formats", default="mp4,gif")
+    w.add_argument("--out", default="watch", help="video path without suffix: OUT.mp4, OUT.gif")
+    w.set_defaults(fn=cmd_watch)
 
     d = sub.add_parser("demo", help="the README's main job: agent, states, every method, metrics, report")
     d.add_argument("--out", default="demo-results")

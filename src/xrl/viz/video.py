@@ -6,6 +6,7 @@ draws text with OpenCV, which is fast enough to caption every frame of an episod
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
@@ -13,7 +14,6 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from xrl.files import atomic_path
 from xrl.viz.overlay import overlay
 
 
@@ -58,17 +58,23 @@ def panel_row(frame: np.ndarray, maps: Mapping[str, np.ndarray | torch.Tensor], 
 
 
 def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float = 10) -> None:
-    """An MP4 (H.264, via imageio-ffmpeg) or a GIF, chosen by the suffix; written atomically."""
-    path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower()
+    """An MP4 (H.264, yuv420p: plays in browsers; via imageio-ffmpeg's bundled ffmpeg) or a GIF,
+    chosen by the suffix; written to a temporary file and renamed into place."""
+    path = Path(path)
+    suffix = path.suffix.lower()
     if suffix not in (".mp4", ".gif"):
-        raise ValueError(f"videos are .mp4 or .gif, got {path!r}")
+        raise ValueError(f"videos are .mp4 or .gif, got {str(path)!r}")
     if not frames:
         raise ValueError("no frames to write")
-    stack = np.stack(frames)
-    with atomic_path(path) as tmp:
+    stack = np.stack(frames)  # (T, h, w, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")  # ffmpeg picks the format by suffix
+    try:
         if suffix == ".gif":
             iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
         else:
-            iio.imwrite(tmp, stack, extension=".mp4", plugin="FFMPEG", fps=fps, codec="libx264",
-                        macro_block_size=1, output_params=["-pix_fmt", "yuv420p"])
+            iio.imwrite(tmp, stack, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
+                        macro_block_size=1)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
