@@ -296,6 +296,8 @@ def test_unreachable_ray_address_fails_fast(tmp_path, capsys):
     with pytest.raises(ValueError, match="host:port"):
         run_bench(path, tmp_path / "out", ray="nonsense", progress=False)
     assert time.monotonic() - started < 60  # not Ray's own minutes-long connection retries
+    with pytest.raises(ValueError, match="--ray auto"):
+        run_bench(path, tmp_path / "out", workers=2, progress=False)
 
 
 def test_check_only(tmp_path, capsys):

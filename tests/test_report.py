@@ -196,3 +196,23 @@ def test_best_values_and_category_scores_on_known_values():
     assert s["c"]["faithfulness"] == pytest.approx(0.5) and s["c"]["cost"] == 0.0
     assert format_value(0.123456) == "0.1235" and format_value(math.nan) == "nan"
     assert format_value(12345.6) == "12345.6"
+
+
+def test_an_agent_with_several_seeds_gets_a_table_of_means_over_seeds(tmp_path):
+    spec = (SPEC.replace("seeds = [0]", "seeds = [0, 1]")
+            .replace('methods = ["gradient", "random", "greydanus"]', 'methods = ["gradient", "random"]')
+            .replace('"sanity", "time_per_map"', '"time_per_map"')
+            .replace("[method_settings.greydanus]\nradius = 4\nstride = 8\n", ""))
+    (tmp_path / "spec.toml").write_text(spec)
+    out = run_bench(tmp_path / "spec.toml", tmp_path / "results", progress=False)
+    doc = load_results(out)
+    dom = Dom()
+    dom.feed(build_report(out).read_text())
+    tables = [t for t in dom.tables if "metrics" in t["attrs"].get("class", "")]
+    assert [t["attrs"]["data-seed"] for t in tables] == ["mean over 0, 1", "0", "1"]
+    for row in tables[0]["rows"][1:]:
+        m = row["attrs"]["data-method"]
+        for cell in row["cells"][1:]:
+            c = cell["attrs"]["data-column"]
+            want = np.mean([g["means"][m][c] for g in doc["groups"]])
+            assert float(cell["attrs"]["data-value"]) == pytest.approx(want, rel=1e-12), (m, c)

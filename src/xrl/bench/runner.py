@@ -149,6 +149,8 @@ def run_bench(
     out = Path(out) if out is not None else Path("bench-results") / spec.name
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers is not None and ray != "auto":
+        raise ValueError("workers sets the CPUs of a local Ray: use it with ray='auto' (--ray auto)")
     if ray is not None and ray != "auto":
         check_reachable(ray)
     out.mkdir(parents=True, exist_ok=True)

@@ -69,13 +69,46 @@ def category_scores(g: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def over_seeds(groups: list[dict]) -> dict:
+    """One agent's groups merged: per method and column the mean over seeds of the per-seed
+    means (NaN left out), the mean curves averaged; methods finished for every seed only."""
+    done = [g for g in groups if g["methods"]]
+    methods = [m for m in done[0]["methods"] if all(m in g["methods"] for g in done)]
+    columns = list(dict.fromkeys(c for g in done for c in g["columns"]))
+    means, curves = {}, {}
+    for m in methods:
+        means[m] = {}
+        for c in columns:
+            vals = [g["means"][m].get(c, math.nan) for g in done]
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            means[m][c] = float(np.mean(vals)) if vals else math.nan
+        curves[m] = {}
+        for name in done[0]["curves"].get(m, {}):
+            ys = [g["curves"][m][name]["y"] for g in done if name in g["curves"].get(m, {})]
+            if len(ys) == len(done) and len({len(y) for y in ys}) == 1:
+                curves[m][name] = {"x": done[0]["curves"][m][name]["x"], "y": np.mean(ys, 0).tolist()}
+    merged = {k: {} for k in ("higher_is_better", "categories", "skipped", "not_run")}
+    for g in done:
+        for k in merged:
+            merged[k].update(g.get(k, {}))
+    seeds = ", ".join(str(g["seed"]) for g in done)
+    return {"agent": done[0]["agent"], "env": done[0]["env"], "seed": f"mean over {seeds}",
+            "rows": [r for g in done for r in g["rows"] or []], "gallery_rows": [], "methods": methods,
+            "columns": columns, "means": means, "curves": curves, "maps": {}, **merged}
+
+
 def build_report(results: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the report of the results folder ``results``; returns its path."""
     folder = Path(results)
     doc = load_results(folder)
     folder = folder if folder.is_dir() else folder.parent
     out = Path(out) if out is not None else folder / "report.html"
-    groups = [_group(g, doc["spec"], folder) for g in doc["groups"]]
+    groups = []
+    for agent in dict.fromkeys(g["agent"] for g in doc["groups"]):
+        mine = [g for g in doc["groups"] if g["agent"] == agent]
+        if len([g for g in mine if g["methods"]]) > 1:
+            groups.append(_group(over_seeds(mine), doc["spec"], folder))
+        groups += [_group(g, doc["spec"], folder) for g in mine]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(_TEMPLATE.read_text()).render(
         name=doc["spec"]["name"], created=doc["created"], folder=str(folder), jobs=doc["jobs"],
@@ -98,7 +131,8 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
         series = {m: (g["curves"][m][name]["x"], g["curves"][m][name]["y"])
                   for m in methods if name in g["curves"].get(m, {})}
         if series:
-            curves.append(svg.line_chart(series, title=f"{name} ({g['agent']}, seed {g['seed']})",
+            seed = g["seed"] if isinstance(g["seed"], str) else f"seed {g['seed']}"
+            curves.append(svg.line_chart(series, title=f"{name} ({g['agent']}, {seed})",
                                          xlabel="fraction of pixels " + ("deleted" if name == "deletion" else "inserted"),
                                          ylabel="p(action)"))
     scores = category_scores(g) if methods else {}
@@ -162,4 +196,4 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-__all__ = ["build_report", "format_value", "best_values", "category_scores"]
+__all__ = ["build_report", "format_value", "best_values", "category_scores", "over_seeds"]
