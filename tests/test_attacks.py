@@ -115,3 +115,14 @@ def test_return_under_attack_on_the_zoo_agent(tmp_path):
     assert curves["pgd"][1]["mean_return"] < clean["mean_return"]  # a large ball breaks the agent
     out = write_attack_results({"teacher": curves}, tmp_path)
     assert (out / "attacks.csv").read_text().count("\n") == 1 + 4
+
+
+def test_xrl_attack_command_writes_table_and_figure(tmp_path, capsys):
+    from xrl.cli import main
+    code = main(["attack", "--agent", "red-fetch-green", "--attacks", "fgsm,mad", "--eps", "0,0.3",
+                 "--episodes", "2", "--out", str(tmp_path)])
+    assert code == 0
+    assert "red-fetch-green fgsm: eps 0:" in capsys.readouterr().out
+    for name in ("attacks.csv", "attacks.json", "attacks.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert main(["attack", "--agent", "red-fetch-green", "--attacks", "cw", "--out", str(tmp_path)]) == 2

@@ -151,3 +151,19 @@ def test_mismatched_inputs_are_refused(tmp_path):
     train_digr(tiny_args(tmp_path, "settings", updates=3))
     with pytest.raises(ValueError, match="other settings"):
         train_digr(tiny_args(tmp_path, "settings", alpha=1.0))
+
+
+def test_xrl_train_digr_command(tmp_path, capsys):
+    from xrl.cli import main
+    args = tiny_args(tmp_path, "cli", updates=3)
+    flags = ["train", "digr", "--teacher", args.teacher, "--data", args.data, "--out", args.out]
+    for name in ("updates", "batch_size", "buffer_size", "n_envs", "n_states", "stride", "eval_every",
+                 "eval_episodes", "final_eval_episodes", "checkpoint_every"):
+        flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    assert main(flags + ["--use-pcgrad", "false"]) == 0
+    assert "student:" in capsys.readouterr().out
+    card = json.loads((tmp_path / "cli" / "agent.json").read_text())
+    assert card["digr"]["use_pcgrad"] is False and card["command"].startswith("xrl train digr --teacher red-fetch-green")
+    with pytest.raises(SystemExit):  # argparse: "expected true or false"
+        main(flags + ["--use-pcgrad", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -82,3 +82,44 @@ def explanation_grid(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+
+
+def line_panels(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+) -> None:
+    """PNG of side-by-side line plots: ``{panel: {curve: (x, y, std or None)}}``; a std draws a
+    shaded band of one standard deviation (as in DIGR's Fig. 8 and 9)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for label, (x, y, std) in curves.items():
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            ax.plot(x, y, marker="o", markersize=3, label=label)
+            if std is not None:
+                std = np.asarray(std, dtype=float)
+                ax.fill_between(x, y - std, y + std, alpha=0.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def attack_curves(results: Mapping[str, Mapping[str, Sequence[Mapping]]], path: str | os.PathLike) -> None:
+    """Return vs eps, one panel per attack, one curve per agent: ``{agent: {attack: [rows]}}``
+    as :func:`xrl.attacks.evaluate.return_under_attack` gives them."""
+    attacks = list(next(iter(results.values())))
+    panels = {a: {agent: ([r["eps"] for r in per[a]], [r["mean_return"] for r in per[a]],
+                          [r["std_return"] for r in per[a]]) for agent, per in results.items()}
+              for a in attacks}
+    line_panels(panels, path, xlabel="eps (L-inf, state units)", ylabel="episode return")
