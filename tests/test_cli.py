@@ -142,6 +142,17 @@ def test_explain_writes_a_png(capsys, collected, tmp_path, monkeypatch):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # frames and overlays, not blank
 
 
+def test_explain_by_default_runs_every_method_that_can_explain_the_agent(capsys, collected, tmp_path, monkeypatch):
+    import xrl.viz.overlay
+    data, _ = collected
+    shown = []
+    monkeypatch.setattr(xrl.viz.overlay, "explanation_grid", lambda frames, maps, path, **kw: shown.extend(maps))
+    code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data, "--n", "1", "--out", tmp_path / "g.png")
+    assert code == 0, err
+    assert "left out attention:" in err  # the zoo agent has no attention layer
+    assert set(shown) == set(xrl.list_explainers()) - {"attention"}
+
+
 def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, monkeypatch):
     data, _ = collected
     made = []

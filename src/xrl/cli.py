@@ -158,13 +158,30 @@ def _rows(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
 
 
+def _methods_for(model, names: str | None, pairs: list[str] | None) -> dict[str, dict]:
+    """The asked methods with their settings; by default every registered method that can explain
+    ``model`` at its default settings (those that cannot, e.g. ``attention`` for an agent without
+    an attention layer, are named on stderr with the reason)."""
+    if names:
+        return _method_settings(names, pairs)
+    from xrl.explainers import get_explainer
+    usable = []
+    for name in list_explainers():
+        try:
+            get_explainer(name, model)
+            usable.append(name)
+        except (TypeError, ValueError) as err:
+            print(f"left out {name}: {err}", file=sys.stderr)
+    return _method_settings(",".join(usable), pairs)
+
+
 def cmd_explain(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import explain_dataset
     from xrl.viz.overlay import explanation_grid
     model = load_agent(args.agent)
-    methods = _method_settings(args.methods or ",".join(list_explainers()), args.setting)
+    methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
         rows = _rows(len(ds), args.n, args.seed)
         maps = {m: explain_dataset(model, ds, m, s, rows=rows) for m, s in methods.items()}
@@ -179,7 +196,7 @@ def cmd_evaluate(args) -> None:
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import evaluate
     model = load_agent(args.agent)
-    methods = _method_settings(args.methods or ",".join(list_explainers()), args.setting)
+    methods = _methods_for(model, args.methods, args.setting)
     metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting)
     with StateDataset.open(args.data) as ds:
         result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed)
