@@ -238,3 +238,9 @@ def test_attention_explainer_draws_the_named_module():
     expected = draw(policy.features_extractor.attention_maps(x), policy.features_extractor.receptive_fields, (84, 84))
     assert explained.shape == (2, 84, 84)
     torch.testing.assert_close(explained, expected)
+
+
+def test_cam_methods_default_to_the_trunks_last_conv():
+    policy = build_policy("sparse_fls_each", ATARI, 4)
+    layers = model_from_policy(policy).conv_layers()
+    assert list(layers.values())[-1] is policy.features_extractor.convs[-1]

@@ -206,9 +206,11 @@ class AttentionExtractor(BaseFeaturesExtractor):
             raise ValueError(f"after must index the {len(convs)} convs, got {after}")
         self.kind, self.after, self.pool, self.norm = attention, list(after), pool, norm
         self.final_relu, self.input_padding = final_relu, input_padding
+        # attention first: the trunk's last conv stays the last nn.Conv2d in module order, the
+        # layer Grad-CAM and NormGrad use by default (model.conv_layers()), as for nature_cnn
+        self.attention = nn.ModuleDict()
         self.convs = nn.ModuleList()
         self.relus = nn.ModuleList()
-        self.attention = nn.ModuleDict()
         fields, field, channels = [], ReceptiveField(1, 1, -input_padding), c
         for i, (out, k, s, p) in enumerate(convs):
             self.convs.append(nn.Conv2d(channels, out, k, s, p))

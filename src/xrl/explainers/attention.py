@@ -8,8 +8,9 @@ unit kernel of the receptive field's size and stride); ``upsample="bilinear"`` r
 attention grid bilinearly instead (the comparison the paper mentions). Agents with several
 attention modules (``sparse_fls_each``) get the sum of their drawn maps.
 
-The attention does not depend on the action: every target gets the same map (``targets`` is
-still validated), and ``explain_all`` repeats it for each action.
+The attention is computed from the trunk's features, which mix all channels and stacked frames:
+one map per state, no channel reduction. It does not depend on the action: every target gets the
+same map (``targets`` is still validated), and ``explain_all`` repeats it for each action.
 
 Settings: ``upsample`` (``"transposed"`` | ``"bilinear"``); ``module`` — the name (as in
 ``model.named_modules()``) of the attention module to draw, default the first one in module
@@ -32,6 +33,8 @@ UPSAMPLE = ("transposed", "bilinear")
 
 @EXPLAINERS.register("attention")
 class Attention(Explainer):
+    """The agent's own attention (FLS, DAQN, RS-PPO agents) drawn onto its input by receptive field."""
+
     #: what the Model must offer beyond the Explainer contract: an attention module (the
     #: contract test builds a model with one for explainers that require it)
     requires = ("attention",)

@@ -44,9 +44,10 @@ class _Gaze(Metric):
 
 @METRICS.register("nss")
 class NSS(_Gaze):
-    """Normalized scanpath saliency (Peters et al. 2005): the saliency standardised to zero mean
-    and unit variance over the frame's pixels, averaged over the fixations (weighted by their
-    counts). 0 = chance; a constant map (zero variance, which the paper calls undefined) ranks no
+    """Normalized scanpath saliency (Peters et al. 2005): mean standardised saliency at the fixations.
+
+    The saliency is standardised to zero mean and unit variance over the frame's pixels and
+    averaged over the fixations (weighted by their counts). 0 = chance; a constant map (zero variance, which the paper calls undefined) ranks no
     pixel above another and gets 0."""
 
     higher_is_better = True
@@ -64,7 +65,7 @@ class NSS(_Gaze):
 
 @METRICS.register("gaze_kl")
 class GazeKL(_Gaze):
-    """KL divergence ``D(F || S)`` of the saliency distribution S from the blurred fixations F.
+    """KL divergence ``D(F || S)`` of the saliency S from the blurred fixation map F (sigma 5 px).
 
     F: fixation counts blurred with a Gaussian of std ``sigma`` pixels of the fixation map (5 in
     the paper, on the 160×210 screen; borders replicated), normalised to sum 1. S: the saliency
@@ -94,8 +95,9 @@ class GazeKL(_Gaze):
 
 @METRICS.register("shuffled_auc")
 class ShuffledAUC(_Gaze):
-    """Shuffled AUC (Borji et al. 2013): ROC AUC of the saliency separating the frame's fixated
-    pixels (positives, weighted by fixation counts) from pixels fixated in *other* frames
+    """Shuffled AUC (Borji et al. 2013): this frame's fixations against other frames' fixations.
+
+    ROC AUC of the saliency separating the frame's fixated pixels (positives, weighted by fixation counts) from pixels fixated in *other* frames
     (negatives, weighted likewise), so a centre bias shared by all frames scores at chance.
     Exact (Mann-Whitney, ties count 1/2) instead of the usual 100 random draws of negatives
     (whose expectation it is). 0.5 = chance; a constant map gives 0.5.
