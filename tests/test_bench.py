@@ -364,3 +364,11 @@ def test_a_method_that_cannot_explain_the_agent(tmp_path, monkeypatch):
     assert spec.not_run["red-fetch-green"]["_needs_network"].startswith("needs a trained explainer")
     assert "_needs_network" not in {j.method for j in spec.jobs()}
     assert {j.method for j in spec.jobs()} == set(xrl.list_explainers()) - set(spec.not_run["red-fetch-green"])
+
+
+def test_other_states_make_other_jobs(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    more = load_spec(write_spec(tmp_path, TINY.replace("episodes = 1", "episodes = 2"), "more.toml"))
+    assert [j.id for j in spec.jobs()] == [j.id for j in more.jobs()]
+    assert not {j.key for j in spec.jobs()} & {j.key for j in more.jobs()}
+    assert spec.agents[0].inputs == xrl.data.collect.agent_record(spec.models["red-fetch-green"])["fingerprint"]

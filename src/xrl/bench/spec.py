@@ -65,6 +65,10 @@ class AgentSpec:
     episodes: int = 16
     max_steps: int | None = None
     sample: bool = False
+    inputs: str = ""
+    """what the states depend on beyond these fields: the agent's weights fingerprint, and the
+    size and modification time of a given data file (so a retrained agent or a new file is not
+    mistaken for the one a stored result was computed with)"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class Job:
     threads: int
     gallery: int
     store_saliency: bool
+    states: dict
+    """the agent's entry of the spec (source, env, collection settings, inputs): the job's states"""
 
     @property
     def id(self) -> str:
@@ -113,7 +119,7 @@ class Spec:
     def jobs(self) -> list[Job]:
         """The grid, agents × seeds × methods, in that order."""
         return [Job(a.name, s, m, self.methods[m], self.metrics, self.n_states, self.threads,
-                    self.gallery, self.store_saliency)
+                    self.gallery, self.store_saliency, asdict(a))
                 for a in self.agents for s in self.seeds for m in self.methods
                 if m not in self.not_run.get(a.name, {})]
 
@@ -296,6 +302,7 @@ def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str
 def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
            labels_needed: list[str]) -> AgentSpec | None:
     from xrl.agents.load import load_agent
+    from xrl.data.collect import agent_record
     from xrl.data.dataset import StateDataset
     from xrl.envs import ENVS, make_env
 
@@ -380,7 +387,11 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     if not ok:
         return None
     models[name] = model
-    return AgentSpec(name=name, agent=source, env=env,
+    inputs = agent_record(model)["fingerprint"]
+    if data is not None:
+        stat = Path(data).stat()
+        inputs += f";data {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
+    return AgentSpec(name=name, agent=source, env=env, inputs=inputs,
                      env_settings=dict(env_settings) if env_settings is not None else
                      dict((model.info.get("env") or {}).get("settings") or {}),
                      data=data, episodes=raw.get("episodes", 16), max_steps=raw.get("max_steps"),
