@@ -257,3 +257,34 @@ def test_bad_label_files_are_refused(tmp_path):
 def test_fixation_map_counts_points_in_their_pixels():
     m = fixation_map(np.array([[0.2, 0.9], [0.7, 0.1], [159.9, 209.9], [160.0, 5.0], [-1.0, 3.0]]))
     assert m[0, 0] == 2 and m[209, 159] == 1 and m.sum() == 3  # the last two are off screen
+
+
+def test_trial_states_are_what_a_v4_agent_sees(tmp_path):
+    """Screens of a real Pong game written as an Atari-HEAD trial give back the observations of
+    xrl's v4 env (same frames, same max-pool, gray, resize, stack), state by state."""
+    import gymnasium as gym
+
+    from xrl.envs import make_env
+
+    env = make_env("pong", version="v4", noop_max=0, sticky_actions=False)
+    raw = gym.make("PongNoFrameskip-v4", frameskip=1, repeat_action_probability=0.0)
+    actions = np.random.default_rng(0).integers(6, size=24)
+    observations = [env.reset(seed=5)[0]] + [env.step(int(a))[0] for a in actions]
+    raw.reset(seed=5)
+    screens = [raw.step(a)[0] for a in [1] * 4 + [2] * 4 + [int(a) for a in actions for _ in range(4)]]
+    screens = screens[7:]  # v4 resets with FIRE and action 2 (8 frames); state k is then at frame 4k
+    stem = "7_XX_1_Jan-01-00-00-00"
+    ids = [f"XX_1_{k + 1}" for k in range(len(screens))]
+    (tmp_path / f"{stem}.txt").write_text("\n".join([",".join(HEADER)] + [f"{i},0,0,50,0,0,null" for i in ids]) + "\n")
+    with tarfile.open(tmp_path / f"{stem}.tar.bz2", "w:bz2") as tar:
+        for frame_id, screen in zip(ids, screens):
+            data = io.BytesIO()
+            Image.fromarray(screen).save(data, format="PNG")
+            info = tarfile.TarInfo(f"{stem}/{frame_id}.png")
+            info.size = data.tell()
+            data.seek(0)
+            tar.addfile(info, data)
+    states = load_trial(tmp_path / f"{stem}.txt").states()
+    assert len(states) == len(range(0, len(screens), 4))
+    for k in range(4, len(states)):  # full stacks (the first ones differ only in their padding)
+        np.testing.assert_array_equal(states[k], observations[k], err_msg=f"state {k}")
