@@ -146,3 +146,26 @@ def _wrappers(env):
     while hasattr(env, "env"):
         yield env
         env = env.env
+
+
+def test_collected_atari_states_carry_labels_that_localization_scores(tmp_path):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from xrl.agents.load import load_agent, save_agent
+    from xrl.agents.nets import ARCHS
+    from xrl.data.collect import collect
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import evaluate
+
+    algo = PPO("CnnPolicy", DummyVecEnv([lambda: make_env("pong", labels=True)]), n_steps=8, batch_size=8,
+               seed=0, device="cpu", policy_kwargs=ARCHS.get("sparse_fls").policy_kwargs())
+    card = {"env": {"name": "pong", "settings": {"labels": True}}}
+    model = load_agent(save_agent(algo, tmp_path / "agent.pt", arch="sparse_fls", card=card))
+    data = collect(model, episodes=1, max_steps=12, out=tmp_path / "states.h5", progress=False)
+    with StateDataset.open(data) as ds:
+        labels = ds.labels()
+        assert labels.shape == (12, 84, 84) and (labels == IMPORTANT).any(axis=(1, 2)).all()
+        result = evaluate(model, ds, ["attention", "random"], ["localization"], n_states=8, progress=False)
+    auc = result.means()
+    assert all(0 <= auc[m]["localization.auc"] <= 1 for m in ("attention", "random"))

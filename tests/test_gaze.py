@@ -288,3 +288,21 @@ def test_trial_states_are_what_a_v4_agent_sees(tmp_path):
     assert len(states) == len(range(0, len(screens), 4))
     for k in range(4, len(states)):  # full stacks (the first ones differ only in their padding)
         np.testing.assert_array_equal(states[k], observations[k], err_msg=f"state {k}")
+
+
+def test_the_documented_atari_head_recipe_runs(tmp_path):
+    """docs/fls.md's recipe: trial -> states -> attention maps -> the three gaze metrics."""
+    import xrl
+    from xrl.agents.load import build_policy, model_from_policy
+
+    path, _ = write_trial(tmp_path)
+    trial = load_trial(path)
+    torch.manual_seed(0)
+    model = model_from_policy(build_policy("sparse_fls", (4, 84, 84), 4))
+    states = model.preprocess(trial.states())
+    saliency = xrl.get_explainer("attention", model).explain(states)
+    fixations = torch.as_tensor(trial.fixations())
+    assert states.shape == (4, 4, 84, 84) and saliency.shape == (4, 84, 84) and fixations.shape == (4, 210, 160)
+    for name, settings in [("nss", {}), ("gaze_kl", {}), ("shuffled_auc", {"negatives": fixations.sum(0)})]:
+        values = xrl.get_metric(name, **settings)(states=states, saliency=saliency, labels=fixations)
+        assert values.shape == (4,) and values.isfinite().all(), name
