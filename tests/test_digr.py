@@ -94,6 +94,30 @@ def test_saliency_dataset_holds_the_teachers_kl_maps(tmp_path):
         make_saliency_dataset(teacher, out, n_states=5, stride=8, progress=False)
 
 
+def test_saliency_dataset_resumes_after_an_interruption(tmp_path, monkeypatch):
+    teacher = xrl.load_agent("red-fetch-green")
+    from xrl.data.collect import collect
+    collect(teacher, episodes=2, out=tmp_path / "d.h5", seed=0, sample=True, progress=False)  # killed here
+    real, calls = digr._chunk_maps, []
+
+    def dies_after_one(*a):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(digr, "_chunk_maps", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):  # killed after the first chunk of maps
+        make_saliency_dataset(teacher, tmp_path / "d.h5", n_states=12, stride=16, chunk=4, progress=False)
+    assert len(list((tmp_path / "d.h5.maps.partial").glob("*.npy"))) == 1
+    monkeypatch.setattr(digr, "_chunk_maps", real)
+    out = make_saliency_dataset(teacher, tmp_path / "d.h5", n_states=12, stride=16, chunk=4, progress=False)
+    whole = make_saliency_dataset(teacher, tmp_path / "whole.h5", n_states=12, stride=16, chunk=4, progress=False)
+    with StateDataset.open(out) as a, StateDataset.open(whole) as b:
+        n = min(len(a), len(b))  # episode i is seeded seed + i in both: the same first rows
+        assert n >= 12 and np.array_equal(a.saliency("digr")[:n], b.saliency("digr")[:n])
+
+
 def test_a_resumed_digr_run_equals_an_uninterrupted_one(tmp_path):
     whole = train_digr(tiny_args(tmp_path, "whole"))
     stopped = train_digr(tiny_args(tmp_path, "split"), stop_at=3)

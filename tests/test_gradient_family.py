@@ -161,6 +161,18 @@ def test_integrated_gradients_rejects_bad_settings(bad, error):
 # ---------------------------------------------------------------- guided backprop
 
 
+def test_gradient_equals_captums_saliency():
+    from captum.attr import Saliency
+    model, x = relu_model(), rand(5, 2, 6, 6)
+    targets = torch.tensor([0, 2, 1, 1, 0])
+    explainer = get_explainer("gradient", model, batch_size=2)
+    theirs = Saliency(model).attribute(x.clone().requires_grad_(), target=targets, abs=False)
+    torch.testing.assert_close(explainer.channel_gradients(x, targets), theirs)
+    value = lambda s: s.logsumexp(-1)  # noqa: E731 - a callable target
+    theirs = Saliency(lambda s: value(model(s))).attribute(x.clone().requires_grad_(), abs=False)
+    torch.testing.assert_close(explainer.channel_gradients(x, value), theirs)
+
+
 def test_guided_backprop_without_relus_is_the_gradient():
     model, x = smooth_model(), rand(3, 2, 6, 6)
     for targets in (None, lambda s: s[:, 0] - s[:, 2]):

@@ -3,15 +3,16 @@
 The saliency of a pixel is ``|d f(s) / d s|`` reduced over channels (stacked frames included):
 ``reduce="max"`` (Simonyan et al., the default), ``"sum"`` or ``"mean"`` of absolute values.
 ``f`` is the explained target: an action's score, or any callable of the scores.
-Computed with Captum's ``Saliency`` on a detached copy of each chunk of ``batch_size`` states,
-so the caller's tensor, its ``.grad`` and the parameters' ``.grad`` are never touched.
+Computed with one ``torch.autograd.grad`` call per chunk of ``batch_size`` states, on a detached
+copy, so the caller's tensor, its ``.grad`` and the parameters' ``.grad`` are never touched. This
+is what Captum's ``Saliency`` computes (tested equal), without its input formatting and hooks,
+which made it ~10% slower on an Atari state.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from captum.attr import Saliency
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, Targets, chunks, guarded, reduce_channels, target_function
@@ -48,11 +49,13 @@ class Gradient(Explainer):
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
         parts = []
-        for rows in chunks(states.shape[0], self.batch_size):
-            x = states[rows].detach().clone().requires_grad_()
-            if index is not None:  # Captum's own target selection
-                grads = Saliency(self.model).attribute(x, target=index[rows], abs=False)
-            else:  # callable target: the forward returns (b,), which Captum accepts with target=None
-                grads = Saliency(lambda s: target_fn(self.model(s))).attribute(x, abs=False)
-            parts.append(grads)
+        with torch.inference_mode(False), torch.enable_grad():
+            for rows in chunks(states.shape[0], self.batch_size):
+                x = states[rows].detach().clone().requires_grad_()
+                scores = self.model(x)
+                target = scores.gather(1, index[rows, None]) if index is not None else target_fn(scores)
+                # each state's target depends on that state only, so the gradient of the sum
+                # gives every state its own gradient (what Captum's Saliency computes, faster)
+                (grads,) = torch.autograd.grad(target.sum(), [x])
+                parts.append(grads)
         return torch.cat(parts)

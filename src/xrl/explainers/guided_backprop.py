@@ -45,27 +45,37 @@ class GuidedBackprop(Gradient):
 
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
-        relus = _ReLUCount(self.model)
         parts = []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # once per call
             for rows in chunks(states.shape[0], self.batch_size):
                 x = states[rows].detach().clone().requires_grad_()
-                with relus:
-                    if index is not None:
-                        grads = CaptumGuidedBackprop(self.model).attribute(x, target=index[rows])
-                    else:  # Captum hooks the ReLUs of an nn.Module: wrap the callable target in one
-                        grads = CaptumGuidedBackprop(_Score(self.model, target_fn)).attribute(x)
+                if index is not None:
+                    grads = CaptumGuidedBackprop(self.model).attribute(x, target=index[rows])
+                else:  # Captum hooks the ReLUs of an nn.Module: wrap the callable target in one
+                    grads = CaptumGuidedBackprop(_Score(self.model, target_fn)).attribute(x)
                 parts.append(grads)
-        if relus.functional:
+        # Counting needs a hook on every torch call (~1.5x slower), so it is done once per
+        # explainer, on a forward pass of one state.
+        if getattr(self, "_functional_relus", None) is None:
+            self._functional_relus = _functional_relus(self.model, states[:1])
+        if self._functional_relus:
             warnings.warn(
                 f"guided_backprop: the model applied ReLU as a function (torch.relu, F.relu or "
-                f"Tensor.relu) {relus.functional} time(s); Captum's guided backprop only modifies "
+                f"Tensor.relu) {self._functional_relus} time(s) per forward pass; Captum's guided backprop only modifies "
                 "nn.ReLU modules, so these were backpropagated as plain gradients. Use nn.ReLU "
                 "modules for exact guided backprop.",
                 stacklevel=4,
             )
         return torch.cat(parts)
+
+
+def _functional_relus(model: nn.Module, state: torch.Tensor) -> int:
+    """ReLUs applied as functions, not by ``nn.ReLU`` modules, in one forward pass of ``state``."""
+    relus = _ReLUCount(model)
+    with torch.enable_grad(), relus:
+        model(state.detach().clone().requires_grad_())
+    return relus.functional
 
 
 class _Score(nn.Module):

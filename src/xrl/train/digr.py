@@ -108,14 +108,17 @@ def make_saliency_dataset(
                                      f"{ds.saliency_settings(SALIENCY_KEY)}; asked for {n_states} "
                                      f"with {settings}: choose another out")
                 return out
-    episodes = 1
+            episodes = ds.n_episodes  # states collected before an interruption
+    else:
+        episodes = 1
     while True:  # episodes until there are enough states (collect extends the same file)
         collect(teacher, episodes=episodes, out=out, seed=seed, sample=True, progress=False)
         with StateDataset.open(out) as ds:
             n, done = len(ds), ds.n_episodes
         if n >= n_states:
             break
-        episodes = done + max(1, math.ceil((n_states - n) / max(1, n / done)))
+        # grow by ~70% of the estimated episodes still needed: overshooting costs maps
+        episodes = done + max(1, math.ceil(0.7 * (n_states - n) / max(1, n / done)))
     with StateDataset.open(out) as ds:
         maps = _maps_in_chunks(teacher, ds, settings, chunk, ray, progress)
         ds.add_saliency(SALIENCY_KEY, maps, settings=settings)
