@@ -9,7 +9,7 @@ The saliency is the absolute guided gradient reduced over channels (stacked fram
 Wraps Captum's ``GuidedBackprop``, which hooks the backward of every ``nn.ReLU`` *module* of the
 model for the duration of one call (SB3 and xrl networks use ``nn.ReLU`` modules) and removes the
 hooks afterwards, also when the call raises. ReLUs applied as functions (``torch.relu``,
-``F.relu``, ``Tensor.relu``) are not modified by Captum: they are counted during the forward pass
+``F.relu``, ``Tensor.relu``) are not modified by Captum: they are counted once per explainer (on a forward pass of one state)
 and a ``UserWarning`` says how many were passed through as plain gradients. Other activations
 (ELU, tanh, ...) are backpropagated as plain gradients, as in the paper.
 """
