@@ -263,7 +263,9 @@ def test_unknown_zoo_name_lists_the_zoo_agents():
     with pytest.raises(ValueError) as err:
         load_agent("no-such-agent")
     message = str(err.value)
-    assert "'no-such-agent'" in message and "zoo agents: red-fetch-green" in message
+    assert "'no-such-agent'" in message and "zoo agents: " in message
+    listed = message.split("zoo agents: ")[1].split(";")[0].split(", ")
+    assert listed == sorted(p.parent.name for p in ZOO_DIR.glob("*/agent.pt")) and ENV in listed
 
 
 # -- zoo -----------------------------------------------------------------------------------------
