@@ -212,6 +212,9 @@ def cmd_bench(args) -> int:
     if args.check:
         print(f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
               f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)")
+        for agent, methods in spec.not_run.items():
+            for method, why in methods.items():
+                print(f"  not run for {agent}: {method} ({why})")
         return 0
     out = run_bench(spec, args.out, ray=args.ray, workers=args.workers)
     doc = load_results(out)
