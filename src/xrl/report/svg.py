@@ -52,10 +52,10 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     return "".join(parts)
 
 
-def radar(scores: Mapping[str, float], *, title: str, colour_: str, size: int = 190) -> str:
+def radar(scores: Mapping[str, float], *, title: str, colour_: str, size: int = 220) -> str:
     """A radar over ``axis: score in [0, 1]`` (1 = the best method on that axis); NaN → 0."""
     axes = list(scores)
-    c, r = size / 2, size / 2 - 38
+    c, r = size / 2, size / 2 - 52
     parts = [f'<svg class="radar" width="{size}" height="{size + 8}" viewBox="0 0 {size} {size + 8}" '
              f'role="img" aria-label="{escape(title)}">',
              f'<text x="{c}" y="12" class="title" text-anchor="middle">{escape(title)}</text>']
