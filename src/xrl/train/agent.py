@@ -35,7 +35,7 @@ import xrl
 from xrl.agents.load import model_from_policy, save_agent
 from xrl.agents.model import Model
 from xrl.envs import make_env
-from xrl.files import atomic_path, write_json
+from xrl.files import atomic_path, check_run_settings, write_json
 
 ATARI_PREFIXES = ("pong", "breakout", "seaquest", "ms-pacman", "enduro", "space-invaders", "beam-rider")
 
@@ -185,17 +185,8 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     args = args.resolved()
     ARCHS.get(args.arch)
     run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    config = run / "args.json"
-    settings = dataclasses.asdict(args)
-    ignore = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"}
-    if config.exists():
-        import json
-        old = json.loads(config.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
-        if diff:
-            raise ValueError(f"{run} holds a run with other settings {diff}; use another --out")
-    write_json(config, settings)
+    check_run_settings(run, dataclasses.asdict(args),
+                       ignore={"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"})
 
     algo = _resume(args, run)
     if algo is None and export_only:

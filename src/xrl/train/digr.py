@@ -54,7 +54,7 @@ from xrl.data.collect import agent_record, collect
 from xrl.data.dataset import StateDataset
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
-from xrl.files import atomic_path, write_json
+from xrl.files import atomic_path, check_run_settings, write_json
 from xrl.train.agent import evaluate
 
 #: the stored saliency a DIGR dataset holds
@@ -289,7 +289,8 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         states_d = torch.as_tensor(ds.raw_states())  # uint8 (N, C, H, W)
         maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY))  # (N, H, W)
         data_settings = ds.saliency_settings(SALIENCY_KEY)
-    _check_run_folder(run, args)
+    check_run_settings(run, dataclasses.asdict(args), ignore={"updates", "progress", "eval_episodes",
+                                                         "final_eval_episodes", "checkpoint_every", "out"})
 
     state = _resume(run) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
@@ -394,19 +395,6 @@ def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> No
                          f"({ds.agent.get('source')}); its perturbation maps are not this teacher's")
     if maps and SALIENCY_KEY not in ds.saliency_methods:
         raise ValueError(f"{ds.path} has no saliency/{SALIENCY_KEY}; make it with make_saliency_dataset")
-
-
-def _check_run_folder(run: Path, args: DigrArgs) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    settings = dataclasses.asdict(args)
-    ignore = {"updates", "progress", "eval_episodes", "final_eval_episodes", "checkpoint_every", "out"}
-    config = run / "args.json"
-    if config.exists():
-        old = json.loads(config.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
-        if diff:
-            raise ValueError(f"{run} holds a DIGR run with other settings {diff}; use another out")
-    write_json(config, settings)
 
 
 def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:

@@ -47,6 +47,16 @@ def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: fl
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def save_figure(fig, path: str | os.PathLike, title: str | None = None) -> None:
+    """Title, tight layout, an atomic PNG write, and the figure closed."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
 def explanation_grid(
     frames: Sequence[np.ndarray],
     maps: Mapping[str, np.ndarray | torch.Tensor],
@@ -76,12 +86,7 @@ def explanation_grid(
                 axes[i, j + 1].set_title(method, fontsize=9)
         for ax in axes[i]:
             ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def line_panels(
@@ -107,12 +112,7 @@ def line_panels(
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def attack_curves(results: Mapping[str, Mapping[str, Sequence[Mapping]]], path: str | os.PathLike) -> None:
