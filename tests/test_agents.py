@@ -296,3 +296,13 @@ def test_a_training_checkpoint_zip_loads_with_action_names(tmp_path):
     card = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert card["env"]["name"] == ENV and card["timesteps"] >= 256
     assert load_agent(tmp_path / "run" / "checkpoint.zip").action_names == ACTION_NAMES
+
+
+def test_atari_settings_follow_the_env_not_the_architecture():
+    """An attention agent on Pong trains like the Nature CNN baseline: rl-zoo defaults, clipped rewards."""
+    fls = AgentArgs(env="pong", arch="sparse_fls").resolved()
+    base = AgentArgs(env="pong").resolved()
+    assert fls.atari and base.atari and base.arch == "nature_cnn"
+    assert (fls.n_envs, fls.learning_rate, fls.clip_range) == (base.n_envs, base.learning_rate, base.clip_range)
+    grid = AgentArgs(env="red-fetch-green", arch="grid_sparse_fls").resolved()
+    assert not grid.atari and grid.n_envs == 16

@@ -37,8 +37,6 @@ from xrl.agents.model import Model
 from xrl.envs import make_env
 from xrl.files import atomic_path, check_run_settings, write_json
 
-ATARI_PREFIXES = ("pong", "breakout", "seaquest", "ms-pacman", "enduro", "space-invaders", "beam-rider")
-
 
 @dataclass
 class AgentArgs:
@@ -75,9 +73,8 @@ class AgentArgs:
 
     def resolved(self) -> "AgentArgs":
         """Fill the env-family defaults left as None."""
-        atari = self.env.split("-v")[0] in ATARI_PREFIXES or self.env in ATARI_PREFIXES
         d = dict(arch="nature_cnn", n_envs=8, batch_size=256, learning_rate=2.5e-4,
-                 linear_decay=True, clip_range=0.1) if atari else \
+                 linear_decay=True, clip_range=0.1) if self.atari else \
             dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
                  linear_decay=False, clip_range=0.2)
         return dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
@@ -85,7 +82,9 @@ class AgentArgs:
 
     @property
     def atari(self) -> bool:
-        return self.arch == "nature_cnn"
+        """An Atari game (any architecture): rl-zoo defaults, rewards clipped in training."""
+        from xrl.envs.atari import GAMES
+        return self.env in GAMES
 
 
 def make_vec_env(args: AgentArgs) -> DummyVecEnv:
