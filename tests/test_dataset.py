@@ -297,6 +297,21 @@ def test_mismatched_env_is_refused(tmp_path):
     assert not partial_path(tmp_path / "w.h5").exists()
 
 
+def test_ground_truth_settings_may_be_added_to_an_agents_env(tmp_path):
+    """``labels=True`` only adds info['labels'] (Atari RAM ground truth): an agent trained without
+    it is collected with it; a setting that changes observations is still refused."""
+    from xrl.agents.load import build_policy, model_from_policy
+    pong = model_from_policy(build_policy("nature_cnn", (4, 84, 84), 6),
+                             info={"env": {"name": "pong", "settings": {"version": "v4"}}})
+    out = collect(pong, episodes=1, max_steps=3, out=tmp_path / "p.h5", progress=False,
+                  env_settings={"version": "v4", "labels": True})
+    with StateDataset.open(out) as ds:
+        assert ds.has_labels and ds.env["settings"]["labels"] is True
+    with pytest.raises(ValueError, match="trained on env 'pong'"):
+        collect(pong, episodes=1, max_steps=3, out=tmp_path / "q.h5", progress=False,
+                env_settings={"version": "v5", "labels": True})
+
+
 # -- bad files -----------------------------------------------------------------------------------
 
 def _truncated(tmp_path):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
 from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
-from xrl.envs import make_env
+from xrl.envs import INFO_ONLY_SETTINGS, make_env
 from xrl.envs.labels import EXCLUDED
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,12 @@ def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) ->
         return env, dict(env_settings or {})
     name = trained["name"] if env is None else env
     settings = dict(trained.get("settings") or {}) if env_settings is None else dict(env_settings)
+    def relevant(d: Mapping) -> dict:  # what the agent sees and does; not the ground truth it gets
+        return {k: v for k, v in d.items() if k not in INFO_ONLY_SETTINGS}
+
     try:
-        same = json.dumps(settings, sort_keys=True) == json.dumps(trained.get("settings") or {},
-                                                                   sort_keys=True)
+        same = json.dumps(relevant(settings), sort_keys=True) == json.dumps(
+            relevant(trained.get("settings") or {}), sort_keys=True)
     except TypeError as err:
         raise ValueError(f"env settings must be JSON-serialisable to be recorded: {err}") from err
     if name != trained["name"] or not same:

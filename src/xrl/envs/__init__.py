@@ -12,6 +12,10 @@ from xrl.registry import Registry
 
 ENVS: Registry = Registry("environment")
 
+#: settings that add information (``info["labels"]``) without changing observations, actions or
+#: dynamics: an agent trained without them runs with them unchanged (``collect`` allows them)
+INFO_ONLY_SETTINGS = frozenset({"labels"})
+
 
 def make_env(name: str, **settings) -> gym.Env:
     """Build the environment registered as ``name`` with ``settings`` (recorded on the env)."""
@@ -34,6 +38,6 @@ def list_envs() -> list[str]:
     return ENVS.names()
 
 
-__all__ = ["ENVS", "make_env", "env_spec", "list_envs"]
+__all__ = ["ENVS", "INFO_ONLY_SETTINGS", "make_env", "env_spec", "list_envs"]
 from xrl.envs import fetch  # noqa: E402,F401  (registers red-fetch-green)
 from xrl.envs import atari  # noqa: E402,F401  (registers pong, breakout, ...)
