@@ -150,7 +150,8 @@ def test_explain_by_default_runs_every_method_that_can_explain_the_agent(capsys,
     code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data, "--n", "1", "--out", tmp_path / "g.png")
     assert code == 0, err
     assert "left out attention:" in err  # the zoo agent has no attention layer
-    assert set(shown) == set(xrl.list_explainers()) - {"attention"}
+    assert "left out visionmask:" in err and "left out stalder_explainer:" in err  # nor a trained mask network
+    assert set(shown) == set(xrl.list_explainers()) - {"attention", "visionmask", "stalder_explainer"}
 
 
 def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, monkeypatch):

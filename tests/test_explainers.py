@@ -9,6 +9,7 @@ from torch import nn
 
 from xrl.agents.model import as_model
 from xrl.agents.attention import FLSModule, receptive_field
+from xrl.agents.mask_nets import MaskNetwork
 from xrl.explainers import EXPLAINERS, Explainer, get_explainer, list_explainers
 from xrl.explainers.masks import gaussian_blur, gaussian_kernel, perturbation_masks, upsample_grid
 
@@ -55,6 +56,11 @@ class TinyAttentionCNN(TinyCNN):
 #: Explainers whose class attribute ``requires`` names more than the Model contract get a tiny
 #: model that has it: "attention" = a network with an attention module.
 NETS_FOR_REQUIREMENT = {"attention": TinyAttentionCNN}
+#: ... or settings that provide it: "mask_network" = a mask network initialised (untrained) for
+#: the tiny model, for the learned explainers (visionmask, stalder_explainer).
+SETTINGS_FOR_REQUIREMENT = {
+    "mask_network": lambda cls, model: {"network": MaskNetwork.for_model(model, method=cls.method, reference="black")},
+}
 
 
 def tiny_model(name: str | None = None):
@@ -66,7 +72,9 @@ def tiny_model(name: str | None = None):
 
 
 def make(name, model, **settings):
-    return get_explainer(name, model, **{**SETTINGS.get(name, {}), **settings})
+    cls = EXPLAINERS.get(name)
+    needed = [SETTINGS_FOR_REQUIREMENT[r](cls, model) for r in getattr(cls, "requires", ()) if r in SETTINGS_FOR_REQUIREMENT]
+    return get_explainer(name, model, **{k: v for d in needed for k, v in d.items()}, **{**SETTINGS.get(name, {}), **settings})
 
 
 def states(b: int = 3, seed: int = 1) -> torch.Tensor:

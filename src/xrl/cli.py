@@ -122,6 +122,44 @@ def cmd_train_digr(args) -> None:
     print(f"saved {path}\nstudent: {json.dumps(card['score'])}\nteacher: {json.dumps(card['teacher_score'])}")
 
 
+def cmd_train_masks(args) -> None:
+    import dataclasses
+    from xrl.train import visionmask
+    cls, train = {"visionmask": (visionmask.VisionMaskArgs, visionmask.train_visionmask),
+                  "stalder-explainer": (visionmask.StalderArgs, visionmask.train_stalder)}[args.what]
+    path = train(cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}))
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"saved {path}\nbest epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}")
+
+
+def cmd_counterfactual(args) -> None:
+    from pathlib import Path
+    from xrl.agents.load import load_agent
+    from xrl.agents.mask_nets import load_mask_network
+    from xrl.data.dataset import StateDataset
+    from xrl.explainers import get_explainer
+    from xrl.explainers.visionmask import counterfactual
+    from xrl.viz.overlay import counterfactual_figure
+    model = load_agent(args.agent)
+    network = load_mask_network(args.network)
+    explainer = get_explainer(network.method, model, network=network)
+    out = Path(args.out)
+    with StateDataset.open(args.data) as ds:
+        rows = _rows(len(ds), args.n, args.seed)
+        states = ds.states(rows)
+    targets = None if args.target is None else torch.full((len(rows),), args.target)
+    cf = counterfactual(explainer, states, targets, threshold=args.threshold)
+    names = model.action_names
+    for i, row in enumerate(rows):
+        path = out / f"state_{int(row):06d}.png"
+        counterfactual_figure(states[i], cf.states[i], cf.maps[i], cf.region[i], cf.probs[i], cf.new_probs[i],
+                              target=int(cf.targets[i]), action_names=names, path=path,
+                              title=f"{network.method}, row {int(row)}")
+        print(f"row {int(row)}: {names[int(cf.actions[i])]} ({float(cf.probs[i, cf.actions[i]]):.2f}) -> "
+              f"{names[int(cf.new_actions[i])]} ({float(cf.new_probs[i, cf.new_actions[i]]):.2f}) without "
+              f"{int(cf.region[i].sum())} pixels of the map of {names[int(cf.targets[i])]}: {path}")
+
+
 def cmd_attack(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.attacks.evaluate import return_under_attack, write_attack_results
@@ -282,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     _dataclass_flags(t, DigrArgs)
     t.set_defaults(fn=cmd_train_digr)
 
+    from xrl.train.visionmask import StalderArgs, VisionMaskArgs
+    t = train.add_parser("visionmask", help="VisionMask network: one mask per action of an agent "
+                                            "(checkpoints, resumes when run again)")
+    _dataclass_flags(t, VisionMaskArgs)
+    t.set_defaults(fn=cmd_train_masks)
+    t = train.add_parser("stalder-explainer", help="Stalder et al. 2022 Explainer network (VisionMask's "
+                                                   "learned baseline; resumes when run again)")
+    _dataclass_flags(t, StalderArgs)
+    t.set_defaults(fn=cmd_train_masks)
+
     a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
     a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")
     a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
@@ -321,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--n-states", type=int, default=64)
             e.add_argument("--out", default="results")
         e.set_defaults(fn=fn)
+
+    f = sub.add_parser("counterfactual", help="remove the most salient region of the target's mask "
+                                              "(VisionMask / Stalder Explainer): the agent's new action, a PNG per state")
+    f.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
+    f.add_argument("--network", required=True, help="trained mask network (.pt of xrl train visionmask)")
+    f.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
+    f.add_argument("--n", type=int, default=4, help="states drawn")
+    f.add_argument("--seed", type=int, default=0, help="which states are drawn")
+    f.add_argument("--target", type=int, default=None, help="action whose map is used (default the agent's)")
+    f.add_argument("--threshold", type=float, default=0.5,
+                   help="region: connected pixels around the map's maximum at >= threshold x maximum")
+    f.add_argument("--out", default="counterfactuals", help="folder of PNGs")
+    f.set_defaults(fn=cmd_counterfactual)
 
     b = sub.add_parser("bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, "
                                      "in process or on Ray")

@@ -123,3 +123,36 @@ def attack_curves(results: Mapping[str, Mapping[str, Sequence[Mapping]]], path: 
                           [r["std_return"] for r in per[a]]) for agent, per in results.items()}
               for a in attacks}
     line_panels(panels, path, xlabel="eps (L-inf, state units)", ylabel="episode return")
+
+
+def counterfactual_figure(state: torch.Tensor, edited: torch.Tensor, saliency: torch.Tensor, region: torch.Tensor,
+                          probs: torch.Tensor, new_probs: torch.Tensor, *, target: int,
+                          action_names: Sequence[str], path: str | os.PathLike, title: str | None = None) -> None:
+    """PNG of a counterfactual (VisionMask Figure 2): the state with the target's map, the state
+    with the map's most salient region replaced (outlined), and the agent's probabilities before
+    and after. States ``(C, H, W)`` in [0, 1] are drawn as RGB when C is a multiple of 3 (the
+    last frame of a stack), else as the last channel in grey."""
+    def image(x: torch.Tensor) -> np.ndarray:
+        x = x.detach().float().cpu().clamp(0, 1)
+        rgb = x[-3:] if x.shape[0] % 3 == 0 else x[-1:].expand(3, -1, -1)
+        return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    before, after = probs.detach().cpu().numpy(), new_probs.detach().cpu().numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.2), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    axes[0].imshow(overlay(image(state), saliency.detach().cpu()))
+    axes[0].set_title(f"map of {action_names[target]}; agent: {action_names[int(before.argmax())]} "
+                      f"({before.max():.2f})", fontsize=8)
+    axes[1].imshow(image(edited))
+    axes[1].contour(region.detach().cpu().numpy().astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    axes[1].set_title(f"region removed; agent: {action_names[int(after.argmax())]} ({after.max():.2f})", fontsize=8)
+    for ax in axes[:2]:
+        ax.axis("off")
+    y = np.arange(len(action_names))
+    axes[2].barh(y - 0.2, before, height=0.4, label="state")
+    axes[2].barh(y + 0.2, after, height=0.4, label="region removed")
+    axes[2].set_yticks(y, list(action_names), fontsize=8)
+    axes[2].invert_yaxis()
+    axes[2].set_xlim(0, 1)
+    axes[2].set_xlabel("probability", fontsize=8)
+    axes[2].legend(fontsize=7)
+    save_figure(fig, path, title)

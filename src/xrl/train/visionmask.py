@@ -1,0 +1,487 @@
+"""VisionMask (Zuo et al. 2025, ``../papers/visionmask.txt``) and the Stalder et al. 2022 Explainer:
+train a mask network f_theta (``xrl.agents.mask_nets``) that gives, in one forward pass, one mask
+per action of a frozen agent.
+
+Reads top to bottom:
+
+1. The expert dataset: a StateDataset of the agent's own rollouts (``xrl.data.collect``; made
+   here when absent), split 80/10/10 by a seeded permutation of its rows (:func:`split_indices`).
+   Targets are the agent's argmax actions on the states (what the explainers explain by
+   default) or the stored actions (``targets="action"``).
+2. The losses, on masked states ``s_i = s*m_i + r*(1-m_i)`` and ``s~_i = s*(1-m_i) + r*m_i``
+   (Eq. 1, :func:`xrl.agents.mask_nets.overlay`), with ``z[b, i, j]`` the agent's logit of action
+   j on ``s_i`` (and ``z~`` on ``s~_i``):
+
+   * :func:`action_contrastive_loss` (Eq. 2-3): ``L_pos = -1/K log softmax_j(z[a, j])[a]`` — the
+     target action over the K actions of the state kept by the target's own mask — and
+     ``L_neg = -1/K log softmax_i(z[i, a])[a]`` — the target's logit over the K masked states,
+     so the target's mask must beat every other action's mask at raising the target;
+     ``L_a = L_pos + L_neg``;
+   * :func:`negative_entropy_loss` (Eq. 4): ``1/K^2 sum_ij p~_ij log p~_ij``, ``p~_i =
+     softmax(z~_i)``: what the masks leave out should tell the agent nothing;
+   * :func:`area_loss` (Eq. 5): ``1/K sum_k |mean(m_k) - a_max|``;
+   * :func:`total_variation` (optional, ``lambda_tv``, off by default as in the paper's
+     default configuration, Table 2e).
+
+   ``L = L_a + lambda_ne L_ne + lambda_area L_area + lambda_tv L_tv``, each averaged over the
+   batch. The Stalder Explainer (:func:`stalder_losses`) uses the target's mask only: the
+   agent's cross entropy on ``s_a`` (:func:`classification_loss`), the negative entropy on
+   ``s~_a`` (:func:`entropy_loss`), the min-max area loss (:func:`min_max_area_loss`), plus
+   the mean of the other actions' masks (so they are trained towards empty, as the Explainer's
+   non-target class masks) and total variation.
+3. :func:`train_visionmask` / :func:`train_stalder` — Adam over epochs of shuffled training
+   states; a progress bar with each loss term; validation loss terms and ``accuracy``
+   (``xrl.metrics``) each epoch; the network with the lowest validation loss is exported (``.pt``
+   + card) whenever it improves; ``checkpoint.pt`` after every epoch; the same call resumes to
+   the same result; a non-finite loss stops with the last good checkpoint kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from xrl.agents.load import load_agent
+from xrl.agents.mask_nets import REFERENCES, MaskNetwork, agent_of, overlay, save_mask_network
+from xrl.agents.model import Model
+from xrl.data.collect import agent_record, collect
+from xrl.data.dataset import StateDataset
+from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.metrics import get_metric
+
+# ------------------------------------------------------------------ 1. the expert dataset
+
+
+def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Rows of the 80/10/10 ``train``/``val``/``test`` split of ``n`` rows (a permutation drawn
+    from ``seed``; each part sorted). Every part has at least one row when ``n >= 3``."""
+    if n < 3:
+        raise ValueError(f"the expert dataset needs at least 3 states for an 80/10/10 split, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = n_test = max(1, int(round(0.1 * n)))
+    n_train = n - n_val - n_test
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+def reference_image(raw_states: np.ndarray, kind: str, obs_scale: float) -> torch.Tensor | None:
+    """The stored reference of ``kind`` from uint8 states ``(N, C, H, W)``: ``background`` = the
+    per-pixel median (the lower middle value, exact on uint8), ``mean`` = each channel's mean;
+    ``None`` for the references computed per state (``black``, ``blur``)."""
+    if kind == "background":
+        x = torch.from_numpy(raw_states)
+        flat = x.reshape(len(x), -1)
+        median = torch.cat([flat[:, i:i + 4096].median(0).values for i in range(0, flat.shape[1], 4096)])
+        return median.reshape(x.shape[1:]).float() / obs_scale
+    if kind == "mean":
+        mean = torch.from_numpy(raw_states).double().mean((0, 2, 3)) / obs_scale  # (C,)
+        return mean[:, None, None].expand(raw_states.shape[1:]).float().contiguous()
+    return None
+
+
+# ------------------------------------------------------------------ 2. the losses
+
+
+def action_contrastive_loss(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2-3 on ``z (B, K, K)`` (``z[b, i, j]``: logit of action j on the state kept by mask i)
+    and target actions ``(B,)``: ``(L_pos, L_neg)``, each averaged over the batch."""
+    b, k = z.shape[0], z.shape[1]
+    rows = torch.arange(b, device=z.device)
+    pos = -z[rows, targets].log_softmax(-1)[rows, targets] / k  # over actions j, mask a
+    neg = -z[rows, :, targets].log_softmax(-1)[rows, targets] / k  # over masks i, action a
+    return pos.mean(), neg.mean()
+
+
+def negative_entropy_loss(z_removed: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 on ``z~ (B, K, K)``: ``1/K^2 sum_ij p~_ij log p~_ij`` (``p~_i = softmax(z~_i)``),
+    averaged over the batch; ``-log K / K`` when every ``p~_i`` is uniform (its minimum)."""
+    k = z_removed.shape[1]
+    log_p = z_removed.log_softmax(-1)
+    return (log_p.exp() * log_p).sum((1, 2)).mean() / k ** 2
+
+
+def area_loss(masks: torch.Tensor, a_max: float) -> torch.Tensor:
+    """Eq. 5 on ``masks (B, K, H, W)``: ``1/K sum_k |mean_pixels(m_k) - a_max|``, batch mean."""
+    return (masks.mean((2, 3)) - a_max).abs().mean()
+
+
+def total_variation(masks: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation of ``masks (B, K, H, W)``: mean absolute difference between
+    vertical neighbours plus that between horizontal neighbours, averaged over maps."""
+    dh = (masks[..., 1:, :] - masks[..., :-1, :]).abs().mean((-2, -1))
+    dw = (masks[..., :, 1:] - masks[..., :, :-1]).abs().mean((-2, -1))
+    return (dh + dw).mean()
+
+
+def classification_loss(z_kept: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Stalder et al.: cross entropy of the target on the agent's logits ``(B, K)`` for ``s_a``."""
+    return F.cross_entropy(z_kept, targets)
+
+
+def entropy_loss(z_removed: torch.Tensor) -> torch.Tensor:
+    """Stalder et al.: negative entropy ``sum_j p_j log p_j`` of the agent on ``s~_a`` ``(B, K)``,
+    batch mean (minimised: the inverted mask should leave a uniform answer)."""
+    log_p = z_removed.log_softmax(-1)
+    return (log_p.exp() * log_p).sum(-1).mean()
+
+
+def min_max_area_loss(mask: torch.Tensor, min_area: float, max_area: float) -> torch.Tensor:
+    """Stalder et al.'s area loss on ``mask (B, H, W)``: with ``v`` the n mask values sorted
+    largest first, the first ``floor(n * min_area)`` should be 1 and all after the first
+    ``floor(n * max_area)`` should be 0: ``mean(relu(1[rank < n a] - v)) + mean(relu(v -
+    1[rank < n b]))``, batch mean."""
+    v = mask.flatten(1).sort(-1, descending=True).values  # (B, n)
+    rank = torch.arange(v.shape[1], device=v.device)
+    at_least = (rank < int(v.shape[1] * min_area)).to(v)
+    at_most = (rank < int(v.shape[1] * max_area)).to(v)
+    return (F.relu(at_least - v).mean(-1) + F.relu(v - at_most).mean(-1)).mean()
+
+
+def masked_scores(model: Model, states: torch.Tensor, masks: torch.Tensor,
+                  reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The agent's scores on every kept and removed state: ``z, z~ (B, K', K)`` for masks
+    ``(B, K', H, W)``."""
+    kept, removed = overlay(states, masks, reference)  # (B, K', C, H, W) each
+    b, n = masks.shape[:2]
+    z = model(kept.flatten(0, 1)).view(b, n, -1)
+    z_removed = model(removed.flatten(0, 1)).view(b, n, -1)
+    return z, z_removed
+
+
+def visionmask_losses(model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor,
+                      args: "VisionMaskArgs") -> dict[str, torch.Tensor]:
+    """Every term of the VisionMask loss and their weighted sum ``"loss"`` (scalars)."""
+    masks = network.masks(states)  # (B, K, H, W)
+    z, z_removed = masked_scores(model, states, masks, network.reference_for(states))
+    pos, neg = action_contrastive_loss(z, targets)
+    terms = {"pos": pos, "neg": neg, "ne": negative_entropy_loss(z_removed), "area": area_loss(masks, args.a_max)}
+    if args.lambda_tv:
+        terms["tv"] = total_variation(masks)
+    terms["loss"] = (pos + neg + args.lambda_ne * terms["ne"] + args.lambda_area * terms["area"]
+                     + args.lambda_tv * terms.get("tv", 0.0))
+    return terms
+
+
+def stalder_losses(model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor,
+                   args: "StalderArgs") -> dict[str, torch.Tensor]:
+    """Every term of the Stalder Explainer loss and their weighted sum ``"loss"`` (scalars)."""
+    masks = network.masks(states)  # (B, K, H, W)
+    rows = torch.arange(len(states), device=states.device)
+    target_mask = masks[rows, targets]  # (B, H, W)
+    z, z_removed = masked_scores(model, states, target_mask[:, None], network.reference_for(states))
+    others = torch.ones_like(masks[:, :, 0, 0]).scatter_(1, targets[:, None], 0.0)  # (B, K)
+    terms = {"cls": classification_loss(z[:, 0], targets), "ent": entropy_loss(z_removed[:, 0]),
+             "area": min_max_area_loss(target_mask, args.min_area, args.max_area),
+             "others": (masks.mean((2, 3)) * others).sum(1).div(others.sum(1).clamp_min(1)).mean()}
+    if args.lambda_tv:
+        terms["tv"] = total_variation(target_mask[:, None])
+    terms["loss"] = (terms["cls"] + args.lambda_ent * terms["ent"] + args.lambda_area * terms["area"]
+                     + args.lambda_others * terms["others"] + args.lambda_tv * terms.get("tv", 0.0))
+    return terms
+
+
+# ------------------------------------------------------------------ 3. training
+
+
+@dataclass
+class VisionMaskArgs:
+    agent: str
+    """the agent to explain: zoo name, xrl .pt or SB3 .zip"""
+    data: str
+    """the expert StateDataset of the agent's rollouts (collected here when absent)"""
+    out: str = "runs/visionmask"
+    """run folder: checkpoint.pt, history.json, args.json, then visionmask.pt and visionmask.json"""
+    arch: str = "small"
+    """mask network: small, unet, fcn or deeplabv3 (the paper's)"""
+    reference: str = "background"
+    """reference value r: background (per-pixel median of the training states), black, mean or blur"""
+    lambda_ne: float = 1.0
+    """weight of the negative entropy on complement-masked states (Eq. 4)"""
+    lambda_area: float = 1.0
+    """weight of the L1 area loss (Eq. 5)"""
+    a_max: float = 0.1
+    """target mask area of the L1 area loss (the paper's default, Table 2c)"""
+    lambda_tv: float = 0.0
+    """weight of the total variation of the masks (0: off, the paper's default)"""
+    epochs: int = 20
+    """passes over the training split"""
+    batch_size: int = 32
+    """states per step"""
+    learning_rate: float = 1e-3
+    targets: str = "argmax"
+    """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
+    episodes: int = 50
+    """episodes collected when the dataset is absent"""
+    max_steps: int | None = None
+    """cap on the states stored per collected episode"""
+    sample: bool = True
+    """collect with actions sampled from the agent's policy (the paper's a ~ pi_E(s))"""
+    seed: int = 0
+    """seed of the collection, the split, the initialisation and the shuffling"""
+    progress: bool = True
+
+
+@dataclass
+class StalderArgs:
+    agent: str
+    """the agent to explain: zoo name, xrl .pt or SB3 .zip"""
+    data: str
+    """the expert StateDataset of the agent's rollouts (collected here when absent)"""
+    out: str = "runs/stalder-explainer"
+    """run folder: checkpoint.pt, history.json, args.json, then stalder_explainer.pt and .json"""
+    arch: str = "small"
+    """mask network: small, unet, fcn or deeplabv3 (Stalder et al.'s)"""
+    reference: str = "background"
+    """reference value r: background (per-pixel median of the training states), black, mean or blur"""
+    lambda_ent: float = 1.0
+    """weight of the negative entropy on the inverted-mask state"""
+    lambda_area: float = 1.0
+    """weight of the min-max area loss"""
+    min_area: float = 0.05
+    """the target's mask should cover at least this fraction"""
+    max_area: float = 0.3
+    """and at most this fraction"""
+    lambda_others: float = 0.3
+    """weight of the mean of the other actions' masks (pushed towards empty)"""
+    lambda_tv: float = 1.0
+    """weight of the total variation of the target's mask"""
+    epochs: int = 20
+    """passes over the training split"""
+    batch_size: int = 32
+    """states per step"""
+    learning_rate: float = 1e-3
+    targets: str = "argmax"
+    """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
+    episodes: int = 50
+    """episodes collected when the dataset is absent"""
+    max_steps: int | None = None
+    """cap on the states stored per collected episode"""
+    sample: bool = True
+    """collect with actions sampled from the agent's policy"""
+    seed: int = 0
+    """seed of the collection, the split, the initialisation and the shuffling"""
+    progress: bool = True
+
+
+def train_visionmask(args: VisionMaskArgs, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) a VisionMask network; returns ``out/visionmask.pt`` (the best one).
+    ``stop_at`` stops after the checkpoint of that epoch (to test resuming)."""
+    return _train(args, "visionmask", visionmask_losses, stop_at)
+
+
+def train_stalder(args: StalderArgs, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) a Stalder Explainer network; returns ``out/stalder_explainer.pt``."""
+    return _train(args, "stalder_explainer", stalder_losses, stop_at)
+
+
+def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
+    _check_args(args)
+    run = Path(args.out)
+    model = load_agent(args.agent)
+    raw, targets, split = _expert_data(args, model)
+    check_run_settings(run, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED)
+    for p in model.parameters():  # the agent is frozen: gradients flow to the masks only
+        p.requires_grad_(False)
+    model.eval()
+
+    start = _resume(run, model, args)
+    if start is None:
+        network = MaskNetwork.for_model(model, args.arch, seed=args.seed, reference=args.reference,
+                                        reference_image=reference_image(raw[split["train"]], args.reference,
+                                                                        model.obs_scale),
+                                        method=method)
+        start = {"network": network, "epoch": 0, "history": {"epochs": []}, "best": None,
+                 "optimiser": None}
+    network = start["network"]
+    optimiser = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
+    if start["optimiser"] is not None:
+        optimiser.load_state_dict(start["optimiser"])
+    history, best, last_good = start["history"], start["best"], start["epoch"]
+
+    def states_of(rows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(raw[rows.numpy()]).float() / model.obs_scale
+
+    train_rows = torch.as_tensor(split["train"])
+    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)
+    bar = tqdm(total=args.epochs * steps_per_epoch, initial=last_good * steps_per_epoch, unit="step",
+               desc=f"{method} ({len(train_rows)} states)", disable=not args.progress)
+    started = time.time()
+    for epoch in range(start["epoch"], args.epochs):
+        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout in fcn/deeplabv3: resumable
+        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(
+            args.seed * 100_003 + epoch))]
+        network.train()
+        sums: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            rows = order[step * args.batch_size:(step + 1) * args.batch_size]
+            terms = losses(model, network, states_of(rows), targets[rows], args)
+            values = {k: v.item() for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                bar.close()
+                raise FloatingPointError(
+                    f"{method} loss became {values} at epoch {epoch + 1} step {step + 1}; stopped. The last good "
+                    f"checkpoint (epoch {last_good}) is kept in {run}; lower learning_rate or check the dataset")
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimiser.step()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
+        val = _validate(model, network, split["val"], raw, targets, args, losses)
+        record = {"epoch": epoch + 1, "train": {k: v / steps_per_epoch for k, v in sums.items()}, "val": val}
+        history["epochs"].append(record)
+        bar.write(f"epoch {epoch + 1}: val loss {val['loss']:.4f}, accuracy {val['accuracy']:.3f}")
+        if best is None or val["loss"] < best["val"]["loss"]:
+            best = record
+            save_mask_network(network, run / f"{method}.pt", card=_card(args, method, model, split, best, history))
+        _save(run, network, optimiser, epoch + 1, history, best)
+        last_good = epoch + 1
+        write_json(run / "history.json", history)
+        if stop_at is not None and epoch + 1 >= stop_at:
+            break
+    bar.close()
+    history["train_seconds_last_run"] = round(time.time() - started, 1)
+    write_json(run / "history.json", history)
+    path = run / f"{method}.pt"
+    card = _card(args, method, model, split, best, history)
+    write_json(path.with_suffix(".json"), {**json.loads(path.with_suffix(".json").read_text()), **card})
+    return path
+
+
+@torch.no_grad()
+def _validate(model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndarray, targets: torch.Tensor,
+              args, losses: Callable) -> dict[str, float]:
+    """Mean loss terms and the ``accuracy`` metric of the targets' masks on the validation rows."""
+    network.eval()
+    accuracy = get_metric("accuracy", normalize="none", **_substrate(network))
+    sums, n = {}, 0
+    for start in range(0, len(rows), args.batch_size):
+        chunk = torch.as_tensor(rows[start:start + args.batch_size])
+        x = torch.from_numpy(raw[chunk.numpy()]).float() / model.obs_scale
+        t = targets[chunk]
+        terms = {k: v.item() * len(chunk) for k, v in losses(model, network, x, t, args).items()}
+        maps = network.masks(x)[torch.arange(len(x)), t]  # (b, H, W)
+        terms["accuracy"] = accuracy(model=model, states=x, saliency=maps, targets=t).sum().item()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += len(chunk)
+    return {k: v / n for k, v in sums.items()}
+
+
+def _substrate(network: MaskNetwork) -> dict:
+    """The ``accuracy`` metric's substrate equal to the network's reference value."""
+    if network.reference in ("background", "mean"):
+        return {"substrate": "background", "background": network.reference_image}
+    if network.reference == "blur":
+        from xrl.agents.mask_nets import BLUR_KERNEL, BLUR_SIGMA
+        return {"substrate": "blur", "blur_sigma": BLUR_SIGMA, "blur_kernel": BLUR_KERNEL}
+    return {"substrate": "black"}
+
+
+def _check_args(args) -> None:
+    if args.reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {args.reference!r}")
+    if args.targets not in ("argmax", "action"):
+        raise ValueError(f"targets must be 'argmax' or 'action', got {args.targets!r}")
+    for name in ("epochs", "batch_size", "episodes"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {args.learning_rate!r}")
+    if hasattr(args, "a_max") and not 0 <= args.a_max <= 1:
+        raise ValueError(f"a_max must be in [0, 1], got {args.a_max!r}")
+    if hasattr(args, "min_area") and not 0 <= args.min_area <= args.max_area <= 1:
+        raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {args.min_area!r}, {args.max_area!r}")
+
+
+def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str, np.ndarray]]:
+    """Raw uint8 states ``(N, C, H, W)``, targets ``(N,)`` and the split, from ``args.data``
+    (collected with the agent when absent). A dataset of another env, other env settings or
+    another agent is refused."""
+    data = Path(args.data)
+    if not data.exists():
+        collect(model, episodes=args.episodes, out=data, seed=args.seed, sample=args.sample,
+                max_steps=args.max_steps, progress=args.progress)
+    with StateDataset.open(data) as ds:
+        if ds.env != model.info.get("env"):
+            raise ValueError(f"the expert dataset {data} was collected on {ds.env}, the agent acts on "
+                             f"{model.info.get('env')}: collect it with this agent (or choose another data)")
+        if ds.agent.get("fingerprint") != agent_record(model)["fingerprint"]:
+            raise ValueError(f"the expert dataset {data} was collected by another agent ({ds.agent.get('source')}); "
+                             "VisionMask learns from the explained agent's own rollouts: collect them with it")
+        raw = ds.raw_states()
+        actions = torch.as_tensor(ds.actions, dtype=torch.long)
+    if tuple(raw.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(f"the dataset's states are {tuple(raw.shape[1:])}, the agent takes {tuple(model.input_shape)}")
+    if args.targets == "action":
+        targets = actions
+    else:
+        with torch.no_grad():
+            targets = torch.cat([model(torch.from_numpy(raw[i:i + 256]).float() / model.obs_scale).argmax(-1)
+                                 for i in range(0, len(raw), 256)])
+    return raw, targets, split_indices(len(raw), args.seed)
+
+
+_IGNORED = {"epochs", "progress", "out"}  # may change between a run and its resumption
+
+
+def _save(run: Path, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict,
+          best: dict | None) -> None:
+    """Everything needed to continue exactly (the shuffling and dropout are seeded per epoch)."""
+    blob = {"epoch": epoch, "network": network.state_dict(), "optimiser": optimiser.state_dict(),
+            "agent": network.agent, "arch": network.arch, "reference": network.reference,
+            "history": json.dumps(history), "best": json.dumps(best)}
+    with atomic_path(run / "checkpoint.pt") as tmp:
+        torch.save(blob, tmp)
+
+
+def _resume(run: Path, model: Model, args) -> dict | None:
+    path = run / "checkpoint.pt"
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob["agent"]["fingerprint"] != agent_of(model)["fingerprint"]:
+        raise ValueError(f"{path} holds a network trained for another agent ({blob['agent']['source']}); "
+                         "use another out")
+    state = blob["network"]
+    network = MaskNetwork(blob["arch"], model.input_shape, model.n_actions, reference=blob["reference"],
+                          reference_image=state["reference_image"], agent=blob["agent"],
+                          method=json.loads((run / "args.json").read_text())["method"])
+    network.load_state_dict(state)
+    return {"network": network, "epoch": blob["epoch"], "optimiser": blob["optimiser"],
+            "history": json.loads(blob["history"]), "best": json.loads(blob["best"])}
+
+
+def _card(args, method: str, model: Model, split: dict, best: dict | None, history: dict) -> dict:
+    what = {"visionmask": "VisionMask network (Zuo et al. 2025)",
+            "stalder_explainer": "Stalder et al. 2022 Explainer network"}[method]
+    return {
+        "what": f"{what} for {args.agent}", "method": method, "agent": agent_of(model),
+        "env": model.info.get("env"), "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
+        "command": f"xrl train {method.replace('_', '-')} " + " ".join(_cli_flags(args)),
+        "split": {"seed": args.seed, **{k: int(len(v)) for k, v in split.items()},
+                  "rule": "xrl.train.visionmask.split_indices(len(dataset), seed)"},
+        "scores": {"best_epoch": best["epoch"] if best else None, "val": best["val"] if best else None},
+        "epochs_done": len(history["epochs"]),
+    }
+
+
+def _cli_flags(args) -> list[str]:
+    defaults = type(args)(agent=args.agent, data=args.data)
+    flags = [f"--agent {args.agent}", f"--data {args.data}", f"--out {args.out}"]
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if f.name not in ("agent", "data", "out", "progress") and value != getattr(defaults, f.name):
+            flags.append(f"--{f.name.replace('_', '-')} {value}")
+    return flags
