@@ -90,6 +90,10 @@ def test_the_visionmask_loss_is_the_weighted_sum_of_its_terms():
     torch.testing.assert_close(t["loss"], expected)
     masks = network.masks(x)
     torch.testing.assert_close(t["area"], area_loss(masks, 0.2))
+    args = VisionMaskArgs(agent=AGENT, data="-", area="min_max", min_area=0.1, max_area=0.4)
+    t = vm.visionmask_losses(model, network, x, torch.tensor([0, 1, 3]), args)  # Table 2a's ablation
+    per_mask = [min_max_area_loss(masks[b, k][None], 0.1, 0.4) for b in range(3) for k in range(4)]
+    torch.testing.assert_close(t["area"], torch.stack(per_mask).mean())
     s = StalderArgs(agent=AGENT, data="-", lambda_ent=0.5, lambda_area=3.0, lambda_others=0.1, lambda_tv=0.2)
     t = vm.stalder_losses(model, network, x, torch.tensor([0, 1, 3]), s)
     expected = t["cls"] + 0.5 * t["ent"] + 3.0 * t["area"] + 0.1 * t["others"] + 0.2 * t["tv"]
@@ -254,6 +258,10 @@ def test_mismatched_inputs_are_refused(tmp_path, expert):
         train_visionmask(tiny(tmp_path, expert, "bad", reference="grey"))
     with pytest.raises(ValueError, match="a_max"):
         train_visionmask(tiny(tmp_path, expert, "bad", a_max=2.0))
+    with pytest.raises(ValueError, match="area must be"):
+        train_visionmask(tiny(tmp_path, expert, "bad", area="l2"))
+    with pytest.raises(ValueError, match="min_area <= max_area"):
+        train_stalder(tiny(tmp_path, expert, "bad", cls=StalderArgs, min_area=0.5, max_area=0.2))
 
 
 # ---------------------------------------------------------------- explainers
@@ -352,3 +360,13 @@ def test_xrl_train_and_counterfactual_commands(tmp_path, expert, capsys):
     assert image.shape[0] > 200 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50
     code = main(["counterfactual", "--agent", AGENT, "--network", str(tmp_path / "nothing.pt"), "--data", expert])
     assert code == 2 and "no mask network" in capsys.readouterr().err
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    model = xrl.load_agent(AGENT)
+    path = save_mask_network(MaskNetwork.for_model(model, "unet", reference="black"), tmp_path / "net.pt", card={})
+    payload = torch.load(path, weights_only=True)
+    payload["arch"] = "small"  # as if the small network's layers had changed since
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="do not fit xrl's 'small' mask network"):
+        load_mask_network(path)

@@ -222,7 +222,7 @@ def save_mask_network(network: MaskNetwork, path: str | os.PathLike, *, card: di
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, "method": network.method, "arch": network.arch,
                "input_shape": list(network.input_shape), "n_maps": network.n_maps,
-               "reference": network.reference, "agent": network.agent,
+               "reference": network.reference, "agent": network.agent, "xrl_version": xrl.__version__,
                "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -248,5 +248,9 @@ def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> 
     network = MaskNetwork(payload["arch"], tuple(payload["input_shape"]), payload["n_maps"],
                           reference=payload["reference"], reference_image=payload["state_dict"]["reference_image"],
                           agent=payload["agent"], method=payload["method"])
-    network.load_state_dict(payload["state_dict"])
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:  # the architecture changed since it was saved
+        raise ValueError(f"{path} holds weights that do not fit xrl's {payload['arch']!r} mask network "
+                         f"(saved by xrl {payload.get('xrl_version', 'unknown')}): {err}") from err
     return network.eval()

@@ -19,7 +19,8 @@ Reads top to bottom:
      ``L_a = L_pos + L_neg``;
    * :func:`negative_entropy_loss` (Eq. 4): ``1/K^2 sum_ij p~_ij log p~_ij``, ``p~_i =
      softmax(z~_i)``: what the masks leave out should tell the agent nothing;
-   * :func:`area_loss` (Eq. 5): ``1/K sum_k |mean(m_k) - a_max|``;
+   * :func:`area_loss` (Eq. 5): ``1/K sum_k |mean(m_k) - a_max|`` (or, ``area="min_max"``,
+     Stalder et al.'s min-max area loss on every mask: the ablation of Table 2a);
    * :func:`total_variation` (optional, ``lambda_tv``, off by default as in the paper's
      default configuration, Table 2e).
 
@@ -163,7 +164,11 @@ def visionmask_losses(model: Model, network: MaskNetwork, states: torch.Tensor, 
     masks = network.masks(states)  # (B, K, H, W)
     z, z_removed = masked_scores(model, states, masks, network.reference_for(states))
     pos, neg = action_contrastive_loss(z, targets)
-    terms = {"pos": pos, "neg": neg, "ne": negative_entropy_loss(z_removed), "area": area_loss(masks, args.a_max)}
+    if args.area == "l1":
+        area = area_loss(masks, args.a_max)
+    else:  # Table 2a: Stalder et al.'s min-max area loss on each of the K masks instead
+        area = min_max_area_loss(masks.flatten(0, 1), args.min_area, args.max_area)
+    terms = {"pos": pos, "neg": neg, "ne": negative_entropy_loss(z_removed), "area": area}
     if args.lambda_tv:
         terms["tv"] = total_variation(masks)
     terms["loss"] = (pos + neg + args.lambda_ne * terms["ne"] + args.lambda_area * terms["area"]
@@ -210,6 +215,12 @@ class VisionMaskArgs:
     """weight of the L1 area loss (Eq. 5)"""
     a_max: float = 0.1
     """target mask area of the L1 area loss (the paper's default, Table 2c)"""
+    area: str = "l1"
+    """area loss: l1 (Eq. 5) or min_max (Stalder et al.'s, on every mask: the ablation of Table 2a)"""
+    min_area: float = 0.05
+    """min_max area loss only: each mask should cover at least this fraction"""
+    max_area: float = 0.3
+    """min_max area loss only: and at most this fraction"""
     lambda_tv: float = 0.0
     """weight of the total variation of the masks (0: off, the paper's default)"""
     epochs: int = 20
@@ -363,7 +374,7 @@ def _validate(model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndar
               args, losses: Callable) -> dict[str, float]:
     """Mean loss terms and the ``accuracy`` metric of the targets' masks on the validation rows."""
     network.eval()
-    accuracy = get_metric("accuracy", normalize="none", **_substrate(network))
+    accuracy = get_metric("accuracy", normalize="none", **substrate_settings(network))
     sums, n = {}, 0
     for start in range(0, len(rows), args.batch_size):
         chunk = torch.as_tensor(rows[start:start + args.batch_size])
@@ -378,8 +389,9 @@ def _validate(model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndar
     return {k: v / n for k, v in sums.items()}
 
 
-def _substrate(network: MaskNetwork) -> dict:
-    """The ``accuracy`` metric's substrate equal to the network's reference value."""
+def substrate_settings(network: MaskNetwork) -> dict:
+    """Metric settings (``accuracy``, ``deletion``, ``insertion``) whose substrate is the
+    network's reference value: ``get_metric("accuracy", normalize="none", **substrate_settings(net))``."""
     if network.reference in ("background", "mean"):
         return {"substrate": "background", "background": network.reference_image}
     if network.reference == "blur":
@@ -401,7 +413,9 @@ def _check_args(args) -> None:
         raise ValueError(f"learning_rate must be positive, got {args.learning_rate!r}")
     if hasattr(args, "a_max") and not 0 <= args.a_max <= 1:
         raise ValueError(f"a_max must be in [0, 1], got {args.a_max!r}")
-    if hasattr(args, "min_area") and not 0 <= args.min_area <= args.max_area <= 1:
+    if getattr(args, "area", "l1") not in ("l1", "min_max"):
+        raise ValueError(f"area must be 'l1' or 'min_max', got {args.area!r}")
+    if not 0 <= args.min_area <= args.max_area <= 1:
         raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {args.min_area!r}, {args.max_area!r}")
 
 
