@@ -196,7 +196,10 @@ def test_one_batch_overfit_drives_the_loss_down(expert):
 
 
 def test_training_resumes_to_the_same_result(tmp_path, expert):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
     straight = train_visionmask(tiny(tmp_path, expert, "straight", epochs=3))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's global RNG is untouched
     train_visionmask(tiny(tmp_path, expert, "resumed", epochs=3), stop_at=1)
     assert json.loads((tmp_path / "resumed" / "history.json").read_text())["epochs"][-1]["epoch"] == 1
     resumed = train_visionmask(tiny(tmp_path, expert, "resumed", epochs=3))
@@ -239,6 +242,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ex
         train_visionmask(tiny(tmp_path, expert, "nan", batch_size=4))
     assert torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert load_mask_network(tmp_path / "nan" / "visionmask.pt").method == "visionmask"
+    calls["n"] = -10 ** 6  # now a non-finite validation loss (epoch 2's validation, after 1 good epoch)
+    monkeypatch.setattr(vm, "area_loss", lambda *a: real(*a) * (float("nan") if not torch.is_grad_enabled() else 1.0))
+    with pytest.raises(FloatingPointError, match=r"validation of epoch 2.*last good checkpoint \(epoch 1\)"):
+        train_visionmask(tiny(tmp_path, expert, "nan", batch_size=4))
 
 
 def test_mismatched_inputs_are_refused(tmp_path, expert):

@@ -297,7 +297,8 @@ def train_stalder(args: StalderArgs, *, stop_at: int | None = None) -> Path:
 def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
     _check_args(args)
     run = Path(args.out)
-    model = load_agent(args.agent)
+    with torch.random.fork_rng(devices=[]):  # building the SB3 policy draws from the global RNG
+        model = load_agent(args.agent)
     raw, targets, split = _expert_data(args, model)
     check_run_settings(run, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED)
     for p in model.parameters():  # the agent is frozen: gradients flow to the masks only
@@ -322,33 +323,35 @@ def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
         return torch.from_numpy(raw[rows.numpy()]).float() / model.obs_scale
 
     train_rows = torch.as_tensor(split["train"])
-    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)
+    steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)  # batches of near-equal size (no batch of 1
+    # state at the end, which batch norm in training mode refuses)
     bar = tqdm(total=args.epochs * steps_per_epoch, initial=last_good * steps_per_epoch, unit="step",
                desc=f"{method} ({len(train_rows)} states)", disable=not args.progress)
     started = time.time()
     for epoch in range(start["epoch"], args.epochs):
-        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout in fcn/deeplabv3: resumable
-        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(
-            args.seed * 100_003 + epoch))]
+        epoch_seed = args.seed * 100_003 + epoch
+        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(epoch_seed))]
         network.train()
         sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            rows = order[step * args.batch_size:(step + 1) * args.batch_size]
-            terms = losses(model, network, states_of(rows), targets[rows], args)
-            values = {k: v.item() for k, v in terms.items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                bar.close()
-                raise FloatingPointError(
-                    f"{method} loss became {values} at epoch {epoch + 1} step {step + 1}; stopped. The last good "
-                    f"checkpoint (epoch {last_good}) is kept in {run}; lower learning_rate or check the dataset")
-            optimiser.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimiser.step()
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
+        with torch.random.fork_rng(devices=[]):  # dropout (fcn, deeplabv3) seeded per epoch: resumable,
+            torch.manual_seed(epoch_seed)  # and the caller's global RNG is left as it was
+            for step, rows in enumerate(torch.tensor_split(order, steps_per_epoch)):
+                terms = losses(model, network, states_of(rows), targets[rows], args)
+                values = {k: v.item() for k, v in terms.items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    bar.close()
+                    raise _stopped(method, values, f"epoch {epoch + 1} step {step + 1}", last_good, run)
+                optimiser.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimiser.step()
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
         val = _validate(model, network, split["val"], raw, targets, args, losses)
+        if not all(math.isfinite(v) for v in val.values()):
+            bar.close()
+            raise _stopped(method, val, f"the validation of epoch {epoch + 1}", last_good, run)
         record = {"epoch": epoch + 1, "train": {k: v / steps_per_epoch for k, v in sums.items()}, "val": val}
         history["epochs"].append(record)
         bar.write(f"epoch {epoch + 1}: val loss {val['loss']:.4f}, accuracy {val['accuracy']:.3f}")
@@ -367,6 +370,11 @@ def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
     card = _card(args, method, model, split, best, history)
     write_json(path.with_suffix(".json"), {**json.loads(path.with_suffix(".json").read_text()), **card})
     return path
+
+
+def _stopped(method: str, values: dict, where: str, last_good: int, run: Path) -> FloatingPointError:
+    return FloatingPointError(f"{method} loss became {values} at {where}; stopped. The last good checkpoint "
+                              f"(epoch {last_good}) is kept in {run}; lower learning_rate or check the dataset")
 
 
 @torch.no_grad()
