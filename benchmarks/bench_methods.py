@@ -97,6 +97,36 @@ def captum_counterpart(name: str, explainer, model: xrl.Model, states: torch.Ten
     return None
 
 
+def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, targets: torch.Tensor,
+                repeats: int) -> dict:
+    """Time per map of ``explainer`` next to its floor and Captum's counterpart; prints a row."""
+    counter = RowCounter(model.net)
+    explainer.explain(states, targets)
+    counter.close()
+    candidates = {"xrl": lambda: explainer.explain(states, targets),
+                  "floor": floor(model, counter.nograd_rows, counter.grad_rows, explainer.batch_size)}
+    theirs = captum_counterpart(name, explainer, model, states, targets)
+    if theirs is not None:
+        candidates["captum"] = theirs
+    times = interleaved(candidates, repeats)
+    n = states.shape[0]
+    per_map = {k: min(v) / n for k, v in times.items()}
+    row = {
+        "seconds_per_map": per_map,
+        "seconds_per_map_median": {k: statistics.median(v) / n for k, v in times.items()},
+        "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
+        "ratio_to_floor": per_map["xrl"] / per_map["floor"] if counter.nograd_rows + counter.grad_rows else None,
+        "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
+        "perturbation": counter.grad_rows == 0,
+        "batch_size": explainer.batch_size,
+    }
+    cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
+    ratio = f"{row['ratio_to_floor']:9.2f}" if row["ratio_to_floor"] is not None else f"{'-':>9s}"
+    print(f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
+          f"{ratio} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--states", type=int, default=16, help="states per explain call")
@@ -115,32 +145,17 @@ def main() -> None:
     print(f"Nature CNN, {args.states} x (4, 84, 84), {torch.get_num_threads()} threads; "
           f"ms per map (min of {args.repeats} interleaved rounds)")
     print(f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)")
+    attention_model = None
     for name in names:
-        explainer = xrl.get_explainer(name, model)
-        counter = RowCounter(model.net)
-        explainer.explain(states, targets)
-        counter.close()
-        candidates = {"xrl": lambda e=explainer: e.explain(states, targets),
-                      "floor": floor(model, counter.nograd_rows, counter.grad_rows, explainer.batch_size)}
-        theirs = captum_counterpart(name, explainer, model, states, targets)
-        if theirs is not None:
-            candidates["captum"] = theirs
-        times = interleaved(candidates, args.repeats)
-        per_map = {k: min(v) / args.states for k, v in times.items()}
-        row = {
-            "seconds_per_map": per_map,
-            "seconds_per_map_median": {k: statistics.median(v) / args.states for k, v in times.items()},
-            "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
-            "ratio_to_floor": per_map["xrl"] / per_map["floor"] if counter.nograd_rows + counter.grad_rows else None,
-            "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
-            "perturbation": counter.grad_rows == 0,
-            "batch_size": explainer.batch_size,
-        }
-        rows[name] = row
-        cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
-        ratio = f"{row['ratio_to_floor']:9.2f}" if row["ratio_to_floor"] is not None else f"{'-':>9s}"
-        print(f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
-              f"{ratio} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
+        target_model = model
+        if "attention" in getattr(xrl.explainers.EXPLAINERS.get(name), "requires", ()):
+            # methods that need an attention agent are timed on the Sparse FLS variant of the trunk
+            attention_model = attention_model or nature_cnn_policy(arch="sparse_fls")
+            target_model = attention_model
+        rows[name] = time_method(name, xrl.get_explainer(name, target_model), target_model, states, targets,
+                                 args.repeats)
+        if target_model is attention_model:
+            rows[name]["model"] = "sparse_fls + linear(512, 6)"
 
     perturbation = {n: r for n, r in rows.items() if r["perturbation"] and r["forward_rows"] > 0}
     result = {

@@ -15,9 +15,10 @@ from xrl.agents.nets import ARCHS
 RESULTS = Path(__file__).parent / "results"
 
 
-def nature_cnn_policy(n_actions: int = 6) -> xrl.Model:
-    """The Nature CNN trunk (conv 32 8x8 s4, 64 4x4 s2, 64 3x3 s1, fc 512) + a linear policy head."""
-    arch = ARCHS.get("nature_cnn")
+def nature_cnn_policy(n_actions: int = 6, arch: str = "nature_cnn") -> xrl.Model:
+    """The Nature CNN trunk (conv 32 8x8 s4, 64 4x4 s2, 64 3x3 s1, fc 512) + a linear policy head
+    (``arch``: another registered Atari architecture, e.g. ``sparse_fls`` for attention)."""
+    arch = ARCHS.get(arch)
     space = gym.spaces.Box(0, 255, (4, 84, 84), dtype="uint8")
     trunk = arch.features_extractor_class(space, **arch.features_extractor_kwargs)
     return xrl.as_model(nn.Sequential(trunk, nn.Linear(512, n_actions)), input_shape=(4, 84, 84))

@@ -156,11 +156,13 @@ def guarded(model: Model, states: torch.Tensor) -> Iterator[None]:
     requires = {p: p.requires_grad for p in model.parameters()}
     states_grad, states_req = states.grad, states.requires_grad
     try:
-        model.eval()
+        if any(modes.values()):
+            model.eval()
         yield
     finally:
         for m, mode in modes.items():
-            m.training = mode
+            if m.training != mode:  # nn.Module.__setattr__ is slow: set only what changed
+                m.training = mode
         for p, g in grads.items():
             p.grad = g
             p.requires_grad_(requires[p])
