@@ -71,8 +71,11 @@ def radar(scores: Mapping[str, float], *, title: str, colour_: str, size: int = 
         x, y = point(i, 1.0)
         lx, ly = point(i, 1.22)
         parts.append(f'<line x1="{c}" y1="{c + 6}" x2="{x:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{lx:.1f}" y="{ly + 3:.1f}" class="tick" text-anchor="middle">'
-                     f'{escape(name)}</text>')
+        words = name.split("_")  # long category names on one line per word
+        top = ly + 3 - 5.5 * (len(words) - 1)
+        lines = "".join(f'<tspan x="{lx:.1f}" dy="{0 if j == 0 else 11}">{escape(w)}</tspan>'
+                        for j, w in enumerate(words))
+        parts.append(f'<text x="{lx:.1f}" y="{top:.1f}" class="tick" text-anchor="middle">{lines}</text>')
     values = [0.0 if not math.isfinite(scores[a]) else scores[a] for a in axes]
     pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, v) for i, v in enumerate(values)))
     data = ";".join(f"{a}={scores[a]:.4f}" for a in axes)
