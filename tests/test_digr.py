@@ -158,8 +158,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     monkeypatch.setattr(digr, "distillation_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"update 4.*last good checkpoint \(update 3\)"):
         train_digr(tiny_args(tmp_path, "nan"))
+    import gzip
     import pickle
-    assert pickle.loads((tmp_path / "nan" / "checkpoint.pkl").read_bytes())["update"] == 3
+    assert pickle.loads(gzip.decompress((tmp_path / "nan" / "checkpoint.pkl").read_bytes()))["update"] == 3
 
 
 def test_mismatched_inputs_are_refused(tmp_path):
