@@ -228,6 +228,7 @@ class VisionMaskArgs:
     batch_size: int = 32
     """states per step"""
     learning_rate: float = 1e-3
+    """Adam step size"""
     targets: str = "argmax"
     """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
     episodes: int = 50
@@ -270,6 +271,7 @@ class StalderArgs:
     batch_size: int = 32
     """states per step"""
     learning_rate: float = 1e-3
+    """Adam step size"""
     targets: str = "argmax"
     """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
     episodes: int = 50
