@@ -149,6 +149,17 @@ def test_evaluate_all_rows(model, dataset, n_states):
     assert len(r.values["random"]["sparseness"]) == N_ROWS
 
 
+def test_evaluate_given_rows(model, dataset, result):
+    r, _ = result
+    again = evaluate(model, dataset, METHODS, METRICS, rows=np.asarray(r.rows), progress=False)
+    assert again.rows == r.rows
+    assert json.dumps(again.values, sort_keys=True) == json.dumps(r.values, sort_keys=True)
+    assert evaluate(model, dataset, ["random"], ["sparseness"], rows=[3, 1], progress=False).rows == [3, 1]
+    for bad in ([], [N_ROWS], [-1]):
+        with pytest.raises(ValueError, match="rows must be"):
+            evaluate(model, dataset, ["random"], ["sparseness"], rows=bad, progress=False)
+
+
 def test_same_seed_same_rows_and_values(model, dataset, result):
     r, _ = result
     again = evaluate(model, dataset, METHODS, METRICS, n_states=6, seed=0, progress=False)

@@ -121,17 +121,24 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = True,
     saliency: dict[str, torch.Tensor] | None = None,
+    rows: np.ndarray | None = None,
 ) -> Evaluation:
     """Explain ``n_states`` dataset states (a seeded sample; all when None) with every method and
     score every map with every metric. ``methods``/``metrics``: names or ``{name: settings}``.
-    Computed maps are stored in ``saliency`` when a dict is given."""
+    ``rows``: score exactly these dataset rows instead (e.g. a test split); ``n_states`` and
+    ``seed`` are then unused. Computed maps are stored in ``saliency`` when a dict is given."""
     methods = {m: {} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
     metrics = {m: {} for m in metrics} if not isinstance(metrics, Mapping) else dict(metrics)
     if not methods or not metrics:
         raise ValueError("evaluate needs at least one method and one metric")
     n = len(dataset)
-    rows = np.arange(n) if n_states is None or n_states >= n else \
-        np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+            raise ValueError(f"rows must be a non-empty list of dataset rows in [0, {n}), got {rows.tolist()[:10]}")
+    else:
+        rows = np.arange(n) if n_states is None or n_states >= n else \
+            np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
     states = dataset.states(rows)
     targets = torch.as_tensor(dataset.actions[rows], dtype=torch.long)
     labels = dataset.labels(rows)
