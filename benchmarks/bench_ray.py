@@ -21,7 +21,9 @@ Writes ``benchmarks/results/bench_ray.json``. Run::
 The speed-up needs two free cores. Other busy processes take CPU time from the two workers and
 the single in-process job alike, and with Linux autogroup scheduling (recorded in the results)
 another busy login session leaves this one about one core in all, so two workers cannot beat one
-process: check the recorded load average before reading the ratio.
+process. The benchmark therefore also records ``parallel_capacity``: the total work of two busy
+processes of this session over one, before and after — the best speed-up any executor could
+reach at the time.
 """
 from __future__ import annotations
 
@@ -68,6 +70,30 @@ def _autogroup() -> str:
         return "unknown"
 
 
+def _spin(seconds: float, out) -> None:
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += 1
+    out.put(n)
+
+
+def parallel_capacity(seconds: float = 3.0) -> float:
+    """Total work two busy processes of this session do, over one: the best speed-up any
+    executor can reach here right now (about 2 on two free cores, about 1 when this session
+    gets one core)."""
+    import multiprocessing as mp
+    totals = []
+    for k in (1, 2):
+        q = mp.Queue()
+        procs = [mp.Process(target=_spin, args=(seconds, q)) for _ in range(k)]
+        for p in procs:
+            p.start()
+        totals.append(sum(q.get() for _ in procs))
+        for p in procs:
+            p.join()
+    return totals[1] / totals[0]
+
+
 def timed(spec, folder: Path, ray_address: str | None) -> float:
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
@@ -86,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_at_start = os.getloadavg()
+    capacity = [parallel_capacity()]
     work = Path(tempfile.mkdtemp(prefix="bench_ray"))
     model = xrl.load_agent("red-fetch-green")
     data = collect(model, episodes=8, out=work / "states.h5", progress=False)
@@ -114,6 +141,7 @@ def main() -> None:
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
+    capacity.append(parallel_capacity())
 
     best = {k: min(v) for k, v in times.items()}
     # each repeat runs both executors back to back, so they saw similar load from other processes
@@ -135,6 +163,7 @@ def main() -> None:
         "speedup_median_of_repeats": statistics.median(paired),
         "speedup_ray_2_workers_vs_in_process_2_threads": best["cpu/in_process_2_threads"] / best["cpu/ray"],
         "target_speedup": 1.6, "target_met": speedup >= 1.6,
+        "parallel_capacity_before_after": capacity,
         "seconds_per_trivial_job": per_job,
         "ray_overhead_per_job_seconds": per_job["ray"] - per_job["in_process"],
         "ray_vs_in_process_per_trivial_job": per_job["ray"] / per_job["in_process"],
@@ -143,7 +172,8 @@ def main() -> None:
     print(f"cpu grid ({n_cpu} jobs): in process {best['cpu/in_process']:.1f} s, with 2 threads "
           f"{best['cpu/in_process_2_threads']:.1f} s, Ray 2 workers {best['cpu/ray']:.1f} s -> "
           f"{speedup:.2f}x (target 1.6x: {'met' if speedup >= 1.6 else 'NOT met'}); per repeat "
-          + ", ".join(f"{x:.2f}x" for x in paired) + f"; load average {load_at_start[0]:.1f} at start")
+          + ", ".join(f"{x:.2f}x" for x in paired) + f"; load average {load_at_start[0]:.1f} at start; "
+          f"two busy processes do {capacity[0]:.2f}x / {capacity[1]:.2f}x the work of one here (before/after)")
     print(f"trivial jobs ({n_trivial}): {per_job['in_process'] * 1000:.1f} ms per job in process, "
           f"{per_job['ray'] * 1000:.1f} ms on Ray (+{result['ray_overhead_per_job_seconds'] * 1000:.1f} ms); "
           f"ray.init {ray_start:.1f} s")
