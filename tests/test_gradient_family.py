@@ -243,6 +243,17 @@ def channel_reader_states(k: int) -> torch.Tensor:
     return x
 
 
+def test_grad_cam_equals_captums_layer_grad_cam():
+    from captum.attr import LayerAttribution, LayerGradCam
+    model, x = relu_model(), rand(5, 2, 6, 6)
+    targets = torch.tensor([0, 2, 1, 1, 0])
+    explainer = get_explainer("grad_cam", model, batch_size=2)
+    layer = dict(model.net.named_modules())[explainer.layer]
+    theirs = LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)
+    theirs = LayerAttribution.interpolate(theirs, (6, 6), "bilinear")[:, 0]
+    torch.testing.assert_close(explainer.explain(x, targets), theirs)
+
+
 def test_grad_cam_exact_at_full_resolution():
     model = as_model(ChannelReader(1), input_shape=(2, 6, 6))
     x = channel_reader_states(1)

@@ -12,8 +12,10 @@ Settings: ``layer``, the name of a module of ``model.net`` as in ``model.conv_la
 layer's *output* is used, which for a ``Conv2d`` is before its activation; name the activation
 module after it (e.g. ``"features_extractor.cnn.5"``, an ``nn.ReLU``) to use rectified maps.
 
-Wraps Captum's ``LayerGradCam`` (``relu_attributions=True``) on chunks of ``batch_size`` states.
-A model without conv layers is refused with a ``ValueError`` saying why.
+By hand on chunks of ``batch_size`` states: one forward hook on the layer and one
+``autograd.grad`` (shared with ``normgrad``), which equals Captum's ``LayerGradCam`` with
+``relu_attributions=True`` (tested) without its per-call overhead. A model without conv layers
+is refused with a ``ValueError`` saying why.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, chunks
@@ -29,7 +30,7 @@ from xrl.explainers.base import EXPLAINERS, Explainer, chunks
 
 @EXPLAINERS.register("grad_cam")
 class GradCam(Explainer):
-    """Grad-CAM (Selvaraju et al. 2017) at the last conv layer or ``layer``; Captum.
+    """Grad-CAM (Selvaraju et al. 2017) at the last conv layer or ``layer``.
 
     Example::
 
@@ -42,17 +43,48 @@ class GradCam(Explainer):
         self.layer = find_layer(model, layer, "grad_cam")
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        module = dict(self.model.net.named_modules())[self.layer]
-        index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
         parts = []
         for rows in chunks(states.shape[0], self.batch_size):
             x = states[rows].detach().clone().requires_grad_()
-            if index is not None:
-                cam = LayerGradCam(self.model, module).attribute(x, target=index[rows], relu_attributions=True)
-            else:  # callable target: the forward returns (b,), which Captum accepts with target=None
-                cam = LayerGradCam(lambda s: target_fn(self.model(s)), module).attribute(x, relu_attributions=True)
-            parts.append(upsample(check_spatial(cam, self.layer, "grad_cam"), states))
+            acts, grads = activations_and_gradients(self.model, self.layer, x, rows_target(target_fn, rows),
+                                                    "grad_cam")  # (b, C', h, w) each
+            alpha = grads.mean(dim=(2, 3), keepdim=True)  # (b, C', 1, 1): spatial mean of the gradient
+            cam = F.relu((alpha * acts).sum(1, keepdim=True))  # (b, 1, h, w)
+            parts.append(upsample(cam, states))
         return torch.cat(parts)
+
+
+def activations_and_gradients(model: Model, layer: str, x: torch.Tensor, fn: Callable,
+                              method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output ``a`` of ``model.net``'s module ``layer`` on ``x`` and ``d sum(fn(model(x))) / d a``
+    (one forward hook, one ``autograd.grad``; the parameters' ``.grad`` are not touched)."""
+    module = dict(model.net.named_modules())[layer]
+    outputs = []
+
+    def record(module, inputs, output):
+        outputs.append(output)
+        return output.clone()  # later in-place ops (ReLU(inplace=True)) must not alter `a`
+
+    handle = module.register_forward_hook(record)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            score = fn(model(x)).sum()
+    finally:
+        handle.remove()
+    if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
+        raise ValueError(f"{method} needs layer {layer!r} to give one tensor per forward pass, "
+                         f"it gave {len(outputs)} outputs; name another layer")
+    acts = check_spatial(outputs[0], layer, method)
+    (grads,) = torch.autograd.grad(score, acts, allow_unused=True, materialize_grads=True)
+    return acts.detach(), grads
+
+
+def rows_target(target_fn: Callable, rows: slice) -> Callable:
+    """``target_fn`` for the states ``rows``: action indices are picked for those rows only."""
+    index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+    if index is None:
+        return target_fn
+    return lambda scores: scores.gather(1, index[rows, None])[:, 0]
 
 
 def find_layer(model: Model, layer: str | None, method: str) -> str:

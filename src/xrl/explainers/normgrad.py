@@ -28,7 +28,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, chunks
-from xrl.explainers.grad_cam import check_spatial, find_layer, upsample
+from xrl.explainers.grad_cam import activations_and_gradients, find_layer, rows_target, upsample
 
 
 @EXPLAINERS.register("normgrad")
@@ -49,36 +49,8 @@ class NormGrad(Explainer):
         parts = []
         for rows in chunks(states.shape[0], self.batch_size):
             x = states[rows].detach().clone().requires_grad_()
-            acts, grads = self.activations_and_gradients(x, _rows_target(target_fn, rows))  # (b, C', h, w) each
+            acts, grads = activations_and_gradients(self.model, self.layer, x, rows_target(target_fn, rows),
+                                                    "normgrad")  # (b, C', h, w) each
             maps = (acts.norm(dim=1) * grads.norm(dim=1)).unsqueeze(1)  # (b, 1, h, w)
             parts.append(upsample(maps, states))
         return torch.cat(parts)
-
-    def activations_and_gradients(self, x: torch.Tensor, fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's output ``a`` on ``x`` and ``d sum(fn(model(x))) / d a``."""
-        module = dict(self.model.net.named_modules())[self.layer]
-        outputs = []
-
-        def record(module, inputs, output):
-            outputs.append(output)
-            return output.clone()  # later in-place ops (ReLU(inplace=True)) must not alter `a`
-
-        handle = module.register_forward_hook(record)
-        try:
-            score = fn(self.model(x)).sum()
-        finally:
-            handle.remove()
-        if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
-            raise ValueError(f"normgrad needs layer {self.layer!r} to give one tensor per forward pass, "
-                             f"it gave {len(outputs)} outputs; name another layer")
-        acts = check_spatial(outputs[0], self.layer, "normgrad")
-        (grads,) = torch.autograd.grad(score, acts, allow_unused=True, materialize_grads=True)
-        return acts.detach(), grads
-
-
-def _rows_target(target_fn: Callable, rows: slice) -> Callable:
-    """``target_fn`` for the states ``rows``: action indices are picked for those rows only."""
-    index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
-    if index is None:
-        return target_fn
-    return lambda scores: scores.gather(1, index[rows, None])[:, 0]
