@@ -15,10 +15,14 @@ perturbation method within 2x of its floor; no method slower than its Captum cou
 Run::
 
     .venv/bin/python benchmarks/bench_methods.py [--states 16] [--repeats 5] [--methods a,b]
+
+``--methods a,b`` reruns those methods and keeps the other rows of ``results/methods.json``
+(each row says whether it comes from this run or an earlier one).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import warnings
 from typing import Callable
@@ -27,7 +31,7 @@ import torch
 
 import xrl
 
-from common import interleaved, nature_cnn_policy, write_result
+from common import RESULTS, interleaved, nature_cnn_policy, write_result
 
 
 class RowCounter:
@@ -147,16 +151,28 @@ def main() -> None:
     print(f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)")
     attention_model = None
     for name in names:
-        target_model = model
-        if "attention" in getattr(xrl.explainers.EXPLAINERS.get(name), "requires", ()):
+        cls, target_model, settings = xrl.explainers.EXPLAINERS.get(name), model, {}
+        requires = getattr(cls, "requires", ())
+        if "attention" in requires:
             # methods that need an attention agent are timed on the Sparse FLS variant of the trunk
             attention_model = attention_model or nature_cnn_policy(arch="sparse_fls")
             target_model = attention_model
-        rows[name] = time_method(name, xrl.get_explainer(name, target_model), target_model, states, targets,
-                                 args.repeats)
+        if "mask_network" in requires:
+            # learned explainers: an untrained network of the default architecture costs what a
+            # trained one does (one forward pass for all actions)
+            from xrl.agents.mask_nets import MaskNetwork
+            settings = {"network": MaskNetwork.for_model(model, method=cls.method, reference="black")}
+        rows[name] = time_method(name, xrl.get_explainer(name, target_model, **settings), target_model, states,
+                                 targets, args.repeats)
         if target_model is attention_model:
             rows[name]["model"] = "sparse_fls + linear(512, 6)"
 
+    previous = RESULTS / "methods.json"
+    if args.methods and previous.exists():  # a rerun of some methods keeps the others' rows
+        kept = json.loads(previous.read_text())["methods"]
+        rows = {**{k: {**v, "run": v.get("run", "earlier run")} for k, v in kept.items()},
+                **{k: {**v, "run": "this run"} for k, v in rows.items()}}
+        rows = dict(sorted(rows.items()))
     perturbation = {n: r for n, r in rows.items() if r["perturbation"] and r["forward_rows"] > 0}
     result = {
         "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
