@@ -61,8 +61,8 @@ def table1(models: dict, states, actions, labels, radius: float) -> tuple[list[d
                 settings = {**settings, "radius": radius}
             explainer, m = saliency(model, method, settings, target, states, actions)
             maps[f"{agent}: {name}"] = m
-            v = localization(saliency=m, labels=labels)
-            t = cost(states=states[:8], explainer=explainer,
+            v = localization(states=states, saliency=m, labels=labels)
+            t = cost(states=states[:8], saliency=m[:8], explainer=explainer,
                      targets=target if target is not None else actions[:8])
             rows.append({"agent": agent, "method": name, **{k: float(np.nanmean(x.numpy())) for k, x in v.items()},
                          "seconds_per_map": float(t[0])})
