@@ -60,7 +60,16 @@ NETS_FOR_REQUIREMENT = {"attention": TinyAttentionCNN}
 #: the tiny model, for the learned explainers (visionmask, stalder_explainer).
 SETTINGS_FOR_REQUIREMENT = {
     "mask_network": lambda cls, model: {"network": MaskNetwork.for_model(model, method=cls.method, reference="black")},
+    "rexl_agent": lambda cls, model: {"agent": _rexl_agent(model), "extractor": nn.Flatten()},
 }
+
+
+def _rexl_agent(model):
+    """An untrained dataset-specific RExL agent (4x4 grid, flattened states as features) for ``model``."""
+    import tempfile
+    from pathlib import Path
+    from xrl.train.rexl import untrained_agent
+    return untrained_agent(model, Path(tempfile.mkdtemp()) / "rexl.pt", grid=4, extractor=nn.Flatten())
 
 
 def tiny_model(name: str | None = None):

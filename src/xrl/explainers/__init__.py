@@ -20,3 +20,4 @@ from xrl.explainers import grad_cam, guided_backprop, integrated_gradients, norm
 from xrl.explainers import occlusion, rise, sarfa  # noqa: E402,F401  (occlusion, RISE, SARFA)
 from xrl.explainers import attention  # noqa: E402,F401  (FLS: the agent's own attention)
 from xrl.explainers import stalder_explainer, visionmask  # noqa: E402,F401  (learned mask networks)
+from xrl.explainers import rexl  # noqa: E402,F401  (RExL: a trained masking agent)

@@ -1,0 +1,149 @@
+"""The RExL agent (``../papers/rexl.txt`` section 3.2, appendix A.1): a frozen feature extractor and
+a learnable MLP (hidden layers 256 and 128, ReLU) with a policy head over the ``grid**2`` cells
+and, for ACER, a Q head. Dataset-specific agents also get the explained class as a one-hot input.
+
+Feature extractors (``extractor=``): ``"trunk"`` — the explained network's own convolutional
+trunk (:func:`xrl.classifiers.trunk_of`); a torchvision classification architecture name
+(``"resnet18"``, ...) built with ``weights=None`` from ``extractor_seed`` (randomly initialised and
+frozen: nothing may be downloaded here); or any ``nn.Module`` passed by the user. Its weights are
+fingerprinted, so an agent used with another extractor is refused.
+
+On disk: ``rexl.pt`` (``format="xrl.rexl_agent"``: the MLP and heads, grid, mode, classes,
+noise, the explained model's fingerprint and input shape, the extractor's name, seed and
+fingerprint) and its card ``rexl.json``; :func:`load_rexl_agent` refuses another model or grid.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xrl.agents.model import Model
+from xrl.files import atomic_path, write_json
+
+FORMAT = "xrl.rexl_agent"
+MODES = ("ds", "cs", "is")
+
+
+def fingerprint(module: nn.Module) -> str:
+    """Hash of a module's weights (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_extractor(model: Model, extractor: str | nn.Module, seed: int = 0) -> nn.Module:
+    """The frozen feature extractor (see the module docstring), in eval mode."""
+    if isinstance(extractor, nn.Module):
+        module = extractor
+    elif extractor == "trunk":
+        from xrl.classifiers import trunk_of
+        module = trunk_of(model)
+    else:
+        from xrl.classifiers import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_torchvision
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_torchvision(extractor, 1000)
+        children = []
+        for name, child in net.named_children():  # everything before the pooling / classifier
+            if name in ("avgpool", "classifier", "fc"):
+                break
+            children.append(child)
+        module = Normalized(nn.Sequential(*children), IMAGENET_MEAN, IMAGENET_STD)
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class RExLAgent(nn.Module):
+    """``features = extractor(states)`` (flattened, plus a one-hot of the class for dataset-specific
+    agents) -> MLP 256-128 -> ``(logits, q)`` over the ``grid**2`` cells.
+
+    ``forward`` takes encoded observations (what ACER's replay stores: the extractor is frozen);
+    :meth:`encode` makes them from states and targets.
+    """
+
+    def __init__(self, extractor: nn.Module, *, input_shape, n_classes: int, grid: int, mode: str,
+                 classes: list[int], hidden=(256, 128)) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.extractor = extractor
+        self.n_classes, self.grid, self.mode, self.classes = int(n_classes), int(grid), mode, [int(c) for c in classes]
+        with torch.no_grad():
+            self.feature_dim = int(extractor(torch.zeros(1, *input_shape)).flatten(1).shape[1])
+        self.one_hot = self.n_classes if mode == "ds" else 0
+        layers, width = [], self.feature_dim + self.one_hot
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers)
+        self.pi = nn.Linear(width, grid * grid)
+        self.q = nn.Linear(width, grid * grid)
+
+    def learnable(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("extractor.")}
+
+    def parameters(self, recurse: bool = True):  # the optimiser sees the MLP and heads only
+        for name, p in self.named_parameters(recurse=recurse):
+            if not name.startswith("extractor."):
+                yield p
+
+    @torch.no_grad()
+    def encode(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Observations ``(B, D)``: extractor features (and the one-hot class for ``ds``)."""
+        features = self.extractor(states).flatten(1)
+        if self.one_hot:
+            features = torch.cat([features, nn.functional.one_hot(targets, self.n_classes).to(features)], 1)
+        return features
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.mlp(obs)
+        return self.pi(h), self.q(h)
+
+
+def save_rexl_agent(agent: RExLAgent, path: str | Path, *, record: dict, card: dict) -> None:
+    """``path`` and its card, atomically. ``record``: model fingerprint, input shape, noise,
+    extractor name/seed, low/high (what :func:`load_rexl_agent` checks)."""
+    path = Path(path)
+    blob = {"format": FORMAT, "grid": agent.grid, "mode": agent.mode, "classes": agent.classes,
+            "n_classes": agent.n_classes, "feature_dim": agent.feature_dim, "extractor_fingerprint":
+            fingerprint(agent.extractor), "state_dict": agent.learnable(), **record}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    write_json(path.with_suffix(".json"), card)
+
+
+def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | None = None,
+                    grid: int | None = None) -> tuple[RExLAgent, dict]:
+    """An agent saved by ``xrl train rexl`` for ``model``, and its record. Refused: a file that is
+    not a RExL agent, another model (weights fingerprint or input shape), another grid, another
+    feature extractor."""
+    from xrl.data.collect import agent_record
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a RExL agent (format={FORMAT!r}, written by xrl train rexl)")
+    mine = agent_record(model)["fingerprint"]
+    if blob["model_fingerprint"] != mine or list(blob["input_shape"]) != list(model.input_shape):
+        raise ValueError(f"{path} was trained to explain another model ({blob['model_source']}, weights "
+                         f"{blob['model_fingerprint']}, input {blob['input_shape']}); this model has weights {mine}, "
+                         f"input {list(model.input_shape)}: train an agent for it (xrl train rexl)")
+    if grid is not None and int(grid) != blob["grid"]:
+        raise ValueError(f"{path} masks a {blob['grid']}x{blob['grid']} grid, {grid}x{grid} was asked; "
+                         "a RExL agent works on the grid it was trained on")
+    module = build_extractor(model, extractor if extractor is not None else blob["extractor"], blob["extractor_seed"])
+    if fingerprint(module) != blob["extractor_fingerprint"]:
+        raise ValueError(f"{path} was trained on another feature extractor ({blob['extractor']}, weights "
+                         f"{blob['extractor_fingerprint']}); got weights {fingerprint(module)}")
+    agent = RExLAgent(module, input_shape=model.input_shape, n_classes=blob["n_classes"], grid=blob["grid"],
+                      mode=blob["mode"], classes=blob["classes"])
+    agent.load_state_dict({**{f"extractor.{k}": v for k, v in module.state_dict().items()}, **blob["state_dict"]})
+    agent.eval()
+    return agent, {k: v for k, v in blob.items() if k != "state_dict"}

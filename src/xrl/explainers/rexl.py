@@ -1,0 +1,154 @@
+"""RExL (Kadam et al., ``../papers/rexl.txt`` section 3.3): a trained RL agent masks the cells of a
+K x K grid one by one, most decisive first, and the saliency of a cell is the credit of the drop
+in the target's probability it caused.
+
+With the deterministic policy, at step ``t = 1..K^2`` the agent masks cell ``b_t`` and the target's
+probability drops by ``delta_t = p_{t-1} - p_t``. Cell ``b_t`` gets ``sum_{i >= t} lambda^(i - t)
+delta_i`` (:func:`cell_credit`): with ``lambda = 0`` only the drop it caused itself, with
+``lambda = 1`` (the paper's choice, Table 4) every later drop too. The cell weights are normalised
+to sum to 1 (divided by their sum; by the sum of their absolute values when that is not positive,
+so the order is kept) and spread over the cell's pixels; ``smooth`` blurs the map for display
+(Gaussian, sigma in pixels; 0 = off, the default, and what the deletion scores use).
+
+Decision (a full ranking): the agent may re-pick a masked cell during training (as in the paper;
+it changes nothing), but at inference ``repeat=False`` (default) picks the best cell not masked
+yet, so every cell is ranked once; ``repeat=True`` follows the argmax as is (a cell never picked
+gets 0).
+
+Agents: ``agent=`` a ``rexl.pt`` (``xrl train rexl``) or a list of them: one dataset-specific agent,
+or class-specific agents, each explaining the states whose target is its class (a target with no
+agent is refused). An agent trained for another model or grid is refused. Masked cells show one
+noise image drawn from ``seed`` (the same for every state, so a map does not depend on its batch).
+Cost: ``K^2`` steps, each one forward pass of the model and the agent's extractor per state.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from xrl.agents.model import Model
+from xrl.agents.rexl import RExLAgent, load_rexl_agent
+from xrl.envs.masking import MaskingBatch
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.explainers.masks import gaussian_blur
+
+
+def cell_credit(probs: torch.Tensor, actions: torch.Tensor, n_cells: int, lam: float) -> torch.Tensor:
+    """Cell weights ``(B, n_cells)`` from the target's probabilities ``(B, T + 1)`` (before any
+    masking, then after each step) and the cells masked ``(B, T)``: ``sum_{i >= t} lam^(i-t)
+    delta_i`` for the cell of step ``t`` (a cell masked twice adds both), not normalised."""
+    delta = probs[:, :-1] - probs[:, 1:]  # (B, T)
+    credit = torch.empty_like(delta)
+    carried = torch.zeros_like(delta[:, 0])
+    for t in reversed(range(delta.shape[1])):
+        carried = delta[:, t] + lam * carried
+        credit[:, t] = carried
+    return torch.zeros(len(probs), n_cells, dtype=credit.dtype, device=credit.device).scatter_add_(1, actions, credit)
+
+
+def normalise(weights: torch.Tensor) -> torch.Tensor:
+    """Weights ``(B, n)`` divided by their sum (by the sum of absolute values if it is not positive)."""
+    total = weights.sum(1, keepdim=True)
+    total = torch.where(total > 0, total, weights.abs().sum(1, keepdim=True))
+    return weights / total.clamp_min(1e-12)
+
+
+@EXPLAINERS.register("rexl")
+class RExL(Explainer):
+    """RExL (Kadam et al.): a trained agent masks grid cells in turn; cells get the cumulated probability drop.
+
+    Example::
+
+        explainer = get_explainer("rexl", model, agent="runs/rexl-ds/rexl.pt", lam=1.0)
+        saliency = explainer.explain(states, targets)   # (B, H, W), each map sums to 1 over cells
+    """
+
+    callable_targets = False
+    requires = ("rexl_agent",)
+
+    def __init__(self, model: Model, *, agent: str | Path | Sequence[str | Path] | None = None, lam: float = 1.0,
+                 smooth: float = 0.0, repeat: bool = False, grid: int | None = None,
+                 extractor: torch.nn.Module | None = None, batch_size: int = 256, seed: int = 0) -> None:
+        super().__init__(model, batch_size=batch_size, seed=seed)
+        if agent is None:
+            raise ValueError("rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl)")
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"lam (the cumulating factor) must be in [0, 1], got {lam!r}")
+        if float(smooth) < 0:
+            raise ValueError(f"smooth (a blur sigma in pixels) must be >= 0, got {smooth!r}")
+        self.lam, self.smooth, self.repeat = float(lam), float(smooth), bool(repeat)
+        paths = [agent] if isinstance(agent, (str, Path)) else list(agent)
+        self.agents: dict[int | None, tuple[RExLAgent, dict]] = {}
+        for path in paths:
+            loaded, record = load_rexl_agent(path, model, grid=grid, extractor=extractor)
+            key = None if loaded.mode == "ds" else loaded.classes[0]
+            if key in self.agents:
+                raise ValueError(f"two agents given for {'every class' if key is None else f'class {key}'}: {paths}")
+            self.agents[key] = (loaded, record)
+        self.agent_paths = [str(p) for p in paths]
+        grids = {a.grid for a, _ in self.agents.values()}
+        if len(grids) != 1:
+            raise ValueError(f"the agents mask different grids {sorted(grids)}; give agents of one grid")
+        self.grid = grids.pop()
+
+    def __repr__(self) -> str:
+        return (f"RExL(agent={self.agent_paths!r}, lam={self.lam}, smooth={self.smooth}, repeat={self.repeat}, "
+                f"grid={self.grid}, seed={self.seed})")
+
+    def with_model(self, model: Model) -> "Explainer":
+        """The same trained agents explaining ``model`` without the model check: the sanity metric
+        re-explains randomized copies of the model (the agents' extractors stay as trained)."""
+        if not isinstance(model, Model):
+            raise TypeError(f"explainers take an xrl Model, got {type(model).__name__}")
+        other = copy.copy(self)
+        other.model = model
+        return other
+
+    def _agent_for(self, target: int) -> tuple[RExLAgent, dict]:
+        if target in self.agents:
+            return self.agents[target]
+        if None in self.agents:
+            return self.agents[None]
+        raise ValueError(f"no RExL agent explains class {target} ({self.model.action_names[target]}); the "
+                         f"class-specific agents given explain {sorted(k for k in self.agents)}")
+
+    @torch.no_grad()
+    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        index = getattr(target_fn, "index", None)  # (B,) validated class indices; absent for callables
+        if index is None:
+            raise TypeError("rexl masks cells to lower one class's probability, so targets must be class "
+                            "(action) indices: None, an int or a (B,) tensor, not a callable")
+        saliency = torch.empty(states.shape[0], *states.shape[-2:], device=states.device)
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(index.tolist()):
+            groups.setdefault(id(self._agent_for(t)[0]), []).append(i)
+        for rows in groups.values():
+            rows_t = torch.tensor(rows, device=states.device)
+            agent, record = self._agent_for(int(index[rows[0]]))
+            for start in range(0, len(rows), self.batch_size):
+                part = rows_t[start:start + self.batch_size]
+                saliency[part] = self._maps(agent, record, states[part], index[part])
+        if self.smooth > 0:
+            saliency = gaussian_blur(saliency, self.smooth)
+        return saliency
+
+    def _maps(self, agent: RExLAgent, record: dict, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        agent = agent.to(states.device)
+        batch = MaskingBatch(self.model, states, grid=self.grid, noise=record["noise"], seed=self.seed,
+                             batch_size=self.batch_size, mean=record.get("noise_mean"), std=record.get("noise_std"))
+        noise = batch.draw_noise(1).expand_as(states)  # one noise image for every state
+        current = batch.reset(torch.arange(len(states)), targets, noise=noise)
+        probs, actions = [batch.probs], []
+        for _ in range(batch.n_cells):
+            logits = agent(agent.encode(current, targets))[0]
+            if not self.repeat:
+                logits = logits.masked_fill(batch.masked, float("-inf"))
+            action = logits.argmax(-1)
+            current, _, _ = batch.step(action)
+            probs.append(batch.probs)
+            actions.append(action)
+        weights = normalise(cell_credit(torch.stack(probs, 1), torch.stack(actions, 1), batch.n_cells, self.lam))
+        return (weights @ batch.cells.flatten(1).to(weights)).view(len(states), *states.shape[-2:])

@@ -1,0 +1,355 @@
+"""Train a RExL agent (``../papers/rexl.txt`` sections 3-4): ``xrl train rexl``.
+
+Reads top to bottom:
+
+1. What is explained (:func:`load_explained`): an xrl image classifier (``xrl train classifier``)
+   or an RL agent (zoo name, xrl ``.pt``, SB3 ``.zip``; its actions are the classes).
+2. The images (:func:`training_images`): the generated shapes training split (``data="shapes"``),
+   an image folder, or a StateDataset (``.h5``) of an agent's states, and the class each image is
+   explained for: its label (``targets="label"``) or the model's argmax (``"argmax"``, the only
+   choice for agents' states). The mode picks the rows: ``ds`` (dataset-specific, every row, the
+   class as a one-hot input), ``cs`` (class-specific, rows of ``target_class``), ``is``
+   (image-specific, row ``image``).
+3. The environment (:class:`MaskingVecEnv`): ``n_envs`` masking episodes
+   (``xrl.envs.masking.MaskingBatch``) on rows drawn with replacement; observations are the
+   frozen extractor's features, so the replay buffer holds features, not images.
+4. ACER (``xrl.train.acer``, ``algo="acer"``) or SB3 PPO/A2C/DQN on the Gymnasium face of the
+   MDP (``algo="ppo"`` ...; the same extractor and 256-128 MLP, copied into the RExL agent at the
+   end). A progress bar shows the mean return (minus the mean probability along an episode,
+   times K^2); ``checkpoint.pt`` every ``checkpoint_every`` updates; the same command resumes to
+   the same result (ACER); the agent is exported as ``rexl.pt`` + card.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import xrl
+from xrl.agents.model import Model
+from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent
+from xrl.envs.masking import MaskingBatch, check_grid
+from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.train.acer import Acer, AcerSettings, settings_of
+
+SB3_ALGOS = ("ppo", "a2c", "dqn")
+
+
+@dataclass(kw_only=True)
+class RExLArgs(AcerSettings):
+    model: str
+    """the explained model: an xrl classifier .pt (xrl train classifier), a zoo agent, an xrl .pt or an SB3 .zip"""
+    data: str = "shapes"
+    """images: shapes (the generated training split), an image folder, or a StateDataset .h5 of agent states"""
+    out: str = "runs/rexl"
+    """run folder: checkpoint.pt, history.json, args.json, then rexl.pt and rexl.json"""
+    mode: str = "ds"
+    """ds (dataset-specific: every class, one-hot input), cs (class-specific: --target-class) or is (image-specific: --image)"""
+    target_class: int = -1
+    """cs only: the class (or action) the agent explains"""
+    image: int = 0
+    """is only: the row of the image the agent explains"""
+    targets: str = "label"
+    """the class explained for each image: label (classifiers) or argmax (the model's own answer; agents)"""
+    grid: int = 7
+    """cells per side (K); the image side must be divisible by it"""
+    noise: str = "uniform"
+    """what masked cells show: uniform (in [0, 1]) or gaussian (the images' per-channel mean and std)"""
+    extractor: str = "trunk"
+    """frozen feature extractor: trunk (the explained network's own) or a torchvision architecture (weights=None)"""
+    extractor_seed: int = 0
+    """initialisation seed of a torchvision extractor"""
+    algo: str = "acer"
+    """acer (xrl's, as the paper) or ppo, a2c, dqn (SB3, on the Gymnasium env)"""
+    total_steps: int = 200_000
+    """environment steps"""
+    n_envs: int = 10
+    """episodes stepped together (n_envs x n_steps env steps per update)"""
+    n_images: int = 4000
+    """shapes: training images drawn; other data: at most this many rows"""
+    checkpoint_every: int = 20
+    """updates between checkpoints"""
+    seed: int = 0
+    """seed of the data, the episodes, the initialisation and the sampling"""
+    progress: bool = True
+
+
+# ------------------------------------------------------------------ 1-2. model and images
+
+
+def load_explained(spec: str) -> Model:
+    """An xrl classifier file, or anything :func:`xrl.load_agent` takes."""
+    path = Path(spec)
+    if path.suffix == ".pt" and path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(blob, dict) and blob.get("format") == "xrl.classifier":
+            from xrl.classifiers import load_classifier
+            return load_classifier(path)
+    from xrl.agents.load import load_agent
+    return load_agent(spec)
+
+
+def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float states ``(N, C, H, W)`` and the class explained for each ``(N,)``, all rows of the data."""
+    if args.data == "shapes":
+        from xrl.data import shapes
+        data = shapes.split("train", args.n_images, size=model.input_shape[-1], seed=args.seed)
+        images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
+    elif args.data.endswith(".h5"):
+        from xrl.data.dataset import StateDataset
+        with StateDataset.open(args.data) as ds:
+            images, labels = ds.states(np.arange(min(len(ds), args.n_images))), None
+    else:
+        from xrl.classifiers import load_image_folder
+        raw, label_array, _ = load_image_folder(args.data, size=model.input_shape[-1])
+        images, labels = torch.from_numpy(raw[:args.n_images]).float() / 255, torch.from_numpy(label_array[:args.n_images])
+        if labels.dim() == 2:  # multi-label: explain each image's first present class
+            labels = labels.argmax(1)
+    model.check_states(images)
+    if args.targets == "label":
+        if labels is None:
+            raise ValueError(f"{args.data} holds agent states without labels: use --targets argmax")
+        targets = labels.long()
+    else:
+        with torch.no_grad():
+            targets = torch.cat([model(images[i:i + 256]).argmax(-1) for i in range(0, len(images), 256)])
+    return images, targets
+
+
+def episode_rows(args: RExLArgs, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The rows episodes are drawn from, by mode."""
+    if args.mode == "ds":
+        return torch.arange(len(targets))
+    if args.mode == "cs":
+        if not 0 <= args.target_class < n_classes:
+            raise ValueError(f"--target-class must be a class index in [0, {n_classes}) for a model with "
+                             f"{n_classes} outputs, got {args.target_class}")
+        rows = torch.nonzero(targets == args.target_class).flatten()
+        if len(rows) == 0:
+            raise ValueError(f"no training image is explained for class {args.target_class}")
+        return rows
+    if not 0 <= args.image < len(targets):
+        raise ValueError(f"--image must be a row in [0, {len(targets)}), got {args.image}")
+    return torch.tensor([args.image])
+
+
+# ------------------------------------------------------------------ 3. the environment
+
+
+class MaskingVecEnv:
+    """ACER's tensor vector env over :class:`MaskingBatch`: every episode lasts ``grid**2``
+    steps, so all ``n_envs`` end together and restart on freshly drawn rows."""
+
+    def __init__(self, batch: MaskingBatch, agent: RExLAgent, targets: torch.Tensor, rows: torch.Tensor,
+                 n_envs: int, seed: int) -> None:
+        self.batch, self.agent, self.all_targets, self.pool = batch, agent, targets, rows
+        self.n_envs, self.n_actions = int(n_envs), batch.n_cells
+        self.generator = torch.Generator().manual_seed(int(seed) + 7)
+
+    def _new_episodes(self) -> torch.Tensor:
+        rows = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
+        states = self.batch.reset(rows, self.all_targets[rows])
+        return self.agent.encode(states, self.batch.targets)
+
+    def reset(self) -> torch.Tensor:
+        return self._new_episodes()
+
+    def step(self, actions: torch.Tensor):
+        states, rewards, done = self.batch.step(actions)
+        obs = self._new_episodes() if done else self.agent.encode(states, self.batch.targets)
+        return obs, rewards, torch.full((self.n_envs,), done)
+
+    def state_dict(self) -> dict:
+        b = self.batch
+        return {"generator": self.generator.get_state(), "noise_generator": b.generator.get_state(), "rows": b.rows,
+                "targets": b.targets, "noise": b.noise_images, "masked": b.masked, "t": b.t, "states": b.states,
+                "probs": b.probs}
+
+    def load_state_dict(self, state: dict) -> None:
+        b = self.batch
+        self.generator.set_state(state["generator"])
+        b.generator.set_state(state["noise_generator"])
+        b.rows, b.targets, b.noise_images, b.masked = state["rows"], state["targets"], state["noise"], state["masked"]
+        b.t, b.states, b.probs = state["t"], state["states"], state["probs"]
+        b.original = b.images[b.rows]
+
+
+# ------------------------------------------------------------------ 4. training
+
+
+def _check_args(args: RExLArgs, model: Model) -> None:
+    from xrl.agents.rexl import MODES
+    if args.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {args.mode!r}")
+    if args.targets not in ("label", "argmax"):
+        raise ValueError(f"targets must be 'label' or 'argmax', got {args.targets!r}")
+    if args.algo not in ("acer", *SB3_ALGOS):
+        raise ValueError(f"algo must be acer or one of {SB3_ALGOS}, got {args.algo!r}")
+    check_grid(model.input_shape[-2], model.input_shape[-1], args.grid)
+    for name in ("total_steps", "n_envs", "n_steps", "checkpoint_every", "n_images"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+_IGNORED = {"total_steps", "progress", "out", "checkpoint_every"}
+
+
+def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) a RExL agent; returns ``out/rexl.pt``. ``stop_at`` stops after the
+    checkpoint of that update (to test resuming)."""
+    run = Path(args.out)
+    with torch.random.fork_rng(devices=[]):
+        model = load_explained(args.model)
+    _check_args(args, model)
+    check_run_settings(run, {"what": "rexl", **dataclasses.asdict(args)}, ignore=_IGNORED)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    images, targets = training_images(args, model)
+    rows = episode_rows(args, targets, model.n_actions)
+    classes = sorted(set(targets[rows].tolist())) if args.mode == "ds" else [int(targets[rows[0]])]
+    extractor = build_extractor(model, args.extractor, args.extractor_seed)
+    torch.manual_seed(args.seed)
+    agent = RExLAgent(extractor, input_shape=model.input_shape, n_classes=model.n_actions, grid=args.grid,
+                      mode=args.mode, classes=classes)
+    batch = MaskingBatch(model, images, grid=args.grid, noise=args.noise, seed=args.seed)
+    record = agent_record(model, batch, args.extractor, args.extractor_seed)
+    started = time.time()
+    if args.algo == "acer":
+        history = _train_acer(args, run, agent, batch, targets, rows, stop_at)
+    else:
+        history = _train_sb3(args, run, agent, model, images, targets, rows)
+    history["train_seconds_last_run"] = round(time.time() - started, 1)
+    write_json(run / "history.json", history)
+    path = run / "rexl.pt"
+    save_rexl_agent(agent, path, record=record, card=_card(args, model, history, classes))
+    return path
+
+
+def _train_acer(args, run, agent, batch, targets, rows, stop_at) -> dict:
+    env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed)
+    acer = Acer(agent, env, settings_of(args), seed=args.seed)
+    history: dict = {"updates": []}
+    ckpt = run / "checkpoint.pt"
+    if ckpt.exists():
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        acer.load_state_dict(blob["acer"])
+        history = blob["history"]
+    per_update = args.n_envs * args.n_steps
+    n_updates = math.ceil(args.total_steps / per_update)
+    bar = tqdm(total=n_updates * per_update, initial=acer.updates * per_update, unit="step",
+               desc=f"rexl-{args.mode} acer", disable=not args.progress)
+    recent: list[float] = []
+    while acer.updates < n_updates:
+        stats = acer.update()
+        if not all(math.isfinite(stats[k]) for k in ("policy_loss", "q_loss")):
+            bar.close()
+            raise FloatingPointError(f"ACER loss became {stats} at update {acer.updates}; stopped. The last good "
+                                     f"checkpoint is kept in {run}; lower learning_rate")
+        if stats["episodes"]:
+            recent = (recent + [stats["mean_return"]])[-20:]
+        history["updates"].append({"update": acer.updates, "steps": acer.updates * per_update,
+                                   **{k: round(v, 5) for k, v in stats.items()}})
+        bar.update(per_update)
+        bar.set_postfix(mean_return=f"{sum(recent) / max(1, len(recent)):.3f}", entropy=f"{stats['entropy']:.2f}")
+        if acer.updates % args.checkpoint_every == 0 or acer.updates == n_updates:
+            with atomic_path(ckpt) as tmp:
+                torch.save({"acer": acer.state_dict(), "history": history}, tmp)
+            write_json(run / "history.json", history)
+            if stop_at is not None and acer.updates >= stop_at:
+                break
+    bar.close()
+    return history
+
+
+def _train_sb3(args, run, agent, model, images, targets, rows) -> dict:
+    """SB3 PPO/A2C/DQN on the Gymnasium masking env with the same extractor and MLP; the trained
+    policy layers are copied into ``agent`` (DQN: its Q-network's layers become the policy head).
+    Resumes from ``checkpoint.zip`` (not bit-identical: SB3's own state)."""
+    import gymnasium as gym
+    from stable_baselines3 import A2C, DQN, PPO
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+    from xrl.envs.masking import MaskingEnv
+
+    class Features(BaseFeaturesExtractor):
+        def __init__(self, observation_space: gym.spaces.Dict) -> None:
+            super().__init__(observation_space, agent.feature_dim + agent.one_hot)
+
+        def forward(self, obs: dict) -> torch.Tensor:
+            return agent.encode(obs["image"], obs["target"].argmax(-1))
+
+    def make(i: int):
+        return lambda: MaskingEnv(model, images[rows], targets[rows], grid=args.grid, noise=args.noise)
+
+    env = DummyVecEnv([make(i) for i in range(args.n_envs)])
+    env.seed(args.seed)
+    algo = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo]
+    ckpt = run / "checkpoint.zip"
+    if ckpt.exists():
+        learner = algo.load(ckpt, env=env, custom_objects={"policy_kwargs": _sb3_kwargs(args, Features)})
+    else:
+        learner = algo("MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed,
+                       gamma=args.gamma, verbose=0)
+    remaining = max(0, args.total_steps - learner.num_timesteps)
+    learner.learn(remaining, reset_num_timesteps=False, progress_bar=args.progress)
+    learner.save(ckpt)
+    layers = (learner.policy.q_net.q_net if args.algo == "dqn" else
+              [*learner.policy.mlp_extractor.policy_net, learner.policy.action_net])
+    linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
+    ours = [m for m in agent.mlp if isinstance(m, torch.nn.Linear)] + [agent.pi]
+    for mine, theirs in zip(ours, linears, strict=True):
+        mine.load_state_dict(theirs.state_dict())
+    return {"sb3": {"algo": args.algo, "timesteps": int(learner.num_timesteps)}}
+
+
+def _sb3_kwargs(args, features) -> dict:
+    arch = [256, 128] if args.algo == "dqn" else {"pi": [256, 128], "vf": [256, 128]}
+    return {"features_extractor_class": features, "net_arch": arch, "share_features_extractor": True} \
+        if args.algo != "dqn" else {"features_extractor_class": features, "net_arch": arch}
+
+
+def agent_record(model: Model, batch: MaskingBatch, extractor: str, extractor_seed: int) -> dict:
+    """What a RExL agent file records about the model and the MDP it was trained on."""
+    from xrl.data.collect import agent_record as model_record
+    gaussian = batch.noise == "gaussian"
+    return {"model_fingerprint": model_record(model)["fingerprint"], "model_source": str(model.info.get("source")),
+            "input_shape": list(model.input_shape), "noise": batch.noise, "extractor": extractor,
+            "extractor_seed": int(extractor_seed), "noise_mean": batch.mean.flatten().tolist() if gaussian else None,
+            "noise_std": batch.std.flatten().tolist() if gaussian else None}
+
+
+def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str = "ds", classes=None,
+                    extractor: str | torch.nn.Module = "trunk", seed: int = 0) -> Path:
+    """Save a randomly initialised agent for ``model`` (what timing and contract tests need;
+    its maps rank cells by an untrained policy)."""
+    torch.manual_seed(seed)
+    module = build_extractor(model, extractor, seed)
+    agent = RExLAgent(module, input_shape=model.input_shape, n_classes=model.n_actions, grid=grid, mode=mode,
+                      classes=list(range(model.n_actions)) if classes is None else classes)
+    batch = MaskingBatch(model, torch.zeros(1, *model.input_shape), grid=grid)
+    name = extractor if isinstance(extractor, str) else "module"
+    save_rexl_agent(agent, path, record=agent_record(model, batch, name, seed), card={"what": "untrained RExL agent"})
+    return Path(path)
+
+
+def _card(args: RExLArgs, model: Model, history: dict, classes: list[int]) -> dict:
+    defaults = RExLArgs(model=args.model)
+    flags = [f"--model {args.model}"] + [f"--{f.name.replace('_', '-')} {getattr(args, f.name)}"
+                                         for f in dataclasses.fields(args)
+                                         if f.name not in ("model", "progress") and getattr(args, f.name) != getattr(defaults, f.name)]
+    updates = history.get("updates", [])
+    last = [u["mean_return"] for u in updates[-20:] if u.get("episodes")]
+    return {"what": f"RExL-{args.mode.upper()} agent explaining {args.model}", "classes": classes,
+            "class_names": [model.action_names[c] for c in classes], "grid": args.grid,
+            "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
+            "command": "xrl train rexl " + " ".join(flags),
+            "score": {"mean_return_last_20_updates": sum(last) / len(last) if last else None,
+                      "steps": updates[-1]["steps"] if updates else history.get("sb3", {}).get("timesteps")},
+            "xrl_version": xrl.__version__}
