@@ -47,8 +47,11 @@ def _doc(obj) -> str:
 
 
 def cmd_envs(args) -> None:
+    from xrl.envs import EXTRAS, extra_installed
     for name in list_envs():
-        print(f"{name:18s} {_doc(ENVS.get(name))}")
+        extra = (f" [extra {EXTRAS[name]}: {'installed' if extra_installed(name) else 'NOT installed'}]"
+                 if name in EXTRAS else "")
+        print(f"{name:26s} {_doc(ENVS.get(name))}{extra}")
 
 
 def cmd_methods(args) -> None:
@@ -104,12 +107,17 @@ def _bool(text: str) -> bool:
 def _field_docs(cls) -> dict[str, str]:
     """The string literal under each dataclass field (the CleanRL-style one-line docs)."""
     import ast
+    import dataclasses
     import inspect
-    tree = ast.parse(inspect.getsource(cls))
-    body, docs = tree.body[0].body, {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
+    docs = {}
+    for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)):
+                docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
     return docs
 
 

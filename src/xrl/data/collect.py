@@ -152,10 +152,15 @@ def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) ->
     except TypeError as err:
         raise ValueError(f"env settings must be JSON-serialisable to be recorded: {err}") from err
     if name != trained["name"] or not same:
+        mine, theirs = relevant(trained.get("settings") or {}), relevant(settings)
+        differ = [f"{k}: agent {mine.get(k, '(default)')!r}, asked {theirs.get(k, '(default)')!r}"
+                  for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
         raise ValueError(
             f"the agent was trained on env {trained['name']!r} with settings "
             f"{trained.get('settings') or {}}, but the collection asks for env {name!r} with "
-            f"settings {settings}; omit env and env_settings to use the agent's (other settings "
+            f"settings {settings}"
+            + (f" (they differ in {'; '.join(differ)})" if name == trained["name"] and differ else "")
+            + "; omit env and env_settings to use the agent's (other settings "
             "would show it observations it was never trained on)"
         )
     return name, settings

@@ -6,6 +6,10 @@ per-pixel label map in ``info["labels"]`` (see :mod:`xrl.envs.labels`).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from types import ModuleType
+
 import gymnasium as gym
 
 from xrl.registry import Registry
@@ -15,6 +19,37 @@ ENVS: Registry = Registry("environment")
 #: settings that add information (``info["labels"]``) without changing observations, actions or
 #: dynamics: an agent trained without them runs with them unchanged (``collect`` allows them)
 INFO_ONLY_SETTINGS = frozenset({"labels"})
+
+
+#: env name -> its family: ``"grid"`` (MiniGrid worlds), ``"atari"``, ``"vizdoom"``, ``"highway"``,
+#: ``"mario"``; training picks its defaults (architecture, rollout sizes) by family
+FAMILIES: dict[str, str] = {}
+
+#: env name -> the optional extra it needs (``pip install 'xrl[EXTRA]'``); envs not listed need none
+EXTRAS: dict[str, str] = {}
+
+
+def import_extra(module: str, extra: str, env: str) -> ModuleType:
+    """Import ``module`` for the env ``env``, or raise ``ImportError`` naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"environment {env!r} needs the optional extra {extra!r}: pip install 'xrl[{extra}]' "
+            f"(importing {module} failed: {err})"
+        ) from err
+
+
+def extra_installed(name: str) -> bool | None:
+    """Whether the extra of env ``name`` can be imported; ``None`` when it needs no extra."""
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return None
+    return importlib.util.find_spec(_EXTRA_MODULES[extra]) is not None
+
+
+#: extra -> the module whose presence means it is installed
+_EXTRA_MODULES = {"vizdoom": "vizdoom", "highway": "highway_env", "mario": "gym_super_mario_bros"}
 
 
 def make_env(name: str, **settings) -> gym.Env:
@@ -38,6 +73,9 @@ def list_envs() -> list[str]:
     return ENVS.names()
 
 
-__all__ = ["ENVS", "INFO_ONLY_SETTINGS", "make_env", "env_spec", "list_envs"]
+__all__ = ["ENVS", "EXTRAS", "FAMILIES", "INFO_ONLY_SETTINGS", "make_env", "env_spec", "list_envs", "extra_installed"]
 from xrl.envs import fetch  # noqa: E402,F401  (registers red-fetch-green)
 from xrl.envs import atari  # noqa: E402,F401  (registers pong, breakout, ...)
+from xrl.envs import vizdoom  # noqa: E402,F401  (registers vizdoom-basic, vizdoom-defend-the-center)
+from xrl.envs import highway  # noqa: E402,F401  (registers highway-fast)
+from xrl.envs import mario  # noqa: E402,F401  (registers mario)

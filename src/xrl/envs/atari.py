@@ -66,7 +66,7 @@ import ale_py
 import gymnasium as gym
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, ReshapeObservation
 
-from xrl.envs import ENVS, atari_objects
+from xrl.envs import ENVS, FAMILIES, atari_objects
 
 gym.register_envs(ale_py)
 
@@ -84,6 +84,7 @@ GAMES: dict[str, str] = {}
 def register_atari(name: str, game: str) -> None:
     """Register the ALE game ``game`` (e.g. ``"Qbert"``) as the xrl environment ``name``."""
     GAMES[name] = game
+    FAMILIES[name] = "atari"
     builder = functools.partial(make_atari, name)
     builder.__doc__ = (f"Atari {game} (ALE v5 or NoFrameskip-v4), 84×84 grayscale, frame skip 4, "
                        "4-frame stack; settings: version, sticky_actions, frame_stack, noop_max, ...")

@@ -29,7 +29,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Key
 from minigrid.minigrid_env import MiniGridEnv
 
-from xrl.envs import ENVS
+from xrl.envs import ENVS, FAMILIES
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 
 ACTION_NAMES = ("left", "right", "forward", "pickup")
@@ -137,3 +137,6 @@ def _make_red_fetch_green(**settings) -> RedFetchGreenEnv:
                 "render_tile_size": env.render_tile_size}
     env.xrl_spec = {"name": "red-fetch-green", "settings": resolved}
     return env
+
+
+FAMILIES["red-fetch-green"] = "grid"

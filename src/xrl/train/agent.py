@@ -7,7 +7,8 @@ Reads top to bottom: ``AgentArgs`` (every setting, one line of doc each) → ``m
 
 Defaults follow the papers: Red-Fetch-Green uses DIGR's Table 2 (16 envs × 128 steps, 4 epochs,
 8 minibatches, lr 1e-3, clip 0.2); Atari uses the rl-zoo PPO settings (8 envs × 128 steps,
-4 epochs, batch 256, lr 2.5e-4 and clip 0.1 both decayed linearly, rewards clipped in training).
+4 epochs, batch 256, lr 2.5e-4 and clip 0.1 both decayed linearly, rewards clipped in training),
+and so do the other screen games (ViZDoom, highway-env, Mario), without reward clipping.
 """
 from __future__ import annotations
 
@@ -74,11 +75,18 @@ class AgentArgs:
     def resolved(self) -> "AgentArgs":
         """Fill the env-family defaults left as None."""
         d = dict(arch="nature_cnn", n_envs=8, batch_size=256, learning_rate=2.5e-4,
-                 linear_decay=True, clip_range=0.1) if self.atari else \
+                 linear_decay=True, clip_range=0.1) if self.screen_game else \
             dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
                  linear_decay=False, clip_range=0.2)
         return dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
                                             for k, v in d.items()})
+
+    @property
+    def screen_game(self) -> bool:
+        """A game seen on screen (Atari, ViZDoom, highway-env, Mario), not a grid world: the
+        rl-zoo Atari PPO defaults (Nature CNN, 8 envs); only Atari rewards are clipped."""
+        from xrl.envs import FAMILIES
+        return FAMILIES.get(self.env, "grid") != "grid"
 
     @property
     def atari(self) -> bool:
