@@ -126,7 +126,8 @@ def test_settings_are_recorded_and_rebuild_the_same_env():
     assert env_spec(make_env("vizdoom-basic", frame_stack=2))["settings"] == {
         "frame_stack": 2, "frame_skip": 4, "resolution": "160x120", "labels": False}
     assert env_spec(make_env("highway-fast"))["settings"] == {
-        "frame_stack": 4, "width": 128, "height": 64, "scaling": 1.75, "policy_frequency": 2, "duration": 30}
+        "frame_stack": 4, "width": 128, "height": 64, "scaling": 1.75, "policy_frequency": 2, "duration": 30,
+        "labels": False}
     assert env_spec(make_env("mario"))["settings"] == {
         "stage": "1-1", "actions": "simple", "frame_stack": 4, "noop_max": 30, "max_steps": 5000}
     env = make_env("highway-fast", frame_stack=3, width=96, height=48)
@@ -337,3 +338,39 @@ def test_background_is_the_per_pixel_median_of_random_play():
     lower_median = np.sort(observations, axis=0)[(len(observations) - 1) // 2]
     np.testing.assert_array_equal((ref.numpy() * 255).round().astype(np.uint8), lower_median)
     assert torch.equal(ref, background("vizdoom-basic", steps=40, seed=1))
+
+
+# -- highway-env ground truth ---------------------------------------------------------------------
+
+def test_highway_labels_are_the_cars_where_the_simulator_puts_them():
+    needs_extra("highway-fast")
+    env, plain = make_env("highway-fast", labels=True), make_env("highway-fast")
+    obs, info = env.reset(seed=0)
+    plain_obs, _ = plain.reset(seed=0)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(12):
+        labels = info["labels"]
+        assert labels.shape == (64, 128) and labels.dtype == np.int8
+        important = labels == IMPORTANT
+        road = np.isin(obs[-1], [99, 254])  # the road's gray and the white lane markings
+        np.testing.assert_array_equal(important, ~road)  # every car pixel, nothing else
+        inner = env.unwrapped
+        surface = inner.observation_type.viewer.sim_surface
+        count, blobs = cv2.connectedComponents(important.astype(np.uint8))
+        centres = [surface.pos2pix(*v.position) for v in inner.road.vehicles]
+        visible = [(row, col) for col, row in centres if 1 <= row < 63 and 1 <= col < 127]
+        for row, col in visible:  # each car in view lies on important pixels
+            assert important[row - 1:row + 2, col - 1:col + 2].any(), (row, col)
+            checked += 1
+        assert count - 1 <= len(centres)
+        ring = cv2.dilate(important.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert (labels[ring & ~important] == EXCLUDED).all()
+        assert (labels[(obs[-1] == 254) & ~important] == EXCLUDED).all()  # lane markings
+        action = int(rng.integers(5))
+        obs, _, terminated, truncated, info = env.step(action)
+        plain_obs, *_ = plain.step(action)
+        np.testing.assert_array_equal(obs, plain_obs)  # labels change nothing the agent sees
+        if terminated or truncated:
+            break
+    assert checked >= 12
