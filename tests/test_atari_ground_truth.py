@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from xrl.envs import env_spec, make_env
-from xrl.envs.atari_objects import BreakoutInfinite, breakout_score, label_map, pong_objects, to_grid
+from xrl.envs.atari_objects import (MSPACMAN_OBJECTS, BreakoutInfinite, breakout_score, label_map, mspacman_envelope,
+                                    pong_objects, to_grid)
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 from xrl.metrics import get_metric
 
@@ -113,7 +114,7 @@ def test_settings_are_recorded_and_checked():
     env = make_env("breakout", labels=True, infinite=True)
     assert env_spec(env)["settings"]["labels"] is True and env_spec(env)["settings"]["infinite"] is True
     assert env_spec(make_env("pong"))["settings"]["labels"] is False
-    with pytest.raises(ValueError, match="RAM ground truth exists for breakout, pong"):
+    with pytest.raises(ValueError, match="RAM ground truth exists for breakout, ms-pacman, pong"):
         make_env("seaquest", labels=True)
     with pytest.raises(ValueError, match="applies to breakout"):
         make_env("pong", infinite=True)
@@ -169,3 +170,34 @@ def test_collected_atari_states_carry_labels_that_localization_scores(tmp_path):
         result = evaluate(model, ds, ["attention", "random"], ["localization"], n_states=8, progress=False)
     auc = result.means()
     assert all(0 <= auc[m]["localization.auc"] <= 1 for m in ("attention", "random"))
+
+
+def test_mspacman_envelopes_hold_every_drawn_sprite_and_labels_mark_them():
+    """Seeded random play: each object's colour on the maze lies inside the envelope RAM gives it
+    (ghost colours always; Ms. Pac-Man's in all but a few frames, e.g. while she dies), and
+    the label map makes exactly those pixels (at 84×84) important."""
+    import cv2
+    drawn = {name: 0 for name in MSPACMAN_OBJECTS}
+    outside = dict(drawn)
+    for seed in range(2):
+        env, frames = recorded("ms-pacman", 300, seed=seed)
+        for screen, ram, labels, obs in frames:
+            assert labels.shape == (84, 84) and labels.dtype == np.int8
+            important = np.zeros(screen.shape[:2], dtype=bool)
+            for name, (colour, xa, ya) in MSPACMAN_OBJECTS.items():
+                pixels = (screen == np.asarray(colour)).all(-1)
+                pixels[172:] = False  # lives and fruit below the maze
+                if not pixels.any():
+                    continue
+                box = mspacman_envelope(int(ram[xa]), int(ram[ya]))
+                inside = np.zeros_like(pixels)
+                inside[box.top:box.bottom, box.left:box.right] = True
+                drawn[name] += 1
+                outside[name] += bool((pixels & ~inside).any())
+                important |= pixels & inside
+            footprint = cv2.resize(important.astype(np.float32), (84, 84), interpolation=cv2.INTER_AREA) > 0
+            np.testing.assert_array_equal(labels == IMPORTANT, footprint)
+            assert (labels == UNIMPORTANT).mean() > 0.8
+    assert drawn["player"] >= 550 and min(drawn.values()) >= 150, drawn  # ghosts flicker
+    assert all(outside[name] == 0 for name in ("sue", "inky", "pinky", "blinky")), outside
+    assert outside["player"] <= 0.01 * drawn["player"], outside

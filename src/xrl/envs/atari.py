@@ -41,8 +41,8 @@ Other settings, same meaning in both versions:
   ``reset`` restarts the game; in v4 (SB3 ``EpisodicLifeEnv``) it continues the same game.
 - ``frame_stack_padding``: ``"reset"`` (repeat the first screen) or ``"zero"``; ``None`` = the
   version's default (v5 ``"reset"``, v4 ``"zero"``).
-- ``labels``: put RAM ground truth (ball and paddles, 84×84 int8) in ``info["labels"]`` (Pong and
-  Breakout; :mod:`xrl.envs.atari_objects`). Default False.
+- ``labels``: put RAM ground truth (84×84 int8) in ``info["labels"]``: ball and paddles (Pong and
+  Breakout), Ms. Pac-Man and the ghosts (MsPacman); :mod:`xrl.envs.atari_objects`. Default False.
 - ``infinite``: Breakout only, "BreakoutInfinite" (FLS appendix 6.2): the bricks keep respawning
   instead of stopping after two walls (864 points). Default False.
 
@@ -133,8 +133,9 @@ def make_atari(
             raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
     if frame_stack_padding not in ("reset", "zero"):
         raise ValueError(f"frame_stack_padding must be 'reset' or 'zero', got {frame_stack_padding!r}")
-    if labels and name not in atari_objects.GAMES:
-        raise ValueError(f"labels=True: RAM ground truth exists for {', '.join(sorted(atari_objects.GAMES))}, not {name!r}")
+    labelled = sorted([*atari_objects.GAMES, *atari_objects.PIXEL_GAMES])
+    if labels and name not in labelled:
+        raise ValueError(f"labels=True: RAM ground truth exists for {', '.join(labelled)}, not {name!r}")
     if infinite and name != "breakout":
         raise ValueError(f"infinite=True is BreakoutInfinite; it applies to breakout, not {name!r}")
     try:
@@ -168,7 +169,9 @@ def make_atari(
         )  # (84, 84, 1)
         env = ReshapeObservation(env, (SCREEN_SIZE, SCREEN_SIZE))
     env = FrameStackObservation(env, frame_stack, padding_type=frame_stack_padding)  # (S, 84, 84)
-    if labels:
+    if labels and name in atari_objects.PIXEL_GAMES:
+        env = atari_objects.PixelLabels(env, name, frame_stack=frame_stack)
+    elif labels:
         env = atari_objects.ObjectLabels(env, name, frame_stack=frame_stack)
     env.unwrapped.xrl_spec = {"name": name, "settings": {
         "version": version, "sticky_actions": sticky_actions, "full_action_space": full_action_space,

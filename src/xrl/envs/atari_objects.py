@@ -4,7 +4,8 @@ label maps at the observation's 84×84 resolution (:mod:`xrl.envs.labels`: 1 imp
 
 RAM addresses from AtariARI (Anand et al. 2019, ``atariari/benchmark/ram_annotations.py``):
 Pong ``ball_x = 49, ball_y = 54, player_y = 51, enemy_y = 50``; Breakout ``ball_x = 99,
-ball_y = 101, player_x = 72``. The offsets turning them into screen pixels (210×160) were fitted
+ball_y = 101, player_x = 72``; MsPacman ``player_x = 10, player_y = 16``, ghosts
+``enemy_{sue, inky, pinky, blinky}_x = 6..9``, ``_y = 12..15``. The offsets turning them into screen pixels (210×160) were fitted
 on rendered frames (ALE 0.12, colours of each object) and are checked by
 ``tests/test_atari_ground_truth.py``; where the drawn position jitters by one screen line
 relative to RAM (Pong's ball and player paddle), the box holds both lines.
@@ -18,6 +19,15 @@ Label map of one step (``info["labels"]`` when the env is made with ``labels=Tru
   agent sees them; their role is uncertain), and for Breakout the rows of bricks (the agent aims
   at them; also uncertain);
 * unimportant: everything else.
+
+MsPacman (:class:`PixelLabels`): the sprites' drawn position jitters by up to 4 screen pixels
+around RAM's (animation frames), and the ghosts flicker (each is drawn on about half the
+frames), so boxes from RAM alone would be loose. Instead RAM gives each object (Ms. Pac-Man and
+the four ghosts) an *envelope* (14 rows × 12 columns that held every drawn pixel of it in
+seeded play, ``tests/test_atari_ground_truth.py``), and within it the pixels of the object's own
+colour on the newest screen are important; the rest of each envelope (a ghost not drawn on this
+frame, blue frightened ghosts, the jitter) is excluded, as are a 1-pixel ring and the
+envelopes of the older frames; the maze, dots and score are unimportant.
 """
 from __future__ import annotations
 
@@ -77,6 +87,40 @@ GAMES: dict[str, tuple[Callable[[np.ndarray], dict[str, Box]], tuple[Box, ...]]]
 }
 
 
+#: MsPacman object -> (RGB colour on screen, RAM address of x, RAM address of y)
+MSPACMAN_OBJECTS = {
+    "player": ((210, 164, 74), 10, 16), "sue": ((180, 122, 48), 6, 12), "inky": ((84, 184, 153), 7, 13),
+    "pinky": ((198, 89, 179), 8, 14), "blinky": ((200, 72, 72), 9, 15),
+}
+MSPACMAN_MAZE_ROWS = (0, 172)  # above the lives and fruit shown at the bottom
+
+
+def mspacman_envelope(x: int, y: int) -> Box | None:
+    """The screen area that holds a MsPacman sprite whose RAM position is ``(x, y)``."""
+    return Box(y - 1, y + 13, x - 14, x - 2).clip(MSPACMAN_MAZE_ROWS)
+
+
+def mspacman_masks(ram: np.ndarray, screen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Screen masks ``(210, 160)`` bool: (important, uncertain) as in the module docstring."""
+    ram = ram.astype(int)
+    important = np.zeros(SCREEN, dtype=bool)
+    envelopes = np.zeros(SCREEN, dtype=bool)
+    for colour, xa, ya in MSPACMAN_OBJECTS.values():
+        box = mspacman_envelope(ram[xa], ram[ya])
+        if box is None:
+            continue
+        area = (slice(box.top, box.bottom), slice(box.left, box.right))
+        envelopes[area] = True
+        important[area] |= (screen[area] == np.asarray(colour, np.uint8)).all(-1)
+    return important, envelopes & ~important
+
+
+#: xrl game name -> (RAM, screen) -> (important, uncertain) screen masks
+PIXEL_GAMES: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "ms-pacman": mspacman_masks,
+}
+
+
 def to_grid(box: Box, size: tuple[int, int] = (84, 84), margin: int = 0) -> tuple[slice, slice]:
     """The observation pixels whose source area overlaps ``box`` (grown by ``margin`` pixels)."""
     h, w = size
@@ -127,6 +171,38 @@ class ObjectLabels(gym.Wrapper):
             self.history = []
         labels = label_map(now, self.history, self.always_excluded, self.size, self.margin)
         self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
+        return labels
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "labels": self._labels(fresh=True)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "labels": self._labels(fresh=False)}
+
+
+class PixelLabels(gym.Wrapper):
+    """Adds ``info["labels"]`` (84×84 int8) from RAM and the newest screen after every ``reset``
+    and ``step`` (MsPacman; module docstring), with :func:`xrl.envs.screens.object_labels`."""
+
+    def __init__(self, env: gym.Env, game: str, *, frame_stack: int = 4, margin: int = 1) -> None:
+        super().__init__(env)
+        if game not in PIXEL_GAMES:
+            raise ValueError(f"pixel ground truth exists for {', '.join(sorted(PIXEL_GAMES))}, not {game!r}")
+        self.masks, self.frame_stack, self.margin = PIXEL_GAMES[game], frame_stack, margin
+        self.history: list[np.ndarray] = []
+        self.size = tuple(env.observation_space.shape[-2:])
+
+    def _labels(self, fresh: bool) -> np.ndarray:
+        from xrl.envs.screens import object_labels
+
+        ale = self.env.unwrapped.ale
+        important, uncertain = self.masks(ale.getRAM(), ale.getScreenRGB())
+        if fresh:
+            self.history = []
+        labels = object_labels(important, uncertain, self.history, self.size, self.margin)
+        self.history = ([important | uncertain] + self.history)[:max(self.frame_stack - 1, 0)]
         return labels
 
     def reset(self, **kwargs):
