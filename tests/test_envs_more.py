@@ -374,3 +374,15 @@ def test_highway_labels_are_the_cars_where_the_simulator_puts_them():
         if terminated or truncated:
             break
     assert checked >= 12
+
+
+@pytest.mark.parametrize("name", ["vizdoom-basic", "mario"])
+def test_emulators_refuse_pickling_so_training_resumes_with_new_episodes(name):
+    """A pickled ViZDoom env is an un-reset new game and a pickled NES env aliases the emulator's
+    C++ memory; xrl.train.agent falls back to fresh episodes when pickling raises."""
+    needs_extra(name)
+    import cloudpickle
+    env = make_env(name)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        cloudpickle.dumps(env)

@@ -147,6 +147,11 @@ class MarioEnv(gym.Env):
         """The last NES screen ``(240, 256, 3)`` uint8."""
         return self.screen
 
+    def __getstate__(self):
+        # the emulator lives in C++ memory behind a raw pointer: a pickled copy would alias it in
+        # this process and crash in another, so refuse; callers then start new episodes
+        raise TypeError("a running NES emulator cannot be pickled; make a new env instead")
+
     def close(self) -> None:
         if getattr(self.nes, "_env", None) is not None:
             self.nes.close()

@@ -96,6 +96,11 @@ class DoomScreen(gym.Wrapper):
         """The current RGB screen ``(H, W, 3)`` uint8."""
         return self.screen
 
+    def __getstate__(self):
+        # ViZDoom pickles its constructor arguments only: the copy would be a new, un-reset game
+        # (resumed training would step it and fail), so refuse; callers then start new episodes
+        raise TypeError("a running ViZDoom game cannot be pickled; make a new env instead")
+
 
 def make_vizdoom(name: str, *, frame_stack: int = 4, frame_skip: int = 4, resolution: str = "160x120",
                  labels: bool = False) -> gym.Env:
