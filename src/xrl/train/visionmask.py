@@ -198,31 +198,18 @@ def stalder_losses(model: Model, network: MaskNetwork, states: torch.Tensor, tar
 
 
 @dataclass
-class VisionMaskArgs:
+class _MaskTrainingArgs:
+    """Fields shared by the VisionMask and Stalder Explainer trainings."""
     agent: str
     """the agent to explain: zoo name, xrl .pt or SB3 .zip"""
     data: str
     """the expert StateDataset of the agent's rollouts (collected here when absent)"""
-    out: str = "runs/visionmask"
-    """run folder: checkpoint.pt, history.json, args.json, then visionmask.pt and visionmask.json"""
+    out: str = "runs/masks"
+    """run folder"""
     arch: str = "small"
-    """mask network: small, unet, fcn or deeplabv3 (the paper's)"""
+    """mask network: small, unet, fcn or deeplabv3"""
     reference: str = "background"
     """reference value r: background (per-pixel median of the training states), black, mean or blur"""
-    lambda_ne: float = 1.0
-    """weight of the negative entropy on complement-masked states (Eq. 4)"""
-    lambda_area: float = 1.0
-    """weight of the L1 area loss (Eq. 5)"""
-    a_max: float = 0.1
-    """target mask area of the L1 area loss (the paper's default, Table 2c)"""
-    area: str = "l1"
-    """area loss: l1 (Eq. 5) or min_max (Stalder et al.'s, on every mask: the ablation of Table 2a)"""
-    min_area: float = 0.05
-    """min_max area loss only: each mask should cover at least this fraction"""
-    max_area: float = 0.3
-    """min_max area loss only: and at most this fraction"""
-    lambda_tv: float = 0.0
-    """weight of the total variation of the masks (0: off, the paper's default)"""
     epochs: int = 20
     """passes over the training split"""
     batch_size: int = 32
@@ -243,17 +230,33 @@ class VisionMaskArgs:
 
 
 @dataclass
-class StalderArgs:
-    agent: str
-    """the agent to explain: zoo name, xrl .pt or SB3 .zip"""
-    data: str
-    """the expert StateDataset of the agent's rollouts (collected here when absent)"""
+class VisionMaskArgs(_MaskTrainingArgs):
+    out: str = "runs/visionmask"
+    """run folder: checkpoint.pt, history.json, args.json, then visionmask.pt and visionmask.json"""
+    arch: str = "small"
+    """mask network: small, unet, fcn or deeplabv3 (the paper's)"""
+    lambda_ne: float = 1.0
+    """weight of the negative entropy on complement-masked states (Eq. 4)"""
+    lambda_area: float = 1.0
+    """weight of the L1 area loss (Eq. 5)"""
+    a_max: float = 0.1
+    """target mask area of the L1 area loss (the paper's default, Table 2c)"""
+    area: str = "l1"
+    """area loss: l1 (Eq. 5) or min_max (Stalder et al.'s, on every mask: the ablation of Table 2a)"""
+    min_area: float = 0.05
+    """min_max area loss only: each mask should cover at least this fraction"""
+    max_area: float = 0.3
+    """min_max area loss only: and at most this fraction"""
+    lambda_tv: float = 0.0
+    """weight of the total variation of the masks (0: off, the paper's default)"""
+
+
+@dataclass
+class StalderArgs(_MaskTrainingArgs):
     out: str = "runs/stalder-explainer"
     """run folder: checkpoint.pt, history.json, args.json, then stalder_explainer.pt and .json"""
     arch: str = "small"
     """mask network: small, unet, fcn or deeplabv3 (Stalder et al.'s)"""
-    reference: str = "background"
-    """reference value r: background (per-pixel median of the training states), black, mean or blur"""
     lambda_ent: float = 1.0
     """weight of the negative entropy on the inverted-mask state"""
     lambda_area: float = 1.0
@@ -266,23 +269,6 @@ class StalderArgs:
     """weight of the mean of the other actions' masks (pushed towards empty)"""
     lambda_tv: float = 1.0
     """weight of the total variation of the target's mask"""
-    epochs: int = 20
-    """passes over the training split"""
-    batch_size: int = 32
-    """states per step"""
-    learning_rate: float = 1e-3
-    """Adam step size"""
-    targets: str = "argmax"
-    """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
-    episodes: int = 50
-    """episodes collected when the dataset is absent"""
-    max_steps: int | None = None
-    """cap on the states stored per collected episode"""
-    sample: bool = True
-    """collect with actions sampled from the agent's policy"""
-    seed: int = 0
-    """seed of the collection, the split, the initialisation and the shuffling"""
-    progress: bool = True
 
 
 def train_visionmask(args: VisionMaskArgs, *, stop_at: int | None = None) -> Path:
