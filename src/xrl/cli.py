@@ -140,6 +140,24 @@ def cmd_train_masks(args) -> None:
     print(f"saved {path}\nbest epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}")
 
 
+def cmd_train_rexl(args) -> None:
+    import dataclasses
+    from xrl.train.rexl import RExLArgs, train_rexl
+    path = train_rexl(RExLArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RExLArgs)
+                                  if hasattr(args, f.name)}))
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"saved {path}\n{card['what']}: {json.dumps(card['score'])}")
+
+
+def cmd_train_classifier(args) -> None:
+    import dataclasses
+    from xrl.classifiers import ClassifierArgs, train_classifier
+    path = train_classifier(ClassifierArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierArgs)
+                                              if hasattr(args, f.name)}))
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"saved {path}\nbest: {json.dumps(card['score'])}")
+
+
 def cmd_counterfactual(args) -> None:
     from pathlib import Path
     from xrl.agents.load import load_agent
@@ -337,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "learned baseline; resumes when run again)")
     _dataclass_flags(t, StalderArgs)
     t.set_defaults(fn=cmd_train_masks)
+
+    from xrl.classifiers import ClassifierArgs
+    from xrl.train.rexl import RExLArgs
+    t = train.add_parser("rexl", help="RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks grid cells to explain a "
+                                      "classifier or an agent (checkpoints, resumes when run again)")
+    _dataclass_flags(t, RExLArgs)
+    t.set_defaults(fn=cmd_train_rexl)
+    t = train.add_parser("classifier", help="image classifier on the generated shapes dataset or an image folder "
+                                            "(checkpoints, resumes when run again)")
+    _dataclass_flags(t, ClassifierArgs)
+    t.set_defaults(fn=cmd_train_classifier)
 
     a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
     a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")

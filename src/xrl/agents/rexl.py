@@ -96,9 +96,12 @@ class RExLAgent(nn.Module):
                 yield p
 
     @torch.no_grad()
-    def encode(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Observations ``(B, D)``: extractor features (and the one-hot class for ``ds``)."""
-        features = self.extractor(states).flatten(1)
+    def encode(self, states: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Observations ``(B, D)``: the extractor's features standardised per state (a parameter-free
+        layer norm, so the MLP's input scale does not depend on the extractor) and, for ``ds``, the
+        one-hot class. ``features``: the extractor's output on ``states`` when already computed."""
+        features = (self.extractor(states) if features is None else features).flatten(1)
+        features = nn.functional.layer_norm(features, features.shape[1:])
         if self.one_hot:
             features = torch.cat([features, nn.functional.one_hot(targets, self.n_classes).to(features)], 1)
         return features

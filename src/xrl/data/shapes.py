@@ -83,7 +83,7 @@ def make_shapes(n: int, *, size: int = 56, seed: int = 0, clutter: int = 14) -> 
     masks = np.empty((n, size, size), dtype=bool)
     for i, label in enumerate(labels):
         image = _background(rng, size, clutter)
-        r = rng.uniform(0.12, 0.2) * size
+        r = rng.uniform(0.08, 0.12) * size
         cy, cx = rng.uniform(r + 1, size - r - 1, size=2)
         mask = shape_mask(CLASSES[label], size, cy, cx, r)
         colour = rng.uniform(0, 1, size=3)

@@ -65,6 +65,8 @@ class RExLArgs(AcerSettings):
     """frozen feature extractor: trunk (the explained network's own) or a torchvision architecture (weights=None)"""
     extractor_seed: int = 0
     """initialisation seed of a torchvision extractor"""
+    reward_scale: float = 0.0
+    """rewards are -p_c times this; 0 = 1/grid**2, so a return is minus the deletion AUC over cells (see docs/rexl.md)"""
     algo: str = "acer"
     """acer (xrl's, as the paper) or ppo, a2c, dqn (SB3, on the Gymnasium env)"""
     total_steps: int = 200_000
@@ -147,23 +149,42 @@ class MaskingVecEnv:
     steps, so all ``n_envs`` end together and restart on freshly drawn rows."""
 
     def __init__(self, batch: MaskingBatch, agent: RExLAgent, targets: torch.Tensor, rows: torch.Tensor,
-                 n_envs: int, seed: int) -> None:
+                 n_envs: int, seed: int, reward_scale: float = 1.0) -> None:
         self.batch, self.agent, self.all_targets, self.pool = batch, agent, targets, rows
+        self.reward_scale = float(reward_scale)
         self.n_envs, self.n_actions = int(n_envs), batch.n_cells
         self.generator = torch.Generator().manual_seed(int(seed) + 7)
+        # When the extractor is the explained network's own trunk (a submodule it runs once per
+        # forward), keep its output from the model's forward instead of computing it again.
+        self.captured: torch.Tensor | None = None
+        self.hook = None
+        if any(m is agent.extractor for m in batch.model.modules()):
+            self.hook = agent.extractor.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output) -> None:
+        self.captured = output
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def _encode(self, states: torch.Tensor) -> torch.Tensor:
+        features = self.captured if self.captured is not None and len(self.captured) == len(states) else None
+        self.captured = None
+        return self.agent.encode(states, self.batch.targets, features)
 
     def _new_episodes(self) -> torch.Tensor:
         rows = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
-        states = self.batch.reset(rows, self.all_targets[rows])
-        return self.agent.encode(states, self.batch.targets)
+        return self._encode(self.batch.reset(rows, self.all_targets[rows]))
 
     def reset(self) -> torch.Tensor:
         return self._new_episodes()
 
     def step(self, actions: torch.Tensor):
         states, rewards, done = self.batch.step(actions)
-        obs = self._new_episodes() if done else self.agent.encode(states, self.batch.targets)
-        return obs, rewards, torch.full((self.n_envs,), done)
+        obs = self._new_episodes() if done else self._encode(states)
+        return obs, rewards * self.reward_scale, torch.full((self.n_envs,), done)
 
     def state_dict(self) -> dict:
         b = self.batch
@@ -181,6 +202,10 @@ class MaskingVecEnv:
 
 
 # ------------------------------------------------------------------ 4. training
+
+
+def reward_scale(args: RExLArgs) -> float:
+    return args.reward_scale or 1.0 / args.grid ** 2
 
 
 def _check_args(args: RExLArgs, model: Model) -> None:
@@ -233,7 +258,14 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
 
 
 def _train_acer(args, run, agent, batch, targets, rows, stop_at) -> dict:
-    env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed)
+    env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed, reward_scale(args))
+    try:
+        return _acer_loop(args, run, agent, env, stop_at)
+    finally:
+        env.close()
+
+
+def _acer_loop(args, run, agent, env, stop_at) -> dict:
     acer = Acer(agent, env, settings_of(args), seed=args.seed)
     history: dict = {"updates": []}
     ckpt = run / "checkpoint.pt"
