@@ -104,7 +104,9 @@ def main(argv=None) -> None:
         covered = torch.tensor([int(t) in methods["RExL-CS"].agents for t in targets])
         states, targets = states[covered], targets[covered]
         labels = labels[covered] if labels is not None else None
-    print(f"{len(states)} states, targets {torch.bincount(targets, minlength=model.n_actions).tolist()}", flush=True)
+    with torch.no_grad():
+        accuracy = float((model(states).argmax(-1) == targets).float().mean())
+    print(f"accuracy on them {accuracy:.3f}; {len(states)} states, targets {torch.bincount(targets, minlength=model.n_actions).tolist()}", flush=True)
 
     table, maps = {}, {}
     for name, explainer in methods.items():
@@ -132,7 +134,7 @@ def main(argv=None) -> None:
     print("seconds per map", {k: round(v, 4) for k, v in per_map.items()}, flush=True)
 
     result = {"command": "python benchmarks/rexl_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "model": args.model, "data": args.data, "n_states": len(states), "rise_masks": args.rise_masks,
+              "model": args.model, "data": args.data, "n_states": len(states), "accuracy": accuracy, "rise_masks": args.rise_masks,
               "methods": table, "lambda_ablation": ablation, "seconds_per_map": per_map,
               "rise_over_rexl_cs_time": per_map["RISE"] / per_map["RExL-CS"] if "RExL-CS" in per_map else None,
               "rise_over_rexl_ds_time": per_map["RISE"] / per_map["RExL-DS"],

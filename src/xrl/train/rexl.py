@@ -65,6 +65,8 @@ class RExLArgs(AcerSettings):
     """frozen feature extractor: trunk (the explained network's own) or a torchvision architecture (weights=None)"""
     extractor_seed: int = 0
     """initialisation seed of a torchvision extractor"""
+    ent_coef: float = 0.0002
+    """entropy weight: stable-baselines' 0.01 times the reward scale 1/49, so it weighs as with unscaled rewards"""
     reward_scale: float = 0.0
     """rewards are -p_c times this; 0 = 1/grid**2, so a return is minus the deletion AUC over cells (see docs/rexl.md)"""
     algo: str = "acer"
