@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
+from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT, LabelsInInfo
 
 SCREEN = (210, 160)
 PONG_ROWS = (34, 194)  # the playing field between the walls
@@ -146,7 +146,7 @@ def label_map(now: dict[str, Box], before: list[dict[str, Box]] = (), always_exc
     return labels
 
 
-class ObjectLabels(gym.Wrapper):
+class ObjectLabels(LabelsInInfo):
     """Adds ``info["labels"]`` (84×84 int8) from the RAM after every ``reset`` and ``step``.
 
     ``frame_stack``: the objects of the last ``frame_stack - 1`` steps are excluded too (they are
@@ -165,7 +165,7 @@ class ObjectLabels(gym.Wrapper):
         """The objects on the current screen."""
         return self.objects(self.env.unwrapped.ale.getRAM())
 
-    def _labels(self, fresh: bool) -> np.ndarray:
+    def _labels(self, obs: np.ndarray, fresh: bool) -> np.ndarray:
         now = self.boxes()
         if fresh:
             self.history = []
@@ -173,16 +173,8 @@ class ObjectLabels(gym.Wrapper):
         self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
         return labels
 
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "labels": self._labels(fresh=True)}
 
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, {**info, "labels": self._labels(fresh=False)}
-
-
-class PixelLabels(gym.Wrapper):
+class PixelLabels(LabelsInInfo):
     """Adds ``info["labels"]`` (84×84 int8) from RAM and the newest screen after every ``reset``
     and ``step`` (MsPacman; module docstring), with :func:`xrl.envs.screens.object_labels`."""
 
@@ -194,7 +186,7 @@ class PixelLabels(gym.Wrapper):
         self.history: list[np.ndarray] = []
         self.size = tuple(env.observation_space.shape[-2:])
 
-    def _labels(self, fresh: bool) -> np.ndarray:
+    def _labels(self, obs: np.ndarray, fresh: bool) -> np.ndarray:
         from xrl.envs.screens import object_labels
 
         ale = self.env.unwrapped.ale
@@ -204,14 +196,6 @@ class PixelLabels(gym.Wrapper):
         labels = object_labels(important, uncertain, self.history, self.size, self.margin)
         self.history = ([important | uncertain] + self.history)[:max(self.frame_stack - 1, 0)]
         return labels
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "labels": self._labels(fresh=True)}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, {**info, "labels": self._labels(fresh=False)}
 
 
 def breakout_score(ram: np.ndarray) -> int:

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from xrl.envs import ENVS, EXTRAS, FAMILIES, import_extra, screens
-from xrl.envs.labels import EXCLUDED, IMPORTANT
+from xrl.envs.labels import EXCLUDED, IMPORTANT, LabelsInInfo
 
 NAME = "highway-fast"
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -50,7 +50,7 @@ def vehicle_mask(env, newest: np.ndarray) -> np.ndarray:
     return road != newest
 
 
-class VehicleLabels(gym.Wrapper):
+class VehicleLabels(LabelsInInfo):
     """Adds ``info["labels"]`` (module docstring) after every ``reset`` and ``step``."""
 
     def __init__(self, env: gym.Env, *, frame_stack: int) -> None:
@@ -68,14 +68,6 @@ class VehicleLabels(gym.Wrapper):
         labels[(obs[-1] == LANE_MARKING) & (labels != IMPORTANT)] = EXCLUDED
         self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
         return labels
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "labels": self._labels(obs, fresh=True)}
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated, truncated, {**info, "labels": self._labels(obs, fresh=False)}
 
 
 class ChannelsFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
