@@ -186,3 +186,20 @@ def test_sb3_trains_the_same_agent(classifier, tmp_path):
     agent, record = load_rexl_agent(path, classifier[1])
     assert agent.grid == 4 and record["mode"] == "ds"
     assert (tmp_path / "a2c" / "checkpoint.zip").exists()
+
+
+def test_the_trunk_output_is_reused_from_the_models_forward(classifier):
+    from xrl.agents.rexl import RExLAgent, build_extractor, shared_trunk
+    _, model = classifier
+    agent = RExLAgent(build_extractor(model, "trunk"), input_shape=model.input_shape, n_classes=4, grid=4,
+                      mode="ds", classes=[0, 1, 2, 3])
+    x, t = torch.rand(5, 3, 16, 16), torch.arange(5) % 4
+    calls = []
+    handle = agent.extractor.register_forward_hook(lambda *a: calls.append(1))
+    with shared_trunk(agent, model) as encode, torch.no_grad():
+        model(x)
+        obs = encode(x, t)
+    handle.remove()
+    assert len(calls) == 1  # the model's forward only
+    assert torch.allclose(obs, agent.encode(x, t)) and obs.shape[1] == agent.feature_dim + 4
+    assert not agent.extractor._forward_hooks  # removed

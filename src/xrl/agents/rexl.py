@@ -14,8 +14,10 @@ fingerprint) and its card ``rexl.json``; :func:`load_rexl_agent` refuses another
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -109,6 +111,28 @@ class RExLAgent(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.mlp(obs)
         return self.pi(h), self.q(h)
+
+
+@contextlib.contextmanager
+def shared_trunk(agent: RExLAgent, model: nn.Module) -> Iterator[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``encode(states, targets)`` that, when the agent's extractor is a submodule of the explained
+    ``model`` (its own trunk, run once per forward), takes the features from the model's last
+    forward pass on those states instead of running the trunk again; the hook is removed on exit."""
+    captured: list[torch.Tensor] = []
+    hook = None
+    if any(m is agent.extractor for m in model.modules()):
+        hook = agent.extractor.register_forward_hook(lambda module, inputs, output: captured.append(output))
+
+    def encode(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        features = captured[-1] if captured and len(captured[-1]) == len(states) else None
+        captured.clear()
+        return agent.encode(states, targets, features)
+
+    try:
+        yield encode
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def save_rexl_agent(agent: RExLAgent, path: str | Path, *, record: dict, card: dict) -> None:

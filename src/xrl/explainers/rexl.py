@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from xrl.agents.model import Model
-from xrl.agents.rexl import RExLAgent, load_rexl_agent
+from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
 from xrl.envs.masking import MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import gaussian_blur
@@ -140,15 +140,17 @@ class RExL(Explainer):
         batch = MaskingBatch(self.model, states, grid=self.grid, noise=record["noise"], seed=self.seed,
                              batch_size=self.batch_size, mean=record.get("noise_mean"), std=record.get("noise_std"))
         noise = batch.draw_noise(1).expand_as(states)  # one noise image for every state
-        current = batch.reset(torch.arange(len(states)), targets, noise=noise)
-        probs, actions = [batch.probs], []
-        for _ in range(batch.n_cells):
-            logits = agent(agent.encode(current, targets))[0]
-            if not self.repeat:
-                logits = logits.masked_fill(batch.masked, float("-inf"))
-            action = logits.argmax(-1)
-            current, _, _ = batch.step(action)
+        probs, actions = [], []
+        with shared_trunk(agent, self.model) as encode:  # one trunk pass per step when it is the model's
+            current = batch.reset(torch.arange(len(states)), targets, noise=noise)
             probs.append(batch.probs)
-            actions.append(action)
+            for _ in range(batch.n_cells):
+                logits = agent(encode(current, targets))[0]
+                if not self.repeat:
+                    logits = logits.masked_fill(batch.masked, float("-inf"))
+                action = logits.argmax(-1)
+                current, _, _ = batch.step(action)
+                probs.append(batch.probs)
+                actions.append(action)
         weights = normalise(cell_credit(torch.stack(probs, 1), torch.stack(actions, 1), batch.n_cells, self.lam))
         return (weights @ batch.cells.flatten(1).to(weights)).view(len(states), *states.shape[-2:])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import xrl
 from xrl.agents.model import Model
-from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent
+from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
 from xrl.envs.masking import MaskingBatch, check_grid
 from xrl.files import atomic_path, check_run_settings, write_json
 from xrl.train.acer import Acer, AcerSettings, settings_of
@@ -156,25 +156,15 @@ class MaskingVecEnv:
         self.reward_scale = float(reward_scale)
         self.n_envs, self.n_actions = int(n_envs), batch.n_cells
         self.generator = torch.Generator().manual_seed(int(seed) + 7)
-        # When the extractor is the explained network's own trunk (a submodule it runs once per
-        # forward), keep its output from the model's forward instead of computing it again.
-        self.captured: torch.Tensor | None = None
-        self.hook = None
-        if any(m is agent.extractor for m in batch.model.modules()):
-            self.hook = agent.extractor.register_forward_hook(self._capture)
-
-    def _capture(self, module, inputs, output) -> None:
-        self.captured = output
+        # the trunk's output is taken from the model's forward when the extractor is its trunk
+        self._shared = shared_trunk(agent, batch.model)
+        self._encoder = self._shared.__enter__()
 
     def close(self) -> None:
-        if self.hook is not None:
-            self.hook.remove()
-            self.hook = None
+        self._shared.__exit__(None, None, None)
 
     def _encode(self, states: torch.Tensor) -> torch.Tensor:
-        features = self.captured if self.captured is not None and len(self.captured) == len(states) else None
-        self.captured = None
-        return self.agent.encode(states, self.batch.targets, features)
+        return self._encoder(states, self.batch.targets)
 
     def _new_episodes(self) -> torch.Tensor:
         rows = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
