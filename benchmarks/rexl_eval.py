@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="xrl classifier .pt, zoo agent, xrl .pt or SB3 .zip")
     p.add_argument("--data", default="shapes", help="shapes (the test split) or a StateDataset .h5")
-    p.add_argument("--ds", required=True, help="RExL-DS agent (rexl.pt)")
+    p.add_argument("--ds", required=True, help="RExL-DS agent (rexl.pt); 'untrained': randomly initialised DS and "
+                   "CS agents (for --only-time)")
     p.add_argument("--cs", default="", help="comma-separated RExL-CS agents (one per class)")
     p.add_argument("--n", type=int, default=100, help="evaluation states")
     p.add_argument("--first-row", type=int, default=0, help="StateDataset: first evaluation row (after the training rows)")
@@ -92,6 +94,8 @@ def main(argv=None) -> None:
     p.add_argument("--rise-masks", type=int, default=RISE_PAPER_MASKS)
     p.add_argument("--layer", default=None, help="Grad-CAM / NormGrad layer (default: the last conv)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only-time", action="store_true", help="only Table 3 (seconds per map); an untrained agent "
+                   "costs what a trained one does (xrl.train.rexl.untrained_agent)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -99,6 +103,13 @@ def main(argv=None) -> None:
     model = load_explained(args.model)
     states, targets, labels = load_states(model, args.data, args.n, args.first_row, args.seed)
     cs = [c for c in args.cs.split(",") if c]
+    if args.ds == "untrained":
+        import tempfile
+        from xrl.train.rexl import untrained_agent
+        folder = Path(tempfile.mkdtemp())
+        args.ds = str(untrained_agent(model, folder / "ds.pt", seed=args.seed))
+        cs = [str(untrained_agent(model, folder / f"cs{c}.pt", mode="cs", classes=[c], seed=args.seed))
+              for c in range(model.n_actions)]
     methods = explainers(model, args.ds, cs, args.layer, args.rise_masks, args.seed)
     if cs:  # evaluate on the states every method can explain (a class with no CS agent is left out)
         covered = torch.tensor([int(t) in methods["RExL-CS"].agents for t in targets])
@@ -108,8 +119,8 @@ def main(argv=None) -> None:
         accuracy = float((model(states).argmax(-1) == targets).float().mean())
     print(f"accuracy on them {accuracy:.3f}; {len(states)} states, targets {torch.bincount(targets, minlength=model.n_actions).tolist()}", flush=True)
 
-    table, maps = {}, {}
-    for name, explainer in methods.items():
+    table, maps, ablation = {}, {}, {}
+    for name, explainer in ({} if args.only_time else methods).items():
         start = time.perf_counter()
         maps[name] = torch.cat([explainer.explain(states[i:i + 25], targets[i:i + 25]) for i in range(0, len(states), 25)])
         seconds = time.perf_counter() - start
@@ -117,27 +128,34 @@ def main(argv=None) -> None:
         table[name]["batched_seconds_per_map"] = seconds / len(states)
         print(name, {k: round(v["mean"], 4) for k, v in table[name].items() if isinstance(v, dict)}, flush=True)
 
-    ablation = {}
-    for lam in LAMBDAS:
+    for lam in () if args.only_time else LAMBDAS:
         saliency = xrl.get_explainer("rexl", model, agent=args.ds, lam=lam, seed=args.seed).explain(states, targets)
         ablation[str(lam)] = {k: summary(v) for k, v in scores(model, states, targets, labels, saliency).items()}
         print("lambda", lam, {k: round(v["mean"], 4) for k, v in ablation[str(lam)].items()}, flush=True)
 
     timed = {k: methods[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal") if k in methods}
     seconds: dict[str, list[float]] = {k: [] for k in timed}
-    for i in range(min(args.n_time, len(states))):  # interleaved: load from other processes hits all alike
+    cpu: dict[str, list[float]] = {k: [] for k in timed}
+    for i in range(min(args.n_time, len(states) - 1) + 1):  # interleaved: other processes' load hits all alike
         for name, explainer in timed.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             explainer.explain(states[i:i + 1], targets[i:i + 1])
-            seconds[name].append(time.perf_counter() - start)
+            if i > 0:  # the first round warms up (RISE draws its masks, caches fill)
+                seconds[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)  # one thread: the compute, whatever the load
     per_map = {k: float(np.mean(v)) for k, v in seconds.items()}
+    cpu_per_map = {k: float(np.mean(v)) for k, v in cpu.items()}
     print("seconds per map", {k: round(v, 4) for k, v in per_map.items()}, flush=True)
+    print("CPU seconds per map", {k: round(v, 4) for k, v in cpu_per_map.items()}, flush=True)
 
     result = {"command": "python benchmarks/rexl_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "model": args.model, "data": args.data, "n_states": len(states), "accuracy": accuracy, "rise_masks": args.rise_masks,
               "methods": table, "lambda_ablation": ablation, "seconds_per_map": per_map,
+              "cpu_seconds_per_map": cpu_per_map, "n_timed": len(seconds["RISE"]),
               "rise_over_rexl_cs_time": per_map["RISE"] / per_map["RExL-CS"] if "RExL-CS" in per_map else None,
               "rise_over_rexl_ds_time": per_map["RISE"] / per_map["RExL-DS"],
+              "rise_over_rexl_cs_cpu": cpu_per_map["RISE"] / cpu_per_map["RExL-CS"] if "RExL-CS" in cpu_per_map else None,
+              "rise_over_rexl_ds_cpu": cpu_per_map["RISE"] / cpu_per_map["RExL-DS"],
               "torch_threads": torch.get_num_threads()}
     write_json(args.out, result)
     print(f"wrote {args.out}")

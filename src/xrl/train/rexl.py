@@ -353,10 +353,11 @@ def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str 
                     extractor: str | torch.nn.Module = "trunk", seed: int = 0) -> Path:
     """Save a randomly initialised agent for ``model`` (what timing and contract tests need;
     its maps rank cells by an untrained policy)."""
-    torch.manual_seed(seed)
     module = build_extractor(model, extractor, seed)
-    agent = RExLAgent(module, input_shape=model.input_shape, n_classes=model.n_actions, grid=grid, mode=mode,
-                      classes=list(range(model.n_actions)) if classes is None else classes)
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        agent = RExLAgent(module, input_shape=model.input_shape, n_classes=model.n_actions, grid=grid, mode=mode,
+                          classes=list(range(model.n_actions)) if classes is None else classes)
     batch = MaskingBatch(model, torch.zeros(1, *model.input_shape), grid=grid)
     name = extractor if isinstance(extractor, str) else "module"
     save_rexl_agent(agent, path, record=agent_record(model, batch, name, seed), card={"what": "untrained RExL agent"})
