@@ -203,3 +203,12 @@ def test_the_trunk_output_is_reused_from_the_models_forward(classifier):
     assert len(calls) == 1  # the model's forward only
     assert torch.allclose(obs, agent.encode(x, t)) and obs.shape[1] == agent.feature_dim + 4
     assert not agent.extractor._forward_hooks  # removed
+
+
+def test_cli_flags_map_onto_the_training_args():
+    from xrl.cli import build_parser
+    args = build_parser().parse_args(["train", "rexl", "--model", "m.pt", "--mode", "cs", "--target-class", "2",
+                                      "--trust-region", "false"])
+    assert (args.mode, args.target_class, args.trust_region, args.grid) == ("cs", 2, False, 7)
+    assert args.learning_rate == 1e-4 and args.n_steps * args.n_envs == 490 and args.gamma == 1.0  # Table 5
+    assert build_parser().parse_args(["train", "classifier"]).data == "shapes"
