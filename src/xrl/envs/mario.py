@@ -88,7 +88,7 @@ class MarioEnv(gym.Env):
         action_sets = import_extra("gym_super_mario_bros.actions", "mario", NAME)
         from nes_py.wrappers import JoypadSpace
 
-        world, _, level = stage.partition("-")
+        world, _, level = stage.partition("-") if isinstance(stage, str) else ("", "", "")
         if not (world.isdigit() and level.isdigit() and 1 <= int(world) <= 8 and 1 <= int(level) <= 4):
             raise ValueError(f"stage must be 'W-S' with world 1..8 and stage 1..4, got {stage!r}")
         for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0), ("max_steps", max_steps, 1)):
