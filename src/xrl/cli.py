@@ -96,6 +96,12 @@ def _dataclass_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -
                             help=docs.get(f.name, "") + ("" if required else f" (default {default})"))
 
 
+def _from_flags(cls, args: argparse.Namespace):
+    """The training dataclass ``cls`` filled from the flags ``_dataclass_flags`` made for it."""
+    import dataclasses
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -122,38 +128,31 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 def cmd_train_digr(args) -> None:
-    import dataclasses
     from xrl.train.digr import DigrArgs, train_digr
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(DigrArgs) if hasattr(args, f.name)}
-    path = train_digr(DigrArgs(**settings))
+    path = train_digr(_from_flags(DigrArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nstudent: {json.dumps(card['score'])}\nteacher: {json.dumps(card['teacher_score'])}")
 
 
 def cmd_train_masks(args) -> None:
-    import dataclasses
     from xrl.train import visionmask
     cls, train = {"visionmask": (visionmask.VisionMaskArgs, visionmask.train_visionmask),
                   "stalder-explainer": (visionmask.StalderArgs, visionmask.train_stalder)}[args.what]
-    path = train(cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}))
+    path = train(_from_flags(cls, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nbest epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}")
 
 
 def cmd_train_rexl(args) -> None:
-    import dataclasses
     from xrl.train.rexl import RExLArgs, train_rexl
-    path = train_rexl(RExLArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RExLArgs)
-                                  if hasattr(args, f.name)}))
+    path = train_rexl(_from_flags(RExLArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\n{card['what']}: {json.dumps(card['score'])}")
 
 
 def cmd_train_classifier(args) -> None:
-    import dataclasses
     from xrl.classifiers import ClassifierArgs, train_classifier
-    path = train_classifier(ClassifierArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierArgs)
-                                              if hasattr(args, f.name)}))
+    path = train_classifier(_from_flags(ClassifierArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nbest: {json.dumps(card['score'])}")
 
