@@ -58,6 +58,9 @@ def main(argv=None) -> int:
                         "protocol); 'reference' = the VisionMask network's reference (what it was trained with)")
     p.add_argument("--speed-states", type=int, default=256)
     p.add_argument("--name", default="visionmask_eval", help="benchmarks/results/<name>.json")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help="comma-separated baseline methods scored beside the networks ('none': only the "
+                        "networks, e.g. for the ablations of Table 2)")
     args = p.parse_args(argv)
 
     model = xrl.load_agent(args.agent)
@@ -75,7 +78,11 @@ def main(argv=None) -> int:
         methods = {"visionmask": {"network": args.visionmask}}
         if args.stalder:
             methods["stalder_explainer"] = {"network": args.stalder}
-        methods.update({m: {} for m in BASELINES})
+        baselines = [] if args.baselines == "none" else [m for m in args.baselines.split(",") if m]
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise SystemExit(f"--baselines: unknown {unknown}; expected a subset of {list(BASELINES)} or 'none'")
+        methods.update({m: {} for m in baselines})
         saliency: dict = {}
         result = evaluate(model, ds, methods, metrics, rows=rows, saliency=saliency)
         raw = evaluate(model, ds, {"visionmask": methods["visionmask"]},

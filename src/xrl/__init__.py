@@ -11,6 +11,23 @@ Entry points::
 """
 __version__ = "0.1.0"
 
+
+def _import_old_gym_quietly() -> None:
+    """The ``mario`` extra installs the old ``gym`` 0.26, which prints a deprecation notice to
+    stderr on import; Stable-Baselines3 imports it (only to detect it) on every start, so every
+    xrl command would print it. Import it once here with that notice swallowed."""
+    import contextlib
+    import importlib.util
+    import io
+    import sys
+    if "gym" in sys.modules or importlib.util.find_spec("gym") is None:
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gym  # noqa: F401
+
+
+_import_old_gym_quietly()
+
 from xrl.agents.model import Model, as_model
 from xrl.envs import list_envs, make_env
 from xrl.explainers import get_explainer, list_explainers
