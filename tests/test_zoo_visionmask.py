@@ -13,7 +13,7 @@ from xrl.evaluation import evaluate
 from xrl.train.visionmask import split_indices
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
-ENTRIES = {"red-fetch-green-visionmask": "red-fetch-green", "pong-visionmask": str(ZOO / "pong-visionmask" / "agent.pt")}
+ENTRIES = {"red-fetch-green-visionmask": "red-fetch-green", "pong-visionmask": "pong"}
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
