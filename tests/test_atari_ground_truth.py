@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from xrl.envs import env_spec, make_env
-from xrl.envs.atari_objects import (MSPACMAN_OBJECTS, BreakoutInfinite, breakout_score, label_map, mspacman_envelope,
-                                    pong_objects, to_grid)
+from xrl.envs.atari_objects import (MSPACMAN_OBJECTS, SPACE_INVADERS_SHIELDS, BreakoutInfinite, breakout_score,
+                                    label_map, mspacman_envelope, pong_objects, seaquest_envelopes, seaquest_objects,
+                                    space_invaders_envelopes, space_invaders_objects, to_grid)
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 from xrl.metrics import get_metric
 
@@ -114,8 +115,8 @@ def test_settings_are_recorded_and_checked():
     env = make_env("breakout", labels=True, infinite=True)
     assert env_spec(env)["settings"]["labels"] is True and env_spec(env)["settings"]["infinite"] is True
     assert env_spec(make_env("pong"))["settings"]["labels"] is False
-    with pytest.raises(ValueError, match="RAM ground truth exists for breakout, ms-pacman, pong"):
-        make_env("seaquest", labels=True)
+    with pytest.raises(ValueError, match="RAM ground truth exists for breakout, ms-pacman, pong, seaquest, space-invaders"):
+        make_env("enduro", labels=True)
     with pytest.raises(ValueError, match="applies to breakout"):
         make_env("pong", infinite=True)
     with pytest.raises(TypeError, match="labels must be a bool"):
@@ -201,3 +202,59 @@ def test_mspacman_envelopes_hold_every_drawn_sprite_and_labels_mark_them():
     assert drawn["player"] >= 550 and min(drawn.values()) >= 150, drawn  # ghosts flicker
     assert all(outside[name] == 0 for name in ("sue", "inky", "pinky", "blinky")), outside
     assert outside["player"] <= 0.01 * drawn["player"], outside
+
+
+#: game -> (RAM -> envelopes, screen -> object pixels, screen pixels never checked)
+ENVELOPE_GAMES = {"seaquest": (seaquest_envelopes, seaquest_objects, ()),
+                  "space-invaders": (space_invaders_envelopes, space_invaders_objects, SPACE_INVADERS_SHIELDS)}
+ALIEN = (134, 134, 29)
+
+
+@pytest.mark.parametrize("game", ["seaquest", "space-invaders"])
+def test_ram_envelopes_hold_every_drawn_object_and_labels_mark_them(game):
+    """Seeded random play: every object pixel on the screen (Seaquest: whatever in the sea is not
+    water; SpaceInvaders: whatever is not black above the ground, but scores, lives and shields)
+    lies inside an envelope RAM gives, in every frame but a few (a bullet drawn once more after RAM
+    reset it; SpaceInvaders: the explosion of an alien just shot, whose RAM bit is already
+    cleared, must lie in that alien's grid cell); the envelopes of the objects that do
+    not flicker hold drawn pixels; and the label map makes exactly those pixels important."""
+    import cv2
+    envelopes, objects_of, unchecked = ENVELOPE_GAMES[game]
+    filled, total, frames, unexplained, explosions = {}, {}, 0, 0, 0
+    for seed in range(2):
+        env, recording = recorded(game, 200, seed=seed)
+        for screen, ram, labels, obs in recording:
+            boxes, objects = envelopes(ram), objects_of(screen)
+            inside = np.zeros(objects.shape, dtype=bool)
+            for name, box in boxes.items():
+                inside[box.top:box.bottom, box.left:box.right] = True
+                kind = name.rstrip("0123456789_")
+                total[kind] = total.get(kind, 0) + 1
+                filled[kind] = filled.get(kind, 0) + bool(objects[box.top:box.bottom, box.left:box.right].any())
+            out = objects & ~inside
+            for box in unchecked:
+                out[box.top:box.bottom, box.left:box.right] = False
+            frames += 1
+            alien = (screen == np.asarray(ALIEN)).all(-1)
+            unexplained += bool((out & ~alien).any())
+            if game == "space-invaders":  # an explosion lies in the grid cell of a dead alien
+                dead = np.zeros_like(alien)
+                for row in range(6):
+                    for column in range(6):
+                        if not ram[23 - row] >> column & 1:
+                            top, left = 31 + 2 * int(ram[16]) + 18 * row, int(ram[26]) - 1 + 16 * column
+                            dead[max(top, 0):top + 10, max(left, 0):left + 8] = True
+                out &= ~dead
+            explosions += bool((out & alien).any())
+            footprint = cv2.resize((objects & inside).astype(np.float32), (84, 84), interpolation=cv2.INTER_AREA) > 0
+            np.testing.assert_array_equal(labels == IMPORTANT, footprint)
+            assert (labels == UNIMPORTANT).mean() > 0.3
+    assert frames >= 300
+    assert unexplained <= 0.03 * frames, (unexplained, frames)
+    assert explosions == 0, (explosions, frames)
+    kinds = {"seaquest": ("player", "enemy", "diver", "torpedo"), "space-invaders": ("player", "alien", "bullet")}[game]
+    assert all(total.get(kind, 0) >= 50 for kind in kinds), total
+    # bullets flicker (drawn on every other frame) and keep a stale RAM position a while after a hit
+    assert all(filled[kind] >= (0.3 if kind == "bullet" else 0.85) * total[kind] for kind in kinds), (filled, total)
+    steady = {"seaquest": ("enemy", "diver"), "space-invaders": ("alien",)}[game]
+    assert all(filled[kind] == total[kind] for kind in steady), (filled, total)

@@ -1,4 +1,4 @@
-"""Ground truth for Atari from the emulator RAM: where the ball and the paddles are, as per-pixel
+"""Ground truth for Atari from the emulator RAM: where the player and the objects it meets are, as per-pixel
 label maps at the observation's 84×84 resolution (:mod:`xrl.envs.labels`: 1 important,
 0 unimportant, -1 excluded), so ``localization`` scores Atari agents as it does Red-Fetch-Green.
 
@@ -28,6 +28,28 @@ seeded play, ``tests/test_atari_ground_truth.py``), and within it the pixels of 
 colour on the newest screen are important; the rest of each envelope (a ghost not drawn on this
 frame, blue frightened ghosts, the jitter) is excluded, as are a 1-pixel ring and the
 envelopes of the older frames; the maze, dots and score are unimportant.
+
+Seaquest and SpaceInvaders (:class:`PixelLabels`, same rules): RAM gives each object an
+envelope, and the *object pixels* inside it on the newest screen are important. Object pixels
+are found without RAM: in Seaquest whatever in the sea (rows 45..152) is not water (the sharks
+change colour from wave to wave), in SpaceInvaders whatever is not black above the ground but
+the scores, the lives count and the shields. Object pixels outside every envelope (an explosion
+whose RAM slot is already cleared, Seaquest's surface patrol submarine of later waves, which
+AtariARI does not map) are excluded, never unimportant.
+
+* Seaquest: AtariARI ``player_x = 70, player_y = 97, player_missile_x = 103,
+  enemy_obstacle_x = 30..33, diver_or_enemy_missile_x = 71..74`` (one per lane, lane 0 the
+  lowest); which of a lane's three enemies (at x, x + 16, x + 32) exist is bit 2, 1, 0 of RAM
+  ``36..39`` (from OCAtari, Delfosse et al. 2023, ``ocatari/ram/seaquest.py``). Important: the
+  submarine (16 × 11), its torpedo, the sharks and enemy submarines, the divers and enemy
+  torpedoes (a lane's envelope is 14 rows high: sharks bob).
+* SpaceInvaders: AtariARI ``player_x = 28, enemies_x = 26``; the aliens' row offset ``16``,
+  which aliens are alive (RAM ``18..23``, one byte per row from the bottom, bit j the j-th
+  column) and the bullets (cannon ``x = 87, y = 85``; aliens ``x = 83, 84, y = 81, 82``) from
+  OCAtari (``ocatari/ram/spaceinvaders.py``). Important: the cannon, every alien alive, the
+  bullets. The bullets flicker (the cannon's and the aliens' are drawn on alternate frames), so
+  a bullet's envelope holds where it is on the newest two screens, and it is excluded where the
+  newest screen does not draw it. The shields are excluded (uncertain, as Breakout's bricks).
 """
 from __future__ import annotations
 
@@ -115,9 +137,115 @@ def mspacman_masks(ram: np.ndarray, screen: np.ndarray) -> tuple[np.ndarray, np.
     return important, envelopes & ~important
 
 
+def envelope_masks(envelopes: list[Box], objects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(important, uncertain) screen masks from RAM envelopes and the screen's object pixels
+    ``objects`` (bool): object pixels inside an envelope are important; the rest of each envelope
+    and object pixels that no envelope explains are uncertain."""
+    inside = np.zeros(SCREEN, dtype=bool)
+    for box in envelopes:
+        inside[box.top:box.bottom, box.left:box.right] = True
+    important = objects & inside
+    return important, (inside | objects) & ~important
+
+
+SEAQUEST_SEA = (45, 153)  # rows from the surface to the sea bed
+SEAQUEST_COLUMNS = (8, 160)  # right of the black HMOVE bar
+SEAQUEST_WATER = ((0, 28, 136), (24, 59, 157))  # water and the surface waves
+
+
+def seaquest_envelopes(ram: np.ndarray) -> dict[str, Box]:
+    """Screen areas of Seaquest's submarine, its torpedo, and the sharks, enemy submarines, divers
+    and enemy torpedoes of the four lanes (lane 0 the lowest) whose RAM places them on screen."""
+    ram = ram.astype(int)
+    x, y = ram[70], ram[97]
+    boxes = {"player": Box(y + 33, y + 44, x, x + 16)}
+    if 0 < ram[103] < 160:
+        boxes["torpedo"] = Box(y + 37, y + 43, ram[103], ram[103] + 8)
+    for lane in range(4):
+        top = 137 - 24 * lane
+        for bit, offset in ((4, 0), (2, 16), (1, 32)):  # the lane's group: left, middle, right enemy
+            if ram[36 + lane] & bit:
+                left = (ram[30 + lane] + offset) % 256
+                boxes[f"enemy{lane}_{offset}"] = Box(top, top + 14, left, left + 8)
+        if 0 < ram[71 + lane] < 160:  # a diver, or the torpedo of the lane's enemy submarine
+            boxes[f"diver{lane}"] = Box(top, top + 14, ram[71 + lane], ram[71 + lane] + 8)
+    clipped = {k: b.clip(SEAQUEST_SEA, SEAQUEST_COLUMNS) for k, b in boxes.items()}
+    return {k: b for k, b in clipped.items() if b is not None}
+
+
+def seaquest_objects(screen: np.ndarray) -> np.ndarray:
+    """Seaquest's object pixels (bool ``(210, 160)``): everything in the sea that is not water."""
+    objects = np.zeros(SCREEN, dtype=bool)
+    sea = screen[SEAQUEST_SEA[0]:SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0]:SEAQUEST_COLUMNS[1]]
+    water = np.zeros(sea.shape[:2], dtype=bool)
+    for colour in SEAQUEST_WATER:
+        water |= (sea == np.asarray(colour, np.uint8)).all(-1)
+    objects[SEAQUEST_SEA[0]:SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0]:SEAQUEST_COLUMNS[1]] = ~water
+    objects[55] = False  # the black line under the surface
+    return objects
+
+
+def seaquest_masks(ram: np.ndarray, screen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Screen masks ``(210, 160)`` bool: (important, uncertain) as in the module docstring."""
+    return envelope_masks(list(seaquest_envelopes(ram).values()), seaquest_objects(screen))
+
+
+SPACE_INVADERS_FIELD = (0, 195)  # above the ground
+SPACE_INVADERS_SCORE_ROWS = (0, 30)  # the scores (and the flying saucer's path)
+SPACE_INVADERS_GREEN = (50, 132, 50)  # the cannon, and the first player's score
+SPACE_INVADERS_YELLOW = (162, 134, 56)  # the second player's score and the lives count (HUD)
+SPACE_INVADERS_SHIELD = (181, 83, 40)
+SPACE_INVADERS_SAUCER = (151, 25, 122)  # the flying saucer (its own colour, above the aliens)
+#: the three shields (screen boxes; they erode but never move)
+SPACE_INVADERS_SHIELDS = tuple(Box(157, 175, 42 + 32 * i, 50 + 32 * i) for i in range(3))
+
+
+def space_invaders_envelopes(ram: np.ndarray) -> dict[str, Box]:
+    """Screen areas of SpaceInvaders' laser cannon, every alien alive and the three bullets."""
+    ram = ram.astype(int)
+    boxes = {"player": Box(185, 195, ram[28] - 2, ram[28] + 7)}  # it lags a column when moving
+    x, y = ram[26], ram[16]
+    for row in range(6):  # from the top; RAM 23 holds the top row, 18 the bottom one
+        for column in range(6):  # bit j: the j-th alien from the left is alive
+            if ram[23 - row] >> column & 1:
+                top, left = 31 + 2 * y + 18 * row, x - 1 + 16 * column
+                boxes[f"alien{row}{column}"] = Box(top, top + 10, left, left + 8)
+    for name, xa, ya in (("bullet", 87, 85), ("bomb1", 83, 81), ("bomb2", 84, 82)):
+        # bullets flicker (the cannon's on one frame, the aliens' on the other) and move up to 4
+        # rows a frame: the envelope holds where they are drawn on the newest two screens
+        boxes[name] = Box(2 * ram[ya] - 3, 2 * ram[ya] + 17, ram[xa] - 2, ram[xa] - 1)
+    clipped = {k: b.clip(SPACE_INVADERS_FIELD) for k, b in boxes.items()}
+    return {k: b for k, b in clipped.items() if b is not None}
+
+
+def space_invaders_objects(screen: np.ndarray) -> np.ndarray:
+    """SpaceInvaders' object pixels (bool ``(210, 160)``): everything not black above the ground,
+    but the scores, the lives count and the shields."""
+    objects = (screen != 0).any(-1)
+    for colour in (SPACE_INVADERS_YELLOW, SPACE_INVADERS_SHIELD):
+        objects &= ~(screen == np.asarray(colour, np.uint8)).all(-1)
+    objects[SPACE_INVADERS_FIELD[1]:] = False
+    rows = slice(*SPACE_INVADERS_SCORE_ROWS)
+    objects[rows] &= ~(screen[rows] == np.asarray(SPACE_INVADERS_GREEN, np.uint8)).all(-1)
+    return objects
+
+
+def space_invaders_masks(ram: np.ndarray, screen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Screen masks ``(210, 160)`` bool: (important, uncertain) as in the module docstring."""
+    important, uncertain = envelope_masks(list(space_invaders_envelopes(ram).values()), space_invaders_objects(screen))
+    saucer = (screen == np.asarray(SPACE_INVADERS_SAUCER, np.uint8)).all(-1)  # its colour alone finds it
+    important, uncertain = important | saucer, uncertain & ~saucer
+    for box in SPACE_INVADERS_SHIELDS:
+        area = (slice(box.top, box.bottom), slice(box.left, box.right))
+        uncertain[area] |= ~important[area]
+    return important, uncertain
+
+
 #: xrl game name -> (RAM, screen) -> (important, uncertain) screen masks
 PIXEL_GAMES: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "ms-pacman": mspacman_masks,
+    "seaquest": seaquest_masks,
+    "space-invaders": space_invaders_masks,
 }
 
 
