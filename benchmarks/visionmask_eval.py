@@ -95,6 +95,11 @@ def main(argv=None) -> int:
 
     columns = result.columns + ["accuracy (raw mask)"]
     print(_markdown(means, result.methods, columns, result.higher_is_better))
+    paired = paired_differences(result.values, "visionmask", ("deletion", "insertion"))
+    for col, rows_ in paired.items():
+        print(f"\n{col}: VisionMask minus each method, mean over the same states, 95% bootstrap CI")
+        for m, d in rows_.items():
+            print(f"  {m:18s} {d['mean']:+.3f}  [{d['low']:+.3f}, {d['high']:+.3f}]  (n={d['n']})")
     print(f"\nVisionMask {speed['visionmask_states_per_s']:.0f} states/s (all {model.n_actions} masks, batched), "
           f"Greydanus {speed['greydanus_states_per_s']:.1f} states/s: "
           f"{speed['visionmask_states_per_s'] / speed['greydanus_states_per_s']:.0f}x")
@@ -102,9 +107,37 @@ def main(argv=None) -> int:
         "command": "python benchmarks/visionmask_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "agent": args.agent, "data": args.data, "test_rows": rows.tolist(), "torch_threads": torch.get_num_threads(),
         "means": means, "higher_is_better": result.higher_is_better, "skipped": result.skipped, "speed": speed,
+        "values": result.values, "paired_vs_visionmask": paired,
     })
     print(f"wrote {path}")
     return 0
+
+
+def paired_differences(values: dict, reference: str, columns, *, resamples: int = 10_000,
+                       seed: int = 0) -> dict[str, dict[str, dict]]:
+    """For each column and each other method: the mean over states of ``reference - method`` on
+    the same states (NaNs dropped pairwise) with a 95% percentile-bootstrap interval
+    (``scipy.stats.bootstrap``, seeded). An interval containing 0 means the 32-state sample does
+    not separate the two methods."""
+    from scipy.stats import bootstrap
+    out: dict = {}
+    for col in columns:
+        if col not in values.get(reference, {}):
+            continue
+        out[col] = {}
+        ref = np.asarray(values[reference][col], dtype=np.float64)
+        for method, cols in values.items():
+            if method == reference or col not in cols:
+                continue
+            diff = ref - np.asarray(cols[col], dtype=np.float64)
+            diff = diff[~np.isnan(diff)]
+            if diff.size < 2:
+                continue
+            ci = bootstrap((diff,), np.mean, n_resamples=resamples, method="percentile",
+                           rng=np.random.default_rng(seed)).confidence_interval
+            out[col][method] = {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high),
+                                "n": int(diff.size)}
+    return out
 
 
 def _speed(model, network_path: str, states: torch.Tensor) -> dict:
