@@ -42,7 +42,9 @@ Other settings, same meaning in both versions:
 - ``frame_stack_padding``: ``"reset"`` (repeat the first screen) or ``"zero"``; ``None`` = the
   version's default (v5 ``"reset"``, v4 ``"zero"``).
 - ``labels``: put RAM ground truth (84×84 int8) in ``info["labels"]``: ball and paddles (Pong and
-  Breakout), Ms. Pac-Man and the ghosts (MsPacman); :mod:`xrl.envs.atari_objects`. Default False.
+  Breakout), Ms. Pac-Man and the ghosts (MsPacman), the submarine, its torpedo, sharks, enemy
+  submarines and divers (Seaquest), the cannon, live aliens and bullets (SpaceInvaders);
+  :mod:`xrl.envs.atari_objects`. Default False.
 - ``infinite``: Breakout only, "BreakoutInfinite" (FLS appendix 6.2): the bricks keep respawning
   instead of stopping after two walls (864 points). Default False.
 
