@@ -170,13 +170,17 @@ def test_same_seed_same_maps(name):
 def test_batch_equals_per_sample_loop(name):
     model, x = tiny_model(name), states(4)
     targets = torch.tensor([0, 2, 1, 2])
+    # RExL's map comes from 49 sequential forward passes, each on the state the previous picks
+    # masked; batched and single-state matmuls round differently (seen: 2e-5 on values ~0.06) and
+    # that compounds over the episode. A different pick would differ by a whole cell weight.
+    tol = dict(rtol=1e-3, atol=1e-4) if name == "rexl" else dict(rtol=1e-5, atol=1e-6)
     for small in (make(name, model), make(name, model, batch_size=3)):  # chunks split states
         batch = small.explain(x)
         loop = torch.cat([small.explain(x[i : i + 1]) for i in range(len(x))])
-        torch.testing.assert_close(batch, loop, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batch, loop, **tol)
         batch = small.explain(x, targets=targets)
         loop = torch.cat([small.explain(x[i : i + 1], targets=int(t)) for i, t in enumerate(targets)])
-        torch.testing.assert_close(batch, loop, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batch, loop, **tol)
 
 
 @pytest.mark.parametrize("name", NAMES)
