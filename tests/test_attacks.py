@@ -126,3 +126,27 @@ def test_xrl_attack_command_writes_table_and_figure(tmp_path, capsys):
     for name in ("attacks.csv", "attacks.json", "attacks.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert main(["attack", "--agent", "red-fetch-green", "--attacks", "cw", "--out", str(tmp_path)]) == 2
+
+
+def test_reseeding_with_a_list_gives_each_row_the_stream_it_would_have_alone():
+    model, x = tiny_model(), states(3)
+    batched = get_attack("pgd", model, eps=0.05)
+    batched.reseed([7, 8, 9])
+    together = batched(x)
+    for j, seed in enumerate([7, 8, 9]):
+        alone = get_attack("pgd", model, eps=0.05)
+        alone.reseed(seed)
+        assert torch.allclose(together[j:j + 1], alone(x[j:j + 1]), atol=1e-6)
+    with pytest.raises(ValueError, match="3 streams, one per row.*batch of 2"):
+        batched(x[:2])
+
+
+def test_episodes_played_side_by_side_are_the_episodes_played_one_at_a_time():
+    from xrl.train.agent import evaluate
+    model = xrl.load_agent("red-fetch-green")
+    for attack in (None, get_attack("pgd", model, eps=0.02, steps=2)):  # a mix of won and lost
+        one = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False)
+        side = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False, batch=2)
+        assert one == side
+    with pytest.raises(ValueError, match="batch must be a positive"):
+        evaluate(model, "red-fetch-green", {}, episodes=1, seed=0, batch=0)

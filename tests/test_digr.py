@@ -120,12 +120,17 @@ def test_saliency_dataset_resumes_after_an_interruption(tmp_path, monkeypatch):
 
 def test_a_resumed_digr_run_equals_an_uninterrupted_one(tmp_path):
     whole = train_digr(tiny_args(tmp_path, "whole"))
-    stopped = train_digr(tiny_args(tmp_path, "split"), stop_at=3)
+    stopped = train_digr(tiny_args(tmp_path, "split", snapshots=True), stop_at=3)
     assert stopped.name == "checkpoint.pkl" and not (tmp_path / "split" / "agent.pt").exists()
-    resumed = train_digr(tiny_args(tmp_path, "split"))
+    resumed = train_digr(tiny_args(tmp_path, "split", snapshots=True))
     a = torch.load(whole, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # snapshots do not change the run
+    snaps = sorted((tmp_path / "split" / "snapshots").glob("*.pt"))
+    assert [p.name for p in snaps] == ["agent-000003.pt", "agent-000006.pt"]
+    last = torch.load(snaps[-1], weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], last[k]) for k in a)
+    assert json.loads(snaps[0].with_suffix(".json").read_text())["updates"] == 3
     card = json.loads(whole.with_suffix(".json").read_text())
     assert card["arch"] == "grid_cnn" and card["updates"] == 6 and "teacher_score" in card
     history = json.loads((tmp_path / "whole" / "history.json").read_text())

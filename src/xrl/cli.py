@@ -196,7 +196,7 @@ def cmd_attack(args) -> None:
     for agent in args.agent:
         model = load_agent(agent)
         results[agent] = return_under_attack(model, attacks, eps, episodes=args.episodes, seed=args.seed,
-                                             attack_settings=settings)
+                                             attack_settings=settings, batch=args.batch)
         sources[agent] = model.info.get("card", {})
         for name, rows in results[agent].items():
             print(f"{agent} {name}: " + "  ".join(f"eps {r['eps']:g}: {r['mean_return']:.3f}" for r in rows))
@@ -372,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)")
     a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
     a.add_argument("--episodes", type=int, default=50)
+    a.add_argument("--batch", type=int, default=8, help="episodes played side by side (one batched attack a step)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="attack-results")
     a.set_defaults(fn=cmd_attack)

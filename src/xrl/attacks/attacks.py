@@ -29,6 +29,9 @@ The attacked action is ``actions`` when given, else the model's argmax on the cl
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,7 +64,7 @@ class Attack:
         if not low < high:
             raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
         self.model, self.eps, self.bounds, self.seed = model, float(eps), (low, high), int(seed)
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._generators = [torch.Generator().manual_seed(self.seed)]
 
     def __call__(self, states: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial states ``(B, C, H, W)`` within ``eps`` (L∞) of ``states`` and in ``bounds``."""
@@ -80,9 +83,14 @@ class Attack:
                 raise ValueError(f"actions must be indices in [0, {self.model.n_actions}), got {actions.tolist()}")
             return self._perturb(clean, actions).detach()
 
-    def reseed(self, seed: int) -> None:
-        """Restart the random stream (e.g. once per evaluation episode)."""
-        self._generator.manual_seed(int(seed))
+    def reseed(self, seed: int | Sequence[int]) -> None:
+        """Restart the random stream (e.g. once per evaluation episode). A list of seeds gives
+        each row of the following batches its own stream (row ``j`` draws from ``seed[j]``), so
+        episodes attacked side by side draw what each would draw alone."""
+        seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+        if not seeds:
+            raise ValueError("reseed needs at least one seed")
+        self._generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def _perturb(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -102,7 +110,15 @@ class Attack:
         return inside.clamp(*self.bounds)
 
     def _random_start(self, states: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(states.shape, generator=self._generator).to(states) * 2 - 1  # U(-1, 1)
+        gens = self._generators
+        if len(gens) == 1:
+            noise = torch.rand(states.shape, generator=gens[0])
+        elif len(gens) == len(states):
+            noise = torch.stack([torch.rand(states.shape[1:], generator=g) for g in gens])
+        else:
+            raise ValueError(f"the attack was reseeded with {len(gens)} streams, one per row, "
+                             f"but got a batch of {len(states)} states")
+        noise = noise.to(states) * 2 - 1  # U(-1, 1)
         return self._project(states + self.eps * noise, states)
 
 

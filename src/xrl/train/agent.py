@@ -246,32 +246,47 @@ def agent_model(algo: PPO, args: AgentArgs) -> Model:
 
 
 def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
-             perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True) -> dict:
+             perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
+             batch: int = 1) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
     (success = positive return, meaningful for goal-reaching envs).
 
-    ``perturb`` maps the model's input states ``(1, C, H, W)`` to the states it acts on (an
-    adversarial attack, see :mod:`xrl.attacks`); it may have a ``reseed(seed)`` method, called
-    with the episode's seed so that every episode is reproducible on its own."""
-    env = make_env(env_name, **settings)
+    ``perturb`` maps the model's input states ``(B, C, H, W)`` to the states it acts on (an
+    adversarial attack, see :mod:`xrl.attacks`); it may have a ``reseed(seeds)`` method, called
+    with the seeds of the episodes in the batch (one random stream per episode), so that every
+    episode is reproducible on its own.
+
+    ``batch``: episodes played side by side in lockstep, one batched forward (and attack) per
+    step. The episodes and random streams are the ones of ``batch=1``; only floating-point
+    rounding of batched convolutions can differ. A finished episode's env waits on its last
+    observation until the whole batch is done."""
+    if isinstance(batch, bool) or int(batch) < 1:
+        raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
+    envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
     returns = []
-    for i in tqdm(range(episodes), desc="evaluate", leave=False, disable=not progress):
-        obs, _ = env.reset(seed=seed + i)
-        if hasattr(perturb, "reseed"):
-            perturb.reseed(seed + i)
-        total, done = 0.0, False
-        while not done:
-            if perturb is None:
-                action = int(model.act(obs)[0])
-            else:
-                states = perturb(model.preprocess(obs))
+    with tqdm(total=episodes, desc="evaluate", leave=False, disable=not progress) as bar:
+        for first in range(0, episodes, len(envs)):
+            group = list(range(first, min(first + len(envs), episodes)))
+            obs = [np.asarray(env.reset(seed=seed + i)[0]) for env, i in zip(envs, group)]
+            if hasattr(perturb, "reseed"):
+                perturb.reseed([seed + i for i in group])
+            totals, running = [0.0] * len(group), [True] * len(group)
+            while any(running):
+                states = model.preprocess(np.stack(obs))
+                if perturb is not None:
+                    states = perturb(states)
                 with torch.inference_mode():
-                    action = int(model(states).argmax(-1)[0])
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
+                    actions = model(states).argmax(-1).tolist()
+                for j, env in enumerate(envs[:len(group)]):
+                    if running[j]:
+                        o, reward, terminated, truncated, _ = env.step(actions[j])
+                        obs[j], totals[j] = np.asarray(o), totals[j] + float(reward)
+                        if terminated or truncated:
+                            running[j] = False
+                            bar.update(1)
+            returns += totals
+    for env in envs:
+        env.close()
     returns = np.asarray(returns)
     return {"episodes": episodes, "seed": seed, "mean_return": float(returns.mean()),
             "std_return": float(returns.std()), "success_rate": float((returns > 0).mean())}

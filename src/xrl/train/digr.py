@@ -268,6 +268,9 @@ class DigrArgs:
     eval_episodes: int = 20
     final_eval_episodes: int = 100
     checkpoint_every: int = 1000
+    snapshots: bool = False
+    """also save the student at every evaluation as ``snapshots/agent-<update>.pt`` (to trace
+    its saliency over training, or to pick an update by a validation score)"""
     seed: int = 0
     progress: bool = True
 
@@ -291,7 +294,8 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY))  # (N, H, W)
         data_settings = ds.saliency_settings(SALIENCY_KEY)
     check_run_settings(run, dataclasses.asdict(args), ignore={"updates", "progress", "eval_episodes",
-                                                         "final_eval_episodes", "checkpoint_every", "out"})
+                                                         "final_eval_episodes", "checkpoint_every", "out",
+                                                         "snapshots"})
 
     state = _resume(run) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
@@ -338,6 +342,10 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
             log["student"] = evaluate(student, env["name"], env.get("settings") or {},
                                       episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False)
             history["log"].append(log)
+            if args.snapshots:
+                save_policy(student_policy, run / "snapshots" / f"agent-{update + 1:06d}.pt", algo="ppo",
+                            arch=arch, card=_card(args, teacher, env, data, len(states_d), data_settings,
+                                                  update=update + 1, score=log["student"]))
             bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}",
                             student_return=f"{log['student']['mean_return']:.3f}",
                             teacher_return=f"{history['teacher']['mean_return']:.3f}")
@@ -356,18 +364,24 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
                      seed=10_000 + args.seed, progress=False)
     teacher_score = evaluate(teacher, env["name"], env.get("settings") or {},
                              episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False)
-    card = {
-        "what": f"DIGR student of {args.teacher} for {env['name']}" + ("" if args.igr else " (distillation only)"),
-        "env": env, "algo": "ppo", "seed": args.seed, "teacher": teacher.info.get("source"),
-        "teacher_score": teacher_score, "score": score, "updates": args.updates,
-        "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
-        "saliency_dataset": {"path": str(data), "states": int(len(states_d)), **data_settings},
-        "command": "xrl train digr " + " ".join(_cli_flags(args)),
-        "action_names": teacher.action_names, "value_head": "untrained (DIGR distils the policy only)",
-        "train_seconds_this_run": round(time.time() - started, 1),
-    }
+    card = _card(args, teacher, env, data, len(states_d), data_settings, update=args.updates, score=score,
+                 teacher_score=teacher_score, train_seconds_this_run=round(time.time() - started, 1))
     write_json(run / "history.json", history)
     return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
+
+
+def _card(args: DigrArgs, teacher: Model, env: dict, data: Path, n_data: int, data_settings: dict, *,
+          update: int, score: dict, **extra) -> dict:
+    return {
+        "what": f"DIGR student of {args.teacher} for {env['name']}" + ("" if args.igr else " (distillation only)"),
+        "env": env, "algo": "ppo", "seed": args.seed, "teacher": teacher.info.get("source"),
+        "score": score, "updates": update,
+        "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
+        "saliency_dataset": {"path": str(data), "states": int(n_data), **data_settings},
+        "command": "xrl train digr " + " ".join(_cli_flags(args)),
+        "action_names": teacher.action_names, "value_head": "untrained (DIGR distils the policy only)",
+        **extra,
+    }
 
 
 @contextlib.contextmanager
