@@ -37,7 +37,7 @@ def score_snapshot(model, states, labels, episodes: int, seed: int) -> dict:
     maps = xrl.get_explainer("gradient", model).explain(states, DIGR_TARGET)
     loc = xrl.get_metric("localization")(states=states, saliency=maps, labels=labels)
     env = model.info["env"]
-    ret = evaluate(model, env["name"], env.get("settings") or {}, episodes=episodes, seed=seed, progress=False)
+    ret = evaluate(model, env["name"], env.get("settings") or {}, episodes=episodes, seed=seed, progress=False, batch=10)
     return {**{k: float(np.nanmean(v.numpy())) for k, v in loc.items()},
             "mean_return": ret["mean_return"], "success_rate": ret.get("success_rate")}
 

@@ -28,6 +28,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.atari_wrappers import ClipRewardEnv
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
@@ -210,6 +211,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     started = time.time()
     remaining = args.total_timesteps - algo.num_timesteps
     if remaining > 0 and not export_only:
+        algo.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
         algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
         if stop_at is not None and algo.num_timesteps < args.total_timesteps:
             return run / "checkpoint.zip"

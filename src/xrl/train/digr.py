@@ -306,7 +306,7 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
     history = state["history"]
     if "teacher" not in history:
         history["teacher"] = evaluate(teacher, env["name"], env.get("settings") or {},
-                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False)
+                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False, batch=10)
     bar = tqdm(total=args.updates, initial=state["update"], desc="DIGR", unit="update", disable=not args.progress)
     last_good = state["update"]
     started = time.time()
@@ -340,7 +340,7 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         log = {"update": update + 1, "kl": values[-1] / args.alpha, "igr": values[0] if args.igr else None}
         if (update + 1) % args.eval_every == 0 or update + 1 == args.updates:
             log["student"] = evaluate(student, env["name"], env.get("settings") or {},
-                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False)
+                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False, batch=10)
             history["log"].append(log)
             if args.snapshots:
                 save_policy(student_policy, run / "snapshots" / f"agent-{update + 1:06d}.pt", algo="ppo",
@@ -361,9 +361,9 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
                 return run / "checkpoint.pkl"
     bar.close()
     score = evaluate(student, env["name"], env.get("settings") or {}, episodes=args.final_eval_episodes,
-                     seed=10_000 + args.seed, progress=False)
+                     seed=10_000 + args.seed, progress=False, batch=10)
     teacher_score = evaluate(teacher, env["name"], env.get("settings") or {},
-                             episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False)
+                             episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False, batch=10)
     card = _card(args, teacher, env, data, len(states_d), data_settings, update=args.updates, score=score,
                  teacher_score=teacher_score, train_seconds_this_run=round(time.time() - started, 1))
     write_json(run / "history.json", history)

@@ -299,6 +299,7 @@ def _train_sb3(args, run, agent, model, images, targets, rows) -> dict:
     import gymnasium as gym
     from stable_baselines3 import A2C, DQN, PPO
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
     from xrl.envs.masking import MaskingEnv
 
@@ -322,6 +323,7 @@ def _train_sb3(args, run, agent, model, images, targets, rows) -> dict:
         learner = algo("MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed,
                        gamma=args.gamma, verbose=0)
     remaining = max(0, args.total_steps - learner.num_timesteps)
+    learner.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
     learner.learn(remaining, reset_num_timesteps=False, progress_bar=args.progress)
     learner.save(ckpt)
     layers = (learner.policy.q_net.q_net if args.algo == "dqn" else
