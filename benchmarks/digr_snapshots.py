@@ -13,7 +13,7 @@ Usage::
 
     xrl collect --agent red-fetch-green --episodes 16 --seed 5000 --out results/rfg-val.h5
     python benchmarks/digr_snapshots.py --run runs/digr-rfg-a1 --data results/rfg-val.h5 \
-        --out benchmarks/results/digr_rfg_a1_snapshots
+        --teacher red-fetch-green --out benchmarks/results/digr_rfg_a1_snapshots
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--n-states", type=int, default=64)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=30_000)
+    p.add_argument("--teacher", default=None, help="also score the teacher on the same states and episodes")
     p.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -69,15 +70,23 @@ def main() -> None:
         results.append({"update": int(path.stem.split("-")[1]), **score_snapshot(model, states, labels,
                                                                                 args.episodes, args.seed)})
         tqdm.write(json.dumps(results[-1]))
+    teacher = None
+    if args.teacher:
+        teacher = score_snapshot(xrl.load_agent(args.teacher), states, labels, args.episodes, args.seed)
+        print(f"teacher  AUC {teacher['auc']:.3f}  return {teacher['mean_return']:.3f}  "
+              f"success {teacher['success_rate']:.3f}")
     write_json(out.with_suffix(".json"), {"run": args.run, "data": args.data, "n_states": len(rows),
-                                          "episodes": args.episodes, "seed": args.seed, "snapshots": results})
+                                          "episodes": args.episodes, "seed": args.seed, "teacher": teacher,
+                                          "snapshots": results})
     u = [r["update"] for r in results]
     line_panels({"vanilla-gradient AUC": {"DIGR": (u, [r["auc"] for r in results], None)},
-                 "return": {"DIGR": (u, [r["mean_return"] for r in results], None)}},
+                 "success rate": {"DIGR": (u, [r["success_rate"] for r in results], None),
+                                  **({"teacher": ([u[0], u[-1]], [teacher["success_rate"]] * 2, None)}
+                                     if teacher else {})}},
                 out.with_suffix(".png"), xlabel="update", ylabel="")
     for r in results:
         print(f"{r['update']:>6}  AUC {r['auc']:.3f}  important {r['important']:.2f}  "
-              f"unimportant {r['unimportant']:.2f}  return {r['mean_return']:.3f}")
+              f"unimportant {r['unimportant']:.2f}  return {r['mean_return']:.3f}  success {r['success_rate']:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+import xrl
 from xrl.envs import env_spec, make_env
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 
@@ -227,6 +228,41 @@ def test_label_categories_for_a_known_layout():
     assert tuple(obs[:2, 2, 6]) == (OBJECT_IDX["ball"], COLOR_IDX["blue"])
     assert obs[0, 0, 0] == OBJECT_IDX["wall"] and obs[0, 6, 3] == OBJECT_IDX["empty"]
     np.testing.assert_array_equal(sym.unwrapped.labels(), expected_cells(sym))
+
+
+def test_object_labels_mark_only_the_drawn_pixels_of_agent_and_green_object():
+    cells, objects = make_env(NAME), make_env(NAME, labels="objects")
+    for env in (cells, objects):
+        env.reset(seed=0)
+        place(env, agent=(2, 3), direction=0, objects={"green": (5, 5), "yellow": (1, 1), "blue": (6, 2)})
+    a, b = cells.unwrapped.labels(), objects.unwrapped.labels()
+    obs = objects.unwrapped._observation().astype(int)
+    r, g, bl = obs
+    t = 8
+    outside = np.ones_like(a, dtype=bool)
+    for (x, y), drawn in [((2, 3), (r > 0) & (g == 0) & (bl == 0)),    # the red agent's pixels
+                          ((5, 5), (g > 0) & (r == 0) & (bl == 0))]:   # the green ball's pixels
+        sl = (slice(y * t, (y + 1) * t), slice(x * t, (x + 1) * t))
+        np.testing.assert_array_equal(b[sl], np.where(drawn[sl], IMPORTANT, EXCLUDED))
+        assert 5 < drawn[sl].sum() < t * t
+        outside[sl] = False
+    np.testing.assert_array_equal(a[outside], b[outside])  # floor, walls, distractors as with cells
+    assert objects.unwrapped.xrl_spec["settings"]["labels"] == "objects"
+    with pytest.raises(ValueError, match="labels must be 'cells'.*or 'objects'"):
+        make_env(NAME, labels="pixels")
+    with pytest.raises(ValueError, match="needs obs_type='rgb'"):
+        make_env(NAME, labels="objects", obs_type="symbolic")
+
+
+def test_object_labels_are_info_only_for_collect(tmp_path):
+    from xrl.data.collect import collect
+    from xrl.data.dataset import StateDataset
+    agent = xrl.load_agent("red-fetch-green")  # trained without the setting
+    out = collect(agent, episodes=1, out=tmp_path / "d.h5", seed=0, env_settings={"labels": "objects"},
+                  progress=False)
+    with StateDataset.open(out) as ds:
+        assert ds.env["settings"]["labels"] == "objects"
+        assert (ds.labels() == IMPORTANT).sum() < 2 * 64 * len(ds)
 
 
 @pytest.mark.parametrize("turns, max_steps", [(0, 100), (8, 100), (4, 20)])

@@ -10,7 +10,10 @@ uint8 image (``t = tile_size``, 8 by default → 64×64); ``obs_type="symbolic"`
 ``(object, colour, state)`` encoding of every cell as ``(3, 8, 8)`` uint8. Every ``reset`` and
 ``step`` puts the ground-truth label map in ``info["labels"]`` at observation resolution:
 important = the agent's and the green object's cells, unimportant = empty floor, excluded = walls
-and distractors (their role is uncertain, so DIGR leaves them out).
+and distractors (their role is uncertain, so DIGR leaves them out). ``labels="objects"`` (an
+info-only setting: agents trained without it take it) marks as important only the pixels the
+agent and the green object are drawn on, and leaves out the floor around them inside their
+cells (neither the object nor certainly irrelevant); empty cells stay unimportant. RGB only.
 
 Example::
 
@@ -50,7 +53,13 @@ class RedFetchGreenEnv(MiniGridEnv):
         object_type: str = "ball",
         max_steps: int = 100,
         render_tile_size: int | None = None,
+        labels: str = "cells",
     ) -> None:
+        if labels not in ("cells", "objects"):
+            raise ValueError(f"labels must be 'cells' (whole cells of the agent and the green object) or "
+                             f"'objects' (only the pixels they are drawn on), got {labels!r}")
+        if labels == "objects" and obs_type != "rgb":
+            raise ValueError("labels='objects' marks drawn pixels: it needs obs_type='rgb'")
         if obs_type not in ("rgb", "symbolic"):
             raise ValueError(f"obs_type must be 'rgb' or 'symbolic', got {obs_type!r}")
         if object_type not in _OBJECTS:
@@ -63,6 +72,7 @@ class RedFetchGreenEnv(MiniGridEnv):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.obs_type = obs_type
         self.object_type = object_type
+        self.label_mode = labels
         self.render_tile_size = render_tile_size or tile_size
         super().__init__(
             mission_space=MissionSpace(mission_func=lambda: "pick up the green object"),
@@ -125,7 +135,14 @@ class RedFetchGreenEnv(MiniGridEnv):
         if self.obs_type == "symbolic":
             return cells
         t = self.tile_size
-        return np.repeat(np.repeat(cells, t, axis=0), t, axis=1)
+        pixels = np.repeat(np.repeat(cells, t, axis=0), t, axis=1)
+        if self.label_mode == "objects":  # important: the pixels that differ from an empty cell
+            frame = self.get_frame(False, t)
+            empty = Grid.render_tile(None, tile_size=t).astype(frame.dtype)  # as the frame stores it
+            for y, x in zip(*np.nonzero(cells == IMPORTANT)):
+                drawn = (frame[y * t:(y + 1) * t, x * t:(x + 1) * t] != empty).any(-1)
+                pixels[y * t:(y + 1) * t, x * t:(x + 1) * t] = np.where(drawn, IMPORTANT, EXCLUDED)
+        return pixels
 
 
 @ENVS.register("red-fetch-green")
@@ -135,6 +152,8 @@ def _make_red_fetch_green(**settings) -> RedFetchGreenEnv:
     resolved = {"size": env.width, "obs_type": env.obs_type, "tile_size": env.tile_size,
                 "object_type": env.object_type, "max_steps": env.max_steps,
                 "render_tile_size": env.render_tile_size}
+    if env.label_mode != "cells":  # info-only: recorded only when asked for
+        resolved["labels"] = env.label_mode
     env.xrl_spec = {"name": "red-fetch-green", "settings": resolved}
     return env
 
