@@ -27,10 +27,16 @@ from tqdm.auto import tqdm
 
 import xrl
 from xrl.data.dataset import StateDataset
+from xrl.envs import INFO_ONLY_SETTINGS
 from xrl.files import write_json
 from xrl.train.agent import evaluate
 from xrl.train.digr import DIGR_TARGET
 from xrl.viz.overlay import line_panels
+
+
+def _seen(env: dict) -> tuple:
+    """What an agent sees of an env: its name and settings but the info-only ones (labels)."""
+    return env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}
 
 
 def score_snapshot(model, states, labels, episodes: int, seed: int) -> dict:
@@ -49,11 +55,15 @@ def main() -> None:
     p.add_argument("--n-states", type=int, default=64)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=30_000)
+    p.add_argument("--updates", default=None, help="comma-separated updates to score (default: every snapshot)")
     p.add_argument("--teacher", default=None, help="also score the teacher on the same states and episodes")
     p.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
     args = p.parse_args()
     torch.set_num_threads(1)
     snapshots = sorted(Path(args.run, "snapshots").glob("agent-*.pt"))
+    if args.updates:
+        wanted = {int(u) for u in args.updates.split(",")}
+        snapshots = [p for p in snapshots if int(p.stem.split("-")[1]) in wanted]
     if not snapshots:
         raise SystemExit(f"{args.run}/snapshots/ holds no agent-*.pt: train with --snapshots true")
     with StateDataset.open(args.data) as ds:
@@ -65,7 +75,7 @@ def main() -> None:
     results = []
     for path in tqdm(snapshots, desc="snapshots"):
         model = xrl.load_agent(path)
-        if model.info["env"] != ds.env:
+        if _seen(model.info["env"]) != _seen(ds.env):
             raise SystemExit(f"{path} was trained on {model.info['env']}, {args.data} holds {ds.env}")
         results.append({"update": int(path.stem.split("-")[1]), **score_snapshot(model, states, labels,
                                                                                 args.episodes, args.seed)})
