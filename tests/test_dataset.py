@@ -356,3 +356,19 @@ def test_collect_leaves_a_foreign_out_alone(tmp_path):
     with pytest.raises(ValueError, match="not the folder of an interrupted xrl collection"):
         run(tmp_path, "x.h5", overwrite=True)
     assert (tmp_path / "x.h5.partial" / "mine.txt").exists()
+
+
+def test_the_same_agent_from_another_path_extends_the_dataset(tmp_path):
+    import shutil
+    from xrl.agents.load import ZOO_DIR
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("agent.pt", "agent.json"):
+        shutil.copy(ZOO_DIR / "red-fetch-green" / name, copy / name)
+    out = collect(xrl.load_agent("red-fetch-green"), episodes=1, out=tmp_path / "d.h5", progress=False)
+    collect(xrl.load_agent(copy / "agent.pt"), episodes=2, out=out, progress=False)  # another clone, say
+    with StateDataset.open(out) as ds:
+        assert ds.n_episodes == 2
+    other = xrl.load_agent("red-fetch-green-digr")  # other weights: refused
+    with pytest.raises(ValueError, match="another agent"):
+        collect(other, episodes=3, out=out, progress=False)

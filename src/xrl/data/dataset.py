@@ -76,8 +76,22 @@ def _json(value: Any) -> str:
 
 
 def meta_differences(stored: Mapping[str, str], wanted: Mapping[str, Any]) -> list[str]:
-    """Names in :data:`META_KEYS` whose stored JSON differs from ``wanted`` (plain values)."""
-    return [k for k in META_KEYS if stored.get(k) != _json(wanted[k])]
+    """Names in :data:`META_KEYS` whose stored JSON differs from ``wanted`` (plain values). The
+    agent's file path is not compared: the same weights (fingerprint) loaded from another place
+    (another clone, a copy) are the same agent."""
+    def comparable(key: str, value: Any) -> Any:
+        if key == "agent" and isinstance(value, Mapping):
+            return {k: v for k, v in value.items() if k != "source"}
+        return value
+
+    def stored_value(key: str) -> Any:
+        try:
+            return json.loads(stored[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return [k for k in META_KEYS
+            if _json(comparable(k, stored_value(k))) != _json(comparable(k, wanted[k]))]
 
 
 class StateDataset:
