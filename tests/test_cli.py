@@ -335,13 +335,15 @@ def test_demo_quick(capsys, tmp_path):
 
 
 def test_demo_without_zoo_agent_trains_one(tmp_path):
-    from xrl.demo import run_demo
+    # the rest of the demo (bench, report, summary) on whatever agent: test_demo_quick
+    from xrl.demo import demo_agent, demo_spec
     empty = tmp_path / "zoo"
     empty.mkdir()
-    out = run_demo(tmp_path / "demo", quick=True, zoo=empty)
-    assert out == tmp_path / "demo"
-    assert (out / "agent" / "agent.pt").is_file()
-    card = json.loads((out / "agent" / "agent.json").read_text())
-    assert card["env"]["name"] == "red-fetch-green"
-    check_demo_results(out)
-    assert card["what"] in (out / "summary.md").read_text()
+    path, card = demo_agent(tmp_path / "demo", zoo=empty, quick=True)
+    assert path == tmp_path / "demo" / "agent" / "agent.pt" and path.is_file()
+    assert card == json.loads(path.with_suffix(".json").read_text())
+    assert card["env"]["name"] == "red-fetch-green" and card["timesteps"] >= 4096
+    assert xrl.load_agent(path).action_names == xrl.load_agent("red-fetch-green").action_names
+    spec = demo_spec(path, quick=True, seed=0)  # the demo's bench runs this agent
+    assert [a.agent for a in spec.agents] == [str(path.resolve())]
+    assert demo_agent(tmp_path / "demo", zoo=empty, quick=True)[0] == path  # a second run reuses it
