@@ -265,6 +265,18 @@ def test_object_labels_are_info_only_for_collect(tmp_path):
         assert (ds.labels() == IMPORTANT).sum() < 2 * 64 * len(ds)
 
 
+def test_env_pickled_before_the_labels_setting_resumes_with_cell_labels():
+    # training checkpoints pickle their envs; one written before `labels` existed lacks the attribute
+    import pickle
+    env = make_env("red-fetch-green")
+    env.reset(seed=3)
+    expected = env.unwrapped.labels()
+    del env.unwrapped.__dict__["label_mode"]
+    old = pickle.loads(pickle.dumps(env))
+    np.testing.assert_array_equal(old.unwrapped.labels(), expected)
+    assert old.step(0)[4]["labels"].shape == expected.shape
+
+
 @pytest.mark.parametrize("turns, max_steps", [(0, 100), (8, 100), (4, 20)])
 def test_picking_up_green_rewards_by_time_and_terminates(turns, max_steps):
     env = make_env(NAME, max_steps=max_steps)

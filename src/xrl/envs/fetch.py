@@ -43,6 +43,9 @@ class RedFetchGreenEnv(MiniGridEnv):
     """See the module docstring. All settings are keyword arguments and recorded by make_env."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    # Class-level default: an env pickled in a training checkpoint before the `labels` setting
+    # existed has no instance attribute and resumes with the old behaviour (cells).
+    label_mode = "cells"
 
     def __init__(
         self,
