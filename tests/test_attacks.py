@@ -146,7 +146,11 @@ def test_episodes_played_side_by_side_are_the_episodes_played_one_at_a_time():
     model = xrl.load_agent("red-fetch-green")
     for attack in (None, get_attack("pgd", model, eps=0.02, steps=2)):  # a mix of won and lost
         one = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False)
-        side = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False, batch=2)
-        assert one == side
+        side = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False, batch=2,
+                        per_episode=True)
+        assert one == {k: v for k, v in side.items() if k != "returns"}
+        singles = [evaluate(model, "red-fetch-green", {}, episodes=1, seed=s, perturb=attack, progress=False)
+                   for s in (3, 4, 5)]
+        assert side["returns"] == [r["mean_return"] for r in singles]
     with pytest.raises(ValueError, match="batch must be a positive"):
         evaluate(model, "red-fetch-green", {}, episodes=1, seed=0, batch=0)

@@ -249,7 +249,7 @@ def agent_model(algo: PPO, args: AgentArgs) -> Model:
 
 def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
              perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-             batch: int = 1) -> dict:
+             batch: int = 1, per_episode: bool = False) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
     (success = positive return, meaningful for goal-reaching envs).
 
@@ -261,7 +261,10 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     ``batch``: episodes played side by side in lockstep, one batched forward (and attack) per
     step. The episodes and random streams are the ones of ``batch=1``; only floating-point
     rounding of batched convolutions can differ. A finished episode's env waits on its last
-    observation until the whole batch is done."""
+    observation until the whole batch is done.
+
+    ``per_episode``: also return ``"returns"``, the list of episode returns in seed order (for
+    paired comparisons of agents over the same seeds)."""
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
     envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
@@ -289,9 +292,11 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
             returns += totals
     for env in envs:
         env.close()
-    returns = np.asarray(returns)
-    return {"episodes": episodes, "seed": seed, "mean_return": float(returns.mean()),
-            "std_return": float(returns.std()), "success_rate": float((returns > 0).mean())}
+    result = {"episodes": episodes, "seed": seed, "mean_return": float(np.mean(returns)),
+              "std_return": float(np.std(returns)), "success_rate": float((np.asarray(returns) > 0).mean())}
+    if per_episode:
+        result["returns"] = [float(r) for r in returns]
+    return result
 
 
 def _cli_flags(args: AgentArgs) -> list[str]:
