@@ -147,8 +147,9 @@ def test_explain_by_default_runs_every_method_that_can_explain_the_agent(capsys,
     data, _ = collected
     shown = []
     monkeypatch.setattr(xrl.viz.overlay, "explanation_grid", lambda frames, maps, path, **kw: shown.extend(maps))
-    code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data, "--n", "1", "--out", tmp_path / "g.png")
+    code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data, "--n", "1", "--out", tmp_path / "g")
     assert code == 0, err
+    assert f"wrote {tmp_path / 'g.png'}" in out  # a bare name gets the PNG suffix
     assert "left out attention:" in err  # the zoo agent has no attention layer
     assert "left out visionmask:" in err and "left out stalder_explainer:" in err  # nor a trained mask network
     assert "left out rexl:" in err  # nor a trained RExL agent

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,7 +159,6 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_counterfactual(args) -> None:
-    from pathlib import Path
     from xrl.agents.load import load_agent
     from xrl.agents.mask_nets import load_mask_network
     from xrl.data.dataset import StateDataset
@@ -243,15 +243,17 @@ def cmd_explain(args) -> None:
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import explain_dataset
     from xrl.viz.overlay import explanation_grid
+    out = Path(args.out)
+    out = out if out.suffix else out.with_suffix(".png")  # a bare name would be a PNG without a suffix
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
         rows = _rows(len(ds), args.n, args.seed)
         maps = {m: explain_dataset(model, ds, m, s, rows=rows) for m, s in methods.items()}
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
-        explanation_grid(ds.frames(rows), maps, args.out, actions=ds.actions[rows],
+        explanation_grid(ds.frames(rows), maps, out, actions=ds.actions[rows],
                          action_names=model.action_names, probs=probs)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -399,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--seed", type=int, default=0, help="which states are drawn")
         if name == "explain":
             e.add_argument("--n", type=int, default=6, help="states in the grid")
-            e.add_argument("--out", default="explain.png")
+            e.add_argument("--out", default="explain.png",
+                           help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png")
         else:
             e.add_argument("--metrics", default=None, help="comma-separated; default all")
             e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
