@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 import xrl
-from xrl.agents.attention import VARIANTS, AttentionExtractor, FLSModule, draw, has_attention
+from xrl.agents.attention import VARIANTS, AttentionExtractor, FLSModule, ReceptiveField, draw, has_attention
 from xrl.agents.load import build_policy, load_agent, model_from_policy, save_agent
 from xrl.agents.nets import ARCHS, GridCNN
 from xrl.explainers import get_explainer
@@ -143,7 +143,16 @@ def test_bilinear_upscaling_of_a_constant_grid_is_constant():
     up = draw([torch.full((1, 7, 7), 0.3)], ext.receptive_fields, (84, 84), mode="bilinear")
     torch.testing.assert_close(up, torch.full((1, 84, 84), 0.3))
     with pytest.raises(ValueError, match="transposed"):
-        draw([torch.ones(1, 7, 7)], ext.receptive_fields, (84, 84), mode="nearest")
+        draw([torch.ones(1, 7, 7)], ext.receptive_fields, (84, 84), mode="cubic")
+
+
+def test_nearest_upscaling_puts_each_cell_on_its_block():
+    att = torch.zeros(1, 8, 8)
+    att[0, 2, 5] = 1.0
+    up = draw([att], [ReceptiveField(18, 8, -7)], (64, 64), mode="nearest")[0]
+    expected = torch.zeros(64, 64)
+    expected[16:24, 40:48] = 1.0  # tile (2, 5) of the Red-Fetch-Green screen
+    torch.testing.assert_close(up, expected)
 
 
 # --------------------------------------------------------------------------- training, save -> load
@@ -208,7 +217,7 @@ def test_train_agent_command_path_on_red_fetch_green(tmp_path):
     obs = np.stack([env.reset(seed=s)[0] for s in range(4)])
     np.testing.assert_array_equal(pt.act(obs), zip_.act(obs))
     states = pt.preprocess(obs)
-    for upsample in ("transposed", "bilinear"):
+    for upsample in ("transposed", "bilinear", "nearest"):
         a = get_explainer("attention", pt, upsample=upsample).explain(states)
         assert a.shape == (4, 64, 64) and torch.equal(a, get_explainer("attention", zip_, upsample=upsample).explain(states))
 

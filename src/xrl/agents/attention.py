@@ -104,6 +104,8 @@ def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: t
     receptive field's size and stride, so each cell adds its value to every input pixel it sees;
     the result is cropped to the input (padding in front, pixels beyond the last field are 0).
     ``bilinear``: each map bilinearly resized to ``(H, W)`` (``align_corners=False``).
+    ``nearest``: each cell's value copied onto its block of ``(H / h, W / w)`` input pixels,
+    ignoring the receptive field (on the Red-Fetch-Green trunk, 8×8 cells onto the 8×8 tiles).
     """
     height, width = size
     total = None
@@ -111,6 +113,8 @@ def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: t
         x = att.unsqueeze(1)  # (B, 1, h, w)
         if mode == "bilinear":
             out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        elif mode == "nearest":
+            out = F.interpolate(x, size=(height, width), mode="nearest")
         elif mode == "transposed":
             ones = torch.ones(1, 1, field.size, field.size, dtype=x.dtype, device=x.device)
             full = F.conv_transpose2d(x, ones, stride=field.stride)  # input coords from field.offset
@@ -118,7 +122,7 @@ def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: t
             full = F.pad(full, (0, max(0, start + width - full.shape[-1]), 0, max(0, start + height - full.shape[-2])))
             out = full[..., start:start + height, start:start + width]
         else:
-            raise ValueError(f"mode must be 'transposed' or 'bilinear', got {mode!r}")
+            raise ValueError(f"mode must be 'transposed', 'bilinear' or 'nearest', got {mode!r}")
         total = out if total is None else total + out
     return total.squeeze(1)  # (B, H, W)
 

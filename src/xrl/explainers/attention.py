@@ -28,7 +28,7 @@ from xrl.agents.attention import VARIANTS, draw, has_attention, is_attention
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, chunks
 
-UPSAMPLE = ("transposed", "bilinear")
+UPSAMPLE = ("transposed", "bilinear", "nearest")
 
 
 @EXPLAINERS.register("attention")
