@@ -233,7 +233,7 @@ def test_attention_explainer_refuses_models_without_attention():
     fls = model_from_policy(build_policy("sparse_fls", ATARI, 4))
     assert has_attention(fls)
     with pytest.raises(ValueError, match="upsample must be one of"):
-        get_explainer("attention", fls, upsample="nearest")
+        get_explainer("attention", fls, upsample="cubic")
     with pytest.raises(ValueError, match="no attention module named 'head'.*features_extractor"):
         get_explainer("attention", fls, module="head")
 
