@@ -11,8 +11,8 @@ group:
   interval over the episodes (paired: episode i is the same start for every agent).
 
     python benchmarks/fls_compare.py --episodes 1000 \\
-        --group grid_cnn=zoo/red-fetch-green-cnn-500k-0,zoo/red-fetch-green-cnn-500k-1 \\
-        --group grid_sparse_fls=zoo/red-fetch-green-sparse-fls-0,zoo/red-fetch-green-sparse-fls-1 \\
+        --group grid_cnn=red-fetch-green-cnn-500k-0,red-fetch-green-cnn-500k-1 \\
+        --group grid_sparse_fls=red-fetch-green-sparse-fls-0,red-fetch-green-sparse-fls-1 \\
         --out benchmarks/results/fls_rfg.json
 """
 from __future__ import annotations
