@@ -109,6 +109,19 @@ def test_loaded_agent_matches_the_trained_sb3_policy(trained, observations):
     np.testing.assert_array_equal(model.act(observations), sb3_actions)
 
 
+def test_a_run_folder_loads_its_agent_and_an_unfinished_one_points_at_its_checkpoint(trained, tmp_path):
+    _, path = trained
+    assert_same_state_dict(load_agent(path.parent).net.policy.state_dict(),
+                           load_agent(path).net.policy.state_dict())
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.zip").write_bytes((path.parent / "checkpoint.zip").read_bytes())
+    with pytest.raises(ValueError, match=r"has no agent.pt .*latest checkpoint is .*checkpoint.zip"):
+        load_agent(unfinished)
+    with pytest.raises(ValueError, match=r"has no agent.pt \(a finished training run writes one\)$"):
+        load_agent(unfinished / "..")  # tmp_path: neither agent.pt nor checkpoint.zip
+
+
 def test_sb3_zip_and_xrl_checkpoint_load_the_same_agent(trained, observations):
     _, path = trained
     from_pt = load_agent(path)

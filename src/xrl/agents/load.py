@@ -100,9 +100,18 @@ def save_policy(policy: BasePolicy, path: str | os.PathLike, *, algo: str, arch:
 
 
 def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu") -> Model:
-    """A Model from a zoo name, an SB3 ``.zip`` or an xrl ``.pt`` checkpoint."""
+    """A Model from a zoo name, a run folder, an SB3 ``.zip`` or an xrl ``.pt`` checkpoint.
+
+    A run folder (``zoo/NAME`` or the ``--out`` of ``xrl train agent``) means its ``agent.pt``.
+    """
     path = Path(path_or_name)
-    if not path.exists():
+    if path.is_dir():
+        if not (path / "agent.pt").exists():
+            hint = (f"; the run is unfinished, its latest checkpoint is {path / 'checkpoint.zip'}"
+                    if (path / "checkpoint.zip").exists() else "")
+            raise ValueError(f"folder {str(path)!r} has no agent.pt (a finished training run writes one){hint}")
+        path = path / "agent.pt"
+    elif not path.exists():
         zoo = ZOO_DIR / str(path_or_name) / "agent.pt"
         if zoo.exists():
             path = zoo
