@@ -82,6 +82,10 @@ def test_training_writes_checkpoint_and_card(trained):
     assert card["timesteps"] == 512 and card["seed"] == 0
     assert card["score"]["episodes"] == 2 and card["score"]["seed"] == 10_000
     assert "--env red-fetch-green" in card["command"]
+    from xrl.cli import build_parser  # the card's command parses back to the same run
+    again = build_parser().parse_args(card["command"].split()[1:])
+    assert (again.env, again.timesteps, again.seed, again.n_envs, again.eval_episodes, again.arch) == \
+        (ENV, args.total_timesteps, args.seed, args.n_envs, args.eval_episodes, "grid_cnn")
 
 
 def test_loaded_agent_matches_the_trained_sb3_policy(trained, observations):

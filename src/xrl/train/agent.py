@@ -300,7 +300,9 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
 
 
 def _cli_flags(args: AgentArgs) -> list[str]:
+    """Every ``xrl train agent`` flag, so the card's command remakes the agent and its score."""
     flags = [f"--env {args.env}", f"--arch {args.arch}", f"--timesteps {args.total_timesteps}",
-             f"--seed {args.seed}", f"--out {args.out}"]
+             f"--seed {args.seed}", f"--n-envs {args.n_envs}", f"--checkpoint-every {args.checkpoint_every}",
+             f"--eval-episodes {args.eval_episodes}", f"--out {args.out}"]
     flags += [f"--set {k}={v}" for k, v in args.env_settings.items()]
     return flags
