@@ -310,6 +310,12 @@ def test_ground_truth_settings_may_be_added_to_an_agents_env(tmp_path):
     with pytest.raises(ValueError, match="trained on env 'pong'"):
         collect(pong, episodes=1, max_steps=3, out=tmp_path / "q.h5", progress=False,
                 env_settings={"version": "v5", "labels": True})
+    # asking for the ground truth alone keeps the agent's other settings (xrl collect --set labels=true)
+    out = collect(pong, episodes=1, max_steps=3, out=tmp_path / "r.h5", progress=False,
+                  env_settings={"labels": True})
+    with StateDataset.open(out) as ds:
+        assert ds.env["settings"] == {"version": "v4", "labels": True}
+        assert ds.has_labels
 
 
 # -- bad files -----------------------------------------------------------------------------------

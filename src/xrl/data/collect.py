@@ -51,8 +51,9 @@ def collect(
 
     Args:
         env: registered env name; default the one the agent was trained on (``model.info["env"]``).
-        env_settings: settings for ``make_env``; default the agent's. Asking for another env or
-            other settings than the agent's recorded ones raises ``ValueError``.
+        env_settings: settings for ``make_env``, laid over the agent's recorded ones when the env
+            is the agent's (so ``{"labels": True}`` adds ground truth and keeps the rest). Asking
+            for another env, or for settings that change what the agent sees, raises ``ValueError``.
         seed: episode ``i`` is reset with ``seed + i``.
         max_steps: cap on the steps stored per episode (its return then covers those steps).
         sample: draw actions from ``softmax(scores)`` instead of taking the argmax.
@@ -142,7 +143,10 @@ def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) ->
                              "on (model.info['env']); pass env='<name>'")
         return env, dict(env_settings or {})
     name = trained["name"] if env is None else env
-    settings = dict(trained.get("settings") or {}) if env_settings is None else dict(env_settings)
+    # settings asked for the agent's own env are laid over the agent's (``--set labels=true``
+    # adds ground truth to a v4 Pong agent's settings); for another env they stand alone
+    base = dict(trained.get("settings") or {}) if name == trained["name"] else {}
+    settings = {**base, **dict(env_settings or {})}
     def relevant(d: Mapping) -> dict:  # what the agent sees and does; not the ground truth it gets
         return {k: v for k, v in d.items() if k not in INFO_ONLY_SETTINGS}
 
