@@ -1,7 +1,8 @@
 """Where an FLS agent's attention lies on Red-Fetch-Green, against three label maps.
 
 Localization AUC (``docs/metrics.md``) of the ``attention`` explainer drawn three ways
-(``transposed``: the paper's unit kernel over each cell's receptive field; ``bilinear``;
+(``transposed``: the paper's unit kernel over each cell's receptive field; ``transposed_mean``:
+the same divided by the number of fields covering each pixel; ``bilinear``;
 ``nearest``: each cell onto its 8×8 tile), on every state of a collected dataset, against:
 
 - ``cells``: the dataset's labels (tiles of the agent and the green object important, other floor
@@ -63,6 +64,7 @@ def main(argv=None) -> dict:
     model = xrl.load_agent(args.agent)
     auc = xrl.get_metric("localization")
     methods = {"attention (transposed)": ("attention", {"upsample": "transposed"}),
+               "attention (transposed_mean)": ("attention", {"upsample": "transposed_mean"}),
                "attention (bilinear)": ("attention", {"upsample": "bilinear"}),
                "attention (nearest)": ("attention", {"upsample": "nearest"}),
                "gradient": ("gradient", {}), "guided_backprop": ("guided_backprop", {})}

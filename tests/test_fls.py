@@ -138,6 +138,23 @@ def test_drawing_adds_each_cell_over_its_field():
     assert ones[0, 0] == 1 and ones[40, 40] == 25  # rows 40: cells 1..5 overlap, squared
 
 
+def test_transposed_mean_gives_each_pixel_the_mean_of_the_cells_that_see_it():
+    (field,) = extractor("sparse_fls").receptive_fields
+    att = torch.rand(2, 7, 7)
+    total, count = torch.zeros(2, 84, 84), torch.zeros(84, 84)
+    for i in range(7):
+        for j in range(7):
+            total[:, 8 * i:8 * i + 36, 8 * j:8 * j + 36] += att[:, i, j, None, None]
+            count[8 * i:8 * i + 36, 8 * j:8 * j + 36] += 1
+    torch.testing.assert_close(draw([att], [field], (84, 84), mode="transposed_mean"), total / count)
+    # a uniform attention draws uniform (the paper's drawing peaks where most fields overlap)
+    flat = draw([torch.full((1, 7, 7), 0.3)], [field], (84, 84), mode="transposed_mean")
+    torch.testing.assert_close(flat, torch.full((1, 84, 84), 0.3))
+    # pixels no field covers (the padded Red-Fetch-Green trunk's fields end before the last rows) get 0
+    grid = draw([torch.ones(1, 2, 2)], [ReceptiveField(18, 8, -7)], (30, 30), mode="transposed_mean")[0]
+    assert torch.equal(grid[:19, :19], torch.ones(19, 19)) and grid[19:].abs().sum() == 0
+
+
 def test_bilinear_upscaling_of_a_constant_grid_is_constant():
     ext = extractor("sparse_fls")
     up = draw([torch.full((1, 7, 7), 0.3)], ext.receptive_fields, (84, 84), mode="bilinear")

@@ -106,6 +106,10 @@ def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: t
     ``bilinear``: each map bilinearly resized to ``(H, W)`` (``align_corners=False``).
     ``nearest``: each cell's value copied onto its block of ``(H / h, W / w)`` input pixels,
     ignoring the receptive field (on the Red-Fetch-Green trunk, 8×8 cells onto the 8×8 tiles).
+    ``transposed_mean``: ``transposed`` divided by the number of cells whose field covers each
+    pixel, i.e. the mean attention of the cells that see it (0 where none does). Overlapping
+    fields make ``transposed`` peak where the most fields overlap, whatever the attention; a
+    uniform attention draws as a uniform map here.
     """
     height, width = size
     total = None
@@ -115,16 +119,24 @@ def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: t
             out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         elif mode == "nearest":
             out = F.interpolate(x, size=(height, width), mode="nearest")
-        elif mode == "transposed":
-            ones = torch.ones(1, 1, field.size, field.size, dtype=x.dtype, device=x.device)
-            full = F.conv_transpose2d(x, ones, stride=field.stride)  # input coords from field.offset
-            start = -field.offset  # >= 0: padding puts cell 0's field before the first pixel
-            full = F.pad(full, (0, max(0, start + width - full.shape[-1]), 0, max(0, start + height - full.shape[-2])))
-            out = full[..., start:start + height, start:start + width]
+        elif mode in ("transposed", "transposed_mean"):
+            out = _unit_kernel(x, field, height, width)
+            if mode == "transposed_mean":
+                coverage = _unit_kernel(torch.ones_like(x[:1]), field, height, width)
+                out = torch.where(coverage > 0, out / coverage.clamp_min(1), torch.zeros_like(out))
         else:
-            raise ValueError(f"mode must be 'transposed', 'bilinear' or 'nearest', got {mode!r}")
+            raise ValueError(f"mode must be 'transposed', 'transposed_mean', 'bilinear' or 'nearest', got {mode!r}")
         total = out if total is None else total + out
     return total.squeeze(1)  # (B, H, W)
+
+
+def _unit_kernel(x: torch.Tensor, field: ReceptiveField, height: int, width: int) -> torch.Tensor:
+    """``(B, 1, h, w)`` cells -> ``(B, 1, H, W)``: each cell's value added over its receptive field."""
+    ones = torch.ones(1, 1, field.size, field.size, dtype=x.dtype, device=x.device)
+    full = F.conv_transpose2d(x, ones, stride=field.stride)  # input coords from field.offset
+    start = -field.offset  # >= 0: padding puts cell 0's field before the first pixel
+    full = F.pad(full, (0, max(0, start + width - full.shape[-1]), 0, max(0, start + height - full.shape[-2])))
+    return full[..., start:start + height, start:start + width]
 
 
 class FLSModule(nn.Module):

@@ -5,14 +5,17 @@ RS-PPO), the saliency of a state is the attention the agent computed for it, dra
 input resolution: ``upsample="transposed"`` (the paper's method, default) adds each attention
 cell's value to every input pixel of that cell's receptive field (a transposed convolution with a
 unit kernel of the receptive field's size and stride); ``upsample="bilinear"`` resizes the
-attention grid bilinearly instead (the comparison the paper mentions). Agents with several
+attention grid bilinearly instead (the comparison the paper mentions); ``"transposed_mean"``
+divides the paper's drawing by the number of fields covering each pixel (the mean attention of
+the cells that see it), so overlapping fields do not make the centre of the screen peak whatever
+the attention; ``"nearest"`` copies each cell onto its block of pixels. Agents with several
 attention modules (``sparse_fls_each``) get the sum of their drawn maps.
 
 The attention is computed from the trunk's features, which mix all channels and stacked frames:
 one map per state, no channel reduction. It does not depend on the action: every target gets the
 same map (``targets`` is still validated), and ``explain_all`` repeats it for each action.
 
-Settings: ``upsample`` (``"transposed"`` | ``"bilinear"``); ``module`` — the name (as in
+Settings: ``upsample`` (one of ``UPSAMPLE``); ``module`` — the name (as in
 ``model.named_modules()``) of the attention module to draw, default the first one in module
 order (for SB3 policies the actor's features extractor). An agent without an attention module is
 refused with a ``ValueError`` naming the architectures that have one.
@@ -28,7 +31,7 @@ from xrl.agents.attention import VARIANTS, draw, has_attention, is_attention
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, chunks
 
-UPSAMPLE = ("transposed", "bilinear", "nearest")
+UPSAMPLE = ("transposed", "transposed_mean", "bilinear", "nearest")
 
 
 @EXPLAINERS.register("attention")
