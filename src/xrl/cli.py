@@ -76,7 +76,8 @@ def cmd_train_agent(args) -> None:
     path = train_agent(AgentArgs(
         env=args.env, env_settings=_settings(args.set), arch=args.arch, total_timesteps=args.timesteps,
         seed=args.seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every,
-        eval_episodes=args.eval_episodes, out=args.out), export_only=args.export_only)
+        eval_episodes=args.eval_episodes, reward_scale=args.reward_scale, out=args.out),
+        export_only=args.export_only)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
 
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-envs", type=int, default=None)
     t.add_argument("--checkpoint-every", type=int, default=50_000)
     t.add_argument("--eval-episodes", type=int, default=100)
+    t.add_argument("--reward-scale", type=float, default=None,
+                   help="multiply training rewards (scores stay the game's); default per env (vizdoom-basic 0.01, else 1)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--export-only", action="store_true",
