@@ -8,7 +8,8 @@ Reads top to bottom: ``AgentArgs`` (every setting, one line of doc each) → ``m
 Defaults follow the papers: Red-Fetch-Green uses DIGR's Table 2 (16 envs × 128 steps, 4 epochs,
 8 minibatches, lr 1e-3, clip 0.2); Atari uses the rl-zoo PPO settings (8 envs × 128 steps,
 4 epochs, batch 256, lr 2.5e-4 and clip 0.1 both decayed linearly, rewards clipped in training),
-and so do the other screen games (ViZDoom, highway-env, Mario), without reward clipping.
+and so do the other screen games (ViZDoom, highway-env, Mario), without reward clipping but
+with a reward scale where returns are far from order 1 (``REWARD_SCALES``).
 """
 from __future__ import annotations
 
