@@ -111,6 +111,8 @@ def test_reward_scale_scales_training_rewards_not_the_logged_returns():
     assert AgentArgs(env=ENV).resolved().reward_scale == 1.0
     assert "reward_scale" not in AgentArgs(env=ENV).resolved().recorded()
     assert AgentArgs(env="vizdoom-basic").resolved().recorded()["reward_scale"] == 0.01
+    with pytest.raises(ValueError, match="reward_scale must be a positive number, got 0"):
+        AgentArgs(env=ENV, reward_scale=0).resolved()
 
 
 def test_loaded_agent_matches_the_trained_sb3_policy(trained, observations):

@@ -91,6 +91,8 @@ class AgentArgs:
             dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
                  linear_decay=False, clip_range=0.2)
         d["reward_scale"] = REWARD_SCALES.get(self.env, 1.0)
+        if self.reward_scale is not None and not float(self.reward_scale) > 0:
+            raise ValueError(f"reward_scale must be a positive number, got {self.reward_scale!r}")
         return dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
                                             for k, v in d.items()})
 
