@@ -105,9 +105,10 @@ def test_reward_scale_scales_training_rewards_not_the_logged_returns():
     assert any(r != 0 for r, _ in got["plain"]) and any(ep is not None for _, ep in got["plain"])
     for (r, ep), (r_scaled, ep_scaled) in zip(got["plain"], got["scaled"], strict=True):
         assert r_scaled == pytest.approx(0.25 * r) and ep_scaled == ep  # Monitor: unscaled
-    # defaults: ViZDoom basic is scaled, the rest are not; a scale of 1 is not recorded, so runs
+    # defaults: ViZDoom basic and Mario are scaled, the rest are not; a scale of 1 is not recorded, so runs
     # made before the setting existed resume
     assert AgentArgs(env="vizdoom-basic").resolved().reward_scale == 0.01
+    assert AgentArgs(env="mario").resolved().reward_scale == 0.1
     assert AgentArgs(env=ENV).resolved().reward_scale == 1.0
     assert "reward_scale" not in AgentArgs(env=ENV).resolved().recorded()
     assert AgentArgs(env="vizdoom-basic").resolved().recorded()["reward_scale"] == 0.01
