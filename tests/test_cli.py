@@ -62,6 +62,42 @@ def test_envs_lists_every_env_with_a_description(capsys):
         check_description(ENVS.get(name), description)
 
 
+def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_path):
+    def card(name, file, **fields):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text(json.dumps(fields))
+    card("done", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "pong", "settings": {"version": "v4"}},
+         timesteps=1_000_448, timesteps_planned=1_000_000, command="xrl train agent --env pong",
+         score={"episodes": 10, "mean_return": -3.25, "std_return": 2.5, "success_rate": 0.2})
+    card("half", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "breakout", "settings": {}},
+         timesteps=903_168, timesteps_planned=5_000_000, command="xrl train agent --env breakout",
+         score={"episodes": 10, "mean_return": 27.2, "std_return": 3.4, "success_rate": 1.0})
+    card("shapes", "classifier.json", settings={"data": "shapes", "arch": "shapes_cnn", "epochs": 12},
+         command="xrl train classifier", score={"epoch": 8, "val_accuracy": 0.992})
+    (tmp_path / "notes").mkdir()  # a folder without a card is not a zoo model
+    code, out, err = run(capsys, "zoo", "--dir", tmp_path, "--commands")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[::2]] == ["done", "half", "shapes"]
+    assert lines[0].split()[1:5] == ["ppo", "pong", "version=v4", "nature_cnn"]
+    assert "1M " in lines[0] and "resumable" not in lines[0]
+    assert "return -3.25 ± 2.5 over 10 episodes, 20% positive" in lines[0]
+    assert "903k of 5M, resumable" in lines[2] and "return 27.2" in lines[2]
+    assert "validation accuracy 0.992" in lines[4] and "resumable" not in lines[4]  # epoch 8 is the best, not the last
+    assert [line.strip() for line in lines[1::2]] == ["xrl train agent --env pong", "xrl train agent --env breakout",
+                                                      "xrl train classifier"]
+    code, out, _ = run(capsys, "zoo", "--dir", tmp_path, "--json")
+    rows = json.loads(out)
+    assert [(r["name"], r["trained"], r["planned"], r["finished"]) for r in rows] == [
+        ("done", 1_000_448, 1_000_000, True), ("half", 903_168, 5_000_000, False), ("shapes", 12, 12, True)]
+    code, out, err = run(capsys, "zoo", "--dir", tmp_path / "nosuch")
+    assert code != 0 and "does not exist" in err
+    # the shipped zoo: one row per agent checkpoint
+    code, out, err = run(capsys, "zoo")
+    shipped = {p.parent.name for p in xrl.agents.load.ZOO_DIR.glob("*/agent.pt")}
+    assert shipped and shipped <= {line.split()[0] for line in out.splitlines()}
+
+
 def test_methods_lists_every_explainer_with_a_description(capsys):
     names = xrl.list_explainers()
     assert {"gradient", "greydanus", "random"} <= set(names)
@@ -280,7 +316,7 @@ def test_installed_script(tmp_path):
     assert script.exists(), f"the console script is not installed beside {sys.executable}"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for command in ("envs", "methods", "metrics", "train", "collect", "explain", "evaluate", "bench",
+    for command in ("envs", "zoo", "methods", "metrics", "train", "collect", "explain", "evaluate", "bench",
                     "report", "watch", "demo"):
         assert command in done.stdout
     # main()'s status reaches the shell

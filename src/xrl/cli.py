@@ -55,6 +55,25 @@ def cmd_envs(args) -> None:
         print(f"{name:26s} {_doc(ENVS.get(name))}{extra}")
 
 
+def _count(n) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e4 else str(n)
+
+
+def cmd_zoo(args) -> None:
+    from xrl.agents.load import zoo_cards
+    rows = zoo_cards(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        trained = _count(r["trained"]) + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
+        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}")
+        if args.commands:
+            print(f"{'':30s} {r['command']}")
+
+
 def cmd_methods(args) -> None:
     for name in list_explainers():
         cls = EXPLAINERS.get(name)
@@ -324,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
+    z = sub.add_parser("zoo", help="list the zoo's trained models: env, architecture, training, score (from their cards)")
+    z.add_argument("--dir", default=None, help="zoo folder (default: the repository's zoo/, or $XRL_ZOO)")
+    z.add_argument("--commands", action="store_true", help="also print the command that made each one")
+    z.add_argument("--json", action="store_true", help="print the rows as JSON")
+    z.set_defaults(fn=cmd_zoo)
     sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
     sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
 
@@ -337,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=50_000)
     t.add_argument("--eval-episodes", type=int, default=100)
     t.add_argument("--reward-scale", type=float, default=None,
-                   help="multiply training rewards (scores stay the game's); default per env (vizdoom-basic 0.01, else 1)")
+                   help="multiply training rewards (scores stay the game's); default per env (vizdoom-basic 0.01, mario 0.1, else 1)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--export-only", action="store_true",

@@ -192,3 +192,53 @@ def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
             f"{payload['obs_shape']}; {hint}. torch: {' '.join(detail)[:300]}"
         ) from err
     return model_from_policy(policy, action_names=info["card"].get("action_names"), info=info)
+
+
+def _score_text(score: dict) -> str:
+    """A card's measured score in words: success rate and/or mean return over N episodes, or a
+    classifier's validation accuracy."""
+    if "val_accuracy" in score:
+        return f"validation accuracy {score['val_accuracy']:.3f}"
+    if "mean_return" not in score:
+        return ""
+    text = (f"return {score['mean_return']:.4g} ± {score.get('std_return', float('nan')):.3g} "
+            f"over {score.get('episodes', '?')} episodes")
+    if score.get("success_rate") is not None:  # share of positive returns: goal reached, game won
+        text += f", {score['success_rate']:.0%} positive"
+    return text
+
+
+def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
+    """One row per zoo model (a folder with ``agent.json`` or ``classifier.json``), sorted by name:
+    ``name, kind, env, arch, trained, planned, finished, score, command, path``.
+
+    ``trained`` counts what the card says was trained (PPO timesteps, DIGR updates or classifier
+    epochs) and ``planned`` what its command asks for (None where the card does not say);
+    ``finished`` is False for a run stopped short of its plan (its folder keeps the checkpoint
+    that the card's command resumes)."""
+    zoo = Path(zoo_dir) if zoo_dir is not None else ZOO_DIR
+    if not zoo.is_dir():
+        raise ValueError(f"zoo folder {str(zoo)!r} does not exist (set XRL_ZOO or pass a folder)")
+    rows = []
+    for card_path in sorted([*zoo.glob("*/agent.json"), *zoo.glob("*/classifier.json")]):
+        card = json.loads(card_path.read_text())
+        classifier = card_path.name == "classifier.json"
+        env = card.get("env") or {}
+        settings = env.get("settings") or {}
+        env_text = (env.get("name", "") + (" " + ",".join(f"{k}={v}" for k, v in settings.items())
+                                           if settings else "")) if env else card.get("settings", {}).get("data", "")
+        if classifier:
+            trained = planned = card.get("settings", {}).get("epochs")  # score.epoch: the best one
+        elif "updates" in card:
+            trained, planned = card["updates"], card.get("updates_planned")
+        else:
+            trained, planned = card.get("timesteps"), card.get("timesteps_planned")
+        rows.append({
+            "name": card_path.parent.name, "kind": "classifier" if classifier else card.get("algo", "agent"),
+            "env": env_text, "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
+            "trained": trained, "planned": planned,
+            "finished": not (planned and trained is not None and trained < planned),
+            "score": _score_text(card.get("score") or {}), "command": card.get("command", ""),
+            "path": str(card_path),
+        })
+    return rows
