@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
 
 from xrl import load_agent, make_env
 from xrl.agents.load import CHECKPOINT_FORMAT, ZOO_DIR, save_agent
@@ -210,6 +210,46 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
                policy_kwargs=ARCHS.get("grid_cnn").policy_kwargs()).policy.state_dict()
     trained_sd = payload(straight)["state_dict"]
     assert not all(torch.equal(init[k], trained_sd[k]) for k in init)
+
+
+def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
+    """DQN checkpoints carry the replay buffer and exploration progress: a run stopped after 256
+    steps and resumed ends with the weights of a run never stopped."""
+    def args(out):
+        return tiny_args(out, algo="dqn", n_envs=None, total_timesteps=512, checkpoint_every=128, eval_episodes=1,
+                         dqn={"learning_starts": 64, "buffer_size": 1000, "target_update_interval": 32})
+
+    interrupted = tmp_path / "interrupted"
+    assert train_agent(args(interrupted), stop_at=256) == interrupted / "checkpoint.zip"
+    assert (interrupted / "checkpoint.buffer").exists() and not (interrupted / "agent.pt").exists()
+    resumed = train_agent(args(interrupted))
+    straight = train_agent(args(tmp_path / "straight"))
+    assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])
+    card = json.loads(straight.with_suffix(".json").read_text())
+    assert card["algo"] == "dqn" and card["timesteps"] == 512 and "--algo dqn" in card["command"]
+    assert "--dqn learning_starts=64" in card["command"] and "--dqn gamma" not in card["command"]
+    recorded = json.loads((tmp_path / "straight" / "args.json").read_text())
+    assert recorded["n_envs"] == 1 and recorded["dqn"]["gamma"] == 0.8 and recorded["dqn"]["buffer_size"] == 1000
+    # the exported agent is the trained Q-network: its argmax is DQN's greedy action
+    model = load_agent(straight)
+    assert model.score_kind == "q_values"
+    algo = DQN.load(tmp_path / "straight" / "checkpoint.zip", device="cpu")
+    obs = np.stack([make_env(ENV).reset(seed=s)[0] for s in range(6)])
+    assert model.act(obs).tolist() == algo.predict(obs, deterministic=True)[0].tolist()
+    # a different buffer cannot be mixed into a run
+    with pytest.raises(ValueError, match="other settings"):
+        train_agent(dataclasses.replace(args(tmp_path / "straight"), dqn={"buffer_size": 2000}))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"algo": "sac"}, "algo must be one of ppo, dqn, got 'sac'"),
+    ({"algo": "dqn", "dqn": {"buffer": 10}}, r"unknown DQN settings \['buffer'\]; known: learning_rate"),
+    ({"dqn": {"gamma": 0.9}}, "DQN settings \\['gamma'\\] given for algo 'ppo'; add algo=dqn"),
+])
+def test_bad_algo_settings_are_refused(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        train_agent(tiny_args(tmp_path / "run", **change))
+    assert not (tmp_path / "run").exists()
 
 
 # -- bad runs and checkpoints --------------------------------------------------------------------

@@ -95,7 +95,8 @@ def cmd_train_agent(args) -> None:
     path = train_agent(AgentArgs(
         env=args.env, env_settings=_settings(args.set), arch=args.arch, total_timesteps=args.timesteps,
         seed=args.seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every,
-        eval_episodes=args.eval_episodes, reward_scale=args.reward_scale, out=args.out),
+        eval_episodes=args.eval_episodes, reward_scale=args.reward_scale, algo=args.algo,
+        dqn=_settings(args.dqn), out=args.out),
         export_only=args.export_only)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
 
     train = sub.add_parser("train", help="train an agent").add_subparsers(dest="what", required=True)
-    t = train.add_parser("agent", help="PPO agent (checkpoints, resumes when run again)")
+    t = train.add_parser("agent", help="PPO or DQN agent (checkpoints, resumes when run again)")
     t.add_argument("--env", required=True, help="registered env name (xrl envs)")
     t.add_argument("--arch", default=None, help="architecture (grid_cnn, nature_cnn); default per env")
     t.add_argument("--timesteps", type=int, default=1_000_000)
@@ -363,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reward-scale", type=float, default=None,
                    help="multiply training rewards (scores stay the game's); default per env (vizdoom-basic 0.01, mario 0.1, else 1)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
+    t.add_argument("--algo", default="ppo", choices=["ppo", "dqn"],
+                   help="PPO (default) or DQN (one env, highway-env's image recipe: xrl.train.agent.DQN_DEFAULTS)")
+    t.add_argument("--dqn", action="append", metavar="KEY=VALUE",
+                   help="DQN setting over the defaults, e.g. buffer_size=50000 (repeatable; with --algo dqn)")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--export-only", action="store_true",
                    help="export the latest checkpoint of an unfinished run (agent.pt + card) without training")

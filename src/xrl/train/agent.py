@@ -1,6 +1,6 @@
-"""Train an agent with SB3 PPO, checkpointing at rollout boundaries so that an interrupted run,
-resumed, ends exactly where an uninterrupted one would (for envs that can be pickled; others
-resume with fresh episodes, and say so).
+"""Train an agent with SB3 PPO (or DQN, ``algo="dqn"``), checkpointing at rollout boundaries so
+that an interrupted run, resumed, ends exactly where an uninterrupted one would (for envs that
+can be pickled; others resume with fresh episodes, and say so).
 
 Reads top to bottom: ``AgentArgs`` (every setting, one line of doc each) → ``make_vec_env`` →
 ``train_agent`` (build or resume, learn with a checkpoint callback, export, evaluate).
@@ -10,6 +10,10 @@ Defaults follow the papers: Red-Fetch-Green uses DIGR's Table 2 (16 envs × 128 
 4 epochs, batch 256, lr 2.5e-4 and clip 0.1 both decayed linearly, rewards clipped in training),
 and so do the other screen games (ViZDoom, highway-env, Mario), without reward clipping but
 with a reward scale where returns are far from order 1 (``REWARD_SCALES``).
+
+DQN (``algo="dqn"``) takes its settings from ``dqn`` over ``DQN_DEFAULTS``, the recipe
+highway-env's authors give for its image observation; its checkpoints add the replay buffer,
+so a resumed DQN run also ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.atari_wrappers import ClipRewardEnv
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -51,6 +56,15 @@ from xrl.files import atomic_path, check_run_settings, write_json
 #: for a cleared stage; 0.1 brings a step to order 1
 REWARD_SCALES = {"vizdoom-basic": 0.01, "mario": 0.1}
 
+#: DQN settings (SB3 ``DQN`` keyword arguments) of ``algo="dqn"``, overridden by ``AgentArgs.dqn``:
+#: the recipe of highway-env's authors for its grayscale image stack (their
+#: ``scripts/sb3_highway_dqn_cnn.py``: 1e5 steps, one env), exploration decaying to the SB3
+#: default 0.05 over 70% of the run
+DQN_DEFAULTS = dict(learning_rate=5e-4, buffer_size=15_000, learning_starts=200, batch_size=32, gamma=0.8,
+                    train_freq=1, gradient_steps=1, target_update_interval=50, exploration_fraction=0.7,
+                    exploration_final_eps=0.05)
+ALGOS = ("ppo", "dqn")
+
 
 @dataclass
 class AgentArgs:
@@ -58,6 +72,10 @@ class AgentArgs:
     """registered env name (``xrl envs`` lists them)"""
     env_settings: dict = field(default_factory=dict)
     """keyword settings of the env, recorded in the card"""
+    algo: str = "ppo"
+    """``"ppo"`` (the settings below) or ``"dqn"`` (settings in ``dqn``)"""
+    dqn: dict = field(default_factory=dict)
+    """DQN settings over ``DQN_DEFAULTS`` (only with ``algo="dqn"``)"""
     arch: str | None = None
     """registered architecture; None = grid_cnn for grid worlds, nature_cnn for Atari"""
     total_timesteps: int = 1_000_000
@@ -95,17 +113,29 @@ class AgentArgs:
             dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
                  linear_decay=False, clip_range=0.2)
         d["reward_scale"] = REWARD_SCALES.get(self.env, 1.0)
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        unknown = sorted(set(self.dqn) - set(DQN_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown DQN settings {unknown}; known: {', '.join(DQN_DEFAULTS)}")
+        if self.dqn and self.algo != "dqn":
+            raise ValueError(f"DQN settings {sorted(self.dqn)} given for algo {self.algo!r}; add algo=dqn (--algo dqn)")
+        if self.algo == "dqn":
+            d["n_envs"] = 1  # the recipe's single env: one gradient step per env step
         if self.reward_scale is not None and not float(self.reward_scale) > 0:
             raise ValueError(f"reward_scale must be a positive number, got {self.reward_scale!r}")
-        return dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
-                                            for k, v in d.items()})
+        out = dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
+                                           for k, v in d.items()})
+        return dataclasses.replace(out, dqn={**DQN_DEFAULTS, **self.dqn}) if self.algo == "dqn" else out
 
     def recorded(self) -> dict:
-        """The settings stored in ``args.json``; a reward scale of 1 is left out, as in runs made
-        before the setting existed, so those resume."""
+        """The settings stored in ``args.json``; a reward scale of 1 and PPO's algo (with its empty
+        ``dqn``) are left out, as in runs made before those settings existed, so those resume."""
         d = dataclasses.asdict(self)
         if d.get("reward_scale") == 1.0:
             del d["reward_scale"]
+        if d["algo"] == "ppo" and not d["dqn"]:
+            del d["algo"], d["dqn"]
         return d
 
     @property
@@ -160,7 +190,7 @@ class _Checkpoint(BaseCallback):
 
     def _on_training_start(self) -> None:
         self.bar = tqdm(total=self.args.total_timesteps, initial=self.num_timesteps, unit="step",
-                        desc=f"PPO {self.args.env}", disable=not self.args.progress, smoothing=0.05)
+                        desc=f"{self.args.algo.upper()} {self.args.env}", disable=not self.args.progress, smoothing=0.05)
         self.last_saved = self.num_timesteps
 
     def _on_rollout_start(self) -> None:
@@ -181,38 +211,53 @@ class _Checkpoint(BaseCallback):
         self.bar.close()
 
 
-def save_checkpoint(algo: PPO, run: Path, args: AgentArgs) -> None:
-    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs, each atomically; a
-    ``checkpoint.json`` card lets ``load_agent("run/checkpoint.zip")`` name the actions."""
+def save_checkpoint(algo: BaseAlgorithm, run: Path, args: AgentArgs) -> None:
+    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs (DQN: and the replay
+    buffer), each atomically; a ``checkpoint.json`` card lets ``load_agent("run/checkpoint.zip")``
+    name the actions."""
     try:
         env_blob = cloudpickle.dumps(algo.get_env())
     except Exception:  # e.g. emulators without pickling support: resume starts new episodes
         env_blob = None
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "env": env_blob, "num_timesteps": algo.num_timesteps}
+             "env": env_blob, "num_timesteps": algo.num_timesteps,
+             # DQN draws random actions (warm-up, epsilon-greedy) from the action space's own RNG
+             "action_space": algo.action_space.np_random.bit_generator.state}
+    if isinstance(algo, DQN):
+        with atomic_path(run / "checkpoint.buffer") as tmp:
+            algo.save_replay_buffer(tmp.with_suffix(".pkl"))
+            tmp.with_suffix(".pkl").replace(tmp)
     with atomic_path(run / "checkpoint.state") as tmp:
         tmp.write_bytes(pickle.dumps(state))
     with atomic_path(run / "checkpoint.zip") as tmp:
         algo.save(tmp.with_suffix(".zip"))
         tmp.with_suffix(".zip").replace(tmp)
     write_json(run / "checkpoint.json", {
-        "what": f"PPO checkpoint for {args.env} (training in progress)",
-        "env": {"name": args.env, "settings": args.env_settings}, "algo": "ppo", "arch": args.arch,
+        "what": f"{args.algo.upper()} checkpoint for {args.env} (training in progress)",
+        "env": {"name": args.env, "settings": args.env_settings}, "algo": args.algo, "arch": args.arch,
         "seed": args.seed, "timesteps": int(algo.num_timesteps), "timesteps_planned": args.total_timesteps,
         "action_names": _action_names(args), "xrl_version": xrl.__version__})
 
 
-def _resume(args: AgentArgs, run: Path) -> PPO | None:
+def _resume(args: AgentArgs, run: Path) -> BaseAlgorithm | None:
     if not (run / "checkpoint.zip").exists() or not (run / "checkpoint.state").exists():
         return None
     state = pickle.loads((run / "checkpoint.state").read_bytes())
     env = cloudpickle.loads(state["env"]) if state["env"] is not None else make_vec_env(args)
-    algo = PPO.load(run / "checkpoint.zip", env=env, device="cpu", force_reset=state["env"] is None)
+    cls = DQN if args.algo == "dqn" else PPO
+    algo = cls.load(run / "checkpoint.zip", env=env, device="cpu", force_reset=state["env"] is None)
     if algo.num_timesteps != state["num_timesteps"]:
         raise ValueError(f"{run}: checkpoint.zip and checkpoint.state disagree; delete both to restart")
+    if cls is DQN:
+        algo.load_replay_buffer(run / "checkpoint.buffer")
+        buffer = algo.replay_buffer
+        if buffer.pos != (algo.num_timesteps // buffer.n_envs) % buffer.buffer_size:
+            raise ValueError(f"{run}: checkpoint.buffer and checkpoint.zip disagree; delete the checkpoint.* files to restart")
     if state["env"] is None:
         print(f"resuming at {algo.num_timesteps} steps with fresh episodes (env not picklable)", file=sys.stderr)
         algo._last_obs = None
+    if "action_space" in state:  # checkpoints made before it was saved resume without it
+        algo.action_space.np_random.bit_generator.state = state["action_space"]
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -237,6 +282,9 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     algo = _resume(args, run)
     if algo is None and export_only:
         raise FileNotFoundError(f"{run} has no checkpoint to export; train first")
+    if algo is None and args.algo == "dqn":
+        algo = DQN("CnnPolicy", make_vec_env(args), **args.dqn, policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+                   seed=args.seed, device="cpu", verbose=0)
     if algo is None:
         decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
         algo = PPO(
@@ -257,8 +305,8 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     model = agent_model(algo, args)
     score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
     card = {
-        "what": f"PPO agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
-        "algo": "ppo", "seed": args.seed, "timesteps": int(algo.num_timesteps),
+        "what": f"{args.algo.upper()} agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
+        "algo": args.algo, "seed": args.seed, "timesteps": int(algo.num_timesteps),
         "timesteps_planned": args.total_timesteps,
         "command": "xrl train agent " + " ".join(_cli_flags(args)),
         "action_names": model.action_names, "score": score,
@@ -279,7 +327,7 @@ def _action_names(args: AgentArgs) -> list[str]:
         env.close()
 
 
-def agent_model(algo: PPO, args: AgentArgs) -> Model:
+def agent_model(algo: BaseAlgorithm, args: AgentArgs) -> Model:
     names = _action_names(args)
     return model_from_policy(algo.policy, action_names=names,
                              info={"env": {"name": args.env, "settings": args.env_settings}})
@@ -344,5 +392,8 @@ def _cli_flags(args: AgentArgs) -> list[str]:
              f"--eval-episodes {args.eval_episodes}", f"--out {args.out}"]
     if args.reward_scale not in (None, 1.0, REWARD_SCALES.get(args.env, 1.0)):
         flags.append(f"--reward-scale {args.reward_scale}")
+    if args.algo != "ppo":
+        flags.append(f"--algo {args.algo}")
+        flags += [f"--dqn {k}={v}" for k, v in args.dqn.items() if DQN_DEFAULTS.get(k) != v]
     flags += [f"--set {k}={v}" for k, v in args.env_settings.items()]
     return flags
