@@ -48,3 +48,14 @@ def write_result(name: str, result: dict) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_with_table(out: str | os.PathLike, result: dict, lines: list[str]) -> None:
+    """``result`` as JSON at ``out`` and ``lines`` (a Markdown table) beside it as ``.md``,
+    both atomically, and the table printed."""
+    from xrl.files import atomic_path, write_json
+    out = Path(out)
+    write_json(out, result)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

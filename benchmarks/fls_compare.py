@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
 import xrl
+from common import write_with_table
 from xrl.envs import make_env
-from xrl.files import atomic_path, write_json
 from xrl.train.agent import evaluate
 
 
@@ -134,11 +133,7 @@ def main(argv=None) -> dict:
             lines.append(f"| {name} | {e['agents']} | {e['mean_return']:.3f} ({seeds}) | {e['success_rate']:.3f} | {ratio} | "
                          f"{e['return_difference']:+.3f} ({ci[0]:+.3f}, {ci[1]:+.3f}) | "
                          f"{e['success_difference']:+.3f} ({sci[0]:+.3f}, {sci[1]:+.3f}) |")
-    out = Path(args.out)
-    write_json(out, result)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_with_table(args.out, result, lines)
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 import xrl
+from common import write_with_table
 from xrl.envs import make_env
-from xrl.files import atomic_path, write_json
 
 Policy = Callable[[np.ndarray, np.random.Generator], int]
 
@@ -88,11 +87,7 @@ def main(argv=None) -> dict:
              "| policy | mean return | std | mean length | ended by termination |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['mean_return']:.2f} | {r['std_return']:.2f} | {r['mean_length']:.1f} | "
               f"{r['terminated']:.0%} |" for name, r in rows.items()]
-    out = Path(args.out)
-    write_json(out, result)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_with_table(args.out, result, lines)
     return result
 
 
