@@ -17,7 +17,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN, PPO
 
-from xrl import load_agent, make_env
+from xrl import get_explainer, load_agent, make_env
 from xrl.agents.load import CHECKPOINT_FORMAT, ZOO_DIR, save_agent
 from xrl.agents.nets import ARCHS, GridCNN
 from xrl.train.agent import AgentArgs, evaluate, make_vec_env, train_agent
@@ -236,6 +236,10 @@ def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
     algo = DQN.load(tmp_path / "straight" / "checkpoint.zip", device="cpu")
     obs = np.stack([make_env(ENV).reset(seed=s)[0] for s in range(6)])
     assert model.act(obs).tolist() == algo.predict(obs, deterministic=True)[0].tolist()
+    # layer lookups see the acting network only (Grad-CAM's default layer is its last conv)
+    assert model.conv_layers() and not any("target" in name for name in model.conv_layers())
+    cam = get_explainer("grad_cam", model).explain(model.preprocess(obs), torch.as_tensor(model.act(obs)))
+    assert cam.shape == (6, *obs.shape[-2:]) and torch.isfinite(cam).all() and cam.abs().sum() > 0
     # a different buffer cannot be mixed into a run
     with pytest.raises(ValueError, match="other settings"):
         train_agent(dataclasses.replace(args(tmp_path / "straight"), dqn={"buffer_size": 2000}))

@@ -32,7 +32,7 @@ _SB3_ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
 class _ActorScores(nn.Module):
-    """The actor (logits) or Q-network of an SB3 policy, fed states already scaled to [0, 1]."""
+    """The actor (logits) of an SB3 actor-critic policy, fed states already scaled to [0, 1]."""
 
     def __init__(self, policy: BasePolicy) -> None:
         super().__init__()
@@ -40,11 +40,20 @@ class _ActorScores(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         p = self.policy
-        if isinstance(p, ActorCriticPolicy):
-            features = p.pi_features_extractor(states)
-            return p.action_net(p.mlp_extractor.forward_actor(features))
-        q_net = p.q_net  # DQN
-        return q_net.q_net(q_net.features_extractor(states))
+        features = p.pi_features_extractor(states)
+        return p.action_net(p.mlp_extractor.forward_actor(features))
+
+
+class _QValues(nn.Module):
+    """The online Q-network of an SB3 DQN policy (its target copy is left out, so that layer
+    lookups such as Grad-CAM's last conv layer find the network that acts)."""
+
+    def __init__(self, q_net: nn.Module) -> None:
+        super().__init__()
+        self.q_net = q_net
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.q_net.q_net(self.q_net.features_extractor(states))
 
 
 class _CriticValue(nn.Module):
@@ -71,7 +80,7 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
     is_ac = isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(False)
     return Model(
-        _ActorScores(policy), input_shape=space.shape, action_names=action_names,
+        _ActorScores(policy) if is_ac else _QValues(policy.q_net), input_shape=space.shape, action_names=action_names,
         n_actions=int(policy.action_space.n),
         score_kind="logits" if is_ac else "q_values",
         value_net=_CriticValue(policy) if is_ac else None,
