@@ -17,7 +17,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN, PPO
 
-from xrl import get_explainer, load_agent, make_env
+from xrl import as_model, get_explainer, load_agent, make_env
 from xrl.agents.load import CHECKPOINT_FORMAT, ZOO_DIR, save_agent
 from xrl.agents.nets import ARCHS, GridCNN
 from xrl.train.agent import AgentArgs, evaluate, make_vec_env, train_agent
@@ -171,6 +171,8 @@ def test_loaded_agent_reproduces_its_card_score(trained):
     card = json.loads(path.with_suffix(".json").read_text())
     score = evaluate(load_agent(path), ENV, {}, episodes=args.eval_episodes, seed=card["score"]["seed"])
     assert score == card["score"]
+    sampled = evaluate(load_agent(path), ENV, {}, episodes=args.eval_episodes, seed=card["score"]["seed"], sample=True)
+    assert sampled == card["score_sampled"]  # a policy agent's card also scores the policy it trained
 
 
 def test_finished_run_reexports_the_same_weights_and_ignores_out(trained, tmp_path):
@@ -377,6 +379,28 @@ def test_zoo_agent_reproduces_its_card_score():
     score = evaluate(model, ENV, {}, episodes=card["episodes"], seed=card["seed"])
     assert score["success_rate"] == card["success_rate"] >= 0.9
     assert score["mean_return"] == pytest.approx(card["mean_return"], abs=1e-9)
+
+
+def test_sampled_score_draws_each_episodes_actions_from_its_own_seeded_stream():
+    model = load_agent(ENV)
+    sampled = evaluate(model, ENV, {}, episodes=3, seed=5, sample=True, per_episode=True, progress=False)
+    # independently: one episode by hand, actions drawn from the softmax with rng seeded 5 + i
+    by_hand = []
+    for i in range(3):
+        env, rng, total, done = make_env(ENV), np.random.default_rng(5 + i), 0.0, False
+        obs, _ = env.reset(seed=5 + i)
+        while not done:
+            with torch.inference_mode():
+                p = model.probs(model.preprocess(obs))[0].double().numpy()
+            obs, reward, terminated, truncated, _ = env.step(int(rng.choice(len(p), p=p / p.sum())))
+            total, done = total + float(reward), terminated or truncated
+        by_hand.append(total)
+    assert sampled["returns"] == by_hand
+    side = evaluate(model, ENV, {}, episodes=3, seed=5, sample=True, batch=2, per_episode=True, progress=False)
+    assert side["returns"] == by_hand  # episodes played side by side keep their streams
+    q_model = as_model(model.net, input_shape=model.input_shape, score_kind="q_values")
+    with pytest.raises(ValueError, match="sample=True needs a policy that outputs logits.*'q_values'"):
+        evaluate(q_model, ENV, {}, episodes=1, seed=0, sample=True)
 
 
 def test_a_training_checkpoint_zip_loads_with_action_names(tmp_path):

@@ -68,7 +68,8 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
         (tmp_path / name / file).write_text(json.dumps(fields))
     card("done", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "pong", "settings": {"version": "v4"}},
          timesteps=1_000_448, timesteps_planned=1_000_000, command="xrl train agent --env pong",
-         score={"episodes": 10, "mean_return": -3.25, "std_return": 2.5, "success_rate": 0.2})
+         score={"episodes": 10, "mean_return": -3.25, "std_return": 2.5, "success_rate": 0.2},
+         score_sampled={"episodes": 10, "mean_return": 1.5, "std_return": 4.0, "success_rate": 0.6})
     card("half", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "breakout", "settings": {}},
          timesteps=903_168, timesteps_planned=5_000_000, command="xrl train agent --env breakout",
          score={"episodes": 10, "mean_return": 27.2, "std_return": 3.4, "success_rate": 1.0})
@@ -81,7 +82,9 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
     assert [line.split()[0] for line in lines[::2]] == ["done", "half", "shapes"]
     assert lines[0].split()[1:5] == ["ppo", "pong", "version=v4", "nature_cnn"]
     assert "1M " in lines[0] and "resumable" not in lines[0]
-    assert "return -3.25 ± 2.5 over 10 episodes, 20% positive" in lines[0]
+    assert "return -3.25 ± 2.5 over 10 episodes, 20% positive (sampled policy: return 1.5 ± 4 over 10 episodes, " \
+           "60% positive)" in lines[0]
+    assert "sampled" not in lines[2]  # older cards score the greedy policy only
     assert "903k of 5M, resumable" in lines[2] and "return 27.2" in lines[2]
     assert "validation accuracy 0.992" in lines[4] and "resumable" not in lines[4]  # epoch 8 is the best, not the last
     assert [line.strip() for line in lines[1::2]] == ["xrl train agent --env pong", "xrl train agent --env breakout",

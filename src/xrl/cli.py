@@ -69,7 +69,8 @@ def cmd_zoo(args) -> None:
         return
     for r in rows:
         trained = _count(r["trained"]) + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
-        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}")
+        sampled = f" (sampled policy: {r['score_sampled']})" if r["score_sampled"] else ""
+        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}{sampled}")
         if args.commands:
             print(f"{'':30s} {r['command']}")
 
@@ -100,6 +101,8 @@ def cmd_train_agent(args) -> None:
         export_only=args.export_only)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
+    if "score_sampled" in card:
+        print(f"score of the sampled policy: {json.dumps(card['score_sampled'])}")
 
 
 def _dataclass_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:

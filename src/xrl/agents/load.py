@@ -219,7 +219,7 @@ def _score_text(score: dict) -> str:
 
 def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
     """One row per zoo model (a folder with ``agent.json`` or ``classifier.json``), sorted by name:
-    ``name, kind, env, arch, trained, planned, finished, score, command, path``.
+    ``name, kind, env, arch, trained, planned, finished, score, score_sampled, command, path``.
 
     ``trained`` counts what the card says was trained (PPO timesteps, DIGR updates or classifier
     epochs) and ``planned`` what its command asks for (None where the card does not say);
@@ -247,7 +247,9 @@ def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
             "env": env_text, "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
             "trained": trained, "planned": planned,
             "finished": not (planned and trained is not None and trained < planned),
-            "score": _score_text(card.get("score") or {}), "command": card.get("command", ""),
+            "score": _score_text(card.get("score") or {}),
+            "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
+            "command": card.get("command", ""),
             "path": str(card_path),
         })
     return rows

@@ -101,7 +101,7 @@ class AgentArgs:
     checkpoint_every: int = 50_000
     """timesteps between checkpoints (rounded up to whole rollouts)"""
     eval_episodes: int = 100
-    """seeded greedy episodes for the score in the card"""
+    """seeded episodes for the card's scores: greedy, and for policy agents also sampled"""
     out: str = "runs/agent"
     """run folder: checkpoint.zip + checkpoint.state, then agent.pt and agent.json"""
     progress: bool = True
@@ -312,6 +312,9 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
         "action_names": model.action_names, "score": score,
         "train_seconds_this_run": round(time.time() - started, 1),
     }
+    if model.score_kind == "logits":  # the policy PPO trained, beside its argmax
+        card["score_sampled"] = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes,
+                                         seed=10_000 + args.seed, sample=True)
     return save_agent(algo, run / "agent.pt", arch=args.arch, card=card)
 
 
@@ -335,9 +338,14 @@ def agent_model(algo: BaseAlgorithm, args: AgentArgs) -> Model:
 
 def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
              perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-             batch: int = 1, per_episode: bool = False) -> dict:
+             batch: int = 1, per_episode: bool = False, sample: bool = False) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
     (success = positive return, meaningful for goal-reaching envs).
+
+    ``sample``: draw each action from the model's softmax instead (policy agents only), with one
+    random stream per episode seeded ``seed + i``. On a deterministic game whose start the seed
+    does not change (MsPacman: the no-op starts end inside the intro), greedy episodes are all
+    the same episode; the sampled policy is the one PPO trained and reports its spread.
 
     ``perturb`` maps the model's input states ``(B, C, H, W)`` to the states it acts on (an
     adversarial attack, see :mod:`xrl.attacks`); it may have a ``reseed(seeds)`` method, called
@@ -353,6 +361,9 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     paired comparisons of agents over the same seeds)."""
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
+    if sample and model.score_kind != "logits":
+        raise ValueError(f"sample=True needs a policy that outputs logits; this model outputs {model.score_kind!r} "
+                         "(Q-values have no policy to sample from): use the greedy score")
     envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
     returns = []
     with tqdm(total=episodes, desc="evaluate", leave=False, disable=not progress) as bar:
@@ -361,13 +372,18 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
             obs = [np.asarray(env.reset(seed=seed + i)[0]) for env, i in zip(envs, group)]
             if hasattr(perturb, "reseed"):
                 perturb.reseed([seed + i for i in group])
+            rngs = [np.random.default_rng(seed + i) for i in group]
             totals, running = [0.0] * len(group), [True] * len(group)
             while any(running):
                 states = model.preprocess(np.stack(obs))
                 if perturb is not None:
                     states = perturb(states)
                 with torch.inference_mode():
-                    actions = model(states).argmax(-1).tolist()
+                    if sample:
+                        p = model.probs(states).double().numpy()
+                        actions = [int(rng.choice(len(q), p=q / q.sum())) for rng, q in zip(rngs, p)]
+                    else:
+                        actions = model(states).argmax(-1).tolist()
                 for j, env in enumerate(envs[:len(group)]):
                     if running[j]:
                         o, reward, terminated, truncated, _ = env.step(actions[j])
