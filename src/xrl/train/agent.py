@@ -343,9 +343,9 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     (success = positive return, meaningful for goal-reaching envs).
 
     ``sample``: draw each action from the model's softmax instead (policy agents only), with one
-    random stream per episode seeded ``seed + i``. On a deterministic game whose start the seed
-    does not change (MsPacman: the no-op starts end inside the intro), greedy episodes are all
-    the same episode; the sampled policy is the one PPO trained and reports its spread.
+    random stream per episode seeded ``seed + i``. The argmax of a PPO policy can lock into one
+    losing loop from every start (the zoo MsPacman agent: greedy 70 on all 10 seeded starts); the
+    sampled policy is the one PPO trained.
 
     ``perturb`` maps the model's input states ``(B, C, H, W)`` to the states it acts on (an
     adversarial attack, see :mod:`xrl.attacks`); it may have a ``reseed(seeds)`` method, called
