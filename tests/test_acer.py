@@ -1,11 +1,12 @@
-"""ACER (xrl.train.acer): Retrace by hand, the trust region's constraint, a chain env solved, resume."""
+"""ACER (xrl.train.acer): Retrace by hand, the trust region's constraint, a chain env solved, resume,
+and replay as stable-baselines' ACER sizes and samples it."""
 import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
-from xrl.train.acer import Acer, AcerSettings, acer_losses, retrace_targets, trust_region
+from xrl.train.acer import Acer, AcerSettings, Segment, acer_losses, retrace_targets, trust_region
 
 
 def test_retrace_matches_hand_computation():
@@ -135,3 +136,53 @@ def test_acer_resumes_exactly():
         resumed.update()
     for a, b in zip(full.net.parameters(), resumed.net.parameters()):
         assert torch.equal(a, b)
+
+
+# stable-baselines' ACER (github.com/hill-a/stable-baselines, stable_baselines/acer/buffer.py):
+# Buffer.size = size // n_steps segments, each holding all envs' n_steps; replay when
+# Buffer.has_atleast(replay_start), i.e. num_in_buffer >= replay_start // n_steps.
+@pytest.mark.parametrize("settings, n_envs", [(AcerSettings(), 10),
+                                              (AcerSettings(n_steps=8, buffer_size=100, replay_start=40), 4)])
+def test_buffer_capacity_and_replay_start_are_stable_baselines(settings, n_envs):
+    sb_size = settings.buffer_size // settings.n_steps
+    sb_start = settings.replay_start // settings.n_steps
+    if settings == AcerSettings():
+        assert (sb_size, sb_start) == (102, 20)  # 5000 // 49, 1000 // 49 (was 10 and 3 segments)
+    acer = Acer(Net(4, 2), Chain(n_envs=n_envs), settings, seed=0)
+    assert (acer.capacity, acer.replay_start) == (sb_size, sb_start)
+
+
+def test_replay_waits_for_the_segments_then_draws_per_env():
+    settings = dataclasses.replace(SETTINGS, buffer_size=48, replay_start=40)  # 6 segments, replay from the 5th
+    acer = Acer(Net(4, 2), Chain(), settings, seed=0)
+    assert (acer.capacity, acer.replay_start) == (6, 5)
+    replayed = [acer.update()["replayed"] for _ in range(12)]
+    assert replayed[:4] == [0, 0, 0, 0] and sum(replayed[4:]) > 0
+    assert len(acer.buffer) == 6  # full: the oldest were overwritten
+    # a replayed batch: env i's columns come from one stored segment, drawn per env
+    batch = acer.replay_batch()
+    for i in range(acer.env.n_envs):
+        assert any(all(torch.equal(getattr(batch, f)[:, i], getattr(seg, f)[:, i]) for f in Segment._fields)
+                   for seg in acer.buffer)
+
+
+def test_a_checkpoint_with_another_capacity_resumes_in_age_order():
+    old = Acer(Net(4, 2), Chain(), SETTINGS, seed=0)
+    old.capacity = 3  # what buffer_size // (n_steps x n_envs) gave before
+    segs = []
+    for _ in range(5):
+        old.update()
+        segs.append(old.buffer[(old.next_slot - 1) % 3])
+    state = old.state_dict()
+    assert state["next_slot"] == 2  # a wrapped ring: the oldest kept (update 3) sits in slot 2
+    grown = Acer(Net(4, 2), Chain(), SETTINGS, seed=0)
+    grown.load_state_dict(state)
+    assert [s.obs.data_ptr() for s in grown.buffer] == [s.obs.data_ptr() for s in segs[2:]]
+    assert grown.next_slot == 3
+    grown.update()
+    assert len(grown.buffer) == 4
+    shrunk = Acer(Net(4, 2), Chain(), dataclasses.replace(SETTINGS, buffer_size=16), seed=0)  # 2 segments
+    shrunk.load_state_dict(state)
+    assert [s.obs.data_ptr() for s in shrunk.buffer] == [s.obs.data_ptr() for s in segs[3:]]
+    shrunk.update()
+    assert len(shrunk.buffer) == 2 and shrunk.buffer[0].obs.data_ptr() not in [s.obs.data_ptr() for s in segs]

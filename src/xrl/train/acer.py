@@ -1,5 +1,6 @@
 """ACER for discrete actions (Wang et al. 2017, "Sample Efficient Actor-Critic with Experience
-Replay"), the algorithm RExL trains its agents with (``../papers/rexl.txt`` section 3.2, Table 5).
+Replay"), the algorithm RExL trains its agents with (Agarwal et al. 2021, "Reinforcement
+Explanation Learning", arXiv:2111.13406, section 3.2 and Table 5).
 
 Reads top to bottom:
 
@@ -17,16 +18,27 @@ Reads top to bottom:
    an average policy: ``z = g - max(0, (k.g - delta) / |k|^2) k``, ``k = d KL(f_avg || f) / d f``.
 3. :class:`Acer` — one :meth:`Acer.update` = ``n_steps`` steps of every env with the current
    policy (stored with the behaviour probabilities ``mu`` in a replay buffer of segments), one
-   on-policy update on them, then ``Poisson(replay_ratio)`` off-policy updates on segments drawn
-   from the buffer once it holds ``replay_start`` steps. RMSprop, gradient norm clipped, and the
-   average policy network updated by Polyak averaging after every step.
+   on-policy update on them, then ``Poisson(replay_ratio)`` off-policy updates on replayed
+   batches. RMSprop, gradient norm clipped, and the average policy network updated by Polyak
+   averaging after every step.
+
+Replay, as stable-baselines computes it (``stable_baselines/acer/buffer.py`` and
+``acer_simple.py`` of github.com/hill-a/stable-baselines): a *segment* is one update's rollout,
+``n_steps`` steps of all ``n_envs`` envs. The buffer holds ``buffer_size // n_steps`` segments
+(:func:`buffer_segments`; so ``buffer_size`` counts steps *per env*: ``n_envs x buffer_size``
+env steps in all), the oldest overwritten first. Replay starts once it holds at least
+``replay_start // n_steps`` segments (:func:`replay_start_segments`; ``Buffer.has_atleast``).
+Each update then draws ``k ~ Poisson(replay_ratio)`` and learns on ``k`` replayed batches; a
+batch takes, for every env ``i``, env ``i``'s trajectory from a segment drawn uniformly among
+those stored, independently per env. Defaults: 5000 // 49 = 102 segments (49,980 env steps),
+replay from the 20th segment (1000 // 49) on.
 
 Defaults: stable-baselines' ACER (which the paper used) overridden by the paper's Table 5:
 gamma = 1, 490 environment steps per update (``n_envs=10`` x ``n_steps=49``: one whole masking
 episode per env), q_coef = 1, RMSprop alpha = 0.9, learning rate 1e-4 (constant here; stable-
 baselines decays it linearly by default). The rest as stable-baselines: ent_coef 0.01, max grad
-norm 10, buffer 5000 steps, replay ratio 4, replay start 1000, c = 10, trust region on with
-delta = 1 and average decay 0.99.
+norm 10, buffer 5000 steps per env, replay ratio 4, replay start 1000, c = 10, trust region on
+with delta = 1 and average decay 0.99.
 
 The environment is any *tensor vector env*: ``n_envs``, ``n_actions``, ``reset() -> obs (n, D)``
 and ``step(actions (n,)) -> (obs, rewards (n,), dones (n,) bool)`` that resets finished episodes
@@ -65,11 +77,11 @@ class AcerSettings:
     max_grad_norm: float = 10.0
     """gradient norm clipping"""
     buffer_size: int = 5000
-    """replay buffer capacity in env steps"""
+    """replay capacity in steps per env, as stable-baselines: buffer_size // n_steps segments of n_envs x n_steps steps"""
     replay_ratio: float = 4.0
     """mean number of off-policy updates per on-policy update (Poisson)"""
     replay_start: int = 1000
-    """env steps in the buffer before replay starts"""
+    """replay starts once the buffer holds replay_start // n_steps segments (stable-baselines' has_atleast)"""
     correction: float = 10.0
     """importance weight truncation c (bias correction beyond it)"""
     trust_region: bool = True
@@ -102,6 +114,16 @@ class Segment(NamedTuple):
     rewards: torch.Tensor
     dones: torch.Tensor
     mu: torch.Tensor
+
+
+def buffer_segments(settings: AcerSettings) -> int:
+    """Segments the replay buffer holds: ``buffer_size // n_steps`` (stable-baselines' ``Buffer.size``)."""
+    return settings.buffer_size // settings.n_steps
+
+
+def replay_start_segments(settings: AcerSettings) -> int:
+    """Segments stored before replay starts: ``replay_start // n_steps`` (``Buffer.has_atleast``)."""
+    return settings.replay_start // settings.n_steps
 
 
 # ------------------------------------------------------------------ 1. Retrace
@@ -172,7 +194,11 @@ class Acer:
         self.optimiser = torch.optim.RMSprop(net.parameters(), lr=settings.learning_rate, alpha=settings.rms_alpha,
                                              eps=settings.rms_eps)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.capacity = max(1, settings.buffer_size // (settings.n_steps * env.n_envs))
+        self.capacity = buffer_segments(settings)
+        if self.capacity < 1 and settings.replay_ratio > 0:
+            raise ValueError(f"buffer_size {settings.buffer_size} holds no segment of n_steps {settings.n_steps} "
+                             "steps (buffer_size // n_steps segments): raise buffer_size or set replay_ratio 0")
+        self.replay_start = replay_start_segments(settings)
         self.buffer: list[Segment] = []
         self.next_slot = 0
         self.obs: torch.Tensor | None = None
@@ -240,21 +266,38 @@ class Acer:
         return {"policy_loss": policy_loss.item(), "q_loss": q_loss.item(),
                 "entropy": terms["entropy"].mean().item(), "grad_norm": float(norm)}
 
-    def update(self) -> dict[str, float]:
-        """Collect one segment, learn on it, then replay; returns the mean losses, the number
-        of replayed segments and the mean return of the episodes finished meanwhile."""
-        seg = self.rollout()
+    def store(self, seg: Segment) -> None:
+        """Put a segment in the buffer, overwriting the oldest once it is full (no buffer when
+        ``replay_ratio`` is 0, as stable-baselines)."""
+        if self.s.replay_ratio <= 0:
+            return
         if len(self.buffer) < self.capacity:
             self.buffer.append(seg)
         else:
             self.buffer[self.next_slot] = seg
         self.next_slot = (self.next_slot + 1) % self.capacity
+
+    def replay_batch(self) -> Segment:
+        """For every env ``i``, env ``i``'s part of a segment drawn uniformly from the buffer
+        (independently per env, as stable-baselines' ``Buffer.get``)."""
+        n = self.env.n_envs
+        idx = torch.randint(len(self.buffer), (n,), generator=self.generator).tolist()
+        if len(set(idx)) == 1:
+            return self.buffer[idx[0]]
+        envs = range(n)
+        return Segment(*(torch.stack([self.buffer[j][f][:, i] for i, j in zip(envs, idx)], 1)
+                         for f in range(len(Segment._fields))))
+
+    def update(self) -> dict[str, float]:
+        """Collect one segment, learn on it, then replay; returns the mean losses, the number
+        of replayed batches and the mean return of the episodes finished meanwhile."""
+        seg = self.rollout()
+        self.store(seg)
         stats = [self.learn(seg)]
-        if len(self.buffer) * self.s.n_steps * self.env.n_envs >= self.s.replay_start:
+        if self.s.replay_ratio > 0 and len(self.buffer) >= self.replay_start:
             n_replay = int(torch.poisson(torch.tensor(float(self.s.replay_ratio)), generator=self.generator))
             for _ in range(n_replay):
-                i = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
-                stats.append(self.learn(self.buffer[i]))
+                stats.append(self.learn(self.replay_batch()))
         self.updates += 1
         out = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         out["replayed"] = len(stats) - 1
@@ -278,7 +321,21 @@ class Acer:
         self.avg.load_state_dict(state["avg"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.generator.set_state(state["generator"])
-        self.buffer = [Segment(**s) for s in state["buffer"]]
-        self.next_slot, self.obs, self.updates = state["next_slot"], state["obs"], state["updates"]
+        self.load_buffer([Segment(**s) for s in state["buffer"]], state["next_slot"])
+        self.obs, self.updates = state["obs"], state["updates"]
         self.running = state["running"]
         self.env.load_state_dict(state["env"])
+
+    def load_buffer(self, segments: list[Segment], next_slot: int) -> None:
+        """Restore a buffer saved with ``next_slot`` as the next slot to write. A checkpoint written
+        with another capacity (before xrl followed stable-baselines' ``buffer_size // n_steps``,
+        capacity was ``buffer_size // (n_steps x n_envs)``) is put in age order, the newest
+        ``capacity`` segments kept, and continues from there: nothing is lost when the capacity
+        grew. Same capacity: restored as saved (a bit-identical resume)."""
+        if len(segments) == self.capacity or (len(segments) < self.capacity and next_slot == len(segments)):
+            self.buffer, self.next_slot = segments, next_slot % max(1, self.capacity)
+            return
+        full = next_slot < len(segments)  # a ring that wrapped: the oldest segment is at next_slot
+        ordered = segments[next_slot:] + segments[:next_slot] if full else segments
+        self.buffer = ordered[-self.capacity:] if self.capacity else []
+        self.next_slot = len(self.buffer) % max(1, self.capacity)
