@@ -1,23 +1,75 @@
-"""Gaussian-blur perturbation saliency (Greydanus et al. 2018, "Visualizing and Understanding
-Atari Agents"), the perturbation baseline of DIGR and FLS.
+"""Gaussian-blur perturbation saliency (Greydanus, Koul, Dodge & Fern 2018, "Visualizing and
+Understanding Atari Agents", ICML, arXiv:1711.00138; code github.com/greydanus/visualize_atari,
+``saliency.py``: ``get_mask``, ``occlude``, ``score_frame``), the perturbation baseline of DIGR
+and FLS.
 
-For every ``stride``-th pixel ``(i, j)`` a Gaussian mask ``M`` of std ``radius`` centred there
-blends the state with a blurred copy, ``s' = s * (1 - M) + blur(s) * M`` (blur std
-``blur_sigma`` = 3 as in Greydanus), and the saliency of ``(i, j)`` is how much the policy moves:
+For every ``stride``-th pixel ``(i, j)`` a mask ``M`` of std ``radius`` centred there blends the
+state with a blurred copy, ``s' = s * (1 - M) + blur(s) * M`` (blur std ``blur_sigma`` = 3 as in
+Greydanus' ``occlude``), and the saliency of ``(i, j)`` is how much the agent's output moves:
 
-- ``score="l2"`` (default, Greydanus): ``1/2 ||pi(s) - pi(s')||^2`` on softmax probabilities;
-- ``score="kl"`` (DIGR's actor-critic variant): ``KL(pi(s) || pi(s'))``;
+- ``score="logits"`` (default; Greydanus' ``score_frame``): ``1/2 ||l(s) - l(s')||^2`` on the
+  model's raw scores ``l`` (their ``run_through_model(mode="actor")`` returns the actor head's
+  logits, no softmax). For a Q-value model this is the same formula on Q-values.
+- ``score="probability"`` (alias ``"l2"``, the default before issue 23):
+  ``1/2 ||pi(s) - pi(s')||^2`` on softmax probabilities (for Q-values: the Boltzmann policy at
+  temperature 1, :meth:`xrl.Model.probs`). Bounded in ``[0, 1]``, but it vanishes where the
+  policy is saturated (``pi(a|s)`` ~ 1): float32 softmax then rounds most perturbations to
+  exactly the same probabilities and the map is flat (ties).
+- ``score="kl"`` (DIGR's actor-critic variant, Eq. 3): ``KL(pi(s) || pi(s'))``;
 - ``score="target"``: ``|f(s) - f(s')|`` with ``f`` the explained target (an action's score, or
   any callable such as a value or a logit difference), e.g. ``|Q(s, a) - Q(s', a)|``.
 
-With ``"l2"`` and ``"kl"`` the score is over all actions and ``targets`` is ignored (it is still
-validated). ``explain_all`` returns each action's term of the score from the same perturbed
-batch: ``1/2 (p_k(s) - p_k(s'))^2`` for ``"l2"`` and ``p_k(s) (log p_k(s) - log p_k(s'))`` for
-``"kl"`` (signed), so the K maps sum to ``explain``; for ``"target"`` it is
+**Default, decision:** ``"logits"``, what Greydanus et al. ran and what DIGR and FLS cite as
+"Greydanus". It is scale-dependent (units of squared logits or squared Q-values), which does
+not move the project's metrics that read rankings or normalised maps (deletion, insertion,
+accuracy, localization, sparseness, sanity, nss, gaze_kl, shuffled_auc); of the metrics only
+``lipschitz`` reads raw magnitudes, and it already compares maps in different units across
+methods (gradients, probabilities, masks). ``"probability"`` keeps a bounded score one setting
+away; it is not a monotone function of ``"logits"``, so the two rank pixels differently.
+
+With ``"logits"``, ``"probability"`` and ``"kl"`` the score is over all actions and ``targets``
+is ignored (it is still validated). ``explain_all`` returns each action's term of the score from
+the same perturbed batch: ``1/2 (l_k(s) - l_k(s'))^2`` for ``"logits"``,
+``1/2 (p_k(s) - p_k(s'))^2`` for ``"probability"`` and ``p_k(s) (log p_k(s) - log p_k(s'))``
+for ``"kl"`` (signed), so the K maps sum to ``explain``; for ``"target"`` it is
 ``|score_k(s) - score_k(s')|``, i.e. ``explain_all[:, k] == explain(targets=k)``.
 
-The score grid ``(H', W')`` is upsampled bilinearly to ``(H, W)``, each grid value on its own
-pixel. Masks of all stacked frames/channels are the same (the perturbation is spatial).
+Masks (``mask=``):
+
+- ``"gaussian"`` (default): ``exp(-d^2 / (2 radius^2))``, 1 at the centre, exactly 0 beyond
+  ``4 radius``; the state is blurred with replicated borders (:func:`xrl.explainers.masks.
+  gaussian_blur`). Shared with ``sarfa``.
+- ``"greydanus"``: their ``get_mask`` and ``occlude`` as written: the pixels within distance 1
+  of the centre (a 5-pixel plus, fewer at a border) blurred by ``scipy.ndimage.gaussian_filter``
+  (std ``radius``, scipy's ``mode="reflect"``: half-sample symmetric borders, kernel radius
+  ``int(4 radius + 0.5)``) and divided by its maximum; the state blurred the same way (std
+  ``blur_sigma``, reflect borders). Computed here in float64 with separable blur matrices.
+
+How the two differ (measured on 84x84): in the interior their mask is a Gaussian of std
+``radius`` convolved with the 5-pixel plus, so slightly wider: the masks of centres at least
+``4 radius`` from every border differ by at most 0.0059 for ``radius=5`` (0.0023 for 8, 0.0092
+for 4, 0.037 for 2). Near a border their mask folds back at the edge (reflect), where ours is
+cut off, and is renormalised by its maximum: there the masks differ by up to 0.59. Their
+blurred state mirrors at the border where ours repeats the edge pixel. With ``mask="greydanus"``
+the coarse scores match a numpy/scipy re-implementation of ``score_frame`` to float32 rounding
+(max abs difference 6e-9, 1.3e-6 of the peak, and masks within 3e-8); with the default masks the
+coarse scores of centres 20+ pixels from the borders agree within 1.3% of the peak for
+``radius=5`` (correlation 0.9999), see ``tests/test_baseline_protocols.py``. The default stays
+``"gaussian"``: it is shared with ``sarfa`` and DIGR's teacher maps, and it is exactly a
+Gaussian of std ``radius`` everywhere, border included.
+
+Upsampling (both masks): the score grid ``(H', W')`` is upsampled bilinearly to ``(H, W)``, each
+grid value on its own pixel ``(i * stride, j * stride)``, pixels past the last centre repeating
+it. Greydanus' ``score_frame`` differs: its array has ``int(80 / d) + 1`` rows and columns of
+which only ``len(range(0, 80, d))`` are filled (for ``d = 5``: 16 of 17, the last row and column
+stay 0), and it is resized to 80x80 with pixel-centre bilinear interpolation (``cv2.resize`` in
+the current code, ``scipy.misc.imresize`` in the first version, which also quantised to uint8
+and rescaled by ``pmax / max``), so grid value ``(i, j)`` lands near pixel ``4.7 i + 1.9`` and
+the map fades to 0 at the bottom and right edges. Only the coarse grid is compared with theirs.
+
+Masks of all stacked frames/channels are the same (the perturbation is spatial); Greydanus'
+frames are single 80x80 grey images (their ``prepro``), so on a 1-channel state the two agree
+channel for channel.
 
 Settings from the papers: Greydanus use ``radius=5, stride=5`` on 80x80 Atari frames; DIGR use
 ``radius=4`` on Red-Fetch-Green, ``radius=8`` on Breakout and ``radius=5`` on CARLA, e.g.
@@ -26,10 +78,11 @@ Settings from the papers: Greydanus use ``radius=5, stride=5`` on 80x80 Atari fr
 Cost: ``B * (ceil(H/stride) * ceil(W/stride) + 1)`` forward passes (each state rides along
 with its perturbations), run in chunks of ``batch_size`` states under
 ``torch.inference_mode()``; the result does not depend on ``batch_size``. Masks are built
-once per size and cached (:func:`perturbation_masks`).
+once per size and cached (:func:`perturbation_masks`, :func:`greydanus_masks`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -39,7 +92,10 @@ from xrl.explainers.base import EXPLAINERS, Explainer, Targets
 from xrl.explainers.masks import (gaussian_blur, mask_centres, perturbation_masks, perturbed_scores,
                                   upsample_grid)
 
-SCORES = ("l2", "kl", "target")
+SCORES = ("logits", "probability", "kl", "target")
+#: older names still accepted: ``"l2"`` was the probability score
+SCORE_ALIASES = {"l2": "probability"}
+MASKS = ("gaussian", "greydanus")
 
 
 @EXPLAINERS.register("greydanus")
@@ -51,6 +107,7 @@ class Greydanus(Explainer):
         explainer = get_explainer("greydanus", model, radius=8, stride=5)
         saliency = explainer.explain(states)        # (B, H, W)
         per_action = explainer.explain_all(states)  # (B, K, H, W)
+        as_run = get_explainer("greydanus", model, mask="greydanus")  # their get_mask / occlude
     """
 
     per_action = True
@@ -62,7 +119,8 @@ class Greydanus(Explainer):
         radius: float = 5.0,
         stride: int = 5,
         blur_sigma: float = 3.0,
-        score: str = "l2",
+        score: str = "logits",
+        mask: str = "gaussian",
         batch_size: int = 512,  # a whole 84x84 state at stride 5 (290 rows, ~100 MB) in one pass
         seed: int = 0,
     ) -> None:
@@ -73,15 +131,19 @@ class Greydanus(Explainer):
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
         if not float(blur_sigma) >= 0:
             raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma!r}")
+        score = SCORE_ALIASES.get(score, score) if isinstance(score, str) else score
         if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+            raise ValueError(f"score must be one of {SCORES} (or 'l2' = 'probability'), got {score!r}")
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         self.radius = float(radius)
         self.stride = int(stride)
         self.blur_sigma = float(blur_sigma)
         self.score = score
+        self.mask = mask
 
     def explain(self, states: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        """Saliency ``(B, H, W)``; with ``"l2"``/``"kl"`` given targets are validated, then unused."""
+        """Saliency ``(B, H, W)``; unless ``score="target"``, given targets are validated, then unused."""
         if targets is None and self.score != "target":
             targets = _unused  # not resolving the argmax saves a forward pass of the states
         return super().explain(states, targets)
@@ -105,8 +167,10 @@ class Greydanus(Explainer):
         return self._upsample(terms.transpose(1, 2), states)
 
     def _terms(self, base: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
-        """Per-action terms ``(B, N, K)`` of the l2 or KL score between pi(s) and pi(s')."""
-        if self.score == "l2":
+        """Per-action terms ``(B, N, K)`` of the logits, probability or KL score between s and s'."""
+        if self.score == "logits":
+            return 0.5 * (base[:, None] - perturbed) ** 2
+        if self.score == "probability":
             return 0.5 * (base.softmax(-1)[:, None] - perturbed.softmax(-1)) ** 2
         log_p, log_q = base.log_softmax(-1)[:, None], perturbed.log_softmax(-1)
         return log_p.exp() * (log_p - log_q)
@@ -117,11 +181,16 @@ class Greydanus(Explainer):
         masks = self.masks(height, width, states.device).to(states.dtype)  # no copy for float32
         # each state itself, then its N perturbations, in one state-major batch: no separate pass
         with torch.inference_mode():
-            blurred = gaussian_blur(states, self.blur_sigma)
+            if self.mask == "greydanus":
+                blurred = reflect_blur(states, self.blur_sigma)
+            else:
+                blurred = gaussian_blur(states, self.blur_sigma)
         return perturbed_scores(self.model, states, blurred, masks, self.batch_size)
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached perturbation masks ``(N, H, W)`` this explainer uses."""
+        if self.mask == "greydanus":
+            return greydanus_masks(height, width, self.stride, self.radius, torch.device(device))
         return perturbation_masks(height, width, self.stride, self.radius, device=torch.device(device))
 
     def _upsample(self, coarse: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -133,4 +202,53 @@ class Greydanus(Explainer):
 
 
 def _unused(scores: torch.Tensor) -> torch.Tensor:
-    raise AssertionError("the l2 and kl scores do not use targets")
+    raise AssertionError("the logits, probability and kl scores do not use targets")
+
+
+@functools.lru_cache(maxsize=32)
+def reflect_blur_matrix(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, n)`` matrix ``A`` with ``A @ x`` = ``scipy.ndimage.gaussian_filter1d(x, sigma)`` along
+    the first axis: scipy's kernel (``exp(-x^2 / (2 sigma^2))``, normalised, radius
+    ``int(4 sigma + 0.5)``) and its default ``mode="reflect"`` border (``d c b a | a b c d``,
+    repeated for kernels wider than the signal). Float64 weights, cast to ``dtype``."""
+    with torch.inference_mode(False):  # cached: must stay usable by autograd later
+        half = int(4.0 * sigma + 0.5)
+        offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        source = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]  # (n, taps)
+        source = source.remainder(2 * n)  # half-sample symmetric extension has period 2n
+        source = torch.where(source >= n, 2 * n - 1 - source, source)
+        matrix = torch.zeros(n, n, dtype=torch.float64)
+        matrix.scatter_add_(1, source, kernel.expand(n, -1).contiguous())
+        return matrix.to(device=device, dtype=dtype)
+
+
+def reflect_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter(frame, sigma)`` (reflect borders) of every ``(H, W)`` frame
+    of ``x (..., H, W)``, as Greydanus' ``occlude``; ``sigma == 0`` is the identity."""
+    if sigma == 0:
+        return x.clone()
+    rows = reflect_blur_matrix(x.shape[-2], float(sigma), x.device, x.dtype)
+    cols = reflect_blur_matrix(x.shape[-1], float(sigma), x.device, x.dtype)
+    return rows @ x @ cols.T
+
+
+@functools.lru_cache(maxsize=8)
+def greydanus_masks(height: int, width: int, stride: int, radius: float, device: torch.device) -> torch.Tensor:
+    """Greydanus' ``get_mask`` for every centre of the ``stride`` grid, ``(N, H, W)`` float32,
+    mask ``n = r * W' + c`` centred on ``(r * stride, c * stride)``: the pixels within distance 1
+    of the centre set to 1, blurred with scipy's ``gaussian_filter(sigma=radius)`` (reflect
+    borders) and divided by the maximum. Float64, then float32; cached (do not modify)."""
+    with torch.inference_mode(False):
+        rows, cols = mask_centres(height, width, stride)
+        blur_h = reflect_blur_matrix(height, float(radius), torch.device("cpu"), torch.float64)
+        blur_w = reflect_blur_matrix(width, float(radius), torch.device("cpu"), torch.float64)
+        y = torch.arange(height)[None, :, None]
+        x = torch.arange(width)[None, None, :]
+        masks = []
+        for r in rows.tolist():
+            disc = ((y - r) ** 2 + (x - cols[:, None, None]) ** 2 <= 1).double()  # (W', H, W)
+            blurred = blur_h @ disc @ blur_w.T
+            masks.append(blurred / blurred.amax((1, 2), keepdim=True))
+        return torch.cat(masks).float().to(device)
