@@ -86,36 +86,44 @@ BOTTOM = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
 
 # --- deletion / insertion -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, saliency, expected", [
-    ("deletion", TOP, 0.25),       # p = 1, 1/2, 0, 0, 0
-    ("deletion", BOTTOM, 0.75),    # p = 1, 1, 1, 1/2, 0
-    ("insertion", TOP, 0.75),      # p = 0, 1/2, 1, 1, 1
-    ("insertion", BOTTOM, 0.25),   # p = 0, 0, 0, 1/2, 1
-    ("deletion", torch.ones(1, 2, 2), 0.25),  # ties: reading order, top row first
+@pytest.mark.parametrize("name, saliency, expected, protocol", [
+    ("deletion", TOP, 0.25, "rise"),       # p = 1, 1/2, 0, 0, 0
+    ("deletion", BOTTOM, 0.75, "rise"),    # p = 1, 1, 1, 1/2, 0
+    ("insertion", TOP, 0.75, "rise"),      # p = 0, 1/2, 1, 1, 1
+    ("insertion", BOTTOM, 0.25, "rise"),   # p = 0, 0, 0, 1/2, 1
+    ("deletion", TOP, 0.25, "xrl"),
+    ("deletion", torch.ones(1, 2, 2), 0.25, "xrl"),   # ties: reading order, top row first
+    ("deletion", torch.ones(1, 2, 2), 0.75, "rise"),  # ties: np.flip(stable argsort), last pixel first
 ])
-def test_curve_auc_by_hand(name, saliency, expected):
-    metric = get_metric(name, substrate="black", step_fraction=0.25)
+def test_curve_auc_by_hand(name, saliency, expected, protocol):
+    metric = get_metric(name, protocol=protocol, substrate="black", step_fraction=0.25)
     value = metric(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=saliency)
     assert value.dtype == torch.float32 and value.shape == (1,)
     assert value.item() == pytest.approx(expected, abs=1e-7)
 
 
-def test_ties_are_broken_in_reading_order():
+@pytest.mark.parametrize("protocol, sign", [("xrl", -1.0), ("rise", 1.0)])
+def test_ties_are_broken_deterministically(protocol, sign):
+    # xrl: reading order (first pixel first); rise: np.flip(np.argsort(s, kind="stable")) (last first)
     w = torch.randn(10, 10, generator=torch.Generator().manual_seed(2))
     model = as_model(Linear2(w), input_shape=(1, 10, 10))
     states = torch.rand(1, 1, 10, 10, generator=torch.Generator().manual_seed(3))
-    metric = get_metric("deletion", substrate="black", step_fraction=0.03)
+    metric = get_metric("deletion", protocol=protocol, substrate="black", step_fraction=0.03)
     _, tied = metric.curve(model=model, states=states, saliency=torch.ones(1, 10, 10))
-    _, ordered = metric.curve(model=model, states=states, saliency=-torch.arange(100.0).view(1, 10, 10))
+    _, ordered = metric.curve(model=model, states=states, saliency=sign * torch.arange(100.0).view(1, 10, 10))
     assert torch.equal(tied, ordered)
 
 
-def test_curve_points_and_short_last_step():
-    metric = get_metric("deletion", substrate="black", step_fraction=0.75)  # 3 pixels, then 1
+@pytest.mark.parametrize("protocol, x, auc", [
+    ("xrl", [0.0, 0.75, 1.0], 0.375),  # x = fraction of pixels moved
+    ("rise", [0.0, 0.5, 1.0], 0.25),   # x = i / n_steps, RISE's auc = (sum - first/2 - last/2) / n_steps
+])
+def test_curve_points_and_short_last_step(protocol, x, auc):
+    metric = get_metric("deletion", protocol=protocol, substrate="black", step_fraction=0.75)  # 3 pixels, then 1
     fractions, scores = metric.curve(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=TOP)
-    assert fractions.tolist() == [0.0, 0.75, 1.0]
+    assert fractions.tolist() == x
     assert scores.tolist() == [[1.0, 0.0, 0.0]]
-    assert metric(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=TOP).item() == 0.375
+    assert metric(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=TOP).item() == auc
 
 
 def test_logit_score_by_hand():
@@ -208,7 +216,9 @@ def test_blur_substrate_on_a_flat_state_leaves_the_curve_flat():
     states = torch.full((1, 1, 6, 6), 0.7)
     p = model.probs(states).max().item()
     for name in ("deletion", "insertion"):
-        value = get_metric(name, substrate="blur", step_fraction=0.1)(model=model, states=states, saliency=oracle)
+        # xrl's blur replicates the borders (RISE's zero-padded blur darkens them)
+        value = get_metric(name, protocol="xrl", substrate="blur", step_fraction=0.1)(
+            model=model, states=states, saliency=oracle)
         assert value.item() == pytest.approx(p, abs=1e-6)
 
 
@@ -313,10 +323,11 @@ def one_channel_model(h=3, w=3):
 
 @pytest.mark.parametrize("c", [-2.5, 0.7])
 def test_lipschitz_of_scaled_input_is_abs_c(c):
+    # on raw maps (protocol "xrl-raw", scale-dependent); the default normalises every map
     model = one_channel_model()
     explainer = Scaled(model, c=c)
     states = torch.rand(3, 1, 3, 3)
-    metric = get_metric("lipschitz", radius=0.1, n_samples=5, batch_size=4)
+    metric = get_metric("lipschitz", protocol="xrl-raw", radius=0.1, n_samples=5, batch_size=4)
     value = metric(states=states, saliency=explainer.explain(states), explainer=explainer)
     torch.testing.assert_close(value, torch.full((3,), abs(c)), rtol=1e-5, atol=0)
 

@@ -1,34 +1,43 @@
 """Faithfulness: does the agent's answer follow the pixels the saliency map points at?
 
-* ``deletion`` / ``insertion`` (Petsiuk et al. 2018, RISE; used by VisionMask): the target's
-  score while pixels are removed from (deletion) or added to (insertion) the state in order of
-  decreasing saliency; the value is the area under that curve.
+* ``deletion`` / ``insertion``: the target's score while pixels are removed from (deletion) or
+  added to (insertion) the state in order of decreasing saliency; the value is the area under
+  that curve. Two named protocols (``protocol=``), see :data:`CURVE_PROTOCOLS` and
+  ``docs/metrics.md``:
+
+  - ``"rise"`` (default): exactly the ``CausalMetric`` of Petsiuk, Das & Saenko 2018, "RISE:
+    Randomized Input Sampling for Explanation of Black-box Models" (BMVC 2018, arXiv:1806.07421),
+    code github.com/eclique/RISE, file ``evaluation.py`` (with the settings of its
+    ``Evaluation.ipynb``), in the model's input space;
+  - ``"xrl"``: the protocol xrl used before (2 % steps, 31-tap replicate-padded blur, reading
+    order for ties).
+
 * ``accuracy`` (VisionMask, section 4.2): does the agent keep its action on the state seen
   through the map, ``s * m + r * (1 - m)``?
 
-The protocol (written down once, used for every method; see ``docs/metrics.md``):
+Common to both curve protocols:
 
 * Pixels are the ``(H, W)`` locations; all channels and stacked frames at a location are
-  removed or added together. They are ranked by saliency, largest first; ties keep reading
-  order (row-major, a stable sort), so the ranking is deterministic.
-* A removed pixel takes its value from the substrate ``r (B, C, H, W)``: ``blur`` (Gaussian blur
-  of the state), ``noise`` (uniform [0, 1) noise drawn once from ``seed``, the same image for
-  every state), ``black`` (0), ``mean`` (each channel's mean over the state), ``background`` (a
-  given ``(C, H, W)`` image).
-* The curve has a point after every ``ceil(step_fraction * H * W)`` pixels, from 0 pixels to
-  all of them (the last step may be shorter). Its x axis is the fraction of pixels perturbed.
-* The score is the softmax probability of the target (``score="probability"``) or its raw
-  score (``"logit"``). Targets default to the agent's action (argmax) on the unperturbed state.
-* AUC = trapezoidal integral of the curve over the fraction in [0, 1], i.e. the mean score along
-  the curve; it lies in [0, 1] for probabilities. Lower is better for deletion, higher for
-  insertion. Perturbed states are scored in chunks of ``batch_size``; the value does not depend
-  on it.
+  removed or added together (RISE: all three colour channels of a pixel).
+* A removed pixel takes its value from the substrate ``r (B, C, H, W)``: ``blur`` (the state
+  blurred, per channel; the blur is the protocol's), ``noise`` (uniform [0, 1) noise drawn once
+  from ``seed``, the same image for every state), ``black`` (0), ``mean`` (each channel's mean over
+  the state), ``background`` (a given ``(C, H, W)`` image). Defaults: ``black`` for deletion,
+  ``blur`` for insertion (RISE's ``torch.zeros_like`` and its ``gkern`` blur).
+* The score is the softmax probability of the target (``score="probability"``; RISE wraps its
+  classifier in ``nn.Softmax``) or its raw score (``"logit"``). Targets default to the agent's
+  action (argmax) on the unperturbed state (RISE: the top class of the clean image).
+* ``metric.curve(...)`` returns the curve's x axis ``(T,)`` and scores ``(B, T)``; the value is
+  ``torch.trapezoid(scores, x)``. Perturbed states are scored in chunks of ``batch_size``; the
+  value does not depend on it.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from xrl.agents.model import Model
 from xrl.explainers.base import chunks, guarded, target_function
@@ -37,12 +46,53 @@ from xrl.metrics.base import METRICS, Metric, check_saliency, minmax
 
 SUBSTRATES = ("blur", "noise", "black", "mean", "background")
 SCORES = ("probability", "logit")
+#: the named deletion/insertion protocols; the first is the default
+CURVE_PROTOCOLS = ("rise", "xrl")
+BLURS = ("xrl", "rise")
+
+
+@functools.lru_cache(maxsize=16)
+def rise_kernel(klen: int, nsig: float) -> torch.Tensor:
+    """RISE's ``gkern(klen, nsig)`` (``evaluation.py``), one ``(klen, klen)`` float32 plane.
+
+    RISE builds it as ``scipy.ndimage.gaussian_filter`` (defaults: ``mode="reflect"``,
+    ``truncate=4.0``) of a ``klen x klen`` Dirac at ``(klen // 2, klen // 2)``. That filter is
+    separable and the Dirac is an outer product, so the kernel is ``outer(g, g)`` with ``g`` the
+    1-D filter of a length-``klen`` Dirac: Gaussian weights ``exp(-x^2 / (2 nsig^2))`` for
+    ``|x| <= int(4 nsig + 0.5)``, normalised to sum 1, read through half-sample-symmetric
+    reflection (``d c b a | a b c d | d c b a``), repeated when the radius exceeds ``klen``.
+    With ``nsig=5`` the radius is 20 > 11 taps, so the reflections fold the Gaussian's tails back
+    into the window: the kernel sums to 1 but is flatter than a truncated Gaussian of std 5.
+    Computed in float64 and cast to float32, as RISE does. Checked against scipy in ``tests/test_metric_protocols.py``.
+    """
+    radius = int(4.0 * float(nsig) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * x**2 / float(nsig) ** 2)
+    weights = weights / weights.sum()
+    centre = klen // 2
+    source = (torch.arange(klen)[:, None] + torch.arange(-radius, radius + 1)[None]) % (2 * klen)
+    source = torch.where(source >= klen, 2 * klen - 1 - source, source)  # (klen, taps) reflected
+    g = (weights[None].expand(klen, -1) * (source == centre)).sum(1)  # (klen,)
+    return torch.outer(g, g).float()
+
+
+def rise_blur(states: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
+    """RISE's insertion substrate: ``conv2d(x, gkern(klen, nsig), padding=klen // 2)`` with the
+    kernel on the diagonal of the channel matrix (every channel blurred separately), zero padding
+    (the image darkens towards 0 near its borders), same size out. RISE hard-codes 3 channels;
+    here every one of the state's ``C`` channels is blurred the same way."""
+    c = states.shape[1]
+    kernel = rise_kernel(int(klen), float(nsig)).to(states)
+    return F.conv2d(states, kernel.expand(c, 1, -1, -1), padding=int(klen) // 2, groups=c)
 
 
 class Substrate:
     """What removed pixels are replaced with: ``substrate(states (B, C, H, W)) -> (B, C, H, W)``.
 
-    ``blur_kernel=None`` takes ``2 * ceil(3 * blur_sigma) + 1``; image borders are replicated.
+    ``blur`` is the protocol's blur: ``blur="xrl"`` a separable Gaussian of std ``blur_sigma``,
+    ``blur_kernel`` taps (``None``: ``2 * ceil(3 * blur_sigma) + 1``), image borders replicated;
+    ``blur="rise"`` RISE's ``gkern(klen=blur_kernel, nsig=blur_sigma)`` convolution with zero
+    padding (``None``: 11 taps), see :func:`rise_blur`.
     """
 
     def __init__(
@@ -53,13 +103,16 @@ class Substrate:
         blur_kernel: int | None = None,
         background: torch.Tensor | None = None,
         seed: int = 0,
+        blur: str = "xrl",
     ) -> None:
         if kind not in SUBSTRATES:
             raise ValueError(f"substrate must be one of {SUBSTRATES}, got {kind!r}")
+        if blur not in BLURS:
+            raise ValueError(f"blur must be one of {BLURS}, got {blur!r}")
         if not blur_sigma > 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")
         if blur_kernel is None:
-            blur_kernel = 2 * math.ceil(3 * blur_sigma) + 1
+            blur_kernel = 11 if blur == "rise" else 2 * math.ceil(3 * blur_sigma) + 1
         if int(blur_kernel) < 1 or int(blur_kernel) % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel!r}")
         if kind == "background":
@@ -70,6 +123,7 @@ class Substrate:
         elif background is not None:
             raise ValueError(f"background= is only used with substrate='background', not {kind!r}")
         self.kind = kind
+        self.blur = blur
         self.blur_sigma = float(blur_sigma)
         self.blur_kernel = int(blur_kernel)
         self.background = background
@@ -81,6 +135,8 @@ class Substrate:
         if self.kind == "mean":
             return states.mean(dim=(2, 3), keepdim=True).expand_as(states)
         if self.kind == "blur":
+            if self.blur == "rise":
+                return rise_blur(states, self.blur_kernel, self.blur_sigma)
             return gaussian_blur(states, self.blur_sigma, kernel_size=self.blur_kernel)
         if self.kind == "noise":
             # drawn on the CPU so the same seed gives the same image on every device
@@ -110,6 +166,44 @@ def _check_model(model: Model, states: torch.Tensor) -> None:
 class _Curve(Metric):
     """Deletion and insertion differ only in which image the top-ranked pixels come from.
 
+    Settings (constructor keywords, so ``get_metric(name, protocol=..., ...)``, a bench spec's
+    ``[metric_settings.deletion]`` and ``xrl evaluate --setting deletion.protocol=...`` all work):
+
+    * ``protocol="rise"`` (default) — RISE's ``CausalMetric`` (Petsiuk, Das & Saenko 2018,
+      arXiv:1806.07421; github.com/eclique/RISE, ``evaluation.py``):
+
+      - ``step`` = ``W`` pixels (one image row; RISE's notebook uses ``step=224`` on 224 x 224
+        images), ``n_steps = ceil(H * W / step)``, ``n_steps + 1`` points: after ``i`` steps the
+        top ``min(i * step, H * W)`` pixels have moved;
+      - order ``np.flip(np.argsort(saliency))``: largest first. RISE's ``np.argsort`` is numpy's
+        default quicksort, which is not stable (equal values come out in an unspecified order that
+        depends on the numpy build); here ties fall as ``np.flip(np.argsort(s, kind="stable"))``:
+        among equal values the *later* pixel in reading order goes first (a constant map is
+        deleted from the bottom-right corner). Tie-free maps are ranked exactly as RISE ranks them;
+      - deletion substrate zeros, insertion substrate :func:`rise_blur` (``gkern(11, 5)``, zero
+        padding);
+      - score = softmax probability of the target; AUC = RISE's ``auc``,
+        ``(sum - first / 2 - last / 2) / n_steps``: the curve's x axis is ``i / n_steps``.
+
+      Differences from RISE's code: any ``H x W`` and any number of channels (RISE: 3 x 224 x 224,
+      3 colour channels); the model's input space is whatever the agent takes (RISE's images are
+      ImageNet-normalised, so its zero substrate is the dataset mean colour, here 0 is 0 of the
+      state, black for frames in [0, 1]); targets may be given (RISE: always its top class); the tie
+      order above; float64 AUC.
+
+      Other settings compose with it, each as a change to one of RISE's arguments:
+      ``step_fraction=f`` sets RISE's ``step`` to ``ceil(f * H * W)`` pixels (the last step may be
+      shorter; the x axis stays ``i / n_steps``, as in RISE); ``substrate`` replaces RISE's
+      ``substrate_fn``; ``blur_sigma`` / ``blur_kernel`` are ``gkern``'s ``nsig`` / ``klen``
+      (defaults 5 / 11); ``score="logit"`` scores the raw output (RISE with a model not wrapped in
+      softmax).
+    * ``protocol="xrl"`` — xrl's protocol before issue 23: a point after every
+      ``ceil(step_fraction * H * W)`` pixels (``step_fraction=0.02`` by default; the last step may
+      be shorter), x axis = fraction of pixels moved ``k / (H * W)``; ties in reading order (a
+      stable sort of ``-saliency``); ``blur`` = separable Gaussian, ``blur_sigma=5``,
+      ``2 * ceil(3 * blur_sigma) + 1`` = 31 taps, borders replicated. Same substrates, scores and
+      trapezoid AUC.
+
     ``substrate=None`` takes the metric's default: ``black`` for deletion, ``blur`` for insertion.
     """
 
@@ -121,8 +215,9 @@ class _Curve(Metric):
     def __init__(
         self,
         *,
+        protocol: str = "rise",
         substrate: str | None = None,
-        step_fraction: float = 0.02,
+        step_fraction: float | None = None,
         score: str = "probability",
         batch_size: int = 256,
         seed: int = 0,
@@ -130,23 +225,38 @@ class _Curve(Metric):
         blur_kernel: int | None = None,
         background: torch.Tensor | None = None,
     ) -> None:
-        if not 0 < step_fraction <= 1:
+        if protocol not in CURVE_PROTOCOLS:
+            raise ValueError(f"protocol must be one of {CURVE_PROTOCOLS}, got {protocol!r}")
+        if step_fraction is None:
+            step_fraction = 0.02 if protocol == "xrl" else None
+        if step_fraction is not None and not 0 < step_fraction <= 1:
             raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         kind = self.default_substrate if substrate is None else substrate
+        self.protocol = protocol
         self.substrate = Substrate(kind, blur_sigma=blur_sigma, blur_kernel=blur_kernel,
-                                   background=background, seed=seed)
-        self.step_fraction = float(step_fraction)
+                                   background=background, seed=seed, blur=protocol)
+        self.step_fraction = None if step_fraction is None else float(step_fraction)
         self.score = score
         self.batch_size = int(batch_size)
+
+    def step(self, height: int, width: int) -> int:
+        """Pixels moved per step on ``height x width`` states."""
+        if self.step_fraction is None:  # protocol="rise": one image row, as RISE's step=224
+            return width
+        return max(1, math.ceil(round(self.step_fraction * height * width, 9)))
 
     def curve(
         self, *, model: Model, states: torch.Tensor, saliency: torch.Tensor, targets=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fractions of pixels perturbed ``(T,)`` and the target's score there ``(B, T)``."""
+        """The curve's x axis ``(T,)`` and the target's score there ``(B, T)``.
+
+        x is the fraction of pixels moved, ``k / (H * W)``, for ``protocol="xrl"`` and RISE's
+        ``i / n_steps`` for ``"rise"`` (the same unless the last step is shorter).
+        """
         check_saliency(states, saliency)
         _check_model(model, states)
         b, _, h, w = states.shape
@@ -155,10 +265,20 @@ class _Curve(Metric):
             index = target_indices(model, states, targets)
             reference = self.substrate(states)
             source, start = (states, reference) if self.insert else (reference, states)
-            order = torch.argsort(saliency.reshape(b, n), dim=1, descending=True, stable=True)
+            flat = saliency.reshape(b, n)
+            if self.protocol == "rise":  # np.flip(np.argsort(s, kind="stable")): ties, last first
+                order = torch.argsort(flat, dim=1, stable=True).flip(1)
+            else:  # ties in reading order
+                order = torch.argsort(flat, dim=1, descending=True, stable=True)
             rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
-            step = max(1, math.ceil(round(self.step_fraction * n, 9)))
-            counts = torch.cat([torch.arange(0, n, step), torch.tensor([n])]).to(states.device)  # (T,)
+            step = self.step(h, w)
+            if self.protocol == "rise":
+                n_steps = (n + step - 1) // step
+                counts = (torch.arange(n_steps + 1) * step).clamp(max=n).to(states.device)  # (T,)
+                x = torch.arange(n_steps + 1, dtype=torch.float64, device=states.device) / n_steps
+            else:
+                counts = torch.cat([torch.arange(0, n, step), torch.tensor([n])]).to(states.device)  # (T,)
+                x = counts.double() / n
             t = counts.numel()
             scores = torch.empty(b * t, dtype=torch.float64, device=states.device)
             for part in chunks(b * t, self.batch_size):
@@ -169,17 +289,18 @@ class _Curve(Metric):
                 if self.score == "probability":
                     out = torch.softmax(out, dim=-1)
                 scores[part] = out.gather(1, index[i, None]).squeeze(1).double()
-        return counts.double() / n, scores.view(b, t)
+        return x, scores.view(b, t)
 
     def compute(self, *, model, states, saliency, targets=None, **_) -> torch.Tensor:
-        fractions, scores = self.curve(model=model, states=states, saliency=saliency, targets=targets)
-        return torch.trapezoid(scores, fractions, dim=1).float()
+        x, scores = self.curve(model=model, states=states, saliency=saliency, targets=targets)
+        return torch.trapezoid(scores, x, dim=1).float()
 
 
 @METRICS.register("deletion")
 class Deletion(_Curve):
     """AUC of the target's probability as the most salient pixels are replaced by the substrate
-    (default ``black``, as in RISE). Lower is better. See the module docstring for the protocol."""
+    (default ``black``: RISE's zeros). Lower is better. ``protocol="rise"`` (default) is RISE's
+    ``CausalMetric`` deletion game, ``"xrl"`` xrl's earlier protocol; see :class:`_Curve`."""
 
     higher_is_better = False
     insert = False
@@ -189,7 +310,9 @@ class Deletion(_Curve):
 @METRICS.register("insertion")
 class Insertion(_Curve):
     """AUC of the target's probability as the most salient pixels are put back into the substrate
-    (default ``blur``, as in RISE). Higher is better. See the module docstring for the protocol."""
+    (default ``blur``: with ``protocol="rise"`` RISE's zero-padded ``gkern(11, 5)`` blur). Higher
+    is better. ``protocol="rise"`` (default) is RISE's ``CausalMetric`` insertion game, ``"xrl"``
+    xrl's earlier protocol; see :class:`_Curve`."""
 
     higher_is_better = True
     insert = True
