@@ -1,6 +1,6 @@
-"""The RExL agent (``../papers/rexl.txt`` section 3.2, appendix A.1): a frozen feature extractor and
-a learnable MLP (hidden layers 256 and 128, ReLU) with a policy head over the ``grid**2`` cells
-and, for ACER, a Q head. Dataset-specific agents also get the explained class as a one-hot input.
+"""The RExL agent (Agarwal et al. 2021, "Reinforcement Explanation Learning", arXiv:2111.13406,
+section 3.2, appendix A.1): a frozen feature extractor and a learnable MLP (hidden layers 256 and
+128, ReLU) with a policy head over the ``grid**2`` cells and, for ACER, a Q head. Dataset-specific agents also get the explained class as a one-hot input.
 
 Feature extractors (``extractor=``): ``"trunk"`` — the explained network's own convolutional
 trunk (:func:`xrl.classifiers.trunk_of`); a torchvision classification architecture name
@@ -9,7 +9,8 @@ frozen: nothing may be downloaded here); or any ``nn.Module`` passed by the user
 fingerprinted, so an agent used with another extractor is refused.
 
 On disk: ``rexl.pt`` (``format="xrl.rexl_agent"``: the MLP and heads, grid, mode, classes,
-noise, the explained model's fingerprint and input shape, the extractor's name, seed and
+noise, score — softmax or sigmoid; absent from agents saved before it existed, which scored the
+softmax —, the explained model's fingerprint and input shape, the extractor's name, seed and
 fingerprint) and its card ``rexl.json``; :func:`load_rexl_agent` refuses another model or grid.
 """
 from __future__ import annotations

@@ -11,6 +11,10 @@ The dataset is a function of ``(n, size, seed)``: the same arguments give the sa
 machine (NumPy's PCG64 generator). Train, validation and test splits use different seeds
 (:data:`SPLIT_SEEDS`), so no image is shared.
 
+A multi-label variant (:func:`make_multi_shapes`, the setting of RExL's VOC/COCO experiments):
+1 to ``max_objects`` objects of *different* classes per image, non-overlapping, with multi-hot
+``labels (N, C)`` and one mask per class ``(N, C, H, W)``.
+
 Example::
 
     data = make_shapes(1000, size=56, seed=0)
@@ -106,3 +110,43 @@ def object_labels(masks: np.ndarray | torch.Tensor) -> torch.Tensor:
     the rest unimportant (0), as :mod:`xrl.envs.labels` defines them."""
     masks = torch.as_tensor(np.asarray(masks))
     return torch.where(masks, torch.tensor(IMPORTANT, dtype=torch.int8), torch.tensor(UNIMPORTANT, dtype=torch.int8))
+
+
+class MultiShapes(NamedTuple):
+    images: np.ndarray  # (N, 3, H, W) uint8
+    labels: np.ndarray  # (N, C) int64 multi-hot: 1 where an object of the class is present
+    masks: np.ndarray   # (N, C, H, W) bool, each class's object pixels (empty when absent)
+
+
+def make_multi_shapes(n: int, *, size: int = 32, seed: int = 0, max_objects: int = 3, clutter: int = 6) -> MultiShapes:
+    """``n`` multi-label images: each holds ``1..max_objects`` objects (the number drawn uniformly)
+    of distinct classes drawn without replacement, placed so that they do not overlap (an object
+    that finds no free place in 50 seeded tries is left out, with its label; the first always fits). A function
+    of the arguments, like :func:`make_shapes`."""
+    if n < 1 or size < 16 or not 1 <= max_objects <= len(CLASSES):
+        raise ValueError(f"need n >= 1, size >= 16 and 1 <= max_objects <= {len(CLASSES)}, "
+                         f"got n={n!r}, size={size!r}, max_objects={max_objects!r}")
+    rng = np.random.default_rng(seed)
+    k = len(CLASSES)
+    images = np.empty((n, 3, size, size), dtype=np.uint8)
+    labels = np.zeros((n, k), dtype=np.int64)
+    masks = np.zeros((n, k, size, size), dtype=bool)
+    for i in range(n):
+        image = _background(rng, size, clutter)
+        taken = np.zeros((size, size), dtype=bool)
+        for c in rng.permutation(k)[:rng.integers(1, max_objects + 1)]:
+            for _ in range(50):
+                r = rng.uniform(0.12, 0.18) * size
+                cy, cx = rng.uniform(r + 1, size - r - 1, size=2)
+                mask = shape_mask(CLASSES[c], size, cy, cx, r)
+                if not (mask & taken).any():  # no overlap
+                    break
+            else:
+                continue
+            colour = rng.uniform(0, 1, size=3)
+            colour[rng.integers(3)] = rng.uniform(0.85, 1.0)
+            image[mask] = colour
+            taken |= mask
+            labels[i, c], masks[i, c] = 1, mask
+        images[i] = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return MultiShapes(images, labels, masks)

@@ -1,10 +1,18 @@
-"""The masking MDP of RExL (Kadam et al., ``../papers/rexl.txt`` section 3.1).
+"""The masking MDP of RExL (Agarwal et al. 2021, "Reinforcement Explanation Learning",
+arXiv:2111.13406, section 3.1).
 
 An image (or an agent's state) and the class (or action) ``c`` to explain. The image is cut into
 a ``grid x grid`` grid of cells (K = 7 in the paper, 14 as a setting). An action picks one cell;
 the cell is *masked*: its pixels are replaced by noise drawn once per episode from the image
 distribution. The reward is minus the explained model's probability of ``c`` on the masked image,
-``r_t = -p_c(s_{t+1})`` (Eq. 1). An episode has ``grid**2`` steps and gamma = 1, so the return is
+``r_t = -p_c(s_{t+1})`` (Eq. 1).
+
+Scoring (``score=``): ``"softmax"`` (default; single-label classifiers and agents' policies)
+takes ``p_c = softmax(logits)_c``; ``"sigmoid"`` takes each class's own probability
+``p_c = sigmoid(logit_c)``, as for the paper's multi-label VOC/COCO models, where the problem
+definition (section 3.1) has "probabilities p_c indicating the presence of at least one object of
+class c": then masking one object does not raise another present class's probability in
+exchange, and every present class is explained on its own (one episode per (image, class)). An episode has ``grid**2`` steps and gamma = 1, so the return is
 minus the (unnormalised) deletion curve of the cells in the order the agent chose them. Masking a
 cell again is allowed (as in the paper) and changes nothing.
 
@@ -43,6 +51,17 @@ import torch
 from xrl.agents.model import Model
 
 NOISES = ("uniform", "gaussian")
+SCORES = ("softmax", "sigmoid")
+
+
+def class_probability(logits: torch.Tensor, targets: torch.Tensor, score: str = "softmax") -> torch.Tensor:
+    """``p_c (n,)`` of class ``targets (n,)`` from the model's outputs ``(n, C)``: softmax over
+    the classes, or the class's own sigmoid (multi-label)."""
+    if score == "sigmoid":
+        return torch.sigmoid(logits.gather(1, targets[:, None]).squeeze(1))
+    if score == "softmax":
+        return logits.softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    raise ValueError(f"score must be one of {SCORES}, got {score!r}")
 
 
 def check_grid(height: int, width: int, grid: int) -> None:
@@ -69,12 +88,13 @@ class MaskingBatch:
 
     ``images (N, C, H, W)`` are float states in the model's input space; ``reset`` chooses which
     rows and targets the episodes explain. States are the masked images; ``masked (n, grid**2)``
-    says which cells are masked; ``probs (n,)`` the model's probability of each target now.
+    says which cells are masked; ``probs (n,)`` the model's probability of each target now
+    (``score``: softmax, or sigmoid for multi-label models).
     """
 
     def __init__(self, model: Model, images: torch.Tensor, *, grid: int = 7, noise: str = "uniform",
                  low: float = 0.0, high: float = 1.0, seed: int = 0, batch_size: int = 256,
-                 mean=None, std=None) -> None:
+                 mean=None, std=None, score: str = "softmax") -> None:
         if not isinstance(model, Model):
             raise TypeError(f"the masking MDP takes an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
         model.check_states(images)
@@ -82,6 +102,9 @@ class MaskingBatch:
             raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
         if not high > low:
             raise ValueError(f"need low < high for the noise range, got {low!r}, {high!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.score = score
         self.model, self.images, self.grid = model, images, int(grid)
         self.cells = cell_masks(images.shape[-2], images.shape[-1], grid).to(images.device)  # (A, H, W)
         self.noise, self.low, self.high = noise, float(low), float(high)
@@ -141,7 +164,7 @@ class MaskingBatch:
     @torch.no_grad()
     def _probs(self, states: torch.Tensor) -> torch.Tensor:
         out = torch.cat([self.model(states[i:i + self.batch_size]) for i in range(0, len(states), self.batch_size)])
-        return out.softmax(-1).gather(1, self.targets[:, None]).squeeze(1)
+        return class_probability(out, self.targets, self.score)
 
 
 class MaskingEnv(gym.Env):
@@ -158,12 +181,12 @@ class MaskingEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, model: Model, images: torch.Tensor, targets: torch.Tensor, *, grid: int = 7,
-                 noise: str = "uniform", low: float = 0.0, high: float = 1.0) -> None:
+                 noise: str = "uniform", low: float = 0.0, high: float = 1.0, score: str = "softmax") -> None:
         super().__init__()
         targets = torch.as_tensor(targets, dtype=torch.long)
         if tuple(targets.shape) != (len(images),):
             raise ValueError(f"targets must be one class index per image ({len(images)},), got {tuple(targets.shape)}")
-        self.batch = MaskingBatch(model, images, grid=grid, noise=noise, low=low, high=high)
+        self.batch = MaskingBatch(model, images, grid=grid, noise=noise, low=low, high=high, score=score)
         self.targets = targets
         k = model.n_actions
         self.observation_space = gym.spaces.Dict({

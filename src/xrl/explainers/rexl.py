@@ -1,6 +1,6 @@
-"""RExL (Kadam et al., ``../papers/rexl.txt`` section 3.3): a trained RL agent masks the cells of a
-K x K grid one by one, most decisive first, and the saliency of a cell is the credit of the drop
-in the target's probability it caused.
+"""RExL (Agarwal et al. 2021, "Reinforcement Explanation Learning", arXiv:2111.13406, section 3.3):
+a trained RL agent masks the cells of a K x K grid one by one, most decisive first, and the
+saliency of a cell is the credit of the drop in the target's probability it caused.
 
 With the deterministic policy, at step ``t = 1..K^2`` the agent masks cell ``b_t`` and the target's
 probability drops by ``delta_t = p_{t-1} - p_t``. Cell ``b_t`` gets ``sum_{i >= t} lambda^(i - t)
@@ -20,6 +20,14 @@ or class-specific agents, each explaining the states whose target is its class (
 agent is refused). An agent trained for another model or grid is refused. Masked cells show one
 noise image drawn from ``seed`` (the same for every state, so a map does not depend on its batch).
 Cost: ``K^2`` steps, each one forward pass of the model and the agent's extractor per state.
+
+Multi-label models (the paper's VOC/COCO setting): ``score="sigmoid"`` (what an agent trained on
+multi-label data records, and then the default) scores the target by its own probability
+``sigmoid(logit_c)`` instead of the softmax over classes. ``explain(states, targets=k)`` explains
+class ``k``; :meth:`RExL.explain_present` explains *every* class present in each image — the
+given multi-hot labels, or the classes the model finds (``sigmoid(logit) > 0.5``) — and returns
+one map per present (image, class) pair: ``maps (P, H, W)``, ``rows (P,)``, ``classes (P,)``,
+ordered by image, then class.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
-from xrl.envs.masking import MaskingBatch
+from xrl.envs.masking import SCORES, MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import gaussian_blur
 
@@ -71,7 +79,8 @@ class RExL(Explainer):
 
     def __init__(self, model: Model, *, agent: str | Path | Sequence[str | Path] | None = None, lam: float = 1.0,
                  smooth: float = 0.0, repeat: bool = False, grid: int | None = None,
-                 extractor: torch.nn.Module | None = None, batch_size: int = 256, seed: int = 0) -> None:
+                 extractor: torch.nn.Module | None = None, batch_size: int = 256, seed: int = 0,
+                 score: str | None = None) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
         if agent is None:
             raise ValueError("rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl)")
@@ -93,10 +102,45 @@ class RExL(Explainer):
         if len(grids) != 1:
             raise ValueError(f"the agents mask different grids {sorted(grids)}; give agents of one grid")
         self.grid = grids.pop()
+        recorded = {r["score"] for _, r in self.agents.values() if r.get("score")}  # agents before it: none
+        if len(recorded) > 1:
+            raise ValueError(f"the agents were trained with different scores {sorted(recorded)}; give agents of one")
+        if score is not None and score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES} (or None: the agents'), got {score!r}")
+        if score is not None and recorded and score not in recorded:
+            raise ValueError(f"the agents were trained to lower the {recorded.pop()} probability, score={score!r} "
+                             "was asked; train agents with that score (xrl train rexl --score)")
+        self.score = score or (recorded.pop() if recorded else "softmax")
 
     def __repr__(self) -> str:
         return (f"RExL(agent={self.agent_paths!r}, lam={self.lam}, smooth={self.smooth}, repeat={self.repeat}, "
-                f"grid={self.grid}, seed={self.seed})")
+                f"grid={self.grid}, score={self.score!r}, seed={self.seed})")
+
+    @torch.no_grad()
+    def present_classes(self, states: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` bool: the classes the model finds in each state — ``sigmoid(logit) > 0.5``
+        (sigmoid score), the argmax (softmax score)."""
+        logits = torch.cat([self.model(states[i:i + self.batch_size]) for i in range(0, len(states), self.batch_size)])
+        if self.score == "sigmoid":
+            return torch.sigmoid(logits) > 0.5
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
+
+    def explain_present(self, states: torch.Tensor, present: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One map for every class present in every state: ``(maps (P, H, W), rows (P,), classes (P,))``,
+        pair ``p`` explaining class ``classes[p]`` of ``states[rows[p]]``, ordered by row then class.
+        ``present (B, C)`` multi-hot labels (0/1 or bool); None: :meth:`present_classes`. A state
+        with no present class gets no map."""
+        if present is None:
+            present = self.present_classes(states)
+        present = torch.as_tensor(present).to(states.device).bool()
+        k = self.model.n_actions
+        if tuple(present.shape) != (states.shape[0], k):
+            raise ValueError(f"present must be (B, C) = ({states.shape[0]}, {k}) multi-hot labels, got {tuple(present.shape)}")
+        rows, classes = torch.nonzero(present, as_tuple=True)
+        if len(rows) == 0:
+            return states.new_zeros(0, *states.shape[-2:]), rows, classes
+        return self.explain(states[rows], classes), rows, classes
 
     def with_model(self, model: Model) -> "Explainer":
         """The same trained agents explaining ``model`` without the model check: the sanity metric
@@ -138,7 +182,8 @@ class RExL(Explainer):
     def _maps(self, agent: RExLAgent, record: dict, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         agent = agent.to(states.device)
         batch = MaskingBatch(self.model, states, grid=self.grid, noise=record["noise"], seed=self.seed,
-                             batch_size=self.batch_size, mean=record.get("noise_mean"), std=record.get("noise_std"))
+                             batch_size=self.batch_size, mean=record.get("noise_mean"), std=record.get("noise_std"),
+                             score=self.score)
         noise = batch.draw_noise(1).expand_as(states)  # one noise image for every state
         probs, actions = [], []
         with shared_trunk(agent, self.model) as encode:  # one trunk pass per step when it is the model's

@@ -1,15 +1,20 @@
-"""Train a RExL agent (``../papers/rexl.txt`` sections 3-4): ``xrl train rexl``.
+"""Train a RExL agent (Agarwal et al. 2021, "Reinforcement Explanation Learning", arXiv:2111.13406,
+sections 3-4): ``xrl train rexl``.
 
 Reads top to bottom:
 
 1. What is explained (:func:`load_explained`): an xrl image classifier (``xrl train classifier``)
    or an RL agent (zoo name, xrl ``.pt``, SB3 ``.zip``; its actions are the classes).
 2. The images (:func:`training_images`): the generated shapes training split (``data="shapes"``),
-   an image folder, or a StateDataset (``.h5``) of an agent's states, and the class each image is
-   explained for: its label (``targets="label"``) or the model's argmax (``"argmax"``, the only
-   choice for agents' states). The mode picks the rows: ``ds`` (dataset-specific, every row, the
-   class as a one-hot input), ``cs`` (class-specific, rows of ``target_class``), ``is``
-   (image-specific, row ``image``).
+   its multi-label variant (``"multishapes"``), an image folder, or a StateDataset (``.h5``) of an
+   agent's states, and the (image, class) pairs episodes explain: each image's label
+   (``targets="label"``) or the model's argmax (``"argmax"``, the only choice for agents' states).
+   Multi-label data (multi-hot labels; or ``--score sigmoid`` with ``argmax`` targets: the classes
+   whose sigmoid exceeds 0.5) gives one pair per *present* class, scored by the class's own
+   sigmoid probability (``score="auto"`` picks it; :mod:`xrl.envs.masking`). The mode picks the
+   pairs: ``ds`` (dataset-specific, every pair, the class as a one-hot input), ``cs``
+   (class-specific, pairs of ``target_class``), ``is`` (image-specific, image ``image``; its
+   ``target_class`` pair when given, else its first).
 3. The environment (:class:`MaskingVecEnv`): ``n_envs`` masking episodes
    (``xrl.envs.masking.MaskingBatch``) on rows drawn with replacement; observations are the
    frozen extractor's features, so the replay buffer holds features, not images.
@@ -34,7 +39,7 @@ from tqdm.auto import tqdm
 import xrl
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
-from xrl.envs.masking import MaskingBatch, check_grid
+from xrl.envs.masking import SCORES, MaskingBatch, check_grid
 from xrl.files import atomic_path, check_run_settings, write_json
 from xrl.train.acer import Acer, AcerSettings, settings_of
 
@@ -46,7 +51,7 @@ class RExLArgs(AcerSettings):
     model: str
     """the explained model: an xrl classifier .pt (xrl train classifier), a zoo agent, an xrl .pt or an SB3 .zip"""
     data: str = "shapes"
-    """images: shapes (the generated training split), an image folder, or a StateDataset .h5 of agent states"""
+    """images: shapes (the generated training split), multishapes (its multi-label variant), an image folder, or a StateDataset .h5"""
     out: str = "runs/rexl"
     """run folder: checkpoint.pt, history.json, args.json, then rexl.pt and rexl.json"""
     mode: str = "ds"
@@ -57,6 +62,8 @@ class RExLArgs(AcerSettings):
     """is only: the row of the image the agent explains"""
     targets: str = "label"
     """the class explained for each image: label (classifiers) or argmax (the model's own answer; agents)"""
+    score: str = "auto"
+    """the probability rewarded: softmax, sigmoid (each class's own: multi-label models), auto (sigmoid for multi-hot labels)"""
     grid: int = 7
     """cells per side (K); the image side must be divisible by it"""
     noise: str = "uniform"
@@ -99,35 +106,53 @@ def load_explained(spec: str) -> Model:
     return load_agent(spec)
 
 
-def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float states ``(N, C, H, W)`` and the class explained for each ``(N,)``, all rows of the data."""
+def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """``(images (N, C, H, W), targets (P,), image_of (P,), score)``: float states, the (image,
+    class) pairs episodes explain — pair ``p`` explains class ``targets[p]`` of image
+    ``image_of[p]`` — and the resolved score. Single-label data: one pair per image
+    (``image_of = arange(N)``); multi-label data: one per present class."""
+    labels = None
     if args.data == "shapes":
         from xrl.data import shapes
         data = shapes.split("train", args.n_images, size=model.input_shape[-1], seed=args.seed)
         images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
+    elif args.data == "multishapes":
+        from xrl.data import shapes
+        data = shapes.make_multi_shapes(args.n_images, size=model.input_shape[-1], seed=args.seed)
+        images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
     elif args.data.endswith(".h5"):
         from xrl.data.dataset import StateDataset
         with StateDataset.open(args.data) as ds:
-            images, labels = ds.states(np.arange(min(len(ds), args.n_images))), None
+            images = ds.states(np.arange(min(len(ds), args.n_images)))
     else:
         from xrl.classifiers import load_image_folder
         raw, label_array, _ = load_image_folder(args.data, size=model.input_shape[-1])
         images, labels = torch.from_numpy(raw[:args.n_images]).float() / 255, torch.from_numpy(label_array[:args.n_images])
-        if labels.dim() == 2:  # multi-label: explain each image's first present class
-            labels = labels.argmax(1)
     model.check_states(images)
+    multi_label = labels is not None and labels.dim() == 2
+    score = args.score if args.score != "auto" else ("sigmoid" if multi_label else "softmax")
     if args.targets == "label":
         if labels is None:
             raise ValueError(f"{args.data} holds agent states without labels: use --targets argmax")
-        targets = labels.long()
+        present = labels.bool() if multi_label else None
     else:
         with torch.no_grad():
-            targets = torch.cat([model(images[i:i + 256]).argmax(-1) for i in range(0, len(images), 256)])
-    return images, targets
+            logits = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)])
+        present = torch.sigmoid(logits) > 0.5 if score == "sigmoid" else None
+        labels = logits.argmax(-1)
+    if present is None:
+        targets = labels.long()
+        return images, targets, torch.arange(len(targets)), score
+    image_of, targets = torch.nonzero(present, as_tuple=True)
+    if len(targets) == 0:
+        raise ValueError(f"no class is present in any image of {args.data} (multi-hot labels or sigmoid > 0.5)")
+    return images, targets, image_of, score
 
 
-def episode_rows(args: RExLArgs, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """The rows episodes are drawn from, by mode."""
+def episode_rows(args: RExLArgs, targets: torch.Tensor, n_classes: int, image_of: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The pairs (indices into ``targets``) episodes are drawn from, by mode."""
+    image_of = torch.arange(len(targets)) if image_of is None else image_of
     if args.mode == "ds":
         return torch.arange(len(targets))
     if args.mode == "cs":
@@ -138,9 +163,15 @@ def episode_rows(args: RExLArgs, targets: torch.Tensor, n_classes: int) -> torch
         if len(rows) == 0:
             raise ValueError(f"no training image is explained for class {args.target_class}")
         return rows
-    if not 0 <= args.image < len(targets):
-        raise ValueError(f"--image must be a row in [0, {len(targets)}), got {args.image}")
-    return torch.tensor([args.image])
+    n_images = int(image_of.max()) + 1
+    if not 0 <= args.image < n_images:
+        raise ValueError(f"--image must be a row in [0, {n_images}), got {args.image}")
+    rows = torch.nonzero(image_of == args.image).flatten()
+    if args.target_class >= 0:
+        rows = rows[targets[rows] == args.target_class]
+    if len(rows) == 0:
+        raise ValueError(f"image {args.image} is not explained for class {args.target_class}")
+    return rows[:1]
 
 
 # ------------------------------------------------------------------ 3. the environment
@@ -151,8 +182,11 @@ class MaskingVecEnv:
     steps, so all ``n_envs`` end together and restart on freshly drawn rows."""
 
     def __init__(self, batch: MaskingBatch, agent: RExLAgent, targets: torch.Tensor, rows: torch.Tensor,
-                 n_envs: int, seed: int, reward_scale: float = 1.0) -> None:
+                 n_envs: int, seed: int, reward_scale: float = 1.0, image_of: torch.Tensor | None = None) -> None:
+        """``targets (P,)`` the class of each pair, ``rows`` the pairs drawn from, ``image_of (P,)``
+        each pair's image (None: pair = image)."""
         self.batch, self.agent, self.all_targets, self.pool = batch, agent, targets, rows
+        self.image_of = image_of
         self.reward_scale = float(reward_scale)
         self.n_envs, self.n_actions = int(n_envs), batch.n_cells
         self.generator = torch.Generator().manual_seed(int(seed) + 7)
@@ -167,8 +201,9 @@ class MaskingVecEnv:
         return self._encoder(states, self.batch.targets)
 
     def _new_episodes(self) -> torch.Tensor:
-        rows = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
-        return self._encode(self.batch.reset(rows, self.all_targets[rows]))
+        pairs = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
+        images = pairs if self.image_of is None else self.image_of[pairs]
+        return self._encode(self.batch.reset(images, self.all_targets[pairs]))
 
     def reset(self) -> torch.Tensor:
         return self._new_episodes()
@@ -206,6 +241,8 @@ def _check_args(args: RExLArgs, model: Model) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {args.mode!r}")
     if args.targets not in ("label", "argmax"):
         raise ValueError(f"targets must be 'label' or 'argmax', got {args.targets!r}")
+    if args.score not in ("auto", *SCORES):
+        raise ValueError(f"score must be auto or one of {SCORES}, got {args.score!r}")
     if args.algo not in ("acer", *SB3_ALGOS):
         raise ValueError(f"algo must be acer or one of {SB3_ALGOS}, got {args.algo!r}")
     check_grid(model.input_shape[-2], model.input_shape[-1], args.grid)
@@ -216,6 +253,22 @@ def _check_args(args: RExLArgs, model: Model) -> None:
 
 
 _IGNORED = {"total_steps", "progress", "out", "checkpoint_every"}
+#: settings added after runs were recorded, with the value that reproduces those runs
+_ADDED = {"score": "auto"}
+
+
+def _run_settings(run: Path, args: RExLArgs) -> dict:
+    """The settings recorded in ``args.json``; a run recorded before a setting was added resumes
+    when the setting keeps its old behaviour."""
+    settings = {"what": "rexl", **dataclasses.asdict(args)}
+    config = run / "args.json"
+    if config.exists():
+        import json
+        old = json.loads(config.read_text())
+        for key, value in _ADDED.items():
+            if key not in old and settings[key] == value:
+                del settings[key]
+    return settings
 
 
 def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
@@ -225,23 +278,23 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
     with torch.random.fork_rng(devices=[]):
         model = load_explained(args.model)
     _check_args(args, model)
-    check_run_settings(run, {"what": "rexl", **dataclasses.asdict(args)}, ignore=_IGNORED)
+    check_run_settings(run, _run_settings(run, args), ignore=_IGNORED)
     for p in model.parameters():
         p.requires_grad_(False)
-    images, targets = training_images(args, model)
-    rows = episode_rows(args, targets, model.n_actions)
+    images, targets, image_of, score = training_images(args, model)
+    rows = episode_rows(args, targets, model.n_actions, image_of)
     classes = sorted(set(targets[rows].tolist())) if args.mode == "ds" else [int(targets[rows[0]])]
     extractor = build_extractor(model, args.extractor, args.extractor_seed)
     torch.manual_seed(args.seed)
     agent = RExLAgent(extractor, input_shape=model.input_shape, n_classes=model.n_actions, grid=args.grid,
                       mode=args.mode, classes=classes)
-    batch = MaskingBatch(model, images, grid=args.grid, noise=args.noise, seed=args.seed)
+    batch = MaskingBatch(model, images, grid=args.grid, noise=args.noise, seed=args.seed, score=score)
     record = agent_record(model, batch, args.extractor, args.extractor_seed)
     started = time.time()
     if args.algo == "acer":
-        history = _train_acer(args, run, agent, batch, targets, rows, stop_at)
+        history = _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of)
     else:
-        history = _train_sb3(args, run, agent, model, images, targets, rows)
+        history = _train_sb3(args, run, agent, model, images, targets, rows, score, image_of)
     history["train_seconds_last_run"] = round(time.time() - started, 1)
     write_json(run / "history.json", history)
     path = run / "rexl.pt"
@@ -249,8 +302,8 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
     return path
 
 
-def _train_acer(args, run, agent, batch, targets, rows, stop_at) -> dict:
-    env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed, reward_scale(args))
+def _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of=None) -> dict:
+    env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed, reward_scale(args), image_of)
     try:
         return _acer_loop(args, run, agent, env, stop_at)
     finally:
@@ -292,7 +345,7 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
     return history
 
 
-def _train_sb3(args, run, agent, model, images, targets, rows) -> dict:
+def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", image_of=None) -> dict:
     """SB3 PPO/A2C/DQN on the Gymnasium masking env with the same extractor and MLP; the trained
     policy layers are copied into ``agent`` (DQN: its Q-network's layers become the policy head).
     Resumes from ``checkpoint.zip`` (not bit-identical: SB3's own state)."""
@@ -311,7 +364,8 @@ def _train_sb3(args, run, agent, model, images, targets, rows) -> dict:
             return agent.encode(obs["image"], obs["target"].argmax(-1))
 
     def make(i: int):
-        return lambda: MaskingEnv(model, images[rows], targets[rows], grid=args.grid, noise=args.noise)
+        pair_images = images[rows] if image_of is None else images[image_of[rows]]
+        return lambda: MaskingEnv(model, pair_images, targets[rows], grid=args.grid, noise=args.noise, score=score)
 
     env = DummyVecEnv([make(i) for i in range(args.n_envs)])
     env.seed(args.seed)
@@ -347,12 +401,12 @@ def agent_record(model: Model, batch: MaskingBatch, extractor: str, extractor_se
     gaussian = batch.noise == "gaussian"
     return {"model_fingerprint": model_record(model)["fingerprint"], "model_source": str(model.info.get("source")),
             "input_shape": list(model.input_shape), "noise": batch.noise, "extractor": extractor,
-            "extractor_seed": int(extractor_seed), "noise_mean": batch.mean.flatten().tolist() if gaussian else None,
+            "extractor_seed": int(extractor_seed), "score": batch.score, "noise_mean": batch.mean.flatten().tolist() if gaussian else None,
             "noise_std": batch.std.flatten().tolist() if gaussian else None}
 
 
 def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str = "ds", classes=None,
-                    extractor: str | torch.nn.Module = "trunk", seed: int = 0) -> Path:
+                    extractor: str | torch.nn.Module = "trunk", seed: int = 0, score: str = "softmax") -> Path:
     """Save a randomly initialised agent for ``model`` (what timing and contract tests need;
     its maps rank cells by an untrained policy)."""
     module = build_extractor(model, extractor, seed)
@@ -360,7 +414,7 @@ def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str 
         torch.manual_seed(seed)
         agent = RExLAgent(module, input_shape=model.input_shape, n_classes=model.n_actions, grid=grid, mode=mode,
                           classes=list(range(model.n_actions)) if classes is None else classes)
-    batch = MaskingBatch(model, torch.zeros(1, *model.input_shape), grid=grid)
+    batch = MaskingBatch(model, torch.zeros(1, *model.input_shape), grid=grid, score=score)
     name = extractor if isinstance(extractor, str) else "module"
     save_rexl_agent(agent, path, record=agent_record(model, batch, name, seed), card={"what": "untrained RExL agent"})
     return Path(path)
