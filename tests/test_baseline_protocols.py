@@ -114,3 +114,57 @@ def test_greydanus_scores_and_their_names():
     # the logits score of a model whose outputs are log-probabilities is not the probability score
     assert not torch.allclose(probs_only.explain(x), new)
     assert logits.shape == (2, 4)
+
+
+# ---------------------------------------------------------------- RISE
+
+
+def our_draws(height, width, n, s, p1, seed):
+    """The random numbers our masks use, drawn as rise_masks draws them: cells, row shifts, column shifts."""
+    generator = torch.Generator().manual_seed(seed)
+    cell = (math.ceil(height / s), math.ceil(width / s))
+    grid = (torch.rand(n, 1, s, s, generator=generator) < p1).float()[:, 0].numpy()
+    rows = torch.randint(0, cell[0], (n,), generator=generator).numpy()
+    cols = torch.randint(0, cell[1], (n,), generator=generator).numpy()
+    return grid, rows, cols
+
+
+def reference_masks(height, width, grid, rows, cols):
+    """Their ``generate_masks`` with given draws: each binary grid resized with scikit-image
+    (linear, reflect borders, no anti-aliasing) to ``(s + 1) * cell_size`` and cropped at the shift."""
+    from skimage.transform import resize
+
+    s = grid.shape[-1]
+    cell = np.ceil(np.array([height, width]) / s)
+    up = ((s + 1) * cell).astype(int)
+    return np.stack([resize(g, up, order=1, mode="reflect", anti_aliasing=False)[x:x + height, y:y + width]
+                     for g, x, y in zip(grid, rows, cols)])
+
+
+@pytest.mark.parametrize("height, width, s, p1", [(20, 20, 4, 0.5), (21, 17, 3, 0.3), (84, 84, 8, 0.5)])
+def test_rise_masks_match_generate_masks(height, width, s, p1):
+    n = 200
+    model = small_net(side=max(height, width))  # only used to build the explainer
+    ours = get_explainer("rise", model, n_masks=n, grid=s, p=p1, seed=5).masks(height, width).double().numpy()
+    theirs = reference_masks(height, width, *our_draws(height, width, n, s, p1, seed=5))
+    np.testing.assert_allclose(ours, theirs, atol=2e-7)
+
+
+def test_rise_saliency_matches_the_authors_formula():
+    model, x = small_net(k=5), rand(2, 1, 20, 20, seed=2)
+    n, s, p1 = 300, 4, 0.5
+    explainer = get_explainer("rise", model, n_masks=n, grid=s, p=p1, seed=1, batch_size=77)
+    assert explainer.score == "probability"  # the default: the authors' softmax-wrapped model
+    masks = reference_masks(20, 20, *our_draws(20, 20, n, s, p1, seed=1))  # (N, H, W)
+    for b in range(2):
+        frame = x[b].double().numpy()
+        with torch.no_grad():  # RISE.forward: p = softmax(model(masks * x)); sal = p^T M / N / p1
+            p = torch.softmax(model(torch.from_numpy(masks[:, None] * frame).float()), -1).double().numpy()
+        expected = (p.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1
+        np.testing.assert_allclose(explainer.explain_all(x[b:b + 1])[0].double().numpy(), expected,
+                                   rtol=1e-4, atol=1e-6)
+    raw = get_explainer("rise", model, n_masks=n, grid=s, p=p1, seed=1, score="logits").explain_all(x[:1])[0]
+    with torch.no_grad():
+        scores = model(torch.from_numpy(masks[:, None] * x[0].double().numpy()).float()).double().numpy()
+    np.testing.assert_allclose(raw.double().numpy(), (scores.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1,
+                               rtol=1e-4, atol=1e-5)

@@ -302,7 +302,9 @@ def test_sarfa_of_a_single_action_model_is_zero():
 
 def test_rise_matches_the_formula():
     model, x = tiny_model(), rand(2, 2, 12, 12)
-    explainer = get_explainer("rise", model, n_masks=40, grid=3, p=0.3, batch_size=17)
+    # raw scores (score="logits"); the default softmax probabilities are checked against the
+    # authors' formula in test_baseline_protocols.py
+    explainer = get_explainer("rise", model, n_masks=40, grid=3, p=0.3, batch_size=17, score="logits")
     masks = explainer.masks(12, 12)
     with torch.no_grad():
         scores = torch.stack([model(x * m) for m in masks], 1)  # (B, N, K)
@@ -315,7 +317,8 @@ def test_rise_ranks_the_one_pixel_a_model_reads_first():
     model = fn_model(lambda x: torch.stack([x[:, 0, r, c] for r, c in pixels], 1), (2, 16, 16))  # action k reads pixel k
     x = rand(1, 2, 16, 16) * 0.5 + 0.5
     for grid, within in ((16, 0), (8, 1)):  # pixel-sized cells: exactly first; cells of 2: within one pixel
-        maps = get_explainer("rise", model, n_masks=1000, grid=grid).explain_all(x)[0]  # (K, H, W)
+        # raw scores: each action is one pixel's value (the softmax default couples the 20 actions)
+        maps = get_explainer("rise", model, n_masks=1000, grid=grid, score="logits").explain_all(x)[0]  # (K, H, W)
         top = maps.flatten(1).argmax(1)
         found = torch.stack([top // 16, top % 16], 1)
         assert (found - torch.tensor(pixels)).abs().amax().item() <= within
@@ -333,7 +336,8 @@ def test_rise_masks_are_seeded_and_cached():
     assert (masks.diff(dim=-1).abs().max() <= 1 / 3 + 1e-6) and (masks.diff(dim=-2).abs().max() <= 1 / 3 + 1e-6)
 
 
-@pytest.mark.parametrize("bad", [{"n_masks": 0}, {"grid": 0}, {"grid": 2.5}, {"p": 0}, {"p": 1.5}])
+@pytest.mark.parametrize("bad", [{"n_masks": 0}, {"grid": 0}, {"grid": 2.5}, {"p": 0}, {"p": 1.5},
+                                 {"score": "l2"}])
 def test_rise_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("rise", tiny_model(), **bad)

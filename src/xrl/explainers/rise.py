@@ -1,19 +1,48 @@
 """RISE, Randomized Input Sampling for Explanation (Petsiuk, Das & Saenko 2018, "RISE:
-Randomized Input Sampling for Explanation of Black-box Models").
+Randomized Input Sampling for Explanation of Black-box Models", BMVC, arXiv:1806.07421; code
+github.com/eclique/RISE, ``explanations.py``: ``RISE.generate_masks``, ``RISE.forward``).
 
 The state is multiplied by ``n_masks`` random masks ``M_i`` (the same on every channel and
 stacked frame) and the saliency of a pixel is the expected score when that pixel is kept::
 
     saliency = sum_i f(s * M_i) * M_i / (n_masks * p)
 
-Masks as in the paper (and the authors' code): a ``grid x grid`` binary grid whose cells are 1
-with probability ``p``, upsampled bilinearly to ``(grid + 1) * cell`` pixels per side
-(``cell = ceil(H / grid)``) and cropped to ``H x W`` at a random shift in ``[0, cell)`` per
-axis, so masks are smooth and not aligned to one grid. ``f`` is the explained target applied to
-the model's scores (logits / Q-values), as the authors' PyTorch code does; the paper used class
-probabilities, i.e. ``targets=lambda s: s.softmax(-1)[:, a]``. Any callable target works (value,
-"A minus B"). ``explain_all[:, k]`` is the map of action ``k``, all K from the same masked batch
-(one matmul with the masks), so it costs what ``explain`` costs.
+**Score** (``score=``), what ``f`` is applied to:
+
+- ``"probability"`` (default): softmax probabilities of the model's scores, what the authors
+  explain: their ``Saliency.py`` wraps the model as ``nn.Sequential(model, nn.Softmax(dim=1))``
+  before ``RISE``, their Keras ``Easy_start.ipynb`` explains ResNet50's softmax output, and
+  ``explanations.py`` says ``p = nn.Softmax(dim=1)(model(stack))``. For a Q-value model the
+  softmax of Q-values is not a probability of anything the agent does: it is the Boltzmann
+  policy at temperature 1 (:meth:`xrl.Model.probs`, the same quantity the deletion/insertion
+  metrics read), so the map is the expected Boltzmann probability of the action, which
+  saturates (flat map) when Q-values differ by more than ~10 and depends on the reward scale.
+  Use ``"logits"`` for the expected Q-value.
+- ``"logits"`` (the behaviour before issue 23): the model's raw scores (policy logits, Q-values
+  or class logits), unbounded; RISE's formula is linear in ``f``, so a map of raw scores is the
+  expected score when the pixel is kept.
+
+**Default, decision:** ``"probability"``: the authors' protocol, and the quantity the project's
+faithfulness metrics (deletion, insertion) score for every model kind. ``targets`` is applied to
+what ``score`` names: an action index picks that action's probability (or raw score); a
+callable receives the ``(B, K)`` probabilities (or raw scores), e.g. ``score="logits",
+targets=lambda s: s.logsumexp(-1)``. ``explain_all[:, k]`` is the map of action ``k``, all K
+from the same masked batch (one matmul with the masks), so it costs what ``explain`` costs.
+
+**Masks**, as the authors' ``generate_masks``: a ``grid x grid`` binary grid whose cells are 1
+with probability ``p`` (their ``s``, ``p1``), upsampled with pixel-centre linear interpolation
+to ``(grid + 1) * cell`` pixels per side (``cell = ceil(H / grid)``, their ``cell_size``,
+``up_size``), borders as scikit-image's ``resize(order=1, mode="reflect",
+anti_aliasing=False)`` (whole-sample mirror: outside the grid the interpolation continues
+towards the mirrored cell), and cropped to ``H x W`` at a random shift in ``[0, cell)`` per
+axis. Computed here with two separable ``(up, grid)`` interpolation matrices; they agree with
+skimage's ``resize`` fed the same binary grids and shifts to float32 rounding (max abs
+difference ~1e-7, ``tests/test_baseline_protocols.py``). (Before issue 23 the upsampling clamped
+at the border instead: that changed the outer half cell of the upsampled grid, 6 pixels at
+``grid=8`` on 84x84, by up to 0.46, 0.71 in its corners; 0.66 measured after the crop.) The only difference is the
+random numbers: ours come from ``torch.Generator().manual_seed(seed)`` (all cells, then all row
+shifts, then all column shifts), theirs from numpy's global state (cells, then per mask a row
+and a column shift).
 
 Settings: the paper uses thousands of masks (N = 8000) on 224x224 ImageNet images with
 ``p = 0.5``; here ``n_masks=2000`` (84x84 states have 7x fewer pixels than ImageNet images; every
@@ -35,11 +64,12 @@ import numbers
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, chunks
 from xrl.explainers.masks import perturbed_scores
+
+SCORES = ("probability", "logits")
 
 
 @EXPLAINERS.register("rise")
@@ -62,6 +92,7 @@ class Rise(Explainer):
         n_masks: int = 2000,
         grid: int = 8,
         p: float = 0.5,
+        score: str = "probability",
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
@@ -71,7 +102,10 @@ class Rise(Explainer):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < float(p) <= 1:
             raise ValueError(f"p (the probability of keeping a grid cell) must be in (0, 1], got {p!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
+        self.score = score
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         scores = self._scores(states)  # (B, N, K)
@@ -88,7 +122,8 @@ class Rise(Explainer):
         # s * M = s * (1 - (1 - M)) + 0 * (1 - M): a perturbation towards 0 with weights 1 - M
         # (1 - M is an (N, H, W) temporary per call, negligible next to N forward passes per state)
         zeros = states.new_zeros(()).expand_as(states)
-        return perturbed_scores(self.model, states, zeros, 1 - keep, self.batch_size)[1]
+        scores = perturbed_scores(self.model, states, zeros, 1 - keep, self.batch_size)[1]
+        return scores.softmax(-1) if self.score == "probability" else scores
 
     def _weigh(self, scores: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """``(B, K, N)`` scores -> ``(B, K, H, W)`` = ``sum_i score_i * M_i / (N * p)``."""
@@ -107,7 +142,8 @@ def rise_masks(
     height: int, width: int, n_masks: int, grid: int, p: float, seed: int, device: torch.device
 ) -> torch.Tensor:
     """RISE masks ``(n_masks, H, W)``: random ``grid x grid`` binary cells (1 with probability
-    ``p``), bilinearly upsampled to ``(grid + 1) * cell`` and cropped at a random shift.
+    ``p``), bilinearly upsampled to ``(grid + 1) * cell`` (pixel centres, mirrored borders, as
+    skimage's ``resize(order=1, mode="reflect")``) and cropped at a random shift.
 
     Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (identical on every device)
     and cached: the same arguments return the same tensor (do not modify it).
@@ -118,14 +154,33 @@ def rise_masks(
         cells = (torch.rand(n_masks, 1, grid, grid, generator=generator) < p).float()
         shift_h = torch.randint(0, cell_h, (n_masks,), generator=generator)
         shift_w = torch.randint(0, cell_w, (n_masks,), generator=generator)
+        up_h = _linear_upsampling(grid, (grid + 1) * cell_h).float()  # (up, grid)
+        up_w = _linear_upsampling(grid, (grid + 1) * cell_w).float()
         masks = torch.empty(n_masks, height, width)
         for part in chunks(n_masks, 256):  # the upsampled grids are ~(1 + 1/grid)^2 larger
-            # pixel-centre bilinear as the authors' skimage resize(order=1); borders are clamped
-            # where skimage mirrors, which only changes the outer half cell
-            up = F.interpolate(cells[part], size=((grid + 1) * cell_h, (grid + 1) * cell_w),
-                               mode="bilinear", align_corners=False)[:, 0]
+            up = up_h @ cells[part, 0] @ up_w.T  # (n, up_h, up_w): skimage resize(order=1, mode="reflect")
             rows = shift_h[part, None] + torch.arange(height)  # (n, H)
             cols = shift_w[part, None] + torch.arange(width)  # (n, W)
             index = torch.arange(up.shape[0])[:, None, None]
             masks[part] = up[index, rows[:, :, None], cols[:, None, :]].clamp(0, 1)  # rounding
         return masks.to(device)
+
+
+def _linear_upsampling(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` float64 matrix of 1-D linear interpolation with pixel-centre alignment
+    (output pixel ``o`` reads input coordinate ``(o + 0.5) n_in / n_out - 0.5``) and whole-sample
+    mirrored borders (index ``-1`` reads ``1``, ``n_in`` reads ``n_in - 2``): scikit-image's
+    ``resize(order=1, mode="reflect", anti_aliasing=False)`` along one axis."""
+    source = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    low = source.floor()
+    weight = source - low
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for index, w in ((low.long(), 1 - weight), (low.long() + 1, weight)):
+        if n_in == 1:
+            index = torch.zeros_like(index)
+        else:
+            period = 2 * (n_in - 1)
+            index = index.abs().remainder(period)
+            index = torch.where(index > n_in - 1, period - index, index)
+        matrix.index_put_((torch.arange(n_out), index), w, accumulate=True)
+    return matrix
