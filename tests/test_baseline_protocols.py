@@ -168,3 +168,55 @@ def test_rise_saliency_matches_the_authors_formula():
         scores = model(torch.from_numpy(masks[:, None] * x[0].double().numpy()).float()).double().numpy()
     np.testing.assert_allclose(raw.double().numpy(), (scores.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1,
                                rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- LIME
+
+
+def reference_lime_mask(beta, num_features, positive_only=True, negative_only=False, min_weight=0.0):
+    """lime's ``get_image_and_mask`` mask over superpixels, from coefficients as lime_base
+    returns them (``local_exp``: (feature, weight) pairs sorted by decreasing |weight|)."""
+    local_exp = sorted(enumerate(beta.tolist()), key=lambda fw: abs(fw[1]), reverse=True)
+    mask = np.zeros(len(beta))
+    if positive_only or negative_only:
+        if positive_only:
+            keep = [f for f, w in local_exp if w > 0 and w > min_weight]
+        else:
+            keep = [f for f, w in local_exp if w < 0 and abs(w) > min_weight]
+        mask[keep[:num_features]] = 1
+        return mask
+    for f, w in local_exp[:num_features]:
+        if abs(w) < min_weight:
+            continue
+        mask[f] = -1 if w < 0 else 1
+    return mask
+
+
+@pytest.mark.parametrize("options", [{}, {"num_features": 3}, {"num_features": 20},
+                                     {"positive_only": False}, {"positive_only": False, "min_weight": 0.05},
+                                     {"positive_only": False, "negative_only": True},
+                                     {"min_weight": 0.05}])
+def test_lime_binary_output_is_get_image_and_mask(options):
+    model, x = small_net(channels=2, side=16, k=3), rand(2, 2, 16, 16, seed=4)
+    settings = {"segmentation": "grid", "cell": 4, "n_samples": 200, "fill": "black"}
+    coefficients = get_explainer("lime", model, **settings)
+    binary = get_explainer("lime", model, output="binary", **settings, **options)
+    beta_maps, binary_maps = coefficients.explain_all(x), binary.explain_all(x)  # (B, K, 16, 16)
+    reference_options = {"num_features": 5, **options}
+    for b in range(2):
+        for k in range(3):
+            beta = beta_maps[b, k, ::4, ::4].flatten().double().numpy()  # one pixel per 4x4 cell
+            expected = reference_lime_mask(beta, **reference_options)
+            got = binary_maps[b, k, ::4, ::4].flatten().double().numpy()
+            np.testing.assert_array_equal(got, expected)
+            # constant on each superpixel
+            torch.testing.assert_close(binary_maps[b, k], torch.from_numpy(expected).float()
+                                       .view(4, 4).repeat_interleave(4, 0).repeat_interleave(4, 1))
+    torch.testing.assert_close(binary.explain(x, targets=1), binary_maps[:, 1])
+
+
+def test_lime_binary_rejects_bad_settings():
+    model = small_net(channels=2, side=16, k=3)
+    for bad in ({"output": "mask"}, {"num_features": 0}, {"positive_only": True, "negative_only": True}):
+        with pytest.raises(ValueError):
+            get_explainer("lime", model, **bad)

@@ -28,8 +28,29 @@ Predictions of Any Classifier"), on superpixels of the state.
    float64 with one ``torch.linalg.lstsq``. ``y`` is the explained target of the model's
    *scores* (logits / Q-values, or any callable of them), not softmax probabilities.
 
-The saliency of a pixel is the coefficient ``beta_j`` of its superpixel (signed: negative =
-evidence against the target). ``explain_all`` regresses all K scores on the same samples: one
+**Output** (``output=``):
+
+- ``"coefficients"`` (default): the saliency of a pixel is the coefficient ``beta_j`` of its
+  superpixel (signed: negative = evidence against the target).
+- ``"binary"``: the explanation image LIME's users look at and VisionMask compared against,
+  ``ImageExplanation.get_image_and_mask(label, positive_only=True, num_features=k)`` of the
+  ``lime`` package (github.com/marcotcr/lime, ``lime/lime_image.py``): 1 on the selected
+  superpixels, 0 elsewhere. As lime does it: the coefficients are ordered by decreasing
+  ``|beta_j|`` (``lime/lime_base.py`` returns ``local_exp`` sorted by absolute value; ties keep
+  superpixel order here, lime's feature order there), then with ``positive_only=True`` (default)
+  the first ``num_features`` (5) with ``beta_j > max(0, min_weight)`` are selected, i.e. the k
+  largest positive coefficients (fewer if fewer are positive); with ``negative_only=True`` the
+  first k with ``beta_j < 0`` and ``|beta_j| > min_weight`` (also marked 1, as lime's mask);
+  with both False the first k by ``|beta_j|``, skipping ``|beta_j| < min_weight``, marked +1 or
+  -1 by sign (lime's signed mask; ``beta_j = 0`` counts as +1). ``hide_rest`` only changes
+  lime's returned image, not its mask, so it has no counterpart here. A binary map ties most
+  pixels: metrics that rank pixels (deletion, insertion) order ties by reading order, which is
+  why the signed coefficients stay the default.
+
+Differences from lime's ``explain_instance`` besides the segmentation (above): lime regresses
+the classifier's probabilities (``classifier_fn`` returns ``predict_proba``), here the model's
+scores; its default ``num_features=100000`` with ``feature_selection="auto"`` keeps every
+superpixel (``highest_weights`` then selects all), as here. ``explain_all`` regresses all K scores on the same samples: one
 least-squares solve with K right-hand sides, so it costs what ``explain`` costs.
 
 Cost: ``B * n_samples`` forward passes in chunks of ``batch_size`` rows under
@@ -52,6 +73,7 @@ from xrl.explainers.masks import gaussian_blur
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
 FILLS = ("mean", "blur", "black")
+OUTPUTS = ("coefficients", "binary")
 Segmentation = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -85,6 +107,11 @@ class Lime(Explainer):
         blur_sigma: float = 5.0,
         kernel_width: float = 0.25,
         alpha: float = 1.0,
+        output: str = "coefficients",
+        num_features: int = 5,
+        positive_only: bool = True,
+        negative_only: bool = False,
+        min_weight: float = 0.0,
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
@@ -110,15 +137,24 @@ class Lime(Explainer):
         self.blur_sigma = float(blur_sigma)
         self.kernel_width = float(kernel_width)
         self.alpha = float(alpha)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if isinstance(num_features, bool) or int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if positive_only and negative_only:
+            raise ValueError("positive_only and negative_only cannot both be True (as lime)")
+        self.output, self.num_features = output, int(num_features)
+        self.positive_only, self.negative_only = bool(positive_only), bool(negative_only)
+        self.min_weight = float(min_weight)
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         segments, samples, scores = self._sample(states)
         y = target_fn(scores.flatten(0, 1)).view(*scores.shape[:2], 1)  # (B, N, 1)
-        return self._paint(self._fit(samples, y), segments)[:, 0]
+        return self._paint(self._select(self._fit(samples, y)), segments)[:, 0]
 
     def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
         segments, samples, scores = self._sample(states)
-        return self._paint(self._fit(samples, scores), segments)
+        return self._paint(self._select(self._fit(samples, scores)), segments)
 
     def segments(self, states: torch.Tensor) -> torch.Tensor:
         """Superpixel labels ``(B, H, W)`` int64, ``0 .. S_b - 1`` for each state."""
@@ -213,6 +249,30 @@ class Lime(Explainer):
             beta = torch.linalg.lstsq(a, rhs, driver="gelsd").solution  # (S, K)
             coefficients.append(beta.T.to(device=y.device, dtype=torch.float32))
         return coefficients
+
+    def _select(self, coefficients: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With ``output="binary"``, lime's ``get_image_and_mask`` mask of each row of each
+        ``(K, S_b)`` coefficient matrix; otherwise the coefficients unchanged."""
+        if self.output == "coefficients":
+            return coefficients
+        return [torch.stack([self._binary(row) for row in beta]) if beta.shape[0] else beta
+                for beta in coefficients]
+
+    def _binary(self, beta: torch.Tensor) -> torch.Tensor:
+        """lime's mask over superpixels for one coefficient vector ``(S,)``."""
+        order = torch.sort(beta.abs(), descending=True, stable=True).indices  # lime's local_exp order
+        values = beta[order]
+        if self.positive_only:
+            chosen = order[(values > 0) & (values > self.min_weight)][: self.num_features]
+            marks = torch.ones(len(chosen), dtype=beta.dtype, device=beta.device)
+        elif self.negative_only:
+            chosen = order[(values < 0) & (values.abs() > self.min_weight)][: self.num_features]
+            marks = torch.ones(len(chosen), dtype=beta.dtype, device=beta.device)
+        else:
+            first = order[: self.num_features]
+            chosen = first[beta[first].abs() >= self.min_weight]
+            marks = torch.where(beta[chosen] < 0, -1.0, 1.0).to(beta.dtype)
+        return torch.zeros_like(beta).index_put_((chosen,), marks)
 
     @staticmethod
     def _paint(coefficients: list[torch.Tensor], segments: torch.Tensor) -> torch.Tensor:
