@@ -66,7 +66,7 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
 
 @EXPLAINERS.register("rexl")
 class RExL(Explainer):
-    """RExL (Kadam et al.): a trained agent masks grid cells in turn; cells get the cumulated probability drop.
+    """RExL (Agarwal et al. 2021): a trained agent masks grid cells in turn; cells get the cumulated probability drop.
 
     Example::
 
