@@ -220,3 +220,53 @@ def test_lime_binary_rejects_bad_settings():
     for bad in ({"output": "mask"}, {"num_features": 0}, {"positive_only": True, "negative_only": True}):
         with pytest.raises(ValueError):
             get_explainer("lime", model, **bad)
+
+
+# ---------------------------------------------------------------- extremal perturbations
+
+#: TorchRay's extremal_perturbation() defaults as its code sets them (max_iter, the SGD
+#: optimiser's lr, pmask = ones, step, sigma, Perturbation's max_blur and num_levels, areas,
+#: regul_weight and its 1.0035 growth per iteration, coldness = 20)
+TORCHRAY = {"iterations": 800, "lr": 0.01, "optimizer": "sgd", "init": 1.0, "step": 7, "sigma": 21.0,
+            "max_blur": 20.0, "num_levels": 8, "area": 0.1, "area_weight": 300.0, "temperature": 1 / 20}
+FAST = {"iterations": 100, "lr": 0.05, "optimizer": "adam", "init": 1.0, "step": 4, "sigma": 8.0,
+        "max_blur": 8.0, "num_levels": 8, "area": 0.12, "area_weight": 300.0, "temperature": 0.05}
+
+
+@pytest.mark.parametrize("preset, expected, growth", [("torchray", TORCHRAY, 1.0035**800), ("fast", FAST, 16.0)])
+def test_extremal_presets_set_what_they_say(preset, expected, growth):
+    model = small_net()
+    explainer = get_explainer("extremal_perturbation", model, preset=preset)
+    for name, value in expected.items():
+        assert getattr(explainer, name) == value, name
+    assert explainer.area_growth == pytest.approx(growth)
+    # TorchRay's weight at iteration t is 300 * 1.0035^t: ours is area_weight * growth^(t / T)
+    if preset == "torchray":
+        t = 517
+        assert 300 * explainer.area_growth ** (t / explainer.iterations) == pytest.approx(300 * 1.0035**t)
+    assert explainer.reward == "simple"
+
+
+def test_extremal_default_is_the_fast_preset_and_explicit_settings_win():
+    model = small_net()
+    default = get_explainer("extremal_perturbation", model)
+    assert default.preset == "fast" and all(getattr(default, k) == v for k, v in FAST.items())
+    mixed = get_explainer("extremal_perturbation", model, preset="torchray", iterations=50, init=0.5, lr=0.02)
+    assert (mixed.iterations, mixed.init, mixed.lr) == (50, 0.5, 0.02)
+    assert (mixed.optimizer, mixed.step, mixed.sigma, mixed.area) == ("sgd", 7, 21.0, 0.1)  # the rest: torchray
+    fast = get_explainer("extremal_perturbation", model, preset="fast", optimizer="sgd", area=0.2)
+    assert (fast.optimizer, fast.area, fast.iterations) == ("sgd", 0.2, 100)
+    with pytest.raises(ValueError):
+        get_explainer("extremal_perturbation", model, preset="paper")
+    with pytest.raises(ValueError):
+        get_explainer("extremal_perturbation", model, optimizer="lbfgs")
+    with pytest.raises(ValueError):
+        get_explainer("extremal_perturbation", model, init=1.5)
+
+
+def test_extremal_torchray_settings_run():
+    """The SGD optimiser and a start at 0.5 run and give masks in [0, 1] (few iterations: fast)."""
+    model, x = small_net(side=28), rand(1, 1, 28, 28)
+    for settings in ({"preset": "torchray", "iterations": 5}, {"iterations": 5, "init": 0.5}):
+        mask = get_explainer("extremal_perturbation", model, **settings).explain(x)
+        assert mask.shape == (1, 28, 28) and mask.min() >= 0 and mask.max() <= 1
