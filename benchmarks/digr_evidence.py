@@ -1,4 +1,4 @@
-"""DIGR's evidence (``../shared/papers/digr.txt``) for one teacher and its students, in one run:
+"""DIGR's evidence (Xing et al. 2022, arXiv:2205.08685) for one teacher and its students, in one run:
 
 - Table 1: localization (important / unimportant saliency, ROC AUC) of the teacher's vanilla
   gradient, guided backprop, Grad-CAM, SmoothGrad (on guided backprop, 20 samples, sigma 0.15, as

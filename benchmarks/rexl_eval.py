@@ -1,4 +1,4 @@
-"""RExL's evidence (``../shared/papers/rexl.txt`` Tables 1-4) for one explained model, in one run:
+"""RExL's evidence (Agarwal et al. 2021, arXiv:2111.13406, Tables 1-4) for one explained model, in one run:
 
 - Tables 1-2 and 6-7: deletion (black substrate, lower is better) and insertion (blur substrate,
   higher is better) of RExL-DS and RExL-CS against RISE, Extremal Perturbations (contrastive

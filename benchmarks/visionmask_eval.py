@@ -1,4 +1,4 @@
-"""VisionMask's Table 1 (``../shared/papers/visionmask.txt``, section 4.2) for one agent, in one run:
+"""VisionMask's Table 1 (Zuo et al. 2025, arXiv:2411.16120, section 4.2) for one agent, in one run:
 accuracy, deletion, insertion, local Lipschitz estimate and sparseness of VisionMask, the Stalder
 Explainer, LIME, RISE, Greydanus and SARFA on the *test split* of the expert dataset the mask
 networks were trained on (the same 80/10/10 split, ``xrl.train.visionmask.split_indices``), and

@@ -1,5 +1,6 @@
-"""VisionMask (Zuo et al. 2025, ``../papers/visionmask.txt``): a trained mask network gives every
-action's mask of a state in one forward pass.
+"""VisionMask (Zuo, Khan, Wang, Katz & Qiu 2025, "Why the Agent Made that Decision: Contrastive
+Explanation Learning for Reinforcement Learning", arXiv:2411.16120): a trained mask network gives
+every action's mask of a state in one forward pass.
 
 ``get_explainer("visionmask", model, network="runs/visionmask/visionmask.pt")`` loads a network
 trained for this agent (``xrl train visionmask``; ``xrl.train.visionmask``) — or takes a

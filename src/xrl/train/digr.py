@@ -1,5 +1,5 @@
-"""DIGR (Distillation with selective Input Gradient Regularization; ``../papers/digr.txt``): retrain
-an agent so that its cheap vanilla-gradient saliency looks like the teacher's perturbation saliency
+"""DIGR (Xing, Nagata, Zou, Neftci & Krichmar 2022, "Policy Distillation with Selective Input
+Gradient Regularization for Efficient Interpretability", arXiv:2205.08685): retrain an agent so that its cheap vanilla-gradient saliency looks like the teacher's perturbation saliency
 while it still acts like the teacher.
 
 Reads top to bottom:

@@ -1,5 +1,6 @@
-"""VisionMask (Zuo et al. 2025, ``../papers/visionmask.txt``) and the Stalder et al. 2022 Explainer:
-train a mask network f_theta (``xrl.agents.mask_nets``) that gives, in one forward pass, one mask
+"""VisionMask (Zuo, Khan, Wang, Katz & Qiu 2025, "Why the Agent Made that Decision: Contrastive
+Explanation Learning for Reinforcement Learning", arXiv:2411.16120) and the Stalder et al. 2022
+Explainer: train a mask network f_theta (``xrl.agents.mask_nets``) that gives, in one forward pass, one mask
 per action of a frozen agent.
 
 Reads top to bottom:
