@@ -1,7 +1,9 @@
 """RExL's evidence (Agarwal et al. 2021, arXiv:2111.13406, Tables 1-4) for one explained model, in one run:
 
-- Tables 1-2 and 6-7: deletion (black substrate, lower is better) and insertion (blur substrate,
-  higher is better) of RExL-DS and RExL-CS against RISE, Extremal Perturbations (contrastive
+- Tables 1-2 and 6-7: deletion (lower is better) and insertion (higher is better) as RISE's
+  ``CausalMetric`` computes them, the protocol the paper cites (``protocol="rise"``, the metrics'
+  default: one row of pixels a step, deletion to black, insertion from RISE's zero-padded 11-tap
+  blur, softmax probability of the target, ``docs/metrics.md``) of RExL-DS and RExL-CS against RISE, Extremal Perturbations (contrastive
   reward, area 0.12, as appendix A.3), Grad-CAM and NormGrad; plus localization ROC AUC where the
   data has ground-truth masks (the generated shapes dataset, Red-Fetch-Green);
 - Table 4 / 8: the lambda ablation (0, 0.7, 0.8, 1) of RExL-DS;

@@ -9,9 +9,14 @@ Protocol (the same for every method, as ``xrl evaluate``): targets are the datas
 (collect with ``--sample false`` so they are the agent's argmax actions, which is what the
 networks are trained to explain with ``--targets argmax``); ``accuracy`` keeps
 ``s * m + r * (1 - m)`` with ``m`` the map min-max normalised and ``r`` the VisionMask network's
-reference (the per-pixel median background of the training split); deletion removes pixels to
-black, insertion adds them to a blurred state (RISE's protocol, ``docs/metrics.md``). VisionMask's
-accuracy with its raw mask (no normalisation, the paper's definition) is reported beside it.
+reference (the per-pixel median background of the training split); deletion and insertion are
+RISE's ``CausalMetric`` (``protocol="rise"``, the default: one row of pixels a step, deletion to
+black, insertion from RISE's zero-padded 11-tap blur, softmax probability of the target); the
+local Lipschitz estimate divides each map by its largest magnitude (``protocol="xrl"``, the
+default), so methods are not ranked by the scale of their maps; RISE scores softmax
+probabilities and Greydanus the logits, as their authors' code (``docs/metrics.md``,
+``docs/explainers.md``). VisionMask's accuracy with its raw mask (no normalisation, the paper's
+definition) is reported beside it.
 
 Usage::
 
