@@ -2,8 +2,9 @@
 
 Every frame of the video shows the game frame, one overlay per method (the saliency of the
 action taken), the action and the action probabilities; with ``counterfactual=True`` also the
-frame with the most salient region of the first method removed (blurred, as the deletion metric's
-default insertion substrate) and the action the agent would take then. Each method's time per
+frame with the most salient region of the first method removed (blurred by xrl's Gaussian blur,
+std 5 px, 31 taps, borders replicated: the insertion substrate of ``protocol="xrl"``, not RISE's
+zero-padded one, which would darken the frame's borders) and the action the agent would take then. Each method's time per
 map is measured on the episode, so the result says how many frames per second it sustains.
 
 Example::
