@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -44,6 +43,8 @@ class GuidedBackprop(Gradient):
     """
 
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        from captum.attr import GuidedBackprop as CaptumGuidedBackprop  # on first use (docs/architecture.md)
+
         index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
         parts = []
         with warnings.catch_warnings():
