@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.ops import chunks
 
 UPSAMPLE = ("transposed", "transposed_mean", "bilinear", "nearest")
 

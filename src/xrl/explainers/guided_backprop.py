@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from xrl.explainers.base import EXPLAINERS, chunks
+from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
+from xrl.ops import chunks
 
 RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 

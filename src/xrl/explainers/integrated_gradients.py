@@ -27,8 +27,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, chunks
+from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
+from xrl.ops import chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
