@@ -77,3 +77,63 @@ def test_heavy_dependencies_load_on_first_use():
         print("ok")
     """)
     assert out.strip().endswith("ok")
+
+
+#: docs/architecture.md, *Layers*: a module imports (at module level) only from its layer or below
+LAYERS = [
+    ("xrl.registry", "xrl.files", "xrl.compat", "xrl.ops"),
+    ("xrl.agents.model", "xrl.envs.labels"),
+    ("xrl.explainers", "xrl.metrics", "xrl.envs", "xrl.attacks.attacks", "xrl.attacks", "xrl.agents.mask_nets",
+     "xrl.agents.rexl"),
+    ("xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers"),
+    ("xrl.attacks.evaluate", "xrl.train", "xrl.evaluation", "xrl.bench", "xrl.report", "xrl.viz", "xrl.watch",
+     "xrl.demo", "xrl.cli"),
+]
+
+
+def layer(module: str) -> int:
+    """The layer of ``module``: the one listing it or its closest listed parent."""
+    best = (-1, None)
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best[0]:
+                best = (len(name), i)
+    assert best[1] is not None, f"{module} is in no layer of LAYERS"
+    return best[1]
+
+
+def module_level_imports(path):
+    """``xrl.*`` modules imported at module level (not inside functions or ``if TYPE_CHECKING``)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("xrl"):
+            if node.module == "xrl" or node.module.count(".") == 1 and node.module.split(".")[1] in {"envs", "explainers", "metrics", "attacks", "agents", "data", "train", "bench", "report", "viz"}:
+                yield from (f"{node.module}.{a.name}" if node.module != "xrl" else "xrl" for a in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("xrl."))
+
+
+def test_layers():
+    """Ground floor below contracts below core below agents/data below procedures; metrics and
+    agents use no explainer method (only ``explainers.base``, the contract)."""
+    from pathlib import Path
+    import xrl
+    root = Path(xrl.__file__).parent
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module == "xrl":
+            continue
+        for imported in module_level_imports(path):
+            if imported == "xrl":  # the package itself (for __version__)
+                continue
+            if layer(imported) > layer(module):
+                bad.append(f"{module} (layer {layer(module)}) imports {imported} (layer {layer(imported)})")
+            if (module.startswith(("xrl.metrics", "xrl.agents")) and imported.startswith("xrl.explainers")
+                    and imported != "xrl.explainers.base"):
+                bad.append(f"{module} imports the explainer module {imported}")
+    assert not bad, "\n".join(bad)
