@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 import xrl
-from xrl.explainers.masks import gaussian_blur, perturbation_masks, upsample_grid
+from xrl.explainers.masks import perturbation_masks, upsample_grid
+from xrl.ops import gaussian_blur
 
 from common import interleaved, nature_cnn_policy, write_result
 

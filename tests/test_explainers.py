@@ -11,7 +11,8 @@ from xrl.agents.model import as_model
 from xrl.agents.attention import FLSModule, receptive_field
 from xrl.agents.mask_nets import MaskNetwork
 from xrl.explainers import EXPLAINERS, Explainer, get_explainer, list_explainers
-from xrl.explainers.masks import gaussian_blur, gaussian_kernel, perturbation_masks, upsample_grid
+from xrl.explainers.masks import perturbation_masks, upsample_grid
+from xrl.ops import gaussian_blur, gaussian_kernel
 
 SHAPE = (2, 12, 12)  # (C, H, W): two stacked frames
 K = 3

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from xrl.data.atari_head import HEADER, fixation_map, load_trial, read_labels
-from xrl.explainers.masks import gaussian_blur
 from xrl.metrics import get_metric
+from xrl.ops import gaussian_blur
 
 GAZE = ("nss", "gaze_kl", "shuffled_auc")
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from xrl.agents.model import as_model
 from xrl.explainers import get_explainer
-from xrl.explainers.masks import gaussian_blur
+from xrl.ops import gaussian_blur
 
 # ---------------------------------------------------------------- LIME
 

@@ -11,7 +11,8 @@ from xrl import as_model
 from xrl.explainers.base import Explainer
 from xrl.metrics import METRICS, get_metric, list_metrics
 from xrl.metrics.base import CATEGORIES
-from xrl.metrics.faithfulness import Substrate, gaussian_blur
+from xrl.metrics.faithfulness import Substrate
+from xrl.ops import gaussian_blur
 
 
 # --- toy models and explainers ------------------------------------------------------------------

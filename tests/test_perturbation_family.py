@@ -10,8 +10,9 @@ from torch import nn
 
 from xrl.agents.model import as_model
 from xrl.explainers import get_explainer
-from xrl.explainers.masks import gaussian_blur, perturbation_masks
+from xrl.explainers.masks import perturbation_masks
 from xrl.explainers.rise import rise_masks
+from xrl.ops import gaussian_blur
 
 #: tiny budgets: every method runs in milliseconds on these states
 TINY = {"occlusion": {"window": 3, "stride": 2}, "sarfa": {"radius": 1.5, "stride": 2},

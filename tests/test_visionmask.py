@@ -14,11 +14,11 @@ from xrl.agents.load import build_policy, model_from_policy
 from xrl.agents.mask_nets import MASK_NETS, MaskNetwork, load_mask_network, overlay, save_mask_network
 from xrl.data.collect import collect
 from xrl.explainers.visionmask import counterfactual, salient_region
+from xrl.ops import reference_image
 from xrl.train import visionmask as vm
 from xrl.train.visionmask import (StalderArgs, VisionMaskArgs, action_contrastive_loss, area_loss,
-                                  classification_loss, entropy_loss, min_max_area_loss,
-                                  negative_entropy_loss, reference_image, split_indices, total_variation,
-                                  train_stalder, train_visionmask)
+                                  classification_loss, entropy_loss, min_max_area_loss, negative_entropy_loss,
+                                  split_indices, total_variation, train_stalder, train_visionmask)
 
 AGENT = "red-fetch-green"
 
@@ -122,7 +122,7 @@ def test_reference_values():
     x = torch.rand(2, 3, 8, 8)
     assert torch.equal(MaskNetwork("small", (3, 8, 8), 2, reference="black").reference_for(x), torch.zeros_like(x))
     blur = MaskNetwork("small", (3, 8, 8), 2, reference="blur").reference_for(x)
-    torch.testing.assert_close(blur, xrl.explainers.masks.gaussian_blur(x, 15.0, kernel_size=39))
+    torch.testing.assert_close(blur, xrl.ops.gaussian_blur(x, 15.0, kernel_size=39))
     with pytest.raises(ValueError, match="reference image"):
         MaskNetwork("small", (3, 8, 8), 2, reference="background")
     with pytest.raises(ValueError, match="reference must be one of"):

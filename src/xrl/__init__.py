@@ -11,30 +11,30 @@ Entry points::
 """
 __version__ = "0.1.0"
 
-
-def _import_old_gym_quietly() -> None:
-    """The ``mario`` extra installs the old ``gym`` 0.26, which prints a deprecation notice to
-    stderr on import; Stable-Baselines3 imports it (only to detect it) on every start, so every
-    xrl command would print it. Import it once here with that notice swallowed."""
-    import contextlib
-    import importlib.util
-    import io
-    import sys
-    if "gym" in sys.modules or importlib.util.find_spec("gym") is None:
-        return
-    with contextlib.redirect_stderr(io.StringIO()):
-        import gym  # noqa: F401
-
-
-_import_old_gym_quietly()
-
 from xrl.agents.model import Model, as_model
 from xrl.envs import list_envs, make_env
 from xrl.explainers import get_explainer, list_explainers
 from xrl.metrics import get_metric, list_metrics
-from xrl.agents.load import load_agent
 
 __all__ = [
     "Model", "as_model", "make_env", "list_envs", "load_agent",
     "get_explainer", "list_explainers", "get_metric", "list_metrics", "__version__",
 ]
+
+#: public names whose modules import heavy dependencies (Stable-Baselines3): imported on first use
+_LAZY = {"load_agent": "xrl.agents.load"}
+
+
+def __getattr__(name: str):
+    """PEP 562: ``xrl.load_agent`` imports :mod:`xrl.agents.load` (and Stable-Baselines3) only
+    when first used, so ``import xrl`` stays free of heavy dependencies (docs/architecture.md)."""
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'xrl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

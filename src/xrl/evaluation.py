@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from xrl.agents.model import Model
 from xrl.data.dataset import StateDataset
 from xrl.explainers import get_explainer
-from xrl.explainers.base import chunks
 from xrl.files import atomic_path, write_json
 from xrl.metrics import METRICS, get_metric
 from xrl.metrics.base import Metric
+from xrl.ops import chunks
 
 
 @dataclass

@@ -53,10 +53,14 @@ from typing import Sequence
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from xrl.agents.nets import ARCHS, Arch
+from xrl.compat import quiet_old_gym
+
+quiet_old_gym()  # before Stable-Baselines3, which imports the old gym when installed
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
+
+from xrl.agents.nets import ARCHS, Arch  # noqa: E402
 
 #: (out_channels, kernel, stride, padding) of each conv of a trunk
 ConvSpec = tuple[int, int, int, int]

@@ -16,15 +16,19 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import A2C, DQN, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch import nn
 
-import xrl
-from xrl.agents.model import Model
-from xrl.agents.nets import ARCHS
-from xrl.files import atomic_path, write_json
+from xrl.compat import quiet_old_gym
+
+quiet_old_gym()  # before Stable-Baselines3, which imports the old gym when installed
+from stable_baselines3 import A2C, DQN, PPO  # noqa: E402
+from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy  # noqa: E402
+
+import xrl  # noqa: E402
+from xrl.agents.model import Model  # noqa: E402
+from xrl.agents.nets import ARCHS  # noqa: E402
+from xrl.files import atomic_path, write_json  # noqa: E402
 
 CHECKPOINT_FORMAT = "xrl.agent"
 ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[3] / "zoo"))

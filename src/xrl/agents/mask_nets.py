@@ -37,8 +37,8 @@ from torch import nn
 
 import xrl
 from xrl.agents.model import Model
-from xrl.explainers.masks import gaussian_blur
 from xrl.files import atomic_path, write_json
+from xrl.ops import gaussian_blur
 from xrl.registry import Registry
 
 FORMAT = "xrl.mask_network"

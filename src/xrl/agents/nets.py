@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 import gymnasium as gym
 import torch
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
-from xrl.registry import Registry
+from xrl.compat import quiet_old_gym
+
+quiet_old_gym()  # before Stable-Baselines3, which imports the old gym when installed
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN  # noqa: E402
+
+from xrl.registry import Registry  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from xrl.agents.model import Model
-from xrl.explainers.base import guarded
+from xrl.ops import guarded
 from xrl.registry import Registry
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")

@@ -73,8 +73,27 @@ def list_envs() -> list[str]:
     return ENVS.names()
 
 
+def lazy_builder(module: str, function: str, doc: str):
+    """A builder that imports ``module`` (and the simulator it needs) only when an env is made,
+    so the registry knows the name without importing the simulator. ``doc`` is its docstring
+    (its first line is what ``xrl envs`` shows)."""
+
+    def build(**settings) -> gym.Env:
+        return getattr(importlib.import_module(module), function)(**settings)
+
+    build.__doc__ = doc
+    build.__qualname__ = build.__name__ = f"lazy:{module}.{function}"
+    return build
+
+
 __all__ = ["ENVS", "EXTRAS", "FAMILIES", "INFO_ONLY_SETTINGS", "make_env", "env_spec", "list_envs", "extra_installed"]
-from xrl.envs import fetch  # noqa: E402,F401  (registers red-fetch-green)
+# Env modules register their names on import; each imports its simulator (ale-py, ViZDoom,
+# highway-env, nes-py) only when an env is made. Red-Fetch-Green subclasses MiniGrid's env, so its
+# module imports MiniGrid: it is registered here with a lazy builder instead.
+ENVS.register("red-fetch-green")(lazy_builder(
+    "xrl.envs.fetch", "make_red_fetch_green",
+    "DIGR Red-Fetch-Green: 8×8 MiniGrid room, fetch green, avoid yellow/blue; RGB 64×64 or symbolic; ground truth."))
+FAMILIES["red-fetch-green"] = "grid"
 from xrl.envs import atari  # noqa: E402,F401  (registers pong, breakout, ...)
 from xrl.envs import vizdoom  # noqa: E402,F401  (registers vizdoom-basic, vizdoom-defend-the-center)
 from xrl.envs import highway  # noqa: E402,F401  (registers highway-fast)

@@ -64,13 +64,10 @@ from __future__ import annotations
 
 import functools
 
-import ale_py
 import gymnasium as gym
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, ReshapeObservation
 
 from xrl.envs import ENVS, FAMILIES, atari_objects
-
-gym.register_envs(ale_py)
 
 SCREEN_SIZE = 84
 FRAME_SKIP = 4
@@ -101,6 +98,17 @@ def ale_id(name: str, version: str = "v5") -> str:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     game = GAMES[name]
     return f"ALE/{game}-v5" if version == "v5" else f"{game}NoFrameskip-v4"
+
+
+@functools.cache
+def _register_ale() -> None:
+    """Register the ALE ids with gymnasium: ale-py is imported on the first Atari env, not at
+    ``import xrl``. Without ale-py, :func:`make_atari` says so (the ids stay unregistered)."""
+    try:
+        import ale_py
+    except ImportError:
+        return
+    gym.register_envs(ale_py)
 
 
 def make_atari(
@@ -140,6 +148,7 @@ def make_atari(
         raise ValueError(f"labels=True: RAM ground truth exists for {', '.join(labelled)}, not {name!r}")
     if infinite and name != "breakout":
         raise ValueError(f"infinite=True is BreakoutInfinite; it applies to breakout, not {name!r}")
+    _register_ale()
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
@@ -163,6 +172,8 @@ def make_atari(
         )  # (84, 84)
     else:
         # SB3 itself, not a re-implementation: its grayscale and FIRE reset differ from gymnasium's.
+        from xrl.compat import quiet_old_gym
+        quiet_old_gym()
         from stable_baselines3.common.atari_wrappers import AtariWrapper
 
         env = AtariWrapper(

@@ -3,7 +3,7 @@
 
 VisionMask (section 4.4) replaces masked pixels by the background: the per-pixel median of many
 states, where moving objects (ball, enemies, cars) are rare at any one pixel and drop out. Training
-VisionMask computes it from its expert dataset (:func:`xrl.train.visionmask.reference_image`);
+VisionMask computes it from its expert dataset (:func:`xrl.ops.reference_image`);
 :func:`background` computes the same median from seeded random play in the env itself, for any
 registered env, without an agent or a dataset.
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from xrl.envs import make_env
+from xrl.ops import reference_image
 
 
 def random_observations(name: str, settings: Mapping | None = None, *, steps: int = 2000,
@@ -51,7 +52,5 @@ def background(name: str, settings: Mapping | None = None, *, steps: int = 2000,
     """The per-pixel median ``(C, H, W)`` float32 in state units (uint8 / 255) of the env's
     observations under seeded random play (:func:`random_observations`): the same statistic,
     computed by the same code, as VisionMask's ``background`` reference of a dataset."""
-    from xrl.train.visionmask import reference_image
-
     return reference_image(random_observations(name, settings, steps=steps, seed=seed, every=every),
                            "background", 255.0)

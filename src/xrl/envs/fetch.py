@@ -32,7 +32,6 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Key
 from minigrid.minigrid_env import MiniGridEnv
 
-from xrl.envs import ENVS, FAMILIES
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 
 ACTION_NAMES = ("left", "right", "forward", "pickup")
@@ -148,9 +147,9 @@ class RedFetchGreenEnv(MiniGridEnv):
         return pixels
 
 
-@ENVS.register("red-fetch-green")
-def _make_red_fetch_green(**settings) -> RedFetchGreenEnv:
-    """DIGR Red-Fetch-Green: 8×8 MiniGrid room, fetch green, avoid yellow/blue; RGB 64×64 or symbolic; ground truth."""
+def make_red_fetch_green(**settings) -> RedFetchGreenEnv:
+    """The builder registered as ``red-fetch-green`` (lazily, in :mod:`xrl.envs`, so that MiniGrid
+    is imported by the first env, not by ``import xrl``)."""
     env = RedFetchGreenEnv(**settings)
     resolved = {"size": env.width, "obs_type": env.obs_type, "tile_size": env.tile_size,
                 "object_type": env.object_type, "max_steps": env.max_steps,
@@ -159,6 +158,3 @@ def _make_red_fetch_green(**settings) -> RedFetchGreenEnv:
         resolved["labels"] = env.label_mode
     env.xrl_spec = {"name": "red-fetch-green", "settings": resolved}
     return env
-
-
-FAMILIES["red-fetch-green"] = "grid"

@@ -27,9 +27,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from xrl.agents.attention import VARIANTS, draw, has_attention, is_attention
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.ops import chunks
 
 UPSAMPLE = ("transposed", "transposed_mean", "bilinear", "nearest")
 
@@ -54,9 +54,11 @@ class Attention(Explainer):
     @staticmethod
     def supports(model: Model) -> bool:
         """Whether ``model`` has an attention module this explainer can draw."""
+        from xrl.agents.attention import has_attention  # imports Stable-Baselines3: on first use
         return has_attention(model)
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        from xrl.agents.attention import draw
         size = tuple(states.shape[-2:])
         attention_module = find_attention(self.model, self.module)
         maps = []
@@ -69,6 +71,7 @@ class Attention(Explainer):
 
 def find_attention(model: Model, name: str | None = None) -> nn.Module:
     """The attention module of ``model`` (the one called ``name``, or the first in module order)."""
+    from xrl.agents.attention import VARIANTS, is_attention  # imports Stable-Baselines3: on first use
     found = [(n, m) for n, m in model.named_modules() if is_attention(m)]
     if name is not None:
         match = [m for n, m in found if n == name]

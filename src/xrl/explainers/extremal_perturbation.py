@@ -103,8 +103,9 @@ import torch
 import torch.nn.functional as F
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
-from xrl.explainers.masks import gaussian_blur, mask_centres, upsample_grid
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.explainers.masks import mask_centres, upsample_grid
+from xrl.ops import chunks, gaussian_blur
 
 REWARDS = ("simple", "contrastive")
 OPTIMISERS = ("adam", "sgd")

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.ops import chunks
 
 
 @EXPLAINERS.register("grad_cam")

@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, Targets, chunks, guarded, reduce_channels, target_function
+from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
+from xrl.ops import Targets, chunks, guarded, target_function
 
 REDUCTIONS = ("max", "sum", "mean")
 

@@ -88,9 +88,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, Targets
-from xrl.explainers.masks import (gaussian_blur, mask_centres, perturbation_masks, perturbed_scores,
-                                  upsample_grid)
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.explainers.masks import mask_centres, perturbation_masks, perturbed_scores, upsample_grid
+from xrl.ops import Targets, gaussian_blur
 
 SCORES = ("logits", "probability", "kl", "target")
 #: older names still accepted: ``"l2"`` was the probability score

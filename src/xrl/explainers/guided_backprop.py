@@ -20,12 +20,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from xrl.explainers.base import EXPLAINERS, chunks
+from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
+from xrl.ops import chunks
 
 RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
@@ -44,6 +44,8 @@ class GuidedBackprop(Gradient):
     """
 
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        from captum.attr import GuidedBackprop as CaptumGuidedBackprop  # on first use (docs/architecture.md)
+
         index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
         parts = []
         with warnings.catch_warnings():

@@ -25,11 +25,11 @@ import math
 from typing import Callable
 
 import torch
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, chunks
+from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
+from xrl.ops import chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -66,6 +66,8 @@ class IntegratedGradients(Gradient):
         self.method = method
 
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients  # on first use (docs/architecture.md)
+
         index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
         method = "riemann_right" if self.method == "riemann" else self.method
         parts = []

@@ -68,8 +68,8 @@ import numpy as np
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
-from xrl.explainers.masks import gaussian_blur
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.ops import chunks, gaussian_blur
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
 FILLS = ("mean", "blur", "black")

@@ -1,4 +1,5 @@
-"""Gaussian kernels, blur and perturbation masks shared by the perturbation methods.
+"""Perturbation masks shared by the perturbation methods (the Gaussian blur they use is
+:func:`xrl.ops.gaussian_blur`).
 
 Everything here is plain torch on the caller's device. Masks are built once per
 ``(H, W, stride, radius, truncate, device)`` and cached: callers must not modify them in place.
@@ -6,59 +7,11 @@ Everything here is plain torch on the caller's device. Masks are built once per
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
-from xrl.explainers.base import chunks
-
-
-def gaussian_kernel(sigma: float, truncate: float = 4.0, *, kernel_size: int | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian ``(2 * ceil(truncate * sigma) + 1,)`` float32 (as scipy's), or of
-    ``kernel_size`` taps (odd) when given.
-
-    The 2-D kernel is its outer product with itself (the Gaussian is separable).
-    """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if kernel_size is not None and (int(kernel_size) < 1 or int(kernel_size) % 2 == 0):
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    half = int(math.ceil(truncate * sigma)) if kernel_size is None else int(kernel_size) // 2
-    x = torch.arange(-half, half + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (kernel / kernel.sum()).float()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, *,
-                  kernel_size: int | None = None) -> torch.Tensor:
-    """Blur every channel of ``x (..., H, W)`` with a Gaussian of std ``sigma`` pixels, truncated
-    at ``truncate`` sigmas or to ``kernel_size`` taps.
-
-    Separable: ``A_H @ x @ A_W^T`` with cached ``(n, n)`` blur matrices (two small matmuls beat
-    a depthwise convolution on CPU). Borders are replicated (unlike scipy's default
-    ``reflect``, this works for images smaller than the kernel). ``sigma == 0`` is the identity.
-    """
-    if x.dim() < 2:
-        raise ValueError(f"gaussian_blur expects (..., H, W), got shape {tuple(x.shape)}")
-    if sigma == 0:
-        return x.clone()
-    taps = int(kernel_size) if kernel_size is not None else 2 * int(math.ceil(truncate * sigma)) + 1
-    rows = blur_matrix(x.shape[-2], float(sigma), taps, x.device, x.dtype)
-    cols = blur_matrix(x.shape[-1], float(sigma), taps, x.device, x.dtype)
-    return rows @ x @ cols.T
-
-
-@functools.lru_cache(maxsize=32)
-def blur_matrix(n: int, sigma: float, taps: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, n)`` matrix of a 1-D Gaussian blur (``taps`` wide) with replicated borders:
-    ``blurred = A @ x``."""
-    with torch.inference_mode(False):  # cached: must stay usable by autograd later
-        kernel = gaussian_kernel(sigma, kernel_size=taps).double()
-        half = kernel.numel() // 2
-        source = (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)  # (n, taps)
-        matrix = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, source, kernel.expand(n, -1).contiguous())
-        return matrix.to(device=device, dtype=dtype)
+from xrl.ops import chunks
 
 
 def mask_centres(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

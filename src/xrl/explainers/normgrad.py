@@ -27,8 +27,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.grad_cam import activations_and_gradients, find_layer, rows_target, upsample
+from xrl.ops import chunks
 
 
 @EXPLAINERS.register("normgrad")

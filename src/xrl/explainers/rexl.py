@@ -41,7 +41,7 @@ from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.explainers.masks import gaussian_blur
+from xrl.ops import gaussian_blur
 
 
 def cell_credit(probs: torch.Tensor, actions: torch.Tensor, n_cells: int, lam: float) -> torch.Tensor:

@@ -66,8 +66,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, chunks
+from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import perturbed_scores
+from xrl.ops import chunks
 
 SCORES = ("probability", "logits")
 

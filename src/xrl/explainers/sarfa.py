@@ -42,8 +42,9 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, chunks
+from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.greydanus import Greydanus
+from xrl.ops import chunks
 
 
 @EXPLAINERS.register("sarfa")

@@ -29,10 +29,11 @@ from typing import Callable
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, Targets, chunks, guarded, reduce_channels, target_function
+from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
 from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
+from xrl.ops import Targets, chunks, guarded, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes
 GRADIENT_METHODS = (Gradient, GradCam, NormGrad)

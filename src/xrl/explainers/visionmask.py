@@ -28,7 +28,8 @@ import torch
 
 from xrl.agents.mask_nets import MaskNetwork, load_mask_network
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer, Targets, chunks, guarded, target_function
+from xrl.explainers.base import EXPLAINERS, Explainer
+from xrl.ops import Targets, chunks, guarded, target_function
 
 
 @EXPLAINERS.register("visionmask")

@@ -93,15 +93,3 @@ def check_saliency(states: torch.Tensor, saliency: torch.Tensor) -> None:
         raise TypeError(f"saliency must be a float tensor, got {saliency.dtype}")
     if not torch.isfinite(saliency).all():
         raise ValueError("saliency contains NaN or Inf values")
-
-
-def minmax(saliency: torch.Tensor) -> torch.Tensor:
-    """Each map of ``saliency (B, H, W)`` rescaled to [0, 1] by its own min and max.
-
-    A constant map ranks no pixel above another and becomes all zeros (it keeps nothing).
-    """
-    flat = saliency.flatten(1)  # (B, H*W)
-    low = flat.amin(1, keepdim=True)
-    span = flat.amax(1, keepdim=True) - low
-    scaled = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return scaled.view_as(saliency)

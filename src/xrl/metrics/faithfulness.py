@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from xrl.agents.model import Model
-from xrl.explainers.base import chunks, guarded, target_function
-from xrl.explainers.masks import gaussian_blur
-from xrl.metrics.base import METRICS, Metric, check_saliency, minmax
+from xrl.metrics.base import METRICS, Metric, check_saliency
+from xrl.ops import chunks, gaussian_blur, guarded, minmax, target_function
 
 SUBSTRATES = ("blur", "noise", "black", "mean", "background")
 SCORES = ("probability", "logit")

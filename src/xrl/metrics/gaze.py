@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from xrl.envs.labels import EXCLUDED
-from xrl.explainers.masks import gaussian_blur
 from xrl.metrics.base import METRICS, Metric
+from xrl.ops import gaussian_blur
 
 _EPS = torch.finfo(torch.float64).eps
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
-from xrl.metrics.base import METRICS, Metric, minmax
+from xrl.metrics.base import METRICS, Metric
+from xrl.ops import minmax
 
 
 @METRICS.register("localization")

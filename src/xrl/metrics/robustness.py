@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from xrl.explainers.base import Explainer, chunks, target_function
+from xrl.explainers.base import Explainer
 from xrl.metrics.base import METRICS, Metric
+from xrl.ops import chunks, target_function
 
 #: the named local Lipschitz protocols; the first is the default
 LIPSCHITZ_PROTOCOLS = ("xrl", "quantus", "xrl-raw")

@@ -7,8 +7,9 @@ from typing import NamedTuple, Sequence
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import Explainer, target_function
+from xrl.explainers.base import Explainer
 from xrl.metrics.base import METRICS, Metric
+from xrl.ops import target_function
 
 
 class SanityCurves(NamedTuple):

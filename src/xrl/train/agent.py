@@ -30,20 +30,24 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import DQN, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.atari_wrappers import ClipRewardEnv
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
-import xrl
-from xrl.agents.load import model_from_policy, save_agent
-from xrl.agents.model import Model
-from xrl.envs import make_env
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.compat import quiet_old_gym
+
+quiet_old_gym()  # before Stable-Baselines3, which imports the old gym when installed
+from stable_baselines3 import DQN, PPO  # noqa: E402
+from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
+from stable_baselines3.common.atari_wrappers import ClipRewardEnv  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.logger import Logger  # noqa: E402
+from stable_baselines3.common.monitor import Monitor  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+
+import xrl  # noqa: E402
+from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
+from xrl.agents.model import Model  # noqa: E402
+from xrl.envs import make_env  # noqa: E402
+from xrl.files import atomic_path, check_run_settings, write_json  # noqa: E402
 
 
 #: default training reward scale of envs whose returns are far from order 1. ViZDoom basic:

@@ -350,6 +350,8 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     policy layers are copied into ``agent`` (DQN: its Q-network's layers become the policy head).
     Resumes from ``checkpoint.zip`` (not bit-identical: SB3's own state)."""
     import gymnasium as gym
+    from xrl.compat import quiet_old_gym
+    quiet_old_gym()
     from stable_baselines3 import A2C, DQN, PPO
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.logger import Logger

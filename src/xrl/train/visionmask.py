@@ -59,6 +59,7 @@ from xrl.data.collect import agent_record, collect
 from xrl.data.dataset import StateDataset
 from xrl.files import atomic_path, check_run_settings, write_json
 from xrl.metrics import get_metric
+from xrl.ops import reference_image
 
 # ------------------------------------------------------------------ 1. the expert dataset
 
@@ -73,21 +74,6 @@ def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
     n_train = n - n_val - n_test
     return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
             "test": np.sort(perm[n_train + n_val:])}
-
-
-def reference_image(raw_states: np.ndarray, kind: str, obs_scale: float) -> torch.Tensor | None:
-    """The stored reference of ``kind`` from uint8 states ``(N, C, H, W)``: ``background`` = the
-    per-pixel median (the lower middle value, exact on uint8), ``mean`` = each channel's mean;
-    ``None`` for the references computed per state (``black``, ``blur``)."""
-    if kind == "background":
-        x = torch.from_numpy(raw_states)
-        flat = x.reshape(len(x), -1)
-        median = torch.cat([flat[:, i:i + 4096].median(0).values for i in range(0, flat.shape[1], 4096)])
-        return median.reshape(x.shape[1:]).float() / obs_scale
-    if kind == "mean":
-        mean = torch.from_numpy(raw_states).double().mean((0, 2, 3)) / obs_scale  # (C,)
-        return mean[:, None, None].expand(raw_states.shape[1:]).float().contiguous()
-    return None
 
 
 # ------------------------------------------------------------------ 2. the losses

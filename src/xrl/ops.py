@@ -1,0 +1,185 @@
+"""The ground floor: tensor helpers shared by explainers, metrics, agents, envs and trainers.
+
+Plain torch (and numpy) on the caller's device; this module imports nothing else from xrl at run
+time, so every layer above may import it (docs/architecture.md, *Layers*).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import TYPE_CHECKING, Callable, Iterator, Union
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from xrl.agents.model import Model
+
+
+# ------------------------------------------------------------------ batches
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices of ``range(n)`` of at most ``size`` items: every expansion is chunked by this."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+# ------------------------------------------------------------------ targets and side effects
+
+Targets = Union[None, int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def target_function(model: Model, states: torch.Tensor, targets: Targets) -> Callable:
+    """Turn any accepted form of ``targets`` into ``scores (B, K) -> (B,)``.
+
+    Indices are validated (integer, in ``[0, K)``, one per state); ``None`` is resolved to the
+    model's argmax on ``states`` once, so perturbed states keep explaining the same action.
+    """
+    n, k = states.shape[0], model.n_actions
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return _checked_callable(targets, n)
+    if targets is None:
+        with torch.no_grad():
+            index = model(states).argmax(-1)
+    elif isinstance(targets, bool):
+        raise TypeError("targets must be an int, a (B,) integer tensor, a callable or None; got a bool")
+    elif isinstance(targets, int):
+        index = torch.full((n,), targets, dtype=torch.long, device=states.device)
+    elif isinstance(targets, torch.Tensor):
+        if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+            raise TypeError(f"target indices must be an integer tensor, got {targets.dtype}")
+        if targets.dim() == 0:
+            targets = targets.expand(n)
+        if tuple(targets.shape) != (n,):
+            raise ValueError(f"targets must have shape ({n},) (one per state), got {tuple(targets.shape)}")
+        index = targets.to(device=states.device, dtype=torch.long)
+    else:
+        raise TypeError(
+            f"targets must be None, an int, a (B,) integer tensor or a callable, got {type(targets).__name__}"
+        )
+    if ((index < 0) | (index >= k)).any():
+        raise ValueError(f"target indices must be in [0, {k}) for a model with {k} actions, got {index.tolist()}")
+
+    def pick(scores: torch.Tensor) -> torch.Tensor:
+        # scores may hold several copies of each state (perturbations): repeat the indices
+        reps = scores.shape[0] // n
+        return scores.gather(1, index.repeat_interleave(reps).unsqueeze(1)).squeeze(1)
+
+    pick.index = index  # type: ignore[attr-defined]
+    return pick
+
+
+def _checked_callable(fn: Callable, n: int) -> Callable:
+    def call(scores: torch.Tensor) -> torch.Tensor:
+        out = fn(scores)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (scores.shape[0],):
+            raise ValueError(
+                f"a targets callable must map scores (B, K) to a (B,) tensor, got "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+            )
+        return out
+
+    return call
+
+
+@contextlib.contextmanager
+def guarded(model: Model, states: torch.Tensor) -> Iterator[None]:
+    """Run an explanation without side effects: eval mode, parameter grads and the inputs
+    are as they were afterwards, also when the method raises."""
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.grad for p in model.parameters()}
+    requires = {p: p.requires_grad for p in model.parameters()}
+    states_grad, states_req = states.grad, states.requires_grad
+    try:
+        if any(modes.values()):
+            model.eval()
+        yield
+    finally:
+        for m, mode in modes.items():
+            if m.training != mode:  # nn.Module.__setattr__ is slow: set only what changed
+                m.training = mode
+        for p, g in grads.items():
+            p.grad = g
+            p.requires_grad_(requires[p])
+        if states.is_leaf:
+            states.grad = states_grad
+            states.requires_grad_(states_req)
+
+
+# ------------------------------------------------------------------ blur
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0, *, kernel_size: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian ``(2 * ceil(truncate * sigma) + 1,)`` float32 (as scipy's), or of
+    ``kernel_size`` taps (odd) when given.
+
+    The 2-D kernel is its outer product with itself (the Gaussian is separable).
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if kernel_size is not None and (int(kernel_size) < 1 or int(kernel_size) % 2 == 0):
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+    half = int(math.ceil(truncate * sigma)) if kernel_size is None else int(kernel_size) // 2
+    x = torch.arange(-half, half + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, *,
+                  kernel_size: int | None = None) -> torch.Tensor:
+    """Blur every channel of ``x (..., H, W)`` with a Gaussian of std ``sigma`` pixels, truncated
+    at ``truncate`` sigmas or to ``kernel_size`` taps.
+
+    Separable: ``A_H @ x @ A_W^T`` with cached ``(n, n)`` blur matrices (two small matmuls beat
+    a depthwise convolution on CPU). Borders are replicated (unlike scipy's default
+    ``reflect``, this works for images smaller than the kernel). ``sigma == 0`` is the identity.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"gaussian_blur expects (..., H, W), got shape {tuple(x.shape)}")
+    if sigma == 0:
+        return x.clone()
+    taps = int(kernel_size) if kernel_size is not None else 2 * int(math.ceil(truncate * sigma)) + 1
+    rows = blur_matrix(x.shape[-2], float(sigma), taps, x.device, x.dtype)
+    cols = blur_matrix(x.shape[-1], float(sigma), taps, x.device, x.dtype)
+    return rows @ x @ cols.T
+
+
+@functools.lru_cache(maxsize=32)
+def blur_matrix(n: int, sigma: float, taps: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, n)`` matrix of a 1-D Gaussian blur (``taps`` wide) with replicated borders:
+    ``blurred = A @ x``."""
+    with torch.inference_mode(False):  # cached: must stay usable by autograd later
+        kernel = gaussian_kernel(sigma, kernel_size=taps).double()
+        half = kernel.numel() // 2
+        source = (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)  # (n, taps)
+        matrix = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, source, kernel.expand(n, -1).contiguous())
+        return matrix.to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------ saliency maps and references
+
+def minmax(saliency: torch.Tensor) -> torch.Tensor:
+    """Each map of ``saliency (B, H, W)`` rescaled to [0, 1] by its own min and max.
+
+    A constant map ranks no pixel above another and becomes all zeros (it keeps nothing).
+    """
+    flat = saliency.flatten(1)  # (B, H*W)
+    low = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - low
+    scaled = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return scaled.view_as(saliency)
+
+
+def reference_image(raw_states: np.ndarray, kind: str, obs_scale: float) -> torch.Tensor | None:
+    """The stored reference of ``kind`` from uint8 states ``(N, C, H, W)``: ``background`` = the
+    per-pixel median (the lower middle value, exact on uint8), ``mean`` = each channel's mean;
+    ``None`` for the references computed per state (``black``, ``blur``)."""
+    if kind == "background":
+        x = torch.from_numpy(raw_states)
+        flat = x.reshape(len(x), -1)
+        median = torch.cat([flat[:, i:i + 4096].median(0).values for i in range(0, flat.shape[1], 4096)])
+        return median.reshape(x.shape[1:]).float() / obs_scale
+    if kind == "mean":
+        mean = torch.from_numpy(raw_states).double().mean((0, 2, 3)) / obs_scale  # (C,)
+        return mean[:, None, None].expand(raw_states.shape[1:]).float().contiguous()
+    return None
