@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from xrl.classifiers import (ClassifierArgs, ShapesCNN, load_classifier, load_image_folder, torchvision_classifier,
-                             train_classifier, trunk_of)
+from xrl.classifiers import ShapesCNN, load_classifier, torchvision_classifier, trunk_of
+from xrl.train.classifier import ClassifierArgs, load_image_folder, train_classifier
 from xrl.data.shapes import CLASSES, make_shapes, object_labels, shape_mask, split
 
 
@@ -88,3 +88,12 @@ def test_classifier_training_resumes_to_the_same_weights(tmp_path):
     assert part.exists()
     with pytest.raises(ValueError, match="not an xrl classifier"):
         load_classifier(tmp_path / "full" / "checkpoint.pt")
+
+
+def test_the_trainer_is_still_importable_from_classifiers():
+    import xrl.classifiers
+    import xrl.train.classifier
+    for name in ("ClassifierArgs", "train_classifier", "load_image_folder"):
+        assert getattr(xrl.classifiers, name) is getattr(xrl.train.classifier, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        xrl.classifiers.no_such_name

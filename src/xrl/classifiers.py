@@ -5,32 +5,24 @@ folders (single- or multi-label), and a small CNN trained on the generated shape
   ``weights=None`` (and ``weights_backbone=None`` where the builder has it): nothing is ever
   downloaded. A user's weights file is loaded with ``weights_only=True``. The ImageNet
   normalisation is a layer inside the Model, so states stay images in ``[0, 1]``.
-* :func:`load_image_folder` reads ``root/<class>/*.png|jpg`` (one label per image) or, with
-  ``labels.json`` (``{"file": ["class", ...]}``) in ``root``, multi-label VOC-style data.
-* :class:`ClassifierArgs` / :func:`train_classifier` (``xrl train classifier``): Adam on the
-  shapes dataset (``data="shapes"``) or an image folder, a checkpoint per epoch, resumes, the best
-  validation accuracy exported as ``classifier.pt`` + card; :func:`load_classifier` reads it.
+* :func:`build_net` builds a classifier's network by architecture name; :func:`save_classifier` /
+  :func:`load_classifier` write and read ``classifier.pt`` + card.
+* The trainer (``ClassifierArgs``, ``train_classifier``, ``xrl train classifier``) and the image
+  folder reader (``load_image_folder``) live in :mod:`xrl.train.classifier` (still importable
+  from here, on first use).
 * :func:`trunk_of` gives a classifier's convolutional trunk (RExL's default feature extractor).
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-import xrl
 from xrl.agents.model import Model
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.files import atomic_path, write_json
 
 FORMAT = "xrl.classifier"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -130,166 +122,25 @@ class _NormalizedTrunk(nn.Module):
         return self.trunk((states - self.normalized.mean) / self.normalized.std)
 
 
-# ------------------------------------------------------------------ image folders
-
-
-def load_image_folder(root: str | Path, *, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(images (N, 3, size, size) uint8, labels, class_names)`` from an image folder.
-
-    ``root/<class>/*.{png,jpg,jpeg}``: ``labels (N,)`` int64. With ``root/labels.json`` mapping
-    each file (relative to root) to a list of class names: multi-label, ``labels (N, C)`` 0/1 int64
-    (classes sorted by name). Images are converted to RGB and resized (bilinear) to the side.
-    """
-    from PIL import Image
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    index = root / "labels.json"
-    if index.exists():
-        table = json.loads(index.read_text())
-        names = sorted({c for classes in table.values() for c in classes})
-        files = sorted(table)
-        labels = np.zeros((len(files), len(names)), dtype=np.int64)
-        for i, f in enumerate(files):
-            labels[i, [names.index(c) for c in table[f]]] = 1
-        paths = [root / f for f in files]
-    else:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir())
-        paths, label_list = [], []
-        for k, name in enumerate(names):
-            for p in sorted((root / name).iterdir()):
-                if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                    paths.append(p)
-                    label_list.append(k)
-        labels = np.asarray(label_list, dtype=np.int64)
-    if not paths:
-        raise ValueError(f"no images in {root}: expected root/<class>/*.png|jpg or root/labels.json")
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
-                       for p in paths])
-    return images, labels, names
-
-
-# ------------------------------------------------------------------ training
-
-
-@dataclass
-class ClassifierArgs:
-    data: str = "shapes"
-    """training images: shapes (the generated dataset) or an image folder"""
-    out: str = "runs/shapes-classifier"
-    """run folder: checkpoint.pt, history.json, args.json, then classifier.pt and classifier.json"""
-    arch: str = "shapes_cnn"
-    """shapes_cnn or a torchvision classification architecture (weights=None)"""
-    size: int = 56
-    """image side"""
-    n_train: int = 4000
-    """shapes only: training images"""
-    n_val: int = 500
-    """shapes only: validation images (an image folder holds out 10%)"""
-    epochs: int = 10
-    """passes over the training images"""
-    batch_size: int = 64
-    """images per step"""
-    learning_rate: float = 1e-3
-    """Adam step size"""
-    seed: int = 0
-    """seed of the data, the initialisation and the shuffling"""
-    progress: bool = True
-
-
-def _data(args: ClassifierArgs):
-    if args.data == "shapes":
-        from xrl.data import shapes
-        train, val = shapes.split("train", args.n_train, size=args.size, seed=args.seed), \
-            shapes.split("val", args.n_val, size=args.size, seed=args.seed)
-        return train.images, train.labels, val.images, val.labels, list(shapes.CLASSES)
-    images, labels, names = load_image_folder(args.data, size=args.size)
-    perm = np.random.default_rng(args.seed).permutation(len(images))
-    n_val = max(1, len(images) // 10)
-    return images[perm[n_val:]], labels[perm[n_val:]], images[perm[:n_val]], labels[perm[:n_val]], names
-
-
-def _net(arch: str, n_classes: int) -> nn.Module:
+def build_net(arch: str, n_classes: int) -> nn.Module:
+    """The network of a classifier by architecture name: ``shapes_cnn`` (:class:`ShapesCNN`) or a
+    torchvision classification architecture with the ImageNet normalisation inside."""
     if arch == "shapes_cnn":
         return ShapesCNN(n_classes)
     return Normalized(build_torchvision(arch, n_classes), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if labels.dim() == 2:  # multi-label
-        return F.binary_cross_entropy_with_logits(scores, labels.float())
-    return F.cross_entropy(scores, labels)
+_net = build_net
+
+#: the trainer and the image-folder reader moved to ``xrl.train.classifier``; still importable from here
+_MOVED = ("ClassifierArgs", "train_classifier", "load_image_folder")
 
 
-@torch.no_grad()
-def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    net.eval()
-    scores = torch.cat([net(torch.from_numpy(images[i:i + 256]).float() / 255) for i in range(0, len(images), 256)])
-    labels = torch.as_tensor(labels)
-    if labels.dim() == 2:
-        return float(((scores > 0).long() == labels).float().mean())
-    return float((scores.argmax(-1) == labels).float().mean())
-
-
-def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Path:
-    """Train (or resume) a classifier; returns ``out/classifier.pt`` (the best validation accuracy)."""
-    run = Path(args.out)
-    check_run_settings(run, dataclasses.asdict(args), ignore={"epochs", "progress", "out"})
-    x_train, y_train, x_val, y_val, names = _data(args)
-    torch.manual_seed(args.seed)
-    net = _net(args.arch, len(names))
-    optimiser = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
-    start, history, best = 0, {"epochs": []}, None
-    if (run / "checkpoint.pt").exists():
-        blob = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict(blob["net"])
-        optimiser.load_state_dict(blob["optimiser"])
-        start, history, best = blob["epoch"], json.loads(blob["history"]), json.loads(blob["best"])
-    steps = math.ceil(len(x_train) / args.batch_size)
-    bar = tqdm(total=args.epochs * steps, initial=start * steps, unit="step", desc=f"classifier ({len(x_train)} images)",
-               disable=not args.progress)
-    started = time.time()
-    for epoch in range(start, args.epochs):
-        net.train()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
-        total = 0.0
-        for i, rows in enumerate(torch.tensor_split(order, steps)):
-            x = torch.from_numpy(x_train[rows.numpy()]).float() / 255
-            loss = _loss(net(x), torch.as_tensor(y_train[rows.numpy()]))
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
-                                         f"checkpoint (epoch {epoch}) is kept in {run}; lower learning_rate")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / (i + 1):.4f}")
-        record = {"epoch": epoch + 1, "train_loss": total / steps, "val_accuracy": _accuracy(net, x_val, y_val)}
-        history["epochs"].append(record)
-        bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation accuracy {record['val_accuracy']:.3f}")
-        if best is None or record["val_accuracy"] > best["val_accuracy"]:
-            best = record
-            save_classifier(net, run / "classifier.pt", arch=args.arch, size=args.size, class_names=names,
-                            card=_card(args, best, names))
-        with atomic_path(run / "checkpoint.pt") as tmp:
-            torch.save({"epoch": epoch + 1, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
-                        "history": json.dumps(history), "best": json.dumps(best)}, tmp)
-        write_json(run / "history.json", history)
-        if stop_at is not None and epoch + 1 >= stop_at:
-            break
-    bar.close()
-    history["train_seconds_last_run"] = round(time.time() - started, 1)
-    write_json(run / "history.json", history)
-    return run / "classifier.pt"
-
-
-def _card(args: ClassifierArgs, best: dict, names: list[str]) -> dict:
-    flags = " ".join(f"--{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(args)
-                     if f.name != "progress" and getattr(args, f.name) != f.default)
-    return {"what": f"{args.arch} image classifier on {args.data}", "class_names": names,
-            "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": f"xrl train classifier {flags}".strip(), "score": best, "xrl_version": xrl.__version__}
+def __getattr__(name: str):
+    if name in _MOVED:
+        from xrl.train import classifier
+        return getattr(classifier, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_classifier(net: nn.Module, path: str | Path, *, arch: str, size: int, class_names: list[str], card: dict) -> None:

@@ -176,7 +176,7 @@ def cmd_train_rexl(args) -> None:
 
 
 def cmd_train_classifier(args) -> None:
-    from xrl.classifiers import ClassifierArgs, train_classifier
+    from xrl.train.classifier import ClassifierArgs, train_classifier
     path = train_classifier(_from_flags(ClassifierArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nbest: {json.dumps(card['score'])}")
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataclass_flags(t, StalderArgs)
     t.set_defaults(fn=cmd_train_masks)
 
-    from xrl.classifiers import ClassifierArgs
+    from xrl.train.classifier import ClassifierArgs
     from xrl.train.rexl import RExLArgs
     t = train.add_parser("rexl", help="RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks grid cells to explain a "
                                       "classifier or an agent (checkpoints, resumes when run again)")

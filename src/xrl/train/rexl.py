@@ -125,7 +125,7 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
         with StateDataset.open(args.data) as ds:
             images = ds.states(np.arange(min(len(ds), args.n_images)))
     else:
-        from xrl.classifiers import load_image_folder
+        from xrl.train.classifier import load_image_folder
         raw, label_array, _ = load_image_folder(args.data, size=model.input_shape[-1])
         images, labels = torch.from_numpy(raw[:args.n_images]).float() / 255, torch.from_numpy(label_array[:args.n_images])
     model.check_states(images)
