@@ -83,13 +83,13 @@ once per size and cached (:func:`perturbation_masks`, :func:`greydanus_masks`).
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.explainers.masks import mask_centres, perturbation_masks, perturbed_scores, upsample_grid
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.masks import mask_centres, perturbation_masks, upsample_grid
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import Targets, gaussian_blur
 
 SCORES = ("logits", "probability", "kl", "target")
@@ -99,7 +99,7 @@ MASKS = ("gaussian", "greydanus")
 
 
 @EXPLAINERS.register("greydanus")
-class Greydanus(Explainer):
+class Greydanus(PerturbationExplainer):
     """Gaussian-blur perturbation saliency; see the module docstring.
 
     Example::
@@ -109,8 +109,6 @@ class Greydanus(Explainer):
         per_action = explainer.explain_all(states)  # (B, K, H, W)
         as_run = get_explainer("greydanus", model, mask="greydanus")  # their get_mask / occlude
     """
-
-    per_action = True
 
     def __init__(
         self,
@@ -127,8 +125,7 @@ class Greydanus(Explainer):
         super().__init__(model, batch_size=batch_size, seed=seed)
         if not float(radius) > 0:
             raise ValueError(f"radius (std of the Gaussian mask, pixels) must be positive, got {radius!r}")
-        if isinstance(stride, bool) or int(stride) != stride or stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        stride = positive_int("stride", stride)
         if not float(blur_sigma) >= 0:
             raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma!r}")
         score = SCORE_ALIASES.get(score, score) if isinstance(score, str) else score
@@ -137,7 +134,7 @@ class Greydanus(Explainer):
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         self.radius = float(radius)
-        self.stride = int(stride)
+        self.stride = stride
         self.blur_sigma = float(blur_sigma)
         self.score = score
         self.mask = mask
@@ -148,23 +145,23 @@ class Greydanus(Explainer):
             targets = _unused  # not resolving the argmax saves a forward pass of the states
         return super().explain(states, targets)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        base, perturbed = self._scores(states)  # (B, K), (B, N, K)
+    def fill_states(self, states: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """The blurred states (Greydanus' ``occlude``)."""
+        if self.mask == "greydanus":
+            return reflect_blur(states, self.blur_sigma)
+        return gaussian_blur(states, self.blur_sigma)
+
+    def effects(self, base, perturbed, target_fn):
         if self.score == "target":
+            if target_fn is None:
+                return (perturbed - base[:, None]).abs().transpose(1, 2)
             n, m = perturbed.shape[:2]
             # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
-            coarse = (target_fn(perturbed.flatten(0, 1)).view(n, m) - target_fn(base)[:, None]).abs()
-        else:
-            coarse = self._terms(base, perturbed).sum(-1).clamp_min(0)  # (B, N); KL >= 0 up to rounding
-        return self._upsample(coarse[:, None], states)[:, 0]
-
-    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
-        base, perturbed = self._scores(states)
-        if self.score == "target":
-            terms = (perturbed - base[:, None]).abs()
-        else:
-            terms = self._terms(base, perturbed)  # (B, N, K)
-        return self._upsample(terms.transpose(1, 2), states)
+            return (target_fn(perturbed.flatten(0, 1)).view(n, m) - target_fn(base)[:, None]).abs()[:, None]
+        terms = self._terms(base, perturbed)  # (B, N, K)
+        if target_fn is None:
+            return terms.transpose(1, 2)
+        return terms.sum(-1).clamp_min(0)[:, None]  # (B, 1, N); KL >= 0 up to rounding
 
     def _terms(self, base: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
         """Per-action terms ``(B, N, K)`` of the logits, probability or KL score between s and s'."""
@@ -175,26 +172,16 @@ class Greydanus(Explainer):
         log_p, log_q = base.log_softmax(-1)[:, None], perturbed.log_softmax(-1)
         return log_p.exp() * (log_p - log_q)
 
-    def _scores(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of the states ``(B, K)`` and of all their perturbations ``(B, N, K)``."""
-        height, width = states.shape[-2:]
-        masks = self.masks(height, width, states.device).to(states.dtype)  # no copy for float32
-        # each state itself, then its N perturbations, in one state-major batch: no separate pass
-        with torch.inference_mode():
-            if self.mask == "greydanus":
-                blurred = reflect_blur(states, self.blur_sigma)
-            else:
-                blurred = gaussian_blur(states, self.blur_sigma)
-        return perturbed_scores(self.model, states, blurred, masks, self.batch_size)
-
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached perturbation masks ``(N, H, W)`` this explainer uses."""
+        n = len(range(0, height, self.stride)) * len(range(0, width, self.stride))
+        check_memory(n * height * width * 4, f"{n} perturbation masks of {height}x{width}", "use a larger stride")
         if self.mask == "greydanus":
             return greydanus_masks(height, width, self.stride, self.radius, torch.device(device))
         return perturbation_masks(height, width, self.stride, self.radius, device=torch.device(device))
 
-    def _upsample(self, coarse: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``(B, K, N)`` grid scores -> ``(B, K, H, W)``."""
+    def project(self, coarse: torch.Tensor, states: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """``(B, K, N)`` grid scores -> ``(B, K, H, W)``, bilinear between the grid points."""
         height, width = states.shape[-2:]
         rows, cols = mask_centres(height, width, self.stride)
         grid = coarse.reshape(*coarse.shape[:2], len(rows), len(cols))  # (B, K, H', W')

@@ -68,8 +68,9 @@ import numpy as np
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.ops import chunks, gaussian_blur
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.ops import gaussian_blur
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
 FILLS = ("mean", "blur", "black")
@@ -78,7 +79,7 @@ Segmentation = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 @EXPLAINERS.register("lime")
-class Lime(Explainer):
+class Lime(PerturbationExplainer):
     """LIME (Ribeiro et al. 2016): a weighted linear surrogate of the scores over superpixels.
 
     Example::
@@ -89,7 +90,7 @@ class Lime(Explainer):
         labels = explainer.segments(states)         # (B, H, W) superpixel indices
     """
 
-    per_action = True
+    include_state = False  # the first sample is the state itself (all superpixels on), as lime
 
     def __init__(
         self,
@@ -116,12 +117,10 @@ class Lime(Explainer):
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 2:
-            raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+        n_samples = positive_int("n_samples", n_samples, low=2)
         if not callable(segmentation) and segmentation not in SEGMENTATIONS:
             raise ValueError(f"segmentation must be one of {SEGMENTATIONS} or a callable, got {segmentation!r}")
-        if isinstance(cell, bool) or int(cell) != cell or cell < 1:
-            raise ValueError(f"cell must be a positive integer, got {cell!r}")
+        cell = positive_int("cell", cell)
         if fill not in FILLS and (isinstance(fill, (str, bool)) or not isinstance(fill, (int, float))):
             raise ValueError(f"fill must be one of {FILLS} or a float, got {fill!r}")
         for name, value in (("kernel_size", kernel_size), ("kernel_width", kernel_width)):
@@ -139,22 +138,22 @@ class Lime(Explainer):
         self.alpha = float(alpha)
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if isinstance(num_features, bool) or int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        num_features = positive_int("num_features", num_features)
         if positive_only and negative_only:
             raise ValueError("positive_only and negative_only cannot both be True (as lime)")
         self.output, self.num_features = output, int(num_features)
         self.positive_only, self.negative_only = bool(positive_only), bool(negative_only)
         self.min_weight = float(min_weight)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        segments, samples, scores = self._sample(states)
-        y = target_fn(scores.flatten(0, 1)).view(*scores.shape[:2], 1)  # (B, N, 1)
-        return self._paint(self._select(self._fit(samples, y)), segments)[:, 0]
+    def effects(self, base, scores, target_fn):
+        """The regression targets ``(B, K', N)``: the explained target, or every action's score."""
+        if target_fn is None:
+            return scores.transpose(1, 2)
+        return target_fn(scores.flatten(0, 1)).view(*scores.shape[:2], 1).transpose(1, 2)
 
-    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
-        segments, samples, scores = self._sample(states)
-        return self._paint(self._select(self._fit(samples, scores)), segments)
+    def project(self, y: torch.Tensor, states: torch.Tensor, masks: "SuperpixelSamples") -> torch.Tensor:
+        """Targets ``(B, K', N)`` -> each superpixel's surrogate coefficient on its pixels ``(B, K', H, W)``."""
+        return self._paint(self._select(self._fit(masks.samples, y.transpose(1, 2))), masks.segments)
 
     def segments(self, states: torch.Tensor) -> torch.Tensor:
         """Superpixel labels ``(B, H, W)`` int64, ``0 .. S_b - 1`` for each state."""
@@ -187,28 +186,22 @@ class Lime(Explainer):
         return slic(image, n_segments=self.n_segments, compactness=self.compactness, convert2lab=lab,
                     channel_axis=-1, start_label=0)
 
-    def _sample(self, states: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Superpixels ``(B, H, W)``, each state's on/off samples ``(N, S_b)`` and the scores
-        ``(B, N, K)`` of all perturbed states."""
+    def perturbations(self, states: torch.Tensor) -> "SuperpixelSamples":
+        """Superpixels ``(B, H, W)`` and each state's on/off samples ``(N, S_b)``."""
         segments = self.segments(states)
         samples = []
         for seg in segments:
             z = torch.randint(0, 2, (self.n_samples, int(seg.max()) + 1), generator=self.generator())
             z[0] = 1  # the state itself, as lime
             samples.append(z.to(states.device, states.dtype))
-        n = self.n_samples
-        with torch.inference_mode():
-            fill = self._fill(states, segments)
-            parts = [self.model(self._perturb(states, fill, segments, samples, rows))
-                     for rows in chunks(states.shape[0] * n, self.batch_size)]
-        scores = torch.cat(parts).view(states.shape[0], n, -1)
-        return segments, samples, scores  # concatenated outside inference mode: a normal tensor
+        return SuperpixelSamples(segments, samples)
 
-    def _fill(self, states: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    def fill_states(self, states: torch.Tensor, masks: "SuperpixelSamples") -> torch.Tensor:
         """What switched-off superpixels become, ``(B, C, H, W)``."""
         if self.fill == "blur":
             return gaussian_blur(states, self.blur_sigma)
         if self.fill == "mean":  # each superpixel's mean per channel, painted back on it
+            segments = masks.segments
             b, c = states.shape[:2]
             s = int(segments.max()) + 1
             index = segments.flatten(1)[:, None].expand(b, c, -1)  # (B, C, H*W)
@@ -217,19 +210,9 @@ class Lime(Explainer):
             return (sums / counts.clamp_min(1)).gather(2, index).view_as(states)
         return torch.full_like(states, 0.0 if self.fill == "black" else self.fill)
 
-    def _perturb(self, states, fill, segments, samples, rows: slice) -> torch.Tensor:
-        """Rows ``rows`` of the state-major batch ``(B * N, C, H, W)``: row ``b * N + i`` is
-        ``fill[b] + z_i[segments[b]] * (states[b] - fill[b])``."""
-        n = self.n_samples
-        out = states.new_empty((rows.stop - rows.start, *states.shape[1:]))
-        start = rows.start
-        while start < rows.stop:
-            b, i = divmod(start, n)
-            stop = min(rows.stop, (b + 1) * n)
-            keep = samples[b][i : i + stop - start][:, segments[b]]  # (n_b, H, W) of 0/1
-            torch.lerp(fill[b], states[b], keep[:, None], out=out[start - rows.start : stop - rows.start])
-            start = stop
-        return out
+    def combine(self, state, fill, keep, out) -> None:
+        """``fill + z_i[segments] * (state - fill)``: superpixels switched off take the fill."""
+        torch.lerp(fill, state, keep, out=out)
 
     def _fit(self, samples: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
         """Each state's surrogate coefficients ``(K, S_b)`` for targets ``y (B, N, K)``."""
@@ -278,3 +261,15 @@ class Lime(Explainer):
     def _paint(coefficients: list[torch.Tensor], segments: torch.Tensor) -> torch.Tensor:
         """Coefficients ``(K, S_b)`` on their superpixels' pixels: ``(B, K, H, W)``."""
         return torch.stack([beta[:, seg] for beta, seg in zip(coefficients, segments)])
+
+
+class SuperpixelSamples(Masks):
+    """LIME's perturbations: superpixels ``segments (B, H, W)`` and per state the on/off samples
+    ``(N, S_b)``; the kept pixels of samples ``start:stop`` of state ``b`` are built on demand."""
+
+    def __init__(self, segments: torch.Tensor, samples: list[torch.Tensor]) -> None:
+        self.segments, self.samples = segments, samples
+        self.n = samples[0].shape[0] if samples else 0
+
+    def rows(self, b: int, start: int, stop: int) -> torch.Tensor:
+        return self.samples[b][start:stop][:, self.segments[b]][:, None]  # (n, 1, H, W) of 0/1

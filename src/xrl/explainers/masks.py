@@ -11,7 +11,6 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from xrl.ops import chunks
 
 
 def mask_centres(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,43 +65,3 @@ def upsample_grid(coarse: torch.Tensor, height: int, width: int, stride: int) ->
     rows, cols = (coarse.shape[-2] - 1) * stride + 1, (coarse.shape[-1] - 1) * stride + 1
     fine = F.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=True)
     return F.pad(fine, (0, width - cols, 0, height - rows), mode="replicate")
-
-
-def perturb(states: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Rows ``rows`` of the state-major batch ``(B * (N + 1), C, H, W)``, built without it.
-
-    Row ``b * (N + 1)`` is ``states[b]``; row ``b * (N + 1) + 1 + m`` is
-    ``states[b] * (1 - masks[m]) + blurred[b] * masks[m]``. Each state's run of masks is written
-    by one broadcast ``lerp`` straight into the output chunk.
-    """
-    n = masks.shape[0] + 1
-    out = states.new_empty((rows.stop - rows.start, *states.shape[1:]))
-    start = rows.start
-    while start < rows.stop:
-        b, m = divmod(start, n)
-        stop = min(rows.stop, (b + 1) * n)
-        if m == 0:  # the unperturbed state
-            out[start - rows.start] = states[b]
-            start, m = start + 1, 1
-        if start < stop:
-            weight = masks[m - 1 : m - 1 + stop - start, None]  # (n_b, 1, H, W), same on every channel
-            torch.lerp(states[b], blurred[b], weight, out=out[start - rows.start : stop - rows.start])
-        start = stop
-    return out
-
-
-def perturbed_scores(
-    model: torch.nn.Module, states: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores ``(B, K)`` of the states and ``(B, N, K)`` of ``s * (1 - M_n) + fill * M_n`` for
-    every mask ``M_n`` of ``masks (N, H, W)``; ``fill`` is ``(B, C, H, W)`` (may be expanded).
-
-    The batch is state-major, each state followed by its N perturbations (its unperturbed scores
-    come from the same pass), built chunk by chunk (:func:`perturb`)
-    and run through the model in chunks of ``batch_size`` rows under ``torch.inference_mode()``.
-    """
-    b, n = states.shape[0], masks.shape[0] + 1
-    with torch.inference_mode():
-        parts = [model(perturb(states, fill, masks, rows)) for rows in chunks(b * n, batch_size)]
-    scores = torch.cat(parts).view(b, n, -1)  # outside inference mode: an ordinary tensor
-    return scores[:, 0], scores[:, 1:]

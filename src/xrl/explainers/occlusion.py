@@ -36,20 +36,19 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Callable, Union
 
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.explainers.masks import perturbed_scores
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, drop, positive_int
 
 Fill = Union[float, torch.Tensor]
 
 
 @EXPLAINERS.register("occlusion")
-class Occlusion(Explainer):
+class Occlusion(PerturbationExplainer):
     """Occlusion (Zeiler & Fergus 2014): mean drop of the target over the sliding windows covering each pixel.
 
     Example::
@@ -58,8 +57,6 @@ class Occlusion(Explainer):
         saliency = explainer.explain(states, targets=lambda q: q[:, 2] - q[:, 3])  # (B, H, W)
         per_action = explainer.explain_all(states)                                 # (B, K, H, W)
     """
-
-    per_action = True
 
     def __init__(
         self,
@@ -72,42 +69,33 @@ class Occlusion(Explainer):
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
-        for name, value in (("window", window), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
+        window, stride = positive_int("window (pixels)", window), positive_int("stride (pixels)", stride)
         if stride > window:
             raise ValueError(f"stride {stride} may not exceed window {window}: pixels between windows "
                              "would never be occluded")
-        self.window, self.stride = int(window), int(stride)
+        self.window, self.stride = window, stride
         self.fill = _check_fill(fill, model.input_shape)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        base, perturbed = self._scores(states)  # (B, K), (B, N, K)
-        b, n = perturbed.shape[:2]
-        # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
-        drop = target_fn(base)[:, None] - target_fn(perturbed.flatten(0, 1)).view(b, n)
-        return self._average(drop[:, None], states)[:, 0]
+    def fill_states(self, states: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return torch.as_tensor(self.fill, dtype=states.dtype, device=states.device).expand_as(states)
 
-    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
-        base, perturbed = self._scores(states)
-        return self._average((base[:, None] - perturbed).transpose(1, 2), states)
+    def effects(self, base, perturbed, target_fn):
+        return drop(base, perturbed, target_fn)
 
-    def _scores(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masks = self.masks(*states.shape[-2:], device=states.device).to(states.dtype)
-        fill = torch.as_tensor(self.fill, dtype=states.dtype, device=states.device).expand_as(states)
-        return perturbed_scores(self.model, states, fill, masks, self.batch_size)
-
-    def _average(self, drops: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    def project(self, drops: torch.Tensor, states: torch.Tensor, masks: Masks) -> torch.Tensor:
         """``(B, K, N)`` drops per window -> ``(B, K, H, W)`` mean over the windows covering each pixel."""
         height, width = states.shape[-2:]
-        masks = self.masks(height, width, device=states.device).flatten(1)  # (N, H*W), 0/1
-        total = drops.to(masks.dtype) @ masks  # (B, K, H*W)
-        return (total / masks.sum(0)).view(*drops.shape[:2], height, width)
+        windows = self.masks(height, width, device=states.device).flatten(1)  # (N, H*W), 0/1
+        total = drops.to(windows.dtype) @ windows  # (B, K, H*W)
+        return (total / windows.sum(0)).view(*drops.shape[:2], height, width)
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached 0/1 window masks ``(N, H, W)``, row-major over window positions."""
         if self.window > min(height, width):
             raise ValueError(f"window {self.window} is larger than the state ({height}x{width})")
+        n = (math.ceil((height - self.window) / self.stride) + 1) * (math.ceil((width - self.window) / self.stride) + 1)
+        check_memory(n * height * width * 4, f"{n} occlusion masks of {height}x{width}",
+                     "use a larger stride")
         return window_masks(height, width, self.window, self.stride, torch.device(device))
 
 

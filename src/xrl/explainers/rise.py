@@ -60,21 +60,19 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
-from typing import Callable
 
 import torch
 
 from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.explainers.masks import perturbed_scores
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import chunks
 
 SCORES = ("probability", "logits")
 
 
 @EXPLAINERS.register("rise")
-class Rise(Explainer):
+class Rise(PerturbationExplainer):
     """RISE (Petsiuk et al. 2018): the target's score weighted by random smooth masks keeping each pixel.
 
     Example::
@@ -84,7 +82,7 @@ class Rise(Explainer):
         per_action = explainer.explain_all(states)  # (B, K, H, W)
     """
 
-    per_action = True
+    include_state = False  # RISE reads only the masked states
 
     def __init__(
         self,
@@ -98,43 +96,41 @@ class Rise(Explainer):
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
-        for name, value in (("n_masks", n_masks), ("grid", grid)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        n_masks, grid = positive_int("n_masks", n_masks), positive_int("grid", grid)
         if not 0 < float(p) <= 1:
             raise ValueError(f"p (the probability of keeping a grid cell) must be in (0, 1], got {p!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
+        self.n_masks, self.grid, self.p = n_masks, grid, float(p)
         self.score = score
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        scores = self._scores(states)  # (B, N, K)
+    def fill_states(self, states: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return states.new_zeros(()).expand_as(states)
+
+    def combine(self, state, fill, keep, out) -> None:
+        """``s * M_i``: the masks of :meth:`masks` are what is kept."""
+        torch.mul(state, keep, out=out)
+
+    def effects(self, base, scores, target_fn):
+        """Scores ``(B, K', N)`` of the masked states ``s * M_i`` (softmax first for ``"probability"``)."""
+        scores = scores.softmax(-1) if self.score == "probability" else scores
+        if target_fn is None:
+            return scores.transpose(1, 2)
         b, n = scores.shape[:2]
         # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
-        return self._weigh(target_fn(scores.flatten(0, 1)).view(b, 1, n), states)[:, 0]
+        return target_fn(scores.flatten(0, 1)).view(b, 1, n)
 
-    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
-        return self._weigh(self._scores(states).transpose(1, 2), states)
-
-    def _scores(self, states: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, N, K)`` of the masked states ``s * M_i``."""
-        keep = self.masks(*states.shape[-2:], device=states.device).to(states.dtype)
-        # s * M = s * (1 - (1 - M)) + 0 * (1 - M): a perturbation towards 0 with weights 1 - M
-        # (1 - M is an (N, H, W) temporary per call, negligible next to N forward passes per state)
-        zeros = states.new_zeros(()).expand_as(states)
-        scores = perturbed_scores(self.model, states, zeros, 1 - keep, self.batch_size)[1]
-        return scores.softmax(-1) if self.score == "probability" else scores
-
-    def _weigh(self, scores: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    def project(self, scores: torch.Tensor, states: torch.Tensor, masks: Masks) -> torch.Tensor:
         """``(B, K, N)`` scores -> ``(B, K, H, W)`` = ``sum_i score_i * M_i / (N * p)``."""
         height, width = states.shape[-2:]
-        masks = self.masks(height, width, device=states.device).flatten(1)  # (N, H*W)
-        saliency = scores.to(masks.dtype) @ masks / (self.n_masks * self.p)
+        keep = masks.weights.flatten(1)  # (N, H*W)
+        saliency = scores.to(keep.dtype) @ keep / (self.n_masks * self.p)
         return saliency.view(*scores.shape[:2], height, width)
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached masks ``(n_masks, H, W)`` in ``[0, 1]`` (1 = kept)."""
+        check_memory(self.n_masks * height * width * 4, f"{self.n_masks} RISE masks of {height}x{width}",
+                     "use fewer n_masks")
         return rise_masks(height, width, self.n_masks, self.grid, self.p, self.seed, torch.device(device))
 
 

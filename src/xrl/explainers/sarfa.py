@@ -37,8 +37,6 @@ number of forward passes in one batch), all actions at once.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from xrl.agents.model import Model
@@ -64,6 +62,12 @@ class Sarfa(Greydanus):
 
     per_action = True
     callable_targets = False
+    callable_refusal = (
+        "sarfa needs action indices as targets (None, an int or a (B,) tensor), not a callable: "
+        "its specificity is the change of one action's softmax probability and its relevance "
+        "compares the other actions' probabilities. Explain values or logit differences with "
+        "'occlusion', 'rise' or greydanus(score='target')."
+    )
 
     def __init__(
         self,
@@ -78,26 +82,12 @@ class Sarfa(Greydanus):
         super().__init__(model, radius=radius, stride=stride, blur_sigma=blur_sigma, score="target",
                          batch_size=batch_size, seed=seed)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        index = getattr(target_fn, "index", None)  # (B,) for index targets, absent for callables
-        if index is None:
-            raise TypeError(
-                "sarfa needs action indices as targets (None, an int or a (B,) tensor), not a callable: "
-                "its specificity is the change of one action's softmax probability and its relevance "
-                "compares the other actions' probabilities. Explain values or logit differences with "
-                "'occlusion', 'rise' or greydanus(score='target')."
-            )
-        base, perturbed = self._scores(states)  # (B, K), (B, N, K)
-        return self._upsample(self._sarfa(base, perturbed, index[:, None]), states)[:, 0]
-
-    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
-        base, perturbed = self._scores(states)
-        actions = torch.arange(base.shape[1], device=base.device).expand_as(base)  # (B, K): every action
-        return self._upsample(self._sarfa(base, perturbed, actions), states)
-
-    def _sarfa(self, base: torch.Tensor, perturbed: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """:func:`sarfa_scores` in chunks of ``batch_size // A`` states (bounds its expansion)."""
-        step = max(1, self.batch_size // actions.shape[1])
+    def effects(self, base, perturbed, target_fn):
+        if target_fn is None:
+            actions = torch.arange(base.shape[1], device=base.device).expand_as(base)  # (B, K): every action
+        else:
+            actions = target_fn.index[:, None]  # (B, 1); callables are refused before the run
+        step = max(1, self.batch_size // actions.shape[1])  # chunks of states bound the expansion
         parts = [sarfa_scores(base[rows], perturbed[rows], actions[rows]) for rows in chunks(base.shape[0], step)]
         return torch.cat(parts)
 

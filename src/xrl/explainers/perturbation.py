@@ -1,0 +1,191 @@
+"""The perturbation family's shared machinery: one base class with one override point per step.
+
+``occlusion``, ``greydanus``, ``sarfa``, ``rise`` and ``lime`` explain a state by running the
+model on many perturbed copies of it and projecting the change of the scores back onto pixels.
+They differ only in the steps below, so each method overrides those and nothing else (the
+shape of Captum's ``FeatureAblation`` -> ``Occlusion``, captum/attr/_core/feature_ablation.py
+and occlusion.py, and of pytorch-grad-cam's ``BaseCAM``, pytorch_grad_cam/base_cam.py):
+
+1. **masks** :meth:`PerturbationExplainer.perturbations` -> a :class:`Masks` (how many
+   perturbations each state gets, and the weight of the fill in each of them; by default the
+   cached ``(N, H, W)`` tensor of :meth:`masks`, the same for every state);
+2. **fill** :meth:`PerturbationExplainer.fill_states` -> ``(B, C, H, W)``, what a mask blends in
+   (a constant, a blurred copy, each superpixel's mean);
+3. **combine** :meth:`PerturbationExplainer.combine` -> the perturbed states of one state
+   (default ``s * (1 - M) + fill * M`` by one broadcast ``lerp``, written straight into the
+   batch buffer);
+4. **effects** :meth:`PerturbationExplainer.effects` -> ``(B, K', N)``: what each perturbation did,
+   for the explained target (``K' = 1``) or for every action (``K' = K``, ``explain_all``);
+5. **project** :meth:`PerturbationExplainer.project` -> ``(B, K', H, W)`` maps.
+
+The base class does the rest once: the batch is state-major (each state, when
+``include_state``, followed by its N perturbations, so its unperturbed scores come from the same
+pass), built chunk by chunk into **one reused buffer** of ``batch_size`` rows (a fresh buffer per
+chunk is returned to the OS by glibc and page-faulted back each time: measured in
+``benchmarks/bench_methods.py``) and run under ``torch.inference_mode()``; results do not depend
+on ``batch_size``. Before allocating, the memory the batch needs is estimated
+(:func:`check_memory`), so a setting that would ask for gigabytes fails with one line that says
+which setting to change. ``explain_all`` gives all K maps from the same batch, so it costs what
+``explain`` costs.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Callable
+
+import torch
+
+from xrl.explainers.base import Explainer
+from xrl.ops import chunks
+
+#: largest single allocation a perturbation method makes without asking (bytes); the environment
+#: variable ``XRL_MAX_ALLOC_GB`` changes it
+DEFAULT_MAX_ALLOC = 4 * 2**30
+
+
+def max_alloc() -> int:
+    """The allocation bound in bytes (``XRL_MAX_ALLOC_GB``, default 4 GB)."""
+    value = os.environ.get("XRL_MAX_ALLOC_GB")
+    if value is None:
+        return DEFAULT_MAX_ALLOC
+    try:
+        gb = float(value)
+    except ValueError:
+        raise ValueError(f"XRL_MAX_ALLOC_GB must be a number of gigabytes, got {value!r}") from None
+    if not gb > 0:
+        raise ValueError(f"XRL_MAX_ALLOC_GB must be positive, got {value!r}")
+    return int(gb * 2**30)
+
+
+def check_memory(n_bytes: int, what: str, suggestion: str) -> None:
+    """Refuse an allocation of ``n_bytes`` above :func:`max_alloc` with one line naming ``what``
+    is allocated and ``suggestion`` (which setting to change)."""
+    limit = max_alloc()
+    if n_bytes > limit:
+        raise MemoryError(f"{what} would need {n_bytes / 2**30:.1f} GB (limit {limit / 2**30:.1f} GB, "
+                          f"XRL_MAX_ALLOC_GB); {suggestion}")
+
+
+class Masks:
+    """The perturbations of a batch: ``n`` per state; ``rows(b, start, stop)`` is the fill
+    weight of perturbations ``start:stop`` of state ``b``, broadcastable to ``(n, C, H, W)``.
+
+    This default holds one ``(N, H, W)`` tensor shared by every state."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights
+        self.n = weights.shape[0]
+
+    def rows(self, b: int, start: int, stop: int) -> torch.Tensor:
+        return self.weights[start:stop, None]  # (n, 1, H, W): the same on every channel
+
+
+class PerturbationExplainer(Explainer):
+    """Base class of the perturbation methods (see the module docstring for the five steps).
+
+    Subclasses implement :meth:`masks` (or :meth:`perturbations`), :meth:`fill_states`, :meth:`effects`
+    and :meth:`project`; :meth:`combine` has a default."""
+
+    per_action = True
+    #: each state rides along unperturbed as the first row of its run (``base`` in :meth:`effects`)
+    include_state: bool = True
+    #: the TypeError raised for a callable target when ``callable_targets`` is False
+    callable_refusal: str = "this method needs action indices as targets, not a callable"
+
+    # ---------------------------------------------------------------- the run, once for all
+
+    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+        if not self.callable_targets and getattr(target_fn, "index", None) is None:
+            raise TypeError(self.callable_refusal)
+        base, perturbed, masks = self.perturbed_scores(states)
+        return self.project(self.effects(base, perturbed, target_fn), states, masks)[:, 0]
+
+    def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
+        base, perturbed, masks = self.perturbed_scores(states)
+        return self.project(self.effects(base, perturbed, None), states, masks)
+
+    def perturbed_scores(self, states: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, Masks]:
+        """Scores ``(B, K)`` of the states (None unless ``include_state``), ``(B, N, K)`` of all
+        their perturbations, and the :class:`Masks` that made them."""
+        b = states.shape[0]
+        masks = self.perturbations(states)
+        per_state = masks.n + int(self.include_state)
+        total = b * per_state
+        size = min(self.batch_size, total)
+        row_bytes = states[0].numel() * states.element_size()
+        check_memory(size * row_bytes, f"a batch of {size} perturbed states",
+                     "lower batch_size")
+        with torch.inference_mode():
+            fill = self.fill_states(states, masks)
+            buffer = states.new_empty((size, *states.shape[1:]))
+            parts = []
+            for rows in chunks(total, size):
+                out = buffer[: rows.stop - rows.start]
+                self._build(states, fill, masks, rows, per_state, out)
+                parts.append(self.model(out))
+        scores = torch.cat(parts).view(b, per_state, -1)  # outside inference mode: an ordinary tensor
+        if self.include_state:
+            return scores[:, 0], scores[:, 1:], masks
+        return None, scores, masks
+
+    def _build(self, states, fill, masks: Masks, rows: slice, per_state: int, out: torch.Tensor) -> None:
+        """Rows ``rows`` of the state-major batch ``(B * per_state, C, H, W)``, written into ``out``."""
+        start = rows.start
+        while start < rows.stop:
+            b, m = divmod(start, per_state)
+            stop = min(rows.stop, (b + 1) * per_state)
+            if self.include_state:
+                if m == 0:  # the unperturbed state
+                    out[start - rows.start] = states[b]
+                    start, m = start + 1, 1
+                m -= 1
+            if start < stop:
+                self.combine(states[b], fill[b], masks.rows(b, m, m + stop - start),
+                             out[start - rows.start : stop - rows.start])
+            start = stop
+
+    # ---------------------------------------------------------------- the override points
+
+    def perturbations(self, states: torch.Tensor) -> Masks:
+        """Step 1: the perturbations of ``states``; by default :meth:`masks` shared by all."""
+        height, width = states.shape[-2:]
+        return Masks(self.masks(height, width, states.device).to(states.dtype))  # no copy for float32
+
+    def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The cached fill weights ``(N, H, W)`` in ``[0, 1]`` for states of ``height x width``."""
+        raise NotImplementedError
+
+    def fill_states(self, states: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Step 2: what the masks blend in, ``(B, C, H, W)`` (may be an expanded view)."""
+        raise NotImplementedError
+
+    def combine(self, state: torch.Tensor, fill: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+        """Step 3: ``out[i] = state * (1 - weight[i]) + fill * weight[i]`` for one state's run."""
+        torch.lerp(state, fill, weight, out=out)
+
+    def effects(self, base: torch.Tensor | None, perturbed: torch.Tensor, target_fn: Callable | None) -> torch.Tensor:
+        """Step 4: ``(B, 1, N)`` for the target ``target_fn``, ``(B, K, N)`` per action when it is None."""
+        raise NotImplementedError
+
+    def project(self, values: torch.Tensor, states: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Step 5: ``(B, K', N)`` values per perturbation -> ``(B, K', H, W)`` maps."""
+        raise NotImplementedError
+
+
+def drop(base: torch.Tensor, perturbed: torch.Tensor, target_fn: Callable | None) -> torch.Tensor:
+    """``f(s) - f(s')`` as ``(B, K', N)``: of the target (``K' = 1``) or of every action's score."""
+    if target_fn is None:
+        return (base[:, None] - perturbed).transpose(1, 2)
+    b, n = perturbed.shape[:2]
+    # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
+    return (target_fn(base)[:, None] - target_fn(perturbed.flatten(0, 1)).view(b, n))[:, None]
+
+
+def positive_int(name: str, value, low: int = 1) -> int:
+    """``value`` (an integer, or a float with an integral value) as an int ``>= low``, or a
+    ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
