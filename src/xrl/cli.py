@@ -494,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-results")
     d.add_argument("--quick", action="store_true", help="tiny budgets (used by the tests)")
     d.set_defaults(fn=cmd_demo)
+
+    from xrl.reproduce.cli import add_parser as add_reproduce  # the parser and handler live in xrl/reproduce
+    add_reproduce(sub)
     return p
 
 

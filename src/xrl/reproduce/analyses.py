@@ -1,0 +1,193 @@
+"""Our own analyses behind the papers' tables (the scripts that were in ``benchmarks/``):
+
+- ``rise-coverage``: how much of a RISE map is its masks' own coverage (why RISE on probabilities
+  fails the sanity check on the confident zoo agent; ``docs/results.md``);
+- ``zoo-baselines``: what a zoo agent's score means, against trivial policies on the same seeded
+  episodes (the highway-fast agent stands in for DIGR's CARLA driver; ``docs/envs.md``);
+- ``digr-snapshots``: a DIGR student's localization and success over training, from the
+  snapshots ``xrl train digr --snapshots true`` saves (how the zoo's α = 1 student was chosen,
+  ``docs/digr.md``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xrl.reproduce.core import Run, Target, nanmean
+
+
+def run_rise_coverage(run: Run) -> None:
+    import torch
+    from scipy.stats import spearmanr
+
+    import xrl
+    from xrl.data.dataset import StateDataset
+    s = run.settings
+    model = xrl.load_agent(s["agent"])
+    path = run.collect("states", model, episodes=s["episodes"], seed=0, max_steps=s["max_steps"])
+    with StateDataset.open(path) as ds:
+        start, stop, step = s["rows"]
+        states = ds.states(list(range(start, min(stop, len(ds)), step)))
+    with torch.no_grad():
+        top = model(states).softmax(-1).amax(-1).tolist()
+    rows = []
+    for score in ("probability", "logits"):
+        def compute(score=score):
+            explainer = xrl.get_explainer("rise", model, score=score, n_masks=s["n_masks"])
+            maps = explainer.explain(states)
+            coverage = explainer.masks(*states.shape[-2:]).sum(0).flatten().numpy()
+            return {"rho": [float(spearmanr(m.flatten().numpy(), coverage).statistic) for m in maps]}
+        rho = run.row(f"rise-{score}", compute)["rho"]
+        rows.append({"RISE score": score, "states": len(rho), "mean rank correlation with coverage": nanmean(rho),
+                     "per state": " ".join(f"{r:.2f}" for r in rho)})
+    run.table("coverage", rows, ["RISE score", "states", "mean rank correlation with coverage", "per state"],
+              title=f"Spearman correlation between RISE's map and its masks' coverage Σ M_i ({s['agent']}; the "
+                    "agent's top probability per state: " + " ".join(f"{p:.3f}" for p in top) + ")")
+
+
+def run_zoo_baselines(run: Run) -> None:
+    import torch
+
+    import xrl
+    from xrl.envs import make_env
+    s = run.settings
+    model = xrl.load_agent(s["agent"])
+    env = model.info.get("env") or {}
+    if not env.get("name"):
+        raise ValueError(f"{s['agent']} has no card naming its env")
+
+    def policies():
+        def greedy(obs, rng):
+            return int(model.act(obs[None])[0])
+
+        def sampled(obs, rng):
+            with torch.inference_mode():
+                p = model.probs(model.preprocess(obs[None]))[0].double().numpy()
+            return int(rng.choice(len(p), p=p / p.sum()))
+        out = {"agent greedy": greedy}
+        if model.score_kind == "logits":
+            out["agent sampled"] = sampled
+        out["random"] = lambda obs, rng: int(rng.integers(model.n_actions))
+        for a, name in enumerate(model.action_names):
+            out[f"always {name}"] = lambda obs, rng, a=a: a
+        return out
+
+    def play(policy) -> dict:
+        environment = make_env(env["name"], **(env.get("settings") or {}))
+        returns, lengths, ended = [], [], []
+        for i in range(s["episodes"]):
+            obs, _ = environment.reset(seed=s["seed"] + i)
+            rng = np.random.default_rng(s["seed"] + i)
+            total, steps, terminated, truncated = 0.0, 0, False, False
+            while not (terminated or truncated):
+                obs, reward, terminated, truncated, _ = environment.step(policy(np.asarray(obs), rng))
+                total, steps = total + float(reward), steps + 1
+                if s["max_steps"] and steps >= s["max_steps"]:
+                    break
+            returns.append(total)
+            lengths.append(steps)
+            ended.append(bool(terminated))
+        environment.close()
+        return {"returns": returns, "lengths": lengths, "terminated": ended}
+
+    rows = []
+    for name, policy in policies().items():
+        r = run.row(f"policy-{name}", lambda policy=policy: play(policy))
+        rows.append({"policy": name, "mean return": float(np.mean(r["returns"])), "std": float(np.std(r["returns"])),
+                     "mean length": float(np.mean(r["lengths"])), "ended by termination": float(np.mean(r["terminated"]))})
+    run.table("baselines", rows, ["policy", "mean return", "std", "mean length", "ended by termination"],
+              title=f"{s['agent']} ({env['name']}) against trivial policies, {s['episodes']} seeded episodes (seeds "
+                    f"{s['seed']}+), the same for every policy")
+
+
+def run_digr_snapshots(run: Run) -> None:
+    import torch
+
+    import xrl
+    from xrl.data.dataset import StateDataset
+    from xrl.envs import INFO_ONLY_SETTINGS
+    from xrl.train.agent import evaluate
+    from xrl.train.digr import DIGR_TARGET
+    from xrl.viz.overlay import line_panels
+    s = run.settings
+    if not s["run"]:
+        raise ValueError("digr-snapshots needs the DIGR run folder: --set run=runs/digr-rfg-a1 (a run trained with "
+                         "xrl train digr --snapshots true)")
+    snapshots = sorted(Path(s["run"], "snapshots").glob("agent-*.pt"))
+    if s["updates"]:
+        wanted = {int(u) for u in s["updates"]}
+        snapshots = [p for p in snapshots if int(p.stem.split("-")[1]) in wanted]
+    if not snapshots:
+        raise ValueError(f"{s['run']}/snapshots/ holds no agent-*.pt: train with --snapshots true")
+    teacher = xrl.load_agent(s["teacher"])
+    path = run.collect("validation", teacher, episodes=s["data_episodes"], seed=s["data_seed"],
+                       env_settings={"labels": s["labels"]}, max_steps=s["max_steps"])
+    with StateDataset.open(path) as ds:
+        rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
+        states, labels = ds.states(rows), torch.as_tensor(ds.labels(rows))
+        seen = (ds.env["name"], {k: v for k, v in (ds.env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS})
+
+    def score(model) -> dict:
+        maps = xrl.get_explainer("gradient", model).explain(states, DIGR_TARGET)
+        loc = xrl.get_metric("localization")(states=states, saliency=maps, labels=labels)
+        env = model.info["env"]
+        ret = evaluate(model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=s["seed"],
+                       progress=False, batch=10)
+        return {**{k: nanmean(v.double().tolist()) for k, v in loc.items()}, "mean_return": ret["mean_return"],
+                "success_rate": ret.get("success_rate")}
+
+    results = []
+    for p in snapshots:
+        model = xrl.load_agent(p)
+        env = model.info["env"]
+        if (env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}) != seen:
+            raise ValueError(f"{p} was trained on {env}, the validation states are {seen}")
+        results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})
+    t = run.row("teacher", lambda: score(teacher))
+    results.append({"update": "teacher", **t})
+    run.table("snapshots", results, ["update", "auc", "important", "unimportant", "mean_return", "success_rate"],
+              title=f"DIGR student snapshots of {s['run']}: vanilla-gradient localization on {len(rows)} validation "
+                    f"states ({s['labels']} labels) and greedy success over {s['episodes']} episodes (seeds "
+                    f"{s['seed']}+)")
+    u = [r["update"] for r in results[:-1]]
+    line_panels({"vanilla-gradient AUC": {"DIGR": (u, [r["auc"] for r in results[:-1]], None)},
+                 "success rate": {"DIGR": (u, [r["success_rate"] for r in results[:-1]], None),
+                                  "teacher": ([u[0], u[-1]], [t["success_rate"]] * 2, None)}},
+                run.figure("snapshots"), xlabel="update", ylabel="")
+
+
+RISE_COVERAGE = Target(
+    name="rise-coverage", paper="xrl",
+    claim="why RISE on probabilities fails the sanity check on a confident agent (docs/results.md)",
+    reruns="RISE on probabilities and on logits on states of the zoo Red-Fetch-Green agent: rank correlation of "
+           "each map with the masks' coverage",
+    settings={"agent": "red-fetch-green", "episodes": 16, "max_steps": None, "rows": [0, 32, 4], "n_masks": 2000},
+    quick={"episodes": 1, "max_steps": 6, "rows": [0, 4, 2], "n_masks": 20},
+    run=run_rise_coverage,
+    docs="docs/results.md",
+)
+
+ZOO_BASELINES = Target(
+    name="zoo-baselines", paper="xrl",
+    claim="what a zoo agent's score means (the highway-fast agent, DIGR's CARLA stand-in, against trivial policies)",
+    reruns="the zoo agent's greedy and sampled policy, a random policy and every constant action on the same "
+           "seeded episodes",
+    settings={"agent": "highway-fast", "episodes": 20, "seed": 30_000, "max_steps": None},
+    quick={"agent": "red-fetch-green", "episodes": 2, "max_steps": 5},
+    run=run_zoo_baselines,
+    docs="docs/envs.md",
+)
+
+DIGR_SNAPSHOTS = Target(
+    name="digr-snapshots", paper="digr",
+    claim="Fig. 9 over training: a DIGR student's localization and success per snapshot (how the zoo student "
+          "was chosen on validation data)",
+    reruns="every snapshot of a DIGR run (--set run=FOLDER) on validation states (seeds apart from the test states) "
+           "and validation episodes",
+    settings={"run": None, "updates": [], "teacher": "red-fetch-green", "data_episodes": 16, "data_seed": 5000,
+              "labels": "objects", "max_steps": None, "n_states": 64, "episodes": 500, "seed": 30_000},
+    quick={"data_episodes": 1, "max_steps": 6, "n_states": 3, "episodes": 2},
+    run=run_digr_snapshots,
+    docs="docs/digr.md",
+)

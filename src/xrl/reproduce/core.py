@@ -1,0 +1,280 @@
+"""The machinery every ``xrl reproduce`` target shares: settings, resumable rows, tables, intervals.
+
+A *target* (:class:`Target`) re-runs one table or figure of a paper on zoo agents. Its ``run``
+function receives a :class:`Run` and computes the table row by row with :meth:`Run.row`: each row
+is a JSON file in ``<out>/rows/`` written atomically when it finishes, holding a key that hashes
+the target, its settings and the row's name. Running the same command again reuses every row
+whose key matches, so a killed run goes on where it stopped and a changed setting recomputes the
+rows it changes. Data a target collects goes to ``<out>/data/`` (``collect`` itself resumes).
+At the end :meth:`Run.table` writes each table as Markdown, CSV and JSON, figures are PNG files
+beside them, and ``<out>/summary.md`` + ``<out>/run.json`` record the settings, the command and
+the wall time.
+
+``quick=True`` applies the target's ``quick`` settings over its full budget: the same code path on
+a handful of states and episodes, for the tests.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from xrl.files import atomic_path, write_json
+
+PAPERS = {
+    "digr": "DIGR: Xing, Nagata, Zou, Neftci & Krichmar 2022, \"Policy Distillation with Selective Input "
+            "Gradient Regularization for Efficient Interpretability\", arXiv:2205.08685",
+    "visionmask": "VisionMask: Zuo, Khan, Wang, Katz & Qiu 2025, \"Why the Agent Made that Decision: "
+                  "Contrastive Explanation Learning for Reinforcement Learning\", arXiv:2411.16120",
+    "rexl": "RExL: Agarwal, Iqbal, Buridi, Manjusha & Das 2021, \"Reinforcement Explanation Learning\", "
+            "arXiv:2111.13406",
+    "fls": "FLS: Nikulin, Ianina, Aliev & Nikolenko 2019, \"Free-Lunch Saliency via Attention in Atari "
+           "Agents\", arXiv:1908.02511",
+}
+
+
+@dataclass
+class Target:
+    """One table or figure of a paper that ``xrl reproduce NAME`` re-runs."""
+
+    name: str
+    paper: str
+    """key of :data:`PAPERS` (or ``"xrl"`` for our own analyses)"""
+    claim: str
+    """which table/figure of the paper, in a few words"""
+    reruns: str
+    """what it re-runs here, on which zoo agents"""
+    settings: dict
+    """the full budget (every setting with its default)"""
+    quick: dict
+    """settings laid over ``settings`` by ``--quick``"""
+    run: Callable[["Run"], None]
+    measured: str = "not measured yet"
+    """how long the full budget took here, and under which load (``--list`` prints it)"""
+    docs: str = ""
+
+    def resolved(self, overrides: Mapping | None = None, *, quick: bool = False) -> dict:
+        settings = dict(self.settings)
+        if quick:
+            settings.update(self.quick)
+        for key, value in (overrides or {}).items():
+            if key not in self.settings:
+                raise ValueError(f"{self.name} has no setting {key!r}; its settings: {', '.join(sorted(self.settings))}")
+            settings[key] = value
+        return settings
+
+
+class Run:
+    """One run of a target into ``out``: resumable rows, data, tables and figures."""
+
+    def __init__(self, target: Target, out: str | os.PathLike, settings: dict, *, quick: bool = False,
+                 progress: bool = True) -> None:
+        self.target, self.out, self.settings, self.quick = target, Path(out), settings, quick
+        self.progress = progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.computed: list[str] = []  # rows computed in this run (not reused)
+        self.reused: list[str] = []
+        self.tables: dict[str, str] = {}
+        self.figures: list[str] = []
+        self.notes: list[str] = []
+
+    # -- rows -------------------------------------------------------------------------------------
+    def key(self, name: str) -> str:
+        text = json.dumps({"target": self.target.name, "settings": self.settings, "row": name},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def row(self, name: str, compute: Callable[[], dict]) -> dict:
+        """The row ``name``: read from ``rows/<name>.json`` when it holds this run's key, else
+        computed by ``compute()`` (a JSON-able dict) and written atomically."""
+        path = self.out / "rows" / f"{_safe(name)}.json"
+        key = self.key(name)
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                stored = {}
+            if stored.get("key") == key:
+                self.reused.append(name)
+                return stored["value"]
+        if self.progress:
+            print(f"[{self.target.name}] {name} ...", flush=True)
+        start = time.perf_counter()
+        value = compute()
+        write_json(path, {"key": key, "row": name, "seconds": time.perf_counter() - start, "value": value})
+        self.computed.append(name)
+        _row_done(self, name)
+        # what was written is what a resumed run reads: NaN becomes None in both
+        return json.loads(path.read_text())["value"]
+
+    # -- data -------------------------------------------------------------------------------------
+    def collect(self, name: str, agent, *, episodes: int, seed: int = 0, env_settings: Mapping | None = None,
+                max_steps: int | None = None, sample: bool = False) -> Path:
+        """``<out>/data/<name>.h5``: the agent's seeded episodes (``xrl collect``; resumes)."""
+        from xrl.data.collect import collect
+        return collect(agent, episodes=episodes, out=self.out / "data" / f"{name}.h5", seed=seed,
+                       env_settings=env_settings, max_steps=max_steps, sample=sample, progress=False)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def table(self, name: str, rows: Sequence[Mapping], columns: Sequence[str], *, title: str,
+              notes: Sequence[str] = (), extra: Mapping | None = None, digits: int = 3) -> Path:
+        """``<name>.md``, ``<name>.csv`` and ``<name>.json`` (rows, columns, title, notes,
+        ``extra``: e.g. paired intervals or per-state values)."""
+        lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(r.get(c), digits) for c in columns) + " |" for r in rows]
+        if notes:
+            lines += [""] + list(notes)
+        md = "\n".join(lines) + "\n"
+        with atomic_path(self.out / f"{name}.md") as tmp:
+            tmp.write_text(md)
+        with atomic_path(self.out / f"{name}.csv") as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for r in rows:
+                writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+        write_json(self.out / f"{name}.json", {"title": title, "columns": list(columns), "rows": [dict(r) for r in rows],
+                                               "notes": list(notes), **dict(extra or {})})
+        self.tables[name] = md
+        if self.progress:
+            print(md)
+        return self.out / f"{name}.md"
+
+    def figure(self, name: str) -> Path:
+        """The path of figure ``name`` (a PNG in the output folder), recorded in the summary."""
+        self.figures.append(f"{name}.png")
+        return self.out / f"{name}.png"
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        if self.progress:
+            print(text)
+
+
+def _row_done(run: Run, name: str) -> None:
+    """Called after every row is written (the tests replace it to inject a kill)."""
+
+
+def run_target(target: Target, out: str | os.PathLike, *, quick: bool = False, overrides: Mapping | None = None,
+               progress: bool = True, command: str | None = None) -> Run:
+    """Run (or resume) ``target`` into ``out`` and write ``summary.md`` and ``run.json``."""
+    import torch
+    settings = target.resolved(overrides, quick=quick)
+    run = Run(target, out, settings, quick=quick, progress=progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        target.run(run)
+    finally:
+        torch.set_num_threads(threads)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    command = command or f"xrl reproduce {target.name}" + (" --quick" if quick else "") + "".join(
+        f" --set {k}={_flag(v)}" for k, v in (overrides or {}).items())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    record = {"target": target.name, "paper": PAPERS.get(target.paper, target.paper), "claim": target.claim,
+              "command": command, "quick": quick, "settings": settings, "seconds": seconds,
+              "cpu_seconds": cpu_seconds, "load_average_at_end": load, "rows_computed": len(run.computed),
+              "rows_reused": len(run.reused), "tables": list(run.tables), "figures": run.figures, "notes": run.notes,
+              "torch_threads": 1, "python": sys.version.split()[0], "torch": torch.__version__}
+    write_json(run.out / "run.json", record)
+    text = [f"# {target.name}: {target.claim}", "", f"Paper: {PAPERS.get(target.paper, target.paper)}", "",
+            f"Re-runs: {target.reruns}", "", f"Command: `{command}`", "",
+            f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
+    text += [run.tables[name] for name in run.tables]
+    text += [f"![{f}]({f})\n" for f in run.figures]
+    text += run.notes
+    text += ["", f"Took {seconds:.0f} s of wall time ({cpu_seconds:.0f} s of CPU in this process; "
+             f"{len(run.computed)} rows computed, {len(run.reused)} reused from an earlier run; load average "
+             f"{load if load is None else round(load, 2)} at the end)."]
+    with atomic_path(run.out / "summary.md") as tmp:
+        tmp.write_text("\n".join(text) + "\n")
+    if progress:
+        print(f"wrote {run.out}/summary.md, run.json, " + ", ".join(
+            f"{t}.md/.csv/.json" for t in run.tables) + ("" if not run.figures else ", " + ", ".join(run.figures)))
+    return run
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def paired_interval(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Mean of ``a - b`` over paired samples (states or seeded episodes; pairs with a NaN/None
+    left out) with a percentile-bootstrap interval (``scipy.stats.bootstrap``, seeded)."""
+    from scipy.stats import bootstrap
+    a = np.asarray([np.nan if x is None else x for x in a], dtype=np.float64)
+    b = np.asarray([np.nan if x is None else x for x in b], dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
+    diff = a - b
+    diff = diff[~np.isnan(diff)]
+    if diff.size < 2:
+        return {"mean": float(diff.mean()) if diff.size else None, "low": None, "high": None, "n": int(diff.size)}
+    if np.all(diff == diff[0]):  # a degenerate sample: the interval is the point
+        return {"mean": float(diff[0]), "low": float(diff[0]), "high": float(diff[0]), "n": int(diff.size)}
+    ci = bootstrap((diff,), np.mean, n_resamples=resamples, method="percentile", confidence_level=level,
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high), "n": int(diff.size)}
+
+
+def format_interval(d: Mapping | None, digits: int = 3) -> str:
+    """``+0.012 [-0.003, +0.030]``, bold when the interval excludes 0."""
+    if not d or d.get("mean") is None:
+        return "–"
+    if d.get("low") is None:
+        return f"{d['mean']:+.{digits}f}"
+    text = f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+    return f"**{text}**" if d["low"] > 0 or d["high"] < 0 else text
+
+
+def nanmean(values: Sequence) -> float | None:
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _flag(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+@dataclass
+class Registry:
+    targets: dict[str, Target] = field(default_factory=dict)
+
+    def add(self, target: Target) -> Target:
+        if target.name in self.targets:
+            raise ValueError(f"two reproduce targets named {target.name!r}")
+        self.targets[target.name] = target
+        return target
+
+    def get(self, name: str) -> Target:
+        if name not in self.targets:
+            raise ValueError(f"unknown reproduce target {name!r}; known: {', '.join(self.targets)}")
+        return self.targets[name]

@@ -1,0 +1,278 @@
+"""DIGR (Xing et al. 2022, arXiv:2205.08685): Table 1 with Fig. 3, 9 and the cost claim
+(``digr-table1``), and Fig. 8, return under attack (``digr-attacks``).
+
+Agents: the zoo teacher ``red-fetch-green``, the DIGR student ``red-fetch-green-digr-a1`` (α = 1,
+update 18k, chosen on validation data: ``docs/digr.md``) and the distillation-only student
+``red-fetch-green-digr-kl`` (``--igr false``). States: the teacher's seeded greedy episodes,
+collected twice, with object labels (the drawn agent and green ball important) and with the
+default cell labels; the rows drawn with ``numpy.random.default_rng(0)`` as ``digr_evidence.py``
+did before it moved here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrl.reproduce.core import Run, Target, format_interval, nanmean, paired_interval
+
+# Table 1 of the paper: important, unimportant, AUC
+PAPER_TABLE1 = {"VG": (56.04, 278.10, 0.840), "Guided BP": (82.84, 35.67, 0.993), "Grad-CAM": (43.12, 364.97, 0.686),
+                "SmoothGrad": (83.05, 84.76, 0.991), "Integrated G": (67.79, 232.09, 0.900),
+                "GB Perturbation": (86.11, 77.81, 0.989), "SARFA": (58.40, 42.17, 0.895),
+                "DIGR VG": (72.52, 0.00, 0.997)}
+
+
+def teacher_methods(s: dict) -> dict:
+    from xrl.train.digr import DIGR_TARGET
+    return {
+        "VG": ("gradient", {}, DIGR_TARGET),
+        "VG (action)": ("gradient", {}, None),
+        "Guided BP": ("guided_backprop", {}, None),
+        "Grad-CAM": ("grad_cam", {}, None),
+        "SmoothGrad": ("smoothgrad", {"base": "guided_backprop", "n_samples": s["smoothgrad_samples"], "sigma": 0.15}, None),
+        "Integrated G": ("integrated_gradients", {"n_steps": s["ig_steps"]}, None),
+        "GB Perturbation": ("greydanus", {"score": "kl", "radius": s["radius"], "stride": s["stride"]}, None),
+        "SARFA": ("sarfa", {"radius": s["radius"], "stride": s["stride"]}, None),
+    }
+
+
+def student_methods(s: dict) -> dict:
+    from xrl.train.digr import DIGR_TARGET
+    return {"VG": ("gradient", {}, DIGR_TARGET), "VG (action)": ("gradient", {}, None)}
+
+
+def _agents(s: dict) -> dict:
+    import xrl
+    agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(s["student"])}
+    if s.get("distilled"):
+        agents["distillation only"] = xrl.load_agent(s["distilled"])
+    return agents
+
+
+def _states(run: Run, teacher, labels: str):
+    """States, actions, labels and frames of the labelled test states (``labels``: objects, cells)."""
+    from xrl.data.dataset import StateDataset
+    s = run.settings
+    path = run.collect(f"teacher-{labels}", teacher, episodes=s["episodes"], seed=s["collect_seed"],
+                       env_settings={"labels": labels},
+                       max_steps=s["max_steps"])
+    with StateDataset.open(path) as ds:
+        if ds.labels() is None:
+            raise ValueError(f"{path} has no ground-truth labels; DIGR's Table 1 needs them")
+        rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
+        return (rows, ds.states(rows), torch.as_tensor(ds.actions[rows]), torch.as_tensor(ds.labels(rows)),
+                ds.frames(rows))
+
+
+def _maps(model, method, settings, target, states, actions):
+    import xrl
+    explainer = xrl.get_explainer(method, model, **settings)
+    return explainer, explainer.explain(states, target if target is not None else actions)
+
+
+def run_table1(run: Run) -> None:
+    import xrl
+    s = run.settings
+    agents = _agents(s)
+    teacher = agents["teacher"]
+    localization = xrl.get_metric("localization")
+    per_state: dict[str, dict[str, list]] = {}
+    table: dict[tuple[str, str], dict] = {}
+    first = None
+    for labels in s["labels"]:
+        rows, states, actions, label_maps, frames = _states(run, teacher, labels)
+        if first is None:
+            first = (rows, states, actions, frames)
+        for agent, model in agents.items():
+            methods = teacher_methods(s) if agent == "teacher" else student_methods(s)
+            for name, (method, settings, target) in methods.items():
+                def compute(model=model, method=method, settings=settings, target=target):
+                    explainer, m = _maps(model, method, settings, target, states, actions)
+                    v = localization(states=states, saliency=m, labels=label_maps)
+                    n = min(8, len(states))
+                    t = xrl.get_metric("time_per_map", repeats=s["time_repeats"])(
+                        states=states[:n], saliency=m[:n], explainer=explainer,
+                        targets=target if target is not None else actions[:n])
+                    return {**{k: x.double().tolist() for k, x in v.items()}, "seconds_per_map": float(t[0])}
+                value = run.row(f"table1-{labels}-{agent}-{name}", compute)
+                per_state.setdefault(f"{agent}: {name}", {})[labels] = value["auc"]
+                entry = table.setdefault((agent, name), {"agent": agent, "method": name})
+                entry[f"auc_{labels}"] = nanmean(value["auc"])
+                if labels == s["labels"][0]:
+                    entry["important"] = nanmean(value["important"])
+                    entry["unimportant"] = nanmean(value["unimportant"])
+                    entry["seconds_per_map"] = value["seconds_per_map"]
+    for (agent, name), entry in table.items():
+        key = "DIGR VG" if agent == "DIGR" and name == "VG" else name if agent == "teacher" else None
+        if key in PAPER_TABLE1 and (agent != "teacher" or name != "VG (action)"):
+            entry["paper important"], entry["paper unimportant"], entry["paper AUC"] = PAPER_TABLE1[key]
+    # paired intervals: the DIGR student's VG AUC minus every other row's, on the same states
+    primary = s["labels"][0]
+    paired = {k: paired_interval(per_state["DIGR: VG"][primary], v[primary])
+              for k, v in per_state.items() if k != "DIGR: VG"}
+    for (agent, name), entry in table.items():
+        entry["DIGR VG AUC minus this (95% CI)"] = format_interval(paired.get(f"{agent}: {name}"))
+    speed = {f"{a}: {n}": e["seconds_per_map"] for (a, n), e in table.items()}
+    ratio = speed["teacher: GB Perturbation"] / speed["DIGR: VG"]
+    columns = ["agent", "method", "important", "unimportant"] + [f"auc_{lab}" for lab in s["labels"]] + [
+        "paper important", "paper unimportant", "paper AUC", "DIGR VG AUC minus this (95% CI)", "seconds_per_map"]
+    run.table("table1", list(table.values()), columns,
+              title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "
+                    f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
+                    "against the ground truth)",
+              notes=[f"Perturbation map / DIGR vanilla gradient time per map: {ratio:.0f}x (same run, one thread).",
+                     f"Paired intervals: mean over the same states of the DIGR student's VG AUC minus each row's "
+                     f"({primary} labels), 95% percentile bootstrap; bold = excludes 0."],
+              extra={"paired_auc_vs_digr_vg": paired, "per_state_auc": per_state, "perturbation_over_digr_time": ratio})
+
+    # Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG
+    from xrl.viz.overlay import explanation_grid, line_panels
+    rows, states, actions, frames = first
+    pick = list(range(0, len(rows), max(1, len(rows) // 4)))[:4]
+    figure_maps = {}
+    for label, agent, (method, settings, target) in (
+            ("teacher VG", "teacher", teacher_methods(s)["VG"]),
+            ("GB perturbation", "teacher", teacher_methods(s)["GB Perturbation"]),
+            ("DIGR VG", "DIGR", student_methods(s)["VG"])):
+        figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[1]
+    explanation_grid(frames[pick], figure_maps, run.figure("fig3"), actions=actions[pick].numpy(),
+                     action_names=teacher.action_names,
+                     title="teacher vanilla gradient, perturbation, DIGR student")
+
+    # Fig. 9: the students' return during training (their history.json) against the teacher's
+    curves = {}
+    for agent in ("DIGR", "distillation only"):
+        if agent not in agents:
+            continue
+        source = Path(agents[agent].info["source"])
+        for path in (source.parent / "history.json", source.parent.parent / "history.json"):
+            if path.exists():
+                h = json.loads(path.read_text())
+                log = [e for e in h["log"] if "student" in e]
+                curves[agent] = ([e["update"] for e in log], [e["student"]["mean_return"] for e in log],
+                                 [e["student"]["std_return"] for e in log])
+                t = h["teacher"]["mean_return"]
+                curves.setdefault("teacher", ([log[0]["update"], log[-1]["update"]], [t, t], None))
+                break
+    if curves:
+        line_panels({"return during DIGR training": curves}, run.figure("fig9"), xlabel="update", ylabel="return")
+
+    # behaviour: every agent on the same seeded greedy episodes (the cards' seeds 10000 + i)
+    from xrl.train.agent import evaluate
+    env = teacher.info["env"]
+    returns = {}
+    for agent, model in agents.items():
+        returns[agent] = run.row(f"score-{agent}", lambda model=model: evaluate(
+            model, env["name"], env.get("settings") or {}, episodes=s["score_episodes"], seed=10_000,
+            progress=False, batch=20, per_episode=True))
+    base = np.asarray(returns["teacher"]["returns"]) > 0
+    score_rows = []
+    for agent, r in returns.items():
+        won = np.asarray(r["returns"]) > 0
+        score_rows.append({"agent": agent, "mean return": r["mean_return"], "success": float(won.mean()),
+                           "success minus teacher (95% CI)": "–" if agent == "teacher" else
+                           format_interval(paired_interval(won.astype(float), base.astype(float)))})
+    run.table("behaviour", score_rows, ["agent", "mean return", "success", "success minus teacher (95% CI)"],
+              title=f"Greedy return over the same {s['score_episodes']} seeded episodes (seeds 10000+) for every "
+                    "agent (the paper's Fig. 9 target: the student within 5 points of the teacher's success)")
+
+
+def half_return_eps(curve: list[dict]) -> float | None:
+    """The smallest eps where the return is at most half the clean return (None if never)."""
+    clean = curve[0]["mean_return"]
+    for r in curve[1:]:
+        if r["mean_return"] <= clean / 2:
+            return r["eps"]
+    return None
+
+
+def run_attacks(run: Run) -> None:
+    from xrl.attacks import get_attack
+    from xrl.train.agent import evaluate
+    from xrl.viz.overlay import attack_curves
+    s = run.settings
+    agents = _agents(s)
+    eps = sorted({0.0, *map(float, s["eps"])})
+    results: dict[str, dict[str, list[dict]]] = {}
+    for agent, model in agents.items():
+        env = dict(model.info["env"])
+        if s["max_steps"]:  # a shorter episode cap (the quick runs)
+            env["settings"] = {**(env.get("settings") or {}), "max_steps": s["max_steps"]}
+        clean = run.row(f"clean-{agent}", lambda model=model, env=env: evaluate(
+            model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=0, progress=False,
+            batch=s["batch"], per_episode=True))
+        results[agent] = {}
+        for attack in s["attacks"]:
+            curve = [{"eps": 0.0, **clean}]
+            for e in eps[1:]:
+                def compute(model=model, env=env, attack=attack, e=e):
+                    perturb = get_attack(attack, model, eps=e)
+                    return evaluate(model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=0,
+                                    perturb=perturb, progress=False, batch=s["batch"], per_episode=True)
+                curve.append({"eps": e, **run.row(f"attack-{agent}-{attack}-{e:g}", compute)})
+            results[agent][attack] = curve
+    attack_curves(results, run.figure("fig8"))
+    rows, half = [], {}
+    for attack in s["attacks"]:
+        e = half_return_eps(results["teacher"][attack])
+        half[attack] = e
+        row = {"attack": attack, "teacher's half-return eps": e}
+        if e is not None:
+            at = {agent: next(r for r in curves[attack] if r["eps"] == e) for agent, curves in results.items()}
+            for agent, r in at.items():
+                row[agent] = r["mean_return"]
+                if agent != "teacher":
+                    row[f"{agent} minus teacher (95% CI)"] = format_interval(
+                        paired_interval(r["returns"], at["teacher"]["returns"]))
+        rows.append(row)
+    others = [a for a in agents if a != "teacher"]
+    columns = ["attack", "teacher's half-return eps", *agents, *[f"{a} minus teacher (95% CI)" for a in others]]
+    run.table("fig8", rows, columns,
+              title=f"DIGR Fig. 8: greedy return under attack at the eps where the teacher's return halves "
+                    f"({s['episodes']} seeded episodes per point, the same for every agent and eps)",
+              notes=["Paired intervals over the same seeded episodes (each attack's random stream reseeded per "
+                     "episode), 95% percentile bootstrap; bold = excludes 0."],
+              extra={"curves": {a: {k: [{kk: vv for kk, vv in r.items() if kk != "returns"} for r in c]
+                                    for k, c in per.items()} for a, per in results.items()},
+                     "teacher_half_return_eps": half})
+    curve_rows = [{"agent": a, "attack": k, "eps": r["eps"], "mean_return": r["mean_return"],
+                   "std_return": r["std_return"], "success_rate": r.get("success_rate")}
+                  for a, per in results.items() for k, c in per.items() for r in c]
+    run.table("curves", curve_rows, ["agent", "attack", "eps", "mean_return", "std_return", "success_rate"],
+              title="Return under attack, every agent, attack and eps (the curves of fig8.png)")
+
+
+AGENTS = {"teacher": "red-fetch-green", "student": "red-fetch-green-digr-a1", "distilled": "red-fetch-green-digr-kl"}
+
+TABLE1 = Target(
+    name="digr-table1", paper="digr",
+    claim="Table 1 (localization of the teacher's saliency methods and the student's vanilla gradient), "
+          "Fig. 3, Fig. 9, the cost of a map, the student's return",
+    reruns="the zoo Red-Fetch-Green teacher's VG, Guided BP, Grad-CAM, SmoothGrad, Integrated Gradients, Gaussian-blur "
+           "perturbation and SARFA, and the vanilla gradient of the zoo DIGR student (alpha 1) and of the "
+           "distillation-only student, on labelled states (object and cell labels); the three agents' greedy "
+           "success over the same seeded episodes",
+    settings={**AGENTS, "episodes": 16, "max_steps": None, "collect_seed": 0, "n_states": 64,
+              "labels": ["objects", "cells"], "radius": 4, "stride": 2, "smoothgrad_samples": 20, "ig_steps": 50,
+              "time_repeats": 3, "score_episodes": 1000},
+    quick={"episodes": 1, "max_steps": 8, "n_states": 4, "stride": 16, "smoothgrad_samples": 2, "ig_steps": 4,
+           "time_repeats": 1, "score_episodes": 2},
+    run=run_table1,
+    docs="docs/digr.md",
+)
+
+ATTACKS = Target(
+    name="digr-attacks", paper="digr",
+    claim="Fig. 8 (return under FGSM, PGD, MI-FGSM and MAD across eps: DIGR more robust than the teacher and "
+          "than distillation alone)",
+    reruns="the zoo Red-Fetch-Green teacher, DIGR student (alpha 1) and distillation-only student, greedy, on "
+           "the same seeded episodes under each attack and eps",
+    settings={**AGENTS, "attacks": ["fgsm", "pgd", "mi_fgsm", "mad"], "eps": [0.02, 0.05, 0.1], "episodes": 20,
+              "batch": 10, "max_steps": None},
+    quick={"attacks": ["fgsm", "mad"], "eps": [0.05], "episodes": 2, "batch": 2, "max_steps": 6},
+    run=run_attacks,
+    docs="docs/digr.md",
+)
