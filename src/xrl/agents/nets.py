@@ -36,7 +36,8 @@ class Arch:
         }
 
 
-ARCHS: Registry[Arch] = Registry("architecture")
+#: the FLS, DAQN and RS-PPO architectures register themselves from xrl.agents.attention
+ARCHS: Registry[Arch] = Registry("architecture", plugins=("xrl.agents.attention",))
 
 
 class GridCNN(BaseFeaturesExtractor):
@@ -66,5 +67,3 @@ class GridCNN(BaseFeaturesExtractor):
 
 ARCHS.register("nature_cnn")(Arch(NatureCNN, {"features_dim": 512}))
 ARCHS.register("grid_cnn")(Arch(GridCNN, {"features_dim": 256}))
-
-from xrl.agents import attention  # noqa: E402,F401  (registers the FLS, DAQN and RS-PPO architectures)
