@@ -1,0 +1,86 @@
+"""``xrl serve``: explore an agent's decisions in the browser (docs/serve.md).
+
+This module is light (argparse only): ``xrl.cli`` registers the subcommand with
+:func:`add_parser`; the web app (Starlette, uvicorn) and the engine are imported by
+:func:`run` when the command runs, never by ``import xrl``.
+"""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PORT = 8765
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``serve`` on an ``add_subparsers()`` object."""
+    p = sub.add_parser("serve", help="interactive explorer in the browser: episode timeline, saliency per "
+                                     "method and action, poke the frame, per-frame scores, PNG/MP4 export")
+    p.add_argument("--agent", action="append", default=[], metavar="NAME|PATH",
+                   help="agent shown first: a zoo name, or an agent file/run folder (the only paths the "
+                        "server reads besides the zoo); repeat to add more")
+    p.add_argument("--env-seed", type=int, default=0, help="episode seed shown first (default 0)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--max-steps", type=int, default=500, help="steps recorded per episode (default 500)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="folder for recorded episodes and videos (default: a new temporary folder)")
+    p.set_defaults(fn=run)
+    return p
+
+
+def run(args) -> int:
+    """Handler of ``xrl serve``: build the engine and the app, print the address, serve."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from xrl.serve.app import bind_socket, create_app
+    from xrl.serve.engine import Engine
+
+    if args.env_seed < 0:
+        raise SystemExit(f"xrl serve: --env-seed must be >= 0, got {args.env_seed}")
+    given = {}
+    for value in args.agent:
+        path = Path(value)
+        if path.exists():  # a file is named by its folder (zoo/pong/agent.pt: pong), a folder by itself
+            base = path.resolve().parent.name if path.is_file() else path.resolve().name
+            name, i = base, 1
+            while name in given:
+                i += 1
+                name = f"{base}-{i}"
+            given[name] = str(path.resolve())
+        else:
+            given[value] = value  # a zoo name: checked by the engine
+    from xrl.serve.engine import RequestError
+
+    try:
+        engine = Engine(agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache,
+                        max_steps=args.max_steps)
+        for name in given:  # unknown names and unreadable agent files are refused now, not in the page
+            print(f"xrl serve: loading agent {name}", flush=True)
+            engine.model(engine.agent_id(name))
+    except (RequestError, ValueError) as err:
+        raise SystemExit(f"xrl serve: {err}") from None
+    default = next(iter(given), None)
+    if default is not None:
+        engine.preload(default)
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(engine, default_agent=default, default_seed=args.env_seed,
+                     allowed_hosts=None if local else ["*"])
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as err:
+        raise SystemExit(f"xrl serve: cannot listen on {args.host}:{args.port} ({err.strerror}); "
+                         "choose another --port") from None
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)",
+          flush=True)
+    config = uvicorn.Config(app, log_level="warning")
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.close()
+    return 0

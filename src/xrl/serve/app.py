@@ -1,0 +1,309 @@
+"""The HTTP side of ``xrl serve``: a Starlette app over an :class:`~xrl.serve.engine.Engine`.
+
+Endpoints (JSON in, JSON out; every error is ``{"error": "..."}`` with a 4xx status for a bad
+request, never a traceback page):
+
+======  ==========================  =====================================================================
+GET     ``/``                       the page (``static/index.html``; every asset is served from here)
+GET     ``/api/agents``             agents to pick (zoo cards and command-line agents), the defaults
+GET     ``/api/methods?agent=``     methods that can explain the agent (zoo networks included), and why others cannot
+POST    ``/api/episode``            ``{agent, seed}``: record (once) and describe the episode; 202 + job while recording
+GET     ``/api/frame?agent=&seed=&t=``  the frame (PNG data URL), the action taken, the bars
+POST    ``/api/probabilities``      ``{agent, seed, t, rects}``: bars on the recorded and on the poked state, poked frame
+POST    ``/api/saliency``           ``{agent, seed, t, method, settings?, target?, rects?}``: the overlay; 202 + job while computing
+POST    ``/api/scores``             same fields: deletion/insertion curves and localization of that map
+POST    ``/api/video``              ``{agent, seed, methods, settings?}``: MP4 of the episode via ``xrl watch`` (a job)
+GET     ``/api/jobs/{id}``          a job's progress (forward passes of the agent, elapsed seconds) and result
+GET     ``/api/download/{token}``   a finished video
+======  ==========================  =====================================================================
+
+A request that starts work waits up to ``engine.wait_seconds`` seconds; if the work is not done the
+answer is ``202 {"job": id, ...progress}``: poll ``/api/jobs/{id}`` and, once ``state`` is
+``done``, send the same request again (the map is then in the cache).
+"""
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from xrl.serve.engine import Engine, Job, RequestError, check_rects, check_settings, perturb_frame, scores_view
+
+STATIC = Path(__file__).parent / "static"
+
+
+def png_url(image: np.ndarray) -> str:
+    """An RGB ``(h, w, 3)`` uint8 image as a ``data:image/png;base64`` URL."""
+    from xrl.viz.video import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _pending(job: Job) -> JSONResponse:
+    return JSONResponse(job.progress(), status_code=202)
+
+
+async def _body(request: Request, allowed: set[str], required: set[str]) -> dict:
+    try:
+        data = await request.json()
+    except Exception:
+        raise RequestError("the request body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(data).__name__}")
+    unknown = set(data) - allowed
+    if unknown:
+        raise RequestError(f"unknown fields {sorted(unknown)}; expected {sorted(allowed)}")
+    missing = required - set(data)
+    if missing:
+        raise RequestError(f"missing fields {sorted(missing)}")
+    return data
+
+
+def _query_int(request: Request, name: str) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        raise RequestError(f"missing query parameter {name!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise RequestError(f"query parameter {name} must be an integer, got {value!r}") from None
+
+
+def create_app(engine: Engine, *, default_agent: str | None = None, default_seed: int = 0,
+               allowed_hosts: list[str] | None = None) -> Starlette:
+    """The app; ``allowed_hosts`` guards against DNS rebinding (default: local names only)."""
+
+    def target_of(episode, value: Any) -> int | None:
+        if value is None:
+            return None
+        k = engine.model(episode.agent).n_actions
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < k:
+            raise RequestError(f"target must be an action index in [0, {k - 1}] or null (the agent's action), got {value!r}")
+        return value
+
+    def frame_request(data: dict):
+        agent = engine.agent_id(data.get("agent"))
+        seed = engine.check_seed(data.get("seed"))
+        episode = engine.loaded_episode(agent, seed)
+        t = engine.step_of(episode, data.get("t"))
+        return agent, episode, t
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def agents(request: Request) -> JSONResponse:
+        rows = engine.agents()
+        default = default_agent or (rows[0]["id"] if rows else None)
+        return JSONResponse({"agents": rows, "default": {"agent": default, "seed": default_seed},
+                             "max_steps": engine.max_steps})
+
+    def methods(request: Request) -> JSONResponse:
+        agent = engine.agent_id(request.query_params.get("agent"))
+        return JSONResponse(engine.methods(agent))
+
+    async def episode(request: Request) -> JSONResponse:
+        data = await _body(request, {"agent", "seed"}, {"agent", "seed"})
+        agent = engine.agent_id(data["agent"])
+        seed = engine.check_seed(data["seed"])
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(engine.episode, agent, seed)
+        if isinstance(result, Job):
+            await run_in_threadpool(engine.wait, result)
+            if result.state == "error":
+                raise RequestError(result.error or "recording failed", result.status if result.status < 500 else 422)
+            if result.state != "done":
+                return _pending(result)
+            result = result.result
+        return JSONResponse(engine.episode_info(result))
+
+    def frame(request: Request) -> JSONResponse:
+        data = {"agent": request.query_params.get("agent"), "seed": _query_int(request, "seed"),
+                "t": _query_int(request, "t")}
+        agent, ep, t = frame_request(data)
+        model = engine.model(agent)
+        import torch
+
+        view = scores_view(model, torch.as_tensor(ep.scores[t]))
+        return JSONResponse({"t": t, "frame": png_url(ep.frames[t]), "action": int(ep.actions[t]),
+                             "bars": view})
+
+    async def probabilities(request: Request) -> JSONResponse:
+        data = await _body(request, {"agent", "seed", "t", "rects"}, {"agent", "seed", "t"})
+        agent, ep, t = frame_request(data)
+        rects = check_rects(data.get("rects"))
+        from starlette.concurrency import run_in_threadpool
+
+        poked = await run_in_threadpool(engine.probabilities, ep, t, rects)
+        original = await run_in_threadpool(engine.probabilities, ep, t, [])
+        image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
+        return JSONResponse({"t": t, "original": original, "poked": poked, "rects": rects,
+                             "action_changes": poked["action"] != original["action"],
+                             "frame": png_url(image)})
+
+    async def saliency(request: Request) -> JSONResponse:
+        data = await _body(request, {"agent", "seed", "t", "method", "settings", "target", "rects"},
+                           {"agent", "seed", "t", "method"})
+        agent, ep, t = frame_request(data)
+        method = engine.method(agent, data["method"])
+        settings = check_settings(data.get("settings"))
+        target = target_of(ep, data.get("target"))
+        rects = check_rects(data.get("rects"))
+        from starlette.concurrency import run_in_threadpool
+
+        start = time.perf_counter()
+        result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects)
+        cached = not isinstance(result, Job)
+        if isinstance(result, Job):
+            await run_in_threadpool(engine.wait, result)
+            if result.state == "error":
+                raise RequestError(result.error or "failed", result.status)
+            if result.state != "done":
+                return _pending(result)
+            result = result.result
+        from xrl.viz.overlay import overlay
+
+        image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
+        return JSONResponse({"t": t, "method": method["id"], "target": target, "cached": cached,
+                             "overlay": png_url(overlay(image, result)),
+                             "peak": [int(v) for v in np.unravel_index(int(np.argmax(result)), result.shape)],
+                             "shape": list(result.shape), "seconds": round(time.perf_counter() - start, 4)})
+
+    async def scores(request: Request) -> JSONResponse:
+        data = await _body(request, {"agent", "seed", "t", "method", "settings", "target"},
+                           {"agent", "seed", "t", "method"})
+        agent, ep, t = frame_request(data)
+        method = engine.method(agent, data["method"])
+        settings = check_settings(data.get("settings"))
+        target = target_of(ep, data.get("target"))
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, [])
+        if isinstance(result, Job):
+            await run_in_threadpool(engine.wait, result)
+            if result.state == "error":
+                raise RequestError(result.error or "failed", result.status)
+            if result.state != "done":
+                return _pending(result)
+            result = result.result
+        out = await run_in_threadpool(engine.curves, ep, t, method, settings, target, result)
+        return JSONResponse({"t": t, "method": method["id"], **out})
+
+    async def video(request: Request) -> JSONResponse:
+        data = await _body(request, {"agent", "seed", "methods", "settings"}, {"agent", "seed", "methods"})
+        agent = engine.agent_id(data["agent"])
+        seed = engine.check_seed(data["seed"])
+        ids = data["methods"]
+        if not isinstance(ids, list) or not ids or len(ids) > 6:
+            raise RequestError("methods must be a list of 1 to 6 method ids")
+        chosen = [engine.method(agent, m) for m in ids]
+        settings = check_settings(data.get("settings"))
+        job = engine.video(agent, seed, chosen, settings)
+        return _pending(job)
+
+    def job(request: Request) -> JSONResponse:
+        j = engine.job(request.path_params["job"])
+        body = j.progress()
+        if j.state == "error":
+            body["error"] = j.error
+        elif j.state == "done" and isinstance(j.result, dict):
+            body["result"] = j.result
+        return JSONResponse(body)
+
+    def download(request: Request) -> Response:
+        path = engine.download(request.path_params["token"])
+        return FileResponse(path, media_type="video/mp4", filename=f"xrl-serve-{path.stem}.mp4")
+
+    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(str(exc), exc.status)
+
+    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = {404: f"no such page or endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return _error(message, exc.status_code)
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(f"internal error ({type(exc).__name__}: {exc})", 500)
+
+    routes = [
+        Route("/", index),
+        Route("/favicon.ico", favicon),
+        Route("/api/agents", agents),
+        Route("/api/methods", methods),
+        Route("/api/episode", episode, methods=["POST"]),
+        Route("/api/frame", frame),
+        Route("/api/probabilities", probabilities, methods=["POST"]),
+        Route("/api/saliency", saliency, methods=["POST"]),
+        Route("/api/scores", scores, methods=["POST"]),
+        Route("/api/video", video, methods=["POST"]),
+        Route("/api/jobs/{job}", job),
+        Route("/api/download/{token}", download),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]", "::1"]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={RequestError: on_request_error, HTTPException: on_http, Exception: on_error},
+    )
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0):
+    """A listening-ready TCP socket on ``host:port`` (port 0: a free one); ``OSError`` if taken."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class ServerThread:
+    """The app served by uvicorn in a background thread (tests, benchmarks, the docs screenshot)::
+
+        with ServerThread(create_app(engine)) as server:
+            urllib.request.urlopen(server.url + "api/agents")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+        import threading
+
+        import uvicorn
+
+        self.sock = bind_socket(host, port)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
