@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 import shutil
 import zipfile
 
@@ -71,7 +70,7 @@ def test_training_writes_checkpoint_and_card(trained):
     args, path = trained
     run = path.parent
     assert path == run / "agent.pt"
-    for name in ("agent.json", "args.json", "checkpoint.zip", "checkpoint.state"):
+    for name in ("agent.json", "args.json", "checkpoint.zip", "checkpoints"):
         assert (run / name).exists(), name
     data = payload(path)
     assert data["format"] == CHECKPOINT_FORMAT and data["arch"] == "grid_cnn" and data["algo"] == "ppo"
@@ -198,8 +197,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     stopped = train_agent(args(interrupted), stop_at=512)
     assert stopped == interrupted / "checkpoint.zip"
     assert not (interrupted / "agent.pt").exists()  # it really stopped early
-    state = pickle.loads((interrupted / "checkpoint.state").read_bytes())
-    assert state["num_timesteps"] == 512 and state["env"] is not None
+    state = json.loads((interrupted / "checkpoints" / f"{512:012d}" / "state.json").read_text())  # no pickle
+    assert state["num_timesteps"] == 512 and all(env is not None for env in state["envs"])
     resumed = train_agent(args(interrupted))
 
     straight = train_agent(args(tmp_path / "straight"))
@@ -223,7 +222,7 @@ def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     assert train_agent(args(interrupted), stop_at=256) == interrupted / "checkpoint.zip"
-    assert (interrupted / "checkpoint.buffer").exists() and not (interrupted / "agent.pt").exists()
+    assert (interrupted / "checkpoints" / f"{256:012d}" / "buffer.pt").exists() and not (interrupted / "agent.pt").exists()
     resumed = train_agent(args(interrupted))
     straight = train_agent(args(tmp_path / "straight"))
     assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])

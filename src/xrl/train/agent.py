@@ -1,6 +1,6 @@
 """Train an agent with SB3 PPO (or DQN, ``algo="dqn"``), checkpointing at rollout boundaries so
-that an interrupted run, resumed, ends exactly where an uninterrupted one would (for envs that
-can be pickled; others resume with fresh episodes, and say so).
+that an interrupted run, resumed, ends exactly where an uninterrupted one would (for envs whose
+episodes replay from their seed and actions; others resume with fresh episodes, and say so).
 
 Reads top to bottom: ``AgentArgs`` (every setting, one line of doc each) → ``make_vec_env`` →
 ``train_agent`` (build or resume, learn with a checkpoint callback, export, evaluate).
@@ -14,19 +14,26 @@ with a reward scale where returns are far from order 1 (``REWARD_SCALES``).
 DQN (``algo="dqn"``) takes its settings from ``dqn`` over ``DQN_DEFAULTS``, the recipe
 highway-env's authors give for its image observation; its checkpoints add the replay buffer,
 so a resumed DQN run also ends where an uninterrupted one does.
+
+Checkpoints (``xrl.train.run``: ``out/checkpoints/<step>/``, one rename) hold no pickle: the
+policy and optimizer as tensors (``weights.pt``), counters and RNG states as JSON/tensors, and
+the envs as what rebuilds them: each env's current episode (its reset seed, or the RNG states
+before its reset) and the actions since, replayed on resume and checked against the saved
+observation. A resume rebuilds the algorithm from the settings and loads those. Runs
+checkpointed in the old format (``checkpoint.zip`` + the pickled ``checkpoint.state``) resume
+only with ``trust_pickle=True`` (``--trust-pickle``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import pickle
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch
@@ -47,7 +54,9 @@ import xrl  # noqa: E402
 from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
-from xrl.files import atomic_path, check_run_settings, write_json  # noqa: E402
+from xrl.files import write_json  # noqa: E402
+from xrl.train.run import (TRUST_PICKLE, Run, SettingsError, check_pairs, check_settings, command,  # noqa: E402
+                           load_tensors, read_json)
 
 
 #: default training reward scale of envs whose returns are far from order 1. ViZDoom basic:
@@ -72,17 +81,17 @@ ALGOS = ("ppo", "dqn")
 
 @dataclass
 class AgentArgs:
-    env: str = "red-fetch-green"
+    env: str = field(default="red-fetch-green", metadata={"required": True})
     """registered env name (``xrl envs`` lists them)"""
-    env_settings: dict = field(default_factory=dict)
-    """keyword settings of the env, recorded in the card"""
-    algo: str = "ppo"
-    """``"ppo"`` (the settings below) or ``"dqn"`` (settings in ``dqn``)"""
+    env_settings: dict = field(default_factory=dict, metadata={"flag": "set"})
+    """env setting KEY=VALUE, recorded in the card"""
+    algo: str = field(default="ppo", metadata={"choices": ALGOS})
+    """PPO (default) or DQN (one env, highway-env's image recipe: xrl.train.agent.DQN_DEFAULTS)"""
     dqn: dict = field(default_factory=dict)
-    """DQN settings over ``DQN_DEFAULTS`` (only with ``algo="dqn"``)"""
+    """DQN setting over the defaults, e.g. buffer_size=50000 (with --algo dqn)"""
     arch: str | None = None
     """registered architecture; None = grid_cnn for grid worlds, nature_cnn for Atari"""
-    total_timesteps: int = 1_000_000
+    total_timesteps: int = field(default=1_000_000, metadata={"flag": "timesteps"})
     """agent steps (Atari: one step = 4 frames)"""
     seed: int = 0
     """seeds the policy, the envs (env i gets seed + i) and the evaluation"""
@@ -106,9 +115,21 @@ class AgentArgs:
     """timesteps between checkpoints (rounded up to whole rollouts)"""
     eval_episodes: int = 100
     """seeded episodes for the card's scores: greedy, and for policy agents also sampled"""
-    out: str = "runs/agent"
-    """run folder: checkpoint.zip + checkpoint.state, then agent.pt and agent.json"""
+    out: str = field(default="runs/agent", metadata={"required": True})
+    """run folder: checkpoints/, then agent.pt and agent.json"""
     progress: bool = True
+    export_only: bool = field(default=False, metadata={"switch": True})
+    """export the latest checkpoint of an unfinished run (agent.pt + card) without training"""
+    trust_pickle: bool = field(default=False, metadata={"switch": True})
+    """resume a checkpoint in the old pickle format (checkpoint.state runs code when loaded)"""
+
+    LIMITS: ClassVar[dict] = {
+        "total_timesteps": ">=1", "seed": ">=0", "n_envs": ">=1", "n_steps": ">=1", "n_epochs": ">=1",
+        "batch_size": ">=1", "learning_rate": ">0", "clip_range": ">0", "reward_scale": ">0", "ent_coef": ">=0",
+        "vf_coef": ">=0", "max_grad_norm": ">0", "gamma": "0..1", "gae_lambda": "0..1", "checkpoint_every": ">=1",
+        "eval_episodes": ">=1"}
+    #: may change between a run and its resumption
+    IGNORED: ClassVar[set] = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"}
 
     def resolved(self) -> "AgentArgs":
         """Fill the env-family defaults left as None."""
@@ -128,6 +149,7 @@ class AgentArgs:
             d["n_envs"] = 1  # the recipe's single env: one gradient step per env step
         if self.reward_scale is not None and not float(self.reward_scale) > 0:
             raise ValueError(f"reward_scale must be a positive number, got {self.reward_scale!r}")
+        check_pairs("dqn", self.dqn, DQN_DEFAULTS)
         out = dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
                                            for k, v in d.items()})
         return dataclasses.replace(out, dqn={**DQN_DEFAULTS, **self.dqn}) if self.algo == "dqn" else out
@@ -136,6 +158,7 @@ class AgentArgs:
         """The settings stored in ``args.json``; a reward scale of 1 and PPO's algo (with its empty
         ``dqn``) are left out, as in runs made before those settings existed, so those resume."""
         d = dataclasses.asdict(self)
+        del d["export_only"], d["trust_pickle"]  # what to do, not how the agent is made
         if d.get("reward_scale") == 1.0:
             del d["reward_scale"]
         if d["algo"] == "ppo" and not d["dqn"]:
@@ -167,15 +190,71 @@ class ScaleReward(gym.RewardWrapper):
         return self.scale * float(reward)
 
 
+class EpisodeLog(gym.Wrapper):
+    """What rebuilds an env's state without pickling it: how its current episode began (the
+    reset seed, or the states of the RNGs in its wrapper chain just before an unseeded reset)
+    and the actions since. ``start`` is None when that is unknown (an env from an old pickle
+    checkpoint, until its episode ends)."""
+
+    def __init__(self, env: gym.Env, *, known: bool = True) -> None:
+        super().__init__(env)
+        self.start: dict | None = {"seed": None, "rngs": []} if known else None
+        self.actions: list[int] = []
+
+    def reset(self, *, seed=None, options=None):
+        self.start = {"seed": int(seed)} if seed is not None else {"seed": None, "rngs": capture_rngs(self.env)}
+        self.actions = []
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.actions.append(int(action))
+        return self.env.step(action)
+
+    def replay(self, start: dict, actions: list[int]) -> np.ndarray:
+        """Rebuild the recorded episode: its reset, then its actions; returns the observation."""
+        if start["seed"] is None:
+            restore_rngs(self.env, start["rngs"])
+        obs, _ = self.reset(seed=start["seed"])
+        for action in actions:
+            obs, *_ = self.step(action)
+        return np.asarray(obs)
+
+
+def _chain(env):
+    while env is not None:
+        yield env
+        env = env.env if isinstance(env, gym.Wrapper) else None
+
+
+def capture_rngs(env: gym.Env) -> list:
+    """``[depth, attribute, state]`` of every numpy Generator held by the wrapper chain (JSON)."""
+    out = []
+    for depth, obj in enumerate(_chain(env)):
+        for key, value in sorted(vars(obj).items()):
+            if isinstance(value, np.random.Generator):
+                out.append([depth, key, value.bit_generator.state])
+    return out
+
+
+def restore_rngs(env: gym.Env, rngs: list) -> None:
+    chain = list(_chain(env))
+    for depth, key, state in rngs:
+        bit_generator = getattr(np.random, state["bit_generator"])()
+        bit_generator.state = state
+        setattr(chain[depth], key, np.random.Generator(bit_generator))
+
+
 def make_vec_env(args: AgentArgs) -> DummyVecEnv:
     """``n_envs`` monitored copies of the env; Atari rewards are clipped and all are scaled by
-    ``reward_scale`` after the Monitor, so logged returns are game scores."""
+    ``reward_scale`` after the Monitor, so logged returns are game scores. Each is wrapped in
+    :class:`EpisodeLog` (what checkpoints record of it)."""
 
     def builder(i: int):
         def build() -> gym.Env:
             env = Monitor(make_env(args.env, **args.env_settings))
             env = ClipRewardEnv(env) if args.atari else env
             env = ScaleReward(env, args.reward_scale) if args.reward_scale not in (None, 1.0) else env
+            env = EpisodeLog(env)
             env.reset(seed=args.seed + i)
             return env
         return build
@@ -186,7 +265,7 @@ def make_vec_env(args: AgentArgs) -> DummyVecEnv:
 class _Checkpoint(BaseCallback):
     """Save model + optimizer + RNG + env state at the start of rollouts; show progress."""
 
-    def __init__(self, args: AgentArgs, run: Path, stop_at: int | None) -> None:
+    def __init__(self, args: AgentArgs, run: Run, stop_at: int | None) -> None:
         super().__init__()
         self.args, self.run, self.stop_at = args, run, stop_at
         self.last_saved = -1
@@ -215,37 +294,169 @@ class _Checkpoint(BaseCallback):
         self.bar.close()
 
 
-def save_checkpoint(algo: BaseAlgorithm, run: Path, args: AgentArgs) -> None:
-    """Model and optimizer (SB3 zip) plus RNG states and the pickled envs (DQN: and the replay
-    buffer), each atomically; a ``checkpoint.json`` card lets ``load_agent("run/checkpoint.zip")``
-    name the actions."""
-    try:
-        env_blob = cloudpickle.dumps(algo.get_env())
-    except Exception:  # e.g. emulators without pickling support: resume starts new episodes
-        env_blob = None
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "env": env_blob, "num_timesteps": algo.num_timesteps,
+def _vec(algo: BaseAlgorithm) -> DummyVecEnv:
+    env = algo.get_env()
+    while not isinstance(env, DummyVecEnv):
+        env = env.venv
+    return env
+
+
+CHECKPOINT_FORMAT = "xrl.sb3_checkpoint"
+_COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls", "exploration_rate")
+
+
+def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
+    """One checkpoint folder (``run.save``): ``checkpoint.zip`` (SB3's zip; a resume reads only
+    its ``policy.pth`` and ``policy.optimizer.pth``, with ``weights_only=True``), ``state.pt``
+    (RNG, observation and action tensors), ``state.json`` (counters, RNG states, how each env's
+    episode began), DQN: ``buffer.pt`` (the replay buffer's arrays). Beside it in the run
+    folder: ``checkpoint.zip``, a hard link to the newest one (what SB3 and ``xrl.load_agent``
+    open), and ``checkpoint.json``, a card that lets ``xrl zoo`` list the unfinished run."""
+    envs = _vec(algo).envs
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "algo": args.algo, "xrl_version": xrl.__version__,
+             **{k: getattr(algo, k) for k in _COUNTERS if hasattr(algo, k)},
+             "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+             "python": {"version": py_state[0], "gauss": py_state[2]},
              # DQN draws random actions (warm-up, epsilon-greedy) from the action space's own RNG
-             "action_space": algo.action_space.np_random.bit_generator.state}
-    if isinstance(algo, DQN):
-        with atomic_path(run / "checkpoint.buffer") as tmp:
-            algo.save_replay_buffer(tmp.with_suffix(".pkl"))
-            tmp.with_suffix(".pkl").replace(tmp)
-    with atomic_path(run / "checkpoint.state") as tmp:
-        tmp.write_bytes(pickle.dumps(state))
-    with atomic_path(run / "checkpoint.zip") as tmp:
-        algo.save(tmp.with_suffix(".zip"))
-        tmp.with_suffix(".zip").replace(tmp)
-    write_json(run / "checkpoint.json", {
+             "action_space": algo.action_space.np_random.bit_generator.state,
+             "ep_info_buffer": list(algo.ep_info_buffer or []), "ep_success_buffer": list(algo.ep_success_buffer or []),
+             "envs": [getattr(e, "start", None) for e in envs]}
+    tensors = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
+               "python_state": torch.tensor(py_state[1], dtype=torch.int64),
+               "last_obs": torch.from_numpy(np.asarray(algo._last_obs)),
+               "last_episode_starts": torch.from_numpy(np.asarray(algo._last_episode_starts)),
+               "actions": [torch.tensor(getattr(e, "actions", []), dtype=torch.int64) for e in envs]}
+    if algo._last_original_obs is not None:
+        tensors["last_original_obs"] = torch.from_numpy(np.asarray(algo._last_original_obs))
+
+    def write(folder: Path) -> None:
+        algo.save(folder / "checkpoint.zip")  # SB3's own format: resumes read only its weight files
+        torch.save(tensors, folder / "state.pt")
+        write_json(folder / "state.json", state)
+        if isinstance(algo, DQN):
+            buffer = algo.replay_buffer
+            torch.save({k: torch.from_numpy(v) for k, v in vars(buffer).items() if isinstance(v, np.ndarray)},
+                       folder / "buffer.pt")
+            write_json(folder / "buffer.json", {"pos": int(buffer.pos), "full": bool(buffer.full)})
+
+    folder = run.save(algo.num_timesteps, write)
+    _link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
+    write_json(run.folder / "checkpoint.json", {
         "what": f"{args.algo.upper()} checkpoint for {args.env} (training in progress)",
         "env": {"name": args.env, "settings": args.env_settings}, "algo": args.algo, "arch": args.arch,
         "seed": args.seed, "timesteps": int(algo.num_timesteps), "timesteps_planned": args.total_timesteps,
+        "checkpoint": str(folder.relative_to(run.folder)),
         "action_names": _action_names(args), "xrl_version": xrl.__version__})
+    for name in ("checkpoint.state", "checkpoint.buffer"):  # the pickles of an old-format checkpoint, superseded
+        (run.folder / name).unlink(missing_ok=True)
+    return folder
 
 
-def _resume(args: AgentArgs, run: Path) -> BaseAlgorithm | None:
-    if not (run / "checkpoint.zip").exists() or not (run / "checkpoint.state").exists():
-        return None
+def _link(source: Path, target: Path) -> None:
+    """``target`` becomes ``source`` (a hard link, else a copy) in one rename."""
+    import os
+    import shutil
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _zip_tensors(path: Path, name: str) -> dict:
+    """One ``.pth`` entry of an SB3 zip, read with ``weights_only=True``."""
+    import io
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(name)
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} has no readable {name} ({err})") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged entry
+        raise ValueError(f"{path}: {name} is not readable weights ({type(err).__name__}: {err})") from None
+
+
+def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
+    """The algorithm of a fresh run (a resume builds the same, then loads its checkpoint)."""
+    from xrl.agents.nets import ARCHS
+    env = make_vec_env(args) if env is None else env
+    if args.algo == "dqn":
+        return DQN("CnnPolicy", env, **args.dqn, policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+                   seed=args.seed, device="cpu", verbose=0)
+    decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
+    return PPO(
+        "CnnPolicy", env, n_steps=args.n_steps, n_epochs=args.n_epochs,
+        batch_size=args.batch_size, learning_rate=decay(args.learning_rate),
+        clip_range=decay(args.clip_range), ent_coef=args.ent_coef, vf_coef=args.vf_coef,
+        max_grad_norm=args.max_grad_norm, gamma=args.gamma, gae_lambda=args.gae_lambda,
+        policy_kwargs=ARCHS.get(args.arch).policy_kwargs(), seed=args.seed, device="cpu", verbose=0,
+    )
+
+
+def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
+    """The algorithm of a checkpoint folder: built from the settings, then weights, optimizer,
+    counters, replay buffer, envs (replayed) and RNG states loaded; nothing is unpickled."""
+    state = read_json(folder / "state.json")
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("algo") != args.algo:
+        raise ValueError(f"{folder} is not an xrl {args.algo} training checkpoint (format={CHECKPOINT_FORMAT!r})")
+    algo = _build(args)
+    tensors = load_tensors(folder / "state.pt")
+    algo.policy.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.pth"))
+    algo.policy.optimizer.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.optimizer.pth"))
+    for key in _COUNTERS:
+        if key in state:
+            setattr(algo, key, state[key])
+    if isinstance(algo, DQN):
+        buffer, arrays = algo.replay_buffer, load_tensors(folder / "buffer.pt")
+        for key, value in arrays.items():
+            getattr(buffer, key)[...] = value.numpy()
+        meta = read_json(folder / "buffer.json")
+        buffer.pos, buffer.full = meta["pos"], meta["full"]
+    algo._last_obs = tensors["last_obs"].numpy().copy()
+    algo._last_episode_starts = tensors["last_episode_starts"].numpy().copy()
+    if "last_original_obs" in tensors:
+        algo._last_original_obs = tensors["last_original_obs"].numpy().copy()
+    algo.ep_info_buffer = collections.deque(state["ep_info_buffer"], maxlen=algo._stats_window_size)
+    algo.ep_success_buffer = collections.deque(state["ep_success_buffer"], maxlen=algo._stats_window_size)
+    _replay_envs(algo, state["envs"], tensors["actions"], folder)
+    algo.action_space.np_random.bit_generator.state = state["action_space"]
+    torch.set_rng_state(tensors["torch"])
+    np.random.set_state(("MT19937", tensors["numpy_key"].numpy().astype(np.uint32), state["numpy"]["pos"],
+                         state["numpy"]["has_gauss"], state["numpy"]["cached_gaussian"]))
+    random.setstate((state["python"]["version"], tuple(tensors["python_state"].tolist()), state["python"]["gauss"]))
+    return algo
+
+
+def _replay_envs(algo: BaseAlgorithm, starts: list, actions: list, folder: Path) -> None:
+    """Each env back in its recorded episode; one whose replay does not give the saved
+    observation (or whose episode start is unknown) starts a fresh seeded episode, and says so."""
+    vec = _vec(algo)
+    vec._reset_seeds()
+    fresh = []
+    for i, (env, start) in enumerate(zip(vec.envs, starts)):
+        if start is not None:
+            obs = env.replay(start, actions[i].tolist())
+            if obs.shape != algo._last_obs[i].shape or np.array_equal(obs, algo._last_obs[i]):
+                continue
+        obs, _ = env.reset(seed=algo.seed + i + 1_000_003 * (1 + algo.num_timesteps))
+        algo._last_obs[i], algo._last_episode_starts[i] = np.asarray(obs), True
+        fresh.append(i)
+    if fresh:
+        print(f"resuming {folder} at {algo.num_timesteps} steps: env(s) {fresh} start fresh episodes (their "
+              "episode could not be rebuilt from its seed and actions)", file=sys.stderr)
+
+
+def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
+    """A checkpoint in the old format (SB3 zip + pickled state): only with ``trust_pickle``."""
+    import pickle
+
+    import cloudpickle
     state = pickle.loads((run / "checkpoint.state").read_bytes())
     env = cloudpickle.loads(state["env"]) if state["env"] is not None else make_vec_env(args)
     cls = DQN if args.algo == "dqn" else PPO
@@ -257,6 +468,8 @@ def _resume(args: AgentArgs, run: Path) -> BaseAlgorithm | None:
         buffer = algo.replay_buffer
         if buffer.pos != (algo.num_timesteps // buffer.n_envs) % buffer.buffer_size:
             raise ValueError(f"{run}: checkpoint.buffer and checkpoint.zip disagree; delete the checkpoint.* files to restart")
+    vec = _vec(algo)
+    vec.envs = [e if isinstance(e, EpisodeLog) else EpisodeLog(e, known=False) for e in vec.envs]
     if state["env"] is None:
         print(f"resuming at {algo.num_timesteps} steps with fresh episodes (env not picklable)", file=sys.stderr)
         algo._last_obs = None
@@ -268,58 +481,72 @@ def _resume(args: AgentArgs, run: Path) -> BaseAlgorithm | None:
     return algo
 
 
+def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
+    folder = run.latest()
+    if folder is not None:
+        return load_checkpoint(args, folder)
+    old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
+    if "checkpoint.state" not in old:
+        return None
+    if not args.trust_pickle:
+        raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files=", ".join(old)))
+    return _resume_pickle(args, run.folder)
+
+
+def check_agent_args(args: AgentArgs) -> AgentArgs:
+    """Every setting checked (types, ranges, the env, its settings, the architecture) before
+    anything is written; returns the resolved settings."""
+    from xrl.agents.nets import ARCHS
+    from xrl.envs import ENVS
+    check_settings(args)
+    ENVS.get(args.env)  # unknown names fail here, before a run folder is made
+    resolved = args.resolved()
+    ARCHS.get(resolved.arch)
+    try:
+        make_env(args.env, **args.env_settings).close()
+    except (TypeError, ValueError, KeyError) as err:
+        pairs = " ".join(f"--set {k}={v}" for k, v in args.env_settings.items())
+        raise SettingsError(f"{pairs or '--env ' + args.env}: {args.env} refused its settings: {err}") from None
+    return resolved
+
+
 def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: bool = False) -> Path:
     """Train (or resume) and export ``out/agent.pt`` with its card; returns the checkpoint path.
 
     ``export_only``: do not train; export the latest checkpoint of an unfinished run (its card
     records the timesteps reached and the planned total) so it can be used and shipped while
     training goes on in later runs of the same command."""
-    from xrl.agents.nets import ARCHS
-    from xrl.envs import ENVS
-    ENVS.get(args.env)  # unknown names fail here, before a run folder is made
-    args = args.resolved()
-    ARCHS.get(args.arch)
-    run = Path(args.out)
-    check_run_settings(run, args.recorded(),
-                       ignore={"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"})
-
-    algo = _resume(args, run)
-    if algo is None and export_only:
-        raise FileNotFoundError(f"{run} has no checkpoint to export; train first")
-    if algo is None and args.algo == "dqn":
-        algo = DQN("CnnPolicy", make_vec_env(args), **args.dqn, policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
-                   seed=args.seed, device="cpu", verbose=0)
-    if algo is None:
-        decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
-        algo = PPO(
-            "CnnPolicy", make_vec_env(args), n_steps=args.n_steps, n_epochs=args.n_epochs,
-            batch_size=args.batch_size, learning_rate=decay(args.learning_rate),
-            clip_range=decay(args.clip_range), ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-            max_grad_norm=args.max_grad_norm, gamma=args.gamma, gae_lambda=args.gae_lambda,
-            policy_kwargs=ARCHS.get(args.arch).policy_kwargs(), seed=args.seed, device="cpu", verbose=0,
-        )
-    started = time.time()
-    remaining = args.total_timesteps - algo.num_timesteps
-    if remaining > 0 and not export_only:
-        algo.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
-        algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
-        if stop_at is not None and algo.num_timesteps < args.total_timesteps:
-            return run / "checkpoint.zip"
-        save_checkpoint(algo, run, args)
-    model = agent_model(algo, args)
-    score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
-    card = {
-        "what": f"{args.algo.upper()} agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
-        "algo": args.algo, "seed": args.seed, "timesteps": int(algo.num_timesteps),
-        "timesteps_planned": args.total_timesteps,
-        "command": "xrl train agent " + " ".join(_cli_flags(args)),
-        "action_names": model.action_names, "score": score,
-        "train_seconds_this_run": round(time.time() - started, 1),
-    }
-    if model.score_kind == "logits":  # the policy PPO trained, beside its argmax
-        card["score_sampled"] = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes,
-                                         seed=10_000 + args.seed, sample=True)
-    return save_agent(algo, run / "agent.pt", arch=args.arch, card=card)
+    given = args
+    args = check_agent_args(args)
+    export_only = export_only or args.export_only
+    with Run(args.out, args.recorded(), ignore=AgentArgs.IGNORED, outputs=("agent.pt",)) as run:
+        algo = _resume(args, run)
+        if algo is None and export_only:
+            raise FileNotFoundError(f"{run.folder} has no checkpoint to export; train first")
+        if algo is None:
+            algo = _build(args)
+        started = time.time()
+        remaining = args.total_timesteps - algo.num_timesteps
+        if remaining > 0 and not export_only:
+            algo.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
+            algo.learn(remaining, callback=_Checkpoint(args, run, stop_at), reset_num_timesteps=False)
+            if stop_at is not None and algo.num_timesteps < args.total_timesteps:
+                return run.folder / "checkpoint.zip"
+            save_checkpoint(algo, run, args)
+        model = agent_model(algo, args)
+        score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
+        card = {
+            "what": f"{args.algo.upper()} agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
+            "algo": args.algo, "seed": args.seed, "timesteps": int(algo.num_timesteps),
+            "timesteps_planned": args.total_timesteps,
+            "command": agent_command(given, args),
+            "action_names": model.action_names, "score": score,
+            "train_seconds_this_run": round(time.time() - started, 1),
+        }
+        if model.score_kind == "logits":  # the policy PPO trained, beside its argmax
+            card["score_sampled"] = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes,
+                                             seed=10_000 + args.seed, sample=True)
+        return save_agent(algo, run.folder / "agent.pt", arch=args.arch, card=card)
 
 
 def _action_names(args: AgentArgs) -> list[str]:
@@ -405,15 +632,12 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     return result
 
 
-def _cli_flags(args: AgentArgs) -> list[str]:
-    """Every ``xrl train agent`` flag, so the card's command remakes the agent and its score."""
-    flags = [f"--env {args.env}", f"--arch {args.arch}", f"--timesteps {args.total_timesteps}",
-             f"--seed {args.seed}", f"--n-envs {args.n_envs}", f"--checkpoint-every {args.checkpoint_every}",
-             f"--eval-episodes {args.eval_episodes}", f"--out {args.out}"]
-    if args.reward_scale not in (None, 1.0, REWARD_SCALES.get(args.env, 1.0)):
-        flags.append(f"--reward-scale {args.reward_scale}")
-    if args.algo != "ppo":
-        flags.append(f"--algo {args.algo}")
-        flags += [f"--dqn {k}={v}" for k, v in args.dqn.items() if DQN_DEFAULTS.get(k) != v]
-    flags += [f"--set {k}={v}" for k, v in args.env_settings.items()]
-    return flags
+def agent_command(given: AgentArgs, resolved: AgentArgs) -> str:
+    """The ``xrl train agent`` command that remakes the agent and its score: the settings given,
+    plus the env-family defaults it resolved to, spelled as the CLI's flags (one builder)."""
+    always = ("env", "arch", "total_timesteps", "seed", "n_envs", "checkpoint_every", "eval_episodes", "out")
+    shown = dataclasses.replace(given, **{k: getattr(resolved, k) for k in always})
+    if shown.reward_scale == REWARD_SCALES.get(shown.env, 1.0):
+        shown = dataclasses.replace(shown, reward_scale=None)
+    return command("xrl train agent", shown, always=always, pair_defaults={"dqn": DQN_DEFAULTS},
+                   skip=("progress", "export_only", "trust_pickle"))

@@ -1,0 +1,476 @@
+"""The run layer every trainer shares (``train/agent.py``, ``digr.py``, ``visionmask.py``,
+``rexl.py``, ``classifier.py``): settings checked before anything is written, one lock per run
+folder, checkpoints written as one unit, the card's command and the CLI flags made from the
+trainer's dataclass.
+
+A trainer reads::
+
+    check_settings(args)                       # types and ranges, nothing written yet
+    ...  build what can fail (load the agent, make an env)  ...
+    with Run(args.out, recorded, ignore=IGNORED) as run:   # lock, args.json (resume check)
+        latest = run.latest()                 # newest complete checkpoint folder, or None
+        ...
+        run.save(step, write)                 # write(folder) fills a fresh folder; one rename
+
+**Checkpoints** live in ``run/checkpoints/<step>/``. A save writes every file into
+``run/checkpoints/.<step>.partial<pid>/``, then ``complete.json`` (each file's size and
+sha256), then renames the folder into place (the switch) and deletes all but the newest two
+(the previous one is the fallback). :meth:`Run.latest` returns the newest folder whose
+``complete.json`` matches its files, so a kill at any point of a save resumes from the newest
+complete checkpoint. Nothing in a checkpoint is a pickle: tensors are read with
+``torch.load(weights_only=True)``, the rest is JSON.
+
+**The lock** ``run/.lock`` holds the pid, host and start time of the run using the folder; a
+second run is refused with those, a lock whose pid is dead (same host) is taken over.
+
+**A failed start** leaves the folder as it was: a folder this run created is removed, an
+``args.json`` written by a run that never saved a checkpoint is replaced by the next command.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import socket
+import types
+import typing
+from pathlib import Path
+from typing import Callable
+
+from xrl.files import write_json
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "complete.json"
+KEEP = 2  # the newest checkpoint and its fallback
+
+
+class SettingsError(ValueError):
+    """A setting of a training run is of the wrong type or out of range (one line, names it)."""
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder."""
+
+
+# ------------------------------------------------------------------ settings
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def _kinds(cls) -> dict[str, tuple]:
+    """Each field's accepted types from its annotation: ``int``, ``float``, ``bool``, ``str``,
+    ``dict`` and ``X | None``."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        out[f.name] = tuple(a for a in args if a is not type(None)), type(None) in args
+    return out
+
+
+def _type_error(cls, f, value, expected: str) -> SettingsError:
+    return SettingsError(f"{_flag(f)} ({f.name}) must be {expected}, got {value!r}")
+
+
+def check_settings(args) -> None:
+    """Refuse a setting of the wrong type (``seed=1.7``, ``radius=true`` for a number,
+    ``--n-envs 0``) or out of the range the dataclass declares in ``LIMITS``
+    (``{"name": ">=1" | ">0" | ">=0" | "0..1"}``), before anything is written."""
+    cls = type(args)
+    limits = getattr(cls, "LIMITS", {})
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        (kinds, optional) = _kinds(cls)[f.name]
+        if value is None:
+            if not optional:
+                raise _type_error(cls, f, value, "set")
+            continue
+        kind = kinds[0] if kinds else object
+        if kind is bool and not isinstance(value, bool):
+            raise _type_error(cls, f, value, "true or false")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _type_error(cls, f, value, "an integer")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _type_error(cls, f, value, "a number")
+        if kind is str and not isinstance(value, str):
+            raise _type_error(cls, f, value, "a string")
+        if kind is dict and not isinstance(value, dict):
+            raise _type_error(cls, f, value, "KEY=VALUE settings")
+        rule = limits.get(f.name)
+        if rule is not None and not _within(value, rule):
+            raise SettingsError(f"{_flag(f)} ({f.name}) must be {_RULES[rule][1]}, got {value!r}")
+
+
+_RULES = {">=1": (lambda v: v >= 1, "at least 1"), ">0": (lambda v: v > 0, "positive"),
+          ">=0": (lambda v: v >= 0, "0 or more"), "0..1": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def _within(value, rule: str) -> bool:
+    return bool(_RULES[rule][0](value))
+
+
+def check_pairs(flag: str, given: dict, types: dict) -> None:
+    """Refuse unknown keys and values of the wrong type in ``--FLAG KEY=VALUE`` settings whose
+    defaults ``types`` give (``--dqn buffer_size=abc``)."""
+    for key, value in given.items():
+        if key not in types:
+            raise SettingsError(f"--{flag} {key}: unknown setting; known: {', '.join(types)}")
+        default = types[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            raise SettingsError(f"--{flag} {key}={value}: expected {type(default).__name__} like {default!r}")
+
+
+# ------------------------------------------------------------------ flags and the card's command
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_pairs(pairs: list[str] | None, flag: str = "set") -> dict:
+    """``["radius=4", "score=kl"]`` -> ``{"radius": 4, "score": "kl"}`` (values read as JSON)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SettingsError(f"--{flag} takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _typed(kind, name: str):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+    parse.__name__ = name
+    return parse
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The string literal under each dataclass field (the CleanRL-style one-line docs)."""
+    import ast
+    import inspect
+    docs = {}
+    for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)):
+                docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
+    return docs
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
+    """One ``--flag`` per field of a training dataclass (its one-line doc as help): the flag is
+    the field's name with dashes, or ``metadata["flag"]``; fields without a default are
+    required; booleans take true/false; dict fields are repeatable ``KEY=VALUE`` flags."""
+    docs = field_docs(cls)
+    kinds = _kinds(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_ = docs.get(f.name, "")
+        kind = kinds[f.name][0][0] if kinds[f.name][0] else str
+        if kind is dict:
+            parser.add_argument(_flag(f), dest=f.name, action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
+            continue
+        default = None if required else f.default
+        parse = {bool: _bool, int: _typed(int, "an integer"), float: _typed(float, "a number")}.get(kind, str)
+        choices = f.metadata.get("choices")
+        parser.add_argument(_flag(f), dest=f.name, type=parse, required=required, default=default, choices=choices,
+                            help=help_ + ("" if required else f" (default {default})"))
+
+
+def from_flags(cls, ns: argparse.Namespace):
+    """The dataclass ``cls`` filled from the flags :func:`add_flags` made for it."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(ns, f.name):
+            continue
+        value = getattr(ns, f.name)
+        if _kinds(cls)[f.name][0][:1] == (dict,):
+            value = parse_pairs(value, f.metadata.get("flag", f.name).replace("_", "-"))
+        values[f.name] = value
+    return cls(**values)
+
+
+def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",)) -> str:
+    """The command that remakes ``args``: ``prog`` and a flag for each field that differs from
+    the dataclass default (and each field in ``always``), spelled as :func:`add_flags` spells it.
+    ``pair_defaults``: for dict fields, the values a key may be left out at."""
+    parts = [prog]
+    for f in dataclasses.fields(args):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        value = getattr(args, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name not in always and value == default:
+            continue
+        if isinstance(value, dict):
+            skipped = (pair_defaults or {}).get(f.name, {})
+            parts += [f"{_flag(f)} {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value.items()
+                      if k not in skipped or skipped[k] != v]
+        elif value is not None:
+            parts.append(f"{_flag(f)} {str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------ the run folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Run:
+    """A training run folder: lock, settings, checkpoints (see the module docstring).
+
+    ``settings`` are recorded in ``args.json``; resuming with others is refused naming the first
+    that differs, except the ``ignore`` ones (a budget, the output path)."""
+
+    def __init__(self, folder: str | os.PathLike, settings: dict, *, ignore=frozenset(), outputs=()) -> None:
+        self.folder = Path(folder)
+        self.settings, self.ignore, self.outputs = settings, set(ignore), tuple(outputs)
+        self._created = False
+        self._locked = False
+        self._saved = False
+        self._wrote_args = False
+
+    # -- lock and settings --------------------------------------------------------------------
+
+    def __enter__(self) -> "Run":
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SettingsError(f"--out {self.folder} is a file, expected a run folder")
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._check_settings()
+        except BaseException:
+            self._unlock()
+            self._rollback()
+            raise
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        self._unlock()
+        if kind is not None and not self._saved:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """A start that failed before its first checkpoint leaves the folder as it found it."""
+        if self._created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        elif self._wrote_args and not self.has_progress():
+            (self.folder / "args.json").unlink(missing_ok=True)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.folder / ".lock"
+
+    def _lock(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.lock_path.read_text())
+                    pid, host = int(holder["pid"]), str(holder["host"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder, pid, host = None, None, None
+                if holder is not None and (host != me["host"] or _alive(pid)) and pid != me["pid"]:
+                    raise RunLocked(f"{self.folder} is in use by pid {pid} on {host} since {holder.get('started')}; "
+                                    f"wait for it to finish or use another run folder (--out)") from None
+                self.lock_path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self._locked = True
+            return
+        raise RunLocked(f"could not take the lock {self.lock_path}")
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self.lock_path.unlink(missing_ok=True)
+            self._locked = False
+
+    def has_progress(self) -> bool:
+        """Whether the folder holds anything a resume would continue from."""
+        return self.latest() is not None or any(
+            (self.folder / n).exists() for n in ("checkpoint.zip", "checkpoint.pkl", "checkpoint.pt", *self.outputs))
+
+    def _check_settings(self) -> None:
+        config = self.folder / "args.json"
+        if config.exists():
+            try:
+                old = json.loads(config.read_text())
+            except (OSError, ValueError) as err:
+                raise SettingsError(f"{config} is not readable JSON ({err}); delete it or use another --out") from None
+            diff = {k: (old.get(k), v) for k, v in self.settings.items() if k not in self.ignore and old.get(k) != v}
+            if diff and self.has_progress():
+                first = next(iter(diff))
+                raise SettingsError(
+                    f"{self.folder} holds a run with other settings {diff} (stored, asked); the first is "
+                    f"{first!r}: stored {diff[first][0]!r}, asked {diff[first][1]!r}; use another run folder (--out)")
+            if not diff:
+                return
+        write_json(config, self.settings)
+        self._wrote_args = True
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / CHECKPOINTS
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder (``complete.json`` matching its files), or None."""
+        return latest_checkpoint(self.folder)
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Path:
+        """``write(folder)`` fills a fresh folder; it becomes ``checkpoints/<step>`` in one rename
+        once ``complete.json`` records its files. Older checkpoints beyond the newest two go."""
+        self.checkpoints.mkdir(exist_ok=True)
+        name = f"{int(step):012d}"
+        tmp = self.checkpoints / f".{name}.partial{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _step("write")
+        write(tmp)
+        _step("files")
+        manifest = {"step": int(step), "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                                                 for p in sorted(tmp.iterdir()) if p.is_file()}}
+        for p in tmp.iterdir():
+            _fsync(p)
+        (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / COMPLETE)
+        _step("manifest")
+        final = self.checkpoints / name
+        if final.exists():  # the same step saved again (a resumed run saving where it started)
+            old = self.checkpoints / f".{name}.old{os.getpid()}"
+            os.replace(final, old)
+            _step("moved-old")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)  # the switch
+        _step("renamed")
+        self._saved = True
+        complete = sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for p in complete[:-KEEP]:
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.checkpoints.iterdir():  # partial folders of killed saves
+            if p.name.startswith(".") and not p.name.endswith(f"partial{os.getpid()}"):
+                shutil.rmtree(p, ignore_errors=True)
+        _step("cleaned")
+        return final
+
+
+def _step(name: str) -> None:
+    """A point between two steps of a save (tests inject a failure here)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_complete(folder: Path, *, verify_hash: bool = False) -> bool:
+    """Whether ``folder`` is a checkpoint whose ``complete.json`` matches its files."""
+    try:
+        manifest = json.loads((folder / COMPLETE).read_text())
+        for name, meta in manifest["files"].items():
+            p = folder / name
+            if p.stat().st_size != meta["bytes"] or (verify_hash and _sha256(p) != meta["sha256"]):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def latest_checkpoint(run: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run folder, or None."""
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    for p in sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True):
+        if is_complete(p, verify_hash=True):
+            return p
+    return None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a checkpoint; a damaged one is named in the error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err})") from None
+
+
+def load_tensors(path: Path) -> dict:
+    """A ``.pt`` file of a checkpoint, read with ``weights_only=True`` (no code runs)."""
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise ValueError(f"{path} is not a readable checkpoint file ({type(err).__name__}: {err})") from None
+
+
+TRUST_PICKLE = ("this run folder holds a checkpoint in the old pickle format ({files}); loading it runs code "
+                "stored in the file. Pass --trust-pickle (trust_pickle=True) to resume it if you made it or trust "
+                "its source; the next checkpoint is written in the new format (no pickle)")
