@@ -61,8 +61,17 @@ def _count(n) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e4 else str(n)
 
 
-def cmd_zoo(args) -> None:
-    from xrl.agents.load import zoo_cards
+def cmd_zoo(args) -> int | None:
+    from xrl.zoo import update_sha256, verify, zoo_cards
+    if args.update_sha256:
+        for card in update_sha256(args.dir, skip=("breakout",) if args.dir is None else ()):
+            print(f"updated {card}")
+    if args.verify or args.update_sha256:
+        problems = verify(args.dir)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(problems)} problem(s) in the zoo" if problems else "every zoo artifact matches its card's sha256 and loads")
+        return 1 if problems else 0
     rows = zoo_cards(args.dir)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -265,7 +274,7 @@ def _methods_for(model, names: str | None, pairs: list[str] | None) -> dict[str,
 def cmd_explain(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
-    from xrl.evaluation import explain_dataset
+    from xrl.evaluation import dataset_targets, explain_dataset
     from xrl.viz.overlay import explanation_grid
     out = Path(args.out)
     out = out if out.suffix else out.with_suffix(".png")  # a bare name would be a PNG without a suffix
@@ -273,9 +282,11 @@ def cmd_explain(args) -> None:
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
         rows = _rows(len(ds), args.n, args.seed)
-        maps = {m: explain_dataset(model, ds, m, s, rows=rows) for m, s in methods.items()}
+        actions = dataset_targets(model, ds, rows, args.targets)  # refuses another agent's data unless asked
+        maps = {m: explain_dataset(model, ds, m, s, rows=rows, targets=args.targets or "dataset")
+                for m, s in methods.items()}
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
-        explanation_grid(ds.frames(rows), maps, out, actions=ds.actions[rows],
+        explanation_grid(ds.frames(rows), maps, out, actions=actions.numpy(),
                          action_names=model.action_names, probs=probs)
     print(f"wrote {out}")
 
@@ -288,7 +299,7 @@ def cmd_evaluate(args) -> None:
     methods = _methods_for(model, args.methods, args.setting)
     metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting)
     with StateDataset.open(args.data) as ds:
-        result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed)
+        result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed, targets=args.targets)
     print(result.table())
     csv_path, json_path = result.write(args.out)
     print(f"wrote {csv_path} and {json_path}")
@@ -297,7 +308,7 @@ def cmd_evaluate(args) -> None:
 def cmd_bench(args) -> int:
     from xrl.bench import load_results, load_spec, run_bench
     from xrl.bench.results import group_table
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, load_weights=not args.check)  # checking reads no weights
     if args.check:
         print(f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
               f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)")
@@ -345,12 +356,19 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images.")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let Stable-Baselines3 unpickle .zip files that cannot be rebuilt from their weights and "
+                        "JSON: this RUNS CODE from the file, use it only for files from a source you trust")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
     z = sub.add_parser("zoo", help="list the zoo's trained models: env, architecture, training, score (from their cards)")
     z.add_argument("--dir", default=None, help="zoo folder (default: the repository's zoo/, or $XRL_ZOO)")
     z.add_argument("--commands", action="store_true", help="also print the command that made each one")
     z.add_argument("--json", action="store_true", help="print the rows as JSON")
+    z.add_argument("--verify", action="store_true",
+                   help="check every artifact's sha256 against its card and that it loads (exit 1 on a problem)")
+    z.add_argument("--update-sha256", action="store_true",
+                   help="record every artifact's sha256 and weights fingerprint in its card, then verify")
     z.set_defaults(fn=cmd_zoo)
     sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
     sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
@@ -434,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--methods", default=None, help="comma-separated; default all")
         e.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
         e.add_argument("--seed", type=int, default=0, help="which states are drawn")
+        e.add_argument("--targets", choices=("agent", "dataset"), default=None,
+                       help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
+                            "agent collected it (default: the stored actions, refused for another agent's data)")
         if name == "explain":
             e.add_argument("--n", type=int, default=6, help="states in the grid")
             e.add_argument("--out", default="explain.png",
@@ -501,8 +522,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:  # the `xrl` command: its own process, so tune glibc's allocator (xrl.ops.tune_malloc)
+        from xrl.ops import tune_malloc
+        tune_malloc()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trust = "--trust-pickle" in argv  # accepted anywhere on the line (docs/artifacts.md)
+    args = build_parser().parse_args([a for a in argv if a != "--trust-pickle"])
     try:
+        if trust:
+            from xrl.agents.load import trusting_pickle
+            with trusting_pickle():
+                return args.fn(args) or 0
         return args.fn(args) or 0
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"xrl {args.command}: error: {err}", file=sys.stderr)

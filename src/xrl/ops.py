@@ -17,7 +17,41 @@ if TYPE_CHECKING:
     from xrl.agents.model import Model
 
 
-# ------------------------------------------------------------------ batches
+# ------------------------------------------------------------------ batches and the allocator
+
+#: glibc ``mallopt`` settings for xrl's own processes (the CLI sets them at start): tensors up
+#: to 32 MB come from the heap instead of fresh mmaps, and the heap is not trimmed below 1 GB
+#: of free space nor grown by less than 256 MB. Without them glibc returns every large batch
+#: to the OS and page-faults it back in the next chunk (system time about equal to user time
+#: on the perturbation methods); the same as ``MALLOC_MMAP_THRESHOLD_=33554432
+#: MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456``. Measured in
+#: ``benchmarks/bench_methods.py --malloc``.
+MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 * 2**20), "M_TRIM_THRESHOLD": (-1, 2**30),
+                   "M_TOP_PAD": (-2, 256 * 2**20)}
+
+
+def tune_malloc() -> bool:
+    """Apply :data:`MALLOC_SETTINGS` to this process through glibc's ``mallopt``; True when applied.
+
+    A no-op (False) off glibc, or when any ``MALLOC_*_`` environment variable is set (the user's
+    own settings win). Only for processes xrl owns (the CLI): it changes the allocator of the
+    whole process, so the library never calls it on import.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(code, value) == 1 for code, value in MALLOC_SETTINGS.values())
+
 
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` items: every expansion is chunked by this."""
