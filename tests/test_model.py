@@ -208,3 +208,23 @@ class Returns(nn.Module):
 def test_as_model_refuses_outputs_that_are_not_batch_by_actions(module, names):
     with pytest.raises(ValueError, match=r"\(B, K\)"):
         as_model(module, input_shape=SHAPE, action_names=names)
+
+
+def test_fingerprint_hashes_the_models_weights():
+    import hashlib
+    model = as_model(linear_net(seed=0), input_shape=SHAPE)
+    h = hashlib.sha256()  # independent computation: name, dtype, shape, then the bytes of each entry
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    assert model.fingerprint() == h.hexdigest()[:16]
+    assert as_model(linear_net(seed=0), input_shape=SHAPE).fingerprint() == model.fingerprint()
+    assert as_model(linear_net(seed=1), input_shape=SHAPE).fingerprint() != model.fingerprint()
+
+
+def test_a_model_built_without_its_weights_reports_its_cards_fingerprint():
+    stand_in = Model(linear_net(seed=5), input_shape=SHAPE, info={"weights": "not loaded", "fingerprint": "abc"})
+    assert stand_in.fingerprint() == "abc"
+    unknown = Model(linear_net(seed=5), input_shape=SHAPE, info={"weights": "not loaded", "source": "x.pt"})
+    with pytest.raises(ValueError, match="x.pt was built without its weights and its card records no fingerprint"):
+        unknown.fingerprint()

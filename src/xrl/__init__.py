@@ -17,12 +17,12 @@ from xrl.explainers import get_explainer, list_explainers
 from xrl.metrics import get_metric, list_metrics
 
 __all__ = [
-    "Model", "as_model", "make_env", "list_envs", "load_agent",
+    "Model", "as_model", "make_env", "list_envs", "load_agent", "load",
     "get_explainer", "list_explainers", "get_metric", "list_metrics", "__version__",
 ]
 
 #: public names whose modules import heavy dependencies (Stable-Baselines3): imported on first use
-_LAZY = {"load_agent": "xrl.agents.load"}
+_LAZY = {"load_agent": "xrl.agents.load", "load": "xrl.agents.load"}
 
 
 def __getattr__(name: str):

@@ -5,12 +5,19 @@ Every method explains the same states with the same targets (the actions the age
 in the dataset), every metric scores every method with the same code, and per-sample values are
 kept so that means can be recomputed and compared. A metric a dataset cannot support (e.g.
 ``localization`` without ground truth) is reported as skipped, not silently zero.
+
+**Targets and the dataset's agent.** A dataset records the weights fingerprint of the agent that
+collected it. Explaining it with another agent is refused: the stored actions are the other
+agent's choices, not this one's. ``targets="agent"`` (CLI ``--targets agent``) explains the
+explained agent's own greedy actions on those states instead, ``targets="dataset"`` the stored
+actions anyway. A dataset written before fingerprints were recorded gets a warning.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -99,11 +106,43 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1000 else f"{x:.1f}"
 
 
+TARGETS = ("dataset", "agent")
+
+
+def dataset_targets(model: Model, dataset: StateDataset, rows: np.ndarray, targets: str | None = None,
+                    *, batch_size: int = 64) -> torch.Tensor:
+    """The actions ``(n,)`` to explain on dataset ``rows``: the stored ones when the dataset was
+    collected by ``model`` (same weights fingerprint) or ``targets="dataset"``; the model's own
+    greedy actions with ``targets="agent"``. Another agent's dataset without ``targets`` is
+    refused; a dataset without a recorded fingerprint gets a warning."""
+    if targets is not None and targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS} (or None: the stored actions of the model's own "
+                         f"dataset), got {targets!r}")
+    if targets == "agent":
+        states = dataset.states(rows)
+        with torch.inference_mode():
+            return torch.cat([model(states[part]).argmax(-1).cpu() for part in chunks(len(rows), batch_size)])
+    if targets is None:
+        recorded = (dataset.agent or {}).get("fingerprint")
+        source = (dataset.agent or {}).get("source")
+        if not recorded:
+            warnings.warn(f"{dataset.path}: the dataset records no agent fingerprint (written before they were "
+                          "recorded); its stored actions are explained as this agent's", stacklevel=3)
+        elif recorded != model.fingerprint():
+            raise ValueError(
+                f"{dataset.path} was collected by another agent ({source}, weights {recorded}) than the one "
+                f"explained ({model.info.get('source')}, weights {model.fingerprint()}); its stored actions are "
+                "that agent's choices. Explain the explained agent's own actions (targets='agent', CLI "
+                "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)")
+    return torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+
+
 def explain_dataset(model: Model, dataset: StateDataset, method: str, settings: Mapping | None = None,
-                    *, rows: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """Saliency ``(n, H, W)`` of ``method`` on the dataset ``rows``, targets = stored actions."""
+                    *, rows: np.ndarray, batch_size: int = 64, targets: str | None = None) -> torch.Tensor:
+    """Saliency ``(n, H, W)`` of ``method`` on the dataset ``rows``; targets = the stored actions
+    (``targets``: see :func:`dataset_targets`)."""
     explainer = get_explainer(method, model, **dict(settings or {}))
-    actions = torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+    actions = dataset_targets(model, dataset, rows, targets, batch_size=batch_size)
     maps = []
     for part in chunks(len(rows), batch_size):
         maps.append(explainer.explain(dataset.states(rows[part]), actions[part]))
@@ -122,11 +161,15 @@ def evaluate(
     progress: bool = True,
     saliency: dict[str, torch.Tensor] | None = None,
     rows: np.ndarray | None = None,
+    targets: str | None = None,
 ) -> Evaluation:
     """Explain ``n_states`` dataset states (a seeded sample; all when None) with every method and
     score every map with every metric. ``methods``/``metrics``: names or ``{name: settings}``.
     ``rows``: score exactly these dataset rows instead (e.g. a test split); ``n_states`` and
-    ``seed`` are then unused. Computed maps are stored in ``saliency`` when a dict is given."""
+    ``seed`` are then unused. Computed maps are stored in ``saliency`` when a dict is given.
+    ``targets``: the stored actions of the model's own dataset (default), ``"agent"`` (the model's
+    greedy actions) or ``"dataset"`` (the stored actions of another agent's dataset); another
+    agent's dataset is refused without it (:func:`dataset_targets`)."""
     methods = {m: {} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
     metrics = {m: {} for m in metrics} if not isinstance(metrics, Mapping) else dict(metrics)
     if not methods or not metrics:
@@ -140,7 +183,8 @@ def evaluate(
         rows = np.arange(n) if n_states is None or n_states >= n else \
             np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
     states = dataset.states(rows)
-    targets = torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+    chosen = targets
+    targets = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)
     labels = dataset.labels(rows)
     labels = torch.as_tensor(labels) if labels is not None else None
 
@@ -161,7 +205,8 @@ def evaluate(
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
     for method, settings in methods.items():
         bar.set_postfix_str(f"{method}: explaining")
-        maps = explain_dataset(model, dataset, method, settings, rows=rows, batch_size=batch_size)
+        maps = explain_dataset(model, dataset, method, settings, rows=rows, batch_size=batch_size,
+                               targets="dataset" if chosen is None else chosen)
         if saliency is not None:
             saliency[method] = maps
         bar.update()

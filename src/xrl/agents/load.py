@@ -1,15 +1,24 @@
-"""Load agents as :class:`~xrl.agents.model.Model`: SB3 ``.zip`` files (PPO, A2C, DQN), xrl
-checkpoints (``.pt`` + ``.json`` card) and zoo names (``zoo/<name>/agent.pt``).
+"""Load trained artifacts: agents as :class:`~xrl.agents.model.Model` (SB3 ``.zip`` files — PPO,
+A2C, DQN —, xrl agent checkpoints ``agent.pt`` including DIGR students, classifiers
+``classifier.pt``, zoo names and run folders), and every other artifact kind through
+:func:`load` (mask networks, RExL agents), dispatched by the format marker the file carries
+(:mod:`xrl.artifacts`).
 
-An xrl checkpoint holds the SB3 policy's ``state_dict`` and what is needed to rebuild it (the
-registered architecture, observation shape, action count), and is loaded with
-``weights_only=True``. Its card (same stem, ``.json``) records the env and settings, the
-training command, seed and measured score.
+Nothing in a file runs when it is loaded: xrl files are read with ``torch.load(weights_only=True)``
+and an SB3 ``.zip`` is rebuilt from its ``policy.pth`` (weights only) and the plain JSON fields of
+its ``data`` — the policy class, spaces and network settings —, ignoring the pickled
+(``":serialized:"``) entries. ``trust=True`` (CLI ``--trust-pickle``) lets Stable-Baselines3 unpickle
+them, for zips that cannot be rebuilt otherwise: that runs code from the file (docs/artifacts.md).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib
+import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -28,10 +37,24 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy  # n
 import xrl  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.agents.nets import ARCHS  # noqa: E402
-from xrl.files import atomic_path, write_json  # noqa: E402
+from xrl.artifacts import (  # noqa: E402
+    NOUNS, SB3_ZIP, ArtifactError, format_of, load_payload, read_card, read_header, save_payload, write_card)
+from xrl.zoo import ZOO_DIR, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
 
 CHECKPOINT_FORMAT = "xrl.agent"
-ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[3] / "zoo"))
+#: whether ``trust=None`` means trusted (set by :func:`trusting_pickle`, the CLI's ``--trust-pickle``)
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("xrl_trust_pickle", default=False)
+
+
+@contextlib.contextmanager
+def trusting_pickle():
+    """Within this block ``load_agent(..., trust=None)`` (the default) trusts SB3 ``.zip`` files
+    with pickled entries: what ``xrl --trust-pickle`` does for one command. Runs code from them."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 _SB3_ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
@@ -99,57 +122,148 @@ def save_agent(algo: BaseAlgorithm, path: str | os.PathLike, *, arch: str, card:
 
 def save_policy(policy: BasePolicy, path: str | os.PathLike, *, algo: str, arch: str, card: dict) -> Path:
     """Write an xrl checkpoint of an SB3 policy (``algo``: ``"ppo"``, ``"a2c"`` or ``"dqn"``, how
-    :func:`build_policy` rebuilds it) and its card, atomically."""
+    :func:`build_policy` rebuilds it) and its card, atomically. The card records the file's
+    sha256 and the loaded Model's weights fingerprint (what datasets and explainer networks
+    made with the agent record)."""
     path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT, "version": 1, "algo": algo, "arch": arch,
-        "obs_shape": list(policy.observation_space.shape), "n_actions": int(policy.action_space.n),
-        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    write_json(path.with_suffix(".json"), {**card, "xrl_version": xrl.__version__, "arch": arch})
+    save_payload(path, CHECKPOINT_FORMAT, {"algo": algo, "arch": arch, "obs_shape": list(policy.observation_space.shape),
+                                           "n_actions": int(policy.action_space.n)}, policy.state_dict())
+    card = {**card, "xrl_version": xrl.__version__, "arch": arch}
+    try:  # the fingerprint of the Model a loader builds from the file (the caller's RNG untouched)
+        with torch.random.fork_rng(devices=[]):
+            weights = _load_checkpoint(path, "cpu", {"card": card}).fingerprint()
+    except ValueError:  # weights that do not fit ``arch``: the file is written, loading it will say why
+        weights = None
+    write_card(path, card, weights_fingerprint=weights, fmt=CHECKPOINT_FORMAT)
     return path
 
 
-def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu") -> Model:
-    """A Model from a zoo name, a run folder, an SB3 ``.zip`` or an xrl ``.pt`` checkpoint.
-
-    A run folder (``zoo/NAME`` or the ``--out`` of ``xrl train agent``) means its ``agent.pt``.
-    """
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """The file a zoo name, a run folder or a path means: a run folder (``zoo/NAME`` or the
+    ``--out`` of a trainer) means its ``agent.pt`` (else its only other artifact)."""
     path = Path(path_or_name)
     if path.is_dir():
-        if not (path / "agent.pt").exists():
-            hint = (f"; the run is unfinished, its latest checkpoint is {path / 'checkpoint.zip'}"
-                    if (path / "checkpoint.zip").exists() else "")
-            raise ValueError(f"folder {str(path)!r} has no agent.pt (a finished training run writes one){hint}")
-        path = path / "agent.pt"
-    elif not path.exists():
-        zoo = ZOO_DIR / str(path_or_name) / "agent.pt"
+        if (path / "agent.pt").exists():
+            return path / "agent.pt"
+        others = [path / f"{n}.pt" for n in ("classifier", "rexl", "visionmask", "stalder_explainer")
+                  if (path / f"{n}.pt").exists()]
+        if len(others) == 1:
+            return others[0]
+        hint = (f"; the run is unfinished, its latest checkpoint is {path / 'checkpoint.zip'}"
+                if (path / "checkpoint.zip").exists() else "")
+        raise ValueError(f"folder {str(path)!r} has no agent.pt (a finished training run writes one){hint}")
+    if path.exists():
+        return path
+    for name in ("agent.pt", "classifier.pt", "rexl.pt"):
+        zoo = ZOO_DIR / str(path_or_name) / name
         if zoo.exists():
-            path = zoo
-        else:
-            known = sorted(p.parent.name for p in ZOO_DIR.glob("*/agent.pt"))
-            raise ValueError(
-                f"no agent file {str(path_or_name)!r} and no zoo agent of that name; zoo agents: "
-                f"{', '.join(known) or '(none)'}; or give an SB3 .zip or an xrl .pt path"
-            )
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    info = {"env": card.get("env"), "card": card, "source": str(path)}
-    if path.suffix == ".zip":
-        model = _load_sb3_zip(path, device, info)
-    elif path.suffix == ".pt":
-        model = _load_checkpoint(path, device, info)
-    else:
+            return zoo
+    known = sorted(p.parent.name for p in ZOO_DIR.glob("*/agent.pt"))
+    raise ValueError(
+        f"no agent file {str(path_or_name)!r} and no zoo agent of that name; zoo agents: "
+        f"{', '.join(known) or '(none)'}; or give an SB3 .zip or an xrl .pt path"
+    )
+
+
+def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: bool | None = None,
+               weights: bool = True) -> Model:
+    """A Model from a zoo name, a run folder, an SB3 ``.zip``, an xrl agent checkpoint (``.pt``,
+    DIGR students included) or an xrl classifier (``classifier.pt``), by the file's format marker.
+
+    A run folder (``zoo/NAME`` or the ``--out`` of ``xrl train agent``) means its ``agent.pt``.
+    ``trust=True`` lets Stable-Baselines3 unpickle a ``.zip`` (runs code from the file; only for
+    files from a trusted source that cannot be rebuilt from their weights and JSON; None: False
+    unless inside :func:`trusting_pickle`). ``weights=False`` builds the network from the file's settings without reading its weights
+    (freshly initialised ones stand in; ``model.info["weights"] == "not loaded"``, and
+    ``model.fingerprint()`` is the one its card records): what checking a bench spec needs.
+    """
+    trust = _TRUSTED.get() if trust is None else bool(trust)
+    path = resolve(path_or_name)
+    if path.suffix not in (".zip", ".pt"):
         raise ValueError(f"agent files are SB3 .zip or xrl .pt checkpoints, got {path.name!r}")
+    fmt = _format(path)
+    if fmt in ("xrl.mask_network", "xrl.rexl_agent"):
+        raise ArtifactError(path, f"is {NOUNS[fmt]}, not an agent",
+                            "an agent or a classifier (xrl.load(path) loads every kind; explainers take "
+                            "this file as their network= / agent= setting)")
+    card = read_card(path)
+    info = {"env": card.get("env"), "card": card, "source": str(path)}
+    if not weights:
+        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
+    with torch.random.fork_rng(devices=[]) if not weights else _nothing():  # stand-in weights: RNG untouched
+        if fmt == SB3_ZIP:
+            model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
+        elif fmt == "xrl.classifier":
+            from xrl.classifiers import load_classifier
+            model = load_classifier(path)  # TODO weights=False
+        else:
+            model = _load_checkpoint(path, device, info, weights=weights)
     return model.to(device)
 
 
-def _load_sb3_zip(path: Path, device: str, info: dict) -> Model:
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+def load(path_or_name: str | os.PathLike, *, model: Model | None = None, device: str = "cpu",
+         trust: bool | None = None):
+    """Any xrl artifact, by its format marker: a :class:`Model` for agents, DIGR students,
+    classifiers and SB3 ``.zip`` files; a :class:`~xrl.agents.mask_nets.MaskNetwork` for VisionMask
+    and Stalder networks; a :class:`~xrl.agents.rexl.RExLAgent` (its record as ``.record``) for a
+    RExL agent, built for ``model`` (default: the zoo agent with the recorded weights
+    fingerprint, else the model its card names)."""
+    path = resolve(path_or_name)
+    fmt = _format(path)
+    if fmt == "xrl.mask_network":
+        from xrl.agents.mask_nets import load_mask_network
+        return load_mask_network(path).to(device)
+    if fmt == "xrl.rexl_agent":
+        from xrl.agents.rexl import load_rexl_agent
+        if model is None:
+            model = _rexl_model(path)
+        agent, record = load_rexl_agent(path, model)
+        agent.record = record
+        return agent.to(device)
+    return load_agent(path, device=device, trust=trust)
+
+
+load_artifact = load
+
+
+def _format(path: Path) -> str:
+    try:
+        return format_of(path)
+    except ArtifactError as err:
+        if path.suffix == ".pt" and "readable" in err.found:  # the wording users and tests know
+            raise ArtifactError(path, err.found, "an xrl checkpoint saved by xrl (weights and plain settings)") from None
+        raise
+
+
+def _rexl_model(path: Path) -> Model:
+    """The model a RExL agent explains: the zoo model whose card records its fingerprint, else
+    the one its card's settings name."""
+    from xrl.zoo import zoo_artifacts
+    wanted = read_header(path, "xrl.rexl_agent").get("model_fingerprint")
+    for row in zoo_artifacts():
+        if row["kind"] in ("agent", "classifier") and row["card"].get("fingerprint") == wanted:
+            return load_agent(row["path"])
+    named = (read_card(path).get("settings") or {}).get("model")
+    if not named:
+        raise ArtifactError(path, f"explains a model (weights {wanted}) found neither in the zoo nor in its card",
+                            "model= the model it was trained for")
+    candidate = Path(named) if Path(named).exists() else ZOO_DIR.parent / named
+    return load_agent(candidate if candidate.exists() else named)
+
+
+def _load_sb3_zip(path: Path, device: str, info: dict, *, trust: bool = False, weights: bool = True) -> Model:
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a zip file; expected an SB3 model saved with model.save()")
-    # schedules pickled by other Python versions cannot always be rebuilt; they are not needed
+        raise ArtifactError(path, "is not a zip file", "an SB3 model saved with model.save()")
+    names = info["card"].get("action_names")
+    if not trust or not weights:
+        return model_from_policy(sb3_policy(path, device=device, weights=weights), action_names=names, info=info)
+    # trusted: Stable-Baselines3 unpickles the ``:serialized:`` entries (runs code from the file).
+    # Schedules pickled by other Python versions cannot always be rebuilt; they are not needed.
     custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0,
               "exploration_schedule": lambda _: 0.0}
     errors = []
@@ -159,9 +273,127 @@ def _load_sb3_zip(path: Path, device: str, info: dict) -> Model:
         except Exception as err:  # wrong algorithm class: try the next one
             errors.append(f"{name}: {type(err).__name__}: {err}")
             continue
-        names = info["card"].get("action_names")
         return model_from_policy(loaded.policy, action_names=names, info=info)
     raise ValueError(f"{path} is not a loadable SB3 PPO/A2C/DQN model:\n  " + "\n  ".join(errors))
+
+
+# ------------------------------------------------------------------ SB3 zips without pickle
+
+_TRUST = "if you trust the file, load it with trust=True (CLI --trust-pickle), which runs code from it"
+#: packages whose classes a zip's plain JSON may name (imported from the installed package, not the file)
+_CLASS_PACKAGES = ("stable_baselines3.", "xrl.", "torch.nn.")
+
+
+def _named_class(path: Path, text: str, base: type, what: str) -> type:
+    """The class a plain-JSON repr such as ``"<class 'pkg.mod.Name'>"`` names, imported from an
+    installed package among :data:`_CLASS_PACKAGES` and a subclass of ``base``."""
+    match = re.fullmatch(r"<class '([\w.]+)\.(\w+)'>", str(text).strip())
+    if not match or not match.group(1).startswith(_CLASS_PACKAGES) or "._" in match.group(1):
+        raise ArtifactError(path, f"names {what} {str(text)[:80]!r}",
+                            f"a class of {', '.join(p.rstrip('.') for p in _CLASS_PACKAGES)}; {_TRUST}")
+    try:
+        cls = getattr(importlib.import_module(match.group(1)), match.group(2))
+    except (ImportError, AttributeError):
+        raise ArtifactError(path, f"names {what} {match.group(1)}.{match.group(2)}, which this install lacks",
+                            f"a class of an installed package; {_TRUST}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ArtifactError(path, f"names {what} {match.group(1)}.{match.group(2)}", f"a {base.__name__} subclass")
+    return cls
+
+
+def _plain(entry) -> dict:
+    """The plain JSON fields of an SB3 ``data`` entry (the pickled ones left out)."""
+    return {k: v for k, v in entry.items() if not k.startswith(":")} if isinstance(entry, dict) else {}
+
+
+def _bound(text, dtype: np.dtype):
+    """A Box bound from its JSON: a number, a list, or numpy's (possibly elided) repr of a constant array."""
+    if isinstance(text, (int, float, list)):
+        return np.asarray(text, dtype=dtype)
+    values = set(re.findall(r"-?(?:inf|\d+\.?\d*(?:e[-+]?\d+)?)", str(text)))
+    if len(values) == 1:
+        return np.asarray(float(values.pop()), dtype=dtype).item()
+    return None
+
+
+def _spaces(path: Path, data: dict) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+    obs, act = data.get("observation_space"), data.get("action_space")
+    if "Box" not in str(_get(obs, ":type:")) or "Discrete" not in str(_get(act, ":type:")):
+        raise ArtifactError(path, f"observes {_get(obs, ':type:')} and acts in {_get(act, ':type:')}",
+                            "a Box observation space and a Discrete action space (what xrl explains)")
+    obs, act = _plain(obs), _plain(act)
+    try:
+        dtype = np.dtype(obs["dtype"])
+        shape = tuple(int(v) for v in obs["_shape"])
+        low, high = _bound(obs.get("low"), dtype), _bound(obs.get("high"), dtype)
+        if low is None or high is None:  # a bound varying per pixel: only uint8 images are rebuilt
+            if dtype != np.uint8:
+                raise ValueError("per-element bounds")
+            low, high = 0, 255
+        n = int(act["n"])
+        if int(act.get("start", 0)) != 0:
+            raise ValueError("a Discrete space not starting at 0")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(path, f"has observation/action spaces its JSON does not describe ({err})",
+                            f"'dtype', '_shape', 'low', 'high' and 'n' in plain JSON; {_TRUST}") from None
+    return gym.spaces.Box(low, high, shape, dtype=dtype), gym.spaces.Discrete(n)
+
+
+def _get(entry, key):
+    return entry.get(key) if isinstance(entry, dict) else None
+
+
+def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = True) -> BasePolicy:
+    """The policy of an SB3 ``.zip`` rebuilt without unpickling anything: its class, spaces and
+    keyword arguments from the plain JSON of ``data`` (``":serialized:"`` entries ignored), its
+    weights from ``policy.pth`` (``torch.load(weights_only=True)``; not read when ``weights`` is
+    False: the policy keeps its fresh initialisation)."""
+    path = Path(path)
+    expected = "an SB3 model (.zip with 'data' and 'policy.pth', saved by model.save())"
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = set(z.namelist())
+            if not {"data", "policy.pth"} <= members:
+                raise ArtifactError(path, f"is not a loadable SB3 PPO/A2C/DQN model (it holds {sorted(members)[:6]})",
+                                    expected)
+            data = json.loads(z.read("data"))
+            state = torch.load(io.BytesIO(z.read("policy.pth")), map_location=device, weights_only=True) \
+                if weights else {}
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(path, f"is a damaged SB3 zip ({type(err).__name__}: {err})", expected) from None
+    except Exception as err:  # torch refuses policy.pth: not weights only, or damaged
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ArtifactError(path, f"holds a policy.pth that is not plain weights ({first[:150]})",
+                            f"weights only; {_TRUST}") from None
+    if not isinstance(data, dict) or not isinstance(state, dict):
+        raise ArtifactError(path, "holds 'data' or 'policy.pth' of the wrong type", expected)
+    cls_entry = _plain(data.get("policy_class"))
+    init = re.match(r"<function (\w+)\.__init__", str(cls_entry.get("__init__", "")))
+    module = cls_entry.get("__module__")
+    if not (init and isinstance(module, str)):
+        raise ArtifactError(path, "does not name its policy class in plain JSON", f"an SB3 policy_class entry; {_TRUST}")
+    policy_class = _named_class(path, f"<class '{module}.{init.group(1)}'>", BasePolicy, "policy class")
+    kwargs = {}
+    for key, value in _plain(data.get("policy_kwargs")).items():
+        if key in ("optimizer_class", "optimizer_kwargs"):  # training only
+            continue
+        if key in ("features_extractor_class", "activation_fn"):
+            value = _named_class(path, value, nn.Module, key)
+        elif isinstance(value, str) and value.startswith("<"):
+            raise ArtifactError(path, f"has policy_kwargs {key} = {value[:60]!r}", f"plain JSON values; {_TRUST}")
+        kwargs[key] = value
+    obs_space, act_space = _spaces(path, data)
+    try:
+        policy = policy_class(obs_space, act_space, lambda _: 0.0, **kwargs)
+        if weights:
+            policy.load_state_dict(state)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ArtifactError(path, f"could not be rebuilt from its JSON and weights ({type(err).__name__}: {first[:200]})",
+                            f"a policy its plain JSON describes; {_TRUST}") from None
+    return policy.to(device)
 
 
 def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> BasePolicy:
@@ -185,16 +417,13 @@ def _fits(arch: str, payload: dict) -> bool:
     return True
 
 
-def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable xrl checkpoint (torch.load failed: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an xrl agent checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = True) -> Model:
+    payload = load_payload(path, CHECKPOINT_FORMAT) if weights else read_header(path, CHECKPOINT_FORMAT)
+    _check_agent_header(path, payload)
     policy = build_policy(payload["arch"], payload["obs_shape"], payload["n_actions"], payload["algo"])
     try:
-        policy.load_state_dict(payload["state_dict"])
+        if weights:
+            policy.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         fits = [a for a in ARCHS.names() if a != payload["arch"] and _fits(a, payload)]
         hint = (f"the weights fit architecture {fits[0]!r}" if fits else
@@ -204,56 +433,17 @@ def _load_checkpoint(path: Path, device: str, info: dict) -> Model:
             f"{path}: its weights do not fit architecture {payload['arch']!r} with observations "
             f"{payload['obs_shape']}; {hint}. torch: {' '.join(detail)[:300]}"
         ) from err
-    return model_from_policy(policy, action_names=info["card"].get("action_names"), info=info)
+    return model_from_policy(policy.to(device), action_names=info["card"].get("action_names"), info=info)
 
 
-def _score_text(score: dict) -> str:
-    """A card's measured score in words: success rate and/or mean return over N episodes, or a
-    classifier's validation accuracy."""
-    if "val_accuracy" in score:
-        return f"validation accuracy {score['val_accuracy']:.3f}"
-    if "mean_return" not in score:
-        return ""
-    text = (f"return {score['mean_return']:.4g} ± {score.get('std_return', float('nan')):.3g} "
-            f"over {score.get('episodes', '?')} episodes")
-    if score.get("success_rate") is not None:  # share of positive returns: goal reached, game won
-        text += f", {score['success_rate']:.0%} positive"
-    return text
-
-
-def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
-    """One row per zoo model (a folder with ``agent.json`` or ``classifier.json``), sorted by name:
-    ``name, kind, env, arch, trained, planned, finished, score, score_sampled, command, path``.
-
-    ``trained`` counts what the card says was trained (PPO timesteps, DIGR updates or classifier
-    epochs) and ``planned`` what its command asks for (None where the card does not say);
-    ``finished`` is False for a run stopped short of its plan (its folder keeps the checkpoint
-    that the card's command resumes)."""
-    zoo = Path(zoo_dir) if zoo_dir is not None else ZOO_DIR
-    if not zoo.is_dir():
-        raise ValueError(f"zoo folder {str(zoo)!r} does not exist (set XRL_ZOO or pass a folder)")
-    rows = []
-    for card_path in sorted([*zoo.glob("*/agent.json"), *zoo.glob("*/classifier.json")]):
-        card = json.loads(card_path.read_text())
-        classifier = card_path.name == "classifier.json"
-        env = card.get("env") or {}
-        settings = env.get("settings") or {}
-        env_text = (env.get("name", "") + (" " + ",".join(f"{k}={v}" for k, v in settings.items())
-                                           if settings else "")) if env else card.get("settings", {}).get("data", "")
-        if classifier:
-            trained = planned = card.get("settings", {}).get("epochs")  # score.epoch: the best one
-        elif "updates" in card:
-            trained, planned = card["updates"], card.get("updates_planned")
-        else:
-            trained, planned = card.get("timesteps"), card.get("timesteps_planned")
-        rows.append({
-            "name": card_path.parent.name, "kind": "classifier" if classifier else card.get("algo", "agent"),
-            "env": env_text, "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
-            "trained": trained, "planned": planned,
-            "finished": not (planned and trained is not None and trained < planned),
-            "score": _score_text(card.get("score") or {}),
-            "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
-            "command": card.get("command", ""),
-            "path": str(card_path),
-        })
-    return rows
+def _check_agent_header(path: Path, payload: dict) -> None:
+    """The constructor settings of an agent checkpoint, each of the expected type."""
+    shape, n, algo, arch = (payload.get(k) for k in ("obs_shape", "n_actions", "algo", "arch"))
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ArtifactError(path, f"has obs_shape {shape!r}", "obs_shape [C, H, W] of positive integers")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ArtifactError(path, f"has n_actions {n!r}", "n_actions an integer >= 1")
+    if algo not in _SB3_ALGOS:
+        raise ArtifactError(path, f"has algo {algo!r}", f"algo one of {', '.join(_SB3_ALGOS)}")
+    if arch not in ARCHS.names():
+        raise ArtifactError(path, f"has arch {arch!r}", f"a registered architecture ({', '.join(ARCHS.names())})")

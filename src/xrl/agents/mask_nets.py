@@ -37,7 +37,7 @@ from torch import nn
 
 import xrl
 from xrl.agents.model import Model
-from xrl.files import atomic_path, write_json
+from xrl.artifacts import ArtifactError, load_payload, save_payload
 from xrl.ops import gaussian_blur
 from xrl.registry import Registry
 
@@ -202,10 +202,8 @@ class MaskNetwork(nn.Module):
 
 def agent_of(model: Model) -> dict:
     """What a mask network records about the agent it explains."""
-    from xrl.data.collect import agent_record
-    record = agent_record(model)
-    return {"fingerprint": record["fingerprint"], "n_actions": int(model.n_actions),
-            "input_shape": [int(v) for v in model.input_shape], "source": str(record["source"]),
+    return {"fingerprint": model.fingerprint(), "n_actions": int(model.n_actions),
+            "input_shape": [int(v) for v in model.input_shape], "source": str(model.info.get("source")),
             "env": json.dumps(model.info.get("env"), sort_keys=True)}
 
 
@@ -218,16 +216,12 @@ def overlay(states: torch.Tensor, masks: torch.Tensor, reference: torch.Tensor) 
 
 
 def save_mask_network(network: MaskNetwork, path: str | os.PathLike, *, card: dict) -> Path:
-    """Write ``path`` (.pt, atomically) and the card beside it (``.json``)."""
-    path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, "method": network.method, "arch": network.arch,
-               "input_shape": list(network.input_shape), "n_maps": network.n_maps,
-               "reference": network.reference, "agent": network.agent, "xrl_version": xrl.__version__,
-               "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    write_json(path.with_suffix(".json"), {**card, "xrl_version": xrl.__version__})
-    return path
+    """Write ``path`` (.pt, atomically) and the card beside it (``.json``, with the file's sha256
+    and the network's weights fingerprint)."""
+    settings = {"method": network.method, "arch": network.arch, "input_shape": list(network.input_shape),
+                "n_maps": network.n_maps, "reference": network.reference, "agent": network.agent,
+                "xrl_version": xrl.__version__}
+    return save_payload(path, FORMAT, settings, network.state_dict(), card={**card, "xrl_version": xrl.__version__})
 
 
 def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> MaskNetwork:
@@ -237,12 +231,10 @@ def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> 
         raise FileNotFoundError(f"no mask network at {path}; train one with xrl train visionmask "
                                 "(or stalder-explainer)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one holding arbitrary objects
-        raise ValueError(f"{path} is not an xrl mask network ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an xrl mask network (expected format={FORMAT!r}, as written by "
-                         "xrl train visionmask / stalder-explainer)")
+        payload = load_payload(path, FORMAT)
+    except ArtifactError as err:  # not a torch file, one holding arbitrary objects, another format
+        found = err.found if "xrl mask network" in err.found else f"is not an xrl mask network ({err.found})"
+        raise ArtifactError(path, found, err.expected) from None
     if method is not None and payload["method"] != method:
         raise ValueError(f"{path} holds a {payload['method']} network, not a {method} one")
     network = MaskNetwork(payload["arch"], tuple(payload["input_shape"]), payload["n_maps"],

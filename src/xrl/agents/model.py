@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xrl.artifacts import fingerprint as _fingerprint
+
 SCORE_KINDS = ("logits", "q_values", "class_logits")
 
 
@@ -87,6 +89,22 @@ class Model(nn.Module):
     @property
     def n_actions(self) -> int:
         return len(self.action_names)
+
+    def fingerprint(self) -> str:
+        """The hash of this model's weights (:func:`xrl.artifacts.fingerprint` of its
+        ``state_dict``), computed now: what datasets, mask networks and RExL agents record about
+        the model they were made with, so another model is recognised and refused.
+
+        A model built from a file without reading its weights (``load_agent(..., weights=False)``,
+        what ``xrl bench --check`` does) stands for that file: it reports the fingerprint the
+        file's card records (``info["fingerprint"]``), or refuses when the card records none."""
+        if self.info.get("weights") == "not loaded":
+            recorded = self.info.get("fingerprint")
+            if not recorded:
+                raise ValueError(f"{self.info.get('source', 'this model')} was built without its weights and "
+                                 "its card records no fingerprint; load it with its weights")
+            return str(recorded)
+        return _fingerprint(self)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         scores = self.net(states)

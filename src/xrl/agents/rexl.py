@@ -16,7 +16,6 @@ fingerprint) and its card ``rexl.json``; :func:`load_rexl_agent` refuses another
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,20 +23,10 @@ import torch
 from torch import nn
 
 from xrl.agents.model import Model
-from xrl.files import atomic_path, write_json
+from xrl.artifacts import fingerprint, load_payload, save_payload
 
 FORMAT = "xrl.rexl_agent"
 MODES = ("ds", "cs", "is")
-
-
-def fingerprint(module: nn.Module) -> str:
-    """Hash of a module's weights (names, shapes, values)."""
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def build_extractor(model: Model, extractor: str | nn.Module, seed: int = 0) -> nn.Module:
@@ -139,13 +128,9 @@ def shared_trunk(agent: RExLAgent, model: nn.Module) -> Iterator[Callable[[torch
 def save_rexl_agent(agent: RExLAgent, path: str | Path, *, record: dict, card: dict) -> None:
     """``path`` and its card, atomically. ``record``: model fingerprint, input shape, noise,
     extractor name/seed, low/high (what :func:`load_rexl_agent` checks)."""
-    path = Path(path)
-    blob = {"format": FORMAT, "grid": agent.grid, "mode": agent.mode, "classes": agent.classes,
-            "n_classes": agent.n_classes, "feature_dim": agent.feature_dim, "extractor_fingerprint":
-            fingerprint(agent.extractor), "state_dict": agent.learnable(), **record}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-    write_json(path.with_suffix(".json"), card)
+    settings = {"grid": agent.grid, "mode": agent.mode, "classes": agent.classes, "n_classes": agent.n_classes,
+                "feature_dim": agent.feature_dim, "extractor_fingerprint": fingerprint(agent.extractor), **record}
+    save_payload(path, FORMAT, settings, agent.learnable(), card=card)
 
 
 def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | None = None,
@@ -153,12 +138,9 @@ def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | No
     """An agent saved by ``xrl train rexl`` for ``model``, and its record. Refused: a file that is
     not a RExL agent, another model (weights fingerprint or input shape), another grid, another
     feature extractor."""
-    from xrl.data.collect import agent_record
     path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a RExL agent (format={FORMAT!r}, written by xrl train rexl)")
-    mine = agent_record(model)["fingerprint"]
+    blob = load_payload(path, FORMAT)
+    mine = model.fingerprint()
     if blob["model_fingerprint"] != mine or list(blob["input_shape"]) != list(model.input_shape):
         raise ValueError(f"{path} was trained to explain another model ({blob['model_source']}, weights "
                          f"{blob['model_fingerprint']}, input {blob['input_shape']}); this model has weights {mine}, "
@@ -167,7 +149,8 @@ def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | No
         raise ValueError(f"{path} masks a {blob['grid']}x{blob['grid']} grid, {grid}x{grid} was asked; "
                          "a RExL agent works on the grid it was trained on")
     module = build_extractor(model, extractor if extractor is not None else blob["extractor"], blob["extractor_seed"])
-    if fingerprint(module) != blob["extractor_fingerprint"]:
+    # a model built without its weights (xrl bench --check) has stand-in ones: its trunk cannot be compared
+    if model.info.get("weights") != "not loaded" and fingerprint(module) != blob["extractor_fingerprint"]:
         raise ValueError(f"{path} was trained on another feature extractor ({blob['extractor']}, weights "
                          f"{blob['extractor_fingerprint']}); got weights {fingerprint(module)}")
     agent = RExLAgent(module, input_shape=model.input_shape, n_classes=blob["n_classes"], grid=blob["grid"],

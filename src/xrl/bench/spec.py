@@ -144,19 +144,27 @@ def find_spec(name_or_path: str | os.PathLike) -> Path:
                             f"shipped specs: {known}")
 
 
-def load_spec(name_or_path: str | os.PathLike) -> Spec:
-    """Read and check a spec file (or a shipped spec by name); raises :class:`SpecError`."""
+def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> Spec:
+    """Read and check a spec file (or a shipped spec by name); raises :class:`SpecError`.
+    ``load_weights=False`` (``xrl bench --check``) checks it without reading any agent's weights
+    (:func:`parse_spec`)."""
     path = find_spec(name_or_path)
     text = path.read_text()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError([f"{path}: not valid TOML: {err}"]) from None
-    return parse_spec(data, text=text, path=path)
+    return parse_spec(data, text=text, path=path, load_weights=load_weights)
 
 
-def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike | None = None) -> Spec:
-    """Check a spec given as a dict (what ``tomllib`` reads); ``text`` locates problems by line."""
+def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike | None = None,
+               load_weights: bool = True) -> Spec:
+    """Check a spec given as a dict (what ``tomllib`` reads); ``text`` locates problems by line.
+
+    ``load_weights=False`` checks it without reading any agent's weights (nothing in an agent file
+    runs either way): each agent is built from its file's settings with stand-in weights and the
+    fingerprint its card records (``load_agent(weights=False)``), which is enough to check envs,
+    data, methods and metrics; the Spec returned is for checking, not for running."""
     from xrl.explainers import EXPLAINERS, get_explainer
     from xrl.metrics import METRICS, get_metric
 
@@ -203,7 +211,8 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
         raw_agents = []
     for i, raw in enumerate(raw_agents):
         agent = _agent(raw, i, base, bad, models, loaded, labels_needed=[
-            m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"])
+            m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"],
+            load_weights=load_weights)
         if agent is not None:
             if agent.name in {a.name for a in agents}:
                 bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
@@ -245,6 +254,15 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
                 methods={m: method_settings.get(m, {}) for m in methods},
                 metrics={m: metric_settings.get(m, {}) for m in metrics},
                 not_run=not_run, text=text, path=str(path) if path else None, models=models)
+
+
+def _fingerprint(model: Model) -> str | None:
+    """The model's weights fingerprint; for one built without its weights, the one its card
+    records (None when it records none)."""
+    try:
+        return model.fingerprint()
+    except ValueError:
+        return None
 
 
 def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
@@ -300,9 +318,8 @@ def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str
 
 
 def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
-           labels_needed: list[str]) -> AgentSpec | None:
+           labels_needed: list[str], load_weights: bool = True) -> AgentSpec | None:
     from xrl.agents.load import load_agent
-    from xrl.data.collect import agent_record
     from xrl.data.dataset import StateDataset
     from xrl.envs import ENVS, make_env
 
@@ -334,7 +351,7 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     path = base / source
     source = str(path) if path.exists() else source
     try:
-        model = load_agent(source)
+        model = load_agent(source, weights=load_weights)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         bad(place + ("agent",), f"cannot load agent {raw['agent']!r}: {err}")
         return None
@@ -364,6 +381,12 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
                     bad(place + ("data",), f"dataset {data} holds states of shape {ds.state_shape}, "
                                            f"the agent takes {tuple(model.input_shape)}")
                     ok = False
+                collected_by, mine = (ds.agent or {}).get("fingerprint"), _fingerprint(model)
+                if collected_by and mine and collected_by != mine:
+                    bad(place + ("data",), f"dataset {data} was collected by another agent ({(ds.agent or {}).get('source')}, "
+                                           f"weights {collected_by}) than {raw['agent']!r} (weights {mine}); its actions are "
+                                           "that agent's: collect this agent's states (leave data out)")
+                    ok = False
                 has_labels = ds.has_labels
             data = str(data_path)
         except (ValueError, FileNotFoundError) as err:
@@ -387,7 +410,7 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     if not ok:
         return None
     models[name] = model
-    inputs = agent_record(model)["fingerprint"]
+    inputs = _fingerprint(model) or "weights not loaded"
     if data is not None:
         stat = Path(data).stat()
         inputs += f";data {stat.st_size} bytes, mtime {stat.st_mtime_ns}"

@@ -11,7 +11,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -116,11 +115,6 @@ def collect(
 
 def agent_record(model: Model) -> dict:
     """What a dataset records about its agent; ``fingerprint`` hashes the weights."""
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return {
         "source": model.info.get("source"),  # path or zoo name, as load_agent records it
         "card": model.info.get("card"),
@@ -128,7 +122,7 @@ def agent_record(model: Model) -> dict:
         "input_shape": list(model.input_shape),
         "score_kind": model.score_kind,
         "obs_scale": model.obs_scale,
-        "fingerprint": digest.hexdigest()[:16],
+        "fingerprint": model.fingerprint(),
     }
 
 

@@ -1,0 +1,199 @@
+"""The zoo: trained artifacts shipped with the repository (``zoo/<name>/``), listed, checked and
+found by what they were made for.
+
+* :func:`zoo_cards` — one row per zoo model (agents and classifiers): what ``xrl zoo`` prints;
+* :func:`zoo_artifacts` — every artifact of every kind (agents, DIGR students, classifiers, mask
+  networks, RExL agents) with its format and card, read without loading weights;
+* :func:`find_network` — the zoo explainer network (VisionMask, Stalder, RExL) trained for the
+  agent with a given weights fingerprint (``model.fingerprint()``);
+* :func:`verify` — every artifact's sha256 against its card, and that it loads
+  (``xrl zoo --verify``); :func:`update_sha256` records the sha256 in the cards
+  (``xrl zoo --update-sha256``).
+
+Run folders' checkpoints (``checkpoint.*``) are not artifacts: a run still training rewrites them.
+The zoo folder is ``$XRL_ZOO`` or the repository's ``zoo/``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xrl.artifacts import FORMATS, ArtifactError, card_path, check_sha256, read_card, read_header, sha256
+
+ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[2] / "zoo"))
+
+#: explainer kinds :func:`find_network` knows -> (artifact format, method recorded in the file)
+NETWORK_KINDS = {"visionmask": ("xrl.mask_network", "visionmask"),
+                 "stalder_explainer": ("xrl.mask_network", "stalder_explainer"),
+                 "rexl": ("xrl.rexl_agent", None)}
+
+
+def _zoo(zoo_dir: str | os.PathLike | None) -> Path:
+    zoo = Path(zoo_dir) if zoo_dir is not None else ZOO_DIR
+    if not zoo.is_dir():
+        raise ValueError(f"zoo folder {str(zoo)!r} does not exist (set XRL_ZOO or pass a folder)")
+    return zoo
+
+
+def zoo_artifacts(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every artifact in the zoo, sorted by path: ``path`` (the ``.pt``), ``name`` (its folder
+    relative to the zoo), ``format``, ``kind`` (agent, classifier, mask_network, rexl_agent),
+    ``header`` (the file's settings, no weights) and ``card``. An artifact is a ``.pt`` with a
+    card beside it, other than a run's ``checkpoint.pt``."""
+    zoo = _zoo(zoo_dir)
+    rows = []
+    for path in sorted(zoo.rglob("*.pt")):
+        if path.stem == "checkpoint" or path.name.startswith(".") or not card_path(path).exists():
+            continue
+        header = read_header(path)
+        rows.append({"path": path, "name": str(path.parent.relative_to(zoo)), "format": header["format"],
+                     "kind": FORMATS[header["format"]][0],
+                     "header": {k: v for k, v in header.items() if k != "state_dict"},
+                     "card": read_card(path)})
+    return rows
+
+
+def _explains(row: dict) -> str | None:
+    """The weights fingerprint of the model an explainer network was trained for."""
+    header = row["header"]
+    if row["format"] == "xrl.mask_network":
+        return (header.get("agent") or {}).get("fingerprint")
+    if row["format"] == "xrl.rexl_agent":
+        return header.get("model_fingerprint")
+    return None
+
+
+def find_networks(kind: str, agent_fingerprint: str, *, zoo_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every zoo network of ``kind`` (``visionmask``, ``stalder_explainer``, ``rexl``) trained for
+    the agent whose weights fingerprint is ``agent_fingerprint``, sorted by path (for ``rexl``:
+    dataset-specific agents first, then class-specific ones by class)."""
+    if kind not in NETWORK_KINDS:
+        raise ValueError(f"unknown network kind {kind!r}; known: {', '.join(NETWORK_KINDS)}")
+    fmt, method = NETWORK_KINDS[kind]
+    found = [row for row in zoo_artifacts(zoo_dir)
+             if row["format"] == fmt and (method is None or row["header"].get("method") == method)
+             and _explains(row) == agent_fingerprint]
+    if kind == "rexl":
+        found.sort(key=lambda r: (r["header"].get("mode") != "ds", r["header"].get("classes") or [], str(r["path"])))
+    return [row["path"] for row in found]
+
+
+def find_network(kind: str, agent_fingerprint: str, *, zoo_dir: str | os.PathLike | None = None) -> Path | None:
+    """The zoo network of ``kind`` made for the agent with weights fingerprint
+    ``agent_fingerprint`` (``model.fingerprint()``), or None. For ``rexl`` the dataset-specific
+    agent is preferred (class-specific ones: :func:`find_networks`). Reads no weights.
+
+    Example::
+
+        path = find_network("visionmask", model.fingerprint())   # zoo/.../visionmask.pt or None
+    """
+    found = find_networks(kind, agent_fingerprint, zoo_dir=zoo_dir)
+    return found[0] if found else None
+
+
+def verify(zoo_dir: str | os.PathLike | None = None, *, load: bool = True) -> list[str]:
+    """Problems found in the zoo (an empty list when every artifact is sound): a card without
+    ``sha256``, a file whose sha256 differs from its card's, a file that does not load (``load``),
+    a loaded agent whose weights fingerprint differs from its card's."""
+    from xrl.agents.load import load_artifact
+    problems = []
+    for row in zoo_artifacts(zoo_dir):
+        path, card = row["path"], row["card"]
+        problem = check_sha256(path)
+        if problem:
+            problems.append(problem)
+        if not load:
+            continue
+        try:
+            loaded = load_artifact(path)
+        except (ValueError, TypeError, OSError, RuntimeError) as err:
+            problems.append(f"{path}: does not load: {err}")
+            continue
+        want, have = card.get("fingerprint"), weights_fingerprint(path, loaded)
+        if want and have != want:
+            problems.append(f"{path}: weights fingerprint {have}, its card records {want}")
+    return problems
+
+
+def weights_fingerprint(path: str | os.PathLike, loaded=None) -> str:
+    """What an artifact's card records as ``fingerprint``: for models (agents, classifiers) the
+    loaded Model's (what datasets and explainer networks record), for other kinds that of the
+    weights stored in the file."""
+    from xrl.artifacts import fingerprint, load_payload
+    if callable(getattr(loaded, "fingerprint", None)):
+        return loaded.fingerprint()
+    return fingerprint(load_payload(path)["state_dict"])
+
+
+def update_sha256(zoo_dir: str | os.PathLike | None = None, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Record each artifact's sha256 (and, for models, its weights fingerprint) in its card;
+    folders named in ``skip`` are left alone. Returns the cards changed."""
+    from xrl.agents.load import load_artifact
+    from xrl.files import write_json
+    changed = []
+    for row in zoo_artifacts(zoo_dir):
+        if row["name"].split("/")[0] in skip:
+            continue
+        path, card = row["path"], dict(row["card"])
+        fields = {"sha256": sha256(path), "format": row["format"],
+                  "fingerprint": weights_fingerprint(path, load_artifact(path))}
+        if any(card.get(k) != v for k, v in fields.items()):
+            write_json(card_path(path), {**card, **fields})
+            changed.append(card_path(path))
+    return changed
+
+
+# ------------------------------------------------------------------ the listing of xrl zoo
+
+def _score_text(score: dict) -> str:
+    """A card's measured score in words: success rate and/or mean return over N episodes, or a
+    classifier's validation accuracy."""
+    if "val_accuracy" in score:
+        return f"validation accuracy {score['val_accuracy']:.3f}"
+    if "mean_return" not in score:
+        return ""
+    text = (f"return {score['mean_return']:.4g} ± {score.get('std_return', float('nan')):.3g} "
+            f"over {score.get('episodes', '?')} episodes")
+    if score.get("success_rate") is not None:  # share of positive returns: goal reached, game won
+        text += f", {score['success_rate']:.0%} positive"
+    return text
+
+
+def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
+    """One row per zoo model (a folder with ``agent.json`` or ``classifier.json``), sorted by name:
+    ``name, kind, env, arch, trained, planned, finished, score, score_sampled, command, path``.
+
+    ``trained`` counts what the card says was trained (PPO timesteps, DIGR updates or classifier
+    epochs) and ``planned`` what its command asks for (None where the card does not say);
+    ``finished`` is False for a run stopped short of its plan (its folder keeps the checkpoint
+    that the card's command resumes)."""
+    zoo = _zoo(zoo_dir)
+    rows = []
+    for path in sorted([*zoo.glob("*/agent.json"), *zoo.glob("*/classifier.json")]):
+        card = read_card(path.with_suffix(".pt"))
+        classifier = path.name == "classifier.json"
+        env = card.get("env") or {}
+        settings = env.get("settings") or {}
+        env_text = (env.get("name", "") + (" " + ",".join(f"{k}={v}" for k, v in settings.items())
+                                           if settings else "")) if env else card.get("settings", {}).get("data", "")
+        if classifier:
+            trained = planned = card.get("settings", {}).get("epochs")  # score.epoch: the best one
+        elif "updates" in card:
+            trained, planned = card["updates"], card.get("updates_planned")
+        else:
+            trained, planned = card.get("timesteps"), card.get("timesteps_planned")
+        rows.append({
+            "name": path.parent.name, "kind": "classifier" if classifier else card.get("algo", "agent"),
+            "env": env_text, "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
+            "trained": trained, "planned": planned,
+            "finished": not (planned and trained is not None and trained < planned),
+            "score": _score_text(card.get("score") or {}),
+            "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
+            "command": card.get("command", ""),
+            "path": str(path),
+        })
+    return rows
+
+
+__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "update_sha256", "verify",
+           "zoo_artifacts", "zoo_cards"]
