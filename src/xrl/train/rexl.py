@@ -95,13 +95,8 @@ class RExLArgs(AcerSettings):
 
 
 def load_explained(spec: str) -> Model:
-    """An xrl classifier file, or anything :func:`xrl.load_agent` takes."""
-    path = Path(spec)
-    if path.suffix == ".pt" and path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(blob, dict) and blob.get("format") == "xrl.classifier":
-            from xrl.classifiers import load_classifier
-            return load_classifier(path)
+    """An xrl classifier file, or anything :func:`xrl.load_agent` takes (which dispatches by the
+    file's format marker, :mod:`xrl.artifacts`)."""
     from xrl.agents.load import load_agent
     return load_agent(spec)
 
