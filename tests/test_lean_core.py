@@ -81,11 +81,11 @@ def test_heavy_dependencies_load_on_first_use():
 
 #: docs/architecture.md, *Layers*: a module imports (at module level) only from its layer or below
 LAYERS = [
-    ("xrl.registry", "xrl.files", "xrl.compat", "xrl.ops"),
+    ("xrl.registry", "xrl.files", "xrl.compat", "xrl.ops", "xrl.artifacts"),
     ("xrl.agents.model", "xrl.envs.labels"),
     ("xrl.explainers", "xrl.metrics", "xrl.envs", "xrl.attacks.attacks", "xrl.attacks", "xrl.agents.mask_nets",
      "xrl.agents.rexl"),
-    ("xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers"),
+    ("xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers", "xrl.zoo"),
     ("xrl.attacks.evaluate", "xrl.train", "xrl.evaluation", "xrl.bench", "xrl.report", "xrl.viz", "xrl.watch",
      "xrl.demo", "xrl.cli", "xrl.reproduce"),
 ]
