@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from xrl.envs import ENVS, list_envs
 from xrl.explainers import EXPLAINERS, list_explainers
 from xrl.metrics import METRICS, list_metrics
+from xrl.train.run import RunLocked, add_flags, from_flags
 
 
 def _value(text: str):
@@ -102,68 +104,16 @@ def cmd_metrics(args) -> None:
 
 def cmd_train_agent(args) -> None:
     from xrl.train.agent import AgentArgs, train_agent
-    path = train_agent(AgentArgs(
-        env=args.env, env_settings=_settings(args.set), arch=args.arch, total_timesteps=args.timesteps,
-        seed=args.seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every,
-        eval_episodes=args.eval_episodes, reward_scale=args.reward_scale, algo=args.algo,
-        dqn=_settings(args.dqn), out=args.out),
-        export_only=args.export_only)
+    path = train_agent(from_flags(AgentArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nscore: {json.dumps(card['score'])}")
     if "score_sampled" in card:
         print(f"score of the sampled policy: {json.dumps(card['score_sampled'])}")
 
 
-def _dataclass_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
-    """One ``--flag`` per field of a training dataclass (its one-line doc as help); fields
-    without a default are required; booleans take true/false."""
-    import dataclasses
-    docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else f.default
-        kind = {"bool": _bool, "int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        parser.add_argument(flag, dest=f.name, type=kind, required=required, default=default,
-                            help=docs.get(f.name, "") + ("" if required else f" (default {default})"))
-
-
-def _from_flags(cls, args: argparse.Namespace):
-    """The training dataclass ``cls`` filled from the flags ``_dataclass_flags`` made for it."""
-    import dataclasses
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _field_docs(cls) -> dict[str, str]:
-    """The string literal under each dataclass field (the CleanRL-style one-line docs)."""
-    import ast
-    import dataclasses
-    import inspect
-    docs = {}
-    for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body
-        for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
-                    and isinstance(after.value, ast.Constant)):
-                docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
-    return docs
-
-
 def cmd_train_digr(args) -> None:
     from xrl.train.digr import DigrArgs, train_digr
-    path = train_digr(_from_flags(DigrArgs, args))
+    path = train_digr(from_flags(DigrArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nstudent: {json.dumps(card['score'])}\nteacher: {json.dumps(card['teacher_score'])}")
 
@@ -172,21 +122,21 @@ def cmd_train_masks(args) -> None:
     from xrl.train import visionmask
     cls, train = {"visionmask": (visionmask.VisionMaskArgs, visionmask.train_visionmask),
                   "stalder-explainer": (visionmask.StalderArgs, visionmask.train_stalder)}[args.what]
-    path = train(_from_flags(cls, args))
+    path = train(from_flags(cls, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nbest epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}")
 
 
 def cmd_train_rexl(args) -> None:
     from xrl.train.rexl import RExLArgs, train_rexl
-    path = train_rexl(_from_flags(RExLArgs, args))
+    path = train_rexl(from_flags(RExLArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\n{card['what']}: {json.dumps(card['score'])}")
 
 
 def cmd_train_classifier(args) -> None:
     from xrl.train.classifier import ClassifierArgs, train_classifier
-    path = train_classifier(_from_flags(ClassifierArgs, args))
+    path = train_classifier(from_flags(ClassifierArgs, args))
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"saved {path}\nbest: {json.dumps(card['score'])}")
 
@@ -354,8 +304,38 @@ def cmd_demo(args) -> None:
     run_demo(out=args.out, quick=args.quick)
 
 
+#: ``xrl train <name>``: (module, settings dataclass, function, help); the flags are the dataclass's
+TRAINERS = {
+    "agent": ("xrl.train.agent", "AgentArgs", "PPO or DQN agent (checkpoints, resumes when run again)"),
+    "digr": ("xrl.train.digr", "DigrArgs", "DIGR student: gradient saliency like the teacher's perturbation "
+             "saliency (checkpoints, resumes when run again)"),
+    "visionmask": ("xrl.train.visionmask", "VisionMaskArgs", "VisionMask network: one mask per action of an agent "
+                   "(checkpoints, resumes when run again)"),
+    "stalder-explainer": ("xrl.train.visionmask", "StalderArgs", "Stalder et al. 2022 Explainer network "
+                          "(VisionMask's learned baseline; resumes when run again)"),
+    "rexl": ("xrl.train.rexl", "RExLArgs", "RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks grid cells to explain "
+             "a classifier or an agent (checkpoints, resumes when run again)"),
+    "classifier": ("xrl.train.classifier", "ClassifierArgs", "image classifier on the generated shapes dataset or "
+                   "an image folder (checkpoints, resumes when run again)"),
+}
+
+
+def _train_commands(sub) -> None:
+    """``xrl train <what>``: every flag made from the trainer's dataclass (``xrl.train.run.add_flags``)."""
+    import importlib
+    handlers = {"agent": cmd_train_agent, "digr": cmd_train_digr, "visionmask": cmd_train_masks,
+                "stalder-explainer": cmd_train_masks, "rexl": cmd_train_rexl, "classifier": cmd_train_classifier}
+    train = sub.add_parser("train", help="train an agent, a DIGR student, a mask network, a RExL agent or a "
+                                         "classifier").add_subparsers(dest="what", required=True)
+    for name, (module, cls, helptext) in TRAINERS.items():
+        t = train.add_parser(name, help=helptext)
+        add_flags(t, getattr(importlib.import_module(module), cls))
+        t.set_defaults(fn=handlers[name])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images.")
+    p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images. "
+                                "--debug (anywhere on the line) shows tracebacks instead of one-line errors.")
     p.add_argument("--trust-pickle", action="store_true",
                    help="let Stable-Baselines3 unpickle .zip files that cannot be rebuilt from their weights and "
                         "JSON: this RUNS CODE from the file, use it only for files from a source you trust")
@@ -373,54 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
     sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
 
-    train = sub.add_parser("train", help="train an agent").add_subparsers(dest="what", required=True)
-    t = train.add_parser("agent", help="PPO or DQN agent (checkpoints, resumes when run again)")
-    t.add_argument("--env", required=True, help="registered env name (xrl envs)")
-    t.add_argument("--arch", default=None, help="architecture (grid_cnn, nature_cnn); default per env")
-    t.add_argument("--timesteps", type=int, default=1_000_000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--n-envs", type=int, default=None)
-    t.add_argument("--checkpoint-every", type=int, default=50_000)
-    t.add_argument("--eval-episodes", type=int, default=100)
-    t.add_argument("--reward-scale", type=float, default=None,
-                   help="multiply training rewards (scores stay the game's); default per env (vizdoom-basic 0.01, mario 0.1, else 1)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
-    t.add_argument("--algo", default="ppo", choices=["ppo", "dqn"],
-                   help="PPO (default) or DQN (one env, highway-env's image recipe: xrl.train.agent.DQN_DEFAULTS)")
-    t.add_argument("--dqn", action="append", metavar="KEY=VALUE",
-                   help="DQN setting over the defaults, e.g. buffer_size=50000 (repeatable; with --algo dqn)")
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--export-only", action="store_true",
-                   help="export the latest checkpoint of an unfinished run (agent.pt + card) without training")
-    t.set_defaults(fn=cmd_train_agent)
+    _train_commands(sub)
+    _data_commands(sub)
+    _bench_commands(sub)
+    return p
 
-    from xrl.train.digr import DigrArgs
-    t = train.add_parser("digr", help="DIGR student: gradient saliency like the teacher's perturbation "
-                                      "saliency (checkpoints, resumes when run again)")
-    _dataclass_flags(t, DigrArgs)
-    t.set_defaults(fn=cmd_train_digr)
 
-    from xrl.train.visionmask import StalderArgs, VisionMaskArgs
-    t = train.add_parser("visionmask", help="VisionMask network: one mask per action of an agent "
-                                            "(checkpoints, resumes when run again)")
-    _dataclass_flags(t, VisionMaskArgs)
-    t.set_defaults(fn=cmd_train_masks)
-    t = train.add_parser("stalder-explainer", help="Stalder et al. 2022 Explainer network (VisionMask's "
-                                                   "learned baseline; resumes when run again)")
-    _dataclass_flags(t, StalderArgs)
-    t.set_defaults(fn=cmd_train_masks)
-
-    from xrl.train.classifier import ClassifierArgs
-    from xrl.train.rexl import RExLArgs
-    t = train.add_parser("rexl", help="RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks grid cells to explain a "
-                                      "classifier or an agent (checkpoints, resumes when run again)")
-    _dataclass_flags(t, RExLArgs)
-    t.set_defaults(fn=cmd_train_rexl)
-    t = train.add_parser("classifier", help="image classifier on the generated shapes dataset or an image folder "
-                                            "(checkpoints, resumes when run again)")
-    _dataclass_flags(t, ClassifierArgs)
-    t.set_defaults(fn=cmd_train_classifier)
-
+def _data_commands(sub) -> None:
+    """attack, collect, explain, evaluate, counterfactual."""
     a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
     a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")
     a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
@@ -479,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="counterfactuals", help="folder of PNGs")
     f.set_defaults(fn=cmd_counterfactual)
 
+def _bench_commands(sub) -> None:
+    """bench, report, watch, demo, reproduce."""
     b = sub.add_parser("bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, "
                                      "in process or on Ray")
     b.add_argument("spec", help="spec file (TOML) or a shipped spec: quick, full")
@@ -518,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from xrl.reproduce.cli import add_parser as add_reproduce  # the parser and handler live in xrl/reproduce
     add_reproduce(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,16 +468,35 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     trust = "--trust-pickle" in argv  # accepted anywhere on the line (docs/artifacts.md)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)  # tracebacks instead of one-line errors
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
     args = build_parser().parse_args([a for a in argv if a != "--trust-pickle"])
+    if "--trust-pickle" in argv and hasattr(args, "trust_pickle"):  # xrl train agent/digr
+        args.trust_pickle = True
     try:
         if trust:
             from xrl.agents.load import trusting_pickle
             with trusting_pickle():
                 return args.fn(args) or 0
         return args.fn(args) or 0
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"xrl {args.command}: error: {err}", file=sys.stderr)
+    except EXPECTED as err:
+        if debug:
+            raise
+        print(f"xrl {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+#: failures of a user's input or files (bad settings, missing or damaged files, a locked run
+#: folder, a diverged training): one line with the path or setting, exit 2; anything else is a bug
+#: and keeps its traceback. ``--debug`` shows the traceback of these too.
+EXPECTED = (ValueError, TypeError, OSError, RunLocked, FloatingPointError, EOFError, zipfile.BadZipFile)
+
+
+def _message(err: BaseException) -> str:
+    """The error's text, with the file name an OSError carries."""
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err) or type(err).__name__
 
 
 if __name__ == "__main__":
