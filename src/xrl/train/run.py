@@ -192,15 +192,20 @@ def field_docs(cls) -> dict[str, str]:
 
 def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
     """One ``--flag`` per field of a training dataclass (its one-line doc as help): the flag is
-    the field's name with dashes, or ``metadata["flag"]``; fields without a default are
-    required; booleans take true/false; dict fields are repeatable ``KEY=VALUE`` flags."""
+    the field's name with dashes, or ``metadata["flag"]``; fields without a default (or with
+    ``metadata["required"]``) are required; booleans take true/false, ``metadata["switch"]``
+    ones are bare switches; dict fields are repeatable ``KEY=VALUE`` flags; ``metadata["choices"]``."""
     docs = field_docs(cls)
     kinds = _kinds(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         help_ = docs.get(f.name, "")
+        if f.metadata.get("switch"):  # a flag without a value (e.g. --export-only)
+            parser.add_argument(_flag(f), dest=f.name, action="store_true", help=help_)
+            continue
+        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) \
+            or f.metadata.get("required", False)
         kind = kinds[f.name][0][0] if kinds[f.name][0] else str
         if kind is dict:
             parser.add_argument(_flag(f), dest=f.name, action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
@@ -231,7 +236,7 @@ def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, sk
     ``pair_defaults``: for dict fields, the values a key may be left out at."""
     parts = [prog]
     for f in dataclasses.fields(args):
-        if f.name in skip or f.metadata.get("cli") is False:
+        if f.name in skip or f.metadata.get("cli") is False or f.metadata.get("switch"):
             continue
         value = getattr(args, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
