@@ -24,14 +24,17 @@ job=${1:-demo}; shift || true
 case "$job" in
   demo) exec .venv/bin/xrl demo "$@" ;;
   test)
-    # the report is tested in a real browser: Debian's chromium, installed when missing
-    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    # the report and xrl serve are tested in a real browser: Debian's chromium (and, for serve,
+    # Debian's chromedriver), installed when missing
+    if { ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; } \
+        || ! command -v chromedriver >/dev/null; then
       if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "run.sh: installing chromium (for the report test)" >&2
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-          || echo "run.sh: could not install chromium; the report test will fail" >&2
+        echo "run.sh: installing chromium and chromium-driver (for the report and serve tests)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+          || echo "run.sh: could not install chromium; the report and serve browser tests will fail" >&2
       else
-        echo "run.sh: chromium is missing; the report test will fail (sudo apt-get install chromium)" >&2
+        echo "run.sh: chromium or chromedriver is missing; the report and serve browser tests will fail" \
+             "(sudo apt-get install chromium chromium-driver)" >&2
       fi
     fi
     exec .venv/bin/python -m pytest "$@" ;;
