@@ -1,0 +1,200 @@
+"""xrl serve driven in a real headless browser: Debian's chromium through Debian's chromedriver
+(selenium from PyPI; nothing is downloaded at run time). The page is loaded from a server on a
+free port of 127.0.0.1; the test steps the timeline, plays it, switches method, selects another
+action, drags a perturbation rectangle, undoes it, asks for the per-frame scores, shows methods
+side by side, exports a PNG, and saves a screenshot checked not to be blank.
+
+The same drive makes the screenshot in docs/serve.md::
+
+    .venv/bin/python tests/test_serve_browser.py docs/images/serve.png
+"""
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+AGENT = "red-fetch-green"
+VM = "visionmask:red-fetch-green-visionmask"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1320,1080"]
+
+
+def browser():
+    """Headless chromium through Debian's chromedriver; a clear failure when either is missing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = next((p for n in ("chromium", "chromium-browser") if (p := shutil.which(n))), None)
+    driver = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+    if binary is None or driver is None:
+        # deliberately a failure, not a skip: the page is only tested in a real browser
+        pytest.fail("needs chromium and chromedriver on PATH: `bash run.sh test` installs Debian's "
+                    "chromium and chromium-driver packages (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def settle(d, timeout: float = 60) -> None:
+    """Wait until the page has no request in flight (``body[data-busy="0"]``) for a moment."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 3:
+        busy = d.execute_script("return document.body.dataset.busy")
+        quiet = quiet + 1 if busy == "0" else 0
+        assert time.monotonic() < deadline, f"the page stayed busy ({busy} requests)"
+        time.sleep(0.1)
+    error = d.find_element("id", "error")
+    assert not error.is_displayed(), error.text
+
+
+def overlay(d, selector: str = "#view") -> str:
+    return d.execute_script("return document.querySelector(arguments[0]).dataset.overlay || ''", selector)
+
+
+def bars(d, attribute: str = "value") -> list[float]:
+    return d.execute_script(f"return [...document.querySelectorAll('#bars .bar')].map(b => b.dataset.{attribute} === undefined ? null : Number(b.dataset.{attribute}))")
+
+
+def not_blank(image: np.ndarray) -> None:
+    """A real picture: many colours and contrast, not one flat colour."""
+    assert image.std() > 20, image.std()
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50
+
+
+def drive(url: str, screenshot: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    d = browser()
+    try:
+        d.get(url)
+        deadline = time.monotonic() + 120  # the server loads the agent and records the episode
+        while not d.execute_script("return document.querySelectorAll('#bars .bar').length"):
+            assert time.monotonic() < deadline, "the page never showed the agent's actions"
+            time.sleep(0.2)
+        settle(d)
+        step = d.find_element("id", "step")
+        assert step.text.startswith("step 0 /")
+        first = overlay(d)
+        assert first
+
+        # step the timeline: the frame and its map change
+        d.find_element("id", "next").click()
+        settle(d)
+        assert step.text.startswith("step 1 /")
+        stepped = overlay(d)
+        assert stepped and stepped != first
+
+        # play to the end of the (short) episode, then scrub back to step 1 with the keyboard
+        d.find_element("id", "play").click()
+        deadline = time.monotonic() + 60
+        while d.find_element("id", "play").text != "Play":
+            assert time.monotonic() < deadline, "playing never stopped at the end of the episode"
+            time.sleep(0.2)
+        settle(d)
+        last = int(d.find_element("id", "scrub").get_attribute("max"))
+        assert step.text.startswith(f"step {last} /")
+        d.find_element("tag name", "body").send_keys("\ue011")  # Home
+        settle(d)
+        d.find_element("id", "next").click()
+        settle(d)
+        assert step.text.startswith("step 1 /") and overlay(d) == stepped  # cached, the same map
+
+        # switch method: a zoo VisionMask network for this agent
+        Select(d.find_element("id", "method")).select_by_value(VM)
+        settle(d)
+        by_vm = overlay(d)
+        assert by_vm and by_vm != stepped
+
+        # select another action: its map
+        taken = d.execute_script("return [...document.querySelectorAll('#bars .bar')].findIndex(b => b.classList.contains('selected'))")
+        other = (taken + 1) % len(bars(d))
+        d.find_element("id", f"bar-{other}").click()
+        settle(d)
+        assert "selected" in d.find_element("id", f"bar-{other}").get_attribute("class")
+        other_map = overlay(d)
+        assert other_map and other_map != by_vm
+
+        # poke: drag a rectangle over the middle of the frame, blacked out
+        Select(d.find_element("id", "kind")).select_by_value("black")
+        view = d.find_element("id", "view")
+        w, h = view.size["width"], view.size["height"]
+        ActionChains(d).move_to_element_with_offset(view, -w // 4, -h // 4).click_and_hold() \
+            .move_by_offset(w // 4, h // 4).move_by_offset(w // 4, h // 4).release().perform()
+        settle(d)
+        original, poked = bars(d), bars(d, "poked")
+        assert len(poked) == len(original) and all(isinstance(v, float) for v in poked)
+        assert max(abs(a - b) for a, b in zip(original, poked)) > 1e-6, (original, poked)
+        assert d.find_element("id", "poke-result").text.startswith("Poked:")
+        poked_map = overlay(d)
+        assert poked_map and poked_map != other_map
+
+        # side by side (with the poke): two more methods on the same frame
+        for method in ("gradient", "greydanus"):
+            d.find_element("css selector", f"#compare-pick input[value='{method}']").click()
+        settle(d)
+        tiles = [overlay(d, f"#compare canvas[data-method='{m}']") for m in ("gradient", "greydanus")]
+        assert all(tiles) and tiles[0] != tiles[1]
+        d.save_screenshot(str(screenshot))  # the view with the poke, bars before/after, side by side
+
+        # undo: back to the recorded frame's bars and map (from the cache)
+        d.find_element("id", "undo").click()
+        settle(d)
+        assert all(v is None for v in bars(d, "poked")) and overlay(d) == other_map  # no poked bars
+
+        # per-frame scores: deletion/insertion curves and localization (the env has ground truth)
+        d.find_element("id", "scores-btn").click()
+        settle(d)
+        assert float(d.find_element("id", "deletion-auc").text) >= 0
+        assert float(d.find_element("id", "localization-auc").text) >= 0
+        assert d.execute_script("return document.getElementById('curves').dataset.drawn") == "1"
+
+        # export the view as PNG
+        d.find_element("id", "png").click()
+        url = d.execute_script("return window.xrlLastExport || ''")
+        assert url.startswith("data:image/png;base64,")
+        not_blank(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")))
+    finally:
+        d.quit()
+    not_blank(np.asarray(Image.open(screenshot).convert("RGB")))
+
+
+def serve_and_drive(screenshot: Path, cache: Path) -> None:
+    from xrl.serve.app import ServerThread, create_app
+    from xrl.serve.engine import Engine
+
+    engine = Engine(cache=cache, max_steps=40)
+    engine.preload(AGENT)
+    try:
+        with ServerThread(create_app(engine, default_agent=AGENT, default_seed=0)) as server:
+            drive(server.url, screenshot)
+    finally:
+        engine.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_page_in_headless_chromium(tmp_path):
+    serve_and_drive(tmp_path / "serve.png", tmp_path / "cache")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images/serve.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        serve_and_drive(out, Path(tmp))
+    print(f"wrote {out}")
