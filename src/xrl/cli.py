@@ -460,6 +460,8 @@ def _bench_commands(sub) -> None:
 
     from xrl.reproduce.cli import add_parser as add_reproduce  # the parser and handler live in xrl/reproduce
     add_reproduce(sub)
+    from xrl.serve import add_parser as add_serve  # the parser and handler live in xrl/serve (docs/serve.md)
+    add_serve(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
