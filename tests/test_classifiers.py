@@ -9,6 +9,7 @@ from PIL import Image
 
 from xrl.classifiers import ShapesCNN, load_classifier, torchvision_classifier, trunk_of
 from xrl.train.classifier import ClassifierArgs, load_image_folder, train_classifier
+from xrl.train.run import latest_checkpoint
 from xrl.data.shapes import CLASSES, make_shapes, object_labels, shape_mask, split
 
 
@@ -77,7 +78,8 @@ def test_classifier_training_resumes_to_the_same_weights(tmp_path):
     full = train_classifier(ClassifierArgs(out=str(tmp_path / "full"), epochs=2, **settings))
     train_classifier(ClassifierArgs(out=str(tmp_path / "part"), epochs=2, **settings), stop_at=1)
     part = train_classifier(ClassifierArgs(out=str(tmp_path / "part"), epochs=2, **settings))
-    a, b = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True), torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    a, b = (torch.load(latest_checkpoint(tmp_path / name) / "state.pt", weights_only=True) for name in ("full", "part"))
+    assert latest_checkpoint(tmp_path / "part").name == f"{2:012d}"
     for k, v in a["net"].items():
         assert torch.equal(v, b["net"][k]), k
     model = load_classifier(full)
@@ -87,7 +89,7 @@ def test_classifier_training_resumes_to_the_same_weights(tmp_path):
     assert card["command"].startswith("xrl train classifier") and "--size 16" in card["command"]
     assert part.exists()
     with pytest.raises(ValueError, match="not an xrl classifier"):
-        load_classifier(tmp_path / "full" / "checkpoint.pt")
+        load_classifier(latest_checkpoint(tmp_path / "full") / "state.pt")
 
 
 def test_the_trainer_is_still_importable_from_classifiers():

@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 import xrl
 from xrl.classifiers import build_net, save_classifier
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.files import write_json
+from xrl.train.run import Run, check_settings, command, load_tensors
 
 
 # ------------------------------------------------------------------ image folders
@@ -75,7 +77,7 @@ class ClassifierArgs:
     data: str = "shapes"
     """training images: shapes (the generated dataset) or an image folder"""
     out: str = "runs/shapes-classifier"
-    """run folder: checkpoint.pt, history.json, args.json, then classifier.pt and classifier.json"""
+    """run folder: checkpoints/, history.json, args.json, then classifier.pt and classifier.json"""
     arch: str = "shapes_cnn"
     """shapes_cnn or a torchvision classification architecture (weights=None)"""
     size: int = 56
@@ -93,6 +95,11 @@ class ClassifierArgs:
     seed: int = 0
     """seed of the data, the initialisation and the shuffling"""
     progress: bool = True
+
+    LIMITS: ClassVar[dict] = {"size": ">=1", "n_train": ">=1", "n_val": ">=1", "epochs": ">=1", "batch_size": ">=1",
+                              "learning_rate": ">0", "seed": ">=0"}
+    #: may change between a run and its resumption
+    IGNORED: ClassVar[set] = {"epochs", "progress", "out"}
 
 
 def _data(args: ClassifierArgs):
@@ -125,15 +132,22 @@ def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
 
 def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a classifier; returns ``out/classifier.pt`` (the best validation accuracy)."""
-    run = Path(args.out)
-    check_run_settings(run, dataclasses.asdict(args), ignore={"epochs", "progress", "out"})
-    x_train, y_train, x_val, y_val, names = _data(args)
+    check_settings(args)
+    x_train, y_train, x_val, y_val, names = _data(args)  # a bad image folder fails before anything is written
+    with Run(args.out, dataclasses.asdict(args), ignore=ClassifierArgs.IGNORED, outputs=("classifier.pt",)) as run:
+        return _train(args, run, x_train, y_train, x_val, y_val, names, stop_at)
+
+
+def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names, stop_at) -> Path:
+    folder = run.folder
     torch.manual_seed(args.seed)
     net = build_net(args.arch, len(names))
     optimiser = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
     start, history, best = 0, {"epochs": []}, None
-    if (run / "checkpoint.pt").exists():
-        blob = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    latest = run.latest()
+    saved = latest / "state.pt" if latest is not None else folder / "checkpoint.pt"  # checkpoint.pt: before run.py
+    if saved.exists():
+        blob = load_tensors(saved)
         net.load_state_dict(blob["net"])
         optimiser.load_state_dict(blob["optimiser"])
         start, history, best = blob["epoch"], json.loads(blob["history"]), json.loads(blob["best"])
@@ -150,7 +164,7 @@ def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Pat
             loss = _loss(net(x), torch.as_tensor(y_train[rows.numpy()]))
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
-                                         f"checkpoint (epoch {epoch}) is kept in {run}; lower learning_rate")
+                                         f"checkpoint (epoch {epoch}) is kept in {folder}; lower learning_rate")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -162,23 +176,21 @@ def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Pat
         bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation accuracy {record['val_accuracy']:.3f}")
         if best is None or record["val_accuracy"] > best["val_accuracy"]:
             best = record
-            save_classifier(net, run / "classifier.pt", arch=args.arch, size=args.size, class_names=names,
+            save_classifier(net, folder / "classifier.pt", arch=args.arch, size=args.size, class_names=names,
                             card=_card(args, best, names))
-        with atomic_path(run / "checkpoint.pt") as tmp:
-            torch.save({"epoch": epoch + 1, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
-                        "history": json.dumps(history), "best": json.dumps(best)}, tmp)
-        write_json(run / "history.json", history)
+        blob = {"epoch": epoch + 1, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                "history": json.dumps(history), "best": json.dumps(best)}
+        run.save(epoch + 1, lambda f: torch.save(blob, f / "state.pt"))
+        write_json(folder / "history.json", history)
         if stop_at is not None and epoch + 1 >= stop_at:
             break
     bar.close()
     history["train_seconds_last_run"] = round(time.time() - started, 1)
-    write_json(run / "history.json", history)
-    return run / "classifier.pt"
+    write_json(folder / "history.json", history)
+    return folder / "classifier.pt"
 
 
 def _card(args: ClassifierArgs, best: dict, names: list[str]) -> dict:
-    flags = " ".join(f"--{f.name.replace('_', '-')} {getattr(args, f.name)}" for f in dataclasses.fields(args)
-                     if f.name != "progress" and getattr(args, f.name) != f.default)
     return {"what": f"{args.arch} image classifier on {args.data}", "class_names": names,
             "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": f"xrl train classifier {flags}".strip(), "score": best, "xrl_version": xrl.__version__}
+            "command": command("xrl train classifier", args), "score": best, "xrl_version": xrl.__version__}
