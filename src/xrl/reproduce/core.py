@@ -62,6 +62,9 @@ class Target:
     measured: str = "not measured yet"
     """how long the full budget took here, and under which load (``--list`` prints it)"""
     docs: str = ""
+    selectors: tuple = ()
+    """settings that only choose which rows run (lists of agents, settings, attacks...): each row
+    names its item, so these are left out of the rows' keys and narrowing them reuses rows"""
 
     def resolved(self, overrides: Mapping | None = None, *, quick: bool = False) -> dict:
         settings = dict(self.settings)
@@ -70,6 +73,8 @@ class Target:
         for key, value in (overrides or {}).items():
             if key not in self.settings:
                 raise ValueError(f"{self.name} has no setting {key!r}; its settings: {', '.join(sorted(self.settings))}")
+            if isinstance(self.settings[key], list) and not isinstance(value, list):
+                value = [value]  # --set agents=pong: a list of one
             settings[key] = value
         return settings
 
@@ -90,7 +95,8 @@ class Run:
 
     # -- rows -------------------------------------------------------------------------------------
     def key(self, name: str) -> str:
-        text = json.dumps({"target": self.target.name, "settings": self.settings, "row": name},
+        settings = {k: v for k, v in self.settings.items() if k not in self.target.selectors}
+        text = json.dumps({"target": self.target.name, "settings": settings, "row": name},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -262,6 +262,7 @@ TABLE1 = Target(
            "time_repeats": 1, "score_episodes": 2},
     run=run_table1,
     docs="docs/digr.md",
+    selectors=("labels",),
 )
 
 ATTACKS = Target(
@@ -275,4 +276,5 @@ ATTACKS = Target(
     quick={"attacks": ["fgsm", "mad"], "eps": [0.05], "episodes": 2, "batch": 2, "max_steps": 6},
     run=run_attacks,
     docs="docs/digr.md",
+    selectors=("attacks", "eps"),
 )

@@ -242,6 +242,7 @@ FREE_LUNCH = Target(
     quick={"envs": ["red-fetch-green"], "episodes": 3, "batch": 3},
     run=run_free_lunch,
     docs="docs/fls.md",
+    selectors=("envs",),
 )
 
 LOCALIZATION = Target(
@@ -258,6 +259,7 @@ LOCALIZATION = Target(
            "method_settings": {"rise": {"n_masks": 10}, "smoothgrad": {"n_samples": 2}, "greydanus": {"stride": 21}}},
     run=run_localization,
     docs="docs/fls.md",
+    selectors=("rfg_agents", "pong_agents"),
 )
 
 

@@ -183,4 +183,5 @@ DELETION = Target(
            "extremal": {"iterations": 3}},
     run=run_deletion,
     docs="docs/rexl.md",
+    selectors=("settings",),
 )

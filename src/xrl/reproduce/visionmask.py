@@ -174,4 +174,5 @@ TABLE1 = Target(
                                "greydanus": {"stride": 16}, "sarfa": {"stride": 16}}},
     run=run_table1,
     docs="docs/visionmask.md",
+    selectors=("agents", "baselines"),
 )
