@@ -16,6 +16,7 @@ from xrl.data.collect import collect
 from xrl.explainers.visionmask import counterfactual, salient_region
 from xrl.ops import reference_image
 from xrl.train import visionmask as vm
+from xrl.train.run import latest_checkpoint
 from xrl.train.visionmask import (StalderArgs, VisionMaskArgs, action_contrastive_loss, area_loss,
                                   classification_loss, entropy_loss, min_max_area_loss, negative_entropy_loss,
                                   split_indices, total_variation, train_stalder, train_visionmask)
@@ -205,7 +206,7 @@ def test_training_resumes_to_the_same_result(tmp_path, expert):
     resumed = train_visionmask(tiny(tmp_path, expert, "resumed", epochs=3))
     a, b = load_mask_network(straight).state_dict(), load_mask_network(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ca, cb = (torch.load(p.parent / "checkpoint.pt", weights_only=True)["network"] for p in (straight, resumed))
+    ca, cb = (torch.load(latest_checkpoint(p.parent) / "state.pt", weights_only=True)["network"] for p in (straight, resumed))
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     ha, hb = (json.loads((p.parent / "history.json").read_text())["epochs"] for p in (straight, resumed))
     assert ha == hb and len(ha) == 3
@@ -240,7 +241,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ex
     monkeypatch.setattr(vm, "area_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"epoch 2 step 2.*last good checkpoint \(epoch 1\)"):
         train_visionmask(tiny(tmp_path, expert, "nan", batch_size=4))
-    assert torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(latest_checkpoint(tmp_path / "nan") / "state.pt", weights_only=True)["epoch"] == 1
     assert load_mask_network(tmp_path / "nan" / "visionmask.pt").method == "visionmask"
     calls["n"] = -10 ** 6  # now a non-finite validation loss (epoch 2's validation, after 1 good epoch)
     monkeypatch.setattr(vm, "area_loss", lambda *a: real(*a) * (float("nan") if not torch.is_grad_enabled() else 1.0))

@@ -45,7 +45,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -57,9 +57,10 @@ from xrl.agents.mask_nets import REFERENCES, MaskNetwork, agent_of, overlay, sav
 from xrl.agents.model import Model
 from xrl.data.collect import agent_record, collect
 from xrl.data.dataset import StateDataset
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.files import write_json
 from xrl.metrics import get_metric
 from xrl.ops import reference_image
+from xrl.train.run import Run, check_settings, command, load_tensors
 
 # ------------------------------------------------------------------ 1. the expert dataset
 
@@ -215,6 +216,11 @@ class _MaskTrainingArgs:
     """seed of the collection, the split, the initialisation and the shuffling"""
     progress: bool = True
 
+    LIMITS: ClassVar[dict] = {"epochs": ">=1", "batch_size": ">=1", "learning_rate": ">0", "episodes": ">=1",
+                              "max_steps": ">=1", "seed": ">=0", "a_max": "0..1", "min_area": "0..1",
+                              "max_area": "0..1", "lambda_ne": ">=0", "lambda_area": ">=0", "lambda_tv": ">=0",
+                              "lambda_ent": ">=0", "lambda_others": ">=0"}
+
 
 @dataclass
 class VisionMaskArgs(_MaskTrainingArgs):
@@ -270,17 +276,24 @@ def train_stalder(args: StalderArgs, *, stop_at: int | None = None) -> Path:
 
 
 def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
+    check_settings(args)
     _check_args(args)
-    run = Path(args.out)
     with torch.random.fork_rng(devices=[]):  # building the SB3 policy draws from the global RNG
         model = load_agent(args.agent)
     raw, targets, split = _expert_data(args, model)
-    check_run_settings(run, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED)
+    with Run(args.out, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED,
+             outputs=(f"{method}.pt",)) as run:
+        return _fit(args, method, losses, stop_at, run, model, raw, targets, split)
+
+
+def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, model: Model, raw: np.ndarray,
+         targets: torch.Tensor, split: dict) -> Path:
+    run = run_.folder
     for p in model.parameters():  # the agent is frozen: gradients flow to the masks only
         p.requires_grad_(False)
     model.eval()
 
-    start = _resume(run, model, args)
+    start = _resume(run_, model, args)
     if start is None:
         network = MaskNetwork.for_model(model, args.arch, seed=args.seed, reference=args.reference,
                                         reference_image=reference_image(raw[split["train"]], args.reference,
@@ -333,7 +346,7 @@ def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
         if best is None or val["loss"] < best["val"]["loss"]:
             best = record
             save_mask_network(network, run / f"{method}.pt", card=_card(args, method, model, split, best, history))
-        _save(run, network, optimiser, epoch + 1, history, best)
+        _save(run_, network, optimiser, epoch + 1, history, best)
         last_good = epoch + 1
         write_json(run / "history.json", history)
         if stop_at is not None and epoch + 1 >= stop_at:
@@ -433,28 +446,28 @@ def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str
 _IGNORED = {"epochs", "progress", "out"}  # may change between a run and its resumption
 
 
-def _save(run: Path, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict,
+def _save(run: Run, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict,
           best: dict | None) -> None:
     """Everything needed to continue exactly (the shuffling and dropout are seeded per epoch)."""
     blob = {"epoch": epoch, "network": network.state_dict(), "optimiser": optimiser.state_dict(),
             "agent": network.agent, "arch": network.arch, "reference": network.reference,
             "history": json.dumps(history), "best": json.dumps(best)}
-    with atomic_path(run / "checkpoint.pt") as tmp:
-        torch.save(blob, tmp)
+    run.save(epoch, lambda folder: torch.save(blob, folder / "state.pt"))
 
 
-def _resume(run: Path, model: Model, args) -> dict | None:
-    path = run / "checkpoint.pt"
+def _resume(run: Run, model: Model, args) -> dict | None:
+    latest = run.latest()
+    path = latest / "state.pt" if latest is not None else run.folder / "checkpoint.pt"  # checkpoint.pt: older runs
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_tensors(path)
     if blob["agent"]["fingerprint"] != agent_of(model)["fingerprint"]:
         raise ValueError(f"{path} holds a network trained for another agent ({blob['agent']['source']}); "
                          "use another out")
     state = blob["network"]
     network = MaskNetwork(blob["arch"], model.input_shape, model.n_actions, reference=blob["reference"],
                           reference_image=state["reference_image"], agent=blob["agent"],
-                          method=json.loads((run / "args.json").read_text())["method"])
+                          method=json.loads((run.folder / "args.json").read_text())["method"])
     network.load_state_dict(state)
     return {"network": network, "epoch": blob["epoch"], "optimiser": blob["optimiser"],
             "history": json.loads(blob["history"]), "best": json.loads(blob["best"])}
@@ -466,19 +479,9 @@ def _card(args, method: str, model: Model, split: dict, best: dict | None, histo
     return {
         "what": f"{what} for {args.agent}", "method": method, "agent": agent_of(model),
         "env": model.info.get("env"), "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-        "command": f"xrl train {method.replace('_', '-')} " + " ".join(_cli_flags(args)),
+        "command": command(f"xrl train {method.replace('_', '-')}", args, always=("agent", "data", "out")),
         "split": {"seed": args.seed, **{k: int(len(v)) for k, v in split.items()},
                   "rule": "xrl.train.visionmask.split_indices(len(dataset), seed)"},
         "scores": {"best_epoch": best["epoch"] if best else None, "val": best["val"] if best else None},
         "epochs_done": len(history["epochs"]),
     }
-
-
-def _cli_flags(args) -> list[str]:
-    defaults = type(args)(agent=args.agent, data=args.data)
-    flags = [f"--agent {args.agent}", f"--data {args.data}", f"--out {args.out}"]
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if f.name not in ("agent", "data", "out", "progress") and value != getattr(defaults, f.name):
-            flags.append(f"--{f.name.replace('_', '-')} {value}")
-    return flags
