@@ -162,3 +162,26 @@ def test_cli_evaluate_refuses_another_agents_data_and_takes_targets(tmp_path, ca
     code = cli.main(["evaluate", "--agent", "red-fetch-green-cnn-500k-0", "--data", str(DATA), "--methods", "random",
                      "--metrics", "sparseness", "--n-states", "4", "--out", str(tmp_path / "r"), "--targets", "agent"])
     assert code == 0 and (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_every_save_records_sha256_and_the_fingerprint_a_loader_computes(tmp_path):
+    from xrl.agents.mask_nets import MaskNetwork, load_mask_network, save_mask_network
+    from xrl.classifiers import ShapesCNN, load_classifier, save_classifier
+    torch.manual_seed(0)
+    path = tmp_path / "classifier.pt"
+    save_classifier(ShapesCNN(4), path, arch="shapes_cnn", size=16, class_names=list("abcd"), card={"what": "t"})
+    card = json.loads(path.with_suffix(".json").read_text())
+    model = load_classifier(path)
+    assert card["fingerprint"] == model.fingerprint() == reference_fingerprint(model.state_dict())
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and card["what"] == "t"
+    assert xrl.load_agent(path).fingerprint() == model.fingerprint()  # load_agent takes classifiers
+    stand_in = load_classifier(path, weights=False)  # header only: stand-in weights, the card's fingerprint
+    assert stand_in.info["weights"] == "not loaded" and stand_in.fingerprint() == card["fingerprint"]
+    assert fingerprint(stand_in) != card["fingerprint"]
+    agent = xrl.load_agent(AGENT)
+    network = MaskNetwork.for_model(agent, reference="black")
+    save_mask_network(network, tmp_path / "visionmask.pt", card={"what": "t"})
+    card = json.loads((tmp_path / "visionmask.json").read_text())
+    loaded = load_mask_network(tmp_path / "visionmask.pt")
+    assert card["fingerprint"] == reference_fingerprint(loaded.state_dict()) and card["format"] == "xrl.mask_network"
+    assert card["sha256"] == sha256(tmp_path / "visionmask.pt")

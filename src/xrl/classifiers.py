@@ -15,14 +15,13 @@ folders (single- or multi-label), and a small CNN trained on the generated shape
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from xrl.agents.model import Model
-from xrl.files import atomic_path, write_json
+from xrl.artifacts import ArtifactError, fingerprint, load_payload, read_card, read_header, save_payload, write_card
 
 FORMAT = "xrl.classifier"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -144,23 +143,42 @@ def __getattr__(name: str):
 
 
 def save_classifier(net: nn.Module, path: str | Path, *, arch: str, size: int, class_names: list[str], card: dict) -> None:
-    """``path`` (``format="xrl.classifier"``) and its card ``path.with_suffix(".json")``, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "arch": arch, "size": int(size), "class_names": list(class_names),
-                    "state_dict": net.state_dict()}, tmp)
-    write_json(path.with_suffix(".json"), card)
+    """``path`` (``format="xrl.classifier"``) and its card ``path.with_suffix(".json")``, atomically;
+    the card records the file's sha256 and the loaded Model's weights fingerprint."""
+    path = save_payload(path, FORMAT, {"arch": arch, "size": int(size), "class_names": list(class_names)},
+                        net.state_dict())
+    # the Model a loader builds holds the network as ``net``: its fingerprint, without building it
+    model_weights = {f"net.{k}": v for k, v in net.state_dict().items()}
+    write_card(path, card, weights_fingerprint=fingerprint(model_weights), fmt=FORMAT)
 
 
-def load_classifier(path: str | Path) -> Model:
-    """A classifier saved by :func:`train_classifier` as a Model of ``(B, 3, size, size)`` images in [0, 1]."""
+def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
+    """A classifier saved by :func:`train_classifier` as a Model of ``(B, 3, size, size)`` images in [0, 1].
+    ``weights=False``: built without reading its weights (stand-ins; see ``xrl.load_agent``)."""
     path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an xrl classifier (format={FORMAT!r}, written by xrl train classifier)")
-    net = _net(blob["arch"], len(blob["class_names"]))
-    net.load_state_dict(blob["state_dict"])
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    return Model(net, input_shape=(3, blob["size"], blob["size"]), action_names=blob["class_names"],
-                 score_kind="class_logits", obs_scale=255.0, info={"source": str(path), "card": card, "arch": blob["arch"]})
+    blob = load_payload(path, FORMAT) if weights else read_header(path, FORMAT)
+    arch, size, names = blob.get("arch"), blob.get("size"), blob.get("class_names")
+    if not isinstance(arch, str):
+        raise ArtifactError(path, f"has arch {arch!r}", "arch the name of a classifier architecture")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ArtifactError(path, f"has size {size!r}", "size an integer >= 1 (the image side)")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ArtifactError(path, f"has class_names {str(names)[:60]}", "class_names a non-empty list of strings")
+    try:
+        net = _net(arch, len(names))
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ArtifactError(path, f"has arch {arch!r}, which xrl cannot build ({err})",
+                            "shapes_cnn or a torchvision classification architecture") from None
+    if weights:
+        try:
+            net.load_state_dict(blob["state_dict"])
+        except (RuntimeError, KeyError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ArtifactError(path, f"holds weights that do not fit a {arch} with {len(names)} classes ({first[:200]})",
+                                "the weights of the architecture it names") from None
+    card = read_card(path)
+    info = {"source": str(path), "card": card, "arch": arch}
+    if not weights:
+        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
+    return Model(net, input_shape=(3, size, size), action_names=names, score_kind="class_logits", obs_scale=255.0,
+                 info=info)

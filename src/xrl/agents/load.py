@@ -195,7 +195,7 @@ def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: b
             model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
         elif fmt == "xrl.classifier":
             from xrl.classifiers import load_classifier
-            model = load_classifier(path)  # TODO weights=False
+            model = load_classifier(path, weights=weights)
         else:
             model = _load_checkpoint(path, device, info, weights=weights)
     return model.to(device)
@@ -289,7 +289,7 @@ def _named_class(path: Path, text: str, base: type, what: str) -> type:
     installed package among :data:`_CLASS_PACKAGES` and a subclass of ``base``."""
     match = re.fullmatch(r"<class '([\w.]+)\.(\w+)'>", str(text).strip())
     if not match or not match.group(1).startswith(_CLASS_PACKAGES) or "._" in match.group(1):
-        raise ArtifactError(path, f"names {what} {str(text)[:80]!r}",
+        raise ArtifactError(path, f"names {what} {str(text)[:80]}",
                             f"a class of {', '.join(p.rstrip('.') for p in _CLASS_PACKAGES)}; {_TRUST}")
     try:
         cls = getattr(importlib.import_module(match.group(1)), match.group(2))
