@@ -179,13 +179,26 @@ def test_explainer_maps_and_refusals(classifier, tmp_path):
     assert predicted.shape == (3,)
 
 
-def test_sb3_trains_the_same_agent(classifier, tmp_path):
+def test_sb3_trains_the_same_agent(classifier, tmp_path, monkeypatch):
     from xrl.agents.rexl import load_rexl_agent
     from xrl.train.rexl import train_rexl
     path = train_rexl(small_args(classifier, tmp_path / "a2c", algo="a2c", total_steps=40, n_envs=1))
     agent, record = load_rexl_agent(path, classifier[1])
     assert agent.grid == 4 and record["mode"] == "ds"
     assert (tmp_path / "a2c" / "checkpoint.zip").exists()
+    # the same command with a larger budget resumes from the checkpoint's weights and step count (read
+    # without unpickling), not from step 0
+    from stable_baselines3 import A2C
+    calls, learn = [], A2C.learn
+
+    def spy(self, total, **kw):
+        calls.append((self.num_timesteps, total))
+        return learn(self, total, **kw)
+
+    monkeypatch.setattr(A2C, "learn", spy)
+    train_rexl(small_args(classifier, tmp_path / "a2c", algo="a2c", total_steps=80, n_envs=1))
+    assert calls == [(40, 40)]
+    assert json.loads((tmp_path / "a2c" / "history.json").read_text())["sb3"]["timesteps"] == 80
 
 
 def test_the_trunk_output_is_reused_from_the_models_forward(classifier):

@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ import xrl
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch, check_grid
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.files import write_json
 from xrl.train.acer import Acer, AcerSettings, settings_of
+from xrl.train.run import Run, check_settings, command, load_tensors
 
 SB3_ALGOS = ("ppo", "a2c", "dqn")
 
@@ -89,6 +91,13 @@ class RExLArgs(AcerSettings):
     seed: int = 0
     """seed of the data, the episodes, the initialisation and the sampling"""
     progress: bool = True
+
+    LIMITS: ClassVar[dict] = {
+        "total_steps": ">=1", "n_envs": ">=1", "n_steps": ">=1", "checkpoint_every": ">=1", "n_images": ">=1",
+        "grid": ">=1", "image": ">=0", "seed": ">=0", "extractor_seed": ">=0", "learning_rate": ">0", "gamma": "0..1",
+        "buffer_size": ">=1", "ent_coef": ">=0", "reward_scale": ">=0", "replay_ratio": ">=0", "replay_start": ">=0",
+        "correction": ">0", "delta": ">0", "avg_decay": "0..1", "rms_alpha": "0..1", "rms_eps": ">0",
+        "max_grad_norm": ">0", "q_coef": ">=0"}
 
 
 # ------------------------------------------------------------------ 1-2. model and images
@@ -269,15 +278,20 @@ def _run_settings(run: Path, args: RExLArgs) -> dict:
 def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a RExL agent; returns ``out/rexl.pt``. ``stop_at`` stops after the
     checkpoint of that update (to test resuming)."""
-    run = Path(args.out)
+    check_settings(args)
     with torch.random.fork_rng(devices=[]):
         model = load_explained(args.model)
     _check_args(args, model)
-    check_run_settings(run, _run_settings(run, args), ignore=_IGNORED)
+    images, targets, image_of, score = training_images(args, model)  # bad data fails before anything is written
+    rows = episode_rows(args, targets, model.n_actions, image_of)
+    with Run(args.out, _run_settings(Path(args.out), args), ignore=_IGNORED, outputs=("rexl.pt",)) as run:
+        return _train(args, run, model, images, targets, image_of, score, rows, stop_at)
+
+
+def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, score, rows, stop_at) -> Path:
+    run = run_.folder
     for p in model.parameters():
         p.requires_grad_(False)
-    images, targets, image_of, score = training_images(args, model)
-    rows = episode_rows(args, targets, model.n_actions, image_of)
     classes = sorted(set(targets[rows].tolist())) if args.mode == "ds" else [int(targets[rows[0]])]
     extractor = build_extractor(model, args.extractor, args.extractor_seed)
     torch.manual_seed(args.seed)
@@ -287,9 +301,9 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
     record = agent_record(model, batch, args.extractor, args.extractor_seed)
     started = time.time()
     if args.algo == "acer":
-        history = _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of)
+        history = _train_acer(args, run_, agent, batch, targets, rows, stop_at, image_of)
     else:
-        history = _train_sb3(args, run, agent, model, images, targets, rows, score, image_of)
+        history = _train_sb3(args, run_, agent, model, images, targets, rows, score, image_of)
     history["train_seconds_last_run"] = round(time.time() - started, 1)
     write_json(run / "history.json", history)
     path = run / "rexl.pt"
@@ -308,9 +322,10 @@ def _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of=None) 
 def _acer_loop(args, run, agent, env, stop_at) -> dict:
     acer = Acer(agent, env, settings_of(args), seed=args.seed)
     history: dict = {"updates": []}
-    ckpt = run / "checkpoint.pt"
+    latest = run.latest()
+    ckpt = latest / "state.pt" if latest is not None else run.folder / "checkpoint.pt"  # checkpoint.pt: older runs
     if ckpt.exists():
-        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        blob = load_tensors(ckpt)
         acer.load_state_dict(blob["acer"])
         history = blob["history"]
     per_update = args.n_envs * args.n_steps
@@ -323,7 +338,7 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
         if not all(math.isfinite(stats[k]) for k in ("policy_loss", "q_loss")):
             bar.close()
             raise FloatingPointError(f"ACER loss became {stats} at update {acer.updates}; stopped. The last good "
-                                     f"checkpoint is kept in {run}; lower learning_rate")
+                                     f"checkpoint is kept in {run.folder}; lower learning_rate")
         if stats["episodes"]:
             recent = (recent + [stats["mean_return"]])[-20:]
         history["updates"].append({"update": acer.updates, "steps": acer.updates * per_update,
@@ -331,9 +346,9 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
         bar.update(per_update)
         bar.set_postfix(mean_return=f"{sum(recent) / max(1, len(recent)):.3f}", entropy=f"{stats['entropy']:.2f}")
         if acer.updates % args.checkpoint_every == 0 or acer.updates == n_updates:
-            with atomic_path(ckpt) as tmp:
-                torch.save({"acer": acer.state_dict(), "history": history}, tmp)
-            write_json(run / "history.json", history)
+            blob = {"acer": acer.state_dict(), "history": history}
+            run.save(acer.updates, lambda folder: torch.save(blob, folder / "state.pt"))
+            write_json(run.folder / "history.json", history)
             if stop_at is not None and acer.updates >= stop_at:
                 break
     bar.close()
@@ -343,7 +358,8 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
 def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", image_of=None) -> dict:
     """SB3 PPO/A2C/DQN on the Gymnasium masking env with the same extractor and MLP; the trained
     policy layers are copied into ``agent`` (DQN: its Q-network's layers become the policy head).
-    Resumes from ``checkpoint.zip`` (not bit-identical: SB3's own state)."""
+    Resumes from the newest checkpoint's weights and step count, read without unpickling (not
+    bit-identical: the envs start new episodes)."""
     import gymnasium as gym
     from xrl.compat import quiet_old_gym
     quiet_old_gym()
@@ -367,16 +383,19 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     env = DummyVecEnv([make(i) for i in range(args.n_envs)])
     env.seed(args.seed)
     algo = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo]
-    ckpt = run / "checkpoint.zip"
-    if ckpt.exists():
-        learner = algo.load(ckpt, env=env, custom_objects={"policy_kwargs": _sb3_kwargs(args, Features)})
-    else:
-        learner = algo("MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed,
-                       gamma=args.gamma, verbose=0)
+    learner = algo("MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed,
+                   gamma=args.gamma, verbose=0)
+    _load_sb3(learner, run)
     remaining = max(0, args.total_steps - learner.num_timesteps)
     learner.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
     learner.learn(remaining, reset_num_timesteps=False, progress_bar=args.progress)
-    learner.save(ckpt)
+
+    def write(folder: Path) -> None:
+        learner.save(folder / "checkpoint.zip")
+        write_json(folder / "state.json", {"num_timesteps": int(learner.num_timesteps), "_n_updates": learner._n_updates})
+
+    folder = run.save(learner.num_timesteps, write)
+    _link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
     layers = (learner.policy.q_net.q_net if args.algo == "dqn" else
               [*learner.policy.mlp_extractor.policy_net, learner.policy.action_net])
     linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
@@ -384,6 +403,42 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     for mine, theirs in zip(ours, linears, strict=True):
         mine.load_state_dict(theirs.state_dict())
     return {"sb3": {"algo": args.algo, "timesteps": int(learner.num_timesteps)}}
+
+
+def _load_sb3(learner, run: Run) -> None:
+    """The weights, optimizer and step count of the newest checkpoint (or of an older run's
+    ``checkpoint.zip``), read with ``weights_only=True`` and as JSON: nothing is unpickled."""
+    import io
+    import json
+    import zipfile
+    latest = run.latest()
+    path = latest / "checkpoint.zip" if latest is not None else run.folder / "checkpoint.zip"
+    if not path.exists():
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            policy, optimizer = (torch.load(io.BytesIO(archive.read(n)), map_location="cpu", weights_only=True)
+                                 for n in ("policy.pth", "policy.optimizer.pth"))
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError) as err:
+        raise ValueError(f"{path} is not a readable SB3 checkpoint ({type(err).__name__}: {err})") from None
+    learner.policy.load_state_dict(policy)
+    learner.policy.optimizer.load_state_dict(optimizer)
+    learner.num_timesteps = int(data["num_timesteps"])  # a plain JSON field (the :serialized: ones are left alone)
+    learner._n_updates = int(data.get("_n_updates", 0))
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` becomes ``source`` (a hard link, else a copy) in one rename."""
+    import os
+    import shutil
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _sb3_kwargs(args, features) -> dict:
@@ -418,16 +473,20 @@ def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str 
 
 
 def _card(args: RExLArgs, model: Model, history: dict, classes: list[int]) -> dict:
-    defaults = RExLArgs(model=args.model)
-    flags = [f"--model {args.model}"] + [f"--{f.name.replace('_', '-')} {getattr(args, f.name)}"
-                                         for f in dataclasses.fields(args)
-                                         if f.name not in ("model", "progress") and getattr(args, f.name) != getattr(defaults, f.name)]
     updates = history.get("updates", [])
     last = [u["mean_return"] for u in updates[-20:] if u.get("episodes")]
     return {"what": f"RExL-{args.mode.upper()} agent explaining {args.model}", "classes": classes,
             "class_names": [model.action_names[c] for c in classes], "grid": args.grid,
             "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": "xrl train rexl " + " ".join(flags),
+            "command": rexl_command(args),
             "score": {"mean_return_last_20_updates": sum(last) / len(last) if last else None,
                       "steps": updates[-1]["steps"] if updates else history.get("sb3", {}).get("timesteps")},
             "xrl_version": xrl.__version__}
+
+
+def rexl_command(args: RExLArgs) -> str:
+    """``xrl train rexl --model ...`` with every setting that differs from its default (the
+    explained model first, as the CLI's flags spell them)."""
+    fields = [f.name for f in dataclasses.fields(args)]
+    ordered = sorted(fields, key=lambda name: name != "model")  # the explained model first
+    return command("xrl train rexl", args, always=("model",), order=ordered)

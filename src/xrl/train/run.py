@@ -230,12 +230,15 @@ def from_flags(cls, ns: argparse.Namespace):
     return cls(**values)
 
 
-def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",)) -> str:
+def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",),
+            order=None) -> str:
     """The command that remakes ``args``: ``prog`` and a flag for each field that differs from
     the dataclass default (and each field in ``always``), spelled as :func:`add_flags` spells it.
-    ``pair_defaults``: for dict fields, the values a key may be left out at."""
+    ``pair_defaults``: for dict fields, the values a key may be left out at; ``order``: field
+    names in the order to write them (default the dataclass's)."""
     parts = [prog]
-    for f in dataclasses.fields(args):
+    fields = {f.name: f for f in dataclasses.fields(args)}
+    for f in (fields[name] for name in (order or fields)):
         if f.name in skip or f.metadata.get("cli") is False or f.metadata.get("switch"):
             continue
         value = getattr(args, f.name)
