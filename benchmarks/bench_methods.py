@@ -15,6 +15,12 @@ perturbation method within 2x of its floor; no method slower than its Captum cou
 Run::
 
     .venv/bin/python benchmarks/bench_methods.py [--states 16] [--repeats 5] [--methods a,b]
+    .venv/bin/python benchmarks/bench_methods.py --methods perturbation --threads 1,2 [--malloc default]
+
+``--threads 1,2`` times each method at each thread count in this one process and writes
+``results/methods_threads.json`` (``methods_threads_default_malloc.json`` with ``--malloc
+default``: glibc's own allocator settings instead of :func:`xrl.ops.tune_malloc`, which the CLI
+applies).
 
 ``--methods a,b`` reruns those methods and keeps the other rows of ``results/methods.json``
 (each row says whether it comes from this run or an earlier one).
@@ -120,6 +126,8 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
         "seconds_per_map_median": {k: statistics.median(v) / n for k, v in times.items()},
         "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
         "ratio_to_floor": per_map["xrl"] / per_map["floor"] if counter.nograd_rows + counter.grad_rows else None,
+        "ratio_to_floor_median": (statistics.median(times["xrl"]) / statistics.median(times["floor"])
+                                  if counter.nograd_rows + counter.grad_rows else None),
         "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
         "perturbation": counter.grad_rows == 0,
         "batch_size": explainer.batch_size,
@@ -131,23 +139,14 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--states", type=int, default=16, help="states per explain call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
-    parser.add_argument("--methods", default=None, help="comma-separated; default every registered method")
-    args = parser.parse_args()
+PERTURBATION = ("occlusion", "greydanus", "sarfa", "rise", "lime", "extremal_perturbation")
 
-    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's, every call
-    torch.manual_seed(0)
-    model = nature_cnn_policy()
-    states = torch.rand(args.states, 4, 84, 84)
-    with torch.no_grad():
-        targets = model(states).argmax(-1)  # given to every implementation (same work for all)
-    names = args.methods.split(",") if args.methods else xrl.list_explainers()
+
+def time_methods(names: list[str], model: xrl.Model, states: torch.Tensor, targets: torch.Tensor,
+                 repeats: int) -> dict:
     rows = {}
-    print(f"Nature CNN, {args.states} x (4, 84, 84), {torch.get_num_threads()} threads; "
-          f"ms per map (min of {args.repeats} interleaved rounds)")
+    print(f"Nature CNN, {len(states)} x (4, 84, 84), {torch.get_num_threads()} threads; "
+          f"ms per map (min of {repeats} interleaved rounds)")
     print(f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)")
     attention_model = None
     for name in names:
@@ -163,10 +162,56 @@ def main() -> None:
             from xrl.agents.mask_nets import MaskNetwork
             settings = {"network": MaskNetwork.for_model(model, method=cls.method, reference="black")}
         rows[name] = time_method(name, xrl.get_explainer(name, target_model, **settings), target_model, states,
-                                 targets, args.repeats)
+                                 targets, repeats)
         if target_model is attention_model:
             rows[name]["model"] = "sparse_fls + linear(512, 6)"
+    return rows
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--states", type=int, default=16, help="states per explain call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated; 'perturbation' = the perturbation family; default every registered method")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated thread counts, each timed in this process (default: torch's); "
+                             "results go to results/methods_threads.json")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="tuned: xrl.ops.tune_malloc() as the CLI does; default: glibc's own settings")
+    args = parser.parse_args()
+
+    from xrl.ops import tune_malloc
+    tuned = tune_malloc() if args.malloc == "tuned" else False
+    warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's, every call
+    torch.manual_seed(0)
+    model = nature_cnn_policy()
+    states = torch.rand(args.states, 4, 84, 84)
+    with torch.no_grad():
+        targets = model(states).argmax(-1)  # given to every implementation (same work for all)
+    if args.methods == "perturbation":
+        names = list(PERTURBATION)
+    else:
+        names = args.methods.split(",") if args.methods else xrl.list_explainers()
+
+    if args.threads:
+        import os
+        per_threads = {}
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            per_threads[threads] = time_methods(names, model, states, targets, args.repeats)
+        result = {
+            "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
+            "torch": torch.__version__, "repeats": args.repeats, "malloc": "tuned" if tuned else "default",
+            "load_average_at_start": os.getloadavg(),
+            "ratio_to_floor": {t: {n: r["ratio_to_floor"] for n, r in rows.items()} for t, rows in per_threads.items()},
+            "by_threads": per_threads,
+        }
+        name = "methods_threads" if tuned else "methods_threads_default_malloc"
+        print(f"wrote {write_result(name, result)}")
+        return
+
+    rows = time_methods(names, model, states, targets, args.repeats)
     previous = RESULTS / "methods.json"
     if args.methods and previous.exists():  # a rerun of some methods keeps the others' rows
         kept = json.loads(previous.read_text())["methods"]
@@ -177,6 +222,7 @@ def main() -> None:
     result = {
         "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
+        "malloc": "tuned" if tuned else "default",
         "methods": rows,
         "perturbation_within_2x_of_floor": {n: r["ratio_to_floor"] <= 2 for n, r in perturbation.items()},
         "not_slower_than_captum": {n: r["ratio_to_captum"] <= 1 for n, r in rows.items()

@@ -95,7 +95,8 @@ class Run:
 
     # -- rows -------------------------------------------------------------------------------------
     def key(self, name: str) -> str:
-        settings = {k: v for k, v in self.settings.items() if k not in self.target.selectors}
+        # settings left at None are unused (an optional override), so adding one keeps old rows
+        settings = {k: v for k, v in self.settings.items() if k not in self.target.selectors and v is not None}
         text = json.dumps({"target": self.target.name, "settings": settings, "row": name},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,7 +9,8 @@ bootstrap intervals of RExL minus RISE over the same states (Tables 1-2); the λ
 RExL-DS (Table 4); seconds per map one state at a time, interleaved in one run (Table 3).
 
 Targets: the labels (shapes) or the model's argmax (agent states). States whose target has no
-class-specific agent are left out of every method's means.
+class-specific agent are left out of every method's means. ``ds`` / ``cs`` replace the zoo's
+RExL agents (e.g. ``--set ds=runs/rexl-rfg-ds-sb/rexl.pt --set 'cs=[]'``: a DS agent alone).
 """
 from __future__ import annotations
 
@@ -81,16 +82,19 @@ def run_deletion(run: Run) -> None:
         model = load_explained(cfg["model"])
         n = s["n_states"][name] if isinstance(s["n_states"], dict) else s["n_states"]
         states, targets, labels = load_states(model, cfg["data"], n, cfg["first_row"], s["seed"])
+        cfg["ds"] = s["ds"] or cfg["ds"]
+        cfg["cs"] = cfg["cs"] if s["cs"] is None else s["cs"]
         methods = {"RExL-DS": ("rexl", {"agent": cfg["ds"], "seed": s["seed"]}),
-                   "RExL-CS": ("rexl", {"agent": cfg["cs"], "seed": s["seed"]}),
+                   **({"RExL-CS": ("rexl", {"agent": cfg["cs"], "seed": s["seed"]})} if cfg["cs"] else {}),
                    "RISE": ("rise", {"n_masks": s["rise_masks"], "grid": 7, "p": 0.5, "seed": s["seed"]}),
                    "Extremal": ("extremal_perturbation", {"area": 0.12, "reward": "contrastive", "seed": s["seed"],
                                                           **s["extremal"]}),
                    "Grad-CAM": ("grad_cam", {}), "NormGrad": ("normgrad", {})}
         explainers = {k: xrl.get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
-        covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])
-        states, targets = states[covered], targets[covered]
-        labels = labels[covered] if labels is not None else None
+        if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
+            covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])
+            states, targets = states[covered], targets[covered]
+            labels = labels[covered] if labels is not None else None
         with torch.no_grad():
             accuracy = float((model(states).argmax(-1) == targets).float().mean())
         values = {}
@@ -109,7 +113,7 @@ def run_deletion(run: Run) -> None:
             if col in values["RISE"]:
                 paired_rows.append({"setting": name, "column": col, **{
                     f"{m} minus RISE": format_interval(paired_interval(values[m][col], values["RISE"][col]))
-                    for m in ("RExL-DS", "RExL-CS")}})
+                    for m in ("RExL-DS", "RExL-CS") if m in values}})
         for lam in LAMBDAS:
             def ablate(lam=lam):
                 saliency = xrl.get_explainer("rexl", model, agent=cfg["ds"], lam=lam, seed=s["seed"]).explain(
@@ -118,7 +122,7 @@ def run_deletion(run: Run) -> None:
             v = run.row(f"{name}-lambda-{lam}", ablate)
             ablation.append({"setting": name, "lambda": lam, **{k: nanmean(x) for k, x in v.items()}})
 
-        timed = {k: explainers[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal")}
+        timed = {k: explainers[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal") if k in explainers}
 
         def time_maps():
             wall = {k: [] for k in timed}
@@ -178,7 +182,7 @@ DELETION = Target(
     reruns="the zoo RExL-DS and RExL-CS agents of the Red-Fetch-Green agent (actions as classes) and of the "
            "shapes classifier against the baselines on held-out states, with paired intervals against RISE",
     settings={"settings": ["red-fetch-green", "shapes"], "n_states": {"red-fetch-green": 64, "shapes": 32},
-              "rise_masks": 5000, "n_time": 3, "seed": 0, "extremal": {}},
+              "rise_masks": 5000, "n_time": 3, "seed": 0, "extremal": {}, "ds": None, "cs": None},
     quick={"settings": ["red-fetch-green"], "n_states": 3, "rise_masks": 20, "n_time": 1,
            "extremal": {"iterations": 3}},
     run=run_deletion,

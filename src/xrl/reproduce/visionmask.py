@@ -15,12 +15,15 @@ deletion and insertion are RISE's ``CausalMetric`` (``protocol="rise"``); the lo
 estimate divides each map by its largest magnitude (``protocol="xrl"``); RISE scores softmax
 probabilities and Greydanus the logits (``docs/metrics.md``, ``docs/explainers.md``).
 ``curve_substrate="reference"`` runs deletion and insertion against the network's reference
-instead (what it was trained with).
+instead (what it was trained with). ``visionmask=PATH`` scores another network of the agent
+(the Table 2 ablations, e.g. ``--set agents=red-fetch-green --set visionmask=runs/vm-amax0.2/visionmask.pt
+--set 'baselines=[]'``).
 """
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,7 +39,6 @@ PAPER = "VisionMask: best insertion, top-two deletion, accuracy >= 90% on every 
 
 def _folder(name: str):
     from xrl.agents.load import ZOO_DIR
-    from pathlib import Path
     agent, folder = AGENTS[name]
     return agent, Path(ZOO_DIR) / Path(folder).name
 
@@ -58,6 +60,10 @@ def run_table1(run: Run) -> None:
         agent, folder = _folder(env)
         model = xrl.load_agent(agent)
         vm_path, st_path, data = folder / "visionmask.pt", folder / "stalder_explainer.pt", folder / "expert.h5"
+        if s["visionmask"]:  # another network for this agent (an ablation of Table 2), without the Stalder one
+            if len(s["agents"]) != 1:
+                raise ValueError("visionmask= replaces the network of one agent: give agents= one agent too")
+            vm_path, st_path = Path(s["visionmask"]), Path("/nonexistent")
         network = load_mask_network(vm_path, method="visionmask")
         network.check_agent(model)
         background = network.reference_image if network.reference in ("background", "mean") else None
@@ -168,7 +174,7 @@ TABLE1 = Target(
            "baselines on the test split of their expert data, with paired bootstrap intervals",
     settings={"agents": ["red-fetch-green", "pong"], "n_states": 32, "split_seed": 0, "lipschitz_samples": 4,
               "baselines": ["lime", "rise", "greydanus", "sarfa"], "method_settings": {},
-              "curve_substrate": "black/blur", "speed_states": 256},
+              "curve_substrate": "black/blur", "speed_states": 256, "visionmask": None},
     quick={"agents": ["red-fetch-green"], "n_states": 3, "lipschitz_samples": 1, "speed_states": 16,
            "method_settings": {"lime": {"n_samples": 20}, "rise": {"n_masks": 20},
                                "greydanus": {"stride": 16}, "sarfa": {"stride": 16}}},
