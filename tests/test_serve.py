@@ -460,3 +460,39 @@ def test_jobs_and_downloads_bad_input(server):
     status, body = call(server, "GET", "api/download/0123456789abcdef")
     assert status == 404
     bad(status, body, "unknown download")
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.mark.slow
+def test_command_refuses_an_unknown_agent_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "xrl.cli", "serve", "--agent", "no-such-agent", "--port", "0",
+                           "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "xrl serve: error: unknown agent 'no-such-agent'; known agents:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_command_serves_on_127_0_0_1_and_prints_the_address(tmp_path):
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "xrl.cli", "serve", "--agent", AGENT, "--env-seed", "3",
+                             "--port", "0", "--cache", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 300
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if m := re.search(r"open (http://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+        assert url is not None
+        with urllib.request.urlopen(url + "api/agents", timeout=60) as r:
+            body = json.loads(r.read())
+        assert body["default"] == {"agent": AGENT, "seed": 3}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

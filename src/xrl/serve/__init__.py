@@ -39,7 +39,7 @@ def run(args) -> int:
     from xrl.serve.engine import Engine
 
     if args.env_seed < 0:
-        raise SystemExit(f"xrl serve: --env-seed must be >= 0, got {args.env_seed}")
+        raise ValueError(f"--env-seed must be >= 0, got {args.env_seed}")
     given = {}
     for value in args.agent:
         path = Path(value)
@@ -54,15 +54,22 @@ def run(args) -> int:
             given[value] = value  # a zoo name: checked by the engine
     from xrl.serve.engine import RequestError
 
+    engine = Engine(agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache,
+                    max_steps=args.max_steps)
     try:
-        engine = Engine(agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache,
-                        max_steps=args.max_steps)
         for name in given:  # unknown names and unreadable agent files are refused now, not in the page
             print(f"xrl serve: loading agent {name}", flush=True)
             engine.model(engine.agent_id(name))
-    except (RequestError, ValueError) as err:
-        raise SystemExit(f"xrl serve: {err}") from None
-    default = next(iter(given), None)
+    except RequestError as err:
+        engine.close()
+        raise ValueError(str(err)) from None
+    except BaseException:
+        engine.close()
+        raise
+    # shown first: the first --agent, else the zoo's small Red-Fetch-Green agent, else the first listed
+    listed = [a["id"] for a in engine.agents()]
+    default = next(iter(given), None) or ("red-fetch-green" if "red-fetch-green" in listed else
+                                          (listed[0] if listed else None))
     if default is not None:
         engine.preload(default)
     local = args.host in ("127.0.0.1", "localhost", "::1")
@@ -71,8 +78,8 @@ def run(args) -> int:
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as err:
-        raise SystemExit(f"xrl serve: cannot listen on {args.host}:{args.port} ({err.strerror}); "
-                         "choose another --port") from None
+        engine.close()
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); choose another --port") from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)",

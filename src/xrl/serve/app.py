@@ -267,12 +267,13 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0):
-    """A listening-ready TCP socket on ``host:port`` (port 0: a free one); ``OSError`` if taken."""
+    """A listening TCP socket on ``host:port`` (port 0: a free one); ``OSError`` if taken."""
     import socket
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     return sock
 
 

@@ -292,6 +292,7 @@ class Engine:
 
         self.zoo = Path(zoo) if zoo is not None else ZOO_DIR
         self.given = {k: str(v) for k, v in (agents or {}).items()}
+        self._own_cache = cache is None  # a temporary folder, removed by close()
         self.cache_dir = Path(cache) if cache is not None else Path(tempfile.mkdtemp(prefix="xrl-serve-"))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if int(max_steps) < 1:
@@ -326,6 +327,10 @@ class Engine:
     def close(self) -> None:
         for lane in self.lanes.values():
             lane.stop()
+        if self._own_cache:
+            import shutil
+
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     # ------------------------------------------------------------ agents
 
