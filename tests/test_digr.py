@@ -118,11 +118,13 @@ def test_saliency_dataset_resumes_after_an_interruption(tmp_path, monkeypatch):
         assert n >= 12 and np.array_equal(a.saliency("digr")[:n], b.saliency("digr")[:n])
 
 
-def test_a_resumed_digr_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_resumed_digr_run_equals_an_uninterrupted_one(tmp_path, capsys):
     whole = train_digr(tiny_args(tmp_path, "whole"))
     stopped = train_digr(tiny_args(tmp_path, "split", snapshots=True), stop_at=3)
-    assert stopped.name == "checkpoint.pkl" and not (tmp_path / "split" / "agent.pt").exists()
+    assert stopped.parent.name == "checkpoints" and not (tmp_path / "split" / "agent.pt").exists()
+    assert not list((tmp_path / "split").rglob("*.pkl"))  # no pickle in the run folder
     resumed = train_digr(tiny_args(tmp_path, "split", snapshots=True))
+    assert "new episodes" not in capsys.readouterr().err  # every env's episode was replayed, none restarted
     a = torch.load(whole, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # snapshots do not change the run
@@ -163,9 +165,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     monkeypatch.setattr(digr, "distillation_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"update 4.*last good checkpoint \(update 3\)"):
         train_digr(tiny_args(tmp_path, "nan"))
-    import gzip
-    import pickle
-    assert pickle.loads(gzip.decompress((tmp_path / "nan" / "checkpoint.pkl").read_bytes()))["update"] == 3
+    from xrl.train.run import latest_checkpoint
+    assert json.loads((latest_checkpoint(tmp_path / "nan") / "state.json").read_text())["update"] == 3
 
 
 def test_mismatched_inputs_are_refused(tmp_path):

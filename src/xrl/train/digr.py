@@ -19,8 +19,12 @@ Reads top to bottom:
 3. :func:`train_digr` — a new, randomly initialised policy of the teacher's architecture is
    trained on ``L_IGR`` over D plus ``alpha * L_KL`` over states of its *own* rollouts (an online
    buffer of the last ``buffer_size`` states). Adam, Table 3 defaults (threshold 0.1, alpha 0.01,
-   lr 1e-3, buffer 10k). Checkpoints at every ``checkpoint_every`` updates (weights, optimizer,
-   buffer, envs, RNGs); the same call resumes to the same result. A loss that turns NaN stops the
+   lr 1e-3, buffer 10k). Checkpoints at every ``checkpoint_every`` updates (``xrl.train.run``:
+   weights, optimizer and RNG states as tensors, the buffer as a compressed ``.npz`` read without
+   pickle, counters as JSON, each env as its episode's seed and the actions since, replayed on
+   resume); the same call resumes to the same result. Runs checkpointed in the old format
+   (``checkpoint.pkl``, a pickle) resume only with ``trust_pickle=True`` (``--trust-pickle``);
+   their next checkpoint is in the new format. A loss that turns NaN stops the
    run with a clear message and leaves the last good checkpoint. The student is exported as an
    xrl agent (``agent.pt`` + card), so every explainer, metric and ``xrl attack`` takes it.
    ``igr=False`` trains the distillation-only ablation of Fig. 8.
@@ -32,18 +36,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import json
 import math
 import os
-import pickle
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
-import cloudpickle
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -55,8 +57,9 @@ from xrl.data.collect import agent_record, collect
 from xrl.data.dataset import StateDataset
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
-from xrl.files import atomic_path, check_run_settings, write_json
+from xrl.files import atomic_path, write_json
 from xrl.train.agent import evaluate
+from xrl.train.run import TRUST_PICKLE, Run, check_settings, command, load_tensors, read_json
 
 #: the stored saliency a DIGR dataset holds
 SALIENCY_KEY = "digr"
@@ -238,7 +241,7 @@ class DigrArgs:
     data: str
     """the offline perturbation saliency dataset (:func:`make_saliency_dataset`; made if absent)"""
     out: str = "runs/digr"
-    """run folder: checkpoint.pkl (gzip), history.json, then agent.pt and agent.json"""
+    """run folder: checkpoints/, history.json, then agent.pt and agent.json"""
     updates: int = 10_000
     """gradient steps"""
     batch_size: int = 64
@@ -273,12 +276,22 @@ class DigrArgs:
     its saliency over training, or to pick an update by a validation score)"""
     seed: int = 0
     progress: bool = True
+    trust_pickle: bool = field(default=False, metadata={"switch": True})
+    """resume a checkpoint in the old pickle format (checkpoint.pkl runs code when loaded)"""
+
+    LIMITS: ClassVar[dict] = {
+        "updates": ">=1", "batch_size": ">=1", "learning_rate": ">0", "alpha": ">=0", "threshold": "0..1",
+        "buffer_size": ">=1", "n_envs": ">=1", "n_states": ">=1", "stride": ">=1", "eval_every": ">=1",
+        "eval_episodes": ">=1", "final_eval_episodes": ">=1", "checkpoint_every": ">=1", "seed": ">=0"}
+    #: may change between a run and its resumption
+    IGNORED: ClassVar[set] = {"updates", "progress", "eval_episodes", "final_eval_episodes", "checkpoint_every",
+                              "out", "snapshots"}
 
 
 def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a DIGR student; returns ``out/agent.pt``. ``stop_at`` stops after the
-    checkpoint at that update (to test resuming)."""
-    run = Path(args.out)
+    checkpoint at that update (to test resuming) and returns that checkpoint's folder."""
+    check_settings(args)
     teacher = load_agent(args.teacher)
     arch = _student_arch(args, teacher)
     env = teacher.info["env"]
@@ -293,11 +306,15 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         states_d = torch.as_tensor(ds.raw_states())  # uint8 (N, C, H, W)
         maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY))  # (N, H, W)
         data_settings = ds.saliency_settings(SALIENCY_KEY)
-    check_run_settings(run, dataclasses.asdict(args), ignore={"updates", "progress", "eval_episodes",
-                                                         "final_eval_episodes", "checkpoint_every", "out",
-                                                         "snapshots"})
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "trust_pickle"}
+    with Run(args.out, settings, ignore=DigrArgs.IGNORED, outputs=("agent.pt",)) as run:
+        return _train(args, run, teacher, arch, env, data, states_d, maps_d, data_settings, stop_at)
 
-    state = _resume(run) or _fresh(args, teacher, arch)
+
+def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data: Path, states_d: torch.Tensor,
+           maps_d: torch.Tensor, data_settings: dict, stop_at: int | None) -> Path:
+    run = run_.folder
+    state = _resume(args, run_, teacher, arch) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
     student = model_from_policy(student_policy, action_names=teacher.action_names, info={"env": env})
     params = [p for p in student_policy.parameters()]
@@ -353,12 +370,12 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
             bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}")
         bar.update(1)
         if (update + 1) % args.checkpoint_every == 0 or update + 1 == args.updates:
-            _save(run, state)
+            folder = _save(run_, state)
             last_good = update + 1
             write_json(run / "history.json", history)
             if stop_at is not None and update + 1 >= stop_at:
                 bar.close()
-                return run / "checkpoint.pkl"
+                return folder
     bar.close()
     score = evaluate(student, env["name"], env.get("settings") or {}, episodes=args.final_eval_episodes,
                      seed=10_000 + args.seed, progress=False, batch=10)
@@ -378,7 +395,7 @@ def _card(args: DigrArgs, teacher: Model, env: dict, data: Path, n_data: int, da
         "score": score, "updates": update,
         "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
         "saliency_dataset": {"path": str(data), "states": int(n_data), **data_settings},
-        "command": "xrl train digr " + " ".join(_cli_flags(args)),
+        "command": command("xrl train digr", args, always=("teacher", "data", "out")),
         "action_names": teacher.action_names, "value_head": "untrained (DIGR distils the policy only)",
         **extra,
     }
@@ -418,7 +435,7 @@ def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
     env = teacher.info["env"]
     envs = [make_env(env["name"], **(env.get("settings") or {})) for _ in range(args.n_envs)]
     obs = [np.asarray(e.reset(seed=args.seed + i)[0]) for i, e in enumerate(envs)]
-    return {
+    return {"episodes": [{"seed": args.seed + i, "actions": []} for i in range(args.n_envs)],
         "policy": policy, "optimiser": torch.optim.Adam(policy.parameters(), lr=args.learning_rate),
         "rng": np.random.default_rng(args.seed), "torch_gen": torch.Generator().manual_seed(args.seed),
         "envs": envs, "obs": obs, "episode_seed": args.seed + args.n_envs,
@@ -438,24 +455,105 @@ def _act(student: Model, state: dict, gen: torch.Generator) -> None:
         state["cursor"] = (state["cursor"] + 1) % len(state["buffer"])
         state["filled"] = min(state["filled"] + 1, len(state["buffer"]))
         next_obs, _, terminated, truncated, _ = env.step(action)
+        if state["episodes"][i] is not None:
+            state["episodes"][i]["actions"].append(int(action))
         if terminated or truncated:
             next_obs, _ = env.reset(seed=state["episode_seed"])
+            state["episodes"][i] = {"seed": state["episode_seed"], "actions": []}  # what a resume replays
             state["episode_seed"] += 1
         state["obs"][i] = np.asarray(next_obs)
 
 
-def _save(run: Path, state: dict) -> None:
-    """Everything needed to continue exactly: weights, optimizer, buffer, envs, RNG states."""
-    blob = {**state, "optimiser": state["optimiser"].state_dict(), "torch_gen": state["torch_gen"].get_state(),
-            "rng": state["rng"].bit_generator.state, "xrl_version": xrl.__version__}
-    with atomic_path(run / "checkpoint.pkl") as tmp:  # gzip: the buffer of game frames shrinks ~30x
-        tmp.write_bytes(gzip.compress(cloudpickle.dumps(blob), compresslevel=3))
+FORMAT = "xrl.digr_checkpoint"
 
 
-def _resume(run: Path) -> dict | None:
-    path = run / "checkpoint.pkl"
-    if not path.exists():
-        return None
+def _save(run: Run, state: dict) -> Path:
+    """Everything needed to continue exactly, without pickle: ``state.pt`` (weights, optimizer,
+    the torch generator, observations, each env's actions since its episode began), ``buffer.npz``
+    (the online buffer, compressed: game frames shrink ~30x), ``state.json`` (the numpy RNG,
+    counters, each env's episode seed, the history)."""
+    filled = state["filled"]
+    tensors = {"policy": state["policy"].state_dict(), "optimiser": state["optimiser"].state_dict(),
+               "torch_gen": state["torch_gen"].get_state(), "obs": torch.from_numpy(np.stack(state["obs"])),
+               "actions": [torch.tensor(e["actions"] if e else [], dtype=torch.int64) for e in state["episodes"]]}
+    meta = {"format": FORMAT, "version": 1, "xrl_version": xrl.__version__, "rng": state["rng"].bit_generator.state,
+            "episodes": [{"seed": e["seed"]} if e else None for e in state["episodes"]],
+            "episode_seed": state["episode_seed"], "filled": filled, "cursor": state["cursor"],
+            "buffer_size": len(state["buffer"]), "update": state["update"], "history": state["history"]}
+
+    def write(folder: Path) -> None:
+        torch.save(tensors, folder / "state.pt")
+        np.savez_compressed(folder / "buffer.npz", buffer=state["buffer"][:filled])
+        write_json(folder / "state.json", meta)
+
+    folder = run.save(state["update"], write)
+    (run.folder / "checkpoint.pkl").unlink(missing_ok=True)  # an old-format checkpoint, superseded
+    return folder
+
+
+def _resume(args: DigrArgs, run: Run, teacher: Model, arch: str) -> dict | None:
+    folder = run.latest()
+    if folder is None:
+        old = run.folder / "checkpoint.pkl"
+        if not old.exists():
+            return None
+        if not args.trust_pickle:
+            raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files="checkpoint.pkl"))
+        return _resume_pickle(old)
+    meta, tensors = read_json(folder / "state.json"), load_tensors(folder / "state.pt")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder} is not a DIGR training checkpoint (format={FORMAT!r})")
+    policy = build_policy(arch, teacher.input_shape, teacher.n_actions)
+    policy.load_state_dict(tensors["policy"])
+    optimiser = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
+    optimiser.load_state_dict(tensors["optimiser"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["rng"]
+    gen = torch.Generator()
+    gen.set_state(tensors["torch_gen"])
+    buffer = np.zeros((meta["buffer_size"], *teacher.input_shape), np.uint8)
+    try:
+        with np.load(folder / "buffer.npz", allow_pickle=False) as npz:
+            buffer[:meta["filled"]] = npz["buffer"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{folder / 'buffer.npz'} is not a readable buffer ({err})") from None
+    state = {"policy": policy, "optimiser": optimiser, "rng": rng, "torch_gen": gen, "buffer": buffer,
+             "obs": list(tensors["obs"].numpy()), **{k: meta[k] for k in ("episode_seed", "filled", "cursor",
+                                                                          "update", "history")}}
+    _replay(state, teacher, meta["episodes"], tensors["actions"], folder)
+    return state
+
+
+def _replay(state: dict, teacher: Model, episodes: list, actions: list, folder: Path) -> None:
+    """Each env rebuilt in its episode: reset with the episode's seed, then its actions; one whose
+    replay does not give the saved observation (or whose start is unknown) starts a new episode."""
+    env = teacher.info["env"]
+    state["envs"], state["episodes"], fresh = [], [], []
+    for i, start in enumerate(episodes):
+        e = make_env(env["name"], **(env.get("settings") or {}))
+        state["envs"].append(e)
+        if start is not None:
+            obs, _ = e.reset(seed=start["seed"])
+            for a in actions[i].tolist():
+                obs, *_ = e.step(a)
+            if np.array_equal(np.asarray(obs), state["obs"][i]):
+                state["episodes"].append({"seed": start["seed"], "actions": actions[i].tolist()})
+                continue
+        obs, _ = e.reset(seed=state["episode_seed"])
+        state["episodes"].append({"seed": state["episode_seed"], "actions": []})
+        state["episode_seed"] += 1
+        state["obs"][i] = np.asarray(obs)
+        fresh.append(i)
+    if fresh:
+        print(f"resuming {folder}: env(s) {fresh} start new episodes (theirs could not be rebuilt from "
+              "their seed and actions)", file=sys.stderr)
+
+
+def _resume_pickle(path: Path) -> dict:
+    """The old format (a gzip'd cloudpickle): only with ``trust_pickle``; the envs' episodes are
+    unknown until they end (a resume from the next checkpoint starts them anew)."""
+    import gzip
+    import pickle
     blob = pickle.loads(gzip.decompress(path.read_bytes()))
     optimiser = torch.optim.Adam(blob["policy"].parameters())
     optimiser.load_state_dict(blob["optimiser"])
@@ -463,14 +561,7 @@ def _resume(run: Path) -> dict | None:
     rng.bit_generator.state = blob["rng"]
     gen = torch.Generator()
     gen.set_state(blob["torch_gen"])
-    return {**blob, "optimiser": optimiser, "rng": rng, "torch_gen": gen}
+    episodes = blob.get("episodes") or [None] * len(blob["envs"])
+    return {**blob, "optimiser": optimiser, "rng": rng, "torch_gen": gen, "episodes": episodes}
 
 
-def _cli_flags(args: DigrArgs) -> list[str]:
-    defaults = DigrArgs(teacher=args.teacher, data=args.data)
-    flags = [f"--teacher {args.teacher}", f"--data {args.data}", f"--out {args.out}"]
-    for f in dataclasses.fields(args):
-        value = getattr(args, f.name)
-        if f.name not in ("teacher", "data", "out", "progress") and value != getattr(defaults, f.name):
-            flags.append(f"--{f.name.replace('_', '-')} {value}")
-    return flags
