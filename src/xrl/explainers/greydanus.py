@@ -119,10 +119,14 @@ class Greydanus(PerturbationExplainer):
         blur_sigma: float = 3.0,
         score: str = "logits",
         mask: str = "gaussian",
+        incremental: bool = False,
         batch_size: int = 512,  # a whole 84x84 state at stride 5 (290 rows, ~100 MB) in one pass
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
+        if not isinstance(incremental, bool):
+            raise ValueError(f"incremental must be True or False, got {incremental!r}")
+        self.incremental = incremental
         if not float(radius) > 0:
             raise ValueError(f"radius (std of the Gaussian mask, pixels) must be positive, got {radius!r}")
         stride = positive_int("stride", stride)

@@ -65,10 +65,14 @@ class Occlusion(PerturbationExplainer):
         window: int = 8,
         stride: int = 4,
         fill: Fill = 0.0,
+        incremental: bool = False,
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
+        if not isinstance(incremental, bool):
+            raise ValueError(f"incremental must be True or False, got {incremental!r}")
+        self.incremental = incremental
         window, stride = positive_int("window (pixels)", window), positive_int("stride (pixels)", stride)
         if stride > window:
             raise ValueError(f"stride {stride} may not exceed window {window}: pixels between windows "

@@ -110,6 +110,10 @@ class PerturbationExplainer(Explainer):
         their perturbations, and the :class:`Masks` that made them."""
         b = states.shape[0]
         masks = self.perturbations(states)
+        if getattr(self, "incremental", False):
+            done = self._incremental_scores(states, masks)
+            if done is not None:
+                return (*done, masks)
         per_state = masks.n + int(self.include_state)
         total = b * per_state
         size = min(self.batch_size, total)
@@ -128,6 +132,27 @@ class PerturbationExplainer(Explainer):
         if self.include_state:
             return scores[:, 0], scores[:, 1:], masks
         return None, scores, masks
+
+    def _incremental_scores(self, states: torch.Tensor, masks: Masks):
+        """:func:`xrl.incremental` scores when the network has a plan (else None: dense)."""
+        from xrl import incremental
+
+        if type(masks) is not Masks or type(self).combine is not PerturbationExplainer.combine:
+            return None
+        plan = incremental.cached_plan(self.model.net)
+        if plan is None or not plan.usable():
+            return None
+        with torch.inference_mode():
+            fill = self.fill_states(states, masks)
+            boxes = incremental.mask_boxes(masks.weights)
+            bases, parts = [], []
+            for i in range(states.shape[0]):
+                rows = [plan.scores(states[i], fill[i], masks.weights[part], boxes[part])
+                        for part in chunks(masks.n, self.batch_size)]
+                bases.append(rows[0][0])
+                parts.append(torch.cat([r[1] for r in rows]))
+        base, perturbed = torch.stack(bases), torch.stack(parts)  # outside inference mode: ordinary tensors
+        return (base if self.include_state else None), perturbed
 
     def _build(self, states, fill, masks: Masks, rows: slice, per_state: int, out: torch.Tensor) -> None:
         """Rows ``rows`` of the state-major batch ``(B * per_state, C, H, W)``, written into ``out``."""

@@ -76,11 +76,12 @@ class Sarfa(Greydanus):
         radius: float = 5.0,
         stride: int = 5,
         blur_sigma: float = 3.0,
+        incremental: bool = False,
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
         super().__init__(model, radius=radius, stride=stride, blur_sigma=blur_sigma, score="target",
-                         batch_size=batch_size, seed=seed)
+                         incremental=incremental, batch_size=batch_size, seed=seed)
 
     def effects(self, base, perturbed, target_fn):
         if target_fn is None:
