@@ -227,18 +227,29 @@ def _chain(env):
 
 
 def capture_rngs(env: gym.Env) -> list:
-    """``[depth, attribute, state]`` of every numpy Generator held by the wrapper chain (JSON)."""
+    """``[depth, attribute, state]`` of every numpy Generator held by the wrapper chain, and of
+    the Arcade Learning Environment's own RNG (sticky actions draw from it), as JSON."""
     out = []
     for depth, obj in enumerate(_chain(env)):
         for key, value in sorted(vars(obj).items()):
             if isinstance(value, np.random.Generator):
                 out.append([depth, key, value.bit_generator.state])
+            elif type(value).__name__ == "ALEInterface":  # its state with the RNG, serialized by ALE itself
+                import base64
+                out.append([depth, key, {"ale_state": base64.b64encode(value.cloneState(include_rng=True).serialize())
+                                         .decode("ascii")}])
     return out
 
 
 def restore_rngs(env: gym.Env, rngs: list) -> None:
     chain = list(_chain(env))
     for depth, key, state in rngs:
+        if "ale_state" in state:
+            import base64
+
+            import ale_py
+            getattr(chain[depth], key).restoreState(ale_py.ALEState(base64.b64decode(state["ale_state"])))
+            continue
         bit_generator = getattr(np.random, state["bit_generator"])()
         bit_generator.state = state
         setattr(chain[depth], key, np.random.Generator(bit_generator))
