@@ -17,7 +17,8 @@ gets 0).
 
 Agents: ``agent=`` a ``rexl.pt`` (``xrl train rexl``) or a list of them: one dataset-specific agent,
 or class-specific agents, each explaining the states whose target is its class (a target with no
-agent is refused). An agent trained for another model or grid is refused. Masked cells show one
+agent is refused). Without ``agent=``, the zoo's RExL agent made for the model is used (matched by
+the model's weights fingerprint, :func:`xrl.zoo.find_network`; the dataset-specific one first). An agent trained for another model or grid is refused. Masked cells show one
 noise image drawn from ``seed`` (the same for every state, so a map does not depend on its batch).
 Cost: ``K^2`` steps, each one forward pass of the model and the agent's extractor per state.
 
@@ -64,6 +65,35 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
     return weights / total.clamp_min(1e-12)
 
 
+_FOUND: dict[tuple, str | None] = {}
+
+
+def _find_network(kind: str, fingerprint: str) -> str | None:
+    """:func:`xrl.zoo.find_network`, remembered per (kind, fingerprint, zoo folder) for this process
+    (it reads the header of every zoo file: about a second, and a bench builds explainers often)."""
+    import xrl.zoo
+    key = (kind, fingerprint, str(xrl.zoo.ZOO_DIR))
+    if key not in _FOUND:
+        path = xrl.zoo.find_network(kind, fingerprint)
+        _FOUND[key] = None if path is None else str(path)
+    return _FOUND[key]
+
+
+def _zoo_agent(model: Model) -> str:
+    """The zoo's RExL agent for ``model`` (the dataset-specific one when there is one), matched by
+    the model's weights fingerprint (:func:`xrl.zoo.find_network`), or a ``ValueError``."""
+    fingerprint = model.fingerprint()
+    try:
+        path = _find_network("rexl", fingerprint)
+    except ValueError as err:  # no zoo folder
+        path, why = None, str(err)
+    else:
+        why = f"the zoo has no RExL agent for this model (weights fingerprint {fingerprint})"
+    if path is None:
+        raise ValueError(f"rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl); {why}")
+    return str(path)
+
+
 @EXPLAINERS.register("rexl")
 class RExL(Explainer):
     """RExL (Agarwal et al. 2021): a trained agent masks grid cells in turn; cells get the cumulated probability drop.
@@ -82,8 +112,8 @@ class RExL(Explainer):
                  extractor: torch.nn.Module | None = None, batch_size: int = 256, seed: int = 0,
                  score: str | None = None) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
-        if agent is None:
-            raise ValueError("rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl)")
+        if agent is None:  # the zoo's agent for this model, found by its weights fingerprint
+            agent = _zoo_agent(model)
         if not 0.0 <= float(lam) <= 1.0:
             raise ValueError(f"lam (the cumulating factor) must be in [0, 1], got {lam!r}")
         if float(smooth) < 0:

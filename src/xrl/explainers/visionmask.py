@@ -15,8 +15,10 @@ the most salient region of the target's mask — the connected pixels (4-neighbo
 maximum whose mask value is at least ``threshold`` times that maximum — is replaced by the
 network's reference value, and the agent's action and probabilities on that state are returned.
 
-Settings: ``network`` (path or MaskNetwork), ``batch_size`` (states per forward pass; the maps do
-not depend on it), ``check_agent`` (default True; see ``with_model``).
+Settings: ``network`` (path or MaskNetwork; default: the zoo network made for this agent, found
+by the agent's weights fingerprint with :func:`xrl.zoo.find_network`, never by a path), ``batch_size``
+(states per forward pass; the maps do not depend on it), ``check_agent`` (default True; see
+``with_model``). A network made for another agent is refused, whoever gives it.
 """
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ class VisionMask(Explainer):
                  check_agent: bool = True, batch_size: int = 256, seed: int = 0) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
         if network is None:
-            raise ValueError(f"{self.method} needs network= a trained mask network (.pt) for this agent; "
-                             f"train one with xrl train {self.method.replace('_', '-')}")
+            network = zoo_network(self.method, model,
+                                  f"train one with xrl train {self.method.replace('_', '-')}")
+        #: where the network came from (a path, or "given" for a MaskNetwork object)
+        self.network_source = "given" if isinstance(network, MaskNetwork) else str(network)
         if not isinstance(network, MaskNetwork):
             network = load_mask_network(network, method=self.method)
         elif network.method != self.method:
@@ -63,8 +67,10 @@ class VisionMask(Explainer):
         """The same network explaining ``model`` without the agent check: the sanity metric
         re-explains randomized copies of the agent, and a trained network's maps do not depend on
         the agent's weights at run time (only training sees them), so the check reports that."""
-        return type(self)(model, network=self.network, check_agent=False, batch_size=self.batch_size,
-                          seed=self.seed)
+        other = type(self)(model, network=self.network, check_agent=False, batch_size=self.batch_size,
+                           seed=self.seed)
+        other.network_source = self.network_source
+        return other
 
     def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -81,8 +87,37 @@ class VisionMask(Explainer):
         return maps[torch.arange(len(states), device=maps.device), index]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(arch={self.network.arch!r}, reference={self.network.reference!r}, "
-                f"batch_size={self.batch_size})")
+        return (f"{type(self).__name__}(network={self.network_source!r}, arch={self.network.arch!r}, "
+                f"reference={self.network.reference!r}, batch_size={self.batch_size})")
+
+
+_FOUND: dict[tuple, str | None] = {}
+
+
+def _find_network(kind: str, fingerprint: str) -> str | None:
+    """:func:`xrl.zoo.find_network`, remembered per (kind, fingerprint, zoo folder) for this process
+    (it reads the header of every zoo file: about a second, and a bench builds explainers often)."""
+    import xrl.zoo
+    key = (kind, fingerprint, str(xrl.zoo.ZOO_DIR))
+    if key not in _FOUND:
+        path = xrl.zoo.find_network(kind, fingerprint)
+        _FOUND[key] = None if path is None else str(path)
+    return _FOUND[key]
+
+
+def zoo_network(kind: str, model: Model, how_to_train: str) -> str:
+    """The path of the zoo's ``kind`` network made for ``model`` (matched by its weights
+    fingerprint, :func:`xrl.zoo.find_network`), or a ``ValueError`` saying there is none."""
+    fingerprint = model.fingerprint()
+    try:
+        path = _find_network(kind, fingerprint)
+    except ValueError as err:  # no zoo folder (an installed xrl without the repository's zoo/)
+        path, why = None, str(err)
+    else:
+        why = f"the zoo has no {kind} network for this agent (weights fingerprint {fingerprint})"
+    if path is None:
+        raise ValueError(f"{kind} needs network= a trained network (.pt) for this agent: {why}; {how_to_train}")
+    return str(path)
 
 
 class Counterfactual(NamedTuple):
