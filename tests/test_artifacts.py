@@ -185,3 +185,58 @@ def test_every_save_records_sha256_and_the_fingerprint_a_loader_computes(tmp_pat
     loaded = load_mask_network(tmp_path / "visionmask.pt")
     assert card["fingerprint"] == reference_fingerprint(loaded.state_dict()) and card["format"] == "xrl.mask_network"
     assert card["sha256"] == sha256(tmp_path / "visionmask.pt")
+
+
+def test_a_bench_spec_refuses_data_another_agent_collected(tmp_path, capsys):
+    from xrl import cli
+    spec = tmp_path / "spec.toml"
+    spec.write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
+                    f"agent = 'red-fetch-green-cnn-500k-0'\ndata = '{DATA}'\n")
+    for check in (True, False):  # checked without weights (the cards' fingerprints) and with them
+        capsys.readouterr()
+        code = cli.main(["bench", str(spec), "--check"] if check else ["bench", str(spec), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"dataset {DATA} was collected by another agent" in err and "weights 3442fcef43b3596b" in err, err
+    spec.write_text(spec.read_text().replace("red-fetch-green-cnn-500k-0", AGENT))
+    capsys.readouterr()
+    assert cli.main(["bench", str(spec), "--check"]) == 0, capsys.readouterr().err
+
+
+def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
+    import shutil
+    from xrl import cli
+    from xrl.zoo import update_sha256, verify
+    zoo = tmp_path / "zoo"
+    (zoo / "vm").mkdir(parents=True)
+    for name in ("visionmask.pt", "visionmask.json"):
+        shutil.copy(ZOO_DIR / "red-fetch-green-visionmask" / name, zoo / "vm" / name)
+    capsys.readouterr()
+    assert cli.main(["zoo", "--dir", str(zoo), "--verify"]) == 0
+    assert "every zoo artifact loads and matches its card" in capsys.readouterr().out
+    # the file rewritten (one setting changed, same weights): its sha256 differs, the command exits 1
+    original = (zoo / "vm" / "visionmask.pt").read_bytes()
+    payload = torch.load(zoo / "vm" / "visionmask.pt", weights_only=True)
+    torch.save({**payload, "xrl_version": "0.0.1"}, zoo / "vm" / "visionmask.pt")
+    assert cli.main(["zoo", "--dir", str(zoo), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert f"{zoo / 'vm' / 'visionmask.pt'}: its sha256 is {sha256(zoo / 'vm' / 'visionmask.pt')}, its card " \
+           f"records {hashlib.sha256(original).hexdigest()} (the file changed or is damaged)" in err
+    # a damaged (truncated) file is one problem among others, not a crash
+    (zoo / "vm" / "visionmask.pt").write_bytes(original[: len(original) // 2])
+    assert cli.main(["zoo", "--dir", str(zoo), "--verify"]) == 1
+    assert "visionmask.pt is not a readable xrl checkpoint (" in capsys.readouterr().err
+    (zoo / "vm" / "visionmask.pt").write_bytes(original)
+    # a card without sha256 is listed as not checked; --update-sha256 records it (for the file as it is now)
+    card = json.loads((zoo / "vm" / "visionmask.json").read_text())
+    del card["sha256"]
+    (zoo / "vm" / "visionmask.json").write_text(json.dumps(card))
+    unchecked = []
+    assert verify(zoo, unchecked=unchecked) == [] and unchecked == [zoo / "vm" / "visionmask.pt"]
+    assert update_sha256(zoo) == [zoo / "vm" / "visionmask.json"]
+    assert json.loads((zoo / "vm" / "visionmask.json").read_text())["sha256"] == sha256(zoo / "vm" / "visionmask.pt")
+    # a card recording other weights than the file holds
+    card = json.loads((zoo / "vm" / "visionmask.json").read_text())
+    (zoo / "vm" / "visionmask.json").write_text(json.dumps({**card, "fingerprint": "0" * 16}))
+    assert verify(zoo) == [f"{zoo / 'vm' / 'visionmask.pt'}: weights fingerprint {card['fingerprint']}, "
+                           f"its card records {'0' * 16}"]

@@ -35,21 +35,27 @@ def _zoo(zoo_dir: str | os.PathLike | None) -> Path:
     return zoo
 
 
-def zoo_artifacts(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
+def zoo_artifacts(zoo_dir: str | os.PathLike | None = None, *, errors: list | None = None) -> list[dict]:
     """Every artifact in the zoo, sorted by path: ``path`` (the ``.pt``), ``name`` (its folder
     relative to the zoo), ``format``, ``kind`` (agent, classifier, mask_network, rexl_agent),
     ``header`` (the file's settings, no weights) and ``card``. An artifact is a ``.pt`` with a
-    card beside it, other than a run's ``checkpoint.pt``."""
+    card beside it, other than a run's ``checkpoint.pt``. An unreadable file or card raises its
+    :class:`~xrl.artifacts.ArtifactError`, or is left out and its message appended to ``errors``."""
     zoo = _zoo(zoo_dir)
     rows = []
     for path in sorted(zoo.rglob("*.pt")):
         if path.stem == "checkpoint" or path.name.startswith(".") or not card_path(path).exists():
             continue
-        header = read_header(path)
+        try:
+            header, card = read_header(path), read_card(path)
+        except ArtifactError as err:
+            if errors is None:
+                raise
+            errors.append(str(err))
+            continue
         rows.append({"path": path, "name": str(path.parent.relative_to(zoo)), "format": header["format"],
                      "kind": FORMATS[header["format"]][0],
-                     "header": {k: v for k, v in header.items() if k != "state_dict"},
-                     "card": read_card(path)})
+                     "header": {k: v for k, v in header.items() if k != "state_dict"}, "card": card})
     return rows
 
 
@@ -98,8 +104,8 @@ def verify(zoo_dir: str | os.PathLike | None = None, *, load: bool = True,
     weights whose fingerprint differs from the card's. Artifacts whose card records no sha256
     (written before cards did) cannot be checked: their paths are appended to ``unchecked``."""
     from xrl.agents.load import load_artifact
-    problems = []
-    for row in zoo_artifacts(zoo_dir):
+    problems: list[str] = []
+    for row in zoo_artifacts(zoo_dir, errors=problems):
         path, card = row["path"], row["card"]
         if not card.get("sha256"):
             if unchecked is not None:
