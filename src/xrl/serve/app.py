@@ -270,7 +270,9 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0):
     """A listening TCP socket on ``host:port`` (port 0: a free one); ``OSError`` if taken."""
     import socket
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every accepted connection (it checks the
+    # proto); without it a keep-alive response's body waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them

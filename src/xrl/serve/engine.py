@@ -532,12 +532,22 @@ class Engine:
         name, settings = _resolve_env(model, None, None)
         extra = {} if _has_labels(make_env, name, settings) else (
             {"labels": True} if _has_labels(make_env, name, {**settings, "labels": True}) else {})
-        key = _digest([agent, self.given.get(agent), seed, self.max_steps, extra])
+        from xrl.data.collect import agent_record
+
+        # the file is named by everything the episode depends on (the weights included), so a
+        # kept --cache never shows an episode of an older agent of the same name
+        key = _digest([agent, self.given.get(agent), seed, self.max_steps, extra, agent_record(model)])
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", agent)
         out = self.cache_dir / "episodes" / f"{safe}-seed{seed}-{key}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
-        path = collect(model, episodes=1, out=out, seed=seed, max_steps=self.max_steps,
-                       env_settings=extra or None, progress=False)
+        try:
+            path = collect(model, episodes=1, out=out, seed=seed, max_steps=self.max_steps,
+                           env_settings=extra or None, progress=False)
+        except ValueError as err:  # a cache file recorded by another xrl version: record it again
+            if "already holds" not in str(err):
+                raise
+            path = collect(model, episodes=1, out=out, seed=seed, max_steps=self.max_steps,
+                           env_settings=extra or None, progress=False, overwrite=True)
         with StateDataset.open(path) as ds:
             labels = ds.labels() if ds.has_labels else None
             episode = Episode(agent, seed, path, ds.raw_states(), ds.frames(), ds.actions, ds.scores,
