@@ -34,6 +34,7 @@ import datetime
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import types
@@ -247,10 +248,10 @@ def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, sk
             continue
         if isinstance(value, dict):
             skipped = (pair_defaults or {}).get(f.name, {})
-            parts += [f"{_flag(f)} {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value.items()
-                      if k not in skipped or skipped[k] != v]
+            parts += [f"{_flag(f)} " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+                      for k, v in value.items() if k not in skipped or skipped[k] != v]
         elif value is not None:
-            parts.append(f"{_flag(f)} {str(value).lower() if isinstance(value, bool) else value}")
+            parts.append(f"{_flag(f)} " + shlex.quote(str(value).lower() if isinstance(value, bool) else str(value)))
     return " ".join(parts)
 
 
@@ -325,7 +326,7 @@ class Run:
                     pid, host = int(holder["pid"]), str(holder["host"])
                 except (OSError, ValueError, KeyError, TypeError):
                     holder, pid, host = None, None, None
-                if holder is not None and (host != me["host"] or _alive(pid)) and pid != me["pid"]:
+                if holder is not None and (host != me["host"] or _alive(pid)):
                     raise RunLocked(f"{self.folder} is in use by pid {pid} on {host} since {holder.get('started')}; "
                                     f"wait for it to finish or use another run folder (--out)") from None
                 self.lock_path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
@@ -376,7 +377,8 @@ class Run:
 
     def save(self, step: int, write: Callable[[Path], None]) -> Path:
         """``write(folder)`` fills a fresh folder; it becomes ``checkpoints/<step>`` in one rename
-        once ``complete.json`` records its files. Older checkpoints beyond the newest two go."""
+        once ``complete.json`` records its files (``<step>.<n>`` if that step was saved before).
+        Older checkpoints beyond the newest two go, and partial folders of killed saves."""
         self.checkpoints.mkdir(exist_ok=True)
         name = f"{int(step):012d}"
         tmp = self.checkpoints / f".{name}.partial{os.getpid()}"
@@ -393,21 +395,18 @@ class Run:
         _fsync(tmp / COMPLETE)
         _step("manifest")
         final = self.checkpoints / name
-        if final.exists():  # the same step saved again (a resumed run saving where it started)
-            old = self.checkpoints / f".{name}.old{os.getpid()}"
-            os.replace(final, old)
-            _step("moved-old")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)  # the switch
+        n = 0
+        while final.exists():  # the same step saved again: a later name, so the switch stays one rename
+            n += 1
+            final = self.checkpoints / f"{name}.{n}"
+        os.replace(tmp, final)  # the switch
+        _fsync(self.checkpoints)
         _step("renamed")
         self._saved = True
-        complete = sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for p in complete[:-KEEP]:
+        for p in _versions(self.checkpoints)[:-KEEP]:
             shutil.rmtree(p, ignore_errors=True)
-        for p in self.checkpoints.iterdir():  # partial folders of killed saves
-            if p.name.startswith(".") and not p.name.endswith(f"partial{os.getpid()}"):
+        for p in self.checkpoints.iterdir():  # partial folders of killed saves (the lock makes them dead)
+            if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
         _step("cleaned")
         return final
@@ -451,12 +450,21 @@ def is_complete(folder: Path, *, verify_hash: bool = False) -> bool:
     return True
 
 
+def _versions(folder: Path) -> list[Path]:
+    """The checkpoint folders (``<step>`` or ``<step>.<n>``), oldest first."""
+    def order(p: Path):
+        step, _, n = p.name.partition(".")
+        return int(step), int(n or 0)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and p.name.replace(".", "").isdigit()), key=order)
+
+
 def latest_checkpoint(run: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint folder of a run folder, or None."""
     folder = Path(run) / CHECKPOINTS
     if not folder.is_dir():
         return None
-    for p in sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True):
+    for p in reversed(_versions(folder)):
         if is_complete(p, verify_hash=True):
             return p
     return None

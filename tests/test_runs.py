@@ -1,0 +1,451 @@
+"""The run layer every trainer shares (xrl.train.run): checkpoints that survive a failure at any
+point of a save, the lock per run folder, settings checked before anything is written, commands
+and flags made from the trainers' dataclasses, env state rebuilt without pickle, and old pickle
+checkpoints that resume only when trusted."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xrl.train.run as run_module
+from xrl.cli import build_parser
+from xrl.train.run import (Run, RunLocked, SettingsError, add_flags, check_pairs, check_settings, command, from_flags,
+                           is_complete, latest_checkpoint)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Killed(Exception):
+    """Stands for a kill: nothing of the save's own cleanup runs (save has no except/finally)."""
+
+
+def save(run: Run, step: int, *, die_in_write: bool = False) -> Path:
+    def write(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(bytes([step % 256]) * 4096)
+        if die_in_write:
+            raise Killed("killed halfway through writing")
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    return run.save(step, write)
+
+
+def content(folder: Path) -> int:
+    assert is_complete(folder, verify_hash=True)
+    step = json.loads((folder / "state.json").read_text())["step"]
+    assert (folder / "weights.bin").read_bytes() == bytes([step % 256]) * 4096
+    return step
+
+
+# ------------------------------------------------------------------ atomic checkpoints
+
+
+@pytest.mark.parametrize("point", ["in-write", "write", "files", "manifest", "renamed", "cleaned"])
+def test_a_failure_at_any_point_of_a_save_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch, point):
+    folder = tmp_path / "run"
+    with Run(folder, {"x": 1}) as run:
+        save(run, 1)
+        save(run, 2)
+
+    def die(name):
+        if name == point:
+            raise Killed(name)
+
+    monkeypatch.setattr(run_module, "_step", die)
+    with pytest.raises(Killed), Run(folder, {"x": 1}) as run:
+        save(run, 3, die_in_write=point == "in-write")
+    monkeypatch.setattr(run_module, "_step", lambda name: None)
+    newest = latest_checkpoint(folder)
+    expected = 3 if point in ("renamed", "cleaned") else 2  # the rename is the switch
+    assert content(newest) == expected
+    versions = [p for p in (folder / "checkpoints").iterdir() if not p.name.startswith(".")]
+    assert all(is_complete(p) for p in versions) and content(sorted(versions)[0]) in (1, 2)  # the fallback
+    assert not (folder / ".lock").exists()  # released even when the save failed
+    # the next save works, removes the dead partial folder and keeps the newest two
+    with Run(folder, {"x": 1}) as run:
+        assert run.latest() == newest
+        save(run, 4)
+    names = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert names == [f"{expected:012d}", f"{4:012d}"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    with Run(tmp_path / "run", {}) as run:
+        save(run, 1)
+        newest = save(run, 2)
+    data = (newest / "weights.bin").read_bytes()
+    (newest / "weights.bin").write_bytes(data[:100])  # truncated
+    assert content(latest_checkpoint(tmp_path / "run")) == 1
+    (newest / "weights.bin").write_bytes(b"\x00" * len(data))  # same size, other bytes
+    assert content(latest_checkpoint(tmp_path / "run")) == 1
+    (newest / "weights.bin").write_bytes(data)
+    (newest / "complete.json").write_text("{")  # a torn manifest
+    assert content(latest_checkpoint(tmp_path / "run")) == 1
+
+
+def test_saving_a_step_again_keeps_one_rename_and_the_newest_wins(tmp_path, monkeypatch):
+    with Run(tmp_path / "run", {}) as run:
+        save(run, 5)
+        again = save(run, 5)
+    assert again.name == f"{5:012d}.1" and latest_checkpoint(tmp_path / "run") == again
+
+
+@pytest.mark.slow
+def test_a_killed_process_leaves_a_resumable_checkpoint(tmp_path):
+    """A real SIGKILL in the middle of a save (the writer blocks until it is killed)."""
+    folder = tmp_path / "run"
+    script = f"""
+import sys, time
+from xrl.train.run import Run
+with Run({str(folder)!r}, {{}}) as run:
+    run.save(1, lambda f: (f / "state.json").write_text("{{}}"))
+    def write(f):
+        (f / "state.json").write_text("{{}}")
+        print("writing", flush=True)
+        time.sleep(60)
+    run.save(2, write)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    assert latest_checkpoint(folder).name == f"{1:012d}"
+    with Run(folder, {}) as run:  # the dead process's lock is taken over
+        assert run.save(2, lambda f: (f / "state.json").write_text("{}")).name == f"{2:012d}"
+    assert [p.name for p in (folder / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ the lock
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_told_who_holds_it(tmp_path):
+    with Run(tmp_path / "run", {}):
+        with pytest.raises(RunLocked) as err, Run(tmp_path / "run", {}):
+            pass
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in str(err.value)  # the same process too
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from xrl.train.run import Run
+with Run({str(tmp_path / 'other')!r}, {{}}):
+    print("locked", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked) as err, Run(tmp_path / "other", {}):
+            pass
+        message = str(err.value)
+        assert f"pid {holder.pid}" in message and socket.gethostname() in message and " since " in message
+        assert "--out" in message and "\n" not in message
+    finally:
+        holder.kill()
+        holder.wait()
+    with Run(tmp_path / "other", {}):  # its process is gone: the stale lock is taken over
+        assert json.loads((tmp_path / "other" / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_held_on_another_host_is_not_taken_over(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": "elsewhere", "started": "then"}))
+    with pytest.raises(RunLocked, match="in use by pid 999999999 on elsewhere since then"):
+        with Run(tmp_path / "run", {}):
+            pass
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path):
+    with pytest.raises(ZeroDivisionError), Run(tmp_path / "run", {"a": 1}) as run:
+        save(run, 1)
+        1 / 0
+    assert not (tmp_path / "run" / ".lock").exists() and latest_checkpoint(tmp_path / "run") is not None
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path):
+    with pytest.raises(ValueError), Run(tmp_path / "new", {"size": "abc"}):
+        raise ValueError("the env refused size='abc'")
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError), Run(existing, {"size": "abc"}):
+        raise ValueError("the env refused size='abc'")
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_args_of_a_run_that_never_saved_do_not_block_the_corrected_command(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "args.json").write_text(json.dumps({"size": "abc"}))  # left by an older xrl's failed start
+    with Run(folder, {"size": 6}) as run:
+        save(run, 1)
+    assert json.loads((folder / "args.json").read_text()) == {"size": 6}
+    with pytest.raises(SettingsError) as err, Run(folder, {"size": 8}):
+        pass
+    message = str(err.value)
+    assert "other settings" in message and "'size': stored 6, asked 8" in message and "--out" in message
+    with Run(folder, {"size": 6, "budget": 10}, ignore={"budget"}):  # ignored settings may change
+        pass
+
+
+@dataclasses.dataclass
+class Toy:
+    name: str
+    seed: int = 0
+    rate: float = 0.1
+    steps: int = 10
+    width: int | None = None
+    flag: bool = True
+    extra: dict = dataclasses.field(default_factory=dict, metadata={"flag": "set"})
+    LIMITS = {"seed": ">=0", "rate": ">0", "steps": ">=1", "width": ">=1"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 1.7}, "--seed (seed) must be an integer, got 1.7"),
+    ({"seed": True}, "--seed (seed) must be an integer, got True"),
+    ({"seed": -1}, "--seed (seed) must be 0 or more, got -1"),
+    ({"rate": True}, "--rate (rate) must be a number, got True"),
+    ({"rate": "abc"}, "--rate (rate) must be a number, got 'abc'"),
+    ({"rate": 0.0}, "--rate (rate) must be positive, got 0.0"),
+    ({"steps": 0}, "--steps (steps) must be at least 1, got 0"),
+    ({"width": 0}, "--width (width) must be at least 1, got 0"),
+    ({"flag": "yes"}, "--flag (flag) must be true or false, got 'yes'"),
+    ({"name": 3}, "--name (name) must be a string, got 3"),
+    ({"name": None}, "--name (name) must be set, got None"),
+    ({"extra": ["a"]}, "--set (extra) must be KEY=VALUE settings, got ['a']"),
+])
+def test_check_settings_names_the_flag_and_what_was_expected(change, message):
+    check_settings(Toy(name="x"))
+    check_settings(Toy(name="x", rate=1, width=3))  # an int is a number; None is allowed where declared
+    with pytest.raises(SettingsError) as err:
+        check_settings(dataclasses.replace(Toy(name="x"), **change))
+    assert str(err.value) == message
+
+
+def test_check_pairs_types_keyed_settings():
+    check_pairs("dqn", {"buffer_size": 100, "gamma": 1}, {"buffer_size": 10, "gamma": 0.9})
+    with pytest.raises(SettingsError, match=r"^--dqn buffer_size=abc: expected int like 10$"):
+        check_pairs("dqn", {"buffer_size": "abc"}, {"buffer_size": 10})
+    with pytest.raises(SettingsError, match=r"^--dqn buffer_size=1.5: expected int like 10$"):
+        check_pairs("dqn", {"buffer_size": 1.5}, {"buffer_size": 10})
+    with pytest.raises(SettingsError, match="--dqn buffer: unknown setting; known: buffer_size"):
+        check_pairs("dqn", {"buffer": 1}, {"buffer_size": 10})
+
+
+# ------------------------------------------------------------------ flags and commands from the dataclass
+
+
+def _trainer_classes():
+    from xrl.cli import TRAINERS
+    import importlib
+    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls, _) in TRAINERS.items()}
+
+
+def _changed(cls):
+    """An instance with every field moved off its default (the type's obvious other value)."""
+    import typing
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("switch") or f.name == "progress":
+            continue
+        kinds = [k for k in typing.get_args(hints[f.name]) or (hints[f.name],) if k is not type(None)]
+        kind = kinds[0]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("choices"):
+            values[f.name] = [c for c in f.metadata["choices"] if c != default][0]
+        elif kind is bool:
+            values[f.name] = not default
+        elif kind is int:
+            values[f.name] = (default or 0) + 3
+        elif kind is float:
+            values[f.name] = (default or 0.0) + 0.25
+        elif kind is dict:
+            values[f.name] = {"size": 6, "name": "a b", "on": True}
+        else:
+            values[f.name] = f"some {f.name}"
+    return cls(**values)
+
+
+@pytest.mark.parametrize("name", ["agent", "digr", "visionmask", "stalder-explainer", "rexl", "classifier"])
+def test_the_card_command_parses_back_to_the_same_settings(name):
+    cls = _trainer_classes()[name]
+    args = _changed(cls)
+    line = command(f"xrl train {name}", args)
+    parsed = build_parser().parse_args(shlex.split(line)[1:])
+    assert from_flags(cls, parsed) == dataclasses.replace(args, progress=True)
+
+
+def test_train_agent_flags_keep_their_names_and_the_command_resolves_the_env_defaults(tmp_path):
+    from xrl.train.agent import AgentArgs, agent_command
+    parsed = build_parser().parse_args(["train", "agent", "--env", "pong", "--timesteps", "5", "--n-envs", "2",
+                                        "--set", "version=v4", "--algo", "dqn", "--dqn", "buffer_size=50",
+                                        "--checkpoint-every", "7", "--eval-episodes", "3", "--reward-scale", "0.5",
+                                        "--out", "r", "--export-only", "--trust-pickle"])
+    args = from_flags(AgentArgs, parsed)
+    assert args == AgentArgs(env="pong", total_timesteps=5, n_envs=2, env_settings={"version": "v4"}, algo="dqn",
+                             dqn={"buffer_size": 50}, checkpoint_every=7, eval_episodes=3, reward_scale=0.5, out="r",
+                             export_only=True, trust_pickle=True)
+    line = agent_command(args, args.resolved())
+    assert line == ("xrl train agent --env pong --set version=v4 --algo dqn --dqn buffer_size=50 --arch nature_cnn "
+                    "--timesteps 5 --seed 0 --n-envs 2 --reward-scale 0.5 --checkpoint-every 7 --eval-episodes 3 --out r")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "agent", "--out", "r"])  # --env is required, as before
+
+
+def _commands():
+    """Every ``xrl train`` command in the zoo's cards and the README (trailing notes cut off)."""
+    found = []
+    for path in sorted((ROOT / "zoo").rglob("*.json")):
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and str(card.get("command", "")).startswith("xrl train"):
+            found.append((str(path.relative_to(ROOT)), card["command"].split("  ")[0]))
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if "xrl train " in line:
+            text = line[line.index("xrl train "):].split("`")[0].split("  ")[0]
+            found.append(("README.md", text.strip()))
+    return found
+
+
+def test_every_train_command_in_the_zoo_and_readme_still_parses():
+    commands = _commands()
+    assert len(commands) >= 20
+    parser = build_parser()
+    for where, line in commands:
+        try:
+            parser.parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            pytest.fail(f"{where}: {line!r} does not parse")
+
+
+# ------------------------------------------------------------------ env state without pickle
+
+
+@pytest.mark.parametrize("env, settings", [
+    ("red-fetch-green", {}),
+    pytest.param("pong", {"sticky_actions": True}, marks=pytest.mark.slow),  # ALE's own RNG (sticky actions)
+    pytest.param("breakout", {"version": "v4"}, marks=pytest.mark.slow),  # SB3's AtariWrapper (noop resets)
+])
+def test_an_episode_is_rebuilt_from_its_start_and_actions(env, settings):
+    """Play into a second episode (an unseeded reset: its RNG states are recorded), rebuild another
+    env from the record, then both go on identically (observations, rewards, ends, next resets)."""
+    from xrl.envs import make_env
+    from xrl.train.agent import EpisodeLog
+    played = EpisodeLog(make_env(env, **settings))
+    played.reset(seed=3)
+    rng = np.random.default_rng(0)
+    ends = 0
+    while ends < 1 or len(played.actions) < 20:
+        *_, terminated, truncated, _ = played.step(int(rng.integers(played.action_space.n)))
+        if terminated or truncated:
+            played.reset()
+            ends += 1
+    assert played.start["seed"] is None and played.start["rngs"]
+    record = json.loads(json.dumps(played.start)), list(played.actions)  # what a checkpoint stores (JSON)
+    rebuilt = EpisodeLog(make_env(env, **settings))
+    rebuilt.reset(seed=99)  # another episode first: the replay must not depend on it
+    last = rebuilt.replay(*record)
+    a = played.step(0)
+    b = rebuilt.step(0)
+    assert not np.array_equal(last, np.zeros_like(last))
+    for _ in range(150):
+        assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+        action = int(rng.integers(played.action_space.n))
+        if a[2] or a[3]:
+            a, b = played.reset(), rebuilt.reset()
+            assert np.array_equal(a[0], b[0])
+        a, b = played.step(action), rebuilt.step(action)
+
+
+# ------------------------------------------------------------------ old pickle checkpoints
+
+
+def _old_format_run(folder: Path, args, state_blob: bytes | None = None) -> None:
+    """A run folder as xrl wrote it before run.py: checkpoint.zip (SB3) + checkpoint.state (pickle)."""
+    import random
+
+    import cloudpickle
+    from xrl.train.agent import _build
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text(json.dumps(args.recorded()))
+    algo = _build(args)
+    algo.save(folder / "checkpoint.zip")
+    vec = algo.get_env()
+    for i, env in enumerate(vec.envs):  # the old envs had no EpisodeLog
+        vec.envs[i] = env.env
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "env": cloudpickle.dumps(vec), "num_timesteps": 0,
+             "action_space": algo.action_space.np_random.bit_generator.state}
+    (folder / "checkpoint.state").write_bytes(state_blob if state_blob is not None else pickle.dumps(state))
+
+
+class _Payload:
+    """Unpickling this creates a file (harmless stand-in for code an attacker would run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_an_old_pickle_checkpoint_resumes_only_when_trusted_then_becomes_the_new_format(tmp_path):
+    from xrl.train.agent import AgentArgs, train_agent
+    args = AgentArgs(env="red-fetch-green", total_timesteps=256, n_envs=2, n_steps=64, batch_size=64,
+                     eval_episodes=1, checkpoint_every=128, out=str(tmp_path / "old"), progress=False)
+    _old_format_run(tmp_path / "old", args.resolved())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    with pytest.raises(ValueError) as err:
+        train_agent(args)
+    message = str(err.value)
+    assert "old pickle format" in message and "--trust-pickle" in message and "checkpoint.state" in message
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before  # nothing touched
+    path = train_agent(dataclasses.replace(args, trust_pickle=True))
+    assert path.exists() and not (tmp_path / "old" / "checkpoint.state").exists()
+    assert latest_checkpoint(tmp_path / "old") is not None and not list((tmp_path / "old").rglob("*.pkl"))
+
+
+def test_a_crafted_checkpoint_state_runs_nothing_when_resumed(tmp_path):
+    from xrl.train.agent import AgentArgs, train_agent
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    args = AgentArgs(env="red-fetch-green", n_envs=1, total_timesteps=64, out=str(folder), progress=False)
+    (folder / "args.json").write_text(json.dumps(args.resolved().recorded()))
+    (folder / "checkpoint.zip").write_bytes(b"PK")
+    (folder / "checkpoint.state").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ValueError, match="old pickle format"):
+        train_agent(args)
+    assert not marker.exists()
+    from xrl.cli import main
+    assert main(["train", "agent", "--env", "red-fetch-green", "--n-envs", "1", "--out", str(folder)]) == 2
+    assert not marker.exists()
+
+
+def test_toy_flags_round_trip():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Toy)
+    ns = parser.parse_args(["--name", "a", "--seed", "4", "--rate", "0.5", "--flag", "false", "--set", "k=1",
+                            "--set", "s=text", "--width", "3"])
+    toy = from_flags(Toy, ns)
+    assert toy == Toy(name="a", seed=4, rate=0.5, flag=False, extra={"k": 1, "s": "text"}, width=3)
+    assert command("toy", toy) == "toy --name a --seed 4 --rate 0.5 --width 3 --flag false --set k=1 --set s=text"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "a", "--seed", "1.7"])
