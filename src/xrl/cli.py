@@ -45,6 +45,25 @@ def _method_settings(names: str, pairs: list[str] | None) -> dict[str, dict]:
     return methods
 
 
+def _number(kind, test, expected: str):
+    """An argparse type: ``kind(text)`` that passes ``test``, else one line saying what was expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected
+    return parse
+
+
+_at_least_1 = _number(int, lambda v: v >= 1, "an integer of at least 1")
+_positive = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+_fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
 def _doc(obj) -> str:
     return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
 
@@ -369,20 +388,20 @@ def _data_commands(sub) -> None:
     a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
     a.add_argument("--eps", default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)")
     a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
-    a.add_argument("--episodes", type=int, default=50)
-    a.add_argument("--batch", type=int, default=8, help="episodes played side by side (one batched attack a step)")
+    a.add_argument("--episodes", type=_at_least_1, default=50)
+    a.add_argument("--batch", type=_at_least_1, default=8, help="episodes played side by side (one batched attack a step)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="attack-results")
     a.set_defaults(fn=cmd_attack)
 
     c = sub.add_parser("collect", help="roll out an agent into a StateDataset")
     c.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
-    c.add_argument("--episodes", type=int, required=True)
+    c.add_argument("--episodes", type=_at_least_1, required=True)
     c.add_argument("--out", required=True, help="dataset file (.h5)")
     c.add_argument("--env", default=None, help="default: the env the agent was trained on")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--max-steps", type=int, default=None)
+    c.add_argument("--max-steps", type=_at_least_1, default=None)
     c.add_argument("--sample", action="store_true", help="sample actions instead of argmax")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(fn=cmd_collect)
@@ -399,13 +418,13 @@ def _data_commands(sub) -> None:
                        help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
                             "agent collected it (default: the stored actions, refused for another agent's data)")
         if name == "explain":
-            e.add_argument("--n", type=int, default=6, help="states in the grid")
+            e.add_argument("--n", type=_at_least_1, default=6, help="states in the grid")
             e.add_argument("--out", default="explain.png",
                            help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png")
         else:
             e.add_argument("--metrics", default=None, help="comma-separated; default all")
             e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
-            e.add_argument("--n-states", type=int, default=64)
+            e.add_argument("--n-states", type=_at_least_1, default=64)
             e.add_argument("--out", default="results")
         e.set_defaults(fn=fn)
 
@@ -414,10 +433,10 @@ def _data_commands(sub) -> None:
     f.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
     f.add_argument("--network", required=True, help="trained mask network (.pt of xrl train visionmask)")
     f.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
-    f.add_argument("--n", type=int, default=4, help="states drawn")
+    f.add_argument("--n", type=_at_least_1, default=4, help="states drawn")
     f.add_argument("--seed", type=int, default=0, help="which states are drawn")
     f.add_argument("--target", type=int, default=None, help="action whose map is used (default the agent's)")
-    f.add_argument("--threshold", type=float, default=0.5,
+    f.add_argument("--threshold", type=_fraction, default=0.5,
                    help="region: connected pixels around the map's maximum at >= threshold x maximum")
     f.add_argument("--out", default="counterfactuals", help="folder of PNGs")
     f.set_defaults(fn=cmd_counterfactual)
@@ -430,7 +449,7 @@ def _bench_commands(sub) -> None:
     b.add_argument("--out", default=None, help="results folder (default bench-results/<spec name>)")
     b.add_argument("--ray", default=None, metavar="auto|ADDRESS",
                    help="run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster")
-    b.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray (--ray auto)")
+    b.add_argument("--workers", type=_at_least_1, default=None, help="CPUs of the local Ray (--ray auto)")
     b.add_argument("--check", action="store_true", help="only check the spec")
     b.add_argument("--report", action="store_true", help="also write report.html")
     b.set_defaults(fn=cmd_bench)
@@ -447,11 +466,11 @@ def _bench_commands(sub) -> None:
     w.add_argument("--env", default=None, help="default: the env the agent was trained on")
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     w.add_argument("--seed", type=int, default=0, help="the episode's reset seed")
-    w.add_argument("--max-steps", type=int, default=500)
+    w.add_argument("--max-steps", type=_at_least_1, default=500)
     w.add_argument("--counterfactual", action="store_true",
                    help="add the frame without the first method's most salient region and the action then")
-    w.add_argument("--fraction", type=float, default=0.05, help="share of pixels removed (--counterfactual)")
-    w.add_argument("--fps", type=float, default=10, help="frames per second of the video")
+    w.add_argument("--fraction", type=_fraction, default=0.05, help="share of pixels removed (--counterfactual)")
+    w.add_argument("--fps", type=_positive, default=10, help="frames per second of the video")
     w.add_argument("--formats", default="mp4,gif")
     w.add_argument("--out", default="watch", help="video path without suffix: OUT.mp4, OUT.gif")
     w.set_defaults(fn=cmd_watch)
