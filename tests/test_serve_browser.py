@@ -6,7 +6,7 @@ side by side, exports a PNG, and saves a screenshot checked not to be blank.
 
 The same drive makes the screenshot in docs/serve.md::
 
-    .venv/bin/python tests/test_serve_browser.py docs/images/serve.png
+    .venv/bin/python tests/test_serve_browser.py docs/serve/serve.png
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ AGENT = "red-fetch-green"
 VM = "visionmask:red-fetch-green-visionmask"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1320,1080"]
+         "--window-size=1320,1240"]
 
 
 def browser():
@@ -193,7 +193,7 @@ def test_page_in_headless_chromium(tmp_path):
 if __name__ == "__main__":
     import tempfile
 
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images/serve.png")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/serve/serve.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         serve_and_drive(out, Path(tmp))
