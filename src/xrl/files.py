@@ -38,18 +38,3 @@ def _finite(x):
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-def check_run_settings(run: str | os.PathLike, settings: dict, *, ignore: set[str] = frozenset()) -> None:
-    """Record a training run's settings in ``run/args.json``, or refuse to resume a run folder that
-    holds other settings (the ``ignore`` ones, e.g. the budget, may change between resumes)."""
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    config = run / "args.json"
-    if config.exists():
-        old = json.loads(config.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if k not in ignore and old.get(k) != v}
-        if diff:
-            raise ValueError(f"{run} holds a run with other settings {diff} (stored, asked); use another run folder (--out)")
-    write_json(config, settings)
-
