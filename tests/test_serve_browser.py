@@ -2,7 +2,8 @@
 (selenium from PyPI; nothing is downloaded at run time). The page is loaded from a server on a
 free port of 127.0.0.1; the test steps the timeline, plays it, switches method, selects another
 action, drags a perturbation rectangle, undoes it, asks for the per-frame scores, shows methods
-side by side, exports a PNG, and saves a screenshot checked not to be blank.
+side by side, exports a PNG, runs a slow method with settings (its progress shown; a refused
+setting reported), exports the MP4, and saves a screenshot checked not to be blank.
 
 The same drive makes the screenshot in docs/serve.md::
 
@@ -166,6 +167,41 @@ def drive(url: str, screenshot: Path) -> None:
         url = d.execute_script("return window.xrlLastExport || ''")
         assert url.startswith("data:image/png;base64,")
         not_blank(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")))
+
+        # a slow method with settings: RISE runs as a job whose progress the page shows
+        Select(d.find_element("id", "method")).select_by_value("rise")
+        box = d.find_element("id", "settings")
+        box.send_keys('{"n_masks": 400, "batch_size": 50}\ue007')  # Enter: the change event
+        seen, deadline = set(), time.monotonic() + 120
+        while d.execute_script("return document.body.dataset.busy") != "0" or not seen:
+            seen.add(d.find_element("id", "progress").text)
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        settle(d)
+        assert any("rise step 1" in t and "forward passes" in t for t in seen), seen
+        by_rise = overlay(d)
+        assert by_rise and by_rise not in (other_map, poked_map)
+        box.clear()
+        box.send_keys('{"n_masks": "many"}\ue007')  # a setting the method refuses: a clear message
+        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while not d.find_element("id", "error").is_displayed():
+            assert time.monotonic() < deadline, "no error shown for a refused setting"
+            time.sleep(0.1)
+        assert "n_masks" in d.find_element("id", "error").text
+        box.clear()
+        Select(d.find_element("id", "method")).select_by_value("gradient")
+        settle(d)
+
+        # export the episode as MP4 (xrl watch on the server): a link to the video
+        d.find_element("id", "mp4").click()
+        deadline = time.monotonic() + 120
+        while not d.find_elements("css selector", "#export-links a[href^='/api/download/']"):
+            assert time.monotonic() < deadline, d.find_element("id", "export-links").text
+            time.sleep(0.2)
+        kind = d.execute_script("const a = document.querySelector('#export-links a'); return fetch(a.href)"
+                                ".then(r => r.status + ' ' + r.headers.get('content-type'))")
+        assert kind == "200 video/mp4", kind
     finally:
         d.quit()
     not_blank(np.asarray(Image.open(screenshot).convert("RGB")))

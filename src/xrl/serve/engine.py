@@ -680,7 +680,8 @@ class Engine:
     # ------------------------------------------------------------ video
 
     def video(self, agent: str, seed: int, methods: list[dict], settings: dict) -> Job:
-        """``xrl watch`` of the episode (same seed, same greedy policy) as an MP4, on the slow lane."""
+        """``xrl watch`` of the episode (same seed, same greedy policy) as an MP4, on the slow lane;
+        ``settings`` are the first method's (the others run at their defaults)."""
         from xrl.watch import watch
 
         episode = self.loaded_episode(agent, seed)
@@ -688,7 +689,7 @@ class Engine:
         key = ("video", agent, seed, tuple(ids), json.dumps(settings, sort_keys=True))
         lane = self.lanes["slow"]
         # watch takes {method name: settings}: one network per method name
-        by_name = {m["name"]: {**settings, **m["fixed"]} for m in methods}
+        by_name = {m["name"]: {**(settings if i == 0 else {}), **m["fixed"]} for i, m in enumerate(methods)}
         if len(by_name) != len(methods):
             raise RequestError("the video shows one network per method (watch names its panels by method); "
                                f"got {', '.join(ids)}", 422)

@@ -162,8 +162,19 @@ function fillMethods(listing) {
 
 // ------------------------------------------------------------------ one frame
 
+// the settings box applies to the chosen method (side-by-side methods use their defaults)
+function settingsOf(method) {
+  const text = $("settings").value.trim();
+  if (!text || method !== S.method) return undefined;
+  let value;
+  try { value = JSON.parse(text); } catch (err) { throw new Error(`settings must be JSON, e.g. {"n_masks": 500}: ${err.message}`); }
+  return value;
+}
+
 function request(method) {
   const body = { agent: S.agent, seed: S.seed, t: S.t, method, target: S.target };
+  const settings = settingsOf(method);
+  if (settings !== undefined) body.settings = settings;
   if (S.rects.length) body.rects = S.rects;
   return body;
 }
@@ -351,6 +362,8 @@ async function computeScores() {
   const gen = S.gen;
   try {
     const body = { agent: S.agent, seed: S.seed, t: S.t, method: S.method, target: S.target };
+    const settings = settingsOf(S.method);
+    if (settings !== undefined) body.settings = settings;
     const r = await api("/api/scores", body, gen);
     if (gen !== S.gen) return;
     drawCurves(r);
@@ -507,7 +520,10 @@ async function exportMp4() {
   const methods = [S.method, ...[...S.compare].filter((m) => m !== S.method)];
   $("export-links").textContent = "making the video…";
   try {
-    const r = await api("/api/video", { agent: S.agent, seed: S.seed, methods }, undefined, false);
+    const body = { agent: S.agent, seed: S.seed, methods };
+    const settings = settingsOf(S.method);
+    if (settings !== undefined) body.settings = settings;
+    const r = await api("/api/video", body, undefined, false);
     const a = document.createElement("a");
     a.href = r.download; a.textContent = "MP4"; a.download = `xrl-${S.agent}-seed${S.seed}.mp4`;
     $("export-links").replaceChildren(a);
@@ -522,7 +538,8 @@ async function exportMp4() {
 window.addEventListener("DOMContentLoaded", () => {
   $("agent").addEventListener("change", () => { showCard(); loadEpisode(); });
   $("load").addEventListener("click", loadEpisode);
-  $("method").addEventListener("change", () => { S.method = $("method").value; show(); });
+  $("method").addEventListener("change", () => { S.method = $("method").value; $("settings").value = ""; show(); });
+  $("settings").addEventListener("change", () => { showError(""); show(); });
   $("show-overlay").addEventListener("change", () => show());
   $("kind").addEventListener("change", () => { S.kind = $("kind").value; });
   $("undo").addEventListener("click", () => { if (S.rects.length) { S.rects.pop(); show(); } });
