@@ -198,3 +198,46 @@ def test_xrl_train_digr_command(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: "expected true or false"
         main(flags + ["--use-pcgrad", "maybe"])
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this creates a file (a harmless stand-in for code an attacker would run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.slow
+def test_an_old_pickle_checkpoint_runs_nothing_unless_trusted(tmp_path):
+    """checkpoint.pkl (what DIGR wrote before run.py) is refused without trust_pickle, so a crafted
+    one runs nothing; a genuine one resumes when trusted and its next checkpoint has no pickle."""
+    import dataclasses
+    import gzip
+    import pickle
+
+    import cloudpickle
+    args = tiny_args(tmp_path, "old")
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "trust_pickle"}
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps(settings))
+    marker = tmp_path / "pwned"
+    (run / "checkpoint.pkl").write_bytes(gzip.compress(pickle.dumps(_Payload(marker))))
+    with pytest.raises(ValueError, match=r"old pickle format \(checkpoint.pkl\).*--trust-pickle"):
+        train_digr(args)
+    assert not marker.exists() and (run / "checkpoint.pkl").exists()
+    # a genuine old checkpoint, as the old _save wrote it (the whole state, cloudpickled)
+    teacher = xrl.load_agent("red-fetch-green")
+    state = digr._fresh(args, teacher, "grid_cnn")
+    del state["episodes"]
+    blob = {**state, "optimiser": state["optimiser"].state_dict(), "torch_gen": state["torch_gen"].get_state(),
+            "rng": state["rng"].bit_generator.state}
+    (run / "checkpoint.pkl").write_bytes(gzip.compress(cloudpickle.dumps(blob)))
+    path = train_digr(dataclasses.replace(args, trust_pickle=True))
+    assert path.exists() and not list(run.rglob("*.pkl"))
+    from xrl.train.run import latest_checkpoint
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["update"] == 6
