@@ -18,7 +18,7 @@ import torch
 import xrl
 from xrl import cli
 from xrl.bench import SpecError, load_results, load_spec, run_bench
-from xrl.bench.runner import _npz
+from xrl.bench.layout import read_npz as _npz
 from xrl.data.dataset import StateDataset
 from xrl.evaluation import evaluate
 from xrl.explainers import EXPLAINERS

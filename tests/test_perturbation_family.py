@@ -342,3 +342,37 @@ def test_rise_masks_are_seeded_and_cached():
 def test_rise_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("rise", tiny_model(), **bad)
+
+
+def test_mask_caches_are_bounded_in_bytes(monkeypatch):
+    from xrl.explainers import masks as mask_module
+    mask_module.perturbation_masks.cache_clear()
+    monkeypatch.setattr(mask_module, "MASK_CACHE_BYTES", 3 * 16 * 16 * 4 * 64)  # three 64-mask sets of 16x16
+    kept = [mask_module.perturbation_masks(16, 16, 2, r) for r in (1.0, 2.0, 3.0)]
+    assert mask_module.cached_bytes() == 3 * 64 * 16 * 16 * 4
+    assert mask_module.perturbation_masks(16, 16, 2, 1.0) is kept[0]  # most recently used now
+    mask_module.perturbation_masks(16, 16, 2, 4.0)  # evicts the least recently used (radius 2)
+    assert mask_module.cached_bytes() <= mask_module.MASK_CACHE_BYTES
+    assert mask_module.perturbation_masks(16, 16, 2, 1.0) is kept[0]
+    assert mask_module.perturbation_masks(16, 16, 2, 2.0) is not kept[1]  # rebuilt, equal
+    assert torch.equal(mask_module.perturbation_masks(16, 16, 2, 2.0), kept[1])
+    big = mask_module.perturbation_masks(16, 16, 1, 1.0)  # 256 masks: over the bound, not kept
+    assert mask_module.perturbation_masks(16, 16, 1, 1.0) is not big
+    mask_module.perturbation_masks.cache_clear()
+
+
+def test_memory_is_estimated_before_large_allocations(monkeypatch):
+    monkeypatch.setenv("XRL_MAX_ALLOC_GB", "0.001")  # 1 MB
+    model = as_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 62 * 62, 3)), input_shape=(1, 64, 64))
+    x = rand(1, 1, 64, 64)
+    with pytest.raises(MemoryError, match="larger stride"):
+        get_explainer("greydanus", model, stride=1).explain(x)  # 4096 masks of 64x64: 64 MB
+    with pytest.raises(MemoryError, match="occlusion masks.*larger stride"):
+        get_explainer("occlusion", model, window=2, stride=1).explain(x)
+    with pytest.raises(MemoryError, match="n_masks"):
+        get_explainer("rise", model, n_masks=2000).explain(x)
+    with pytest.raises(MemoryError, match="batch_size"):
+        get_explainer("greydanus", model, stride=16, batch_size=512).explain(torch.rand(20, 1, 64, 64))
+    monkeypatch.setenv("XRL_MAX_ALLOC_GB", "abc")
+    with pytest.raises(ValueError, match="XRL_MAX_ALLOC_GB"):
+        get_explainer("greydanus", model, stride=16).explain(x)

@@ -166,15 +166,27 @@ class Plan:
         last = acts[-1][0]  # (C, h, w)
         old = _gather(last[None].expand(n, -1, -1, -1), top, left, size)
         delta = (tile - old).flatten(1)  # (N, C * h * w)
-        weight = self.linear.weight.view(self.linear.out_features, *last.shape)  # (F, C, h, w)
         linear = base_linear.expand(n, -1).clone()
         key = top * last.shape[-1] + left
         for k in key.unique().tolist():
             rows = (key == k).nonzero().squeeze(1)
             r, c = divmod(k, last.shape[-1])
-            w = weight[:, :, r:r + size[0], c:c + size[1]].reshape(weight.shape[0], -1)
-            linear[rows] += delta[rows] @ w.T
+            linear[rows] = torch.addmm(linear[rows], delta[rows], self._weight_box(tuple(last.shape), r, c, size))
         return base, self.rest(linear)
+
+    def _weight_box(self, shape: tuple[int, int, int], row: int, col: int, size: tuple[int, int]) -> torch.Tensor:
+        """The first Linear's weights on the box ``(C, row : row + h, col : col + w)`` of its
+        input, ``(C * h * w, F)``, cached per box (and per version of the weights)."""
+        weight = self.linear.weight
+        key = (shape, row, col, size, weight._version, weight.data_ptr(), weight.dtype, weight.device)
+        cache = self.__dict__.setdefault("_boxes", {})
+        if key not in cache:
+            held = sum(v.numel() * v.element_size() for v in cache.values())
+            if held > 2**28 or any(k[4:6] != key[4:6] for k in cache):
+                cache.clear()  # weights changed, or over 256 MB of boxes: start over
+            box = weight.view(weight.shape[0], *shape)[:, :, row:row + size[0], col:col + size[1]]
+            cache[key] = box.reshape(weight.shape[0], -1).T.contiguous()
+        return cache[key]
 
     @staticmethod
     def _input_patch(state, fill, masks, top, left, size, padding, pad_value) -> torch.Tensor:

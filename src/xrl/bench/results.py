@@ -26,6 +26,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths
 from xrl.bench.spec import Spec
 from xrl.files import atomic_path, write_json
 
@@ -45,7 +46,6 @@ def versions() -> dict[str, str]:
 
 def merge(spec: Spec, out: str | os.PathLike) -> dict:
     """Gather every job of ``spec`` found in ``out`` into ``results.json`` and ``results.csv``."""
-    from xrl.bench.runner import data_path, is_done, job_paths
 
     out = Path(out)
     groups, failed, missing = [], [], []
@@ -84,7 +84,6 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
         else:
             missing.append(job.id)
     if groups:
-        from xrl.bench.runner import gallery_positions
         for g in groups:
             if g["rows"] is not None:
                 g["gallery_rows"] = [g["rows"][i] for i in gallery_positions(len(g["rows"]), spec.gallery)]

@@ -16,7 +16,6 @@ only ``cost`` metrics (wall time) differ from run to run.
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import tempfile
@@ -31,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
+from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths, read_npz
 from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
@@ -39,29 +39,9 @@ from xrl.files import atomic_path, write_json
 from xrl.metrics import METRICS, get_metric
 
 CURVE_METRICS = ("deletion", "insertion")
-
-
-def job_paths(out: Path, job: Job) -> dict[str, Path]:
-    stem = out / "jobs" / job.agent / f"seed{job.seed}" / job.method
-    return {"json": stem.with_suffix(".json"), "npz": stem.with_suffix(".npz"),
-            "error": stem.with_name(stem.name + ".error.json")}
-
-
-def data_path(out: Path, spec: Spec, agent: str, seed: int) -> Path:
-    a = next(x for x in spec.agents if x.name == agent)
-    return Path(a.data) if a.data else out / "data" / f"{agent}-seed{seed}.h5"
-
-
-def is_done(out: Path, job: Job) -> bool:
-    """A finished result of exactly this job (same settings, same metrics) is on disk."""
-    import json
-    path = job_paths(out, job)["json"]
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text())["job"]["key"] == job.key
-    except (ValueError, KeyError):
-        return False
+#: the old private name of :func:`xrl.bench.layout.read_npz` (``xrl.demo`` still imports it)
+_npz = read_npz
+__all__ = ["run_bench", "run_job", "job_paths", "data_path", "is_done", "gallery_positions", "save_job", "save_error"]
 
 
 def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
@@ -98,13 +78,6 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
         return {"result": result, "arrays": arrays}
     finally:
         torch.set_num_threads(threads)
-
-
-def gallery_positions(n: int, k: int) -> np.ndarray:
-    """``k`` positions spread over ``n`` sampled states (the same for every method)."""
-    if k == 0 or n == 0:
-        return np.zeros(0, dtype=int)
-    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
 
 
 def save_job(out: Path, job: Job, output: dict) -> None:
@@ -278,9 +251,3 @@ def _on_ray(address: str, workers: int | None) -> Callable:
                 ray.shutdown()
 
     return run
-
-
-def _npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a job's ``.npz`` (read whole, so no file handle stays open)."""
-    with np.load(io.BytesIO(Path(path).read_bytes())) as f:
-        return {k: f[k] for k in f.files}

@@ -88,7 +88,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
-from xrl.explainers.masks import mask_centres, perturbation_masks, upsample_grid
+from xrl.explainers.masks import byte_cache, mask_centres, perturbation_masks, upsample_grid
 from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import Targets, gaussian_blur
 
@@ -225,7 +225,7 @@ def reflect_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
-@functools.lru_cache(maxsize=8)
+@byte_cache
 def greydanus_masks(height: int, width: int, stride: int, radius: float, device: torch.device) -> torch.Tensor:
     """Greydanus' ``get_mask`` for every centre of the ``stride`` grid, ``(N, H, W)`` float32,
     mask ``n = r * W' + c`` centred on ``(r * stride, c * stride)``: the pixels within distance 1

@@ -3,13 +3,53 @@
 
 Everything here is plain torch on the caller's device. Masks are built once per
 ``(H, W, stride, radius, truncate, device)`` and cached: callers must not modify them in place.
+Every mask cache of the perturbation methods is :func:`byte_cache`: bounded in bytes
+(:data:`MASK_CACHE_BYTES`, 512 MB shared by all of them), least recently used first out.
 """
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
+
+#: bytes all mask caches together may hold
+MASK_CACHE_BYTES = 512 * 2**20
+_CACHE: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
+_LOCK = threading.Lock()
+
+
+def byte_cache(fn):
+    """Cache the tensors ``fn`` returns (by its name and arguments) in one LRU store shared by
+    every decorated function and bounded by :data:`MASK_CACHE_BYTES`; a tensor larger than the
+    bound is returned without being kept. ``fn.cache_clear()`` empties the store."""
+
+    @functools.wraps(fn)
+    def cached(*args, **kwargs):
+        key = (fn.__module__, fn.__qualname__, args, tuple(sorted(kwargs.items())))
+        with _LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+        value = fn(*args, **kwargs)
+        size = value.numel() * value.element_size()
+        with _LOCK:
+            if size <= MASK_CACHE_BYTES:
+                _CACHE[key] = value
+                while sum(v.numel() * v.element_size() for v in _CACHE.values()) > MASK_CACHE_BYTES:
+                    _CACHE.popitem(last=False)
+        return value
+
+    cached.cache_clear = _CACHE.clear  # type: ignore[attr-defined]
+    return cached
+
+
+def cached_bytes() -> int:
+    """Bytes the mask caches hold now."""
+    with _LOCK:
+        return sum(v.numel() * v.element_size() for v in _CACHE.values())
 
 
 
@@ -18,7 +58,7 @@ def mask_centres(height: int, width: int, stride: int) -> tuple[torch.Tensor, to
     return torch.arange(0, height, stride), torch.arange(0, width, stride)
 
 
-@functools.lru_cache(maxsize=32)
+@byte_cache
 def perturbation_masks(
     height: int,
     width: int,
@@ -33,8 +73,8 @@ def perturbation_masks(
     ``exp(-|p - (r*stride, c*stride)|^2 / (2 radius^2))``, 1 at its centre and exactly 0 beyond
     ``truncate * radius`` pixels, as in Greydanus et al. 2018 (a Gaussian of std ``radius``;
     they blur a one-pixel disk, which is the same shape up to a fraction of a pixel).
-    Cached: the same arguments return the same tensor object. Memory is ``N * H * W`` floats
-    (8 MB for 84x84 at stride 5, 200 MB at stride 1).
+    Cached (:func:`byte_cache`): the same arguments return the same tensor object while it is
+    kept. Memory is ``N * H * W`` floats (8 MB for 84x84 at stride 5, 200 MB at stride 1).
     """
     if int(stride) < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")

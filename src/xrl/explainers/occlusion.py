@@ -34,7 +34,6 @@ same windows (``perturbations_per_eval=400``) took ~7x longer for one action, sa
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Union
 
@@ -42,6 +41,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.masks import byte_cache
 from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, drop, positive_int
 
 Fill = Union[float, torch.Tensor]
@@ -103,7 +103,7 @@ class Occlusion(PerturbationExplainer):
         return window_masks(height, width, self.window, self.stride, torch.device(device))
 
 
-@functools.lru_cache(maxsize=16)
+@byte_cache
 def window_masks(height: int, width: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
     """0/1 masks ``(N, H, W)`` of the windows, ``N = n_rows * n_cols`` with
     ``n = ceil((size - window) / stride) + 1`` positions per axis, clipped at the border.

@@ -58,13 +58,13 @@ the floor (the same number of forward passes in one batch), all actions at once.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.masks import byte_cache
 from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import chunks
 
@@ -134,7 +134,7 @@ class Rise(PerturbationExplainer):
         return rise_masks(height, width, self.n_masks, self.grid, self.p, self.seed, torch.device(device))
 
 
-@functools.lru_cache(maxsize=4)  # 56 MB each at the defaults on 84x84
+@byte_cache
 def rise_masks(
     height: int, width: int, n_masks: int, grid: int, p: float, seed: int, device: torch.device
 ) -> torch.Tensor:

@@ -159,7 +159,7 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
 def _gallery(g: dict, folder: Path) -> list[dict]:
     import torch
 
-    from xrl.bench.runner import _npz
+    from xrl.bench.layout import read_npz
     from xrl.data.dataset import StateDataset
     from xrl.viz.overlay import overlay
     from xrl.viz.video import encode_png
@@ -170,7 +170,7 @@ def _gallery(g: dict, folder: Path) -> list[dict]:
     data = folder / g["data"] if not os.path.isabs(g["data"]) else Path(g["data"])
     maps = {}
     for m, path in g["maps"].items():
-        arrays = _npz(folder / path)
+        arrays = read_npz(folder / path)
         if list(arrays["gallery_rows"]) != list(rows):
             raise ValueError(f"{path} holds maps of rows {list(arrays['gallery_rows'])}, the results "
                              f"list {rows}; run `xrl bench` again to rewrite the results")
