@@ -3,10 +3,16 @@
 1. the agent: the zoo ``red-fetch-green`` agent, or a quickly trained one when the zoo has none;
 2. the shipped ``quick`` bench spec (``xrl/bench/specs/quick.toml``) with that agent: seeded greedy
    episodes stored as a StateDataset (with ground truth), every registered explainer on the same
-   states (targets = the actions taken), every registered metric on every method;
-3. a results folder: ``report.html`` (open it in a browser: tables, curves, radar, sanity, time
+   states (targets = the actions taken) — the baselines and the learned explainers of the papers
+   (VisionMask, the Stalder Explainer, RExL), whose zoo networks are found by the agent's weights
+   fingerprint — and every registered metric on every method;
+3. the papers' agents, each a section of its own (the bench spec format has one method list for
+   all agents): the zoo DIGR student's vanilla gradient (``quick_digr`` spec, shown beside the
+   teacher's) and a zoo Sparse FLS agent's attention (``quick_fls``), scored by every metric;
+4. a results folder: ``report.html`` (open it in a browser: tables, curves, radar, sanity, time
    per map, gallery), ``results.json``/``results.csv``, ``explain.png`` (frame and one overlay
-   per method), ``summary.md`` (table, agent card, settings), ``data/`` and ``jobs/``.
+   per method), ``summary.md`` (table, the papers' rows, agent card, settings, bench time),
+   ``data/`` and ``jobs/``; the sections in ``digr/`` and ``fls/`` (each with its report).
 
 Running it again resumes: finished jobs are kept. ``quick=True`` shrinks every budget so the
 tests can run the whole path in seconds.
@@ -33,6 +39,13 @@ from xrl.viz.overlay import explanation_grid
 
 ENV = "red-fetch-green"
 QUICK = {"n_states": 6, "episodes": 2, "max_steps": 12, "lipschitz_samples": 2}
+#: the papers' agents, one section each: folder -> (shipped spec, what it shows)
+SECTIONS = {"digr": ("quick_digr", "DIGR student (Xing et al. 2022): its vanilla gradient, beside the teacher's"),
+            "fls": ("quick_fls", "Sparse FLS agent (Nikulin et al. 2019): its attention, beside its gradient")}
+#: the columns of the papers' rows in summary.md
+PAPER_COLUMNS = ("localization.auc", "localization.unimportant", "deletion", "insertion", "accuracy",
+                 "sanity.passed", "time_per_map")
+LEARNED = ("visionmask", "stalder_explainer", "rexl")
 
 
 def demo_agent(out: Path, *, zoo: Path | None = None, quick: bool = False) -> tuple[Path, dict]:
@@ -63,6 +76,49 @@ def demo_spec(agent: Path, *, quick: bool, seed: int):
     return parse_spec(data)
 
 
+def section_spec(name: str, *, quick: bool, seed: int, zoo: Path | None = None):
+    """A section's shipped spec with ``seed`` and (``quick=True``) tiny budgets, or None when the
+    zoo lacks its agent."""
+    data = tomllib.loads(find_spec(SECTIONS[name][0]).read_text())
+    data["seeds"] = [seed]
+    agent = data["agents"][0]
+    path = Path(zoo or ZOO_DIR) / agent["agent"] / "agent.pt"
+    if not path.exists():
+        return None
+    agent["agent"] = str(path.resolve())
+    if quick:
+        data["n_states"] = QUICK["n_states"]
+        data["gallery"] = min(data.get("gallery", 4), QUICK["n_states"])
+        agent.update(episodes=QUICK["episodes"], max_steps=QUICK["max_steps"])
+        data["metric_settings"]["lipschitz"]["n_samples"] = QUICK["lipschitz_samples"]
+    return parse_spec(data)
+
+
+def _row(g: dict, method: str, label: str) -> str:
+    means = g["means"][method]
+    cells = []
+    for c in PAPER_COLUMNS:
+        v = means.get(c)
+        cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else
+                     f"{v:.2e}" if c == "time_per_map" else f"{v:.3f}")
+    return f"| {label} | `{method}` | " + " | ".join(cells) + " |"
+
+
+def papers_table(main: dict, sections: dict[str, dict]) -> str:
+    """The papers' rows: the learned explainers on the demo agent, the DIGR student's gradient
+    beside the teacher's, the FLS agent's attention beside its gradient."""
+    lines = ["| agent | method | " + " | ".join(PAPER_COLUMNS) + " |", "|---|---|" + "---|" * len(PAPER_COLUMNS)]
+    for m in LEARNED:
+        if m in main["methods"]:
+            lines.append(_row(main, m, f"{ENV} (zoo network)"))
+    if "gradient" in main["methods"]:
+        lines.append(_row(main, "gradient", f"{ENV} (DIGR's teacher)"))
+    for name, g in sections.items():
+        for m in g["methods"]:
+            lines.append(_row(g, m, g["agent"]))
+    return "\n".join(lines)
+
+
 def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
              zoo: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """Run the demo and return the results folder."""
@@ -71,8 +127,21 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
     started = time.time()
     agent, card = demo_agent(out, zoo=Path(zoo) if zoo else None, quick=quick)
     spec = demo_spec(agent, quick=quick, seed=seed)
+    bench_start = time.time()
     run_bench(spec, out, progress=not quick)
     build_report(out)
+    seconds = {"main": time.time() - bench_start}
+    sections, missing = {}, []
+    for name in SECTIONS:
+        section = section_spec(name, quick=quick, seed=seed, zoo=Path(zoo) if zoo else None)
+        if section is None:
+            missing.append(name)
+            continue
+        start = time.time()
+        run_bench(section, out / name, progress=not quick)
+        build_report(out / name)
+        seconds[name] = time.time() - start
+        (sections[name],) = load_results(out / name)["groups"]
 
     doc = load_results(out)
     (g,) = doc["groups"]
@@ -87,7 +156,16 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
 
     table = group_table(g)
     print(table)
+    papers = papers_table(g, sections)
+    print(papers)
     failed = "".join(f"\nFailed: {f['id']}: {f['error']}" for f in doc["failed"])
+    not_run = "".join(f"\n- `{m}` not run: {why}" for m, why in (g.get("not_run") or {}).items())
+    section_text = "".join(
+        f"\n\n## {SECTIONS[name][1]}\n\nSpec: the shipped `{SECTIONS[name][0]}` spec; full report: "
+        f"[{name}/report.html]({name}/report.html)\n\n```\n{group_table(s)}\n```" for name, s in sections.items())
+    section_text += "".join(f"\n\nSection `{name}` not run: the zoo has no `{SECTIONS[name][0]}` agent."
+                            for name in missing)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(
             f"# xrl demo: {ENV}\n\nAgent: {card.get('what')} — `{card.get('command')}`; "
@@ -97,8 +175,12 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
             f"{' with tiny budgets' if quick else ''}: method settings "
             f"{json.dumps({m: s for m, s in spec.methods.items() if s})}; metric settings "
             f"{json.dumps({m: s for m, s in spec.metrics.items() if s})}; every other setting is "
-            f"the default.\n\n```\n{table}\n```\n{failed}\n\nFull report: [report.html](report.html)"
-            f"\n\n![explanations](explain.png)\n\nTook {time.time() - started:.0f} s.\n")
+            f"the default.\n\n```\n{table}\n```\n{failed}{not_run}\n\nFull report: [report.html](report.html)"
+            f"\n\n![explanations](explain.png)\n\n## The papers in this run\n\nVisionMask, the Stalder Explainer "
+            f"and RExL with the zoo networks made for this agent; DIGR's student and an FLS agent in their "
+            f"sections below (`docs/reproduction.md` re-runs the papers' tables: `xrl reproduce --list`).\n\n"
+            f"{papers}{section_text}\n\nBench time (this machine, one torch thread per job): {timing}; "
+            f"took {time.time() - started:.0f} s in all.\n")
     print(f"wrote {out}/report.html (open it in a browser), results.json, results.csv, explain.png, "
-          "summary.md")
+          f"summary.md{''.join(f', {n}/report.html' for n in sections)}; bench time: {timing}")
     return out
