@@ -318,7 +318,7 @@ _COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls", "explora
 
 def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     """One checkpoint folder (``run.save``): ``checkpoint.zip`` (SB3's zip; a resume reads only
-    its ``policy.pth`` and ``policy.optimizer.pth``, with ``weights_only=True``), ``state.pt``
+    its ``policy.pth`` and ``policy.optimizer.pth``, with ``weights_only=True``), ``tensors.pt``
     (RNG, observation and action tensors), ``state.json`` (counters, RNG states, how each env's
     episode began), DQN: ``buffer.pt`` (the replay buffer's arrays). Beside it in the run
     folder: ``checkpoint.zip``, a hard link to the newest one (what SB3 and ``xrl.load_agent``
@@ -342,15 +342,16 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     if algo._last_original_obs is not None:
         tensors["last_original_obs"] = torch.from_numpy(np.asarray(algo._last_original_obs))
 
+    if isinstance(algo, DQN):
+        state["buffer"] = {"pos": int(algo.replay_buffer.pos), "full": bool(algo.replay_buffer.full)}
+
     def write(folder: Path) -> None:
         algo.save(folder / "checkpoint.zip")  # SB3's own format: resumes read only its weight files
-        torch.save(tensors, folder / "state.pt")
+        torch.save(tensors, folder / "tensors.pt")
         write_json(folder / "state.json", state)
         if isinstance(algo, DQN):
-            buffer = algo.replay_buffer
-            torch.save({k: torch.from_numpy(v) for k, v in vars(buffer).items() if isinstance(v, np.ndarray)},
-                       folder / "buffer.pt")
-            write_json(folder / "buffer.json", {"pos": int(buffer.pos), "full": bool(buffer.full)})
+            torch.save({k: torch.from_numpy(v) for k, v in vars(algo.replay_buffer).items()
+                        if isinstance(v, np.ndarray)}, folder / "buffer.pt")
 
     folder = run.save(algo.num_timesteps, write)
     _link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
@@ -417,7 +418,7 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algo") != args.algo:
         raise ValueError(f"{folder} is not an xrl {args.algo} training checkpoint (format={CHECKPOINT_FORMAT!r})")
     algo = _build(args)
-    tensors = load_tensors(folder / "state.pt")
+    tensors = load_tensors(folder / "tensors.pt")
     algo.policy.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.pth"))
     algo.policy.optimizer.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.optimizer.pth"))
     for key in _COUNTERS:
@@ -427,8 +428,7 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
         buffer, arrays = algo.replay_buffer, load_tensors(folder / "buffer.pt")
         for key, value in arrays.items():
             getattr(buffer, key)[...] = value.numpy()
-        meta = read_json(folder / "buffer.json")
-        buffer.pos, buffer.full = meta["pos"], meta["full"]
+        buffer.pos, buffer.full = state["buffer"]["pos"], state["buffer"]["full"]
     algo._last_obs = tensors["last_obs"].numpy().copy()
     algo._last_episode_starts = tensors["last_episode_starts"].numpy().copy()
     if "last_original_obs" in tensors:

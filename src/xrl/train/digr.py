@@ -468,7 +468,7 @@ FORMAT = "xrl.digr_checkpoint"
 
 
 def _save(run: Run, state: dict) -> Path:
-    """Everything needed to continue exactly, without pickle: ``state.pt`` (weights, optimizer,
+    """Everything needed to continue exactly, without pickle: ``tensors.pt`` (weights, optimizer,
     the torch generator, observations, each env's actions since its episode began), ``buffer.npz``
     (the online buffer, compressed: game frames shrink ~30x), ``state.json`` (the numpy RNG,
     counters, each env's episode seed, the history)."""
@@ -482,7 +482,7 @@ def _save(run: Run, state: dict) -> Path:
             "buffer_size": len(state["buffer"]), "update": state["update"], "history": state["history"]}
 
     def write(folder: Path) -> None:
-        torch.save(tensors, folder / "state.pt")
+        torch.save(tensors, folder / "tensors.pt")
         np.savez_compressed(folder / "buffer.npz", buffer=state["buffer"][:filled])
         write_json(folder / "state.json", meta)
 
@@ -500,7 +500,7 @@ def _resume(args: DigrArgs, run: Run, teacher: Model, arch: str) -> dict | None:
         if not args.trust_pickle:
             raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files="checkpoint.pkl"))
         return _resume_pickle(old)
-    meta, tensors = read_json(folder / "state.json"), load_tensors(folder / "state.pt")
+    meta, tensors = read_json(folder / "state.json"), load_tensors(folder / "tensors.pt")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} is not a DIGR training checkpoint (format={FORMAT!r})")
     policy = build_policy(arch, teacher.input_shape, teacher.n_actions)
