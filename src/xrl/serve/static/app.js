@@ -40,7 +40,7 @@ async function waitJob(progress, gen) {
   while (p.state === "queued" || p.state === "running") {
     $("progress").textContent = describe(p);
     await new Promise((r) => setTimeout(r, 200));
-    if (gen !== undefined && gen !== S.gen) throw new Stale();
+    if (gen !== undefined && gen !== S.gen) { $("progress").textContent = ""; throw new Stale(); }
     const r = await fetch(`/api/jobs/${p.job}`);
     p = await r.json();
     if (!r.ok) throw new Error(p.error || r.statusText);
@@ -119,9 +119,10 @@ async function loadEpisode() {
     S.agent = agent; S.seed = seed; S.episode = ep; S.t = 0; S.target = null; S.rects = [];
     S.methods = methods.methods;
     const [h, w] = ep.frame_size;
-    S.scale = Math.max(1, Math.floor(448 / Math.max(h, w)));
-    $("view").width = w * S.scale; $("view").height = h * S.scale;
-    $("strip").width = w * S.scale;
+    const fit = 480 / Math.max(h, w);  // whole-number zoom keeps pixel art sharp; big frames fit as they can
+    S.scale = fit >= 2 ? Math.floor(fit) : Math.max(fit, 1);
+    $("view").width = Math.round(w * S.scale); $("view").height = Math.round(h * S.scale);
+    $("strip").width = Math.round(w * S.scale);
     $("scrub").max = ep.length - 1;
     fillMethods(methods);
     drawStrip();
@@ -389,13 +390,14 @@ function drawCurves(r) {
   const W = c.width, H = c.height, L = 34, B = 22, T = 8, R = 8;
   g.clearRect(0, 0, W, H);
   const ys = r.deletion.y.concat(r.insertion.y);
-  const top = S.bars.kind === "q_values" ? Math.max(...ys) : 1;
-  const bottom = S.bars.kind === "q_values" ? Math.min(...ys) : 0;
+  const top = 1, bottom = 0;  // the curves score the action's softmax probability (docs/metrics.md)
   const px = (x) => L + x * (W - L - R), py = (y) => H - B - (y - bottom) / ((top - bottom) || 1) * (H - B - T);
   g.strokeStyle = "#999"; g.strokeRect(L, T, W - L - R, H - B - T);
   g.fillStyle = "#444"; g.font = "11px sans-serif";
   g.fillText("fraction of pixels moved", L + 60, H - 6);
-  g.fillText(top.toFixed(1), 4, T + 8); g.fillText(bottom.toFixed(1), 4, H - B);
+  g.save(); g.translate(11, H - B - 4); g.rotate(-Math.PI / 2);
+  g.fillText("probability of the action", 0, 0); g.restore();
+  g.fillText(top.toFixed(1), 16, T + 8); g.fillText(bottom.toFixed(1), 16, H - B);
   [["deletion", "#e53935"], ["insertion", "#1e88e5"]].forEach(([name, color], i) => {
     const curve = r[name];
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
