@@ -461,13 +461,17 @@ class Engine:
         from xrl.explainers import get_explainer
 
         key = (lane.name, agent, method["id"], json.dumps(settings, sort_keys=True))
-        if key not in self._explainers:
-            try:
-                explainer = get_explainer(method["name"], lane.model(self, agent), **settings, **method["fixed"])
-            except (TypeError, ValueError) as err:
-                raise RequestError(f"method {method['id']!r} refuses settings {settings}: {err}", 422) from err
+        with self._lock:  # both lanes use the cache
+            if key in self._explainers:
+                self._explainers.move_to_end(key)
+                return self._explainers[key]
+        try:  # each lane builds only its own explainers: no race on the same key
+            explainer = get_explainer(method["name"], lane.model(self, agent), **settings, **method["fixed"])
+        except (TypeError, ValueError) as err:
+            raise RequestError(f"method {method['id']!r} refuses settings {settings}: {err}", 422) from err
+        with self._lock:
             _lru_put(self._explainers, key, explainer, 64)
-        return self._explainers[key]
+        return explainer
 
     # ------------------------------------------------------------ jobs
 
