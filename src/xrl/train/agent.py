@@ -96,21 +96,32 @@ class AgentArgs:
     seed: int = 0
     """seeds the policy, the envs (env i gets seed + i) and the evaluation"""
     n_envs: int | None = None
+    """envs stepped together; None = 8 for screen games, 16 for grid worlds (DQN: 1)"""
     n_steps: int = 128
+    """PPO: steps of each env per rollout"""
     n_epochs: int = 4
+    """PPO: passes over each rollout"""
     batch_size: int | None = None
+    """PPO: minibatch size; None = 256"""
     learning_rate: float | None = None
+    """PPO: Adam step size; None = 2.5e-4 for screen games, 1e-3 for grid worlds"""
     linear_decay: bool | None = None
     """decay learning rate and clip range linearly to 0 (rl-zoo Atari setting)"""
     clip_range: float | None = None
+    """PPO: clip range; None = 0.1 for screen games, 0.2 for grid worlds"""
     reward_scale: float | None = None
     """training rewards are multiplied by this (after clipping; logged returns and scores stay the
     game's); None = the env's ``REWARD_SCALES`` entry, else 1"""
     ent_coef: float = 0.01
+    """PPO: weight of the entropy bonus"""
     vf_coef: float = 0.5
+    """PPO: weight of the value loss"""
     max_grad_norm: float = 0.5
+    """PPO: gradient norm clipping"""
     gamma: float = 0.99
+    """PPO: discount factor"""
     gae_lambda: float = 0.95
+    """PPO: GAE lambda"""
     checkpoint_every: int = 50_000
     """timesteps between checkpoints (rounded up to whole rollouts)"""
     eval_episodes: int = 100

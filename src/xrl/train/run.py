@@ -176,7 +176,7 @@ def _typed(kind, name: str):
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The string literal under each dataclass field (the CleanRL-style one-line docs)."""
+    """The string literal under each dataclass field (the CleanRL-style docs), on one line."""
     import ast
     import inspect
     docs = {}
@@ -187,7 +187,7 @@ def field_docs(cls) -> dict[str, str]:
         for node, after in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
                     and isinstance(after.value, ast.Constant)):
-                docs[node.target.id] = str(after.value.value).strip().splitlines()[0]
+                docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
 
 
@@ -215,6 +215,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
         parse = {bool: _bool, int: _typed(int, "an integer"), float: _typed(float, "a number")}.get(kind, str)
         choices = f.metadata.get("choices")
         parser.add_argument(_flag(f), dest=f.name, type=parse, required=required, default=default, choices=choices,
+                            metavar=None if choices else _flag(f)[2:].upper().replace("-", "_"),
                             help=help_ + ("" if required else f" (default {default})"))
 
 
