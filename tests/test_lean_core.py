@@ -87,7 +87,7 @@ LAYERS = [
      "xrl.agents.rexl"),
     ("xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers", "xrl.zoo"),
     ("xrl.attacks.evaluate", "xrl.train", "xrl.evaluation", "xrl.bench", "xrl.report", "xrl.viz", "xrl.watch",
-     "xrl.demo", "xrl.cli", "xrl.reproduce"),
+     "xrl.demo", "xrl.cli", "xrl.reproduce", "xrl.serve"),
 ]
 
 
