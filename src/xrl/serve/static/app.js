@@ -258,7 +258,8 @@ function drawBars() {
   const all = S.bars.values.concat(S.poked ? S.poked.values : []);
   const lo = kind === "q_values" ? Math.min(0, ...all) : 0;
   const hi = kind === "q_values" ? Math.max(...all) : 1;
-  const width = (v) => `${Math.max(0, 100 * (v - lo) / ((hi - lo) || 1))}%`;
+  S.barFraction = (v) => Math.max(0, (v - lo) / ((hi - lo) || 1));  // the export draws the same bars
+  const width = (v) => `${100 * S.barFraction(v)}%`;
   const shown = S.target === null ? (S.poked ? S.poked.action : S.bars.action) : S.target;
   names.forEach((name, k) => {
     const row = document.createElement("div");
@@ -498,8 +499,8 @@ function exportPng() {
   names.forEach((name, k) => {
     const y = 30 + 18 * k;
     g.fillStyle = "#000"; g.fillText(name, x0, y + 11);
-    g.fillStyle = "#90a4ae"; g.fillRect(x0 + 80, y, 180 * Math.max(0, S.bars.kind === "q_values" ? 0.5 : S.bars.values[k]), 7);
-    if (S.poked) { g.fillStyle = "#ef6c00"; g.fillRect(x0 + 80, y + 7, 180 * Math.max(0, S.bars.kind === "q_values" ? 0.5 : S.poked.values[k]), 7); }
+    g.fillStyle = "#90a4ae"; g.fillRect(x0 + 80, y, 180 * S.barFraction(S.bars.values[k]), 7);
+    if (S.poked) { g.fillStyle = "#ef6c00"; g.fillRect(x0 + 80, y + 7, 180 * S.barFraction(S.poked.values[k]), 7); }
     g.fillStyle = "#000"; g.fillText(fmt(S.bars.values[k], S.bars.kind) + (S.poked ? ` → ${fmt(S.poked.values[k], S.bars.kind)}` : ""), x0 + 266, y + 11);
   });
   let x = 4;
