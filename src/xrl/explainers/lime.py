@@ -272,4 +272,6 @@ class SuperpixelSamples(Masks):
         self.n = samples[0].shape[0] if samples else 0
 
     def rows(self, b: int, start: int, stop: int) -> torch.Tensor:
-        return self.samples[b][start:stop][:, self.segments[b]][:, None]  # (n, 1, H, W) of 0/1
+        segments = self.segments[b]
+        keep = torch.index_select(self.samples[b][start:stop], 1, segments.flatten())  # ~3x faster than z[:, seg]
+        return keep.view(stop - start, 1, *segments.shape)  # (n, 1, H, W) of 0/1

@@ -144,7 +144,10 @@ class PerturbationExplainer(Explainer):
             return None
         with torch.inference_mode():
             fill = self.fill_states(states, masks)
-            boxes = incremental.mask_boxes(masks.weights)
+            boxes = getattr(masks.weights, "_xrl_boxes", None)  # masks are cached and never modified
+            if boxes is None:
+                boxes = incremental.mask_boxes(masks.weights)
+                masks.weights._xrl_boxes = boxes
             bases, parts = [], []
             for i in range(states.shape[0]):
                 rows = [plan.scores(states[i], fill[i], masks.weights[part], boxes[part])
