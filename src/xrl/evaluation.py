@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class Evaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     rows: list[int] = field(default_factory=list)
     """the dataset rows scored, in the order of the per-sample values"""
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    """wall time per method: ``"explain"`` (its maps) and each metric (scoring them)"""
 
     def means(self) -> dict[str, dict[str, float]]:
         """NaN-free mean of every column (NaN = undefined for that sample, left out)."""
@@ -205,8 +208,10 @@ def evaluate(
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
     for method, settings in methods.items():
         bar.set_postfix_str(f"{method}: explaining")
+        started = time.perf_counter()
         maps = explain_dataset(model, dataset, method, settings, rows=rows, batch_size=batch_size,
                                targets="dataset" if chosen is None else chosen)
+        result.seconds[method] = {"explain": time.perf_counter() - started}
         if saliency is not None:
             saliency[method] = maps
         bar.update()
@@ -216,6 +221,7 @@ def evaluate(
             if name in skipped:
                 continue
             bar.set_postfix_str(f"{method}: {name}")
+            started = time.perf_counter()
             values = {}
             for part in chunks(len(rows), batch_size):
                 v = metric(model=model, states=states[part], saliency=maps[part], targets=targets[part],
@@ -224,6 +230,7 @@ def evaluate(
                     values.setdefault(name if key is None else f"{name}.{key}", []).append(t)
             for col, parts in values.items():
                 result.values[method][col] = torch.cat(parts).double().cpu().tolist()
+            result.seconds[method][name] = time.perf_counter() - started
             bar.update()
     bar.close()
     return result
