@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
