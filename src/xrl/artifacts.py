@@ -240,16 +240,3 @@ def write_card(path: str | os.PathLike, card: Mapping, *, weights_fingerprint: s
         fields["format"] = fmt
     write_json(card_path(path), fields)
     return card_path(path)
-
-
-def check_sha256(path: str | os.PathLike) -> str | None:
-    """``None`` when the artifact's bytes match the ``sha256`` its card records, else what differs
-    (a card without ``sha256`` is reported too)."""
-    card = read_card(path, required=True)
-    recorded = card.get("sha256")
-    if not recorded:
-        return f"{card_path(path)} records no sha256 (run xrl zoo --update-sha256)"
-    actual = sha256(path)
-    if actual != recorded:
-        return f"{path}: sha256 {actual[:16]}…, its card records {recorded[:16]}… (file changed or damaged)"
-    return None
