@@ -165,6 +165,7 @@ RISE_COVERAGE = Target(
     settings={"agent": "red-fetch-green", "episodes": 16, "max_steps": None, "rows": [0, 32, 4], "n_masks": 2000},
     quick={"episodes": 1, "max_steps": 6, "rows": [0, 4, 2], "n_masks": 20},
     run=run_rise_coverage,
+    measured="under a minute",
     docs="docs/results.md",
 )
 
@@ -176,6 +177,7 @@ ZOO_BASELINES = Target(
     settings={"agent": "highway-fast", "episodes": 20, "seed": 30_000, "max_steps": None},
     quick={"agent": "red-fetch-green", "episodes": 2, "max_steps": 5},
     run=run_zoo_baselines,
+    measured="a few minutes (highway-fast, 20 episodes x 7 policies)",
     docs="docs/envs.md",
 )
 

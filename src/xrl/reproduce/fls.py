@@ -241,6 +241,7 @@ FREE_LUNCH = Target(
               "seed": 20_000, "batch": 20},
     quick={"envs": ["red-fetch-green"], "episodes": 3, "batch": 3},
     run=run_free_lunch,
+    measured="Red-Fetch-Green 8 min, Pong 10 min (the replaced script, beside other jobs)",
     docs="docs/fls.md",
     selectors=("envs",),
 )
@@ -318,5 +319,6 @@ METRICS = Target(
     quick={"agents": ["red-fetch-green-sparse-fls-0"], "n_states": 2, "episodes": 1, "max_steps": 6,
            "methods": ["attention", "gradient"], "metrics": ["deletion", "localization", "sparseness"]},
     run=run_metrics,
+    measured="2 h beside two trainings (the bench of the replaced spec)",
     docs="docs/fls.md",
 )
