@@ -291,3 +291,27 @@ def test_xrl_load_loads_every_kind_and_load_agent_every_model_in_the_zoo():
         if row["kind"] in ("agent", "classifier"):
             assert load_agent(row["path"]).fingerprint() == loaded.fingerprint()
     assert kinds == {"agent", "classifier", "mask_network", "rexl_agent"}
+
+
+def test_trust_pickle_is_an_explicit_opt_in_on_the_command_line(tmp_path, sb3_zip, capsys):
+    """A zip the safe loader cannot rebuild (its observation space only in pickled form) is
+    refused with the way out named; ``--trust-pickle`` loads it, and then its pickles do run."""
+    marker = tmp_path / "ran"
+    path = evil_zip(sb3_zip[0], tmp_path / "opaque.zip", marker)
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    data = json.loads(members["data"])
+    data["observation_space"] = {k: v for k, v in data["observation_space"].items() if k.startswith(":")}
+    data["observation_space"][":type:"] = "<class 'mypackage.spaces.Custom'>"
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, blob in members.items():
+            z.writestr(name, blob)
+    argv = ["collect", "--agent", path, "--env", AGENT, "--episodes", 1, "--max-steps", 2, "--out", tmp_path / "d.h5"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "opaque.zip observes <class 'mypackage.spaces.Custom'>" in err
+    assert "load it with trust=True (CLI --trust-pickle), which runs code from it" in err
+    assert not marker.exists() and not (tmp_path / "d.h5").exists()
+    code, out, err = run(capsys, *argv, "--trust-pickle")
+    assert code == 0 and (tmp_path / "d.h5").exists(), err
+    assert marker.exists()  # trusted: Stable-Baselines3 unpickled the file

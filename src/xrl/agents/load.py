@@ -319,8 +319,10 @@ def _bound(text, dtype: np.dtype):
 def _spaces(path: Path, data: dict) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
     obs, act = data.get("observation_space"), data.get("action_space")
     if "Box" not in str(_get(obs, ":type:")) or "Discrete" not in str(_get(act, ":type:")):
+        known = all(str(_get(e, ":type:")).startswith("<class 'gymnasium.spaces.") for e in (obs, act))
         raise ArtifactError(path, f"observes {_get(obs, ':type:')} and acts in {_get(act, ':type:')}",
-                            "a Box observation space and a Discrete action space (what xrl explains)")
+                            "a Box observation space and a Discrete action space (what xrl explains)"
+                            + ("" if known else f"; if its spaces are those, pickled as another class: {_TRUST}"))
     obs, act = _plain(obs), _plain(act)
     try:
         dtype = np.dtype(obs["dtype"])
