@@ -222,6 +222,11 @@ def test_results_hold_every_job_and_match_evaluate(tiny_run):
             x, y = g["curves"][m]["deletion"]["x"], g["curves"][m]["deletion"]["y"]
             assert x[0] == 0 and x[-1] == 1 and len(x) == 11
             assert np.trapezoid(y, x) == pytest.approx(g["means"][m]["deletion"], rel=1e-5)
+            # where the time went: the maps, every metric, the curves; parts of the whole job
+            steps = g["seconds_by_step"][m]
+            metrics = [c.partition(".")[0] for c in g["columns"]]
+            assert set(steps) == {"explain", *metrics, *(f"{c} curve" for c in g["curves"][m])}
+            assert all(v >= 0 for v in steps.values()) and sum(steps.values()) <= g["seconds"][m]
             maps = _npz(out / g["maps"][m])
             assert maps["gallery"].shape == (2, 64, 64)
             assert list(maps["gallery_rows"]) == g["gallery_rows"]

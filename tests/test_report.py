@@ -163,6 +163,17 @@ def test_report_screenshot_is_not_blank(report, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # tables, charts and overlays
 
 
+def test_report_shows_time_per_method_and_per_metric(report):
+    out, html = report
+    text = html.read_text()
+    assert "Where the time goes" in text
+    g = load_results(out)["groups"][0]
+    for m in g["methods"]:
+        assert f'<tr data-method="{m}"><td>{m}</td><td>{g["seconds_by_step"][m]["explain"]:.1f}</td>' in text
+    for step in g["seconds_by_step"][g["methods"][0]]:
+        assert f"<th>{step}</th>" in text
+
+
 def test_report_is_self_contained(report):
     _, html = report
     text = html.read_text()

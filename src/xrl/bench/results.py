@@ -10,7 +10,9 @@
                  "methods", "columns", "higher_is_better", "categories",
                  "means": {method: {column: mean}}, "values": {method: {column: [per state]}},
                  "skipped": {metric: why}, "not_run": {method: why}, "curves": {method: {"deletion": {"x", "y"}}},
-                 "seconds": {method: wall time of the job}, "maps": {method: npz path}}]}
+                 "seconds": {method: wall time of the job},
+                 "seconds_by_step": {method: {"explain" | metric | "<curve> curve": wall time}},
+                 "maps": {method: npz path}}]}
 
 ``results.csv``: one row per (agent, seed, method) with the means of every column.
 NaN (undefined) is written as null in JSON and as an empty cell in CSV.
@@ -59,7 +61,7 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
                 "data": _relative(data_path(out, spec, job.agent, job.seed), out),
                 "rows": None, "gallery_rows": None, "methods": [], "columns": [],
                 "higher_is_better": {}, "categories": {}, "means": {}, "values": {}, "skipped": {},
-                "curves": {}, "seconds": {}, "maps": {},
+                "curves": {}, "seconds": {}, "seconds_by_step": {}, "maps": {},
                 "not_run": spec.not_run.get(job.agent, {})}
             groups.append(g)
         paths = job_paths(out, job)
@@ -77,6 +79,7 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
             g["values"][job.method] = r["values"]
             g["curves"][job.method] = r["curves"]
             g["seconds"][job.method] = r["seconds"]
+            g["seconds_by_step"][job.method] = r.get("seconds_by_step", {})  # absent in jobs before it
             g["maps"][job.method] = _relative(paths["npz"], out)
         elif paths["error"].exists():
             e = json.loads(paths["error"].read_text())

@@ -56,13 +56,16 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
                           seed=job.seed, saliency=saliency, progress=False)
             rows = np.asarray(ev.rows)
             maps = saliency[job.method]  # (n, H, W)
+            steps = dict(ev.seconds.get(job.method, {}))  # explain + each metric
             curves = {}
             for name in CURVE_METRICS:
                 if name in job.metrics:
+                    curve_started = time.perf_counter()
                     metric = get_metric(name, **job.metrics[name])
                     x, y = metric.curve(model=model, states=ds.states(rows), saliency=maps,
                                         targets=torch.as_tensor(ds.actions[rows], dtype=torch.long))
                     curves[name] = {"x": x.tolist(), "y": y.mean(0).tolist()}
+                    steps[f"{name} curve"] = time.perf_counter() - curve_started
         pick = gallery_positions(len(rows), job.gallery)
         arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
         if job.store_saliency:
@@ -72,7 +75,7 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
             "rows": ev.rows, "columns": ev.columns, "higher_is_better": ev.higher_is_better,
             "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
             "values": ev.values[job.method], "means": ev.means()[job.method], "skipped": ev.skipped,
-            "curves": curves, "seconds": time.perf_counter() - started,
+            "curves": curves, "seconds": time.perf_counter() - started, "seconds_by_step": steps,
             "worker": {"host": socket.gethostname(), "pid": os.getpid()},
         }
         return {"result": result, "arrays": arrays}

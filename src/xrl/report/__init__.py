@@ -151,9 +151,33 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
         times = svg.bars({m: g["means"][m]["time_per_map"] * 1000 for m in methods},
                          title="time per map (log scale)", unit="ms")
     return {**g, "n_states": len(g["rows"] or []), "cells": cells, "curves": curves,
-            "radars": radars, "sanity": sanity, "times": times,
+            "radars": radars, "sanity": sanity, "times": times, "timing": timing_table(g, methods),
             "arrows": {c: "↑" if g["higher_is_better"][c] else "↓" for c in g["columns"]},
             "gallery": _gallery(g, folder) if methods else []}
+
+
+def timing_table(g: dict, methods: list[str]) -> dict | None:
+    """Wall time of every job split by step: ``{"columns": [...], "rows": [(method, [text]), ...],
+    "totals": [text per column]}`` (explain, each metric, the curves, the whole job), or None
+    for results written before jobs recorded their steps."""
+    steps = g.get("seconds_by_step") or {}
+    if not any(steps.get(m) for m in methods):
+        return None
+    present = {step for m in methods for step in steps.get(m, {})}
+    metrics = list(dict.fromkeys(c.partition(".")[0] for c in g["columns"]))  # the table's order
+    columns = [c for c in ["explain", *metrics] if c in present]
+    columns += sorted(present - set(columns)) + ["job"]  # the curves
+
+    def cell(m: str, c: str) -> float:
+        value = g["seconds"].get(m) if c == "job" else steps.get(m, {}).get(c)
+        return math.nan if value is None else float(value)
+
+    def text(v: float) -> str:
+        return "–" if not math.isfinite(v) else f"{v:.1f}"
+
+    rows = [(m, [text(cell(m, c)) for c in columns]) for m in methods]
+    totals = [text(sum(v for m in methods if math.isfinite(v := cell(m, c)))) for c in columns]
+    return {"columns": columns, "rows": rows, "totals": totals}
 
 
 def _gallery(g: dict, folder: Path) -> list[dict]:
