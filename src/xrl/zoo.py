@@ -39,12 +39,15 @@ def zoo_artifacts(zoo_dir: str | os.PathLike | None = None, *, errors: list | No
     """Every artifact in the zoo, sorted by path: ``path`` (the ``.pt``), ``name`` (its folder
     relative to the zoo), ``format``, ``kind`` (agent, classifier, mask_network, rexl_agent),
     ``header`` (the file's settings, no weights) and ``card``. An artifact is a ``.pt`` with a
-    card beside it, other than a run's ``checkpoint.pt``. An unreadable file or card raises its
+    card beside it, other than a run's checkpoints (``checkpoint.pt``, ``checkpoints/``) and
+    hidden files. An unreadable file or card raises its
     :class:`~xrl.artifacts.ArtifactError`, or is left out and its message appended to ``errors``."""
     zoo = _zoo(zoo_dir)
     rows = []
     for path in sorted(zoo.rglob("*.pt")):
-        if path.stem == "checkpoint" or path.name.startswith(".") or not card_path(path).exists():
+        inside = path.relative_to(zoo).parts
+        if (path.stem == "checkpoint" or "checkpoints" in inside[:-1] or any(p.startswith(".") for p in inside)
+                or not card_path(path).exists()):
             continue
         try:
             header, card = read_header(path), read_card(path)
