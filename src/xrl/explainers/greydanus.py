@@ -75,6 +75,12 @@ Settings from the papers: Greydanus use ``radius=5, stride=5`` on 80x80 Atari fr
 ``radius=4`` on Red-Fetch-Green, ``radius=8`` on Breakout and ``radius=5`` on CARLA, e.g.
 ``get_explainer("greydanus", model, radius=8)`` for Breakout.
 
+``incremental=True`` computes the perturbed scores by incremental inference
+(:mod:`xrl.incremental`; see ``occlusion``): the Gaussian masks are exactly 0 beyond
+``4 radius`` pixels, so each perturbation changes a ``(8 radius + 1)``-pixel box; it pays off
+when that box is small next to the state (small ``radius``), and falls back to the dense path
+for networks it does not handle. Same maps within float rounding.
+
 Cost: ``B * (ceil(H/stride) * ceil(W/stride) + 1)`` forward passes (each state rides along
 with its perturbations), run in chunks of ``batch_size`` states under
 ``torch.inference_mode()``; the result does not depend on ``batch_size``. Masks are built

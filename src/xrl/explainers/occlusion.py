@@ -25,6 +25,15 @@ broadcastable to ``(C, H, W)``, e.g. a dataset's mean state or 0.5 for mid-grey.
 ``window=8, stride=4`` (defaults) give 400 windows on 84x84 Atari states and 225 on 64x64
 Red-Fetch-Green states (one 8-pixel grid cell per window).
 
+**Incremental inference** (``incremental=True``, opt-in): a window changes only its receptive
+field in each convolution, so :mod:`xrl.incremental` computes each occluded state's scores from
+the state's own activations (Nakandala et al. 2019, "Incremental and Approximate Inference for
+Faster Occlusion-based Deep CNN Explanations"): for chains of Conv2d/pointwise/MaxPool2d layers
+followed by Linear layers (the Nature CNN, the grid CNN), with the dense path as the automatic
+fallback for any other network. Same maps within float rounding (1e-8 measured, 1e-4 tested);
+on the Nature CNN with the default windows ~1.6x faster than the dense floor at one thread
+(``benchmarks/bench_incremental.py``).
+
 Cost: ``B * (n_windows + 1)`` forward passes (each state rides along with its windows), run in
 chunks of ``batch_size`` rows under ``torch.inference_mode()``; results do not depend on
 ``batch_size``. Window masks are built once per ``(H, W, window, stride, device)`` and cached.
