@@ -61,7 +61,13 @@ class RunLocked(RuntimeError):
 
 
 def _flag(f: dataclasses.Field) -> str:
-    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+    return "--" + _dest(f).replace("_", "-")
+
+
+def _dest(f: dataclasses.Field) -> str:
+    """The attribute the CLI's namespace holds the field in: its flag's name (``timesteps`` for
+    ``total_timesteps``), as the hand-written flags had it."""
+    return f.metadata.get("flag", f.name)
 
 
 def _kinds(cls) -> dict[str, tuple]:
@@ -203,18 +209,18 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
             continue
         help_ = docs.get(f.name, "")
         if f.metadata.get("switch"):  # a flag without a value (e.g. --export-only)
-            parser.add_argument(_flag(f), dest=f.name, action="store_true", help=help_)
+            parser.add_argument(_flag(f), dest=_dest(f), action="store_true", help=help_)
             continue
         required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) \
             or f.metadata.get("required", False)
         kind = kinds[f.name][0][0] if kinds[f.name][0] else str
         if kind is dict:
-            parser.add_argument(_flag(f), dest=f.name, action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
+            parser.add_argument(_flag(f), dest=_dest(f), action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
             continue
         default = None if required else f.default
         parse = {bool: _bool, int: _typed(int, "an integer"), float: _typed(float, "a number")}.get(kind, str)
         choices = f.metadata.get("choices")
-        parser.add_argument(_flag(f), dest=f.name, type=parse, required=required, default=default, choices=choices,
+        parser.add_argument(_flag(f), dest=_dest(f), type=parse, required=required, default=default, choices=choices,
                             metavar=None if choices else _flag(f)[2:].upper().replace("-", "_"),
                             help=help_ + ("" if required else f" (default {default})"))
 
@@ -223,9 +229,9 @@ def from_flags(cls, ns: argparse.Namespace):
     """The dataclass ``cls`` filled from the flags :func:`add_flags` made for it."""
     values = {}
     for f in dataclasses.fields(cls):
-        if not hasattr(ns, f.name):
+        if not hasattr(ns, _dest(f)):
             continue
-        value = getattr(ns, f.name)
+        value = getattr(ns, _dest(f))
         if _kinds(cls)[f.name][0][:1] == (dict,):
             value = parse_pairs(value, f.metadata.get("flag", f.name).replace("_", "-"))
         values[f.name] = value
