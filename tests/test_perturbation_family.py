@@ -376,3 +376,16 @@ def test_memory_is_estimated_before_large_allocations(monkeypatch):
     monkeypatch.setenv("XRL_MAX_ALLOC_GB", "abc")
     with pytest.raises(ValueError, match="XRL_MAX_ALLOC_GB"):
         get_explainer("greydanus", model, stride=16).explain(x)
+
+
+@pytest.mark.parametrize("name", ["occlusion", "greydanus", "rise"])
+def test_a_model_returning_a_view_of_its_input_keeps_every_chunk(name):
+    # the batch buffer is reused from chunk to chunk: scores that alias it must be copied
+    view = fn_model(lambda x: x.flatten(1)[:, :3], (1, 6, 6))
+    copy = fn_model(lambda x: x.flatten(1)[:, :3].clone(), (1, 6, 6))
+    x = rand(3, 1, 6, 6)
+    settings = {"greydanus": {"stride": 2, "radius": 1.0}, "occlusion": {"window": 2, "stride": 2},
+                "rise": {"n_masks": 16, "grid": 2}}[name]
+    a = get_explainer(name, view, batch_size=5, **settings).explain_all(x)
+    b = get_explainer(name, copy, batch_size=5, **settings).explain_all(x)
+    assert torch.equal(a, b)

@@ -127,7 +127,10 @@ class PerturbationExplainer(Explainer):
             for rows in chunks(total, size):
                 out = buffer[: rows.stop - rows.start]
                 self._build(states, fill, masks, rows, per_state, out)
-                parts.append(self.model(out))
+                scores = self.model(out)
+                if scores.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
+                    scores = scores.clone()  # a model returning a view of its input: the buffer is reused
+                parts.append(scores)
         scores = torch.cat(parts).view(b, per_state, -1)  # outside inference mode: an ordinary tensor
         if self.include_state:
             return scores[:, 0], scores[:, 1:], masks
