@@ -347,9 +347,10 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
              "envs": [getattr(e, "start", None) for e in envs]}
     tensors = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
                "python_state": torch.tensor(py_state[1], dtype=torch.int64),
-               "last_obs": torch.from_numpy(np.asarray(algo._last_obs)),
-               "last_episode_starts": torch.from_numpy(np.asarray(algo._last_episode_starts)),
                "actions": [torch.tensor(getattr(e, "actions", []), dtype=torch.int64) for e in envs]}
+    if algo._last_obs is not None:  # None: the envs are reset when learning starts (fresh episodes)
+        tensors["last_obs"] = torch.from_numpy(np.asarray(algo._last_obs))
+        tensors["last_episode_starts"] = torch.from_numpy(np.asarray(algo._last_episode_starts))
     if algo._last_original_obs is not None:
         tensors["last_original_obs"] = torch.from_numpy(np.asarray(algo._last_original_obs))
 
@@ -440,13 +441,14 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
         for key, value in arrays.items():
             getattr(buffer, key)[...] = value.numpy()
         buffer.pos, buffer.full = state["buffer"]["pos"], state["buffer"]["full"]
-    algo._last_obs = tensors["last_obs"].numpy().copy()
-    algo._last_episode_starts = tensors["last_episode_starts"].numpy().copy()
+    if "last_obs" in tensors:
+        algo._last_obs = tensors["last_obs"].numpy().copy()
+        algo._last_episode_starts = tensors["last_episode_starts"].numpy().copy()
+        _replay_envs(algo, state["envs"], tensors["actions"], folder)
     if "last_original_obs" in tensors:
         algo._last_original_obs = tensors["last_original_obs"].numpy().copy()
     algo.ep_info_buffer = collections.deque(state["ep_info_buffer"], maxlen=algo._stats_window_size)
     algo.ep_success_buffer = collections.deque(state["ep_success_buffer"], maxlen=algo._stats_window_size)
-    _replay_envs(algo, state["envs"], tensors["actions"], folder)
     algo.action_space.np_random.bit_generator.state = state["action_space"]
     torch.set_rng_state(tensors["torch"])
     np.random.set_state(("MT19937", tensors["numpy_key"].numpy().astype(np.uint32), state["numpy"]["pos"],
