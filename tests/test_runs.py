@@ -449,3 +449,30 @@ def test_toy_flags_round_trip():
     assert command("toy", toy) == "toy --name a --seed 4 --rate 0.5 --width 3 --flag false --set k=1 --set s=text"
     with pytest.raises(SystemExit):
         parser.parse_args(["--name", "a", "--seed", "1.7"])
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("point", ["files", "manifest", "renamed"])
+def test_a_trainer_killed_inside_a_save_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, point):
+    """The classifier trainer (fast) dies inside the save of epoch 2; the same command then
+    resumes from the newest complete checkpoint and ends with the weights of a run never killed."""
+    from xrl.train.classifier import ClassifierArgs, train_classifier
+    settings = dict(size=16, n_train=32, n_val=8, batch_size=16, epochs=3, progress=False)
+    straight = train_classifier(ClassifierArgs(out=str(tmp_path / "straight"), **settings))
+    saves = {"n": 0}
+
+    def die(name):
+        if name == "write":
+            saves["n"] += 1
+        if saves["n"] == 2 and name == point:
+            raise Killed(name)
+
+    monkeypatch.setattr(run_module, "_step", die)
+    with pytest.raises(Killed):
+        train_classifier(ClassifierArgs(out=str(tmp_path / "killed"), **settings))
+    monkeypatch.setattr(run_module, "_step", lambda name: None)
+    expected = 2 if point == "renamed" else 1
+    assert torch.load(latest_checkpoint(tmp_path / "killed") / "state.pt", weights_only=True)["epoch"] == expected
+    resumed = train_classifier(ClassifierArgs(out=str(tmp_path / "killed"), **settings))
+    a, b = (torch.load(latest_checkpoint(p.parent) / "state.pt", weights_only=True)["net"] for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
