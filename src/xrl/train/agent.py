@@ -56,7 +56,7 @@ from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
 from xrl.files import write_json  # noqa: E402
 from xrl.train.run import (TRUST_PICKLE, Run, SettingsError, check_pairs, check_settings, command,  # noqa: E402
-                           load_tensors, read_json)
+                           link, load_tensors, read_json, zip_tensors)
 
 
 #: default training reward scale of envs whose returns are far from order 1. ViZDoom basic:
@@ -366,7 +366,7 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
                         if isinstance(v, np.ndarray)}, folder / "buffer.pt")
 
     folder = run.save(algo.num_timesteps, write)
-    _link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
+    link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
     write_json(run.folder / "checkpoint.json", {
         "what": f"{args.algo.upper()} checkpoint for {args.env} (training in progress)",
         "env": {"name": args.env, "settings": args.env_settings}, "algo": args.algo, "arch": args.arch,
@@ -376,34 +376,6 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     for name in ("checkpoint.state", "checkpoint.buffer"):  # the pickles of an old-format checkpoint, superseded
         (run.folder / name).unlink(missing_ok=True)
     return folder
-
-
-def _link(source: Path, target: Path) -> None:
-    """``target`` becomes ``source`` (a hard link, else a copy) in one rename."""
-    import os
-    import shutil
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
-def _zip_tensors(path: Path, name: str) -> dict:
-    """One ``.pth`` entry of an SB3 zip, read with ``weights_only=True``."""
-    import io
-    import zipfile
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = archive.read(name)
-    except (OSError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} has no readable {name} ({err})") from None
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a damaged entry
-        raise ValueError(f"{path}: {name} is not readable weights ({type(err).__name__}: {err})") from None
 
 
 def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
@@ -431,8 +403,8 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
         raise ValueError(f"{folder} is not an xrl {args.algo} training checkpoint (format={CHECKPOINT_FORMAT!r})")
     algo = _build(args)
     tensors = load_tensors(folder / "tensors.pt")
-    algo.policy.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.pth"))
-    algo.policy.optimizer.load_state_dict(_zip_tensors(folder / "checkpoint.zip", "policy.optimizer.pth"))
+    algo.policy.load_state_dict(zip_tensors(folder / "checkpoint.zip", "policy.pth"))
+    algo.policy.optimizer.load_state_dict(zip_tensors(folder / "checkpoint.zip", "policy.optimizer.pth"))
     for key in _COUNTERS:
         if key in state:
             setattr(algo, key, state[key])

@@ -43,7 +43,7 @@ from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_
 from xrl.envs.masking import SCORES, MaskingBatch, check_grid
 from xrl.files import write_json
 from xrl.train.acer import Acer, AcerSettings, settings_of
-from xrl.train.run import Run, check_settings, command, load_tensors
+from xrl.train.run import Run, check_settings, command, link, load_tensors, zip_tensors
 
 SB3_ALGOS = ("ppo", "a2c", "dqn")
 
@@ -395,7 +395,7 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
         write_json(folder / "state.json", {"num_timesteps": int(learner.num_timesteps), "_n_updates": learner._n_updates})
 
     folder = run.save(learner.num_timesteps, write)
-    _link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
+    link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
     layers = (learner.policy.q_net.q_net if args.algo == "dqn" else
               [*learner.policy.mlp_extractor.policy_net, learner.policy.action_net])
     linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
@@ -408,37 +408,21 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
 def _load_sb3(learner, run: Run) -> None:
     """The weights, optimizer and step count of the newest checkpoint (or of an older run's
     ``checkpoint.zip``), read with ``weights_only=True`` and as JSON: nothing is unpickled."""
-    import io
     import json
     import zipfile
     latest = run.latest()
     path = latest / "checkpoint.zip" if latest is not None else run.folder / "checkpoint.zip"
     if not path.exists():
         return
+    learner.policy.load_state_dict(zip_tensors(path, "policy.pth"))
+    learner.policy.optimizer.load_state_dict(zip_tensors(path, "policy.optimizer.pth"))
     try:
         with zipfile.ZipFile(path) as archive:
-            policy, optimizer = (torch.load(io.BytesIO(archive.read(n)), map_location="cpu", weights_only=True)
-                                 for n in ("policy.pth", "policy.optimizer.pth"))
             data = json.loads(archive.read("data"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RuntimeError) as err:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a readable SB3 checkpoint ({type(err).__name__}: {err})") from None
-    learner.policy.load_state_dict(policy)
-    learner.policy.optimizer.load_state_dict(optimizer)
     learner.num_timesteps = int(data["num_timesteps"])  # a plain JSON field (the :serialized: ones are left alone)
     learner._n_updates = int(data.get("_n_updates", 0))
-
-
-def _link(source: Path, target: Path) -> None:
-    """``target`` becomes ``source`` (a hard link, else a copy) in one rename."""
-    import os
-    import shutil
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 def _sb3_kwargs(args, features) -> dict:

@@ -477,6 +477,18 @@ def latest_checkpoint(run: str | os.PathLike) -> Path | None:
     return None
 
 
+def link(source: Path, target: Path) -> None:
+    """``target`` becomes ``source`` (a hard link, else a copy) in one rename: e.g. a run's
+    ``checkpoint.zip`` beside its checkpoints, pointing at the newest one's."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def read_json(path: Path) -> dict:
     """A JSON file of a checkpoint; a damaged one is named in the error."""
     try:
@@ -492,6 +504,24 @@ def load_tensors(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise ValueError(f"{path} is not a readable checkpoint file ({type(err).__name__}: {err})") from None
+
+
+def zip_tensors(path: Path, name: str) -> dict:
+    """One ``.pth`` entry of a Stable-Baselines3 zip (``policy.pth``, ``policy.optimizer.pth``),
+    read with ``weights_only=True``; the zip's pickled entries are never read."""
+    import io
+    import zipfile
+
+    import torch
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(name)
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} has no readable {name} ({err})") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged entry
+        raise ValueError(f"{path}: {name} is not readable weights ({type(err).__name__}: {err})") from None
 
 
 TRUST_PICKLE = ("this run folder holds a checkpoint in the old pickle format ({files}); loading it runs code "
