@@ -261,6 +261,7 @@ TABLE1 = Target(
     quick={"episodes": 1, "max_steps": 8, "n_states": 4, "stride": 16, "smoothgrad_samples": 2, "ig_steps": 4,
            "time_repeats": 1, "score_episodes": 2},
     run=run_table1,
+    measured="19 min of wall time in two runs (killed after the Table 1 rows at load 10, resumed at load 3.5)",
     docs="docs/digr.md",
     selectors=("labels",),
 )
