@@ -86,6 +86,10 @@ class Job:
     store_saliency: bool
     states: dict
     """the agent's entry of the spec (source, env, collection settings, inputs): the job's states"""
+    network: str = ""
+    """for a learned explainer (VisionMask, Stalder Explainer, RExL), the weights fingerprint of
+    every network it runs, whether named in its settings or found in the zoo by the agent's
+    fingerprint (:func:`network_identity`): a retrained network makes another key; "" for the rest"""
 
     @property
     def id(self) -> str:
@@ -94,8 +98,12 @@ class Job:
     @property
     def key(self) -> str:
         """Hash of everything that determines the job's result (a stored result with another
-        key is stale and run again)."""
-        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        key is stale and run again). ``network`` enters only when set, so the keys of methods
+        without a network are the ones they had before it existed."""
+        fields = asdict(self)
+        if not fields["network"]:
+            del fields["network"]
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -112,6 +120,9 @@ class Spec:
     metrics: dict[str, dict]
     not_run: dict[str, dict[str, str]] = field(default_factory=dict)
     """``{agent: {method: why}}``: methods of ``methods = "all"`` that cannot explain that agent"""
+    networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``{agent: {method: fingerprints}}``: the networks learned explainers run for that agent
+    (:func:`network_identity`), part of their jobs' keys"""
     text: str | None = None
     path: str | None = None
     models: dict[str, Model] = field(default_factory=dict, repr=False)
@@ -119,7 +130,7 @@ class Spec:
     def jobs(self) -> list[Job]:
         """The grid, agents × seeds × methods, in that order."""
         return [Job(a.name, s, m, self.methods[m], self.metrics, self.n_states, self.threads,
-                    self.gallery, self.store_saliency, asdict(a))
+                    self.gallery, self.store_saliency, asdict(a), self.networks.get(a.name, {}).get(m, ""))
                 for a in self.agents for s in self.seeds for m in self.methods
                 if m not in self.not_run.get(a.name, {})]
 
@@ -128,7 +139,14 @@ class Spec:
         return {"name": self.name, "seeds": self.seeds, "n_states": self.n_states,
                 "threads": self.threads, "gallery": self.gallery,
                 "store_saliency": self.store_saliency, "agents": [asdict(a) for a in self.agents],
-                "methods": self.methods, "metrics": self.metrics, "not_run": self.not_run}
+                "methods": self.methods, "metrics": self.metrics, "not_run": self.not_run,
+                "networks": self.networks}
+
+
+def _is_word(name) -> bool:
+    """A name that is one file name inside its folder: letters, digits, ``_ . -``, and not ``.``
+    or ``..`` (which would write results into or above the output folder's parent)."""
+    return isinstance(name, str) and bool(re.fullmatch(r"[\w.-]+", name)) and set(name) != {"."}
 
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
@@ -179,8 +197,8 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
         bad((key,), f"unknown key {key!r}; known keys: {', '.join(sorted(_TOP))}")
 
     name = data.get("name", Path(path).stem if path else "bench")
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-        bad(("name",), f"name must be a word (letters, digits, _ . -), got {name!r}")
+    if not _is_word(name):
+        bad(("name",), f"name must be a word (letters, digits, _ . -, not only dots), got {name!r}")
     seeds = data.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds)
             and len(set(seeds)) == len(seeds)):
@@ -225,11 +243,15 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
     # results say why; a method named in the spec, or given settings, must work.
     every = data.get("methods", "all") == "all"
     not_run: dict[str, dict[str, str]] = {a.name: {} for a in agents}
+    networks: dict[str, dict[str, str]] = {a.name: {} for a in agents}
     checks = [(a.name, models[a.name]) for a in agents] or [(None, m) for m in loaded[:1]]
     for m in methods:
         for agent_name, model in checks:
             try:
-                get_explainer(m, model, **method_settings.get(m, {}))
+                explainer = get_explainer(m, model, **method_settings.get(m, {}))
+                identity = network_identity(explainer)
+                if identity and agent_name is not None:
+                    networks[agent_name][m] = identity
             except (TypeError, ValueError, FileNotFoundError) as err:
                 if every and m not in method_settings and agent_name is not None:
                     not_run[agent_name][m] = str(err)
@@ -253,7 +275,32 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
                 gallery=numbers["gallery"], store_saliency=store, agents=agents,
                 methods={m: method_settings.get(m, {}) for m in methods},
                 metrics={m: metric_settings.get(m, {}) for m in metrics},
-                not_run=not_run, text=text, path=str(path) if path else None, models=models)
+                not_run=not_run, networks={a: n for a, n in networks.items() if n}, text=text,
+                path=str(path) if path else None, models=models)
+
+
+def network_identity(explainer) -> str:
+    """The weights fingerprints of the trained networks ``explainer`` runs (a mask network's
+    ``network_source``, RExL's ``agent_paths``), ``;``-joined in its order; "" when it runs none
+    (or was handed a network object, which has no file). Each is the fingerprint its card records
+    when the card's sha256 is the file's (the card belongs to these bytes), else ``sha256:`` and
+    the file's own hash (a network without a card, or one overwritten without a new card)."""
+    from xrl.artifacts import ArtifactError, read_card, sha256
+    files = []
+    source = getattr(explainer, "network_source", None)
+    if isinstance(source, str) and source != "given":
+        files.append(source)
+    files += [str(p) for p in getattr(explainer, "agent_paths", None) or []]
+    ids = []
+    for f in files:
+        digest = sha256(f)
+        try:
+            card = read_card(f)
+        except ArtifactError:
+            card = {}
+        ids.append(card["fingerprint"] if card.get("fingerprint") and card.get("sha256") == digest
+                   else f"sha256:{digest[:16]}")
+    return ";".join(ids)
 
 
 def _fingerprint(model: Model) -> str | None:
@@ -344,8 +391,8 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
         bad(place + ("env_settings",), f"env_settings must be a table, got {env_settings!r}")
         ok = False
     name = raw.get("name", _agent_name(source))
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-        bad(place + ("name",), f"name must be a word (letters, digits, _ . -), got {name!r}")
+    if not _is_word(name):
+        bad(place + ("name",), f"name must be a word (letters, digits, _ . -, not only dots), got {name!r}")
         ok = False
 
     path = base / source
