@@ -206,7 +206,7 @@ def test_a_bench_spec_refuses_data_another_agent_collected(tmp_path, capsys):
 def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
     import shutil
     from xrl import cli
-    from xrl.zoo import update_sha256, verify
+    from xrl.agents.load import update_zoo_sha256, verify_zoo
     zoo = tmp_path / "zoo"
     (zoo / "vm").mkdir(parents=True)
     for name in ("visionmask.pt", "visionmask.json"):
@@ -232,11 +232,11 @@ def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
     del card["sha256"]
     (zoo / "vm" / "visionmask.json").write_text(json.dumps(card))
     unchecked = []
-    assert verify(zoo, unchecked=unchecked) == [] and unchecked == [zoo / "vm" / "visionmask.pt"]
-    assert update_sha256(zoo) == [zoo / "vm" / "visionmask.json"]
+    assert verify_zoo(zoo, unchecked=unchecked) == [] and unchecked == [zoo / "vm" / "visionmask.pt"]
+    assert update_zoo_sha256(zoo) == [zoo / "vm" / "visionmask.json"]
     assert json.loads((zoo / "vm" / "visionmask.json").read_text())["sha256"] == sha256(zoo / "vm" / "visionmask.pt")
     # a card recording other weights than the file holds
     card = json.loads((zoo / "vm" / "visionmask.json").read_text())
     (zoo / "vm" / "visionmask.json").write_text(json.dumps({**card, "fingerprint": "0" * 16}))
-    assert verify(zoo) == [f"{zoo / 'vm' / 'visionmask.pt'}: weights fingerprint {card['fingerprint']}, "
+    assert verify_zoo(zoo) == [f"{zoo / 'vm' / 'visionmask.pt'}: weights fingerprint {card['fingerprint']}, "
                            f"its card records {'0' * 16}"]

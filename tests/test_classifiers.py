@@ -92,10 +92,17 @@ def test_classifier_training_resumes_to_the_same_weights(tmp_path):
         load_classifier(latest_checkpoint(tmp_path / "full") / "state.pt")
 
 
-def test_the_trainer_is_still_importable_from_classifiers():
+def test_classifiers_names_the_model_and_points_to_the_trainer():
+    """xrl.classifiers is the public face of the model (xrl.agents.classifier); the trainer lives
+    in xrl.train.classifier, and asking the face for it says where."""
+    import xrl.agents.classifier
     import xrl.classifiers
     import xrl.train.classifier
+    for name in xrl.classifiers.__all__:
+        assert getattr(xrl.classifiers, name) is getattr(xrl.agents.classifier, name)
     for name in ("ClassifierArgs", "train_classifier", "load_image_folder"):
-        assert getattr(xrl.classifiers, name) is getattr(xrl.train.classifier, name)
+        assert callable(getattr(xrl.train.classifier, name))
+        with pytest.raises(AttributeError, match=f"xrl.train.classifier.{name}"):
+            getattr(xrl.classifiers, name)
     with pytest.raises(AttributeError, match="no_such_name"):
         xrl.classifiers.no_such_name

@@ -9,8 +9,7 @@ Entry points::
     saliency = explainer.explain(states)                   # (B, H, W)
     xrl.get_metric("deletion")(model=model, states=states, saliency=saliency)
 """
-__version__ = "0.1.0"
-
+from xrl._version import __version__
 from xrl.agents.model import Model, as_model
 from xrl.envs import list_envs, make_env
 from xrl.explainers import get_explainer, list_explainers

@@ -83,13 +83,15 @@ def _count(n) -> str:
 
 
 def cmd_zoo(args) -> int | None:
-    from xrl.zoo import update_sha256, verify, zoo_cards
+    from xrl.zoo import zoo_cards
+    if args.verify or args.update_sha256:
+        from xrl.agents.load import update_zoo_sha256, verify_zoo
     if args.update_sha256:
-        for card in update_sha256(args.dir, skip=("breakout",) if args.dir is None else ()):
+        for card in update_zoo_sha256(args.dir, skip=("breakout",) if args.dir is None else ()):
             print(f"updated {card}")
     if args.verify or args.update_sha256:
         unchecked: list = []
-        problems = verify(args.dir, unchecked=unchecked)
+        problems = verify_zoo(args.dir, unchecked=unchecked)
         for problem in problems:
             print(problem, file=sys.stderr)
         for path in unchecked:

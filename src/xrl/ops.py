@@ -1,20 +1,20 @@
 """The ground floor: tensor helpers shared by explainers, metrics, agents, envs and trainers.
 
-Plain torch (and numpy) on the caller's device; this module imports nothing else from xrl at run
-time, so every layer above may import it (docs/architecture.md, *Layers*).
+Plain torch (and numpy) on the caller's device; this module imports nothing from xrl, so every
+layer above may import it (docs/architecture.md, *Layers*). Where a helper takes a model it is
+an xrl ``Model`` (``xrl.agents.model``), used only through ``model(states)``, ``n_actions`` and
+``nn.Module``'s own methods.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from xrl.agents.model import Model
+from torch import nn
 
 
 # ------------------------------------------------------------------ batches and the allocator
@@ -64,7 +64,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 Targets = Union[None, int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def target_function(model: Model, states: torch.Tensor, targets: Targets) -> Callable:
+def target_function(model: nn.Module, states: torch.Tensor, targets: Targets) -> Callable:
     """Turn any accepted form of ``targets`` into ``scores (B, K) -> (B,)``.
 
     Indices are validated (integer, in ``[0, K)``, one per state); ``None`` is resolved to the
@@ -118,7 +118,7 @@ def _checked_callable(fn: Callable, n: int) -> Callable:
 
 
 @contextlib.contextmanager
-def guarded(model: Model, states: torch.Tensor) -> Iterator[None]:
+def guarded(model: nn.Module, states: torch.Tensor) -> Iterator[None]:
     """Run an explanation without side effects: eval mode, parameter grads and the inputs
     are as they were afterwards, also when the method raises."""
     modes = {m: m.training for m in model.modules()}

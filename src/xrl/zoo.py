@@ -1,14 +1,16 @@
-"""The zoo: trained artifacts shipped with the repository (``zoo/<name>/``), listed, checked and
-found by what they were made for.
+"""The zoo: trained artifacts shipped with the repository (``zoo/<name>/``), listed and found by
+what they were made for, from their headers and cards.
 
 * :func:`zoo_cards` — one row per zoo model (agents and classifiers): what ``xrl zoo`` prints;
 * :func:`zoo_artifacts` — every artifact of every kind (agents, DIGR students, classifiers, mask
   networks, RExL agents) with its format and card, read without loading weights;
 * :func:`find_network` — the zoo explainer network (VisionMask, Stalder, RExL) trained for the
   agent with a given weights fingerprint (``model.fingerprint()``);
-* :func:`verify` — every artifact's sha256 against its card, and that it loads
-  (``xrl zoo --verify``); :func:`update_sha256` records the sha256 in the cards
-  (``xrl zoo --update-sha256``).
+* :func:`network_for` — the same, remembered for the process, or an error saying why (what
+  explainers use when given no network).
+
+Nothing here loads weights: checking that every artifact loads (``xrl zoo --verify``,
+:func:`xrl.agents.load.verify_zoo`) is done where loading lives, one floor up.
 
 Run folders' checkpoints (``checkpoint.*``) are not artifacts: a run still training rewrites them.
 The zoo folder is ``$XRL_ZOO`` or the repository's ``zoo/``.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xrl.artifacts import FORMATS, ArtifactError, card_path, read_card, read_header, sha256
+from xrl.artifacts import FORMATS, ArtifactError, card_path, read_card, read_header
 
 ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[2] / "zoo"))
 
@@ -26,6 +28,9 @@ ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[2] / "
 NETWORK_KINDS = {"visionmask": ("xrl.mask_network", "visionmask"),
                  "stalder_explainer": ("xrl.mask_network", "stalder_explainer"),
                  "rexl": ("xrl.rexl_agent", None)}
+#: what :func:`network_for` says the zoo lacks
+NETWORK_NOUNS = {"visionmask": "visionmask network for this agent",
+                 "stalder_explainer": "stalder_explainer network for this agent", "rexl": "RExL agent for this model"}
 
 
 def _zoo(zoo_dir: str | os.PathLike | None) -> Path:
@@ -100,61 +105,23 @@ def find_network(kind: str, agent_fingerprint: str, *, zoo_dir: str | os.PathLik
     return found[0] if found else None
 
 
-def verify(zoo_dir: str | os.PathLike | None = None, *, load: bool = True,
-           unchecked: list | None = None) -> list[str]:
-    """Problems found in the zoo, one line each (an empty list when every artifact is sound): a
-    file whose sha256 differs from its card's, a file that does not load (``load``), loaded
-    weights whose fingerprint differs from the card's. Artifacts whose card records no sha256
-    (written before cards did) cannot be checked: their paths are appended to ``unchecked``."""
-    from xrl.agents.load import load_artifact
-    problems: list[str] = []
-    for row in zoo_artifacts(zoo_dir, errors=problems):
-        path, card = row["path"], row["card"]
-        if not card.get("sha256"):
-            if unchecked is not None:
-                unchecked.append(path)
-        elif sha256(path) != card["sha256"]:
-            problems.append(f"{path}: its sha256 is {sha256(path)}, its card records {card['sha256']} "
-                            "(the file changed or is damaged)")
-        if not load:
-            continue
-        try:
-            loaded = load_artifact(path)
-        except (ValueError, TypeError, OSError, RuntimeError) as err:
-            problems.append(f"{path}: does not load: {err}")
-            continue
-        want, have = card.get("fingerprint"), weights_fingerprint(path, loaded)
-        if want and have != want:
-            problems.append(f"{path}: weights fingerprint {have}, its card records {want}")
-    return problems
+_FOUND: dict[tuple, str | None] = {}
 
 
-def weights_fingerprint(path: str | os.PathLike, loaded=None) -> str:
-    """What an artifact's card records as ``fingerprint``: for models (agents, classifiers) the
-    loaded Model's (what datasets and explainer networks record), for other kinds that of the
-    weights stored in the file."""
-    from xrl.artifacts import fingerprint, load_payload
-    if callable(getattr(loaded, "fingerprint", None)):
-        return loaded.fingerprint()
-    return fingerprint(load_payload(path)["state_dict"])
-
-
-def update_sha256(zoo_dir: str | os.PathLike | None = None, *, skip: tuple[str, ...] = ()) -> list[Path]:
-    """Record each artifact's sha256 (and, for models, its weights fingerprint) in its card;
-    folders named in ``skip`` are left alone. Returns the cards changed."""
-    from xrl.agents.load import load_artifact
-    from xrl.files import write_json
-    changed = []
-    for row in zoo_artifacts(zoo_dir):
-        if row["name"].split("/")[0] in skip:
-            continue
-        path, card = row["path"], dict(row["card"])
-        fields = {"sha256": sha256(path), "format": row["format"],
-                  "fingerprint": weights_fingerprint(path, load_artifact(path))}
-        if any(card.get(k) != v for k, v in fields.items()):
-            write_json(card_path(path), {**card, **fields})
-            changed.append(card_path(path))
-    return changed
+def network_for(kind: str, fingerprint: str) -> str:
+    """The path of the zoo's ``kind`` network made for the model with weights fingerprint
+    ``fingerprint`` (:func:`find_network`), remembered per (kind, fingerprint, zoo folder) for
+    this process (it reads the header of every zoo file: about a second, and a bench builds
+    explainers often); a ``ValueError`` saying why when there is none (no zoo folder, or no such
+    network). What the explainers run on a zoo network (``visionmask``, ``stalder_explainer``,
+    ``rexl``) use when given none."""
+    key = (kind, fingerprint, str(ZOO_DIR))
+    if key not in _FOUND:
+        path = find_network(kind, fingerprint)  # ValueError when there is no zoo folder (not remembered)
+        _FOUND[key] = None if path is None else str(path)
+    if _FOUND[key] is None:
+        raise ValueError(f"the zoo has no {NETWORK_NOUNS[kind]} (weights fingerprint {fingerprint})")
+    return _FOUND[key]
 
 
 # ------------------------------------------------------------------ the listing of xrl zoo
@@ -209,5 +176,4 @@ def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "update_sha256", "verify",
-           "zoo_artifacts", "zoo_cards"]
+__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "network_for", "zoo_artifacts", "zoo_cards"]

@@ -2,7 +2,7 @@
 A2C, DQN —, xrl agent checkpoints ``agent.pt`` including DIGR students, classifiers
 ``classifier.pt``, zoo names and run folders), and every other artifact kind through
 :func:`load` (mask networks, RExL agents), dispatched by the format marker the file carries
-(:mod:`xrl.artifacts`).
+(:mod:`xrl.artifacts`); :func:`verify_zoo` checks that every zoo artifact loads and matches its card.
 
 Nothing in a file runs when it is loaded: xrl files are read with ``torch.load(weights_only=True)``
 and an SB3 ``.zip`` is rebuilt from its ``policy.pth`` (weights only) and the plain JSON fields of
@@ -34,12 +34,14 @@ from stable_baselines3 import A2C, DQN, PPO  # noqa: E402
 from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy  # noqa: E402
 
-import xrl  # noqa: E402
+from xrl._version import __version__  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.agents.nets import ARCHS  # noqa: E402
 from xrl.artifacts import (  # noqa: E402
-    NOUNS, SB3_ZIP, ArtifactError, format_of, load_payload, read_card, read_header, save_payload, write_card)
-from xrl.zoo import ZOO_DIR, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
+    NOUNS, SB3_ZIP, ArtifactError, card_path, fingerprint, format_of, load_payload, read_card, read_header,
+    save_payload, sha256, write_card)
+from xrl.files import write_json  # noqa: E402
+from xrl.zoo import ZOO_DIR, zoo_artifacts, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
 
 CHECKPOINT_FORMAT = "xrl.agent"
 #: whether ``trust=None`` means trusted (set by :func:`trusting_pickle`, the CLI's ``--trust-pickle``)
@@ -128,7 +130,7 @@ def save_policy(policy: BasePolicy, path: str | os.PathLike, *, algo: str, arch:
     path = Path(path)
     save_payload(path, CHECKPOINT_FORMAT, {"algo": algo, "arch": arch, "obs_shape": list(policy.observation_space.shape),
                                            "n_actions": int(policy.action_space.n)}, policy.state_dict())
-    card = {**card, "xrl_version": xrl.__version__, "arch": arch}
+    card = {**card, "xrl_version": __version__, "arch": arch}
     try:  # the fingerprint of the Model a loader builds from the file (the caller's RNG untouched)
         with torch.random.fork_rng(devices=[]):
             weights = _load_checkpoint(path, "cpu", {"card": card}).fingerprint()
@@ -194,7 +196,7 @@ def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: b
         if fmt == SB3_ZIP:
             model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
         elif fmt == "xrl.classifier":
-            from xrl.classifiers import load_classifier
+            from xrl.agents.classifier import load_classifier
             model = load_classifier(path, weights=weights)
         else:
             model = _load_checkpoint(path, device, info, weights=weights)
@@ -243,7 +245,6 @@ def _format(path: Path) -> str:
 def _rexl_model(path: Path) -> Model:
     """The model a RExL agent explains: the zoo model whose card records its fingerprint, else
     the one its card's settings name."""
-    from xrl.zoo import zoo_artifacts
     wanted = read_header(path, "xrl.rexl_agent").get("model_fingerprint")
     for row in zoo_artifacts():
         if row["kind"] in ("agent", "classifier") and row["card"].get("fingerprint") == wanted:
@@ -449,3 +450,59 @@ def _check_agent_header(path: Path, payload: dict) -> None:
         raise ArtifactError(path, f"has algo {algo!r}", f"algo one of {', '.join(_SB3_ALGOS)}")
     if arch not in ARCHS.names():
         raise ArtifactError(path, f"has arch {arch!r}", f"a registered architecture ({', '.join(ARCHS.names())})")
+
+
+# ------------------------------------------------------------------ the zoo checked by loading it
+# (``xrl zoo --verify`` / ``--update-sha256``; the listing, which reads no weights, is xrl.zoo)
+
+def verify_zoo(zoo_dir: str | os.PathLike | None = None, *, load: bool = True,
+               unchecked: list | None = None) -> list[str]:
+    """Problems found in the zoo, one line each (an empty list when every artifact is sound): a
+    file whose sha256 differs from its card's, a file that does not load (``load``), loaded
+    weights whose fingerprint differs from the card's. Artifacts whose card records no sha256
+    (written before cards did) cannot be checked: their paths are appended to ``unchecked``."""
+    problems: list[str] = []
+    for row in zoo_artifacts(zoo_dir, errors=problems):
+        path, card = row["path"], row["card"]
+        if not card.get("sha256"):
+            if unchecked is not None:
+                unchecked.append(path)
+        elif sha256(path) != card["sha256"]:
+            problems.append(f"{path}: its sha256 is {sha256(path)}, its card records {card['sha256']} "
+                            "(the file changed or is damaged)")
+        if not load:
+            continue
+        try:
+            loaded = load_artifact(path)
+        except (ValueError, TypeError, OSError, RuntimeError) as err:
+            problems.append(f"{path}: does not load: {err}")
+            continue
+        want, have = card.get("fingerprint"), weights_fingerprint(path, loaded)
+        if want and have != want:
+            problems.append(f"{path}: weights fingerprint {have}, its card records {want}")
+    return problems
+
+
+def weights_fingerprint(path: str | os.PathLike, loaded=None) -> str:
+    """What an artifact's card records as ``fingerprint``: for models (agents, classifiers) the
+    loaded Model's (what datasets and explainer networks record), for other kinds that of the
+    weights stored in the file."""
+    if callable(getattr(loaded, "fingerprint", None)):
+        return loaded.fingerprint()
+    return fingerprint(load_payload(path)["state_dict"])
+
+
+def update_zoo_sha256(zoo_dir: str | os.PathLike | None = None, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Record each artifact's sha256 (and, for models, its weights fingerprint) in its card;
+    folders named in ``skip`` are left alone. Returns the cards changed."""
+    changed = []
+    for row in zoo_artifacts(zoo_dir):
+        if row["name"].split("/")[0] in skip:
+            continue
+        path, card = row["path"], dict(row["card"])
+        fields = {"sha256": sha256(path), "format": row["format"],
+                  "fingerprint": weights_fingerprint(path, load_artifact(path))}
+        if any(card.get(k) != v for k, v in fields.items()):
+            write_json(card_path(path), {**card, **fields})
+            changed.append(card_path(path))
+    return changed

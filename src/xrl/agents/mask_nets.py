@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import xrl
+from xrl._version import __version__
 from xrl.agents.model import Model
 from xrl.artifacts import ArtifactError, load_payload, save_payload
 from xrl.ops import gaussian_blur
@@ -220,8 +220,8 @@ def save_mask_network(network: MaskNetwork, path: str | os.PathLike, *, card: di
     and the network's weights fingerprint)."""
     settings = {"method": network.method, "arch": network.arch, "input_shape": list(network.input_shape),
                 "n_maps": network.n_maps, "reference": network.reference, "agent": network.agent,
-                "xrl_version": xrl.__version__}
-    return save_payload(path, FORMAT, settings, network.state_dict(), card={**card, "xrl_version": xrl.__version__})
+                "xrl_version": __version__}
+    return save_payload(path, FORMAT, settings, network.state_dict(), card={**card, "xrl_version": __version__})
 
 
 def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> MaskNetwork:

@@ -3,7 +3,7 @@ section 3.2, appendix A.1): a frozen feature extractor and a learnable MLP (hidd
 128, ReLU) with a policy head over the ``grid**2`` cells and, for ACER, a Q head. Dataset-specific agents also get the explained class as a one-hot input.
 
 Feature extractors (``extractor=``): ``"trunk"`` — the explained network's own convolutional
-trunk (:func:`xrl.classifiers.trunk_of`); a torchvision classification architecture name
+trunk (:func:`xrl.agents.classifier.trunk_of`); a torchvision classification architecture name
 (``"resnet18"``, ...) built with ``weights=None`` from ``extractor_seed`` (randomly initialised and
 frozen: nothing may be downloaded here); or any ``nn.Module`` passed by the user. Its weights are
 fingerprinted, so an agent used with another extractor is refused.
@@ -34,10 +34,10 @@ def build_extractor(model: Model, extractor: str | nn.Module, seed: int = 0) -> 
     if isinstance(extractor, nn.Module):
         module = extractor
     elif extractor == "trunk":
-        from xrl.classifiers import trunk_of
+        from xrl.agents.classifier import trunk_of
         module = trunk_of(model)
     else:
-        from xrl.classifiers import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_torchvision
+        from xrl.agents.classifier import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_torchvision
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_torchvision(extractor, 1000)

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 import torch
 
-import xrl
+from xrl._version import __version__
 from xrl.envs.labels import EXCLUDED
 from xrl.files import atomic_path, write_json
 
@@ -320,7 +320,7 @@ def _check(file: h5py.File, path: Path) -> None:
     version = int(file.attrs.get("format_version", -1))
     if version > FORMAT_VERSION:
         raise ValueError(f"{path} is StateDataset format version {version}; this xrl "
-                         f"({xrl.__version__}) reads up to {FORMAT_VERSION}: upgrade xrl")
+                         f"({__version__}) reads up to {FORMAT_VERSION}: upgrade xrl")
     if not bool(file.attrs.get("complete", False)):
         raise ValueError(f"{path} is an incomplete StateDataset; {_EXPECTED}. Collect it again.")
     missing = [k for k in (*_ROWS[:-1], *_EPISODES) if k not in file]
@@ -566,7 +566,7 @@ class StateDatasetWriter:
         n, n_episodes = self.n_rows, self.n_episodes
         with atomic_path(self.out) as tmp, h5py.File(tmp, "w") as file:
             file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                               "xrl_version": xrl.__version__, "complete": False,
+                               "xrl_version": __version__, "complete": False,
                                "n_episodes": n_episodes, **self._meta})
             with h5py.File(self._pieces[0].path, "r") as first:
                 for name in (*_ROWS, *_EPISODES):

@@ -43,6 +43,7 @@ from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.ops import gaussian_blur
+from xrl.zoo import network_for
 
 
 def cell_credit(probs: torch.Tensor, actions: torch.Tensor, n_cells: int, lam: float) -> torch.Tensor:
@@ -65,33 +66,13 @@ def normalise(weights: torch.Tensor) -> torch.Tensor:
     return weights / total.clamp_min(1e-12)
 
 
-_FOUND: dict[tuple, str | None] = {}
-
-
-def _find_network(kind: str, fingerprint: str) -> str | None:
-    """:func:`xrl.zoo.find_network`, remembered per (kind, fingerprint, zoo folder) for this process
-    (it reads the header of every zoo file: about a second, and a bench builds explainers often)."""
-    import xrl.zoo
-    key = (kind, fingerprint, str(xrl.zoo.ZOO_DIR))
-    if key not in _FOUND:
-        path = xrl.zoo.find_network(kind, fingerprint)
-        _FOUND[key] = None if path is None else str(path)
-    return _FOUND[key]
-
-
 def _zoo_agent(model: Model) -> str:
     """The zoo's RExL agent for ``model`` (the dataset-specific one when there is one), matched by
-    the model's weights fingerprint (:func:`xrl.zoo.find_network`), or a ``ValueError``."""
-    fingerprint = model.fingerprint()
+    the model's weights fingerprint (:func:`xrl.zoo.network_for`), or a ``ValueError``."""
     try:
-        path = _find_network("rexl", fingerprint)
-    except ValueError as err:  # no zoo folder
-        path, why = None, str(err)
-    else:
-        why = f"the zoo has no RExL agent for this model (weights fingerprint {fingerprint})"
-    if path is None:
-        raise ValueError(f"rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl); {why}")
-    return str(path)
+        return network_for("rexl", model.fingerprint())
+    except ValueError as why:  # no zoo folder, or no agent for this model
+        raise ValueError(f"rexl needs a trained agent: agent='runs/rexl/rexl.pt' (xrl train rexl); {why}") from None
 
 
 @EXPLAINERS.register("rexl")

@@ -32,6 +32,7 @@ from xrl.agents.mask_nets import MaskNetwork, load_mask_network
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.ops import Targets, chunks, guarded, target_function
+from xrl.zoo import network_for
 
 
 @EXPLAINERS.register("visionmask")
@@ -91,33 +92,13 @@ class VisionMask(Explainer):
                 f"reference={self.network.reference!r}, batch_size={self.batch_size})")
 
 
-_FOUND: dict[tuple, str | None] = {}
-
-
-def _find_network(kind: str, fingerprint: str) -> str | None:
-    """:func:`xrl.zoo.find_network`, remembered per (kind, fingerprint, zoo folder) for this process
-    (it reads the header of every zoo file: about a second, and a bench builds explainers often)."""
-    import xrl.zoo
-    key = (kind, fingerprint, str(xrl.zoo.ZOO_DIR))
-    if key not in _FOUND:
-        path = xrl.zoo.find_network(kind, fingerprint)
-        _FOUND[key] = None if path is None else str(path)
-    return _FOUND[key]
-
-
 def zoo_network(kind: str, model: Model, how_to_train: str) -> str:
     """The path of the zoo's ``kind`` network made for ``model`` (matched by its weights
-    fingerprint, :func:`xrl.zoo.find_network`), or a ``ValueError`` saying there is none."""
-    fingerprint = model.fingerprint()
+    fingerprint, :func:`xrl.zoo.network_for`), or a ``ValueError`` saying there is none."""
     try:
-        path = _find_network(kind, fingerprint)
-    except ValueError as err:  # no zoo folder (an installed xrl without the repository's zoo/)
-        path, why = None, str(err)
-    else:
-        why = f"the zoo has no {kind} network for this agent (weights fingerprint {fingerprint})"
-    if path is None:
-        raise ValueError(f"{kind} needs network= a trained network (.pt) for this agent: {why}; {how_to_train}")
-    return str(path)
+        return network_for(kind, model.fingerprint())
+    except ValueError as why:  # no zoo folder (an installed xrl without the repository's zoo/), or no network
+        raise ValueError(f"{kind} needs network= a trained network (.pt) for this agent: {why}; {how_to_train}") from None
 
 
 class Counterfactual(NamedTuple):

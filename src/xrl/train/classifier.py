@@ -4,9 +4,9 @@
   ``labels.json`` (``{"file": ["class", ...]}``) in ``root``, multi-label VOC-style data.
 * :class:`ClassifierArgs` / :func:`train_classifier`: Adam on the shapes dataset
   (``data="shapes"``) or an image folder, a checkpoint per epoch, resumes, the best validation
-  accuracy exported as ``classifier.pt`` + card (:func:`xrl.classifiers.load_classifier` reads it).
+  accuracy exported as ``classifier.pt`` + card (:func:`xrl.agents.classifier.load_classifier` reads it).
 
-The model (``ShapesCNN``, torchvision builders, ``trunk_of``) lives in :mod:`xrl.classifiers`.
+The model (``ShapesCNN``, torchvision builders, ``trunk_of``) lives in :mod:`xrl.agents.classifier`.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-import xrl
-from xrl.classifiers import build_net, save_classifier
+from xrl._version import __version__
+from xrl.agents.classifier import build_net, save_classifier
 from xrl.files import write_json
 from xrl.train.run import Run, check_settings, command, load_tensors
 
@@ -193,4 +193,4 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
 def _card(args: ClassifierArgs, best: dict, names: list[str]) -> dict:
     return {"what": f"{args.arch} image classifier on {args.data}", "class_names": names,
             "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": command("xrl train classifier", args), "score": best, "xrl_version": xrl.__version__}
+            "command": command("xrl train classifier", args), "score": best, "xrl_version": __version__}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xrl
+from xrl._version import __version__
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch, check_grid
@@ -465,7 +465,7 @@ def _card(args: RExLArgs, model: Model, history: dict, classes: list[int]) -> di
             "command": rexl_command(args),
             "score": {"mean_return_last_20_updates": sum(last) / len(last) if last else None,
                       "steps": updates[-1]["steps"] if updates else history.get("sb3", {}).get("timesteps")},
-            "xrl_version": xrl.__version__}
+            "xrl_version": __version__}
 
 
 def rexl_command(args: RExLArgs) -> str:
