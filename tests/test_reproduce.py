@@ -11,9 +11,9 @@ import pytest
 from xrl.reproduce import TARGETS, run_target
 from xrl.reproduce import core
 
-REQUIRED = ["digr-table1", "digr-attacks", "visionmask-table1", "rexl-deletion", "fls-free-lunch", "fls-localization"]
+REQUIRED = ["digr-table1", "digr-attacks", "digr-highway", "visionmask-table1", "rexl-deletion", "fls-free-lunch", "fls-localization"]
 FAST = ["rise-coverage", "zoo-baselines", "fls-metrics"]  # fls-free-lunch: the kill test below
-SLOW = ["digr-table1", "digr-attacks", "visionmask-table1", "rexl-deletion", "fls-localization"]
+SLOW = ["digr-table1", "digr-attacks", "digr-highway", "visionmask-table1", "rexl-deletion", "fls-localization"]
 
 
 def _check_outputs(run, out):

@@ -13,7 +13,7 @@ from xrl.reproduce import analyses, digr, fls, rexl, visionmask
 from xrl.reproduce.core import PAPERS, Registry, Run, Target, paired_interval, run_target
 
 TARGETS = Registry()
-for _target in (digr.TABLE1, digr.ATTACKS, visionmask.TABLE1, rexl.DELETION, fls.FREE_LUNCH, fls.LOCALIZATION,
+for _target in (digr.TABLE1, digr.ATTACKS, digr.HIGHWAY, visionmask.TABLE1, rexl.DELETION, fls.FREE_LUNCH, fls.LOCALIZATION,
                 fls.METRICS, analyses.RISE_COVERAGE, analyses.ZOO_BASELINES, analyses.DIGR_SNAPSHOTS):
     TARGETS.add(_target)
 

@@ -52,12 +52,16 @@ def _agents(s: dict) -> dict:
     return agents
 
 
-def _states(run: Run, teacher, labels: str):
-    """States, actions, labels and frames of the labelled test states (``labels``: objects, cells)."""
+#: label names whose env setting is not the name itself (highway-fast: ``labels=True``, car pixels)
+LABEL_SETTINGS = {"cars": True}
+
+
+def _states(run: Run, teacher, labels: str, s: dict):
+    """States, actions, labels and frames of the labelled test states (``labels``: objects, cells
+    on Red-Fetch-Green; cars on highway-fast)."""
     from xrl.data.dataset import StateDataset
-    s = run.settings
     path = run.collect(f"teacher-{labels}", teacher, episodes=s["episodes"], seed=s["collect_seed"],
-                       env_settings={"labels": labels},
+                       env_settings={"labels": LABEL_SETTINGS.get(labels, labels)},
                        max_steps=s["max_steps"])
     with StateDataset.open(path) as ds:
         if ds.labels() is None:
@@ -74,16 +78,21 @@ def _maps(model, method, settings, target, states, actions):
 
 
 def run_table1(run: Run) -> None:
+    table1(run, _agents(run.settings), run.settings, paper=PAPER_TABLE1)
+
+
+def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
+    """Table 1, Fig. 3, Fig. 9 and the agents' returns for ``agents`` (``teacher`` first, then
+    students) on the teacher's labelled states; ``paper``: the paper's rows to print beside ours
+    (empty when the paper has none for this task)."""
     import xrl
-    s = run.settings
-    agents = _agents(s)
     teacher = agents["teacher"]
     localization = xrl.get_metric("localization")
     per_state: dict[str, dict[str, list]] = {}
     table: dict[tuple[str, str], dict] = {}
     first = None
     for labels in s["labels"]:
-        rows, states, actions, label_maps, frames = _states(run, teacher, labels)
+        rows, states, actions, label_maps, frames = _states(run, teacher, labels, s)
         if first is None:
             first = (rows, states, actions, frames)
         for agent, model in agents.items():
@@ -107,8 +116,8 @@ def run_table1(run: Run) -> None:
                     entry["seconds_per_map"] = value["seconds_per_map"]
     for (agent, name), entry in table.items():
         key = "DIGR VG" if agent == "DIGR" and name == "VG" else name if agent == "teacher" else None
-        if key in PAPER_TABLE1 and (agent != "teacher" or name != "VG (action)"):
-            entry["paper important"], entry["paper unimportant"], entry["paper AUC"] = PAPER_TABLE1[key]
+        if key in paper and (agent != "teacher" or name != "VG (action)"):
+            entry["paper important"], entry["paper unimportant"], entry["paper AUC"] = paper[key]
     # paired intervals: the DIGR student's VG AUC minus every other row's, on the same states
     primary = s["labels"][0]
     paired = {k: paired_interval(per_state["DIGR: VG"][primary], v[primary])
@@ -118,7 +127,8 @@ def run_table1(run: Run) -> None:
     speed = {f"{a}: {n}": e["seconds_per_map"] for (a, n), e in table.items()}
     ratio = speed["teacher: GB Perturbation"] / speed["DIGR: VG"]
     columns = ["agent", "method", "important", "unimportant"] + [f"auc_{lab}" for lab in s["labels"]] + [
-        "paper important", "paper unimportant", "paper AUC", "DIGR VG AUC minus this (95% CI)", "seconds_per_map"]
+        *(["paper important", "paper unimportant", "paper AUC"] if paper else []),
+        "DIGR VG AUC minus this (95% CI)", "seconds_per_map"]
     run.table("table1", list(table.values()), columns,
               title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "
                     f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
@@ -168,16 +178,26 @@ def run_table1(run: Run) -> None:
         returns[agent] = run.row(f"score-{agent}", lambda model=model: evaluate(
             model, env["name"], env.get("settings") or {}, episodes=s["score_episodes"], seed=10_000,
             progress=False, batch=20, per_episode=True))
-    base = np.asarray(returns["teacher"]["returns"]) > 0
-    score_rows = []
+    base = np.asarray(returns["teacher"]["returns"])
+    score_rows, paired_returns = [], {}
     for agent, r in returns.items():
         won = np.asarray(r["returns"]) > 0
-        score_rows.append({"agent": agent, "mean return": r["mean_return"], "success": float(won.mean()),
-                           "success minus teacher (95% CI)": "–" if agent == "teacher" else
-                           format_interval(paired_interval(won.astype(float), base.astype(float)))})
-    run.table("behaviour", score_rows, ["agent", "mean return", "success", "success minus teacher (95% CI)"],
+        row = {"agent": agent, "mean return": r["mean_return"], "std return": r["std_return"],
+               "return / teacher": r["mean_return"] / returns["teacher"]["mean_return"], "success": float(won.mean())}
+        if agent != "teacher":
+            paired_returns[agent] = paired_interval(r["returns"], base)
+            row["return minus teacher (95% CI)"] = format_interval(paired_returns[agent])
+            row["success minus teacher (95% CI)"] = format_interval(
+                paired_interval(won.astype(float), (base > 0).astype(float)))
+        score_rows.append(row)
+    run.table("behaviour", score_rows, ["agent", "mean return", "std return", "return / teacher",
+                                        "return minus teacher (95% CI)", "success", "success minus teacher (95% CI)"],
               title=f"Greedy return over the same {s['score_episodes']} seeded episodes (seeds 10000+) for every "
-                    "agent (the paper's Fig. 9 target: the student within 5 points of the teacher's success)")
+                    "agent (the paper's Fig. 9: the student's performance matches the teacher's; success = "
+                    "positive return)",
+              notes=["Paired intervals over the same seeded episodes, 95% percentile bootstrap; bold = excludes 0."],
+              extra={"returns": {a: r["returns"] for a, r in returns.items()},
+                     "paired_return_vs_teacher": paired_returns})
 
 
 def half_return_eps(curve: list[dict]) -> float | None:
@@ -190,17 +210,23 @@ def half_return_eps(curve: list[dict]) -> float | None:
 
 
 def run_attacks(run: Run) -> None:
+    s = run.settings
+    attacks(run, _agents(s), s, env_overrides={"max_steps": s["max_steps"]} if s["max_steps"] else {})
+
+
+def attacks(run: Run, agents: dict, s: dict, *, env_overrides: dict | None = None) -> None:
+    """Fig. 8 for ``agents`` (``teacher`` first): every attack of ``s["attacks"]`` at every eps of
+    ``s["eps"]`` on ``s["episodes"]`` seeded episodes; ``env_overrides``: env settings laid over
+    the agents' (a shorter episode cap for the quick runs)."""
     from xrl.attacks import get_attack
     from xrl.train.agent import evaluate
     from xrl.viz.overlay import attack_curves
-    s = run.settings
-    agents = _agents(s)
     eps = sorted({0.0, *map(float, s["eps"])})
     results: dict[str, dict[str, list[dict]]] = {}
     for agent, model in agents.items():
         env = dict(model.info["env"])
-        if s["max_steps"]:  # a shorter episode cap (the quick runs)
-            env["settings"] = {**(env.get("settings") or {}), "max_steps": s["max_steps"]}
+        if env_overrides:
+            env["settings"] = {**(env.get("settings") or {}), **env_overrides}
         clean = run.row(f"clean-{agent}", lambda model=model, env=env: evaluate(
             model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=0, progress=False,
             batch=s["batch"], per_episode=True))
@@ -279,4 +305,90 @@ ATTACKS = Target(
     measured="10.3 min of wall time (10.3 min of CPU, one thread, load 2)",
     docs="docs/digr.md",
     selectors=("attacks", "eps"),
+)
+
+
+# -- DIGR on a driving task: highway-fast stands in for CARLA ----------------------------------------
+#: the DigrArgs a digr-highway setting sets (setting name -> DigrArgs field)
+HIGHWAY_TRAINING = {"updates": "updates", "batch_size": "batch_size", "alpha": "alpha", "temperature": "temperature",
+                    "learning_rate": "learning_rate", "threshold": "threshold", "buffer_size": "buffer_size",
+                    "n_envs": "n_envs", "eval_every": "eval_every", "eval_episodes": "eval_episodes",
+                    "final_eval_episodes": "final_eval_episodes", "train_seed": "seed"}
+HIGHWAY_DATA = ("teacher", "data_states", "data_stride", "data_radius", "train_seed")
+
+
+def _digest(settings: dict, keys) -> str:
+    import hashlib
+    text = json.dumps({k: settings[k] for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def highway_student(run: Run) -> Path:
+    """The perturbation saliency dataset of the teacher and the DIGR student distilled from it, in
+    ``<out>/data/digr-<hash>.h5`` and ``<out>/student-<hash>/`` (the hashes of the settings each
+    depends on, so a changed setting makes a new one). Both resume when interrupted:
+    :func:`xrl.train.digr.make_saliency_dataset` keeps finished chunks of maps, :func:`train_digr`
+    its checkpoints."""
+    import xrl
+    from xrl.train.digr import DigrArgs, make_saliency_dataset, train_digr
+    s = run.settings
+    data = run.out / "data" / f"digr-{_digest(s, HIGHWAY_DATA)}.h5"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    teacher = xrl.load_agent(s["teacher"])
+    if run.progress:
+        print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
+    make_saliency_dataset(teacher, data, n_states=s["data_states"], radius=s["data_radius"], stride=s["data_stride"],
+                          seed=s["train_seed"], progress=run.progress)
+    folder = run.out / f"student-{_digest(s, [*HIGHWAY_DATA, *HIGHWAY_TRAINING])}"
+    if (folder / "agent.pt").exists():
+        return folder / "agent.pt"
+    if run.progress:
+        print(f"[{run.target.name}] DIGR student {folder} ...", flush=True)
+    args = DigrArgs(teacher=s["teacher"], data=str(data), out=str(folder), n_states=s["data_states"],
+                    stride=s["data_stride"], checkpoint_every=max(1, min(250, s["updates"])), progress=run.progress,
+                    **{field: s[key] for key, field in HIGHWAY_TRAINING.items()})
+    return train_digr(args)
+
+
+def run_highway(run: Run) -> None:
+    import xrl
+    s = run.settings
+    student = highway_student(run)
+    agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(str(student))}
+    run.note(f"DIGR student: {student} (the teacher's perturbation dataset and the training run beside it)")
+    table1(run, agents, s, paper={})
+    attacks(run, agents, {**s, "episodes": s["attack_episodes"]},
+            env_overrides={"duration": s["attack_duration"]} if s["attack_duration"] else {})
+
+
+HIGHWAY = Target(
+    name="digr-highway", paper="digr",
+    claim="DIGR on a driving task (the paper's CARLA setting; highway-fast stands in): Table-1-style "
+          "localization on car pixels, Fig. 5/9 (the student drives as well as the teacher), Fig. 8 (attacks)",
+    reruns="the zoo highway-fast DQN agent as teacher: its perturbation saliency dataset (greedy seeded episodes, "
+           "Gaussian-blur KL maps, radius 5 as the paper's CARLA), a DIGR student of the same architecture (alpha 1 "
+           "as the paper's CARLA, distilling softmax(Q / 0.1)), then the teacher's 7 saliency methods and the "
+           "student's vanilla gradient on the exact car masks, both agents' return over the same seeded episodes, "
+           "and both under FGSM, PGD and MAD",
+    settings={"teacher": "highway-fast",
+              # the perturbation saliency dataset (the paper's CARLA: 2.5k states)
+              "data_states": 400, "data_stride": 4, "data_radius": 5.0,
+              # the student (the paper's CARLA: alpha 1, threshold 0.1, buffer 10k; RMSprop 2e-4, we use Adam 1e-3)
+              "updates": 3000, "batch_size": 32, "alpha": 1.0, "temperature": 0.1, "learning_rate": 1e-3,
+              "threshold": 0.1, "buffer_size": 10_000, "n_envs": 1, "eval_every": 500, "eval_episodes": 5,
+              "final_eval_episodes": 20, "train_seed": 0,
+              # Table 1 on labelled test states, and the return
+              "episodes": 4, "max_steps": None, "collect_seed": 0, "n_states": 64, "labels": ["cars"], "radius": 5,
+              "stride": 4, "smoothgrad_samples": 20, "ig_steps": 50, "time_repeats": 3, "score_episodes": 40,
+              # Fig. 8 (the paper's CARLA: 20 runs per point)
+              "attacks": ["fgsm", "pgd", "mad"], "eps": [0.01, 0.05], "attack_episodes": 10, "batch": 10,
+              "attack_duration": None},
+    quick={"data_states": 8, "data_stride": 32, "updates": 4, "batch_size": 4, "buffer_size": 64, "eval_every": 4,
+           "eval_episodes": 1, "final_eval_episodes": 1, "episodes": 1, "max_steps": 6, "n_states": 4, "stride": 32,
+           "smoothgrad_samples": 2, "ig_steps": 4, "time_repeats": 1, "score_episodes": 2, "attacks": ["fgsm"],
+           "eps": [0.05], "attack_episodes": 2, "batch": 2, "attack_duration": 3},
+    run=run_highway,
+    measured="not measured yet",
+    docs="docs/reproduction.md#digr-on-a-driving-task-highway-fast-for-carla",
+    selectors=("labels", "attacks", "eps"),
 )

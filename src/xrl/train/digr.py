@@ -88,7 +88,7 @@ def make_saliency_dataset(
     progress: bool = True,
 ) -> Path:
     """Collect at least ``n_states`` states of the teacher's sampled rollouts (episode ``i``
-    seeded ``seed + i``) into the StateDataset ``out`` and store the teacher's KL perturbation
+    seeded ``seed + i``; a Q-value teacher's greedy rollouts: its softmax is no policy it plays) into the StateDataset ``out`` and store the teacher's KL perturbation
     maps as ``saliency/digr`` (settings recorded with them). Resumes an interrupted run.
 
     ``stride``: the perturbation grid pitch (2 = a blur centred on every other pixel, the maps
@@ -116,7 +116,8 @@ def make_saliency_dataset(
     else:
         episodes = 1
     while True:  # episodes until there are enough states (collect extends the same file)
-        collect(teacher, episodes=episodes, out=out, seed=seed, sample=True, progress=False)
+        collect(teacher, episodes=episodes, out=out, seed=seed, sample=teacher.score_kind == "logits",
+                progress=False)
         with StateDataset.open(out) as ds:
             n, done = len(ds), ds.n_episodes
         if n >= n_states:
@@ -206,10 +207,11 @@ def igr_loss(model: Model, states: torch.Tensor, teacher_maps: torch.Tensor, thr
     return (penalised * policy_saliency(model, states)).flatten(1).mean(1).mean()
 
 
-def distillation_loss(teacher: Model, student: Model, states: torch.Tensor) -> torch.Tensor:
-    """``mean_s KL(pi_t(s) || pi_theta(s))`` (scalar)."""
+def distillation_loss(teacher: Model, student: Model, states: torch.Tensor,
+                      temperature: float | None = None) -> torch.Tensor:
+    """``mean_s KL(pi_t(s) || pi_theta(s))`` (scalar), ``pi_t = softmax(teacher(s) / temperature)``."""
     with torch.no_grad():
-        log_p = teacher(states).log_softmax(-1)
+        log_p = (teacher(states) / (temperature or 1.0)).log_softmax(-1)
     log_q = student(states).log_softmax(-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
@@ -261,6 +263,12 @@ class DigrArgs:
     """combine the two gradients with PCGrad (else their sum)"""
     n_states: int = 1000
     """states in the saliency dataset when it is made here (Table 3)"""
+    temperature: float | None = None
+    """distil ``softmax(teacher scores / temperature)``; None = 1, a policy's logits as they are.
+    A Q-value teacher (DQN) has no policy: its softmax at 1 is nearly uniform when Q-values are
+    close (the zoo highway-fast agent: top probability 0.27 of 5 actions), so the argmax it acts
+    by is a small part of the KL; a temperature below 1 sharpens it, as policy distillation of DQN
+    teachers does (Rusu et al. 2016, "Policy Distillation", arXiv:1511.06295)"""
     stride: int = 2
     """perturbation grid pitch of the saliency dataset when it is made here"""
     arch: str | None = None
@@ -281,7 +289,7 @@ class DigrArgs:
 
     LIMITS: ClassVar[dict] = {
         "updates": ">=1", "batch_size": ">=1", "learning_rate": ">0", "alpha": ">=0", "threshold": "0..1",
-        "buffer_size": ">=1", "n_envs": ">=1", "n_states": ">=1", "stride": ">=1", "eval_every": ">=1",
+        "buffer_size": ">=1", "n_envs": ">=1", "n_states": ">=1", "stride": ">=1", "temperature": ">0", "eval_every": ">=1",
         "eval_episodes": ">=1", "final_eval_episodes": ">=1", "checkpoint_every": ">=1", "seed": ">=0"}
     #: may change between a run and its resumption
     IGNORED: ClassVar[set] = {"updates", "progress", "eval_episodes", "final_eval_episodes", "checkpoint_every",
@@ -333,7 +341,7 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
         online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size))
         x_d = states_d[rows].float() / teacher.obs_scale
         x_b = torch.as_tensor(state["buffer"][online.numpy()]).float() / teacher.obs_scale
-        kl = args.alpha * distillation_loss(teacher, student, x_b)
+        kl = args.alpha * distillation_loss(teacher, student, x_b, args.temperature)
         losses = [kl]
         if args.igr:
             losses.insert(0, igr_loss(student, x_d, maps_d[rows], args.threshold))
