@@ -61,18 +61,55 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 # ------------------------------------------------------------------ targets and side effects
 
+#: what callers may pass as ``targets`` (resolved for a batch by :func:`target_function`)
 Targets = Union[None, int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def target_function(model: nn.Module, states: torch.Tensor, targets: Targets) -> Callable:
-    """Turn any accepted form of ``targets`` into ``scores (B, K) -> (B,)``.
+class TargetFn:
+    """The targets of a batch of ``n`` states, resolved once (:func:`target_function`).
+
+    Called on scores ``(B', K)`` — ``B'`` a multiple of ``n``: each state's perturbed copies in a
+    row, state-major — it returns each row's target score ``(B',)``. ``index`` is the ``(n,)``
+    long tensor of action indices when the targets are indices (None, an int, a tensor), and
+    None when they are the caller's own callable ``scores (B, K) -> (B,)`` (its output shape is
+    checked at every call). Methods that need action indices (per-action maps, Grad-CAM's
+    one-hot gradients, ``callable_targets = False``) read ``index``.
+    """
+
+    __slots__ = ("index", "n", "_fn")
+
+    def __init__(self, n: int, *, index: torch.Tensor | None = None,
+                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if (index is None) == (fn is None):
+            raise ValueError("a TargetFn takes either index (action indices) or fn (a callable), not both or neither")
+        self.n, self.index, self._fn = int(n), index, fn
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            out = self._fn(scores)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (scores.shape[0],):
+                raise ValueError(
+                    f"a targets callable must map scores (B, K) to a (B,) tensor, got "
+                    f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+                )
+            return out
+        # scores may hold several copies of each state (perturbations): repeat the indices
+        reps = scores.shape[0] // self.n
+        return scores.gather(1, self.index.repeat_interleave(reps).unsqueeze(1)).squeeze(1)
+
+    def __repr__(self) -> str:
+        return f"TargetFn(index={self.index.tolist()})" if self.index is not None else f"TargetFn(fn={self._fn!r})"
+
+
+def target_function(model: nn.Module, states: torch.Tensor, targets: Targets) -> TargetFn:
+    """Turn any accepted form of ``targets`` into a :class:`TargetFn` for ``states``.
 
     Indices are validated (integer, in ``[0, K)``, one per state); ``None`` is resolved to the
     model's argmax on ``states`` once, so perturbed states keep explaining the same action.
     """
     n, k = states.shape[0], model.n_actions
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        return _checked_callable(targets, n)
+        return TargetFn(n, fn=targets)
     if targets is None:
         with torch.no_grad():
             index = model(states).argmax(-1)
@@ -94,27 +131,7 @@ def target_function(model: nn.Module, states: torch.Tensor, targets: Targets) ->
         )
     if ((index < 0) | (index >= k)).any():
         raise ValueError(f"target indices must be in [0, {k}) for a model with {k} actions, got {index.tolist()}")
-
-    def pick(scores: torch.Tensor) -> torch.Tensor:
-        # scores may hold several copies of each state (perturbations): repeat the indices
-        reps = scores.shape[0] // n
-        return scores.gather(1, index.repeat_interleave(reps).unsqueeze(1)).squeeze(1)
-
-    pick.index = index  # type: ignore[attr-defined]
-    return pick
-
-
-def _checked_callable(fn: Callable, n: int) -> Callable:
-    def call(scores: torch.Tensor) -> torch.Tensor:
-        out = fn(scores)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (scores.shape[0],):
-            raise ValueError(
-                f"a targets callable must map scores (B, K) to a (B,) tensor, got "
-                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-            )
-        return out
-
-    return call
+    return TargetFn(n, index=index)
 
 
 @contextlib.contextmanager

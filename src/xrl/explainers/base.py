@@ -9,12 +9,10 @@ callable ``scores (B, K) -> (B,)``. Methods with one map per action also give
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from xrl.agents.model import Model
-from xrl.ops import Targets, guarded, target_function
+from xrl.ops import TargetFn, Targets, guarded, target_function
 from xrl.registry import Registry
 
 EXPLAINERS: Registry[type["Explainer"]] = Registry("explainer")
@@ -23,8 +21,10 @@ EXPLAINERS: Registry[type["Explainer"]] = Registry("explainer")
 class Explainer:
     """Base class: subclasses implement ``_explain(states, target_fn) -> (B, H, W)``.
 
-    ``target_fn`` maps scores ``(B, K)`` to the explained quantity ``(B,)``; it is built once per
-    call from ``targets`` by :func:`target_function`, so every method supports every form.
+    ``target_fn`` (a :class:`~xrl.ops.TargetFn`) maps scores ``(B, K)`` to the explained quantity
+    ``(B,)``, and its ``index`` holds the ``(B,)`` action indices (None when the caller gave a
+    callable); it is built once per call from ``targets`` by :func:`target_function`, so every
+    method supports every form.
     Subclasses with per-action maps also implement ``_explain_all(states) -> (B, K, H, W)``.
     """
 
@@ -72,7 +72,7 @@ class Explainer:
                 saliency = self._explain_all(states)
         return _finish(saliency, states)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         raise NotImplementedError
 
     def _explain_all(self, states: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.ops import chunks
+from xrl.ops import TargetFn, chunks
 
 
 @EXPLAINERS.register("grad_cam")
@@ -43,7 +43,7 @@ class GradCam(Explainer):
         super().__init__(model, batch_size=batch_size, seed=seed)
         self.layer = find_layer(model, layer, "grad_cam")
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         parts = []
         for rows in chunks(states.shape[0], self.batch_size):
             x = states[rows].detach().clone().requires_grad_()
@@ -80,12 +80,12 @@ def activations_and_gradients(model: Model, layer: str, x: torch.Tensor, fn: Cal
     return acts.detach(), grads
 
 
-def rows_target(target_fn: Callable, rows: slice) -> Callable:
+def rows_target(target_fn: TargetFn, rows: slice) -> TargetFn:
     """``target_fn`` for the states ``rows``: action indices are picked for those rows only."""
-    index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
-    if index is None:
+    if target_fn.index is None:  # a callable: applied to whatever rows it is given
         return target_fn
-    return lambda scores: scores.gather(1, index[rows, None])[:, 0]
+    index = target_fn.index[rows]
+    return TargetFn(len(index), index=index)
 
 
 def find_layer(model: Model, layer: str | None, method: str) -> str:

@@ -48,7 +48,7 @@ class Gradient(Explainer):
         return reduce_channels(self._gradients(states, target_fn), self.reduce)
 
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+        index = target_fn.index  # (B,) when targets are action indices, None for a callable
         parts = []
         with torch.inference_mode(False), torch.enable_grad():
             for rows in chunks(states.shape[0], self.batch_size):

@@ -46,7 +46,7 @@ class GuidedBackprop(Gradient):
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         from captum.attr import GuidedBackprop as CaptumGuidedBackprop  # on first use (docs/architecture.md)
 
-        index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+        index = target_fn.index  # (B,) when targets are action indices, None for a callable
         parts = []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # once per call

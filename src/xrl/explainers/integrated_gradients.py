@@ -68,7 +68,7 @@ class IntegratedGradients(Gradient):
     def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients  # on first use (docs/architecture.md)
 
-        index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+        index = target_fn.index  # (B,) when targets are action indices, None for a callable
         method = "riemann_right" if self.method == "riemann" else self.method
         parts = []
         for rows in chunks(states.shape[0], self.batch_size):

@@ -96,7 +96,7 @@ class PerturbationExplainer(Explainer):
     # ---------------------------------------------------------------- the run, once for all
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        if not self.callable_targets and getattr(target_fn, "index", None) is None:
+        if not self.callable_targets and target_fn.index is None:
             raise TypeError(self.callable_refusal)
         base, perturbed, masks = self.perturbed_scores(states)
         return self.project(self.effects(base, perturbed, target_fn), states, masks)[:, 0]

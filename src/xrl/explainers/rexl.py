@@ -172,7 +172,7 @@ class RExL(Explainer):
 
     @torch.no_grad()
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        index = getattr(target_fn, "index", None)  # (B,) validated class indices; absent for callables
+        index = target_fn.index  # (B,) validated class indices; None for callables
         if index is None:
             raise TypeError("rexl masks cells to lower one class's probability, so targets must be class "
                             "(action) indices: None, an int or a (B,) tensor, not a callable")

@@ -96,7 +96,7 @@ class SmoothGrad(Explainer):
         signed = isinstance(self.base, Gradient)
         noise = torch.randn(n, *states.shape[1:], generator=self.generator()).to(states)  # (n, C, H, W)
         scale = self.sigma * (states.amax((1, 2, 3)) - states.amin((1, 2, 3)))  # (B,)
-        index = getattr(target_fn, "index", None)
+        index = target_fn.index
         total = None
         for rows in chunks(b * n, self.batch_size):  # row r = state r // n plus noise r % n
             r = torch.arange(rows.start, rows.stop, device=states.device)

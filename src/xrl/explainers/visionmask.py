@@ -78,7 +78,7 @@ class VisionMask(Explainer):
             return torch.cat([self.network.masks(states[rows]) for rows in chunks(len(states), self.batch_size)])
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        index = getattr(target_fn, "index", None)  # (B,) for index targets, absent for callables
+        index = target_fn.index  # (B,) for index targets, None for callables
         if index is None:
             raise TypeError(
                 f"{self.method} has one trained mask per action, so targets must be action indices "
@@ -136,8 +136,7 @@ def counterfactual(explainer: VisionMask, states: torch.Tensor, targets: Targets
     model, network = explainer.model, explainer.network
     model.check_states(states)
     with guarded(model, states), torch.no_grad():
-        index = target_function(model, states, targets)
-        index = getattr(index, "index", None)
+        index = target_function(model, states, targets).index
         if index is None:
             raise TypeError("counterfactual targets must be action indices (None, an int or a (B,) tensor)")
         maps = explainer.explain(states, index)
