@@ -1,6 +1,8 @@
 """LIME and extremal perturbations: known values on analytic models, batch == loop, seeds."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +213,73 @@ def test_extremal_perturbation_refuses_contrastive_callables_and_bad_settings():
                 {"num_levels": 1}, {"sigma": 0}, {"lr": -1}, {"area_weight": -1}):
         with pytest.raises(ValueError):
             get_explainer("extremal_perturbation", model, **bad)
+
+
+def reference_smooth_mask(param: torch.Tensor, height: int, width: int, step: int, sigma: float,
+                          temperature: float) -> torch.Tensor:
+    """The paper's smooth max-convolution written point by point on the grid (Gaussian k of std
+    ``sigma / step`` grid units, k(0) = 1, cut at 3 std; smax_T f = sum f exp(f/T) / sum exp(f/T)),
+    then F.interpolate onto the pixels, the last grid row/column repeated."""
+    b, _, rows, cols = param.shape
+    s = sigma / step
+    coarse = torch.zeros(b, rows, cols, dtype=param.dtype)
+    for r in range(rows):
+        for c in range(cols):
+            values = []
+            for u in range(rows):
+                for v in range(cols):
+                    d2 = (r - u) ** 2 + (c - v) ** 2
+                    if d2 <= (3 * s) ** 2:
+                        values.append(math.exp(-d2 / (2 * s * s)) * param[:, 0, u, v])
+            f = torch.stack(values, 1)  # (b, n)
+            coarse[:, r, c] = (f * torch.softmax(f / temperature, 1)).sum(1)
+    fine = F.interpolate(coarse[:, None], size=((rows - 1) * step + 1, (cols - 1) * step + 1),
+                         mode="bilinear", align_corners=True)
+    return F.pad(fine, (0, width - fine.shape[-1], 0, height - fine.shape[-2]), mode="replicate")[:, 0]
+
+
+def test_extremal_mask_and_its_gradient_match_a_pointwise_smooth_max_convolution():
+    model = as_model(RegionModel(), input_shape=(1, 18, 17))
+    explainer = get_explainer("extremal_perturbation", model, step=3, sigma=4.0, temperature=0.1)
+    param = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    param.requires_grad_(True)
+    weight = torch.rand(2, 18, 17, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = explainer.mask(param, 18, 17)
+    expected = reference_smooth_mask(param, 18, 17, 3, 4.0, 0.1)
+    torch.testing.assert_close(mask, expected, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad((mask * weight).sum(), [param])
+    (grad_expected,) = torch.autograd.grad((expected * weight).sum(), [param])
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-9, atol=1e-12)
+
+
+def test_extremal_perturbation_blends_the_two_nearest_blur_levels():
+    model = as_model(RegionModel(), input_shape=(2, 32, 32))
+    explainer = get_explainer("extremal_perturbation", model, num_levels=5, max_blur=3.0)
+    x = torch.rand(2, 2, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask[0, :4] = 1.0  # the state itself
+    mask[1, :4] = 0.0  # blurred most
+    levels = explainer._levels(x)
+    # independent: the hat-function weights max(0, 1 - |m (L - 1) - l|) summed over every level
+    hat = (1 - (mask[:, None] * 4 - torch.arange(5.0, dtype=torch.float64)[None, :, None, None]).abs()).clamp(min=0)
+    expected = (hat[:, :, None] * levels[0]).sum(1)
+    torch.testing.assert_close(explainer._perturb(levels, mask), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(expected[0, :, :4], x[0, :, :4])
+
+
+def test_extremal_batched_default_equals_the_one_state_at_a_time_run_within_tolerance():
+    """The default runs every state of a chunk in one model call per step; ``exact=True`` runs one
+    state per call. A batched matmul rounds differently (~1e-8) and the optimisation amplifies it:
+    masks agree within 1e-3 (measured on 6 random Nature-CNN states at 100 iterations: 1.6e-5)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 8, 4, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 4))
+    model = as_model(net, input_shape=(2, 32, 32))
+    x = torch.rand(5, 2, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    batched = extremal(model).explain(x, targets=targets)
+    exact = extremal(model, exact=True).explain(x, targets=targets)
+    one_by_one = torch.cat([extremal(model, exact=True).explain(x[i : i + 1], targets=int(t))
+                            for i, t in enumerate(targets)])
+    torch.testing.assert_close(exact, one_by_one, rtol=0, atol=0)  # exact: bitwise per state
+    torch.testing.assert_close(batched, exact, rtol=0, atol=1e-3)
