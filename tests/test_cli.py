@@ -291,10 +291,10 @@ def test_missing_data_file(capsys, tmp_path, command):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["evaluate", "--setting", "foo"], ["foo", "key=value"]),
-    (["explain", "--setting", "foo"], ["foo", "key=value"]),
+    (["evaluate", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
+    (["explain", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
     (["evaluate", "--setting", "greydanus.radius=4"], ["greydanus.radius", "random"]),
-    (["evaluate", "--metric-setting", "bar"], ["bar", "key=value"]),
+    (["evaluate", "--metric-setting", "bar"], ["--metric-setting takes KEY=VALUE, got 'bar'"]),
 ])
 def test_malformed_setting(capsys, collected, tmp_path, argv, words):
     data, _ = collected
@@ -306,7 +306,7 @@ def test_malformed_setting(capsys, collected, tmp_path, argv, words):
 def test_malformed_env_setting_in_collect(capsys, tmp_path):
     code, out, err = run(capsys, "collect", "--agent", AGENT, "--episodes", "1", "--set", "foo",
                          "--out", tmp_path / "d.h5")
-    assert_error(code, out, err, "foo", "key=value")
+    assert_error(code, out, err, "--set takes KEY=VALUE, got 'foo'")
 
 
 def test_unknown_command(capsys):

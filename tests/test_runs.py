@@ -249,7 +249,7 @@ def test_check_pairs_types_keyed_settings():
 def _trainer_classes():
     from xrl.cli import TRAINERS
     import importlib
-    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls, _) in TRAINERS.items()}
+    return {name: getattr(importlib.import_module(t.module), t.settings) for name, t in TRAINERS.items()}
 
 
 def _changed(cls):

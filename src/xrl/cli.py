@@ -6,6 +6,7 @@ import json
 import sys
 import zipfile
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -13,34 +14,16 @@ import torch
 from xrl.envs import ENVS, list_envs
 from xrl.explainers import EXPLAINERS, list_explainers
 from xrl.metrics import METRICS, list_metrics
-from xrl.train.run import RunLocked, add_flags, from_flags
+from xrl.train.run import RunLocked, add_flags, from_flags, parse_pairs
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _settings(pairs: list[str] | None) -> dict:
-    """``["radius=4", "score=kl"]`` -> ``{"radius": 4, "score": "kl"}`` (values read as JSON)."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"settings are key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _value(value)
-    return out
-
-
-def _method_settings(names: str, pairs: list[str] | None) -> dict[str, dict]:
-    """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` -> ``{name: settings}``."""
+def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting") -> dict[str, dict]:
+    """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` (the ``--setting`` flags) -> ``{name: settings}``."""
     methods = {m.strip(): {} for m in names.split(",") if m.strip()}
-    for key, value in _settings(pairs).items():
+    for key, value in parse_pairs(pairs, flag).items():
         method, _, setting = key.partition(".")
         if method not in methods or not setting:
-            raise ValueError(f"--setting {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
+            raise ValueError(f"--{flag} {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
         methods[method][setting] = value
     return methods
 
@@ -126,43 +109,14 @@ def cmd_metrics(args) -> None:
         print(f"{name:16s} {cls.category:14s} {direction:44s} {_doc(cls)}")
 
 
-def cmd_train_agent(args) -> None:
-    from xrl.train.agent import AgentArgs, train_agent
-    path = train_agent(from_flags(AgentArgs, args))
+def cmd_train(args) -> None:
+    """``xrl train <what>``: the trainer's settings from its flags, then what its card says."""
+    import importlib
+    trainer = TRAINERS[args.what]
+    module = importlib.import_module(trainer.module)
+    path = getattr(module, trainer.train)(from_flags(getattr(module, trainer.settings), args))
     card = json.loads(path.with_suffix(".json").read_text())
-    print(f"saved {path}\nscore: {json.dumps(card['score'])}")
-    if "score_sampled" in card:
-        print(f"score of the sampled policy: {json.dumps(card['score_sampled'])}")
-
-
-def cmd_train_digr(args) -> None:
-    from xrl.train.digr import DigrArgs, train_digr
-    path = train_digr(from_flags(DigrArgs, args))
-    card = json.loads(path.with_suffix(".json").read_text())
-    print(f"saved {path}\nstudent: {json.dumps(card['score'])}\nteacher: {json.dumps(card['teacher_score'])}")
-
-
-def cmd_train_masks(args) -> None:
-    from xrl.train import visionmask
-    cls, train = {"visionmask": (visionmask.VisionMaskArgs, visionmask.train_visionmask),
-                  "stalder-explainer": (visionmask.StalderArgs, visionmask.train_stalder)}[args.what]
-    path = train(from_flags(cls, args))
-    card = json.loads(path.with_suffix(".json").read_text())
-    print(f"saved {path}\nbest epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}")
-
-
-def cmd_train_rexl(args) -> None:
-    from xrl.train.rexl import RExLArgs, train_rexl
-    path = train_rexl(from_flags(RExLArgs, args))
-    card = json.loads(path.with_suffix(".json").read_text())
-    print(f"saved {path}\n{card['what']}: {json.dumps(card['score'])}")
-
-
-def cmd_train_classifier(args) -> None:
-    from xrl.train.classifier import ClassifierArgs, train_classifier
-    path = train_classifier(from_flags(ClassifierArgs, args))
-    card = json.loads(path.with_suffix(".json").read_text())
-    print(f"saved {path}\nbest: {json.dumps(card['score'])}")
+    print(f"saved {path}\n{trainer.summary(card)}")
 
 
 def cmd_counterfactual(args) -> None:
@@ -217,7 +171,7 @@ def cmd_collect(args) -> None:
     from xrl.data.collect import collect
     model = load_agent(args.agent)
     path = collect(model, episodes=args.episodes, out=args.out, env=args.env,
-                   env_settings=_settings(args.set) if args.set else None, seed=args.seed,
+                   env_settings=parse_pairs(args.set) if args.set else None, seed=args.seed,
                    max_steps=args.max_steps, sample=args.sample, overwrite=args.overwrite)
     print(f"wrote {path}")
 
@@ -271,7 +225,7 @@ def cmd_evaluate(args) -> None:
     from xrl.evaluation import evaluate
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
-    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting)
+    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting")
     with StateDataset.open(args.data) as ds:
         result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed, targets=args.targets)
     print(result.table())
@@ -312,7 +266,7 @@ def cmd_watch(args) -> None:
     from xrl.watch import watch
     model = load_agent(args.agent)
     result = watch(model, methods=_method_settings(args.methods, args.setting), env=args.env,
-                   env_settings=_settings(args.set) if args.set else None, seed=args.seed,
+                   env_settings=parse_pairs(args.set) if args.set else None, seed=args.seed,
                    max_steps=args.max_steps, counterfactual=args.counterfactual,
                    fraction=args.fraction, out=args.out, fps=args.fps,
                    formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
@@ -329,32 +283,55 @@ def cmd_demo(args) -> None:
 
 
 #: ``xrl train <name>``: (module, settings dataclass, function, help); the flags are the dataclass's
+class Trainer(NamedTuple):
+    """One ``xrl train`` subcommand: the module, its settings dataclass and training function (by
+    name: imported when it runs), the help line, and what is printed from the card it wrote."""
+    module: str
+    settings: str
+    train: str
+    help: str
+    summary: Callable[[dict], str]
+
+
+def _score(card: dict) -> str:
+    return f"score: {json.dumps(card['score'])}" + (
+        f"\nscore of the sampled policy: {json.dumps(card['score_sampled'])}" if "score_sampled" in card else "")
+
+
+def _best_epoch(card: dict) -> str:
+    return f"best epoch {card['scores']['best_epoch']}, validation: {json.dumps(card['scores']['val'])}"
+
+
 TRAINERS = {
-    "agent": ("xrl.train.agent", "AgentArgs", "PPO or DQN agent (checkpoints, resumes when run again)"),
-    "digr": ("xrl.train.digr", "DigrArgs", "DIGR student: gradient saliency like the teacher's perturbation "
-             "saliency (checkpoints, resumes when run again)"),
-    "visionmask": ("xrl.train.visionmask", "VisionMaskArgs", "VisionMask network: one mask per action of an agent "
-                   "(checkpoints, resumes when run again)"),
-    "stalder-explainer": ("xrl.train.visionmask", "StalderArgs", "Stalder et al. 2022 Explainer network "
-                          "(VisionMask's learned baseline; resumes when run again)"),
-    "rexl": ("xrl.train.rexl", "RExLArgs", "RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks grid cells to explain "
-             "a classifier or an agent (checkpoints, resumes when run again)"),
-    "classifier": ("xrl.train.classifier", "ClassifierArgs", "image classifier on the generated shapes dataset or "
-                   "an image folder (checkpoints, resumes when run again)"),
+    "agent": Trainer("xrl.train.agent", "AgentArgs", "train_agent",
+                     "PPO or DQN agent (checkpoints, resumes when run again)", _score),
+    "digr": Trainer("xrl.train.digr", "DigrArgs", "train_digr", "DIGR student: gradient saliency like the teacher's "
+                    "perturbation saliency (checkpoints, resumes when run again)",
+                    lambda c: f"student: {json.dumps(c['score'])}\nteacher: {json.dumps(c['teacher_score'])}"),
+    "visionmask": Trainer("xrl.train.visionmask", "VisionMaskArgs", "train_visionmask",
+                          "VisionMask network: one mask per action of an agent (checkpoints, resumes when run again)",
+                          _best_epoch),
+    "stalder-explainer": Trainer("xrl.train.visionmask", "StalderArgs", "train_stalder",
+                                 "Stalder et al. 2022 Explainer network (VisionMask's learned baseline; resumes when "
+                                 "run again)", _best_epoch),
+    "rexl": Trainer("xrl.train.rexl", "RExLArgs", "train_rexl", "RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks "
+                    "grid cells to explain a classifier or an agent (checkpoints, resumes when run again)",
+                    lambda c: f"{c['what']}: {json.dumps(c['score'])}"),
+    "classifier": Trainer("xrl.train.classifier", "ClassifierArgs", "train_classifier", "image classifier on the "
+                          "generated shapes dataset or an image folder (checkpoints, resumes when run again)",
+                          lambda c: f"best: {json.dumps(c['score'])}"),
 }
 
 
 def _train_commands(sub) -> None:
     """``xrl train <what>``: every flag made from the trainer's dataclass (``xrl.train.run.add_flags``)."""
     import importlib
-    handlers = {"agent": cmd_train_agent, "digr": cmd_train_digr, "visionmask": cmd_train_masks,
-                "stalder-explainer": cmd_train_masks, "rexl": cmd_train_rexl, "classifier": cmd_train_classifier}
     train = sub.add_parser("train", help="train an agent, a DIGR student, a mask network, a RExL agent or a "
                                          "classifier").add_subparsers(dest="what", required=True)
-    for name, (module, cls, helptext) in TRAINERS.items():
-        t = train.add_parser(name, help=helptext)
-        add_flags(t, getattr(importlib.import_module(module), cls))
-        t.set_defaults(fn=handlers[name])
+    for name, trainer in TRAINERS.items():
+        t = train.add_parser(name, help=trainer.help)
+        add_flags(t, getattr(importlib.import_module(trainer.module), trainer.settings))
+        t.set_defaults(fn=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:

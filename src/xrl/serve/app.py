@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -56,6 +57,18 @@ def _error(message: str, status: int) -> JSONResponse:
 
 def _pending(job: Job) -> JSONResponse:
     return JSONResponse(job.progress(), status_code=202)
+
+
+async def _settled(engine: Engine, result: Any, *, failed: str = "failed", status=lambda code: code) -> Any:
+    """What the engine gave a route, waited for (``engine.wait_seconds``): the value itself, a
+    finished job's result, or the job while it still runs (answer it with :func:`_pending`). A
+    failed job raises its error (``failed`` when it has none; ``status`` maps its status)."""
+    if not isinstance(result, Job):
+        return result
+    await run_in_threadpool(engine.wait, result)
+    if result.state == "error":
+        raise RequestError(result.error or failed, status(result.status))
+    return result.result if result.state == "done" else result
 
 
 async def _body(request: Request, allowed: set[str], required: set[str]) -> dict:
@@ -123,16 +136,10 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         data = await _body(request, {"agent", "seed"}, {"agent", "seed"})
         agent = engine.agent_id(data["agent"])
         seed = engine.check_seed(data["seed"])
-        from starlette.concurrency import run_in_threadpool
-
-        result = await run_in_threadpool(engine.episode, agent, seed)
+        result = await _settled(engine, await run_in_threadpool(engine.episode, agent, seed), failed="recording failed",
+                                status=lambda code: code if code < 500 else 422)
         if isinstance(result, Job):
-            await run_in_threadpool(engine.wait, result)
-            if result.state == "error":
-                raise RequestError(result.error or "recording failed", result.status if result.status < 500 else 422)
-            if result.state != "done":
-                return _pending(result)
-            result = result.result
+            return _pending(result)
         return JSONResponse(engine.episode_info(result))
 
     def frame(request: Request) -> JSONResponse:
@@ -150,8 +157,6 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         data = await _body(request, {"agent", "seed", "t", "rects"}, {"agent", "seed", "t"})
         agent, ep, t = frame_request(data)
         rects = check_rects(data.get("rects"))
-        from starlette.concurrency import run_in_threadpool
-
         poked = await run_in_threadpool(engine.probabilities, ep, t, rects)
         original = await run_in_threadpool(engine.probabilities, ep, t, [])
         image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
@@ -167,18 +172,12 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         settings = check_settings(data.get("settings"))
         target = target_of(ep, data.get("target"))
         rects = check_rects(data.get("rects"))
-        from starlette.concurrency import run_in_threadpool
-
         start = time.perf_counter()
         result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects)
         cached = not isinstance(result, Job)
+        result = await _settled(engine, result)
         if isinstance(result, Job):
-            await run_in_threadpool(engine.wait, result)
-            if result.state == "error":
-                raise RequestError(result.error or "failed", result.status)
-            if result.state != "done":
-                return _pending(result)
-            result = result.result
+            return _pending(result)
         from xrl.viz.overlay import overlay
 
         image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
@@ -194,16 +193,9 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         method = engine.method(agent, data["method"])
         settings = check_settings(data.get("settings"))
         target = target_of(ep, data.get("target"))
-        from starlette.concurrency import run_in_threadpool
-
-        result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, [])
+        result = await _settled(engine, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, []))
         if isinstance(result, Job):
-            await run_in_threadpool(engine.wait, result)
-            if result.state == "error":
-                raise RequestError(result.error or "failed", result.status)
-            if result.state != "done":
-                return _pending(result)
-            result = result.result
+            return _pending(result)
         out = await run_in_threadpool(engine.curves, ep, t, method, settings, target, result)
         return JSONResponse({"t": t, "method": method["id"], **out})
 
