@@ -37,6 +37,7 @@ from xrl.data.dataset import StateDataset
 from xrl.evaluation import evaluate
 from xrl.files import atomic_path, write_json
 from xrl.metrics import METRICS, get_metric
+from xrl.ops import chunks
 
 CURVE_METRICS = ("deletion", "insertion")
 #: the old private name of :func:`xrl.bench.layout.read_npz` (``xrl.demo`` still imports it)
@@ -52,20 +53,25 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
     try:
         saliency: dict[str, torch.Tensor] = {}
         with StateDataset.open(data) as ds:
-            ev = evaluate(model, ds, {job.method: job.settings}, job.metrics, n_states=job.n_states,
+            shared = [n for n in CURVE_METRICS if n in job.metrics]
+            others = {k: v for k, v in job.metrics.items() if k not in shared} or job.metrics
+            if others is job.metrics:
+                shared = []  # only curve metrics: evaluate scores them, the curves are computed apart
+            ev = evaluate(model, ds, {job.method: job.settings}, others, n_states=job.n_states,
                           seed=job.seed, saliency=saliency, progress=False)
             rows = np.asarray(ev.rows)
             maps = saliency[job.method]  # (n, H, W)
-            steps = dict(ev.seconds.get(job.method, {}))  # explain + each metric
+            steps = ev.seconds.setdefault(job.method, {})  # explain + each metric
             curves = {}
             for name in CURVE_METRICS:
                 if name in job.metrics:
                     curve_started = time.perf_counter()
-                    metric = get_metric(name, **job.metrics[name])
-                    x, y = metric.curve(model=model, states=ds.states(rows), saliency=maps,
-                                        targets=torch.as_tensor(ds.actions[rows], dtype=torch.long))
-                    curves[name] = {"x": x.tolist(), "y": y.mean(0).tolist()}
-                    steps[f"{name} curve"] = time.perf_counter() - curve_started
+                    curves[name] = _curve(ev, name, job, model, ds, rows, maps, score=name in shared)
+                    steps[name if name in shared else f"{name} curve"] = time.perf_counter() - curve_started
+            if shared:  # columns in the spec's metric order, as evaluate gives them
+                ev.columns = [c for name in job.metrics for c in ev.columns + shared
+                              if c == name or c.startswith(f"{name}.")]
+            steps = dict(steps)
         pick = gallery_positions(len(rows), job.gallery)
         arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
         if job.store_saliency:
@@ -81,6 +87,25 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
         return {"result": result, "arrays": arrays}
     finally:
         torch.set_num_threads(threads)
+
+
+def _curve(ev, name: str, job: Job, model: Model, ds: StateDataset, rows: np.ndarray, maps: torch.Tensor,
+           score: bool) -> dict:
+    """The mean curve of deletion/insertion metric ``name`` over the job's states; with ``score``
+    also its per-state values (the AUC of each state's curve, what ``metric.compute`` returns) put
+    into ``ev``, so the curve is computed once. Chunks of 64 states as :func:`evaluate` scores
+    them (its default ``batch_size``), so the values equal evaluate's bit for bit."""
+    metric = get_metric(name, **job.metrics[name])
+    states = ds.states(rows)
+    targets = torch.as_tensor(ds.actions[rows], dtype=torch.long)
+    parts = [metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])
+             for part in chunks(len(rows), 64)]
+    x, y = parts[0][0], torch.cat([scores for _, scores in parts])
+    if score:
+        values = torch.cat([torch.trapezoid(scores, xs, dim=1).float() for xs, scores in parts])
+        ev.values[job.method][name] = values.double().cpu().tolist()
+        ev.higher_is_better[name] = metric.higher_is_better
+    return {"x": x.tolist(), "y": y.mean(0).tolist()}
 
 
 def save_job(out: Path, job: Job, output: dict) -> None:
