@@ -129,10 +129,7 @@ class Greydanus(PerturbationExplainer):
         batch_size: int = 512,  # a whole 84x84 state at stride 5 (290 rows, ~100 MB) in one pass
         seed: int = 0,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, seed=seed)
-        if not isinstance(incremental, bool):
-            raise ValueError(f"incremental must be True or False, got {incremental!r}")
-        self.incremental = incremental
+        super().__init__(model, batch_size=batch_size, seed=seed, incremental=incremental)
         if not float(radius) > 0:
             raise ValueError(f"radius (std of the Gaussian mask, pixels) must be positive, got {radius!r}")
         stride = positive_int("stride", stride)

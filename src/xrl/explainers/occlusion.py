@@ -78,10 +78,7 @@ class Occlusion(PerturbationExplainer):
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, seed=seed)
-        if not isinstance(incremental, bool):
-            raise ValueError(f"incremental must be True or False, got {incremental!r}")
-        self.incremental = incremental
+        super().__init__(model, batch_size=batch_size, seed=seed, incremental=incremental)
         window, stride = positive_int("window (pixels)", window), positive_int("stride (pixels)", stride)
         if stride > window:
             raise ValueError(f"stride {stride} may not exceed window {window}: pixels between windows "

@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from xrl.agents.model import Model
 from xrl.explainers.base import Explainer
 from xrl.ops import chunks
 
@@ -93,6 +94,19 @@ class PerturbationExplainer(Explainer):
     #: the TypeError raised for a callable target when ``callable_targets`` is False
     callable_refusal: str = "this method needs action indices as targets, not a callable"
 
+    #: compute the perturbed scores by incremental inference (:mod:`xrl.incremental`) where the
+    #: network allows: a setting of the methods that offer it (occlusion, greydanus, sarfa)
+    incremental: bool = False
+
+    def __init__(self, model: Model, *, batch_size: int = 256, seed: int = 0, incremental: bool | None = None) -> None:
+        """``incremental``: True or False for the methods that offer the setting, None (left at
+        the class's False, not a setting) for the others."""
+        super().__init__(model, batch_size=batch_size, seed=seed)
+        if incremental is not None:
+            if not isinstance(incremental, bool):
+                raise ValueError(f"incremental must be True or False, got {incremental!r}")
+            self.incremental = incremental
+
     # ---------------------------------------------------------------- the run, once for all
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
@@ -110,7 +124,7 @@ class PerturbationExplainer(Explainer):
         their perturbations, and the :class:`Masks` that made them."""
         b = states.shape[0]
         masks = self.perturbations(states)
-        if getattr(self, "incremental", False):
+        if self.incremental:
             done = self._incremental_scores(states, masks)
             if done is not None:
                 return (*done, masks)
