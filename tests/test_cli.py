@@ -98,7 +98,55 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
     # the shipped zoo: one row per agent checkpoint
     code, out, err = run(capsys, "zoo")
     shipped = {p.parent.name for p in xrl.agents.load.ZOO_DIR.glob("*/agent.pt")}
-    assert shipped and shipped <= {line.split()[0] for line in out.splitlines()}
+    assert shipped and shipped <= {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_zoo_lists_the_explainer_networks_with_the_model_they_explain(capsys, tmp_path):
+    """Mask networks and RExL agents are listed after the models, each with the zoo model it was
+    made for (matched by the weights fingerprint the network records, whatever its folder is
+    called), its card's score and the command that made it."""
+    import shutil
+    import torch
+    zoo = xrl.agents.load.ZOO_DIR
+    for source, target, names in [("red-fetch-green", "the-agent", ("agent.pt", "agent.json")),
+                                  ("red-fetch-green-visionmask", "vm", ("visionmask.pt", "visionmask.json")),
+                                  ("red-fetch-green-rexl-ds", "rexl", ("rexl.pt", "rexl.json"))]:
+        (tmp_path / target).mkdir()
+        for name in names:
+            shutil.copy(zoo / source / name, tmp_path / target / name)
+    vm_card = json.loads((tmp_path / "vm" / "visionmask.json").read_text())
+    rexl_card = json.loads((tmp_path / "rexl" / "rexl.json").read_text())
+    # the fingerprints the networks record are those of the agent's loaded weights
+    fingerprint = xrl.load_agent(tmp_path / "the-agent").fingerprint()
+    assert torch.load(tmp_path / "vm" / "visionmask.pt", weights_only=True)["agent"]["fingerprint"] == fingerprint
+    assert torch.load(tmp_path / "rexl" / "rexl.pt", weights_only=True)["model_fingerprint"] == fingerprint
+
+    code, out, err = run(capsys, "zoo", "--dir", tmp_path, "--commands")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "the-agent" and lines[2] == ""
+    assert lines[3].startswith("explainer networks")
+    rexl_line, vm_line = lines[4], lines[6]
+    assert rexl_line.split()[:4] == ["rexl", "rexl-ds", "for", "the-agent"]
+    returns = rexl_card["score"]["mean_return_last_20_updates"]
+    assert f"training return {returns:.3f}, minus the deletion AUC over cells" in rexl_line
+    assert lines[5].strip() == rexl_card["command"] and rexl_card["command"].startswith("xrl train rexl")
+    assert vm_line.split()[:4] == ["vm", "visionmask", "for", "the-agent"]
+    accuracy = vm_card["scores"]["val"]["accuracy"]
+    assert f"validation accuracy {accuracy:.3f} (best epoch {vm_card['scores']['best_epoch']})" in vm_line
+    assert f"{vm_card['epochs_done']} epochs" in vm_line
+    assert lines[7].strip() == vm_card["command"] and vm_card["command"].startswith("xrl train visionmask")
+
+    code, out, _ = run(capsys, "zoo", "--dir", tmp_path, "--json")
+    rows = {(r["name"], r["kind"]): r for r in json.loads(out)}
+    assert set(rows) == {("the-agent", "ppo"), ("vm", "visionmask"), ("rexl", "rexl-ds")}
+    assert rows["vm", "visionmask"]["explains"] == rows["rexl", "rexl-ds"]["explains"] == "the-agent"
+    assert rows["rexl", "rexl-ds"]["trained"] == rexl_card["score"]["steps"]
+    # without the agent in the zoo, a network names the model its card names
+    shutil.rmtree(tmp_path / "the-agent")
+    code, out, _ = run(capsys, "zoo", "--dir", tmp_path, "--json")
+    rows = {(r["name"], r["kind"]): r for r in json.loads(out)}
+    assert rows["rexl", "rexl-ds"]["explains"] == rexl_card["settings"]["model"] == "red-fetch-green"
 
 
 def test_methods_lists_every_explainer_with_a_description(capsys):

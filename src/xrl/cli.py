@@ -66,7 +66,7 @@ def _count(n) -> str:
 
 
 def cmd_zoo(args) -> int | None:
-    from xrl.zoo import zoo_cards
+    from xrl.zoo import zoo_cards, zoo_networks
     if args.verify or args.update_sha256:
         from xrl.agents.load import update_zoo_sha256, verify_zoo
     if args.update_sha256:
@@ -81,14 +81,23 @@ def cmd_zoo(args) -> int | None:
             print(f"not checked: {path} (its card records no sha256)")
         print(f"{len(problems)} problem(s) in the zoo" if problems else "every zoo artifact loads and matches its card")
         return 1 if problems else 0
-    rows = zoo_cards(args.dir)
+    rows, networks = zoo_cards(args.dir), zoo_networks(args.dir)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + networks, indent=2))
         return
     for r in rows:
         trained = _count(r["trained"]) + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
         sampled = f" (sampled policy: {r['score_sampled']})" if r["score_sampled"] else ""
-        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}{sampled}")
+        teacher = f"; DIGR student of {r['teacher']}" if r["teacher"] else ""
+        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}{sampled}"
+              f"{teacher}")
+        if args.commands:
+            print(f"{'':30s} {r['command']}")
+    if networks:
+        print("\nexplainer networks, each for the zoo model it explains (found by its weights fingerprint):")
+    for r in networks:
+        trained = f"{_count(r['trained'])} {r['unit']}" + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
+        print(f"{r['name']:30s} {r['kind']:17s} for {r['explains']:19s} {r['arch']:16s} {trained:22s} {r['score']}")
         if args.commands:
             print(f"{'':30s} {r['command']}")
 
@@ -342,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "JSON: this RUNS CODE from the file, use it only for files from a source you trust")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
-    z = sub.add_parser("zoo", help="list the zoo's trained models: env, architecture, training, score (from their cards)")
+    z = sub.add_parser("zoo", help="list the zoo's trained models and the explainer networks made for them: env, "
+                                   "architecture, training, score (from their cards)")
     z.add_argument("--dir", default=None, help="zoo folder (default: the repository's zoo/, or $XRL_ZOO)")
     z.add_argument("--commands", action="store_true", help="also print the command that made each one")
     z.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -1,7 +1,8 @@
 """The zoo: trained artifacts shipped with the repository (``zoo/<name>/``), listed and found by
 what they were made for, from their headers and cards.
 
-* :func:`zoo_cards` — one row per zoo model (agents and classifiers): what ``xrl zoo`` prints;
+* :func:`zoo_cards` — one row per zoo model (agents and classifiers), :func:`zoo_networks` one per
+  explainer network (mask networks, RExL agents) with the model it explains: what ``xrl zoo`` prints;
 * :func:`zoo_artifacts` — every artifact of every kind (agents, DIGR students, classifiers, mask
   networks, RExL agents) with its format and card, read without loading weights;
 * :func:`find_network` — the zoo explainer network (VisionMask, Stalder, RExL) trained for the
@@ -140,23 +141,43 @@ def _score_text(score: dict) -> str:
     return text
 
 
+def _env_text(env: dict | None) -> str:
+    """``pong version=v4``: an env and its settings, from a card's ``env``."""
+    if not env:
+        return ""
+    settings = env.get("settings") or {}
+    return env.get("name", "") + (" " + ",".join(f"{k}={v}" for k, v in settings.items()) if settings else "")
+
+
+def _named(zoo: Path, text: str | None) -> str:
+    """A model as a card names it (a zoo name or a path), as its zoo name where the path is in ``zoo``."""
+    if not text:
+        return ""
+    path = Path(text)
+    for base in (Path.cwd(), zoo.parent):
+        try:
+            folder = (path if path.is_absolute() else base / path).resolve().parent.relative_to(zoo.resolve())
+        except ValueError:
+            continue
+        return str(folder)
+    return str(text)
+
+
 def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
     """One row per zoo model (a folder with ``agent.json`` or ``classifier.json``), sorted by name:
-    ``name, kind, env, arch, trained, planned, finished, score, score_sampled, command, path``.
+    ``name, kind, env, arch, trained, planned, finished, score, score_sampled, teacher, command, path``.
 
     ``trained`` counts what the card says was trained (PPO timesteps, DIGR updates or classifier
     epochs) and ``planned`` what its command asks for (None where the card does not say);
     ``finished`` is False for a run stopped short of its plan (its folder keeps the checkpoint
-    that the card's command resumes)."""
+    that the card's command resumes); ``teacher`` is the agent a DIGR student learned from (else
+    ""). The explainer networks are :func:`zoo_networks`."""
     zoo = _zoo(zoo_dir)
     rows = []
     for path in sorted([*zoo.glob("*/agent.json"), *zoo.glob("*/classifier.json")]):
         card = read_card(path.with_suffix(".pt"))
         classifier = path.name == "classifier.json"
-        env = card.get("env") or {}
-        settings = env.get("settings") or {}
-        env_text = (env.get("name", "") + (" " + ",".join(f"{k}={v}" for k, v in settings.items())
-                                           if settings else "")) if env else card.get("settings", {}).get("data", "")
+        env_text = _env_text(card.get("env")) if card.get("env") else card.get("settings", {}).get("data", "")
         if classifier:
             trained = planned = card.get("settings", {}).get("epochs")  # score.epoch: the best one
         elif "updates" in card:
@@ -170,10 +191,67 @@ def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
             "finished": not (planned and trained is not None and trained < planned),
             "score": _score_text(card.get("score") or {}),
             "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
+            "teacher": (card.get("digr") or {}).get("teacher") or _named(zoo, card.get("teacher")),
             "command": card.get("command", ""),
             "path": str(path),
         })
     return rows
 
 
-__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "network_for", "zoo_artifacts", "zoo_cards"]
+def _network_score(row: dict, settings: dict) -> str:
+    """An explainer network's card score in words: a mask network's validation accuracy (the
+    share of states whose masked state keeps the agent's action), a RExL agent's training return
+    (with the default reward scale: minus the deletion AUC over grid cells, docs/rexl.md)."""
+    card = row["card"]
+    if row["format"] == "xrl.mask_network":
+        scores = card.get("scores") or {}
+        accuracy = (scores.get("val") or {}).get("accuracy")
+        if accuracy is None:
+            return ""
+        return f"validation accuracy {accuracy:.3f} (best epoch {scores.get('best_epoch', '?')})"
+    value = (card.get("score") or {}).get("mean_return_last_20_updates")
+    if value is None:
+        return ""
+    if not settings.get("reward_scale"):
+        return f"training return {value:.3f}, minus the deletion AUC over cells (last 20 updates)"
+    return f"training return {value:.4g} (last 20 updates)"
+
+
+def zoo_networks(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
+    """One row per explainer network in the zoo (VisionMask and Stalder Explainer mask networks,
+    RExL agents), sorted by path: ``name`` (its folder), ``kind`` (``visionmask``,
+    ``stalder_explainer``, ``rexl-ds``, ``rexl-cs``, ``rexl-is``), ``explains`` (the zoo model it
+    was trained for, found by the weights fingerprint it records; else the model its card names),
+    ``env``, ``arch``, ``trained`` and ``planned`` (``unit``: epochs or steps), ``finished``,
+    ``score``, ``command``, ``path``. Reads headers and cards, no weights."""
+    zoo = _zoo(zoo_dir)
+    artifacts = zoo_artifacts(zoo)
+    models = {row["card"].get("fingerprint"): row["name"] for row in artifacts
+              if row["kind"] in ("agent", "classifier") and row["card"].get("fingerprint")}
+    rows = []
+    for row in artifacts:
+        if row["format"] not in ("xrl.mask_network", "xrl.rexl_agent"):
+            continue
+        header, card = row["header"], row["card"]
+        settings = card.get("settings") if isinstance(card.get("settings"), dict) else {}
+        if row["format"] == "xrl.mask_network":
+            kind, arch = header.get("method", "mask_network"), header.get("arch") or settings.get("arch", "")
+            named = (card.get("agent") or {}).get("source") or settings.get("agent")
+            trained, planned, unit = card.get("epochs_done"), settings.get("epochs"), "epochs"
+        else:
+            kind = f"rexl-{header.get('mode', '?')}"
+            arch = f"{settings.get('extractor', 'trunk')}, grid {header.get('grid', '?')}"
+            named = settings.get("model")
+            trained, planned, unit = (card.get("score") or {}).get("steps"), settings.get("total_steps"), "steps"
+        rows.append({
+            "name": row["name"], "kind": kind, "explains": models.get(_explains(row)) or _named(zoo, named),
+            "env": _env_text(card.get("env")) or settings.get("data", ""), "arch": arch,
+            "trained": trained, "planned": planned, "unit": unit,
+            "finished": not (planned and trained is not None and trained < planned),
+            "score": _network_score(row, settings), "command": card.get("command", ""), "path": str(row["path"]),
+        })
+    return rows
+
+
+__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "network_for", "zoo_artifacts", "zoo_cards",
+           "zoo_networks"]
