@@ -315,6 +315,8 @@ HIGHWAY_TRAINING = {"updates": "updates", "batch_size": "batch_size", "alpha": "
                     "n_envs": "n_envs", "eval_every": "eval_every", "eval_episodes": "eval_episodes",
                     "final_eval_episodes": "final_eval_episodes", "train_seed": "seed"}
 HIGHWAY_DATA = ("teacher", "data_states", "data_stride", "data_radius", "train_seed")
+#: training settings a run may change and still resume (DigrArgs.IGNORED): not in the folder's name
+HIGHWAY_BUDGET = ("updates", "eval_episodes", "final_eval_episodes")
 
 
 def _digest(settings: dict, keys) -> str:
@@ -326,7 +328,7 @@ def _digest(settings: dict, keys) -> str:
 def highway_student(run: Run) -> Path:
     """The perturbation saliency dataset of the teacher and the DIGR student distilled from it, in
     ``<out>/data/digr-<hash>.h5`` and ``<out>/student-<hash>/`` (the hashes of the settings each
-    depends on, so a changed setting makes a new one). Both resume when interrupted:
+    depends on, so a changed setting makes a new one; more ``updates`` continue the same run). Both resume when interrupted:
     :func:`xrl.train.digr.make_saliency_dataset` keeps finished chunks of maps, :func:`train_digr`
     its checkpoints."""
     import xrl
@@ -339,9 +341,10 @@ def highway_student(run: Run) -> Path:
         print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
     make_saliency_dataset(teacher, data, n_states=s["data_states"], radius=s["data_radius"], stride=s["data_stride"],
                           seed=s["train_seed"], progress=run.progress)
-    folder = run.out / f"student-{_digest(s, [*HIGHWAY_DATA, *HIGHWAY_TRAINING])}"
-    if (folder / "agent.pt").exists():
-        return folder / "agent.pt"
+    folder = run.out / f"student-{_digest(s, [*HIGHWAY_DATA, *(k for k in HIGHWAY_TRAINING if k not in HIGHWAY_BUDGET)])}"
+    card = folder / "agent.json"
+    if card.exists() and json.loads(card.read_text()).get("updates") == s["updates"]:
+        return folder / "agent.pt"  # trained (more updates resume the run from its last checkpoint)
     if run.progress:
         print(f"[{run.target.name}] DIGR student {folder} ...", flush=True)
     args = DigrArgs(teacher=s["teacher"], data=str(data), out=str(folder), n_states=s["data_states"],
