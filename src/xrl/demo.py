@@ -121,14 +121,17 @@ def papers_table(main: dict, sections: dict[str, dict]) -> str:
 
 def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
              zoo: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """Run the demo and return the results folder."""
+    """Run the demo and return the results folder. Its bench jobs run in one worker process per
+    CPU (``run_bench(processes=...)``; one job per process at a time, one torch thread each, as
+    in process: the same results); ``quick=True`` runs them in this process."""
+    processes = None if quick else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     agent, card = demo_agent(out, zoo=Path(zoo) if zoo else None, quick=quick)
     spec = demo_spec(agent, quick=quick, seed=seed)
     bench_start = time.time()
-    run_bench(spec, out, progress=not quick)
+    run_bench(spec, out, processes=processes, progress=not quick)
     build_report(out)
     seconds = {"main": time.time() - bench_start}
     sections, missing = {}, []
@@ -138,7 +141,7 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
             missing.append(name)
             continue
         start = time.time()
-        run_bench(section, out / name, progress=not quick)
+        run_bench(section, out / name, processes=processes, progress=not quick)
         build_report(out / name)
         seconds[name] = time.time() - start
         (sections[name],) = load_results(out / name)["groups"]
