@@ -6,7 +6,9 @@ On one Nature-CNN policy (6 actions) and ``--states`` random 84x84x4 states, in 
 - ``floor`` : the same work done by the network alone. While ``xrl`` runs, a hook counts the rows
   that go through the network, and whether gradients were taken; the floor puts as many rows
   through one batched forward pass (inference mode) or forward + backward (when the method
-  takes gradients), in chunks of the method's ``batch_size``;
+  takes gradients), in chunks of the method's ``batch_size``; for the optimising methods of
+  ``STEPWISE`` (extremal perturbation: each step needs the previous one) in calls of
+  ``min(states, batch_size)`` rows, one forward + backward of all the chunk's states per step;
 - ``captum``: where Captum has the method, Captum's own implementation with the same settings
   (same number of samples/steps/windows), called the way its documentation shows.
 
@@ -113,8 +115,11 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
     counter = RowCounter(model.net)
     explainer.explain(states, targets)
     counter.close()
+    chunk = explainer.batch_size
+    if name in STEPWISE:  # each step needs the previous one: at most the chunk's states per call
+        chunk = min(chunk, states.shape[0])
     candidates = {"xrl": lambda: explainer.explain(states, targets),
-                  "floor": floor(model, counter.nograd_rows, counter.grad_rows, explainer.batch_size)}
+                  "floor": floor(model, counter.nograd_rows, counter.grad_rows, chunk)}
     theirs = captum_counterpart(name, explainer, model, states, targets)
     if theirs is not None:
         candidates["captum"] = theirs
@@ -130,7 +135,7 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
                                   if counter.nograd_rows + counter.grad_rows else None),
         "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
         "perturbation": counter.grad_rows == 0,
-        "batch_size": explainer.batch_size,
+        "batch_size": explainer.batch_size, "floor_rows_per_call": chunk,
     }
     cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
     ratio = f"{row['ratio_to_floor']:9.2f}" if row["ratio_to_floor"] is not None else f"{'-':>9s}"
@@ -139,6 +144,10 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
     return row
 
 
+#: methods whose network calls depend on each other (an optimisation): their floor puts the same
+#: rows through the network in calls of one row per state of a chunk (one forward + backward of
+#: all states per step), not in chunks of ``batch_size`` rows, which the method cannot form
+STEPWISE = ("extremal_perturbation",)
 PERTURBATION = ("occlusion", "greydanus", "sarfa", "rise", "lime", "extremal_perturbation")
 
 
