@@ -73,6 +73,16 @@ def test_digr_highway_quick(tmp_path):
     assert {(r["agent"], r["method"]) for r in table1["rows"]} >= {("DIGR", "VG"), ("teacher", "VG"),
                                                                    ("teacher", "GB Perturbation")}
     assert "auc_cars" in table1["columns"]
+    # the agreement: the student's greedy action against the teacher's stored one, recomputed here
+    from xrl.data.dataset import StateDataset
+    with StateDataset.open(out / "data" / "teacher-cars.h5") as ds:
+        n = target.quick["n_states"]
+        picked = np.sort(np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
+        states, actions = ds.states(picked), np.asarray(ds.actions[picked])
+    with torch.no_grad():
+        same = (model(states).argmax(-1).numpy() == actions).mean()
+    agreement = json.loads((out / "agreement.json").read_text())["rows"][0]
+    assert agreement["takes the teacher's action"] == pytest.approx(same)
     # resumes: nothing is computed again, the student is not retrained
     again = run_target(target, out, quick=True, progress=False)
     assert again.computed == [] and sorted(again.reused) == sorted(run.computed)

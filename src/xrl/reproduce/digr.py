@@ -360,8 +360,31 @@ def run_highway(run: Run) -> None:
     agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(str(student))}
     run.note(f"DIGR student: {student} (the teacher's perturbation dataset and the training run beside it)")
     table1(run, agents, s, paper={})
+    agreement(run, agents, s)
     attacks(run, agents, {**s, "episodes": s["attack_episodes"]},
             env_overrides={"duration": s["attack_duration"]} if s["attack_duration"] else {})
+
+
+@torch.no_grad()
+def _same(model, states: torch.Tensor, actions: torch.Tensor) -> list[float]:
+    return (model(states).argmax(-1) == actions).double().tolist()
+
+
+def agreement(run: Run, agents: dict, s: dict) -> None:
+    """How often each student takes the teacher's action on the labelled test states (the
+    teacher's greedy episodes): the distillation's fidelity where the teacher drives."""
+    for labels in s["labels"][:1]:
+        _, states, actions, _, _ = _states(run, agents["teacher"], labels, s)
+        rows = []
+        for agent, model in agents.items():
+            if agent == "teacher":
+                continue
+            value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})
+            same = np.asarray(value["same"])
+            rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
+        run.table("agreement", rows, ["agent", "states", "takes the teacher's action"],
+                  title=f"Share of the {len(actions)} test states (the teacher's greedy episodes) where the student's "
+                        "greedy action is the teacher's")
 
 
 HIGHWAY = Target(
