@@ -325,10 +325,12 @@ def _digest(settings: dict, keys) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def highway_student(run: Run) -> Path:
+def highway_student(run: Run, *, igr: bool = True) -> Path:
     """The perturbation saliency dataset of the teacher and the DIGR student distilled from it, in
     ``<out>/data/digr-<hash>.h5`` and ``<out>/student-<hash>/`` (the hashes of the settings each
-    depends on, so a changed setting makes a new one; more ``updates`` continue the same run). Both resume when interrupted:
+    depends on, so a changed setting makes a new one; more ``updates`` continue the same run);
+    ``igr=False``: the distillation-only student of the same settings, ``<out>/distilled-<hash>/``
+    (Fig. 8's ablation). Both resume when interrupted:
     :func:`xrl.train.digr.make_saliency_dataset` keeps finished chunks of maps, :func:`train_digr`
     its checkpoints."""
     import xrl
@@ -341,13 +343,14 @@ def highway_student(run: Run) -> Path:
         print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
     make_saliency_dataset(teacher, data, n_states=s["data_states"], radius=s["data_radius"], stride=s["data_stride"],
                           seed=s["train_seed"], progress=run.progress)
-    folder = run.out / f"student-{_digest(s, [*HIGHWAY_DATA, *(k for k in HIGHWAY_TRAINING if k not in HIGHWAY_BUDGET)])}"
+    name = "student" if igr else "distilled"
+    folder = run.out / f"{name}-{_digest(s, [*HIGHWAY_DATA, *(k for k in HIGHWAY_TRAINING if k not in HIGHWAY_BUDGET)])}"
     card = folder / "agent.json"
     if card.exists() and json.loads(card.read_text()).get("updates") == s["updates"]:
         return folder / "agent.pt"  # trained (more updates resume the run from its last checkpoint)
     if run.progress:
-        print(f"[{run.target.name}] DIGR student {folder} ...", flush=True)
-    args = DigrArgs(teacher=s["teacher"], data=str(data), out=str(folder), n_states=s["data_states"],
+        print(f"[{run.target.name}] {'DIGR' if igr else 'distillation-only'} student {folder} ...", flush=True)
+    args = DigrArgs(teacher=s["teacher"], data=str(data), out=str(folder), n_states=s["data_states"], igr=igr,
                     stride=s["data_stride"], checkpoint_every=max(1, min(250, s["updates"])), progress=run.progress,
                     **{field: s[key] for key, field in HIGHWAY_TRAINING.items()})
     return train_digr(args)
@@ -359,6 +362,10 @@ def run_highway(run: Run) -> None:
     student = highway_student(run)
     agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(str(student))}
     run.note(f"DIGR student: {student} (the teacher's perturbation dataset and the training run beside it)")
+    if s["distilled"]:
+        distilled = highway_student(run, igr=False)
+        agents["distillation only"] = xrl.load_agent(str(distilled))
+        run.note(f"distillation-only student: {distilled}")
     table1(run, agents, s, paper={})
     agreement(run, agents, s)
     attacks(run, agents, {**s, "episodes": s["attack_episodes"]},
@@ -403,6 +410,7 @@ HIGHWAY = Target(
               "updates": 3000, "batch_size": 32, "alpha": 1.0, "temperature": 0.1, "learning_rate": 1e-3,
               "threshold": 0.1, "buffer_size": 10_000, "n_envs": 1, "eval_every": 500, "eval_episodes": 5,
               "final_eval_episodes": 20, "train_seed": 0,
+              "distilled": True,  # also the distillation-only student (igr off; Fig. 8's ablation)
               # Table 1 on labelled test states, and the return
               "episodes": 4, "max_steps": None, "collect_seed": 0, "n_states": 64, "labels": ["cars"], "radius": 5,
               "stride": 4, "smoothgrad_samples": 20, "ig_steps": 50, "time_repeats": 3, "score_episodes": 40,
@@ -416,5 +424,5 @@ HIGHWAY = Target(
     run=run_highway,
     measured="not measured yet",
     docs="docs/reproduction.md#digr-on-a-driving-task-highway-fast-for-carla",
-    selectors=("labels", "attacks", "eps"),
+    selectors=("labels", "attacks", "eps", "distilled"),
 )
