@@ -389,9 +389,16 @@ def agreement(run: Run, agents: dict, s: dict) -> None:
             value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})
             same = np.asarray(value["same"])
             rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
+        counts = np.bincount(actions.numpy(), minlength=agents["teacher"].n_actions)
+        names = agents["teacher"].action_names
         run.table("agreement", rows, ["agent", "states", "takes the teacher's action"],
                   title=f"Share of the {len(actions)} test states (the teacher's greedy episodes) where the student's "
-                        "greedy action is the teacher's")
+                        "greedy action is the teacher's",
+                  notes=["The teacher's actions on these states: " + ", ".join(
+                      f"{names[a] if names else a} {c / len(actions):.0%}" for a, c in enumerate(counts) if c)
+                      + " (a student always taking the most frequent one would agree on "
+                      f"{counts.max() / len(actions):.0%})."],
+                  extra={"teacher_action_counts": counts.tolist()})
 
 
 HIGHWAY = Target(
