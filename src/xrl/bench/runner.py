@@ -65,9 +65,7 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
             curves = {}
             for name in CURVE_METRICS:
                 if name in job.metrics:
-                    curve_started = time.perf_counter()
-                    curves[name] = _curve(ev, name, job, model, ds, rows, maps, score=name in shared)
-                    steps[name if name in shared else f"{name} curve"] = time.perf_counter() - curve_started
+                    curves[name] = _curve(ev, name, job, model, ds, rows, maps, steps, score=name in shared)
             if shared:  # columns in the spec's metric order, as evaluate gives them
                 ev.columns = [c for name in job.metrics for c in ev.columns + shared
                               if c == name or c.startswith(f"{name}.")]
@@ -90,21 +88,26 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
 
 
 def _curve(ev, name: str, job: Job, model: Model, ds: StateDataset, rows: np.ndarray, maps: torch.Tensor,
-           score: bool) -> dict:
+           steps: dict, score: bool) -> dict:
     """The mean curve of deletion/insertion metric ``name`` over the job's states; with ``score``
     also its per-state values (the AUC of each state's curve, what ``metric.compute`` returns) put
     into ``ev``, so the curve is computed once. Chunks of 64 states as :func:`evaluate` scores
-    them (its default ``batch_size``), so the values equal evaluate's bit for bit."""
+    them (its default ``batch_size``), so the values equal evaluate's bit for bit. Seconds go to
+    ``steps["<name> curve"]`` (the curves) and, with ``score``, ``steps[name]`` (the values)."""
+    started = time.perf_counter()
     metric = get_metric(name, **job.metrics[name])
     states = ds.states(rows)
     targets = torch.as_tensor(ds.actions[rows], dtype=torch.long)
     parts = [metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])
              for part in chunks(len(rows), 64)]
     x, y = parts[0][0], torch.cat([scores for _, scores in parts])
+    steps[f"{name} curve"] = time.perf_counter() - started
     if score:
+        started = time.perf_counter()
         values = torch.cat([torch.trapezoid(scores, xs, dim=1).float() for xs, scores in parts])
         ev.values[job.method][name] = values.double().cpu().tolist()
         ev.higher_is_better[name] = metric.higher_is_better
+        steps[name] = time.perf_counter() - started
     return {"x": x.tolist(), "y": y.mean(0).tolist()}
 
 
