@@ -7,7 +7,9 @@ same cores (a training run, CI neighbours) two threads made small forward passes
 (``bash run.sh test``, ``.ci/run``). Besides the tests marked in their files, the tests in
 :data:`SLOW` are marked ``slow`` here: the longest ones (file::function, every parameter) of
 ``pytest -m "not slow" --durations=0`` on one core (``taskset -c 0``), taken until what was left
-summed to 45 s — trainers, demos, env sweeps, subprocess imports. Those that run a trainer end
+summed to 45 s — trainers, demos, env sweeps, subprocess imports —, then the longest of a
+second run with those left out (``--durations=40``: CLI trainers refusing bad settings, the
+batch-equals-loop sweep, two-process bench, trainer kill tests). Those that run a trainer end
 to end are also marked ``train``, those driving chromium ``browser``.
 """
 import pytest
@@ -17,6 +19,7 @@ SLOW = {
     "test_acer.py": [
         "test_acer_resumes_exactly", "test_acer_solves_a_chain_in_a_few_thousand_steps",
         "test_acer_without_trust_region_learns_too",
+        "test_buffer_capacity_and_replay_start_are_stable_baselines",
     ],
     "test_agents.py": [
         "test_a_training_checkpoint_zip_loads_with_action_names",
@@ -50,6 +53,8 @@ SLOW = {
     ],
     "test_bad_inputs_cli.py": [
         "test_an_out_that_is_a_file_is_refused",
+        "test_bad_training_settings_are_refused_before_anything_is_written",
+        "test_malformed_flags_are_refused_by_the_parser",
     ],
     "test_bench.py": [
         "test_a_changed_setting_reruns_only_that_method",
@@ -62,6 +67,9 @@ SLOW = {
     ],
     "test_bench_keys.py": [
         "test_a_zoo_network_found_by_fingerprint_is_in_the_key",
+    ],
+    "test_bench_processes.py": [
+        "test_jobs_in_two_processes_give_the_in_process_results",
     ],
     "test_bench_ray.py": [
         "test_a_dying_worker_is_recorded_and_the_other_jobs_finish",
@@ -112,6 +120,9 @@ SLOW = {
         "test_settings_are_recorded_and_rebuild_the_same_env", "test_vizdoom_label_maps",
         "test_vizdoom_labels_are_exactly_where_the_monster_is_drawn", "test_vizdoom_timeout_is_a_truncation",
     ],
+    "test_explainers.py": [
+        "test_batch_equals_per_sample_loop",
+    ],
     "test_fls.py": [
         "test_attention_is_positive_and_shaped_like_the_last_feature_map", "test_dense_variants_save_and_load",
         "test_train_agent_command_path_on_red_fetch_green",
@@ -148,20 +159,28 @@ SLOW = {
         "test_report_screenshot_is_not_blank",
     ],
     "test_reproduce.py": [
-        "test_cli_refuses_unknown_targets_and_settings", "test_killed_run_resumes_where_it_stopped",
+        "test_cli_refuses_unknown_targets_and_settings",
+        "test_free_lunch_numbers_match_an_independent_computation", "test_killed_run_resumes_where_it_stopped",
         "test_quick",
     ],
     "test_rexl.py": [
-        "test_sb3_trains_the_same_agent", "test_training_resumes_to_the_same_agent",
+        "test_cli_flags_map_onto_the_training_args", "test_sb3_trains_the_same_agent",
+        "test_training_resumes_to_the_same_agent",
+    ],
+    "test_rexl_protocol.py": [
+        "test_a_run_recorded_before_the_score_setting_resumes",
     ],
     "test_runs.py": [
         "test_a_crafted_checkpoint_state_runs_nothing_when_resumed",
+        "test_a_trainer_killed_inside_a_save_resumes_to_the_uninterrupted_result",
         "test_an_episode_is_rebuilt_from_its_start_and_actions",
+        "test_the_card_command_parses_back_to_the_same_settings",
     ],
     "test_train_export.py": [
         "test_export_only_writes_the_checkpoint_reached",
     ],
     "test_visionmask.py": [
+        "test_every_mask_network_gives_k_masks_in_0_1",
         "test_explain_all_is_one_forward_pass_and_explain_picks_the_target",
         "test_mismatched_inputs_are_refused",
         "test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint",
@@ -191,6 +210,7 @@ TRAIN = {
     "test_train_agent_command_path_on_red_fetch_green", "test_training_resumes_to_the_same_agent",
     "test_sb3_trains_the_same_agent", "test_classifier_training_resumes_to_the_same_weights",
     "test_stalder_training_exports_its_network", "test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint",
+    "test_a_trainer_killed_inside_a_save_resumes_to_the_uninterrupted_result",
 }
 #: of SLOW, the tests that drive Debian's chromium
 BROWSER = {"test_report_screenshot_is_not_blank", "test_report_renders_in_chromium_with_the_numbers_of_the_results"}
