@@ -20,6 +20,7 @@ SLOW = {
         "test_acer_resumes_exactly", "test_acer_solves_a_chain_in_a_few_thousand_steps",
         "test_acer_without_trust_region_learns_too",
         "test_buffer_capacity_and_replay_start_are_stable_baselines",
+        "test_replay_waits_for_the_segments_then_draws_per_env",
     ],
     "test_agents.py": [
         "test_a_training_checkpoint_zip_loads_with_action_names",
