@@ -94,7 +94,7 @@ call, which makes masks bitwise independent of the batch and of ``batch_size``, 
 the time. Cost: ``iterations`` forward and backward passes per state; the smooth max-convolution
 has its gradient written out (:class:`_SmoothMax`).
 Measured on 16 84x84x4 Nature-CNN states (CPU, one thread; ``benchmarks/bench_methods.py``):
-~1.9-2.4x the floor of one forward+backward of the 16 states per step (smooth max-convolution,
+~2.2-2.4x the floor of one forward+backward of the 16 states per step (smooth max-convolution,
 perturbation gathers, ranking loss and Adam take the rest), ~3.9-4.1x with ``exact=True``.
 """
 from __future__ import annotations
