@@ -144,6 +144,12 @@ def test_bad_spec_on_the_command_line(capsys, tmp_path):
 @pytest.mark.parametrize("text, words", [
     ("name = 'x'\n", ["[[agents]]"]),
     ("name = [\n", ["not valid TOML"]),
+    # names that would resolve to the output folder's parent or itself, not a folder inside it
+    ("name = '..'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "not only dots", "'..'"]),
+    ("name = '.'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'.'"]),
+    ("name = '../x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'../x'"]),
+    ("name = '/tmp/x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'/tmp/x'"]),
+    ("[[agents]]\nagent = 'red-fetch-green'\nname = '..'\n", ["agents[0].name", "not only dots"]),
     ("methods = 'all'\nmetrics = ['localization']\n[[agents]]\nagent = 'red-fetch-green'\n"
      "data = 'nosuch.h5'\n", ["agents[0].data", "nosuch.h5"]),
 ])

@@ -153,6 +153,34 @@ def test_check_states_refuses_non_finite_values(model, bad):
         model.check_states(states)
 
 
+def test_declared_input_range_refuses_states_on_the_wrong_scale():
+    ranged = as_model(linear_net(), input_shape=SHAPE, input_range=(0, 1))
+    ranged.check_states(torch.rand(2, *SHAPE))
+    # noise-perturbed states (SmoothGrad, Local Lipschitz) stay legal: within one range width
+    ranged.check_states(torch.rand(2, *SHAPE) * 1.6 - 0.3)
+    raw = torch.randint(0, 256, (2, *SHAPE)).float()
+    with pytest.raises(ValueError) as err:
+        ranged.check_states(raw)
+    assert str(err.value).startswith(f"states range over [{raw.min():g}, {raw.max():g}] but the model "
+                                     "consumes states in [0, 1]; did you forget to divide by 255?")
+    with pytest.raises(ValueError, match=r"states range over \[-3, .*\[0, 1\]$"):
+        ranged.check_states(torch.full((1, *SHAPE), -3.0))
+    # explainers check first, before any forward pass
+    with pytest.raises(ValueError, match="divide by 255"):
+        xrl.get_explainer("gradient", ranged).explain(raw)
+    # without a declared range nothing is checked (a plain nn.Module may take any range)
+    as_model(linear_net(), input_shape=SHAPE).check_states(raw)
+
+
+@pytest.mark.parametrize("bad", [(1, 0), (0, float("inf")), "ab", (0,), None])
+def test_input_range_itself_is_checked(bad):
+    if bad is None:
+        assert as_model(linear_net(), input_shape=SHAPE, input_range=bad).input_range is None
+        return
+    with pytest.raises(ValueError, match="input_range must be"):
+        as_model(linear_net(), input_shape=SHAPE, input_range=bad)
+
+
 def test_value_head(model):
     with pytest.raises(ValueError, match="no value head"):
         model.value(torch.rand(2, *SHAPE))

@@ -83,7 +83,7 @@ def torchvision_classifier(arch: str, weights: str | Path | None, *, n_classes: 
         except RuntimeError as err:
             raise ValueError(f"{weights} is not a state_dict of {arch} with {n_classes} classes: {err}") from err
     return Model(Normalized(net, mean, std), input_shape=(3, input_size, input_size), action_names=class_names,
-                 score_kind="class_logits", obs_scale=255.0,
+                 score_kind="class_logits", obs_scale=255.0, input_range=(0.0, 1.0),
                  info={"source": str(weights) if weights else f"torchvision:{arch}", "arch": arch})
 
 
@@ -170,4 +170,4 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
     return Model(net, input_shape=(3, size, size), action_names=names, score_kind="class_logits", obs_scale=255.0,
-                 info=info)
+                 input_range=(0.0, 1.0), info=info)

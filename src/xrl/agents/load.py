@@ -113,8 +113,17 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
         n_actions=int(policy.action_space.n),
         score_kind="logits" if is_ac else "q_values",
         value_net=_CriticValue(policy) if is_ac else None,
-        obs_scale=255.0 if normalized else 1.0, info=info,
+        obs_scale=255.0 if normalized else 1.0, input_range=_input_range(space, normalized), info=info,
     )
+
+
+def _input_range(space: gym.spaces.Box, normalized: bool) -> tuple[float, float] | None:
+    """The states' range: [0, 1] for uint8 images SB3 divides by 255, else the space's bounds
+    when finite (None: not checked)."""
+    if normalized:
+        return 0.0, 1.0
+    low, high = float(np.min(space.low)), float(np.max(space.high))
+    return (low, high) if np.isfinite(low) and np.isfinite(high) and low < high else None
 
 
 def save_agent(algo: BaseAlgorithm, path: str | os.PathLike, *, arch: str, card: dict) -> Path:

@@ -5,7 +5,8 @@ Q-values or class logits) and knows about itself: action names, input shape, how
 observations become its input, an optional value head and its conv layers.
 
 States are in the space the network consumes: uint8 observations divided by 255, channels
-first, frames stacked along channels (oldest first).
+first, frames stacked along channels (oldest first). A model that declares its ``input_range``
+(every zoo agent and classifier: ``(0, 1)``) refuses states on the wrong scale, e.g. raw 0-255 pixels.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Model(nn.Module):
         value_net: nn.Module | None = None,
         frame_stack: int = 1,
         obs_scale: float = 255.0,
+        input_range: tuple[float, float] | None = None,
         info: dict | None = None,
     ) -> None:
         super().__init__()
@@ -62,6 +64,7 @@ class Model(nn.Module):
         self.score_kind = score_kind
         self.frame_stack = int(frame_stack)
         self.obs_scale = float(obs_scale)
+        self.input_range = _valid_range(input_range)
         self.info = dict(info or {})
         self.eval()
 
@@ -163,6 +166,35 @@ class Model(nn.Module):
         low, high = torch.aminmax(states)  # NaN propagates; ~30x faster than isfinite().all()
         if not (torch.isfinite(low) and torch.isfinite(high)):
             raise ValueError("states contain NaN or Inf values")
+        if self.input_range is not None:
+            self._check_range(float(low), float(high))
+
+    def _check_range(self, low: float, high: float) -> None:
+        """Refuse states off the declared input range by more than its own width: states on the
+        wrong scale (raw 0-255 pixels given to a network that consumes pixels / 255), not the small
+        excursions of noise-perturbed states (SmoothGrad, Local Lipschitz), which stay legal."""
+        lo, hi = self.input_range
+        width = hi - lo
+        if lo - width <= low and high <= hi + width:
+            return
+        hint = ""
+        if self.obs_scale > 1 and high > hi + width and high <= self.obs_scale * hi + width:
+            hint = (f"; did you forget to divide by {self.obs_scale:g}? "
+                    "model.preprocess(obs) turns raw observations into states")
+        raise ValueError(f"states range over [{low:g}, {high:g}] but the model consumes states in "
+                         f"[{lo:g}, {hi:g}]{hint}")
+
+
+def _valid_range(input_range) -> tuple[float, float] | None:
+    if input_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be (low, high) numbers, got {input_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"input_range must be finite (low, high) with low < high, got {input_range!r}")
+    return lo, hi
 
 
 def as_model(
