@@ -143,25 +143,3 @@ def test_incremental_occlusion_on_zoo_agents(agent):
     dense = get_explainer("occlusion", model).explain_all(x)
     fast = get_explainer("occlusion", model, incremental=True).explain_all(x)
     assert (fast - dense).abs().max() <= 1e-4
-
-
-def test_incremental_path_runs_on_one_thread_and_restores_the_count():
-    """Its many small ops lose time at several intra-op threads (benchmarks/bench_incremental.py):
-    the path runs on one and gives the caller's count back, also after an error."""
-    torch.manual_seed(0)
-    net = NETS["nature"]().eval()
-    seen = []
-    net[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
-    model = as_model(net, input_shape=SHAPES["nature"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        get_explainer("occlusion", model, window=8, stride=4, incremental=True).explain(rand(1, *SHAPES["nature"]), targets=0)
-        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError, match="inside"):
-            with incremental.one_thread():
-                assert torch.get_num_threads() == 1
-                raise RuntimeError("inside")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)

@@ -25,7 +25,6 @@ leaves alone: measured in ``benchmarks/bench_incremental.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -254,26 +253,6 @@ def plan(net: nn.Module) -> Plan | None:
         else:
             return None
     return None
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the incremental path with one intra-op thread, restoring the count after.
-
-    Its ops are many and small (box gathers and pastes, a convolution of the changed boxes, one
-    ``addmm`` per box position): each parallel region costs more in start-up and in waiting for
-    its slowest thread than it saves. Measured on the Nature CNN at 2 threads with the other core
-    busy (``benchmarks/bench_incremental.py``): ``index`` 1.7 ms -> 376 ms, ``index_put`` 0.6 ->
-    177 ms, the box convolutions 78 -> 458 ms per call of 2 states (torch profiler); one thread
-    per call removed all of it."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, Plan | None]" = weakref.WeakKeyDictionary()

@@ -159,7 +159,7 @@ class PerturbationExplainer(Explainer):
         plan = incremental.cached_plan(self.model.net)
         if plan is None or not plan.usable():
             return None
-        with torch.inference_mode(), incremental.one_thread():  # small ops: see one_thread
+        with torch.inference_mode():
             fill = self.fill_states(states, masks)
             boxes = getattr(masks.weights, "_xrl_boxes", None)  # masks are cached and never modified
             if boxes is None:
