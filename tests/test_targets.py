@@ -53,3 +53,28 @@ def test_every_method_receives_a_target_fn():
     Spy(m).explain(states, lambda s: s.sum(1))
     assert [type(f) for f in seen] == [TargetFn, TargetFn]
     assert seen[0].index.tolist() == [1, 1] and seen[1].index is None
+
+
+@pytest.mark.parametrize("metric, settings", [("sanity", {}), ("lipschitz", {"n_samples": 2})])
+def test_metrics_that_explain_again_pass_a_callable_target_on(metric, settings):
+    """Sanity and Lipschitz explain again (randomized models, neighbours): action indices and
+    None are fixed on the given states, and a callable target reaches the explainer as itself
+    (not replaced by the argmax of each new model or neighbour)."""
+    received = []
+
+    class Spy(xrl.explainers.base.Explainer):
+        def explain(self, states, targets=None):
+            received.append(targets)
+            return super().explain(states, targets)
+
+        def _explain(self, states, target_fn):
+            return states[:, 0]
+
+    m, states = model(), torch.rand(2, 2, 4, 4)
+    own = lambda s: s[:, 1] - s[:, 0]  # noqa: E731
+    xrl.get_metric(metric, **settings)(states=states, saliency=states[:, 0], explainer=Spy(m), targets=own)
+    assert received and all(t is own for t in received)
+    received.clear()
+    xrl.get_metric(metric, **settings)(states=states, saliency=states[:, 0], explainer=Spy(m), targets=None)
+    argmax = m(states).argmax(-1)
+    assert received and all(isinstance(t, torch.Tensor) and set(t.tolist()) <= set(argmax.tolist()) for t in received)

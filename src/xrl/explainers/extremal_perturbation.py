@@ -109,7 +109,7 @@ import torch.nn.functional as F
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import mask_centres, upsample_grid
-from xrl.ops import chunks, gaussian_blur
+from xrl.ops import TargetFn, chunks, gaussian_blur
 
 REWARDS = ("simple", "contrastive")
 OPTIMISERS = ("adam", "sgd")
@@ -197,8 +197,8 @@ class ExtremalPerturbation(Explainer):
         self.area_weight, self.area_growth = float(area_weight), float(settings["area_growth"])
         self.exact = bool(exact)
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        index = getattr(target_fn, "index", None)  # (B,) when targets are action indices
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
+        index = target_fn.index  # (B,) action indices, None for the caller's own callable
         if self.reward == "contrastive" and index is None:
             raise ValueError("reward='contrastive' compares the target action with the best other action "
                              "and needs action indices as targets; for a callable target use reward='simple'")

@@ -131,7 +131,9 @@ class LocalLipschitz(Metric):
             raise TypeError(f"explainer must be an xrl Explainer, got {type(explainer).__name__}")
         explainer.model.check_states(states)
         b, s = states.shape[0], self.n_samples
-        fixed = getattr(target_function(explainer.model, states, targets), "index", targets)
+        # None is the argmax on the states, not on each neighbour; a callable stays itself
+        resolved = target_function(explainer.model, states, targets)
+        fixed = targets if resolved.index is None else resolved.index
         if isinstance(fixed, torch.Tensor):
             fixed = fixed.repeat_interleave(s)  # one per neighbour, sample-major
         offsets = self.noise(tuple(states.shape[1:])).to(states)  # (S, C, H, W)

@@ -78,7 +78,8 @@ class SanityCheck(Metric):
         model = explainer.model
         model.check_states(states)
         # explain the same action on every randomized model: None is resolved on the trained one
-        targets = getattr(target_function(model, states, targets), "index", targets)
+        resolved = target_function(model, states, targets)
+        targets = targets if resolved.index is None else resolved.index  # a callable stays itself
         if saliency is None:
             saliency = explainer.explain(states, targets)
         template = copy.deepcopy(model).eval()  # explainers run in eval mode anyway
