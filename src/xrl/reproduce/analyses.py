@@ -21,10 +21,11 @@ def run_rise_coverage(run: Run) -> None:
     import torch
     from scipy.stats import spearmanr
 
-    import xrl
+    from xrl.agents.load import load_agent
+    from xrl.explainers import get_explainer
     from xrl.data.dataset import StateDataset
     s = run.settings
-    model = xrl.load_agent(s["agent"])
+    model = load_agent(s["agent"])
     path = run.collect("states", model, episodes=s["episodes"], seed=0, max_steps=s["max_steps"])
     with StateDataset.open(path) as ds:
         start, stop, step = s["rows"]
@@ -34,7 +35,7 @@ def run_rise_coverage(run: Run) -> None:
     rows = []
     for score in ("probability", "logits"):
         def compute(score=score):
-            explainer = xrl.get_explainer("rise", model, score=score, n_masks=s["n_masks"])
+            explainer = get_explainer("rise", model, score=score, n_masks=s["n_masks"])
             maps = explainer.explain(states)
             coverage = explainer.masks(*states.shape[-2:]).sum(0).flatten().numpy()
             return {"rho": [float(spearmanr(m.flatten().numpy(), coverage).statistic) for m in maps]}
@@ -49,10 +50,10 @@ def run_rise_coverage(run: Run) -> None:
 def run_zoo_baselines(run: Run) -> None:
     import torch
 
-    import xrl
+    from xrl.agents.load import load_agent
     from xrl.envs import make_env
     s = run.settings
-    model = xrl.load_agent(s["agent"])
+    model = load_agent(s["agent"])
     env = model.info.get("env") or {}
     if not env.get("name"):
         raise ValueError(f"{s['agent']} has no card naming its env")
@@ -104,7 +105,9 @@ def run_zoo_baselines(run: Run) -> None:
 def run_digr_snapshots(run: Run) -> None:
     import torch
 
-    import xrl
+    from xrl.agents.load import load_agent
+    from xrl.explainers import get_explainer
+    from xrl.metrics import get_metric
     from xrl.data.dataset import StateDataset
     from xrl.envs import INFO_ONLY_SETTINGS
     from xrl.train.agent import evaluate
@@ -120,7 +123,7 @@ def run_digr_snapshots(run: Run) -> None:
         snapshots = [p for p in snapshots if int(p.stem.split("-")[1]) in wanted]
     if not snapshots:
         raise ValueError(f"{s['run']}/snapshots/ holds no agent-*.pt: train with --snapshots true")
-    teacher = xrl.load_agent(s["teacher"])
+    teacher = load_agent(s["teacher"])
     path = run.collect("validation", teacher, episodes=s["data_episodes"], seed=s["data_seed"],
                        env_settings={"labels": s["labels"]}, max_steps=s["max_steps"])
     with StateDataset.open(path) as ds:
@@ -129,8 +132,8 @@ def run_digr_snapshots(run: Run) -> None:
         seen = (ds.env["name"], {k: v for k, v in (ds.env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS})
 
     def score(model) -> dict:
-        maps = xrl.get_explainer("gradient", model).explain(states, DIGR_TARGET)
-        loc = xrl.get_metric("localization")(states=states, saliency=maps, labels=labels)
+        maps = get_explainer("gradient", model).explain(states, DIGR_TARGET)
+        loc = get_metric("localization")(states=states, saliency=maps, labels=labels)
         env = model.info["env"]
         ret = evaluate(model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=s["seed"],
                        progress=False, batch=10)
@@ -139,7 +142,7 @@ def run_digr_snapshots(run: Run) -> None:
 
     results = []
     for p in snapshots:
-        model = xrl.load_agent(p)
+        model = load_agent(p)
         env = model.info["env"]
         if (env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}) != seen:
             raise ValueError(f"{p} was trained on {env}, the validation states are {seen}")

@@ -45,10 +45,10 @@ def student_methods(s: dict) -> dict:
 
 
 def _agents(s: dict) -> dict:
-    import xrl
-    agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(s["student"])}
+    from xrl.agents.load import load_agent
+    agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(s["student"])}
     if s.get("distilled"):
-        agents["distillation only"] = xrl.load_agent(s["distilled"])
+        agents["distillation only"] = load_agent(s["distilled"])
     return agents
 
 
@@ -72,8 +72,8 @@ def _states(run: Run, teacher, labels: str, s: dict):
 
 
 def _maps(model, method, settings, target, states, actions):
-    import xrl
-    explainer = xrl.get_explainer(method, model, **settings)
+    from xrl.explainers import get_explainer
+    explainer = get_explainer(method, model, **settings)
     return explainer, explainer.explain(states, target if target is not None else actions)
 
 
@@ -85,9 +85,9 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     """Table 1, Fig. 3, Fig. 9 and the agents' returns for ``agents`` (``teacher`` first, then
     students) on the teacher's labelled states; ``paper``: the paper's rows to print beside ours
     (empty when the paper has none for this task)."""
-    import xrl
+    from xrl.metrics import get_metric
     teacher = agents["teacher"]
-    localization = xrl.get_metric("localization")
+    localization = get_metric("localization")
     per_state: dict[str, dict[str, list]] = {}
     table: dict[tuple[str, str], dict] = {}
     first = None
@@ -102,7 +102,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
                     explainer, m = _maps(model, method, settings, target, states, actions)
                     v = localization(states=states, saliency=m, labels=label_maps)
                     n = min(8, len(states))
-                    t = xrl.get_metric("time_per_map", repeats=s["time_repeats"])(
+                    t = get_metric("time_per_map", repeats=s["time_repeats"])(
                         states=states[:n], saliency=m[:n], explainer=explainer,
                         targets=target if target is not None else actions[:n])
                     return {**{k: x.double().tolist() for k, x in v.items()}, "seconds_per_map": float(t[0])}
@@ -333,12 +333,12 @@ def highway_student(run: Run, *, igr: bool = True) -> Path:
     (Fig. 8's ablation). Both resume when interrupted:
     :func:`xrl.train.digr.make_saliency_dataset` keeps finished chunks of maps, :func:`train_digr`
     its checkpoints."""
-    import xrl
+    from xrl.agents.load import load_agent
     from xrl.train.digr import DigrArgs, make_saliency_dataset, train_digr
     s = run.settings
     data = run.out / "data" / f"digr-{_digest(s, HIGHWAY_DATA)}.h5"
     data.parent.mkdir(parents=True, exist_ok=True)
-    teacher = xrl.load_agent(s["teacher"])
+    teacher = load_agent(s["teacher"])
     if run.progress:
         print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
     make_saliency_dataset(teacher, data, n_states=s["data_states"], radius=s["data_radius"], stride=s["data_stride"],
@@ -357,14 +357,14 @@ def highway_student(run: Run, *, igr: bool = True) -> Path:
 
 
 def run_highway(run: Run) -> None:
-    import xrl
+    from xrl.agents.load import load_agent
     s = run.settings
     student = highway_student(run)
-    agents = {"teacher": xrl.load_agent(s["teacher"]), "DIGR": xrl.load_agent(str(student))}
+    agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(str(student))}
     run.note(f"DIGR student: {student} (the teacher's perturbation dataset and the training run beside it)")
     if s["distilled"]:
         distilled = highway_student(run, igr=False)
-        agents["distillation only"] = xrl.load_agent(str(distilled))
+        agents["distillation only"] = load_agent(str(distilled))
         run.note(f"distillation-only student: {distilled}")
     table1(run, agents, s, paper={})
     agreement(run, agents, s)

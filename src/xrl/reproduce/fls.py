@@ -48,7 +48,7 @@ def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -
 
 
 def run_free_lunch(run: Run) -> None:
-    import xrl
+    from xrl.agents.load import load_agent
     from xrl.train.agent import evaluate
     s = run.settings
     rows, curves = [], {}
@@ -58,7 +58,7 @@ def run_free_lunch(run: Run) -> None:
         returns, envs = {}, set()
         for group, names in groups.items():
             for name in names:
-                model = xrl.load_agent(name)
+                model = load_agent(name)
                 env = model.info.get("env") or {}
                 envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
                 returns[(group, name)] = np.asarray(run.row(f"{env_key}-{name}", lambda model=model, env=env: {
@@ -147,22 +147,22 @@ PONG_METHODS = {"attention (transposed)": ("attention", {"upsample": "transposed
 def _auc(states, saliency, labels) -> list:
     import torch
 
-    import xrl
-    value = xrl.get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]
+    from xrl.metrics import get_metric
+    value = get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]
     return value.double().tolist()
 
 
 def run_localization(run: Run) -> None:
     import torch
 
-    import xrl
+    from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import explain_dataset
     from xrl.explainers.attention import find_attention
     s = run.settings
     rows, shifted_rows, figure = [], [], None
     for name in s["rfg_agents"]:
-        model = xrl.load_agent(name)
+        model = load_agent(name)
         cells_path = run.collect(f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"},
                                  max_steps=s["max_steps"])
         objects_path = run.collect(f"{name}-objects", model, episodes=s["episodes"],
@@ -210,7 +210,7 @@ def run_localization(run: Run) -> None:
                     "(does the attention sit one tile off the objects?)")
     pong_rows = []
     for name in s["pong_agents"]:
-        model = xrl.load_agent(name)
+        model = load_agent(name)
         path = run.collect(f"{name}-ram", model, episodes=s["pong_episodes"], env_settings={"labels": True},
                            max_steps=s["pong_max_steps"])
         with StateDataset.open(path) as ds:

@@ -61,11 +61,11 @@ def load_states(model, data: str, n: int, first_row: int, seed: int):
 
 
 def scores(model, states, targets, labels, saliency) -> dict[str, list[float]]:
-    import xrl
-    out = {"deletion": xrl.get_metric("deletion")(model=model, states=states, saliency=saliency, targets=targets),
-           "insertion": xrl.get_metric("insertion")(model=model, states=states, saliency=saliency, targets=targets)}
+    from xrl.metrics import get_metric
+    out = {"deletion": get_metric("deletion")(model=model, states=states, saliency=saliency, targets=targets),
+           "insertion": get_metric("insertion")(model=model, states=states, saliency=saliency, targets=targets)}
     if labels is not None:
-        out["localization_auc"] = xrl.get_metric("localization")(model=model, states=states, saliency=saliency,
+        out["localization_auc"] = get_metric("localization")(model=model, states=states, saliency=saliency,
                                                                  targets=targets, labels=labels)["auc"]
     return {k: v.double().tolist() for k, v in out.items()}
 
@@ -73,7 +73,7 @@ def scores(model, states, targets, labels, saliency) -> dict[str, list[float]]:
 def run_deletion(run: Run) -> None:
     import torch
 
-    import xrl
+    from xrl.explainers import get_explainer
     from xrl.train.rexl import load_explained
     s = run.settings
     table, ablation, timing, paired_rows, extra = [], [], [], [], {}
@@ -90,7 +90,7 @@ def run_deletion(run: Run) -> None:
                    "Extremal": ("extremal_perturbation", {"area": 0.12, "reward": "contrastive", "seed": s["seed"],
                                                           **s["extremal"]}),
                    "Grad-CAM": ("grad_cam", {}), "NormGrad": ("normgrad", {})}
-        explainers = {k: xrl.get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
+        explainers = {k: get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
         if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
             covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])
             states, targets = states[covered], targets[covered]
@@ -116,7 +116,7 @@ def run_deletion(run: Run) -> None:
                     for m in ("RExL-DS", "RExL-CS") if m in values}})
         for lam in LAMBDAS:
             def ablate(lam=lam):
-                saliency = xrl.get_explainer("rexl", model, agent=cfg["ds"], lam=lam, seed=s["seed"]).explain(
+                saliency = get_explainer("rexl", model, agent=cfg["ds"], lam=lam, seed=s["seed"]).explain(
                     states, targets)
                 return scores(model, states, targets, labels, saliency)
             v = run.row(f"{name}-lambda-{lam}", ablate)

@@ -46,7 +46,7 @@ def _folder(name: str):
 def run_table1(run: Run) -> None:
     import torch
 
-    import xrl
+    from xrl.agents.load import load_agent
     from xrl.agents.mask_nets import load_mask_network
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import evaluate
@@ -58,7 +58,7 @@ def run_table1(run: Run) -> None:
         if env not in AGENTS:
             raise ValueError(f"visionmask-table1: unknown agent {env!r}; known: {', '.join(AGENTS)}")
         agent, folder = _folder(env)
-        model = xrl.load_agent(agent)
+        model = load_agent(agent)
         vm_path, st_path, data = folder / "visionmask.pt", folder / "stalder_explainer.pt", folder / "expert.h5"
         if s["visionmask"]:  # another network for this agent (an ablation of Table 2), without the Stalder one
             if len(s["agents"]) != 1:
@@ -130,9 +130,9 @@ def run_table1(run: Run) -> None:
 
 
 def _speed(model, network_path, states, greydanus_settings) -> dict:
-    import xrl
-    vm = xrl.get_explainer("visionmask", model, network=str(network_path), batch_size=64)
-    gd = xrl.get_explainer("greydanus", model, **greydanus_settings)
+    from xrl.explainers import get_explainer
+    vm = get_explainer("visionmask", model, network=str(network_path), batch_size=64)
+    gd = get_explainer("greydanus", model, **greydanus_settings)
     vm.explain_all(states[:8])
     gd.explain(states[:2])
     times = {}

@@ -370,12 +370,12 @@ class Engine:
 
     def model(self, agent: str):
         """The agent's Model (loaded once)."""
-        import xrl
+        from xrl.agents.load import load_agent
 
         with self._lock:
             if agent not in self._models:
                 source = self.given.get(agent) or str(self.zoo / agent / "agent.pt")
-                model = xrl.load_agent(source)
+                model = load_agent(source)
                 model.eval()
                 self._models[agent] = model
             return self._models[agent]
