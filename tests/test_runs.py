@@ -374,21 +374,28 @@ def test_an_episode_is_rebuilt_from_its_start_and_actions(env, settings):
 # ------------------------------------------------------------------ old pickle checkpoints
 
 
-def _old_format_run(folder: Path, args, state_blob: bytes | None = None) -> None:
-    """A run folder as xrl wrote it before run.py: checkpoint.zip (SB3) + checkpoint.state (pickle)."""
+def _old_format_run(folder: Path, args, state_blob: bytes | None = None, *, steps: int = 0,
+                    pickle_env: bool = True) -> None:
+    """A run folder as xrl wrote it before run.py: checkpoint.zip (SB3) + checkpoint.state (pickle),
+    after ``steps`` of training. ``pickle_env=False``: the envs were not pickled (``"env": None``,
+    as for envs that could not be, e.g. zoo/mario's)."""
     import random
 
     import cloudpickle
+    from stable_baselines3.common.logger import Logger
     from xrl.train.agent import _build
     folder.mkdir(parents=True)
     (folder / "args.json").write_text(json.dumps(args.recorded()))
     algo = _build(args)
+    if steps:
+        algo.set_logger(Logger(None, []))
+        algo.learn(steps, reset_num_timesteps=False)
     algo.save(folder / "checkpoint.zip")
     vec = algo.get_env()
     for i, env in enumerate(vec.envs):  # the old envs had no EpisodeLog
         vec.envs[i] = env.env
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "env": cloudpickle.dumps(vec), "num_timesteps": 0,
+             "env": cloudpickle.dumps(vec) if pickle_env else None, "num_timesteps": algo.num_timesteps,
              "action_space": algo.action_space.np_random.bit_generator.state}
     (folder / "checkpoint.state").write_bytes(state_blob if state_blob is not None else pickle.dumps(state))
 
@@ -419,6 +426,67 @@ def test_an_old_pickle_checkpoint_resumes_only_when_trusted_then_becomes_the_new
     path = train_agent(dataclasses.replace(args, trust_pickle=True))
     assert path.exists() and not (tmp_path / "old" / "checkpoint.state").exists()
     assert latest_checkpoint(tmp_path / "old") is not None and not list((tmp_path / "old").rglob("*.pkl"))
+
+
+def _same(a, b) -> bool:
+    """Nested dicts/lists of tensors and plain values, equal element by element."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_convert_only_rewrites_an_old_checkpoint_that_then_resumes_as_the_trusted_old_one_would(tmp_path, capsys):
+    """``--convert-only --trust-pickle`` (the one-off conversion zoo/mario went through): refused
+    without trust, touching nothing; with it, a new-format checkpoint of the same weights and
+    optimizer, no pickle left; resumed without trust it trains to the weights, optimizer and RNG
+    state of the old checkpoint resumed with trust (envs not pickled, as zoo/mario's)."""
+    from xrl.cli import main
+    from xrl.train.agent import AgentArgs, train_agent
+    from xrl.train.run import zip_tensors
+    args = AgentArgs(env="red-fetch-green", total_timesteps=512, n_envs=2, n_steps=64, batch_size=64,
+                     eval_episodes=1, checkpoint_every=128, progress=False)
+    for name in ("trusted", "converted"):
+        _old_format_run(tmp_path / name, args.resolved(), steps=128, pickle_env=False)
+    old_zip = tmp_path / "trusted" / "checkpoint.zip"  # until the trusted resume links it to its newest
+    old_weights = zip_tensors(old_zip, "policy.pth")
+    argv = ["train", "agent", "--env", "red-fetch-green", "--timesteps", "512", "--n-envs", "2", "--n-steps", "64",
+            "--batch-size", "64", "--checkpoint-every", "128", "--eval-episodes", "1",
+            "--out", str(tmp_path / "converted"), "--convert-only"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "converted").iterdir()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "old pickle format (checkpoint.zip, checkpoint.state)" in err
+    assert "--convert-only needs --trust-pickle" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "converted").iterdir()} == before  # nothing touched
+    assert main(argv + ["--trust-pickle"]) == 0
+    assert "saved " in capsys.readouterr().out
+    folder = latest_checkpoint(tmp_path / "converted")
+    assert folder.name == f"{128:012d}" and sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint.zip", "complete.json", "state.json", "tensors.pt"]
+    assert not (tmp_path / "converted" / "checkpoint.state").exists()
+    assert json.loads((tmp_path / "converted" / "checkpoint.json").read_text())["checkpoint"] == f"checkpoints/{folder.name}"
+    assert (tmp_path / "converted" / "checkpoint.zip").read_bytes() == (folder / "checkpoint.zip").read_bytes()
+    for entry in ("policy.pth", "policy.optimizer.pth"):  # the same weights and optimizer as the old zip
+        assert _same(zip_tensors(old_zip, entry), zip_tensors(folder / "checkpoint.zip", entry))
+    with pytest.raises(ValueError, match="nothing to convert"):  # a second conversion
+        train_agent(dataclasses.replace(args, out=str(tmp_path / "converted"), convert_only=True, trust_pickle=True))
+    trusted = train_agent(dataclasses.replace(args, out=str(tmp_path / "trusted"), trust_pickle=True))
+    converted = train_agent(dataclasses.replace(args, out=str(tmp_path / "converted")))  # no trust needed
+    a, b = (latest_checkpoint(p.parent) for p in (trusted, converted))
+    assert a.name == b.name == f"{512:012d}"
+    for entry in ("policy.pth", "policy.optimizer.pth"):
+        assert _same(zip_tensors(a / "checkpoint.zip", entry), zip_tensors(b / "checkpoint.zip", entry))
+    x, y = (torch.load(p / "tensors.pt", weights_only=True) for p in (a, b))
+    assert torch.equal(x["torch"], y["torch"]) and torch.equal(x["numpy_key"], y["numpy_key"])
+    assert torch.equal(x["last_obs"], y["last_obs"])
+    assert not torch.equal(old_weights["action_net.weight"],
+                           zip_tensors(b / "checkpoint.zip", "policy.pth")["action_net.weight"])  # it trained
 
 
 def test_a_crafted_checkpoint_state_runs_nothing_when_resumed(tmp_path):

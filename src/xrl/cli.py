@@ -125,6 +125,9 @@ def cmd_train(args) -> None:
     module = importlib.import_module(trainer.module)
     path = getattr(module, trainer.train)(from_flags(getattr(module, trainer.settings), args))
     card = json.loads(path.with_suffix(".json").read_text())
+    if path.name == "checkpoint.zip":  # --convert-only: a checkpoint, not a trained artifact
+        print(f"saved {path.parent / card['checkpoint']}\n{card['what']}: {card['timesteps']} steps")
+        return
     print(f"saved {path}\n{trainer.summary(card)}")
 
 

@@ -21,7 +21,8 @@ the envs as what rebuilds them: each env's current episode (its reset seed, or t
 before its reset) and the actions since, replayed on resume and checked against the saved
 observation. A resume rebuilds the algorithm from the settings and loads those. Runs
 checkpointed in the old format (``checkpoint.zip`` + the pickled ``checkpoint.state``) resume
-only with ``trust_pickle=True`` (``--trust-pickle``).
+only with ``trust_pickle=True`` (``--trust-pickle``); ``--convert-only --trust-pickle`` rewrites
+such a checkpoint in the new format without training (:func:`convert_checkpoint`).
 """
 from __future__ import annotations
 
@@ -133,6 +134,8 @@ class AgentArgs:
     """export the latest checkpoint of an unfinished run (agent.pt + card) without training"""
     trust_pickle: bool = field(default=False, metadata={"switch": True})
     """resume a checkpoint in the old pickle format (checkpoint.state runs code when loaded)"""
+    convert_only: bool = field(default=False, metadata={"switch": True})
+    """rewrite an old pickle checkpoint in the new format (no pickle) without training; needs --trust-pickle"""
 
     LIMITS: ClassVar[dict] = {
         "total_timesteps": ">=1", "seed": ">=0", "n_envs": ">=1", "n_steps": ">=1", "n_epochs": ">=1",
@@ -169,7 +172,7 @@ class AgentArgs:
         """The settings stored in ``args.json``; a reward scale of 1 and PPO's algo (with its empty
         ``dqn``) are left out, as in runs made before those settings existed, so those resume."""
         d = dataclasses.asdict(self)
-        del d["export_only"], d["trust_pickle"]  # what to do, not how the agent is made
+        del d["export_only"], d["trust_pickle"], d["convert_only"]  # what to do, not how the agent is made
         if d.get("reward_scale") == 1.0:
             del d["reward_scale"]
         if d["algo"] == "ppo" and not d["dqn"]:
@@ -477,6 +480,34 @@ def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
     return algo
 
 
+def convert_checkpoint(args: AgentArgs, run: Run) -> Path:
+    """The one-off conversion of a run folder in the old format (``checkpoint.zip`` + the pickled
+    ``checkpoint.state``, DQN: ``checkpoint.buffer``) to a checkpoint folder of the new format,
+    without training (``--convert-only --trust-pickle``): the old files are loaded as a trusted
+    resume loads them (this runs code from them, hence ``trust_pickle``), written by
+    :func:`save_checkpoint` and the pickles removed. Returns the new checkpoint folder.
+
+    A run whose envs were not pickled (``zoo/mario``: its envs restart fresh seeded episodes on
+    resume either way) resumes from the new checkpoint exactly as the trusted old one would. One
+    whose envs were pickled loses their current episodes: they start fresh seeded episodes on
+    the next resume (said on stderr); resuming with ``--trust-pickle`` instead keeps them, and
+    converts at the next checkpoint."""
+    old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
+    if run.latest() is not None and "checkpoint.state" not in old:
+        raise ValueError(f"{run.folder}: its checkpoint {run.latest().relative_to(run.folder)} is already in the new "
+                         "format; nothing to convert")
+    if "checkpoint.state" not in old:
+        raise FileNotFoundError(f"{run.folder} has no checkpoint in the old pickle format (checkpoint.state) to convert")
+    if run.latest() is not None:  # a new checkpoint beside leftover pickles: the new one is what resumes
+        raise ValueError(f"{run.folder} holds a new-format checkpoint ({run.latest().relative_to(run.folder)}) and "
+                         f"leftover old files ({', '.join(old)}); the new one is what resumes: delete the old files")
+    if not args.trust_pickle:
+        raise ValueError(f"{run.folder}: its checkpoint is in the old pickle format ({', '.join(old)}); loading it "
+                         "runs code stored in the file. --convert-only needs --trust-pickle (trust_pickle=True): "
+                         "pass it if you made the checkpoint or trust its source")
+    return save_checkpoint(_resume_pickle(args, run.folder), run, args)
+
+
 def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
     folder = run.latest()
     if folder is not None:
@@ -485,7 +516,8 @@ def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
     if "checkpoint.state" not in old:
         return None
     if not args.trust_pickle:
-        raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files=", ".join(old)))
+        raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files=", ".join(old))
+                         + "; or convert it without training: --convert-only --trust-pickle")
     return _resume_pickle(args, run.folder)
 
 
@@ -515,7 +547,12 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
     given = args
     args = check_agent_args(args)
     export_only = export_only or args.export_only
+    if args.convert_only and export_only:
+        raise SettingsError("--convert-only and --export-only: give one (convert first, then export)")
     with Run(args.out, args.recorded(), ignore=AgentArgs.IGNORED, outputs=("agent.pt",)) as run:
+        if args.convert_only:
+            convert_checkpoint(args, run)
+            return run.folder / "checkpoint.zip"
         algo = _resume(args, run)
         if algo is None and export_only:
             raise FileNotFoundError(f"{run.folder} has no checkpoint to export; train first")
@@ -636,4 +673,4 @@ def agent_command(given: AgentArgs, resolved: AgentArgs) -> str:
     if shown.reward_scale == REWARD_SCALES.get(shown.env, 1.0):
         shown = dataclasses.replace(shown, reward_scale=None)
     return command("xrl train agent", shown, always=always, pair_defaults={"dqn": DQN_DEFAULTS},
-                   skip=("progress", "export_only", "trust_pickle"))
+                   skip=("progress", "export_only", "trust_pickle", "convert_only"))
