@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from xrl._version import __version__
 from xrl.agents.classifier import build_net, save_classifier
-from xrl.files import write_json
 from xrl.train.run import Run, check_settings, command, load_tensors
 
 
@@ -181,12 +180,10 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
         blob = {"epoch": epoch + 1, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
                 "history": json.dumps(history), "best": json.dumps(best)}
         run.save(epoch + 1, lambda f: torch.save(blob, f / "state.pt"))
-        write_json(folder / "history.json", history)
-        if stop_at is not None and epoch + 1 >= stop_at:
+        if run.checkpointed(history, epoch + 1, stop_at):
             break
     bar.close()
-    history["train_seconds_last_run"] = round(time.time() - started, 1)
-    write_json(folder / "history.json", history)
+    run.write_history(history, started=started)
     return folder / "classifier.pt"
 
 

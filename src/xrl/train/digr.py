@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xrl
+from xrl._version import __version__
 from xrl.agents.load import build_policy, load_agent, model_from_policy, save_policy
 from xrl.agents.model import Model
 from xrl.data.collect import agent_record, collect
@@ -380,8 +380,7 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
         if (update + 1) % args.checkpoint_every == 0 or update + 1 == args.updates:
             folder = _save(run_, state)
             last_good = update + 1
-            write_json(run / "history.json", history)
-            if stop_at is not None and update + 1 >= stop_at:
+            if run_.checkpointed(history, update + 1, stop_at):
                 bar.close()
                 return folder
     bar.close()
@@ -391,7 +390,7 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
                              episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False, batch=10)
     card = _card(args, teacher, env, data, len(states_d), data_settings, update=args.updates, score=score,
                  teacher_score=teacher_score, train_seconds_this_run=round(time.time() - started, 1))
-    write_json(run / "history.json", history)
+    run_.write_history(history)
     return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
 
 
@@ -484,7 +483,7 @@ def _save(run: Run, state: dict) -> Path:
     tensors = {"policy": state["policy"].state_dict(), "optimiser": state["optimiser"].state_dict(),
                "torch_gen": state["torch_gen"].get_state(), "obs": torch.from_numpy(np.stack(state["obs"])),
                "actions": [torch.tensor(e["actions"] if e else [], dtype=torch.int64) for e in state["episodes"]]}
-    meta = {"format": FORMAT, "version": 1, "xrl_version": xrl.__version__, "rng": state["rng"].bit_generator.state,
+    meta = {"format": FORMAT, "version": 1, "xrl_version": __version__, "rng": state["rng"].bit_generator.state,
             "episodes": [{"seed": e["seed"]} if e else None for e in state["episodes"]],
             "episode_seed": state["episode_seed"], "filled": filled, "cursor": state["cursor"],
             "buffer_size": len(state["buffer"]), "update": state["update"], "history": state["history"]}

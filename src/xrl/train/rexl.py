@@ -304,8 +304,7 @@ def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, s
         history = _train_acer(args, run_, agent, batch, targets, rows, stop_at, image_of)
     else:
         history = _train_sb3(args, run_, agent, model, images, targets, rows, score, image_of)
-    history["train_seconds_last_run"] = round(time.time() - started, 1)
-    write_json(run / "history.json", history)
+    run_.write_history(history, started=started)
     path = run / "rexl.pt"
     save_rexl_agent(agent, path, record=record, card=_card(args, model, history, classes))
     return path
@@ -348,8 +347,7 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
         if acer.updates % args.checkpoint_every == 0 or acer.updates == n_updates:
             blob = {"acer": acer.state_dict(), "history": history}
             run.save(acer.updates, lambda folder: torch.save(blob, folder / "state.pt"))
-            write_json(run.folder / "history.json", history)
-            if stop_at is not None and acer.updates >= stop_at:
+            if run.checkpointed(history, acer.updates, stop_at):
                 break
     bar.close()
     return history

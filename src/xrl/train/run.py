@@ -37,6 +37,7 @@ import os
 import shlex
 import shutil
 import socket
+import time
 import types
 import typing
 from pathlib import Path
@@ -47,6 +48,7 @@ from xrl.files import write_json
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
 KEEP = 2  # the newest checkpoint and its fallback
+HISTORY = "history.json"  # the training's log, beside args.json
 
 
 class SettingsError(ValueError):
@@ -417,6 +419,21 @@ class Run:
                 shutil.rmtree(p, ignore_errors=True)
         _step("cleaned")
         return final
+
+    # -- the training history -----------------------------------------------------------------
+
+    def write_history(self, history: dict, *, started: float | None = None) -> None:
+        """``history.json`` in the run folder, rewritten after each checkpoint; at the end of a run
+        ``started`` (its ``time.time()``) records ``train_seconds_last_run`` in it first."""
+        if started is not None:
+            history["train_seconds_last_run"] = round(time.time() - started, 1)
+        write_json(self.folder / HISTORY, history)
+
+    def checkpointed(self, history: dict, step: int, stop_at: int | None = None) -> bool:
+        """After the checkpoint of ``step``: ``history.json`` rewritten; True when ``stop_at`` (a
+        test stopping the run there, to resume it) is reached."""
+        self.write_history(history)
+        return stop_at is not None and step >= stop_at
 
 
 def _step(name: str) -> None:

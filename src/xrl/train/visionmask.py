@@ -195,7 +195,7 @@ class _MaskTrainingArgs:
     out: str = "runs/masks"
     """run folder"""
     arch: str = "small"
-    """mask network: small, unet, fcn or deeplabv3"""
+    """mask network: small, unet, fcn or deeplabv3 (the papers')"""
     reference: str = "background"
     """reference value r: background (per-pixel median of the training states), black, mean or blur"""
     epochs: int = 20
@@ -215,6 +215,14 @@ class _MaskTrainingArgs:
     seed: int = 0
     """seed of the collection, the split, the initialisation and the shuffling"""
     progress: bool = True
+    lambda_area: float = 1.0
+    """weight of the area loss (VisionMask: the one --area names; Stalder Explainer: min-max)"""
+    min_area: float = 0.05
+    """min-max area loss (Stalder's, on the target's mask; VisionMask's --area min_max, on every mask): a mask should cover at least this fraction"""
+    max_area: float = 0.3
+    """min-max area loss: and at most this fraction"""
+    lambda_tv: float = 0.0
+    """weight of the total variation of the masks (0: off, the VisionMask paper's default)"""
 
     LIMITS: ClassVar[dict] = {"epochs": ">=1", "batch_size": ">=1", "learning_rate": ">0", "episodes": ">=1",
                               "max_steps": ">=1", "seed": ">=0", "a_max": "0..1", "min_area": "0..1",
@@ -226,38 +234,20 @@ class _MaskTrainingArgs:
 class VisionMaskArgs(_MaskTrainingArgs):
     out: str = "runs/visionmask"
     """run folder: checkpoint.pt, history.json, args.json, then visionmask.pt and visionmask.json"""
-    arch: str = "small"
-    """mask network: small, unet, fcn or deeplabv3 (the paper's)"""
     lambda_ne: float = 1.0
     """weight of the negative entropy on complement-masked states (Eq. 4)"""
-    lambda_area: float = 1.0
-    """weight of the L1 area loss (Eq. 5)"""
     a_max: float = 0.1
     """target mask area of the L1 area loss (the paper's default, Table 2c)"""
     area: str = "l1"
     """area loss: l1 (Eq. 5) or min_max (Stalder et al.'s, on every mask: the ablation of Table 2a)"""
-    min_area: float = 0.05
-    """min_max area loss only: each mask should cover at least this fraction"""
-    max_area: float = 0.3
-    """min_max area loss only: and at most this fraction"""
-    lambda_tv: float = 0.0
-    """weight of the total variation of the masks (0: off, the paper's default)"""
 
 
 @dataclass
 class StalderArgs(_MaskTrainingArgs):
     out: str = "runs/stalder-explainer"
     """run folder: checkpoint.pt, history.json, args.json, then stalder_explainer.pt and .json"""
-    arch: str = "small"
-    """mask network: small, unet, fcn or deeplabv3 (Stalder et al.'s)"""
     lambda_ent: float = 1.0
     """weight of the negative entropy on the inverted-mask state"""
-    lambda_area: float = 1.0
-    """weight of the min-max area loss"""
-    min_area: float = 0.05
-    """the target's mask should cover at least this fraction"""
-    max_area: float = 0.3
-    """and at most this fraction"""
     lambda_others: float = 0.3
     """weight of the mean of the other actions' masks (pushed towards empty)"""
     lambda_tv: float = 1.0
@@ -348,12 +338,10 @@ def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, mo
             save_mask_network(network, run / f"{method}.pt", card=_card(args, method, model, split, best, history))
         _save(run_, network, optimiser, epoch + 1, history, best)
         last_good = epoch + 1
-        write_json(run / "history.json", history)
-        if stop_at is not None and epoch + 1 >= stop_at:
+        if run_.checkpointed(history, epoch + 1, stop_at):
             break
     bar.close()
-    history["train_seconds_last_run"] = round(time.time() - started, 1)
-    write_json(run / "history.json", history)
+    run_.write_history(history, started=started)
     path = run / f"{method}.pt"
     card = _card(args, method, model, split, best, history)
     write_json(path.with_suffix(".json"), {**json.loads(path.with_suffix(".json").read_text()), **card})
