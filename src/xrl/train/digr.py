@@ -249,6 +249,7 @@ class DigrArgs:
     batch_size: int = 64
     """states per loss term and step"""
     learning_rate: float = 1e-3
+    """Adam step size (Table 3)"""
     alpha: float = 0.01
     """weight of the distillation loss (Table 3)"""
     threshold: float = 0.1
@@ -274,15 +275,20 @@ class DigrArgs:
     arch: str | None = None
     """student architecture; default (and required unless allow_other_arch) the teacher's"""
     allow_other_arch: bool = False
+    """allow a student architecture other than the teacher's"""
     eval_every: int = 1000
     """updates between evaluations of the student's return (Fig. 9)"""
     eval_episodes: int = 20
+    """seeded episodes of each evaluation (and of the teacher's, once)"""
     final_eval_episodes: int = 100
+    """seeded episodes of the card's scores of the student and the teacher"""
     checkpoint_every: int = 1000
+    """updates between checkpoints"""
     snapshots: bool = False
     """also save the student at every evaluation as ``snapshots/agent-<update>.pt`` (to trace
     its saliency over training, or to pick an update by a validation score)"""
     seed: int = 0
+    """seed of the student's initialisation, its episodes, the batches and the saliency dataset made here"""
     progress: bool = True
     trust_pickle: bool = field(default=False, metadata={"switch": True})
     """resume a checkpoint in the old pickle format (checkpoint.pkl runs code when loaded)"""
