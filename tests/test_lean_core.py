@@ -167,3 +167,18 @@ def test_no_module_below_the_face_imports_the_package():
     bad = [f"{module}:{line}" for module, path in _modules() if layer(module) < layer("xrl")
            for imported, line in imports(path, module_level=False) if imported == "xrl"]
     assert not bad, bad
+
+
+#: modules that still import the package face ``xrl`` itself (to be emptied: the trainer's
+#: ``xrl.__version__`` is ``xrl._version.__version__``)
+FACE_IMPORTERS = {"xrl.train.agent"}
+
+
+def test_modules_import_what_they_use_not_the_package_face():
+    """Above the face too, a module imports the modules it uses (``xrl.agents.load.load_agent``,
+    ``xrl.explainers.get_explainer``, ``xrl._version.__version__``), not ``xrl`` itself: the
+    face is for users, and an import of it hides which layer a module really leans on."""
+    found = {module for module, path in _modules() if module != "xrl"
+             for imported, _ in imports(path, module_level=False) if imported == "xrl"}
+    assert found == FACE_IMPORTERS, f"import the modules instead of xrl: {sorted(found - FACE_IMPORTERS)}; " \
+                                    f"no longer importing it (remove from FACE_IMPORTERS): {sorted(FACE_IMPORTERS - found)}"
