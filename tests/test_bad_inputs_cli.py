@@ -192,3 +192,20 @@ def test_missing_files_are_one_line_with_the_path(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / "nothing-here") in err[0]
+
+
+def test_an_interrupt_is_one_line_and_its_exit_status(capsys, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) is one line, exit 130; SIGTERM during a run (Terminated) exit 143."""
+    import xrl.cli as cli
+    from xrl.train.run import Terminated
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def terminated(args):
+        raise Terminated("terminated by signal 15")
+
+    for fn, code, line in [(interrupted, 130, "xrl envs: interrupted"), (terminated, 143, "xrl envs: terminated by signal 15")]:
+        monkeypatch.setattr(cli, "cmd_envs", fn)
+        assert main(["envs"]) == code
+        assert capsys.readouterr().err.strip().splitlines() == [line]

@@ -124,6 +124,53 @@ with Run({str(folder)!r}, {{}}) as run:
     assert [p.name for p in (folder / "checkpoints").iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("saved", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_sigterm_ends_a_run_like_ctrl_c_keeping_its_checkpoints_and_releasing_the_lock(tmp_path, saved):
+    """``kill PID`` during a run (here while it trains after a save, or before its first save):
+    the process ends, the lock is released, the checkpoints are untouched; a start that never
+    saved leaves nothing (the folder it created is removed)."""
+    import signal
+    folder = tmp_path / "run"
+    script = f"""
+import time
+from xrl.train.run import Run
+with Run({str(folder)!r}, {{"x": 1}}) as run:
+    if {saved}:
+        run.save(1, lambda f: (f / "state.json").write_text("{{}}"))
+    print("training", flush=True)
+    time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "training"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Terminated: terminated by signal 15" in err  # the exception, unwound
+    if saved:
+        assert not (folder / ".lock").exists()
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+        assert latest_checkpoint(folder).name == f"{1:012d}"
+    else:
+        assert not folder.exists()
+
+
+def test_a_run_restores_the_sigterm_handler_and_leaves_a_programs_own_alone(tmp_path):
+    import signal
+    from xrl.train.run import Terminated
+    with Run(tmp_path / "a", {}):
+        assert signal.getsignal(signal.SIGTERM) is run_module._terminated
+        with pytest.raises(Terminated):
+            run_module._terminated(signal.SIGTERM, None)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    mine = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with Run(tmp_path / "b", {}):
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ------------------------------------------------------------------ the lock
 
 

@@ -14,7 +14,7 @@ import torch
 from xrl.envs import ENVS, list_envs
 from xrl.explainers import EXPLAINERS, list_explainers
 from xrl.metrics import METRICS, list_metrics
-from xrl.train.run import RunLocked, add_flags, from_flags, parse_pairs
+from xrl.train.run import RunLocked, Terminated, add_flags, from_flags, parse_pairs
 
 
 def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting") -> dict[str, dict]:
@@ -500,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"xrl {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during a training run (xrl.train.run.Terminated)
+        if debug:
+            raise
+        print(f"xrl {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
 
 
 #: failures of a user's input or files (bad settings, missing or damaged files, a locked run

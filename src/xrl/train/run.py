@@ -25,6 +25,12 @@ second run is refused with those, a lock whose pid is dead (same host) is taken 
 
 **A failed start** leaves the folder as it was: a folder this run created is removed, an
 ``args.json`` written by a run that never saved a checkpoint is replaced by the next command.
+
+**SIGTERM** (``kill PID``, a scheduler's stop) ends a run as Ctrl-C does: inside ``with Run``
+in the main thread it raises :class:`Terminated` (a ``KeyboardInterrupt``), so the lock is
+released and a start that never saved leaves nothing; the checkpoints are untouched (a save cut
+short leaves only a partial folder, which the next save removes). ``kill -9`` cannot be caught:
+its lock is taken over by the next run (its pid is dead).
 """
 from __future__ import annotations
 
@@ -36,7 +42,9 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
+import threading
 import time
 import types
 import typing
@@ -57,6 +65,14 @@ class SettingsError(ValueError):
 
 class RunLocked(RuntimeError):
     """Another live process holds the run folder."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM during a run: unwinds it as Ctrl-C does (lock released)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated(f"terminated by signal {signum}")
 
 
 # ------------------------------------------------------------------ settings
@@ -290,6 +306,7 @@ class Run:
         self._locked = False
         self._saved = False
         self._wrote_args = False
+        self._sigterm = None  # the SIGTERM handler before this run's, while it is installed
 
     # -- lock and settings --------------------------------------------------------------------
 
@@ -299,24 +316,43 @@ class Run:
         self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock()
+        self._catch_sigterm()
         try:
             self._check_settings()
         except BaseException:
+            self._release_sigterm()
             self._unlock()
             self._rollback()
             raise
         return self
 
     def __exit__(self, kind, err, tb) -> None:
+        self._release_sigterm()
         self._unlock()
         if kind is not None and not self._saved:
             self._rollback()
 
+    def _catch_sigterm(self) -> None:
+        """SIGTERM raises :class:`Terminated` while the run holds the folder (main thread only,
+        and only over the default handler: a handler the program set is left alone)."""
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._sigterm = signal.signal(signal.SIGTERM, _terminated)
+
+    def _release_sigterm(self) -> None:
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+
     def _rollback(self) -> None:
-        """A start that failed before its first checkpoint leaves the folder as it found it."""
+        """A start that failed before its first checkpoint leaves the folder as it found it
+        (nothing is removed once a complete checkpoint exists, e.g. a failure right after the
+        switch of the first save)."""
+        if self.has_progress():
+            return
         if self._created:
             shutil.rmtree(self.folder, ignore_errors=True)
-        elif self._wrote_args and not self.has_progress():
+        elif self._wrote_args:
             (self.folder / "args.json").unlink(missing_ok=True)
 
     @property
