@@ -100,12 +100,8 @@ def run_free_lunch(run: Run) -> None:
                     f"seeded episodes (seeds {s['seed']}+); ratio = (group - random) / (baseline - random)",
               notes=["Paired intervals over the same episodes (group mean per episode minus the baseline's), 95% "
                      "percentile bootstrap; bold = excludes 0."])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from xrl.viz.overlay import save_figure
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    from xrl.viz.overlay import figure, save_figure
+    fig, axes = figure(1, len(curves), (4 * len(curves), 3))
     for ax, (env_key, means) in zip(axes[0], curves.items()):
         ax.bar(list(means), list(means.values()), color=["tab:grey", "tab:red", "tab:blue"][: len(means)])
         ax.set_title(f"{env_key}: mean greedy return", fontsize=9)

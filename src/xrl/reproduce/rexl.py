@@ -156,13 +156,9 @@ def run_deletion(run: Run) -> None:
 
 
 def _figure(run: Run, rows: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from xrl.viz.overlay import save_figure
+    from xrl.viz.overlay import figure, save_figure
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.2), squeeze=False)
+    fig, axes = figure(1, len(settings), (4.5 * len(settings), 3.2))
     for ax, name in zip(axes[0], settings):
         mine = [r for r in rows if r["setting"] == name]
         ax.scatter([r["deletion"] for r in mine], [r["insertion"] for r in mine])

@@ -148,13 +148,9 @@ def _speed(model, network_path, states, greydanus_settings) -> dict:
 
 
 def _figure(run: Run, rows: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from xrl.viz.overlay import save_figure
+    from xrl.viz.overlay import figure, save_figure
     agents = list(dict.fromkeys(r["agent"] for r in rows))
-    fig, axes = plt.subplots(len(agents), 3, figsize=(11, 2.8 * len(agents)), squeeze=False)
+    fig, axes = figure(len(agents), 3, (11, 2.8 * len(agents)))
     for i, agent in enumerate(agents):
         mine = [r for r in rows if r["agent"] == agent]
         for j, col in enumerate(("accuracy", "deletion", "insertion")):

@@ -47,6 +47,13 @@ def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: fl
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def figure(rows: int, cols: int, figsize: tuple[float, float]):
+    """``(fig, axes)``: a figure of ``rows x cols`` panels, ``axes`` always 2-D, for a caller that
+    draws its own chart (the reproduction figures) without importing matplotlib itself;
+    :func:`save_figure` writes and closes it."""
+    return plt.subplots(rows, cols, figsize=figsize, squeeze=False)
+
+
 def save_figure(fig, path: str | os.PathLike, title: str | None = None) -> None:
     """Title, tight layout, an atomic PNG write, and the figure closed."""
     if title:
