@@ -4,6 +4,7 @@ shows the traceback instead."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -209,3 +210,131 @@ def test_an_interrupt_is_one_line_and_its_exit_status(capsys, monkeypatch):
         monkeypatch.setattr(cli, "cmd_envs", fn)
         assert main(["envs"]) == code
         assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+# ------------------------------------------------------------------ the other commands (issue 26's list)
+
+RFG_AGENT = ["--agent", "red-fetch-green"]
+EXPLAIN = ["explain", *RFG_AGENT, "--data", "DATA", "--methods"]
+EVALUATE = ["evaluate", *RFG_AGENT, "--data", "DATA", "--methods", "gradient"]
+STATE_DATASET = ("expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' as written by "
+                 "xrl.data.collect")
+
+#: (argv: DATA the shared dataset of 10 states, in/ the bad files made for the test; the exact line
+#: after "xrl <command>: error: ", or a regular expression for text quoted from HDF5)
+COMMANDS = [
+    # explainer, metric and attack settings: checked against the method's constructor before anything runs
+    ([*EXPLAIN, "greydanus", "--setting", "greydanus.radius=abc", "--out", "e.png"],
+     "--setting greydanus.radius=abc: expected a number (default 5.0)"),
+    ([*EXPLAIN, "greydanus", "--setting", "greydanus.radius=true", "--out", "e.png"],
+     "--setting greydanus.radius=true: expected a number (default 5.0)"),
+    ([*EXPLAIN, "rise", "--setting", "rise.seed=1.7", "--out", "e.png"],
+     "--setting rise.seed=1.7: expected an integer (default 0)"),
+    ([*EXPLAIN, "rise", "--setting", "rise.nosuch=1", "--out", "e.png"],
+     "--setting rise.nosuch: rise has no setting 'nosuch'; known: batch_size, grid, n_masks, p, score, seed"),
+    ([*EXPLAIN, "gradient", "--setting", "greydanus.radius=4", "--out", "e.png"],
+     "--setting greydanus.radius: expected METHOD.SETTING=VALUE for one of ['gradient']"),
+    ([*EXPLAIN, "nosuch", "--out", "e.png"],
+     "unknown explainer 'nosuch'; known explainers: attention, extremal_perturbation, grad_cam, gradient, greydanus, "
+     "guided_backprop, integrated_gradients, lime, normgrad, occlusion, random, rexl, rise, sarfa, smoothgrad, "
+     "stalder_explainer, visionmask"),
+    ([*EVALUATE, "--metrics", "deletion", "--metric-setting", "deletion.batch_size=x", "--out", "ev"],
+     "--metric-setting deletion.batch_size=x: expected an integer (default 256)"),
+    ([*EVALUATE, "--metrics", "sparseness", "--metric-setting", "sparseness.k=1", "--out", "ev"],
+     "--metric-setting sparseness.k: sparseness has no setting 'k'; known: none"),
+    ([*EVALUATE, "--metrics", "nosuch", "--out", "ev"],
+     "unknown metric 'nosuch'; known metrics: accuracy, deletion, gaze_kl, insertion, lipschitz, localization, nss, "
+     "sanity, shuffled_auc, sparseness, time_per_map"),
+    (["attack", *RFG_AGENT, "--attacks", "pgd", "--setting", "pgd.steps=2.5", "--out", "at"],
+     "--setting pgd.steps=2.5: expected an integer (default 10)"),
+    (["watch", *RFG_AGENT, "--methods", "gradient", "--setting", "gradient.reduce=1", "--out", "w"],
+     "--setting gradient.reduce=1: expected text (default 'max')"),
+    # outputs and counts
+    ([*EXPLAIN, "gradient", "--out", "e.xyz"],
+     "--out e.xyz: expected a picture file ending in one of .avif, .eps, .gif, .jpeg, .jpg, .pdf, .pgf, .png, .ps, "
+     ".raw, .rgba, .svg, .svgz, .tif, .tiff, .webp"),
+    ([*EXPLAIN, "gradient", "--n", "500", "--out", "e.png"], "--n 500: DATA holds 10 states; ask for at most 10"),
+    ([*EVALUATE, "--n-states", "5000", "--out", "ev"], "--n-states 5000: DATA holds 10 states; ask for at most 10"),
+    # datasets: missing, not HDF5, cut short, corrupt in the middle, another format, another collect, another agent
+    (["explain", *RFG_AGENT, "--data", "in/missing.h5", "--methods", "gradient", "--out", "e.png"],
+     f"no dataset file at in/missing.h5; {STATE_DATASET}"),
+    (["explain", *RFG_AGENT, "--data", "in/text.h5", "--methods", "gradient", "--out", "e.png"],
+     f"in/text.h5 is not an HDF5 file; {STATE_DATASET}"),
+    (["explain", *RFG_AGENT, "--data", "in/cut.h5", "--methods", "gradient", "--out", "e.png"],
+     re.compile(r"in/cut\.h5 cannot be read: truncated or corrupt \(.+\); " + re.escape(STATE_DATASET)
+                + r"\. Collect it again\.")),
+    (["evaluate", *RFG_AGENT, "--data", "in/corrupt.h5", "--methods", "gradient", "--metrics", "sparseness",
+      "--out", "ev"],
+     re.compile(r"in/corrupt\.h5 is truncated or corrupt \(.+\); " + re.escape(STATE_DATASET)
+                + r"\. Collect it again\.")),
+    (["explain", *RFG_AGENT, "--data", "in/foreign.h5", "--methods", "gradient", "--out", "e.png"],
+     f"in/foreign.h5 is an HDF5 file but not an xrl StateDataset (format attribute None); {STATE_DATASET}"),
+    (["collect", *RFG_AGENT, "--episodes", "1", "--seed", "5", "--out", "DATA"],
+     "DATA already holds a dataset with another collect; pass overwrite=True to replace it or choose another out"),
+    (["explain", "--agent", "red-fetch-green-digr", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+     re.compile(r"DATA was collected by another agent \(.+\) than the one explained \(.+\); its stored actions are "
+                r"that agent's choices\. Explain the explained agent's own actions \(targets='agent', CLI --targets "
+                r"agent\) or the stored ones anyway \(targets='dataset', --targets dataset\)")),
+    # agent cards
+    (["explain", "--agent", "in/list/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+     "in/list/agent.json holds a JSON list; expected a JSON object (the card's fields)"),
+    (["explain", "--agent", "in/envstr/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+     "in/envstr/agent.json has 'env' = \"red-fetch-green\"; expected 'env': {\"name\": \"<registered env>\", "
+     "\"settings\": {...}}"),
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A small dataset of the zoo Red-Fetch-Green agent: 2 episodes of at most 5 steps (10 states)."""
+    folder = tmp_path_factory.mktemp("data")
+    assert main(["collect", *RFG_AGENT, "--episodes", "2", "--max-steps", "5", "--out", str(folder / "d.h5")]) == 0
+    return folder / "d.h5"
+
+
+def _bad_files(folder, data) -> None:
+    import shutil
+
+    import h5py
+    import numpy as np
+    from xrl.agents.load import ZOO_DIR
+    folder.mkdir()
+    blob = data.read_bytes()
+    (folder / "text.h5").write_text("not a dataset\n" * 50)
+    (folder / "cut.h5").write_bytes(blob[: len(blob) * 2 // 5])
+    corrupt = bytearray(blob)
+    for at in (len(blob) // 2, len(blob) * 3 // 4):  # the file opens; a read in the middle fails
+        corrupt[at:at + 3000] = b"\xff" * 3000
+    (folder / "corrupt.h5").write_bytes(bytes(corrupt))
+    with h5py.File(folder / "foreign.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    card = json.loads((ZOO_DIR / "red-fetch-green" / "agent.json").read_text())
+    for name, text in (("list", "[]"), ("envstr", json.dumps({**card, "env": "red-fetch-green"}))):
+        (folder / name).mkdir()
+        shutil.copy(ZOO_DIR / "red-fetch-green" / "agent.pt", folder / name / "agent.pt")
+        (folder / name / "agent.json").write_text(text)
+
+
+@pytest.mark.parametrize("argv, line", COMMANDS, ids=[" ".join(a[:1] + a[-4:-2]) for a, _ in COMMANDS])
+def test_bad_inputs_of_the_other_commands_are_one_line_and_write_nothing(argv, line, dataset, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _bad_files(tmp_path / "in", dataset)
+    argv = [str(dataset) if a == "DATA" else a for a in argv]
+    before, data_before = files(tmp_path), dataset.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    prefix = f"xrl {argv[0]}: error: "
+    assert err[0].startswith(prefix)
+    if isinstance(line, str):
+        assert err[0][len(prefix):] == line.replace("DATA", str(dataset))
+    else:
+        assert re.fullmatch(line.pattern.replace("DATA", re.escape(str(dataset))), err[0][len(prefix):]), err[0]
+    assert files(tmp_path) == before and dataset.read_bytes() == data_before  # nothing written
+
+
+def test_the_bad_input_tables_hold_at_least_60_rows():
+    """Issue 26: a table of at least 60 bad inputs, each one line and nothing written."""
+    assert len(REFUSED) + len(PARSER) + len(COMMANDS) >= 60

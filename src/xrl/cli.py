@@ -17,15 +17,73 @@ from xrl.metrics import METRICS, list_metrics
 from xrl.train.run import RunLocked, Terminated, add_flags, from_flags, parse_pairs
 
 
-def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting") -> dict[str, dict]:
-    """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` (the ``--setting`` flags) -> ``{name: settings}``."""
+def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting", registry=EXPLAINERS) -> dict[str, dict]:
+    """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` (the ``--setting`` flags) -> ``{name: settings}``,
+    each setting checked against the method's constructor (:func:`check_method_settings`)."""
     methods = {m.strip(): {} for m in names.split(",") if m.strip()}
     for key, value in parse_pairs(pairs, flag).items():
         method, _, setting = key.partition(".")
         if method not in methods or not setting:
             raise ValueError(f"--{flag} {key}: expected METHOD.SETTING=VALUE for one of {list(methods)}")
         methods[method][setting] = value
+    check_method_settings(registry, {m: v for m, v in methods.items() if v}, flag)
     return methods
+
+
+_KINDS = {"bool": (bool, "true or false"), "int": (int, "an integer"), "float": (float, "a number"),
+          "str": (str, "text"), "None": (type(None), "null")}
+
+
+def _settings_of(cls) -> tuple[dict, bool]:
+    """The keyword settings of a registered class's constructor (following ``**kwargs`` up the
+    MRO) as ``{name: inspect.Parameter}``, and whether the chain ends open (``**kwargs`` kept)."""
+    import inspect
+    params, open_ = {}, False
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            break
+        sig = list(inspect.signature(init).parameters.values())[2:]  # self, model
+        for p in sig:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty:
+                params.setdefault(p.name, p)
+        open_ = any(p.kind is p.VAR_KEYWORD for p in sig)
+        if not open_:
+            break
+    return params, open_
+
+
+def check_method_settings(registry, methods: dict[str, dict], flag: str) -> None:
+    """Refuse a ``--FLAG METHOD.KEY=VALUE`` setting the method does not have, or whose value is
+    not of the type its constructor declares (``greydanus.radius=abc``, ``radius=true``,
+    ``seed=1.7``), before anything runs: one line naming it, what was expected and the default."""
+    import re
+    for method, settings in methods.items():
+        params, open_ = _settings_of(registry.get(method))
+        for key, value in settings.items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            if key not in params:
+                if open_:
+                    continue
+                raise ValueError(f"--{flag} {method}.{key}: {method} has no setting {key!r}; known: "
+                                 f"{', '.join(sorted(params)) or 'none'}")
+            p = params[key]
+            words = set(re.findall(r"[A-Za-z_]\w*", p.annotation if isinstance(p.annotation, str) else
+                                   getattr(p.annotation, "__name__", "") if p.annotation is not p.empty else ""))
+            if not words and p.default is not None:
+                words = {type(p.default).__name__}
+            if not words or not words <= set(_KINDS):
+                continue  # a type this check does not know (tuples, tensors, callables): the method checks it
+            kinds = {_KINDS[w][0] for w in words}
+            ok = (isinstance(value, bool) and bool in kinds) or \
+                 (not isinstance(value, bool) and isinstance(value, int) and bool(kinds & {int, float})) or \
+                 (isinstance(value, float) and float in kinds) or \
+                 (isinstance(value, str) and str in kinds) or (value is None and type(None) in kinds)
+            if not ok:
+                expected = " or ".join(_KINDS[w][1] for w in sorted(words, key=list(_KINDS).index))
+                raise ValueError(f"--{flag} {method}.{key}={shown}: expected {expected} (default {p.default!r})")
 
 
 def _number(kind, test, expected: str):
@@ -164,7 +222,8 @@ def cmd_attack(args) -> None:
     from xrl.viz.overlay import attack_curves
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     eps = [float(e) for e in args.eps.split(",") if e.strip()]
-    settings = _method_settings(",".join(attacks), args.setting)
+    from xrl.attacks import ATTACKS
+    settings = _method_settings(",".join(attacks), args.setting, registry=ATTACKS)
     results, sources = {}, {}
     for agent in args.agent:
         model = load_agent(agent)
@@ -186,6 +245,12 @@ def cmd_collect(args) -> None:
                    env_settings=parse_pairs(args.set) if args.set else None, seed=args.seed,
                    max_steps=args.max_steps, sample=args.sample, overwrite=args.overwrite)
     print(f"wrote {path}")
+
+
+def _within_data(flag: str, asked: int | None, ds) -> None:
+    """A count given on the command line may not exceed the dataset's states (the default may)."""
+    if asked is not None and asked > len(ds):
+        raise ValueError(f"{flag} {asked}: {ds.path} holds {len(ds)} states; ask for at most {len(ds)}")
 
 
 def _rows(n_total: int, n: int, seed: int) -> np.ndarray:
@@ -218,10 +283,16 @@ def cmd_explain(args) -> None:
     from xrl.viz.overlay import explanation_grid
     out = Path(args.out)
     out = out if out.suffix else out.with_suffix(".png")  # a bare name would be a PNG without a suffix
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower()[1:] not in formats:
+        raise ValueError(f"--out {args.out}: expected a picture file ending in one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
-        rows = _rows(len(ds), args.n, args.seed)
+        _within_data("--n", args.n, ds)
+        rows = _rows(len(ds), args.n or 6, args.seed)
         actions = dataset_targets(model, ds, rows, args.targets)  # refuses another agent's data unless asked
         maps = {m: explain_dataset(model, ds, m, s, rows=rows, targets=args.targets or "dataset")
                 for m, s in methods.items()}
@@ -237,9 +308,12 @@ def cmd_evaluate(args) -> None:
     from xrl.evaluation import evaluate
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
-    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting")
+    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting",
+                               registry=METRICS)
     with StateDataset.open(args.data) as ds:
-        result = evaluate(model, ds, methods, metrics, n_states=args.n_states, seed=args.seed, targets=args.targets)
+        _within_data("--n-states", args.n_states, ds)
+        result = evaluate(model, ds, methods, metrics, n_states=args.n_states or 64, seed=args.seed,
+                          targets=args.targets)
     print(result.table())
     csv_path, json_path = result.write(args.out)
     print(f"wrote {csv_path} and {json_path}")
@@ -410,13 +484,15 @@ def _data_commands(sub) -> None:
                        help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
                             "agent collected it (default: the stored actions, refused for another agent's data)")
         if name == "explain":
-            e.add_argument("--n", type=_at_least_1, default=6, help="states in the grid")
+            e.add_argument("--n", type=_at_least_1, default=None,
+                           help="states in the grid (default 6, or all the dataset has if fewer)")
             e.add_argument("--out", default="explain.png",
                            help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png")
         else:
             e.add_argument("--metrics", default=None, help="comma-separated; default all")
             e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
-            e.add_argument("--n-states", type=_at_least_1, default=64)
+            e.add_argument("--n-states", type=_at_least_1, default=None,
+                           help="states scored (default 64, or all the dataset has if fewer)")
             e.add_argument("--out", default="results")
         e.set_defaults(fn=fn)
 
