@@ -143,6 +143,32 @@ def test_bench_check_reads_no_weights(tmp_path, sb3_zip, capsys, monkeypatch):
     assert code == 0 and "OK" in out, err
 
 
+@pytest.mark.slow
+def test_a_spec_naming_crafted_files_runs_nothing_when_checked_or_run(tmp_path, sb3_zip, capsys):
+    """A bench spec is TOML (no code); what it names may be crafted: a ``.zip`` with a
+    ``:serialized:`` payload is benchmarked without running it, a ``.pt`` with a pickle payload
+    is refused by ``--check`` and by the run (the spec's problem names the file and line), and
+    runs nothing."""
+    marker = tmp_path / "ran"
+    zip_spec = spec_for(tmp_path, evil_zip(sb3_zip[0], tmp_path / "evil.zip", marker))
+    code, out, err = run(capsys, "bench", zip_spec, "--out", tmp_path / "zip-results")
+    assert code == 0 and (tmp_path / "zip-results" / "results.json").exists(), err
+    assert not marker.exists()
+    (tmp_path / "pt").mkdir()
+    payload = torch.load(ZOO_DIR / AGENT / "agent.pt", weights_only=True)
+    torch.save({**payload, "evil": Marker(marker)}, tmp_path / "pt" / "agent.pt")
+    shutil.copy(ZOO_DIR / AGENT / "agent.json", tmp_path / "pt" / "agent.json")
+    pt_spec = spec_for(tmp_path / "pt", tmp_path / "pt" / "agent.pt")
+    for extra in (["--check"], ["--out", tmp_path / "pt-results"]):
+        code, out, err = run(capsys, "bench", pt_spec, *extra)
+        assert not marker.exists(), extra
+        assert code == 2 and f"spec.toml:4: agents[0].agent: cannot load agent '{tmp_path / 'pt' / 'agent.pt'}'" in err
+        assert "holds Python objects other than weights (loading it would run code)" in err, err
+    assert not (tmp_path / "pt-results").exists()
+    torch.load(tmp_path / "pt" / "agent.pt", weights_only=False)  # the payload is live
+    assert marker.exists()
+
+
 # -- bad files: one line naming the file and what was expected -------------------------------------
 
 def _copy_agent(folder: Path) -> Path:

@@ -536,6 +536,82 @@ def test_convert_only_rewrites_an_old_checkpoint_that_then_resumes_as_the_truste
                            zip_tensors(b / "checkpoint.zip", "policy.pth")["action_net.weight"])  # it trained
 
 
+def _reseal(folder: Path) -> None:
+    """Rewrite ``complete.json`` to match the files (what an attacker who edits them can do)."""
+    manifest = json.loads((folder / "complete.json").read_text())
+    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": run_module._sha256(p)}
+                         for p in sorted(folder.iterdir()) if p.name != "complete.json"}
+    (folder / "complete.json").write_text(json.dumps(manifest))
+
+
+def _rezip(path: Path, name: str, blob: bytes) -> None:
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members[name] = blob
+    path.unlink()  # the run folder's checkpoint.zip is a hard link to it: break the link
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_crafted_payloads_in_a_checkpoint_folder_run_nothing_when_resumed(tmp_path):
+    """A new-format checkpoint whose files an attacker replaced (and resealed): a ``tensors.pt`` or
+    an SB3 ``policy.pth`` entry holding a pickle payload is refused naming the file; a
+    ``:serialized:`` payload in the SB3 zip's ``data`` is never read, and the run resumes. Each
+    payload would create a file when unpickled, and does when loaded the unsafe way."""
+    import base64
+    import io
+    import shutil
+    import zipfile
+
+    from stable_baselines3 import PPO
+    from xrl.train.agent import AgentArgs, train_agent
+    args = AgentArgs(env="red-fetch-green", total_timesteps=256, n_envs=2, n_steps=64, batch_size=64,
+                     checkpoint_every=128, eval_episodes=1, out=str(tmp_path / "run"), progress=False)
+    train_agent(args, stop_at=128)
+    folder = latest_checkpoint(tmp_path / "run")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(folder, pristine)
+    marker = tmp_path / "pwned"
+
+    def restore():
+        shutil.rmtree(folder)
+        shutil.copytree(pristine, folder)
+
+    tensors = torch.load(folder / "tensors.pt", weights_only=True)
+    torch.save({**tensors, "evil": _Payload(marker)}, folder / "tensors.pt")
+    _reseal(folder)
+    with pytest.raises(ValueError, match=r"tensors\.pt is not a readable checkpoint file \(UnpicklingError"):
+        train_agent(args)
+    assert not marker.exists()
+    restore()
+    with zipfile.ZipFile(folder / "checkpoint.zip") as z:
+        policy = torch.load(io.BytesIO(z.read("policy.pth")), weights_only=True)
+    blob = io.BytesIO()
+    torch.save({**policy, "evil": _Payload(marker)}, blob)
+    _rezip(folder / "checkpoint.zip", "policy.pth", blob.getvalue())
+    _reseal(folder)
+    with pytest.raises(ValueError, match=r"checkpoint\.zip: policy\.pth is not readable weights \(UnpicklingError"):
+        train_agent(args)
+    assert not marker.exists()
+    restore()
+    with zipfile.ZipFile(folder / "checkpoint.zip") as z:
+        data = json.loads(z.read("data"))
+    data["evil"] = {":type:": "<class 'object'>", ":serialized:": base64.b64encode(pickle.dumps(_Payload(marker))).decode()}
+    _rezip(folder / "checkpoint.zip", "data", json.dumps(data).encode())
+    _reseal(folder)
+    crafted = tmp_path / "crafted.zip"
+    shutil.copy(folder / "checkpoint.zip", crafted)
+    path = train_agent(args)  # resumes from the crafted checkpoint: its data entry is never unpickled
+    assert path.exists() and not marker.exists()
+    assert latest_checkpoint(tmp_path / "run").name == f"{256:012d}"
+    PPO.load(crafted, device="cpu")  # Stable-Baselines3's own loader runs the payload
+    assert marker.exists()
+
+
 def test_a_crafted_checkpoint_state_runs_nothing_when_resumed(tmp_path):
     from xrl.train.agent import AgentArgs, train_agent
     marker = tmp_path / "pwned"
