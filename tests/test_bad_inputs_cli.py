@@ -338,3 +338,33 @@ def test_bad_inputs_of_the_other_commands_are_one_line_and_write_nothing(argv, l
 def test_the_bad_input_tables_hold_at_least_60_rows():
     """Issue 26: a table of at least 60 bad inputs, each one line and nothing written."""
     assert len(REFUSED) + len(PARSER) + len(COMMANDS) >= 60
+
+
+def test_a_damaged_job_file_is_named_by_read_npz(tmp_path):
+    """What ``xrl report`` and the bench runner read of a job: a cut ``.npz`` is one error naming it."""
+    import numpy as np
+    from xrl.bench.layout import read_npz
+    path = tmp_path / "random.npz"
+    np.savez_compressed(path, maps=np.zeros((2, 4, 4), np.float32))
+    assert read_npz(path)["maps"].shape == (2, 4, 4)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError) as err:
+        read_npz(path)
+    assert str(err.value).startswith(f"{path} is not a readable job file (") and "run `xrl bench` again" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_truncated_job_file_in_report_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.toml").write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
+                                        "agent = 'red-fetch-green'\n")
+    assert main(["bench", "spec.toml", "--out", "res"]) == 0
+    job = next((tmp_path / "res" / "jobs").rglob("*.npz"))
+    job.write_bytes(job.read_bytes()[:300])
+    before = files(tmp_path)
+    capsys.readouterr()
+    assert main(["report", "res", "--out", "r.html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xrl report: error: {job.relative_to(tmp_path)} is not a readable job file (BadZipFile: File is "
+                   "not a zip file); delete it and run `xrl bench` again to recompute the job"]
+    assert files(tmp_path) == before

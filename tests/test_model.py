@@ -138,6 +138,8 @@ def test_check_states_accepts_valid_states(model):
     (torch.zeros(*SHAPE), ValueError, "must have shape (B, 3, 4, 5), got (3, 4, 5)"),
     (torch.zeros(2, 1, *SHAPE), ValueError, "must have shape (B, 3, 4, 5)"),
     (torch.zeros(0, *SHAPE), ValueError, "empty batch"),
+    (torch.zeros(2, *SHAPE, dtype=torch.float64), TypeError,
+     "states are torch.float64 but the model's weights are torch.float32; convert them with states.to(torch.float32)"),
 ])
 def test_check_states_errors_say_what_was_expected(model, states, error, expected):
     with pytest.raises(error) as err:

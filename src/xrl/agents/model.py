@@ -156,6 +156,10 @@ class Model(nn.Module):
                 f"states must be float (observations / {self.obs_scale:g}), got {states.dtype}; "
                 "use model.preprocess(obs) on raw uint8 observations"
             )
+        weights = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), None)
+        if weights is not None and states.dtype != weights:
+            raise TypeError(f"states are {states.dtype} but the model's weights are {weights}; "
+                            f"convert them with states.to({weights})")
         if states.dim() != 4 or tuple(states.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"states must have shape (B, {', '.join(map(str, self.input_shape))}), "

@@ -47,6 +47,13 @@ def gallery_positions(n: int, k: int) -> np.ndarray:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a job's ``.npz`` (read whole, so no file handle stays open)."""
-    with np.load(io.BytesIO(Path(path).read_bytes())) as f:
-        return {k: f[k] for k in f.files}
+    """The arrays of a job's ``.npz`` (read whole, so no file handle stays open; never unpickled).
+    A damaged file is named in a ``ValueError``."""
+    import zipfile
+    blob = Path(path).read_bytes()  # a missing file: FileNotFoundError with its path
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable job file ({type(err).__name__}: {err}); delete it and run "
+                         "`xrl bench` again to recompute the job") from None
