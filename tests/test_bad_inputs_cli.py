@@ -275,6 +275,13 @@ COMMANDS = [
      re.compile(r"DATA was collected by another agent \(.+\) than the one explained \(.+\); its stored actions are "
                 r"that agent's choices\. Explain the explained agent's own actions \(targets='agent', CLI --targets "
                 r"agent\) or the stored ones anyway \(targets='dataset', --targets dataset\)")),
+    # outputs in use by another run (its lock names it; a lock of another host is never taken over)
+    (["collect", *RFG_AGENT, "--episodes", "1", "--out", "in/locked.h5"],
+     "in/locked.h5 is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or choose "
+     "another out (--out)"),
+    (["bench", "in/spec.toml", "--out", "in/results"],
+     "in/results is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another "
+     "results folder (--out)"),
     # agent cards
     (["explain", "--agent", "in/list/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
      "in/list/agent.json holds a JSON list; expected a JSON object (the card's fields)"),
@@ -308,6 +315,12 @@ def _bad_files(folder, data) -> None:
     (folder / "corrupt.h5").write_bytes(bytes(corrupt))
     with h5py.File(folder / "foreign.h5", "w") as f:
         f["x"] = np.zeros(3)
+    holder = json.dumps({"pid": 4242, "host": "gpu-box", "started": "2026-12-03T18:00:00"})
+    (folder / "locked.h5.lock").write_text(holder)
+    (folder / "results").mkdir()
+    (folder / "results" / ".lock").write_text(holder)
+    (folder / "spec.toml").write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
+                                      "agent = 'red-fetch-green'\n")
     card = json.loads((ZOO_DIR / "red-fetch-green" / "agent.json").read_text())
     for name, text in (("list", "[]"), ("envstr", json.dumps({**card, "env": "red-fetch-green"}))):
         (folder / name).mkdir()

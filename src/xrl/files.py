@@ -1,12 +1,76 @@
-"""Atomic file writes: a kill or a full disk midway leaves the last good file readable."""
+"""Atomic file writes: a kill or a full disk midway leaves the last good file readable; and
+the lock that keeps two runs out of one output (:class:`FolderLock`)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
+
+
+class Locked(RuntimeError):
+    """Another live process holds the output (one line: who, since when, what to do)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """A lock file (``path``) holding the pid, host and start time of the process using an
+    output: taken with ``O_EXCL``; a second process is refused with those
+    (``"{what} is in use by pid 4242 on gpu-box since ...; {advice}"``); a lock whose process is
+    dead (same host) is taken over, one of another host never is. A context manager, or
+    :meth:`acquire` / :meth:`release`."""
+
+    def __init__(self, path: str | os.PathLike, what: str, advice: str) -> None:
+        self.path, self.what, self.advice = Path(path), what, advice
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text())
+                    pid, host = int(holder["pid"]), str(holder["host"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder, pid, host = None, None, None
+                if holder is not None and (host != me["host"] or _alive(pid)):
+                    raise Locked(f"{self.what} is in use by pid {pid} on {host} since {holder.get('started')}; "
+                                 f"{self.advice}") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return
+        raise Locked(f"could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
 from xrl.evaluation import evaluate
-from xrl.files import atomic_path, write_json
+from xrl.files import FolderLock, atomic_path, write_json
 from xrl.metrics import METRICS, get_metric
 from xrl.ops import chunks
 
@@ -149,9 +149,8 @@ def run_bench(
     (n > 1), in ``n`` local worker processes (no Ray; each job on its ``threads`` as always, so
     the results are the same but for ``cost`` metrics); ``"auto"`` starts a local Ray
     (``workers`` CPUs, default all) or uses the one already initialised; any other value is the
-    address of a running cluster (``host:port`` or ``ray://host:port``)."""
-    from xrl.bench.results import merge
-
+    address of a running cluster (``host:port`` or ``ray://host:port``). One run at a time per
+    results folder (``out/.lock``, :class:`xrl.files.FolderLock`)."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     out = Path(out) if out is not None else Path("bench-results") / spec.name
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -165,6 +164,14 @@ def run_bench(
     if ray is not None and ray != "auto":
         check_reachable(ray)
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out / ".lock", str(out), "wait for it to finish or use another results folder (--out)"):
+        return _run_bench(spec, out, ray=ray, workers=workers, processes=processes, progress=progress)
+
+
+def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> Path:
+    """:func:`run_bench` once it holds the results folder's lock."""
+    from xrl.bench.results import merge
+
     if spec.text is not None:
         with atomic_path(out / "spec.toml") as tmp:
             tmp.write_text(spec.text)

@@ -26,6 +26,7 @@ from xrl.agents.model import Model
 from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
 from xrl.envs import INFO_ONLY_SETTINGS, make_env
 from xrl.envs.labels import EXCLUDED
+from xrl.files import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ def collect(
         "action_names": list(model.action_names),
         "collect": {"seed": int(seed), "sample": bool(sample), "max_steps": max_steps},
     }
+    created = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out.with_name(out.name + ".lock"), str(out),
+                      "wait for it to finish or choose another out (--out)")
+    try:
+        with lock:  # one collection at a time into one out
+            return _collect(model, out, meta, name, settings, episodes, seed, max_steps, sample, overwrite,
+                            progress, compression)
+    finally:
+        if created and not any(out.parent.iterdir()):
+            out.parent.rmdir()  # a collection that failed into a folder it made leaves nothing
+
+
+def _collect(model, out: Path, meta: dict, name: str, settings: dict, episodes: int, seed: int, max_steps,
+             sample: bool, overwrite: bool, progress: bool, compression) -> Path:
     if out.exists() and not overwrite:
         with StateDataset.open(out) as done:
             differ = meta_differences(done.meta, meta)

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import threading
 import time
 import types
@@ -51,7 +49,7 @@ import typing
 from pathlib import Path
 from typing import Callable
 
-from xrl.files import write_json
+from xrl.files import FolderLock, Locked, write_json
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
@@ -63,8 +61,8 @@ class SettingsError(ValueError):
     """A setting of a training run is of the wrong type or out of range (one line, names it)."""
 
 
-class RunLocked(RuntimeError):
-    """Another live process holds the run folder."""
+#: another live process holds the run folder (the lock of every output: ``xrl.files.Locked``)
+RunLocked = Locked
 
 
 class Terminated(KeyboardInterrupt):
@@ -283,16 +281,6 @@ def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, sk
 # ------------------------------------------------------------------ the run folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Run:
     """A training run folder: lock, settings, checkpoints (see the module docstring).
 
@@ -360,31 +348,14 @@ class Run:
         return self.folder / ".lock"
 
     def _lock(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.lock_path.read_text())
-                    pid, host = int(holder["pid"]), str(holder["host"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    holder, pid, host = None, None, None
-                if holder is not None and (host != me["host"] or _alive(pid)):
-                    raise RunLocked(f"{self.folder} is in use by pid {pid} on {host} since {holder.get('started')}; "
-                                    f"wait for it to finish or use another run folder (--out)") from None
-                self.lock_path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            self._locked = True
-            return
-        raise RunLocked(f"could not take the lock {self.lock_path}")
+        self._holder = FolderLock(self.lock_path, str(self.folder),
+                                  "wait for it to finish or use another run folder (--out)")
+        self._holder.acquire()
+        self._locked = True
 
     def _unlock(self) -> None:
         if self._locked:
-            self.lock_path.unlink(missing_ok=True)
+            self._holder.release()
             self._locked = False
 
     def has_progress(self) -> bool:
