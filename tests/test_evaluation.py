@@ -149,6 +149,13 @@ def test_evaluate_all_rows(model, dataset, n_states):
     assert len(r.values["random"]["sparseness"]) == N_ROWS
 
 
+@pytest.mark.parametrize("n_states", [0, -1, 1.5, True, "3"])
+def test_evaluate_refuses_a_count_that_is_not_a_positive_integer(model, dataset, n_states):
+    with pytest.raises(ValueError) as err:
+        evaluate(model, dataset, ["random"], ["sparseness"], n_states=n_states, progress=False)
+    assert str(err.value) == f"n_states must be a positive number of states (or None for all), got {n_states!r}"
+
+
 def test_evaluate_given_rows(model, dataset, result):
     r, _ = result
     again = evaluate(model, dataset, METHODS, METRICS, rows=np.asarray(r.rows), progress=False)

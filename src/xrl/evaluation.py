@@ -183,6 +183,9 @@ def evaluate(
         if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
             raise ValueError(f"rows must be a non-empty list of dataset rows in [0, {n}), got {rows.tolist()[:10]}")
     else:
+        if n_states is not None and (isinstance(n_states, bool) or not isinstance(n_states, (int, np.integer))
+                                     or n_states < 1):
+            raise ValueError(f"n_states must be a positive number of states (or None for all), got {n_states!r}")
         rows = np.arange(n) if n_states is None or n_states >= n else \
             np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
     states = dataset.states(rows)
