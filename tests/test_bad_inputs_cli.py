@@ -381,3 +381,16 @@ def test_a_truncated_job_file_in_report_is_one_line_naming_it(tmp_path, capsys, 
     assert err == [f"xrl report: error: {job.relative_to(tmp_path)} is not a readable job file (BadZipFile: File is "
                    "not a zip file); delete it and run `xrl bench` again to recompute the job"]
     assert files(tmp_path) == before
+
+
+def test_a_setting_that_needs_too_much_memory_is_one_line(dataset, tmp_path, capsys, monkeypatch):
+    """The memory estimate before a large allocation (XRL_MAX_ALLOC_GB) reaches the CLI as one
+    line naming the setting to change, not a traceback; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XRL_MAX_ALLOC_GB", "0.00001")  # 10 kB
+    assert main(["explain", *RFG_AGENT, "--data", str(dataset), "--methods", "greydanus", "--setting",
+                 "greydanus.stride=1", "--out", "e.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(r"xrl explain: error: .+ would need [0-9.]+ GB \(limit 0\.0 GB, "
+                                          r"XRL_MAX_ALLOC_GB\); .*stride.*", err[0]), err
+    assert files(tmp_path) == {}

@@ -584,9 +584,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: failures of a user's input or files (bad settings, missing or damaged files, a locked run
-#: folder, a diverged training): one line with the path or setting, exit 2; anything else is a bug
+#: folder, a diverged training, memory beyond XRL_MAX_ALLOC_GB or the machine's): one line with the
+#: path or setting, exit 2; anything else is a bug
 #: and keeps its traceback. ``--debug`` shows the traceback of these too.
-EXPECTED = (ValueError, TypeError, OSError, RunLocked, FloatingPointError, EOFError, zipfile.BadZipFile)
+EXPECTED = (ValueError, TypeError, OSError, RunLocked, FloatingPointError, EOFError, zipfile.BadZipFile, MemoryError)
 
 
 def _message(err: BaseException) -> str:
