@@ -282,6 +282,8 @@ COMMANDS = [
     (["bench", "in/spec.toml", "--out", "in/results"],
      "in/results is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another "
      "results folder (--out)"),
+    (["reproduce", "digr-table1", "--quick", "--out", "in/repro"],
+     "in/repro is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another --out"),
     # agent cards
     (["explain", "--agent", "in/list/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
      "in/list/agent.json holds a JSON list; expected a JSON object (the card's fields)"),
@@ -319,6 +321,8 @@ def _bad_files(folder, data) -> None:
     (folder / "locked.h5.lock").write_text(holder)
     (folder / "results").mkdir()
     (folder / "results" / ".lock").write_text(holder)
+    (folder / "repro").mkdir()
+    (folder / "repro" / ".lock").write_text(holder)
     (folder / "spec.toml").write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
                                       "agent = 'red-fetch-green'\n")
     card = json.loads((ZOO_DIR / "red-fetch-green" / "agent.json").read_text())

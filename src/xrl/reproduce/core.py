@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from xrl.files import atomic_path, write_json
+from xrl.files import FolderLock, atomic_path, write_json
 
 PAPERS = {
     "digr": "DIGR: Xing, Nagata, Zou, Neftci & Krichmar 2022, \"Policy Distillation with Selective Input "
@@ -177,6 +177,14 @@ def run_target(target: Target, out: str | os.PathLike, *, quick: bool = False, o
     import torch
     settings = target.resolved(overrides, quick=quick)
     run = Run(target, out, settings, quick=quick, progress=progress)
+    with FolderLock(run.out / ".lock", str(run.out), "wait for it to finish or use another --out"):
+        return _run_locked(target, run, settings, quick, overrides, progress, command)
+
+
+def _run_locked(target: Target, run: Run, settings: dict, quick: bool, overrides, progress: bool,
+                command: str | None) -> Run:
+    """:func:`run_target` once it holds the output folder's lock (one run at a time per folder)."""
+    import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
