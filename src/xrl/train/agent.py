@@ -51,7 +51,7 @@ from stable_baselines3.common.logger import Logger  # noqa: E402
 from stable_baselines3.common.monitor import Monitor  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-import xrl  # noqa: E402
+from xrl._version import __version__  # noqa: E402
 from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
@@ -340,7 +340,7 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     envs = _vec(algo).envs
     np_state = np.random.get_state()
     py_state = random.getstate()
-    state = {"format": CHECKPOINT_FORMAT, "version": 1, "algo": args.algo, "xrl_version": xrl.__version__,
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "algo": args.algo, "xrl_version": __version__,
              **{k: getattr(algo, k) for k in _COUNTERS if hasattr(algo, k)},
              "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
              "python": {"version": py_state[0], "gauss": py_state[2]},
@@ -375,7 +375,7 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
         "env": {"name": args.env, "settings": args.env_settings}, "algo": args.algo, "arch": args.arch,
         "seed": args.seed, "timesteps": int(algo.num_timesteps), "timesteps_planned": args.total_timesteps,
         "checkpoint": str(folder.relative_to(run.folder)),
-        "action_names": _action_names(args), "xrl_version": xrl.__version__})
+        "action_names": _action_names(args), "xrl_version": __version__})
     for name in ("checkpoint.state", "checkpoint.buffer"):  # the pickles of an old-format checkpoint, superseded
         (run.folder / name).unlink(missing_ok=True)
     return folder
