@@ -157,16 +157,20 @@ with Run({str(folder)!r}, {{"x": 1}}) as run:
 def test_a_run_restores_the_sigterm_handler_and_leaves_a_programs_own_alone(tmp_path):
     import signal
     from xrl.train.run import Terminated
-    with Run(tmp_path / "a", {}):
-        assert signal.getsignal(signal.SIGTERM) is run_module._terminated
-        with pytest.raises(Terminated):
-            run_module._terminated(signal.SIGTERM, None)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    mine = lambda signum, frame: None  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, mine)
+    # start from the default handler: an earlier test in this process may have installed one
+    # (ray.init sets its own SIGTERM handler, which a run rightly leaves alone)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        with Run(tmp_path / "a", {}):
+            assert signal.getsignal(signal.SIGTERM) is run_module._terminated
+            with pytest.raises(Terminated):
+                run_module._terminated(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        mine = lambda signum, frame: None  # noqa: E731
+        signal.signal(signal.SIGTERM, mine)
         with Run(tmp_path / "b", {}):
             assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
 
