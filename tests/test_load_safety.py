@@ -301,14 +301,12 @@ def test_bad_sb3_zip_json_refused_without_trust(tmp_path, sb3_zip):
 @pytest.mark.slow
 def test_xrl_load_loads_every_kind_and_load_agent_every_model_in_the_zoo():
     """Every artifact in the zoo (agents, DIGR students, classifier, mask networks, RExL agents)
-    loads by its format marker; zoo/breakout is left out (a live training run rewrites it)."""
+    loads by its format marker."""
     from xrl.agents.mask_nets import MaskNetwork
     from xrl.agents.rexl import RExLAgent
     from xrl.zoo import zoo_artifacts
     kinds = set()
     for row in zoo_artifacts():
-        if row["name"] == "breakout":
-            continue
         loaded = xrl.load(row["path"])
         kinds.add(row["kind"])
         expected = {"agent": xrl.Model, "classifier": xrl.Model, "mask_network": MaskNetwork,
