@@ -186,3 +186,28 @@ def test_cli_refuses_unknown_targets_and_settings(capsys):
         main(["reproduce", "fls-free-lunch", "--set", "n_statez=3"])
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         main(["reproduce", "fls-free-lunch", "--set", "oops"])
+
+
+def test_declarations_and_runs_are_bound_one_to_one(tmp_path):
+    """targets.json holds every target's declaration, the paper modules its run; a mismatch or a
+    malformed declaration is refused with the target's name."""
+    declared = json.loads((core.Path(core.__file__).with_name("targets.json")).read_text())
+    assert [d["name"] for d in declared] == list(TARGETS.targets)
+    runs = {name: t.run for name, t in TARGETS.targets.items()}
+    path = tmp_path / "targets.json"
+
+    def refused(entries, run_map, match):
+        path.write_text(json.dumps(entries))
+        with pytest.raises(ValueError, match=match):
+            core.load_targets(run_map, path)
+
+    refused(declared, {k: v for k, v in runs.items() if k != "rise-coverage"},
+            r"rise-coverage\): no run function")
+    refused([d for d in declared if d["name"] != "zoo-baselines"], runs, "run functions without a declaration: zoo-baselines")
+    bad = [dict(declared[0], quick={"nope": 1})] + declared[1:]
+    refused(bad, runs, r"digr-table1\): quick sets \['nope'\]")
+    refused([{k: v for k, v in declared[0].items() if k != "claim"}] + declared[1:], runs, r"missing keys \['claim'\]")
+    refused({"name": "x"}, runs, "expected a JSON list")
+    path.write_text("[{")
+    with pytest.raises(ValueError, match="not a readable JSON list"):
+        core.load_targets(runs, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrl.reproduce.core import Run, Target, nanmean
+from xrl.reproduce.core import Run, nanmean
 
 
 def run_rise_coverage(run: Run) -> None:
@@ -160,39 +160,5 @@ def run_digr_snapshots(run: Run) -> None:
                 run.figure("snapshots"), xlabel="update", ylabel="")
 
 
-RISE_COVERAGE = Target(
-    name="rise-coverage", paper="xrl",
-    claim="why RISE on probabilities fails the sanity check on a confident agent (docs/results.md)",
-    reruns="RISE on probabilities and on logits on states of the zoo Red-Fetch-Green agent: rank correlation of "
-           "each map with the masks' coverage",
-    settings={"agent": "red-fetch-green", "episodes": 16, "max_steps": None, "rows": [0, 32, 4], "n_masks": 2000},
-    quick={"episodes": 1, "max_steps": 6, "rows": [0, 4, 2], "n_masks": 20},
-    run=run_rise_coverage,
-    measured="under a minute",
-    docs="docs/results.md",
-)
-
-ZOO_BASELINES = Target(
-    name="zoo-baselines", paper="xrl",
-    claim="what a zoo agent's score means (the highway-fast agent, DIGR's CARLA stand-in, against trivial policies)",
-    reruns="the zoo agent's greedy and sampled policy, a random policy and every constant action on the same "
-           "seeded episodes",
-    settings={"agent": "highway-fast", "episodes": 20, "seed": 30_000, "max_steps": None},
-    quick={"agent": "red-fetch-green", "episodes": 2, "max_steps": 5},
-    run=run_zoo_baselines,
-    measured="a few minutes (highway-fast, 20 episodes x 7 policies)",
-    docs="docs/envs.md",
-)
-
-DIGR_SNAPSHOTS = Target(
-    name="digr-snapshots", paper="digr",
-    claim="Fig. 9 over training: a DIGR student's localization and success per snapshot (how the zoo student "
-          "was chosen on validation data)",
-    reruns="every snapshot of a DIGR run (--set run=FOLDER) on validation states (seeds apart from the test states) "
-           "and validation episodes",
-    settings={"run": None, "updates": [], "teacher": "red-fetch-green", "data_episodes": 16, "data_seed": 5000,
-              "labels": "objects", "max_steps": None, "n_states": 64, "episodes": 500, "seed": 30_000},
-    quick={"data_episodes": 1, "max_steps": 6, "n_states": 3, "episodes": 2},
-    run=run_digr_snapshots,
-    docs="docs/digr.md",
-)
+# the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
+RUNS = {"rise-coverage": run_rise_coverage, "zoo-baselines": run_zoo_baselines, "digr-snapshots": run_digr_snapshots}

@@ -60,6 +60,8 @@ def list_targets() -> str:
         for label, text in (("re-runs", t.reruns), ("budget", json.dumps(t.settings)),
                             ("takes here", t.measured + here), ("docs", t.docs)):
             lines.append(textwrap.fill(text, 110, initial_indent=f"    {label}: ", subsequent_indent="      "))
+        for setting, note in t.notes.items():
+            lines.append(textwrap.fill(note, 110, initial_indent=f"    note on {setting}: ", subsequent_indent="      "))
     return "\n".join(lines)
 
 

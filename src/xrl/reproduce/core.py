@@ -1,7 +1,9 @@
 """The machinery every ``xrl reproduce`` target shares: settings, resumable rows, tables, intervals.
 
-A *target* (:class:`Target`) re-runs one table or figure of a paper on zoo agents. Its ``run``
-function receives a :class:`Run` and computes the table row by row with :meth:`Run.row`: each row
+A *target* (:class:`Target`) re-runs one table or figure of a paper on zoo agents. Every target
+is declared in ``targets.json`` beside this file (its claim, what it re-runs, its full and quick
+settings, how long it took here); its ``run`` function lives in the paper's module, which lists
+it in ``RUNS``, and :func:`load_targets` binds the two. The ``run`` function receives a :class:`Run` and computes the table row by row with :meth:`Run.row`: each row
 is a JSON file in ``<out>/rows/`` written atomically when it finishes, holding a key that hashes
 the target, its settings and the row's name. Running the same command again reuses every row
 whose key matches, so a killed run goes on where it stopped and a changed setting recomputes the
@@ -65,6 +67,8 @@ class Target:
     selectors: tuple = ()
     """settings that only choose which rows run (lists of agents, settings, attacks...): each row
     names its item, so these are left out of the rows' keys and narrowing them reuses rows"""
+    notes: dict = field(default_factory=dict)
+    """remarks on single settings (``--list`` prints them), e.g. how a budget differs from the paper's"""
 
     def resolved(self, overrides: Mapping | None = None, *, quick: bool = False) -> dict:
         settings = dict(self.settings)
@@ -293,3 +297,43 @@ class Registry:
         if name not in self.targets:
             raise ValueError(f"unknown reproduce target {name!r}; known: {', '.join(self.targets)}")
         return self.targets[name]
+
+
+TARGET_KEYS = {"name", "paper", "claim", "reruns", "settings", "quick", "measured", "docs", "selectors", "notes"}
+REQUIRED_KEYS = {"name", "paper", "claim", "reruns", "settings", "quick"}
+
+
+def load_targets(runs: Mapping[str, Callable[[Run], None]], path: str | os.PathLike | None = None) -> Registry:
+    """The registry of the targets declared in ``targets.json`` (or ``path``), each bound to its
+    run function in ``runs`` (target name -> function); a declaration without a run, a run
+    without a declaration, or a malformed declaration is an error that names it."""
+    if path is None:
+        path = Path(__file__).with_name("targets.json")
+    try:
+        declared = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON list of reproduce targets ({err})") from None
+    if not isinstance(declared, list):
+        raise ValueError(f"{path}: expected a JSON list of target objects, got {type(declared).__name__}")
+    registry = Registry()
+    for i, entry in enumerate(declared):
+        name = entry.get("name", "unnamed") if isinstance(entry, dict) else repr(entry)
+        where = f"{path}: target {i} ({name})"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object with keys {', '.join(sorted(REQUIRED_KEYS))}")
+        missing, unknown = REQUIRED_KEYS - entry.keys(), entry.keys() - TARGET_KEYS
+        if missing or unknown:
+            raise ValueError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
+                             f"a target has {', '.join(sorted(TARGET_KEYS))}")
+        if not isinstance(entry["settings"], dict) or not isinstance(entry["quick"], dict):
+            raise ValueError(f"{where}: settings and quick must be objects")
+        if not set(entry["quick"]) <= set(entry["settings"]):
+            raise ValueError(f"{where}: quick sets {sorted(set(entry['quick']) - set(entry['settings']))}, "
+                             "which are not among its settings")
+        if entry["name"] not in runs:
+            raise ValueError(f"{where}: no run function; the paper's module must list it in RUNS")
+        registry.add(Target(**{**entry, "selectors": tuple(entry.get("selectors", ()))}, run=runs[entry["name"]]))
+    extra = set(runs) - set(registry.targets)
+    if extra:
+        raise ValueError(f"{path}: run functions without a declaration: {', '.join(sorted(extra))}")
+    return registry

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrl.reproduce.core import Run, Target, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 # Table 1 of the paper: important, unimportant, AUC
 PAPER_TABLE1 = {"VG": (56.04, 278.10, 0.840), "Guided BP": (82.84, 35.67, 0.993), "Grad-CAM": (43.12, 364.97, 0.686),
@@ -271,41 +271,7 @@ def attacks(run: Run, agents: dict, s: dict, *, env_overrides: dict | None = Non
               title="Return under attack, every agent, attack and eps (the curves of fig8.png)")
 
 
-AGENTS = {"teacher": "red-fetch-green", "student": "red-fetch-green-digr-a1", "distilled": "red-fetch-green-digr-kl"}
 
-TABLE1 = Target(
-    name="digr-table1", paper="digr",
-    claim="Table 1 (localization of the teacher's saliency methods and the student's vanilla gradient), "
-          "Fig. 3, Fig. 9, the cost of a map, the student's return",
-    reruns="the zoo Red-Fetch-Green teacher's VG, Guided BP, Grad-CAM, SmoothGrad, Integrated Gradients, Gaussian-blur "
-           "perturbation and SARFA, and the vanilla gradient of the zoo DIGR student (alpha 1) and of the "
-           "distillation-only student, on labelled states (object and cell labels); the three agents' greedy "
-           "success over the same seeded episodes",
-    settings={**AGENTS, "episodes": 16, "max_steps": None, "collect_seed": 0, "n_states": 64,
-              "labels": ["objects", "cells"], "radius": 4, "stride": 5, "smoothgrad_samples": 20, "ig_steps": 50,
-              "time_repeats": 3, "score_episodes": 1000},
-    quick={"episodes": 1, "max_steps": 8, "n_states": 4, "stride": 16, "smoothgrad_samples": 2, "ig_steps": 4,
-           "time_repeats": 1, "score_episodes": 2},
-    run=run_table1,
-    measured="19 min of wall time in two runs (killed after the Table 1 rows at load 10, resumed at load 3.5)",
-    docs="docs/digr.md",
-    selectors=("labels",),
-)
-
-ATTACKS = Target(
-    name="digr-attacks", paper="digr",
-    claim="Fig. 8 (return under FGSM, PGD, MI-FGSM and MAD across eps: DIGR more robust than the teacher and "
-          "than distillation alone)",
-    reruns="the zoo Red-Fetch-Green teacher, DIGR student (alpha 1) and distillation-only student, greedy, on "
-           "the same seeded episodes under each attack and eps",
-    settings={**AGENTS, "attacks": ["fgsm", "pgd", "mi_fgsm", "mad"], "eps": [0.02, 0.05, 0.1], "episodes": 20,
-              "batch": 10, "max_steps": None},
-    quick={"attacks": ["fgsm", "mad"], "eps": [0.05], "episodes": 2, "batch": 2, "max_steps": 6},
-    run=run_attacks,
-    measured="10.3 min of wall time (10.3 min of CPU, one thread, load 2)",
-    docs="docs/digr.md",
-    selectors=("attacks", "eps"),
-)
 
 
 # -- DIGR on a driving task: highway-fast stands in for CARLA ----------------------------------------
@@ -401,37 +367,5 @@ def agreement(run: Run, agents: dict, s: dict) -> None:
                   extra={"teacher_action_counts": counts.tolist()})
 
 
-HIGHWAY = Target(
-    name="digr-highway", paper="digr",
-    claim="DIGR on a driving task (the paper's CARLA setting; highway-fast stands in): Table-1-style "
-          "localization on car pixels, Fig. 5/9 (the student drives as well as the teacher), Fig. 8 (attacks)",
-    reruns="the zoo highway-fast DQN agent as teacher: its perturbation saliency dataset (greedy seeded episodes, "
-           "Gaussian-blur KL maps, radius 5 as the paper's CARLA), a DIGR student of the same architecture (alpha 1 "
-           "as the paper's CARLA, distilling softmax(Q / 0.1)), then the teacher's 7 saliency methods and the "
-           "student's vanilla gradient on the exact car masks, both agents' return over the same seeded episodes, "
-           "and both under FGSM, PGD and MAD; the distillation-only student beside them (Fig. 8's ablation)",
-    settings={"teacher": "highway-fast",
-              # the perturbation saliency dataset (the paper's CARLA: 2.5k states)
-              "data_states": 400, "data_stride": 4, "data_radius": 5.0,
-              # the student (the paper's CARLA: alpha 1, threshold 0.1, buffer 10k; RMSprop 2e-4, we use Adam 1e-3)
-              "updates": 3000, "batch_size": 32, "alpha": 1.0, "temperature": 0.1, "learning_rate": 1e-3,
-              "threshold": 0.1, "buffer_size": 10_000, "n_envs": 1, "eval_every": 500, "eval_episodes": 5,
-              "final_eval_episodes": 20, "train_seed": 0,
-              "distilled": True,  # also the distillation-only student (igr off; Fig. 8's ablation)
-              # Table 1 on labelled test states, and the return
-              "episodes": 4, "max_steps": None, "collect_seed": 0, "n_states": 64, "labels": ["cars"], "radius": 5,
-              "stride": 4, "smoothgrad_samples": 20, "ig_steps": 50, "time_repeats": 3, "score_episodes": 40,
-              # Fig. 8 (the paper's CARLA: 20 runs per point)
-              "attacks": ["fgsm", "pgd", "mad"], "eps": [0.003, 0.01, 0.05], "attack_episodes": 10, "batch": 10,
-              "attack_duration": None},
-    quick={"data_states": 8, "data_stride": 32, "updates": 4, "batch_size": 4, "buffer_size": 64, "eval_every": 4,
-           "eval_episodes": 1, "final_eval_episodes": 1, "episodes": 1, "max_steps": 6, "n_states": 4, "stride": 32,
-           "smoothgrad_samples": 2, "ig_steps": 4, "time_repeats": 1, "score_episodes": 2, "attacks": ["fgsm"],
-           "eps": [0.05], "attack_episodes": 2, "batch": 2, "attack_duration": 3},
-    run=run_highway,
-    measured="31.4 min of wall time in two runs, 23 min of CPU: the DIGR student (the dataset 1 min, 3,000 updates 15.7 min) "
-             "and its rows at eps 0.01, 0.05 in 21.4 min (load 2.4), then the distillation-only student and eps 0.003 "
-             "in 10.0 min",
-    docs="docs/reproduction.md#digr-on-a-driving-task-highway-fast-for-carla",
-    selectors=("labels", "attacks", "eps", "distilled"),
-)
+# the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
+RUNS = {"digr-table1": run_table1, "digr-attacks": run_attacks, "digr-highway": run_highway}

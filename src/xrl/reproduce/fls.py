@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xrl.reproduce.core import Run, Target, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 TILE = 8
 GROUPS = {
@@ -228,36 +228,6 @@ def run_localization(run: Run) -> None:
                          title=f"{agent}: FLS attention next to the gradient")
 
 
-FREE_LUNCH = Target(
-    name="fls-free-lunch", paper="fls",
-    claim="Table 3's free-lunch claim (Sparse FLS agents score as well as the baseline CNN at the same budget)",
-    reruns="the zoo's two Sparse FLS and two baseline agents per task (Red-Fetch-Green 500k steps, Pong 1M steps, "
-           "one per training seed) and a random policy on the same seeded greedy episodes",
-    settings={"envs": ["red-fetch-green", "pong"], "episodes": {"red-fetch-green": 1000, "pong": 50},
-              "seed": 20_000, "batch": 20},
-    quick={"envs": ["red-fetch-green"], "episodes": 3, "batch": 3},
-    run=run_free_lunch,
-    measured="Red-Fetch-Green 8 min, Pong 10 min (the replaced script, beside other jobs)",
-    docs="docs/fls.md",
-    selectors=("envs",),
-)
-
-LOCALIZATION = Target(
-    name="fls-localization", paper="fls",
-    claim="the attention as a saliency map: where it lies against ground truth (the paper's Fig. 3-5 read against "
-          "object labels; section 4.3's agreement measured on labels, not gaze)",
-    reruns="the attention of the zoo Sparse FLS agents (Red-Fetch-Green seeds 0 and 1, Pong seeds 0 and 1) drawn "
-           "four ways, next to gradient methods, scored by localization AUC against labelled objects",
-    settings={"rfg_agents": ["red-fetch-green-sparse-fls-0", "red-fetch-green-sparse-fls-1"], "episodes": 16,
-              "max_steps": None, "pong_agents": ["pong-sparse-fls-1m-0", "pong-sparse-fls-1m-1"], "pong_episodes": 2,
-              "pong_max_steps": 2000, "pong_states": 64, "method_settings": {}},
-    quick={"rfg_agents": ["red-fetch-green-sparse-fls-0"], "episodes": 1, "max_steps": 6,
-           "pong_agents": ["pong-sparse-fls-1m-0"], "pong_episodes": 1, "pong_max_steps": 8, "pong_states": 2,
-           "method_settings": {"rise": {"n_masks": 10}, "smoothgrad": {"n_samples": 2}, "greydanus": {"stride": 21}}},
-    run=run_localization,
-    docs="docs/fls.md",
-    selectors=("rfg_agents", "pong_agents"),
-)
 
 
 def run_metrics(run: Run) -> None:
@@ -303,18 +273,5 @@ def run_metrics(run: Run) -> None:
                     "tables and report in bench/)")
 
 
-METRICS = Target(
-    name="fls-metrics", paper="fls",
-    claim="the attention map's quality next to post-hoc methods (the paper's comparison with gradient maps), on "
-          "every xrl metric",
-    reruns="the shipped fls_rfg bench spec: every registered method on every metric, on both zoo Sparse FLS "
-           "Red-Fetch-Green agents (32 states of 16 seeded episodes each)",
-    settings={"agents": ["red-fetch-green-sparse-fls-0", "red-fetch-green-sparse-fls-1"], "n_states": 32,
-              "episodes": 16, "max_steps": None, "methods": "all", "metrics": "all", "method_settings": {},
-              "metric_settings": {}},
-    quick={"agents": ["red-fetch-green-sparse-fls-0"], "n_states": 2, "episodes": 1, "max_steps": 6,
-           "methods": ["attention", "gradient"], "metrics": ["deletion", "localization", "sparseness"]},
-    run=run_metrics,
-    measured="2 h beside two trainings (the bench of the replaced spec)",
-    docs="docs/fls.md",
-)
+# the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
+RUNS = {"fls-free-lunch": run_free_lunch, "fls-localization": run_localization, "fls-metrics": run_metrics}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrl.reproduce.core import Run, Target, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 LAMBDAS = (0.0, 0.7, 0.8, 1.0)
 
@@ -171,18 +171,5 @@ def _figure(run: Run, rows: list[dict]) -> None:
     save_figure(fig, run.figure("deletion_insertion"), "RExL Tables 1-2")
 
 
-DELETION = Target(
-    name="rexl-deletion", paper="rexl",
-    claim="Tables 1-4 (deletion/insertion against RISE, Extremal Perturbations, Grad-CAM, NormGrad; the λ "
-          "ablation; seconds per map)",
-    reruns="the zoo RExL-DS and RExL-CS agents of the Red-Fetch-Green agent (actions as classes) and of the "
-           "shapes classifier against the baselines on held-out states, with paired intervals against RISE",
-    settings={"settings": ["red-fetch-green", "shapes"], "n_states": {"red-fetch-green": 64, "shapes": 32},
-              "rise_masks": 5000, "n_time": 3, "seed": 0, "extremal": {}, "ds": None, "cs": None},
-    quick={"settings": ["red-fetch-green"], "n_states": 3, "rise_masks": 20, "n_time": 1,
-           "extremal": {"iterations": 3}},
-    run=run_deletion,
-    measured="Red-Fetch-Green: 25 min of wall time (3.1 min of CPU) at load 9.7, one thread; shapes: not re-run here (RISE with 5000 masks on 32 images: about 4 min of CPU)",
-    docs="docs/rexl.md",
-    selectors=("settings",),
-)
+# the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
+RUNS = {"rexl-deletion": run_deletion}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrl.reproduce.core import Run, Target, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 AGENTS = {"red-fetch-green": ("red-fetch-green", "zoo/red-fetch-green-visionmask"),
           "pong": ("pong", "zoo/pong-visionmask")}
@@ -162,20 +162,5 @@ def _figure(run: Run, rows: list[dict]) -> None:
     save_figure(fig, run.figure("table1"), "VisionMask Table 1 on the zoo agents")
 
 
-TABLE1 = Target(
-    name="visionmask-table1", paper="visionmask",
-    claim="Table 1 (accuracy, deletion, insertion, Lipschitz, sparseness of VisionMask against the Stalder "
-          "Explainer, LIME, RISE, Greydanus, SARFA) and the speed claim",
-    reruns="the zoo VisionMask and Stalder Explainer networks of the Red-Fetch-Green and Pong agents and four "
-           "baselines on the test split of their expert data, with paired bootstrap intervals",
-    settings={"agents": ["red-fetch-green", "pong"], "n_states": 32, "split_seed": 0, "lipschitz_samples": 4,
-              "baselines": ["lime", "rise", "greydanus", "sarfa"], "method_settings": {},
-              "curve_substrate": "black/blur", "speed_states": 256, "visionmask": None},
-    quick={"agents": ["red-fetch-green"], "n_states": 3, "lipschitz_samples": 1, "speed_states": 16,
-           "method_settings": {"lime": {"n_samples": 20}, "rise": {"n_masks": 20},
-                               "greydanus": {"stride": 16}, "sarfa": {"stride": 16}}},
-    run=run_table1,
-    measured="Red-Fetch-Green: 27 min of wall time (LIME 16 of them) at load 9 on 2 shared cores, one thread; Pong: not re-run here (the replaced script: about an hour)",
-    docs="docs/visionmask.md",
-    selectors=("agents", "baselines"),
-)
+# the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
+RUNS = {"visionmask-table1": run_table1}
