@@ -13,24 +13,21 @@ layer's *output* is used, which for a ``Conv2d`` is before its activation; name 
 module after it (e.g. ``"features_extractor.cnn.5"``, an ``nn.ReLU``) to use rectified maps.
 
 By hand on chunks of ``batch_size`` states: one forward hook on the layer and one
-``autograd.grad`` (shared with ``normgrad``), which equals Captum's ``LayerGradCam`` with
-``relu_attributions=True`` (tested) without its per-call overhead. A model without conv layers
-is refused with a ``ValueError`` saying why.
+``autograd.grad`` (:class:`~xrl.explainers.layer.LayerExplainer`, shared with ``normgrad``),
+which equals Captum's ``LayerGradCam`` with ``relu_attributions=True`` (tested) without its
+per-call overhead. A model without conv layers is refused with a ``ValueError`` saying why.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.ops import TargetFn, chunks
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.layer import LayerExplainer
 
 
 @EXPLAINERS.register("grad_cam")
-class GradCam(Explainer):
+class GradCam(LayerExplainer):
     """Grad-CAM (Selvaraju et al. 2017) at the last conv layer or ``layer``.
 
     Example::
@@ -39,82 +36,8 @@ class GradCam(Explainer):
         saliency = explainer.explain(states, targets=lambda q: q.max(-1).values)  # (B, H, W)
     """
 
-    def __init__(self, model: Model, *, layer: str | None = None, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(model, batch_size=batch_size, seed=seed)
-        self.layer = find_layer(model, layer, "grad_cam")
+    method = "grad_cam"
 
-    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
-        parts = []
-        for rows in chunks(states.shape[0], self.batch_size):
-            x = states[rows].detach().clone().requires_grad_()
-            acts, grads = activations_and_gradients(self.model, self.layer, x, rows_target(target_fn, rows),
-                                                    "grad_cam")  # (b, C', h, w) each
-            alpha = grads.mean(dim=(2, 3), keepdim=True)  # (b, C', 1, 1): spatial mean of the gradient
-            cam = F.relu((alpha * acts).sum(1, keepdim=True))  # (b, 1, h, w)
-            parts.append(upsample(cam, states))
-        return torch.cat(parts)
-
-
-def activations_and_gradients(model: Model, layer: str, x: torch.Tensor, fn: Callable,
-                              method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output ``a`` of ``model.net``'s module ``layer`` on ``x`` and ``d sum(fn(model(x))) / d a``
-    (one forward hook, one ``autograd.grad``; the parameters' ``.grad`` are not touched)."""
-    module = dict(model.net.named_modules())[layer]
-    outputs = []
-
-    def record(module, inputs, output):
-        outputs.append(output)
-        return output.clone()  # later in-place ops (ReLU(inplace=True)) must not alter `a`
-
-    handle = module.register_forward_hook(record)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            score = fn(model(x)).sum()
-    finally:
-        handle.remove()
-    if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
-        raise ValueError(f"{method} needs layer {layer!r} to give one tensor per forward pass, "
-                         f"it gave {len(outputs)} outputs; name another layer")
-    acts = check_spatial(outputs[0], layer, method)
-    (grads,) = torch.autograd.grad(score, acts, allow_unused=True, materialize_grads=True)
-    return acts.detach(), grads
-
-
-def rows_target(target_fn: TargetFn, rows: slice) -> TargetFn:
-    """``target_fn`` for the states ``rows``: action indices are picked for those rows only."""
-    if target_fn.index is None:  # a callable: applied to whatever rows it is given
-        return target_fn
-    index = target_fn.index[rows]
-    return TargetFn(len(index), index=index)
-
-
-def find_layer(model: Model, layer: str | None, method: str) -> str:
-    """The name of the module of ``model.net`` a layer method explains at: ``layer`` when given,
-    else the last conv layer of ``model.conv_layers()``."""
-    convs = list(model.conv_layers())
-    if layer is None:
-        if not convs:
-            raise ValueError(
-                f"{method} explains at a convolutional layer (its feature maps give the map's "
-                f"spatial layout), but this model ({type(model.net).__name__}) has no nn.Conv2d; "
-                "pass layer='<module name>' naming a module with (B, C, h, w) output, or use a "
-                "method that works on any model, such as 'gradient'"
-            )
-        return convs[-1]
-    if not isinstance(layer, str) or not layer or layer not in dict(model.net.named_modules()):
-        raise ValueError(f"{method}: no module named {layer!r} in the model; its conv layers are {convs}")
-    return layer
-
-
-def check_spatial(maps: torch.Tensor, layer: str, method: str) -> torch.Tensor:
-    """``maps`` must be ``(b, 1, h, w)``: the layer must give ``(B, C, h, w)`` feature maps."""
-    if maps.dim() != 4:
-        raise ValueError(f"{method} needs (B, C, h, w) feature maps, but layer {layer!r} gives "
-                         f"{maps.dim()}-d outputs; name a convolutional layer")
-    return maps
-
-
-def upsample(maps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Layer maps ``(b, 1, h, w)`` -> ``(b, H, W)`` at the states' size, bilinearly."""
-    return F.interpolate(maps, size=states.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        alpha = grads.mean(dim=(2, 3), keepdim=True)  # (b, C', 1, 1): spatial mean of the gradient
+        return F.relu((alpha * acts).sum(1, keepdim=True))  # (b, 1, h, w)

@@ -18,22 +18,19 @@ it (``features.29`` of VGG16) and where Grad-CAM works, so the two are directly 
 paper's multi-layer aggregation and the selective variant are not implemented.
 
 Hand-written (Captum has no NormGrad): a forward hook records the layer's output on chunks of
-``batch_size`` states and ``torch.autograd.grad`` gives ``g``; the hook is always removed.
+``batch_size`` states and ``torch.autograd.grad`` gives ``g``; the hook is always removed (the
+step it shares with Grad-CAM: :class:`~xrl.explainers.layer.LayerExplainer`).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from xrl.agents.model import Model
-from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.explainers.grad_cam import activations_and_gradients, find_layer, rows_target, upsample
-from xrl.ops import chunks
+from xrl.explainers.base import EXPLAINERS
+from xrl.explainers.layer import LayerExplainer
 
 
 @EXPLAINERS.register("normgrad")
-class NormGrad(Explainer):
+class NormGrad(LayerExplainer):
     """NormGrad (Rebuffi et al. 2020): ``||a(p)|| * ||g(p)||`` at the last conv layer or ``layer``.
 
     Example::
@@ -42,16 +39,7 @@ class NormGrad(Explainer):
         saliency = explainer.explain(states)  # (B, H, W)
     """
 
-    def __init__(self, model: Model, *, layer: str | None = None, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(model, batch_size=batch_size, seed=seed)
-        self.layer = find_layer(model, layer, "normgrad")
+    method = "normgrad"
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        parts = []
-        for rows in chunks(states.shape[0], self.batch_size):
-            x = states[rows].detach().clone().requires_grad_()
-            acts, grads = activations_and_gradients(self.model, self.layer, x, rows_target(target_fn, rows),
-                                                    "normgrad")  # (b, C', h, w) each
-            maps = (acts.norm(dim=1) * grads.norm(dim=1)).unsqueeze(1)  # (b, 1, h, w)
-            parts.append(upsample(maps, states))
-        return torch.cat(parts)
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        return (acts.norm(dim=1) * grads.norm(dim=1)).unsqueeze(1)  # (b, 1, h, w)
