@@ -4,8 +4,9 @@ A *target* (:class:`Target`) re-runs one table or figure of a paper on zoo agent
 is declared in ``targets.json`` beside this file (its claim, what it re-runs, its full and quick
 settings, how long it took here); its ``run`` function lives in the paper's module, which lists
 it in ``RUNS``, and :func:`load_targets` binds the two. The ``run`` function receives a
-:class:`Run` and computes the table row by row with :meth:`Run.row`: each row is a JSON file in ``<out>/rows/`` written atomically when it finishes, holding a key that hashes
-the target, its settings and the row's name. Running the same command again reuses every row
+:class:`Run` and computes the table row by row with :meth:`Run.row`: each row is a JSON file
+in ``<out>/rows/`` written atomically when it finishes, holding a key that hashes the target,
+its settings and the row's name. Running the same command again reuses every row
 whose key matches, so a killed run goes on where it stopped and a changed setting recomputes the
 rows it changes. Data a target collects goes to ``<out>/data/`` (``collect`` itself resumes).
 At the end :meth:`Run.table` writes each table as Markdown, CSV and JSON, figures are PNG files
