@@ -248,6 +248,10 @@ def test_args_of_a_run_that_never_saved_do_not_block_the_corrected_command(tmp_p
     assert "other settings" in message and "'size': stored 6, asked 8" in message and "--out" in message
     with Run(folder, {"size": 6, "budget": 10}, ignore={"budget"}):  # ignored settings may change
         pass
+    assert json.loads((folder / "args.json").read_text()) == {"size": 6}  # nothing saved: untouched
+    with Run(folder, {"size": 6, "budget": 30}, ignore={"budget"}) as run:
+        save(run, 2)
+    assert json.loads((folder / "args.json").read_text()) == {"size": 6, "budget": 30}  # the latest budget
 
 
 @dataclasses.dataclass

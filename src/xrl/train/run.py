@@ -25,6 +25,8 @@ second run is refused with those, a lock whose pid is dead (same host) is taken 
 
 **A failed start** leaves the folder as it was: a folder this run created is removed, an
 ``args.json`` written by a run that never saved a checkpoint is replaced by the next command.
+A resume whose settings differ only in ignored ones (a new budget) records them in ``args.json``
+at its first save, so a refused or failed command changes nothing.
 
 **SIGTERM** (``kill PID``, a scheduler's stop) ends a run as Ctrl-C does: inside ``with Run``
 in the main thread it raises :class:`Terminated` (a ``KeyboardInterrupt``), so the lock is
@@ -294,6 +296,7 @@ class Run:
         self._locked = False
         self._saved = False
         self._wrote_args = False
+        self._new_budget = False  # only ignored settings changed: args.json takes them at the first save
         self._sigterm = None  # the SIGTERM handler before this run's, while it is installed
 
     # -- lock and settings --------------------------------------------------------------------
@@ -377,6 +380,7 @@ class Run:
                     f"{self.folder} holds a run with other settings {diff} (stored, asked); the first is "
                     f"{first!r}: stored {diff[first][0]!r}, asked {diff[first][1]!r}; use another run folder (--out)")
             if not diff:
+                self._new_budget = old != self.settings
                 return
         write_json(config, self.settings)
         self._wrote_args = True
@@ -419,6 +423,9 @@ class Run:
         _fsync(self.checkpoints)
         _step("renamed")
         self._saved = True
+        if self._new_budget:  # a resume with a new budget records it once it has saved a step
+            write_json(self.folder / "args.json", self.settings)
+            self._new_budget = False
         for p in _versions(self.checkpoints)[:-KEEP]:
             shutil.rmtree(p, ignore_errors=True)
         for p in self.checkpoints.iterdir():  # partial folders of killed saves (the lock makes them dead)
