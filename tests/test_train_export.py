@@ -16,4 +16,5 @@ def test_export_only_writes_the_checkpoint_reached(tmp_path):
     path = train_agent(args, export_only=True)
     card = json.loads(path.with_suffix(".json").read_text())
     assert 256 <= card["timesteps"] < 2048 and card["timesteps_planned"] == 2048
+    assert card["train_seconds_this_run"] == 0.0  # exporting trains nothing (evaluating is not training)
     assert xrl.load_agent(path).action_names == ["left", "right", "forward", "pickup"]

@@ -566,6 +566,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
             if stop_at is not None and algo.num_timesteps < args.total_timesteps:
                 return run.folder / "checkpoint.zip"
             save_checkpoint(algo, run, args)
+        trained = round(time.time() - started, 1)  # before the scoring: evaluating is not training
         model = agent_model(algo, args)
         score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
         card = {
@@ -574,7 +575,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
             "timesteps_planned": args.total_timesteps,
             "command": agent_command(given, args),
             "action_names": model.action_names, "score": score,
-            "train_seconds_this_run": round(time.time() - started, 1),
+            "train_seconds_this_run": trained,
         }
         if model.score_kind == "logits":  # the policy PPO trained, beside its argmax
             card["score_sampled"] = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes,
