@@ -115,7 +115,7 @@ def test_every_present_class_is_explained_from_its_sigmoid_drops(data, ordered_a
         total = drops.sum() if drops.sum() > 0 else drops.abs().sum()
         assert maps[k, ::CELL, ::CELL].flatten().tolist() == pytest.approx((drops / total).tolist(), abs=1e-4)
         single = explainer.explain(images[r:r + 1], c)  # explain(states, targets=k): the same map
-        assert torch.allclose(single[0], maps[k], atol=1e-6)
+        assert torch.allclose(single[0], maps[k], atol=1e-5)  # float32: batched and single passes round apart (3e-6 seen)
     # None: the classes the model finds (sigmoid > 0.5); an image with none gets no map
     found = torch.sigmoid(model(images)) > 0.5
     _, rows_found, classes_found = explainer.explain_present(images)
