@@ -418,3 +418,32 @@ def test_atari_settings_follow_the_env_not_the_architecture():
     assert (fls.n_envs, fls.learning_rate, fls.clip_range) == (base.n_envs, base.learning_rate, base.clip_range)
     grid = AgentArgs(env="red-fetch-green", arch="grid_sparse_fls").resolved()
     assert not grid.atari and grid.n_envs == 16
+
+
+def test_evaluate_max_steps_ends_every_episode_after_that_many_steps():
+    """Checked against episodes played by hand for 5 steps on ViZDoom basic (a reward every step)."""
+    model = load_agent("vizdoom-basic")
+    settings = model.info["env"].get("settings") or {}
+    capped = evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, per_episode=True,
+                      progress=False)
+    by_hand = []
+    for i in range(2):
+        env = make_env("vizdoom-basic", **settings)
+        obs, _ = env.reset(seed=3 + i)
+        total = 0.0
+        for _ in range(5):
+            with torch.inference_mode():
+                action = int(model(model.preprocess(obs)).argmax(-1)[0])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        env.close()
+        by_hand.append(total)
+    assert capped["returns"] == pytest.approx(by_hand, abs=1e-9)
+    full = evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, per_episode=True, progress=False)
+    assert full["returns"] != capped["returns"]  # the cap did end the episodes early
+    assert evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, batch=2, per_episode=True,
+                    progress=False)["returns"] == pytest.approx(by_hand, abs=1e-9)
+    with pytest.raises(ValueError, match="max_steps must be a positive number of steps or None, got 0"):
+        evaluate(model, "vizdoom-basic", settings, episodes=1, seed=0, max_steps=0)

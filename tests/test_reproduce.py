@@ -211,3 +211,30 @@ def test_declarations_and_runs_are_bound_one_to_one(tmp_path):
     path.write_text("[{")
     with pytest.raises(ValueError, match="not a readable JSON list"):
         core.load_targets(runs, path)
+
+
+def test_digr_targets_on_another_teacher_say_so(tmp_path, monkeypatch):
+    """The paper's Table 1 numbers are Red-Fetch-Green's: a Pong teacher gets no paper columns and
+    its summary names the agents given, not the target's Red-Fetch-Green text."""
+    from xrl.reproduce import digr
+    seen = {}
+    monkeypatch.setattr(digr, "table1", lambda run, agents, s, *, paper: seen.update(paper=paper, agents=list(agents)))
+    pong = {"teacher": "pong", "student": "pong-nature-cnn-1m-0", "distilled": None}
+    run = core.Run(TARGETS.get("digr-table1"), tmp_path / "t1",
+                   TARGETS.get("digr-table1").resolved(pong, quick=True), progress=False)
+    digr.run_table1(run)
+    assert seen == {"paper": {}, "agents": ["teacher", "DIGR"]}
+    assert run.reruns.startswith("on pong (not the paper's Red-Fetch-Green): the teacher `pong`, DIGR student "
+                                 "`pong-nature-cnn-1m-0`;")
+    assert any("no paper numbers" in n for n in run.notes)
+    rfg = core.Run(TARGETS.get("digr-table1"), tmp_path / "t2", TARGETS.get("digr-table1").resolved(
+        {"distilled": None}, quick=True), progress=False)
+    digr.run_table1(rfg)
+    assert seen["paper"] is digr.PAPER_TABLE1 and rfg.reruns == TARGETS.get("digr-table1").reruns
+    assert rfg.notes == []
+
+    out = tmp_path / "attacks"
+    run_target(TARGETS.get("digr-attacks"), out, quick=True, overrides=pong, progress=False)
+    summary = (out / "summary.md").read_text()
+    assert "Re-runs: on pong (not the paper's Red-Fetch-Green)" in summary
+    assert "Red-Fetch-Green teacher" not in summary

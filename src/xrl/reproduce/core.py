@@ -97,6 +97,9 @@ class Run:
         self.tables: dict[str, str] = {}
         self.figures: list[str] = []
         self.notes: list[str] = []
+        #: what the summary says the run re-runs: the target's text unless the run replaces it
+        #: (a DIGR target given another teacher than the paper's)
+        self.reruns: str = target.reruns
 
     # -- rows -------------------------------------------------------------------------------------
     def key(self, name: str) -> str:
@@ -208,7 +211,7 @@ def _run_locked(target: Target, run: Run, settings: dict, quick: bool, overrides
               "torch_threads": 1, "python": sys.version.split()[0], "torch": torch.__version__}
     write_json(run.out / "run.json", record)
     text = [f"# {target.name}: {target.claim}", "", f"Paper: {PAPERS.get(target.paper, target.paper)}", "",
-            f"Re-runs: {target.reruns}", "", f"Command: `{command}`", "",
+            f"Re-runs: {run.reruns}", "", f"Command: `{command}`", "",
             f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
     text += [run.tables[name] for name in run.tables]
     text += [f"![{f}]({f})\n" for f in run.figures]

@@ -603,7 +603,8 @@ def agent_model(algo: BaseAlgorithm, args: AgentArgs) -> Model:
 
 def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
              perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-             batch: int = 1, per_episode: bool = False, sample: bool = False) -> dict:
+             batch: int = 1, per_episode: bool = False, sample: bool = False,
+             max_steps: int | None = None) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
     (success = positive return, meaningful for goal-reaching envs).
 
@@ -623,12 +624,17 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     observation until the whole batch is done.
 
     ``per_episode``: also return ``"returns"``, the list of episode returns in seed order (for
-    paired comparisons of agents over the same seeds)."""
+    paired comparisons of agents over the same seeds).
+
+    ``max_steps``: end every episode after this many agent steps (the env's own cap, if any, still
+    applies; for quick runs on envs without one, such as Atari)."""
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
     if sample and model.score_kind != "logits":
         raise ValueError(f"sample=True needs a policy that outputs logits; this model outputs {model.score_kind!r} "
                          "(Q-values have no policy to sample from): use the greedy score")
+    if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
+        raise ValueError(f"max_steps must be a positive number of steps or None, got {max_steps!r}")
     envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
     returns = []
     with tqdm(total=episodes, desc="evaluate", leave=False, disable=not progress) as bar:
@@ -638,7 +644,7 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
             if hasattr(perturb, "reseed"):
                 perturb.reseed([seed + i for i in group])
             rngs = [np.random.default_rng(seed + i) for i in group]
-            totals, running = [0.0] * len(group), [True] * len(group)
+            totals, running, steps = [0.0] * len(group), [True] * len(group), 0
             while any(running):
                 states = model.preprocess(np.stack(obs))
                 if perturb is not None:
@@ -653,9 +659,10 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
                     if running[j]:
                         o, reward, terminated, truncated, _ = env.step(actions[j])
                         obs[j], totals[j] = np.asarray(o), totals[j] + float(reward)
-                        if terminated or truncated:
+                        if terminated or truncated or (max_steps is not None and steps + 1 >= max_steps):
                             running[j] = False
                             bar.update(1)
+                steps += 1
             returns += totals
     for env in envs:
         env.close()
