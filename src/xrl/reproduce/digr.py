@@ -164,19 +164,23 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
                      f"({primary} labels), 95% percentile bootstrap; bold = excludes 0."],
               extra={"paired_auc_vs_digr_vg": paired, "per_state_auc": per_state, "perturbation_over_digr_time": ratio})
 
-    # Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG
+    # Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG (and the
+    # distillation-only student's, the ablation, when given)
     from xrl.viz.overlay import explanation_grid, line_panels
     rows, states, actions, frames = first
     pick = list(range(0, len(rows), max(1, len(rows) // 4)))[:4]
     figure_maps = {}
-    for label, agent, (method, settings, target) in (
-            ("teacher VG", "teacher", teacher_methods(s)["VG"]),
-            ("GB perturbation", "teacher", teacher_methods(s)["GB Perturbation"]),
-            ("DIGR VG", "DIGR", student_methods(s)["VG"])):
+    panels = [("teacher VG", "teacher", teacher_methods(s)["VG"]),
+              ("GB perturbation", "teacher", teacher_methods(s)["GB Perturbation"]),
+              ("DIGR VG", "DIGR", student_methods(s)["VG"])]
+    if "distillation only" in agents:
+        panels.append(("distillation-only VG", "distillation only", student_methods(s)["VG"]))
+    for label, agent, (method, settings, target) in panels:
         figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[1]
     explanation_grid(frames[pick], figure_maps, run.figure("fig3"), actions=actions[pick].numpy(),
                      action_names=teacher.action_names,
-                     title="teacher vanilla gradient, perturbation, DIGR student")
+                     title="teacher vanilla gradient, perturbation, DIGR student"
+                           + (", distillation-only student" if "distillation only" in agents else ""))
 
     # Fig. 9: the students' return during training (their history.json) against the teacher's
     curves = {}
