@@ -77,7 +77,7 @@ def _maps(model, method, settings, target, states, actions):
     return explainer, explainer.explain(states, target if target is not None else actions)
 
 
-#: the environment of the paper's Table 1 and Fig. 8 (its Breakout and CARLA have no Table 1)
+#: the environment of the paper's Table 1 (its Fig. 8 adds CARLA; it has neither on Breakout)
 PAPER_ENV = "red-fetch-green"
 
 
