@@ -675,3 +675,50 @@ def test_a_trainer_killed_inside_a_save_resumes_to_the_uninterrupted_result(tmp_
     resumed = train_classifier(ClassifierArgs(out=str(tmp_path / "killed"), **settings))
     a, b = (torch.load(latest_checkpoint(p.parent) / "state.pt", weights_only=True)["net"] for p in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_a_run_whose_checkpoint_folder_is_lost_is_refused_then_resumes_from_its_weights(tmp_path, capsys):
+    """``checkpoints/`` gone, ``checkpoint.zip`` left (zoo/mario after a machine was shut down):
+    the same command is refused and touches nothing (it used to start over and overwrite the
+    zip); ``--from-weights`` resumes from the zip's policy, optimizer and step counters."""
+    import io
+    import shutil
+    import zipfile
+
+    from xrl.train.agent import AgentArgs, _resume_weights, train_agent
+    args = AgentArgs(env="red-fetch-green", total_timesteps=128, n_envs=2, n_steps=64, batch_size=64,
+                     eval_episodes=1, checkpoint_every=128, out=str(tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint.zip to resume --from-weights"):
+        train_agent(dataclasses.replace(args, from_weights=True))
+    train_agent(args)
+    with pytest.raises(ValueError, match="is complete and resumes exactly; --from-weights is for"):
+        train_agent(dataclasses.replace(args, from_weights=True))
+    shutil.rmtree(run / "checkpoints")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    longer = dataclasses.replace(args, total_timesteps=256)
+    with pytest.raises(ValueError) as err:
+        train_agent(longer)
+    assert "checkpoint.zip (a training at 128 steps)" in str(err.value) and "--from-weights" in str(err.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before and not (run / "checkpoints").exists()
+
+    # the weights and optimizer are the zip's, read here on their own
+    with zipfile.ZipFile(run / "checkpoint.zip") as z:
+        policy = torch.load(io.BytesIO(z.read("policy.pth")), weights_only=True)
+        optimizer = torch.load(io.BytesIO(z.read("policy.optimizer.pth")), weights_only=True)
+        updates = json.loads(z.read("data"))["_n_updates"]
+    algo = _resume_weights(dataclasses.replace(longer, from_weights=True).resolved(), run / "checkpoint.zip")
+    assert algo.num_timesteps == 128 and algo._n_updates == updates > 0
+    assert _same(dict(algo.policy.state_dict()), dict(policy))
+    assert _same(algo.policy.optimizer.state_dict()["state"], optimizer["state"])
+    capsys.readouterr()
+
+    train_agent(dataclasses.replace(longer, from_weights=True))
+    assert "from its weights alone: every env starts a fresh seeded episode" in capsys.readouterr().err
+    latest = latest_checkpoint(run)
+    assert latest.name == f"{256:012d}"
+    state = json.loads((latest / "state.json").read_text())
+    assert state["num_timesteps"] == 256 and state["_n_updates"] == 2 * updates  # one more rollout's epochs
+    assert json.loads((run / "agent.json").read_text())["timesteps"] == 256

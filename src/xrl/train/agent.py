@@ -22,15 +22,20 @@ before its reset) and the actions since, replayed on resume and checked against 
 observation. A resume rebuilds the algorithm from the settings and loads those. Runs
 checkpointed in the old format (``checkpoint.zip`` + the pickled ``checkpoint.state``) resume
 only with ``trust_pickle=True`` (``--trust-pickle``); ``--convert-only --trust-pickle`` rewrites
-such a checkpoint in the new format without training (:func:`convert_checkpoint`).
+such a checkpoint in the new format without training (:func:`convert_checkpoint`). A run folder
+whose ``checkpoints/`` folder is lost but whose ``checkpoint.zip`` remains is refused (a fresh
+start would overwrite that zip at its first save); ``--from-weights`` resumes it from the zip's
+weights, optimizer and step counters with fresh episodes (:func:`_resume_weights`).
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import random
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -56,7 +61,7 @@ from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
 from xrl.files import write_json  # noqa: E402
-from xrl.train.run import (TRUST_PICKLE, Run, SettingsError, check_pairs, check_settings, command,  # noqa: E402
+from xrl.train.run import (CHECKPOINTS, TRUST_PICKLE, Run, SettingsError, check_pairs, check_settings, command,  # noqa: E402
                            link, load_tensors, read_json, zip_tensors)
 
 
@@ -136,6 +141,9 @@ class AgentArgs:
     """resume a checkpoint in the old pickle format (checkpoint.state runs code when loaded)"""
     convert_only: bool = field(default=False, metadata={"switch": True})
     """rewrite an old pickle checkpoint in the new format (no pickle) without training; needs --trust-pickle"""
+    from_weights: bool = field(default=False, metadata={"switch": True})
+    """PPO: resume a run whose checkpoints/ folder is lost from its checkpoint.zip alone (weights,
+    optimizer, step counters); every env starts a fresh seeded episode and the RNG streams are new"""
 
     LIMITS: ClassVar[dict] = {
         "total_timesteps": ">=1", "seed": ">=0", "n_envs": ">=1", "n_steps": ">=1", "n_epochs": ">=1",
@@ -172,7 +180,8 @@ class AgentArgs:
         """The settings stored in ``args.json``; a reward scale of 1 and PPO's algo (with its empty
         ``dqn``) are left out, as in runs made before those settings existed, so those resume."""
         d = dataclasses.asdict(self)
-        del d["export_only"], d["trust_pickle"], d["convert_only"]  # what to do, not how the agent is made
+        for key in ("export_only", "trust_pickle", "convert_only", "from_weights"):  # what to do, not how the agent is made
+            del d[key]
         if d.get("reward_scale") == 1.0:
             del d["reward_scale"]
         if d["algo"] == "ppo" and not d["dqn"]:
@@ -511,14 +520,65 @@ def convert_checkpoint(args: AgentArgs, run: Run) -> Path:
 def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
     folder = run.latest()
     if folder is not None:
+        if args.from_weights:
+            raise ValueError(f"{run.folder}: its checkpoint {folder.relative_to(run.folder)} is complete and resumes "
+                             "exactly; --from-weights is for a run whose checkpoints/ folder is lost: leave it out")
         return load_checkpoint(args, folder)
     old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
     if "checkpoint.state" not in old:
+        if "checkpoint.zip" in old:  # its folder is gone: starting over would overwrite it at the first save
+            if args.from_weights:
+                return _resume_weights(args, run.folder / "checkpoint.zip")
+            raise ValueError(
+                f"{run.folder}: holds checkpoint.zip (a training at {_zip_steps(run.folder / 'checkpoint.zip'):,} steps) "
+                f"but no complete checkpoint folder in {run.folder / CHECKPOINTS}/ to resume it exactly: restore that "
+                "folder (git checkout, a backup), or resume from the weights alone with --from-weights (fresh "
+                "episodes, new RNG streams), or delete the checkpoint.* files to start over")
+        if args.from_weights:
+            raise FileNotFoundError(f"{run.folder} has no checkpoint.zip to resume --from-weights")
         return None
     if not args.trust_pickle:
         raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files=", ".join(old))
                          + "; or convert it without training: --convert-only --trust-pickle")
     return _resume_pickle(args, run.folder)
+
+
+def _zip_steps(path: Path) -> int:
+    """The step count SB3 recorded in a checkpoint zip (its JSON ``data`` entry; nothing unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            steps = json.loads(z.read("data"))["num_timesteps"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a Stable-Baselines3 checkpoint zip ({type(err).__name__}: {err})") from None
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{path}: its num_timesteps is {steps!r}, expected a count of steps")
+    return steps
+
+
+def _resume_weights(args: AgentArgs, path: Path) -> BaseAlgorithm:
+    """``--from-weights``: the algorithm rebuilt from the settings with the policy, optimizer and
+    step counters of ``path`` (read as tensors and JSON, nothing unpickled); the envs start fresh
+    seeded episodes and the RNGs are seeded anew from the seed and the step, so the run goes on
+    from the same weights but not along the path an uninterrupted run would have taken."""
+    if args.algo != "ppo":
+        raise ValueError(f"{path}: --from-weights resumes PPO runs; a {args.algo.upper()} run's replay buffer is "
+                         "not in checkpoint.zip (restore the checkpoint folder or start over)")
+    steps = _zip_steps(path)
+    with zipfile.ZipFile(path) as z:
+        data = json.loads(z.read("data"))
+    algo = _build(args)
+    try:
+        algo.policy.load_state_dict(zip_tensors(path, "policy.pth"))
+        algo.policy.optimizer.load_state_dict(zip_tensors(path, "policy.optimizer.pth"))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} does not fit these settings (--arch {args.arch}, env {args.env}): {err}") from None
+    algo.num_timesteps = steps
+    algo._n_updates = int(data.get("_n_updates", 0))
+    algo._episode_num = int(data.get("_episode_num", 0))
+    algo.set_random_seed((args.seed + 1_000_003 * (1 + steps)) % 2**32)  # envs, action space, torch, numpy
+    print(f"resuming {path} at {steps:,} steps from its weights alone: every env starts a fresh seeded episode, "
+          "the RNG streams are new", file=sys.stderr)
+    return algo
 
 
 def check_agent_args(args: AgentArgs) -> AgentArgs:
@@ -681,4 +741,4 @@ def agent_command(given: AgentArgs, resolved: AgentArgs) -> str:
     if shown.reward_scale == REWARD_SCALES.get(shown.env, 1.0):
         shown = dataclasses.replace(shown, reward_scale=None)
     return command("xrl train agent", shown, always=always, pair_defaults={"dqn": DQN_DEFAULTS},
-                   skip=("progress", "export_only", "trust_pickle", "convert_only"))
+                   skip=("progress", "export_only", "trust_pickle", "convert_only", "from_weights"))
