@@ -120,7 +120,9 @@ def test_nothing_in_the_zoo_is_a_pickle_xrl_would_load(no_unpickling):
             except ValueError:
                 pytest.fail(f"{where} is neither JSON, a zip (.pt, SB3) nor HDF5")
             kinds["json"] += 1
-    assert kinds["pt"] >= 30 and kinds["json"] >= 50 and kinds["hdf5"] >= 1 and kinds["sb3"] >= 2, kinds
+    # SB3 zips ship only while a zoo run is in progress (its checkpoint); none is since zoo/mario
+    # finished (2026-12-05), so they are checked when present and not counted.
+    assert kinds["pt"] >= 30 and kinds["json"] >= 50 and kinds["hdf5"] >= 1, kinds
 
 
 def test_every_zoo_run_with_a_checkpoint_resumes_from_a_new_format_one(no_unpickling):
@@ -130,7 +132,8 @@ def test_every_zoo_run_with_a_checkpoint_resumes_from_a_new_format_one(no_unpick
     from xrl.train.agent import CHECKPOINT_FORMAT
     from xrl.train.run import latest_checkpoint, load_tensors, read_json, zip_tensors
     runs = sorted(p.parent for p in shipped() if p.name == "checkpoint.json")
-    assert ZOO / "mario" in runs
+    # None ships one now (every zoo run has finished and its checkpoint left the tree); a run
+    # committed in progress, as zoo/mario was until 2026-12-05, is checked here.
     for run in runs:
         where = run.relative_to(ROOT)
         assert not (run / "checkpoint.state").exists(), f"{where} still holds an old pickle checkpoint"
