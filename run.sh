@@ -37,6 +37,10 @@ case "$job" in
              "(sudo apt-get install chromium chromium-driver)" >&2
       fi
     fi
+    # lint and format first (the same checks as .pre-commit-config.yaml): a failure stops here
+    .venv/bin/ruff check --no-cache . || { echo "run.sh: ruff check failed (ruff check --fix . fixes the safe ones)" >&2; exit 1; }
+    .venv/bin/ruff format --no-cache --check . >/dev/null \
+      || { .venv/bin/ruff format --no-cache --check . >&2; echo "run.sh: ruff format --check failed (run: ruff format .)" >&2; exit 1; }
     exec .venv/bin/python -m pytest "$@" ;;
   xrl)  exec .venv/bin/xrl "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test or xrl)" >&2; exit 2 ;;

@@ -7,6 +7,7 @@ Usage::
     python benchmarks/attack_batch.py --agent pong --data results/pong-states.h5 \
         --out benchmarks/results/attack_batch_pong.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def rate(fn, states: torch.Tensor, batch: int, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(states), batch):
-            fn(states[i:i + batch])
+            fn(states[i : i + batch])
         best = min(best, time.perf_counter() - start)
     return len(states) / best
 
@@ -52,14 +53,24 @@ def main() -> None:
         with torch.inference_mode():
             return model(x)
 
-    rows = {"forward (floor)": {1: rate(forward, states, 1, args.repeats),
-                                args.batch: rate(forward, states, args.batch, args.repeats)}}
+    rows = {
+        "forward (floor)": {
+            1: rate(forward, states, 1, args.repeats),
+            args.batch: rate(forward, states, args.batch, args.repeats),
+        }
+    }
     for name in list_attacks():
         attack = get_attack(name, model, eps=args.eps)
         rows[name] = {b: rate(attack, states, b, args.repeats) for b in (1, args.batch)}
-    result = {"agent": args.agent, "n_states": len(states), "batch": args.batch, "eps": args.eps, "threads": 1,
-              "states_per_second": {k: {str(b): v for b, v in r.items()} for k, r in rows.items()},
-              "speedup": {k: r[args.batch] / r[1] for k, r in rows.items()}}
+    result = {
+        "agent": args.agent,
+        "n_states": len(states),
+        "batch": args.batch,
+        "eps": args.eps,
+        "threads": 1,
+        "states_per_second": {k: {str(b): v for b, v in r.items()} for k, r in rows.items()},
+        "speedup": {k: r[args.batch] / r[1] for k, r in rows.items()},
+    }
     write_json(args.out, result)
     print(f"| | states/s, batch 1 | states/s, batch {args.batch} | speed-up |\n|---|---|---|---|")
     for k, r in rows.items():

@@ -11,6 +11,7 @@ is close to the rate of one free core and does not depend on what else runs.
 Training budgets follow from these numbers: PPO on CPU adds the network's cost on top, so the
 env rate is an upper bound for the training rate with one env per core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write_result
+
 from xrl.envs import EXTRAS, env_spec, extra_installed, list_envs, make_env
 
 #: settings timed in addition to the defaults: the ground truth labels
-LABELLED = {"pong": {"labels": True}, "breakout": {"labels": True}, "ms-pacman": {"labels": True}, "red-fetch-green": {},
-            "vizdoom-basic": {"labels": True}, "vizdoom-defend-the-center": {"labels": True},
-            "highway-fast": {"labels": True}}
+LABELLED = {
+    "pong": {"labels": True},
+    "breakout": {"labels": True},
+    "ms-pacman": {"labels": True},
+    "red-fetch-green": {},
+    "vizdoom-basic": {"labels": True},
+    "vizdoom-defend-the-center": {"labels": True},
+    "highway-fast": {"labels": True},
+}
 
 
 def cpu_seconds() -> float:
@@ -62,9 +69,16 @@ def steps_per_second(name: str, settings: dict, seconds: float, seed: int = 0) -
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     spec = env_spec(env)
     env.close()
-    return {"env": name, "settings": spec["settings"], "steps": steps, "episodes_ended": episodes,
-            "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
-            "steps_per_s": round(steps / elapsed, 1), "steps_per_cpu_s": round(steps / cpu, 1)}
+    return {
+        "env": name,
+        "settings": spec["settings"],
+        "steps": steps,
+        "episodes_ended": episodes,
+        "seconds": round(elapsed, 2),
+        "cpu_seconds": round(cpu, 2),
+        "steps_per_s": round(steps / elapsed, 1),
+        "steps_per_cpu_s": round(steps / cpu, 1),
+    }
 
 
 def main() -> None:
@@ -84,16 +98,22 @@ def main() -> None:
                 continue
             row = steps_per_second(name, settings, args.seconds)
             rows.append(row)
-            print(f"{name:26s} labels={bool(settings.get('labels'))!s:5s} {row['steps_per_s']:8.1f} steps/s "
-                  f"{row['steps_per_cpu_s']:8.1f} steps/CPU-s")
+            print(
+                f"{name:26s} labels={bool(settings.get('labels'))!s:5s} {row['steps_per_s']:8.1f} steps/s "
+                f"{row['steps_per_cpu_s']:8.1f} steps/CPU-s"
+            )
     result = {
         "what": "agent steps per wall second and per CPU second (process + children), one env in one "
-                "process, random actions, resets included",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-        "command": "python benchmarks/bench_envs.py --seconds %g" % args.seconds,
-        "results": rows, "skipped": skipped,
+        "process, random actions, resets included",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "command": f"python benchmarks/bench_envs.py --seconds {args.seconds:g}",
+        "results": rows,
+        "skipped": skipped,
     }
     print(f"wrote {write_result('envs', result)}")
 

@@ -15,19 +15,19 @@ Prints the ratios, checks the loop and the batched maps agree, and writes
 
     .venv/bin/python benchmarks/bench_greydanus.py [--states 1] [--repeats 7]
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 
 import torch
+from common import interleaved, nature_cnn_policy, write_result
 from torch import nn
 
 import xrl
 from xrl.explainers.masks import perturbation_masks, upsample_grid
 from xrl.ops import gaussian_blur
-
-from common import interleaved, nature_cnn_policy, write_result
 
 
 @torch.inference_mode()
@@ -51,8 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--states", type=int, default=1, help="states per explain call")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512],
-                        help="perturbed states per forward pass to try (the default is always tried)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256, 512],
+        help="perturbed states per forward pass to try (the default is always tried)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -68,6 +73,7 @@ def main() -> None:
             with torch.inference_mode():
                 for rows in range(0, n_perturbed, bs):
                     model(floor_batch[rows : rows + bs])
+
         return run
 
     candidates = {"loop": lambda: loop_greydanus(model, states), "floor": floor(n_perturbed)}
@@ -87,26 +93,43 @@ def main() -> None:
     batched = best[f"batched/{default_bs}"]
     floor_best = min(v for k, v in best.items() if k.startswith("floor"))
     result = {
-        "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "stride": 5, "radius": 5.0,
-        "states": args.states, "forward_passes": n_perturbed, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "default_batch_size": default_bs, "repeats": args.repeats,
-        "seconds_per_map_min": best, "seconds_per_map_median": median,
+        "model": "nature_cnn + linear(512, 6)",
+        "state_shape": [4, 84, 84],
+        "stride": 5,
+        "radius": 5.0,
+        "states": args.states,
+        "forward_passes": n_perturbed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "default_batch_size": default_bs,
+        "repeats": args.repeats,
+        "seconds_per_map_min": best,
+        "seconds_per_map_median": median,
         "speedup_vs_loop": best["loop"] / batched,
         "ratio_to_floor_one_pass": batched / best["floor"],
         "ratio_to_floor_best_batch": batched / floor_best,
-        "max_abs_diff_vs_loop": max_abs_diff, "agree_with_loop": agree,
+        "max_abs_diff_vs_loop": max_abs_diff,
+        "agree_with_loop": agree,
     }
-    result["meets_targets"] = bool(result["speedup_vs_loop"] >= 5 and result["ratio_to_floor_best_batch"] <= 2
-                                   and result["ratio_to_floor_one_pass"] <= 2 and agree)
+    result["meets_targets"] = bool(
+        result["speedup_vs_loop"] >= 5
+        and result["ratio_to_floor_best_batch"] <= 2
+        and result["ratio_to_floor_one_pass"] <= 2
+        and agree
+    )
 
-    print(f"greydanus, Nature CNN, {args.states} x (4, 84, 84), stride 5 -> {n_perturbed} forward passes, "
-          f"{torch.get_num_threads()} threads; ms per map, min (median) of {args.repeats} interleaved rounds")
+    print(
+        f"greydanus, Nature CNN, {args.states} x (4, 84, 84), stride 5 -> {n_perturbed} forward passes, "
+        f"{torch.get_num_threads()} threads; ms per map, min (median) of {args.repeats} interleaved rounds"
+    )
     for name in best:
         print(f"  {name:12s} {best[name] * 1e3:9.1f} ({median[name] * 1e3:.1f})")
-    print(f"  default batch_size={default_bs}: speed-up vs loop {result['speedup_vs_loop']:.1f}x (target >= 5); "
-          f"batched / floor: one pass {result['ratio_to_floor_one_pass']:.2f}, best batch "
-          f"{result['ratio_to_floor_best_batch']:.2f} (target <= 2); agree with loop: {agree} "
-          f"(max |diff| {max_abs_diff:.2e})")
+    print(
+        f"  default batch_size={default_bs}: speed-up vs loop {result['speedup_vs_loop']:.1f}x (target >= 5); "
+        f"batched / floor: one pass {result['ratio_to_floor_one_pass']:.2f}, best batch "
+        f"{result['ratio_to_floor_best_batch']:.2f} (target <= 2); agree with loop: {agree} "
+        f"(max |diff| {max_abs_diff:.2e})"
+    )
 
     print(f"wrote {write_result('greydanus', result)}")
 

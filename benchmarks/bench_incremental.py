@@ -15,6 +15,7 @@ difference between the incremental and the dense maps (target <= 1e-4), and writ
 
     .venv/bin/python benchmarks/bench_incremental.py [--states 4] [--repeats 7] [--threads 1,2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,10 @@ import os
 import statistics
 
 import torch
+from common import interleaved, nature_cnn_policy, write_result
 
 import xrl
 from xrl.ops import tune_malloc
-
-from common import interleaved, nature_cnn_policy, write_result
 
 
 def main() -> None:
@@ -50,29 +50,52 @@ def main() -> None:
         def run():
             with torch.inference_mode():
                 for start in range(0, rows, size):
-                    model(batch[start:start + size])
+                    model(batch[start : start + size])
+
         return run
 
-    result = {"model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "window": 8, "stride": 4,
-              "states": args.states, "rows": rows, "torch": torch.__version__, "repeats": args.repeats,
-              "malloc": "tuned" if tuned else "default", "load_average_at_start": os.getloadavg(),
-              "max_abs_diff_vs_dense": max_diff, "peak_abs_value": peak, "by_threads": {}}
+    result = {
+        "model": "nature_cnn + linear(512, 6)",
+        "state_shape": [4, 84, 84],
+        "window": 8,
+        "stride": 4,
+        "states": args.states,
+        "rows": rows,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "malloc": "tuned" if tuned else "default",
+        "load_average_at_start": os.getloadavg(),
+        "max_abs_diff_vs_dense": max_diff,
+        "peak_abs_value": peak,
+        "by_threads": {},
+    }
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
-        times = interleaved({"incremental": lambda: fast.explain_all(states), "dense": lambda: dense.explain_all(states),
-                             "floor/all": floor(rows), f"floor/{dense.batch_size}": floor(dense.batch_size)},
-                            args.repeats)
+        times = interleaved(
+            {
+                "incremental": lambda: fast.explain_all(states),
+                "dense": lambda: dense.explain_all(states),
+                "floor/all": floor(rows),
+                f"floor/{dense.batch_size}": floor(dense.batch_size),
+            },
+            args.repeats,
+        )
         median = {k: statistics.median(v) / args.states for k, v in times.items()}
         best_floor = min(v for k, v in median.items() if k.startswith("floor"))
-        row = {"seconds_per_map_median": median, "seconds_per_map_min": {k: min(v) / args.states for k, v in times.items()},
-               "floor_over_incremental": best_floor / median["incremental"],
-               "dense_over_incremental": median["dense"] / median["incremental"],
-               "dense_over_floor": median["dense"] / best_floor}
+        row = {
+            "seconds_per_map_median": median,
+            "seconds_per_map_min": {k: min(v) / args.states for k, v in times.items()},
+            "floor_over_incremental": best_floor / median["incremental"],
+            "dense_over_incremental": median["dense"] / median["incremental"],
+            "dense_over_floor": median["dense"] / best_floor,
+        }
         result["by_threads"][threads] = row
-        print(f"{threads} thread(s): ms per map (median of {args.repeats}) "
-              + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in median.items())
-              + f"; floor / incremental {row['floor_over_incremental']:.2f} (target >= 1.5), "
-              f"dense / incremental {row['dense_over_incremental']:.2f}")
+        print(
+            f"{threads} thread(s): ms per map (median of {args.repeats}) "
+            + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in median.items())
+            + f"; floor / incremental {row['floor_over_incremental']:.2f} (target >= 1.5), "
+            f"dense / incremental {row['dense_over_incremental']:.2f}"
+        )
     result["load_average_at_end"] = os.getloadavg()
     print(f"max |incremental - dense| = {max_diff:.2e} (maps peak at {peak:.2e}; target <= 1e-4)")
     print(f"wrote {write_result('incremental', result)}")

@@ -9,6 +9,7 @@ of ``batch_size``), interleaved, median of ``--repeats``, and reads user and sys
 
     .venv/bin/python benchmarks/bench_malloc.py [--methods greydanus,occlusion,rise] [--states 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,17 @@ import time
 
 import torch
 
-SETTINGS = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824",
-            "MALLOC_TOP_PAD_": "268435456"}
+SETTINGS = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "1073741824",
+    "MALLOC_TOP_PAD_": "268435456",
+}
 
 
 def child(methods: list[str], states_n: int, repeats: int) -> dict:
-    import xrl
     from common import nature_cnn_policy
+
+    import xrl
 
     torch.manual_seed(0)
     model = nature_cnn_policy()
@@ -60,10 +65,13 @@ def child(methods: list[str], states_n: int, repeats: int) -> dict:
                 wall[k].append(time.perf_counter() - t0)
                 r1 = resource.getrusage(resource.RUSAGE_SELF)
                 cpu[k].append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime))
-        out[name] = {"rows": n, "ratio_to_floor": statistics.median(wall["xrl"]) / statistics.median(wall["floor"]),
-                     "seconds_per_map": {k: statistics.median(v) / states_n for k, v in wall.items()},
-                     "user_seconds": {k: statistics.median(u for u, _ in v) for k, v in cpu.items()},
-                     "system_seconds": {k: statistics.median(s for _, s in v) for k, v in cpu.items()}}
+        out[name] = {
+            "rows": n,
+            "ratio_to_floor": statistics.median(wall["xrl"]) / statistics.median(wall["floor"]),
+            "seconds_per_map": {k: statistics.median(v) / states_n for k, v in wall.items()},
+            "user_seconds": {k: statistics.median(u for u, _ in v) for k, v in cpu.items()},
+            "system_seconds": {k: statistics.median(s for _, s in v) for k, v in cpu.items()},
+        }
     return out
 
 
@@ -83,16 +91,39 @@ def main() -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     runs = {}
     for label, env in (("default", clean), ("tuned", {**clean, **SETTINGS})):
-        proc = subprocess.run([sys.executable, __file__, "--child", "--methods", args.methods, "--states",
-                               str(args.states), "--repeats", str(args.repeats)],
-                              env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(__file__))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--methods",
+                args.methods,
+                "--states",
+                str(args.states),
+                "--repeats",
+                str(args.repeats),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(__file__),
+        )
         runs[label] = json.loads(proc.stdout.strip().splitlines()[-1])
         for name, r in runs[label].items():
-            print(f"{label:8s} {name:10s} ratio to floor {r['ratio_to_floor']:.2f}  "
-                  f"sys/user s: xrl {r['system_seconds']['xrl']:.2f}/{r['user_seconds']['xrl']:.2f}, "
-                  f"floor {r['system_seconds']['floor']:.2f}/{r['user_seconds']['floor']:.2f}")
-    result = {"threads": torch.get_num_threads(), "states": args.states, "repeats": args.repeats,
-              "load_average_at_end": os.getloadavg(), "settings": SETTINGS, "runs": runs}
+            print(
+                f"{label:8s} {name:10s} ratio to floor {r['ratio_to_floor']:.2f}  "
+                f"sys/user s: xrl {r['system_seconds']['xrl']:.2f}/{r['user_seconds']['xrl']:.2f}, "
+                f"floor {r['system_seconds']['floor']:.2f}/{r['user_seconds']['floor']:.2f}"
+            )
+    result = {
+        "threads": torch.get_num_threads(),
+        "states": args.states,
+        "repeats": args.repeats,
+        "load_average_at_end": os.getloadavg(),
+        "settings": SETTINGS,
+        "runs": runs,
+    }
     print(f"wrote {write_result('malloc', result)}")
 
 

@@ -27,19 +27,19 @@ applies).
 ``--methods a,b`` reruns those methods and keeps the other rows of ``results/methods.json``
 (each row says whether it comes from this run or an earlier one).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+from common import RESULTS, interleaved, nature_cnn_policy, write_result
 
 import xrl
-
-from common import RESULTS, interleaved, nature_cnn_policy, write_result
 
 
 class RowCounter:
@@ -72,12 +72,14 @@ def floor(model: xrl.Model, nograd_rows: int, grad_rows: int, batch_size: int) -
         for start in range(0, grad_rows, batch_size):
             x = grad[: min(batch_size, grad_rows - start)].clone().requires_grad_(True)
             torch.autograd.grad(model(x)[:, 0].sum(), x)  # input gradient only, as the methods need
+
     return run
 
 
 def captum_counterpart(name: str, explainer, model: xrl.Model, states: torch.Tensor, targets: torch.Tensor):
     """Captum's implementation of ``name`` with ``explainer``'s settings, or None."""
     from captum import attr
+
     net = model
     bs = explainer.batch_size
     if name == "gradient":
@@ -90,27 +92,39 @@ def captum_counterpart(name: str, explainer, model: xrl.Model, states: torch.Ten
         def cam():
             maps = attr.LayerGradCam(net, layer).attribute(states, target=targets)
             return attr.LayerAttribution.interpolate(maps, states.shape[-2:], "bilinear")
+
         return cam
     if name == "integrated_gradients":
         return lambda: attr.IntegratedGradients(net).attribute(
-            states, baselines=0.0, target=targets, n_steps=explainer.n_steps, internal_batch_size=bs)
+            states, baselines=0.0, target=targets, n_steps=explainer.n_steps, internal_batch_size=bs
+        )
     if name == "smoothgrad":
         return lambda: attr.NoiseTunnel(attr.Saliency(net)).attribute(
-            states.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=explainer.n_samples,
-            nt_samples_batch_size=max(1, bs // states.shape[0]), stdevs=explainer.sigma, target=targets)
+            states.clone().requires_grad_(),
+            nt_type="smoothgrad",
+            nt_samples=explainer.n_samples,
+            nt_samples_batch_size=max(1, bs // states.shape[0]),
+            stdevs=explainer.sigma,
+            target=targets,
+        )
     if name == "occlusion" and hasattr(explainer, "window"):
         c = states.shape[1]
         return lambda: attr.Occlusion(net).attribute(
-            states, sliding_window_shapes=(c, explainer.window, explainer.window),
-            strides=(c, explainer.stride, explainer.stride), baselines=0.0, target=targets,
-            perturbations_per_eval=bs)
+            states,
+            sliding_window_shapes=(c, explainer.window, explainer.window),
+            strides=(c, explainer.stride, explainer.stride),
+            baselines=0.0,
+            target=targets,
+            perturbations_per_eval=bs,
+        )
     if name == "lime" and hasattr(explainer, "n_samples"):
         return None  # Captum's Lime needs a feature mask per state; compared in the lime tests instead
     return None
 
 
-def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, targets: torch.Tensor,
-                repeats: int) -> dict:
+def time_method(
+    name: str, explainer, model: xrl.Model, states: torch.Tensor, targets: torch.Tensor, repeats: int
+) -> dict:
     """Time per map of ``explainer`` next to its floor and Captum's counterpart; prints a row."""
     counter = RowCounter(model.net)
     explainer.explain(states, targets)
@@ -118,8 +132,10 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
     chunk = explainer.batch_size
     if name in STEPWISE:  # each step needs the previous one: at most the chunk's states per call
         chunk = min(chunk, states.shape[0])
-    candidates = {"xrl": lambda: explainer.explain(states, targets),
-                  "floor": floor(model, counter.nograd_rows, counter.grad_rows, chunk)}
+    candidates = {
+        "xrl": lambda: explainer.explain(states, targets),
+        "floor": floor(model, counter.nograd_rows, counter.grad_rows, chunk),
+    }
     theirs = captum_counterpart(name, explainer, model, states, targets)
     if theirs is not None:
         candidates["captum"] = theirs
@@ -129,18 +145,29 @@ def time_method(name: str, explainer, model: xrl.Model, states: torch.Tensor, ta
     row = {
         "seconds_per_map": per_map,
         "seconds_per_map_median": {k: statistics.median(v) / n for k, v in times.items()},
-        "forward_rows": counter.nograd_rows, "forward_backward_rows": counter.grad_rows,
+        "forward_rows": counter.nograd_rows,
+        "forward_backward_rows": counter.grad_rows,
         "ratio_to_floor": per_map["xrl"] / per_map["floor"] if counter.nograd_rows + counter.grad_rows else None,
-        "ratio_to_floor_median": (statistics.median(times["xrl"]) / statistics.median(times["floor"])
-                                  if counter.nograd_rows + counter.grad_rows else None),
+        "ratio_to_floor_median": (
+            statistics.median(times["xrl"]) / statistics.median(times["floor"])
+            if counter.nograd_rows + counter.grad_rows
+            else None
+        ),
         "ratio_to_captum": per_map["xrl"] / per_map["captum"] if "captum" in per_map else None,
         "perturbation": counter.grad_rows == 0,
-        "batch_size": explainer.batch_size, "floor_rows_per_call": chunk,
+        "batch_size": explainer.batch_size,
+        "floor_rows_per_call": chunk,
     }
-    cap = f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}" if "captum" in per_map else f"{'-':>9s} {'-':>10s}"
+    cap = (
+        f"{per_map['captum'] * 1e3:9.2f} {row['ratio_to_captum']:10.2f}"
+        if "captum" in per_map
+        else f"{'-':>9s} {'-':>10s}"
+    )
     ratio = f"{row['ratio_to_floor']:9.2f}" if row["ratio_to_floor"] is not None else f"{'-':>9s}"
-    print(f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
-          f"{ratio} {cap}  ({counter.nograd_rows}, {counter.grad_rows})")
+    print(
+        f"  {name:22s} {per_map['xrl'] * 1e3:9.2f} {per_map['floor'] * 1e3:9.2f} "
+        f"{ratio} {cap}  ({counter.nograd_rows}, {counter.grad_rows})"
+    )
     return row
 
 
@@ -151,12 +178,15 @@ STEPWISE = ("extremal_perturbation",)
 PERTURBATION = ("occlusion", "greydanus", "sarfa", "rise", "lime", "extremal_perturbation")
 
 
-def time_methods(names: list[str], model: xrl.Model, states: torch.Tensor, targets: torch.Tensor,
-                 repeats: int) -> dict:
+def time_methods(names: list[str], model: xrl.Model, states: torch.Tensor, targets: torch.Tensor, repeats: int) -> dict:
     rows = {}
-    print(f"Nature CNN, {len(states)} x (4, 84, 84), {torch.get_num_threads()} threads; "
-          f"ms per map (min of {repeats} interleaved rounds)")
-    print(f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)")
+    print(
+        f"Nature CNN, {len(states)} x (4, 84, 84), {torch.get_num_threads()} threads; "
+        f"ms per map (min of {repeats} interleaved rounds)"
+    )
+    print(
+        f"  {'method':22s} {'xrl':>9s} {'floor':>9s} {'xrl/floor':>9s} {'captum':>9s} {'xrl/captum':>10s}  rows(fwd, fwd+bwd)"
+    )
     attention_model = None
     for name in names:
         cls, target_model, settings = xrl.explainers.EXPLAINERS.get(name), model, {}
@@ -169,9 +199,11 @@ def time_methods(names: list[str], model: xrl.Model, states: torch.Tensor, targe
             # learned explainers: an untrained network of the default architecture costs what a
             # trained one does (one forward pass for all actions)
             from xrl.agents.mask_nets import MaskNetwork
+
             settings = {"network": MaskNetwork.for_model(model, method=cls.method, reference="black")}
-        rows[name] = time_method(name, xrl.get_explainer(name, target_model, **settings), target_model, states,
-                                 targets, repeats)
+        rows[name] = time_method(
+            name, xrl.get_explainer(name, target_model, **settings), target_model, states, targets, repeats
+        )
         if target_model is attention_model:
             rows[name]["model"] = "sparse_fls + linear(512, 6)"
     return rows
@@ -181,16 +213,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--states", type=int, default=16, help="states per explain call")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated; 'perturbation' = the perturbation family; default every registered method")
-    parser.add_argument("--threads", default=None,
-                        help="comma-separated thread counts, each timed in this process (default: torch's); "
-                             "results go to results/methods_threads.json")
-    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                        help="tuned: xrl.ops.tune_malloc() as the CLI does; default: glibc's own settings")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated; 'perturbation' = the perturbation family; default every registered method",
+    )
+    parser.add_argument(
+        "--threads",
+        default=None,
+        help="comma-separated thread counts, each timed in this process (default: torch's); "
+        "results go to results/methods_threads.json",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: xrl.ops.tune_malloc() as the CLI does; default: glibc's own settings",
+    )
     args = parser.parse_args()
 
     from xrl.ops import tune_malloc
+
     tuned = tune_malloc() if args.malloc == "tuned" else False
     warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's, every call
     torch.manual_seed(0)
@@ -205,13 +248,18 @@ def main() -> None:
 
     if args.threads:
         import os
+
         per_threads = {}
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
             per_threads[threads] = time_methods(names, model, states, targets, args.repeats)
         result = {
-            "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
-            "torch": torch.__version__, "repeats": args.repeats, "malloc": "tuned" if tuned else "default",
+            "model": "nature_cnn + linear(512, 6)",
+            "state_shape": [4, 84, 84],
+            "states": args.states,
+            "torch": torch.__version__,
+            "repeats": args.repeats,
+            "malloc": "tuned" if tuned else "default",
             "load_average_at_start": os.getloadavg(),
             "ratio_to_floor": {t: {n: r["ratio_to_floor"] for n, r in rows.items()} for t, rows in per_threads.items()},
             "by_threads": per_threads,
@@ -224,18 +272,25 @@ def main() -> None:
     previous = RESULTS / "methods.json"
     if args.methods and previous.exists():  # a rerun of some methods keeps the others' rows
         kept = json.loads(previous.read_text())["methods"]
-        rows = {**{k: {**v, "run": v.get("run", "earlier run")} for k, v in kept.items()},
-                **{k: {**v, "run": "this run"} for k, v in rows.items()}}
+        rows = {
+            **{k: {**v, "run": v.get("run", "earlier run")} for k, v in kept.items()},
+            **{k: {**v, "run": "this run"} for k, v in rows.items()},
+        }
         rows = dict(sorted(rows.items()))
     perturbation = {n: r for n, r in rows.items() if r["perturbation"] and r["forward_rows"] > 0}
     result = {
-        "model": "nature_cnn + linear(512, 6)", "state_shape": [4, 84, 84], "states": args.states,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
+        "model": "nature_cnn + linear(512, 6)",
+        "state_shape": [4, 84, 84],
+        "states": args.states,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
         "malloc": "tuned" if tuned else "default",
         "methods": rows,
         "perturbation_within_2x_of_floor": {n: r["ratio_to_floor"] <= 2 for n, r in perturbation.items()},
-        "not_slower_than_captum": {n: r["ratio_to_captum"] <= 1 for n, r in rows.items()
-                                   if r["ratio_to_captum"] is not None},
+        "not_slower_than_captum": {
+            n: r["ratio_to_captum"] <= 1 for n, r in rows.items() if r["ratio_to_captum"] is not None
+        },
     }
     print(f"wrote {write_result('methods', result)}")
 

@@ -11,15 +11,16 @@ workers' CPU time. Run::
     xrl bench quick --out /tmp/quick && .venv/bin/python benchmarks/bench_quick_time.py /tmp/quick
     .venv/bin/python benchmarks/bench_quick_time.py /tmp/quick --run --processes 2   # the demo's way
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
 
-from xrl.bench import load_results
-
 from common import write_result
+
+from xrl.bench import load_results
 
 
 def main() -> None:
@@ -49,9 +50,16 @@ def main() -> None:
     print("share of job time: " + ", ".join(f"{s} {totals[s] / jobs:.0%}" for s in steps))
     if timing:
         print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in timing.items()))
-    result = {"note": args.note, "results": os.path.abspath(args.results), "spec": doc["spec"].get("name"),
-              "run": timing, "jobs_seconds": jobs,
-              "seconds_by_step_total": totals, "share": {s: totals[s] / jobs for s in steps}, "jobs": table}
+    result = {
+        "note": args.note,
+        "results": os.path.abspath(args.results),
+        "spec": doc["spec"].get("name"),
+        "run": timing,
+        "jobs_seconds": jobs,
+        "seconds_by_step_total": totals,
+        "share": {s: totals[s] / jobs for s in steps},
+        "jobs": table,
+    }
     print(f"wrote {write_result(args.name, result)}")
 
 
@@ -67,19 +75,33 @@ def run_quick(name: str, out: str, processes: int) -> dict:
     spec = load_spec(name)  # loads the agents
     for agent in spec.agents:
         for seed in spec.seeds if agent.data is None else ():
-            collect(spec.models[agent.name], episodes=agent.episodes, out=data_path(out, spec, agent.name, seed),
-                    env=agent.env, env_settings=agent.env_settings, seed=seed, max_steps=agent.max_steps,
-                    sample=agent.sample, progress=False)
+            collect(
+                spec.models[agent.name],
+                episodes=agent.episodes,
+                out=data_path(out, spec, agent.name, seed),
+                env=agent.env,
+                env_settings=agent.env_settings,
+                seed=seed,
+                max_steps=agent.max_steps,
+                sample=agent.sample,
+                progress=False,
+            )
     setup = time.perf_counter() - started
     cpu = os.times()
     started = time.perf_counter()
     run_bench(spec, out, processes=processes, progress=False)
     wall = time.perf_counter() - started
     after = os.times()
-    return {"setup_seconds": setup, "jobs_wall_seconds": wall, "processes": processes,
-            "jobs_cpu_seconds": (after.user - cpu.user) + (after.system - cpu.system)
-            + (after.children_user - cpu.children_user) + (after.children_system - cpu.children_system),
-            "load_average_at_end": list(os.getloadavg())}
+    return {
+        "setup_seconds": setup,
+        "jobs_wall_seconds": wall,
+        "processes": processes,
+        "jobs_cpu_seconds": (after.user - cpu.user)
+        + (after.system - cpu.system)
+        + (after.children_user - cpu.children_user)
+        + (after.children_system - cpu.children_system),
+        "load_average_at_end": list(os.getloadavg()),
+    }
 
 
 if __name__ == "__main__":

@@ -25,39 +25,50 @@ process. The benchmark therefore also records ``parallel_capacity``: the total w
 processes of this session over one, before and after — the best speed-up any executor could
 reach at the time.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import ray
 import torch
+from common import write_result
 
 import xrl
 from xrl.bench import load_results, parse_spec, run_bench
 from xrl.bench.runner import start_local_ray
 from xrl.data.collect import collect
 
-from common import write_result
-
-CPU_METHODS = {"greydanus": {"radius": 4, "stride": 4}, "occlusion": {}, "rise": {"n_masks": 600},
-               "sarfa": {"radius": 4, "stride": 4}}
+CPU_METHODS = {
+    "greydanus": {"radius": 4, "stride": 4},
+    "occlusion": {},
+    "rise": {"n_masks": 600},
+    "sarfa": {"radius": 4, "stride": 4},
+}
 CPU_SEEDS = [0, 1, 2]
 
 
-def grid(data: Path, *, methods: dict, metrics: dict, seeds: list[int], n_states: int,
-         threads: int = 1):
-    return parse_spec({
-        "name": "bench-ray", "seeds": seeds, "n_states": n_states, "threads": threads, "gallery": 1,
-        "methods": list(methods), "metrics": list(metrics),
-        "method_settings": {m: s for m, s in methods.items() if s},
-        "metric_settings": {m: s for m, s in metrics.items() if s},
-        "agents": [{"agent": "red-fetch-green", "data": str(data)}]})
+def grid(data: Path, *, methods: dict, metrics: dict, seeds: list[int], n_states: int, threads: int = 1):
+    return parse_spec(
+        {
+            "name": "bench-ray",
+            "seeds": seeds,
+            "n_states": n_states,
+            "threads": threads,
+            "gallery": 1,
+            "methods": list(methods),
+            "metrics": list(metrics),
+            "method_settings": {m: s for m, s in methods.items() if s},
+            "metric_settings": {m: s for m, s in metrics.items() if s},
+            "agents": [{"agent": "red-fetch-green", "data": str(data)}],
+        }
+    )
 
 
 def _autogroup() -> str:
@@ -82,6 +93,7 @@ def parallel_capacity(seconds: float = 3.0) -> float:
     executor can reach here right now (about 2 on two free cores, about 1 when this session
     gets one core)."""
     import multiprocessing as mp
+
     totals = []
     for k in (1, 2):
         q = mp.Queue()
@@ -116,12 +128,24 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_ray"))
     model = xrl.load_agent("red-fetch-green")
     data = collect(model, episodes=8, out=work / "states.h5", progress=False)
-    cpu = grid(data, methods=CPU_METHODS, metrics={"deletion": {}, "insertion": {}, "sparseness": {}},
-               seeds=CPU_SEEDS, n_states=16)
-    cpu2 = grid(data, methods=CPU_METHODS, metrics={"deletion": {}, "insertion": {}, "sparseness": {}},
-                seeds=CPU_SEEDS, n_states=16, threads=2)
-    trivial = grid(data, methods={"random": {}}, metrics={"sparseness": {}},
-                   seeds=list(range(args.trivial_jobs)), n_states=1)
+    cpu = grid(
+        data,
+        methods=CPU_METHODS,
+        metrics={"deletion": {}, "insertion": {}, "sparseness": {}},
+        seeds=CPU_SEEDS,
+        n_states=16,
+    )
+    cpu2 = grid(
+        data,
+        methods=CPU_METHODS,
+        metrics={"deletion": {}, "insertion": {}, "sparseness": {}},
+        seeds=CPU_SEEDS,
+        n_states=16,
+        threads=2,
+    )
+    trivial = grid(
+        data, methods={"random": {}}, metrics={"sparseness": {}}, seeds=list(range(args.trivial_jobs)), n_states=1
+    )
 
     start = time.perf_counter()
     start_local_ray(2)
@@ -130,8 +154,9 @@ def main() -> None:
     timed(trivial, work / "warm-ray", "auto")
     timed(trivial, work / "warm", None)
 
-    times: dict[str, list[float]] = {k: [] for k in ("cpu/in_process", "cpu/in_process_2_threads", "cpu/ray",
-                                                     "trivial/in_process", "trivial/ray")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("cpu/in_process", "cpu/in_process_2_threads", "cpu/ray", "trivial/in_process", "trivial/ray")
+    }
     for r in range(args.repeats):
         times["cpu/in_process"].append(timed(cpu, work / "a", None))
         times["cpu/ray"].append(timed(cpu, work / "b", "auto"))
@@ -150,33 +175,51 @@ def main() -> None:
     speedup = best["cpu/in_process"] / best["cpu/ray"]
     per_job = {"in_process": best["trivial/in_process"] / n_trivial, "ray": best["trivial/ray"] / n_trivial}
     result = {
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start,
-                    "load_average_at_end": os.getloadavg(), "sched_autogroup": _autogroup()},
-        "torch": torch.__version__, "ray": ray.__version__, "repeats": args.repeats,
-        "cpu_grid": {"jobs": n_cpu, "methods": CPU_METHODS, "seeds": CPU_SEEDS, "n_states": 16,
-                     "metrics": ["deletion", "insertion", "sparseness"]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
+            "sched_autogroup": _autogroup(),
+        },
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "repeats": args.repeats,
+        "cpu_grid": {
+            "jobs": n_cpu,
+            "methods": CPU_METHODS,
+            "seeds": CPU_SEEDS,
+            "n_states": 16,
+            "metrics": ["deletion", "insertion", "sparseness"],
+        },
         "trivial_grid": {"jobs": n_trivial, "method": "random", "metric": "sparseness", "n_states": 1},
         "ray_init_seconds": ray_start,
-        "seconds": times, "seconds_min": best,
+        "seconds": times,
+        "seconds_min": best,
         "speedup_ray_2_workers_vs_in_process": speedup,
         "speedup_per_repeat": paired,
         "speedup_median_of_repeats": statistics.median(paired),
         "speedup_ray_2_workers_vs_in_process_2_threads": best["cpu/in_process_2_threads"] / best["cpu/ray"],
-        "target_speedup": 1.6, "target_met": speedup >= 1.6,
+        "target_speedup": 1.6,
+        "target_met": speedup >= 1.6,
         "parallel_capacity_before_after": capacity,
         "seconds_per_trivial_job": per_job,
         "ray_overhead_per_job_seconds": per_job["ray"] - per_job["in_process"],
         "ray_vs_in_process_per_trivial_job": per_job["ray"] / per_job["in_process"],
     }
     path = write_result("bench_ray", result)
-    print(f"cpu grid ({n_cpu} jobs): in process {best['cpu/in_process']:.1f} s, with 2 threads "
-          f"{best['cpu/in_process_2_threads']:.1f} s, Ray 2 workers {best['cpu/ray']:.1f} s -> "
-          f"{speedup:.2f}x (target 1.6x: {'met' if speedup >= 1.6 else 'NOT met'}); per repeat "
-          + ", ".join(f"{x:.2f}x" for x in paired) + f"; load average {load_at_start[0]:.1f} at start; "
-          f"two busy processes do {capacity[0]:.2f}x / {capacity[1]:.2f}x the work of one here (before/after)")
-    print(f"trivial jobs ({n_trivial}): {per_job['in_process'] * 1000:.1f} ms per job in process, "
-          f"{per_job['ray'] * 1000:.1f} ms on Ray (+{result['ray_overhead_per_job_seconds'] * 1000:.1f} ms); "
-          f"ray.init {ray_start:.1f} s")
+    print(
+        f"cpu grid ({n_cpu} jobs): in process {best['cpu/in_process']:.1f} s, with 2 threads "
+        f"{best['cpu/in_process_2_threads']:.1f} s, Ray 2 workers {best['cpu/ray']:.1f} s -> "
+        f"{speedup:.2f}x (target 1.6x: {'met' if speedup >= 1.6 else 'NOT met'}); per repeat "
+        + ", ".join(f"{x:.2f}x" for x in paired)
+        + f"; load average {load_at_start[0]:.1f} at start; "
+        f"two busy processes do {capacity[0]:.2f}x / {capacity[1]:.2f}x the work of one here (before/after)"
+    )
+    print(
+        f"trivial jobs ({n_trivial}): {per_job['in_process'] * 1000:.1f} ms per job in process, "
+        f"{per_job['ray'] * 1000:.1f} ms on Ray (+{result['ray_overhead_per_job_seconds'] * 1000:.1f} ms); "
+        f"ray.init {ray_start:.1f} s"
+    )
     print(f"wrote {path}")
 
 

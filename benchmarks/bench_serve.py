@@ -16,6 +16,7 @@ Writes ``benchmarks/results/serve.json`` and ``serve.md``. Run (one core, one th
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_serve.py [--frames 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ import tempfile
 import time
 
 import torch
-
 from common import RESULTS, write_with_table
 
 CASES = [  # (label, agent, method, frames cap)
@@ -72,9 +72,13 @@ class Client:
 
 def summary(times: list[float]) -> dict:
     ms = sorted(1000 * t for t in times)
-    return {"n": len(ms), "median_ms": round(statistics.median(ms), 1),
-            "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 1), "mean_ms": round(statistics.fmean(ms), 1),
-            "max_ms": round(ms[-1], 1)}
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 1),
+        "p90_ms": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+        "max_ms": round(ms[-1], 1),
+    }
 
 
 def frames_of(client: Client, agent: str, n: int) -> list[tuple[int, int]]:
@@ -89,8 +93,24 @@ def frames_of(client: Client, agent: str, n: int) -> list[tuple[int, int]]:
 
 def start_server(cache: str) -> tuple[subprocess.Popen, int]:
     """``xrl serve --port 0`` in a child process (same CPU affinity) and the port it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "xrl.cli", "serve", "--agent", "red-fetch-green", "--port", "0",
-                             "--cache", cache, "--max-steps", "100"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xrl.cli",
+            "serve",
+            "--agent",
+            "red-fetch-green",
+            "--port",
+            "0",
+            "--cache",
+            cache,
+            "--max-steps",
+            "100",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if m := re.search(r"open http://127\.0\.0\.1:(\d+)/", line):
             return proc, int(m.group(1))
@@ -103,18 +123,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_server(tmp)
-        result = {"command": "OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_serve.py "
-                             f"--frames {args.frames}", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                  "cpus": os.cpu_count(),
-                  "affinity": sorted(os.sched_getaffinity(0)), "load_average_at_start": os.getloadavg(),
-                  "torch": torch.__version__, "frames": args.frames, "cases": {}}
+        result = {
+            "command": "OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_serve.py "
+            f"--frames {args.frames}",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "load_average_at_start": os.getloadavg(),
+            "torch": torch.__version__,
+            "frames": args.frames,
+            "cases": {},
+        }
         try:
             client = Client(port)
             for label, agent, method, cap in CASES:
                 warm, *frames = frames_of(client, agent, 1 + (cap or args.frames))
                 # warm-up on a frame not timed: the lanes' copies of the agent and the explainer are
                 # built once per server
-                client.settled("POST", "/api/saliency", {"agent": agent, "seed": warm[0], "t": warm[1], "method": method})
+                client.settled(
+                    "POST", "/api/saliency", {"agent": agent, "seed": warm[0], "t": warm[1], "method": method}
+                )
                 fresh, cached, pokes, shown = [], [], [], []
                 for seed, t in frames:
                     body = {"agent": agent, "seed": seed, "t": t, "method": method}
@@ -122,28 +150,43 @@ def main() -> None:
                     cached.append(client.settled("POST", "/api/saliency", body)[1])
                     if cap is None:
                         rect = {"x0": 0.3, "y0": 0.3, "x1": 0.6, "y1": 0.6, "kind": "blur"}
-                        pokes.append(client.settled("POST", "/api/probabilities",
-                                                    {"agent": agent, "seed": seed, "t": t, "rects": [rect]})[1])
+                        pokes.append(
+                            client.settled(
+                                "POST", "/api/probabilities", {"agent": agent, "seed": seed, "t": t, "rects": [rect]}
+                            )[1]
+                        )
                         shown.append(client.settled("GET", f"/api/frame?agent={agent}&seed={seed}&t={t}")[1])
-                case = {"agent": agent, "method": method, "saliency": summary(fresh), "saliency_cached": summary(cached)}
+                case = {
+                    "agent": agent,
+                    "method": method,
+                    "saliency": summary(fresh),
+                    "saliency_cached": summary(cached),
+                }
                 if pokes:
                     case["poke_probabilities"] = summary(pokes)
                     case["frame"] = summary(shown)
                 result["cases"][label] = case
-                print(f"{label:28s} map {case['saliency']['median_ms']:8.1f} ms median "
-                      f"(p90 {case['saliency']['p90_ms']:.1f}), cached {case['saliency_cached']['median_ms']:.1f} ms"
-                      + (f", poke {case['poke_probabilities']['median_ms']:.1f} ms" if pokes else ""), flush=True)
+                print(
+                    f"{label:28s} map {case['saliency']['median_ms']:8.1f} ms median "
+                    f"(p90 {case['saliency']['p90_ms']:.1f}), cached {case['saliency_cached']['median_ms']:.1f} ms"
+                    + (f", poke {case['poke_probabilities']['median_ms']:.1f} ms" if pokes else ""),
+                    flush=True,
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     result["load_average_at_end"] = os.getloadavg()
-    lines = ["| method (agent) | map, not cached: median / p90 ms | cached map ms | poke (new probabilities) ms | frame ms |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| method (agent) | map, not cached: median / p90 ms | cached map ms | poke (new probabilities) ms | frame ms |",
+        "|---|---|---|---|---|",
+    ]
     for label, case in result["cases"].items():
         s, c = case["saliency"], case["saliency_cached"]
         p, f = case.get("poke_probabilities"), case.get("frame")
-        lines.append(f"| {label} ({case['agent']}) | {s['median_ms']} / {s['p90_ms']} (n={s['n']}) | {c['median_ms']} | "
-                     f"{p['median_ms'] if p else '–'} | {f['median_ms'] if f else '–'} |")
+        lines.append(
+            f"| {label} ({case['agent']}) | {s['median_ms']} / {s['p90_ms']} (n={s['n']}) | {c['median_ms']} | "
+            f"{p['median_ms'] if p else '–'} | {f['median_ms'] if f else '–'} |"
+        )
     write_with_table(RESULTS / "serve.json", result, lines)
 
 

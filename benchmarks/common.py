@@ -1,4 +1,5 @@
 """Shared by the benchmarks: the Nature-CNN policy they time, interleaved timing, atomic results."""
+
 from __future__ import annotations
 
 import json
@@ -54,6 +55,7 @@ def write_with_table(out: str | os.PathLike, result: dict, lines: list[str]) -> 
     """``result`` as JSON at ``out`` and ``lines`` (a Markdown table) beside it as ``.md``,
     both atomically, and the table printed."""
     from xrl.files import atomic_path, write_json
+
     out = Path(out)
     write_json(out, result)
     with atomic_path(out.with_suffix(".md")) as tmp:

@@ -16,6 +16,7 @@ Prints Markdown (the tables of ``docs/explainers.md#speed``) and writes
 
     .venv/bin/python benchmarks/speed_table.py
 """
+
 from __future__ import annotations
 
 import json
@@ -35,34 +36,53 @@ def main() -> None:
     methods = load("methods_threads")
     if methods:
         threads = sorted(methods["ratio_to_floor"], key=int)
-        lines += ["| method | " + " | ".join(f"× floor, {t} thread{'s' * (t != '1')}" for t in threads) + " | target |",
-                  "|---|" + "---|" * (len(threads) + 1)]
+        lines += [
+            "| method | " + " | ".join(f"× floor, {t} thread{'s' * (t != '1')}" for t in threads) + " | target |",
+            "|---|" + "---|" * (len(threads) + 1),
+        ]
         for name in methods["ratio_to_floor"][threads[0]]:
             target = TARGETS.get(name, TARGETS["perturbation"])
             cells = [f"{methods['ratio_to_floor'][t][name]:.2f}" for t in threads]
             lines.append(f"| `{name}` | " + " | ".join(cells) + f" | ≤ {target} |")
-        lines += ["", f"({methods['states']} states, load average at start "
-                      f"{', '.join(f'{x:.1f}' for x in methods['load_average_at_start'])})", ""]
+        lines += [
+            "",
+            f"({methods['states']} states, load average at start "
+            f"{', '.join(f'{x:.1f}' for x in methods['load_average_at_start'])})",
+            "",
+        ]
     inc = load("incremental")
     if inc:
-        lines += ["| incremental occlusion | " + " | ".join(f"{t} thread{'s' * (t != '1')}" for t in inc["by_threads"])
-                  + " | target |", "|---|" + "---|" * (len(inc["by_threads"]) + 1)]
-        for key, label, target in (("floor_over_incremental", "dense floor / incremental", "≥ 1.5"),
-                                   ("dense_over_incremental", "dense method / incremental", "")):
-            lines.append(f"| {label} | " + " | ".join(f"{row[key]:.2f}" for row in inc["by_threads"].values())
-                         + f" | {target} |")
+        lines += [
+            "| incremental occlusion | "
+            + " | ".join(f"{t} thread{'s' * (t != '1')}" for t in inc["by_threads"])
+            + " | target |",
+            "|---|" + "---|" * (len(inc["by_threads"]) + 1),
+        ]
+        for key, label, target in (
+            ("floor_over_incremental", "dense floor / incremental", "≥ 1.5"),
+            ("dense_over_incremental", "dense method / incremental", ""),
+        ):
+            lines.append(
+                f"| {label} | " + " | ".join(f"{row[key]:.2f}" for row in inc["by_threads"].values()) + f" | {target} |"
+            )
         lines += ["", f"max \\|incremental − dense\\| = {inc['max_abs_diff_vs_dense']:.1e} (target ≤ 1e-4)", ""]
     quick = load("quick_time_2cores") or load("quick_time")
     if quick:
         run = quick.get("run") or {}
         if "jobs_wall_seconds" in run:
-            head = (f"quick bench: {run['jobs_wall_seconds']:.0f} s wall for its jobs with {run['processes']} "
-                    f"processes, +{run['setup_seconds']:.0f} s set-up (target ≤ {TARGETS['quick_seconds']} s); "
-                    f"{quick['jobs_seconds']:.0f} s of job time, {run['jobs_cpu_seconds']:.0f} CPU-s")
+            head = (
+                f"quick bench: {run['jobs_wall_seconds']:.0f} s wall for its jobs with {run['processes']} "
+                f"processes, +{run['setup_seconds']:.0f} s set-up (target ≤ {TARGETS['quick_seconds']} s); "
+                f"{quick['jobs_seconds']:.0f} s of job time, {run['jobs_cpu_seconds']:.0f} CPU-s"
+            )
         else:
             head = f"quick bench: {quick['jobs_seconds']:.0f} s of job time (target ≤ {TARGETS['quick_seconds']} s)"
-        lines += [head + (f"; {quick['note']}" if quick.get("note") else ""), "",
-                  "| step | seconds | share |", "|---|---|---|"]
+        lines += [
+            head + (f"; {quick['note']}" if quick.get("note") else ""),
+            "",
+            "| step | seconds | share |",
+            "|---|---|---|",
+        ]
         for step, share in quick["share"].items():
             if share >= 0.005:
                 lines.append(f"| {step} | {quick['seconds_by_step_total'][step]:.1f} | {share:.0%} |")

@@ -1,5 +1,6 @@
 """ACER (xrl.train.acer): Retrace by hand, the trust region's constraint, a chain env solved, resume,
 and replay as stable-baselines' ACER sizes and samples it."""
+
 import dataclasses
 
 import pytest
@@ -24,8 +25,9 @@ def test_retrace_matches_hand_computation():
     rho3 = torch.tensor([[3.0], [0.5]])
     assert torch.allclose(retrace_targets(rewards, no_done, q_taken, values, rho3, bootstrap, 0.9), out)
     done0 = torch.tensor([[True], [False]])
-    assert retrace_targets(rewards, done0, q_taken, values, rho, bootstrap, 0.9)[:, 0].tolist() == \
-        pytest.approx([1.0, 2.45])
+    assert retrace_targets(rewards, done0, q_taken, values, rho, bootstrap, 0.9)[:, 0].tolist() == pytest.approx(
+        [1.0, 2.45]
+    )
 
 
 def test_truncated_importance_sampling_and_bias_correction_by_hand():
@@ -141,8 +143,9 @@ def test_acer_resumes_exactly():
 # stable-baselines' ACER (github.com/hill-a/stable-baselines, stable_baselines/acer/buffer.py):
 # Buffer.size = size // n_steps segments, each holding all envs' n_steps; replay when
 # Buffer.has_atleast(replay_start), i.e. num_in_buffer >= replay_start // n_steps.
-@pytest.mark.parametrize("settings, n_envs", [(AcerSettings(), 10),
-                                              (AcerSettings(n_steps=8, buffer_size=100, replay_start=40), 4)])
+@pytest.mark.parametrize(
+    "settings, n_envs", [(AcerSettings(), 10), (AcerSettings(n_steps=8, buffer_size=100, replay_start=40), 4)]
+)
 def test_buffer_capacity_and_replay_start_are_stable_baselines(settings, n_envs):
     sb_size = settings.buffer_size // settings.n_steps
     sb_start = settings.replay_start // settings.n_steps
@@ -162,8 +165,10 @@ def test_replay_waits_for_the_segments_then_draws_per_env():
     # a replayed batch: env i's columns come from one stored segment, drawn per env
     batch = acer.replay_batch()
     for i in range(acer.env.n_envs):
-        assert any(all(torch.equal(getattr(batch, f)[:, i], getattr(seg, f)[:, i]) for f in Segment._fields)
-                   for seg in acer.buffer)
+        assert any(
+            all(torch.equal(getattr(batch, f)[:, i], getattr(seg, f)[:, i]) for f in Segment._fields)
+            for seg in acer.buffer
+        )
 
 
 def test_a_checkpoint_with_another_capacity_resumes_in_age_order():

@@ -4,6 +4,7 @@ The trained agents here are far too small to play well; what is tested is that t
 come back from disk are the weights that were trained, and that a resumed run ends bit-for-bit
 where an uninterrupted one does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,16 @@ ACTION_NAMES = ["left", "right", "forward", "pickup"]
 
 
 def tiny_args(out, **changes) -> AgentArgs:
-    base = AgentArgs(env=ENV, total_timesteps=512, n_envs=2, n_steps=128, eval_episodes=2,
-                     checkpoint_every=256, out=str(out), progress=False)
+    base = AgentArgs(
+        env=ENV,
+        total_timesteps=512,
+        n_envs=2,
+        n_steps=128,
+        eval_episodes=2,
+        checkpoint_every=256,
+        out=str(out),
+        progress=False,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -66,6 +75,7 @@ def assert_same_state_dict(a: dict, b: dict) -> None:
 
 # -- train → save → load ---------------------------------------------------------------------
 
+
 def test_training_writes_checkpoint_and_card(trained):
     args, path = trained
     run = path.parent
@@ -82,9 +92,16 @@ def test_training_writes_checkpoint_and_card(trained):
     assert card["score"]["episodes"] == 2 and card["score"]["seed"] == 10_000
     assert "--env red-fetch-green" in card["command"]
     from xrl.cli import build_parser  # the card's command parses back to the same run
+
     again = build_parser().parse_args(card["command"].split()[1:])
-    assert (again.env, again.timesteps, again.seed, again.n_envs, again.eval_episodes, again.arch) == \
-        (ENV, args.total_timesteps, args.seed, args.n_envs, args.eval_episodes, "grid_cnn")
+    assert (again.env, again.timesteps, again.seed, again.n_envs, again.eval_episodes, again.arch) == (
+        ENV,
+        args.total_timesteps,
+        args.seed,
+        args.n_envs,
+        args.eval_episodes,
+        "grid_cnn",
+    )
 
 
 def test_reward_scale_scales_training_rewards_not_the_logged_returns():
@@ -142,8 +159,7 @@ def test_loaded_agent_matches_the_trained_sb3_policy(trained, observations):
 
 def test_a_run_folder_loads_its_agent_and_an_unfinished_one_points_at_its_checkpoint(trained, tmp_path):
     _, path = trained
-    assert_same_state_dict(load_agent(path.parent).net.policy.state_dict(),
-                           load_agent(path).net.policy.state_dict())
+    assert_same_state_dict(load_agent(path.parent).net.policy.state_dict(), load_agent(path).net.policy.state_dict())
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "checkpoint.zip").write_bytes((path.parent / "checkpoint.zip").read_bytes())
@@ -160,8 +176,9 @@ def test_sb3_zip_and_xrl_checkpoint_load_the_same_agent(trained, observations):
     assert from_zip.input_shape == (3, 64, 64) and from_zip.n_actions == 4
     assert_same_state_dict(from_zip.net.policy.state_dict(), from_pt.net.policy.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(from_zip(from_zip.preprocess(observations)),
-                                   from_pt(from_pt.preprocess(observations)), rtol=0, atol=0)
+        torch.testing.assert_close(
+            from_zip(from_zip.preprocess(observations)), from_pt(from_pt.preprocess(observations)), rtol=0, atol=0
+        )
     np.testing.assert_array_equal(from_zip.act(observations), from_pt.act(observations))
 
 
@@ -188,10 +205,12 @@ def test_finished_run_reexports_the_same_weights_and_ignores_out(trained, tmp_pa
 
 # -- resume --------------------------------------------------------------------------------------
 
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     def args(out):  # 4 rollouts of 256 steps, checkpoints every rollout
-        return tiny_args(out, n_envs=4, n_steps=64, batch_size=128, total_timesteps=1024,
-                         checkpoint_every=256, eval_episodes=1)
+        return tiny_args(
+            out, n_envs=4, n_steps=64, batch_size=128, total_timesteps=1024, checkpoint_every=256, eval_episodes=1
+        )
 
     interrupted = tmp_path / "interrupted"
     stopped = train_agent(args(interrupted), stop_at=512)
@@ -207,8 +226,13 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     assert first["timesteps"] == second["timesteps"] == 1024
     assert first["score"] == second["score"]
     # and training did change the weights (the comparison above is not between two fresh inits)
-    init = PPO("CnnPolicy", make_vec_env(args(tmp_path / "x").resolved()), seed=0, device="cpu",
-               policy_kwargs=ARCHS.get("grid_cnn").policy_kwargs()).policy.state_dict()
+    init = PPO(
+        "CnnPolicy",
+        make_vec_env(args(tmp_path / "x").resolved()),
+        seed=0,
+        device="cpu",
+        policy_kwargs=ARCHS.get("grid_cnn").policy_kwargs(),
+    ).policy.state_dict()
     trained_sd = payload(straight)["state_dict"]
     assert not all(torch.equal(init[k], trained_sd[k]) for k in init)
 
@@ -216,13 +240,23 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
 def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
     """DQN checkpoints carry the replay buffer and exploration progress: a run stopped after 256
     steps and resumed ends with the weights of a run never stopped."""
+
     def args(out):
-        return tiny_args(out, algo="dqn", n_envs=None, total_timesteps=512, checkpoint_every=128, eval_episodes=1,
-                         dqn={"learning_starts": 64, "buffer_size": 1000, "target_update_interval": 32})
+        return tiny_args(
+            out,
+            algo="dqn",
+            n_envs=None,
+            total_timesteps=512,
+            checkpoint_every=128,
+            eval_episodes=1,
+            dqn={"learning_starts": 64, "buffer_size": 1000, "target_update_interval": 32},
+        )
 
     interrupted = tmp_path / "interrupted"
     assert train_agent(args(interrupted), stop_at=256) == interrupted / "checkpoint.zip"
-    assert (interrupted / "checkpoints" / f"{256:012d}" / "buffer.pt").exists() and not (interrupted / "agent.pt").exists()
+    assert (interrupted / "checkpoints" / f"{256:012d}" / "buffer.pt").exists() and not (
+        interrupted / "agent.pt"
+    ).exists()
     resumed = train_agent(args(interrupted))
     straight = train_agent(args(tmp_path / "straight"))
     assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])
@@ -246,11 +280,14 @@ def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
         train_agent(dataclasses.replace(args(tmp_path / "straight"), dqn={"buffer_size": 2000}))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"algo": "sac"}, "algo must be one of ppo, dqn, got 'sac'"),
-    ({"algo": "dqn", "dqn": {"buffer": 10}}, r"unknown DQN settings \['buffer'\]; known: learning_rate"),
-    ({"dqn": {"gamma": 0.9}}, "DQN settings \\['gamma'\\] given for algo 'ppo'; add algo=dqn"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"algo": "sac"}, "algo must be one of ppo, dqn, got 'sac'"),
+        ({"algo": "dqn", "dqn": {"buffer": 10}}, r"unknown DQN settings \['buffer'\]; known: learning_rate"),
+        ({"dqn": {"gamma": 0.9}}, "DQN settings \\['gamma'\\] given for algo 'ppo'; add algo=dqn"),
+    ],
+)
 def test_bad_algo_settings_are_refused(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train_agent(tiny_args(tmp_path / "run", **change))
@@ -259,8 +296,17 @@ def test_bad_algo_settings_are_refused(tmp_path, change, message):
 
 # -- bad runs and checkpoints --------------------------------------------------------------------
 
-@pytest.mark.parametrize("change", [{"seed": 1}, {"n_steps": 64}, {"learning_rate": 3e-4},
-                                    {"env_settings": {"max_steps": 50}}, {"arch": "nature_cnn"}])
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"n_steps": 64},
+        {"learning_rate": 3e-4},
+        {"env_settings": {"max_steps": 50}},
+        {"arch": "nature_cnn"},
+    ],
+)
 def test_changing_settings_in_an_existing_run_is_refused(trained, change):
     args, path = trained
     run = path.parent
@@ -360,6 +406,7 @@ def test_unknown_zoo_name_lists_the_zoo_agents():
 
 # -- zoo -----------------------------------------------------------------------------------------
 
+
 def test_zoo_agent(observations):
     model = load_agent(ENV)
     assert model.action_names == ACTION_NAMES
@@ -424,8 +471,9 @@ def test_evaluate_max_steps_ends_every_episode_after_that_many_steps():
     """Checked against episodes played by hand for 5 steps on ViZDoom basic (a reward every step)."""
     model = load_agent("vizdoom-basic")
     settings = model.info["env"].get("settings") or {}
-    capped = evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, per_episode=True,
-                      progress=False)
+    capped = evaluate(
+        model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, per_episode=True, progress=False
+    )
     by_hand = []
     for i in range(2):
         env = make_env("vizdoom-basic", **settings)
@@ -443,7 +491,8 @@ def test_evaluate_max_steps_ends_every_episode_after_that_many_steps():
     assert capped["returns"] == pytest.approx(by_hand, abs=1e-9)
     full = evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, per_episode=True, progress=False)
     assert full["returns"] != capped["returns"]  # the cap did end the episodes early
-    assert evaluate(model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, batch=2, per_episode=True,
-                    progress=False)["returns"] == pytest.approx(by_hand, abs=1e-9)
+    assert evaluate(
+        model, "vizdoom-basic", settings, episodes=2, seed=3, max_steps=5, batch=2, per_episode=True, progress=False
+    )["returns"] == pytest.approx(by_hand, abs=1e-9)
     with pytest.raises(ValueError, match="max_steps must be a positive number of steps or None, got 0"):
         evaluate(model, "vizdoom-basic", settings, episodes=1, seed=0, max_steps=0)

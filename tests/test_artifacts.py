@@ -1,6 +1,7 @@
 """The artifact layer (xrl.artifacts, xrl.zoo): one weights fingerprint, the fingerprints the zoo
 recorded before it still match, zoo explainer networks are found by their agent's fingerprint,
 every zoo artifact loads by its format marker and matches its card's sha256."""
+
 import hashlib
 import json
 
@@ -11,7 +12,7 @@ from torch import nn
 
 import xrl
 from xrl.artifacts import ArtifactError, fingerprint, load_payload, read_header, save_payload, sha256
-from xrl.zoo import ZOO_DIR, find_network, find_networks, zoo_artifacts
+from xrl.zoo import ZOO_DIR, find_network, find_networks
 
 AGENT = "red-fetch-green"
 
@@ -45,6 +46,7 @@ def test_one_fingerprint_everywhere_and_the_recorded_ones_still_match():
     from xrl.agents import rexl
     from xrl.data.collect import agent_record
     from xrl.data.dataset import StateDataset
+
     model = xrl.load_agent(AGENT)
     fp = model.fingerprint()
     assert fp == reference_fingerprint(model.state_dict()) == agent_record(model)["fingerprint"]
@@ -59,8 +61,10 @@ def test_one_fingerprint_everywhere_and_the_recorded_ones_still_match():
     extractor = rexl.build_extractor(model, header["extractor"], header["extractor_seed"])
     assert fingerprint(extractor) == header["extractor_fingerprint"] == reference_fingerprint(extractor.state_dict())
     pong = xrl.load_agent("pong")
-    assert pong.fingerprint() == json.loads(
-        (ZOO_DIR / "pong-visionmask" / "visionmask.json").read_text())["agent"]["fingerprint"]
+    assert (
+        pong.fingerprint()
+        == json.loads((ZOO_DIR / "pong-visionmask" / "visionmask.json").read_text())["agent"]["fingerprint"]
+    )
 
 
 def test_find_network_gives_the_zoo_explainer_made_for_an_agent():
@@ -68,8 +72,9 @@ def test_find_network_gives_the_zoo_explainer_made_for_an_agent():
     assert find_network("visionmask", fp) == ZOO_DIR / "red-fetch-green-visionmask" / "visionmask.pt"
     assert find_network("stalder_explainer", fp) == ZOO_DIR / "red-fetch-green-visionmask" / "stalder_explainer.pt"
     assert find_network("rexl", fp) == ZOO_DIR / "red-fetch-green-rexl-ds" / "rexl.pt"  # dataset-specific first
-    assert find_networks("rexl", fp)[1:] == [ZOO_DIR / "red-fetch-green-rexl-cs" / f"class{c}" / "rexl.pt"
-                                             for c in range(4)]
+    assert find_networks("rexl", fp)[1:] == [
+        ZOO_DIR / "red-fetch-green-rexl-cs" / f"class{c}" / "rexl.pt" for c in range(4)
+    ]
     assert find_network("visionmask", "0" * 16) is None
     with pytest.raises(ValueError, match="unknown network kind 'gradcam'"):
         find_network("gradcam", fp)
@@ -80,6 +85,7 @@ def test_find_network_gives_the_zoo_explainer_made_for_an_agent():
 
 def test_find_network_in_another_zoo_folder(tmp_path):
     from xrl.agents.mask_nets import MaskNetwork, save_mask_network
+
     model = xrl.load_agent(AGENT)
     network = MaskNetwork.for_model(model, reference="black")
     save_mask_network(network, tmp_path / "mine" / "visionmask.pt", card={"what": "test"})
@@ -89,8 +95,13 @@ def test_find_network_in_another_zoo_folder(tmp_path):
 
 def test_save_payload_writes_format_version_card_sha256_and_fingerprint(tmp_path):
     net = nn.Linear(3, 2)
-    path = save_payload(tmp_path / "c.pt", "xrl.classifier", {"arch": "x", "size": 4, "class_names": ["a", "b"]},
-                        net.state_dict(), card={"what": "test"})
+    path = save_payload(
+        tmp_path / "c.pt",
+        "xrl.classifier",
+        {"arch": "x", "size": 4, "class_names": ["a", "b"]},
+        net.state_dict(),
+        card={"what": "test"},
+    )
     payload = load_payload(path, "xrl.classifier")
     assert payload["format"] == "xrl.classifier" and payload["version"] == 1 and payload["arch"] == "x"
     card = json.loads(path.with_suffix(".json").read_text())
@@ -115,12 +126,19 @@ DATA = ZOO_DIR / "red-fetch-green-visionmask" / "expert.h5"  # collected by the 
 
 def _without_fingerprint(out):
     from xrl.data.dataset import StateDataset, StateDatasetWriter
+
     with StateDataset.open(DATA) as ds:
         agent = {k: v for k, v in ds.agent.items() if k != "fingerprint"}
-        with StateDatasetWriter(out, env=ds.env, agent=agent, action_names=ds.action_names,
-                                collect=ds.collect_settings) as w:
-            w.append(states=ds.raw_states(slice(0, 8)), frames=ds.frames(slice(0, 8)), actions=ds.actions[:8],
-                     scores=ds.scores[:8], labels=None)
+        with StateDatasetWriter(
+            out, env=ds.env, agent=agent, action_names=ds.action_names, collect=ds.collect_settings
+        ) as w:
+            w.append(
+                states=ds.raw_states(slice(0, 8)),
+                frames=ds.frames(slice(0, 8)),
+                actions=ds.actions[:8],
+                scores=ds.scores[:8],
+                labels=None,
+            )
             w.end_episode(0.0)
             return w.finalize()
 
@@ -128,14 +146,18 @@ def _without_fingerprint(out):
 def test_another_agents_dataset_is_refused_unless_targets_are_asked(tmp_path):
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import dataset_targets, evaluate
+
     own, other = xrl.load_agent(AGENT), xrl.load_agent("red-fetch-green-cnn-500k-0")
     assert own.fingerprint() != other.fingerprint()
     rows = np.arange(6)
     with StateDataset.open(DATA) as ds:
         stored = torch.as_tensor(ds.actions[rows])
         assert torch.equal(dataset_targets(own, ds, rows), stored)
-        with pytest.raises(ValueError, match=r"expert.h5 was collected by another agent \(.*weights 3442fcef43b3596b\) "
-                                             r"than the one explained .*targets='agent'.*targets='dataset'"):
+        with pytest.raises(
+            ValueError,
+            match=r"expert.h5 was collected by another agent \(.*weights 3442fcef43b3596b\) "
+            r"than the one explained .*targets='agent'.*targets='dataset'",
+        ):
             evaluate(other, ds, ["random"], ["sparseness"], n_states=4, progress=False)
         with pytest.raises(ValueError, match="collected by another agent"):
             dataset_targets(other, ds, rows)
@@ -155,18 +177,52 @@ def test_another_agents_dataset_is_refused_unless_targets_are_asked(tmp_path):
 
 def test_cli_evaluate_refuses_another_agents_data_and_takes_targets(tmp_path, capsys):
     from xrl import cli
+
     capsys.readouterr()
-    code = cli.main(["evaluate", "--agent", "red-fetch-green-cnn-500k-0", "--data", str(DATA), "--methods", "random",
-                     "--metrics", "sparseness", "--n-states", "4", "--out", str(tmp_path / "r")])
+    code = cli.main(
+        [
+            "evaluate",
+            "--agent",
+            "red-fetch-green-cnn-500k-0",
+            "--data",
+            str(DATA),
+            "--methods",
+            "random",
+            "--metrics",
+            "sparseness",
+            "--n-states",
+            "4",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2 and "collected by another agent" in capsys.readouterr().err
-    code = cli.main(["evaluate", "--agent", "red-fetch-green-cnn-500k-0", "--data", str(DATA), "--methods", "random",
-                     "--metrics", "sparseness", "--n-states", "4", "--out", str(tmp_path / "r"), "--targets", "agent"])
+    code = cli.main(
+        [
+            "evaluate",
+            "--agent",
+            "red-fetch-green-cnn-500k-0",
+            "--data",
+            str(DATA),
+            "--methods",
+            "random",
+            "--metrics",
+            "sparseness",
+            "--n-states",
+            "4",
+            "--out",
+            str(tmp_path / "r"),
+            "--targets",
+            "agent",
+        ]
+    )
     assert code == 0 and (tmp_path / "r" / "metrics.csv").exists()
 
 
 def test_every_save_records_sha256_and_the_fingerprint_a_loader_computes(tmp_path):
     from xrl.agents.mask_nets import MaskNetwork, load_mask_network, save_mask_network
     from xrl.classifiers import ShapesCNN, load_classifier, save_classifier
+
     torch.manual_seed(0)
     path = tmp_path / "classifier.pt"
     save_classifier(ShapesCNN(4), path, arch="shapes_cnn", size=16, class_names=list("abcd"), card={"what": "t"})
@@ -189,12 +245,17 @@ def test_every_save_records_sha256_and_the_fingerprint_a_loader_computes(tmp_pat
 
 def test_a_bench_spec_refuses_data_another_agent_collected(tmp_path, capsys):
     from xrl import cli
+
     spec = tmp_path / "spec.toml"
-    spec.write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
-                    f"agent = 'red-fetch-green-cnn-500k-0'\ndata = '{DATA}'\n")
+    spec.write_text(
+        "methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
+        f"agent = 'red-fetch-green-cnn-500k-0'\ndata = '{DATA}'\n"
+    )
     for check in (True, False):  # checked without weights (the cards' fingerprints) and with them
         capsys.readouterr()
-        code = cli.main(["bench", str(spec), "--check"] if check else ["bench", str(spec), "--out", str(tmp_path / "o")])
+        code = cli.main(
+            ["bench", str(spec), "--check"] if check else ["bench", str(spec), "--out", str(tmp_path / "o")]
+        )
         err = capsys.readouterr().err
         assert code == 2, err
         assert f"dataset {DATA} was collected by another agent" in err and "weights 3442fcef43b3596b" in err, err
@@ -205,8 +266,10 @@ def test_a_bench_spec_refuses_data_another_agent_collected(tmp_path, capsys):
 
 def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
     import shutil
+
     from xrl import cli
     from xrl.agents.load import update_zoo_sha256, verify_zoo
+
     zoo = tmp_path / "zoo"
     (zoo / "vm").mkdir(parents=True)
     for name in ("visionmask.pt", "visionmask.json"):
@@ -220,8 +283,10 @@ def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
     torch.save({**payload, "xrl_version": "0.0.1"}, zoo / "vm" / "visionmask.pt")
     assert cli.main(["zoo", "--dir", str(zoo), "--verify"]) == 1
     err = capsys.readouterr().err
-    assert f"{zoo / 'vm' / 'visionmask.pt'}: its sha256 is {sha256(zoo / 'vm' / 'visionmask.pt')}, its card " \
-           f"records {hashlib.sha256(original).hexdigest()} (the file changed or is damaged)" in err
+    assert (
+        f"{zoo / 'vm' / 'visionmask.pt'}: its sha256 is {sha256(zoo / 'vm' / 'visionmask.pt')}, its card "
+        f"records {hashlib.sha256(original).hexdigest()} (the file changed or is damaged)" in err
+    )
     # a damaged (truncated) file is one problem among others, not a crash
     (zoo / "vm" / "visionmask.pt").write_bytes(original[: len(original) // 2])
     assert cli.main(["zoo", "--dir", str(zoo), "--verify"]) == 1
@@ -238,5 +303,6 @@ def test_zoo_verify_checks_sha256_and_loading(tmp_path, capsys):
     # a card recording other weights than the file holds
     card = json.loads((zoo / "vm" / "visionmask.json").read_text())
     (zoo / "vm" / "visionmask.json").write_text(json.dumps({**card, "fingerprint": "0" * 16}))
-    assert verify_zoo(zoo) == [f"{zoo / 'vm' / 'visionmask.pt'}: weights fingerprint {card['fingerprint']}, "
-                           f"its card records {'0' * 16}"]
+    assert verify_zoo(zoo) == [
+        f"{zoo / 'vm' / 'visionmask.pt'}: weights fingerprint {card['fingerprint']}, its card records {'0' * 16}"
+    ]

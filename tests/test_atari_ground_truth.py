@@ -1,5 +1,6 @@
 """Atari ground truth from RAM against the rendered screens, the label maps in ``info``, and
 BreakoutInfinite."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,16 +8,30 @@ import pytest
 import torch
 
 from xrl.envs import env_spec, make_env
-from xrl.envs.atari_objects import (MSPACMAN_OBJECTS, SPACE_INVADERS_SHIELDS, BreakoutInfinite, breakout_score,
-                                    label_map, mspacman_envelope, pong_objects, seaquest_envelopes, seaquest_objects,
-                                    space_invaders_envelopes, space_invaders_objects, to_grid)
+from xrl.envs.atari_objects import (
+    MSPACMAN_OBJECTS,
+    SPACE_INVADERS_SHIELDS,
+    BreakoutInfinite,
+    breakout_score,
+    label_map,
+    mspacman_envelope,
+    pong_objects,
+    seaquest_envelopes,
+    seaquest_objects,
+    space_invaders_envelopes,
+    space_invaders_objects,
+    to_grid,
+)
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 from xrl.metrics import get_metric
 
 #: game -> object -> (RGB colour, screen rows, screen columns) where only that object has that colour
 COLOURS = {
-    "pong": {"player": ((92, 186, 92), (34, 194), (140, 144)), "enemy": ((213, 130, 74), (34, 194), (16, 20)),
-             "ball": ((236, 236, 236), (34, 194), (0, 160))},
+    "pong": {
+        "player": ((92, 186, 92), (34, 194), (140, 144)),
+        "enemy": ((213, 130, 74), (34, 194), (16, 20)),
+        "ball": ((236, 236, 236), (34, 194), (0, 160)),
+    },
     "breakout": {"player": ((200, 72, 72), (189, 193), (8, 152)), "ball": ((200, 72, 72), (94, 189), (8, 152))},
 }
 
@@ -25,7 +40,7 @@ def drawn(frame: np.ndarray, colour, rows, cols) -> np.ndarray:
     """Screen pixels (row, col) of ``colour`` inside the region."""
     mask = (frame == np.asarray(colour)).all(-1)
     region = np.zeros_like(mask)
-    region[rows[0]:rows[1], cols[0]:cols[1]] = True
+    region[rows[0] : rows[1], cols[0] : cols[1]] = True
     return np.argwhere(mask & region)
 
 
@@ -48,7 +63,7 @@ def test_ram_ground_truth_matches_the_rendered_ball_and_paddles(game):
     env, frames = recorded(game, 400)
     objects = env.get_wrapper_attr("objects")
     checked = {k: 0 for k in COLOURS[game]}
-    for screen, ram, labels, _ in frames:
+    for screen, ram, _labels, _ in frames:
         boxes = objects(ram)
         for name, (colour, rows, cols) in COLOURS[game].items():
             pixels = drawn(screen, colour, rows, cols)
@@ -65,8 +80,15 @@ def test_ram_ground_truth_matches_the_rendered_ball_and_paddles(game):
             assert box is not None, (name, pixels[:3])
             top, left = pixels.min(0)
             bottom, right = pixels.max(0) + 1
-            assert box.top <= top and bottom <= box.bottom and box.left <= left and right <= box.right, (name, box, (top, bottom, left, right))
-            assert (box.bottom - box.top) <= (bottom - top) + 1 and (box.right - box.left) == (right - left), (name, box)
+            assert box.top <= top and bottom <= box.bottom and box.left <= left and right <= box.right, (
+                name,
+                box,
+                (top, bottom, left, right),
+            )
+            assert (box.bottom - box.top) <= (bottom - top) + 1 and (box.right - box.left) == (right - left), (
+                name,
+                box,
+            )
             checked[name] += 1
     assert all(n >= 50 for n in checked.values()), checked  # every object was seen many times
 
@@ -75,13 +97,15 @@ def test_ram_ground_truth_matches_the_rendered_ball_and_paddles(game):
 def test_labels_mark_the_objects_on_the_observation(game):
     env, frames = recorded(game, 120, seed=1)
     objects = env.get_wrapper_attr("objects")
-    for screen, ram, labels, obs in frames:
+    for _screen, ram, labels, obs in frames:
         assert labels.shape == obs.shape[1:] == (84, 84) and labels.dtype == np.int8
         assert set(np.unique(labels)) <= {EXCLUDED, UNIMPORTANT, IMPORTANT}
         for box in objects(ram).values():
             assert (labels[to_grid(box)] == IMPORTANT).all()
-        assert (labels == IMPORTANT).sum() <= sum((to_grid(b)[0].stop - to_grid(b)[0].start) *
-                                                   (to_grid(b)[1].stop - to_grid(b)[1].start) for b in objects(ram).values())
+        assert (labels == IMPORTANT).sum() <= sum(
+            (to_grid(b)[0].stop - to_grid(b)[0].start) * (to_grid(b)[1].stop - to_grid(b)[1].start)
+            for b in objects(ram).values()
+        )
     # the agent-visible ball of the newest frame lies on labelled pixels (important or excluded)
     screen, ram, labels, obs = frames[-1]
     ball = objects(ram).get("ball")
@@ -115,7 +139,9 @@ def test_settings_are_recorded_and_checked():
     env = make_env("breakout", labels=True, infinite=True)
     assert env_spec(env)["settings"]["labels"] is True and env_spec(env)["settings"]["infinite"] is True
     assert env_spec(make_env("pong"))["settings"]["labels"] is False
-    with pytest.raises(ValueError, match="RAM ground truth exists for breakout, ms-pacman, pong, seaquest, space-invaders"):
+    with pytest.raises(
+        ValueError, match="RAM ground truth exists for breakout, ms-pacman, pong, seaquest, space-invaders"
+    ):
         make_env("enduro", labels=True)
     with pytest.raises(ValueError, match="applies to breakout"):
         make_env("pong", infinite=True)
@@ -124,7 +150,10 @@ def test_settings_are_recorded_and_checked():
 
 
 def test_breakout_infinite_sets_the_score_back_one_wall_without_negative_rewards():
-    plain, infinite = make_env("breakout", sticky_actions=False), make_env("breakout", infinite=True, sticky_actions=False)
+    plain, infinite = (
+        make_env("breakout", sticky_actions=False),
+        make_env("breakout", infinite=True, sticky_actions=False),
+    )
     # below 864 points nothing changes
     a, b = plain.reset(seed=3), infinite.reset(seed=3)
     np.testing.assert_array_equal(a[0], b[0])
@@ -160,8 +189,15 @@ def test_collected_atari_states_carry_labels_that_localization_scores(tmp_path):
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import evaluate
 
-    algo = PPO("CnnPolicy", DummyVecEnv([lambda: make_env("pong", labels=True)]), n_steps=8, batch_size=8,
-               seed=0, device="cpu", policy_kwargs=ARCHS.get("sparse_fls").policy_kwargs())
+    algo = PPO(
+        "CnnPolicy",
+        DummyVecEnv([lambda: make_env("pong", labels=True)]),
+        n_steps=8,
+        batch_size=8,
+        seed=0,
+        device="cpu",
+        policy_kwargs=ARCHS.get("sparse_fls").policy_kwargs(),
+    )
     card = {"env": {"name": "pong", "settings": {"labels": True}}}
     model = load_agent(save_agent(algo, tmp_path / "agent.pt", arch="sparse_fls", card=card))
     data = collect(model, episodes=1, max_steps=12, out=tmp_path / "states.h5", progress=False)
@@ -178,11 +214,12 @@ def test_mspacman_envelopes_hold_every_drawn_sprite_and_labels_mark_them():
     (ghost colours always; Ms. Pac-Man's in all but a few frames, e.g. while she dies), and
     the label map makes exactly those pixels (at 84×84) important."""
     import cv2
+
     drawn = {name: 0 for name in MSPACMAN_OBJECTS}
     outside = dict(drawn)
     for seed in range(2):
         env, frames = recorded("ms-pacman", 300, seed=seed)
-        for screen, ram, labels, obs in frames:
+        for screen, ram, labels, _obs in frames:
             assert labels.shape == (84, 84) and labels.dtype == np.int8
             important = np.zeros(screen.shape[:2], dtype=bool)
             for name, (colour, xa, ya) in MSPACMAN_OBJECTS.items():
@@ -192,7 +229,7 @@ def test_mspacman_envelopes_hold_every_drawn_sprite_and_labels_mark_them():
                     continue
                 box = mspacman_envelope(int(ram[xa]), int(ram[ya]))
                 inside = np.zeros_like(pixels)
-                inside[box.top:box.bottom, box.left:box.right] = True
+                inside[box.top : box.bottom, box.left : box.right] = True
                 drawn[name] += 1
                 outside[name] += bool((pixels & ~inside).any())
                 important |= pixels & inside
@@ -205,8 +242,10 @@ def test_mspacman_envelopes_hold_every_drawn_sprite_and_labels_mark_them():
 
 
 #: game -> (RAM -> envelopes, screen -> object pixels, screen pixels never checked)
-ENVELOPE_GAMES = {"seaquest": (seaquest_envelopes, seaquest_objects, ()),
-                  "space-invaders": (space_invaders_envelopes, space_invaders_objects, SPACE_INVADERS_SHIELDS)}
+ENVELOPE_GAMES = {
+    "seaquest": (seaquest_envelopes, seaquest_objects, ()),
+    "space-invaders": (space_invaders_envelopes, space_invaders_objects, SPACE_INVADERS_SHIELDS),
+}
 ALIEN = (134, 134, 29)
 
 
@@ -219,21 +258,22 @@ def test_ram_envelopes_hold_every_drawn_object_and_labels_mark_them(game):
     cleared, must lie in that alien's grid cell); the envelopes of the objects that do
     not flicker hold drawn pixels; and the label map makes exactly those pixels important."""
     import cv2
+
     envelopes, objects_of, unchecked = ENVELOPE_GAMES[game]
     filled, total, frames, unexplained, explosions = {}, {}, 0, 0, 0
     for seed in range(2):
         env, recording = recorded(game, 200, seed=seed)
-        for screen, ram, labels, obs in recording:
+        for screen, ram, labels, _obs in recording:
             boxes, objects = envelopes(ram), objects_of(screen)
             inside = np.zeros(objects.shape, dtype=bool)
             for name, box in boxes.items():
-                inside[box.top:box.bottom, box.left:box.right] = True
+                inside[box.top : box.bottom, box.left : box.right] = True
                 kind = name.rstrip("0123456789_")
                 total[kind] = total.get(kind, 0) + 1
-                filled[kind] = filled.get(kind, 0) + bool(objects[box.top:box.bottom, box.left:box.right].any())
+                filled[kind] = filled.get(kind, 0) + bool(objects[box.top : box.bottom, box.left : box.right].any())
             out = objects & ~inside
             for box in unchecked:
-                out[box.top:box.bottom, box.left:box.right] = False
+                out[box.top : box.bottom, box.left : box.right] = False
             frames += 1
             alien = (screen == np.asarray(ALIEN)).all(-1)
             unexplained += bool((out & ~alien).any())
@@ -243,7 +283,7 @@ def test_ram_envelopes_hold_every_drawn_object_and_labels_mark_them(game):
                     for column in range(6):
                         if not ram[23 - row] >> column & 1:
                             top, left = 31 + 2 * int(ram[16]) + 18 * row, int(ram[26]) - 1 + 16 * column
-                            dead[max(top, 0):top + 10, max(left, 0):left + 8] = True
+                            dead[max(top, 0) : top + 10, max(left, 0) : left + 8] = True
                 out &= ~dead
             explosions += bool((out & alien).any())
             footprint = cv2.resize((objects & inside).astype(np.float32), (84, 84), interpolation=cv2.INTER_AREA) > 0

@@ -1,5 +1,6 @@
 """Attacks (FGSM, PGD, MI-FGSM, MAD): inside the ε-ball and the bounds, harmful, seeded, side-effect free;
 return under attack on the zoo Red-Fetch-Green agent."""
+
 import pytest
 import torch
 from torch import nn
@@ -105,11 +106,13 @@ def test_bad_settings_and_inputs_say_what_was_expected():
 
 def test_return_under_attack_on_the_zoo_agent(tmp_path):
     model = xrl.load_agent("red-fetch-green")
-    curves = return_under_attack(model, ["fgsm", "pgd"], [0.0, 0.3], episodes=4, seed=0, progress=False,
-                                 attack_settings={"pgd": {"steps": 3}})
+    curves = return_under_attack(
+        model, ["fgsm", "pgd"], [0.0, 0.3], episodes=4, seed=0, progress=False, attack_settings={"pgd": {"steps": 3}}
+    )
     assert [r["eps"] for r in curves["fgsm"]] == [0.0, 0.3]
     # eps = 0 is the clean agent: the same episodes score as the plain evaluation
     from xrl.train.agent import evaluate
+
     clean = evaluate(model, "red-fetch-green", {}, episodes=4, seed=0, progress=False)
     assert curves["fgsm"][0]["mean_return"] == curves["pgd"][0]["mean_return"] == clean["mean_return"]
     assert curves["pgd"][1]["mean_return"] < clean["mean_return"]  # a large ball breaks the agent
@@ -119,8 +122,22 @@ def test_return_under_attack_on_the_zoo_agent(tmp_path):
 
 def test_xrl_attack_command_writes_table_and_figure(tmp_path, capsys):
     from xrl.cli import main
-    code = main(["attack", "--agent", "red-fetch-green", "--attacks", "fgsm,mad", "--eps", "0,0.3",
-                 "--episodes", "2", "--out", str(tmp_path)])
+
+    code = main(
+        [
+            "attack",
+            "--agent",
+            "red-fetch-green",
+            "--attacks",
+            "fgsm,mad",
+            "--eps",
+            "0,0.3",
+            "--episodes",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert "red-fetch-green fgsm: eps 0:" in capsys.readouterr().out
     for name in ("attacks.csv", "attacks.json", "attacks.png"):
@@ -136,21 +153,25 @@ def test_reseeding_with_a_list_gives_each_row_the_stream_it_would_have_alone():
     for j, seed in enumerate([7, 8, 9]):
         alone = get_attack("pgd", model, eps=0.05)
         alone.reseed(seed)
-        assert torch.allclose(together[j:j + 1], alone(x[j:j + 1]), atol=1e-6)
+        assert torch.allclose(together[j : j + 1], alone(x[j : j + 1]), atol=1e-6)
     with pytest.raises(ValueError, match="3 streams, one per row.*batch of 2"):
         batched(x[:2])
 
 
 def test_episodes_played_side_by_side_are_the_episodes_played_one_at_a_time():
     from xrl.train.agent import evaluate
+
     model = xrl.load_agent("red-fetch-green")
     for attack in (None, get_attack("pgd", model, eps=0.02, steps=2)):  # a mix of won and lost
         one = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False)
-        side = evaluate(model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False, batch=2,
-                        per_episode=True)
+        side = evaluate(
+            model, "red-fetch-green", {}, episodes=3, seed=3, perturb=attack, progress=False, batch=2, per_episode=True
+        )
         assert one == {k: v for k, v in side.items() if k != "returns"}
-        singles = [evaluate(model, "red-fetch-green", {}, episodes=1, seed=s, perturb=attack, progress=False)
-                   for s in (3, 4, 5)]
+        singles = [
+            evaluate(model, "red-fetch-green", {}, episodes=1, seed=s, perturb=attack, progress=False)
+            for s in (3, 4, 5)
+        ]
         assert side["returns"] == [r["mean_return"] for r in singles]
     with pytest.raises(ValueError, match="batch must be a positive"):
         evaluate(model, "red-fetch-green", {}, episodes=1, seed=0, batch=0)

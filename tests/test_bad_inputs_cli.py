@@ -1,6 +1,7 @@
 """Bad training and CLI settings: each is refused before anything is written, with one line
 that names the setting (or the file) and what was expected, and exit status 2; ``--debug``
 shows the traceback instead."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ REFUSED = [
     ([*AGENT, "--n-envs", "0", "--out", "OUT"], "--n-envs (n_envs) must be at least 1, got 0"),
     ([*AGENT, "--timesteps", "0", "--out", "OUT"], "--timesteps (total_timesteps) must be at least 1, got 0"),
     ([*AGENT, "--eval-episodes", "0", "--out", "OUT"], "--eval-episodes (eval_episodes) must be at least 1, got 0"),
-    ([*AGENT, "--checkpoint-every", "0", "--out", "OUT"],
-     "--checkpoint-every (checkpoint_every) must be at least 1, got 0"),
+    (
+        [*AGENT, "--checkpoint-every", "0", "--out", "OUT"],
+        "--checkpoint-every (checkpoint_every) must be at least 1, got 0",
+    ),
     ([*AGENT, "--seed", "-1", "--out", "OUT"], "--seed (seed) must be 0 or more, got -1"),
     ([*AGENT, "--reward-scale", "0", "--out", "OUT"], "--reward-scale (reward_scale) must be positive, got 0.0"),
     ([*AGENT, "--learning-rate", "-0.1", "--out", "OUT"], "--learning-rate (learning_rate) must be positive, got -0.1"),
@@ -33,48 +36,92 @@ REFUSED = [
     ([*AGENT, "--n-steps", "0", "--out", "OUT"], "--n-steps (n_steps) must be at least 1, got 0"),
     ([*AGENT, "--batch-size", "0", "--out", "OUT"], "--batch-size (batch_size) must be at least 1, got 0"),
     # xrl train agent: env settings, DQN settings, algorithm, env
-    ([*AGENT, "--set", "size=abc", "--out", "OUT"],
-     "--set size=abc: red-fetch-green refused its settings: '<' not supported between instances of 'str' and 'int'"),
-    ([*AGENT, "--set", "size=true", "--out", "OUT"],
-     "--set size=True: red-fetch-green refused its settings: size must be at least 5 (walls + room for 4 entities), "
-     "got True"),
-    ([*AGENT, "--set", "colour=red", "--out", "OUT"],
-     "--set colour=red: red-fetch-green refused its settings: RedFetchGreenEnv.__init__() got an unexpected keyword "
-     "argument 'colour'"),
+    (
+        [*AGENT, "--set", "size=abc", "--out", "OUT"],
+        "--set size=abc: red-fetch-green refused its settings: '<' not supported between instances of 'str' and 'int'",
+    ),
+    (
+        [*AGENT, "--set", "size=true", "--out", "OUT"],
+        "--set size=True: red-fetch-green refused its settings: size must be at least 5 (walls + room for 4 entities), "
+        "got True",
+    ),
+    (
+        [*AGENT, "--set", "colour=red", "--out", "OUT"],
+        "--set colour=red: red-fetch-green refused its settings: RedFetchGreenEnv.__init__() got an unexpected keyword "
+        "argument 'colour'",
+    ),
     ([*AGENT, "--set", "size", "--out", "OUT"], "--set takes KEY=VALUE, got 'size'"),
-    ([*AGENT, "--algo", "dqn", "--dqn", "buffer_size=abc", "--out", "OUT"],
-     "--dqn buffer_size=abc: expected int like 15000"),
+    (
+        [*AGENT, "--algo", "dqn", "--dqn", "buffer_size=abc", "--out", "OUT"],
+        "--dqn buffer_size=abc: expected int like 15000",
+    ),
     ([*AGENT, "--algo", "dqn", "--dqn", "gamma=high", "--out", "OUT"], "--dqn gamma=high: expected float like 0.8"),
-    ([*AGENT, "--algo", "dqn", "--dqn", "buffer=10", "--out", "OUT"],
-     "unknown DQN settings ['buffer']; known: learning_rate, buffer_size, learning_starts, batch_size, gamma, "
-     "train_freq, gradient_steps, target_update_interval, exploration_fraction, exploration_final_eps"),
-    ([*AGENT, "--dqn", "gamma=0.9", "--out", "OUT"], "DQN settings ['gamma'] given for algo 'ppo'; add algo=dqn (--algo dqn)"),
+    (
+        [*AGENT, "--algo", "dqn", "--dqn", "buffer=10", "--out", "OUT"],
+        "unknown DQN settings ['buffer']; known: learning_rate, buffer_size, learning_starts, batch_size, gamma, "
+        "train_freq, gradient_steps, target_update_interval, exploration_fraction, exploration_final_eps",
+    ),
+    (
+        [*AGENT, "--dqn", "gamma=0.9", "--out", "OUT"],
+        "DQN settings ['gamma'] given for algo 'ppo'; add algo=dqn (--algo dqn)",
+    ),
     (["train", "agent", "--env", "nosuch", "--out", "OUT"], None),  # message: the registry's list of names
     ([*AGENT, "--arch", "resnet", "--out", "OUT"], None),
     # the other trainers
     (["train", "classifier", "--epochs", "0", "--out", "OUT"], "--epochs (epochs) must be at least 1, got 0"),
     (["train", "classifier", "--size", "0", "--out", "OUT"], "--size (size) must be at least 1, got 0"),
-    (["train", "classifier", "--learning-rate", "0", "--out", "OUT"],
-     "--learning-rate (learning_rate) must be positive, got 0.0"),
+    (
+        ["train", "classifier", "--learning-rate", "0", "--out", "OUT"],
+        "--learning-rate (learning_rate) must be positive, got 0.0",
+    ),
     (["train", "classifier", "--data", "NOFOLDER", "--out", "OUT"], "image folder NOFOLDER does not exist"),
-    (["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--updates", "0", "--out", "OUT"],
-     "--updates (updates) must be at least 1, got 0"),
-    (["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--threshold", "2", "--out", "OUT"],
-     "--threshold (threshold) must be in [0, 1], got 2.0"),
-    (["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--n-envs", "0", "--out", "OUT"],
-     "--n-envs (n_envs) must be at least 1, got 0"),
-    (["train", "visionmask", "--agent", "red-fetch-green", "--data", "e.h5", "--epochs", "0", "--out", "OUT"],
-     "--epochs (epochs) must be at least 1, got 0"),
-    (["train", "visionmask", "--agent", "red-fetch-green", "--data", "e.h5", "--a-max", "2", "--out", "OUT"],
-     "--a-max (a_max) must be in [0, 1], got 2.0"),
-    (["train", "stalder-explainer", "--agent", "red-fetch-green", "--data", "e.h5", "--max-steps", "0", "--out", "OUT"],
-     "--max-steps (max_steps) must be at least 1, got 0"),
-    (["train", "rexl", "--model", "red-fetch-green", "--grid", "0", "--out", "OUT"],
-     "--grid (grid) must be at least 1, got 0"),
-    (["train", "rexl", "--model", "red-fetch-green", "--n-envs", "0", "--out", "OUT"],
-     "--n-envs (n_envs) must be at least 1, got 0"),
-    (["train", "rexl", "--model", "red-fetch-green", "--gamma", "2", "--out", "OUT"],
-     "--gamma (gamma) must be in [0, 1], got 2.0"),
+    (
+        ["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--updates", "0", "--out", "OUT"],
+        "--updates (updates) must be at least 1, got 0",
+    ),
+    (
+        ["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--threshold", "2", "--out", "OUT"],
+        "--threshold (threshold) must be in [0, 1], got 2.0",
+    ),
+    (
+        ["train", "digr", "--teacher", "red-fetch-green", "--data", "d.h5", "--n-envs", "0", "--out", "OUT"],
+        "--n-envs (n_envs) must be at least 1, got 0",
+    ),
+    (
+        ["train", "visionmask", "--agent", "red-fetch-green", "--data", "e.h5", "--epochs", "0", "--out", "OUT"],
+        "--epochs (epochs) must be at least 1, got 0",
+    ),
+    (
+        ["train", "visionmask", "--agent", "red-fetch-green", "--data", "e.h5", "--a-max", "2", "--out", "OUT"],
+        "--a-max (a_max) must be in [0, 1], got 2.0",
+    ),
+    (
+        [
+            "train",
+            "stalder-explainer",
+            "--agent",
+            "red-fetch-green",
+            "--data",
+            "e.h5",
+            "--max-steps",
+            "0",
+            "--out",
+            "OUT",
+        ],
+        "--max-steps (max_steps) must be at least 1, got 0",
+    ),
+    (
+        ["train", "rexl", "--model", "red-fetch-green", "--grid", "0", "--out", "OUT"],
+        "--grid (grid) must be at least 1, got 0",
+    ),
+    (
+        ["train", "rexl", "--model", "red-fetch-green", "--n-envs", "0", "--out", "OUT"],
+        "--n-envs (n_envs) must be at least 1, got 0",
+    ),
+    (
+        ["train", "rexl", "--model", "red-fetch-green", "--gamma", "2", "--out", "OUT"],
+        "--gamma (gamma) must be in [0, 1], got 2.0",
+    ),
 ]
 
 
@@ -99,26 +146,45 @@ PARSER = [
     ([*AGENT, "--n-envs", "two", "--out", "OUT"], "argument --n-envs: expected an integer, got 'two'"),
     ([*AGENT, "--reward-scale", "abc", "--out", "OUT"], "argument --reward-scale: expected a number, got 'abc'"),
     ([*AGENT, "--algo", "sac", "--out", "OUT"], "argument --algo: invalid choice: 'sac' (choose from 'ppo', 'dqn')"),
-    ([*AGENT, "--linear-decay", "maybe", "--out", "OUT"], "argument --linear-decay: expected true or false, got 'maybe'"),
+    (
+        [*AGENT, "--linear-decay", "maybe", "--out", "OUT"],
+        "argument --linear-decay: expected true or false, got 'maybe'",
+    ),
     (["train", "agent", "--out", "OUT"], "the following arguments are required: --env"),
     (["train", "classifier", "--epochs", "1.5"], "argument --epochs: expected an integer, got '1.5'"),
     (["train", "digr", "--data", "d.h5"], "the following arguments are required: --teacher"),
-    (["watch", "--agent", "red-fetch-green", "--fps", "0", "--out", "OUT"],
-     "argument --fps: expected a positive number, got '0'"),
-    (["watch", "--agent", "red-fetch-green", "--fraction", "2", "--out", "OUT"],
-     "argument --fraction: expected a number in [0, 1], got '2'"),
-    (["watch", "--agent", "red-fetch-green", "--max-steps", "0", "--out", "OUT"],
-     "argument --max-steps: expected an integer of at least 1, got '0'"),
-    (["collect", "--agent", "red-fetch-green", "--episodes", "0", "--out", "OUT"],
-     "argument --episodes: expected an integer of at least 1, got '0'"),
-    (["evaluate", "--agent", "red-fetch-green", "--data", "d.h5", "--n-states", "0", "--out", "OUT"],
-     "argument --n-states: expected an integer of at least 1, got '0'"),
-    (["explain", "--agent", "red-fetch-green", "--data", "d.h5", "--n", "0", "--out", "OUT"],
-     "argument --n: expected an integer of at least 1, got '0'"),
-    (["attack", "--agent", "red-fetch-green", "--batch", "0", "--out", "OUT"],
-     "argument --batch: expected an integer of at least 1, got '0'"),
-    (["counterfactual", "--agent", "a", "--network", "n", "--data", "d", "--threshold", "-1", "--out", "OUT"],
-     "argument --threshold: expected a number in [0, 1], got '-1'"),
+    (
+        ["watch", "--agent", "red-fetch-green", "--fps", "0", "--out", "OUT"],
+        "argument --fps: expected a positive number, got '0'",
+    ),
+    (
+        ["watch", "--agent", "red-fetch-green", "--fraction", "2", "--out", "OUT"],
+        "argument --fraction: expected a number in [0, 1], got '2'",
+    ),
+    (
+        ["watch", "--agent", "red-fetch-green", "--max-steps", "0", "--out", "OUT"],
+        "argument --max-steps: expected an integer of at least 1, got '0'",
+    ),
+    (
+        ["collect", "--agent", "red-fetch-green", "--episodes", "0", "--out", "OUT"],
+        "argument --episodes: expected an integer of at least 1, got '0'",
+    ),
+    (
+        ["evaluate", "--agent", "red-fetch-green", "--data", "d.h5", "--n-states", "0", "--out", "OUT"],
+        "argument --n-states: expected an integer of at least 1, got '0'",
+    ),
+    (
+        ["explain", "--agent", "red-fetch-green", "--data", "d.h5", "--n", "0", "--out", "OUT"],
+        "argument --n: expected an integer of at least 1, got '0'",
+    ),
+    (
+        ["attack", "--agent", "red-fetch-green", "--batch", "0", "--out", "OUT"],
+        "argument --batch: expected an integer of at least 1, got '0'",
+    ),
+    (
+        ["counterfactual", "--agent", "a", "--network", "n", "--data", "d", "--threshold", "-1", "--out", "OUT"],
+        "argument --threshold: expected a number in [0, 1], got '-1'",
+    ),
     (["bench", "quick", "--workers", "0"], "argument --workers: expected an integer of at least 1, got '0'"),
 ]
 
@@ -138,12 +204,14 @@ def test_malformed_flags_are_refused_by_the_parser(argv, line, tmp_path, capsys,
 def _fake_checkpoint(folder, step=128):
     """A run folder holding a complete (if empty) checkpoint: what a resume would continue."""
     from xrl.train.run import Run
+
     with Run(folder, {"x": 1}) as run:
         run.save(step, lambda f: (f / "state.json").write_text("{}"))
 
 
 def test_a_run_folder_with_other_settings_names_the_setting(tmp_path, capsys):
     from xrl.train.agent import AgentArgs
+
     out = tmp_path / "run"
     _fake_checkpoint(out)
     (out / "args.json").write_text(json.dumps(AgentArgs(env="red-fetch-green", out=str(out)).resolved().recorded()))
@@ -161,8 +229,10 @@ def test_a_locked_run_folder_names_its_holder(tmp_path, capsys):
     before = files(out)
     assert main([*AGENT, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"xrl train: error: {out} is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it "
-                   "to finish or use another run folder (--out)"]
+    assert err == [
+        f"xrl train: error: {out} is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it "
+        "to finish or use another run folder (--out)"
+    ]
     assert files(out) == before
 
 
@@ -177,8 +247,9 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
 def test_a_corrupt_checkpoint_is_one_line_naming_its_file(tmp_path, capsys):
     """A checkpoint folder whose manifest matches but whose state is garbage (e.g. written by a
     broken disk) is named in one line; --debug shows the traceback instead."""
-    from xrl.train.run import Run
     from xrl.train.agent import AgentArgs
+    from xrl.train.run import Run
+
     out = tmp_path / "run"
     with Run(out, AgentArgs(env="red-fetch-green", out=str(out)).resolved().recorded()) as run:
         run.save(128, lambda f: (f / "state.json").write_text("[not json"))
@@ -206,7 +277,10 @@ def test_an_interrupt_is_one_line_and_its_exit_status(capsys, monkeypatch):
     def terminated(args):
         raise Terminated("terminated by signal 15")
 
-    for fn, code, line in [(interrupted, 130, "xrl envs: interrupted"), (terminated, 143, "xrl envs: terminated by signal 15")]:
+    for fn, code, line in [
+        (interrupted, 130, "xrl envs: interrupted"),
+        (terminated, 143, "xrl envs: terminated by signal 15"),
+    ]:
         monkeypatch.setattr(cli, "cmd_envs", fn)
         assert main(["envs"]) == code
         assert capsys.readouterr().err.strip().splitlines() == [line]
@@ -217,79 +291,144 @@ def test_an_interrupt_is_one_line_and_its_exit_status(capsys, monkeypatch):
 RFG_AGENT = ["--agent", "red-fetch-green"]
 EXPLAIN = ["explain", *RFG_AGENT, "--data", "DATA", "--methods"]
 EVALUATE = ["evaluate", *RFG_AGENT, "--data", "DATA", "--methods", "gradient"]
-STATE_DATASET = ("expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' as written by "
-                 "xrl.data.collect")
+STATE_DATASET = (
+    "expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' as written by xrl.data.collect"
+)
 
 #: (argv: DATA the shared dataset of 10 states, in/ the bad files made for the test; the exact line
 #: after "xrl <command>: error: ", or a regular expression for text quoted from HDF5)
 COMMANDS = [
     # explainer, metric and attack settings: checked against the method's constructor before anything runs
-    ([*EXPLAIN, "greydanus", "--setting", "greydanus.radius=abc", "--out", "e.png"],
-     "--setting greydanus.radius=abc: expected a number (default 5.0)"),
-    ([*EXPLAIN, "greydanus", "--setting", "greydanus.radius=true", "--out", "e.png"],
-     "--setting greydanus.radius=true: expected a number (default 5.0)"),
-    ([*EXPLAIN, "rise", "--setting", "rise.seed=1.7", "--out", "e.png"],
-     "--setting rise.seed=1.7: expected an integer (default 0)"),
-    ([*EXPLAIN, "rise", "--setting", "rise.nosuch=1", "--out", "e.png"],
-     "--setting rise.nosuch: rise has no setting 'nosuch'; known: batch_size, grid, n_masks, p, score, seed"),
-    ([*EXPLAIN, "gradient", "--setting", "greydanus.radius=4", "--out", "e.png"],
-     "--setting greydanus.radius: expected METHOD.SETTING=VALUE for one of ['gradient']"),
-    ([*EXPLAIN, "nosuch", "--out", "e.png"],
-     "unknown explainer 'nosuch'; known explainers: attention, extremal_perturbation, grad_cam, gradient, greydanus, "
-     "guided_backprop, integrated_gradients, lime, normgrad, occlusion, random, rexl, rise, sarfa, smoothgrad, "
-     "stalder_explainer, visionmask"),
-    ([*EVALUATE, "--metrics", "deletion", "--metric-setting", "deletion.batch_size=x", "--out", "ev"],
-     "--metric-setting deletion.batch_size=x: expected an integer (default 256)"),
-    ([*EVALUATE, "--metrics", "sparseness", "--metric-setting", "sparseness.k=1", "--out", "ev"],
-     "--metric-setting sparseness.k: sparseness has no setting 'k'; known: none"),
-    ([*EVALUATE, "--metrics", "nosuch", "--out", "ev"],
-     "unknown metric 'nosuch'; known metrics: accuracy, deletion, gaze_kl, insertion, lipschitz, localization, nss, "
-     "sanity, shuffled_auc, sparseness, time_per_map"),
-    (["attack", *RFG_AGENT, "--attacks", "pgd", "--setting", "pgd.steps=2.5", "--out", "at"],
-     "--setting pgd.steps=2.5: expected an integer (default 10)"),
-    (["watch", *RFG_AGENT, "--methods", "gradient", "--setting", "gradient.reduce=1", "--out", "w"],
-     "--setting gradient.reduce=1: expected text (default 'max')"),
+    (
+        [*EXPLAIN, "greydanus", "--setting", "greydanus.radius=abc", "--out", "e.png"],
+        "--setting greydanus.radius=abc: expected a number (default 5.0)",
+    ),
+    (
+        [*EXPLAIN, "greydanus", "--setting", "greydanus.radius=true", "--out", "e.png"],
+        "--setting greydanus.radius=true: expected a number (default 5.0)",
+    ),
+    (
+        [*EXPLAIN, "rise", "--setting", "rise.seed=1.7", "--out", "e.png"],
+        "--setting rise.seed=1.7: expected an integer (default 0)",
+    ),
+    (
+        [*EXPLAIN, "rise", "--setting", "rise.nosuch=1", "--out", "e.png"],
+        "--setting rise.nosuch: rise has no setting 'nosuch'; known: batch_size, grid, n_masks, p, score, seed",
+    ),
+    (
+        [*EXPLAIN, "gradient", "--setting", "greydanus.radius=4", "--out", "e.png"],
+        "--setting greydanus.radius: expected METHOD.SETTING=VALUE for one of ['gradient']",
+    ),
+    (
+        [*EXPLAIN, "nosuch", "--out", "e.png"],
+        "unknown explainer 'nosuch'; known explainers: attention, extremal_perturbation, grad_cam, gradient, greydanus, "
+        "guided_backprop, integrated_gradients, lime, normgrad, occlusion, random, rexl, rise, sarfa, smoothgrad, "
+        "stalder_explainer, visionmask",
+    ),
+    (
+        [*EVALUATE, "--metrics", "deletion", "--metric-setting", "deletion.batch_size=x", "--out", "ev"],
+        "--metric-setting deletion.batch_size=x: expected an integer (default 256)",
+    ),
+    (
+        [*EVALUATE, "--metrics", "sparseness", "--metric-setting", "sparseness.k=1", "--out", "ev"],
+        "--metric-setting sparseness.k: sparseness has no setting 'k'; known: none",
+    ),
+    (
+        [*EVALUATE, "--metrics", "nosuch", "--out", "ev"],
+        "unknown metric 'nosuch'; known metrics: accuracy, deletion, gaze_kl, insertion, lipschitz, localization, nss, "
+        "sanity, shuffled_auc, sparseness, time_per_map",
+    ),
+    (
+        ["attack", *RFG_AGENT, "--attacks", "pgd", "--setting", "pgd.steps=2.5", "--out", "at"],
+        "--setting pgd.steps=2.5: expected an integer (default 10)",
+    ),
+    (
+        ["watch", *RFG_AGENT, "--methods", "gradient", "--setting", "gradient.reduce=1", "--out", "w"],
+        "--setting gradient.reduce=1: expected text (default 'max')",
+    ),
     # outputs and counts
-    ([*EXPLAIN, "gradient", "--out", "e.xyz"],
-     "--out e.xyz: expected a picture file ending in one of .avif, .eps, .gif, .jpeg, .jpg, .pdf, .pgf, .png, .ps, "
-     ".raw, .rgba, .svg, .svgz, .tif, .tiff, .webp"),
+    (
+        [*EXPLAIN, "gradient", "--out", "e.xyz"],
+        "--out e.xyz: expected a picture file ending in one of .avif, .eps, .gif, .jpeg, .jpg, .pdf, .pgf, .png, .ps, "
+        ".raw, .rgba, .svg, .svgz, .tif, .tiff, .webp",
+    ),
     ([*EXPLAIN, "gradient", "--n", "500", "--out", "e.png"], "--n 500: DATA holds 10 states; ask for at most 10"),
     ([*EVALUATE, "--n-states", "5000", "--out", "ev"], "--n-states 5000: DATA holds 10 states; ask for at most 10"),
     # datasets: missing, not HDF5, cut short, corrupt in the middle, another format, another collect, another agent
-    (["explain", *RFG_AGENT, "--data", "in/missing.h5", "--methods", "gradient", "--out", "e.png"],
-     f"no dataset file at in/missing.h5; {STATE_DATASET}"),
-    (["explain", *RFG_AGENT, "--data", "in/text.h5", "--methods", "gradient", "--out", "e.png"],
-     f"in/text.h5 is not an HDF5 file; {STATE_DATASET}"),
-    (["explain", *RFG_AGENT, "--data", "in/cut.h5", "--methods", "gradient", "--out", "e.png"],
-     re.compile(r"in/cut\.h5 cannot be read: truncated or corrupt \(.+\); " + re.escape(STATE_DATASET)
-                + r"\. Collect it again\.")),
-    (["evaluate", *RFG_AGENT, "--data", "in/corrupt.h5", "--methods", "gradient", "--metrics", "sparseness",
-      "--out", "ev"],
-     re.compile(r"in/corrupt\.h5 is truncated or corrupt \(.+\); " + re.escape(STATE_DATASET)
-                + r"\. Collect it again\.")),
-    (["explain", *RFG_AGENT, "--data", "in/foreign.h5", "--methods", "gradient", "--out", "e.png"],
-     f"in/foreign.h5 is an HDF5 file but not an xrl StateDataset (format attribute None); {STATE_DATASET}"),
-    (["collect", *RFG_AGENT, "--episodes", "1", "--seed", "5", "--out", "DATA"],
-     "DATA already holds a dataset with another collect; pass overwrite=True to replace it or choose another out"),
-    (["explain", "--agent", "red-fetch-green-digr", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
-     re.compile(r"DATA was collected by another agent \(.+\) than the one explained \(.+\); its stored actions are "
-                r"that agent's choices\. Explain the explained agent's own actions \(targets='agent', CLI --targets "
-                r"agent\) or the stored ones anyway \(targets='dataset', --targets dataset\)")),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/missing.h5", "--methods", "gradient", "--out", "e.png"],
+        f"no dataset file at in/missing.h5; {STATE_DATASET}",
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/text.h5", "--methods", "gradient", "--out", "e.png"],
+        f"in/text.h5 is not an HDF5 file; {STATE_DATASET}",
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/cut.h5", "--methods", "gradient", "--out", "e.png"],
+        re.compile(
+            r"in/cut\.h5 cannot be read: truncated or corrupt \(.+\); "
+            + re.escape(STATE_DATASET)
+            + r"\. Collect it again\."
+        ),
+    ),
+    (
+        [
+            "evaluate",
+            *RFG_AGENT,
+            "--data",
+            "in/corrupt.h5",
+            "--methods",
+            "gradient",
+            "--metrics",
+            "sparseness",
+            "--out",
+            "ev",
+        ],
+        re.compile(
+            r"in/corrupt\.h5 is truncated or corrupt \(.+\); " + re.escape(STATE_DATASET) + r"\. Collect it again\."
+        ),
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/foreign.h5", "--methods", "gradient", "--out", "e.png"],
+        f"in/foreign.h5 is an HDF5 file but not an xrl StateDataset (format attribute None); {STATE_DATASET}",
+    ),
+    (
+        ["collect", *RFG_AGENT, "--episodes", "1", "--seed", "5", "--out", "DATA"],
+        "DATA already holds a dataset with another collect; pass overwrite=True to replace it or choose another out",
+    ),
+    (
+        ["explain", "--agent", "red-fetch-green-digr", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+        re.compile(
+            r"DATA was collected by another agent \(.+\) than the one explained \(.+\); its stored actions are "
+            r"that agent's choices\. Explain the explained agent's own actions \(targets='agent', CLI --targets "
+            r"agent\) or the stored ones anyway \(targets='dataset', --targets dataset\)"
+        ),
+    ),
     # outputs in use by another run (its lock names it; a lock of another host is never taken over)
-    (["collect", *RFG_AGENT, "--episodes", "1", "--out", "in/locked.h5"],
-     "in/locked.h5 is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or choose "
-     "another out (--out)"),
-    (["bench", "in/spec.toml", "--out", "in/results"],
-     "in/results is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another "
-     "results folder (--out)"),
-    (["reproduce", "digr-table1", "--quick", "--out", "in/repro"],
-     "in/repro is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another --out"),
+    (
+        ["collect", *RFG_AGENT, "--episodes", "1", "--out", "in/locked.h5"],
+        "in/locked.h5 is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or choose "
+        "another out (--out)",
+    ),
+    (
+        ["bench", "in/spec.toml", "--out", "in/results"],
+        "in/results is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another "
+        "results folder (--out)",
+    ),
+    (
+        ["reproduce", "digr-table1", "--quick", "--out", "in/repro"],
+        "in/repro is in use by pid 4242 on gpu-box since 2026-12-03T18:00:00; wait for it to finish or use another --out",
+    ),
     # agent cards
-    (["explain", "--agent", "in/list/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
-     "in/list/agent.json holds a JSON list; expected a JSON object (the card's fields)"),
-    (["explain", "--agent", "in/envstr/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
-     "in/envstr/agent.json has 'env' = \"red-fetch-green\"; expected 'env': {\"name\": \"<registered env>\", "
-     "\"settings\": {...}}"),
+    (
+        ["explain", "--agent", "in/list/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+        "in/list/agent.json holds a JSON list; expected a JSON object (the card's fields)",
+    ),
+    (
+        ["explain", "--agent", "in/envstr/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+        'in/envstr/agent.json has \'env\' = "red-fetch-green"; expected \'env\': {"name": "<registered env>", '
+        '"settings": {...}}',
+    ),
 ]
 
 
@@ -306,14 +445,16 @@ def _bad_files(folder, data) -> None:
 
     import h5py
     import numpy as np
+
     from xrl.agents.load import ZOO_DIR
+
     folder.mkdir()
     blob = data.read_bytes()
     (folder / "text.h5").write_text("not a dataset\n" * 50)
     (folder / "cut.h5").write_bytes(blob[: len(blob) * 2 // 5])
     corrupt = bytearray(blob)
     for at in (len(blob) // 2, len(blob) * 3 // 4):  # the file opens; a read in the middle fails
-        corrupt[at:at + 3000] = b"\xff" * 3000
+        corrupt[at : at + 3000] = b"\xff" * 3000
     (folder / "corrupt.h5").write_bytes(bytes(corrupt))
     with h5py.File(folder / "foreign.h5", "w") as f:
         f["x"] = np.zeros(3)
@@ -323,8 +464,9 @@ def _bad_files(folder, data) -> None:
     (folder / "results" / ".lock").write_text(holder)
     (folder / "repro").mkdir()
     (folder / "repro" / ".lock").write_text(holder)
-    (folder / "spec.toml").write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
-                                      "agent = 'red-fetch-green'\n")
+    (folder / "spec.toml").write_text(
+        "methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\nagent = 'red-fetch-green'\n"
+    )
     card = json.loads((ZOO_DIR / "red-fetch-green" / "agent.json").read_text())
     for name, text in (("list", "[]"), ("envstr", json.dumps({**card, "env": "red-fetch-green"}))):
         (folder / name).mkdir()
@@ -333,8 +475,9 @@ def _bad_files(folder, data) -> None:
 
 
 @pytest.mark.parametrize("argv, line", COMMANDS, ids=[" ".join(a[:1] + a[-4:-2]) for a, _ in COMMANDS])
-def test_bad_inputs_of_the_other_commands_are_one_line_and_write_nothing(argv, line, dataset, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_bad_inputs_of_the_other_commands_are_one_line_and_write_nothing(
+    argv, line, dataset, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     _bad_files(tmp_path / "in", dataset)
     argv = [str(dataset) if a == "DATA" else a for a in argv]
@@ -346,9 +489,9 @@ def test_bad_inputs_of_the_other_commands_are_one_line_and_write_nothing(argv, l
     prefix = f"xrl {argv[0]}: error: "
     assert err[0].startswith(prefix)
     if isinstance(line, str):
-        assert err[0][len(prefix):] == line.replace("DATA", str(dataset))
+        assert err[0][len(prefix) :] == line.replace("DATA", str(dataset))
     else:
-        assert re.fullmatch(line.pattern.replace("DATA", re.escape(str(dataset))), err[0][len(prefix):]), err[0]
+        assert re.fullmatch(line.pattern.replace("DATA", re.escape(str(dataset))), err[0][len(prefix) :]), err[0]
     assert files(tmp_path) == before and dataset.read_bytes() == data_before  # nothing written
 
 
@@ -360,21 +503,26 @@ def test_the_bad_input_tables_hold_at_least_60_rows():
 def test_a_damaged_job_file_is_named_by_read_npz(tmp_path):
     """What ``xrl report`` and the bench runner read of a job: a cut ``.npz`` is one error naming it."""
     import numpy as np
+
     from xrl.bench.layout import read_npz
+
     path = tmp_path / "random.npz"
     np.savez_compressed(path, maps=np.zeros((2, 4, 4), np.float32))
     assert read_npz(path)["maps"].shape == (2, 4, 4)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError) as err:
         read_npz(path)
-    assert str(err.value).startswith(f"{path} is not a readable job file (") and "run `xrl bench` again" in str(err.value)
+    assert str(err.value).startswith(f"{path} is not a readable job file (") and "run `xrl bench` again" in str(
+        err.value
+    )
 
 
 @pytest.mark.slow
 def test_a_truncated_job_file_in_report_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "spec.toml").write_text("methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\n"
-                                        "agent = 'red-fetch-green'\n")
+    (tmp_path / "spec.toml").write_text(
+        "methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\nagent = 'red-fetch-green'\n"
+    )
     assert main(["bench", "spec.toml", "--out", "res"]) == 0
     job = next((tmp_path / "res" / "jobs").rglob("*.npz"))
     job.write_bytes(job.read_bytes()[:300])
@@ -382,8 +530,10 @@ def test_a_truncated_job_file_in_report_is_one_line_naming_it(tmp_path, capsys, 
     capsys.readouterr()
     assert main(["report", "res", "--out", "r.html"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"xrl report: error: {job.relative_to(tmp_path)} is not a readable job file (BadZipFile: File is "
-                   "not a zip file); delete it and run `xrl bench` again to recompute the job"]
+    assert err == [
+        f"xrl report: error: {job.relative_to(tmp_path)} is not a readable job file (BadZipFile: File is "
+        "not a zip file); delete it and run `xrl bench` again to recompute the job"
+    ]
     assert files(tmp_path) == before
 
 
@@ -392,9 +542,27 @@ def test_a_setting_that_needs_too_much_memory_is_one_line(dataset, tmp_path, cap
     line naming the setting to change, not a traceback; nothing is written."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XRL_MAX_ALLOC_GB", "0.00001")  # 10 kB
-    assert main(["explain", *RFG_AGENT, "--data", str(dataset), "--methods", "greydanus", "--setting",
-                 "greydanus.stride=1", "--out", "e.png"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                *RFG_AGENT,
+                "--data",
+                str(dataset),
+                "--methods",
+                "greydanus",
+                "--setting",
+                "greydanus.stride=1",
+                "--out",
+                "e.png",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.fullmatch(r"xrl explain: error: .+ would need [0-9.]+ GB \(limit 0\.0 GB, "
-                                          r"XRL_MAX_ALLOC_GB\); .*stride.*", err[0]), err
+    assert len(err) == 1 and re.fullmatch(
+        r"xrl explain: error: .+ would need [0-9.]+ GB \(limit 0\.0 GB, "
+        r"XRL_MAX_ALLOC_GB\); .*stride.*",
+        err[0],
+    ), err
     assert files(tmp_path) == {}

@@ -12,6 +12,7 @@ procedure, written here from its description (not copied):
 - extremal perturbations, Fong et al. 2019, github.com/facebookresearch/TorchRay
   ``torchray/attribution/extremal_perturbation.py`` (the defaults of ``extremal_perturbation``).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ from xrl.explainers import get_explainer
 
 def small_net(channels=1, side=20, k=4, seed=0):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(channels, 6, 3, stride=2, padding=1), nn.ELU(), nn.Flatten(),
-                        nn.Linear(6 * ((side + 1) // 2) ** 2, k))
+    net = nn.Sequential(
+        nn.Conv2d(channels, 6, 3, stride=2, padding=1), nn.ELU(), nn.Flatten(), nn.Linear(6 * ((side + 1) // 2) ** 2, k)
+    )
     return as_model(net, input_shape=(channels, side, side))
 
 
@@ -54,7 +56,10 @@ def reference_score_frame(model, frame, r, d, blur=3.0):
     ``0.5 * ||L - l||^2`` for a mask centred on every d-th pixel, with their ``occlude``
     ``I * (1 - M) + gaussian_filter(I, sigma=3) * M``."""
     height, width = frame.shape
-    run = lambda image: model(torch.from_numpy(image).float()[None, None])[0].double().numpy()
+
+    def run(image):
+        return model(torch.from_numpy(image).float()[None, None])[0].double().numpy()
+
     base = run(frame)
     blurred = gaussian_filter(frame, sigma=blur)
     grid = np.zeros((len(range(0, height, d)), len(range(0, width, d))))
@@ -109,8 +114,12 @@ def test_greydanus_scores_and_their_names():
     assert torch.equal(old, new)
     with torch.no_grad():
         logits = model(x)
-    probs_only = get_explainer("greydanus", as_model(nn.Sequential(model.net, nn.LogSoftmax(-1)),
-                                                      input_shape=(1, 20, 20)), stride=4, radius=2.0)
+    probs_only = get_explainer(
+        "greydanus",
+        as_model(nn.Sequential(model.net, nn.LogSoftmax(-1)), input_shape=(1, 20, 20)),
+        stride=4,
+        radius=2.0,
+    )
     # the logits score of a model whose outputs are log-probabilities is not the probability score
     assert not torch.allclose(probs_only.explain(x), new)
     assert logits.shape == (2, 4)
@@ -137,8 +146,12 @@ def reference_masks(height, width, grid, rows, cols):
     s = grid.shape[-1]
     cell = np.ceil(np.array([height, width]) / s)
     up = ((s + 1) * cell).astype(int)
-    return np.stack([resize(g, up, order=1, mode="reflect", anti_aliasing=False)[x:x + height, y:y + width]
-                     for g, x, y in zip(grid, rows, cols)])
+    return np.stack(
+        [
+            resize(g, up, order=1, mode="reflect", anti_aliasing=False)[x : x + height, y : y + width]
+            for g, x, y in zip(grid, rows, cols)
+        ]
+    )
 
 
 @pytest.mark.parametrize("height, width, s, p1", [(20, 20, 4, 0.5), (21, 17, 3, 0.3), (84, 84, 8, 0.5)])
@@ -161,13 +174,15 @@ def test_rise_saliency_matches_the_authors_formula():
         with torch.no_grad():  # RISE.forward: p = softmax(model(masks * x)); sal = p^T M / N / p1
             p = torch.softmax(model(torch.from_numpy(masks[:, None] * frame).float()), -1).double().numpy()
         expected = (p.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1
-        np.testing.assert_allclose(explainer.explain_all(x[b:b + 1])[0].double().numpy(), expected,
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            explainer.explain_all(x[b : b + 1])[0].double().numpy(), expected, rtol=1e-4, atol=1e-6
+        )
     raw = get_explainer("rise", model, n_masks=n, grid=s, p=p1, seed=1, score="logits").explain_all(x[:1])[0]
     with torch.no_grad():
         scores = model(torch.from_numpy(masks[:, None] * x[0].double().numpy()).float()).double().numpy()
-    np.testing.assert_allclose(raw.double().numpy(), (scores.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        raw.double().numpy(), (scores.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1, rtol=1e-4, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- LIME
@@ -192,10 +207,18 @@ def reference_lime_mask(beta, num_features, positive_only=True, negative_only=Fa
     return mask
 
 
-@pytest.mark.parametrize("options", [{}, {"num_features": 3}, {"num_features": 20},
-                                     {"positive_only": False}, {"positive_only": False, "min_weight": 0.05},
-                                     {"positive_only": False, "negative_only": True},
-                                     {"min_weight": 0.05}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"num_features": 3},
+        {"num_features": 20},
+        {"positive_only": False},
+        {"positive_only": False, "min_weight": 0.05},
+        {"positive_only": False, "negative_only": True},
+        {"min_weight": 0.05},
+    ],
+)
 def test_lime_binary_output_is_get_image_and_mask(options):
     model, x = small_net(channels=2, side=16, k=3), rand(2, 2, 16, 16, seed=4)
     settings = {"segmentation": "grid", "cell": 4, "n_samples": 200, "fill": "black"}
@@ -210,8 +233,10 @@ def test_lime_binary_output_is_get_image_and_mask(options):
             got = binary_maps[b, k, ::4, ::4].flatten().double().numpy()
             np.testing.assert_array_equal(got, expected)
             # constant on each superpixel
-            torch.testing.assert_close(binary_maps[b, k], torch.from_numpy(expected).float()
-                                       .view(4, 4).repeat_interleave(4, 0).repeat_interleave(4, 1))
+            torch.testing.assert_close(
+                binary_maps[b, k],
+                torch.from_numpy(expected).float().view(4, 4).repeat_interleave(4, 0).repeat_interleave(4, 1),
+            )
     torch.testing.assert_close(binary.explain(x, targets=1), binary_maps[:, 1])
 
 
@@ -227,10 +252,32 @@ def test_lime_binary_rejects_bad_settings():
 #: TorchRay's extremal_perturbation() defaults as its code sets them (max_iter, the SGD
 #: optimiser's lr, pmask = ones, step, sigma, Perturbation's max_blur and num_levels, areas,
 #: regul_weight and its 1.0035 growth per iteration, coldness = 20)
-TORCHRAY = {"iterations": 800, "lr": 0.01, "optimizer": "sgd", "init": 1.0, "step": 7, "sigma": 21.0,
-            "max_blur": 20.0, "num_levels": 8, "area": 0.1, "area_weight": 300.0, "temperature": 1 / 20}
-FAST = {"iterations": 100, "lr": 0.05, "optimizer": "adam", "init": 1.0, "step": 4, "sigma": 8.0,
-        "max_blur": 8.0, "num_levels": 8, "area": 0.12, "area_weight": 300.0, "temperature": 0.05}
+TORCHRAY = {
+    "iterations": 800,
+    "lr": 0.01,
+    "optimizer": "sgd",
+    "init": 1.0,
+    "step": 7,
+    "sigma": 21.0,
+    "max_blur": 20.0,
+    "num_levels": 8,
+    "area": 0.1,
+    "area_weight": 300.0,
+    "temperature": 1 / 20,
+}
+FAST = {
+    "iterations": 100,
+    "lr": 0.05,
+    "optimizer": "adam",
+    "init": 1.0,
+    "step": 4,
+    "sigma": 8.0,
+    "max_blur": 8.0,
+    "num_levels": 8,
+    "area": 0.12,
+    "area_weight": 300.0,
+    "temperature": 0.05,
+}
 
 
 @pytest.mark.parametrize("preset, expected, growth", [("torchray", TORCHRAY, 1.0035**800), ("fast", FAST, 16.0)])

@@ -1,8 +1,8 @@
 """xrl bench: spec checking, the in-process runner, resume after a kill, crashing jobs, results files."""
+
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import signal
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import xrl
 from xrl import cli
@@ -57,10 +56,17 @@ def comparable(doc: dict) -> list[dict]:
     out = []
     for g in doc["groups"]:
         cols = [c for c in g["columns"] if g["categories"][c] != "cost"]
-        out.append({"key": (g["agent"], g["seed"]), "rows": g["rows"], "gallery": g["gallery_rows"],
-                    "methods": g["methods"], "curves": g["curves"],
-                    "values": {m: {c: g["values"][m][c] for c in cols} for m in g["methods"]},
-                    "means": {m: {c: g["means"][m][c] for c in cols} for m in g["methods"]}})
+        out.append(
+            {
+                "key": (g["agent"], g["seed"]),
+                "rows": g["rows"],
+                "gallery": g["gallery_rows"],
+                "methods": g["methods"],
+                "curves": g["curves"],
+                "values": {m: {c: g["values"][m][c] for c in cols} for m in g["methods"]},
+                "means": {m: {c: g["means"][m][c] for c in cols} for m in g["methods"]},
+            }
+        )
     return out
 
 
@@ -117,11 +123,17 @@ def test_bad_spec_lists_every_problem_with_its_line(tmp_path, monkeypatch):
         run_bench(path, tmp_path / "out", progress=False)
     problems = info.value.problems
     want = [  # (line, words) in the order of the file
-        (1, ["name", "bad one"]), (2, ["seeds", "'1'"]), (3, ["n_states", ">= 1"]),
-        (4, ["colour", "known keys"]), (5, ["nosuch", "greydanus", "occlusion"]),
-        (6, ["nometric", "deletion", "sanity"]), (10, ["trained on 'red-fetch-green'", "pong"]),
-        (11, ["episodes", "1.5"]), (14, ["no-such-agent", "zoo agents", "red-fetch-green"]),
-        (18, ["radus"]), (20, ["rise", "not among the methods run"]),
+        (1, ["name", "bad one"]),
+        (2, ["seeds", "'1'"]),
+        (3, ["n_states", ">= 1"]),
+        (4, ["colour", "known keys"]),
+        (5, ["nosuch", "greydanus", "occlusion"]),
+        (6, ["nometric", "deletion", "sanity"]),
+        (10, ["trained on 'red-fetch-green'", "pong"]),
+        (11, ["episodes", "1.5"]),
+        (14, ["no-such-agent", "zoo agents", "red-fetch-green"]),
+        (18, ["radus"]),
+        (20, ["rise", "not among the methods run"]),
         (24, ["step_fraction", "(0, 1]"]),
     ]
     assert len(problems) == len(want), "\n".join(problems)
@@ -141,18 +153,23 @@ def test_bad_spec_on_the_command_line(capsys, tmp_path):
     assert err.count(f"{path}:") == 12
 
 
-@pytest.mark.parametrize("text, words", [
-    ("name = 'x'\n", ["[[agents]]"]),
-    ("name = [\n", ["not valid TOML"]),
-    # names that would resolve to the output folder's parent or itself, not a folder inside it
-    ("name = '..'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "not only dots", "'..'"]),
-    ("name = '.'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'.'"]),
-    ("name = '../x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'../x'"]),
-    ("name = '/tmp/x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'/tmp/x'"]),
-    ("[[agents]]\nagent = 'red-fetch-green'\nname = '..'\n", ["agents[0].name", "not only dots"]),
-    ("methods = 'all'\nmetrics = ['localization']\n[[agents]]\nagent = 'red-fetch-green'\n"
-     "data = 'nosuch.h5'\n", ["agents[0].data", "nosuch.h5"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name = 'x'\n", ["[[agents]]"]),
+        ("name = [\n", ["not valid TOML"]),
+        # names that would resolve to the output folder's parent or itself, not a folder inside it
+        ("name = '..'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "not only dots", "'..'"]),
+        ("name = '.'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'.'"]),
+        ("name = '../x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'../x'"]),
+        ("name = '/tmp/x'\n[[agents]]\nagent = 'red-fetch-green'\n", ["name must be a word", "'/tmp/x'"]),
+        ("[[agents]]\nagent = 'red-fetch-green'\nname = '..'\n", ["agents[0].name", "not only dots"]),
+        (
+            "methods = 'all'\nmetrics = ['localization']\n[[agents]]\nagent = 'red-fetch-green'\ndata = 'nosuch.h5'\n",
+            ["agents[0].data", "nosuch.h5"],
+        ),
+    ],
+)
 def test_more_bad_specs(tmp_path, text, words):
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, text))
@@ -163,24 +180,32 @@ def test_more_bad_specs(tmp_path, text, words):
 def test_a_metric_that_needs_labels_the_data_lacks_is_refused(tmp_path, tiny_run):
     # a dataset without labels: copy the collected one's states into a label-free file
     from xrl.data.dataset import StateDatasetWriter
+
     folder, out = tiny_run
     with StateDataset.open(out / "data" / "red-fetch-green-seed0.h5") as ds:
-        meta = {"env": ds.env, "agent": ds.agent, "action_names": ds.action_names,
-                "collect": ds.collect_settings}
+        meta = {"env": ds.env, "agent": ds.agent, "action_names": ds.action_names, "collect": ds.collect_settings}
         n = len(ds)
         with StateDatasetWriter(tmp_path / "nolabels.h5", **meta) as w:
-            w.append(states=ds.raw_states(), frames=ds.frames(), actions=ds.actions, scores=ds.scores,
-                     labels=None)
+            w.append(states=ds.raw_states(), frames=ds.frames(), actions=ds.actions, scores=ds.scores, labels=None)
             w.end_episode(0.0)
             w.finalize()
-    text = ("metrics = ['localization', 'sparseness']\nmethods = ['random']\n"
-            "[[agents]]\nagent = 'red-fetch-green'\ndata = 'nolabels.h5'\n")
+    text = (
+        "metrics = ['localization', 'sparseness']\nmethods = ['random']\n"
+        "[[agents]]\nagent = 'red-fetch-green'\ndata = 'nolabels.h5'\n"
+    )
     with pytest.raises(SpecError, match="need ground-truth labels"):
         load_spec(write_spec(tmp_path, text))
     # with metrics = "all" the same data is fine: localization is reported as skipped
-    spec = load_spec(write_spec(tmp_path, text.replace("['localization', 'sparseness']", "'all'")
-                                .replace("methods = ['random']", "methods = ['random']\nn_states = 2\n"
-                                         "[metric_settings.lipschitz]\nn_samples = 1\n"), "all.toml"))
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            text.replace("['localization', 'sparseness']", "'all'").replace(
+                "methods = ['random']",
+                "methods = ['random']\nn_states = 2\n[metric_settings.lipschitz]\nn_samples = 1\n",
+            ),
+            "all.toml",
+        )
+    )
     assert n >= 2 and "localization" in spec.metrics
 
 
@@ -192,13 +217,15 @@ def test_shipped_specs_are_valid_and_cover_every_registered_name():
         # methods that cannot explain an agent (an attention explainer on a plain CNN) are left
         # out of its jobs, with the reason
         assert all(all(why for why in spec.not_run[a.name].values()) for a in spec.agents)
-        assert len(spec.jobs()) == sum(len(spec.seeds) * (len(spec.methods) - len(spec.not_run[a.name]))
-                                       for a in spec.agents)
+        assert len(spec.jobs()) == sum(
+            len(spec.seeds) * (len(spec.methods) - len(spec.not_run[a.name])) for a in spec.agents
+        )
     with pytest.raises(FileNotFoundError, match="quick, full|full, quick"):
         load_spec("nosuch")
 
 
 # -- running ----------------------------------------------------------------------------------------
+
 
 def test_results_hold_every_job_and_match_evaluate(tiny_run):
     folder, out = tiny_run
@@ -212,16 +239,18 @@ def test_results_hold_every_job_and_match_evaluate(tiny_run):
         assert "localization.auc" in g["columns"] and g["skipped"] == {}
         # the bench is evaluate() on the same states: the same numbers as a direct call
         with StateDataset.open(out / g["data"]) as ds:
-            direct = evaluate(model, ds, spec.methods, spec.metrics, n_states=4, seed=g["seed"],
-                              progress=False)
+            direct = evaluate(model, ds, spec.methods, spec.metrics, n_states=4, seed=g["seed"], progress=False)
         assert g["rows"] == direct.rows and len(g["rows"]) == 4
         for m in g["methods"]:
             for c in g["columns"]:
                 if c == "time_per_map":
                     assert all(v > 0 for v in g["values"][m][c])
                     continue
-                np.testing.assert_array_equal(np.asarray(g["values"][m][c], dtype=float),
-                                              np.asarray(direct.values[m][c], dtype=float), err_msg=f"{m} {c}")
+                np.testing.assert_array_equal(
+                    np.asarray(g["values"][m][c], dtype=float),
+                    np.asarray(direct.values[m][c], dtype=float),
+                    err_msg=f"{m} {c}",
+                )
                 assert g["means"][m][c] == pytest.approx(np.nanmean(np.asarray(g["values"][m][c], dtype=float)))
             # the mean deletion curve: 11 points for step 0.1, from the state to the black substrate;
             # its trapezoid area is the mean deletion score
@@ -278,9 +307,11 @@ class _Crashing(Explainer):
 
 def test_a_crashing_job_is_recorded_and_the_others_finish(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(EXPLAINERS._items, "_crashing", _Crashing)  # registered for this test only
-    text = TINY.replace('methods = ["gradient", "random", "greydanus"]',
-                        'methods = ["gradient", "_crashing", "random"]') \
-               .replace("seeds = [0, 1]", "seeds = [0]").replace("[method_settings.greydanus]\nradius = 4\nstride = 8\n", "")
+    text = (
+        TINY.replace('methods = ["gradient", "random", "greydanus"]', 'methods = ["gradient", "_crashing", "random"]')
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("[method_settings.greydanus]\nradius = 4\nstride = 8\n", "")
+    )
     path = write_spec(tmp_path, text)
     code = cli.main(["bench", str(path), "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
@@ -319,12 +350,18 @@ def test_check_only(tmp_path, capsys):
 
 # -- killed midway ----------------------------------------------------------------------------------
 
-SLOW = TINY.replace('methods = ["gradient", "random", "greydanus"]',
-                    'methods = ["gradient", "random", "greydanus", "occlusion", "smoothgrad", "integrated_gradients"]') \
-           .replace("seeds = [0, 1]", "seeds = [0]") \
-           .replace('metrics = ["deletion", "insertion", "sparseness", "localization", "time_per_map"]',
-                    'metrics = ["deletion", "insertion", "sparseness", "localization", "lipschitz"]') \
+SLOW = (
+    TINY.replace(
+        'methods = ["gradient", "random", "greydanus"]',
+        'methods = ["gradient", "random", "greydanus", "occlusion", "smoothgrad", "integrated_gradients"]',
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]")
+    .replace(
+        'metrics = ["deletion", "insertion", "sparseness", "localization", "time_per_map"]',
+        'metrics = ["deletion", "insertion", "sparseness", "localization", "lipschitz"]',
+    )
     + "\n[metric_settings.lipschitz]\nn_samples = 4\n"
+)
 
 
 def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path, tiny_run):
@@ -333,9 +370,13 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path, tiny_run):
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xrl.cli", "bench", str(path), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xrl.cli", "bench", str(path), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list((out / "jobs").rglob("*.json")) and time.monotonic() < deadline:
@@ -347,8 +388,13 @@ def test_killed_run_resumes_with_only_the_missing_jobs(tmp_path, tiny_run):
     done = {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "jobs").rglob("*.json")}
     assert 1 <= len(done) < 6, f"{len(done)} jobs were done when killed; make the jobs slower"
 
-    completed = subprocess.run([sys.executable, "-m", "xrl.cli", "bench", str(path), "--out", str(out)],
-                               capture_output=True, text=True, timeout=600, env=env)
+    completed = subprocess.run(
+        [sys.executable, "-m", "xrl.cli", "bench", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert completed.returncode == 0, completed.stderr
     assert f"6 jobs, {len(done)} already done, {6 - len(done)} to run" in completed.stdout
     for p, t in done.items():  # finished jobs were not run again

@@ -1,6 +1,7 @@
 """A bench job of a learned explainer (VisionMask, Stalder Explainer, RExL) has the weights
 fingerprint of the network it runs in its key, whether the network was named in the spec or
 found in the zoo by the agent's fingerprint: a retrained network is not served a stale result."""
+
 from __future__ import annotations
 
 import shutil
@@ -79,7 +80,8 @@ def test_a_zoo_network_found_by_fingerprint_is_in_the_key(zoo, tmp_path, monkeyp
     assert first["gradient"].network == ""
     # the same network: the same keys
     assert {m: j.key for m, j in _jobs(_spec(tmp_path, name="again.toml")).items()} == {
-        m: j.key for m, j in first.items()}
+        m: j.key for m, j in first.items()
+    }
 
     new = _retrain(zoo)
     monkeypatch.setattr(xrl.zoo, "_FOUND", {})
@@ -90,8 +92,9 @@ def test_a_zoo_network_found_by_fingerprint_is_in_the_key(zoo, tmp_path, monkeyp
 
 
 def test_a_network_named_in_the_spec_and_one_overwritten_without_its_card(zoo, tmp_path):
-    named = SPEC.replace('metrics = ["sparseness"]', f'metrics = ["sparseness"]\n\n[method_settings.visionmask]\n'
-                                                       f'network = "{zoo}"')
+    named = SPEC.replace(
+        'metrics = ["sparseness"]', f'metrics = ["sparseness"]\n\n[method_settings.visionmask]\nnetwork = "{zoo}"'
+    )
     before = _jobs(_spec(tmp_path, named))["visionmask"]
     assert before.network == read_card(zoo)["fingerprint"]
     _retrain(zoo, card=False)  # the old card no longer describes the file: its own hash is used
@@ -107,11 +110,28 @@ def test_the_key_of_a_job_without_a_network_is_unchanged():
     from dataclasses import asdict
 
     from xrl.bench.spec import Job
+
     job = Job("a", 0, "gradient", {}, {"sparseness": {}}, 2, 1, 0, False, {"agent": "a"})
     old = {k: v for k, v in asdict(job).items() if k != "network"}
     assert job.key == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    with_network = Job(*[getattr(job, f) for f in ("agent", "seed", "method", "settings", "metrics", "n_states",
-                                                   "threads", "gallery", "store_saliency", "states")], network="x")
+    with_network = Job(
+        *[
+            getattr(job, f)
+            for f in (
+                "agent",
+                "seed",
+                "method",
+                "settings",
+                "metrics",
+                "n_states",
+                "threads",
+                "gallery",
+                "store_saliency",
+                "states",
+            )
+        ],
+        network="x",
+    )
     assert with_network.key != job.key
 
 
@@ -119,6 +139,7 @@ def test_stalder_and_rexl_jobs_carry_their_zoo_networks(tmp_path):
     """The zoo's Stalder network and RExL agent for Red-Fetch-Green, found by the agent's
     fingerprint: each job's network is the fingerprint of those weights."""
     from xrl.artifacts import load_payload
+
     rexl = ZOO / "red-fetch-green-rexl-ds" / "rexl.pt"
     stalder = NETWORK.with_name("stalder_explainer.pt")
     if not (rexl.exists() and stalder.exists()):

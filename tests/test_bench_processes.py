@@ -1,17 +1,17 @@
 """xrl bench in local worker processes (``run_bench(processes=2)``, the demo's way to use every
 core without Ray): the same results as in process."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
+from test_bench import comparable, same_maps, tiny_run, write_spec  # noqa: F401  (tiny_run: fixture)
 
 from xrl.bench import load_results, run_bench
 
-from test_bench import comparable, same_maps, tiny_run, write_spec  # noqa: F401  (tiny_run: fixture)
 
-
-def test_jobs_in_two_processes_give_the_in_process_results(tiny_run, tmp_path):
+def test_jobs_in_two_processes_give_the_in_process_results(tiny_run, tmp_path):  # noqa: F811
     folder, serial = tiny_run
     # the collected states are reused (the same data file), every job runs again in a worker
     (tmp_path / "out").mkdir()
@@ -27,6 +27,7 @@ def test_jobs_in_two_processes_give_the_in_process_results(tiny_run, tmp_path):
 
 def _jobs(out):
     import json
+
     return [json.loads(p.read_text()) for p in (out / "jobs").rglob("*.json") if not p.name.endswith(".error.json")]
 
 

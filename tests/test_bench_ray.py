@@ -1,4 +1,5 @@
 """xrl bench on a local Ray with two workers: the same results as in process."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,9 @@ import sys
 
 import pytest
 import ray
-
 from test_bench import TINY, comparable, same_maps, write_spec
-from xrl.bench import load_results, run_bench
-from xrl.bench import runner
+
+from xrl.bench import load_results, run_bench, runner
 from xrl.bench.runner import start_local_ray
 
 

@@ -1,5 +1,6 @@
 """Image classifiers: the generated shapes dataset, torchvision loading (nothing downloaded), image
 folders (single- and multi-label), classifier training resumes, trunks."""
+
 import json
 
 import numpy as np
@@ -8,9 +9,9 @@ import torch
 from PIL import Image
 
 from xrl.classifiers import ShapesCNN, load_classifier, torchvision_classifier, trunk_of
+from xrl.data.shapes import CLASSES, make_shapes, object_labels, shape_mask, split
 from xrl.train.classifier import ClassifierArgs, load_image_folder, train_classifier
 from xrl.train.run import latest_checkpoint
-from xrl.data.shapes import CLASSES, make_shapes, object_labels, shape_mask, split
 
 
 def test_shapes_are_a_function_of_the_seed_and_masks_are_the_objects():
@@ -37,11 +38,14 @@ def test_shape_masks_by_hand():
 
 def test_torchvision_classifier_builds_without_download_and_loads_user_weights(tmp_path, monkeypatch):
     import torch.hub
+
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
     torch.manual_seed(0)
     model = torchvision_classifier("resnet18", None, n_classes=3, input_size=32)
     torch.save(model.net.net.state_dict(), tmp_path / "w.pt")
-    loaded = torchvision_classifier("resnet18", tmp_path / "w.pt", n_classes=3, input_size=32, class_names=["a", "b", "c"])
+    loaded = torchvision_classifier(
+        "resnet18", tmp_path / "w.pt", n_classes=3, input_size=32, class_names=["a", "b", "c"]
+    )
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model(x), loaded(x)) and loaded.action_names == ["a", "b", "c"]
     assert trunk_of(loaded)(x).shape == (2, 512, 1, 1)
@@ -83,7 +87,9 @@ def test_classifier_training_resumes_to_the_same_weights(tmp_path):
     for k, v in a["net"].items():
         assert torch.equal(v, b["net"][k]), k
     model = load_classifier(full)
-    assert model.input_shape == (3, 16, 16) and model.action_names == list(CLASSES) and model.score_kind == "class_logits"
+    assert (
+        model.input_shape == (3, 16, 16) and model.action_names == list(CLASSES) and model.score_kind == "class_logits"
+    )
     assert isinstance(model.net, ShapesCNN) and trunk_of(model) is model.net.trunk
     card = json.loads(full.with_suffix(".json").read_text())
     assert card["command"].startswith("xrl train classifier") and "--size 16" in card["command"]
@@ -98,6 +104,7 @@ def test_classifiers_names_the_model_and_points_to_the_trainer():
     import xrl.agents.classifier
     import xrl.classifiers
     import xrl.train.classifier
+
     for name in xrl.classifiers.__all__:
         assert getattr(xrl.classifiers, name) is getattr(xrl.agents.classifier, name)
     for name in ("ClassifierArgs", "train_classifier", "load_image_folder"):
@@ -105,4 +112,4 @@ def test_classifiers_names_the_model_and_points_to_the_trainer():
         with pytest.raises(AttributeError, match=f"xrl.train.classifier.{name}"):
             getattr(xrl.classifiers, name)
     with pytest.raises(AttributeError, match="no_such_name"):
-        xrl.classifiers.no_such_name
+        _ = xrl.classifiers.no_such_name

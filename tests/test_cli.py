@@ -1,4 +1,5 @@
 """The ``xrl`` command, in process (``xrl.cli.main``) plus one run of the installed script."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,13 +39,14 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 # -- listings ------------------------------------------------------------------------------------
 
+
 def listing(capsys, command: str, names: list[str]) -> dict[str, str]:
     """Each output line as name -> the rest; one line per registered name, in order."""
     code, out, err = run(capsys, command)
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines] == names
-    return {name: line[len(name):].strip() for name, line in zip(names, lines)}
+    return {name: line[len(name) :].strip() for name, line in zip(names, lines)}
 
 
 def check_description(obj, text: str) -> None:
@@ -66,15 +68,37 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
     def card(name, file, **fields):
         (tmp_path / name).mkdir()
         (tmp_path / name / file).write_text(json.dumps(fields))
-    card("done", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "pong", "settings": {"version": "v4"}},
-         timesteps=1_000_448, timesteps_planned=1_000_000, command="xrl train agent --env pong",
-         score={"episodes": 10, "mean_return": -3.25, "std_return": 2.5, "success_rate": 0.2},
-         score_sampled={"episodes": 10, "mean_return": 1.5, "std_return": 4.0, "success_rate": 0.6})
-    card("half", "agent.json", algo="ppo", arch="nature_cnn", env={"name": "breakout", "settings": {}},
-         timesteps=903_168, timesteps_planned=5_000_000, command="xrl train agent --env breakout",
-         score={"episodes": 10, "mean_return": 27.2, "std_return": 3.4, "success_rate": 1.0})
-    card("shapes", "classifier.json", settings={"data": "shapes", "arch": "shapes_cnn", "epochs": 12},
-         command="xrl train classifier", score={"epoch": 8, "val_accuracy": 0.992})
+
+    card(
+        "done",
+        "agent.json",
+        algo="ppo",
+        arch="nature_cnn",
+        env={"name": "pong", "settings": {"version": "v4"}},
+        timesteps=1_000_448,
+        timesteps_planned=1_000_000,
+        command="xrl train agent --env pong",
+        score={"episodes": 10, "mean_return": -3.25, "std_return": 2.5, "success_rate": 0.2},
+        score_sampled={"episodes": 10, "mean_return": 1.5, "std_return": 4.0, "success_rate": 0.6},
+    )
+    card(
+        "half",
+        "agent.json",
+        algo="ppo",
+        arch="nature_cnn",
+        env={"name": "breakout", "settings": {}},
+        timesteps=903_168,
+        timesteps_planned=5_000_000,
+        command="xrl train agent --env breakout",
+        score={"episodes": 10, "mean_return": 27.2, "std_return": 3.4, "success_rate": 1.0},
+    )
+    card(
+        "shapes",
+        "classifier.json",
+        settings={"data": "shapes", "arch": "shapes_cnn", "epochs": 12},
+        command="xrl train classifier",
+        score={"epoch": 8, "val_accuracy": 0.992},
+    )
     (tmp_path / "notes").mkdir()  # a folder without a card is not a zoo model
     code, out, err = run(capsys, "zoo", "--dir", tmp_path, "--commands")
     assert code == 0, err
@@ -82,17 +106,25 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
     assert [line.split()[0] for line in lines[::2]] == ["done", "half", "shapes"]
     assert lines[0].split()[1:5] == ["ppo", "pong", "version=v4", "nature_cnn"]
     assert "1M " in lines[0] and "resumable" not in lines[0]
-    assert "return -3.25 ± 2.5 over 10 episodes, 20% positive (sampled policy: return 1.5 ± 4 over 10 episodes, " \
-           "60% positive)" in lines[0]
+    assert (
+        "return -3.25 ± 2.5 over 10 episodes, 20% positive (sampled policy: return 1.5 ± 4 over 10 episodes, "
+        "60% positive)" in lines[0]
+    )
     assert "sampled" not in lines[2]  # older cards score the greedy policy only
     assert "903k of 5M, resumable" in lines[2] and "return 27.2" in lines[2]
     assert "validation accuracy 0.992" in lines[4] and "resumable" not in lines[4]  # epoch 8 is the best, not the last
-    assert [line.strip() for line in lines[1::2]] == ["xrl train agent --env pong", "xrl train agent --env breakout",
-                                                      "xrl train classifier"]
+    assert [line.strip() for line in lines[1::2]] == [
+        "xrl train agent --env pong",
+        "xrl train agent --env breakout",
+        "xrl train classifier",
+    ]
     code, out, _ = run(capsys, "zoo", "--dir", tmp_path, "--json")
     rows = json.loads(out)
     assert [(r["name"], r["trained"], r["planned"], r["finished"]) for r in rows] == [
-        ("done", 1_000_448, 1_000_000, True), ("half", 903_168, 5_000_000, False), ("shapes", 12, 12, True)]
+        ("done", 1_000_448, 1_000_000, True),
+        ("half", 903_168, 5_000_000, False),
+        ("shapes", 12, 12, True),
+    ]
     code, out, err = run(capsys, "zoo", "--dir", tmp_path / "nosuch")
     assert code != 0 and "does not exist" in err
     # the shipped zoo: one row per agent checkpoint
@@ -106,11 +138,15 @@ def test_zoo_lists_the_explainer_networks_with_the_model_they_explain(capsys, tm
     made for (matched by the weights fingerprint the network records, whatever its folder is
     called), its card's score and the command that made it."""
     import shutil
+
     import torch
+
     zoo = xrl.agents.load.ZOO_DIR
-    for source, target, names in [("red-fetch-green", "the-agent", ("agent.pt", "agent.json")),
-                                  ("red-fetch-green-visionmask", "vm", ("visionmask.pt", "visionmask.json")),
-                                  ("red-fetch-green-rexl-ds", "rexl", ("rexl.pt", "rexl.json"))]:
+    for source, target, names in [
+        ("red-fetch-green", "the-agent", ("agent.pt", "agent.json")),
+        ("red-fetch-green-visionmask", "vm", ("visionmask.pt", "visionmask.json")),
+        ("red-fetch-green-rexl-ds", "rexl", ("rexl.pt", "rexl.json")),
+    ]:
         (tmp_path / target).mkdir()
         for name in names:
             shutil.copy(zoo / source / name, tmp_path / target / name)
@@ -167,7 +203,7 @@ def test_metrics_lists_every_metric_with_direction_and_description(capsys):
     for name, rest in rows.items():
         cls = METRICS.get(name)
         assert rest.startswith(cls.category + " "), rest
-        rest = rest[len(cls.category):].strip()
+        rest = rest[len(cls.category) :].strip()
         hib = cls.higher_is_better
         if isinstance(hib, bool):
             assert rest.split()[0] == ("higher" if hib else "lower"), rest
@@ -181,13 +217,13 @@ def test_metrics_lists_every_metric_with_direction_and_description(capsys):
 
 # -- collect -> explain -> evaluate ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "states.h5"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = cli.main(["collect", "--agent", AGENT, "--episodes", "1", "--max-steps", "5",
-                         "--out", str(out)])
+        code = cli.main(["collect", "--agent", AGENT, "--episodes", "1", "--max-steps", "5", "--out", str(out)])
     assert code == 0
     return out, stdout.getvalue()
 
@@ -204,6 +240,7 @@ def test_collect(collected):
 
 def test_explain_writes_a_png(capsys, collected, tmp_path, monkeypatch):
     import xrl.viz.overlay
+
     data, _ = collected
     png = tmp_path / "grid.png"
     grids = []
@@ -214,8 +251,9 @@ def test_explain_writes_a_png(capsys, collected, tmp_path, monkeypatch):
         return real_grid(frames, maps, path, **kwargs)
 
     monkeypatch.setattr(xrl.viz.overlay, "explanation_grid", spy)
-    code, out, err = run(capsys, "explain", "--agent", AGENT, "--data", data,
-                         "--methods", "gradient,random", "--n", "2", "--out", png)
+    code, out, err = run(
+        capsys, "explain", "--agent", AGENT, "--data", data, "--methods", "gradient,random", "--n", "2", "--out", png
+    )
     assert code == 0, err
     assert f"wrote {png}" in out
     assert grids == [(2, {"gradient": (2, 64, 64), "random": (2, 64, 64)})]
@@ -231,6 +269,7 @@ def test_explain_writes_a_png(capsys, collected, tmp_path, monkeypatch):
 
 def test_explain_by_default_runs_every_method_that_can_explain_the_agent(capsys, collected, tmp_path, monkeypatch):
     import xrl.viz.overlay
+
     data, _ = collected
     shown = []
     monkeypatch.setattr(xrl.viz.overlay, "explanation_grid", lambda frames, maps, path, **kw: shown.extend(maps))
@@ -253,10 +292,26 @@ def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, mo
 
     monkeypatch.setattr(xrl.evaluation, "get_explainer", spy)
     results = tmp_path / "results"
-    code, out, err = run(capsys, "evaluate", "--agent", AGENT, "--data", data,
-                         "--methods", "gradient,greydanus,random",
-                         "--setting", "greydanus.radius=4", "--setting", "greydanus.stride=8",
-                         "--metrics", "localization,sparseness", "--n-states", "4", "--out", results)
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--agent",
+        AGENT,
+        "--data",
+        data,
+        "--methods",
+        "gradient,greydanus,random",
+        "--setting",
+        "greydanus.radius=4",
+        "--setting",
+        "greydanus.stride=8",
+        "--metrics",
+        "localization,sparseness",
+        "--n-states",
+        "4",
+        "--out",
+        results,
+    )
     assert code == 0, err
     assert ("greydanus", {"radius": 4, "stride": 8}) in made
     assert all(s == {} for name, s in made if name != "greydanus")
@@ -265,8 +320,7 @@ def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, mo
     assert "localization.auc" in out and "sparseness" in out
 
     doc = json.loads((results / "metrics.json").read_text())
-    columns = ["localization.auc", "localization.important", "localization.unimportant",
-               "sparseness"]
+    columns = ["localization.auc", "localization.important", "localization.unimportant", "sparseness"]
     assert doc["methods"] == ["gradient", "greydanus", "random"]
     assert doc["columns"] == columns
     assert len(doc["rows"]) == 4
@@ -286,11 +340,14 @@ def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, mo
 
 
 def test_method_settings_parsing():
-    assert cli._method_settings("gradient, greydanus", ["greydanus.radius=4", "greydanus.score=kl"]) \
-        == {"gradient": {}, "greydanus": {"radius": 4, "score": "kl"}}
+    assert cli._method_settings("gradient, greydanus", ["greydanus.radius=4", "greydanus.score=kl"]) == {
+        "gradient": {},
+        "greydanus": {"radius": 4, "score": "kl"},
+    }
 
 
 # -- bad input: exit status 2 and a message naming the choices ------------------------------------
+
 
 def assert_error(code, out, err, *words):
     assert code == 2, (code, err)
@@ -308,14 +365,27 @@ def test_unknown_method(capsys, collected, command):
 
 def test_unknown_metric(capsys, collected, tmp_path):
     data, _ = collected
-    code, out, err = run(capsys, "evaluate", "--agent", AGENT, "--data", data, "--methods",
-                         "random", "--metrics", "nosuch", "--n-states", "2", "--out", tmp_path)
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--agent",
+        AGENT,
+        "--data",
+        data,
+        "--methods",
+        "random",
+        "--metrics",
+        "nosuch",
+        "--n-states",
+        "2",
+        "--out",
+        tmp_path,
+    )
     assert_error(code, out, err, "nosuch", *xrl.list_metrics())
 
 
 def test_unknown_env_in_train_agent(capsys, tmp_path):
-    code, out, err = run(capsys, "train", "agent", "--env", "nosuch", "--timesteps", "10",
-                         "--out", tmp_path / "run")
+    code, out, err = run(capsys, "train", "agent", "--env", "nosuch", "--timesteps", "10", "--out", tmp_path / "run")
     assert_error(code, out, err, "nosuch", *xrl.list_envs())
 
 
@@ -326,8 +396,7 @@ def test_unknown_env_in_train_agent_leaves_no_run_folder(capsys, tmp_path):
 
 
 def test_unknown_agent(capsys, tmp_path):
-    code, out, err = run(capsys, "collect", "--agent", "nosuch", "--episodes", "1",
-                         "--out", tmp_path / "d.h5")
+    code, out, err = run(capsys, "collect", "--agent", "nosuch", "--episodes", "1", "--out", tmp_path / "d.h5")
     assert_error(code, out, err, "nosuch", AGENT)
 
 
@@ -338,22 +407,27 @@ def test_missing_data_file(capsys, tmp_path, command):
     assert_error(code, out, err, str(missing))
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["evaluate", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
-    (["explain", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
-    (["evaluate", "--setting", "greydanus.radius=4"], ["greydanus.radius", "random"]),
-    (["evaluate", "--metric-setting", "bar"], ["--metric-setting takes KEY=VALUE, got 'bar'"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["evaluate", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
+        (["explain", "--setting", "foo"], ["--setting takes KEY=VALUE, got 'foo'"]),
+        (["evaluate", "--setting", "greydanus.radius=4"], ["greydanus.radius", "random"]),
+        (["evaluate", "--metric-setting", "bar"], ["--metric-setting takes KEY=VALUE, got 'bar'"]),
+    ],
+)
 def test_malformed_setting(capsys, collected, tmp_path, argv, words):
     data, _ = collected
-    code, out, err = run(capsys, *argv, "--agent", AGENT, "--data", data, "--methods", "random",
-                         "--out", tmp_path / "x")
+    code, out, err = run(
+        capsys, *argv, "--agent", AGENT, "--data", data, "--methods", "random", "--out", tmp_path / "x"
+    )
     assert_error(code, out, err, *words)
 
 
 def test_malformed_env_setting_in_collect(capsys, tmp_path):
-    code, out, err = run(capsys, "collect", "--agent", AGENT, "--episodes", "1", "--set", "foo",
-                         "--out", tmp_path / "d.h5")
+    code, out, err = run(
+        capsys, "collect", "--agent", AGENT, "--episodes", "1", "--set", "foo", "--out", tmp_path / "d.h5"
+    )
     assert_error(code, out, err, "--set takes KEY=VALUE, got 'foo'")
 
 
@@ -367,16 +441,33 @@ def test_installed_script(tmp_path):
     assert script.exists(), f"the console script is not installed beside {sys.executable}"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for command in ("envs", "zoo", "methods", "metrics", "train", "collect", "explain", "evaluate", "bench",
-                    "report", "watch", "demo"):
+    for command in (
+        "envs",
+        "zoo",
+        "methods",
+        "metrics",
+        "train",
+        "collect",
+        "explain",
+        "evaluate",
+        "bench",
+        "report",
+        "watch",
+        "demo",
+    ):
         assert command in done.stdout
     # main()'s status reaches the shell
-    done = subprocess.run([str(script), "evaluate", "--agent", AGENT, "--data",
-                           str(tmp_path / "missing.h5")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(script), "evaluate", "--agent", AGENT, "--data", str(tmp_path / "missing.h5")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "missing.h5" in done.stderr, done.stderr
 
 
 # -- demo --------------------------------------------------------------------------------------------
+
 
 def check_demo_results(out: Path) -> None:
     for name in ("results.csv", "results.json", "report.html", "explain.png", "summary.md"):
@@ -425,6 +516,7 @@ def test_demo_quick(capsys, tmp_path):
 def test_demo_without_zoo_agent_trains_one(tmp_path):
     # the rest of the demo (bench, report, summary) on whatever agent: test_demo_quick
     from xrl.demo import demo_agent, demo_spec
+
     empty = tmp_path / "zoo"
     empty.mkdir()
     path, card = demo_agent(tmp_path / "demo", zoo=empty, quick=True)

@@ -1,4 +1,5 @@
 """StateDataset files and collect(): round trip, reproducibility, resume, bad files, refusals."""
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,11 @@ def register_fake_env() -> None:
 def tiny_model(env=ENV, settings=SETTINGS):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
-    info = {"env": {"name": env, "settings": settings} if env else None,
-            "card": {"what": "test agent"}, "source": "tests/tiny"}
+    info = {
+        "env": {"name": env, "settings": settings} if env else None,
+        "card": {"what": "test agent"},
+        "source": "tests/tiny",
+    }
     return as_model(net, input_shape=(3, 8, 8), action_names=["left", "fire", "right"], info=info)
 
 
@@ -92,6 +96,7 @@ def run(tmp_path, name="out.h5", **kwargs) -> Path:
 
 # -- round trip ----------------------------------------------------------------------------------
 
+
 def test_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     lengths = [3, 5]
@@ -101,16 +106,25 @@ def test_round_trip(tmp_path):
     actions = rng.integers(0, 3, n)
     scores = rng.normal(size=(n, 3)).astype(np.float32)
     labels = rng.integers(-1, 2, (n, 4, 5)).astype(np.int8)
-    meta = {"env": {"name": "e", "settings": {"a": [1, 2]}}, "agent": {"source": "x", "card": {}},
-            "action_names": ["a", "b", "c"], "collect": {"seed": 1}}
+    meta = {
+        "env": {"name": "e", "settings": {"a": [1, 2]}},
+        "agent": {"source": "x", "card": {}},
+        "action_names": ["a", "b", "c"],
+        "collect": {"seed": 1},
+    }
     out = tmp_path / "rt.h5"
     with StateDatasetWriter(out, **meta) as w:
         start = 0
         for length, ret in zip(lengths, [1.5, -2.0]):
             half = start + length // 2  # an episode may come in several blocks
             for lo, hi in ((start, half), (half, start + length)):
-                w.append(states=states[lo:hi], frames=frames[lo:hi], actions=actions[lo:hi],
-                         scores=scores[lo:hi], labels=labels[lo:hi])
+                w.append(
+                    states=states[lo:hi],
+                    frames=frames[lo:hi],
+                    actions=actions[lo:hi],
+                    scores=scores[lo:hi],
+                    labels=labels[lo:hi],
+                )
             w.end_episode(ret)
             start += length
         assert w.finalize() == out
@@ -160,6 +174,7 @@ def test_round_trip(tmp_path):
 
 
 # -- collect -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sample", [False, True])
 def test_collect_is_reproducible_and_consistent(tmp_path, sample):
@@ -290,8 +305,11 @@ def test_mismatched_env_is_refused(tmp_path):
         run(tmp_path, model=tiny_model(env=None))
     # an agent without a recorded env may be collected in any env of the right shape
     run(tmp_path, model=tiny_model(env=None), env=ENV, env_settings={"length": 5}, episodes=1)
-    wrong_shape = as_model(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), input_shape=(3, 4, 4),
-                           info={"env": {"name": ENV, "settings": SETTINGS}})
+    wrong_shape = as_model(
+        nn.Sequential(nn.Flatten(), nn.Linear(48, 3)),
+        input_shape=(3, 4, 4),
+        info={"env": {"name": ENV, "settings": SETTINGS}},
+    )
     with pytest.raises(ValueError, match=r"\(3, 8, 8\) do not match the model's input \(3, 4, 4\)"):
         run(tmp_path, "w.h5", model=wrong_shape)
     assert not partial_path(tmp_path / "w.h5").exists()
@@ -301,24 +319,38 @@ def test_ground_truth_settings_may_be_added_to_an_agents_env(tmp_path):
     """``labels=True`` only adds info['labels'] (Atari RAM ground truth): an agent trained without
     it is collected with it; a setting that changes observations is still refused."""
     from xrl.agents.load import build_policy, model_from_policy
-    pong = model_from_policy(build_policy("nature_cnn", (4, 84, 84), 6),
-                             info={"env": {"name": "pong", "settings": {"version": "v4"}}})
-    out = collect(pong, episodes=1, max_steps=3, out=tmp_path / "p.h5", progress=False,
-                  env_settings={"version": "v4", "labels": True})
+
+    pong = model_from_policy(
+        build_policy("nature_cnn", (4, 84, 84), 6), info={"env": {"name": "pong", "settings": {"version": "v4"}}}
+    )
+    out = collect(
+        pong,
+        episodes=1,
+        max_steps=3,
+        out=tmp_path / "p.h5",
+        progress=False,
+        env_settings={"version": "v4", "labels": True},
+    )
     with StateDataset.open(out) as ds:
         assert ds.has_labels and ds.env["settings"]["labels"] is True
     with pytest.raises(ValueError, match="trained on env 'pong'"):
-        collect(pong, episodes=1, max_steps=3, out=tmp_path / "q.h5", progress=False,
-                env_settings={"version": "v5", "labels": True})
+        collect(
+            pong,
+            episodes=1,
+            max_steps=3,
+            out=tmp_path / "q.h5",
+            progress=False,
+            env_settings={"version": "v5", "labels": True},
+        )
     # asking for the ground truth alone keeps the agent's other settings (xrl collect --set labels=true)
-    out = collect(pong, episodes=1, max_steps=3, out=tmp_path / "r.h5", progress=False,
-                  env_settings={"labels": True})
+    out = collect(pong, episodes=1, max_steps=3, out=tmp_path / "r.h5", progress=False, env_settings={"labels": True})
     with StateDataset.open(out) as ds:
         assert ds.env["settings"] == {"version": "v4", "labels": True}
         assert ds.has_labels
 
 
 # -- bad files -----------------------------------------------------------------------------------
+
 
 def _truncated(tmp_path):
     data = run(tmp_path, "good.h5", episodes=1).read_bytes()
@@ -340,12 +372,15 @@ def _text(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("make, error, message", [
-    (lambda p: p / "missing.h5", FileNotFoundError, "no dataset file"),
-    (_text, ValueError, "not an HDF5 file"),
-    (_foreign, ValueError, "not an xrl StateDataset"),
-    (_truncated, ValueError, "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda p: p / "missing.h5", FileNotFoundError, "no dataset file"),
+        (_text, ValueError, "not an HDF5 file"),
+        (_foreign, ValueError, "not an xrl StateDataset"),
+        (_truncated, ValueError, "truncated or corrupt"),
+    ],
+)
 def test_bad_files_give_clear_errors(tmp_path, make, error, message):
     with pytest.raises(error, match=message) as info:
         StateDataset.open(make(tmp_path))
@@ -366,7 +401,9 @@ def test_collect_leaves_a_foreign_out_alone(tmp_path):
 
 def test_the_same_agent_from_another_path_extends_the_dataset(tmp_path):
     import shutil
+
     from xrl.agents.load import ZOO_DIR
+
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("agent.pt", "agent.json"):

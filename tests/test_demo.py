@@ -1,5 +1,6 @@
 """The demo explains the zoo agent with the papers' learned explainers (their zoo networks found by
 the agent's weights) and adds the DIGR student and the FLS agent as sections."""
+
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from xrl.demo import LEARNED, SECTIONS, demo_spec, papers_table, section_spec
 
 def test_quick_spec_runs_the_learned_explainers_on_the_zoo_agent():
     from xrl.agents.load import ZOO_DIR
+
     spec = demo_spec(ZOO_DIR / "red-fetch-green" / "agent.pt", quick=True, seed=0)
     (agent,) = spec.agents
     jobs = {j.method for j in spec.jobs()}
@@ -28,15 +30,19 @@ def test_sections_are_shipped_specs_of_the_papers_agents(tmp_path):
     assert [j.method for j in fls.jobs()] == ["attention", "gradient"]
     assert xrl.load_agent(digr.agents[0].agent).info["card"]["what"].lower().startswith("digr")
     assert "sparse_fls" in json.dumps(xrl.load_agent(fls.agents[0].agent).info["card"])
-    for name, (spec_name, _) in SECTIONS.items():
+    for _name, (spec_name, _) in SECTIONS.items():
         assert load_spec(find_spec(spec_name)).metrics  # the shipped file itself checks
     assert section_spec("digr", quick=True, seed=0, zoo=tmp_path) is None  # a zoo without the agent
 
 
 def test_papers_table_puts_each_row_beside_its_reference():
     def group(agent, methods):
-        return {"agent": agent, "methods": methods,
-                "means": {m: {"localization.auc": 0.5 + i / 10, "time_per_map": 1e-3} for i, m in enumerate(methods)}}
+        return {
+            "agent": agent,
+            "methods": methods,
+            "means": {m: {"localization.auc": 0.5 + i / 10, "time_per_map": 1e-3} for i, m in enumerate(methods)},
+        }
+
     main = group("red-fetch-green", ["gradient", "visionmask", "rexl"])
     text = papers_table(main, {"digr": group("digr-student", ["gradient"])})
     lines = text.splitlines()
@@ -51,6 +57,7 @@ def test_papers_table_puts_each_row_beside_its_reference():
 def test_demo_quick_has_the_papers(tmp_path):
     from xrl.bench import load_results
     from xrl.demo import run_demo
+
     out = run_demo(tmp_path / "demo", quick=True)
     (g,) = load_results(out)["groups"]
     for method in LEARNED:

@@ -1,5 +1,6 @@
 """DIGR: the losses against hand computations, PCGrad as defined, the saliency dataset, and a tiny
 training run that resumes to the same result, refuses mismatched inputs and stops on NaN."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,15 @@ from torch import nn
 import xrl
 from xrl.data.dataset import StateDataset
 from xrl.train import digr
-from xrl.train.digr import (DigrArgs, distillation_loss, igr_loss, make_saliency_dataset, pcgrad,
-                            policy_saliency, train_digr)
+from xrl.train.digr import (
+    DigrArgs,
+    distillation_loss,
+    igr_loss,
+    make_saliency_dataset,
+    pcgrad,
+    policy_saliency,
+    train_digr,
+)
 
 
 def linear_model(weight):
@@ -35,8 +43,7 @@ def test_igr_loss_matches_a_hand_computation():
     expected = (mg[0] + mg[3]) / 4  # pixels (0,0) and (1,1) are at or below the threshold 0.1
     loss = igr_loss(model, x.view(1, 1, 2, 2), teacher, threshold=0.1)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert torch.allclose(policy_saliency(model, x.view(1, 1, 2, 2)).double().flatten(),
-                          torch.as_tensor(mg), atol=1e-6)
+    assert torch.allclose(policy_saliency(model, x.view(1, 1, 2, 2)).double().flatten(), torch.as_tensor(mg), atol=1e-6)
 
 
 def test_igr_loss_is_differentiable_in_the_weights_and_zero_when_nothing_is_penalised():
@@ -73,9 +80,22 @@ def test_pcgrad_projects_conflicting_gradients_and_keeps_agreeing_ones():
 
 
 def tiny_args(tmp_path, name, **kw):
-    settings = dict(teacher="red-fetch-green", data=str(tmp_path / "digr-data.h5"), out=str(tmp_path / name),
-                    updates=6, batch_size=4, buffer_size=16, n_envs=2, n_states=6, stride=16,
-                    eval_every=3, eval_episodes=1, final_eval_episodes=2, checkpoint_every=3, progress=False)
+    settings = dict(
+        teacher="red-fetch-green",
+        data=str(tmp_path / "digr-data.h5"),
+        out=str(tmp_path / name),
+        updates=6,
+        batch_size=4,
+        buffer_size=16,
+        n_envs=2,
+        n_states=6,
+        stride=16,
+        eval_every=3,
+        eval_episodes=1,
+        final_eval_episodes=2,
+        checkpoint_every=3,
+        progress=False,
+    )
     settings.update(kw)
     return DigrArgs(**settings)
 
@@ -97,6 +117,7 @@ def test_saliency_dataset_holds_the_teachers_kl_maps(tmp_path):
 def test_saliency_dataset_resumes_after_an_interruption(tmp_path, monkeypatch):
     teacher = xrl.load_agent("red-fetch-green")
     from xrl.data.collect import collect
+
     collect(teacher, episodes=2, out=tmp_path / "d.h5", seed=0, sample=True, progress=False)  # killed here
     real, calls = digr._chunk_maps, []
 
@@ -166,6 +187,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     with pytest.raises(FloatingPointError, match=r"update 4.*last good checkpoint \(update 3\)"):
         train_digr(tiny_args(tmp_path, "nan"))
     from xrl.train.run import latest_checkpoint
+
     assert json.loads((latest_checkpoint(tmp_path / "nan") / "state.json").read_text())["update"] == 3
 
 
@@ -174,8 +196,11 @@ def test_mismatched_inputs_are_refused(tmp_path):
         train_digr(tiny_args(tmp_path, "arch", arch="nature_cnn"))
     # a dataset made by another agent (an untrained one of the same env)
     from xrl.agents.load import build_policy, model_from_policy
-    other = model_from_policy(build_policy("grid_cnn", (3, 64, 64), 4),
-                              info={"env": {"name": "red-fetch-green", "settings": {}}, "source": "untrained"})
+
+    other = model_from_policy(
+        build_policy("grid_cnn", (3, 64, 64), 4),
+        info={"env": {"name": "red-fetch-green", "settings": {}}, "source": "untrained"},
+    )
     data = make_saliency_dataset(other, tmp_path / "other.h5", n_states=3, stride=16, progress=False)
     with pytest.raises(ValueError, match="made by another agent"):
         train_digr(tiny_args(tmp_path, "other", data=str(data)))
@@ -186,15 +211,28 @@ def test_mismatched_inputs_are_refused(tmp_path):
 
 def test_xrl_train_digr_command(tmp_path, capsys):
     from xrl.cli import main
+
     args = tiny_args(tmp_path, "cli", updates=3)
     flags = ["train", "digr", "--teacher", args.teacher, "--data", args.data, "--out", args.out]
-    for name in ("updates", "batch_size", "buffer_size", "n_envs", "n_states", "stride", "eval_every",
-                 "eval_episodes", "final_eval_episodes", "checkpoint_every"):
+    for name in (
+        "updates",
+        "batch_size",
+        "buffer_size",
+        "n_envs",
+        "n_states",
+        "stride",
+        "eval_every",
+        "eval_episodes",
+        "final_eval_episodes",
+        "checkpoint_every",
+    ):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     assert main(flags + ["--use-pcgrad", "false"]) == 0
     assert "student:" in capsys.readouterr().out
     card = json.loads((tmp_path / "cli" / "agent.json").read_text())
-    assert card["digr"]["use_pcgrad"] is False and card["command"].startswith("xrl train digr --teacher red-fetch-green")
+    assert card["digr"]["use_pcgrad"] is False and card["command"].startswith(
+        "xrl train digr --teacher red-fetch-green"
+    )
     with pytest.raises(SystemExit):  # argparse: "expected true or false"
         main(flags + ["--use-pcgrad", "maybe"])
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
@@ -208,6 +246,7 @@ class _Payload:
 
     def __reduce__(self):
         from pathlib import Path
+
         return (Path.touch, (self.marker,))
 
 
@@ -220,6 +259,7 @@ def test_an_old_pickle_checkpoint_runs_nothing_unless_trusted(tmp_path):
     import pickle
 
     import cloudpickle
+
     args = tiny_args(tmp_path, "old")
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "trust_pickle"}
     run = tmp_path / "old"
@@ -234,10 +274,15 @@ def test_an_old_pickle_checkpoint_runs_nothing_unless_trusted(tmp_path):
     teacher = xrl.load_agent("red-fetch-green")
     state = digr._fresh(args, teacher, "grid_cnn")
     del state["episodes"]
-    blob = {**state, "optimiser": state["optimiser"].state_dict(), "torch_gen": state["torch_gen"].get_state(),
-            "rng": state["rng"].bit_generator.state}
+    blob = {
+        **state,
+        "optimiser": state["optimiser"].state_dict(),
+        "torch_gen": state["torch_gen"].get_state(),
+        "rng": state["rng"].bit_generator.state,
+    }
     (run / "checkpoint.pkl").write_bytes(gzip.compress(cloudpickle.dumps(blob)))
     path = train_digr(dataclasses.replace(args, trust_pickle=True))
     assert path.exists() and not list(run.rglob("*.pkl"))
     from xrl.train.run import latest_checkpoint
+
     assert json.loads((latest_checkpoint(run) / "state.json").read_text())["update"] == 6

@@ -1,4 +1,5 @@
 """Atari envs: API, layout (channels first, oldest frame first), seeding, and recorded settings."""
+
 from __future__ import annotations
 
 import cv2
@@ -115,10 +116,20 @@ def test_reset_padding_of_the_stack(version):
 def test_recorded_settings_hold_defaults_and_differ_between_versions():
     v5 = env_spec(make_env("pong"))
     v4 = env_spec(make_env("pong", version="v4", noop_max=5))
-    assert v5 == {"name": "pong", "settings": {
-        "version": "v5", "sticky_actions": True, "full_action_space": False, "frame_stack": 4,
-        "noop_max": 30, "terminal_on_life_loss": False, "frame_stack_padding": "reset",
-        "labels": False, "infinite": False}}
+    assert v5 == {
+        "name": "pong",
+        "settings": {
+            "version": "v5",
+            "sticky_actions": True,
+            "full_action_space": False,
+            "frame_stack": 4,
+            "noop_max": 30,
+            "terminal_on_life_loss": False,
+            "frame_stack_padding": "reset",
+            "labels": False,
+            "infinite": False,
+        },
+    }
     assert v4["settings"]["version"] == "v4"
     assert v4["settings"]["sticky_actions"] is False
     assert v4["settings"]["frame_stack_padding"] == "zero"
@@ -144,13 +155,16 @@ def test_unknown_game_error_lists_the_known_ones():
         make_atari("tetris")
 
 
-@pytest.mark.parametrize("settings, error", [
-    ({"version": "v3"}, ValueError),
-    ({"sticky_actions": 0.25}, TypeError),
-    ({"frame_stack": 0}, ValueError),
-    ({"noop_max": -1}, ValueError),
-    ({"frame_stack_padding": "same"}, ValueError),
-])
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        ({"version": "v3"}, ValueError),
+        ({"sticky_actions": 0.25}, TypeError),
+        ({"frame_stack": 0}, ValueError),
+        ({"noop_max": -1}, ValueError),
+        ({"frame_stack_padding": "same"}, ValueError),
+    ],
+)
 def test_bad_settings_are_refused(settings, error):
     with pytest.raises(error):
         make_env("pong", **settings)

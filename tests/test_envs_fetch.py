@@ -3,6 +3,7 @@
 Labels are checked against an independent computation from the grid (and against the pixels of
 the rendered image), not against ``env.labels()`` itself.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,7 @@ from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
 
 NAME = "red-fetch-green"
 # MiniGrid colours and indices, written out so that the test does not reuse what the env uses
-RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-       "grey": (100, 100, 100)}
+RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0), "grey": (100, 100, 100)}
 OBJECT_IDX = {"empty": 1, "wall": 2, "key": 5, "ball": 6, "agent": 10}
 COLOR_IDX = {"red": 0, "green": 1, "blue": 2, "yellow": 4, "grey": 5}
 DIR_VEC = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}  # right, down, left, up
@@ -72,7 +72,7 @@ def check_pixels_match_grid(env, obs: np.ndarray) -> None:
     ax, ay = (int(v) for v in u.agent_pos)
 
     def tile(x, y):
-        return obs[:, y * t:(y + 1) * t, x * t:(x + 1) * t].reshape(3, -1).T
+        return obs[:, y * t : (y + 1) * t, x * t : (x + 1) * t].reshape(3, -1).T
 
     def has(px, colour):
         return bool((px == np.array(RGB[colour])).all(axis=1).any())
@@ -145,8 +145,14 @@ def test_settings_are_recorded_and_rebuild_the_same_env():
     env = make_env(NAME, size=6, tile_size=4, max_steps=30)
     spec = env_spec(env)
     assert spec["name"] == NAME
-    assert spec["settings"] == {"size": 6, "obs_type": "rgb", "tile_size": 4, "object_type": "ball",
-                                "max_steps": 30, "render_tile_size": 4}
+    assert spec["settings"] == {
+        "size": 6,
+        "obs_type": "rgb",
+        "tile_size": 4,
+        "object_type": "ball",
+        "max_steps": 30,
+        "render_tile_size": 4,
+    }
     again = make_env(spec["name"], **spec["settings"])
     assert again.observation_space.shape == (3, 24, 24)
     np.testing.assert_array_equal(env.reset(seed=3)[0], again.reset(seed=3)[0])
@@ -174,17 +180,26 @@ def test_different_seeds_give_different_layouts():
     for seed in range(6):
         obs, _ = env.reset(seed=seed)
         u = env.unwrapped
-        objects = tuple(sorted((u.grid.get(x, y).color, x, y) for x in range(1, 7) for y in range(1, 7)
-                               if u.grid.get(x, y) is not None))
+        objects = tuple(
+            sorted(
+                (u.grid.get(x, y).color, x, y) for x in range(1, 7) for y in range(1, 7) if u.grid.get(x, y) is not None
+            )
+        )
         layouts.add((tuple(int(v) for v in u.agent_pos), int(u.agent_dir), objects))
         images.append(obs)
     assert len(layouts) == 6
     assert all(not np.array_equal(images[i], images[j]) for i in range(6) for j in range(i))
 
 
-@pytest.mark.parametrize("settings", [
-    {}, {"obs_type": "symbolic"}, {"object_type": "key"}, {"size": 6, "tile_size": 5},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"obs_type": "symbolic"},
+        {"object_type": "key"},
+        {"size": 6, "tile_size": 5},
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_labels_on_every_reset_and_step(settings, seed):
     env = make_env(NAME, **settings)
@@ -211,10 +226,18 @@ def test_label_categories_for_a_known_layout():
     t = 8
 
     def cell(x, y):
-        return labels[y * t:(y + 1) * t, x * t:(x + 1) * t]
+        return labels[y * t : (y + 1) * t, x * t : (x + 1) * t]
 
-    for (x, y), value in [((2, 3), IMPORTANT), ((5, 5), IMPORTANT), ((1, 1), EXCLUDED), ((6, 2), EXCLUDED),
-                          ((0, 0), EXCLUDED), ((7, 4), EXCLUDED), ((3, 6), UNIMPORTANT), ((4, 1), UNIMPORTANT)]:
+    for (x, y), value in [
+        ((2, 3), IMPORTANT),
+        ((5, 5), IMPORTANT),
+        ((1, 1), EXCLUDED),
+        ((6, 2), EXCLUDED),
+        ((0, 0), EXCLUDED),
+        ((7, 4), EXCLUDED),
+        ((3, 6), UNIMPORTANT),
+        ((4, 1), UNIMPORTANT),
+    ]:
         assert (cell(x, y) == value).all(), (x, y)
     assert (labels == IMPORTANT).sum() == 2 * t * t
     assert (labels == EXCLUDED).sum() == (28 + 2) * t * t  # 28 wall cells of an 8x8 room + 2 distractors
@@ -240,8 +263,10 @@ def test_object_labels_mark_only_the_drawn_pixels_of_agent_and_green_object():
     r, g, bl = obs
     t = 8
     outside = np.ones_like(a, dtype=bool)
-    for (x, y), drawn in [((2, 3), (r > 0) & (g == 0) & (bl == 0)),    # the red agent's pixels
-                          ((5, 5), (g > 0) & (r == 0) & (bl == 0))]:   # the green ball's pixels
+    for (x, y), drawn in [
+        ((2, 3), (r > 0) & (g == 0) & (bl == 0)),  # the red agent's pixels
+        ((5, 5), (g > 0) & (r == 0) & (bl == 0)),
+    ]:  # the green ball's pixels
         sl = (slice(y * t, (y + 1) * t), slice(x * t, (x + 1) * t))
         np.testing.assert_array_equal(b[sl], np.where(drawn[sl], IMPORTANT, EXCLUDED))
         assert 5 < drawn[sl].sum() < t * t
@@ -257,9 +282,9 @@ def test_object_labels_mark_only_the_drawn_pixels_of_agent_and_green_object():
 def test_object_labels_are_info_only_for_collect(tmp_path):
     from xrl.data.collect import collect
     from xrl.data.dataset import StateDataset
+
     agent = xrl.load_agent("red-fetch-green")  # trained without the setting
-    out = collect(agent, episodes=1, out=tmp_path / "d.h5", seed=0, env_settings={"labels": "objects"},
-                  progress=False)
+    out = collect(agent, episodes=1, out=tmp_path / "d.h5", seed=0, env_settings={"labels": "objects"}, progress=False)
     with StateDataset.open(out) as ds:
         assert ds.env["settings"]["labels"] == "objects"
         assert (ds.labels() == IMPORTANT).sum() < 2 * 64 * len(ds)
@@ -268,6 +293,7 @@ def test_object_labels_are_info_only_for_collect(tmp_path):
 def test_env_pickled_before_the_labels_setting_resumes_with_cell_labels():
     # training checkpoints pickle their envs; one written before `labels` existed lacks the attribute
     import pickle
+
     env = make_env("red-fetch-green")
     env.reset(seed=3)
     expected = env.unwrapped.labels()
@@ -350,11 +376,14 @@ def test_episode_is_truncated_at_max_steps():
         assert truncated == (i == 5)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"obs_type": "grey"}, "obs_type must be 'rgb' or 'symbolic', got 'grey'"),
-    ({"object_type": "box"}, "object_type must be one of ['ball', 'key'], got 'box'"),
-    ({"size": 4}, "size must be at least 5"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"obs_type": "grey"}, "obs_type must be 'rgb' or 'symbolic', got 'grey'"),
+        ({"object_type": "box"}, "object_type must be one of ['ball', 'key'], got 'box'"),
+        ({"size": 4}, "size must be at least 5"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(settings, message):
     with pytest.raises(ValueError) as err:
         make_env(NAME, **settings)

@@ -1,6 +1,7 @@
 """Every registered env: the Gymnasium checker and seeded determinism. The optional envs (ViZDoom,
 highway-env, Super Mario Bros): layout (channels first, newest frame last, matching the rendered
 screen), ground truth, missing extras, refused agents, and the Mario adapter against the original."""
+
 from __future__ import annotations
 
 import sys
@@ -101,8 +102,8 @@ def test_missing_extra_names_the_extra_to_install(name, monkeypatch):
 
 def test_envs_command_says_which_extras_are_installed(capsys, monkeypatch):
     from xrl import cli, envs
-    monkeypatch.setattr(envs.importlib.util, "find_spec",
-                        lambda module: None if module == "highway_env" else object())
+
+    monkeypatch.setattr(envs.importlib.util, "find_spec", lambda module: None if module == "highway_env" else object())
     assert cli.main(["envs"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["highway-fast"].endswith("[extra highway: NOT installed]")
@@ -110,10 +111,15 @@ def test_envs_command_says_which_extras_are_installed(capsys, monkeypatch):
     assert "[extra" not in lines["pong"]
 
 
-@pytest.mark.parametrize("settings, error", [
-    ({"frame_stack": 0}, ValueError), ({"frame_skip": 1.5}, ValueError), ({"resolution": "100x100"}, ValueError),
-    ({"labels": "yes"}, TypeError),
-])
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        ({"frame_stack": 0}, ValueError),
+        ({"frame_skip": 1.5}, ValueError),
+        ({"resolution": "100x100"}, ValueError),
+        ({"labels": "yes"}, TypeError),
+    ],
+)
 def test_vizdoom_bad_settings(settings, error):
     needs_extra("vizdoom-basic")
     with pytest.raises(error):
@@ -124,12 +130,27 @@ def test_settings_are_recorded_and_rebuild_the_same_env():
     for name in OPTIONAL:
         needs_extra(name)
     assert env_spec(make_env("vizdoom-basic", frame_stack=2))["settings"] == {
-        "frame_stack": 2, "frame_skip": 4, "resolution": "160x120", "labels": False}
+        "frame_stack": 2,
+        "frame_skip": 4,
+        "resolution": "160x120",
+        "labels": False,
+    }
     assert env_spec(make_env("highway-fast"))["settings"] == {
-        "frame_stack": 4, "width": 128, "height": 64, "scaling": 1.75, "policy_frequency": 2, "duration": 30,
-        "labels": False}
+        "frame_stack": 4,
+        "width": 128,
+        "height": 64,
+        "scaling": 1.75,
+        "policy_frequency": 2,
+        "duration": 30,
+        "labels": False,
+    }
     assert env_spec(make_env("mario"))["settings"] == {
-        "stage": "1-1", "actions": "simple", "frame_stack": 4, "noop_max": 30, "max_steps": 5000}
+        "stage": "1-1",
+        "actions": "simple",
+        "frame_stack": 4,
+        "noop_max": 30,
+        "max_steps": 5000,
+    }
     env = make_env("highway-fast", frame_stack=3, width=96, height=48)
     assert env.observation_space.shape == (3, 48, 96)
     again = make_env(**{"name": env_spec(env)["name"], **env_spec(env)["settings"]})
@@ -138,6 +159,7 @@ def test_settings_are_recorded_and_rebuild_the_same_env():
 
 
 # -- ViZDoom ground truth -------------------------------------------------------------------------
+
 
 def _monster(env):
     state = env.unwrapped.state
@@ -195,7 +217,7 @@ def test_vizdoom_timeout_is_a_truncation():
     needs_extra("vizdoom-basic")
     env = make_env("vizdoom-basic")
     env.reset(seed=0)
-    for t in range(100):
+    for t in range(100):  # noqa: B007  (t is read after the loop)
         obs, reward, terminated, truncated, _ = env.step(0)  # NOOP until the 300-tic timeout
         if terminated or truncated:
             break
@@ -205,12 +227,14 @@ def test_vizdoom_timeout_is_a_truncation():
 
 # -- Mario ----------------------------------------------------------------------------------------
 
+
 def test_mario_rom_header_and_ram_reads_are_fixed_for_numpy2():
     needs_extra("mario")
     from gym_super_mario_bros._roms import rom_path
     from nes_py._rom import ROM
 
     from xrl.envs.mario import IntRAM, patch_nes_py
+
     patch_nes_py()
     rom = ROM(rom_path(False, "vanilla"))
     assert (rom.prg_rom_size, rom.chr_rom_size, rom.mapper) == (32, 8, 0)  # SMB: NROM, 32 KB + 8 KB
@@ -227,6 +251,7 @@ def test_mario_adapter_returns_gymnasium_tuples_and_the_original_frames():
     from nes_py.wrappers import JoypadSpace
 
     from xrl.envs.mario import _int_ram_env, patch_nes_py
+
     patch_nes_py()
     env = make_env("mario", noop_max=0)
     obs, info = env.reset(seed=0)
@@ -255,7 +280,7 @@ def test_mario_adapter_returns_gymnasium_tuples_and_the_original_frames():
         np.testing.assert_array_equal(obs[-1], gray)
         assert reward == total and terminated == done and info == original_info
         ram = env.unwrapped.nes.ram
-        assert info["x_pos"] == int(np.asarray(ram)[0x6d]) * 256 + int(np.asarray(ram)[0x86])
+        assert info["x_pos"] == int(np.asarray(ram)[0x6D]) * 256 + int(np.asarray(ram)[0x86])
         if terminated:
             break
     assert info["x_pos"] > 200  # Mario ran right
@@ -277,39 +302,46 @@ def test_mario_noops_at_reset_vary_the_start_with_the_seed():
 
 # -- agents made for other settings are refused -----------------------------------------------------
 
+
 def _untrained_agent(tmp_path, name: str, settings: dict):
     from xrl.agents.load import build_policy, load_agent, save_policy
+
     env = make_env(name, **settings)
     policy = build_policy("nature_cnn", env.observation_space.shape, env.action_space.n)
     card = {"env": {"name": name, "settings": settings}, "action_names": list(env.unwrapped.action_names)}
     return load_agent(save_policy(policy, tmp_path / f"{name}.pt", algo="ppo", arch="nature_cnn", card=card))
 
 
-@pytest.mark.parametrize("name, settings, other, differ", [
-    ("vizdoom-basic", {"frame_stack": 4}, {"frame_stack": 3}, "frame_stack: agent 4, asked 3"),
-    ("mario", {"actions": "simple"}, {"actions": "complex"}, "actions: agent 'simple', asked 'complex'"),
-    ("highway-fast", {"width": 128}, {"width": 96}, "width: agent 128, asked 96"),
-])
+@pytest.mark.parametrize(
+    "name, settings, other, differ",
+    [
+        ("vizdoom-basic", {"frame_stack": 4}, {"frame_stack": 3}, "frame_stack: agent 4, asked 3"),
+        ("mario", {"actions": "simple"}, {"actions": "complex"}, "actions: agent 'simple', asked 'complex'"),
+        ("highway-fast", {"width": 128}, {"width": 96}, "width: agent 128, asked 96"),
+    ],
+)
 def test_agent_for_other_settings_is_refused_naming_the_difference(tmp_path, name, settings, other, differ):
     needs_extra(name)
     from xrl.data.collect import collect
+
     model = _untrained_agent(tmp_path, name, settings)
     with pytest.raises(ValueError, match=rf"they differ in {differ}"):
         collect(model, episodes=1, max_steps=2, out=tmp_path / "x.h5", env_settings=other, progress=False)
     # an agent without a card: the observation or action space itself is checked
     model.info["env"] = None
     with pytest.raises(ValueError, match="do(es)? not match the model"):
-        collect(model, episodes=1, max_steps=2, out=tmp_path / "y.h5", env=name, env_settings=other,
-                progress=False)
+        collect(model, episodes=1, max_steps=2, out=tmp_path / "y.h5", env=name, env_settings=other, progress=False)
 
 
 # -- the CLI runs every optional env unchanged ----------------------------------------------------
+
 
 @pytest.mark.parametrize("name", OPTIONAL)
 def test_collect_explain_evaluate_with_an_untrained_agent(tmp_path, name, capsys):
     needs_extra(name)
     from xrl import cli
     from xrl.data.dataset import StateDataset
+
     settings = {"labels": True} if name.startswith("vizdoom") else {}
     agent = _untrained_agent(tmp_path, name, settings).info["source"]
     data = tmp_path / "states.h5"
@@ -317,12 +349,46 @@ def test_collect_explain_evaluate_with_an_untrained_agent(tmp_path, name, capsys
     with StateDataset.open(data) as ds:
         assert len(ds) == 6 and ds.env["name"] == name and ds.has_labels == name.startswith("vizdoom")
         assert ds.frames([0]).shape[-1] == 3
-    assert cli.main(["explain", "--agent", agent, "--data", str(data), "--methods", "gradient,random",
-                     "--n", "2", "--out", str(tmp_path / "maps.png")]) == 0
+    assert (
+        cli.main(
+            [
+                "explain",
+                "--agent",
+                agent,
+                "--data",
+                str(data),
+                "--methods",
+                "gradient,random",
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "maps.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "maps.png").stat().st_size > 0
     metrics = "sparseness,localization" if name.startswith("vizdoom") else "sparseness"
-    assert cli.main(["evaluate", "--agent", agent, "--data", str(data), "--methods", "gradient,random",
-                     "--metrics", metrics, "--n-states", "4", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--agent",
+                agent,
+                "--data",
+                str(data),
+                "--methods",
+                "gradient,random",
+                "--metrics",
+                metrics,
+                "--n-states",
+                "4",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval" / "metrics.csv").exists()
 
 
@@ -331,6 +397,7 @@ def test_background_is_the_per_pixel_median_of_random_play():
     import torch
 
     from xrl.envs.background import background, random_observations
+
     observations = random_observations("vizdoom-basic", steps=40, seed=1)
     assert observations.shape == (40, 4, 84, 84) and observations.dtype == np.uint8
     ref = background("vizdoom-basic", steps=40, seed=1)
@@ -341,6 +408,7 @@ def test_background_is_the_per_pixel_median_of_random_play():
 
 
 # -- highway-env ground truth ---------------------------------------------------------------------
+
 
 def test_highway_labels_are_the_cars_where_the_simulator_puts_them():
     needs_extra("highway-fast")
@@ -361,7 +429,7 @@ def test_highway_labels_are_the_cars_where_the_simulator_puts_them():
         centres = [surface.pos2pix(*v.position) for v in inner.road.vehicles]
         visible = [(row, col) for col, row in centres if 1 <= row < 63 and 1 <= col < 127]
         for row, col in visible:  # each car in view lies on important pixels
-            assert important[row - 1:row + 2, col - 1:col + 2].any(), (row, col)
+            assert important[row - 1 : row + 2, col - 1 : col + 2].any(), (row, col)
             checked += 1
         assert count - 1 <= len(centres)
         ring = cv2.dilate(important.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -382,6 +450,7 @@ def test_emulators_refuse_pickling_so_training_resumes_with_new_episodes(name):
     C++ memory; xrl.train.agent falls back to fresh episodes when pickling raises."""
     needs_extra(name)
     import cloudpickle
+
     env = make_env(name)
     env.reset(seed=0)
     with pytest.raises(TypeError, match="cannot be pickled"):

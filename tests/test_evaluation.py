@@ -1,4 +1,5 @@
 """xrl.evaluation: evaluate() on a tiny StateDataset, and the Evaluation table / means / files."""
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,9 @@ def write_dataset(path, model, *, labels: bool):
     """Random 3x8x8 states; stored actions are NOT the model's argmax (so targets matter)."""
     rng = np.random.default_rng(0)
     agent = {"source": "tests/tiny", "obs_scale": 255.0}
-    with StateDatasetWriter(path, env={"name": "test", "settings": {}}, agent=agent,
-                            action_names=model.action_names, collect={"seed": 0}) as writer:
+    with StateDatasetWriter(
+        path, env={"name": "test", "settings": {}}, agent=agent, action_names=model.action_names, collect={"seed": 0}
+    ) as writer:
         row = 0
         for length in (6, 4):
             states = rng.integers(0, 256, (length, 3, 8, 8), dtype=np.uint8)
@@ -47,8 +49,9 @@ def write_dataset(path, model, *, labels: bool):
                 maps[:, 0, 0], maps[:, 0, 1] = 1, 0  # both classes present ...
                 if row <= NAN_ROW < row + length:
                     maps[NAN_ROW - row] = 0  # ... except in one row
-            writer.append(states=states, frames=states.transpose(0, 2, 3, 1), actions=actions,
-                          scores=scores, labels=maps)
+            writer.append(
+                states=states, frames=states.transpose(0, 2, 3, 1), actions=actions, scores=scores, labels=maps
+            )
             writer.end_episode(0.0)
             row += length
         return writer.finalize()
@@ -77,20 +80,24 @@ METRICS = ["sparseness", "localization", "deletion"]
 @pytest.fixture(scope="module")
 def result(model, dataset):
     saliency = {}
-    r = evaluate(model, dataset, METHODS, METRICS, n_states=6, seed=0, progress=False,
-                 saliency=saliency)
+    r = evaluate(model, dataset, METHODS, METRICS, n_states=6, seed=0, progress=False, saliency=saliency)
     return r, saliency
 
 
 # -- evaluate ------------------------------------------------------------------------------------
 
+
 def test_evaluate_shapes_columns_and_directions(result):
     r, saliency = result
     assert r.methods == list(METHODS)
     assert r.columns == ["sparseness", *LOC, "deletion"]
-    assert r.higher_is_better == {"sparseness": True, "localization.auc": True,
-                                  "localization.important": True,
-                                  "localization.unimportant": False, "deletion": False}
+    assert r.higher_is_better == {
+        "sparseness": True,
+        "localization.auc": True,
+        "localization.important": True,
+        "localization.unimportant": False,
+        "deletion": False,
+    }
     assert r.skipped == {}
     assert len(r.rows) == 6 and len(set(r.rows)) == 6 and r.rows == sorted(r.rows)
     assert all(0 <= i < N_ROWS for i in r.rows)
@@ -115,8 +122,7 @@ def test_evaluate_scores_the_recorded_rows_with_the_stored_actions(model, datase
     assert r.values["gradient"]["sparseness"] == pytest.approx(sparse.double().tolist(), nan_ok=True)
     loc = get_metric("localization")(states=states, saliency=expected, labels=labels)
     for out in ("auc", "important", "unimportant"):
-        assert r.values["gradient"][f"localization.{out}"] == pytest.approx(
-            loc[out].double().tolist(), nan_ok=True)
+        assert r.values["gradient"][f"localization.{out}"] == pytest.approx(loc[out].double().tolist(), nan_ok=True)
     deletion = get_metric("deletion")(model=model, states=states, saliency=expected, targets=actions)
     assert r.values["gradient"]["deletion"] == pytest.approx(deletion.double().tolist())
 
@@ -129,8 +135,7 @@ def test_evaluate_passes_method_settings(model, dataset, monkeypatch):
         return get_explainer(name, model, **settings)
 
     monkeypatch.setattr(xrl.evaluation, "get_explainer", spy)
-    evaluate(model, dataset, {"greydanus": {"radius": 3, "stride": 4}}, ["sparseness"],
-             n_states=2, progress=False)
+    evaluate(model, dataset, {"greydanus": {"radius": 3, "stride": 4}}, ["sparseness"], n_states=2, progress=False)
     assert calls and all(c == ("greydanus", {"radius": 3, "stride": 4}) for c in calls)
 
 
@@ -178,18 +183,17 @@ def test_same_seed_same_rows_and_values(model, dataset, result):
 
 def test_batch_size_does_not_change_values(model, dataset, result):
     r, _ = result
-    small = evaluate(model, dataset, METHODS, METRICS, n_states=6, seed=0, progress=False,
-                     batch_size=4)
+    small = evaluate(model, dataset, METHODS, METRICS, n_states=6, seed=0, progress=False, batch_size=4)
     assert small.rows == r.rows
     for method in METHODS:
         for column in r.columns:
             assert small.values[method][column] == pytest.approx(
-                r.values[method][column], rel=1e-5, abs=1e-6, nan_ok=True), (method, column)
+                r.values[method][column], rel=1e-5, abs=1e-6, nan_ok=True
+            ), (method, column)
 
 
 def test_metric_needing_labels_is_skipped_without_labels(model, unlabelled):
-    r = evaluate(model, unlabelled, ["gradient", "random"], ["localization", "sparseness"],
-                 n_states=4, progress=False)
+    r = evaluate(model, unlabelled, ["gradient", "random"], ["localization", "sparseness"], n_states=4, progress=False)
     assert list(r.skipped) == ["localization"]
     assert "label" in r.skipped["localization"]
     assert r.columns == ["sparseness"]
@@ -199,8 +203,9 @@ def test_metric_needing_labels_is_skipped_without_labels(model, unlabelled):
     assert "skipped localization" in r.table()
 
 
-@pytest.mark.parametrize("methods, metrics", [([], ["sparseness"]), ({}, ["sparseness"]),
-                                              (["gradient"], []), (["gradient"], {})])
+@pytest.mark.parametrize(
+    "methods, metrics", [([], ["sparseness"]), ({}, ["sparseness"]), (["gradient"], []), (["gradient"], {})]
+)
 def test_evaluate_needs_methods_and_metrics(model, dataset, methods, metrics):
     with pytest.raises(ValueError, match="at least one method"):
         evaluate(model, dataset, methods, metrics, progress=False)
@@ -216,12 +221,12 @@ def test_unknown_names_name_the_known_ones(model, dataset):
 def test_explain_dataset_rows_in_given_order(model, dataset):
     rows = np.array([7, 2, 5])
     maps = explain_dataset(model, dataset, "gradient", rows=rows, batch_size=2)
-    expected = get_explainer("gradient", model).explain(
-        dataset.states(rows), torch.as_tensor(dataset.actions[rows]))
+    expected = get_explainer("gradient", model).explain(dataset.states(rows), torch.as_tensor(dataset.actions[rows]))
     torch.testing.assert_close(maps, expected)
 
 
 # -- Evaluation by hand --------------------------------------------------------------------------
+
 
 def hand_made() -> Evaluation:
     nan = math.nan
@@ -264,8 +269,7 @@ def test_table_marks_the_best_value_per_column():
     header, rows = parse_table(e.table())
     assert "up ↑" in header and "down ↓" in header and "gappy ↓" in header and "empty ↑" in header
     assert set(rows) == {"a", "b", "c"}
-    starred = {col: [m for m in rows if rows[m][i].endswith("*")]
-               for i, col in enumerate(e.columns)}
+    starred = {col: [m for m in rows if rows[m][i].endswith("*")] for i, col in enumerate(e.columns)}
     assert starred == {"up": ["b"], "down": ["a"], "gappy": ["b", "c"], "empty": []}
     assert rows["b"][0] == "3*" and rows["a"][1] == "1*" and rows["c"][1] == "2"
     assert rows["a"][2] == "nan" and rows["a"][3] == "nan"
@@ -318,7 +322,8 @@ def test_write_from_evaluate(tmp_path, result):
         table = list(csv.reader(f))
     assert table[0] == ["method", *r.columns]
     assert {row[0]: [float(x) for x in row[1:]] for row in table[1:]} == {
-        m: [data["means"][m][col] for col in r.columns] for m in r.methods}
+        m: [data["means"][m][col] for col in r.columns] for m in r.methods
+    }
     for m in r.methods:
         for col in r.columns:
             assert len(data["values"][m][col]) == len(r.rows)

@@ -1,4 +1,5 @@
 """Explainers: one contract test over every registered method, then exact values on tiny models."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,9 @@ import torch.nn.functional as F
 import torch.nn.modules.module as module_globals
 from torch import nn
 
-from xrl.agents.model import as_model
 from xrl.agents.attention import FLSModule, receptive_field
 from xrl.agents.mask_nets import MaskNetwork
+from xrl.agents.model import as_model
 from xrl.explainers import EXPLAINERS, Explainer, get_explainer, list_explainers
 from xrl.explainers.masks import perturbation_masks, upsample_grid
 from xrl.ops import gaussian_blur, gaussian_kernel
@@ -69,7 +70,9 @@ def _rexl_agent(model):
     """An untrained dataset-specific RExL agent (4x4 grid, flattened states as features) for ``model``."""
     import tempfile
     from pathlib import Path
+
     from xrl.train.rexl import untrained_agent
+
     return untrained_agent(model, Path(tempfile.mkdtemp()) / "rexl.pt", grid=4, extractor=nn.Flatten())
 
 
@@ -83,8 +86,12 @@ def tiny_model(name: str | None = None):
 
 def make(name, model, **settings):
     cls = EXPLAINERS.get(name)
-    needed = [SETTINGS_FOR_REQUIREMENT[r](cls, model) for r in getattr(cls, "requires", ()) if r in SETTINGS_FOR_REQUIREMENT]
-    return get_explainer(name, model, **{k: v for d in needed for k, v in d.items()}, **{**SETTINGS.get(name, {}), **settings})
+    needed = [
+        SETTINGS_FOR_REQUIREMENT[r](cls, model) for r in getattr(cls, "requires", ()) if r in SETTINGS_FOR_REQUIREMENT
+    ]
+    return get_explainer(
+        name, model, **{k: v for d in needed for k, v in d.items()}, **{**SETTINGS.get(name, {}), **settings}
+    )
 
 
 def states(b: int = 3, seed: int = 1) -> torch.Tensor:
@@ -92,8 +99,15 @@ def states(b: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def hook_count(model: nn.Module) -> int:
-    n = sum(len(getattr(module_globals, g)) for g in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+    n = sum(
+        len(getattr(module_globals, g))
+        for g in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )
     for m in model.modules():
         n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
     return n + sum(len(p._backward_hooks or {}) for p in model.parameters())
@@ -362,8 +376,9 @@ def test_greydanus_target_score_honours_targets():
 
 def test_greydanus_batch_size_invariance():
     model, x = tiny_model(), states(3)
-    maps = [get_explainer("greydanus", model, stride=2, radius=2.0, batch_size=bs).explain_all(x)
-            for bs in (1, 7, 36, 4096)]
+    maps = [
+        get_explainer("greydanus", model, stride=2, radius=2.0, batch_size=bs).explain_all(x) for bs in (1, 7, 36, 4096)
+    ]
     for other in maps[1:]:
         torch.testing.assert_close(other, maps[0], rtol=1e-5, atol=1e-7)
 

@@ -1,5 +1,6 @@
 """FLS, DAQN and RS-PPO architectures and the attention explainer: sizes against the paper's
 Table 2, receptive fields against autograd, drawing a single cell, save -> load, refusals."""
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,16 @@ def extractor(arch: str, shape=ATARI) -> AttentionExtractor:
 # --------------------------------------------------------------------------- sizes (Table 2)
 
 #: FLS Table 2: parameters of the whole PPO network (Breakout: 4 actions, policy + value heads)
-TABLE_2 = {"nature_cnn": 1_686_693, "daqn": 130_726, "rs_ppo": 1_720_999, "sparse_fls": 1_836_710,
-           "sparse_fls_pool": 263_846, "dense_fls_pool": 280_358, "sparse_fls_first": 1_762_982,
-           "sparse_fls_each": 2_063_016}
+TABLE_2 = {
+    "nature_cnn": 1_686_693,
+    "daqn": 130_726,
+    "rs_ppo": 1_720_999,
+    "sparse_fls": 1_836_710,
+    "sparse_fls_pool": 263_846,
+    "dense_fls_pool": 280_358,
+    "sparse_fls_first": 1_762_982,
+    "sparse_fls_each": 2_063_016,
+}
 
 
 @pytest.mark.parametrize("arch", sorted(TABLE_2))
@@ -49,10 +57,15 @@ def test_every_variant_is_registered_for_both_trunks():
 @pytest.mark.parametrize("shape", [GRID, (3, 8, 8)])
 def test_grid_trunk_is_the_grid_cnn_trunk(shape):
     space = gym.spaces.Box(0, 255, shape, np.uint8)
-    ours = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
-            for m in AttentionExtractor(space, 256, convs="grid_sparse").convs]
-    theirs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
-              for m in GridCNN(space).modules() if isinstance(m, nn.Conv2d)]
+    ours = [
+        (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+        for m in AttentionExtractor(space, 256, convs="grid_sparse").convs
+    ]
+    theirs = [
+        (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+        for m in GridCNN(space).modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     assert ours == theirs
 
 
@@ -68,8 +81,10 @@ def test_fls_with_zero_weights_gives_ln2_and_softplus2_gives_one():
         torch.testing.assert_close(fls(x), torch.full((2, 1, 5, 5), expected))
 
 
-@pytest.mark.parametrize("arch,total", [("sparse_fls_norm", 1.0), ("daqn", 1.0), ("rs_ppo", 2.0),
-                                        ("grid_daqn", 1.0), ("grid_rs_ppo_nopad", 2.0)])
+@pytest.mark.parametrize(
+    "arch,total",
+    [("sparse_fls_norm", 1.0), ("daqn", 1.0), ("rs_ppo", 2.0), ("grid_daqn", 1.0), ("grid_rs_ppo_nopad", 2.0)],
+)
 def test_normalised_attention_sums_to_its_total(arch, total):
     shape = GRID if arch.startswith("grid") else ATARI
     ext = extractor(arch, shape)
@@ -79,8 +94,11 @@ def test_normalised_attention_sums_to_its_total(arch, total):
 
 def test_attention_is_positive_and_shaped_like_the_last_feature_map():
     assert [a.shape for a in extractor("sparse_fls").attention_maps(torch.rand(2, *ATARI))] == [(2, 7, 7)]
-    assert [a.shape for a in extractor("sparse_fls_each").attention_maps(torch.rand(2, *ATARI))] == \
-        [(2, 20, 20), (2, 9, 9), (2, 7, 7)]
+    assert [a.shape for a in extractor("sparse_fls_each").attention_maps(torch.rand(2, *ATARI))] == [
+        (2, 20, 20),
+        (2, 9, 9),
+        (2, 7, 7),
+    ]
     assert [a.shape for a in extractor("grid_sparse_fls", GRID).attention_maps(torch.rand(2, *GRID))] == [(2, 8, 8)]
     assert [a.shape for a in extractor("rs_ppo").attention_maps(torch.rand(2, *ATARI))] == [(2, 7, 7)]
     assert all((a > 0).all() for a in extractor("sparse_fls_1x1").attention_maps(torch.rand(2, *ATARI)))
@@ -92,8 +110,9 @@ def test_attention_is_positive_and_shaped_like_the_last_feature_map():
 def cell_support(ext: AttentionExtractor, k: int, shape, i: int, j: int) -> torch.Tensor:
     """Input pixels that feature cell (i, j) after conv ``k`` depends on, by autograd: the trunk with
     all-ones weights and zero biases on an all-ones input (every ReLU passes, no cancellation)."""
-    convs = nn.ModuleList(nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding)
-                          for c in ext.convs[:k + 1])
+    convs = nn.ModuleList(
+        nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in ext.convs[: k + 1]
+    )
     for c in convs:
         nn.init.ones_(c.weight)
         nn.init.zeros_(c.bias)
@@ -105,9 +124,17 @@ def cell_support(ext: AttentionExtractor, k: int, shape, i: int, j: int) -> torc
     return x.grad[0].sum(0) > 0  # (H, W)
 
 
-CASES = [("sparse_fls", ATARI), ("rs_ppo", ATARI), ("dense_fls_pool", (4, 24, 24)), ("sparse_fls_first", ATARI),
-         ("sparse_fls_each", ATARI), ("grid_sparse_fls", GRID), ("grid_rs_ppo", GRID), ("grid_daqn", (3, 8, 8)),
-         ("grid_dense_fls_pool", (3, 20, 20))]
+CASES = [
+    ("sparse_fls", ATARI),
+    ("rs_ppo", ATARI),
+    ("dense_fls_pool", (4, 24, 24)),
+    ("sparse_fls_first", ATARI),
+    ("sparse_fls_each", ATARI),
+    ("grid_sparse_fls", GRID),
+    ("grid_rs_ppo", GRID),
+    ("grid_daqn", (3, 8, 8)),
+    ("grid_dense_fls_pool", (3, 20, 20)),
+]
 
 
 @pytest.mark.parametrize("arch,shape", CASES)
@@ -132,7 +159,7 @@ def test_drawing_adds_each_cell_over_its_field():
     expected = torch.zeros(2, 84, 84)
     for i in range(7):
         for j in range(7):
-            expected[:, 8 * i:8 * i + 36, 8 * j:8 * j + 36] += att[:, i, j, None, None]
+            expected[:, 8 * i : 8 * i + 36, 8 * j : 8 * j + 36] += att[:, i, j, None, None]
     torch.testing.assert_close(draw([att], [field], (84, 84)), expected)
     ones = draw([torch.ones(1, 7, 7)], [field], (84, 84))[0]
     assert ones[0, 0] == 1 and ones[40, 40] == 25  # rows 40: cells 1..5 overlap, squared
@@ -144,8 +171,8 @@ def test_transposed_mean_gives_each_pixel_the_mean_of_the_cells_that_see_it():
     total, count = torch.zeros(2, 84, 84), torch.zeros(84, 84)
     for i in range(7):
         for j in range(7):
-            total[:, 8 * i:8 * i + 36, 8 * j:8 * j + 36] += att[:, i, j, None, None]
-            count[8 * i:8 * i + 36, 8 * j:8 * j + 36] += 1
+            total[:, 8 * i : 8 * i + 36, 8 * j : 8 * j + 36] += att[:, i, j, None, None]
+            count[8 * i : 8 * i + 36, 8 * j : 8 * j + 36] += 1
     torch.testing.assert_close(draw([att], [field], (84, 84), mode="transposed_mean"), total / count)
     # a uniform attention draws uniform (the paper's drawing peaks where most fields overlap)
     flat = draw([torch.full((1, 7, 7), 0.3)], [field], (84, 84), mode="transposed_mean")
@@ -189,17 +216,36 @@ class RandomFrames(gym.Env):
         return self.observation_space.sample(), float(action == 0), False, False, {}
 
 
-TRAINED = ["sparse_fls", "sparse_fls_pool", "sparse_fls_norm", "sparse_fls_1x1", "sparse_fls_sp2",
-           "sparse_fls_norelu", "sparse_fls_norelu_pool", "sparse_fls_first", "sparse_fls_each", "daqn",
-           "rs_ppo", "rs_ppo_nopad"]
+TRAINED = [
+    "sparse_fls",
+    "sparse_fls_pool",
+    "sparse_fls_norm",
+    "sparse_fls_1x1",
+    "sparse_fls_sp2",
+    "sparse_fls_norelu",
+    "sparse_fls_norelu_pool",
+    "sparse_fls_first",
+    "sparse_fls_each",
+    "daqn",
+    "rs_ppo",
+    "rs_ppo_nopad",
+]
 
 
 @pytest.mark.parametrize("arch", TRAINED)
 def test_trains_with_sb3_ppo_and_loads_with_identical_actions(arch, tmp_path):
     env = DummyVecEnv([RandomFrames])
     env.seed(0)
-    algo = PPO("CnnPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0, device="cpu",
-               policy_kwargs=ARCHS.get(arch).policy_kwargs())
+    algo = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=32,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=ARCHS.get(arch).policy_kwargs(),
+    )
     before = {k: v.clone() for k, v in algo.policy.state_dict().items()}
     algo.learn(32)
     assert any(not torch.equal(before[k], v) for k, v in algo.policy.state_dict().items())  # it trained
@@ -216,8 +262,15 @@ def test_trains_with_sb3_ppo_and_loads_with_identical_actions(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ["dense_fls_pool", "dense_fls_norelu_pool"])
 def test_dense_variants_save_and_load(arch, tmp_path):  # a full PPO update of the dense block takes seconds
-    algo = PPO("CnnPolicy", DummyVecEnv([RandomFrames]), n_steps=8, batch_size=8, seed=0, device="cpu",
-               policy_kwargs=ARCHS.get(arch).policy_kwargs())
+    algo = PPO(
+        "CnnPolicy",
+        DummyVecEnv([RandomFrames]),
+        n_steps=8,
+        batch_size=8,
+        seed=0,
+        device="cpu",
+        policy_kwargs=ARCHS.get(arch).policy_kwargs(),
+    )
     loaded = load_agent(save_agent(algo, tmp_path / "agent.pt", arch=arch, card={}))
     obs = np.stack([RandomFrames.observation_space.sample() for _ in range(2)])
     np.testing.assert_array_equal(loaded.act(obs), model_from_policy(algo.policy).act(obs))
@@ -226,8 +279,19 @@ def test_dense_variants_save_and_load(arch, tmp_path):  # a full PPO update of t
 
 def test_train_agent_command_path_on_red_fetch_green(tmp_path):
     from xrl.train.agent import AgentArgs, train_agent
-    args = AgentArgs(env="red-fetch-green", arch="grid_sparse_fls", total_timesteps=64, n_envs=2, n_steps=32,
-                     batch_size=32, eval_episodes=1, checkpoint_every=64, out=str(tmp_path), progress=False)
+
+    args = AgentArgs(
+        env="red-fetch-green",
+        arch="grid_sparse_fls",
+        total_timesteps=64,
+        n_envs=2,
+        n_steps=32,
+        batch_size=32,
+        eval_episodes=1,
+        checkpoint_every=64,
+        out=str(tmp_path),
+        progress=False,
+    )
     path = train_agent(args)
     pt, zip_ = load_agent(path), load_agent(tmp_path / "checkpoint.zip")  # xrl checkpoint vs SB3 zip
     env = xrl.make_env("red-fetch-green")
@@ -236,7 +300,9 @@ def test_train_agent_command_path_on_red_fetch_green(tmp_path):
     states = pt.preprocess(obs)
     for upsample in ("transposed", "bilinear", "nearest"):
         a = get_explainer("attention", pt, upsample=upsample).explain(states)
-        assert a.shape == (4, 64, 64) and torch.equal(a, get_explainer("attention", zip_, upsample=upsample).explain(states))
+        assert a.shape == (4, 64, 64) and torch.equal(
+            a, get_explainer("attention", zip_, upsample=upsample).explain(states)
+        )
 
 
 # --------------------------------------------------------------------------- the explainer's refusals

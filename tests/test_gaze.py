@@ -1,5 +1,6 @@
 """Gaze metrics (NSS, KL, shuffled AUC) against known values and independent computations, and
 the Atari-HEAD loader on small files written here in the published format."""
+
 from __future__ import annotations
 
 import io
@@ -130,18 +131,26 @@ def test_shuffled_auc_with_dataset_negatives_does_not_depend_on_the_batch():
     total = fixations.sum(0)
     whole = score("shuffled_auc", saliency, fixations, negatives=total)
     torch.testing.assert_close(whole, score("shuffled_auc", saliency, fixations))  # same negatives
-    parts = torch.cat([score("shuffled_auc", saliency[i:i + 2], fixations[i:i + 2], negatives=total)
-                       for i in range(0, 6, 2)])
+    parts = torch.cat(
+        [score("shuffled_auc", saliency[i : i + 2], fixations[i : i + 2], negatives=total) for i in range(0, 6, 2)]
+    )
     torch.testing.assert_close(parts, whole)
 
 
 def test_excluded_pixels_are_left_out():
-    fixations, saliency = random_fixations(h=12, w=10), torch.rand(4, 12, 10, generator=torch.Generator().manual_seed(7))
+    fixations, saliency = (
+        random_fixations(h=12, w=10),
+        torch.rand(4, 12, 10, generator=torch.Generator().manual_seed(7)),
+    )
     labels = fixations.clone()
     labels[:, :, 7:] = -1  # excluded columns: same as scoring the left 7 columns only
     for name in GAZE:
-        cropped = score(name, saliency[:, :, :7].contiguous(), fixations[:, :, :7].contiguous(),
-                        **({"sigma": 0.0} if name == "gaze_kl" else {}))
+        cropped = score(
+            name,
+            saliency[:, :, :7].contiguous(),
+            fixations[:, :, :7].contiguous(),
+            **({"sigma": 0.0} if name == "gaze_kl" else {}),
+        )
         full = score(name, saliency, labels, **({"sigma": 0.0} if name == "gaze_kl" else {}))
         torch.testing.assert_close(full, cropped, equal_nan=True)
 
@@ -171,7 +180,12 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="integer fixation counts"):
         get_metric("shuffled_auc", negatives=torch.rand(4, 4))
     with pytest.raises(ValueError, match="include the scored frames"):
-        score("shuffled_auc", saliency, torch.ones(2, 4, 4, dtype=torch.long), negatives=torch.zeros(4, 4, dtype=torch.long))
+        score(
+            "shuffled_auc",
+            saliency,
+            torch.ones(2, 4, 4, dtype=torch.long),
+            negatives=torch.zeros(4, 4, dtype=torch.long),
+        )
 
 
 # --------------------------------------------------------------------------- Atari-HEAD files

@@ -2,6 +2,7 @@
 
 Known values on tiny analytic models; the contract itself is tested in test_explainers.py.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -147,12 +148,20 @@ def test_integrated_gradients_riemann_is_the_right_riemann_sum():
     torch.testing.assert_close(two, grads * x)
 
 
-@pytest.mark.parametrize("bad, error", [
-    ({"n_steps": 1}, ValueError), ({"n_steps": 2.5}, ValueError), ({"method": "simpson"}, ValueError),
-    ({"baseline": torch.zeros(3, 6, 6)}, ValueError), ({"baseline": torch.zeros(2, 6, 6, dtype=torch.long)}, TypeError),
-    ({"baseline": torch.zeros(2, 2, 6, 6)}, ValueError), ({"baseline": float("nan")}, TypeError),
-    ({"baseline": "black"}, TypeError), ({"reduce": "median"}, ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ({"n_steps": 1}, ValueError),
+        ({"n_steps": 2.5}, ValueError),
+        ({"method": "simpson"}, ValueError),
+        ({"baseline": torch.zeros(3, 6, 6)}, ValueError),
+        ({"baseline": torch.zeros(2, 6, 6, dtype=torch.long)}, TypeError),
+        ({"baseline": torch.zeros(2, 2, 6, 6)}, ValueError),
+        ({"baseline": float("nan")}, TypeError),
+        ({"baseline": "black"}, TypeError),
+        ({"reduce": "median"}, ValueError),
+    ],
+)
 def test_integrated_gradients_rejects_bad_settings(bad, error):
     with pytest.raises(error):
         get_explainer("integrated_gradients", smooth_model(), **bad)
@@ -163,6 +172,7 @@ def test_integrated_gradients_rejects_bad_settings(bad, error):
 
 def test_gradient_equals_captums_saliency():
     from captum.attr import Saliency
+
     model, x = relu_model(), rand(5, 2, 6, 6)
     targets = torch.tensor([0, 2, 1, 1, 0])
     explainer = get_explainer("gradient", model, batch_size=2)
@@ -230,8 +240,7 @@ class ChannelReader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.conv(x)
-        return torch.stack([torch.stack([a[:, c, i, j] for i, j in self.POSITIONS[c]], 1).mean(1)
-                            for c in range(2)], 1)
+        return torch.stack([torch.stack([a[:, c, i, j] for i, j in self.POSITIONS[c]], 1).mean(1) for c in range(2)], 1)
 
 
 def channel_reader_states(k: int) -> torch.Tensor:
@@ -245,6 +254,7 @@ def channel_reader_states(k: int) -> torch.Tensor:
 
 def test_grad_cam_equals_captums_layer_grad_cam():
     from captum.attr import LayerAttribution, LayerGradCam
+
     model, x = relu_model(), rand(5, 2, 6, 6)
     targets = torch.tensor([0, 2, 1, 1, 0])
     explainer = get_explainer("grad_cam", model, batch_size=2)
@@ -366,8 +376,17 @@ def test_smoothgrad_of_a_linear_model_is_its_gradient():
     torch.testing.assert_close(smooth, get_explainer("gradient", model).explain_all(x))
 
 
-@pytest.mark.parametrize("bad", [{"base": "greydanus"}, {"base": "smoothgrad"}, {"base": "nope"},
-                                 {"n_samples": 0}, {"sigma": -0.1}, {"base_settings": {"reduce": "median"}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"base": "greydanus"},
+        {"base": "smoothgrad"},
+        {"base": "nope"},
+        {"n_samples": 0},
+        {"sigma": -0.1},
+        {"base_settings": {"reduce": "median"}},
+    ],
+)
 def test_smoothgrad_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("smoothgrad", relu_model(), **bad)

@@ -2,6 +2,7 @@
 own activations equal a dense forward pass of every perturbed state (an independent computation:
 the perturbed batch built here and run through the network), on random networks of every
 supported shape and on zoo agents; unsupported networks fall back to the dense path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,13 +34,29 @@ class Functional(nn.Module):
 
 NETS = {
     # Nature-CNN shape (no padding, strides 4 and 2), small
-    "nature": lambda: nn.Sequential(nn.Conv2d(4, 8, 8, stride=4), nn.ReLU(), nn.Conv2d(8, 8, 4, stride=2), nn.ReLU(),
-                                    nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 7 * 7, 16), nn.ReLU(),
-                                    nn.Linear(16, 6)),
+    "nature": lambda: nn.Sequential(
+        nn.Conv2d(4, 8, 8, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 16),
+        nn.ReLU(),
+        nn.Linear(16, 6),
+    ),
     # padding, max pooling, batch norm (eval), a non-square kernel
-    "padded": lambda: nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.LeakyReLU(0.1),
-                                    nn.MaxPool2d(2), nn.Conv2d(6, 4, (3, 5), stride=(1, 2), padding=(1, 2)),
-                                    nn.Tanh(), nn.Flatten(), nn.Linear(4 * 10 * 5, 5)),
+    "padded": lambda: nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 4, (3, 5), stride=(1, 2), padding=(1, 2)),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 10 * 5, 5),
+    ),
     "functional": Functional,
 }
 SHAPES = {"nature": (4, 84, 84), "padded": (2, 20, 20), "functional": (2, 20, 20)}
@@ -66,9 +83,10 @@ def test_plan_scores_equal_a_dense_forward_pass(name):
     h, w = shape[1:]
     # boxes of different sizes and places, borders included; soft (Gaussian-like) values inside
     masks = torch.zeros(7, h, w)
-    for n, (top, left, size) in enumerate([(0, 0, 5), (h - 5, w - 5, 5), (3, 7, 4), (0, w - 3, 3), (h // 2, 0, 6),
-                                           (1, 1, 1), (h - 6, w // 3, 6)]):
-        masks[n, top:top + size, left:left + size] = rand(size, size, seed=n + 2)
+    for n, (top, left, size) in enumerate(
+        [(0, 0, 5), (h - 5, w - 5, 5), (3, 7, 4), (0, w - 3, 3), (h // 2, 0, 6), (1, 1, 1), (h - 6, w // 3, 6)]
+    ):
+        masks[n, top : top + size, left : left + size] = rand(size, size, seed=n + 2)
     boxes = incremental.mask_boxes(masks)
     base, perturbed = plan.scores(state, fill, masks, boxes)
     ref_base, ref = dense_scores(net, state, fill, masks)
@@ -78,8 +96,10 @@ def test_plan_scores_equal_a_dense_forward_pass(name):
 
 def test_unsupported_networks_have_no_plan():
     assert incremental.plan(nn.Sequential(nn.Flatten(), nn.Linear(12, 2))) is None  # no spatial layer
-    assert incremental.plan(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-                                          nn.Linear(2, 2))) is None  # global pooling reads everything
+    assert (
+        incremental.plan(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2, 2)))
+        is None
+    )  # global pooling reads everything
 
     class Residual(nn.Module):
         def __init__(self):
@@ -98,9 +118,15 @@ def test_unsupported_networks_have_no_plan():
     assert plan.usable()
 
 
-@pytest.mark.parametrize("name,settings", [("occlusion", {}), ("occlusion", {"window": 12, "stride": 6, "fill": 0.5}),
-                                           ("greydanus", {"stride": 7, "radius": 2.0}),
-                                           ("sarfa", {"stride": 7, "radius": 2.0})])
+@pytest.mark.parametrize(
+    "name,settings",
+    [
+        ("occlusion", {}),
+        ("occlusion", {"window": 12, "stride": 6, "fill": 0.5}),
+        ("greydanus", {"stride": 7, "radius": 2.0}),
+        ("sarfa", {"stride": 7, "radius": 2.0}),
+    ],
+)
 def test_incremental_maps_equal_dense_maps(name, settings):
     torch.manual_seed(0)
     model = as_model(NETS["nature"](), input_shape=(4, 84, 84))
@@ -113,7 +139,9 @@ def test_incremental_maps_equal_dense_maps(name, settings):
 
 
 def test_incremental_falls_back_to_dense_for_unsupported_networks():
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 3)
+    )
     model = as_model(net, input_shape=(2, 12, 12))
     x = rand(2, 2, 12, 12)
     settings = {"window": 4, "stride": 2}

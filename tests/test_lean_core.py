@@ -1,6 +1,7 @@
 """The core (models, explainers, metrics, the env registry) works without the heavy optional
 dependencies: ``import xrl`` imports none of them, and they are imported on first use
 (docs/architecture.md, *Layers*)."""
+
 import json
 import subprocess
 import sys
@@ -82,14 +83,41 @@ def test_heavy_dependencies_load_on_first_use():
 #: docs/architecture.md, *Layers*: a module imports (at module level or inside a function) only
 #: from its layer or below, but for the upward imports listed in UPWARD
 LAYERS = [
-    ("xrl._version", "xrl.registry", "xrl.files", "xrl.compat", "xrl.ops", "xrl.incremental", "xrl.artifacts",
-     "xrl.zoo"),
+    (
+        "xrl._version",
+        "xrl.registry",
+        "xrl.files",
+        "xrl.compat",
+        "xrl.ops",
+        "xrl.incremental",
+        "xrl.artifacts",
+        "xrl.zoo",
+    ),
     ("xrl.agents.model", "xrl.envs.labels"),
-    ("xrl.explainers", "xrl.metrics", "xrl.envs", "xrl.attacks.attacks", "xrl.attacks", "xrl.agents.mask_nets",
-     "xrl.agents.rexl", "xrl.agents.classifier"),
+    (
+        "xrl.explainers",
+        "xrl.metrics",
+        "xrl.envs",
+        "xrl.attacks.attacks",
+        "xrl.attacks",
+        "xrl.agents.mask_nets",
+        "xrl.agents.rexl",
+        "xrl.agents.classifier",
+    ),
     ("xrl", "xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers"),
-    ("xrl.attacks.evaluate", "xrl.train", "xrl.evaluation", "xrl.bench", "xrl.report", "xrl.viz", "xrl.watch",
-     "xrl.demo", "xrl.cli", "xrl.reproduce", "xrl.serve"),
+    (
+        "xrl.attacks.evaluate",
+        "xrl.train",
+        "xrl.evaluation",
+        "xrl.bench",
+        "xrl.report",
+        "xrl.viz",
+        "xrl.watch",
+        "xrl.demo",
+        "xrl.cli",
+        "xrl.reproduce",
+        "xrl.serve",
+    ),
 ]
 
 #: the imports that run up a layer, each explained in docs/architecture.md (*Layers*)
@@ -115,8 +143,9 @@ def imports(path, *, module_level: bool):
     """``(xrl module, line)`` for each import of ``path``: at module level only (not inside
     functions or ``if TYPE_CHECKING``), or everywhere."""
     import ast
+
     tree = ast.parse(path.read_text())
-    for node in (tree.body if module_level else ast.walk(tree)):
+    for node in tree.body if module_level else ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "xrl" and not node.level:
             if node.module == "xrl":  # from xrl import incremental: a module, or a name of the package face
                 for a in node.names:
@@ -130,7 +159,9 @@ def imports(path, *, module_level: bool):
 
 def _root():
     from pathlib import Path
+
     import xrl
+
     return Path(xrl.__file__).parent
 
 
@@ -153,8 +184,11 @@ def test_layers():
                     up.add((module, imported))
                 else:
                     bad.append(f"{module}:{line} (layer {layer(module)}) imports {imported} (layer {layer(imported)})")
-            if (module.startswith(("xrl.metrics", "xrl.agents")) and imported.startswith("xrl.explainers")
-                    and imported != "xrl.explainers.base"):
+            if (
+                module.startswith(("xrl.metrics", "xrl.agents"))
+                and imported.startswith("xrl.explainers")
+                and imported != "xrl.explainers.base"
+            ):
                 bad.append(f"{module}:{line} imports the explainer module {imported}")
     assert not bad, "\n".join(bad)
     assert up == UPWARD, f"UPWARD lists imports that no longer exist: {UPWARD - up}"
@@ -164,8 +198,13 @@ def test_layers():
 def test_no_module_below_the_face_imports_the_package():
     """``xrl/__init__.py`` (the package face) imports the core; a module it imports, directly or
     not, never imports the face back (for ``__version__`` they use ``xrl._version``)."""
-    bad = [f"{module}:{line}" for module, path in _modules() if layer(module) < layer("xrl")
-           for imported, line in imports(path, module_level=False) if imported == "xrl"]
+    bad = [
+        f"{module}:{line}"
+        for module, path in _modules()
+        if layer(module) < layer("xrl")
+        for imported, line in imports(path, module_level=False)
+        if imported == "xrl"
+    ]
     assert not bad, bad
 
 
@@ -178,7 +217,14 @@ def test_modules_import_what_they_use_not_the_package_face():
     """Above the face too, a module imports the modules it uses (``xrl.agents.load.load_agent``,
     ``xrl.explainers.get_explainer``, ``xrl._version.__version__``), not ``xrl`` itself: the
     face is for users, and an import of it hides which layer a module really leans on."""
-    found = {module for module, path in _modules() if module != "xrl"
-             for imported, _ in imports(path, module_level=False) if imported == "xrl"}
-    assert found == FACE_IMPORTERS, f"import the modules instead of xrl: {sorted(found - FACE_IMPORTERS)}; " \
-                                    f"no longer importing it (remove from FACE_IMPORTERS): {sorted(FACE_IMPORTERS - found)}"
+    found = {
+        module
+        for module, path in _modules()
+        if module != "xrl"
+        for imported, _ in imports(path, module_level=False)
+        if imported == "xrl"
+    }
+    assert found == FACE_IMPORTERS, (
+        f"import the modules instead of xrl: {sorted(found - FACE_IMPORTERS)}; "
+        f"no longer importing it (remove from FACE_IMPORTERS): {sorted(FACE_IMPORTERS - found)}"
+    )

@@ -1,4 +1,5 @@
 """LIME and extremal perturbations: known values on analytic models, batch == loop, seeds."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,13 @@ class CellModel(nn.Module):
 
 
 def cell_model():
-    weights = torch.tensor([[3.0, -2.0, 1.0, 0.5, -1.0, 2.5, -0.5, 1.5, -3.0],
-                            [1.0, 1.0, -1.0, 2.0, 0.0, -2.0, 0.5, 0.0, 1.0],
-                            [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]])
+    weights = torch.tensor(
+        [
+            [3.0, -2.0, 1.0, 0.5, -1.0, 2.5, -0.5, 1.5, -3.0],
+            [1.0, 1.0, -1.0, 2.0, 0.0, -2.0, 0.5, 0.0, 1.0],
+            [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6],
+        ]
+    )
     return as_model(CellModel(weights), input_shape=SHAPE), weights
 
 
@@ -127,8 +132,18 @@ def test_lime_segmentations_and_seeds():
     assert not torch.equal(a.explain_all(x), c.explain_all(x))
 
 
-@pytest.mark.parametrize("bad", [{"n_samples": 1}, {"segmentation": "watershed"}, {"fill": "white"},
-                                 {"fill": True}, {"kernel_width": 0}, {"alpha": -1}, {"cell": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n_samples": 1},
+        {"segmentation": "watershed"},
+        {"fill": "white"},
+        {"fill": True},
+        {"kernel_width": 0},
+        {"alpha": -1},
+        {"cell": 0},
+    ],
+)
 def test_lime_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("lime", cell_model()[0], **bad)
@@ -209,14 +224,24 @@ def test_extremal_perturbation_refuses_contrastive_callables_and_bad_settings():
     model = as_model(RegionModel(), input_shape=(1, 32, 32))
     with pytest.raises(ValueError, match="contrastive"):
         extremal(model, reward="contrastive").explain(region_states(1), targets=lambda s: s[:, 0])
-    for bad in ({"area": 0}, {"area": 1.0}, {"reward": "max"}, {"iterations": 0}, {"step": 1.5},
-                {"num_levels": 1}, {"sigma": 0}, {"lr": -1}, {"area_weight": -1}):
+    for bad in (
+        {"area": 0},
+        {"area": 1.0},
+        {"reward": "max"},
+        {"iterations": 0},
+        {"step": 1.5},
+        {"num_levels": 1},
+        {"sigma": 0},
+        {"lr": -1},
+        {"area_weight": -1},
+    ):
         with pytest.raises(ValueError):
             get_explainer("extremal_perturbation", model, **bad)
 
 
-def reference_smooth_mask(param: torch.Tensor, height: int, width: int, step: int, sigma: float,
-                          temperature: float) -> torch.Tensor:
+def reference_smooth_mask(
+    param: torch.Tensor, height: int, width: int, step: int, sigma: float, temperature: float
+) -> torch.Tensor:
     """The paper's smooth max-convolution written point by point on the grid (Gaussian k of std
     ``sigma / step`` grid units, k(0) = 1, cut at 3 std; smax_T f = sum f exp(f/T) / sum exp(f/T)),
     then F.interpolate onto the pixels, the last grid row/column repeated."""
@@ -233,8 +258,9 @@ def reference_smooth_mask(param: torch.Tensor, height: int, width: int, step: in
                         values.append(math.exp(-d2 / (2 * s * s)) * param[:, 0, u, v])
             f = torch.stack(values, 1)  # (b, n)
             coarse[:, r, c] = (f * torch.softmax(f / temperature, 1)).sum(1)
-    fine = F.interpolate(coarse[:, None], size=((rows - 1) * step + 1, (cols - 1) * step + 1),
-                         mode="bilinear", align_corners=True)
+    fine = F.interpolate(
+        coarse[:, None], size=((rows - 1) * step + 1, (cols - 1) * step + 1), mode="bilinear", align_corners=True
+    )
     return F.pad(fine, (0, width - fine.shape[-1], 0, height - fine.shape[-2]), mode="replicate")[:, 0]
 
 
@@ -272,14 +298,23 @@ def test_extremal_batched_default_equals_the_one_state_at_a_time_run_within_tole
     state per call. A batched matmul rounds differently (~1e-8) and the optimisation amplifies it:
     masks agree within 1e-3 (measured on 32 Red-Fetch-Green states at 50 iterations: 5e-7)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 8, 4, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(8 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 4))
+    net = nn.Sequential(
+        nn.Conv2d(2, 8, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 32),
+        nn.ReLU(),
+        nn.Linear(32, 4),
+    )
     model = as_model(net, input_shape=(2, 32, 32))
     x = torch.rand(5, 2, 32, 32, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 1, 2, 3, 0])
     batched = extremal(model).explain(x, targets=targets)
     exact = extremal(model, exact=True).explain(x, targets=targets)
-    one_by_one = torch.cat([extremal(model, exact=True).explain(x[i : i + 1], targets=int(t))
-                            for i, t in enumerate(targets)])
+    one_by_one = torch.cat(
+        [extremal(model, exact=True).explain(x[i : i + 1], targets=int(t)) for i, t in enumerate(targets)]
+    )
     torch.testing.assert_close(exact, one_by_one, rtol=0, atol=0)  # exact: bitwise per state
     torch.testing.assert_close(batched, exact, rtol=0, atol=1e-3)

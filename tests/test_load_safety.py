@@ -6,6 +6,7 @@ pickle would each create a marker file when unpickled — run nothing under ``xr
 marker when unpickled on purpose (``trust=True``, plain ``torch.load``), so the tests can fail.
 ``bench --check`` reads no weights. Bad files give one line naming the file and what was expected.
 """
+
 import base64
 import json
 import pickle
@@ -48,6 +49,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 def sb3_zip(tmp_path_factory):
     """A plain SB3 PPO ``.zip`` for Red-Fetch-Green (untrained) and the observations to score."""
     from stable_baselines3 import PPO
+
     folder = tmp_path_factory.mktemp("sb3")
     env = xrl.make_env(AGENT)
     algo = PPO("CnnPolicy", env, seed=0, device="cpu", n_steps=16, batch_size=16)
@@ -95,8 +97,11 @@ def test_a_pt_with_a_pickle_payload_runs_nothing(tmp_path):
     payload = torch.load(ZOO_DIR / AGENT / "agent.pt", weights_only=True)
     torch.save({**payload, "evil": Marker(marker)}, tmp_path / "agent.pt")
     for load in (load_agent, xrl.load):
-        with pytest.raises(ArtifactError, match=r"agent.pt is not a readable xrl checkpoint \(it holds Python "
-                                                r"objects other than weights \(loading it would run code\)\)"):
+        with pytest.raises(
+            ArtifactError,
+            match=r"agent.pt is not a readable xrl checkpoint \(it holds Python "
+            r"objects other than weights \(loading it would run code\)\)",
+        ):
             load(tmp_path / "agent.pt")
     assert not marker.exists()
     torch.load(tmp_path / "agent.pt", weights_only=False)  # the payload is live
@@ -105,8 +110,7 @@ def test_a_pt_with_a_pickle_payload_runs_nothing(tmp_path):
 
 def spec_for(tmp_path: Path, agent: Path) -> Path:
     spec = tmp_path / "spec.toml"
-    spec.write_text(f"methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\nagent = '{agent}'\n"
-                    f"env = '{AGENT}'\n")
+    spec.write_text(f"methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\nagent = '{agent}'\nenv = '{AGENT}'\n")
     return spec
 
 
@@ -115,8 +119,20 @@ def test_bench_check_and_collect_run_nothing_from_a_zip(tmp_path, sb3_zip, capsy
     path = evil_zip(sb3_zip[0], tmp_path / "evil.zip", marker)
     code, out, err = run(capsys, "bench", spec_for(tmp_path, path), "--check")
     assert code == 0 and "OK, 1 jobs" in out, err
-    code, out, err = run(capsys, "collect", "--agent", path, "--env", AGENT, "--episodes", 1, "--max-steps", 2,
-                         "--out", tmp_path / "d.h5")
+    code, out, err = run(
+        capsys,
+        "collect",
+        "--agent",
+        path,
+        "--env",
+        AGENT,
+        "--episodes",
+        1,
+        "--max-steps",
+        2,
+        "--out",
+        tmp_path / "d.h5",
+    )
     assert code == 0 and (tmp_path / "d.h5").exists(), err
     assert not marker.exists()
 
@@ -137,6 +153,7 @@ def test_bench_check_reads_no_weights(tmp_path, sb3_zip, capsys, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError("bench --check read weights")
+
     monkeypatch.setattr(xrl.artifacts, "load_payload", refuse)
     monkeypatch.setattr("xrl.agents.load.load_payload", refuse)
     code, out, err = run(capsys, "bench", spec_for(tmp_path, ZOO_DIR / AGENT / "agent.pt"), "--check")
@@ -171,6 +188,7 @@ def test_a_spec_naming_crafted_files_runs_nothing_when_checked_or_run(tmp_path, 
 
 # -- bad files: one line naming the file and what was expected -------------------------------------
 
+
 def _copy_agent(folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
     shutil.copy(ZOO_DIR / AGENT / "agent.pt", folder / "agent.pt")
@@ -192,6 +210,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, Path, str]]:
         def make(folder):
             (folder / name).write_bytes(data)
             return folder / name
+
         return make
 
     def with_card(text):
@@ -199,12 +218,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, Path, str]]:
             path = _copy_agent(folder)
             path.with_suffix(".json").write_text(text)
             return path
+
         return make
 
     def saved(obj, name="agent.pt"):
         def make(folder):
             torch.save(obj, folder / name)
             return folder / name
+
         return make
 
     payload = torch.load(ZOO_DIR / AGENT / "agent.pt", weights_only=True)
@@ -213,34 +234,93 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, Path, str]]:
     case("garbage", write("agent.pt", bytes(range(256)) * 8), r"agent.pt is not a readable xrl checkpoint \(")
     case("text", write("agent.pt", b"hello"), r"agent.pt is not a readable xrl checkpoint \(")
     case("a list", saved([1, 2]), r"agent.pt holds a list, not an xrl artifact; expected a dict with format")
-    case("bare state_dict", saved(payload["state_dict"]),
-         r"agent.pt is not an xrl agent checkpoint or .* \(no 'format' marker\); expected format 'xrl.agent' written by")
+    case(
+        "bare state_dict",
+        saved(payload["state_dict"]),
+        r"agent.pt is not an xrl agent checkpoint or .* \(no 'format' marker\); expected format 'xrl.agent' written by",
+    )
     case("other format", saved({"format": "xrl.nonsense"}), r"\(format 'xrl.nonsense'\); expected format 'xrl.agent'")
-    case("future version", saved({**payload, "version": 7}),
-         r"agent.pt is xrl.agent version 7; expected a version from 1 to 1 \(a newer xrl wrote it\? upgrade xrl\)")
-    case("state_dict a list", saved({**payload, "state_dict": [1]}), r"agent.pt has a list as 'state_dict'; expected a dict of tensors")
-    case("obs_shape wrong", saved({**payload, "obs_shape": [3, 64]}), r"agent.pt has obs_shape \[3, 64\]; expected obs_shape \[C, H, W\]")
-    case("n_actions string", saved({**payload, "n_actions": "4"}), r"agent.pt has n_actions '4'; expected n_actions an integer >= 1")
-    case("algo unknown", saved({**payload, "algo": "sac"}), r"agent.pt has algo 'sac'; expected algo one of ppo, a2c, dqn")
-    case("arch unknown", saved({**payload, "arch": "resnet9000"}), r"agent.pt has arch 'resnet9000'; expected a registered architecture")
-    case("mask network given", lambda f: ZOO_DIR / "red-fetch-green-visionmask" / "visionmask.pt",
-         r"visionmask.pt is an xrl mask network, not an agent; expected an agent or a classifier \(xrl.load\(path\)")
-    case("rexl agent given", lambda f: ZOO_DIR / "red-fetch-green-rexl-ds" / "rexl.pt",
-         r"rexl.pt is a RExL agent, not an agent; expected an agent or a classifier")
-    case("card a list", with_card("[1, 2]"), r"agent.json holds a JSON list; expected a JSON object \(the card's fields\)")
-    case("card env a string", with_card('{"env": "pong"}'),
-         r"agent.json has 'env' = \"pong\"; expected 'env': \{\"name\": \"<registered env>\", \"settings\": \{...\}\}")
-    case("card bad JSON", with_card('{"env": '), r"agent.json is not valid JSON \(Expecting value at line 1 column 9\); expected a JSON card")
-    case("card not text", lambda f: (with_card("")(f), f.joinpath("agent.json").write_bytes(b"\xff\xfe\x00"))[0],
-         r"agent.json is not text \(invalid start byte\); expected a JSON card")
-    case("zip not a zip", write("agent.zip", b"PK not really"), r"agent.zip is not a zip file; expected an SB3 model saved with model.save\(\)")
+    case(
+        "future version",
+        saved({**payload, "version": 7}),
+        r"agent.pt is xrl.agent version 7; expected a version from 1 to 1 \(a newer xrl wrote it\? upgrade xrl\)",
+    )
+    case(
+        "state_dict a list",
+        saved({**payload, "state_dict": [1]}),
+        r"agent.pt has a list as 'state_dict'; expected a dict of tensors",
+    )
+    case(
+        "obs_shape wrong",
+        saved({**payload, "obs_shape": [3, 64]}),
+        r"agent.pt has obs_shape \[3, 64\]; expected obs_shape \[C, H, W\]",
+    )
+    case(
+        "n_actions string",
+        saved({**payload, "n_actions": "4"}),
+        r"agent.pt has n_actions '4'; expected n_actions an integer >= 1",
+    )
+    case(
+        "algo unknown",
+        saved({**payload, "algo": "sac"}),
+        r"agent.pt has algo 'sac'; expected algo one of ppo, a2c, dqn",
+    )
+    case(
+        "arch unknown",
+        saved({**payload, "arch": "resnet9000"}),
+        r"agent.pt has arch 'resnet9000'; expected a registered architecture",
+    )
+    case(
+        "mask network given",
+        lambda f: ZOO_DIR / "red-fetch-green-visionmask" / "visionmask.pt",
+        r"visionmask.pt is an xrl mask network, not an agent; expected an agent or a classifier \(xrl.load\(path\)",
+    )
+    case(
+        "rexl agent given",
+        lambda f: ZOO_DIR / "red-fetch-green-rexl-ds" / "rexl.pt",
+        r"rexl.pt is a RExL agent, not an agent; expected an agent or a classifier",
+    )
+    case(
+        "card a list",
+        with_card("[1, 2]"),
+        r"agent.json holds a JSON list; expected a JSON object \(the card's fields\)",
+    )
+    case(
+        "card env a string",
+        with_card('{"env": "pong"}'),
+        r"agent.json has 'env' = \"pong\"; expected 'env': \{\"name\": \"<registered env>\", \"settings\": \{...\}\}",
+    )
+    case(
+        "card bad JSON",
+        with_card('{"env": '),
+        r"agent.json is not valid JSON \(Expecting value at line 1 column 9\); expected a JSON card",
+    )
+    case(
+        "card not text",
+        lambda f: (with_card("")(f), f.joinpath("agent.json").write_bytes(b"\xff\xfe\x00"))[0],
+        r"agent.json is not text \(invalid start byte\); expected a JSON card",
+    )
+    case(
+        "zip not a zip",
+        write("agent.zip", b"PK not really"),
+        r"agent.zip is not a zip file; expected an SB3 model saved with model.save\(\)",
+    )
 
     def other_zip(folder):
         with zipfile.ZipFile(folder / "agent.zip", "w") as z:
             z.writestr("hello.txt", "hi")
         return folder / "agent.zip"
-    case("zip of something else", other_zip, r"agent.zip is not a loadable SB3 PPO/A2C/DQN model \(a zip holding \['hello.txt'\]\)")
-    case("unknown suffix", write("agent.onnx", b"x"), r"agent files are SB3 .zip or xrl .pt checkpoints, got 'agent.onnx'")
+
+    case(
+        "zip of something else",
+        other_zip,
+        r"agent.zip is not a loadable SB3 PPO/A2C/DQN model \(a zip holding \['hello.txt'\]\)",
+    )
+    case(
+        "unknown suffix",
+        write("agent.onnx", b"x"),
+        r"agent files are SB3 .zip or xrl .pt checkpoints, got 'agent.onnx'",
+    )
     case("missing", lambda f: f / "nosuch.pt", r"no agent file .*nosuch.pt' and no zoo agent of that name")
     return cases
 
@@ -259,6 +339,7 @@ def test_bad_agent_files_give_one_line_naming_the_file(tmp_path):
 
 def re_search(pattern: str, text: str) -> bool:
     import re
+
     return re.search(pattern, text) is not None
 
 
@@ -288,11 +369,19 @@ def test_bad_sb3_zip_json_refused_without_trust(tmp_path, sb3_zip):
         d["observation_space"][":type:"] = "<class 'gymnasium.spaces.dict.Dict'>"
 
     for name, change, message in (
-        ("foreign.zip", foreign_class, r"names features_extractor_class <class 'os.system'>; expected a class of "
-                                       r"stable_baselines3, xrl, torch.nn; if you trust the file, load it with trust=True"),
+        (
+            "foreign.zip",
+            foreign_class,
+            r"names features_extractor_class <class 'os.system'>; expected a class of "
+            r"stable_baselines3, xrl, torch.nn; if you trust the file, load it with trust=True",
+        ),
         ("policy.zip", foreign_policy, r"names policy class <class 'subprocess.ActorCriticCnnPolicy'>;"),
         ("dunder.zip", dunder, r"names features_extractor_class <class 'xrl.__main__.Thing'>;"),
-        ("dict.zip", dict_space, r"observes <class 'gymnasium.spaces.dict.Dict'> and acts in .*; expected a Box observation"),
+        (
+            "dict.zip",
+            dict_space,
+            r"observes <class 'gymnasium.spaces.dict.Dict'> and acts in .*; expected a Box observation",
+        ),
     ):
         with pytest.raises(ArtifactError, match=message):
             load_agent(variant(name, change))
@@ -305,12 +394,14 @@ def test_xrl_load_loads_every_kind_and_load_agent_every_model_in_the_zoo():
     from xrl.agents.mask_nets import MaskNetwork
     from xrl.agents.rexl import RExLAgent
     from xrl.zoo import zoo_artifacts
+
     kinds = set()
     for row in zoo_artifacts():
         loaded = xrl.load(row["path"])
         kinds.add(row["kind"])
-        expected = {"agent": xrl.Model, "classifier": xrl.Model, "mask_network": MaskNetwork,
-                    "rexl_agent": RExLAgent}[row["kind"]]
+        expected = {"agent": xrl.Model, "classifier": xrl.Model, "mask_network": MaskNetwork, "rexl_agent": RExLAgent}[
+            row["kind"]
+        ]
         assert isinstance(loaded, expected), row["path"]
         if row["kind"] in ("agent", "classifier"):
             assert load_agent(row["path"]).fingerprint() == loaded.fingerprint()

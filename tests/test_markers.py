@@ -1,5 +1,6 @@
 """The inner loop's markers: every test conftest.SLOW names exists (a renamed test would rejoin
 ``pytest -m "not slow"`` unnoticed, or a typo would mark nothing), and CI runs everything."""
+
 import ast
 from pathlib import Path
 

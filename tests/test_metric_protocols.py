@@ -9,6 +9,7 @@
 
 Nothing here calls xrl's metric code to build the expected values.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,8 @@ from xrl import as_model
 from xrl.explainers.base import Explainer
 from xrl.metrics import get_metric
 
-
 # --- RISE's CausalMetric, re-implemented from github.com/eclique/RISE evaluation.py ----------------
+
 
 def gkern(klen: int, nsig: float) -> np.ndarray:
     """RISE's kernel: scipy's gaussian_filter of a centred klen x klen Dirac, float32."""
@@ -34,8 +35,12 @@ def gkern(klen: int, nsig: float) -> np.ndarray:
 def rise_blur(img: np.ndarray, klen: int = 11, nsig: float = 5.0) -> np.ndarray:
     """conv2d(x, kern, padding=klen // 2) with kern[c, c] = k: each channel alone, zero padding."""
     k = gkern(klen, nsig)
-    return np.stack([correlate(img[c].astype(np.float64), k.astype(np.float64), mode="constant", cval=0.0)
-                     for c in range(img.shape[0])]).astype(np.float32)
+    return np.stack(
+        [
+            correlate(img[c].astype(np.float64), k.astype(np.float64), mode="constant", cval=0.0)
+            for c in range(img.shape[0])
+        ]
+    ).astype(np.float32)
 
 
 def rise_auc(arr: np.ndarray) -> float:
@@ -59,15 +64,21 @@ def causal_metric(probs, img: np.ndarray, explanation: np.ndarray, mode: str, st
     for i in range(n_steps + 1):
         scores[i] = probs(start[None])[0, c]
         if i < n_steps:
-            coords = salient_order[:, step * i:step * (i + 1)]
+            coords = salient_order[:, step * i : step * (i + 1)]
             start.reshape(1, c_dim, hw)[0, :, coords] = finish.reshape(1, c_dim, hw)[0, :, coords]
     return scores
 
 
 def small_net(channels: int, h: int, w: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2),
-                         nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(5),
+    ).eval()
 
 
 def setup(c: int, h: int, w: int, b: int = 3, seed: int = 0):
@@ -87,6 +98,7 @@ def probs_of(net):
     def probs(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))), 1).numpy()
+
     return probs
 
 
@@ -96,8 +108,10 @@ def test_rise_protocol_matches_rise_causal_metric(c, h, w, name, mode):
     model, net, states, saliency = setup(c, h, w)
     ours = get_metric(name, protocol="rise")(model=model, states=states, saliency=saliency)
     _, curve = get_metric(name, protocol="rise").curve(model=model, states=states, saliency=saliency)
-    reference = [causal_metric(probs_of(net), states[i].numpy(), saliency[i].numpy(), mode, step=w)
-                 for i in range(states.shape[0])]
+    reference = [
+        causal_metric(probs_of(net), states[i].numpy(), saliency[i].numpy(), mode, step=w)
+        for i in range(states.shape[0])
+    ]
     assert curve.shape == (states.shape[0], h + 1)  # n_steps = ceil(H*W / W) = H, n_steps + 1 points
     np.testing.assert_allclose(curve.numpy(), np.stack(reference), rtol=0, atol=1e-5)
     expected = np.array([rise_auc(r) for r in reference])
@@ -108,8 +122,10 @@ def test_rise_protocol_matches_rise_causal_metric(c, h, w, name, mode):
 def test_rise_is_the_default_protocol():
     model, _, states, saliency = setup(2, 7, 13)
     for name in ("deletion", "insertion"):
-        torch.testing.assert_close(get_metric(name)(model=model, states=states, saliency=saliency),
-                                   get_metric(name, protocol="rise")(model=model, states=states, saliency=saliency))
+        torch.testing.assert_close(
+            get_metric(name)(model=model, states=states, saliency=saliency),
+            get_metric(name, protocol="rise")(model=model, states=states, saliency=saliency),
+        )
 
 
 def test_rise_protocol_with_a_step_fraction_is_rises_step_argument():
@@ -118,8 +134,10 @@ def test_rise_protocol_with_a_step_fraction_is_rises_step_argument():
     step = int(np.ceil(0.15 * 7 * 13))  # 14 pixels, 7 steps, the last one 7 pixels
     for name, mode in (("deletion", "del"), ("insertion", "ins")):
         ours = get_metric(name, protocol="rise", step_fraction=0.15)(model=model, states=states, saliency=saliency)
-        expected = [rise_auc(causal_metric(probs_of(net), states[i].numpy(), saliency[i].numpy(), mode, step))
-                    for i in range(states.shape[0])]
+        expected = [
+            rise_auc(causal_metric(probs_of(net), states[i].numpy(), saliency[i].numpy(), mode, step))
+            for i in range(states.shape[0])
+        ]
         np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -143,6 +161,7 @@ def test_protocols_refuse_unknown_names():
 
 
 # --- Quantus' LocalLipschitzEstimate ----------------------------------------------------------------
+
 
 class SmoothGrad(Explainer):
     """A deterministic, non-linear explainer: the gradient of the target score times the input,
@@ -179,8 +198,8 @@ def quantus_port(explain, x: np.ndarray, y: np.ndarray, a: np.ndarray, noise: np
 
     out = []
     for i in range(x.shape[0]):
-        x_batch, y_batch = x[i:i + 1], y[i:i + 1]
-        a_batch = normalise_by_max(a[i:i + 1]).reshape(1, -1)  # general_preprocess: normalise, abs=False
+        x_batch, y_batch = x[i : i + 1], y[i : i + 1]
+        a_batch = normalise_by_max(a[i : i + 1]).reshape(1, -1)  # general_preprocess: normalise, abs=False
         similarities = np.zeros((1, noise.shape[0])) * np.nan
         for step_id in range(noise.shape[0]):
             arr = x_batch.reshape(1, -1)
@@ -189,7 +208,8 @@ def quantus_port(explain, x: np.ndarray, y: np.ndarray, a: np.ndarray, noise: np
             x_perturbed = x_perturbed.reshape(*x_batch.shape)
             a_perturbed = normalise_by_max(explain(x_perturbed, y_batch)).reshape(1, -1)
             similarities[:, step_id] = distance_euclidean(a_batch, a_perturbed) / (
-                distance_euclidean(x_batch.reshape(1, -1), x_perturbed.reshape(1, -1)) + 1e-10)
+                distance_euclidean(x_batch.reshape(1, -1), x_perturbed.reshape(1, -1)) + 1e-10
+            )
         out.append(np.nanmax(similarities, axis=1)[0])
     return np.array(out)
 
@@ -203,8 +223,10 @@ def lipschitz_setup(explainer_cls=SmoothGrad):
 
 def explain_np(explainer):
     def explain(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return explainer.explain(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                                 torch.from_numpy(np.asarray(y))).numpy()
+        return explainer.explain(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y))
+        ).numpy()
+
     return explain
 
 
@@ -248,7 +270,8 @@ def test_quantus_protocol_matches_quantus_itself():
         step_id = len(calls) % n
         calls.append(step_id)
         out[np.arange(arr.shape[0])[:, None], indices] = (arr + noise[step_id].reshape(1, -1))[
-            np.arange(arr.shape[0])[:, None], indices]
+            np.arange(arr.shape[0])[:, None], indices
+        ]
         return out
 
     def explain_func(model, inputs, targets, **kwargs):
@@ -257,12 +280,23 @@ def test_quantus_protocol_matches_quantus_itself():
     lle = quantus.LocalLipschitzEstimate(nr_samples=n, perturb_func=perturb_func, disable_warnings=True)
     # one state per call: Quantus normalises the given maps by the max over the whole a_batch of the
     # call and the neighbours' maps by the max over each batch_size chunk; xrl normalises per map
-    theirs = [lle(model=explainer.model.net, x_batch=states[i:i + 1].numpy(), y_batch=targets[i:i + 1].numpy(),
-                  a_batch=saliency[i:i + 1].numpy(), explain_func=explain_func, channel_first=True,
-                  batch_size=1, device="cpu")[0] for i in range(states.shape[0])]
+    theirs = [
+        lle(
+            model=explainer.model.net,
+            x_batch=states[i : i + 1].numpy(),
+            y_batch=targets[i : i + 1].numpy(),
+            a_batch=saliency[i : i + 1].numpy(),
+            explain_func=explain_func,
+            channel_first=True,
+            batch_size=1,
+            device="cpu",
+        )[0]
+        for i in range(states.shape[0])
+    ]
     assert len(calls) == n * states.shape[0]
     ours = get_metric("lipschitz", protocol="quantus", n_samples=n)(
-        states=states, saliency=saliency, explainer=explainer, targets=targets)
+        states=states, saliency=saliency, explainer=explainer, targets=targets
+    )
     np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-5)
 
 
@@ -281,13 +315,22 @@ def test_lipschitz_default_is_scale_free(protocol):
     values = []
     for c in (1.0, 1000.0):
         scaled = Times(model, inner=explainer, c=c)
-        values.append(get_metric("lipschitz", **settings)(
-            states=states, saliency=scaled.explain(states, targets), explainer=scaled, targets=targets))
+        values.append(
+            get_metric("lipschitz", **settings)(
+                states=states, saliency=scaled.explain(states, targets), explainer=scaled, targets=targets
+            )
+        )
     torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=0)
     assert (values[0] > 0).all()
-    raw = [get_metric("lipschitz", protocol="xrl-raw")(
-        states=states, saliency=Times(model, inner=explainer, c=c).explain(states, targets),
-        explainer=Times(model, inner=explainer, c=c), targets=targets) for c in (1.0, 1000.0)]
+    raw = [
+        get_metric("lipschitz", protocol="xrl-raw")(
+            states=states,
+            saliency=Times(model, inner=explainer, c=c).explain(states, targets),
+            explainer=Times(model, inner=explainer, c=c),
+            targets=targets,
+        )
+        for c in (1.0, 1000.0)
+    ]
     torch.testing.assert_close(raw[1], raw[0] * 1000, rtol=1e-4, atol=0)  # xrl-raw scales with the maps
 
 
@@ -301,9 +344,11 @@ def test_lipschitz_all_zero_maps_give_zero_and_values_do_not_depend_on_the_batch
     for protocol in ("xrl", "quantus", "xrl-raw"):
         metric = get_metric("lipschitz", protocol=protocol, n_samples=4)
         assert metric(states=states, saliency=zero.explain(states), explainer=zero).tolist() == [0.0] * 3
-        whole = metric(states=states, saliency=explainer.explain(states, targets), explainer=explainer,
-                       targets=targets)
+        whole = metric(states=states, saliency=explainer.explain(states, targets), explainer=explainer, targets=targets)
         alone = get_metric("lipschitz", protocol=protocol, n_samples=4, batch_size=1)(
-            states=states[1:2], saliency=explainer.explain(states[1:2], targets[1:2]), explainer=explainer,
-            targets=targets[1:2])
+            states=states[1:2],
+            saliency=explainer.explain(states[1:2], targets[1:2]),
+            explainer=explainer,
+            targets=targets[1:2],
+        )
         torch.testing.assert_close(alone, whole[1:2])

@@ -1,4 +1,5 @@
 """Metrics: known values on toy models, oracle > random > inverted, batch-size invariance, errors."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from xrl.metrics.base import CATEGORIES
 from xrl.metrics.faithfulness import Substrate
 from xrl.ops import gaussian_blur
 
-
 # --- toy models and explainers ------------------------------------------------------------------
+
 
 class TopRowFraction(nn.Module):
     """2 classes on (1, 2, 2) states; p(class 0) = mean of the top row, exactly."""
@@ -87,15 +88,19 @@ BOTTOM = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
 
 # --- deletion / insertion -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, saliency, expected, protocol", [
-    ("deletion", TOP, 0.25, "rise"),       # p = 1, 1/2, 0, 0, 0
-    ("deletion", BOTTOM, 0.75, "rise"),    # p = 1, 1, 1, 1/2, 0
-    ("insertion", TOP, 0.75, "rise"),      # p = 0, 1/2, 1, 1, 1
-    ("insertion", BOTTOM, 0.25, "rise"),   # p = 0, 0, 0, 1/2, 1
-    ("deletion", TOP, 0.25, "xrl"),
-    ("deletion", torch.ones(1, 2, 2), 0.25, "xrl"),   # ties: reading order, top row first
-    ("deletion", torch.ones(1, 2, 2), 0.75, "rise"),  # ties: np.flip(stable argsort), last pixel first
-])
+
+@pytest.mark.parametrize(
+    "name, saliency, expected, protocol",
+    [
+        ("deletion", TOP, 0.25, "rise"),  # p = 1, 1/2, 0, 0, 0
+        ("deletion", BOTTOM, 0.75, "rise"),  # p = 1, 1, 1, 1/2, 0
+        ("insertion", TOP, 0.75, "rise"),  # p = 0, 1/2, 1, 1, 1
+        ("insertion", BOTTOM, 0.25, "rise"),  # p = 0, 0, 0, 1/2, 1
+        ("deletion", TOP, 0.25, "xrl"),
+        ("deletion", torch.ones(1, 2, 2), 0.25, "xrl"),  # ties: reading order, top row first
+        ("deletion", torch.ones(1, 2, 2), 0.75, "rise"),  # ties: np.flip(stable argsort), last pixel first
+    ],
+)
 def test_curve_auc_by_hand(name, saliency, expected, protocol):
     metric = get_metric(name, protocol=protocol, substrate="black", step_fraction=0.25)
     value = metric(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=saliency)
@@ -115,10 +120,13 @@ def test_ties_are_broken_deterministically(protocol, sign):
     assert torch.equal(tied, ordered)
 
 
-@pytest.mark.parametrize("protocol, x, auc", [
-    ("xrl", [0.0, 0.75, 1.0], 0.375),  # x = fraction of pixels moved
-    ("rise", [0.0, 0.5, 1.0], 0.25),   # x = i / n_steps, RISE's auc = (sum - first/2 - last/2) / n_steps
-])
+@pytest.mark.parametrize(
+    "protocol, x, auc",
+    [
+        ("xrl", [0.0, 0.75, 1.0], 0.375),  # x = fraction of pixels moved
+        ("rise", [0.0, 0.5, 1.0], 0.25),  # x = i / n_steps, RISE's auc = (sum - first/2 - last/2) / n_steps
+    ],
+)
 def test_curve_points_and_short_last_step(protocol, x, auc):
     metric = get_metric("deletion", protocol=protocol, substrate="black", step_fraction=0.75)  # 3 pixels, then 1
     fractions, scores = metric.curve(model=fraction_model(), states=torch.ones(1, 1, 2, 2), saliency=TOP)
@@ -144,7 +152,8 @@ def test_all_channels_are_perturbed_together():
     states = torch.rand(1, 2, 2, 2) + 0.5
     target = model(states).argmax(1)
     _, scores = get_metric("deletion", substrate="black", step_fraction=0.5).curve(
-        model=model, states=states, saliency=TOP)
+        model=model, states=states, saliency=TOP
+    )
     top_removed = states.clone()
     top_removed[:, :, 0, :] = 0
     expected = [model.probs(s)[0, target].item() for s in (states, top_removed, torch.zeros_like(states))]
@@ -181,12 +190,17 @@ def test_batch_size_and_batch_composition_never_change_the_value(substrate):
     model = as_model(net, input_shape=(2, 6, 6))
     states, saliency = torch.rand(3, 2, 6, 6), torch.rand(3, 6, 6)
     for name in ("deletion", "insertion"):
-        values = [get_metric(name, substrate=substrate, step_fraction=0.1, batch_size=n)(
-            model=model, states=states, saliency=saliency) for n in (1, 5, 1000)]
+        values = [
+            get_metric(name, substrate=substrate, step_fraction=0.1, batch_size=n)(
+                model=model, states=states, saliency=saliency
+            )
+            for n in (1, 5, 1000)
+        ]
         for v in values[1:]:
             torch.testing.assert_close(v, values[0], rtol=0, atol=1e-6)
         alone = get_metric(name, substrate=substrate, step_fraction=0.1)(
-            model=model, states=states[1:2], saliency=saliency[1:2])
+            model=model, states=states[1:2], saliency=saliency[1:2]
+        )
         torch.testing.assert_close(alone, values[0][1:2], rtol=0, atol=1e-6)
 
 
@@ -219,7 +233,8 @@ def test_blur_substrate_on_a_flat_state_leaves_the_curve_flat():
     for name in ("deletion", "insertion"):
         # xrl's blur replicates the borders (RISE's zero-padded blur darkens them)
         value = get_metric(name, protocol="xrl", substrate="blur", step_fraction=0.1)(
-            model=model, states=states, saliency=oracle)
+            model=model, states=states, saliency=oracle
+        )
         assert value.item() == pytest.approx(p, abs=1e-6)
 
 
@@ -234,6 +249,7 @@ def test_targets_choose_the_curve():
 
 # --- accuracy ------------------------------------------------------------------------------------
 
+
 def test_accuracy_by_hand():
     model = as_model(FirstPixel(), input_shape=(1, 1, 2))
     states = torch.ones(4, 1, 1, 2)  # action 0 on every state
@@ -244,13 +260,15 @@ def test_accuracy_by_hand():
     masks = torch.tensor([[[0.6, 0.0]], [[0.4, 1.0]]])
     assert raw(model=model, states=states[:2], saliency=masks).tolist() == [1.0, 0.0]
     # "why action 1?": the map hiding the first pixel keeps action 1
-    assert get_metric("accuracy")(model=model, states=states[:1], saliency=saliency[1:2],
-                                  targets=torch.tensor([1])).tolist() == [1.0]
+    assert get_metric("accuracy")(
+        model=model, states=states[:1], saliency=saliency[1:2], targets=torch.tensor([1])
+    ).tolist() == [1.0]
     with pytest.raises(ValueError, match="normalize='none' needs saliency in"):
         raw(model=model, states=states[:1], saliency=torch.full((1, 1, 2), 2.0))
 
 
 # --- sparseness ----------------------------------------------------------------------------------
+
 
 def test_gini_known_values():
     n = 25
@@ -267,6 +285,7 @@ def test_gini_known_values():
 
 
 # --- localization --------------------------------------------------------------------------------
+
 
 def brute_force_auc(score, labels):
     pos = score[labels == 1].tolist()
@@ -318,6 +337,7 @@ def test_localization_directions():
 
 # --- lipschitz -----------------------------------------------------------------------------------
 
+
 def one_channel_model(h=3, w=3):
     return as_model(Linear2(torch.ones(h, w)), input_shape=(1, h, w))
 
@@ -342,7 +362,8 @@ def test_lipschitz_of_constant_explanation_is_zero_and_batch_free():
     scaled = Scaled(model, c=1.3)
     whole = metric(states=states, saliency=scaled.explain(states), explainer=scaled)
     alone = get_metric("lipschitz", n_samples=4, batch_size=1)(
-        states=states[2:], saliency=scaled.explain(states[2:]), explainer=scaled)
+        states=states[2:], saliency=scaled.explain(states[2:]), explainer=scaled
+    )
     torch.testing.assert_close(alone, whole[2:])
 
 
@@ -353,24 +374,27 @@ def test_lipschitz_keeps_the_targets_of_the_original_state():
     flipped = explainer.explain(torch.full((1, 1, 3, 3), 0.4))
     assert not torch.equal(flipped, explainer.explain(states))  # the control: the map follows the argmax
     value = get_metric("lipschitz", radius=0.5, n_samples=16)(
-        states=states, saliency=explainer.explain(states), explainer=explainer)
+        states=states, saliency=explainer.explain(states), explainer=explainer
+    )
     assert value.tolist() == [0.0]
 
 
 # --- cost ----------------------------------------------------------------------------------------
+
 
 def test_time_per_map_is_positive_finite_and_equal():
     model = one_channel_model()
     explainer = Scaled(model, c=1.0)
     states = torch.rand(4, 1, 3, 3)
     value = get_metric("time_per_map", repeats=2)(
-        states=states, saliency=explainer.explain(states), explainer=explainer,
-        targets=torch.zeros(4, dtype=torch.long))
+        states=states, saliency=explainer.explain(states), explainer=explainer, targets=torch.zeros(4, dtype=torch.long)
+    )
     assert value.shape == (4,) and (value > 0).all() and value.isfinite().all()
     assert (value == value[0]).all()
 
 
 # --- contract and bad input ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list_metrics())
 def test_every_metric_follows_the_contract(name):
@@ -386,8 +410,13 @@ def test_every_metric_follows_the_contract(name):
     states = torch.rand(3, 1, 4, 4)
     before = states.clone()
     explainer = Scaled(model, c=1.0)
-    out = metric(model=model, states=states, saliency=explainer.explain(states),
-                 labels=torch.randint(0, 2, (3, 4, 4)), explainer=explainer)
+    out = metric(
+        model=model,
+        states=states,
+        saliency=explainer.explain(states),
+        labels=torch.randint(0, 2, (3, 4, 4)),
+        explainer=explainer,
+    )
     values = out if metric.outputs else {"value": out}
     for v in values.values():
         assert v.shape == (3,) and v.dtype == torch.float32 and v.device == states.device
@@ -412,8 +441,9 @@ def test_bad_input_is_refused_with_a_message():
     with pytest.raises(ValueError, match="needs explainer"):
         get_metric("lipschitz")(states=states, saliency=torch.rand(2, 3, 3))
     with pytest.raises(ValueError, match=r"labels must have the saliency's shape"):
-        get_metric("localization")(states=states, saliency=torch.rand(2, 3, 3),
-                                   labels=torch.zeros(2, 3, 4, dtype=torch.long))
+        get_metric("localization")(
+            states=states, saliency=torch.rand(2, 3, 3), labels=torch.zeros(2, 3, 4, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match=r"labels must hold only .* got \[2\]"):
         get_metric("localization")(states=states, saliency=torch.rand(2, 3, 3), labels=torch.full((2, 3, 3), 2))
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
@@ -443,5 +473,12 @@ def test_bad_settings_are_refused():
         get_metric("lipschitz", radius=0)
     with pytest.raises(ValueError, match="unknown metric 'auc'; known metrics: accuracy"):
         get_metric("auc")
-    assert set(METRICS.names()) >= {"deletion", "insertion", "accuracy", "sparseness", "lipschitz",
-                                    "localization", "time_per_map"}
+    assert set(METRICS.names()) >= {
+        "deletion",
+        "insertion",
+        "accuracy",
+        "sparseness",
+        "lipschitz",
+        "localization",
+        "time_per_map",
+    }

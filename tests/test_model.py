@@ -1,5 +1,6 @@
 """The Model contract (xrl.Model, xrl.as_model): scores, probabilities, preprocessing of raw
 observations, input checks with errors that say what was expected."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -130,17 +131,23 @@ def test_check_states_accepts_valid_states(model):
     model.check_states(torch.rand(2, *SHAPE))
 
 
-@pytest.mark.parametrize("states, error, expected", [
-    (np.zeros((2, *SHAPE), dtype=np.float32), TypeError, "must be a torch.Tensor"),
-    (torch.zeros(2, *SHAPE, dtype=torch.uint8), TypeError, "must be float"),
-    (torch.zeros(2, *SHAPE, dtype=torch.int64), TypeError, "model.preprocess(obs)"),
-    (torch.zeros(2, 4, 5, 3), ValueError, "must have shape (B, 3, 4, 5), got (2, 4, 5, 3)"),
-    (torch.zeros(*SHAPE), ValueError, "must have shape (B, 3, 4, 5), got (3, 4, 5)"),
-    (torch.zeros(2, 1, *SHAPE), ValueError, "must have shape (B, 3, 4, 5)"),
-    (torch.zeros(0, *SHAPE), ValueError, "empty batch"),
-    (torch.zeros(2, *SHAPE, dtype=torch.float64), TypeError,
-     "states are torch.float64 but the model's weights are torch.float32; convert them with states.to(torch.float32)"),
-])
+@pytest.mark.parametrize(
+    "states, error, expected",
+    [
+        (np.zeros((2, *SHAPE), dtype=np.float32), TypeError, "must be a torch.Tensor"),
+        (torch.zeros(2, *SHAPE, dtype=torch.uint8), TypeError, "must be float"),
+        (torch.zeros(2, *SHAPE, dtype=torch.int64), TypeError, "model.preprocess(obs)"),
+        (torch.zeros(2, 4, 5, 3), ValueError, "must have shape (B, 3, 4, 5), got (2, 4, 5, 3)"),
+        (torch.zeros(*SHAPE), ValueError, "must have shape (B, 3, 4, 5), got (3, 4, 5)"),
+        (torch.zeros(2, 1, *SHAPE), ValueError, "must have shape (B, 3, 4, 5)"),
+        (torch.zeros(0, *SHAPE), ValueError, "empty batch"),
+        (
+            torch.zeros(2, *SHAPE, dtype=torch.float64),
+            TypeError,
+            "states are torch.float64 but the model's weights are torch.float32; convert them with states.to(torch.float32)",
+        ),
+    ],
+)
 def test_check_states_errors_say_what_was_expected(model, states, error, expected):
     with pytest.raises(error) as err:
         model.check_states(states)
@@ -163,8 +170,10 @@ def test_declared_input_range_refuses_states_on_the_wrong_scale():
     raw = torch.randint(0, 256, (2, *SHAPE)).float()
     with pytest.raises(ValueError) as err:
         ranged.check_states(raw)
-    assert str(err.value).startswith(f"states range over [{raw.min():g}, {raw.max():g}] but the model "
-                                     "consumes states in [0, 1]; did you forget to divide by 255?")
+    assert str(err.value).startswith(
+        f"states range over [{raw.min():g}, {raw.max():g}] but the model "
+        "consumes states in [0, 1]; did you forget to divide by 255?"
+    )
     with pytest.raises(ValueError, match=r"states range over \[-3, .*\[0, 1\]$"):
         ranged.check_states(torch.full((1, *SHAPE), -3.0))
     # explainers check first, before any forward pass
@@ -194,8 +203,9 @@ def test_value_head(model):
 
 
 def test_conv_layers_in_forward_order():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1),
-                        nn.Flatten(), nn.Linear(2 * 4 * 5, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 4 * 5, 3)
+    )
     model = as_model(net, input_shape=SHAPE)
     layers = model.conv_layers()
     assert list(layers) == ["0", "2"]
@@ -208,11 +218,14 @@ def test_as_model_passes_models_through_and_refuses_non_modules(model):
         as_model(lambda x: x, input_shape=SHAPE)
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"input_shape": (4, 5)}, "input_shape must be (C, H, W), got (4, 5)"),
-    ({"input_shape": (1, 3, 4, 5)}, "input_shape must be (C, H, W)"),
-    ({"input_shape": SHAPE, "score_kind": "probabilities"}, "score_kind must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"input_shape": (4, 5)}, "input_shape must be (C, H, W), got (4, 5)"),
+        ({"input_shape": (1, 3, 4, 5)}, "input_shape must be (C, H, W)"),
+        ({"input_shape": SHAPE, "score_kind": "probabilities"}, "score_kind must be one of"),
+    ],
+)
 def test_bad_model_settings(kwargs, expected):
     with pytest.raises(ValueError) as err:
         as_model(linear_net(), **kwargs)
@@ -228,13 +241,16 @@ class Returns(nn.Module):
         return self.fn(x)
 
 
-@pytest.mark.parametrize("module, names", [
-    (Returns(lambda x: x), None),                                   # (B, C, H, W)
-    (Returns(lambda x: x.flatten(1).sum(1)), None),                 # (B,)
-    (Returns(lambda x: x.flatten(1)[:1, :3]), None),                # (1, K) whatever B is
-    (nn.Sequential(nn.Flatten(), nn.Linear(7, 3)), None),           # does not accept input_shape
-    (linear_net(k=3), ["a", "b"]),                                  # 3 scores, 2 names
-])
+@pytest.mark.parametrize(
+    "module, names",
+    [
+        (Returns(lambda x: x), None),  # (B, C, H, W)
+        (Returns(lambda x: x.flatten(1).sum(1)), None),  # (B,)
+        (Returns(lambda x: x.flatten(1)[:1, :3]), None),  # (1, K) whatever B is
+        (nn.Sequential(nn.Flatten(), nn.Linear(7, 3)), None),  # does not accept input_shape
+        (linear_net(k=3), ["a", "b"]),  # 3 scores, 2 names
+    ],
+)
 def test_as_model_refuses_outputs_that_are_not_batch_by_actions(module, names):
     with pytest.raises(ValueError, match=r"\(B, K\)"):
         as_model(module, input_shape=SHAPE, action_names=names)
@@ -242,6 +258,7 @@ def test_as_model_refuses_outputs_that_are_not_batch_by_actions(module, names):
 
 def test_fingerprint_hashes_the_models_weights():
     import hashlib
+
     model = as_model(linear_net(seed=0), input_shape=SHAPE)
     h = hashlib.sha256()  # independent computation: name, dtype, shape, then the bytes of each entry
     for name, t in model.state_dict().items():

@@ -1,6 +1,7 @@
 """Occlusion, SARFA and RISE: exact values on tiny analytic models, per-action maps from one
 batch, batch == per-sample loop for every batch_size. (The contract test in test_explainers.py
 covers them too.)"""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,11 @@ from xrl.explainers.rise import rise_masks
 from xrl.ops import gaussian_blur
 
 #: tiny budgets: every method runs in milliseconds on these states
-TINY = {"occlusion": {"window": 3, "stride": 2}, "sarfa": {"radius": 1.5, "stride": 2},
-        "rise": {"n_masks": 64, "grid": 4}}
+TINY = {
+    "occlusion": {"window": 3, "stride": 2},
+    "sarfa": {"radius": 1.5, "stride": 2},
+    "rise": {"n_masks": 64, "grid": 4},
+}
 METHODS = sorted(TINY)
 
 
@@ -115,8 +119,11 @@ def test_last_frame_model_ignores_the_other_frames(name):
     other frames hold."""
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 3, 3, padding=1)
-    model = as_model(nn.Sequential(Lambda(lambda x: x[:, -1:]), conv, nn.Tanh(), nn.Flatten(), nn.Linear(3 * 12 * 12, 3)),
-                     input_shape=(4, 12, 12), frame_stack=4)
+    model = as_model(
+        nn.Sequential(Lambda(lambda x: x[:, -1:]), conv, nn.Tanh(), nn.Flatten(), nn.Linear(3 * 12 * 12, 3)),
+        input_shape=(4, 12, 12),
+        frame_stack=4,
+    )
     x = rand(2, 4, 12, 12)
     other = x.clone()
     other[:, :3] = rand(2, 3, 12, 12, seed=5)
@@ -166,8 +173,9 @@ def test_occlusion_equals_captum():
     model, x = tiny_model(), rand(3, 2, 12, 12)
     targets = torch.tensor([0, 2, 1])
     ours = get_explainer("occlusion", model, window=4, stride=3, fill=0.3).explain(x, targets=targets)
-    theirs = CaptumOcclusion(model).attribute(x, sliding_window_shapes=(2, 4, 4), strides=(2, 3, 3),
-                                              baselines=0.3, target=targets)
+    theirs = CaptumOcclusion(model).attribute(
+        x, sliding_window_shapes=(2, 4, 4), strides=(2, 3, 3), baselines=0.3, target=targets
+    )
     torch.testing.assert_close(ours, theirs[:, 0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(theirs[:, 1], theirs[:, 0])  # all channels occluded together
 
@@ -198,8 +206,18 @@ def test_occlusion_masks_are_cached_and_cover_every_pixel():
     assert masks.sum(0).min() >= 1 and masks[8, 8:, 8:].eq(1).all() and masks[8].sum() == 16
 
 
-@pytest.mark.parametrize("bad", [{"window": 0}, {"window": (2, 3)}, {"stride": 1.5}, {"window": 2, "stride": 3},
-                                 {"fill": float("nan")}, {"fill": "grey"}, {"fill": torch.zeros(3, 12, 12)}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"window": 0},
+        {"window": (2, 3)},
+        {"stride": 1.5},
+        {"window": 2, "stride": 3},
+        {"fill": float("nan")},
+        {"fill": "grey"},
+        {"fill": torch.zeros(3, 12, 12)},
+    ],
+)
 def test_occlusion_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("occlusion", tiny_model(), **bad)
@@ -315,7 +333,9 @@ def test_rise_matches_the_formula():
 
 def test_rise_ranks_the_one_pixel_a_model_reads_first():
     pixels = [(int(r), int(c)) for r, c in torch.randint(0, 16, (20, 2), generator=torch.Generator().manual_seed(0))]
-    model = fn_model(lambda x: torch.stack([x[:, 0, r, c] for r, c in pixels], 1), (2, 16, 16))  # action k reads pixel k
+    model = fn_model(
+        lambda x: torch.stack([x[:, 0, r, c] for r, c in pixels], 1), (2, 16, 16)
+    )  # action k reads pixel k
     x = rand(1, 2, 16, 16) * 0.5 + 0.5
     for grid, within in ((16, 0), (8, 1)):  # pixel-sized cells: exactly first; cells of 2: within one pixel
         # raw scores: each action is one pixel's value (the softmax default couples the 20 actions)
@@ -337,8 +357,7 @@ def test_rise_masks_are_seeded_and_cached():
     assert (masks.diff(dim=-1).abs().max() <= 1 / 3 + 1e-6) and (masks.diff(dim=-2).abs().max() <= 1 / 3 + 1e-6)
 
 
-@pytest.mark.parametrize("bad", [{"n_masks": 0}, {"grid": 0}, {"grid": 2.5}, {"p": 0}, {"p": 1.5},
-                                 {"score": "l2"}])
+@pytest.mark.parametrize("bad", [{"n_masks": 0}, {"grid": 0}, {"grid": 2.5}, {"p": 0}, {"p": 1.5}, {"score": "l2"}])
 def test_rise_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         get_explainer("rise", tiny_model(), **bad)
@@ -346,6 +365,7 @@ def test_rise_rejects_bad_settings(bad):
 
 def test_mask_caches_are_bounded_in_bytes(monkeypatch):
     from xrl.explainers import masks as mask_module
+
     mask_module.perturbation_masks.cache_clear()
     monkeypatch.setattr(mask_module, "MASK_CACHE_BYTES", 3 * 16 * 16 * 4 * 64)  # three 64-mask sets of 16x16
     kept = [mask_module.perturbation_masks(16, 16, 2, r) for r in (1.0, 2.0, 3.0)]
@@ -363,7 +383,9 @@ def test_mask_caches_are_bounded_in_bytes(monkeypatch):
 
 def test_memory_is_estimated_before_large_allocations(monkeypatch):
     monkeypatch.setenv("XRL_MAX_ALLOC_GB", "0.001")  # 1 MB
-    model = as_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 62 * 62, 3)), input_shape=(1, 64, 64))
+    model = as_model(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 62 * 62, 3)), input_shape=(1, 64, 64)
+    )
     x = rand(1, 1, 64, 64)
     with pytest.raises(MemoryError, match="larger stride"):
         get_explainer("greydanus", model, stride=1).explain(x)  # 4096 masks of 64x64: 64 MB
@@ -384,8 +406,11 @@ def test_a_model_returning_a_view_of_its_input_keeps_every_chunk(name):
     view = fn_model(lambda x: x.flatten(1)[:, :3], (1, 6, 6))
     copy = fn_model(lambda x: x.flatten(1)[:, :3].clone(), (1, 6, 6))
     x = rand(3, 1, 6, 6)
-    settings = {"greydanus": {"stride": 2, "radius": 1.0}, "occlusion": {"window": 2, "stride": 2},
-                "rise": {"n_masks": 16, "grid": 2}}[name]
+    settings = {
+        "greydanus": {"stride": 2, "radius": 1.0},
+        "occlusion": {"window": 2, "stride": 2},
+        "rise": {"n_masks": 16, "grid": 2},
+    }[name]
     a = get_explainer(name, view, batch_size=5, **settings).explain_all(x)
     b = get_explainer(name, copy, batch_size=5, **settings).explain_all(x)
     assert torch.equal(a, b)

@@ -1,4 +1,5 @@
 """xrl report: the HTML opened in headless Chromium shows the numbers of the results files."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,16 @@ radius = 4
 stride = 8
 """
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
@@ -43,15 +52,27 @@ def chromium() -> str:
         if path := shutil.which(name):
             return path
     # deliberately a failure, not a skip: the report is only tested in a real browser
-    pytest.fail("no chromium on PATH: `bash run.sh test` installs Debian's chromium package "
-                "(apt-get install chromium); the report test needs it")
+    pytest.fail(
+        "no chromium on PATH: `bash run.sh test` installs Debian's chromium package "
+        "(apt-get install chromium); the report test needs it"
+    )
 
 
 def browse(html: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                           "--virtual-time-budget=5000", *args, html.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            *args,
+            html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class Dom(HTMLParser):
@@ -141,13 +162,19 @@ def test_report_renders_in_chromium_with_the_numbers_of_the_results(report, tmp_
     assert marked == set(best)
 
     text = done.stdout
-    for section in ("Deletion and insertion curves", "Radar over metric categories", "Sanity checks",
-                    "Time per map", "Gallery", "Spec and versions"):
+    for section in (
+        "Deletion and insertion curves",
+        "Radar over metric categories",
+        "Sanity checks",
+        "Time per map",
+        "Gallery",
+        "Spec and versions",
+    ):
         assert section in text, section
     for m in g["methods"]:
         assert f'data-series="{m}"' in text  # a curve per method
     assert text.count('class="radar"') == n_methods
-    assert 'stride = 8' in text and doc["versions"]["torch"] in text
+    assert "stride = 8" in text and doc["versions"]["torch"] in text
     (gallery,) = [t for t in dom.tables if t["attrs"].get("class") == "gallery"]
     for row, state in zip(gallery["rows"][1:], g["gallery_rows"]):
         assert row["attrs"]["data-row"] == str(state)
@@ -191,15 +218,19 @@ def test_report_command(report, capsys, tmp_path):
 
 
 def toy_group(means: dict, hib: dict, cats: dict) -> dict:
-    return {"methods": list(means), "columns": list(hib), "means": means, "higher_is_better": hib,
-            "categories": cats}
+    return {"methods": list(means), "columns": list(hib), "means": means, "higher_is_better": hib, "categories": cats}
 
 
 def test_best_values_and_category_scores_on_known_values():
-    g = toy_group({"a": {"del": 0.2, "ins": 0.9, "t": 1.0}, "b": {"del": 0.4, "ins": 0.5, "t": math.nan},
-                   "c": {"del": 0.3, "ins": 0.7, "t": 3.0}},
-                  {"del": False, "ins": True, "t": False},
-                  {"del": "faithfulness", "ins": "faithfulness", "t": "cost"})
+    g = toy_group(
+        {
+            "a": {"del": 0.2, "ins": 0.9, "t": 1.0},
+            "b": {"del": 0.4, "ins": 0.5, "t": math.nan},
+            "c": {"del": 0.3, "ins": 0.7, "t": 3.0},
+        },
+        {"del": False, "ins": True, "t": False},
+        {"del": "faithfulness", "ins": "faithfulness", "t": "cost"},
+    )
     assert best_values(g) == {"del": 0.2, "ins": 0.9, "t": 1.0}
     s = category_scores(g)
     assert s["a"] == {"faithfulness": 1.0, "cost": 1.0}
@@ -210,10 +241,12 @@ def test_best_values_and_category_scores_on_known_values():
 
 
 def test_an_agent_with_several_seeds_gets_a_table_of_means_over_seeds(tmp_path):
-    spec = (SPEC.replace("seeds = [0]", "seeds = [0, 1]")
-            .replace('methods = ["gradient", "random", "greydanus"]', 'methods = ["gradient", "random"]')
-            .replace('"sanity", "time_per_map"', '"time_per_map"')
-            .replace("[method_settings.greydanus]\nradius = 4\nstride = 8\n", ""))
+    spec = (
+        SPEC.replace("seeds = [0]", "seeds = [0, 1]")
+        .replace('methods = ["gradient", "random", "greydanus"]', 'methods = ["gradient", "random"]')
+        .replace('"sanity", "time_per_map"', '"time_per_map"')
+        .replace("[method_settings.greydanus]\nradius = 4\nstride = 8\n", "")
+    )
     (tmp_path / "spec.toml").write_text(spec)
     out = run_bench(tmp_path / "spec.toml", tmp_path / "results", progress=False)
     doc = load_results(out)

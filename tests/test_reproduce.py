@@ -1,5 +1,6 @@
 """``xrl reproduce``: every target runs with --quick, a killed run resumes, the numbers are the
 ones an independent computation gives."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,17 @@ import shutil
 import numpy as np
 import pytest
 
-from xrl.reproduce import TARGETS, run_target
-from xrl.reproduce import core
+from xrl.reproduce import TARGETS, core, run_target
 
-REQUIRED = ["digr-table1", "digr-attacks", "digr-highway", "visionmask-table1", "rexl-deletion", "fls-free-lunch", "fls-localization"]
+REQUIRED = [
+    "digr-table1",
+    "digr-attacks",
+    "digr-highway",
+    "visionmask-table1",
+    "rexl-deletion",
+    "fls-free-lunch",
+    "fls-localization",
+]
 FAST = ["rise-coverage", "zoo-baselines", "fls-metrics"]  # fls-free-lunch: the kill test below
 SLOW = ["digr-table1", "digr-attacks", "digr-highway", "visionmask-table1", "rexl-deletion", "fls-localization"]
 
@@ -33,6 +41,7 @@ def _check_outputs(run, out):
 
 def test_every_target_is_tested_and_listed(capsys):
     from xrl.cli import main
+
     assert set(REQUIRED) <= set(TARGETS.targets)
     assert set(FAST) | set(SLOW) | {"digr-snapshots", "fls-free-lunch"} == set(TARGETS.targets)
     assert main(["reproduce", "--list"]) == 0
@@ -53,13 +62,15 @@ def test_quick(name, tmp_path):
 @pytest.mark.slow
 def test_digr_snapshots_quick(tmp_path):
     from xrl.agents.load import ZOO_DIR
+
     snapshots = tmp_path / "run" / "snapshots"
     snapshots.mkdir(parents=True)
     for suffix in (".pt", ".json"):
         shutil.copy(ZOO_DIR / "red-fetch-green-digr-a1" / f"agent{suffix}", snapshots / f"agent-000010{suffix}")
     out = tmp_path / "out"
-    run = run_target(TARGETS.get("digr-snapshots"), out, quick=True, overrides={"run": str(tmp_path / "run")},
-                     progress=False)
+    run = run_target(
+        TARGETS.get("digr-snapshots"), out, quick=True, overrides={"run": str(tmp_path / "run")}, progress=False
+    )
     _check_outputs(run, out)
     rows = json.loads((out / "snapshots.json").read_text())["rows"]
     assert [r["update"] for r in rows] == [10, "teacher"]
@@ -91,6 +102,7 @@ def test_killed_run_resumes_where_it_stopped(free_lunch, tmp_path, monkeypatch):
     def kill_after_two(run, name):
         if len(run.computed) == 2:
             raise Killed(name)
+
     monkeypatch.setattr(core, "_row_done", kill_after_two)
     with pytest.raises(Killed):
         run_target(target, tmp_path, quick=True, progress=False)
@@ -104,8 +116,9 @@ def test_killed_run_resumes_where_it_stopped(free_lunch, tmp_path, monkeypatch):
     assert a["rows"] == b["rows"]
 
     # a changed setting (the episode seeds) recomputes every row
-    changed = run_target(target, tmp_path, quick=True, overrides={"seed": 7, "envs": ["red-fetch-green"]},
-                         progress=False)
+    changed = run_target(
+        target, tmp_path, quick=True, overrides={"seed": 7, "envs": ["red-fetch-green"]}, progress=False
+    )
     assert len(changed.computed) == total and not changed.reused
 
 
@@ -114,9 +127,12 @@ def test_free_lunch_numbers_match_an_independent_computation(free_lunch):
     per-episode returns the rows hold, and the greedy returns replayed by hand for one agent."""
     import xrl
     from xrl.envs import make_env
+
     out, _ = free_lunch
-    rows = {json.loads(p.read_text())["row"]: json.loads(p.read_text())["value"]["returns"]
-            for p in (out / "rows").glob("*.json")}
+    rows = {
+        json.loads(p.read_text())["row"]: json.loads(p.read_text())["value"]["returns"]
+        for p in (out / "rows").glob("*.json")
+    }
     env = "red-fetch-green"
     base = np.mean([rows[f"{env}-red-fetch-green-cnn-500k-{s}"] for s in (0, 1)], axis=0)
     fls = np.mean([rows[f"{env}-red-fetch-green-sparse-fls-{s}"] for s in (0, 1)], axis=0)
@@ -127,7 +143,8 @@ def test_free_lunch_numbers_match_an_independent_computation(free_lunch):
     assert table["random policy"]["mean return"] == pytest.approx(floor.mean())
     if base.mean() > floor.mean():
         assert table["grid_sparse_fls"]["ratio to baseline"] == pytest.approx(
-            (fls.mean() - floor.mean()) / (base.mean() - floor.mean()))
+            (fls.mean() - floor.mean()) / (base.mean() - floor.mean())
+        )
     assert table["grid_sparse_fls"]["return diff (95% CI)"].strip("*").startswith(f"{fls.mean() - base.mean():+.3f}")
 
     # episode 0 of one agent, played greedily by hand from the same seed
@@ -154,7 +171,11 @@ def test_paired_interval_against_a_numpy_bootstrap():
     assert got["low"] == pytest.approx(low, abs=0.01) and got["high"] == pytest.approx(high, abs=0.01)
     # pairs with a missing value are left out, a constant difference gives a point
     assert core.paired_interval([1.0, None, 3.0, np.nan], [0.0, 1.0, 2.0, 0.0]) == {
-        "mean": 1.0, "low": 1.0, "high": 1.0, "n": 2}
+        "mean": 1.0,
+        "low": 1.0,
+        "high": 1.0,
+        "n": 2,
+    }
     with pytest.raises(ValueError, match="same length"):
         core.paired_interval([1.0, 2.0], [1.0])
     assert core.format_interval({"mean": 0.5, "low": 0.1, "high": 0.9, "n": 3}) == "**+0.500 [+0.100, +0.900]**"
@@ -164,10 +185,11 @@ def test_paired_interval_against_a_numpy_bootstrap():
 def test_rectangle_labels_and_half_return_eps():
     from xrl.reproduce.digr import half_return_eps
     from xrl.reproduce.fls import rectangle_labels
+
     cells = np.full((1, 32, 32), 0, dtype=np.int8)
-    cells[0, :, :8] = -1                   # a wall column
-    cells[0, 8:16, 8:16] = 1               # agent tile (row 1, col 1)
-    cells[0, 16:24, 24:32] = 1             # goal tile (row 2, col 3)
+    cells[0, :, :8] = -1  # a wall column
+    cells[0, 8:16, 8:16] = 1  # agent tile (row 1, col 1)
+    cells[0, 16:24, 24:32] = 1  # goal tile (row 2, col 3)
     out = rectangle_labels(cells)[0]
     expected = np.zeros((32, 32), dtype=np.int8)
     expected[:, :8] = -1
@@ -180,6 +202,7 @@ def test_rectangle_labels_and_half_return_eps():
 
 def test_cli_refuses_unknown_targets_and_settings(capsys):
     from xrl.cli import main
+
     with pytest.raises(SystemExit, match="unknown reproduce target 'nope'"):
         main(["reproduce", "nope"])
     with pytest.raises(SystemExit, match="fls-free-lunch has no setting 'n_statez'"):
@@ -201,9 +224,12 @@ def test_declarations_and_runs_are_bound_one_to_one(tmp_path):
         with pytest.raises(ValueError, match=match):
             core.load_targets(run_map, path)
 
-    refused(declared, {k: v for k, v in runs.items() if k != "rise-coverage"},
-            r"rise-coverage\): no run function")
-    refused([d for d in declared if d["name"] != "zoo-baselines"], runs, "run functions without a declaration: zoo-baselines")
+    refused(declared, {k: v for k, v in runs.items() if k != "rise-coverage"}, r"rise-coverage\): no run function")
+    refused(
+        [d for d in declared if d["name"] != "zoo-baselines"],
+        runs,
+        "run functions without a declaration: zoo-baselines",
+    )
     bad = [dict(declared[0], quick={"nope": 1})] + declared[1:]
     refused(bad, runs, r"digr-table1\): quick sets \['nope'\]")
     refused([{k: v for k, v in declared[0].items() if k != "claim"}] + declared[1:], runs, r"missing keys \['claim'\]")
@@ -217,18 +243,28 @@ def test_digr_targets_on_another_teacher_say_so(tmp_path, monkeypatch):
     """The paper's Table 1 numbers are Red-Fetch-Green's: a Pong teacher gets no paper columns and
     its summary names the agents given, not the target's Red-Fetch-Green text."""
     from xrl.reproduce import digr
+
     seen = {}
     monkeypatch.setattr(digr, "table1", lambda run, agents, s, *, paper: seen.update(paper=paper, agents=list(agents)))
     pong = {"teacher": "pong", "student": "pong-nature-cnn-1m-0", "distilled": None}
-    run = core.Run(TARGETS.get("digr-table1"), tmp_path / "t1",
-                   TARGETS.get("digr-table1").resolved(pong, quick=True), progress=False)
+    run = core.Run(
+        TARGETS.get("digr-table1"),
+        tmp_path / "t1",
+        TARGETS.get("digr-table1").resolved(pong, quick=True),
+        progress=False,
+    )
     digr.run_table1(run)
     assert seen == {"paper": {}, "agents": ["teacher", "DIGR"]}
-    assert run.reruns.startswith("on pong (not the paper's Red-Fetch-Green): the teacher `pong`, DIGR student "
-                                 "`pong-nature-cnn-1m-0`;")
+    assert run.reruns.startswith(
+        "on pong (not the paper's Red-Fetch-Green): the teacher `pong`, DIGR student `pong-nature-cnn-1m-0`;"
+    )
     assert any("no paper numbers" in n for n in run.notes)
-    rfg = core.Run(TARGETS.get("digr-table1"), tmp_path / "t2", TARGETS.get("digr-table1").resolved(
-        {"distilled": None}, quick=True), progress=False)
+    rfg = core.Run(
+        TARGETS.get("digr-table1"),
+        tmp_path / "t2",
+        TARGETS.get("digr-table1").resolved({"distilled": None}, quick=True),
+        progress=False,
+    )
     digr.run_table1(rfg)
     assert seen["paper"] is digr.PAPER_TABLE1 and rfg.reruns == TARGETS.get("digr-table1").reruns
     assert rfg.notes == []

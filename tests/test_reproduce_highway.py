@@ -2,6 +2,7 @@
 student is a DIGR student of the zoo highway agent, its tables are what the rows give when
 recomputed here, and the temperature of the distillation is the KL of Rusu et al.'s policy
 distillation computed by hand."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from xrl.reproduce import TARGETS, run_target  # noqa: E402
 def test_distillation_temperature_against_a_hand_computed_kl():
     from xrl.agents.model import as_model
     from xrl.train.digr import distillation_loss
+
     torch.manual_seed(0)
     teacher_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 5))
     student_net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 5))
@@ -34,13 +36,15 @@ def test_distillation_temperature_against_a_hand_computed_kl():
         expected = (p * (np.log(p) - log_q)).sum(1).mean()
         assert distillation_loss(teacher, student, x, tau).item() == pytest.approx(expected, rel=1e-5)
     assert distillation_loss(teacher, student, x, 0.1).item() != pytest.approx(
-        distillation_loss(teacher, student, x).item(), rel=1e-3)
+        distillation_loss(teacher, student, x).item(), rel=1e-3
+    )
 
 
 @pytest.mark.slow
 def test_digr_highway_quick(tmp_path):
     import xrl
     from xrl.reproduce.core import paired_interval
+
     target = TARGETS.get("digr-highway")
     out = tmp_path / "hw"
     run = run_target(target, out, quick=True, progress=False)
@@ -60,6 +64,7 @@ def test_digr_highway_quick(tmp_path):
     assert paired_interval(student, teacher)["mean"] == pytest.approx((student - teacher).mean())
     # a student's greedy episode replayed by hand from the same seed gives the row's return
     from xrl.envs import make_env
+
     model = xrl.load_agent(str(students[0]))
     env = make_env("highway-fast")
     obs, _ = env.reset(seed=10_000)
@@ -70,11 +75,15 @@ def test_digr_highway_quick(tmp_path):
     assert student[0] == pytest.approx(total, rel=1e-5)
     # Table 1 on the car masks: one row per method, the student's VG among them
     table1 = json.loads((out / "table1.json").read_text())
-    assert {(r["agent"], r["method"]) for r in table1["rows"]} >= {("DIGR", "VG"), ("teacher", "VG"),
-                                                                   ("teacher", "GB Perturbation")}
+    assert {(r["agent"], r["method"]) for r in table1["rows"]} >= {
+        ("DIGR", "VG"),
+        ("teacher", "VG"),
+        ("teacher", "GB Perturbation"),
+    }
     assert "auc_cars" in table1["columns"]
     # the agreement: the student's greedy action against the teacher's stored one, recomputed here
     from xrl.data.dataset import StateDataset
+
     with StateDataset.open(out / "data" / "teacher-cars.h5") as ds:
         n = target.quick["n_states"]
         picked = np.sort(np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))

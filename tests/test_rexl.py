@@ -1,7 +1,7 @@
 """RExL: the masking MDP by hand, the lambda credit by hand, the explainer's refusals, training resumes."""
+
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -87,6 +87,7 @@ def test_cells_tile_the_image_in_reading_order():
 
 def test_gymnasium_env_passes_the_checker():
     from gymnasium.utils.env_checker import check_env
+
     env = MaskingEnv(tiny(), torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0]), grid=2)
     check_env(env, skip_render_check=True)
     obs, info = env.reset(seed=0)
@@ -101,11 +102,16 @@ def test_lambda_credit_matches_the_sum_by_hand():
     probs = torch.tensor([[1.0, 0.6, 0.5, 0.1, 0.1]])  # before masking, then after each of 4 steps
     actions = torch.tensor([[2, 0, 3, 1]])
     # delta = (0.4, 0.1, 0.4, 0.0); cell of step t gets sum_{i>=t} lam^(i-t) delta_i
-    for lam, expected in ((0.0, [0.1, 0.0, 0.4, 0.4]), (0.5, [0.1 + 0.5 * 0.4, 0.0, 0.4 + 0.5 * 0.3, 0.4]),
-                          (1.0, [0.5, 0.0, 0.9, 0.4])):
+    for lam, expected in (
+        (0.0, [0.1, 0.0, 0.4, 0.4]),
+        (0.5, [0.1 + 0.5 * 0.4, 0.0, 0.4 + 0.5 * 0.3, 0.4]),
+        (1.0, [0.5, 0.0, 0.9, 0.4]),
+    ):
         assert cell_credit(probs, actions, 4, lam)[0].tolist() == pytest.approx(expected)
     weights = normalise(cell_credit(probs, actions, 4, 1.0))
-    assert weights.sum().item() == pytest.approx(1.0) and weights[0].tolist() == pytest.approx([0.5 / 1.8, 0, 0.5, 0.4 / 1.8])
+    assert weights.sum().item() == pytest.approx(1.0) and weights[0].tolist() == pytest.approx(
+        [0.5 / 1.8, 0, 0.5, 0.4 / 1.8]
+    )
     rising = normalise(torch.tensor([[-0.2, 0.1, 0.0]]))  # a sum that is not positive keeps the order
     assert rising[0].argmax() == 1 and rising.abs().sum().item() == pytest.approx(1.0)
 
@@ -114,6 +120,7 @@ def test_lambda_credit_matches_the_sum_by_hand():
 def classifier(tmp_path_factory):
     """A tiny (untrained) ShapesCNN saved as an xrl classifier on 16x16 images."""
     from xrl.classifiers import ShapesCNN, load_classifier, save_classifier
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cls") / "classifier.pt"
     save_classifier(ShapesCNN(4), path, arch="shapes_cnn", size=16, class_names=["a", "b", "c", "d"], card={})
@@ -122,13 +129,25 @@ def classifier(tmp_path_factory):
 
 def small_args(classifier, out, **kw):
     from xrl.train.rexl import RExLArgs
-    settings = dict(model=str(classifier[0]), out=str(out), grid=4, n_envs=2, n_steps=16, total_steps=6 * 32,
-                    n_images=24, replay_start=32, checkpoint_every=1, progress=False)
+
+    settings = dict(
+        model=str(classifier[0]),
+        out=str(out),
+        grid=4,
+        n_envs=2,
+        n_steps=16,
+        total_steps=6 * 32,
+        n_images=24,
+        replay_start=32,
+        checkpoint_every=1,
+        progress=False,
+    )
     return RExLArgs(**{**settings, **kw})
 
 
 def test_training_resumes_to_the_same_agent(classifier, tmp_path):
     from xrl.train.rexl import train_rexl
+
     full = train_rexl(small_args(classifier, tmp_path / "full"))
     train_rexl(small_args(classifier, tmp_path / "part"), stop_at=3)
     assert json.loads((tmp_path / "part" / "history.json").read_text())["updates"][-1]["update"] == 3
@@ -145,9 +164,11 @@ def test_training_resumes_to_the_same_agent(classifier, tmp_path):
 def test_explainer_maps_and_refusals(classifier, tmp_path):
     from xrl.classifiers import ShapesCNN
     from xrl.train.rexl import train_rexl, untrained_agent
+
     _, model = classifier
-    path = train_rexl(small_args(classifier, tmp_path / "cs", mode="cs", target_class=1, targets="argmax",
-                                 total_steps=32))
+    path = train_rexl(
+        small_args(classifier, tmp_path / "cs", mode="cs", target_class=1, targets="argmax", total_steps=32)
+    )
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         predicted = model(x).argmax(-1)
@@ -182,6 +203,7 @@ def test_explainer_maps_and_refusals(classifier, tmp_path):
 def test_sb3_trains_the_same_agent(classifier, tmp_path, monkeypatch):
     from xrl.agents.rexl import load_rexl_agent
     from xrl.train.rexl import train_rexl
+
     path = train_rexl(small_args(classifier, tmp_path / "a2c", algo="a2c", total_steps=40, n_envs=1))
     agent, record = load_rexl_agent(path, classifier[1])
     assert agent.grid == 4 and record["mode"] == "ds"
@@ -189,6 +211,7 @@ def test_sb3_trains_the_same_agent(classifier, tmp_path, monkeypatch):
     # the same command with a larger budget resumes from the checkpoint's weights and step count (read
     # without unpickling), not from step 0
     from stable_baselines3 import A2C
+
     calls, learn = [], A2C.learn
 
     def spy(self, total, **kw):
@@ -203,9 +226,16 @@ def test_sb3_trains_the_same_agent(classifier, tmp_path, monkeypatch):
 
 def test_the_trunk_output_is_reused_from_the_models_forward(classifier):
     from xrl.agents.rexl import RExLAgent, build_extractor, shared_trunk
+
     _, model = classifier
-    agent = RExLAgent(build_extractor(model, "trunk"), input_shape=model.input_shape, n_classes=4, grid=4,
-                      mode="ds", classes=[0, 1, 2, 3])
+    agent = RExLAgent(
+        build_extractor(model, "trunk"),
+        input_shape=model.input_shape,
+        n_classes=4,
+        grid=4,
+        mode="ds",
+        classes=[0, 1, 2, 3],
+    )
     x, t = torch.rand(5, 3, 16, 16), torch.arange(5) % 4
     calls = []
     handle = agent.extractor.register_forward_hook(lambda *a: calls.append(1))
@@ -220,8 +250,10 @@ def test_the_trunk_output_is_reused_from_the_models_forward(classifier):
 
 def test_cli_flags_map_onto_the_training_args():
     from xrl.cli import build_parser
-    args = build_parser().parse_args(["train", "rexl", "--model", "m.pt", "--mode", "cs", "--target-class", "2",
-                                      "--trust-region", "false"])
+
+    args = build_parser().parse_args(
+        ["train", "rexl", "--model", "m.pt", "--mode", "cs", "--target-class", "2", "--trust-region", "false"]
+    )
     assert (args.mode, args.target_class, args.trust_region, args.grid) == ("cs", 2, False, 7)
     assert args.learning_rate == 1e-4 and args.n_steps * args.n_envs == 490 and args.gamma == 1.0  # Table 5
     assert build_parser().parse_args(["train", "classifier"]).data == "shapes"

@@ -1,6 +1,7 @@
 """RExL as its authors ran it on multi-label data (VOC/COCO): each present class scored by its own
 sigmoid probability, every present class explained; the multi-label shapes generator; old run
 folders and agents keep working."""
+
 import json
 
 import numpy as np
@@ -22,8 +23,9 @@ class MultiLabelNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.ReLU(), nn.Flatten(),
-                                  nn.Linear(4 * 8 * 8, 4))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4)
+        )
 
     def forward(self, x):
         return 3 * self.body(x)
@@ -39,7 +41,9 @@ def masked_by_hand(image, noise, cells):
     out = image.clone()
     for a in cells:
         r, c = divmod(int(a), GRID)
-        out[:, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = noise[:, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+        out[:, r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] = noise[
+            :, r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL
+        ]
     return out
 
 
@@ -68,7 +72,9 @@ def test_sigmoid_reward_is_the_drop_of_each_present_class_probability(data):
     batch = MaskingBatch(model, images, grid=GRID, score="sigmoid")
     noise = torch.rand(len(rows), 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     batch.reset(rows, classes, noise=noise)
-    order = torch.stack([torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(i)) for i in range(len(rows))], 1)
+    order = torch.stack(
+        [torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(i)) for i in range(len(rows))], 1
+    )
     previous = [sigmoid_prob(net, images[r], c) for r, c in zip(rows.tolist(), classes.tolist())]
     assert batch.probs.tolist() == pytest.approx(previous, rel=1e-5)
     softmax = model(images[rows]).softmax(-1).gather(1, classes[:, None])[:, 0]
@@ -76,7 +82,7 @@ def test_sigmoid_reward_is_the_drop_of_each_present_class_probability(data):
     for t in range(6):
         _, rewards, _ = batch.step(order[t])
         for k, (r, c) in enumerate(zip(rows.tolist(), classes.tolist())):
-            p = sigmoid_prob(net, masked_by_hand(images[r], noise[k], order[:t + 1, k]), c)
+            p = sigmoid_prob(net, masked_by_hand(images[r], noise[k], order[: t + 1, k]), c)
             assert rewards[k].item() == pytest.approx(-p, rel=1e-5, abs=1e-7)  # Eq. 1: r_t = -p_c(s_t)
             drop = previous[k] - p
             assert rewards[k].item() - (-previous[k]) == pytest.approx(drop, abs=1e-6)  # r_t - r_{t-1} = the drop
@@ -87,9 +93,11 @@ def test_sigmoid_reward_is_the_drop_of_each_present_class_probability(data):
 def ordered_agent(tmp_path_factory):
     """A (dataset-specific, sigmoid) agent whose policy prefers cell 0, then 1, ... (bias only)."""
     from xrl.train.rexl import untrained_agent
+
     model = as_model(MultiLabelNet(), input_shape=(3, SIZE, SIZE))
-    path = untrained_agent(model, tmp_path_factory.mktemp("agent") / "rexl.pt", grid=GRID, extractor=nn.Flatten(),
-                           score="sigmoid")
+    path = untrained_agent(
+        model, tmp_path_factory.mktemp("agent") / "rexl.pt", grid=GRID, extractor=nn.Flatten(), score="sigmoid"
+    )
     blob = torch.load(path, weights_only=True)
     blob["state_dict"]["pi.weight"].zero_()
     blob["state_dict"]["pi.bias"].copy_(torch.arange(GRID * GRID, 0, -1).float())
@@ -114,8 +122,10 @@ def test_every_present_class_is_explained_from_its_sigmoid_drops(data, ordered_a
         drops = torch.tensor(probs[:-1]) - torch.tensor(probs[1:])
         total = drops.sum() if drops.sum() > 0 else drops.abs().sum()
         assert maps[k, ::CELL, ::CELL].flatten().tolist() == pytest.approx((drops / total).tolist(), abs=1e-4)
-        single = explainer.explain(images[r:r + 1], c)  # explain(states, targets=k): the same map
-        assert torch.allclose(single[0], maps[k], atol=1e-5)  # float32: batched and single passes round apart (3e-6 seen)
+        single = explainer.explain(images[r : r + 1], c)  # explain(states, targets=k): the same map
+        assert torch.allclose(
+            single[0], maps[k], atol=1e-5
+        )  # float32: batched and single passes round apart (3e-6 seen)
     # None: the classes the model finds (sigmoid > 0.5); an image with none gets no map
     found = torch.sigmoid(model(images)) > 0.5
     _, rows_found, classes_found = explainer.explain_present(images)
@@ -140,6 +150,7 @@ def test_an_agent_saved_before_scores_explains_with_the_softmax(ordered_agent, d
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     from xrl.classifiers import ShapesCNN, load_classifier, save_classifier
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("cls") / "classifier.pt"
     save_classifier(ShapesCNN(4), path, arch="shapes_cnn", size=SIZE, class_names=list(CLASSES), card={})
@@ -148,14 +159,27 @@ def classifier(tmp_path_factory):
 
 def small_args(classifier, out, **kw):
     from xrl.train.rexl import RExLArgs
-    settings = dict(model=str(classifier[0]), out=str(out), data="multishapes", grid=GRID, n_envs=2, n_steps=16,
-                    total_steps=2 * 32, n_images=8, replay_start=32, checkpoint_every=1, progress=False)
+
+    settings = dict(
+        model=str(classifier[0]),
+        out=str(out),
+        data="multishapes",
+        grid=GRID,
+        n_envs=2,
+        n_steps=16,
+        total_steps=2 * 32,
+        n_images=8,
+        replay_start=32,
+        checkpoint_every=1,
+        progress=False,
+    )
     return RExLArgs(**{**settings, **kw})
 
 
 def test_training_on_multi_label_data_explains_every_present_class(classifier, tmp_path):
     from xrl.agents.rexl import load_rexl_agent
     from xrl.train.rexl import episode_rows, train_rexl, training_images
+
     args = small_args(classifier, tmp_path / "ml")
     images, targets, image_of, score = training_images(args, classifier[1])
     labels = torch.from_numpy(make_multi_shapes(8, size=SIZE, seed=0).labels)
@@ -170,6 +194,7 @@ def test_training_on_multi_label_data_explains_every_present_class(classifier, t
 
 def test_a_run_recorded_before_the_score_setting_resumes(classifier, tmp_path):
     from xrl.train.rexl import train_rexl
+
     run = tmp_path / "old"
     train_rexl(small_args(classifier, run, data="shapes", total_steps=32))
     config = run / "args.json"

@@ -2,6 +2,7 @@
 point of a save, the lock per run folder, settings checked before anything is written, commands
 and flags made from the trainers' dataclasses, env state rebuilt without pickle, and old pickle
 checkpoints that resume only when trusted."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,18 @@ import torch
 
 import xrl.train.run as run_module
 from xrl.cli import build_parser
-from xrl.train.run import (Run, RunLocked, SettingsError, add_flags, check_pairs, check_settings, command, from_flags,
-                           is_complete, latest_checkpoint)
+from xrl.train.run import (
+    Run,
+    RunLocked,
+    SettingsError,
+    add_flags,
+    check_pairs,
+    check_settings,
+    command,
+    from_flags,
+    is_complete,
+    latest_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +47,7 @@ def save(run: Run, step: int, *, die_in_write: bool = False) -> Path:
         if die_in_write:
             raise Killed("killed halfway through writing")
         (folder / "state.json").write_text(json.dumps({"step": step}))
+
     return run.save(step, write)
 
 
@@ -130,6 +142,7 @@ def test_sigterm_ends_a_run_like_ctrl_c_keeping_its_checkpoints_and_releasing_th
     the process ends, the lock is released, the checkpoints are untouched; a start that never
     saved leaves nothing (the folder it created is removed)."""
     import signal
+
     folder = tmp_path / "run"
     script = f"""
 import time
@@ -156,7 +169,9 @@ with Run({str(folder)!r}, {{"x": 1}}) as run:
 
 def test_a_run_restores_the_sigterm_handler_and_leaves_a_programs_own_alone(tmp_path):
     import signal
+
     from xrl.train.run import Terminated
+
     # start from the default handler: an earlier test in this process may have installed one
     # (ray.init sets its own SIGTERM handler, which a run rightly leaves alone)
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -184,13 +199,21 @@ def test_a_second_run_into_the_same_folder_is_told_who_holds_it(tmp_path):
         with pytest.raises(RunLocked) as err, Run(tmp_path / "run", {}):
             pass
         assert f"pid {os.getpid()} on {socket.gethostname()}" in str(err.value)  # the same process too
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from xrl.train.run import Run
-with Run({str(tmp_path / 'other')!r}, {{}}):
+with Run({str(tmp_path / "other")!r}, {{}}):
     print("locked", flush=True)
     time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLocked) as err, Run(tmp_path / "other", {}):
@@ -216,7 +239,7 @@ def test_a_lock_held_on_another_host_is_not_taken_over(tmp_path):
 def test_the_lock_is_released_when_training_fails(tmp_path):
     with pytest.raises(ZeroDivisionError), Run(tmp_path / "run", {"a": 1}) as run:
         save(run, 1)
-        1 / 0
+        _ = 1 / 0
     assert not (tmp_path / "run" / ".lock").exists() and latest_checkpoint(tmp_path / "run") is not None
 
 
@@ -266,20 +289,23 @@ class Toy:
     LIMITS = {"seed": ">=0", "rate": ">0", "steps": ">=1", "width": ">=1"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seed": 1.7}, "--seed (seed) must be an integer, got 1.7"),
-    ({"seed": True}, "--seed (seed) must be an integer, got True"),
-    ({"seed": -1}, "--seed (seed) must be 0 or more, got -1"),
-    ({"rate": True}, "--rate (rate) must be a number, got True"),
-    ({"rate": "abc"}, "--rate (rate) must be a number, got 'abc'"),
-    ({"rate": 0.0}, "--rate (rate) must be positive, got 0.0"),
-    ({"steps": 0}, "--steps (steps) must be at least 1, got 0"),
-    ({"width": 0}, "--width (width) must be at least 1, got 0"),
-    ({"flag": "yes"}, "--flag (flag) must be true or false, got 'yes'"),
-    ({"name": 3}, "--name (name) must be a string, got 3"),
-    ({"name": None}, "--name (name) must be set, got None"),
-    ({"extra": ["a"]}, "--set (extra) must be KEY=VALUE settings, got ['a']"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": 1.7}, "--seed (seed) must be an integer, got 1.7"),
+        ({"seed": True}, "--seed (seed) must be an integer, got True"),
+        ({"seed": -1}, "--seed (seed) must be 0 or more, got -1"),
+        ({"rate": True}, "--rate (rate) must be a number, got True"),
+        ({"rate": "abc"}, "--rate (rate) must be a number, got 'abc'"),
+        ({"rate": 0.0}, "--rate (rate) must be positive, got 0.0"),
+        ({"steps": 0}, "--steps (steps) must be at least 1, got 0"),
+        ({"width": 0}, "--width (width) must be at least 1, got 0"),
+        ({"flag": "yes"}, "--flag (flag) must be true or false, got 'yes'"),
+        ({"name": 3}, "--name (name) must be a string, got 3"),
+        ({"name": None}, "--name (name) must be set, got None"),
+        ({"extra": ["a"]}, "--set (extra) must be KEY=VALUE settings, got ['a']"),
+    ],
+)
 def test_check_settings_names_the_flag_and_what_was_expected(change, message):
     check_settings(Toy(name="x"))
     check_settings(Toy(name="x", rate=1, width=3))  # an int is a number; None is allowed where declared
@@ -302,14 +328,17 @@ def test_check_pairs_types_keyed_settings():
 
 
 def _trainer_classes():
-    from xrl.cli import TRAINERS
     import importlib
+
+    from xrl.cli import TRAINERS
+
     return {name: getattr(importlib.import_module(t.module), t.settings) for name, t in TRAINERS.items()}
 
 
 def _changed(cls):
     """An instance with every field moved off its default (the type's obvious other value)."""
     import typing
+
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
@@ -344,17 +373,55 @@ def test_the_card_command_parses_back_to_the_same_settings(name):
 
 def test_train_agent_flags_keep_their_names_and_the_command_resolves_the_env_defaults(tmp_path):
     from xrl.train.agent import AgentArgs, agent_command
-    parsed = build_parser().parse_args(["train", "agent", "--env", "pong", "--timesteps", "5", "--n-envs", "2",
-                                        "--set", "version=v4", "--algo", "dqn", "--dqn", "buffer_size=50",
-                                        "--checkpoint-every", "7", "--eval-episodes", "3", "--reward-scale", "0.5",
-                                        "--out", "r", "--export-only", "--trust-pickle"])
+
+    parsed = build_parser().parse_args(
+        [
+            "train",
+            "agent",
+            "--env",
+            "pong",
+            "--timesteps",
+            "5",
+            "--n-envs",
+            "2",
+            "--set",
+            "version=v4",
+            "--algo",
+            "dqn",
+            "--dqn",
+            "buffer_size=50",
+            "--checkpoint-every",
+            "7",
+            "--eval-episodes",
+            "3",
+            "--reward-scale",
+            "0.5",
+            "--out",
+            "r",
+            "--export-only",
+            "--trust-pickle",
+        ]
+    )
     args = from_flags(AgentArgs, parsed)
-    assert args == AgentArgs(env="pong", total_timesteps=5, n_envs=2, env_settings={"version": "v4"}, algo="dqn",
-                             dqn={"buffer_size": 50}, checkpoint_every=7, eval_episodes=3, reward_scale=0.5, out="r",
-                             export_only=True, trust_pickle=True)
+    assert args == AgentArgs(
+        env="pong",
+        total_timesteps=5,
+        n_envs=2,
+        env_settings={"version": "v4"},
+        algo="dqn",
+        dqn={"buffer_size": 50},
+        checkpoint_every=7,
+        eval_episodes=3,
+        reward_scale=0.5,
+        out="r",
+        export_only=True,
+        trust_pickle=True,
+    )
     line = agent_command(args, args.resolved())
-    assert line == ("xrl train agent --env pong --set version=v4 --algo dqn --dqn buffer_size=50 --arch nature_cnn "
-                    "--timesteps 5 --seed 0 --n-envs 2 --reward-scale 0.5 --checkpoint-every 7 --eval-episodes 3 --out r")
+    assert line == (
+        "xrl train agent --env pong --set version=v4 --algo dqn --dqn buffer_size=50 --arch nature_cnn "
+        "--timesteps 5 --seed 0 --n-envs 2 --reward-scale 0.5 --checkpoint-every 7 --eval-episodes 3 --out r"
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "agent", "--out", "r"])  # --env is required, as before
 
@@ -371,7 +438,7 @@ def _commands():
             found.append((str(path.relative_to(ROOT)), card["command"].split("  ")[0]))
     for line in (ROOT / "README.md").read_text().splitlines():
         if "xrl train " in line:
-            text = line[line.index("xrl train "):].split("`")[0].split("  ")[0]
+            text = line[line.index("xrl train ") :].split("`")[0].split("  ")[0]
             found.append(("README.md", text.strip()))
     return found
 
@@ -390,16 +457,20 @@ def test_every_train_command_in_the_zoo_and_readme_still_parses():
 # ------------------------------------------------------------------ env state without pickle
 
 
-@pytest.mark.parametrize("env, settings", [
-    ("red-fetch-green", {}),
-    pytest.param("pong", {"sticky_actions": True}, marks=pytest.mark.slow),  # ALE's own RNG (sticky actions)
-    pytest.param("breakout", {"version": "v4"}, marks=pytest.mark.slow),  # SB3's AtariWrapper (noop resets)
-])
+@pytest.mark.parametrize(
+    "env, settings",
+    [
+        ("red-fetch-green", {}),
+        pytest.param("pong", {"sticky_actions": True}, marks=pytest.mark.slow),  # ALE's own RNG (sticky actions)
+        pytest.param("breakout", {"version": "v4"}, marks=pytest.mark.slow),  # SB3's AtariWrapper (noop resets)
+    ],
+)
 def test_an_episode_is_rebuilt_from_its_start_and_actions(env, settings):
     """Play into a second episode (an unseeded reset: its RNG states are recorded), rebuild another
     env from the record, then both go on identically (observations, rewards, ends, next resets)."""
     from xrl.envs import make_env
     from xrl.train.agent import EpisodeLog
+
     played = EpisodeLog(make_env(env, **settings))
     played.reset(seed=3)
     rng = np.random.default_rng(0)
@@ -429,8 +500,9 @@ def test_an_episode_is_rebuilt_from_its_start_and_actions(env, settings):
 # ------------------------------------------------------------------ old pickle checkpoints
 
 
-def _old_format_run(folder: Path, args, state_blob: bytes | None = None, *, steps: int = 0,
-                    pickle_env: bool = True) -> None:
+def _old_format_run(
+    folder: Path, args, state_blob: bytes | None = None, *, steps: int = 0, pickle_env: bool = True
+) -> None:
     """A run folder as xrl wrote it before run.py: checkpoint.zip (SB3) + checkpoint.state (pickle),
     after ``steps`` of training. ``pickle_env=False``: the envs were not pickled (``"env": None``,
     as for envs that could not be, e.g. zoo/mario's)."""
@@ -438,7 +510,9 @@ def _old_format_run(folder: Path, args, state_blob: bytes | None = None, *, step
 
     import cloudpickle
     from stable_baselines3.common.logger import Logger
+
     from xrl.train.agent import _build
+
     folder.mkdir(parents=True)
     (folder / "args.json").write_text(json.dumps(args.recorded()))
     algo = _build(args)
@@ -449,9 +523,14 @@ def _old_format_run(folder: Path, args, state_blob: bytes | None = None, *, step
     vec = algo.get_env()
     for i, env in enumerate(vec.envs):  # the old envs had no EpisodeLog
         vec.envs[i] = env.env
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "env": cloudpickle.dumps(vec) if pickle_env else None, "num_timesteps": algo.num_timesteps,
-             "action_space": algo.action_space.np_random.bit_generator.state}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002  (SB3 draws from the global generator)
+        "python": random.getstate(),
+        "env": cloudpickle.dumps(vec) if pickle_env else None,
+        "num_timesteps": algo.num_timesteps,
+        "action_space": algo.action_space.np_random.bit_generator.state,
+    }
     (folder / "checkpoint.state").write_bytes(state_blob if state_blob is not None else pickle.dumps(state))
 
 
@@ -469,8 +548,18 @@ class _Payload:
 @pytest.mark.slow
 def test_an_old_pickle_checkpoint_resumes_only_when_trusted_then_becomes_the_new_format(tmp_path):
     from xrl.train.agent import AgentArgs, train_agent
-    args = AgentArgs(env="red-fetch-green", total_timesteps=256, n_envs=2, n_steps=64, batch_size=64,
-                     eval_episodes=1, checkpoint_every=128, out=str(tmp_path / "old"), progress=False)
+
+    args = AgentArgs(
+        env="red-fetch-green",
+        total_timesteps=256,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        eval_episodes=1,
+        checkpoint_every=128,
+        out=str(tmp_path / "old"),
+        progress=False,
+    )
     _old_format_run(tmp_path / "old", args.resolved())
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
     with pytest.raises(ValueError) as err:
@@ -504,15 +593,42 @@ def test_convert_only_rewrites_an_old_checkpoint_that_then_resumes_as_the_truste
     from xrl.cli import main
     from xrl.train.agent import AgentArgs, train_agent
     from xrl.train.run import zip_tensors
-    args = AgentArgs(env="red-fetch-green", total_timesteps=512, n_envs=2, n_steps=64, batch_size=64,
-                     eval_episodes=1, checkpoint_every=128, progress=False)
+
+    args = AgentArgs(
+        env="red-fetch-green",
+        total_timesteps=512,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        eval_episodes=1,
+        checkpoint_every=128,
+        progress=False,
+    )
     for name in ("trusted", "converted"):
         _old_format_run(tmp_path / name, args.resolved(), steps=128, pickle_env=False)
     old_zip = tmp_path / "trusted" / "checkpoint.zip"  # until the trusted resume links it to its newest
     old_weights = zip_tensors(old_zip, "policy.pth")
-    argv = ["train", "agent", "--env", "red-fetch-green", "--timesteps", "512", "--n-envs", "2", "--n-steps", "64",
-            "--batch-size", "64", "--checkpoint-every", "128", "--eval-episodes", "1",
-            "--out", str(tmp_path / "converted"), "--convert-only"]
+    argv = [
+        "train",
+        "agent",
+        "--env",
+        "red-fetch-green",
+        "--timesteps",
+        "512",
+        "--n-envs",
+        "2",
+        "--n-steps",
+        "64",
+        "--batch-size",
+        "64",
+        "--checkpoint-every",
+        "128",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(tmp_path / "converted"),
+        "--convert-only",
+    ]
     before = {p.name: p.read_bytes() for p in (tmp_path / "converted").iterdir()}
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -523,9 +639,16 @@ def test_convert_only_rewrites_an_old_checkpoint_that_then_resumes_as_the_truste
     assert "saved " in capsys.readouterr().out
     folder = latest_checkpoint(tmp_path / "converted")
     assert folder.name == f"{128:012d}" and sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.zip", "complete.json", "state.json", "tensors.pt"]
+        "checkpoint.zip",
+        "complete.json",
+        "state.json",
+        "tensors.pt",
+    ]
     assert not (tmp_path / "converted" / "checkpoint.state").exists()
-    assert json.loads((tmp_path / "converted" / "checkpoint.json").read_text())["checkpoint"] == f"checkpoints/{folder.name}"
+    assert (
+        json.loads((tmp_path / "converted" / "checkpoint.json").read_text())["checkpoint"]
+        == f"checkpoints/{folder.name}"
+    )
     assert (tmp_path / "converted" / "checkpoint.zip").read_bytes() == (folder / "checkpoint.zip").read_bytes()
     for entry in ("policy.pth", "policy.optimizer.pth"):  # the same weights and optimizer as the old zip
         assert _same(zip_tensors(old_zip, entry), zip_tensors(folder / "checkpoint.zip", entry))
@@ -540,20 +663,25 @@ def test_convert_only_rewrites_an_old_checkpoint_that_then_resumes_as_the_truste
     x, y = (torch.load(p / "tensors.pt", weights_only=True) for p in (a, b))
     assert torch.equal(x["torch"], y["torch"]) and torch.equal(x["numpy_key"], y["numpy_key"])
     assert torch.equal(x["last_obs"], y["last_obs"])
-    assert not torch.equal(old_weights["action_net.weight"],
-                           zip_tensors(b / "checkpoint.zip", "policy.pth")["action_net.weight"])  # it trained
+    assert not torch.equal(
+        old_weights["action_net.weight"], zip_tensors(b / "checkpoint.zip", "policy.pth")["action_net.weight"]
+    )  # it trained
 
 
 def _reseal(folder: Path) -> None:
     """Rewrite ``complete.json`` to match the files (what an attacker who edits them can do)."""
     manifest = json.loads((folder / "complete.json").read_text())
-    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": run_module._sha256(p)}
-                         for p in sorted(folder.iterdir()) if p.name != "complete.json"}
+    manifest["files"] = {
+        p.name: {"bytes": p.stat().st_size, "sha256": run_module._sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.name != "complete.json"
+    }
     (folder / "complete.json").write_text(json.dumps(manifest))
 
 
 def _rezip(path: Path, name: str, blob: bytes) -> None:
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         members = {n: z.read(n) for n in z.namelist()}
     members[name] = blob
@@ -576,9 +704,20 @@ def test_crafted_payloads_in_a_checkpoint_folder_run_nothing_when_resumed(tmp_pa
     import zipfile
 
     from stable_baselines3 import PPO
+
     from xrl.train.agent import AgentArgs, train_agent
-    args = AgentArgs(env="red-fetch-green", total_timesteps=256, n_envs=2, n_steps=64, batch_size=64,
-                     checkpoint_every=128, eval_episodes=1, out=str(tmp_path / "run"), progress=False)
+
+    args = AgentArgs(
+        env="red-fetch-green",
+        total_timesteps=256,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        checkpoint_every=128,
+        eval_episodes=1,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     train_agent(args, stop_at=128)
     folder = latest_checkpoint(tmp_path / "run")
     pristine = tmp_path / "pristine"
@@ -608,7 +747,10 @@ def test_crafted_payloads_in_a_checkpoint_folder_run_nothing_when_resumed(tmp_pa
     restore()
     with zipfile.ZipFile(folder / "checkpoint.zip") as z:
         data = json.loads(z.read("data"))
-    data["evil"] = {":type:": "<class 'object'>", ":serialized:": base64.b64encode(pickle.dumps(_Payload(marker))).decode()}
+    data["evil"] = {
+        ":type:": "<class 'object'>",
+        ":serialized:": base64.b64encode(pickle.dumps(_Payload(marker))).decode(),
+    }
     _rezip(folder / "checkpoint.zip", "data", json.dumps(data).encode())
     _reseal(folder)
     crafted = tmp_path / "crafted.zip"
@@ -622,6 +764,7 @@ def test_crafted_payloads_in_a_checkpoint_folder_run_nothing_when_resumed(tmp_pa
 
 def test_a_crafted_checkpoint_state_runs_nothing_when_resumed(tmp_path):
     from xrl.train.agent import AgentArgs, train_agent
+
     marker = tmp_path / "pwned"
     folder = tmp_path / "run"
     folder.mkdir()
@@ -633,16 +776,34 @@ def test_a_crafted_checkpoint_state_runs_nothing_when_resumed(tmp_path):
         train_agent(args)
     assert not marker.exists()
     from xrl.cli import main
+
     assert main(["train", "agent", "--env", "red-fetch-green", "--n-envs", "1", "--out", str(folder)]) == 2
     assert not marker.exists()
 
 
 def test_toy_flags_round_trip():
     import argparse
+
     parser = argparse.ArgumentParser()
     add_flags(parser, Toy)
-    ns = parser.parse_args(["--name", "a", "--seed", "4", "--rate", "0.5", "--flag", "false", "--set", "k=1",
-                            "--set", "s=text", "--width", "3"])
+    ns = parser.parse_args(
+        [
+            "--name",
+            "a",
+            "--seed",
+            "4",
+            "--rate",
+            "0.5",
+            "--flag",
+            "false",
+            "--set",
+            "k=1",
+            "--set",
+            "s=text",
+            "--width",
+            "3",
+        ]
+    )
     toy = from_flags(Toy, ns)
     assert toy == Toy(name="a", seed=4, rate=0.5, flag=False, extra={"k": 1, "s": "text"}, width=3)
     assert command("toy", toy) == "toy --name a --seed 4 --rate 0.5 --width 3 --flag false --set k=1 --set s=text"
@@ -656,6 +817,7 @@ def test_a_trainer_killed_inside_a_save_resumes_to_the_uninterrupted_result(tmp_
     """The classifier trainer (fast) dies inside the save of epoch 2; the same command then
     resumes from the newest complete checkpoint and ends with the weights of a run never killed."""
     from xrl.train.classifier import ClassifierArgs, train_classifier
+
     settings = dict(size=16, n_train=32, n_val=8, batch_size=16, epochs=3, progress=False)
     straight = train_classifier(ClassifierArgs(out=str(tmp_path / "straight"), **settings))
     saves = {"n": 0}
@@ -688,8 +850,18 @@ def test_a_run_whose_checkpoint_folder_is_lost_is_refused_then_resumes_from_its_
     import zipfile
 
     from xrl.train.agent import AgentArgs, _resume_weights, train_agent
-    args = AgentArgs(env="red-fetch-green", total_timesteps=128, n_envs=2, n_steps=64, batch_size=64,
-                     eval_episodes=1, checkpoint_every=128, out=str(tmp_path / "run"), progress=False)
+
+    args = AgentArgs(
+        env="red-fetch-green",
+        total_timesteps=128,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        eval_episodes=1,
+        checkpoint_every=128,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     run = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="no checkpoint.zip to resume --from-weights"):
         train_agent(dataclasses.replace(args, from_weights=True))
@@ -702,7 +874,9 @@ def test_a_run_whose_checkpoint_folder_is_lost_is_refused_then_resumes_from_its_
     with pytest.raises(ValueError) as err:
         train_agent(longer)
     assert "checkpoint.zip (a training at 128 steps)" in str(err.value) and "--from-weights" in str(err.value)
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before and not (run / "checkpoints").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before and not (
+        run / "checkpoints"
+    ).exists()
 
     # the weights and optimizer are the zip's, read here on their own
     with zipfile.ZipFile(run / "checkpoint.zip") as z:

@@ -1,5 +1,6 @@
 """Sanity checks (Adebayo et al. 2018): Spearman against scipy, the original model untouched,
 a model-dependent method passes, model-independent maps are flagged, determinism, the table line."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,9 @@ class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.head = nn.Linear(6 * 8 * 8, 3)  # registered first, called last: forward order counts
-        self.features = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten()
+        )
         self.unused = nn.Linear(4, 4)  # never called: does not compute the scores
 
     def forward(self, x):
@@ -55,12 +57,12 @@ class Edges(Explainer):
 
 
 def sanity(name_or_explainer, model, x, **settings):
-    explainer = get_explainer(name_or_explainer, model) if isinstance(name_or_explainer, str) \
-        else name_or_explainer
+    explainer = get_explainer(name_or_explainer, model) if isinstance(name_or_explainer, str) else name_or_explainer
     return get_metric("sanity", **settings)(states=x, saliency=explainer.explain(x), explainer=explainer)
 
 
 # -- Spearman -------------------------------------------------------------------------------------
+
 
 def test_spearman_matches_scipy_with_ties():
     gen = torch.Generator().manual_seed(0)
@@ -78,11 +80,13 @@ def test_spearman_matches_scipy_with_ties():
     # the metric's convention for constant maps: both constant 1, one constant 0; signs ignored
     maps = torch.rand(3, 2, 3)
     flat = torch.zeros(3, 2, 3)
-    assert map_correlation(torch.cat([flat[:1], flat[:1], maps[:1]]),
-                           torch.cat([flat[:1] + 2, maps[1:2], -maps[:1]])).tolist() == [1.0, 0.0, 1.0]
+    assert map_correlation(
+        torch.cat([flat[:1], flat[:1], maps[:1]]), torch.cat([flat[:1] + 2, maps[1:2], -maps[:1]])
+    ).tolist() == [1.0, 0.0, 1.0]
 
 
 # -- the original model ---------------------------------------------------------------------------
+
 
 def test_the_original_model_is_untouched():
     model = small_cnn()
@@ -101,6 +105,7 @@ def test_the_original_model_is_untouched():
 
 
 # -- known values -----------------------------------------------------------------------------------
+
 
 def test_gradient_passes():
     v = sanity("gradient", small_cnn(), states())
@@ -128,8 +133,11 @@ def test_curves_start_at_one_and_run_top_layer_first():
     assert curves.cascading.shape == (3, 4) and curves.independent.shape == (3, 3)
     assert curves.cascading[:, 0].tolist() == [1.0] * 3  # 0 layers randomized: exactly 1
     assert (curves.cascading[:, 1:] < 1).all()
-    v = get_metric("sanity")(states=x, saliency=get_explainer("gradient", model, reduce="sum").explain(x),
-                             explainer=get_explainer("gradient", model, reduce="sum"))
+    v = get_metric("sanity")(
+        states=x,
+        saliency=get_explainer("gradient", model, reduce="sum").explain(x),
+        explainer=get_explainer("gradient", model, reduce="sum"),
+    )
     torch.testing.assert_close(v["cascading"], curves.cascading[:, -1].float())
     torch.testing.assert_close(v["independent"], curves.independent.mean(1).float())
 
@@ -153,8 +161,12 @@ def test_layers_setting_and_targets():
     assert metric.curves(states=x, explainer=explainer).layers == ["head", "features.0"]
     values = metric(states=x, saliency=explainer.explain(x, 1), explainer=explainer, targets=1)
     assert values["cascading"].isfinite().all()
-    values = metric(states=x, saliency=explainer.explain(x, lambda s: s[:, 0] - s[:, 1]),
-                    explainer=explainer, targets=lambda s: s[:, 0] - s[:, 1])
+    values = metric(
+        states=x,
+        saliency=explainer.explain(x, lambda s: s[:, 0] - s[:, 1]),
+        explainer=explainer,
+        targets=lambda s: s[:, 0] - s[:, 1],
+    )
     assert values["cascading"].isfinite().all()
 
 
@@ -181,10 +193,12 @@ def test_bad_input_is_refused():
 
 # -- Explainer.with_model --------------------------------------------------------------------------
 
+
 def test_with_model_keeps_settings_across_copy_and_pickle():
     model, other = small_cnn(0), small_cnn(1)
-    explainer = get_explainer("smoothgrad", model, base="gradient", base_settings={"reduce": "sum"},
-                              n_samples=3, seed=5)
+    explainer = get_explainer(
+        "smoothgrad", model, base="gradient", base_settings={"reduce": "sum"}, n_samples=3, seed=5
+    )
     for e in (explainer, copy.deepcopy(explainer), pickle.loads(pickle.dumps(explainer))):
         rebuilt = e.with_model(other)
         assert type(rebuilt) is type(explainer) and rebuilt.model is other
@@ -196,17 +210,26 @@ def test_with_model_keeps_settings_across_copy_and_pickle():
 
 # -- the evaluation table --------------------------------------------------------------------------
 
+
 def test_evaluation_table_flags_insensitive_methods(tmp_path):
     model = small_cnn()
     rng = np.random.default_rng(0)
-    with StateDatasetWriter(tmp_path / "s.h5", env={"name": "test", "settings": {}},
-                            agent={"source": "tests/tiny", "obs_scale": 255.0},
-                            action_names=model.action_names, collect={"seed": 0}) as writer:
+    with StateDatasetWriter(
+        tmp_path / "s.h5",
+        env={"name": "test", "settings": {}},
+        agent={"source": "tests/tiny", "obs_scale": 255.0},
+        action_names=model.action_names,
+        collect={"seed": 0},
+    ) as writer:
         obs = rng.integers(0, 256, (4, 2, 8, 8), dtype=np.uint8)
         with torch.no_grad():
             scores = model(torch.from_numpy(obs).float() / 255).numpy()
-        writer.append(states=obs, frames=np.repeat(obs[:, :1], 3, 1).transpose(0, 2, 3, 1), actions=scores.argmax(1),
-                      scores=scores)
+        writer.append(
+            states=obs,
+            frames=np.repeat(obs[:, :1], 3, 1).transpose(0, 2, 3, 1),
+            actions=scores.argmax(1),
+            scores=scores,
+        )
         writer.end_episode(0.0)
         path = writer.finalize()
     with StateDataset.open(path) as ds:
@@ -215,8 +238,6 @@ def test_evaluation_table_flags_insensitive_methods(tmp_path):
     means = result.means()
     assert means["gradient"]["sanity.passed"] == 1.0 and means["random"]["sanity.passed"] == 0.0
     table = result.table()
-    assert table.splitlines()[-1] == \
-        "flagged: random (maps barely change when the agent's weights are randomized)"
+    assert table.splitlines()[-1] == "flagged: random (maps barely change when the agent's weights are randomized)"
     result.values["random"]["sanity.passed"] = [1.0] * 4
     assert "flagged" not in result.table()
-

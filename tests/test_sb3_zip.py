@@ -1,5 +1,6 @@
 """Agents saved by plain SB3 (PPO, A2C, DQN ``.zip``) load as Models that score exactly like
 the SB3 policy itself."""
+
 import numpy as np
 import pytest
 import torch

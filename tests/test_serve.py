@@ -4,6 +4,7 @@ independent computation gives, and refuses bad input with a 4xx JSON message (ne
 The server runs in a thread on a free port of 127.0.0.1 (:class:`xrl.serve.app.ServerThread`),
 as ``xrl serve`` runs it. The browser test is tests/test_serve_browser.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 import xrl
-from xrl.serve.engine import check_rects, check_settings, perturb_states, rect_mask, RequestError
+from xrl.serve.engine import RequestError, check_rects, check_settings, perturb_states, rect_mask
 
 AGENT = "red-fetch-green"
 SEED = 0  # a 5-step episode of the zoo agent
@@ -46,13 +47,13 @@ def server(tmp_path_factory):
     engine.close()
 
 
-def call(server, method: str, path: str, body=None, *, raw: bytes | None = None, headers=None,
-         settle: bool = False):
+def call(server, method: str, path: str, body=None, *, raw: bytes | None = None, headers=None, settle: bool = False):
     """``(status, JSON)``; ``settle``: follow a 202 job until done and ask again."""
     while True:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(server.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+        req = urllib.request.Request(
+            server.url + path, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 status, payload = r.status, r.read()
@@ -123,8 +124,9 @@ def test_perturbations_match_an_independent_computation():
     assert np.all(black[:, inside] == 0) and np.array_equal(black[:, ~inside], states[0].numpy()[:, ~inside])
     # blur: Gaussian std 5 px, 31 taps (truncate 3 sigma), borders replicated = scipy's "nearest"
     blurred = perturb_states(states, [{**rect, "kind": "blur"}])[0].numpy()
-    reference = np.stack([gaussian_filter(c.astype(np.float64), 5.0, mode="nearest", truncate=3.0)
-                          for c in states[0].numpy()])
+    reference = np.stack(
+        [gaussian_filter(c.astype(np.float64), 5.0, mode="nearest", truncate=3.0) for c in states[0].numpy()]
+    )
     np.testing.assert_allclose(blurred[:, inside], reference[:, inside], atol=1e-5)
     assert np.array_equal(blurred[:, ~inside], states[0].numpy()[:, ~inside])
     noisy = perturb_states(states, [{**rect, "kind": "noise"}])[0].numpy()
@@ -135,22 +137,38 @@ def test_perturbations_match_an_independent_computation():
     assert torch.equal(both, perturb_states(states, [{**rect, "kind": "black"}]))
 
 
-@pytest.mark.parametrize("rects, words", [
-    ("x", ["list"]), ([{"x0": 0, "y0": 0, "x1": 2, "y1": 1}], ["x1", "[0, 1]"]),
-    ([{"x0": 0.5, "y0": 0, "x1": 0.5, "y1": 1}], ["empty"]), ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "kind": "fire"}], ["kind"]),
-    ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "z": 1}], ["unknown keys"]), ([{"x0": True, "y0": 0, "x1": 1, "y1": 1}], ["x0"]),
-    ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1}] * 33, ["at most"]),
-])
+@pytest.mark.parametrize(
+    "rects, words",
+    [
+        ("x", ["list"]),
+        ([{"x0": 0, "y0": 0, "x1": 2, "y1": 1}], ["x1", "[0, 1]"]),
+        ([{"x0": 0.5, "y0": 0, "x1": 0.5, "y1": 1}], ["empty"]),
+        ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "kind": "fire"}], ["kind"]),
+        ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "z": 1}], ["unknown keys"]),
+        ([{"x0": True, "y0": 0, "x1": 1, "y1": 1}], ["x0"]),
+        ([{"x0": 0, "y0": 0, "x1": 1, "y1": 1}] * 33, ["at most"]),
+    ],
+)
 def test_check_rects_refuses(rects, words):
     with pytest.raises(RequestError) as err:
         check_rects(rects)
     assert err.value.status == 400 and all(w in str(err.value) for w in words)
 
 
-@pytest.mark.parametrize("settings, status", [
-    ({"network": "x"}, 403), ({"agent": "zoo/x"}, 403), ({"reduce": "/etc/passwd"}, 403), ({"reduce": "../x.pt"}, 403), ({"reduce": "a b"}, 400),
-    ({"n_masks": [1]}, 400), ({"Bad-Name": 1}, 400), ({"sigma": float("inf")}, 400), ("x", 400),
-])
+@pytest.mark.parametrize(
+    "settings, status",
+    [
+        ({"network": "x"}, 403),
+        ({"agent": "zoo/x"}, 403),
+        ({"reduce": "/etc/passwd"}, 403),
+        ({"reduce": "../x.pt"}, 403),
+        ({"reduce": "a b"}, 400),
+        ({"n_masks": [1]}, 400),
+        ({"Bad-Name": 1}, 400),
+        ({"sigma": float("inf")}, 400),
+        ("x", 400),
+    ],
+)
 def test_check_settings_refuses_paths_and_odd_values(settings, status):
     with pytest.raises(RequestError) as err:
         check_settings(settings)
@@ -159,10 +177,17 @@ def test_check_settings_refuses_paths_and_odd_values(settings, status):
 
 @pytest.mark.slow
 def test_serve_module_is_not_imported_by_import_xrl():
-    out = subprocess.run([sys.executable, "-c", "import sys, xrl, xrl.serve; "
-                          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                          "('starlette', 'uvicorn', 'selenium') or m in ('xrl.serve.app', 'xrl.serve.engine')))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, xrl, xrl.serve; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('starlette', 'uvicorn', 'selenium') or m in ('xrl.serve.app', 'xrl.serve.engine')))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -194,8 +219,13 @@ def test_methods_include_zoo_networks_and_say_why_others_cannot(server):
     status, body = call(server, "GET", f"api/methods?agent={AGENT}")
     assert status == 200
     ids = {m["id"]: m for m in body["methods"]}
-    assert {"gradient", "rise", VM, "stalder_explainer:red-fetch-green-visionmask",
-            "rexl:red-fetch-green-rexl-ds"} <= set(ids)
+    assert {
+        "gradient",
+        "rise",
+        VM,
+        "stalder_explainer:red-fetch-green-visionmask",
+        "rexl:red-fetch-green-rexl-ds",
+    } <= set(ids)
     assert ids["rise"]["lane"] == "slow" and ids["gradient"]["lane"] == "fast" and ids[VM]["per_action"]
     assert "attention" in body["unavailable"] and "attention module" in body["unavailable"]["attention"]
 
@@ -246,8 +276,9 @@ def test_saliency_is_the_explainer_overlay_and_is_cached(server):
     assert np.array_equal(decode(first["overlay"]), overlay(frame, saliency))
     assert first["peak"] == list(np.unravel_index(int(saliency.argmax()), saliency.shape))
     # another action's map (a per-action method: explain_all computes every action's map at once)
-    maps = xrl.get_explainer("visionmask", model, network=str(server.engine.zoo / "red-fetch-green-visionmask" /
-                                                                  "visionmask.pt")).explain_all(state)[0]
+    maps = xrl.get_explainer(
+        "visionmask", model, network=str(server.engine.zoo / "red-fetch-green-visionmask" / "visionmask.pt")
+    ).explain_all(state)[0]
     overlays = []
     for k in range(4):
         status, r = call(server, "POST", "api/saliency", {**body, "method": VM, "target": k}, settle=True)
@@ -276,8 +307,13 @@ def test_poke_changes_the_probabilities_as_the_agent_does_on_the_poked_state(ser
     image = decode(body["frame"])
     assert np.all(image[16:48, 16:48] == 0) and np.array_equal(image[:16], frame[:16])
     # the map of the poked state
-    status, r = call(server, "POST", "api/saliency", {"agent": AGENT, "seed": SEED, "t": 0, "method": "gradient",
-                                                      "rects": [rect]}, settle=True)
+    status, r = call(
+        server,
+        "POST",
+        "api/saliency",
+        {"agent": AGENT, "seed": SEED, "t": 0, "method": "gradient", "rects": [rect]},
+        settle=True,
+    )
     from xrl.viz.overlay import overlay
 
     saliency = xrl.get_explainer("gradient", model).explain(poked, int(expected.argmax()))[0]
@@ -303,8 +339,7 @@ def test_scores_match_a_reimplementation_of_deletion_insertion_and_localization(
     order = np.flip(np.argsort(saliency.reshape(-1), kind="stable"))
     h, w = saliency.shape
     n_steps = (h * w + w - 1) // w
-    for name, start, finish in (("deletion", state, torch.zeros_like(state)),
-                                ("insertion", rise_blur(state), state)):
+    for name, start, finish in (("deletion", state, torch.zeros_like(state)), ("insertion", rise_blur(state), state)):
         ys = []
         for i in range(n_steps + 1):
             x = start.clone().reshape(1, 3, -1)
@@ -371,33 +406,53 @@ def test_host_header_of_another_site_is_refused(server):
     assert status == 400
 
 
-@pytest.mark.parametrize("query, status, words", [
-    ("", 400, ["agent must be"]), ("?agent=/etc/passwd", 403, ["path"]), ("?agent=../zoo/red-fetch-green", 403, ["path"]),
-    ("?agent=no-such-agent", 404, ["unknown agent", "red-fetch-green"]), ("?agent=shapes-cnn", 404, ["unknown agent"]),
-])
+@pytest.mark.parametrize(
+    "query, status, words",
+    [
+        ("", 400, ["agent must be"]),
+        ("?agent=/etc/passwd", 403, ["path"]),
+        ("?agent=../zoo/red-fetch-green", 403, ["path"]),
+        ("?agent=no-such-agent", 404, ["unknown agent", "red-fetch-green"]),
+        ("?agent=shapes-cnn", 404, ["unknown agent"]),
+    ],
+)
 def test_methods_bad_agent(server, query, status, words):
     got, body = call(server, "GET", f"api/methods{query}")
     assert got == status
     bad(got, body, *words)
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (None, 400, ["JSON object"]), ([1], 400, ["JSON object"]), ({"agent": AGENT}, 400, ["missing", "seed"]),
-    ({"agent": AGENT, "seed": 0, "x": 1}, 400, ["unknown fields"]), ({"agent": AGENT, "seed": -1}, 400, ["seed"]),
-    ({"agent": AGENT, "seed": "0"}, 400, ["seed"]), ({"agent": AGENT, "seed": True}, 400, ["seed"]),
-    ({"agent": "/work/zoo/x/agent.pt", "seed": 0}, 403, ["path"]), ({"agent": 3, "seed": 0}, 400, ["agent"]),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (None, 400, ["JSON object"]),
+        ([1], 400, ["JSON object"]),
+        ({"agent": AGENT}, 400, ["missing", "seed"]),
+        ({"agent": AGENT, "seed": 0, "x": 1}, 400, ["unknown fields"]),
+        ({"agent": AGENT, "seed": -1}, 400, ["seed"]),
+        ({"agent": AGENT, "seed": "0"}, 400, ["seed"]),
+        ({"agent": AGENT, "seed": True}, 400, ["seed"]),
+        ({"agent": "/work/zoo/x/agent.pt", "seed": 0}, 403, ["path"]),
+        ({"agent": 3, "seed": 0}, 400, ["agent"]),
+    ],
+)
 def test_episode_bad_input(server, body, status, words):
     got, answer = call(server, "POST", "api/episode", body, raw=b"{not json" if body is None else None)
     assert got == status
     bad(got, answer, *words)
 
 
-@pytest.mark.parametrize("query, status, words", [
-    (f"agent={AGENT}&seed=0", 400, ["missing", "t"]), (f"agent={AGENT}&seed=0&t=x", 400, ["integer"]),
-    (f"agent={AGENT}&seed=0&t=99", 400, ["t must be a step", "[0, 4]"]), (f"agent={AGENT}&seed=0&t=-1", 400, ["t must"]),
-    (f"agent={AGENT}&seed=7&t=0", 409, ["not recorded", "/api/episode"]), ("agent=/etc&seed=0&t=0", 403, ["path"]),
-])
+@pytest.mark.parametrize(
+    "query, status, words",
+    [
+        (f"agent={AGENT}&seed=0", 400, ["missing", "t"]),
+        (f"agent={AGENT}&seed=0&t=x", 400, ["integer"]),
+        (f"agent={AGENT}&seed=0&t=99", 400, ["t must be a step", "[0, 4]"]),
+        (f"agent={AGENT}&seed=0&t=-1", 400, ["t must"]),
+        (f"agent={AGENT}&seed=7&t=0", 409, ["not recorded", "/api/episode"]),
+        ("agent=/etc&seed=0&t=0", 403, ["path"]),
+    ],
+)
 def test_frame_bad_input(server, query, status, words):
     got, body = call(server, "GET", f"api/frame?{query}")
     assert got == status
@@ -408,13 +463,22 @@ SAL = {"agent": AGENT, "seed": SEED, "t": 0, "method": "gradient"}
 
 
 @pytest.mark.parametrize("path", ["api/saliency", "api/scores"])
-@pytest.mark.parametrize("change, status, words", [
-    ({"method": "nope"}, 404, ["unknown method", "gradient"]), ({"method": "attention"}, 422, ["attention module"]),
-    ({"method": None}, 400, ["method"]), ({"target": 4}, 400, ["target", "[0, 3]"]), ({"target": "left"}, 400, ["target"]),
-    ({"settings": {"reduce": "bogus"}}, 422, ["refuses", "reduce"]), ({"settings": {"network": "/tmp/x.pt"}}, 403, ["path"]),
-    ({"settings": {"no_such_setting": 1}}, 422, ["refuses"]), ({"t": 5}, 400, ["t must"]), ({"seed": 99}, 409, ["not recorded"]),
-    ({"extra": 1}, 400, ["unknown fields"]),
-])
+@pytest.mark.parametrize(
+    "change, status, words",
+    [
+        ({"method": "nope"}, 404, ["unknown method", "gradient"]),
+        ({"method": "attention"}, 422, ["attention module"]),
+        ({"method": None}, 400, ["method"]),
+        ({"target": 4}, 400, ["target", "[0, 3]"]),
+        ({"target": "left"}, 400, ["target"]),
+        ({"settings": {"reduce": "bogus"}}, 422, ["refuses", "reduce"]),
+        ({"settings": {"network": "/tmp/x.pt"}}, 403, ["path"]),
+        ({"settings": {"no_such_setting": 1}}, 422, ["refuses"]),
+        ({"t": 5}, 400, ["t must"]),
+        ({"seed": 99}, 409, ["not recorded"]),
+        ({"extra": 1}, 400, ["unknown fields"]),
+    ],
+)
 def test_saliency_and_scores_bad_input(server, path, change, status, words):
     body = {**SAL, **change}
     if path == "api/scores" and "rects" in body:
@@ -435,13 +499,21 @@ def test_saliency_and_probabilities_bad_rects(server):
     bad(*call(server, "POST", "api/scores", {**SAL, "rects": []}), "unknown fields")
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"agent": AGENT, "seed": SEED, "methods": []}, 400, ["1 to 6"]), ({"agent": AGENT, "seed": SEED, "methods": "gradient"}, 400, ["list"]),
-    ({"agent": AGENT, "seed": SEED, "methods": ["nope"]}, 404, ["unknown method"]),
-    ({"agent": AGENT, "seed": 5, "methods": ["gradient"]}, 409, ["not recorded"]),
-    ({"agent": AGENT, "seed": SEED, "methods": ["rexl:red-fetch-green-rexl-ds", "rexl:red-fetch-green-rexl-cs"]}, 422, ["one network"]),
-    ({"agent": AGENT, "seed": SEED, "methods": ["gradient"], "settings": {"out": "/tmp/x"}}, 403, ["path"]),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"agent": AGENT, "seed": SEED, "methods": []}, 400, ["1 to 6"]),
+        ({"agent": AGENT, "seed": SEED, "methods": "gradient"}, 400, ["list"]),
+        ({"agent": AGENT, "seed": SEED, "methods": ["nope"]}, 404, ["unknown method"]),
+        ({"agent": AGENT, "seed": 5, "methods": ["gradient"]}, 409, ["not recorded"]),
+        (
+            {"agent": AGENT, "seed": SEED, "methods": ["rexl:red-fetch-green-rexl-ds", "rexl:red-fetch-green-rexl-cs"]},
+            422,
+            ["one network"],
+        ),
+        ({"agent": AGENT, "seed": SEED, "methods": ["gradient"], "settings": {"out": "/tmp/x"}}, 403, ["path"]),
+    ],
+)
 def test_video_bad_input(server, body, status, words):
     got, answer = call(server, "POST", "api/video", body)
     if got == 202:  # refused inside the job (the check needs the method list): the job says why
@@ -467,8 +539,12 @@ def test_jobs_and_downloads_bad_input(server):
 
 @pytest.mark.slow
 def test_command_refuses_an_unknown_agent_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "xrl.cli", "serve", "--agent", "no-such-agent", "--port", "0",
-                           "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "xrl.cli", "serve", "--agent", "no-such-agent", "--port", "0", "--cache", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert "xrl serve: error: unknown agent 'no-such-agent'; known agents:" in done.stderr
     assert "Traceback" not in done.stderr
@@ -478,9 +554,25 @@ def test_command_refuses_an_unknown_agent_in_one_line(tmp_path):
 def test_command_serves_on_127_0_0_1_and_prints_the_address(tmp_path):
     import re
 
-    proc = subprocess.Popen([sys.executable, "-m", "xrl.cli", "serve", "--agent", AGENT, "--env-seed", "3",
-                             "--port", "0", "--cache", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xrl.cli",
+            "serve",
+            "--agent",
+            AGENT,
+            "--env-seed",
+            "3",
+            "--port",
+            "0",
+            "--cache",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         deadline = time.monotonic() + 300

@@ -9,6 +9,7 @@ The same drive makes the screenshot in docs/serve.md::
 
     .venv/bin/python tests/test_serve_browser.py docs/serve/serve.png
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,9 +25,17 @@ from PIL import Image
 
 AGENT = "red-fetch-green"
 VM = "visionmask:red-fetch-green-visionmask"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1320,1240"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1320,1240",
+]
 
 
 def browser():
@@ -38,8 +47,10 @@ def browser():
     driver = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
     if binary is None or driver is None:
         # deliberately a failure, not a skip: the page is only tested in a real browser
-        pytest.fail("needs chromium and chromedriver on PATH: `bash run.sh test` installs Debian's "
-                    "chromium and chromium-driver packages (apt-get install chromium chromium-driver)")
+        pytest.fail(
+            "needs chromium and chromedriver on PATH: `bash run.sh test` installs Debian's "
+            "chromium and chromium-driver packages (apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in FLAGS:
@@ -65,7 +76,9 @@ def overlay(d, selector: str = "#view") -> str:
 
 
 def bars(d, attribute: str = "value") -> list[float]:
-    return d.execute_script(f"return [...document.querySelectorAll('#bars .bar')].map(b => b.dataset.{attribute} === undefined ? null : Number(b.dataset.{attribute}))")
+    return d.execute_script(
+        f"return [...document.querySelectorAll('#bars .bar')].map(b => b.dataset.{attribute} === undefined ? null : Number(b.dataset.{attribute}))"
+    )
 
 
 def not_blank(image: np.ndarray) -> None:
@@ -120,7 +133,9 @@ def drive(url: str, screenshot: Path) -> None:
         assert by_vm and by_vm != stepped
 
         # select another action: its map
-        taken = d.execute_script("return [...document.querySelectorAll('#bars .bar')].findIndex(b => b.classList.contains('selected'))")
+        taken = d.execute_script(
+            "return [...document.querySelectorAll('#bars .bar')].findIndex(b => b.classList.contains('selected'))"
+        )
         other = (taken + 1) % len(bars(d))
         d.find_element("id", f"bar-{other}").click()
         settle(d)
@@ -132,8 +147,9 @@ def drive(url: str, screenshot: Path) -> None:
         Select(d.find_element("id", "kind")).select_by_value("black")
         view = d.find_element("id", "view")
         w, h = view.size["width"], view.size["height"]
-        ActionChains(d).move_to_element_with_offset(view, -w // 4, -h // 4).click_and_hold() \
-            .move_by_offset(w // 4, h // 4).move_by_offset(w // 4, h // 4).release().perform()
+        ActionChains(d).move_to_element_with_offset(view, -w // 4, -h // 4).click_and_hold().move_by_offset(
+            w // 4, h // 4
+        ).move_by_offset(w // 4, h // 4).release().perform()
         settle(d)
         original, poked = bars(d), bars(d, "poked")
         assert len(poked) == len(original) and all(isinstance(v, float) for v in poked)
@@ -199,8 +215,10 @@ def drive(url: str, screenshot: Path) -> None:
         while not d.find_elements("css selector", "#export-links a[href^='/api/download/']"):
             assert time.monotonic() < deadline, d.find_element("id", "export-links").text
             time.sleep(0.2)
-        kind = d.execute_script("const a = document.querySelector('#export-links a'); return fetch(a.href)"
-                                ".then(r => r.status + ' ' + r.headers.get('content-type'))")
+        kind = d.execute_script(
+            "const a = document.querySelector('#export-links a'); return fetch(a.href)"
+            ".then(r => r.status + ' ' + r.headers.get('content-type'))"
+        )
         assert kind == "200 video/mp4", kind
     finally:
         d.quit()

@@ -1,6 +1,7 @@
 """Targets resolved once per batch: ``xrl.ops.target_function`` gives a ``TargetFn`` whose
 ``index`` is the action indices (None for a caller's callable) and whose call picks each row's
 target score, also for the state-major copies the perturbation methods score."""
+
 import pytest
 import torch
 from torch import nn

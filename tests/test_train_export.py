@@ -1,4 +1,5 @@
 """An unfinished training run can be exported (and shipped) without training further."""
+
 import json
 
 import pytest
@@ -8,8 +9,17 @@ from xrl.train.agent import AgentArgs, train_agent
 
 
 def test_export_only_writes_the_checkpoint_reached(tmp_path):
-    args = AgentArgs(env="red-fetch-green", total_timesteps=2048, n_envs=2, n_steps=64, batch_size=64,
-                     checkpoint_every=256, eval_episodes=1, out=str(tmp_path / "run"), progress=False)
+    args = AgentArgs(
+        env="red-fetch-green",
+        total_timesteps=2048,
+        n_envs=2,
+        n_steps=64,
+        batch_size=64,
+        checkpoint_every=256,
+        eval_episodes=1,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train_agent(args, export_only=True)
     train_agent(args, stop_at=256)

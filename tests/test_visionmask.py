@@ -1,13 +1,13 @@
 """VisionMask and the Stalder Explainer: every loss term against a hand computation, the mask
 networks, a one-batch overfit, training that resumes to the same result and refuses mismatched
 inputs, the explainers and the counterfactual, the CLI on tiny budgets."""
+
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import xrl
 from xrl.agents.load import build_policy, model_from_policy
@@ -17,9 +17,20 @@ from xrl.explainers.visionmask import counterfactual, salient_region
 from xrl.ops import reference_image
 from xrl.train import visionmask as vm
 from xrl.train.run import latest_checkpoint
-from xrl.train.visionmask import (StalderArgs, VisionMaskArgs, action_contrastive_loss, area_loss,
-                                  classification_loss, entropy_loss, min_max_area_loss, negative_entropy_loss,
-                                  split_indices, total_variation, train_stalder, train_visionmask)
+from xrl.train.visionmask import (
+    StalderArgs,
+    VisionMaskArgs,
+    action_contrastive_loss,
+    area_loss,
+    classification_loss,
+    entropy_loss,
+    min_max_area_loss,
+    negative_entropy_loss,
+    split_indices,
+    total_variation,
+    train_stalder,
+    train_visionmask,
+)
 
 AGENT = "red-fetch-green"
 
@@ -34,13 +45,13 @@ def test_action_contrastive_loss_matches_eq_2_and_3():
     # L_pos: row a (mask a, over actions j): -1/2 log(e^1 / (e^1 + e^0))
     assert pos.item() == pytest.approx(-0.5 * math.log(math.e / (math.e + 1)), rel=1e-6)
     # L_neg: column a (action a, over masks i): -1/2 log(e^1 / (e^1 + e^2))
-    assert neg.item() == pytest.approx(-0.5 * math.log(math.e / (math.e + math.e ** 2)), rel=1e-6)
+    assert neg.item() == pytest.approx(-0.5 * math.log(math.e / (math.e + math.e**2)), rel=1e-6)
     # target 1: row 1 is (2, 3), column 1 is (0, 3); batch mean over two states
     pos, neg = action_contrastive_loss(torch.cat([z, z]), torch.tensor([0, 1]))
-    pos1 = -0.5 * math.log(math.e ** 3 / (math.e ** 2 + math.e ** 3))
-    neg1 = -0.5 * math.log(math.e ** 3 / (1 + math.e ** 3))
+    pos1 = -0.5 * math.log(math.e**3 / (math.e**2 + math.e**3))
+    neg1 = -0.5 * math.log(math.e**3 / (1 + math.e**3))
     assert pos.item() == pytest.approx((-0.5 * math.log(math.e / (math.e + 1)) + pos1) / 2, rel=1e-6)
-    assert neg.item() == pytest.approx((-0.5 * math.log(math.e / (math.e + math.e ** 2)) + neg1) / 2, rel=1e-6)
+    assert neg.item() == pytest.approx((-0.5 * math.log(math.e / (math.e + math.e**2)) + neg1) / 2, rel=1e-6)
 
 
 def test_negative_entropy_loss_matches_eq_4():
@@ -118,7 +129,9 @@ def test_every_mask_network_gives_k_masks_in_0_1(arch):
 def test_reference_values():
     raw = np.array([[[[0, 10]]], [[[20, 200]]], [[[40, 250]]], [[[255, 255]]]], dtype=np.uint8)  # (4, 1, 1, 2)
     torch.testing.assert_close(reference_image(raw, "background", 255.0), torch.tensor([[[20 / 255, 200 / 255]]]))
-    torch.testing.assert_close(reference_image(raw, "mean", 255.0), torch.full((1, 1, 2), (0 + 10 + 20 + 200 + 40 + 250 + 255 + 255) / 8 / 255))
+    torch.testing.assert_close(
+        reference_image(raw, "mean", 255.0), torch.full((1, 1, 2), (0 + 10 + 20 + 200 + 40 + 250 + 255 + 255) / 8 / 255)
+    )
     assert reference_image(raw, "black", 255.0) is None
     x = torch.rand(2, 3, 8, 8)
     assert torch.equal(MaskNetwork("small", (3, 8, 8), 2, reference="black").reference_for(x), torch.zeros_like(x))
@@ -171,8 +184,17 @@ def expert(tmp_path_factory):
 
 
 def tiny(tmp_path, expert, name="run", cls=VisionMaskArgs, **kw):
-    return cls(**{"agent": AGENT, "data": expert, "out": str(tmp_path / name), "epochs": 2, "batch_size": 16,
-                  "progress": False, **kw})
+    return cls(
+        **{
+            "agent": AGENT,
+            "data": expert,
+            "out": str(tmp_path / name),
+            "epochs": 2,
+            "batch_size": 16,
+            "progress": False,
+            **kw,
+        }
+    )
 
 
 def test_one_batch_overfit_drives_the_loss_down(expert):
@@ -182,8 +204,10 @@ def test_one_batch_overfit_drives_the_loss_down(expert):
     with xrl.data.dataset.StateDataset.open(expert) as ds:
         x = ds.states(slice(0, 6))
     targets = model(x).argmax(-1)
-    for losses, args in ((vm.visionmask_losses, VisionMaskArgs(agent=AGENT, data="-")),
-                         (vm.stalder_losses, StalderArgs(agent=AGENT, data="-"))):
+    for losses, args in (
+        (vm.visionmask_losses, VisionMaskArgs(agent=AGENT, data="-")),
+        (vm.stalder_losses, StalderArgs(agent=AGENT, data="-")),
+    ):
         network = MaskNetwork.for_model(model, reference="black")
         optimiser = torch.optim.Adam(network.parameters(), lr=3e-3)
         values = []
@@ -206,7 +230,9 @@ def test_training_resumes_to_the_same_result(tmp_path, expert):
     resumed = train_visionmask(tiny(tmp_path, expert, "resumed", epochs=3))
     a, b = load_mask_network(straight).state_dict(), load_mask_network(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ca, cb = (torch.load(latest_checkpoint(p.parent) / "state.pt", weights_only=True)["network"] for p in (straight, resumed))
+    ca, cb = (
+        torch.load(latest_checkpoint(p.parent) / "state.pt", weights_only=True)["network"] for p in (straight, resumed)
+    )
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     ha, hb = (json.loads((p.parent / "history.json").read_text())["epochs"] for p in (straight, resumed))
     assert ha == hb and len(ha) == 3
@@ -243,15 +269,17 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ex
         train_visionmask(tiny(tmp_path, expert, "nan", batch_size=4))
     assert torch.load(latest_checkpoint(tmp_path / "nan") / "state.pt", weights_only=True)["epoch"] == 1
     assert load_mask_network(tmp_path / "nan" / "visionmask.pt").method == "visionmask"
-    calls["n"] = -10 ** 6  # now a non-finite validation loss (epoch 2's validation, after 1 good epoch)
+    calls["n"] = -(10**6)  # now a non-finite validation loss (epoch 2's validation, after 1 good epoch)
     monkeypatch.setattr(vm, "area_loss", lambda *a: real(*a) * (float("nan") if not torch.is_grad_enabled() else 1.0))
     with pytest.raises(FloatingPointError, match=r"validation of epoch 2.*last good checkpoint \(epoch 1\)"):
         train_visionmask(tiny(tmp_path, expert, "nan", batch_size=4))
 
 
 def test_mismatched_inputs_are_refused(tmp_path, expert):
-    other = model_from_policy(build_policy("grid_cnn", (3, 64, 64), 4),
-                              info={"env": {"name": "red-fetch-green", "settings": {}}, "source": "untrained"})
+    other = model_from_policy(
+        build_policy("grid_cnn", (3, 64, 64), 4),
+        info={"env": {"name": "red-fetch-green", "settings": {}}, "source": "untrained"},
+    )
     data = collect(other, episodes=1, out=tmp_path / "other.h5", max_steps=4, progress=False)
     with pytest.raises(ValueError, match="collected by another agent"):
         train_visionmask(tiny(tmp_path, str(data), "other"))
@@ -278,8 +306,9 @@ def test_mismatched_inputs_are_refused(tmp_path, expert):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, expert):
     out = tmp_path_factory.mktemp("trained")
-    return train_visionmask(VisionMaskArgs(agent=AGENT, data=expert, out=str(out / "vm"), epochs=2,
-                                           batch_size=16, progress=False))
+    return train_visionmask(
+        VisionMaskArgs(agent=AGENT, data=expert, out=str(out / "vm"), epochs=2, batch_size=16, progress=False)
+    )
 
 
 def test_explain_all_is_one_forward_pass_and_explain_picks_the_target(trained, expert):
@@ -317,9 +346,7 @@ def test_networks_of_another_agent_or_action_count_are_refused(trained):
 
 
 def test_salient_region_is_the_connected_component_of_the_maximum():
-    s = torch.tensor([[[0.9, 0.8, 0.0, 0.7],
-                       [0.0, 0.6, 0.0, 0.8],
-                       [0.0, 0.0, 0.0, 0.0]]])
+    s = torch.tensor([[[0.9, 0.8, 0.0, 0.7], [0.0, 0.6, 0.0, 0.8], [0.0, 0.0, 0.0, 0.0]]])
     region = salient_region(s, 0.5)  # >= 0.45: two components; the maximum's is the left one
     expected = torch.tensor([[[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]], dtype=torch.bool)
     assert torch.equal(region, expected)
@@ -349,17 +376,49 @@ def test_xrl_train_and_counterfactual_commands(tmp_path, expert, capsys):
     from PIL import Image
 
     from xrl.cli import main
+
     for what, name in (("visionmask", "visionmask"), ("stalder-explainer", "stalder_explainer")):
-        code = main(["train", what, "--agent", AGENT, "--data", expert, "--out", str(tmp_path / what),
-                     "--epochs", "1", "--batch-size", "16", "--reference", "mean", "--lambda-tv", "0.5"])
+        code = main(
+            [
+                "train",
+                what,
+                "--agent",
+                AGENT,
+                "--data",
+                expert,
+                "--out",
+                str(tmp_path / what),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--reference",
+                "mean",
+                "--lambda-tv",
+                "0.5",
+            ]
+        )
         out, err = capsys.readouterr()
         assert code == 0, err
         assert f"saved {tmp_path / what / name}.pt" in out and "best epoch 1" in out
         card = json.loads((tmp_path / what / f"{name}.json").read_text())
         assert card["settings"]["reference"] == "mean" and card["settings"]["lambda_tv"] == 0.5
         assert "--reference mean" in card["command"] and "--lambda-tv 0.5" in card["command"]
-    code = main(["counterfactual", "--agent", AGENT, "--network", str(tmp_path / "visionmask" / "visionmask.pt"),
-                 "--data", expert, "--n", "2", "--out", str(tmp_path / "cf")])
+    code = main(
+        [
+            "counterfactual",
+            "--agent",
+            AGENT,
+            "--network",
+            str(tmp_path / "visionmask" / "visionmask.pt"),
+            "--data",
+            expert,
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "cf"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     pictures = sorted((tmp_path / "cf").glob("state_*.png"))

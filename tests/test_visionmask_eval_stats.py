@@ -1,5 +1,6 @@
 """The paired bootstrap of ``xrl reproduce`` (``xrl.reproduce.core.paired_interval``, used by
 ``visionmask-table1`` for VisionMask minus each method) against hand-known cases."""
+
 import math
 
 import numpy as np

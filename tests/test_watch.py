@@ -1,4 +1,5 @@
 """xrl watch: a seeded episode filmed with overlays; MP4 (H.264) and GIF; the counterfactual."""
+
 from __future__ import annotations
 
 import imageio.v3 as iio
@@ -26,8 +27,15 @@ def model():
 @pytest.fixture(scope="module")
 def filmed(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("watch") / "episode"
-    return watch(model, methods={"gradient": {}, "greydanus": {"radius": 4, "stride": 8}}, seed=3,
-                 max_steps=STEPS, counterfactual=True, out=out, progress=False)
+    return watch(
+        model,
+        methods={"gradient": {}, "greydanus": {"radius": 4, "stride": 8}},
+        seed=3,
+        max_steps=STEPS,
+        counterfactual=True,
+        out=out,
+        progress=False,
+    )
 
 
 def test_the_episode_is_the_seeded_greedy_one(filmed, model, tmp_path):
@@ -50,9 +58,9 @@ def test_videos_hold_every_frame_side_by_side(filmed, model, tmp_path):
     collect(model, episodes=1, seed=3, max_steps=STEPS, out=tmp_path / "s.h5", progress=False)
     with StateDataset.open(tmp_path / "s.h5") as ds:
         first = upscale(ds.frames([0])[0], 192)
-    tile = frames[0, 18:18 + 192, :192].astype(float)
+    tile = frames[0, 18 : 18 + 192, :192].astype(float)
     assert np.abs(tile - first).mean() < 8  # GIF palette quantisation only
-    assert np.abs(video[0, 18:18 + 192, :192].astype(float) - first).mean() < 8  # H.264 loss only
+    assert np.abs(video[0, 18 : 18 + 192, :192].astype(float) - first).mean() < 8  # H.264 loss only
 
 
 def test_counterfactual_is_the_action_without_the_most_salient_region(filmed, model, tmp_path):
@@ -63,7 +71,7 @@ def test_counterfactual_is_the_action_without_the_most_salient_region(filmed, mo
     maps = xrl.get_explainer("gradient", model).explain(states, torch.as_tensor(filmed.actions))
     for i in range(STEPS):
         mask = removed_region(maps[i], 0.05)
-        removed = torch.where(mask, Substrate("blur")(states[i:i + 1]), states[i:i + 1])
+        removed = torch.where(mask, Substrate("blur")(states[i : i + 1]), states[i : i + 1])
         with torch.no_grad():
             assert int(model(removed).argmax()) == filmed.counterfactual_actions[i]
 
@@ -84,13 +92,16 @@ def test_speed_is_measured_per_method(filmed):
         assert s > 0 and filmed.fps[m] == pytest.approx(1 / s)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"methods": []}, ["at least one method"]),
-    ({"methods": ["nosuch"]}, ["nosuch", "gradient"]),
-    ({"methods": ["gradient"], "fraction": 1.5}, ["fraction"]),
-    ({"methods": ["gradient"], "formats": ("avi",)}, ["mp4", "gif"]),
-    ({"methods": ["gradient"], "env": "pong"}, ["trained on env 'red-fetch-green'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"methods": []}, ["at least one method"]),
+        ({"methods": ["nosuch"]}, ["nosuch", "gradient"]),
+        ({"methods": ["gradient"], "fraction": 1.5}, ["fraction"]),
+        ({"methods": ["gradient"], "formats": ("avi",)}, ["mp4", "gif"]),
+        ({"methods": ["gradient"], "env": "pong"}, ["trained on env 'red-fetch-green'"]),
+    ],
+)
 def test_bad_input(model, tmp_path, kwargs, words):
     with pytest.raises(ValueError) as info:
         watch(model, out=tmp_path / "w", max_steps=2, progress=False, **kwargs)
@@ -110,8 +121,21 @@ def test_write_video_refuses_other_formats(tmp_path):
 
 def test_watch_command(capsys, tmp_path):
     out = tmp_path / "w"
-    code = cli.main(["watch", "--agent", AGENT, "--methods", "gradient,random", "--max-steps", "2",
-                     "--out", str(out), "--formats", "gif"])
+    code = cli.main(
+        [
+            "watch",
+            "--agent",
+            AGENT,
+            "--methods",
+            "gradient,random",
+            "--max-steps",
+            "2",
+            "--out",
+            str(out),
+            "--formats",
+            "gif",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "2 frames" in printed and "frames/s" in printed and f"wrote {out}.gif" in printed

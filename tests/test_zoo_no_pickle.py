@@ -17,6 +17,7 @@ and git ignores are not shipped), or every file under ``zoo/`` outside a git che
 entries are left out (a live run's ``.lock`` and partial checkpoint folders); a file that
 disappears while it is read (a live run replacing its older checkpoint) is skipped.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,9 @@ def shipped() -> list[Path]:
         files = [ROOT / name for name in listed.decode().split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
         files = list(ZOO.rglob("*"))
-    return sorted(p for p in files
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ZOO).parts))
+    return sorted(
+        p for p in files if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ZOO).parts)
+    )
 
 
 def is_pickle(blob: bytes) -> bool:
@@ -131,6 +133,7 @@ def test_every_zoo_run_with_a_checkpoint_resumes_from_a_new_format_one(no_unpick
     names; no old-format checkpoint is left beside it."""
     from xrl.train.agent import CHECKPOINT_FORMAT
     from xrl.train.run import latest_checkpoint, load_tensors, read_json, zip_tensors
+
     runs = sorted(p.parent for p in shipped() if p.name == "checkpoint.json")
     # None ships one now (every zoo run has finished and its checkpoint left the tree); a run
     # committed in progress, as zoo/mario was until 2026-12-05, is checked here.

@@ -1,6 +1,7 @@
 """The VisionMask / Stalder networks shipped in zoo/ belong to the agents shipped beside them and
 still reproduce the accuracy their cards and docs report (so a retrained zoo agent cannot leave
 them silently stale)."""
+
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def test_zoo_visionmask_accuracy_matches_the_card_on_the_validation_split():
     """The card's validation accuracy (raw masks, background reference) is recomputed here
     with the metric, independently of the training loop."""
     import json
+
     folder = ZOO / "red-fetch-green-visionmask"
     card = json.loads((folder / "visionmask.json").read_text())
     model = xrl.load_agent("red-fetch-green")
@@ -44,9 +46,14 @@ def test_zoo_visionmask_accuracy_matches_the_card_on_the_validation_split():
         with torch.no_grad():
             targets = model(ds.states(rows)).argmax(-1)
         stored = torch.as_tensor(ds.actions[rows])
-        result = evaluate(model, ds, {"visionmask": {"network": network}},
-                          {"accuracy": {"substrate": "background", "background": network.reference_image,
-                                        "normalize": "none"}}, rows=rows, progress=False)
+        result = evaluate(
+            model,
+            ds,
+            {"visionmask": {"network": network}},
+            {"accuracy": {"substrate": "background", "background": network.reference_image, "normalize": "none"}},
+            rows=rows,
+            progress=False,
+        )
     assert torch.equal(stored, targets)  # greedy data: stored actions are the agent's argmax
     assert result.means()["visionmask"]["accuracy"] == pytest.approx(card["scores"]["val"]["accuracy"], abs=1e-9)
 
@@ -57,6 +64,7 @@ def test_learned_explainers_find_their_zoo_network_by_the_agents_weights(tmp_pat
     the zoo has no network for is refused with what to do; a network made for another agent,
     given explicitly, is refused."""
     import shutil
+
     copy = tmp_path / "elsewhere" / "agent.pt"
     copy.parent.mkdir()
     shutil.copy(ZOO / "red-fetch-green" / "agent.pt", copy)

@@ -9,6 +9,7 @@ Entry points::
     saliency = explainer.explain(states)                   # (B, H, W)
     xrl.get_metric("deletion")(model=model, states=states, saliency=saliency)
 """
+
 from xrl._version import __version__
 from xrl.agents.model import Model, as_model
 from xrl.envs import list_envs, make_env
@@ -16,8 +17,17 @@ from xrl.explainers import get_explainer, list_explainers
 from xrl.metrics import get_metric, list_metrics
 
 __all__ = [
-    "Model", "as_model", "make_env", "list_envs", "load_agent", "load",
-    "get_explainer", "list_explainers", "get_metric", "list_metrics", "__version__",
+    "Model",
+    "as_model",
+    "make_env",
+    "list_envs",
+    "load_agent",
+    "load",
+    "get_explainer",
+    "list_explainers",
+    "get_metric",
+    "list_metrics",
+    "__version__",
 ]
 
 #: public names whose modules import heavy dependencies (Stable-Baselines3): imported on first use
@@ -29,6 +39,7 @@ def __getattr__(name: str):
     when first used, so ``import xrl`` stays free of heavy dependencies (docs/architecture.md)."""
     if name in _LAZY:
         import importlib
+
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

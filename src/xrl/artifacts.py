@@ -25,14 +25,16 @@ written before a format had a ``version`` are version 1. Every problem is an
 was expected. The layer imports only torch, numpy and the standard library (and
 :mod:`xrl.files`), so every floor above it can use it. Details: ``docs/artifacts.md``.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,10 +50,18 @@ FORMATS: dict[str, tuple[str, int]] = {
 }
 #: what writes each format (for error messages)
 #: what each format is called in messages
-NOUNS = {"xrl.agent": "an xrl agent checkpoint", "xrl.classifier": "an xrl classifier",
-         "xrl.mask_network": "an xrl mask network", "xrl.rexl_agent": "a RExL agent"}
-WRITERS = {"xrl.agent": "xrl train agent / xrl train digr", "xrl.classifier": "xrl train classifier",
-           "xrl.mask_network": "xrl train visionmask / stalder-explainer", "xrl.rexl_agent": "xrl train rexl"}
+NOUNS = {
+    "xrl.agent": "an xrl agent checkpoint",
+    "xrl.classifier": "an xrl classifier",
+    "xrl.mask_network": "an xrl mask network",
+    "xrl.rexl_agent": "a RExL agent",
+}
+WRITERS = {
+    "xrl.agent": "xrl train agent / xrl train digr",
+    "xrl.classifier": "xrl train classifier",
+    "xrl.mask_network": "xrl train visionmask / stalder-explainer",
+    "xrl.rexl_agent": "xrl train rexl",
+}
 SB3_ZIP = "sb3.zip"
 """the pseudo-format of a Stable-Baselines3 ``.zip`` (read by :mod:`xrl.agents.load` without pickle)"""
 
@@ -66,6 +76,7 @@ class ArtifactError(ValueError):
 
 
 # ------------------------------------------------------------------ identity
+
 
 def fingerprint(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A 16-hex-digit hash of a module's (or a ``state_dict``'s) weights: every entry's name,
@@ -94,6 +105,7 @@ def sha256(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------ cards
 
+
 def card_path(path: str | os.PathLike) -> Path:
     """The card of an artifact: the same stem with ``.json``."""
     return Path(path).with_suffix(".json")
@@ -112,28 +124,33 @@ def read_card(path: str | os.PathLike, *, required: bool = False) -> dict:
     except UnicodeDecodeError as err:
         raise ArtifactError(card, f"is not text ({err.reason})", "a JSON card") from None
     except json.JSONDecodeError as err:
-        raise ArtifactError(card, f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
-                            "a JSON card") from None
+        raise ArtifactError(
+            card, f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", "a JSON card"
+        ) from None
     except OSError as err:
         raise ArtifactError(card, f"is unreadable ({err.strerror})", "a JSON card") from None
     if not isinstance(data, dict):
         raise ArtifactError(card, f"holds a JSON {type(data).__name__}", "a JSON object (the card's fields)")
     env = data.get("env")
-    if env is not None and not (isinstance(env, dict) and isinstance(env.get("name"), str)
-                                and isinstance(env.get("settings", {}), dict)):
-        raise ArtifactError(card, f"has 'env' = {json.dumps(env)[:60]}",
-                            '\'env\': {"name": "<registered env>", "settings": {...}}')
+    if env is not None and not (
+        isinstance(env, dict) and isinstance(env.get("name"), str) and isinstance(env.get("settings", {}), dict)
+    ):
+        raise ArtifactError(
+            card, f"has 'env' = {json.dumps(env)[:60]}", '\'env\': {"name": "<registered env>", "settings": {...}}'
+        )
     return data
 
 
 # ------------------------------------------------------------------ payloads
 
+
 def _check_version(path: Path, payload: dict, fmt: str) -> None:
     version = payload.get("version", 1)  # files written before a format carried a version
     newest = FORMATS[fmt][1]
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= newest:
-        raise ArtifactError(path, f"is {fmt} version {version!r}",
-                            f"a version from 1 to {newest} (a newer xrl wrote it? upgrade xrl)")
+        raise ArtifactError(
+            path, f"is {fmt} version {version!r}", f"a version from 1 to {newest} (a newer xrl wrote it? upgrade xrl)"
+        )
 
 
 def _torch_load(path: Path, **kwargs) -> Any:
@@ -145,15 +162,21 @@ def _torch_load(path: Path, **kwargs) -> Any:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
             detail = "it holds Python objects other than weights (loading it would run code)"
-        raise ArtifactError(path, f"is not a readable xrl checkpoint ({detail[:200]})",
-                            "an xrl artifact saved with torch.save (weights and plain settings only)") from None
+        raise ArtifactError(
+            path,
+            f"is not a readable xrl checkpoint ({detail[:200]})",
+            "an xrl artifact saved with torch.save (weights and plain settings only)",
+        ) from None
 
 
 def _checked(path: Path, payload: Any, expected: str | tuple[str, ...] | None) -> dict:
     formats = (expected,) if isinstance(expected, str) else tuple(expected or FORMATS)
     if not isinstance(payload, dict):
-        raise ArtifactError(path, f"holds a {type(payload).__name__}, not an xrl artifact",
-                            f"a dict with format {' or '.join(map(repr, formats))}")
+        raise ArtifactError(
+            path,
+            f"holds a {type(payload).__name__}, not an xrl artifact",
+            f"a dict with format {' or '.join(map(repr, formats))}",
+        )
     fmt = payload.get("format")
     if fmt not in formats:
         what = " or ".join(NOUNS.get(f, f) for f in formats)
@@ -189,8 +212,9 @@ def format_of(path: str | os.PathLike) -> str:
     ``.zip``; refused with what was found otherwise. Reads no weights and runs nothing."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(path, "does not exist" if not path.exists() else "is not a file",
-                            "an xrl artifact (.pt) or an SB3 .zip")
+        raise ArtifactError(
+            path, "does not exist" if not path.exists() else "is not a file", "an xrl artifact (.pt) or an SB3 .zip"
+        )
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -200,15 +224,25 @@ def format_of(path: str | os.PathLike) -> str:
         if {"data", "policy.pth"} <= names:
             return SB3_ZIP
         if not any(n.endswith("data.pkl") for n in names):
-            raise ArtifactError(path, f"is not a loadable SB3 PPO/A2C/DQN model (a zip holding {sorted(names)[:5]})",
-                                "an SB3 model (.zip with 'data' and 'policy.pth') or an xrl artifact (.pt)")
+            raise ArtifactError(
+                path,
+                f"is not a loadable SB3 PPO/A2C/DQN model (a zip holding {sorted(names)[:5]})",
+                "an SB3 model (.zip with 'data' and 'policy.pth') or an xrl artifact (.pt)",
+            )
     elif path.suffix == ".zip":
         raise ArtifactError(path, "is not a zip file", "an SB3 model saved with model.save()")
     return read_header(path)["format"]
 
 
-def save_payload(path: str | os.PathLike, fmt: str, settings: Mapping, state_dict: Mapping[str, torch.Tensor],
-                 *, card: Mapping | None = None, weights_fingerprint: str | None = None) -> Path:
+def save_payload(
+    path: str | os.PathLike,
+    fmt: str,
+    settings: Mapping,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    card: Mapping | None = None,
+    weights_fingerprint: str | None = None,
+) -> Path:
     """Write artifact ``path`` = ``{"format", "version", **settings, "state_dict"}`` atomically
     and, when ``card`` is given, its card with ``format``, ``sha256`` of the file written and
     ``fingerprint`` (``weights_fingerprint``, default the fingerprint of ``state_dict``)."""
@@ -227,8 +261,9 @@ def save_payload(path: str | os.PathLike, fmt: str, settings: Mapping, state_dic
     return path
 
 
-def write_card(path: str | os.PathLike, card: Mapping, *, weights_fingerprint: str | None = None,
-               fmt: str | None = None) -> Path:
+def write_card(
+    path: str | os.PathLike, card: Mapping, *, weights_fingerprint: str | None = None, fmt: str | None = None
+) -> Path:
     """Write the card of artifact ``path`` (atomically) with the artifact's ``sha256`` (of the
     file as it is now), and its ``fingerprint`` and ``format`` when given."""
     path = Path(path)

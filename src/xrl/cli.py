@@ -1,12 +1,14 @@
 """The ``xrl`` command. Each subcommand maps one to one onto a library call."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +19,9 @@ from xrl.metrics import METRICS, list_metrics
 from xrl.train.run import RunLocked, Terminated, add_flags, from_flags, parse_pairs
 
 
-def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting", registry=EXPLAINERS) -> dict[str, dict]:
+def _method_settings(
+    names: str, pairs: list[str] | None, flag: str = "setting", registry=EXPLAINERS
+) -> dict[str, dict]:
     """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` (the ``--setting`` flags) -> ``{name: settings}``,
     each setting checked against the method's constructor (:func:`check_method_settings`)."""
     methods = {m.strip(): {} for m in names.split(",") if m.strip()}
@@ -30,14 +34,20 @@ def _method_settings(names: str, pairs: list[str] | None, flag: str = "setting",
     return methods
 
 
-_KINDS = {"bool": (bool, "true or false"), "int": (int, "an integer"), "float": (float, "a number"),
-          "str": (str, "text"), "None": (type(None), "null")}
+_KINDS = {
+    "bool": (bool, "true or false"),
+    "int": (int, "an integer"),
+    "float": (float, "a number"),
+    "str": (str, "text"),
+    "None": (type(None), "null"),
+}
 
 
 def _settings_of(cls) -> tuple[dict, bool]:
     """The keyword settings of a registered class's constructor (following ``**kwargs`` up the
     MRO) as ``{name: inspect.Parameter}``, and whether the chain ends open (``**kwargs`` kept)."""
     import inspect
+
     params, open_ = {}, False
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -60,6 +70,7 @@ def check_method_settings(registry, methods: dict[str, dict], flag: str) -> None
     not of the type its constructor declares (``greydanus.radius=abc``, ``radius=true``,
     ``seed=1.7``), before anything runs: one line naming it, what was expected and the default."""
     import re
+
     for method, settings in methods.items():
         params, open_ = _settings_of(registry.get(method))
         for key, value in settings.items():
@@ -67,20 +78,33 @@ def check_method_settings(registry, methods: dict[str, dict], flag: str) -> None
             if key not in params:
                 if open_:
                     continue
-                raise ValueError(f"--{flag} {method}.{key}: {method} has no setting {key!r}; known: "
-                                 f"{', '.join(sorted(params)) or 'none'}")
+                raise ValueError(
+                    f"--{flag} {method}.{key}: {method} has no setting {key!r}; known: "
+                    f"{', '.join(sorted(params)) or 'none'}"
+                )
             p = params[key]
-            words = set(re.findall(r"[A-Za-z_]\w*", p.annotation if isinstance(p.annotation, str) else
-                                   getattr(p.annotation, "__name__", "") if p.annotation is not p.empty else ""))
+            words = set(
+                re.findall(
+                    r"[A-Za-z_]\w*",
+                    p.annotation
+                    if isinstance(p.annotation, str)
+                    else getattr(p.annotation, "__name__", "")
+                    if p.annotation is not p.empty
+                    else "",
+                )
+            )
             if not words and p.default is not None:
                 words = {type(p.default).__name__}
             if not words or not words <= set(_KINDS):
                 continue  # a type this check does not know (tuples, tensors, callables): the method checks it
             kinds = {_KINDS[w][0] for w in words}
-            ok = (isinstance(value, bool) and bool in kinds) or \
-                 (not isinstance(value, bool) and isinstance(value, int) and bool(kinds & {int, float})) or \
-                 (isinstance(value, float) and float in kinds) or \
-                 (isinstance(value, str) and str in kinds) or (value is None and type(None) in kinds)
+            ok = (
+                (isinstance(value, bool) and bool in kinds)
+                or (not isinstance(value, bool) and isinstance(value, int) and bool(kinds & {int, float}))
+                or (isinstance(value, float) and float in kinds)
+                or (isinstance(value, str) and str in kinds)
+                or (value is None and type(None) in kinds)
+            )
             if not ok:
                 expected = " or ".join(_KINDS[w][1] for w in sorted(words, key=list(_KINDS).index))
                 raise ValueError(f"--{flag} {method}.{key}={shown}: expected {expected} (default {p.default!r})")
@@ -88,6 +112,7 @@ def check_method_settings(registry, methods: dict[str, dict], flag: str) -> None
 
 def _number(kind, test, expected: str):
     """An argparse type: ``kind(text)`` that passes ``test``, else one line saying what was expected."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -96,6 +121,7 @@ def _number(kind, test, expected: str):
         if value is None or not test(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
+
     parse.__name__ = expected
     return parse
 
@@ -111,9 +137,13 @@ def _doc(obj) -> str:
 
 def cmd_envs(args) -> None:
     from xrl.envs import EXTRAS, extra_installed
+
     for name in list_envs():
-        extra = (f" [extra {EXTRAS[name]}: {'installed' if extra_installed(name) else 'NOT installed'}]"
-                 if name in EXTRAS else "")
+        extra = (
+            f" [extra {EXTRAS[name]}: {'installed' if extra_installed(name) else 'NOT installed'}]"
+            if name in EXTRAS
+            else ""
+        )
         print(f"{name:26s} {_doc(ENVS.get(name))}{extra}")
 
 
@@ -125,6 +155,7 @@ def _count(n) -> str:
 
 def cmd_zoo(args) -> int | None:
     from xrl.zoo import zoo_cards, zoo_networks
+
     if args.verify or args.update_sha256:
         from xrl.agents.load import update_zoo_sha256, verify_zoo
     if args.update_sha256:
@@ -147,14 +178,18 @@ def cmd_zoo(args) -> int | None:
         trained = _count(r["trained"]) + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
         sampled = f" (sampled policy: {r['score_sampled']})" if r["score_sampled"] else ""
         teacher = f"; DIGR student of {r['teacher']}" if r["teacher"] else ""
-        print(f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}{sampled}"
-              f"{teacher}")
+        print(
+            f"{r['name']:30s} {r['kind']:10s} {r['env']:26s} {r['arch']:16s} {trained:22s} {r['score']}{sampled}"
+            f"{teacher}"
+        )
         if args.commands:
             print(f"{'':30s} {r['command']}")
     if networks:
         print("\nexplainer networks, each for the zoo model it explains (found by its weights fingerprint):")
     for r in networks:
-        trained = f"{_count(r['trained'])} {r['unit']}" + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
+        trained = f"{_count(r['trained'])} {r['unit']}" + (
+            "" if r["finished"] else f" of {_count(r['planned'])}, resumable"
+        )
         print(f"{r['name']:30s} {r['kind']:17s} for {r['explains']:19s} {r['arch']:16s} {trained:22s} {r['score']}")
         if args.commands:
             print(f"{'':30s} {r['command']}")
@@ -171,14 +206,18 @@ def cmd_metrics(args) -> None:
     for name in list_metrics():
         cls = METRICS.get(name)
         hib = cls.higher_is_better
-        direction = ("higher" if hib else "lower") if isinstance(hib, bool) else \
-            ", ".join(f"{k}: {'higher' if v else 'lower'}" for k, v in hib.items())
+        direction = (
+            ("higher" if hib else "lower")
+            if isinstance(hib, bool)
+            else ", ".join(f"{k}: {'higher' if v else 'lower'}" for k, v in hib.items())
+        )
         print(f"{name:16s} {cls.category:14s} {direction:44s} {_doc(cls)}")
 
 
 def cmd_train(args) -> None:
     """``xrl train <what>``: the trainer's settings from its flags, then what its card says."""
     import importlib
+
     trainer = TRAINERS[args.what]
     module = importlib.import_module(trainer.module)
     path = getattr(module, trainer.train)(from_flags(getattr(module, trainer.settings), args))
@@ -196,6 +235,7 @@ def cmd_counterfactual(args) -> None:
     from xrl.explainers import get_explainer
     from xrl.explainers.visionmask import counterfactual
     from xrl.viz.overlay import counterfactual_figure
+
     model = load_agent(args.agent)
     network = load_mask_network(args.network)
     explainer = get_explainer(network.method, model, network=network)
@@ -208,27 +248,41 @@ def cmd_counterfactual(args) -> None:
     names = model.action_names
     for i, row in enumerate(rows):
         path = out / f"state_{int(row):06d}.png"
-        counterfactual_figure(states[i], cf.states[i], cf.maps[i], cf.region[i], cf.probs[i], cf.new_probs[i],
-                              target=int(cf.targets[i]), action_names=names, path=path,
-                              title=f"{network.method}, row {int(row)}")
-        print(f"row {int(row)}: {names[int(cf.actions[i])]} ({float(cf.probs[i, cf.actions[i]]):.2f}) -> "
-              f"{names[int(cf.new_actions[i])]} ({float(cf.new_probs[i, cf.new_actions[i]]):.2f}) without "
-              f"{int(cf.region[i].sum())} pixels of the map of {names[int(cf.targets[i])]}: {path}")
+        counterfactual_figure(
+            states[i],
+            cf.states[i],
+            cf.maps[i],
+            cf.region[i],
+            cf.probs[i],
+            cf.new_probs[i],
+            target=int(cf.targets[i]),
+            action_names=names,
+            path=path,
+            title=f"{network.method}, row {int(row)}",
+        )
+        print(
+            f"row {int(row)}: {names[int(cf.actions[i])]} ({float(cf.probs[i, cf.actions[i]]):.2f}) -> "
+            f"{names[int(cf.new_actions[i])]} ({float(cf.new_probs[i, cf.new_actions[i]]):.2f}) without "
+            f"{int(cf.region[i].sum())} pixels of the map of {names[int(cf.targets[i])]}: {path}"
+        )
 
 
 def cmd_attack(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.attacks.evaluate import return_under_attack, write_attack_results
     from xrl.viz.overlay import attack_curves
+
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     eps = [float(e) for e in args.eps.split(",") if e.strip()]
     from xrl.attacks import ATTACKS
+
     settings = _method_settings(",".join(attacks), args.setting, registry=ATTACKS)
     results, sources = {}, {}
     for agent in args.agent:
         model = load_agent(agent)
-        results[agent] = return_under_attack(model, attacks, eps, episodes=args.episodes, seed=args.seed,
-                                             attack_settings=settings, batch=args.batch)
+        results[agent] = return_under_attack(
+            model, attacks, eps, episodes=args.episodes, seed=args.seed, attack_settings=settings, batch=args.batch
+        )
         sources[agent] = model.info.get("card", {})
         for name, rows in results[agent].items():
             print(f"{agent} {name}: " + "  ".join(f"eps {r['eps']:g}: {r['mean_return']:.3f}" for r in rows))
@@ -240,10 +294,19 @@ def cmd_attack(args) -> None:
 def cmd_collect(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.collect import collect
+
     model = load_agent(args.agent)
-    path = collect(model, episodes=args.episodes, out=args.out, env=args.env,
-                   env_settings=parse_pairs(args.set) if args.set else None, seed=args.seed,
-                   max_steps=args.max_steps, sample=args.sample, overwrite=args.overwrite)
+    path = collect(
+        model,
+        episodes=args.episodes,
+        out=args.out,
+        env=args.env,
+        env_settings=parse_pairs(args.set) if args.set else None,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        sample=args.sample,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {path}")
 
 
@@ -266,6 +329,7 @@ def _methods_for(model, names: str | None, pairs: list[str] | None) -> dict[str,
     if names:
         return _method_settings(names, pairs)
     from xrl.explainers import get_explainer
+
     usable = []
     for name in list_explainers():
         try:
@@ -281,24 +345,30 @@ def cmd_explain(args) -> None:
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import dataset_targets, explain_dataset
     from xrl.viz.overlay import explanation_grid
+
     out = Path(args.out)
     out = out if out.suffix else out.with_suffix(".png")  # a bare name would be a PNG without a suffix
     from matplotlib.backend_bases import FigureCanvasBase
+
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix.lower()[1:] not in formats:
-        raise ValueError(f"--out {args.out}: expected a picture file ending in one of "
-                         f"{', '.join('.' + f for f in sorted(formats))}")
+        raise ValueError(
+            f"--out {args.out}: expected a picture file ending in one of {', '.join('.' + f for f in sorted(formats))}"
+        )
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
         _within_data("--n", args.n, ds)
         rows = _rows(len(ds), args.n or 6, args.seed)
         actions = dataset_targets(model, ds, rows, args.targets)  # refuses another agent's data unless asked
-        maps = {m: explain_dataset(model, ds, m, s, rows=rows, targets=args.targets or "dataset")
-                for m, s in methods.items()}
+        maps = {
+            m: explain_dataset(model, ds, m, s, rows=rows, targets=args.targets or "dataset")
+            for m, s in methods.items()
+        }
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
-        explanation_grid(ds.frames(rows), maps, out, actions=actions.numpy(),
-                         action_names=model.action_names, probs=probs)
+        explanation_grid(
+            ds.frames(rows), maps, out, actions=actions.numpy(), action_names=model.action_names, probs=probs
+        )
     print(f"wrote {out}")
 
 
@@ -306,14 +376,17 @@ def cmd_evaluate(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import evaluate
+
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
-    metrics = _method_settings(args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting",
-                               registry=METRICS)
+    metrics = _method_settings(
+        args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting", registry=METRICS
+    )
     with StateDataset.open(args.data) as ds:
         _within_data("--n-states", args.n_states, ds)
-        result = evaluate(model, ds, methods, metrics, n_states=args.n_states or 64, seed=args.seed,
-                          targets=args.targets)
+        result = evaluate(
+            model, ds, methods, metrics, n_states=args.n_states or 64, seed=args.seed, targets=args.targets
+        )
     print(result.table())
     csv_path, json_path = result.write(args.out)
     print(f"wrote {csv_path} and {json_path}")
@@ -322,10 +395,13 @@ def cmd_evaluate(args) -> None:
 def cmd_bench(args) -> int:
     from xrl.bench import load_results, load_spec, run_bench
     from xrl.bench.results import group_table
+
     spec = load_spec(args.spec, load_weights=not args.check)  # checking reads no weights
     if args.check:
-        print(f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
-              f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)")
+        print(
+            f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
+            f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)"
+        )
         for agent, methods in spec.not_run.items():
             for method, why in methods.items():
                 print(f"  not run for {agent}: {method} ({why})")
@@ -336,6 +412,7 @@ def cmd_bench(args) -> int:
         print(f"\n{g['agent']} ({g['env']}), seed {g['seed']}:\n{group_table(g)}")
     if args.report:
         from xrl.report import build_report
+
         print(f"wrote {build_report(out)}")
     for f in doc["failed"]:
         print(f"FAILED {f['id']}: {f['error']}", file=sys.stderr)
@@ -344,27 +421,37 @@ def cmd_bench(args) -> int:
 
 def cmd_report(args) -> None:
     from xrl.report import build_report
+
     print(f"wrote {build_report(args.results, args.out)}")
 
 
 def cmd_watch(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.watch import watch
+
     model = load_agent(args.agent)
-    result = watch(model, methods=_method_settings(args.methods, args.setting), env=args.env,
-                   env_settings=parse_pairs(args.set) if args.set else None, seed=args.seed,
-                   max_steps=args.max_steps, counterfactual=args.counterfactual,
-                   fraction=args.fraction, out=args.out, fps=args.fps,
-                   formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    result = watch(
+        model,
+        methods=_method_settings(args.methods, args.setting),
+        env=args.env,
+        env_settings=parse_pairs(args.set) if args.set else None,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        counterfactual=args.counterfactual,
+        fraction=args.fraction,
+        out=args.out,
+        fps=args.fps,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+    )
     print(f"{result.steps} frames, return {result.episode_return:.3g}")
     for method, fps in result.fps.items():
-        print(f"{method:24s} {result.seconds_per_map[method] * 1000:8.2f} ms per map  "
-              f"({fps:.1f} frames/s)")
+        print(f"{method:24s} {result.seconds_per_map[method] * 1000:8.2f} ms per map  ({fps:.1f} frames/s)")
     print("wrote " + ", ".join(str(p) for p in result.paths))
 
 
 def cmd_demo(args) -> None:
     from xrl.demo import run_demo
+
     run_demo(out=args.out, quick=args.quick)
 
 
@@ -372,6 +459,7 @@ def cmd_demo(args) -> None:
 class Trainer(NamedTuple):
     """One ``xrl train`` subcommand: the module, its settings dataclass and training function (by
     name: imported when it runs), the help line, and what is printed from the card it wrote."""
+
     module: str
     settings: str
     train: str
@@ -381,7 +469,8 @@ class Trainer(NamedTuple):
 
 def _score(card: dict) -> str:
     return f"score: {json.dumps(card['score'])}" + (
-        f"\nscore of the sampled policy: {json.dumps(card['score_sampled'])}" if "score_sampled" in card else "")
+        f"\nscore of the sampled policy: {json.dumps(card['score_sampled'])}" if "score_sampled" in card else ""
+    )
 
 
 def _best_epoch(card: dict) -> str:
@@ -389,31 +478,56 @@ def _best_epoch(card: dict) -> str:
 
 
 TRAINERS = {
-    "agent": Trainer("xrl.train.agent", "AgentArgs", "train_agent",
-                     "PPO or DQN agent (checkpoints, resumes when run again)", _score),
-    "digr": Trainer("xrl.train.digr", "DigrArgs", "train_digr", "DIGR student: gradient saliency like the teacher's "
-                    "perturbation saliency (checkpoints, resumes when run again)",
-                    lambda c: f"student: {json.dumps(c['score'])}\nteacher: {json.dumps(c['teacher_score'])}"),
-    "visionmask": Trainer("xrl.train.visionmask", "VisionMaskArgs", "train_visionmask",
-                          "VisionMask network: one mask per action of an agent (checkpoints, resumes when run again)",
-                          _best_epoch),
-    "stalder-explainer": Trainer("xrl.train.visionmask", "StalderArgs", "train_stalder",
-                                 "Stalder et al. 2022 Explainer network (VisionMask's learned baseline; resumes when "
-                                 "run again)", _best_epoch),
-    "rexl": Trainer("xrl.train.rexl", "RExLArgs", "train_rexl", "RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks "
-                    "grid cells to explain a classifier or an agent (checkpoints, resumes when run again)",
-                    lambda c: f"{c['what']}: {json.dumps(c['score'])}"),
-    "classifier": Trainer("xrl.train.classifier", "ClassifierArgs", "train_classifier", "image classifier on the "
-                          "generated shapes dataset or an image folder (checkpoints, resumes when run again)",
-                          lambda c: f"best: {json.dumps(c['score'])}"),
+    "agent": Trainer(
+        "xrl.train.agent", "AgentArgs", "train_agent", "PPO or DQN agent (checkpoints, resumes when run again)", _score
+    ),
+    "digr": Trainer(
+        "xrl.train.digr",
+        "DigrArgs",
+        "train_digr",
+        "DIGR student: gradient saliency like the teacher's "
+        "perturbation saliency (checkpoints, resumes when run again)",
+        lambda c: f"student: {json.dumps(c['score'])}\nteacher: {json.dumps(c['teacher_score'])}",
+    ),
+    "visionmask": Trainer(
+        "xrl.train.visionmask",
+        "VisionMaskArgs",
+        "train_visionmask",
+        "VisionMask network: one mask per action of an agent (checkpoints, resumes when run again)",
+        _best_epoch,
+    ),
+    "stalder-explainer": Trainer(
+        "xrl.train.visionmask",
+        "StalderArgs",
+        "train_stalder",
+        "Stalder et al. 2022 Explainer network (VisionMask's learned baseline; resumes when run again)",
+        _best_epoch,
+    ),
+    "rexl": Trainer(
+        "xrl.train.rexl",
+        "RExLArgs",
+        "train_rexl",
+        "RExL agent (ACER, or SB3 PPO/A2C/DQN) that masks "
+        "grid cells to explain a classifier or an agent (checkpoints, resumes when run again)",
+        lambda c: f"{c['what']}: {json.dumps(c['score'])}",
+    ),
+    "classifier": Trainer(
+        "xrl.train.classifier",
+        "ClassifierArgs",
+        "train_classifier",
+        "image classifier on the generated shapes dataset or an image folder (checkpoints, resumes when run again)",
+        lambda c: f"best: {json.dumps(c['score'])}",
+    ),
 }
 
 
 def _train_commands(sub) -> None:
     """``xrl train <what>``: every flag made from the trainer's dataclass (``xrl.train.run.add_flags``)."""
     import importlib
-    train = sub.add_parser("train", help="train an agent, a DIGR student, a mask network, a RExL agent or a "
-                                         "classifier").add_subparsers(dest="what", required=True)
+
+    train = sub.add_parser(
+        "train", help="train an agent, a DIGR student, a mask network, a RExL agent or a classifier"
+    ).add_subparsers(dest="what", required=True)
     for name, trainer in TRAINERS.items():
         t = train.add_parser(name, help=trainer.help)
         add_flags(t, getattr(importlib.import_module(trainer.module), trainer.settings))
@@ -421,22 +535,37 @@ def _train_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xrl", description="Saliency maps for RL agents that see images. "
-                                "--debug (anywhere on the line) shows tracebacks instead of one-line errors.")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="let Stable-Baselines3 unpickle .zip files that cannot be rebuilt from their weights and "
-                        "JSON: this RUNS CODE from the file, use it only for files from a source you trust")
+    p = argparse.ArgumentParser(
+        prog="xrl",
+        description="Saliency maps for RL agents that see images. "
+        "--debug (anywhere on the line) shows tracebacks instead of one-line errors.",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="let Stable-Baselines3 unpickle .zip files that cannot be rebuilt from their weights and "
+        "JSON: this RUNS CODE from the file, use it only for files from a source you trust",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
-    z = sub.add_parser("zoo", help="list the zoo's trained models and the explainer networks made for them: env, "
-                                   "architecture, training, score (from their cards)")
+    z = sub.add_parser(
+        "zoo",
+        help="list the zoo's trained models and the explainer networks made for them: env, "
+        "architecture, training, score (from their cards)",
+    )
     z.add_argument("--dir", default=None, help="zoo folder (default: the repository's zoo/, or $XRL_ZOO)")
     z.add_argument("--commands", action="store_true", help="also print the command that made each one")
     z.add_argument("--json", action="store_true", help="print the rows as JSON")
-    z.add_argument("--verify", action="store_true",
-                   help="check every artifact's sha256 against its card and that it loads (exit 1 on a problem)")
-    z.add_argument("--update-sha256", action="store_true",
-                   help="record every artifact's sha256 and weights fingerprint in its card, then verify")
+    z.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every artifact's sha256 against its card and that it loads (exit 1 on a problem)",
+    )
+    z.add_argument(
+        "--update-sha256",
+        action="store_true",
+        help="record every artifact's sha256 and weights fingerprint in its card, then verify",
+    )
     z.set_defaults(fn=cmd_zoo)
     sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
     sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
@@ -455,7 +584,9 @@ def _data_commands(sub) -> None:
     a.add_argument("--eps", default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)")
     a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
     a.add_argument("--episodes", type=_at_least_1, default=50)
-    a.add_argument("--batch", type=_at_least_1, default=8, help="episodes played side by side (one batched attack a step)")
+    a.add_argument(
+        "--batch", type=_at_least_1, default=8, help="episodes played side by side (one batched attack a step)"
+    )
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="attack-results")
     a.set_defaults(fn=cmd_attack)
@@ -472,51 +603,81 @@ def _data_commands(sub) -> None:
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(fn=cmd_collect)
 
-    for name, fn, helptext in (("explain", cmd_explain, "PNG grid of frames and overlays"),
-                               ("evaluate", cmd_evaluate, "metrics table (terminal, CSV, JSON)")):
+    for name, fn, helptext in (
+        ("explain", cmd_explain, "PNG grid of frames and overlays"),
+        ("evaluate", cmd_evaluate, "metrics table (terminal, CSV, JSON)"),
+    ):
         e = sub.add_parser(name, help=helptext)
         e.add_argument("--agent", required=True)
         e.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
         e.add_argument("--methods", default=None, help="comma-separated; default all")
         e.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
         e.add_argument("--seed", type=int, default=0, help="which states are drawn")
-        e.add_argument("--targets", choices=("agent", "dataset"), default=None,
-                       help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
-                            "agent collected it (default: the stored actions, refused for another agent's data)")
+        e.add_argument(
+            "--targets",
+            choices=("agent", "dataset"),
+            default=None,
+            help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
+            "agent collected it (default: the stored actions, refused for another agent's data)",
+        )
         if name == "explain":
-            e.add_argument("--n", type=_at_least_1, default=None,
-                           help="states in the grid (default 6, or all the dataset has if fewer)")
-            e.add_argument("--out", default="explain.png",
-                           help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png")
+            e.add_argument(
+                "--n",
+                type=_at_least_1,
+                default=None,
+                help="states in the grid (default 6, or all the dataset has if fewer)",
+            )
+            e.add_argument(
+                "--out",
+                default="explain.png",
+                help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png",
+            )
         else:
             e.add_argument("--metrics", default=None, help="comma-separated; default all")
             e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
-            e.add_argument("--n-states", type=_at_least_1, default=None,
-                           help="states scored (default 64, or all the dataset has if fewer)")
+            e.add_argument(
+                "--n-states",
+                type=_at_least_1,
+                default=None,
+                help="states scored (default 64, or all the dataset has if fewer)",
+            )
             e.add_argument("--out", default="results")
         e.set_defaults(fn=fn)
 
-    f = sub.add_parser("counterfactual", help="remove the most salient region of the target's mask "
-                                              "(VisionMask / Stalder Explainer): the agent's new action, a PNG per state")
+    f = sub.add_parser(
+        "counterfactual",
+        help="remove the most salient region of the target's mask "
+        "(VisionMask / Stalder Explainer): the agent's new action, a PNG per state",
+    )
     f.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
     f.add_argument("--network", required=True, help="trained mask network (.pt of xrl train visionmask)")
     f.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
     f.add_argument("--n", type=_at_least_1, default=4, help="states drawn")
     f.add_argument("--seed", type=int, default=0, help="which states are drawn")
     f.add_argument("--target", type=int, default=None, help="action whose map is used (default the agent's)")
-    f.add_argument("--threshold", type=_fraction, default=0.5,
-                   help="region: connected pixels around the map's maximum at >= threshold x maximum")
+    f.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=0.5,
+        help="region: connected pixels around the map's maximum at >= threshold x maximum",
+    )
     f.add_argument("--out", default="counterfactuals", help="folder of PNGs")
     f.set_defaults(fn=cmd_counterfactual)
 
+
 def _bench_commands(sub) -> None:
     """bench, report, watch, demo, reproduce."""
-    b = sub.add_parser("bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, "
-                                     "in process or on Ray")
+    b = sub.add_parser(
+        "bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, in process or on Ray"
+    )
     b.add_argument("spec", help="spec file (TOML) or a shipped spec: quick, full")
     b.add_argument("--out", default=None, help="results folder (default bench-results/<spec name>)")
-    b.add_argument("--ray", default=None, metavar="auto|ADDRESS",
-                   help="run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster")
+    b.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster",
+    )
     b.add_argument("--workers", type=_at_least_1, default=None, help="CPUs of the local Ray (--ray auto)")
     b.add_argument("--check", action="store_true", help="only check the spec")
     b.add_argument("--report", action="store_true", help="also write report.html")
@@ -535,8 +696,11 @@ def _bench_commands(sub) -> None:
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
     w.add_argument("--seed", type=int, default=0, help="the episode's reset seed")
     w.add_argument("--max-steps", type=_at_least_1, default=500)
-    w.add_argument("--counterfactual", action="store_true",
-                   help="add the frame without the first method's most salient region and the action then")
+    w.add_argument(
+        "--counterfactual",
+        action="store_true",
+        help="add the frame without the first method's most salient region and the action then",
+    )
     w.add_argument("--fraction", type=_fraction, default=0.05, help="share of pixels removed (--counterfactual)")
     w.add_argument("--fps", type=_positive, default=10, help="frames per second of the video")
     w.add_argument("--formats", default="mp4,gif")
@@ -549,14 +713,17 @@ def _bench_commands(sub) -> None:
     d.set_defaults(fn=cmd_demo)
 
     from xrl.reproduce.cli import add_parser as add_reproduce  # the parser and handler live in xrl/reproduce
+
     add_reproduce(sub)
     from xrl.serve import add_parser as add_serve  # the parser and handler live in xrl/serve (docs/serve.md)
+
     add_serve(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `xrl` command: its own process, so tune glibc's allocator (xrl.ops.tune_malloc)
         from xrl.ops import tune_malloc
+
         tune_malloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     trust = "--trust-pickle" in argv  # accepted anywhere on the line (docs/artifacts.md)
@@ -568,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if trust:
             from xrl.agents.load import trusting_pickle
+
             with trusting_pickle():
                 return args.fn(args) or 0
         return args.fn(args) or 0

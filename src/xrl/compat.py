@@ -1,4 +1,5 @@
 """Quirks of third-party packages, handled where xrl first imports them (never at ``import xrl``)."""
+
 from __future__ import annotations
 
 import contextlib

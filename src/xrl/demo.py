@@ -17,6 +17,7 @@
 Running it again resumes: finished jobs are kept. ``quick=True`` shrinks every budget so the
 tests can run the whole path in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,20 @@ from xrl.viz.overlay import explanation_grid
 ENV = "red-fetch-green"
 QUICK = {"n_states": 6, "episodes": 2, "max_steps": 12, "lipschitz_samples": 2}
 #: the papers' agents, one section each: folder -> (shipped spec, what it shows)
-SECTIONS = {"digr": ("quick_digr", "DIGR student (Xing et al. 2022): its vanilla gradient, beside the teacher's"),
-            "fls": ("quick_fls", "Sparse FLS agent (Nikulin et al. 2019): its attention, beside its gradient")}
+SECTIONS = {
+    "digr": ("quick_digr", "DIGR student (Xing et al. 2022): its vanilla gradient, beside the teacher's"),
+    "fls": ("quick_fls", "Sparse FLS agent (Nikulin et al. 2019): its attention, beside its gradient"),
+}
 #: the columns of the papers' rows in summary.md
-PAPER_COLUMNS = ("localization.auc", "localization.unimportant", "deletion", "insertion", "accuracy",
-                 "sanity.passed", "time_per_map")
+PAPER_COLUMNS = (
+    "localization.auc",
+    "localization.unimportant",
+    "deletion",
+    "insertion",
+    "accuracy",
+    "sanity.passed",
+    "time_per_map",
+)
 LEARNED = ("visionmask", "stalder_explainer", "rexl")
 
 
@@ -55,10 +65,17 @@ def demo_agent(out: Path, *, zoo: Path | None = None, quick: bool = False) -> tu
     if zoo.exists():
         return zoo, json.loads(zoo.with_suffix(".json").read_text())
     from xrl.train.agent import AgentArgs, train_agent
+
     print(f"no zoo agent at {zoo}: training one (resumes if interrupted)")
-    args = AgentArgs(env=ENV, total_timesteps=4_096 if quick else 300_000, n_envs=4 if quick else None,
-                     eval_episodes=5 if quick else 100, checkpoint_every=2_048 if quick else 50_000,
-                     out=str(out / "agent"), progress=not quick)
+    args = AgentArgs(
+        env=ENV,
+        total_timesteps=4_096 if quick else 300_000,
+        n_envs=4 if quick else None,
+        eval_episodes=5 if quick else 100,
+        checkpoint_every=2_048 if quick else 50_000,
+        out=str(out / "agent"),
+        progress=not quick,
+    )
     path = train_agent(args)
     return path, json.loads(path.with_suffix(".json").read_text())
 
@@ -99,8 +116,13 @@ def _row(g: dict, method: str, label: str) -> str:
     cells = []
     for c in PAPER_COLUMNS:
         v = means.get(c)
-        cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else
-                     f"{v:.2e}" if c == "time_per_map" else f"{v:.3f}")
+        cells.append(
+            "–"
+            if v is None or (isinstance(v, float) and np.isnan(v))
+            else f"{v:.2e}"
+            if c == "time_per_map"
+            else f"{v:.3f}"
+        )
     return f"| {label} | `{method}` | " + " | ".join(cells) + " |"
 
 
@@ -113,18 +135,21 @@ def papers_table(main: dict, sections: dict[str, dict]) -> str:
             lines.append(_row(main, m, f"{ENV} (zoo network)"))
     if "gradient" in main["methods"]:
         lines.append(_row(main, "gradient", f"{ENV} (DIGR's teacher)"))
-    for name, g in sections.items():
+    for _name, g in sections.items():
         for m in g["methods"]:
             lines.append(_row(g, m, g["agent"]))
     return "\n".join(lines)
 
 
-def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
-             zoo: str | os.PathLike | None = None, seed: int = 0) -> Path:
+def run_demo(
+    out: str | os.PathLike = "demo-results", *, quick: bool = False, zoo: str | os.PathLike | None = None, seed: int = 0
+) -> Path:
     """Run the demo and return the results folder. Its bench jobs run in one worker process per
     CPU (``run_bench(processes=...)``; one job per process at a time, one torch thread each, as
     in process: the same results); ``quick=True`` runs them in this process."""
-    processes = None if quick else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    processes = (
+        None if quick else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -152,9 +177,15 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
     maps = {m: torch.as_tensor(_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
     with StateDataset.open(out / g["data"]) as ds:
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
-        explanation_grid(ds.frames(rows), maps, out / "explain.png", actions=ds.actions[np.asarray(rows)],
-                         action_names=ds.action_names, probs=probs,
-                         title=f"{ENV}: saliency of the action taken")
+        explanation_grid(
+            ds.frames(rows),
+            maps,
+            out / "explain.png",
+            actions=ds.actions[np.asarray(rows)],
+            action_names=ds.action_names,
+            probs=probs,
+            title=f"{ENV}: saliency of the action taken",
+        )
         n_states = len(ds)
 
     table = group_table(g)
@@ -165,9 +196,12 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
     not_run = "".join(f"\n- `{m}` not run: {why}" for m, why in (g.get("not_run") or {}).items())
     section_text = "".join(
         f"\n\n## {SECTIONS[name][1]}\n\nSpec: the shipped `{SECTIONS[name][0]}` spec; full report: "
-        f"[{name}/report.html]({name}/report.html)\n\n```\n{group_table(s)}\n```" for name, s in sections.items())
-    section_text += "".join(f"\n\nSection `{name}` not run: the zoo has no `{SECTIONS[name][0]}` agent."
-                            for name in missing)
+        f"[{name}/report.html]({name}/report.html)\n\n```\n{group_table(s)}\n```"
+        for name, s in sections.items()
+    )
+    section_text += "".join(
+        f"\n\nSection `{name}` not run: the zoo has no `{SECTIONS[name][0]}` agent." for name in missing
+    )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(
@@ -183,7 +217,10 @@ def run_demo(out: str | os.PathLike = "demo-results", *, quick: bool = False,
             f"and RExL with the zoo networks made for this agent; DIGR's student and an FLS agent in their "
             f"sections below (`docs/reproduction.md` re-runs the papers' tables: `xrl reproduce --list`).\n\n"
             f"{papers}{section_text}\n\nBench time (this machine, one torch thread per job): {timing}; "
-            f"took {time.time() - started:.0f} s in all.\n")
-    print(f"wrote {out}/report.html (open it in a browser), results.json, results.csv, explain.png, "
-          f"summary.md{''.join(f', {n}/report.html' for n in sections)}; bench time: {timing}")
+            f"took {time.time() - started:.0f} s in all.\n"
+        )
+    print(
+        f"wrote {out}/report.html (open it in a browser), results.json, results.csv, explain.png, "
+        f"summary.md{''.join(f', {n}/report.html' for n in sections)}; bench time: {timing}"
+    )
     return out

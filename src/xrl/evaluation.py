@@ -12,6 +12,7 @@ agent's choices, not this one's. ``targets="agent"`` (CLI ``--targets agent``) e
 explained agent's own greedy actions on those states instead, ``targets="dataset"`` the stored
 actions anyway. A dataset written before fingerprints were recorded gets a warning.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -72,8 +73,10 @@ class Evaluation:
             if vals:
                 best[c] = max(vals) if self.higher_is_better[c] else min(vals)
         header = ["method"] + [f"{c} {arrows[c]}" for c in self.columns]
-        rows = [[m] + [_fmt(means[m][c]) + ("*" if best.get(c) == means[m][c] else " ")
-                       for c in self.columns] for m in self.methods]
+        rows = [
+            [m] + [_fmt(means[m][c]) + ("*" if best.get(c) == means[m][c] else " ") for c in self.columns]
+            for m in self.methods
+        ]
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         lines = ["  ".join(x.ljust(w) for x, w in zip(header, widths))]
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
@@ -96,10 +99,18 @@ class Evaluation:
                 w.writerow(["method"] + self.columns)
                 for m in self.methods:
                     w.writerow([m] + [means[m][c] for c in self.columns])
-        write_json(folder / "metrics.json", {
-            "methods": self.methods, "columns": self.columns, "higher_is_better": self.higher_is_better,
-            "means": means, "values": self.values, "skipped": self.skipped, "rows": self.rows,
-        })
+        write_json(
+            folder / "metrics.json",
+            {
+                "methods": self.methods,
+                "columns": self.columns,
+                "higher_is_better": self.higher_is_better,
+                "means": means,
+                "values": self.values,
+                "skipped": self.skipped,
+                "rows": self.rows,
+            },
+        )
         return folder / "metrics.csv", folder / "metrics.json"
 
 
@@ -112,15 +123,18 @@ def _fmt(x: float) -> str:
 TARGETS = ("dataset", "agent")
 
 
-def dataset_targets(model: Model, dataset: StateDataset, rows: np.ndarray, targets: str | None = None,
-                    *, batch_size: int = 64) -> torch.Tensor:
+def dataset_targets(
+    model: Model, dataset: StateDataset, rows: np.ndarray, targets: str | None = None, *, batch_size: int = 64
+) -> torch.Tensor:
     """The actions ``(n,)`` to explain on dataset ``rows``: the stored ones when the dataset was
     collected by ``model`` (same weights fingerprint) or ``targets="dataset"``; the model's own
     greedy actions with ``targets="agent"``. Another agent's dataset without ``targets`` is
     refused; a dataset without a recorded fingerprint gets a warning."""
     if targets is not None and targets not in TARGETS:
-        raise ValueError(f"targets must be one of {TARGETS} (or None: the stored actions of the model's own "
-                         f"dataset), got {targets!r}")
+        raise ValueError(
+            f"targets must be one of {TARGETS} (or None: the stored actions of the model's own "
+            f"dataset), got {targets!r}"
+        )
     if targets == "agent":
         states = dataset.states(rows)
         with torch.inference_mode():
@@ -129,19 +143,31 @@ def dataset_targets(model: Model, dataset: StateDataset, rows: np.ndarray, targe
         recorded = (dataset.agent or {}).get("fingerprint")
         source = (dataset.agent or {}).get("source")
         if not recorded:
-            warnings.warn(f"{dataset.path}: the dataset records no agent fingerprint (written before they were "
-                          "recorded); its stored actions are explained as this agent's", stacklevel=3)
+            warnings.warn(
+                f"{dataset.path}: the dataset records no agent fingerprint (written before they were "
+                "recorded); its stored actions are explained as this agent's",
+                stacklevel=3,
+            )
         elif recorded != model.fingerprint():
             raise ValueError(
                 f"{dataset.path} was collected by another agent ({source}, weights {recorded}) than the one "
                 f"explained ({model.info.get('source')}, weights {model.fingerprint()}); its stored actions are "
                 "that agent's choices. Explain the explained agent's own actions (targets='agent', CLI "
-                "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)")
+                "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)"
+            )
     return torch.as_tensor(dataset.actions[rows], dtype=torch.long)
 
 
-def explain_dataset(model: Model, dataset: StateDataset, method: str, settings: Mapping | None = None,
-                    *, rows: np.ndarray, batch_size: int = 64, targets: str | None = None) -> torch.Tensor:
+def explain_dataset(
+    model: Model,
+    dataset: StateDataset,
+    method: str,
+    settings: Mapping | None = None,
+    *,
+    rows: np.ndarray,
+    batch_size: int = 64,
+    targets: str | None = None,
+) -> torch.Tensor:
     """Saliency ``(n, H, W)`` of ``method`` on the dataset ``rows``; targets = the stored actions
     (``targets``: see :func:`dataset_targets`)."""
     explainer = get_explainer(method, model, **dict(settings or {}))
@@ -183,11 +209,15 @@ def evaluate(
         if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
             raise ValueError(f"rows must be a non-empty list of dataset rows in [0, {n}), got {rows.tolist()[:10]}")
     else:
-        if n_states is not None and (isinstance(n_states, bool) or not isinstance(n_states, (int, np.integer))
-                                     or n_states < 1):
+        if n_states is not None and (
+            isinstance(n_states, bool) or not isinstance(n_states, (int, np.integer)) or n_states < 1
+        ):
             raise ValueError(f"n_states must be a positive number of states (or None for all), got {n_states!r}")
-        rows = np.arange(n) if n_states is None or n_states >= n else \
-            np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
+        rows = (
+            np.arange(n)
+            if n_states is None or n_states >= n
+            else np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
+        )
     states = dataset.states(rows)
     chosen = targets
     targets = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)
@@ -212,8 +242,15 @@ def evaluate(
     for method, settings in methods.items():
         bar.set_postfix_str(f"{method}: explaining")
         started = time.perf_counter()
-        maps = explain_dataset(model, dataset, method, settings, rows=rows, batch_size=batch_size,
-                               targets="dataset" if chosen is None else chosen)
+        maps = explain_dataset(
+            model,
+            dataset,
+            method,
+            settings,
+            rows=rows,
+            batch_size=batch_size,
+            targets="dataset" if chosen is None else chosen,
+        )
         result.seconds[method] = {"explain": time.perf_counter() - started}
         if saliency is not None:
             saliency[method] = maps
@@ -227,9 +264,15 @@ def evaluate(
             started = time.perf_counter()
             values = {}
             for part in chunks(len(rows), batch_size):
-                v = metric(model=model, states=states[part], saliency=maps[part], targets=targets[part],
-                           labels=labels[part] if labels is not None else None, explainer=explainer)
-                for key, t in (v.items() if isinstance(v, dict) else [(None, v)]):
+                v = metric(
+                    model=model,
+                    states=states[part],
+                    saliency=maps[part],
+                    targets=targets[part],
+                    labels=labels[part] if labels is not None else None,
+                    explainer=explainer,
+                )
+                for key, t in v.items() if isinstance(v, dict) else [(None, v)]:
                     values.setdefault(name if key is None else f"{name}.{key}", []).append(t)
             for col, parts in values.items():
                 result.values[method][col] = torch.cat(parts).double().cpu().tolist()

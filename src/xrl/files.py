@@ -1,5 +1,6 @@
 """Atomic file writes: a kill or a full disk midway leaves the last good file readable; and
 the lock that keeps two runs out of one output (:class:`FolderLock`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import json
 import math
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 class Locked(RuntimeError):
@@ -38,8 +39,11 @@ class FolderLock:
         self.held = False
 
     def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -50,8 +54,9 @@ class FolderLock:
                 except (OSError, ValueError, KeyError, TypeError):
                     holder, pid, host = None, None, None
                 if holder is not None and (host != me["host"] or _alive(pid)):
-                    raise Locked(f"{self.what} is in use by pid {pid} on {host} since {holder.get('started')}; "
-                                 f"{self.advice}") from None
+                    raise Locked(
+                        f"{self.what} is in use by pid {pid} on {host} since {holder.get('started')}; {self.advice}"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -65,7 +70,7 @@ class FolderLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.acquire()
         return self
 
@@ -90,8 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Atomic, standard JSON: NaN and infinities (undefined values) are written as ``null``."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, default=str,
-                                  allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def _finite(x):

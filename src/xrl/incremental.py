@@ -23,6 +23,7 @@ forward pass up to float rounding (different summation order; maps within 1e-4 i
 ``tests/test_incremental.py``). The speed-up grows with the share of the state a perturbation
 leaves alone: measured in ``benchmarks/bench_incremental.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,12 @@ def _pair(v) -> tuple[int, int]:
 
 def _window(module: nn.Module) -> _Window | None:
     if isinstance(module, nn.Conv2d):
-        if (module.groups != 1 or _pair(module.dilation) != (1, 1) or module.padding_mode != "zeros"
-                or isinstance(module.padding, str)):
+        if (
+            module.groups != 1
+            or _pair(module.dilation) != (1, 1)
+            or module.padding_mode != "zeros"
+            or isinstance(module.padding, str)
+        ):
             return None
         return _Window(module, _pair(module.kernel_size), _pair(module.stride), _pair(module.padding), 0.0)
     if isinstance(module, nn.MaxPool2d):
@@ -90,9 +95,12 @@ def _chain(net: nn.Module) -> list[nn.Module] | None:
             return None
         if node.op == "call_module":
             chain.append(modules[node.target])
-        elif (node.op == "call_function" and node.target is torch.flatten
-              and node.args[1:] in ((1,), ()) and node.kwargs.get("start_dim", 1) == 1) or \
-             (node.op == "call_method" and node.target == "flatten" and node.args[1:] in ((1,),)):
+        elif (
+            node.op == "call_function"
+            and node.target is torch.flatten
+            and node.args[1:] in ((1,), ())
+            and node.kwargs.get("start_dim", 1) == 1
+        ) or (node.op == "call_method" and node.target == "flatten" and node.args[1:] in ((1,),)):
             chain.append(nn.Flatten())
         elif node.op == "call_function" and node.target in (F.relu, torch.relu):
             chain.append(nn.ReLU())
@@ -113,11 +121,11 @@ class Plan:
 
     def usable(self) -> bool:
         """False while a batch norm is in training mode (batch statistics are not pointwise)."""
-        return not any(m.training for _, pointwise in self.spatial for m in pointwise
-                       if isinstance(m, nn.BatchNorm2d))
+        return not any(m.training for _, pointwise in self.spatial for m in pointwise if isinstance(m, nn.BatchNorm2d))
 
-    def scores(self, state: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor,
-               boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(
+        self, state: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``(K,)`` of ``state (C, H, W)`` and ``(N, K)`` of ``state * (1 - M_n) + fill *
         M_n`` for ``masks (N, H, W)`` that are 0 outside ``boxes (N, 4)`` = ``(top, left,
         height, width)`` (all boxes of one size)."""
@@ -152,8 +160,9 @@ class Plan:
             # the input box that feeds it, in padded coordinates
             in_size = ((o_size[0] - 1) * sh + kh, (o_size[1] - 1) * sw + kw)
             if i == 0:
-                patch = self._input_patch(state, fill, masks, o_top * sh, o_left * sw, in_size, (ph, pw),
-                                          window.pad_value)
+                patch = self._input_patch(
+                    state, fill, masks, o_top * sh, o_left * sw, in_size, (ph, pw), window.pad_value
+                )
             else:
                 full = F.pad(source, (pw, pw, ph, ph), value=window.pad_value).expand(n, -1, -1, -1).clone()
                 _paste(full, tile, top + ph, left + pw)
@@ -184,7 +193,7 @@ class Plan:
             held = sum(v.numel() * v.element_size() for v in cache.values())
             if held > 2**28 or any(k[4:6] != key[4:6] for k in cache):
                 cache.clear()  # weights changed, or over 256 MB of boxes: start over
-            box = weight.view(weight.shape[0], *shape)[:, :, row:row + size[0], col:col + size[1]]
+            box = weight.view(weight.shape[0], *shape)[:, :, row : row + size[0], col : col + size[1]]
             cache[key] = box.reshape(weight.shape[0], -1).T.contiguous()
         return cache[key]
 
@@ -249,13 +258,13 @@ def plan(net: nn.Module) -> Plan | None:
         elif isinstance(module, nn.Linear) and spatial and isinstance(chain[position - 1], nn.Flatten):
             if spatial[0][0].pad_value != 0 and spatial[0][0].padding != (0, 0):
                 return None  # a padded max pooling on the input: the masks' zero padding would not do
-            return Plan(spatial, module, nn.Sequential(*chain[position + 1:]))
+            return Plan(spatial, module, nn.Sequential(*chain[position + 1 :]))
         else:
             return None
     return None
 
 
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, Plan | None]" = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[nn.Module, Plan | None] = weakref.WeakKeyDictionary()
 
 
 def cached_plan(net: nn.Module) -> Plan | None:

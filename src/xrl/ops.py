@@ -5,17 +5,17 @@ layer above may import it (docs/architecture.md, *Layers*). Where a helper takes
 an xrl ``Model`` (``xrl.agents.model``), used only through ``model(states)``, ``n_actions`` and
 ``nn.Module``'s own methods.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
-from typing import Callable, Iterator, Union
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-
 
 # ------------------------------------------------------------------ batches and the allocator
 
@@ -26,8 +26,11 @@ from torch import nn
 #: on the perturbation methods); the same as ``MALLOC_MMAP_THRESHOLD_=33554432
 #: MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456``. Measured in
 #: ``benchmarks/bench_methods.py --malloc``.
-MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 * 2**20), "M_TRIM_THRESHOLD": (-1, 2**30),
-                   "M_TOP_PAD": (-2, 256 * 2**20)}
+MALLOC_SETTINGS = {
+    "M_MMAP_THRESHOLD": (-3, 32 * 2**20),
+    "M_TRIM_THRESHOLD": (-1, 2**30),
+    "M_TOP_PAD": (-2, 256 * 2**20),
+}
 
 
 def tune_malloc() -> bool:
@@ -62,7 +65,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 # ------------------------------------------------------------------ targets and side effects
 
 #: what callers may pass as ``targets`` (resolved for a batch by :func:`target_function`)
-Targets = Union[None, int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Targets = None | int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 class TargetFn:
@@ -78,8 +81,9 @@ class TargetFn:
 
     __slots__ = ("index", "n", "_fn")
 
-    def __init__(self, n: int, *, index: torch.Tensor | None = None,
-                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, n: int, *, index: torch.Tensor | None = None, fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         if (index is None) == (fn is None):
             raise ValueError("a TargetFn takes either index (action indices) or fn (a callable), not both or neither")
         self.n, self.index, self._fn = int(n), index, fn
@@ -160,6 +164,7 @@ def guarded(model: nn.Module, states: torch.Tensor) -> Iterator[None]:
 
 # ------------------------------------------------------------------ blur
 
+
 def gaussian_kernel(sigma: float, truncate: float = 4.0, *, kernel_size: int | None = None) -> torch.Tensor:
     """Normalised 1-D Gaussian ``(2 * ceil(truncate * sigma) + 1,)`` float32 (as scipy's), or of
     ``kernel_size`` taps (odd) when given.
@@ -176,8 +181,9 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0, *, kernel_size: int | N
     return (kernel / kernel.sum()).float()
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0, *,
-                  kernel_size: int | None = None) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, sigma: float, truncate: float = 4.0, *, kernel_size: int | None = None
+) -> torch.Tensor:
     """Blur every channel of ``x (..., H, W)`` with a Gaussian of std ``sigma`` pixels, truncated
     at ``truncate`` sigmas or to ``kernel_size`` taps.
 
@@ -209,6 +215,7 @@ def blur_matrix(n: int, sigma: float, taps: int, device: torch.device, dtype: to
 
 # ------------------------------------------------------------------ saliency maps and references
 
+
 def minmax(saliency: torch.Tensor) -> torch.Tensor:
     """Each map of ``saliency (B, H, W)`` rescaled to [0, 1] by its own min and max.
 
@@ -228,7 +235,7 @@ def reference_image(raw_states: np.ndarray, kind: str, obs_scale: float) -> torc
     if kind == "background":
         x = torch.from_numpy(raw_states)
         flat = x.reshape(len(x), -1)
-        median = torch.cat([flat[:, i:i + 4096].median(0).values for i in range(0, flat.shape[1], 4096)])
+        median = torch.cat([flat[:, i : i + 4096].median(0).values for i in range(0, flat.shape[1], 4096)])
         return median.reshape(x.shape[1:]).float() / obs_scale
     if kind == "mean":
         mean = torch.from_numpy(raw_states).double().mean((0, 2, 3)) / obs_scale  # (C,)

@@ -3,9 +3,11 @@
 One instance each for environments, agent architectures, explainers and metrics, so the CLI,
 the benchmark runner and the tests enumerate the same names.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -24,6 +26,7 @@ class Registry(Generic[T]):
     def _load_plugins(self) -> None:
         while self._plugins:
             import importlib
+
             importlib.import_module(self._plugins.pop(0))
 
     def register(self, name: str) -> Callable[[T], T]:

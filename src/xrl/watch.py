@@ -13,13 +13,14 @@ Example::
     result.paths      # watch.mp4, watch.gif
     result.fps        # {"gradient": 600.0}: maps per second on this machine
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -120,8 +121,10 @@ def watch(
                 maps[m] = explainer.explain(states, action)[0]  # (H, W)
                 spent[m] += time.perf_counter() - start
             names = model.action_names
-            caption = [f"step {t}  action: {names[action]} ({probs[action]:.2f})",
-                       "  ".join(f"{n} {p:.2f}" for n, p in zip(names, probs.tolist()))]
+            caption = [
+                f"step {t}  action: {names[action]} ({probs[action]:.2f})",
+                "  ".join(f"{n} {p:.2f}" for n, p in zip(names, probs.tolist())),
+            ]
             extra = {}
             if counterfactual:
                 mask = removed_region(maps[first], fraction)  # (H, W)
@@ -130,8 +133,10 @@ def watch(
                 cf = int(cf_probs.argmax())
                 cf_actions.append(cf)
                 extra[f"{first} top {fraction:.0%} removed"] = _blank(frame, mask)
-                caption.append(f"without the top {fraction:.0%} of {first}: {names[cf]} ({cf_probs[cf]:.2f})"
-                               + ("  (same action)" if cf == action else "  (action changes)"))
+                caption.append(
+                    f"without the top {fraction:.0%} of {first}: {names[cf]} ({cf_probs[cf]:.2f})"
+                    + ("  (same action)" if cf == action else "  (action changes)")
+                )
             frames.append(panel_row(frame, maps, caption=caption, extra=extra))
             actions.append(action)
             obs, reward, terminated, truncated, _ = environment.step(action)

@@ -16,6 +16,7 @@ Nothing here loads weights: checking that every artifact loads (``xrl zoo --veri
 Run folders' checkpoints (``checkpoint.*``) are not artifacts: a run still training rewrites them.
 The zoo folder is ``$XRL_ZOO`` or the repository's ``zoo/``.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,17 @@ from xrl.artifacts import FORMATS, ArtifactError, card_path, read_card, read_hea
 ZOO_DIR = Path(os.environ.get("XRL_ZOO", Path(__file__).resolve().parents[2] / "zoo"))
 
 #: explainer kinds :func:`find_network` knows -> (artifact format, method recorded in the file)
-NETWORK_KINDS = {"visionmask": ("xrl.mask_network", "visionmask"),
-                 "stalder_explainer": ("xrl.mask_network", "stalder_explainer"),
-                 "rexl": ("xrl.rexl_agent", None)}
+NETWORK_KINDS = {
+    "visionmask": ("xrl.mask_network", "visionmask"),
+    "stalder_explainer": ("xrl.mask_network", "stalder_explainer"),
+    "rexl": ("xrl.rexl_agent", None),
+}
 #: what :func:`network_for` says the zoo lacks
-NETWORK_NOUNS = {"visionmask": "visionmask network for this agent",
-                 "stalder_explainer": "stalder_explainer network for this agent", "rexl": "RExL agent for this model"}
+NETWORK_NOUNS = {
+    "visionmask": "visionmask network for this agent",
+    "stalder_explainer": "stalder_explainer network for this agent",
+    "rexl": "RExL agent for this model",
+}
 
 
 def _zoo(zoo_dir: str | os.PathLike | None) -> Path:
@@ -52,8 +58,12 @@ def zoo_artifacts(zoo_dir: str | os.PathLike | None = None, *, errors: list | No
     rows = []
     for path in sorted(zoo.rglob("*.pt")):
         inside = path.relative_to(zoo).parts
-        if (path.stem == "checkpoint" or "checkpoints" in inside[:-1] or any(p.startswith(".") for p in inside)
-                or not card_path(path).exists()):
+        if (
+            path.stem == "checkpoint"
+            or "checkpoints" in inside[:-1]
+            or any(p.startswith(".") for p in inside)
+            or not card_path(path).exists()
+        ):
             continue
         try:
             header, card = read_header(path), read_card(path)
@@ -62,9 +72,16 @@ def zoo_artifacts(zoo_dir: str | os.PathLike | None = None, *, errors: list | No
                 raise
             errors.append(str(err))
             continue
-        rows.append({"path": path, "name": str(path.parent.relative_to(zoo)), "format": header["format"],
-                     "kind": FORMATS[header["format"]][0],
-                     "header": {k: v for k, v in header.items() if k != "state_dict"}, "card": card})
+        rows.append(
+            {
+                "path": path,
+                "name": str(path.parent.relative_to(zoo)),
+                "format": header["format"],
+                "kind": FORMATS[header["format"]][0],
+                "header": {k: v for k, v in header.items() if k != "state_dict"},
+                "card": card,
+            }
+        )
     return rows
 
 
@@ -85,9 +102,13 @@ def find_networks(kind: str, agent_fingerprint: str, *, zoo_dir: str | os.PathLi
     if kind not in NETWORK_KINDS:
         raise ValueError(f"unknown network kind {kind!r}; known: {', '.join(NETWORK_KINDS)}")
     fmt, method = NETWORK_KINDS[kind]
-    found = [row for row in zoo_artifacts(zoo_dir)
-             if row["format"] == fmt and (method is None or row["header"].get("method") == method)
-             and _explains(row) == agent_fingerprint]
+    found = [
+        row
+        for row in zoo_artifacts(zoo_dir)
+        if row["format"] == fmt
+        and (method is None or row["header"].get("method") == method)
+        and _explains(row) == agent_fingerprint
+    ]
     if kind == "rexl":
         found.sort(key=lambda r: (r["header"].get("mode") != "ds", r["header"].get("classes") or [], str(r["path"])))
     return [row["path"] for row in found]
@@ -127,6 +148,7 @@ def network_for(kind: str, fingerprint: str) -> str:
 
 # ------------------------------------------------------------------ the listing of xrl zoo
 
+
 def _score_text(score: dict) -> str:
     """A card's measured score in words: success rate and/or mean return over N episodes, or a
     classifier's validation accuracy."""
@@ -134,8 +156,10 @@ def _score_text(score: dict) -> str:
         return f"validation accuracy {score['val_accuracy']:.3f}"
     if "mean_return" not in score:
         return ""
-    text = (f"return {score['mean_return']:.4g} ± {score.get('std_return', float('nan')):.3g} "
-            f"over {score.get('episodes', '?')} episodes")
+    text = (
+        f"return {score['mean_return']:.4g} ± {score.get('std_return', float('nan')):.3g} "
+        f"over {score.get('episodes', '?')} episodes"
+    )
     if score.get("success_rate") is not None:  # share of positive returns: goal reached, game won
         text += f", {score['success_rate']:.0%} positive"
     return text
@@ -184,17 +208,22 @@ def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
             trained, planned = card["updates"], card.get("updates_planned")
         else:
             trained, planned = card.get("timesteps"), card.get("timesteps_planned")
-        rows.append({
-            "name": path.parent.name, "kind": "classifier" if classifier else card.get("algo", "agent"),
-            "env": env_text, "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
-            "trained": trained, "planned": planned,
-            "finished": not (planned and trained is not None and trained < planned),
-            "score": _score_text(card.get("score") or {}),
-            "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
-            "teacher": (card.get("digr") or {}).get("teacher") or _named(zoo, card.get("teacher")),
-            "command": card.get("command", ""),
-            "path": str(path),
-        })
+        rows.append(
+            {
+                "name": path.parent.name,
+                "kind": "classifier" if classifier else card.get("algo", "agent"),
+                "env": env_text,
+                "arch": card.get("arch") or card.get("settings", {}).get("arch", ""),
+                "trained": trained,
+                "planned": planned,
+                "finished": not (planned and trained is not None and trained < planned),
+                "score": _score_text(card.get("score") or {}),
+                "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
+                "teacher": (card.get("digr") or {}).get("teacher") or _named(zoo, card.get("teacher")),
+                "command": card.get("command", ""),
+                "path": str(path),
+            }
+        )
     return rows
 
 
@@ -226,8 +255,11 @@ def zoo_networks(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
     ``score``, ``command``, ``path``. Reads headers and cards, no weights."""
     zoo = _zoo(zoo_dir)
     artifacts = zoo_artifacts(zoo)
-    models = {row["card"].get("fingerprint"): row["name"] for row in artifacts
-              if row["kind"] in ("agent", "classifier") and row["card"].get("fingerprint")}
+    models = {
+        row["card"].get("fingerprint"): row["name"]
+        for row in artifacts
+        if row["kind"] in ("agent", "classifier") and row["card"].get("fingerprint")
+    }
     rows = []
     for row in artifacts:
         if row["format"] not in ("xrl.mask_network", "xrl.rexl_agent"):
@@ -243,15 +275,32 @@ def zoo_networks(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
             arch = f"{settings.get('extractor', 'trunk')}, grid {header.get('grid', '?')}"
             named = settings.get("model")
             trained, planned, unit = (card.get("score") or {}).get("steps"), settings.get("total_steps"), "steps"
-        rows.append({
-            "name": row["name"], "kind": kind, "explains": models.get(_explains(row)) or _named(zoo, named),
-            "env": _env_text(card.get("env")) or settings.get("data", ""), "arch": arch,
-            "trained": trained, "planned": planned, "unit": unit,
-            "finished": not (planned and trained is not None and trained < planned),
-            "score": _network_score(row, settings), "command": card.get("command", ""), "path": str(row["path"]),
-        })
+        rows.append(
+            {
+                "name": row["name"],
+                "kind": kind,
+                "explains": models.get(_explains(row)) or _named(zoo, named),
+                "env": _env_text(card.get("env")) or settings.get("data", ""),
+                "arch": arch,
+                "trained": trained,
+                "planned": planned,
+                "unit": unit,
+                "finished": not (planned and trained is not None and trained < planned),
+                "score": _network_score(row, settings),
+                "command": card.get("command", ""),
+                "path": str(row["path"]),
+            }
+        )
     return rows
 
 
-__all__ = ["ZOO_DIR", "ArtifactError", "find_network", "find_networks", "network_for", "zoo_artifacts", "zoo_cards",
-           "zoo_networks"]
+__all__ = [
+    "ZOO_DIR",
+    "ArtifactError",
+    "find_network",
+    "find_networks",
+    "network_for",
+    "zoo_artifacts",
+    "zoo_cards",
+    "zoo_networks",
+]

@@ -44,11 +44,12 @@ same float states the network consumes) and ``receptive_fields -> list[Receptive
 input-pixel receptive field of one cell of each map: size, stride and the input coordinate of
 cell 0's first pixel). :func:`draw` turns them into an input-resolution map.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import gymnasium as gym
 import torch
@@ -86,10 +87,11 @@ class ReceptiveField:
     stride: int
     offset: int
 
-    def then(self, kernel: int, stride: int, padding: int) -> "ReceptiveField":
+    def then(self, kernel: int, stride: int, padding: int) -> ReceptiveField:
         """The receptive field after one more conv (or pooling) layer."""
-        return ReceptiveField(self.size + (kernel - 1) * self.stride, self.stride * stride,
-                              self.offset - padding * self.stride)
+        return ReceptiveField(
+            self.size + (kernel - 1) * self.stride, self.stride * stride, self.offset - padding * self.stride
+        )
 
 
 def receptive_field(convs: Sequence[tuple[int, int, int]], input_padding: int = 0) -> ReceptiveField:
@@ -100,8 +102,9 @@ def receptive_field(convs: Sequence[tuple[int, int, int]], input_padding: int = 
     return field
 
 
-def draw(maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: tuple[int, int],
-         mode: str = "transposed") -> torch.Tensor:
+def draw(
+    maps: Sequence[torch.Tensor], fields: Sequence[ReceptiveField], size: tuple[int, int], mode: str = "transposed"
+) -> torch.Tensor:
     """Attention maps ``[(B, h_i, w_i)]`` drawn onto the input grid ``size = (H, W)`` and summed.
 
     ``transposed`` (FLS section 3): transposed convolution with a unit kernel (all ones) of the
@@ -140,7 +143,7 @@ def _unit_kernel(x: torch.Tensor, field: ReceptiveField, height: int, width: int
     full = F.conv_transpose2d(x, ones, stride=field.stride)  # input coords from field.offset
     start = -field.offset  # >= 0: padding puts cell 0's field before the first pixel
     full = F.pad(full, (0, max(0, start + width - full.shape[-1]), 0, max(0, start + height - full.shape[-2])))
-    return full[..., start:start + height, start:start + width]
+    return full[..., start : start + height, start : start + width]
 
 
 class FLSModule(nn.Module):
@@ -210,10 +213,21 @@ class AttentionExtractor(BaseFeaturesExtractor):
     docstring). Stateless: the maps are recomputed from the states, nothing is cached.
     """
 
-    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512, *,
-                 convs: Sequence[ConvSpec] | str = "nature_sparse", attention: str = "fls",
-                 after: Sequence[int] | None = None, final_relu: bool = True, pool: bool = False,
-                 norm: bool = False, kernel: int = 3, base2: bool = False, input_padding: int = 0) -> None:
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        features_dim: int = 512,
+        *,
+        convs: Sequence[ConvSpec] | str = "nature_sparse",
+        attention: str = "fls",
+        after: Sequence[int] | None = None,
+        final_relu: bool = True,
+        pool: bool = False,
+        norm: bool = False,
+        kernel: int = 3,
+        base2: bool = False,
+        input_padding: int = 0,
+    ) -> None:
         super().__init__(observation_space, features_dim)
         c, h, w = observation_space.shape
         convs = _trunk_convs(convs, h, w)
@@ -237,8 +251,13 @@ class AttentionExtractor(BaseFeaturesExtractor):
             self.relus.append(nn.ReLU() if (final_relu or i < len(convs) - 1) else nn.Identity())
             field, channels = field.then(k, s, p), out
             if i in after:
-                self.attention[str(i)] = (FLSModule(out, kernel=kernel, base2=base2) if attention == "fls"
-                                          else DAQNModule(out) if attention == "daqn" else RSModule(out))
+                self.attention[str(i)] = (
+                    FLSModule(out, kernel=kernel, base2=base2)
+                    if attention == "fls"
+                    else DAQNModule(out)
+                    if attention == "daqn"
+                    else RSModule(out)
+                )
                 fields.append(field)
         self.receptive_fields: list[ReceptiveField] = fields
         with torch.no_grad():
@@ -272,8 +291,12 @@ class AttentionExtractor(BaseFeaturesExtractor):
 
 
 def _trunk_convs(convs: Sequence[ConvSpec] | str, height: int, width: int) -> list[ConvSpec]:
-    named = {"nature_sparse": NATURE_SPARSE, "nature_dense": NATURE_DENSE, "grid_dense": GRID_DENSE,
-             "grid_sparse": grid_sparse(height, width)}
+    named = {
+        "nature_sparse": NATURE_SPARSE,
+        "nature_dense": NATURE_DENSE,
+        "grid_dense": GRID_DENSE,
+        "grid_sparse": grid_sparse(height, width),
+    }
     if isinstance(convs, str):
         if convs not in named:
             raise ValueError(f"unknown trunk {convs!r}; known: {', '.join(sorted(named))}")

@@ -11,6 +11,7 @@ architectures with a user's weights file, and a small CNN trained on the generat
   folder reader (``load_image_folder``) live in :mod:`xrl.train.classifier`.
 * :func:`trunk_of` gives a classifier's convolutional trunk (RExL's default feature extractor).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -60,9 +61,12 @@ def build_torchvision(arch: str, n_classes: int) -> nn.Module:
     """A torchvision classification architecture, randomly initialised: ``weights=None`` and,
     where the builder takes it, ``weights_backbone=None``."""
     import torchvision
+
     if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown torchvision classification architecture {arch!r}; known: "
-                         f"{torchvision.models.list_models(module=torchvision.models)}")
+        raise ValueError(
+            f"unknown torchvision classification architecture {arch!r}; known: "
+            f"{torchvision.models.list_models(module=torchvision.models)}"
+        )
     builder = torchvision.models.get_model_builder(arch)
     kwargs = {"weights": None, "num_classes": int(n_classes)}
     if "weights_backbone" in inspect.signature(builder).parameters:
@@ -70,8 +74,16 @@ def build_torchvision(arch: str, n_classes: int) -> nn.Module:
     return builder(**kwargs)
 
 
-def torchvision_classifier(arch: str, weights: str | Path | None, *, n_classes: int, input_size: int = 224,
-                           class_names: list[str] | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Model:
+def torchvision_classifier(
+    arch: str,
+    weights: str | Path | None,
+    *,
+    n_classes: int,
+    input_size: int = 224,
+    class_names: list[str] | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> Model:
     """A torchvision classifier with the user's weights file (a ``state_dict``), as a Model of
     ``(B, 3, input_size, input_size)`` images in [0, 1] (normalised inside)."""
     net = build_torchvision(arch, n_classes)
@@ -82,9 +94,15 @@ def torchvision_classifier(arch: str, weights: str | Path | None, *, n_classes: 
             net.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{weights} is not a state_dict of {arch} with {n_classes} classes: {err}") from err
-    return Model(Normalized(net, mean, std), input_shape=(3, input_size, input_size), action_names=class_names,
-                 score_kind="class_logits", obs_scale=255.0, input_range=(0.0, 1.0),
-                 info={"source": str(weights) if weights else f"torchvision:{arch}", "arch": arch})
+    return Model(
+        Normalized(net, mean, std),
+        input_shape=(3, input_size, input_size),
+        action_names=class_names,
+        score_kind="class_logits",
+        obs_scale=255.0,
+        input_range=(0.0, 1.0),
+        info={"source": str(weights) if weights else f"torchvision:{arch}", "arch": arch},
+    )
 
 
 def trunk_of(model: Model) -> nn.Module:
@@ -107,8 +125,10 @@ def trunk_of(model: Model) -> nn.Module:
     if policy is not None:
         extractor = getattr(policy, "pi_features_extractor", None) or policy.q_net.features_extractor
         return extractor
-    raise ValueError(f"xrl does not know the trunk of {type(net).__name__}; pass a feature extractor module "
-                     "(extractor=) or a torchvision backbone name (extractor='resnet18')")
+    raise ValueError(
+        f"xrl does not know the trunk of {type(net).__name__}; pass a feature extractor module "
+        "(extractor=) or a torchvision backbone name (extractor='resnet18')"
+    )
 
 
 class _NormalizedTrunk(nn.Module):
@@ -131,11 +151,14 @@ def build_net(arch: str, n_classes: int) -> nn.Module:
 _net = build_net
 
 
-def save_classifier(net: nn.Module, path: str | Path, *, arch: str, size: int, class_names: list[str], card: dict) -> None:
+def save_classifier(
+    net: nn.Module, path: str | Path, *, arch: str, size: int, class_names: list[str], card: dict
+) -> None:
     """``path`` (``format="xrl.classifier"``) and its card ``path.with_suffix(".json")``, atomically;
     the card records the file's sha256 and the loaded Model's weights fingerprint."""
-    path = save_payload(path, FORMAT, {"arch": arch, "size": int(size), "class_names": list(class_names)},
-                        net.state_dict())
+    path = save_payload(
+        path, FORMAT, {"arch": arch, "size": int(size), "class_names": list(class_names)}, net.state_dict()
+    )
     # the Model a loader builds holds the network as ``net``: its fingerprint, without building it
     model_weights = {f"net.{k}": v for k, v in net.state_dict().items()}
     write_card(path, card, weights_fingerprint=fingerprint(model_weights), fmt=FORMAT)
@@ -156,18 +179,31 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
     try:
         net = _net(arch, len(names))
     except (ValueError, KeyError, AttributeError) as err:
-        raise ArtifactError(path, f"has arch {arch!r}, which xrl cannot build ({err})",
-                            "shapes_cnn or a torchvision classification architecture") from None
+        raise ArtifactError(
+            path,
+            f"has arch {arch!r}, which xrl cannot build ({err})",
+            "shapes_cnn or a torchvision classification architecture",
+        ) from None
     if weights:
         try:
             net.load_state_dict(blob["state_dict"])
         except (RuntimeError, KeyError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ArtifactError(path, f"holds weights that do not fit a {arch} with {len(names)} classes ({first[:200]})",
-                                "the weights of the architecture it names") from None
+            raise ArtifactError(
+                path,
+                f"holds weights that do not fit a {arch} with {len(names)} classes ({first[:200]})",
+                "the weights of the architecture it names",
+            ) from None
     card = read_card(path)
     info = {"source": str(path), "card": card, "arch": arch}
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
-    return Model(net, input_shape=(3, size, size), action_names=names, score_kind="class_logits", obs_scale=255.0,
-                 input_range=(0.0, 1.0), info=info)
+    return Model(
+        net,
+        input_shape=(3, size, size),
+        action_names=names,
+        score_kind="class_logits",
+        obs_scale=255.0,
+        input_range=(0.0, 1.0),
+        info=info,
+    )

@@ -10,6 +10,7 @@ its ``data`` — the policy class, spaces and network settings —, ignoring the
 (``":serialized:"``) entries. ``trust=True`` (CLI ``--trust-pickle``) lets Stable-Baselines3 unpickle
 them, for zips that cannot be rebuilt otherwise: that runs code from the file (docs/artifacts.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,19 @@ from xrl._version import __version__  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.agents.nets import ARCHS  # noqa: E402
 from xrl.artifacts import (  # noqa: E402
-    NOUNS, SB3_ZIP, ArtifactError, card_path, fingerprint, format_of, load_payload, read_card, read_header,
-    save_payload, sha256, write_card)
+    NOUNS,
+    SB3_ZIP,
+    ArtifactError,
+    card_path,
+    fingerprint,
+    format_of,
+    load_payload,
+    read_card,
+    read_header,
+    save_payload,
+    sha256,
+    write_card,
+)
 from xrl.files import write_json  # noqa: E402
 from xrl.zoo import ZOO_DIR, zoo_artifacts, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
 
@@ -57,6 +69,8 @@ def trusting_pickle():
         yield
     finally:
         _TRUSTED.reset(token)
+
+
 _SB3_ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
@@ -109,11 +123,15 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
     is_ac = isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(False)
     return Model(
-        _ActorScores(policy) if is_ac else _QValues(policy.q_net), input_shape=space.shape, action_names=action_names,
+        _ActorScores(policy) if is_ac else _QValues(policy.q_net),
+        input_shape=space.shape,
+        action_names=action_names,
         n_actions=int(policy.action_space.n),
         score_kind="logits" if is_ac else "q_values",
         value_net=_CriticValue(policy) if is_ac else None,
-        obs_scale=255.0 if normalized else 1.0, input_range=_input_range(space, normalized), info=info,
+        obs_scale=255.0 if normalized else 1.0,
+        input_range=_input_range(space, normalized),
+        info=info,
     )
 
 
@@ -137,8 +155,17 @@ def save_policy(policy: BasePolicy, path: str | os.PathLike, *, algo: str, arch:
     sha256 and the loaded Model's weights fingerprint (what datasets and explainer networks
     made with the agent record)."""
     path = Path(path)
-    save_payload(path, CHECKPOINT_FORMAT, {"algo": algo, "arch": arch, "obs_shape": list(policy.observation_space.shape),
-                                           "n_actions": int(policy.action_space.n)}, policy.state_dict())
+    save_payload(
+        path,
+        CHECKPOINT_FORMAT,
+        {
+            "algo": algo,
+            "arch": arch,
+            "obs_shape": list(policy.observation_space.shape),
+            "n_actions": int(policy.action_space.n),
+        },
+        policy.state_dict(),
+    )
     card = {**card, "xrl_version": __version__, "arch": arch}
     try:  # the fingerprint of the Model a loader builds from the file (the caller's RNG untouched)
         with torch.random.fork_rng(devices=[]):
@@ -156,12 +183,18 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     if path.is_dir():
         if (path / "agent.pt").exists():
             return path / "agent.pt"
-        others = [path / f"{n}.pt" for n in ("classifier", "rexl", "visionmask", "stalder_explainer")
-                  if (path / f"{n}.pt").exists()]
+        others = [
+            path / f"{n}.pt"
+            for n in ("classifier", "rexl", "visionmask", "stalder_explainer")
+            if (path / f"{n}.pt").exists()
+        ]
         if len(others) == 1:
             return others[0]
-        hint = (f"; the run is unfinished, its latest checkpoint is {path / 'checkpoint.zip'}"
-                if (path / "checkpoint.zip").exists() else "")
+        hint = (
+            f"; the run is unfinished, its latest checkpoint is {path / 'checkpoint.zip'}"
+            if (path / "checkpoint.zip").exists()
+            else ""
+        )
         raise ValueError(f"folder {str(path)!r} has no agent.pt (a finished training run writes one){hint}")
     if path.exists():
         return path
@@ -176,8 +209,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     )
 
 
-def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: bool | None = None,
-               weights: bool = True) -> Model:
+def load_agent(
+    path_or_name: str | os.PathLike, *, device: str = "cpu", trust: bool | None = None, weights: bool = True
+) -> Model:
     """A Model from a zoo name, a run folder, an SB3 ``.zip``, an xrl agent checkpoint (``.pt``,
     DIGR students included) or an xrl classifier (``classifier.pt``), by the file's format marker.
 
@@ -194,9 +228,12 @@ def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: b
         raise ValueError(f"agent files are SB3 .zip or xrl .pt checkpoints, got {path.name!r}")
     fmt = _format(path)
     if fmt in ("xrl.mask_network", "xrl.rexl_agent"):
-        raise ArtifactError(path, f"is {NOUNS[fmt]}, not an agent",
-                            "an agent or a classifier (xrl.load(path) loads every kind; explainers take "
-                            "this file as their network= / agent= setting)")
+        raise ArtifactError(
+            path,
+            f"is {NOUNS[fmt]}, not an agent",
+            "an agent or a classifier (xrl.load(path) loads every kind; explainers take "
+            "this file as their network= / agent= setting)",
+        )
     card = read_card(path)
     info = {"env": card.get("env"), "card": card, "source": str(path)}
     if not weights:
@@ -206,6 +243,7 @@ def load_agent(path_or_name: str | os.PathLike, *, device: str = "cpu", trust: b
             model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
         elif fmt == "xrl.classifier":
             from xrl.agents.classifier import load_classifier
+
             model = load_classifier(path, weights=weights)
         else:
             model = _load_checkpoint(path, device, info, weights=weights)
@@ -217,8 +255,9 @@ def _nothing():
     yield
 
 
-def load(path_or_name: str | os.PathLike, *, model: Model | None = None, device: str = "cpu",
-         trust: bool | None = None):
+def load(
+    path_or_name: str | os.PathLike, *, model: Model | None = None, device: str = "cpu", trust: bool | None = None
+):
     """Any xrl artifact, by its format marker: a :class:`Model` for agents, DIGR students,
     classifiers and SB3 ``.zip`` files; a :class:`~xrl.agents.mask_nets.MaskNetwork` for VisionMask
     and Stalder networks; a :class:`~xrl.agents.rexl.RExLAgent` (its record as ``.record``) for a
@@ -228,9 +267,11 @@ def load(path_or_name: str | os.PathLike, *, model: Model | None = None, device:
     fmt = _format(path)
     if fmt == "xrl.mask_network":
         from xrl.agents.mask_nets import load_mask_network
+
         return load_mask_network(path).to(device)
     if fmt == "xrl.rexl_agent":
         from xrl.agents.rexl import load_rexl_agent
+
         if model is None:
             model = _rexl_model(path)
         agent, record = load_rexl_agent(path, model)
@@ -247,7 +288,9 @@ def _format(path: Path) -> str:
         return format_of(path)
     except ArtifactError as err:
         if path.suffix == ".pt" and "readable" in err.found:  # the wording users and tests know
-            raise ArtifactError(path, err.found, "an xrl checkpoint saved by xrl (weights and plain settings)") from None
+            raise ArtifactError(
+                path, err.found, "an xrl checkpoint saved by xrl (weights and plain settings)"
+            ) from None
         raise
 
 
@@ -260,8 +303,11 @@ def _rexl_model(path: Path) -> Model:
             return load_agent(row["path"])
     named = (read_card(path).get("settings") or {}).get("model")
     if not named:
-        raise ArtifactError(path, f"explains a model (weights {wanted}) found neither in the zoo nor in its card",
-                            "model= the model it was trained for")
+        raise ArtifactError(
+            path,
+            f"explains a model (weights {wanted}) found neither in the zoo nor in its card",
+            "model= the model it was trained for",
+        )
     candidate = Path(named) if Path(named).exists() else ZOO_DIR.parent / named
     return load_agent(candidate if candidate.exists() else named)
 
@@ -274,8 +320,12 @@ def _load_sb3_zip(path: Path, device: str, info: dict, *, trust: bool = False, w
         return model_from_policy(sb3_policy(path, device=device, weights=weights), action_names=names, info=info)
     # trusted: Stable-Baselines3 unpickles the ``:serialized:`` entries (runs code from the file).
     # Schedules pickled by other Python versions cannot always be rebuilt; they are not needed.
-    custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0,
-              "exploration_schedule": lambda _: 0.0}
+    custom = {
+        "learning_rate": 0.0,
+        "lr_schedule": lambda _: 0.0,
+        "clip_range": lambda _: 0.0,
+        "exploration_schedule": lambda _: 0.0,
+    }
     errors = []
     for name, algo in _SB3_ALGOS.items():
         try:
@@ -299,13 +349,19 @@ def _named_class(path: Path, text: str, base: type, what: str) -> type:
     installed package among :data:`_CLASS_PACKAGES` and a subclass of ``base``."""
     match = re.fullmatch(r"<class '([\w.]+)\.(\w+)'>", str(text).strip())
     if not match or not match.group(1).startswith(_CLASS_PACKAGES) or "._" in match.group(1):
-        raise ArtifactError(path, f"names {what} {str(text)[:80]}",
-                            f"a class of {', '.join(p.rstrip('.') for p in _CLASS_PACKAGES)}; {_TRUST}")
+        raise ArtifactError(
+            path,
+            f"names {what} {str(text)[:80]}",
+            f"a class of {', '.join(p.rstrip('.') for p in _CLASS_PACKAGES)}; {_TRUST}",
+        )
     try:
         cls = getattr(importlib.import_module(match.group(1)), match.group(2))
     except (ImportError, AttributeError):
-        raise ArtifactError(path, f"names {what} {match.group(1)}.{match.group(2)}, which this install lacks",
-                            f"a class of an installed package; {_TRUST}") from None
+        raise ArtifactError(
+            path,
+            f"names {what} {match.group(1)}.{match.group(2)}, which this install lacks",
+            f"a class of an installed package; {_TRUST}",
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ArtifactError(path, f"names {what} {match.group(1)}.{match.group(2)}", f"a {base.__name__} subclass")
     return cls
@@ -330,9 +386,12 @@ def _spaces(path: Path, data: dict) -> tuple[gym.spaces.Box, gym.spaces.Discrete
     obs, act = data.get("observation_space"), data.get("action_space")
     if "Box" not in str(_get(obs, ":type:")) or "Discrete" not in str(_get(act, ":type:")):
         known = all(str(_get(e, ":type:")).startswith("<class 'gymnasium.spaces.") for e in (obs, act))
-        raise ArtifactError(path, f"observes {_get(obs, ':type:')} and acts in {_get(act, ':type:')}",
-                            "a Box observation space and a Discrete action space (what xrl explains)"
-                            + ("" if known else f"; if its spaces are those, pickled as another class: {_TRUST}"))
+        raise ArtifactError(
+            path,
+            f"observes {_get(obs, ':type:')} and acts in {_get(act, ':type:')}",
+            "a Box observation space and a Discrete action space (what xrl explains)"
+            + ("" if known else f"; if its spaces are those, pickled as another class: {_TRUST}"),
+        )
     obs, act = _plain(obs), _plain(act)
     try:
         dtype = np.dtype(obs["dtype"])
@@ -346,8 +405,11 @@ def _spaces(path: Path, data: dict) -> tuple[gym.spaces.Box, gym.spaces.Discrete
         if int(act.get("start", 0)) != 0:
             raise ValueError("a Discrete space not starting at 0")
     except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(path, f"has observation/action spaces its JSON does not describe ({err})",
-                            f"'dtype', '_shape', 'low', 'high' and 'n' in plain JSON; {_TRUST}") from None
+        raise ArtifactError(
+            path,
+            f"has observation/action spaces its JSON does not describe ({err})",
+            f"'dtype', '_shape', 'low', 'high' and 'n' in plain JSON; {_TRUST}",
+        ) from None
     return gym.spaces.Box(low, high, shape, dtype=dtype), gym.spaces.Discrete(n)
 
 
@@ -366,26 +428,31 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
         with zipfile.ZipFile(path) as z:
             members = set(z.namelist())
             if not {"data", "policy.pth"} <= members:
-                raise ArtifactError(path, f"is not a loadable SB3 PPO/A2C/DQN model (it holds {sorted(members)[:6]})",
-                                    expected)
+                raise ArtifactError(
+                    path, f"is not a loadable SB3 PPO/A2C/DQN model (it holds {sorted(members)[:6]})", expected
+                )
             data = json.loads(z.read("data"))
-            state = torch.load(io.BytesIO(z.read("policy.pth")), map_location=device, weights_only=True) \
-                if weights else {}
+            state = (
+                torch.load(io.BytesIO(z.read("policy.pth")), map_location=device, weights_only=True) if weights else {}
+            )
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(path, f"is a damaged SB3 zip ({type(err).__name__}: {err})", expected) from None
     except Exception as err:  # torch refuses policy.pth: not weights only, or damaged
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ArtifactError(path, f"holds a policy.pth that is not plain weights ({first[:150]})",
-                            f"weights only; {_TRUST}") from None
+        raise ArtifactError(
+            path, f"holds a policy.pth that is not plain weights ({first[:150]})", f"weights only; {_TRUST}"
+        ) from None
     if not isinstance(data, dict) or not isinstance(state, dict):
         raise ArtifactError(path, "holds 'data' or 'policy.pth' of the wrong type", expected)
     cls_entry = _plain(data.get("policy_class"))
     init = re.match(r"<function (\w+)\.__init__", str(cls_entry.get("__init__", "")))
     module = cls_entry.get("__module__")
     if not (init and isinstance(module, str)):
-        raise ArtifactError(path, "does not name its policy class in plain JSON", f"an SB3 policy_class entry; {_TRUST}")
+        raise ArtifactError(
+            path, "does not name its policy class in plain JSON", f"an SB3 policy_class entry; {_TRUST}"
+        )
     policy_class = _named_class(path, f"<class '{module}.{init.group(1)}'>", BasePolicy, "policy class")
     kwargs = {}
     for key, value in _plain(data.get("policy_kwargs")).items():
@@ -403,8 +470,11 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
             policy.load_state_dict(state)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ArtifactError(path, f"could not be rebuilt from its JSON and weights ({type(err).__name__}: {first[:200]})",
-                            f"a policy its plain JSON describes; {_TRUST}") from None
+        raise ArtifactError(
+            path,
+            f"could not be rebuilt from its JSON and weights ({type(err).__name__}: {first[:200]})",
+            f"a policy its plain JSON describes; {_TRUST}",
+        ) from None
     return policy.to(device)
 
 
@@ -415,6 +485,7 @@ def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> Bas
     kwargs = ARCHS.get(arch).policy_kwargs()
     if algo == "dqn":
         from stable_baselines3.dqn.policies import DQNPolicy
+
         return DQNPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
     return ActorCriticPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
 
@@ -423,7 +494,8 @@ def _fits(arch: str, payload: dict) -> bool:
     """Whether the checkpoint's weights load into architecture ``arch``."""
     try:
         build_policy(arch, payload["obs_shape"], payload["n_actions"], payload["algo"]).load_state_dict(
-            payload["state_dict"])
+            payload["state_dict"]
+        )
     except Exception:
         return False
     return True
@@ -438,8 +510,11 @@ def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = Tru
             policy.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         fits = [a for a in ARCHS.names() if a != payload["arch"] and _fits(a, payload)]
-        hint = (f"the weights fit architecture {fits[0]!r}" if fits else
-                f"they fit no registered architecture ({', '.join(ARCHS.names())})")
+        hint = (
+            f"the weights fit architecture {fits[0]!r}"
+            if fits
+            else f"they fit no registered architecture ({', '.join(ARCHS.names())})"
+        )
         detail = [line.strip() for line in str(err).splitlines()[1:3] if line.strip()]
         raise ValueError(
             f"{path}: its weights do not fit architecture {payload['arch']!r} with observations "
@@ -464,8 +539,10 @@ def _check_agent_header(path: Path, payload: dict) -> None:
 # ------------------------------------------------------------------ the zoo checked by loading it
 # (``xrl zoo --verify`` / ``--update-sha256``; the listing, which reads no weights, is xrl.zoo)
 
-def verify_zoo(zoo_dir: str | os.PathLike | None = None, *, load: bool = True,
-               unchecked: list | None = None) -> list[str]:
+
+def verify_zoo(
+    zoo_dir: str | os.PathLike | None = None, *, load: bool = True, unchecked: list | None = None
+) -> list[str]:
     """Problems found in the zoo, one line each (an empty list when every artifact is sound): a
     file whose sha256 differs from its card's, a file that does not load (``load``), loaded
     weights whose fingerprint differs from the card's. Artifacts whose card records no sha256
@@ -477,8 +554,10 @@ def verify_zoo(zoo_dir: str | os.PathLike | None = None, *, load: bool = True,
             if unchecked is not None:
                 unchecked.append(path)
         elif sha256(path) != card["sha256"]:
-            problems.append(f"{path}: its sha256 is {sha256(path)}, its card records {card['sha256']} "
-                            "(the file changed or is damaged)")
+            problems.append(
+                f"{path}: its sha256 is {sha256(path)}, its card records {card['sha256']} "
+                "(the file changed or is damaged)"
+            )
         if not load:
             continue
         try:
@@ -509,8 +588,11 @@ def update_zoo_sha256(zoo_dir: str | os.PathLike | None = None, *, skip: tuple[s
         if row["name"].split("/")[0] in skip:
             continue
         path, card = row["path"], dict(row["card"])
-        fields = {"sha256": sha256(path), "format": row["format"],
-                  "fingerprint": weights_fingerprint(path, load_artifact(path))}
+        fields = {
+            "sha256": sha256(path),
+            "format": row["format"],
+            "fingerprint": weights_fingerprint(path, load_artifact(path)),
+        }
         if any(card.get(k) != v for k, v in fields.items()):
             write_json(card_path(path), {**card, **fields})
             changed.append(card_path(path))

@@ -24,12 +24,13 @@ Checkpoints: ``<name>.pt`` = ``{"format": "xrl.mask_network", "version", "method
 "source", "env"}, "state_dict"}``, loaded with ``torch.load(weights_only=True)``; beside it
 ``<name>.json``, the card (:func:`save_mask_network`).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +75,20 @@ class SmallMaskNet(nn.Module):
         e1 = self.enc1(x)  # (B, w, H/2, W/2)
         e2 = self.enc2(e1)  # (B, 2w, H/4, W/4)
         g = self.pool(e2.mean((2, 3)))[:, :, None, None].expand_as(e2)  # whole-state context
-        d = F.interpolate(self.fuse(torch.cat([e2, g], 1)), size=e1.shape[-2:], mode="bilinear",
-                          align_corners=False)
+        d = F.interpolate(self.fuse(torch.cat([e2, g], 1)), size=e1.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.head(self.dec(torch.cat([d, e1], 1)))  # (B, K, H/2, W/2)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
 
 
 @MASK_NETS.register("unet")
@@ -91,9 +97,10 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int, n_maps: int, base: int = 32, levels: int = 4) -> None:
         super().__init__()
-        widths = [base * 2 ** i for i in range(levels)]
-        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])] +
-                                  [_double_conv(a, b) for a, b in zip(widths, widths[1:])])
+        widths = [base * 2**i for i in range(levels)]
+        self.down = nn.ModuleList(
+            [_double_conv(in_channels, widths[0])] + [_double_conv(a, b) for a, b in zip(widths, widths[1:])]
+        )
         self.up = nn.ModuleList([_double_conv(b + a, a) for a, b in zip(widths[:-1], widths[1:])][::-1])
         self.head = nn.Conv2d(widths[0], n_maps, 1)
 
@@ -125,6 +132,7 @@ class _TorchvisionSegmentation(nn.Module):
 def fcn(in_channels: int, n_maps: int) -> nn.Module:
     """torchvision FCN-ResNet50 (Long et al. 2015), untrained."""
     from torchvision.models.segmentation import fcn_resnet50
+
     return _TorchvisionSegmentation(fcn_resnet50, in_channels, n_maps)
 
 
@@ -132,6 +140,7 @@ def fcn(in_channels: int, n_maps: int) -> nn.Module:
 def deeplabv3(in_channels: int, n_maps: int) -> nn.Module:
     """torchvision DeepLabv3-ResNet50 (Chen et al. 2017; the VisionMask paper's), untrained."""
     from torchvision.models.segmentation import deeplabv3_resnet50
+
     return _TorchvisionSegmentation(deeplabv3_resnet50, in_channels, n_maps)
 
 
@@ -143,17 +152,27 @@ class MaskNetwork(nn.Module):
     ``source``, ``env``); ``method`` is ``"visionmask"`` or ``"stalder_explainer"``.
     """
 
-    def __init__(self, arch: str, input_shape: tuple[int, int, int], n_maps: int, *,
-                 reference: str = "background", reference_image: torch.Tensor | None = None,
-                 agent: dict | None = None, method: str = "visionmask") -> None:
+    def __init__(
+        self,
+        arch: str,
+        input_shape: tuple[int, int, int],
+        n_maps: int,
+        *,
+        reference: str = "background",
+        reference_image: torch.Tensor | None = None,
+        agent: dict | None = None,
+        method: str = "visionmask",
+    ) -> None:
         super().__init__()
         if reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         c, h, w = (int(v) for v in input_shape)
         if reference in ("background", "mean"):
             if reference_image is None:
-                raise ValueError(f"reference={reference!r} needs the reference image (C, H, W) "
-                                 "computed from the training states (reference_image=)")
+                raise ValueError(
+                    f"reference={reference!r} needs the reference image (C, H, W) "
+                    "computed from the training states (reference_image=)"
+                )
             if tuple(reference_image.shape) != (c, h, w):
                 raise ValueError(f"reference_image must have shape {(c, h, w)}, got {tuple(reference_image.shape)}")
         self.arch, self.input_shape, self.n_maps = arch, (c, h, w), int(n_maps)
@@ -163,7 +182,7 @@ class MaskNetwork(nn.Module):
         self.register_buffer("reference_image", image.detach().float().clone())
 
     @classmethod
-    def for_model(cls, model: Model, arch: str = "small", *, seed: int = 0, **kwargs) -> "MaskNetwork":
+    def for_model(cls, model: Model, arch: str = "small", *, seed: int = 0, **kwargs) -> MaskNetwork:
         """A freshly initialised network (from ``seed``, global RNG untouched) for ``model``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -188,23 +207,33 @@ class MaskNetwork(nn.Module):
     def check_agent(self, model: Model) -> None:
         """Refuse a model this network was not trained for (other weights, action count or input)."""
         if self.n_maps != model.n_actions:
-            raise ValueError(f"this {self.method} network has {self.n_maps} maps (one per action of the agent "
-                             f"it was trained for), the model has {model.n_actions} actions")
+            raise ValueError(
+                f"this {self.method} network has {self.n_maps} maps (one per action of the agent "
+                f"it was trained for), the model has {model.n_actions} actions"
+            )
         if tuple(self.input_shape) != tuple(model.input_shape):
-            raise ValueError(f"this {self.method} network takes states {tuple(self.input_shape)}, the model "
-                             f"{tuple(model.input_shape)}")
+            raise ValueError(
+                f"this {self.method} network takes states {tuple(self.input_shape)}, the model "
+                f"{tuple(model.input_shape)}"
+            )
         mine, theirs = self.agent.get("fingerprint"), agent_of(model)["fingerprint"]
         if mine != theirs:
-            raise ValueError(f"this {self.method} network was trained for another agent ({self.agent.get('source')}, "
-                             f"weights {mine}); the model's weights are {theirs}: train one for this agent "
-                             f"(xrl train {self.method.replace('_', '-')})")
+            raise ValueError(
+                f"this {self.method} network was trained for another agent ({self.agent.get('source')}, "
+                f"weights {mine}); the model's weights are {theirs}: train one for this agent "
+                f"(xrl train {self.method.replace('_', '-')})"
+            )
 
 
 def agent_of(model: Model) -> dict:
     """What a mask network records about the agent it explains."""
-    return {"fingerprint": model.fingerprint(), "n_actions": int(model.n_actions),
-            "input_shape": [int(v) for v in model.input_shape], "source": str(model.info.get("source")),
-            "env": json.dumps(model.info.get("env"), sort_keys=True)}
+    return {
+        "fingerprint": model.fingerprint(),
+        "n_actions": int(model.n_actions),
+        "input_shape": [int(v) for v in model.input_shape],
+        "source": str(model.info.get("source")),
+        "env": json.dumps(model.info.get("env"), sort_keys=True),
+    }
 
 
 def overlay(states: torch.Tensor, masks: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,9 +247,15 @@ def overlay(states: torch.Tensor, masks: torch.Tensor, reference: torch.Tensor) 
 def save_mask_network(network: MaskNetwork, path: str | os.PathLike, *, card: dict) -> Path:
     """Write ``path`` (.pt, atomically) and the card beside it (``.json``, with the file's sha256
     and the network's weights fingerprint)."""
-    settings = {"method": network.method, "arch": network.arch, "input_shape": list(network.input_shape),
-                "n_maps": network.n_maps, "reference": network.reference, "agent": network.agent,
-                "xrl_version": __version__}
+    settings = {
+        "method": network.method,
+        "arch": network.arch,
+        "input_shape": list(network.input_shape),
+        "n_maps": network.n_maps,
+        "reference": network.reference,
+        "agent": network.agent,
+        "xrl_version": __version__,
+    }
     return save_payload(path, FORMAT, settings, network.state_dict(), card={**card, "xrl_version": __version__})
 
 
@@ -228,8 +263,9 @@ def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> 
     """A saved mask network in eval mode; ``method`` (when given) must match the saved one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no mask network at {path}; train one with xrl train visionmask "
-                                "(or stalder-explainer)")
+        raise FileNotFoundError(
+            f"no mask network at {path}; train one with xrl train visionmask (or stalder-explainer)"
+        )
     try:
         payload = load_payload(path, FORMAT)
     except ArtifactError as err:  # not a torch file, one holding arbitrary objects, another format
@@ -237,12 +273,20 @@ def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> 
         raise ArtifactError(path, found, err.expected) from None
     if method is not None and payload["method"] != method:
         raise ValueError(f"{path} holds a {payload['method']} network, not a {method} one")
-    network = MaskNetwork(payload["arch"], tuple(payload["input_shape"]), payload["n_maps"],
-                          reference=payload["reference"], reference_image=payload["state_dict"]["reference_image"],
-                          agent=payload["agent"], method=payload["method"])
+    network = MaskNetwork(
+        payload["arch"],
+        tuple(payload["input_shape"]),
+        payload["n_maps"],
+        reference=payload["reference"],
+        reference_image=payload["state_dict"]["reference_image"],
+        agent=payload["agent"],
+        method=payload["method"],
+    )
     try:
         network.load_state_dict(payload["state_dict"])
     except RuntimeError as err:  # the architecture changed since it was saved
-        raise ValueError(f"{path} holds weights that do not fit xrl's {payload['arch']!r} mask network "
-                         f"(saved by xrl {payload.get('xrl_version', 'unknown')}): {err}") from err
+        raise ValueError(
+            f"{path} holds weights that do not fit xrl's {payload['arch']!r} mask network "
+            f"(saved by xrl {payload.get('xrl_version', 'unknown')}): {err}"
+        ) from err
     return network.eval()

@@ -8,9 +8,10 @@ States are in the space the network consumes: uint8 observations divided by 255,
 first, frames stacked along channels (oldest first). A model that declares its ``input_range``
 (every zoo agent and classifier: ``(0, 1)``) refuses states on the wrong scale, e.g. raw 0-255 pixels.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,8 +59,7 @@ class Model(nn.Module):
         if action_names is None:
             action_names = [str(i) for i in range(k)]
         if len(action_names) != k:
-            raise ValueError(f"{len(action_names)} action_names given but the model returns (B, K) "
-                             f"scores with K = {k}")
+            raise ValueError(f"{len(action_names)} action_names given but the model returns (B, K) scores with K = {k}")
         self.action_names = [str(a) for a in action_names]
         self.score_kind = score_kind
         self.frame_stack = int(frame_stack)
@@ -77,16 +77,20 @@ class Model(nn.Module):
             with torch.no_grad():
                 out = net(torch.zeros(2, *self.input_shape))
         except Exception as err:
-            raise ValueError(f"the model must map {expected}; a batch of 2 zero states of input_shape "
-                             f"{self.input_shape} failed: {type(err).__name__}: {err}") from err
+            raise ValueError(
+                f"the model must map {expected}; a batch of 2 zero states of input_shape "
+                f"{self.input_shape} failed: {type(err).__name__}: {err}"
+            ) from err
         finally:
             net.train(was)
         if isinstance(out, (tuple, list)):  # models returning (logits, extra)
             out = out[0]
         shape = tuple(getattr(out, "shape", ()))
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or shape[0] != 2 or shape[1] < 1:
-            raise ValueError(f"the model must map {expected}; for a batch of 2 it returned "
-                             f"{shape if isinstance(out, torch.Tensor) else type(out).__name__}")
+            raise ValueError(
+                f"the model must map {expected}; for a batch of 2 it returned "
+                f"{shape if isinstance(out, torch.Tensor) else type(out).__name__}"
+            )
         return int(shape[1])
 
     @property
@@ -104,8 +108,10 @@ class Model(nn.Module):
         if self.info.get("weights") == "not loaded":
             recorded = self.info.get("fingerprint")
             if not recorded:
-                raise ValueError(f"{self.info.get('source', 'this model')} was built without its weights and "
-                                 "its card records no fingerprint; load it with its weights")
+                raise ValueError(
+                    f"{self.info.get('source', 'this model')} was built without its weights and "
+                    "its card records no fingerprint; load it with its weights"
+                )
             return str(recorded)
         return _fingerprint(self)
 
@@ -158,12 +164,13 @@ class Model(nn.Module):
             )
         weights = next((p.dtype for p in self.net.parameters() if p.is_floating_point()), None)
         if weights is not None and states.dtype != weights:
-            raise TypeError(f"states are {states.dtype} but the model's weights are {weights}; "
-                            f"convert them with states.to({weights})")
+            raise TypeError(
+                f"states are {states.dtype} but the model's weights are {weights}; "
+                f"convert them with states.to({weights})"
+            )
         if states.dim() != 4 or tuple(states.shape[1:]) != self.input_shape:
             raise ValueError(
-                f"states must have shape (B, {', '.join(map(str, self.input_shape))}), "
-                f"got {tuple(states.shape)}"
+                f"states must have shape (B, {', '.join(map(str, self.input_shape))}), got {tuple(states.shape)}"
             )
         if states.shape[0] == 0:
             raise ValueError("states is an empty batch (B == 0)")
@@ -183,10 +190,13 @@ class Model(nn.Module):
             return
         hint = ""
         if self.obs_scale > 1 and high > hi + width and high <= self.obs_scale * hi + width:
-            hint = (f"; did you forget to divide by {self.obs_scale:g}? "
-                    "model.preprocess(obs) turns raw observations into states")
-        raise ValueError(f"states range over [{low:g}, {high:g}] but the model consumes states in "
-                         f"[{lo:g}, {hi:g}]{hint}")
+            hint = (
+                f"; did you forget to divide by {self.obs_scale:g}? "
+                "model.preprocess(obs) turns raw observations into states"
+            )
+        raise ValueError(
+            f"states range over [{low:g}, {high:g}] but the model consumes states in [{lo:g}, {hi:g}]{hint}"
+        )
 
 
 def _valid_range(input_range) -> tuple[float, float] | None:
@@ -217,8 +227,9 @@ def as_model(
         raise TypeError(f"as_model expects an nn.Module, got {type(module).__name__}")
     if value_fn is not None and not isinstance(value_fn, nn.Module):
         value_fn = _Lambda(value_fn)
-    return Model(module, input_shape=input_shape, action_names=action_names,
-                 score_kind=score_kind, value_net=value_fn, **kwargs)
+    return Model(
+        module, input_shape=input_shape, action_names=action_names, score_kind=score_kind, value_net=value_fn, **kwargs
+    )
 
 
 class _Lambda(nn.Module):

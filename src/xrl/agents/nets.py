@@ -6,6 +6,7 @@ An architecture is a features extractor class and its keyword arguments plus the
 Red-Fetch-Green (DIGR: "3 convolutional layers and 2 linear layers", the second linear being
 the policy head).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,11 +52,23 @@ class GridCNN(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         c, h, w = observation_space.shape
         if min(h, w) >= 32:
-            layers = [nn.Conv2d(c, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
-                      nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU()]
+            layers = [
+                nn.Conv2d(c, 16, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 4, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 3, 2, 1),
+                nn.ReLU(),
+            ]
         else:
-            layers = [nn.Conv2d(c, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(),
-                      nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU()]
+            layers = [
+                nn.Conv2d(c, 16, 3, 1, 1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, 1, 1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 3, 1, 1),
+                nn.ReLU(),
+            ]
         self.cnn = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
             n_flat = self.cnn(torch.zeros(1, c, h, w)).shape[1]

@@ -13,11 +13,12 @@ noise, score — softmax or sigmoid; absent from agents saved before it existed,
 softmax —, the explained model's fingerprint and input shape, the extractor's name, seed and
 fingerprint) and its card ``rexl.json``; :func:`load_rexl_agent` refuses another model or grid.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,9 +36,11 @@ def build_extractor(model: Model, extractor: str | nn.Module, seed: int = 0) -> 
         module = extractor
     elif extractor == "trunk":
         from xrl.agents.classifier import trunk_of
+
         module = trunk_of(model)
     else:
         from xrl.agents.classifier import IMAGENET_MEAN, IMAGENET_STD, Normalized, build_torchvision
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_torchvision(extractor, 1000)
@@ -61,8 +64,17 @@ class RExLAgent(nn.Module):
     :meth:`encode` makes them from states and targets.
     """
 
-    def __init__(self, extractor: nn.Module, *, input_shape, n_classes: int, grid: int, mode: str,
-                 classes: list[int], hidden=(256, 128)) -> None:
+    def __init__(
+        self,
+        extractor: nn.Module,
+        *,
+        input_shape,
+        n_classes: int,
+        grid: int,
+        mode: str,
+        classes: list[int],
+        hidden=(256, 128),
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -128,13 +140,21 @@ def shared_trunk(agent: RExLAgent, model: nn.Module) -> Iterator[Callable[[torch
 def save_rexl_agent(agent: RExLAgent, path: str | Path, *, record: dict, card: dict) -> None:
     """``path`` and its card, atomically. ``record``: model fingerprint, input shape, noise,
     extractor name/seed, low/high (what :func:`load_rexl_agent` checks)."""
-    settings = {"grid": agent.grid, "mode": agent.mode, "classes": agent.classes, "n_classes": agent.n_classes,
-                "feature_dim": agent.feature_dim, "extractor_fingerprint": fingerprint(agent.extractor), **record}
+    settings = {
+        "grid": agent.grid,
+        "mode": agent.mode,
+        "classes": agent.classes,
+        "n_classes": agent.n_classes,
+        "feature_dim": agent.feature_dim,
+        "extractor_fingerprint": fingerprint(agent.extractor),
+        **record,
+    }
     save_payload(path, FORMAT, settings, agent.learnable(), card=card)
 
 
-def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | None = None,
-                    grid: int | None = None) -> tuple[RExLAgent, dict]:
+def load_rexl_agent(
+    path: str | Path, model: Model, *, extractor: nn.Module | None = None, grid: int | None = None
+) -> tuple[RExLAgent, dict]:
     """An agent saved by ``xrl train rexl`` for ``model``, and its record. Refused: a file that is
     not a RExL agent, another model (weights fingerprint or input shape), another grid, another
     feature extractor."""
@@ -142,19 +162,31 @@ def load_rexl_agent(path: str | Path, model: Model, *, extractor: nn.Module | No
     blob = load_payload(path, FORMAT)
     mine = model.fingerprint()
     if blob["model_fingerprint"] != mine or list(blob["input_shape"]) != list(model.input_shape):
-        raise ValueError(f"{path} was trained to explain another model ({blob['model_source']}, weights "
-                         f"{blob['model_fingerprint']}, input {blob['input_shape']}); this model has weights {mine}, "
-                         f"input {list(model.input_shape)}: train an agent for it (xrl train rexl)")
+        raise ValueError(
+            f"{path} was trained to explain another model ({blob['model_source']}, weights "
+            f"{blob['model_fingerprint']}, input {blob['input_shape']}); this model has weights {mine}, "
+            f"input {list(model.input_shape)}: train an agent for it (xrl train rexl)"
+        )
     if grid is not None and int(grid) != blob["grid"]:
-        raise ValueError(f"{path} masks a {blob['grid']}x{blob['grid']} grid, {grid}x{grid} was asked; "
-                         "a RExL agent works on the grid it was trained on")
+        raise ValueError(
+            f"{path} masks a {blob['grid']}x{blob['grid']} grid, {grid}x{grid} was asked; "
+            "a RExL agent works on the grid it was trained on"
+        )
     module = build_extractor(model, extractor if extractor is not None else blob["extractor"], blob["extractor_seed"])
     # a model built without its weights (xrl bench --check) has stand-in ones: its trunk cannot be compared
     if model.info.get("weights") != "not loaded" and fingerprint(module) != blob["extractor_fingerprint"]:
-        raise ValueError(f"{path} was trained on another feature extractor ({blob['extractor']}, weights "
-                         f"{blob['extractor_fingerprint']}); got weights {fingerprint(module)}")
-    agent = RExLAgent(module, input_shape=model.input_shape, n_classes=blob["n_classes"], grid=blob["grid"],
-                      mode=blob["mode"], classes=blob["classes"])
+        raise ValueError(
+            f"{path} was trained on another feature extractor ({blob['extractor']}, weights "
+            f"{blob['extractor_fingerprint']}); got weights {fingerprint(module)}"
+        )
+    agent = RExLAgent(
+        module,
+        input_shape=model.input_shape,
+        n_classes=blob["n_classes"],
+        grid=blob["grid"],
+        mode=blob["mode"],
+        classes=blob["classes"],
+    )
     agent.load_state_dict({**{f"extractor.{k}": v for k, v in module.state_dict().items()}, **blob["state_dict"]})
     agent.eval()
     return agent, {k: v for k, v in blob.items() if k != "state_dict"}

@@ -27,9 +27,10 @@ The attacked action is ``actions`` when given, else the model's argmax on the cl
 ``seed``: the same attack on the same states gives the same result. The model's parameters,
 ``.grad`` and train/eval flags are left as they were.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,10 +40,10 @@ from xrl.agents.model import Model
 from xrl.ops import guarded
 from xrl.registry import Registry
 
-ATTACKS: Registry[type["Attack"]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
-def get_attack(name: str, model: Model, **settings) -> "Attack":
+def get_attack(name: str, model: Model, **settings) -> Attack:
     """Build a registered attack; unknown names list the known ones."""
     return ATTACKS.get(name)(model, **settings)
 
@@ -54,8 +55,7 @@ def list_attacks() -> list[str]:
 class Attack:
     """Base class: subclasses implement ``_perturb(states, actions) -> states'``."""
 
-    def __init__(self, model: Model, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0),
-                 seed: int = 0) -> None:
+    def __init__(self, model: Model, *, eps: float, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"attacks take an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
         if isinstance(eps, bool) or not float(eps) >= 0:
@@ -116,8 +116,10 @@ class Attack:
         elif len(gens) == len(states):
             noise = torch.stack([torch.rand(states.shape[1:], generator=g) for g in gens])
         else:
-            raise ValueError(f"the attack was reseeded with {len(gens)} streams, one per row, "
-                             f"but got a batch of {len(states)} states")
+            raise ValueError(
+                f"the attack was reseeded with {len(gens)} streams, one per row, "
+                f"but got a batch of {len(states)} states"
+            )
         noise = noise.to(states) * 2 - 1  # U(-1, 1)
         return self._project(states + self.eps * noise, states)
 
@@ -131,8 +133,16 @@ class FGSM(Attack):
 
 
 class _Iterative(Attack):
-    def __init__(self, model: Model, *, eps: float, steps: int = 10, step_size: float | None = None,
-                 bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        eps: float,
+        steps: int = 10,
+        step_size: float | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, eps=eps, bounds=bounds, seed=seed)
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -158,8 +168,17 @@ class PGD(_Iterative):
 class MIFGSM(_Iterative):
     """Momentum iterative FGSM: signed steps along an L1-normalised gradient momentum."""
 
-    def __init__(self, model: Model, *, eps: float, steps: int = 10, step_size: float | None = None,
-                 decay: float = 1.0, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        eps: float,
+        steps: int = 10,
+        step_size: float | None = None,
+        decay: float = 1.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, eps=eps, steps=steps, step_size=step_size, bounds=bounds, seed=seed)
         if not float(decay) >= 0:
             raise ValueError(f"decay must be >= 0, got {decay!r}")

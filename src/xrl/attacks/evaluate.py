@@ -10,12 +10,13 @@ Example::
     curves = return_under_attack(model, ["fgsm", "pgd"], [0, 0.01, 0.02], episodes=50)
     curves["pgd"][1]["mean_return"]       # at eps = 0.01
 """
+
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -50,7 +51,7 @@ def return_under_attack(
     eps = [float(e) for e in eps]
     if not eps or any(not e >= 0 for e in eps):
         raise ValueError(f"eps must be a non-empty list of radii >= 0, got {eps}")
-    recorded = (model.info.get("env") or {})
+    recorded = model.info.get("env") or {}
     env = env or recorded.get("name")
     if env is None:
         raise ValueError("the agent records no env; pass env= (a registered env name)")
@@ -63,15 +64,17 @@ def return_under_attack(
             for e in eps:
                 attack = get_attack(name, model, eps=e, **dict(attack_settings.get(name, {})))
                 bar.set_postfix(attack=name, eps=e)
-                score = evaluate(model, env, settings, episodes=episodes, seed=seed, perturb=attack,
-                                 progress=False, batch=batch)
+                score = evaluate(
+                    model, env, settings, episodes=episodes, seed=seed, perturb=attack, progress=False, batch=batch
+                )
                 out[name].append({"eps": e, **score})
                 bar.update(1)
     return out
 
 
-def write_attack_results(results: Mapping[str, list[dict]], out: str | os.PathLike, *,
-                         agents: Mapping[str, Mapping] | None = None) -> Path:
+def write_attack_results(
+    results: Mapping[str, list[dict]], out: str | os.PathLike, *, agents: Mapping[str, Mapping] | None = None
+) -> Path:
     """``attacks.json`` (every figure) and ``attacks.csv`` (one row per attack and eps) in ``out``;
     ``results`` may also be ``{agent: {attack: [...]}}`` with ``agents`` naming their sources."""
     out = Path(out)
@@ -85,6 +88,7 @@ def write_attack_results(results: Mapping[str, list[dict]], out: str | os.PathLi
         for agent, per_attack in table.items():
             for attack, rows in per_attack.items():
                 for r in rows:
-                    writer.writerow([agent, attack, r["eps"], r["mean_return"], r["std_return"],
-                                     r["success_rate"], r["episodes"]])
+                    writer.writerow(
+                        [agent, attack, r["eps"], r["mean_return"], r["std_return"], r["success_rate"], r["episodes"]]
+                    )
     return out

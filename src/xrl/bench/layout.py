@@ -3,6 +3,7 @@ job's files live, whether a job is done, which states go to the gallery, and rea
 maps. Shared by the runner (writes), :mod:`xrl.bench.results` (merges) and :mod:`xrl.report`
 (reads), so none of them imports another for these.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,11 @@ from xrl.bench.spec import Job, Spec
 def job_paths(out: Path, job: Job) -> dict[str, Path]:
     """A job's result JSON, maps ``.npz`` and error JSON under ``out/jobs/<agent>/seed<s>/``."""
     stem = Path(out) / "jobs" / job.agent / f"seed{job.seed}" / job.method
-    return {"json": stem.with_suffix(".json"), "npz": stem.with_suffix(".npz"),
-            "error": stem.with_name(stem.name + ".error.json")}
+    return {
+        "json": stem.with_suffix(".json"),
+        "npz": stem.with_suffix(".npz"),
+        "error": stem.with_name(stem.name + ".error.json"),
+    }
 
 
 def data_path(out: Path, spec: Spec, agent: str, seed: int) -> Path:
@@ -50,10 +54,13 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a job's ``.npz`` (read whole, so no file handle stays open; never unpickled).
     A damaged file is named in a ``ValueError``."""
     import zipfile
+
     blob = Path(path).read_bytes()  # a missing file: FileNotFoundError with its path
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
-        raise ValueError(f"{path} is not a readable job file ({type(err).__name__}: {err}); delete it and run "
-                         "`xrl bench` again to recompute the job") from None
+        raise ValueError(
+            f"{path} is not a readable job file ({type(err).__name__}: {err}); delete it and run "
+            "`xrl bench` again to recompute the job"
+        ) from None

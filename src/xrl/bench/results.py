@@ -17,6 +17,7 @@
 ``results.csv``: one row per (agent, seed, method) with the means of every column.
 NaN (undefined) is written as null in JSON and as an empty cell in CSV.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,12 +58,25 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
         if g is None:
             agent = next(a for a in spec.agents if a.name == job.agent)
             g = by_group[(job.agent, job.seed)] = {
-                "agent": job.agent, "env": agent.env, "seed": job.seed,
+                "agent": job.agent,
+                "env": agent.env,
+                "seed": job.seed,
                 "data": _relative(data_path(out, spec, job.agent, job.seed), out),
-                "rows": None, "gallery_rows": None, "methods": [], "columns": [],
-                "higher_is_better": {}, "categories": {}, "means": {}, "values": {}, "skipped": {},
-                "curves": {}, "seconds": {}, "seconds_by_step": {}, "maps": {},
-                "not_run": spec.not_run.get(job.agent, {})}
+                "rows": None,
+                "gallery_rows": None,
+                "methods": [],
+                "columns": [],
+                "higher_is_better": {},
+                "categories": {},
+                "means": {},
+                "values": {},
+                "skipped": {},
+                "curves": {},
+                "seconds": {},
+                "seconds_by_step": {},
+                "maps": {},
+                "not_run": spec.not_run.get(job.agent, {}),
+            }
             groups.append(g)
         paths = job_paths(out, job)
         if is_done(out, job):
@@ -91,11 +105,17 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
             if g["rows"] is not None:
                 g["gallery_rows"] = [g["rows"][i] for i in gallery_positions(len(g["rows"]), spec.gallery)]
     n = len(spec.jobs())
-    doc = {"format": FORMAT, "spec": spec.resolved(), "spec_text": spec.text, "versions": versions(),
-           "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-           "jobs": {"total": n, "done": n - len(failed) - len(missing), "failed": len(failed),
-                    "missing": len(missing)},
-           "failed": failed, "missing": missing, "groups": groups}
+    doc = {
+        "format": FORMAT,
+        "spec": spec.resolved(),
+        "spec_text": spec.text,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "jobs": {"total": n, "done": n - len(failed) - len(missing), "failed": len(failed), "missing": len(missing)},
+        "failed": failed,
+        "missing": missing,
+        "groups": groups,
+    }
     write_json(out / "results.json", doc)
     columns = list(dict.fromkeys(c for g in groups for c in g["columns"]))
     with atomic_path(out / "results.csv") as tmp:
@@ -104,8 +124,7 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
             w.writerow(["agent", "env", "seed", "method", *columns])
             for g in groups:
                 for m in g["methods"]:
-                    w.writerow([g["agent"], g["env"], g["seed"], m,
-                                *(_cell(g["means"][m].get(c)) for c in columns)])
+                    w.writerow([g["agent"], g["env"], g["seed"], m, *(_cell(g["means"][m].get(c)) for c in columns)])
     return doc
 
 
@@ -125,8 +144,9 @@ def load_results(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     path = folder / "results.json" if folder.is_dir() else folder
     if not path.exists():
-        raise FileNotFoundError(f"no results.json in {folder}; expected the folder written by "
-                                "`xrl bench SPEC --out FOLDER`")
+        raise FileNotFoundError(
+            f"no results.json in {folder}; expected the folder written by `xrl bench SPEC --out FOLDER`"
+        )
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -142,5 +162,12 @@ def load_results(folder: str | os.PathLike) -> dict:
 def group_table(g: dict) -> str:
     """The plain-text table of one (agent, seed) group, best per column marked (``Evaluation.table``)."""
     from xrl.evaluation import Evaluation
-    return Evaluation(g["methods"], g["columns"], g["higher_is_better"], values=g["values"],
-                      skipped=g["skipped"], rows=g["rows"] or []).table()
+
+    return Evaluation(
+        g["methods"],
+        g["columns"],
+        g["higher_is_better"],
+        values=g["values"],
+        skipped=g["skipped"],
+        rows=g["rows"] or [],
+    ).table()

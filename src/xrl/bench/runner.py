@@ -14,6 +14,7 @@ states, plus the mean deletion/insertion curves. Jobs are functions of their inp
 thread each, seeded methods), so the results do not depend on where or in which order they run;
 only ``cost`` metrics (wall time) differ from run to run.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,9 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -57,8 +58,16 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
             others = {k: v for k, v in job.metrics.items() if k not in shared} or job.metrics
             if others is job.metrics:
                 shared = []  # only curve metrics: evaluate scores them, the curves are computed apart
-            ev = evaluate(model, ds, {job.method: job.settings}, others, n_states=job.n_states,
-                          seed=job.seed, saliency=saliency, progress=False)
+            ev = evaluate(
+                model,
+                ds,
+                {job.method: job.settings},
+                others,
+                n_states=job.n_states,
+                seed=job.seed,
+                saliency=saliency,
+                progress=False,
+            )
             rows = np.asarray(ev.rows)
             maps = saliency[job.method]  # (n, H, W)
             steps = ev.seconds.setdefault(job.method, {})  # explain + each metric
@@ -67,8 +76,9 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
                 if name in job.metrics:
                     curves[name] = _curve(ev, name, job, model, ds, rows, maps, steps, score=name in shared)
             if shared:  # columns in the spec's metric order, as evaluate gives them
-                ev.columns = [c for name in job.metrics for c in ev.columns + shared
-                              if c == name or c.startswith(f"{name}.")]
+                ev.columns = [
+                    c for name in job.metrics for c in ev.columns + shared if c == name or c.startswith(f"{name}.")
+                ]
             steps = dict(steps)
         pick = gallery_positions(len(rows), job.gallery)
         arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
@@ -76,10 +86,16 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
             arrays.update(saliency=maps.numpy(), rows=rows)
         result = {
             "job": {**asdict(job), "id": job.id, "key": job.key},
-            "rows": ev.rows, "columns": ev.columns, "higher_is_better": ev.higher_is_better,
+            "rows": ev.rows,
+            "columns": ev.columns,
+            "higher_is_better": ev.higher_is_better,
             "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
-            "values": ev.values[job.method], "means": ev.means()[job.method], "skipped": ev.skipped,
-            "curves": curves, "seconds": time.perf_counter() - started, "seconds_by_step": steps,
+            "values": ev.values[job.method],
+            "means": ev.means()[job.method],
+            "skipped": ev.skipped,
+            "curves": curves,
+            "seconds": time.perf_counter() - started,
+            "seconds_by_step": steps,
             "worker": {"host": socket.gethostname(), "pid": os.getpid()},
         }
         return {"result": result, "arrays": arrays}
@@ -87,8 +103,17 @@ def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
         torch.set_num_threads(threads)
 
 
-def _curve(ev, name: str, job: Job, model: Model, ds: StateDataset, rows: np.ndarray, maps: torch.Tensor,
-           steps: dict, score: bool) -> dict:
+def _curve(
+    ev,
+    name: str,
+    job: Job,
+    model: Model,
+    ds: StateDataset,
+    rows: np.ndarray,
+    maps: torch.Tensor,
+    steps: dict,
+    score: bool,
+) -> dict:
     """The mean curve of deletion/insertion metric ``name`` over the job's states; with ``score``
     also its per-state values (the AUC of each state's curve, what ``metric.compute`` returns) put
     into ``ev``, so the curve is computed once. Chunks of 64 states as :func:`evaluate` scores
@@ -98,8 +123,10 @@ def _curve(ev, name: str, job: Job, model: Model, ds: StateDataset, rows: np.nda
     metric = get_metric(name, **job.metrics[name])
     states = ds.states(rows)
     targets = torch.as_tensor(ds.actions[rows], dtype=torch.long)
-    parts = [metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])
-             for part in chunks(len(rows), 64)]
+    parts = [
+        metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])
+        for part in chunks(len(rows), 64)
+    ]
     x, y = parts[0][0], torch.cat([scores for _, scores in parts])
     steps[f"{name} curve"] = time.perf_counter() - started
     if score:
@@ -122,8 +149,10 @@ def save_job(out: Path, job: Job, output: dict) -> None:
 
 
 def save_error(out: Path, job: Job, error: str, trace: str) -> None:
-    write_json(job_paths(out, job)["error"], {"job": {**asdict(job), "id": job.id, "key": job.key},
-                                               "error": error, "traceback": trace})
+    write_json(
+        job_paths(out, job)["error"],
+        {"job": {**asdict(job), "id": job.id, "key": job.key}, "error": error, "traceback": trace},
+    )
 
 
 def _guarded(job: Job, model: Model, data) -> dict:
@@ -179,21 +208,36 @@ def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> P
 
     for agent in spec.agents:  # collect the states once per (agent, seed); resumable
         for seed in spec.seeds if agent.data is None else ():
-            collect(spec.models[agent.name], episodes=agent.episodes,
-                    out=data_path(out, spec, agent.name, seed), env=agent.env,
-                    env_settings=agent.env_settings, seed=seed, max_steps=agent.max_steps,
-                    sample=agent.sample, progress=progress)
+            collect(
+                spec.models[agent.name],
+                episodes=agent.episodes,
+                out=data_path(out, spec, agent.name, seed),
+                env=agent.env,
+                env_settings=agent.env_settings,
+                seed=seed,
+                max_steps=agent.max_steps,
+                sample=agent.sample,
+                progress=progress,
+            )
 
     jobs = spec.jobs()
     todo = [j for j in jobs if not is_done(out, j)]
     if progress:
-        print(f"xrl bench {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
-              f"{len(todo)} to run ({'on Ray' if ray is not None else f'in {processes} processes' if processes and processes > 1 else 'in process'}) -> {out}")
+        print(
+            f"xrl bench {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
+            f"{len(todo)} to run ({'on Ray' if ray is not None else f'in {processes} processes' if processes and processes > 1 else 'in process'}) -> {out}"
+        )
     failed = 0
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="job", desc=f"bench {spec.name}",
-              disable=not progress) as bar:
-        run = _on_ray(ray, workers) if ray is not None else \
-            _in_processes(min(processes, len(todo))) if processes and processes > 1 and len(todo) > 1 else _in_process
+    with tqdm(
+        total=len(jobs), initial=len(jobs) - len(todo), unit="job", desc=f"bench {spec.name}", disable=not progress
+    ) as bar:
+        run = (
+            _on_ray(ray, workers)
+            if ray is not None
+            else _in_processes(min(processes, len(todo)))
+            if processes and processes > 1 and len(todo) > 1
+            else _in_process
+        )
         for job, output in run(todo, spec, out):
             if "error" in output:
                 failed += 1
@@ -201,12 +245,15 @@ def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> P
             else:
                 save_job(out, job, output)
             bar.update(1)
-            bar.set_postfix_str(f"{job.id} {'FAILED' if 'error' in output else 'done'}"
-                                + (f", {failed} failed" if failed else ""))
+            bar.set_postfix_str(
+                f"{job.id} {'FAILED' if 'error' in output else 'done'}" + (f", {failed} failed" if failed else "")
+            )
     merge(spec, out)
     if progress:
-        print(f"wrote {out}/results.json and results.csv" + (f"; {failed} job(s) failed (see "
-                                                               "results.json)" if failed else ""))
+        print(
+            f"wrote {out}/results.json and results.csv"
+            + (f"; {failed} job(s) failed (see results.json)" if failed else "")
+        )
     return out
 
 
@@ -218,28 +265,41 @@ def _in_process(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, d
 def _in_processes(n: int) -> Callable:
     """Jobs in ``n`` fresh local processes (spawned: no state inherited from this one), yielded
     as they finish; the longest kinds of job start first so the last ones to finish are short."""
+
     def run(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         order = sorted(todo, key=lambda j: SLOW_FIRST.index(j.method) if j.method in SLOW_FIRST else len(SLOW_FIRST))
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start) as pool:
-            running = {pool.submit(_guarded, job, spec.models[job.agent], data_path(out, spec, job.agent, job.seed)): job
-                       for job in order}
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start) as pool:
+            running = {
+                pool.submit(_guarded, job, spec.models[job.agent], data_path(out, spec, job.agent, job.seed)): job
+                for job in order
+            }
             for done in as_completed(running):
                 yield running[done], done.result()
+
     return run
 
 
 #: jobs started first by :func:`_in_processes` (the slowest methods of the quick bench)
-SLOW_FIRST = ("extremal_perturbation", "rise", "lime", "greydanus", "occlusion", "sarfa", "rexl",
-              "integrated_gradients", "smoothgrad")
+SLOW_FIRST = (
+    "extremal_perturbation",
+    "rise",
+    "lime",
+    "greydanus",
+    "occlusion",
+    "sarfa",
+    "rexl",
+    "integrated_gradients",
+    "smoothgrad",
+)
 
 
 def _worker_start() -> None:
     """A worker process: xrl's allocator settings, as the ``xrl`` command has them."""
     from xrl.ops import tune_malloc
+
     tune_malloc()
 
 
@@ -248,13 +308,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--ray takes 'auto' or a cluster address host:port (or ray://host:port), "
-                         f"got {address!r}")
+        raise ValueError(f"--ray takes 'auto' or a cluster address host:port (or ray://host:port), got {address!r}")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        raise ValueError(f"no Ray cluster reachable at {address} ({err}); start one with "
-                         "`ray start --head` or use --ray auto for a local one") from None
+        raise ValueError(
+            f"no Ray cluster reachable at {address} ({err}); start one with "
+            "`ray start --head` or use --ray auto for a local one"
+        ) from None
 
 
 def start_local_ray(workers: int | None = None, **kwargs) -> None:
@@ -264,8 +325,15 @@ def start_local_ray(workers: int | None = None, **kwargs) -> None:
     time other programs do not use, so a local Ray would lose to an in-process run on a busy
     machine."""
     import ray
-    ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _system_config={"worker_niceness": 0}, **kwargs)
+
+    ray.init(
+        num_cpus=workers or os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _system_config={"worker_niceness": 0},
+        **kwargs,
+    )
 
 
 def _local_copy(blob: bytes, digest: str) -> Path:
@@ -283,6 +351,7 @@ def _remote_job(job: Job, model: Model, blob: bytes, digest: str) -> dict:
 
 def _on_ray(address: str, workers: int | None) -> Callable:
     import hashlib
+
     try:
         import ray
     except ImportError:

@@ -27,6 +27,7 @@ Format (every key but ``[[agents]]`` optional; see ``docs/bench.md``)::
 (:class:`SpecError`), before anything runs: unknown keys and names, wrong types, settings a
 method or metric refuses, an agent trained on another env, a dataset of another env.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,19 @@ from xrl.agents.model import Model
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
-_TOP = {"name", "seeds", "n_states", "threads", "gallery", "store_saliency", "methods", "metrics",
-        "agents", "method_settings", "metric_settings"}
+_TOP = {
+    "name",
+    "seeds",
+    "n_states",
+    "threads",
+    "gallery",
+    "store_saliency",
+    "methods",
+    "metrics",
+    "agents",
+    "method_settings",
+    "metric_settings",
+}
 _AGENT = {"name", "agent", "env", "env_settings", "data", "episodes", "max_steps", "sample"}
 
 
@@ -129,18 +141,41 @@ class Spec:
 
     def jobs(self) -> list[Job]:
         """The grid, agents × seeds × methods, in that order."""
-        return [Job(a.name, s, m, self.methods[m], self.metrics, self.n_states, self.threads,
-                    self.gallery, self.store_saliency, asdict(a), self.networks.get(a.name, {}).get(m, ""))
-                for a in self.agents for s in self.seeds for m in self.methods
-                if m not in self.not_run.get(a.name, {})]
+        return [
+            Job(
+                a.name,
+                s,
+                m,
+                self.methods[m],
+                self.metrics,
+                self.n_states,
+                self.threads,
+                self.gallery,
+                self.store_saliency,
+                asdict(a),
+                self.networks.get(a.name, {}).get(m, ""),
+            )
+            for a in self.agents
+            for s in self.seeds
+            for m in self.methods
+            if m not in self.not_run.get(a.name, {})
+        ]
 
     def resolved(self) -> dict:
         """The spec with every choice made (JSON), as recorded in the results."""
-        return {"name": self.name, "seeds": self.seeds, "n_states": self.n_states,
-                "threads": self.threads, "gallery": self.gallery,
-                "store_saliency": self.store_saliency, "agents": [asdict(a) for a in self.agents],
-                "methods": self.methods, "metrics": self.metrics, "not_run": self.not_run,
-                "networks": self.networks}
+        return {
+            "name": self.name,
+            "seeds": self.seeds,
+            "n_states": self.n_states,
+            "threads": self.threads,
+            "gallery": self.gallery,
+            "store_saliency": self.store_saliency,
+            "agents": [asdict(a) for a in self.agents],
+            "methods": self.methods,
+            "metrics": self.metrics,
+            "not_run": self.not_run,
+            "networks": self.networks,
+        }
 
 
 def _is_word(name) -> bool:
@@ -158,8 +193,9 @@ def find_spec(name_or_path: str | os.PathLike) -> Path:
     if shipped.is_file():
         return shipped
     known = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.toml")))
-    raise FileNotFoundError(f"no spec file {str(name_or_path)!r} and no shipped spec of that name; "
-                            f"shipped specs: {known}")
+    raise FileNotFoundError(
+        f"no spec file {str(name_or_path)!r} and no shipped spec of that name; shipped specs: {known}"
+    )
 
 
 def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> Spec:
@@ -175,8 +211,9 @@ def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> 
     return parse_spec(data, text=text, path=path, load_weights=load_weights)
 
 
-def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike | None = None,
-               load_weights: bool = True) -> Spec:
+def parse_spec(
+    data: dict, *, text: str | None = None, path: str | os.PathLike | None = None, load_weights: bool = True
+) -> Spec:
     """Check a spec given as a dict (what ``tomllib`` reads); ``text`` locates problems by line.
 
     ``load_weights=False`` checks it without reading any agent's weights (nothing in an agent file
@@ -200,8 +237,7 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
     if not _is_word(name):
         bad(("name",), f"name must be a word (letters, digits, _ . -, not only dots), got {name!r}")
     seeds = data.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds)
-            and len(set(seeds)) == len(seeds)):
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds) and len(set(seeds)) == len(seeds)):
         bad(("seeds",), f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
         seeds = [0]
     numbers = {}
@@ -228,9 +264,16 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
         bad(("agents",), "expected at least one [[agents]] table naming an agent")
         raw_agents = []
     for i, raw in enumerate(raw_agents):
-        agent = _agent(raw, i, base, bad, models, loaded, labels_needed=[
-            m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"],
-            load_weights=load_weights)
+        agent = _agent(
+            raw,
+            i,
+            base,
+            bad,
+            models,
+            loaded,
+            labels_needed=[m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"],
+            load_weights=load_weights,
+        )
         if agent is not None:
             if agent.name in {a.name for a in agents}:
                 bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
@@ -257,8 +300,10 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
                     not_run[agent_name][m] = str(err)
                     continue
                 if m in method_settings:
-                    bad(_setting_place("method_settings", m, method_settings[m], err),
-                        f"method {m!r} refuses its settings: {err}")
+                    bad(
+                        _setting_place("method_settings", m, method_settings[m], err),
+                        f"method {m!r} refuses its settings: {err}",
+                    )
                 else:
                     bad(("methods",), f"method {m!r} cannot explain agent {agent_name or ''!r}: {err}")
                 break
@@ -266,17 +311,29 @@ def parse_spec(data: dict, *, text: str | None = None, path: str | os.PathLike |
         try:
             get_metric(m, **metric_settings.get(m, {}))
         except (TypeError, ValueError, FileNotFoundError) as err:
-            bad(_setting_place("metric_settings", m, metric_settings.get(m, {}), err),
-                f"metric {m!r} refuses its settings: {err}")
+            bad(
+                _setting_place("metric_settings", m, metric_settings.get(m, {}), err),
+                f"metric {m!r} refuses its settings: {err}",
+            )
 
     if problems:  # in the order of the file
         raise SpecError(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))
-    return Spec(name=name, seeds=list(seeds), n_states=numbers["n_states"], threads=numbers["threads"],
-                gallery=numbers["gallery"], store_saliency=store, agents=agents,
-                methods={m: method_settings.get(m, {}) for m in methods},
-                metrics={m: metric_settings.get(m, {}) for m in metrics},
-                not_run=not_run, networks={a: n for a, n in networks.items() if n}, text=text,
-                path=str(path) if path else None, models=models)
+    return Spec(
+        name=name,
+        seeds=list(seeds),
+        n_states=numbers["n_states"],
+        threads=numbers["threads"],
+        gallery=numbers["gallery"],
+        store_saliency=store,
+        agents=agents,
+        methods={m: method_settings.get(m, {}) for m in methods},
+        metrics={m: metric_settings.get(m, {}) for m in metrics},
+        not_run=not_run,
+        networks={a: n for a, n in networks.items() if n},
+        text=text,
+        path=str(path) if path else None,
+        models=models,
+    )
 
 
 def network_identity(explainer) -> str:
@@ -286,6 +343,7 @@ def network_identity(explainer) -> str:
     when the card's sha256 is the file's (the card belongs to these bytes), else ``sha256:`` and
     the file's own hash (a network without a card, or one overwritten without a new card)."""
     from xrl.artifacts import ArtifactError, read_card, sha256
+
     files = []
     source = getattr(explainer, "network_source", None)
     if isinstance(source, str) and source != "given":
@@ -298,8 +356,9 @@ def network_identity(explainer) -> str:
             card = read_card(f)
         except ArtifactError:
             card = {}
-        ids.append(card["fingerprint"] if card.get("fingerprint") and card.get("sha256") == digest
-                   else f"sha256:{digest[:16]}")
+        ids.append(
+            card["fingerprint"] if card.get("fingerprint") and card.get("sha256") == digest else f"sha256:{digest[:16]}"
+        )
     return ";".join(ids)
 
 
@@ -355,8 +414,11 @@ def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str
     out = {}
     for name, settings in tables.items():
         if name not in selected:
-            bad((key, name), f"settings for {name!r}, which is not among the {key.split('_')[0]}s "
-                             f"run ({', '.join(selected) or 'none'})")
+            bad(
+                (key, name),
+                f"settings for {name!r}, which is not among the {key.split('_')[0]}s "
+                f"run ({', '.join(selected) or 'none'})",
+            )
         elif not isinstance(settings, dict):
             bad((key, name), f"[{key}.{name}] must be a table of settings, got {settings!r}")
         else:
@@ -364,8 +426,9 @@ def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str
     return out
 
 
-def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
-           labels_needed: list[str], load_weights: bool = True) -> AgentSpec | None:
+def _agent(
+    raw: dict, i: int, base: Path, bad, models: dict, loaded: list, labels_needed: list[str], load_weights: bool = True
+) -> AgentSpec | None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.envs import ENVS, make_env
@@ -377,7 +440,7 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
         ok = False
     source = raw.get("agent")
     if not isinstance(source, str) or not source:
-        bad(place, "every [[agents]] table needs agent = \"<zoo name, .zip or .pt path>\"")
+        bad(place, 'every [[agents]] table needs agent = "<zoo name, .zip or .pt path>"')
         return None
     for key, low in (("episodes", 1), ("max_steps", 1)):
         if key in raw and not _is_int(raw[key], low):
@@ -406,7 +469,7 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     trained = (model.info.get("env") or {}).get("name")
     env = raw.get("env", trained)
     if env is None:
-        bad(place, f"agent {raw['agent']!r} does not record its env; add env = \"<name>\"")
+        bad(place, f'agent {raw["agent"]!r} does not record its env; add env = "<name>"')
         return None
     if env not in ENVS:
         bad(place + ("env",), f"unknown env {env!r}; known envs: {', '.join(ENVS.names())}")
@@ -425,14 +488,20 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
                     bad(place + ("data",), f"dataset {data} holds {ds.env['name']!r} states, the agent plays {env!r}")
                     ok = False
                 if tuple(ds.state_shape) != tuple(model.input_shape):
-                    bad(place + ("data",), f"dataset {data} holds states of shape {ds.state_shape}, "
-                                           f"the agent takes {tuple(model.input_shape)}")
+                    bad(
+                        place + ("data",),
+                        f"dataset {data} holds states of shape {ds.state_shape}, "
+                        f"the agent takes {tuple(model.input_shape)}",
+                    )
                     ok = False
                 collected_by, mine = (ds.agent or {}).get("fingerprint"), _fingerprint(model)
                 if collected_by and mine and collected_by != mine:
-                    bad(place + ("data",), f"dataset {data} was collected by another agent ({(ds.agent or {}).get('source')}, "
-                                           f"weights {collected_by}) than {raw['agent']!r} (weights {mine}); its actions are "
-                                           "that agent's: collect this agent's states (leave data out)")
+                    bad(
+                        place + ("data",),
+                        f"dataset {data} was collected by another agent ({(ds.agent or {}).get('source')}, "
+                        f"weights {collected_by}) than {raw['agent']!r} (weights {mine}); its actions are "
+                        "that agent's: collect this agent's states (leave data out)",
+                    )
                     ok = False
                 has_labels = ds.has_labels
             data = str(data_path)
@@ -450,9 +519,12 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
             bad(place + ("env_settings",), f"env {env!r} refuses its settings: {err}")
             ok = False
     if labels_needed and has_labels is False:
-        bad(("metrics",), f"{', '.join(labels_needed)} need ground-truth labels, which agent "
-                          f"{name!r} ({env}) has none of; drop them or use metrics = \"all\" "
-                          "(metrics without data are then reported as skipped)")
+        bad(
+            ("metrics",),
+            f"{', '.join(labels_needed)} need ground-truth labels, which agent "
+            f'{name!r} ({env}) has none of; drop them or use metrics = "all" '
+            "(metrics without data are then reported as skipped)",
+        )
         ok = False
     if not ok:
         return None
@@ -461,11 +533,19 @@ def _agent(raw: dict, i: int, base: Path, bad, models: dict, loaded: list,
     if data is not None:
         stat = Path(data).stat()
         inputs += f";data {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
-    return AgentSpec(name=name, agent=source, env=env, inputs=inputs,
-                     env_settings=dict(env_settings) if env_settings is not None else
-                     dict((model.info.get("env") or {}).get("settings") or {}),
-                     data=data, episodes=raw.get("episodes", 16), max_steps=raw.get("max_steps"),
-                     sample=raw.get("sample", False))
+    return AgentSpec(
+        name=name,
+        agent=source,
+        env=env,
+        inputs=inputs,
+        env_settings=dict(env_settings)
+        if env_settings is not None
+        else dict((model.info.get("env") or {}).get("settings") or {}),
+        data=data,
+        episodes=raw.get("episodes", 16),
+        max_steps=raw.get("max_steps"),
+        sample=raw.get("sample", False),
+    )
 
 
 class _Locator:

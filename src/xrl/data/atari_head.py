@@ -25,6 +25,7 @@ Example::
     fixations = torch.as_tensor(trial.fixations())                       # (S, 210, 160) counts
     nss = xrl.get_metric("nss")(states=states, saliency=saliency, labels=fixations)
 """
+
 from __future__ import annotations
 
 import io
@@ -71,15 +72,26 @@ class Trial:
         indices behind it, oldest first (the last 2 frames of each of ``frame_stack`` skips)."""
         if frame_skip < 2 or frame_stack < 1:
             raise ValueError(f"frame_skip must be >= 2 and frame_stack >= 1, got {frame_skip}, {frame_stack}")
-        return [[t - g * frame_skip - d for g in reversed(range(frame_stack)) for d in (1, 0)
-                 if t - g * frame_skip - d >= 0] for t in range(0, len(self), frame_skip)]
+        return [
+            [
+                t - g * frame_skip - d
+                for g in reversed(range(frame_stack))
+                for d in (1, 0)
+                if t - g * frame_skip - d >= 0
+            ]
+            for t in range(0, len(self), frame_skip)
+        ]
 
     def fixations(self, size: tuple[int, int] = SCREEN, frame_skip: int = 4, frame_stack: int = 4) -> np.ndarray:
         """Fixation counts ``(S, H, W)`` int16 per state: the fixations of its raw frames, at
         ``size`` (default the 210×160 screen; positions scaled to other sizes; a point counts in the
         pixel that holds it)."""
-        return np.stack([fixation_map(np.concatenate([self.gaze[i] for i in frames]), size)
-                         for frames in self.state_frames(frame_skip, frame_stack)])
+        return np.stack(
+            [
+                fixation_map(np.concatenate([self.gaze[i] for i in frames]), size)
+                for frames in self.state_frames(frame_skip, frame_stack)
+            ]
+        )
 
     def states(self, frame_skip: int = 4, frame_stack: int = 4, size: int = 84) -> np.ndarray:
         """Agent states ``(S, frame_stack, size, size)`` uint8 rebuilt from the screens like the
@@ -92,7 +104,7 @@ class Trial:
                 last = t - (frame_stack - 1 - g) * frame_skip
                 if last < 0:
                     continue  # zero padding, as SB3's VecFrameStack at reset
-                pooled = screens[max(last - 1, 0):last + 1].max(0)
+                pooled = screens[max(last - 1, 0) : last + 1].max(0)
                 gray = cv2.cvtColor(pooled, cv2.COLOR_RGB2GRAY)
                 out[s, g] = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
         return out
@@ -129,16 +141,19 @@ def read_labels(path: str | os.PathLike) -> Trial:
     path = Path(path)
     lines = path.read_text().splitlines()
     if not lines or lines[0].strip().split(",") != HEADER:
-        raise ValueError(f"{path}: not an Atari-HEAD label file: the first line must be {','.join(HEADER)!r}, "
-                         f"got {lines[0].strip()[:100] if lines else '(empty file)'!r}")
+        raise ValueError(
+            f"{path}: not an Atari-HEAD label file: the first line must be {','.join(HEADER)!r}, "
+            f"got {lines[0].strip()[:100] if lines else '(empty file)'!r}"
+        )
     columns: dict[str, list] = {k: [] for k in ("ids", "episodes", "scores", "durations", "rewards", "actions", "gaze")}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")]
         if len(cells) < len(HEADER):
-            raise ValueError(f"{path}:{number}: expected {len(HEADER)} or more fields ({','.join(HEADER)}), "
-                             f"got {len(cells)}")
+            raise ValueError(
+                f"{path}:{number}: expected {len(HEADER)} or more fields ({','.join(HEADER)}), got {len(cells)}"
+            )
         try:
             values = [None if c == "null" else int(float(c)) for c in cells[1:6]]
             gaze = [] if cells[6:] == ["null"] else [float(c) for c in cells[6:]]
@@ -154,8 +169,15 @@ def read_labels(path: str | os.PathLike) -> Trial:
         seen = set()
         dup = next(i for i in columns["ids"] if i in seen or seen.add(i))
         raise ValueError(f"{path}: frame id {dup!r} appears twice")
-    return Trial(columns["ids"], columns["episodes"], columns["scores"], columns["durations"],
-                 columns["rewards"], columns["actions"], columns["gaze"])
+    return Trial(
+        columns["ids"],
+        columns["episodes"],
+        columns["scores"],
+        columns["durations"],
+        columns["rewards"],
+        columns["actions"],
+        columns["gaze"],
+    )
 
 
 def read_frames(path: str | os.PathLike, frame_ids: list[str]) -> np.ndarray:
@@ -178,10 +200,14 @@ def _check_match(path: Path, frame_ids: list[str], files: dict) -> None:
     missing = [i for i in frame_ids if i not in files]
     extra = sorted(set(files) - set(frame_ids), key=_frame_number)
     if missing or extra:
-        first = (f"frame id {missing[0]!r} (row {frame_ids.index(missing[0]) + 1}) has no PNG" if missing
-                 else f"{extra[0]}.png is not in the label file")
-        raise ValueError(f"{path} does not match the label file ({len(frame_ids)} frame ids, {len(files)} "
-                         f"PNGs): {first}")
+        first = (
+            f"frame id {missing[0]!r} (row {frame_ids.index(missing[0]) + 1}) has no PNG"
+            if missing
+            else f"{extra[0]}.png is not in the label file"
+        )
+        raise ValueError(
+            f"{path} does not match the label file ({len(frame_ids)} frame ids, {len(files)} PNGs): {first}"
+        )
 
 
 def _decode(path: Path, frame_ids: list[str], read) -> np.ndarray:

@@ -9,13 +9,14 @@ Example::
     model = xrl.load_agent("red-fetch-green")
     path = collect(model, episodes=20, out="runs/rfg.h5")   # the env the agent was trained on
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -63,8 +64,10 @@ def collect(
     episodes are asked); an interrupted one (``<out>.partial``) is resumed.
     """
     if not isinstance(model, Model):
-        raise TypeError(f"collect takes an xrl Model, got {type(model).__name__}; wrap it with "
-                        "xrl.as_model(module, input_shape=...)")
+        raise TypeError(
+            f"collect takes an xrl Model, got {type(model).__name__}; wrap it with "
+            "xrl.as_model(module, input_shape=...)"
+        )
     for arg, value, low in (("episodes", episodes, 1), ("seed", seed, 0), ("max_steps", max_steps, 1)):
         if value is None and arg == "max_steps":
             continue
@@ -80,33 +83,54 @@ def collect(
     }
     created = not out.parent.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out.with_name(out.name + ".lock"), str(out),
-                      "wait for it to finish or choose another out (--out)")
+    lock = FolderLock(
+        out.with_name(out.name + ".lock"), str(out), "wait for it to finish or choose another out (--out)"
+    )
     try:
         with lock:  # one collection at a time into one out
-            return _collect(model, out, meta, name, settings, episodes, seed, max_steps, sample, overwrite,
-                            progress, compression)
+            return _collect(
+                model, out, meta, name, settings, episodes, seed, max_steps, sample, overwrite, progress, compression
+            )
     finally:
         if created and not any(out.parent.iterdir()):
             out.parent.rmdir()  # a collection that failed into a folder it made leaves nothing
 
 
-def _collect(model, out: Path, meta: dict, name: str, settings: dict, episodes: int, seed: int, max_steps,
-             sample: bool, overwrite: bool, progress: bool, compression) -> Path:
+def _collect(
+    model,
+    out: Path,
+    meta: dict,
+    name: str,
+    settings: dict,
+    episodes: int,
+    seed: int,
+    max_steps,
+    sample: bool,
+    overwrite: bool,
+    progress: bool,
+    compression,
+) -> Path:
     if out.exists() and not overwrite:
         with StateDataset.open(out) as done:
             differ = meta_differences(done.meta, meta)
             n_done = done.n_episodes
         if differ:
-            raise ValueError(f"{out} already holds a dataset with another {', '.join(differ)}; "
-                             "pass overwrite=True to replace it or choose another out")
+            raise ValueError(
+                f"{out} already holds a dataset with another {', '.join(differ)}; "
+                "pass overwrite=True to replace it or choose another out"
+            )
         if n_done == episodes:
-            log.warning("%s already exists and is complete (%d episodes); returning it "
-                        "(pass overwrite=True to collect again)", out, n_done)
+            log.warning(
+                "%s already exists and is complete (%d episodes); returning it (pass overwrite=True to collect again)",
+                out,
+                n_done,
+            )
             return out
         if n_done > episodes:
-            raise ValueError(f"{out} already holds {n_done} episodes, more than the {episodes} "
-                             "asked; pass overwrite=True to replace it or choose another out")
+            raise ValueError(
+                f"{out} already holds {n_done} episodes, more than the {episodes} "
+                "asked; pass overwrite=True to replace it or choose another out"
+            )
     extend = out.exists() and not overwrite  # add episodes to the complete file
 
     environment = make_env(name, **settings)
@@ -118,8 +142,9 @@ def _collect(model, out: Path, meta: dict, name: str, settings: dict, episodes: 
             if writer.n_episodes > episodes:
                 writer.truncate(episodes)
             returns = list(writer.episode_returns)
-            with tqdm(total=episodes, initial=writer.n_episodes, unit="episode",
-                      disable=not progress, desc=f"collect {name}") as bar:
+            with tqdm(
+                total=episodes, initial=writer.n_episodes, unit="episode", disable=not progress, desc=f"collect {name}"
+            ) as bar:
                 for i in range(writer.n_episodes, episodes):
                     returns.append(_rollout(model, environment, writer, seed + i, max_steps, sample))
                     bar.update(1)
@@ -149,26 +174,33 @@ def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) ->
     trained = model.info.get("env")
     if not trained:
         if env is None:
-            raise ValueError("no env given and the model does not record the env it was trained "
-                             "on (model.info['env']); pass env='<name>'")
+            raise ValueError(
+                "no env given and the model does not record the env it was trained "
+                "on (model.info['env']); pass env='<name>'"
+            )
         return env, dict(env_settings or {})
     name = trained["name"] if env is None else env
     # settings asked for the agent's own env are laid over the agent's (``--set labels=true``
     # adds ground truth to a v4 Pong agent's settings); for another env they stand alone
     base = dict(trained.get("settings") or {}) if name == trained["name"] else {}
     settings = {**base, **dict(env_settings or {})}
+
     def relevant(d: Mapping) -> dict:  # what the agent sees and does; not the ground truth it gets
         return {k: v for k, v in d.items() if k not in INFO_ONLY_SETTINGS}
 
     try:
         same = json.dumps(relevant(settings), sort_keys=True) == json.dumps(
-            relevant(trained.get("settings") or {}), sort_keys=True)
+            relevant(trained.get("settings") or {}), sort_keys=True
+        )
     except TypeError as err:
         raise ValueError(f"env settings must be JSON-serialisable to be recorded: {err}") from err
     if name != trained["name"] or not same:
         mine, theirs = relevant(trained.get("settings") or {}), relevant(settings)
-        differ = [f"{k}: agent {mine.get(k, '(default)')!r}, asked {theirs.get(k, '(default)')!r}"
-                  for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        differ = [
+            f"{k}: agent {mine.get(k, '(default)')!r}, asked {theirs.get(k, '(default)')!r}"
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        ]
         raise ValueError(
             f"the agent was trained on env {trained['name']!r} with settings "
             f"{trained.get('settings') or {}}, but the collection asks for env {name!r} with "
@@ -183,17 +215,21 @@ def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) ->
 def _check_env(env: gym.Env, model: Model) -> None:
     shape = tuple(env.observation_space.shape or ())
     if shape != model.input_shape:
-        raise ValueError(f"the env's observations {shape} do not match the model's input "
-                         f"{model.input_shape} (channels first, frames stacked on channels)")
+        raise ValueError(
+            f"the env's observations {shape} do not match the model's input "
+            f"{model.input_shape} (channels first, frames stacked on channels)"
+        )
     n = getattr(env.action_space, "n", None)
     if not isinstance(env.action_space, gym.spaces.Discrete) or int(n) != model.n_actions:
-        raise ValueError(f"the env's action space {env.action_space} does not match the model's "
-                         f"{model.n_actions} actions")
+        raise ValueError(
+            f"the env's action space {env.action_space} does not match the model's {model.n_actions} actions"
+        )
 
 
 @torch.inference_mode()
-def _rollout(model: Model, env: gym.Env, writer: StateDatasetWriter, seed: int,
-             max_steps: int | None, sample: bool) -> float:
+def _rollout(
+    model: Model, env: gym.Env, writer: StateDatasetWriter, seed: int, max_steps: int | None, sample: bool
+) -> float:
     """Play one episode, append its steps to ``writer``, commit it; return its return."""
     generator = torch.Generator().manual_seed(seed) if sample else None
     obs, info = env.reset(seed=seed)
@@ -212,8 +248,7 @@ def _rollout(model: Model, env: gym.Env, writer: StateDatasetWriter, seed: int,
         else:
             action = int(scores.argmax())
         # copies: wrappers may reuse their buffers on the next step
-        block.append((obs.copy(), np.array(frame, copy=True), action, scores.numpy(),
-                      info.get("labels")))
+        block.append((obs.copy(), np.array(frame, copy=True), action, scores.numpy(), info.get("labels")))
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         t += 1
@@ -230,7 +265,11 @@ def _append(writer: StateDatasetWriter, block: list[tuple], label_shape: tuple[i
     if all(x is None for x in labels):
         stacked = None
     else:  # steps without ground truth are excluded from scoring
-        stacked = np.stack([np.full(label_shape, EXCLUDED, np.int8) if x is None else np.asarray(x)
-                            for x in labels])
-    writer.append(states=np.stack(states), frames=np.stack(frames), actions=np.asarray(actions),
-                  scores=np.stack(scores), labels=stacked)
+        stacked = np.stack([np.full(label_shape, EXCLUDED, np.int8) if x is None else np.asarray(x) for x in labels])
+    writer.append(
+        states=np.stack(states),
+        frames=np.stack(frames),
+        actions=np.asarray(actions),
+        scores=np.stack(scores),
+        labels=stacked,
+    )

@@ -30,14 +30,16 @@ Example::
         states = ds.states([0, 5, 9])      # (3, C, H, W) float, the model's input
         ds.add_saliency("gradient", maps)  # (N, H, W)
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -55,11 +57,10 @@ META_KEYS = ("env", "agent", "action_names", "collect")
 _ROWS = ("states", "frames", "actions", "scores", "episode", "step", "labels")
 _EPISODES = ("episode_returns", "episode_lengths")
 _EXPECTED = (
-    "expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' "
-    "as written by xrl.data.collect"
+    "expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' as written by xrl.data.collect"
 )
 _CHUNK_BYTES = 1 << 18  # ~256 KiB chunks: reading one state decompresses little
-_COPY_BYTES = 1 << 26   # rows copied at once when merging episodes
+_COPY_BYTES = 1 << 26  # rows copied at once when merging episodes
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def meta_differences(stored: Mapping[str, str], wanted: Mapping[str, Any]) -> li
     """Names in :data:`META_KEYS` whose stored JSON differs from ``wanted`` (plain values). The
     agent's file path is not compared: the same weights (fingerprint) loaded from another place
     (another clone, a copy) are the same agent."""
+
     def comparable(key: str, value: Any) -> Any:
         if key == "agent" and isinstance(value, Mapping):
             return {k: v for k, v in value.items() if k != "source"}
@@ -90,8 +92,7 @@ def meta_differences(stored: Mapping[str, str], wanted: Mapping[str, Any]) -> li
         except (KeyError, TypeError, ValueError):
             return None
 
-    return [k for k in META_KEYS
-            if _json(comparable(k, stored_value(k))) != _json(comparable(k, wanted[k]))]
+    return [k for k in META_KEYS if _json(comparable(k, stored_value(k))) != _json(comparable(k, wanted[k]))]
 
 
 class StateDataset:
@@ -126,23 +127,26 @@ class StateDataset:
         if not path.exists():
             raise FileNotFoundError(f"no dataset file at {path}; {_EXPECTED}")
         if path.is_dir():
-            hint = (" (the folder of an interrupted collection: run the same collect call again "
-                    "to resume it)" if path.suffix == ".partial" else "")
+            hint = (
+                " (the folder of an interrupted collection: run the same collect call again to resume it)"
+                if path.suffix == ".partial"
+                else ""
+            )
             raise ValueError(f"{path} is a folder{hint}; {_EXPECTED}")
         try:
             file = h5py.File(path, "r")
         except OSError as err:
             if not h5py.is_hdf5(path):
                 raise ValueError(f"{path} is not an HDF5 file; {_EXPECTED}") from None
-            raise ValueError(f"{path} cannot be read: truncated or corrupt ({err}); {_EXPECTED}. "
-                             "Collect it again.") from err
+            raise ValueError(
+                f"{path} cannot be read: truncated or corrupt ({err}); {_EXPECTED}. Collect it again."
+            ) from err
         try:
             _check(file, path)
             return cls(path, file)
         except OSError as err:  # HDF5 read errors inside a damaged file
             file.close()
-            raise ValueError(f"{path} is truncated or corrupt ({err}); {_EXPECTED}. "
-                             "Collect it again.") from err
+            raise ValueError(f"{path} is truncated or corrupt ({err}); {_EXPECTED}. Collect it again.") from err
         except BaseException:
             file.close()
             raise
@@ -169,8 +173,10 @@ class StateDataset:
         return self._n
 
     def __repr__(self) -> str:
-        return (f"StateDataset({str(self.path)!r}, env={self.env['name']!r}, rows={self._n}, "
-                f"episodes={self.n_episodes}, saliency={self.saliency_methods})")
+        return (
+            f"StateDataset({str(self.path)!r}, env={self.env['name']!r}, rows={self._n}, "
+            f"episodes={self.n_episodes}, saliency={self.saliency_methods})"
+        )
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -257,9 +263,15 @@ class StateDataset:
         self.saliency(method, [])  # unknown methods fail with the list of stored ones
         return json.loads(self._h5()[f"saliency/{method}"].attrs.get("settings", "{}"))
 
-    def add_saliency(self, method: str, maps: np.ndarray | torch.Tensor, *,
-                     settings: Mapping[str, Any] | None = None, overwrite: bool = False,
-                     compression: str | None = "gzip") -> None:
+    def add_saliency(
+        self,
+        method: str,
+        maps: np.ndarray | torch.Tensor,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        compression: str | None = "gzip",
+    ) -> None:
         """Store ``maps`` ``(N, H, W)`` (one per state, in row order) as ``saliency/<method>``,
         with the explainer's ``settings`` (JSON) so a reader knows how they were made.
 
@@ -273,8 +285,9 @@ class StateDataset:
         maps = np.asarray(maps)
         expected = (self._n, *self.state_shape[1:])
         if maps.shape != expected:
-            raise ValueError(f"saliency maps must have shape {expected} (one (H, W) map per "
-                             f"state, in row order), got {maps.shape}")
+            raise ValueError(
+                f"saliency maps must have shape {expected} (one (H, W) map per state, in row order), got {maps.shape}"
+            )
         if not np.issubdtype(maps.dtype, np.number) or not np.isfinite(maps).all():
             raise ValueError(f"saliency maps must be finite numbers (got dtype {maps.dtype})")
         if method in self.saliency_methods and not overwrite:
@@ -315,12 +328,13 @@ def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
 def _check(file: h5py.File, path: Path) -> None:
     fmt = file.attrs.get("format")
     if fmt != FORMAT:
-        raise ValueError(f"{path} is an HDF5 file but not an xrl StateDataset (format attribute "
-                         f"{fmt!r}); {_EXPECTED}")
+        raise ValueError(f"{path} is an HDF5 file but not an xrl StateDataset (format attribute {fmt!r}); {_EXPECTED}")
     version = int(file.attrs.get("format_version", -1))
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path} is StateDataset format version {version}; this xrl "
-                         f"({__version__}) reads up to {FORMAT_VERSION}: upgrade xrl")
+        raise ValueError(
+            f"{path} is StateDataset format version {version}; this xrl "
+            f"({__version__}) reads up to {FORMAT_VERSION}: upgrade xrl"
+        )
     if not bool(file.attrs.get("complete", False)):
         raise ValueError(f"{path} is an incomplete StateDataset; {_EXPECTED}. Collect it again.")
     missing = [k for k in (*_ROWS[:-1], *_EPISODES) if k not in file]
@@ -332,15 +346,15 @@ def _check(file: h5py.File, path: Path) -> None:
     lengths.update({f"saliency/{k}": v.shape[0] for k, v in file.get("saliency", {}).items()})
     n_episodes = int(file.attrs["n_episodes"])
     if any(r != n for r in lengths.values()) or {file[k].shape[0] for k in _EPISODES} != {n_episodes}:
-        raise ValueError(f"{path} is inconsistent: {n} rows in {n_episodes} episodes, but "
-                         f"dataset lengths {lengths}; {_EXPECTED}")
+        raise ValueError(
+            f"{path} is inconsistent: {n} rows in {n_episodes} episodes, but dataset lengths {lengths}; {_EXPECTED}"
+        )
     for k in lengths:  # read the last row of each: catches a file cut inside its data
         if n:
             file[k][n - 1]
 
 
-def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
-            compression: str | None) -> h5py.Dataset:
+def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, compression: str | None) -> h5py.Dataset:
     """A chunked, compressed dataset of ``shape`` that can grow along its first axis."""
     row_shape = tuple(shape[1:])
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
@@ -348,8 +362,15 @@ def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any,
     if compression not in ("gzip", "lzf", None):
         raise ValueError(f"compression must be 'gzip', 'lzf' or None, got {compression!r}")
     opts = {"compression_opts": 4} if compression == "gzip" else {}
-    return group.create_dataset(name, shape=shape, dtype=dtype, maxshape=(None, *row_shape),
-                                chunks=(chunk_rows, *row_shape), compression=compression, **opts)
+    return group.create_dataset(
+        name,
+        shape=shape,
+        dtype=dtype,
+        maxshape=(None, *row_shape),
+        chunks=(chunk_rows, *row_shape),
+        compression=compression,
+        **opts,
+    )
 
 
 class _Piece(NamedTuple):
@@ -392,8 +413,7 @@ class StateDatasetWriter:
         self.dir = partial_path(out)
         self.compression = compression
         self._n_actions = len(action_names)
-        wanted = {"env": env, "agent": agent, "action_names": list(action_names),
-                  "collect": dict(collect or {})}
+        wanted = {"env": env, "agent": agent, "action_names": list(action_names), "collect": dict(collect or {})}
         try:
             self._meta = {k: _json(wanted[k]) for k in META_KEYS}
         except TypeError as err:
@@ -402,8 +422,9 @@ class StateDatasetWriter:
         if self.dir.exists() and not meta_file.exists():
             # killed before meta.json was in place, it holds at most our hidden temp file
             if not self.dir.is_dir() or any(not p.name.startswith(".") for p in self.dir.iterdir()):
-                raise ValueError(f"{self.dir} exists and is not the folder of an interrupted xrl "
-                                 "collection; move it away")
+                raise ValueError(
+                    f"{self.dir} exists and is not the folder of an interrupted xrl collection; move it away"
+                )
             shutil.rmtree(self.dir)
         if self.dir.exists() and restart:
             shutil.rmtree(self.dir)
@@ -411,10 +432,11 @@ class StateDatasetWriter:
             stored = json.loads(meta_file.read_text())
             differ = meta_differences(stored, wanted)
             if differ:
-                details = "; ".join(f"{k}: stored {stored.get(k)}, asked {self._meta[k]}"
-                                    for k in differ)
-                raise ValueError(f"{self.dir} holds an interrupted collection with other settings "
-                                 f"({details}); delete it or pass overwrite=True to start again")
+                details = "; ".join(f"{k}: stored {stored.get(k)}, asked {self._meta[k]}" for k in differ)
+                raise ValueError(
+                    f"{self.dir} holds an interrupted collection with other settings "
+                    f"({details}); delete it or pass overwrite=True to start again"
+                )
         else:
             self.dir.mkdir(parents=True)
             write_json(meta_file, self._meta)
@@ -437,8 +459,9 @@ class StateDatasetWriter:
         found = {}
         for path in self.dir.glob("[0-9]*.h5"):
             with h5py.File(path, "r") as file:
-                found[int(path.stem)] = _Piece(path, int(path.stem), file["episode_returns"][()],
-                                               file["episode_lengths"][()])
+                found[int(path.stem)] = _Piece(
+                    path, int(path.stem), file["episode_returns"][()], file["episode_lengths"][()]
+                )
         pieces, first = [], 0
         while first in found:
             pieces.append(found.pop(first))
@@ -483,14 +506,23 @@ class StateDatasetWriter:
             if piece.first + len(piece.returns) <= n_episodes:
                 keep.append(piece)
             elif piece.first < n_episodes:
-                raise ValueError(f"{piece.path} holds episodes {piece.first}.."
-                                 f"{piece.first + len(piece.returns) - 1}; cannot keep {n_episodes}")
+                raise ValueError(
+                    f"{piece.path} holds episodes {piece.first}.."
+                    f"{piece.first + len(piece.returns) - 1}; cannot keep {n_episodes}"
+                )
             else:
                 piece.path.unlink()
         self._pieces = keep
 
-    def append(self, *, states: np.ndarray, frames: np.ndarray, actions: np.ndarray,
-               scores: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def append(
+        self,
+        *,
+        states: np.ndarray,
+        frames: np.ndarray,
+        actions: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> None:
         """Add ``T`` steps to the current episode.
 
         ``states (T, C, H, W)`` uint8, ``frames (T, h, w, 3)`` uint8, ``actions (T,)`` integers,
@@ -519,19 +551,21 @@ class StateDatasetWriter:
         elif layout is not None and "labels" in layout:
             data["labels"] = np.full((n, *states.shape[2:]), EXCLUDED, dtype=np.int8)
         if layout is not None and "labels" in data and "labels" not in layout:
-            raise ValueError("labels appeared after steps without any; an env must give "
-                             "info['labels'] from the first step or never")
+            raise ValueError(
+                "labels appeared after steps without any; an env must give info['labels'] from the first step or never"
+            )
         bad = {k: v.shape for k, v in data.items() if len(v) != n}
         if bad or data["scores"].shape[1:] != (self._n_actions,):
-            raise ValueError(f"every array needs {n} rows and scores (T, K={self._n_actions}); "
-                             f"got {bad or data['scores'].shape}")
+            raise ValueError(
+                f"every array needs {n} rows and scores (T, K={self._n_actions}); got {bad or data['scores'].shape}"
+            )
         if "labels" in data and data["labels"].shape[1:] != states.shape[2:]:
-            raise ValueError(f"labels must be (T, H, W) = (T, {states.shape[2]}, {states.shape[3]}), "
-                             f"got {data['labels'].shape}")
+            raise ValueError(
+                f"labels must be (T, H, W) = (T, {states.shape[2]}, {states.shape[3]}), got {data['labels'].shape}"
+            )
         for name, value in data.items():
             if layout is not None and layout[name] != value.shape[1:]:
-                raise ValueError(f"{name} rows of shape {value.shape[1:]} do not match the "
-                                 f"collection's {layout[name]}")
+                raise ValueError(f"{name} rows of shape {value.shape[1:]} do not match the collection's {layout[name]}")
         self._layout = {k: v.shape[1:] for k, v in data.items()}
         if self._file is None:
             self._file = h5py.File(self._tmp, "w")
@@ -553,8 +587,9 @@ class StateDatasetWriter:
         self._file.close()
         path = self.dir / f"{first:07d}.h5"
         os.replace(self._tmp, path)
-        self._pieces.append(_Piece(path, first, np.array([episode_return], dtype=np.float64),
-                                   np.array([self._rows], dtype=np.int32)))
+        self._pieces.append(
+            _Piece(path, first, np.array([episode_return], dtype=np.float64), np.array([self._rows], dtype=np.int32))
+        )
         self._file, self._rows = None, 0
 
     def finalize(self) -> Path:
@@ -565,15 +600,21 @@ class StateDatasetWriter:
             raise ValueError("no episode was written; nothing to finalize")
         n, n_episodes = self.n_rows, self.n_episodes
         with atomic_path(self.out) as tmp, h5py.File(tmp, "w") as file:
-            file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                               "xrl_version": __version__, "complete": False,
-                               "n_episodes": n_episodes, **self._meta})
+            file.attrs.update(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "xrl_version": __version__,
+                    "complete": False,
+                    "n_episodes": n_episodes,
+                    **self._meta,
+                }
+            )
             with h5py.File(self._pieces[0].path, "r") as first:
                 for name in (*_ROWS, *_EPISODES):
                     if name in first:
                         size = n_episodes if name in _EPISODES else n
-                        _create(file, name, (size, *first[name].shape[1:]), first[name].dtype,
-                                self.compression)
+                        _create(file, name, (size, *first[name].shape[1:]), first[name].dtype, self.compression)
             row = 0
             for piece in self._pieces:
                 with h5py.File(piece.path, "r") as source:

@@ -20,6 +20,7 @@ Example::
     data = make_shapes(1000, size=56, seed=0)
     data.images.shape, data.labels.shape, data.masks.shape   # (1000, 3, 56, 56) uint8, (1000,), (1000, 56, 56)
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -37,7 +38,7 @@ SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 class Shapes(NamedTuple):
     images: np.ndarray  # (N, 3, H, W) uint8
     labels: np.ndarray  # (N,) int64, index into CLASSES
-    masks: np.ndarray   # (N, H, W) bool, the object's pixels
+    masks: np.ndarray  # (N, H, W) bool, the object's pixels
 
 
 def shape_mask(kind: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -45,7 +46,7 @@ def shape_mask(kind: str, size: int, cy: float, cx: float, r: float) -> np.ndarr
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     dy, dx = y - cy, x - cx
     if kind == "circle":
-        return dy ** 2 + dx ** 2 <= r ** 2
+        return dy**2 + dx**2 <= r**2
     if kind == "square":
         return (np.abs(dy) <= 0.8 * r) & (np.abs(dx) <= 0.8 * r)
     if kind == "triangle":  # apex up, base 0.8 r below the centre
@@ -115,7 +116,7 @@ def object_labels(masks: np.ndarray | torch.Tensor) -> torch.Tensor:
 class MultiShapes(NamedTuple):
     images: np.ndarray  # (N, 3, H, W) uint8
     labels: np.ndarray  # (N, C) int64 multi-hot: 1 where an object of the class is present
-    masks: np.ndarray   # (N, C, H, W) bool, each class's object pixels (empty when absent)
+    masks: np.ndarray  # (N, C, H, W) bool, each class's object pixels (empty when absent)
 
 
 def make_multi_shapes(n: int, *, size: int = 32, seed: int = 0, max_objects: int = 3, clutter: int = 6) -> MultiShapes:
@@ -124,8 +125,10 @@ def make_multi_shapes(n: int, *, size: int = 32, seed: int = 0, max_objects: int
     that finds no free place in 50 seeded tries is left out, with its label; the first always fits). A function
     of the arguments, like :func:`make_shapes`."""
     if n < 1 or size < 16 or not 1 <= max_objects <= len(CLASSES):
-        raise ValueError(f"need n >= 1, size >= 16 and 1 <= max_objects <= {len(CLASSES)}, "
-                         f"got n={n!r}, size={size!r}, max_objects={max_objects!r}")
+        raise ValueError(
+            f"need n >= 1, size >= 16 and 1 <= max_objects <= {len(CLASSES)}, "
+            f"got n={n!r}, size={size!r}, max_objects={max_objects!r}"
+        )
     rng = np.random.default_rng(seed)
     k = len(CLASSES)
     images = np.empty((n, 3, size, size), dtype=np.uint8)
@@ -134,7 +137,7 @@ def make_multi_shapes(n: int, *, size: int = 32, seed: int = 0, max_objects: int
     for i in range(n):
         image = _background(rng, size, clutter)
         taken = np.zeros((size, size), dtype=bool)
-        for c in rng.permutation(k)[:rng.integers(1, max_objects + 1)]:
+        for c in rng.permutation(k)[: rng.integers(1, max_objects + 1)]:
             for _ in range(50):
                 r = rng.uniform(0.12, 0.18) * size
                 cy, cx = rng.uniform(r + 1, size - r - 1, size=2)

@@ -4,6 +4,7 @@ Every xrl env gives channels-first uint8 observations in the model's layout, rec
 and settings in ``env.unwrapped.xrl_spec`` (a dict), and, where ground truth exists, puts a
 per-pixel label map in ``info["labels"]`` (see :mod:`xrl.envs.labels`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -90,11 +91,17 @@ __all__ = ["ENVS", "EXTRAS", "FAMILIES", "INFO_ONLY_SETTINGS", "make_env", "env_
 # Env modules register their names on import; each imports its simulator (ale-py, ViZDoom,
 # highway-env, nes-py) only when an env is made. Red-Fetch-Green subclasses MiniGrid's env, so its
 # module imports MiniGrid: it is registered here with a lazy builder instead.
-ENVS.register("red-fetch-green")(lazy_builder(
-    "xrl.envs.fetch", "make_red_fetch_green",
-    "DIGR Red-Fetch-Green: 8×8 MiniGrid room, fetch green, avoid yellow/blue; RGB 64×64 or symbolic; ground truth."))
+ENVS.register("red-fetch-green")(
+    lazy_builder(
+        "xrl.envs.fetch",
+        "make_red_fetch_green",
+        "DIGR Red-Fetch-Green: 8×8 MiniGrid room, fetch green, avoid yellow/blue; RGB 64×64 or symbolic; ground truth.",
+    )
+)
 FAMILIES["red-fetch-green"] = "grid"
-from xrl.envs import atari  # noqa: E402,F401  (registers pong, breakout, ...)
-from xrl.envs import vizdoom  # noqa: E402,F401  (registers vizdoom-basic, vizdoom-defend-the-center)
-from xrl.envs import highway  # noqa: E402,F401  (registers highway-fast)
-from xrl.envs import mario  # noqa: E402,F401  (registers mario)
+from xrl.envs import (  # noqa: E402  (the game modules import the registry above)
+    atari,  # noqa: E402,F401  (registers pong, breakout, ...)
+    highway,  # noqa: E402,F401  (registers highway-fast)
+    mario,  # noqa: E402,F401  (registers mario)
+    vizdoom,  # noqa: E402,F401  (registers vizdoom-basic, vizdoom-defend-the-center)
+)

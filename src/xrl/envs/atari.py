@@ -60,6 +60,7 @@ Example::
     >>> env.render().shape
     (210, 160, 3)
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,8 +86,10 @@ def register_atari(name: str, game: str) -> None:
     GAMES[name] = game
     FAMILIES[name] = "atari"
     builder = functools.partial(make_atari, name)
-    builder.__doc__ = (f"Atari {game} (ALE v5 or NoFrameskip-v4), 84×84 grayscale, frame skip 4, "
-                       "4-frame stack; settings: version, sticky_actions, frame_stack, noop_max, ...")
+    builder.__doc__ = (
+        f"Atari {game} (ALE v5 or NoFrameskip-v4), 84×84 grayscale, frame skip 4, "
+        "4-frame stack; settings: version, sticky_actions, frame_stack, noop_max, ..."
+    )
     ENVS.register(name)(builder)
 
 
@@ -134,8 +137,13 @@ def make_atari(
         sticky_actions = _DEFAULT_STICKY[version]
     if frame_stack_padding is None:
         frame_stack_padding = _DEFAULT_PADDING[version]
-    for key, value in (("sticky_actions", sticky_actions), ("full_action_space", full_action_space),
-                       ("terminal_on_life_loss", terminal_on_life_loss), ("labels", labels), ("infinite", infinite)):
+    for key, value in (
+        ("sticky_actions", sticky_actions),
+        ("full_action_space", full_action_space),
+        ("terminal_on_life_loss", terminal_on_life_loss),
+        ("labels", labels),
+        ("infinite", infinite),
+    ):
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be a bool, got {value!r}")
     for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):
@@ -152,9 +160,7 @@ def make_atari(
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
-        raise ValueError(
-            f"{env_id} is not registered; is ale-py (which ships the ROMs) installed?"
-        ) from err
+        raise ValueError(f"{env_id} is not registered; is ale-py (which ships the ROMs) installed?") from err
 
     env = gym.make(
         env_id,
@@ -167,18 +173,27 @@ def make_atari(
         env = atari_objects.BreakoutInfinite(env)  # frame level: the score is checked every frame
     if version == "v5":
         env = AtariPreprocessing(
-            env, noop_max=noop_max, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
-            terminal_on_life_loss=terminal_on_life_loss, grayscale_obs=True,
+            env,
+            noop_max=noop_max,
+            frame_skip=FRAME_SKIP,
+            screen_size=SCREEN_SIZE,
+            terminal_on_life_loss=terminal_on_life_loss,
+            grayscale_obs=True,
         )  # (84, 84)
     else:
         # SB3 itself, not a re-implementation: its grayscale and FIRE reset differ from gymnasium's.
         from xrl.compat import quiet_old_gym
+
         quiet_old_gym()
         from stable_baselines3.common.atari_wrappers import AtariWrapper
 
         env = AtariWrapper(
-            env, noop_max=noop_max, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
-            terminal_on_life_loss=terminal_on_life_loss, clip_reward=False,
+            env,
+            noop_max=noop_max,
+            frame_skip=FRAME_SKIP,
+            screen_size=SCREEN_SIZE,
+            terminal_on_life_loss=terminal_on_life_loss,
+            clip_reward=False,
         )  # (84, 84, 1)
         env = ReshapeObservation(env, (SCREEN_SIZE, SCREEN_SIZE))
     env = FrameStackObservation(env, frame_stack, padding_type=frame_stack_padding)  # (S, 84, 84)
@@ -186,12 +201,20 @@ def make_atari(
         env = atari_objects.PixelLabels(env, name, frame_stack=frame_stack)
     elif labels:
         env = atari_objects.ObjectLabels(env, name, frame_stack=frame_stack)
-    env.unwrapped.xrl_spec = {"name": name, "settings": {
-        "version": version, "sticky_actions": sticky_actions, "full_action_space": full_action_space,
-        "frame_stack": frame_stack, "noop_max": noop_max,
-        "terminal_on_life_loss": terminal_on_life_loss, "frame_stack_padding": frame_stack_padding,
-        "labels": labels, "infinite": infinite,
-    }}
+    env.unwrapped.xrl_spec = {
+        "name": name,
+        "settings": {
+            "version": version,
+            "sticky_actions": sticky_actions,
+            "full_action_space": full_action_space,
+            "frame_stack": frame_stack,
+            "noop_max": noop_max,
+            "terminal_on_life_loss": terminal_on_life_loss,
+            "frame_stack_padding": frame_stack_padding,
+            "labels": labels,
+            "infinite": infinite,
+        },
+    }
     return env
 
 
@@ -204,7 +227,12 @@ def action_names(env: gym.Env) -> list[str]:
 
 
 for _name, _game in {
-    "pong": "Pong", "breakout": "Breakout", "seaquest": "Seaquest", "ms-pacman": "MsPacman",
-    "enduro": "Enduro", "space-invaders": "SpaceInvaders", "beam-rider": "BeamRider",
+    "pong": "Pong",
+    "breakout": "Breakout",
+    "seaquest": "Seaquest",
+    "ms-pacman": "MsPacman",
+    "enduro": "Enduro",
+    "space-invaders": "SpaceInvaders",
+    "beam-rider": "BeamRider",
 }.items():
     register_atari(_name, _game)

@@ -51,9 +51,11 @@ AtariARI does not map) are excluded, never unimportant.
   a bullet's envelope holds where it is on the newest two screens, and it is excluded where the
   newest screen does not draw it. The shields are excluded (uncertain, as Breakout's bricks).
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -74,9 +76,10 @@ class Box(NamedTuple):
     left: int
     right: int
 
-    def clip(self, rows: tuple[int, int] = (0, SCREEN[0]), columns: tuple[int, int] = (0, SCREEN[1])) -> "Box | None":
-        box = Box(max(self.top, rows[0]), min(self.bottom, rows[1]), max(self.left, columns[0]),
-                  min(self.right, columns[1]))
+    def clip(self, rows: tuple[int, int] = (0, SCREEN[0]), columns: tuple[int, int] = (0, SCREEN[1])) -> Box | None:
+        box = Box(
+            max(self.top, rows[0]), min(self.bottom, rows[1]), max(self.left, columns[0]), min(self.right, columns[1])
+        )
         return box if box.top < box.bottom and box.left < box.right else None
 
 
@@ -97,7 +100,8 @@ def breakout_objects(ram: np.ndarray) -> dict[str, Box]:
     boxes = {
         "player": Box(189, 193, ram[72] - 47, ram[72] - 31).clip(columns=BREAKOUT_COLUMNS),
         "ball": Box(ram[101] + 9, ram[101] + 13, ram[99] - 49, ram[99] - 47).clip((0, 196), BREAKOUT_COLUMNS)
-        if ram[101] else None,
+        if ram[101]
+        else None,
     }
     return {k: v for k, v in boxes.items() if v is not None}
 
@@ -111,8 +115,11 @@ GAMES: dict[str, tuple[Callable[[np.ndarray], dict[str, Box]], tuple[Box, ...]]]
 
 #: MsPacman object -> (RGB colour on screen, RAM address of x, RAM address of y)
 MSPACMAN_OBJECTS = {
-    "player": ((210, 164, 74), 10, 16), "sue": ((180, 122, 48), 6, 12), "inky": ((84, 184, 153), 7, 13),
-    "pinky": ((198, 89, 179), 8, 14), "blinky": ((200, 72, 72), 9, 15),
+    "player": ((210, 164, 74), 10, 16),
+    "sue": ((180, 122, 48), 6, 12),
+    "inky": ((84, 184, 153), 7, 13),
+    "pinky": ((198, 89, 179), 8, 14),
+    "blinky": ((200, 72, 72), 9, 15),
 }
 MSPACMAN_MAZE_ROWS = (0, 172)  # above the lives and fruit shown at the bottom
 
@@ -143,7 +150,7 @@ def envelope_masks(envelopes: list[Box], objects: np.ndarray) -> tuple[np.ndarra
     and object pixels that no envelope explains are uncertain."""
     inside = np.zeros(SCREEN, dtype=bool)
     for box in envelopes:
-        inside[box.top:box.bottom, box.left:box.right] = True
+        inside[box.top : box.bottom, box.left : box.right] = True
     important = objects & inside
     return important, (inside | objects) & ~important
 
@@ -176,11 +183,11 @@ def seaquest_envelopes(ram: np.ndarray) -> dict[str, Box]:
 def seaquest_objects(screen: np.ndarray) -> np.ndarray:
     """Seaquest's object pixels (bool ``(210, 160)``): everything in the sea that is not water."""
     objects = np.zeros(SCREEN, dtype=bool)
-    sea = screen[SEAQUEST_SEA[0]:SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0]:SEAQUEST_COLUMNS[1]]
+    sea = screen[SEAQUEST_SEA[0] : SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0] : SEAQUEST_COLUMNS[1]]
     water = np.zeros(sea.shape[:2], dtype=bool)
     for colour in SEAQUEST_WATER:
         water |= (sea == np.asarray(colour, np.uint8)).all(-1)
-    objects[SEAQUEST_SEA[0]:SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0]:SEAQUEST_COLUMNS[1]] = ~water
+    objects[SEAQUEST_SEA[0] : SEAQUEST_SEA[1], SEAQUEST_COLUMNS[0] : SEAQUEST_COLUMNS[1]] = ~water
     objects[55] = False  # the black line under the surface
     return objects
 
@@ -224,7 +231,7 @@ def space_invaders_objects(screen: np.ndarray) -> np.ndarray:
     objects = (screen != 0).any(-1)
     for colour in (SPACE_INVADERS_YELLOW, SPACE_INVADERS_SHIELD):
         objects &= ~(screen == np.asarray(colour, np.uint8)).all(-1)
-    objects[SPACE_INVADERS_FIELD[1]:] = False
+    objects[SPACE_INVADERS_FIELD[1] :] = False
     rows = slice(*SPACE_INVADERS_SCORE_ROWS)
     objects[rows] &= ~(screen[rows] == np.asarray(SPACE_INVADERS_GREEN, np.uint8)).all(-1)
     return objects
@@ -258,8 +265,13 @@ def to_grid(box: Box, size: tuple[int, int] = (84, 84), margin: int = 0) -> tupl
     return slice(max(top, 0), min(bottom, h)), slice(max(left, 0), min(right, w))
 
 
-def label_map(now: dict[str, Box], before: list[dict[str, Box]] = (), always_excluded: tuple[Box, ...] = (),
-              size: tuple[int, int] = (84, 84), margin: int = 1) -> np.ndarray:
+def label_map(
+    now: dict[str, Box],
+    before: list[dict[str, Box]] = (),
+    always_excluded: tuple[Box, ...] = (),
+    size: tuple[int, int] = (84, 84),
+    margin: int = 1,
+) -> np.ndarray:
     """Labels ``(H, W)`` int8 from the objects on the newest screen and on older ones (module docstring)."""
     labels = np.full(size, UNIMPORTANT, dtype=np.int8)
     for box in always_excluded:
@@ -298,7 +310,7 @@ class ObjectLabels(LabelsInInfo):
         if fresh:
             self.history = []
         labels = label_map(now, self.history, self.always_excluded, self.size, self.margin)
-        self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
+        self.history = ([now] + self.history)[: max(self.frame_stack - 1, 0)]
         return labels
 
 
@@ -322,14 +334,16 @@ class PixelLabels(LabelsInInfo):
         if fresh:
             self.history = []
         labels = object_labels(important, uncertain, self.history, self.size, self.margin)
-        self.history = ([important | uncertain] + self.history)[:max(self.frame_stack - 1, 0)]
+        self.history = ([important | uncertain] + self.history)[: max(self.frame_stack - 1, 0)]
         return labels
 
 
 def breakout_score(ram: np.ndarray) -> int:
     """Breakout's score: RAM 76 (hundreds) and 77 (tens and units), binary-coded decimal."""
+
     def bcd(value: int) -> int:
         return (int(value) >> 4) * 10 + (int(value) & 15)
+
     return bcd(ram[76]) * 100 + bcd(ram[77])
 
 

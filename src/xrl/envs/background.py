@@ -12,9 +12,10 @@ Example::
     >>> from xrl.envs.background import background
     >>> ref = background("vizdoom-basic", steps=500)   # (4, 84, 84) float32 in [0, 1]
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ from xrl.envs import make_env
 from xrl.ops import reference_image
 
 
-def random_observations(name: str, settings: Mapping | None = None, *, steps: int = 2000,
-                        seed: int = 0, every: int = 1) -> np.ndarray:
+def random_observations(
+    name: str, settings: Mapping | None = None, *, steps: int = 2000, seed: int = 0, every: int = 1
+) -> np.ndarray:
     """Observations ``(N, C, H, W)`` uint8 of ``steps`` steps of uniformly random actions (action
     RNG and episode ``i``'s reset seeded from ``seed``), keeping one in ``every``."""
     for key, value in (("steps", steps), ("every", every)):
@@ -47,10 +49,12 @@ def random_observations(name: str, settings: Mapping | None = None, *, steps: in
         env.close()
 
 
-def background(name: str, settings: Mapping | None = None, *, steps: int = 2000, seed: int = 0,
-               every: int = 1) -> torch.Tensor:
+def background(
+    name: str, settings: Mapping | None = None, *, steps: int = 2000, seed: int = 0, every: int = 1
+) -> torch.Tensor:
     """The per-pixel median ``(C, H, W)`` float32 in state units (uint8 / 255) of the env's
     observations under seeded random play (:func:`random_observations`): the same statistic,
     computed by the same code, as VisionMask's ``background`` reference of a dataset."""
-    return reference_image(random_observations(name, settings, steps=steps, seed=seed, every=every),
-                           "background", 255.0)
+    return reference_image(
+        random_observations(name, settings, steps=steps, seed=seed, every=every), "background", 255.0
+    )

@@ -20,6 +20,7 @@ Example::
     env = xrl.make_env("red-fetch-green")
     obs, info = env.reset(seed=0)       # obs (3, 64, 64) uint8, info["labels"] (64, 64) int8
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,8 +59,10 @@ class RedFetchGreenEnv(MiniGridEnv):
         labels: str = "cells",
     ) -> None:
         if labels not in ("cells", "objects"):
-            raise ValueError(f"labels must be 'cells' (whole cells of the agent and the green object) or "
-                             f"'objects' (only the pixels they are drawn on), got {labels!r}")
+            raise ValueError(
+                f"labels must be 'cells' (whole cells of the agent and the green object) or "
+                f"'objects' (only the pixels they are drawn on), got {labels!r}"
+            )
         if labels == "objects" and obs_type != "rgb":
             raise ValueError("labels='objects' marks drawn pixels: it needs obs_type='rgb'")
         if obs_type not in ("rgb", "symbolic"):
@@ -68,8 +71,11 @@ class RedFetchGreenEnv(MiniGridEnv):
             raise ValueError(f"object_type must be one of {sorted(_OBJECTS)}, got {object_type!r}")
         if size < 5:
             raise ValueError(f"size must be at least 5 (walls + room for 4 entities), got {size}")
-        for name, value in (("tile_size", tile_size), ("max_steps", max_steps),
-                            ("render_tile_size", render_tile_size if render_tile_size is not None else 1)):
+        for name, value in (
+            ("tile_size", tile_size),
+            ("max_steps", max_steps),
+            ("render_tile_size", render_tile_size if render_tile_size is not None else 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.obs_type = obs_type
@@ -78,8 +84,13 @@ class RedFetchGreenEnv(MiniGridEnv):
         self.render_tile_size = render_tile_size or tile_size
         super().__init__(
             mission_space=MissionSpace(mission_func=lambda: "pick up the green object"),
-            width=size, height=size, max_steps=max_steps, see_through_walls=True,
-            render_mode="rgb_array", tile_size=tile_size, highlight=False,
+            width=size,
+            height=size,
+            max_steps=max_steps,
+            see_through_walls=True,
+            render_mode="rgb_array",
+            tile_size=tile_size,
+            highlight=False,
         )
         self.action_space = spaces.Discrete(len(ACTION_NAMES))
         side = size * tile_size if obs_type == "rgb" else size
@@ -142,8 +153,8 @@ class RedFetchGreenEnv(MiniGridEnv):
             frame = self.get_frame(False, t)
             empty = Grid.render_tile(None, tile_size=t).astype(frame.dtype)  # as the frame stores it
             for y, x in zip(*np.nonzero(cells == IMPORTANT)):
-                drawn = (frame[y * t:(y + 1) * t, x * t:(x + 1) * t] != empty).any(-1)
-                pixels[y * t:(y + 1) * t, x * t:(x + 1) * t] = np.where(drawn, IMPORTANT, EXCLUDED)
+                drawn = (frame[y * t : (y + 1) * t, x * t : (x + 1) * t] != empty).any(-1)
+                pixels[y * t : (y + 1) * t, x * t : (x + 1) * t] = np.where(drawn, IMPORTANT, EXCLUDED)
         return pixels
 
 
@@ -151,9 +162,14 @@ def make_red_fetch_green(**settings) -> RedFetchGreenEnv:
     """The builder registered as ``red-fetch-green`` (lazily, in :mod:`xrl.envs`, so that MiniGrid
     is imported by the first env, not by ``import xrl``)."""
     env = RedFetchGreenEnv(**settings)
-    resolved = {"size": env.width, "obs_type": env.obs_type, "tile_size": env.tile_size,
-                "object_type": env.object_type, "max_steps": env.max_steps,
-                "render_tile_size": env.render_tile_size}
+    resolved = {
+        "size": env.width,
+        "obs_type": env.obs_type,
+        "tile_size": env.tile_size,
+        "object_type": env.object_type,
+        "max_steps": env.max_steps,
+        "render_tile_size": env.render_tile_size,
+    }
     if env.label_mode != "cells":  # info-only: recorded only when asked for
         resolved["labels"] = env.label_mode
     env.xrl_spec = {"name": "red-fetch-green", "settings": resolved}

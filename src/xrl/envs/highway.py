@@ -22,9 +22,9 @@ excluded; the rest of the road is unimportant.
 Episodes end (terminated) on a crash and are truncated after ``duration`` = 30 s (60 steps).
 Seeding: ``reset(seed=s)`` seeds highway-env's traffic, so seeded rollouts repeat exactly.
 """
+
 from __future__ import annotations
 
-import cv2
 import gymnasium as gym
 import numpy as np
 
@@ -66,7 +66,7 @@ class VehicleLabels(LabelsInInfo):
         # the masks are at observation resolution already: footprint() keeps them as they are
         labels = screens.object_labels(now, np.zeros(size, bool), self.history, size)
         labels[(obs[-1] == LANE_MARKING) & (labels != IMPORTANT)] = EXCLUDED
-        self.history = ([now] + self.history)[:max(self.frame_stack - 1, 0)]
+        self.history = ([now] + self.history)[: max(self.frame_stack - 1, 0)]
         return labels
 
 
@@ -84,12 +84,25 @@ class ChannelsFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
 
 @ENVS.register(NAME)
-def make_highway(*, frame_stack: int = 4, width: int = 128, height: int = 64, scaling: float = 1.75,
-                 policy_frequency: int = 2, duration: int = 30, labels: bool = False) -> gym.Env:
+def make_highway(
+    *,
+    frame_stack: int = 4,
+    width: int = 128,
+    height: int = 64,
+    scaling: float = 1.75,
+    policy_frequency: int = 2,
+    duration: int = 30,
+    labels: bool = False,
+) -> gym.Env:
     """highway-fast (extra highway): grayscale 64×128 road view, 4-frame stack, 5 meta-actions; settings: frame_stack, width, height, scaling, policy_frequency, duration, labels (car pixels)"""
     import_extra("highway_env", "highway", NAME)
-    for key, value in (("frame_stack", frame_stack), ("width", width), ("height", height),
-                       ("policy_frequency", policy_frequency), ("duration", duration)):
+    for key, value in (
+        ("frame_stack", frame_stack),
+        ("width", width),
+        ("height", height),
+        ("policy_frequency", policy_frequency),
+        ("duration", duration),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an int >= 1, got {value!r}")
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or scaling <= 0:
@@ -97,23 +110,40 @@ def make_highway(*, frame_stack: int = 4, width: int = 128, height: int = 64, sc
     if not isinstance(labels, bool):
         raise TypeError(f"labels must be a bool, got {labels!r}")
     config = {
-        "observation": {"type": "GrayscaleObservation", "observation_shape": (width, height),
-                        "stack_size": frame_stack, "weights": list(GRAY_WEIGHTS), "scaling": scaling},
-        "policy_frequency": policy_frequency, "duration": duration,
+        "observation": {
+            "type": "GrayscaleObservation",
+            "observation_shape": (width, height),
+            "stack_size": frame_stack,
+            "weights": list(GRAY_WEIGHTS),
+            "scaling": scaling,
+        },
+        "policy_frequency": policy_frequency,
+        "duration": duration,
         # render() shows what the observation shows, in colour, RENDER_ZOOM times larger
-        "screen_width": width * RENDER_ZOOM, "screen_height": height * RENDER_ZOOM,
+        "screen_width": width * RENDER_ZOOM,
+        "screen_height": height * RENDER_ZOOM,
         "scaling": scaling * RENDER_ZOOM,
     }
-    env = gym.make("highway-fast-v0", config=config, render_mode="rgb_array",
-                   disable_env_checker=True).unwrapped  # no TimeLimit/checker: highway-env truncates itself
+    env = gym.make(
+        "highway-fast-v0", config=config, render_mode="rgb_array", disable_env_checker=True
+    ).unwrapped  # no TimeLimit/checker: highway-env truncates itself
     actions = env.action_type.actions  # index -> name
     env.action_names = tuple(actions[i] for i in range(len(actions)))
     env = ChannelsFirst(env)
     if labels:
         env = VehicleLabels(env, frame_stack=frame_stack)
-    env.unwrapped.xrl_spec = {"name": NAME, "settings": {
-        "frame_stack": frame_stack, "width": width, "height": height, "scaling": float(scaling),
-        "policy_frequency": policy_frequency, "duration": duration, "labels": labels}}
+    env.unwrapped.xrl_spec = {
+        "name": NAME,
+        "settings": {
+            "frame_stack": frame_stack,
+            "width": width,
+            "height": height,
+            "scaling": float(scaling),
+            "policy_frequency": policy_frequency,
+            "duration": duration,
+            "labels": labels,
+        },
+    }
     return env
 
 

@@ -3,6 +3,7 @@
 DIGR (section 4.4) scores saliency against three kinds of pixels: those certainly important for
 the decision, those certainly unimportant, and those whose role is uncertain (left out).
 """
+
 from __future__ import annotations
 
 import gymnasium as gym

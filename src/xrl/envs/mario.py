@@ -27,6 +27,7 @@ the seeded env RNG) are played, since the emulator itself is deterministic. One 
 stage (``stage="1-1"``): the episode terminates when Mario dies or reaches the flag, and is
 truncated after ``max_steps`` steps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,6 +62,7 @@ def patch_nes_py():
     with contextlib.redirect_stderr(io.StringIO()):  # old gym's "unmaintained" notice on import
         nes_py = import_extra("nes_py", "mario", NAME)
     from nes_py import _rom
+
     if _rom.ROM.header.fget is not _int_header:
         _rom.ROM.header = property(_int_header)
     return nes_py
@@ -69,9 +71,11 @@ def patch_nes_py():
 def _int_ram_env(cls: type) -> type:
     """``cls`` (a nes-py env) whose ``ram`` is an :class:`IntRAM` view from construction on (the
     constructor already reads positions from RAM)."""
+
     class IntRAMEnv(cls):
         def _ram_buffer(self):
             return super()._ram_buffer().view(IntRAM)
+
     IntRAMEnv.__name__ = IntRAMEnv.__qualname__ = f"IntRAM{cls.__name__}"
     return IntRAMEnv
 
@@ -81,8 +85,15 @@ class MarioEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60 // FRAME_SKIP}
 
-    def __init__(self, *, stage: str = "1-1", actions: str = "simple", frame_stack: int = 4,
-                 noop_max: int = 30, max_steps: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        stage: str = "1-1",
+        actions: str = "simple",
+        frame_stack: int = 4,
+        noop_max: int = 30,
+        max_steps: int = 5000,
+    ) -> None:
         patch_nes_py()
         smb = import_extra("gym_super_mario_bros.smb_env", "mario", NAME)
         action_sets = import_extra("gym_super_mario_bros.actions", "mario", NAME)
@@ -91,20 +102,31 @@ class MarioEnv(gym.Env):
         world, _, level = stage.partition("-") if isinstance(stage, str) else ("", "", "")
         if not (world.isdigit() and level.isdigit() and 1 <= int(world) <= 8 and 1 <= int(level) <= 4):
             raise ValueError(f"stage must be 'W-S' with world 1..8 and stage 1..4, got {stage!r}")
-        for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0), ("max_steps", max_steps, 1)):
+        for key, value, low in (
+            ("frame_stack", frame_stack, 1),
+            ("noop_max", noop_max, 0),
+            ("max_steps", max_steps, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
         if actions not in ACTION_SETS:
             raise ValueError(f"actions must be one of {sorted(ACTION_SETS)}, got {actions!r}")
         combos = getattr(action_sets, ACTION_SETS[actions])
-        self.stage, self.actions, self.frame_stack, self.noop_max, self.max_steps = stage, actions, frame_stack, noop_max, max_steps
+        self.stage, self.actions, self.frame_stack, self.noop_max, self.max_steps = (
+            stage,
+            actions,
+            frame_stack,
+            noop_max,
+            max_steps,
+        )
         self.nes = _int_ram_env(smb.SuperMarioBrosEnv)(rom_mode="vanilla", target=(int(world), int(level)))
         # the button combinations as NES controller bytes, with nes-py's own button bits
         self.buttons = [sum(JoypadSpace._button_map[b] for b in combo) for combo in combos]
         self.action_names = tuple("+".join(combo) for combo in combos)
         self.action_space = gym.spaces.Discrete(len(self.buttons))
-        self.observation_space = gym.spaces.Box(0, 255, (frame_stack, screens.SCREEN_SIZE, screens.SCREEN_SIZE),
-                                                dtype=np.uint8)
+        self.observation_space = gym.spaces.Box(
+            0, 255, (frame_stack, screens.SCREEN_SIZE, screens.SCREEN_SIZE), dtype=np.uint8
+        )
         self.frames = np.zeros(self.observation_space.shape, dtype=np.uint8)
         self.screen = np.zeros((240, 256, 3), dtype=np.uint8)
         self.t = 0
@@ -161,8 +183,16 @@ class MarioEnv(gym.Env):
 def make_mario(**settings) -> MarioEnv:
     """Super Mario Bros (extra mario), one life on stage 1-1, SIMPLE_MOVEMENT (7 actions); 84×84 gray, 4-frame stack, frame skip 4; settings: stage, actions, frame_stack, noop_max, max_steps"""
     env = MarioEnv(**settings)
-    env.xrl_spec = {"name": NAME, "settings": {"stage": env.stage, "actions": env.actions, "frame_stack": env.frame_stack,
-                                               "noop_max": env.noop_max, "max_steps": env.max_steps}}
+    env.xrl_spec = {
+        "name": NAME,
+        "settings": {
+            "stage": env.stage,
+            "actions": env.actions,
+            "frame_stack": env.frame_stack,
+            "noop_max": env.noop_max,
+            "max_steps": env.max_steps,
+        },
+    }
     return env
 
 

@@ -40,6 +40,7 @@ Example::
     states = batch.reset(rows=torch.tensor([0, 1]), targets=torch.tensor([3, 3]))
     states, rewards, done = batch.step(torch.tensor([10, 24]))   # rewards = -p_3 after masking
 """
+
 from __future__ import annotations
 
 import numbers
@@ -70,8 +71,10 @@ def check_grid(height: int, width: int, grid: int) -> None:
         raise ValueError(f"grid must be a positive integer, got {grid!r}")
     if height % grid or width % grid:
         fits = [k for k in range(2, min(height, width) + 1) if height % k == 0 and width % k == 0]
-        raise ValueError(f"a {height}x{width} image is not divisible into a {grid}x{grid} grid (RExL refuses "
-                         f"rather than resizes what the model sees); grid sizes that fit: {fits}")
+        raise ValueError(
+            f"a {height}x{width} image is not divisible into a {grid}x{grid} grid (RExL refuses "
+            f"rather than resizes what the model sees); grid sizes that fit: {fits}"
+        )
 
 
 def cell_masks(height: int, width: int, grid: int) -> torch.Tensor:
@@ -92,11 +95,25 @@ class MaskingBatch:
     (``score``: softmax, or sigmoid for multi-label models).
     """
 
-    def __init__(self, model: Model, images: torch.Tensor, *, grid: int = 7, noise: str = "uniform",
-                 low: float = 0.0, high: float = 1.0, seed: int = 0, batch_size: int = 256,
-                 mean=None, std=None, score: str = "softmax") -> None:
+    def __init__(
+        self,
+        model: Model,
+        images: torch.Tensor,
+        *,
+        grid: int = 7,
+        noise: str = "uniform",
+        low: float = 0.0,
+        high: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 256,
+        mean=None,
+        std=None,
+        score: str = "softmax",
+    ) -> None:
         if not isinstance(model, Model):
-            raise TypeError(f"the masking MDP takes an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
+            raise TypeError(
+                f"the masking MDP takes an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model"
+            )
         model.check_states(images)
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
@@ -110,7 +127,9 @@ class MaskingBatch:
         self.noise, self.low, self.high = noise, float(low), float(high)
         self.batch_size = int(batch_size)
         if noise == "gaussian":  # the image distribution, per channel (given, or of these images)
-            self.mean = (images.mean(dim=(0, 2, 3)) if mean is None else torch.as_tensor(mean)).view(1, -1, 1, 1).to(images)
+            self.mean = (
+                (images.mean(dim=(0, 2, 3)) if mean is None else torch.as_tensor(mean)).view(1, -1, 1, 1).to(images)
+            )
             self.std = (images.std(dim=(0, 2, 3)) if std is None else torch.as_tensor(std)).view(1, -1, 1, 1).to(images)
         self.generator = torch.Generator().manual_seed(int(seed))
 
@@ -136,8 +155,9 @@ class MaskingBatch:
             raise ValueError(f"rows and targets must be (n,) each, got {tuple(rows.shape)} and {tuple(targets.shape)}")
         k = self.model.n_actions
         if ((targets < 0) | (targets >= k)).any():
-            raise ValueError(f"targets must be class indices in [0, {k}) for a model with {k} outputs, "
-                             f"got {targets.tolist()}")
+            raise ValueError(
+                f"targets must be class indices in [0, {k}) for a model with {k} outputs, got {targets.tolist()}"
+            )
         self.rows, self.targets = rows, targets.to(self.images.device)
         self.original = self.images[rows.to(self.images.device)]
         self.noise_images = self.draw_noise(len(rows)) if noise is None else noise.to(self.original)
@@ -151,8 +171,9 @@ class MaskingBatch:
         """Mask cell ``actions (n,)`` of each episode: ``(states, rewards = -p_c, done)``."""
         actions = torch.as_tensor(actions, dtype=torch.long, device=self.images.device)
         if tuple(actions.shape) != (len(self.rows),) or ((actions < 0) | (actions >= self.n_cells)).any():
-            raise ValueError(f"actions must be ({len(self.rows)},) cell indices in [0, {self.n_cells}), "
-                             f"got {actions.tolist()}")
+            raise ValueError(
+                f"actions must be ({len(self.rows)},) cell indices in [0, {self.n_cells}), got {actions.tolist()}"
+            )
         self.masked[torch.arange(len(actions)), actions] = True
         pixels = (self.masked.to(self.cells.dtype).float() @ self.cells.flatten(1).float()) > 0  # (n, H*W)
         pixels = pixels.view(len(actions), 1, *self.images.shape[-2:])
@@ -163,7 +184,7 @@ class MaskingBatch:
 
     @torch.no_grad()
     def _probs(self, states: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([self.model(states[i:i + self.batch_size]) for i in range(0, len(states), self.batch_size)])
+        out = torch.cat([self.model(states[i : i + self.batch_size]) for i in range(0, len(states), self.batch_size)])
         return class_probability(out, self.targets, self.score)
 
 
@@ -180,8 +201,18 @@ class MaskingEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: Model, images: torch.Tensor, targets: torch.Tensor, *, grid: int = 7,
-                 noise: str = "uniform", low: float = 0.0, high: float = 1.0, score: str = "softmax") -> None:
+    def __init__(
+        self,
+        model: Model,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        grid: int = 7,
+        noise: str = "uniform",
+        low: float = 0.0,
+        high: float = 1.0,
+        score: str = "softmax",
+    ) -> None:
         super().__init__()
         targets = torch.as_tensor(targets, dtype=torch.long)
         if tuple(targets.shape) != (len(images),):
@@ -189,9 +220,12 @@ class MaskingEnv(gym.Env):
         self.batch = MaskingBatch(model, images, grid=grid, noise=noise, low=low, high=high, score=score)
         self.targets = targets
         k = model.n_actions
-        self.observation_space = gym.spaces.Dict({
-            "image": gym.spaces.Box(low, high, shape=tuple(images.shape[1:]), dtype=np.float32),
-            "target": gym.spaces.Box(0.0, 1.0, shape=(k,), dtype=np.float32)})
+        self.observation_space = gym.spaces.Dict(
+            {
+                "image": gym.spaces.Box(low, high, shape=tuple(images.shape[1:]), dtype=np.float32),
+                "target": gym.spaces.Box(0.0, 1.0, shape=(k,), dtype=np.float32),
+            }
+        )
         self.action_space = gym.spaces.Discrete(self.batch.n_cells)
 
     def _obs(self) -> dict:
@@ -204,7 +238,7 @@ class MaskingEnv(gym.Env):
         if seed is not None:
             self.batch.generator.manual_seed(int(seed))
         row = int(self.np_random.integers(len(self.targets)))
-        self.batch.reset(torch.tensor([row]), self.targets[row:row + 1])
+        self.batch.reset(torch.tensor([row]), self.targets[row : row + 1])
         return self._obs(), {"row": row, "prob": float(self.batch.probs[0])}
 
     def step(self, action):

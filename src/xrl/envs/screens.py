@@ -6,6 +6,7 @@ oldest first (``obs[-1]`` is the current screen).
 Also the object label maps of those envs: which observation pixels an object's screen pixels fall
 on, with the same rules as the Atari RAM labels (:mod:`xrl.envs.atari_objects`).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -35,8 +36,9 @@ def footprint(mask: np.ndarray, size: tuple[int, int], margin: int = 0) -> np.nd
     return out
 
 
-def object_labels(important: np.ndarray, uncertain: np.ndarray, before: list[np.ndarray],
-                  size: tuple[int, int], margin: int = 1) -> np.ndarray:
+def object_labels(
+    important: np.ndarray, uncertain: np.ndarray, before: list[np.ndarray], size: tuple[int, int], margin: int = 1
+) -> np.ndarray:
     """Label map ``size`` int8: screen pixels of the ``important`` objects (bool ``(H, W)``) on the
     newest screen are important; a ring of ``margin`` pixels around them, the ``uncertain``
     objects' pixels and the important objects of the older screens ``before`` are excluded."""

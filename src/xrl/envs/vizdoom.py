@@ -23,6 +23,7 @@ bullet puffs, blood) and the monsters of the older frames of the stack are exclu
 Seeding: ``reset(seed=s)`` seeds the game through ViZDoom's wrapper (monster placement in
 ``basic``), so seeded rollouts repeat exactly.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ class DoomScreen(gym.Wrapper):
         if fresh:
             self.history = []
         labels = screens.object_labels(important, uncertain, self.history, self.observation_space.shape)
-        self.history = ([important] + self.history)[:max(self.frame_stack - 1, 0)]
+        self.history = ([important] + self.history)[: max(self.frame_stack - 1, 0)]
         return labels
 
     def reset(self, **kwargs):
@@ -102,8 +103,9 @@ class DoomScreen(gym.Wrapper):
         raise TypeError("a running ViZDoom game cannot be pickled; make a new env instead")
 
 
-def make_vizdoom(name: str, *, frame_stack: int = 4, frame_skip: int = 4, resolution: str = "160x120",
-                 labels: bool = False) -> gym.Env:
+def make_vizdoom(
+    name: str, *, frame_stack: int = 4, frame_skip: int = 4, resolution: str = "160x120", labels: bool = False
+) -> gym.Env:
     """Build the ViZDoom scenario ``name`` (module docstring); settings are recorded by make_env."""
     vzd = import_extra("vizdoom", "vizdoom", name)
     import_extra("vizdoom.gymnasium_wrapper.gymnasium_env_defns", "vizdoom", name)
@@ -117,7 +119,10 @@ def make_vizdoom(name: str, *, frame_stack: int = 4, frame_skip: int = 4, resolu
     if not isinstance(labels, bool):
         raise TypeError(f"labels must be a bool, got {labels!r}")
     env = VizdoomScenarioEnv(
-        SCENARIOS[name], frame_skip=frame_skip, max_buttons_pressed=1, render_mode="rgb_array",
+        SCENARIOS[name],
+        frame_skip=frame_skip,
+        max_buttons_pressed=1,
+        render_mode="rgb_array",
         screen_resolution=getattr(vzd.ScreenResolution, f"RES_{resolution.upper()}"),
         labels_buffer_enabled=labels,
         # ZDoom writes its engine settings to ./_vizdoom.ini by default: keep users' folders clean
@@ -125,23 +130,33 @@ def make_vizdoom(name: str, *, frame_stack: int = 4, frame_skip: int = 4, resolu
     )
     buttons = [b.name for b in env.game.get_available_buttons()]
     env.unwrapped.action_names = tuple(
-        "+".join(b for b, pressed in zip(buttons, combo) if pressed) or "NOOP" for combo in env.button_map)
+        "+".join(b for b, pressed in zip(buttons, combo) if pressed) or "NOOP" for combo in env.button_map
+    )
     env = DoomScreen(env, labels=labels, frame_stack=frame_stack)
     env = FrameStackObservation(env, frame_stack, padding_type="reset")  # (S, 84, 84)
-    env.unwrapped.xrl_spec = {"name": name, "settings": {
-        "frame_stack": frame_stack, "frame_skip": frame_skip, "resolution": resolution, "labels": labels}}
+    env.unwrapped.xrl_spec = {
+        "name": name,
+        "settings": {"frame_stack": frame_stack, "frame_skip": frame_skip, "resolution": resolution, "labels": labels},
+    }
     return env
 
 
 def _register(name: str, doc: str) -> None:
     def build(**settings) -> gym.Env:
         return make_vizdoom(name, **settings)
+
     build.__doc__ = doc
     ENVS.register(name)(build)
     EXTRAS[name] = FAMILIES[name] = "vizdoom"
 
 
-_register("vizdoom-basic", "ViZDoom basic: shoot the Cacodemon (extra vizdoom); 84×84 gray, 4-frame stack, "
-          "frame skip 4; settings: frame_stack, frame_skip, resolution, labels (monster pixels)")
-_register("vizdoom-defend-the-center", "ViZDoom defend_the_center: turn and shoot the monsters (extra vizdoom); "
-          "84×84 gray, 4-frame stack, frame skip 4; settings: frame_stack, frame_skip, resolution, labels")
+_register(
+    "vizdoom-basic",
+    "ViZDoom basic: shoot the Cacodemon (extra vizdoom); 84×84 gray, 4-frame stack, "
+    "frame skip 4; settings: frame_stack, frame_skip, resolution, labels (monster pixels)",
+)
+_register(
+    "vizdoom-defend-the-center",
+    "ViZDoom defend_the_center: turn and shoot the monsters (extra vizdoom); "
+    "84×84 gray, 4-frame stack, frame skip 4; settings: frame_stack, frame_skip, resolution, labels",
+)

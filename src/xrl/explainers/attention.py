@@ -20,9 +20,10 @@ Settings: ``upsample`` (one of ``UPSAMPLE``); ``module`` — the name (as in
 order (for SB3 policies the actor's features extractor). An agent without an attention module is
 refused with a ``ValueError`` naming the architectures that have one.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -42,8 +43,15 @@ class Attention(Explainer):
     #: contract test builds a model with one for explainers that require it)
     requires = ("attention",)
 
-    def __init__(self, model: Model, *, upsample: str = "transposed", module: str | None = None,
-                 batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        upsample: str = "transposed",
+        module: str | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
         if upsample not in UPSAMPLE:
             raise ValueError(f"upsample must be one of {UPSAMPLE}, got {upsample!r}")
@@ -55,10 +63,12 @@ class Attention(Explainer):
     def supports(model: Model) -> bool:
         """Whether ``model`` has an attention module this explainer can draw."""
         from xrl.agents.attention import has_attention  # imports Stable-Baselines3: on first use
+
         return has_attention(model)
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         from xrl.agents.attention import draw
+
         size = tuple(states.shape[-2:])
         attention_module = find_attention(self.model, self.module)
         maps = []
@@ -72,17 +82,21 @@ class Attention(Explainer):
 def find_attention(model: Model, name: str | None = None) -> nn.Module:
     """The attention module of ``model`` (the one called ``name``, or the first in module order)."""
     from xrl.agents.attention import VARIANTS, is_attention  # imports Stable-Baselines3: on first use
+
     found = [(n, m) for n, m in model.named_modules() if is_attention(m)]
     if name is not None:
         match = [m for n, m in found if n == name]
         if not match:
-            raise ValueError(f"the model has no attention module named {name!r}; its attention modules: "
-                             f"{', '.join(n for n, _ in found) or '(none)'}")
+            raise ValueError(
+                f"the model has no attention module named {name!r}; its attention modules: "
+                f"{', '.join(n for n, _ in found) or '(none)'}"
+            )
         return match[0]
     if not found:
         raise ValueError(
             "the attention explainer needs an agent with an attention module (a module with "
             "attention_maps(states) and receptive_fields, see xrl.agents.attention); this model has "
             f"none. Train one with `xrl train agent --arch NAME`, NAME one of {', '.join(VARIANTS)} "
-            "(grid_NAME for Red-Fetch-Green)")
+            "(grid_NAME for Red-Fetch-Green)"
+        )
     return found[0][1]

@@ -7,6 +7,7 @@ important. ``targets`` is ``None`` (the model's argmax), an int, a ``(B,)`` inte
 callable ``scores (B, K) -> (B,)``. Methods with one map per action also give
 ``explain_all(states) -> (B, K, H, W)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ from xrl.agents.model import Model
 from xrl.ops import TargetFn, Targets, guarded, target_function
 from xrl.registry import Registry
 
-EXPLAINERS: Registry[type["Explainer"]] = Registry("explainer")
+EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
 
 
 class Explainer:
@@ -43,9 +44,7 @@ class Explainer:
 
     def __init__(self, model: Model, *, batch_size: int = 256, seed: int = 0) -> None:
         if not isinstance(model, Model):
-            raise TypeError(
-                f"explainers take an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model"
-            )
+            raise TypeError(f"explainers take an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
@@ -65,8 +64,9 @@ class Explainer:
         self.model.check_states(states)
         with guarded(self.model, states):
             if type(self)._explain_all is Explainer._explain_all:
-                maps = [self._explain(states, target_function(self.model, states, k))
-                        for k in range(self.model.n_actions)]
+                maps = [
+                    self._explain(states, target_function(self.model, states, k)) for k in range(self.model.n_actions)
+                ]
                 saliency = torch.stack(maps, dim=1)
             else:
                 saliency = self._explain_all(states)
@@ -78,7 +78,7 @@ class Explainer:
     def _explain_all(self, states: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def with_model(self, model: Model) -> "Explainer":
+    def with_model(self, model: Model) -> Explainer:
         """The same method with the same settings, explaining ``model`` (e.g. a randomized copy
         of the agent, for sanity checks)."""
         args, kwargs = self._settings

@@ -97,11 +97,12 @@ Measured on 16 84x84x4 Nature-CNN states (CPU, one thread; ``benchmarks/bench_me
 ~2.2-2.4x the floor of one forward+backward of the 16 states per step (smooth max-convolution,
 perturbation gathers, ranking loss and Adam take the rest), ~3.9-4.1x with ``exact=True``.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,13 +119,35 @@ AREA_GROWTH = 16.0
 #: named settings; explicit constructor arguments override them
 PRESETS = {
     # ours, on 84 px states: see the module docstring ("fast")
-    "fast": {"iterations": 100, "lr": 0.05, "optimizer": "adam", "init": 1.0, "step": 4, "sigma": 8.0,
-             "max_blur": 8.0, "num_levels": 8, "area": 0.12, "area_weight": 300.0,
-             "area_growth": AREA_GROWTH, "temperature": 0.05},
+    "fast": {
+        "iterations": 100,
+        "lr": 0.05,
+        "optimizer": "adam",
+        "init": 1.0,
+        "step": 4,
+        "sigma": 8.0,
+        "max_blur": 8.0,
+        "num_levels": 8,
+        "area": 0.12,
+        "area_weight": 300.0,
+        "area_growth": AREA_GROWTH,
+        "temperature": 0.05,
+    },
     # TorchRay's extremal_perturbation() and Perturbation defaults, verbatim (pixel sizes for 224 px)
-    "torchray": {"iterations": 800, "lr": 0.01, "optimizer": "sgd", "init": 1.0, "step": 7, "sigma": 21.0,
-                 "max_blur": 20.0, "num_levels": 8, "area": 0.1, "area_weight": 300.0,
-                 "area_growth": 1.0035**800, "temperature": 1 / 20},
+    "torchray": {
+        "iterations": 800,
+        "lr": 0.01,
+        "optimizer": "sgd",
+        "init": 1.0,
+        "step": 7,
+        "sigma": 21.0,
+        "max_blur": 20.0,
+        "num_levels": 8,
+        "area": 0.1,
+        "area_weight": 300.0,
+        "area_growth": 1.0035**800,
+        "temperature": 1 / 20,
+    },
 }
 
 
@@ -164,9 +187,20 @@ class ExtremalPerturbation(Explainer):
         super().__init__(model, batch_size=batch_size, seed=seed)
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        given = {"area": area, "iterations": iterations, "lr": lr, "optimizer": optimizer, "init": init,
-                 "step": step, "sigma": sigma, "temperature": temperature, "max_blur": max_blur,
-                 "num_levels": num_levels, "area_weight": area_weight, "area_growth": area_growth}
+        given = {
+            "area": area,
+            "iterations": iterations,
+            "lr": lr,
+            "optimizer": optimizer,
+            "init": init,
+            "step": step,
+            "sigma": sigma,
+            "temperature": temperature,
+            "max_blur": max_blur,
+            "num_levels": num_levels,
+            "area_weight": area_weight,
+            "area_growth": area_growth,
+        }
         settings = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}  # explicit wins
         area, iterations, lr = settings["area"], settings["iterations"], settings["lr"]
         step, sigma, temperature = settings["step"], settings["sigma"], settings["temperature"]
@@ -182,8 +216,13 @@ class ExtremalPerturbation(Explainer):
         for name, value, low in (("iterations", iterations, 1), ("step", step, 1), ("num_levels", num_levels, 2)):
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name, value in (("lr", lr), ("sigma", sigma), ("temperature", temperature), ("max_blur", max_blur),
-                            ("area_growth", settings["area_growth"])):
+        for name, value in (
+            ("lr", lr),
+            ("sigma", sigma),
+            ("temperature", temperature),
+            ("max_blur", max_blur),
+            ("area_growth", settings["area_growth"]),
+        ):
             if not float(value) > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if not float(area_weight) >= 0:
@@ -200,8 +239,10 @@ class ExtremalPerturbation(Explainer):
     def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         index = target_fn.index  # (B,) action indices, None for the caller's own callable
         if self.reward == "contrastive" and index is None:
-            raise ValueError("reward='contrastive' compares the target action with the best other action "
-                             "and needs action indices as targets; for a callable target use reward='simple'")
+            raise ValueError(
+                "reward='contrastive' compares the target action with the best other action "
+                "and needs action indices as targets; for a callable target use reward='simple'"
+            )
         if self.reward == "contrastive" and self.model.n_actions < 2:
             raise ValueError("reward='contrastive' needs a model with at least two actions")
         if index is not None:

@@ -17,6 +17,7 @@ By hand on chunks of ``batch_size`` states: one forward hook on the layer and on
 which equals Captum's ``LayerGradCam`` with ``relu_attributions=True`` (tested) without its
 per-call overhead. A model without conv layers is refused with a ``ValueError`` saying why.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,9 +8,10 @@ copy, so the caller's tensor, its ``.grad`` and the parameters' ``.grad`` are ne
 is what Captum's ``Saliency`` computes (tested equal), without its input formatting and hooks,
 which made it ~10% slower on an Atari state.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

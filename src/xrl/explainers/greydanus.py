@@ -86,6 +86,7 @@ with its perturbations), run in chunks of ``batch_size`` states under
 ``torch.inference_mode()``; the result does not depend on ``batch_size``. Masks are built
 once per size and cached (:func:`perturbation_masks`, :func:`greydanus_masks`).
 """
+
 from __future__ import annotations
 
 import functools

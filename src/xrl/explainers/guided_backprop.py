@@ -13,10 +13,11 @@ hooks afterwards, also when the call raises. ReLUs applied as functions (``torch
 and a ``UserWarning`` says how many were passed through as plain gradients. Other activations
 (ELU, tanh, ...) are backpropagated as plain gradients, as in the paper.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

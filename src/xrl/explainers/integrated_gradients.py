@@ -19,10 +19,11 @@ Wraps Captum's ``IntegratedGradients``. Every forward/backward pass holds at mos
 ``internal_batch_size = batch_size`` splits their ``n_steps`` path points; the result does not
 depend on ``batch_size``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -74,7 +75,9 @@ class IntegratedGradients(Gradient):
         for rows in chunks(states.shape[0], self.batch_size):
             x = states[rows].detach()
             baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
-            settings = dict(baselines=baseline, n_steps=self.n_steps, method=method, internal_batch_size=self.batch_size)
+            settings = dict(
+                baselines=baseline, n_steps=self.n_steps, method=method, internal_batch_size=self.batch_size
+            )
             if index is not None:
                 attributions = CaptumIntegratedGradients(self.model).attribute(x, target=index[rows], **settings)
             else:  # callable target: the forward returns (b,), which Captum accepts with target=None
@@ -94,8 +97,9 @@ def _checked_baseline(baseline: float | torch.Tensor, shape: tuple) -> float | t
         except RuntimeError:
             ok = False
         if not ok:
-            raise ValueError(f"a baseline tensor must broadcast to one state {tuple(shape)}, "
-                             f"got shape {tuple(baseline.shape)}")
+            raise ValueError(
+                f"a baseline tensor must broadcast to one state {tuple(shape)}, got shape {tuple(baseline.shape)}"
+            )
         if not torch.isfinite(state).all():
             raise ValueError("the baseline contains NaN or Inf values")
         return state.detach().clone()

@@ -8,9 +8,10 @@ gives ``g = d f / d a``, the method's :meth:`LayerExplainer.combine` turns ``(a,
 state's ``(H, W)``. This is the shape of pytorch-grad-cam's ``BaseCAM`` (one override per
 method) and of Captum's ``LayerGradCam``, without their per-call overhead.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +41,16 @@ class LayerExplainer(Explainer):
         parts = []
         for rows in chunks(states.shape[0], self.batch_size):
             x = states[rows].detach().clone().requires_grad_()
-            acts, grads = activations_and_gradients(self.model, self.layer, x, rows_target(target_fn, rows),
-                                                    self.method)  # (b, C', h, w) each
+            acts, grads = activations_and_gradients(
+                self.model, self.layer, x, rows_target(target_fn, rows), self.method
+            )  # (b, C', h, w) each
             parts.append(upsample(self.combine(acts, grads), states))
         return torch.cat(parts)
 
 
-def activations_and_gradients(model: Model, layer: str, x: torch.Tensor, fn: Callable,
-                              method: str) -> tuple[torch.Tensor, torch.Tensor]:
+def activations_and_gradients(
+    model: Model, layer: str, x: torch.Tensor, fn: Callable, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The output ``a`` of ``model.net``'s module ``layer`` on ``x`` and ``d sum(fn(model(x))) / d a``
     (one forward hook, one ``autograd.grad``; the parameters' ``.grad`` are not touched)."""
     module = dict(model.net.named_modules())[layer]
@@ -64,8 +67,10 @@ def activations_and_gradients(model: Model, layer: str, x: torch.Tensor, fn: Cal
     finally:
         handle.remove()
     if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
-        raise ValueError(f"{method} needs layer {layer!r} to give one tensor per forward pass, "
-                         f"it gave {len(outputs)} outputs; name another layer")
+        raise ValueError(
+            f"{method} needs layer {layer!r} to give one tensor per forward pass, "
+            f"it gave {len(outputs)} outputs; name another layer"
+        )
     acts = check_spatial(outputs[0], layer, method)
     (grads,) = torch.autograd.grad(score, acts, allow_unused=True, materialize_grads=True)
     return acts.detach(), grads
@@ -100,12 +105,13 @@ def find_layer(model: Model, layer: str | None, method: str) -> str:
 def check_spatial(maps: torch.Tensor, layer: str, method: str) -> torch.Tensor:
     """``maps`` must be ``(b, 1, h, w)``: the layer must give ``(B, C, h, w)`` feature maps."""
     if maps.dim() != 4:
-        raise ValueError(f"{method} needs (B, C, h, w) feature maps, but layer {layer!r} gives "
-                         f"{maps.dim()}-d outputs; name a convolutional layer")
+        raise ValueError(
+            f"{method} needs (B, C, h, w) feature maps, but layer {layer!r} gives "
+            f"{maps.dim()}-d outputs; name a convolutional layer"
+        )
     return maps
 
 
 def upsample(maps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """Layer maps ``(b, 1, h, w)`` -> ``(b, H, W)`` at the states' size, bilinearly."""
     return F.interpolate(maps, size=states.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-

@@ -60,9 +60,10 @@ and a Nature CNN: ~1.2x the floor of the forward passes alone, all 6 actions at 
 ``Lime`` (same samples and superpixels) took ~4x longer for one action. Each state's samples come from a generator seeded with ``seed``
 alone, so maps do not depend on the batch, its chunking or the state's position in it.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ from xrl.ops import gaussian_blur
 SEGMENTATIONS = ("quickshift", "slic", "grid")
 FILLS = ("mean", "blur", "black")
 OUTPUTS = ("coefficients", "binary")
-Segmentation = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+Segmentation = str | Callable[[torch.Tensor], torch.Tensor]
 
 
 @EXPLAINERS.register("lime")
@@ -151,7 +152,7 @@ class Lime(PerturbationExplainer):
             return scores.transpose(1, 2)
         return target_fn(scores.flatten(0, 1)).view(*scores.shape[:2], 1).transpose(1, 2)
 
-    def project(self, y: torch.Tensor, states: torch.Tensor, masks: "SuperpixelSamples") -> torch.Tensor:
+    def project(self, y: torch.Tensor, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:
         """Targets ``(B, K', N)`` -> each superpixel's surrogate coefficient on its pixels ``(B, K', H, W)``."""
         return self._paint(self._select(self._fit(masks.samples, y.transpose(1, 2))), masks.segments)
 
@@ -162,8 +163,10 @@ class Lime(PerturbationExplainer):
             if callable(self.segmentation):
                 raw = torch.as_tensor(self.segmentation(state))
                 if tuple(raw.shape) != tuple(state.shape[-2:]):
-                    raise ValueError(f"a segmentation callable must return (H, W) = {tuple(state.shape[-2:])} "
-                                     f"labels, got shape {tuple(raw.shape)}")
+                    raise ValueError(
+                        f"a segmentation callable must return (H, W) = {tuple(state.shape[-2:])} "
+                        f"labels, got shape {tuple(raw.shape)}"
+                    )
             else:
                 raw = torch.from_numpy(np.ascontiguousarray(self._superpixels(state)))
             labels.append(torch.unique(raw.long().cpu(), return_inverse=True)[1])  # 0 .. S - 1
@@ -181,12 +184,24 @@ class Lime(PerturbationExplainer):
         lab = channels == 3 and self.model.frame_stack == 1
         image = image.clip(0, 1) if lab else image * 100.0  # Lab's lightness range
         if self.segmentation == "quickshift":
-            return quickshift(image, ratio=self.ratio, kernel_size=self.kernel_size, max_dist=self.max_dist,
-                              convert2lab=lab, rng=self.seed)
-        return slic(image, n_segments=self.n_segments, compactness=self.compactness, convert2lab=lab,
-                    channel_axis=-1, start_label=0)
+            return quickshift(
+                image,
+                ratio=self.ratio,
+                kernel_size=self.kernel_size,
+                max_dist=self.max_dist,
+                convert2lab=lab,
+                rng=self.seed,
+            )
+        return slic(
+            image,
+            n_segments=self.n_segments,
+            compactness=self.compactness,
+            convert2lab=lab,
+            channel_axis=-1,
+            start_label=0,
+        )
 
-    def perturbations(self, states: torch.Tensor) -> "SuperpixelSamples":
+    def perturbations(self, states: torch.Tensor) -> SuperpixelSamples:
         """Superpixels ``(B, H, W)`` and each state's on/off samples ``(N, S_b)``."""
         segments = self.segments(states)
         samples = []
@@ -196,7 +211,7 @@ class Lime(PerturbationExplainer):
             samples.append(z.to(states.device, states.dtype))
         return SuperpixelSamples(segments, samples)
 
-    def fill_states(self, states: torch.Tensor, masks: "SuperpixelSamples") -> torch.Tensor:
+    def fill_states(self, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:
         """What switched-off superpixels become, ``(B, C, H, W)``."""
         if self.fill == "blur":
             return gaussian_blur(states, self.blur_sigma)
@@ -238,8 +253,7 @@ class Lime(PerturbationExplainer):
         ``(K, S_b)`` coefficient matrix; otherwise the coefficients unchanged."""
         if self.output == "coefficients":
             return coefficients
-        return [torch.stack([self._binary(row) for row in beta]) if beta.shape[0] else beta
-                for beta in coefficients]
+        return [torch.stack([self._binary(row) for row in beta]) if beta.shape[0] else beta for beta in coefficients]
 
     def _binary(self, beta: torch.Tensor) -> torch.Tensor:
         """lime's mask over superpixels for one coefficient vector ``(S,)``."""

@@ -6,6 +6,7 @@ Everything here is plain torch on the caller's device. Masks are built once per
 Every mask cache of the perturbation methods is :func:`byte_cache`: bounded in bytes
 (:data:`MASK_CACHE_BYTES`, 512 MB shared by all of them), least recently used first out.
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 #: bytes all mask caches together may hold
 MASK_CACHE_BYTES = 512 * 2**20
-_CACHE: "collections.OrderedDict[tuple, torch.Tensor]" = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -50,7 +51,6 @@ def cached_bytes() -> int:
     """Bytes the mask caches hold now."""
     with _LOCK:
         return sum(v.numel() * v.element_size() for v in _CACHE.values())
-
 
 
 def mask_centres(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ Hand-written (Captum has no NormGrad): a forward hook records the layer's output
 ``batch_size`` states and ``torch.autograd.grad`` gives ``g``; the hook is always removed (the
 step it shares with Grad-CAM: :class:`~xrl.explainers.layer.LayerExplainer`).
 """
+
 from __future__ import annotations
 
 import torch

@@ -41,10 +41,10 @@ Measured on 84x84x4 states with a Nature CNN (2 shared CPU cores): ~1.3x the flo
 number of forward passes in one batch) for all actions at once; Captum's ``Occlusion`` with the
 same windows (``perturbations_per_eval=400``) took ~7x longer for one action, same maps to 1e-8.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
 
 import torch
 
@@ -53,7 +53,7 @@ from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.masks import byte_cache
 from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, drop, positive_int
 
-Fill = Union[float, torch.Tensor]
+Fill = float | torch.Tensor
 
 
 @EXPLAINERS.register("occlusion")
@@ -81,8 +81,9 @@ class Occlusion(PerturbationExplainer):
         super().__init__(model, batch_size=batch_size, seed=seed, incremental=incremental)
         window, stride = positive_int("window (pixels)", window), positive_int("stride (pixels)", stride)
         if stride > window:
-            raise ValueError(f"stride {stride} may not exceed window {window}: pixels between windows "
-                             "would never be occluded")
+            raise ValueError(
+                f"stride {stride} may not exceed window {window}: pixels between windows would never be occluded"
+            )
         self.window, self.stride = window, stride
         self.fill = _check_fill(fill, model.input_shape)
 
@@ -104,8 +105,7 @@ class Occlusion(PerturbationExplainer):
         if self.window > min(height, width):
             raise ValueError(f"window {self.window} is larger than the state ({height}x{width})")
         n = (math.ceil((height - self.window) / self.stride) + 1) * (math.ceil((width - self.window) / self.stride) + 1)
-        check_memory(n * height * width * 4, f"{n} occlusion masks of {height}x{width}",
-                     "use a larger stride")
+        check_memory(n * height * width * 4, f"{n} occlusion masks of {height}x{width}", "use a larger stride")
         return window_masks(height, width, self.window, self.stride, torch.device(device))
 
 

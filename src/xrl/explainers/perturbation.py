@@ -28,11 +28,12 @@ on ``batch_size``. Before allocating, the memory the batch needs is estimated
 which setting to change. ``explain_all`` gives all K maps from the same batch, so it costs what
 ``explain`` costs.
 """
+
 from __future__ import annotations
 
 import numbers
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -64,8 +65,9 @@ def check_memory(n_bytes: int, what: str, suggestion: str) -> None:
     is allocated and ``suggestion`` (which setting to change)."""
     limit = max_alloc()
     if n_bytes > limit:
-        raise MemoryError(f"{what} would need {n_bytes / 2**30:.1f} GB (limit {limit / 2**30:.1f} GB, "
-                          f"XRL_MAX_ALLOC_GB); {suggestion}")
+        raise MemoryError(
+            f"{what} would need {n_bytes / 2**30:.1f} GB (limit {limit / 2**30:.1f} GB, XRL_MAX_ALLOC_GB); {suggestion}"
+        )
 
 
 class Masks:
@@ -132,8 +134,7 @@ class PerturbationExplainer(Explainer):
         total = b * per_state
         size = min(self.batch_size, total)
         row_bytes = states[0].numel() * states.element_size()
-        check_memory(size * row_bytes, f"a batch of {size} perturbed states",
-                     "lower batch_size")
+        check_memory(size * row_bytes, f"a batch of {size} perturbed states", "lower batch_size")
         with torch.inference_mode():
             fill = self.fill_states(states, masks)
             buffer = states.new_empty((size, *states.shape[1:]))
@@ -167,8 +168,10 @@ class PerturbationExplainer(Explainer):
                 masks.weights._xrl_boxes = boxes
             bases, parts = [], []
             for i in range(states.shape[0]):
-                rows = [plan.scores(states[i], fill[i], masks.weights[part], boxes[part])
-                        for part in chunks(masks.n, self.batch_size)]
+                rows = [
+                    plan.scores(states[i], fill[i], masks.weights[part], boxes[part])
+                    for part in chunks(masks.n, self.batch_size)
+                ]
                 bases.append(rows[0][0])
                 parts.append(torch.cat([r[1] for r in rows]))
         base, perturbed = torch.stack(bases), torch.stack(parts)  # outside inference mode: ordinary tensors
@@ -186,8 +189,9 @@ class PerturbationExplainer(Explainer):
                     start, m = start + 1, 1
                 m -= 1
             if start < stop:
-                self.combine(states[b], fill[b], masks.rows(b, m, m + stop - start),
-                             out[start - rows.start : stop - rows.start])
+                self.combine(
+                    states[b], fill[b], masks.rows(b, m, m + stop - start), out[start - rows.start : stop - rows.start]
+                )
             start = stop
 
     # ---------------------------------------------------------------- the override points

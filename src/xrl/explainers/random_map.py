@@ -6,10 +6,11 @@ get different maps; and a batch gives exactly the maps of a per-sample loop, in 
 ``targets`` is validated but does not change the maps, so every ``explain_all[:, k]`` is the
 same map. Maps are drawn on the CPU and moved to the states' device (identical on any device).
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -30,11 +30,12 @@ given multi-hot labels, or the classes the model finds (``sigmoid(logit) > 0.5``
 one map per present (image, class) pair: ``maps (P, H, W)``, ``rows (P,)``, ``classes (P,)``,
 ordered by image, then class.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -88,10 +89,20 @@ class RExL(Explainer):
     callable_targets = False
     requires = ("rexl_agent",)
 
-    def __init__(self, model: Model, *, agent: str | Path | Sequence[str | Path] | None = None, lam: float = 1.0,
-                 smooth: float = 0.0, repeat: bool = False, grid: int | None = None,
-                 extractor: torch.nn.Module | None = None, batch_size: int = 256, seed: int = 0,
-                 score: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        agent: str | Path | Sequence[str | Path] | None = None,
+        lam: float = 1.0,
+        smooth: float = 0.0,
+        repeat: bool = False,
+        grid: int | None = None,
+        extractor: torch.nn.Module | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        score: str | None = None,
+    ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
         if agent is None:  # the zoo's agent for this model, found by its weights fingerprint
             agent = _zoo_agent(model)
@@ -119,25 +130,32 @@ class RExL(Explainer):
         if score is not None and score not in SCORES:
             raise ValueError(f"score must be one of {SCORES} (or None: the agents'), got {score!r}")
         if score is not None and recorded and score not in recorded:
-            raise ValueError(f"the agents were trained to lower the {recorded.pop()} probability, score={score!r} "
-                             "was asked; train agents with that score (xrl train rexl --score)")
+            raise ValueError(
+                f"the agents were trained to lower the {recorded.pop()} probability, score={score!r} "
+                "was asked; train agents with that score (xrl train rexl --score)"
+            )
         self.score = score or (recorded.pop() if recorded else "softmax")
 
     def __repr__(self) -> str:
-        return (f"RExL(agent={self.agent_paths!r}, lam={self.lam}, smooth={self.smooth}, repeat={self.repeat}, "
-                f"grid={self.grid}, score={self.score!r}, seed={self.seed})")
+        return (
+            f"RExL(agent={self.agent_paths!r}, lam={self.lam}, smooth={self.smooth}, repeat={self.repeat}, "
+            f"grid={self.grid}, score={self.score!r}, seed={self.seed})"
+        )
 
     @torch.no_grad()
     def present_classes(self, states: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` bool: the classes the model finds in each state — ``sigmoid(logit) > 0.5``
         (sigmoid score), the argmax (softmax score)."""
-        logits = torch.cat([self.model(states[i:i + self.batch_size]) for i in range(0, len(states), self.batch_size)])
+        logits = torch.cat(
+            [self.model(states[i : i + self.batch_size]) for i in range(0, len(states), self.batch_size)]
+        )
         if self.score == "sigmoid":
             return torch.sigmoid(logits) > 0.5
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
 
-    def explain_present(self, states: torch.Tensor, present: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def explain_present(
+        self, states: torch.Tensor, present: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One map for every class present in every state: ``(maps (P, H, W), rows (P,), classes (P,))``,
         pair ``p`` explaining class ``classes[p]`` of ``states[rows[p]]``, ordered by row then class.
         ``present (B, C)`` multi-hot labels (0/1 or bool); None: :meth:`present_classes`. A state
@@ -147,13 +165,15 @@ class RExL(Explainer):
         present = torch.as_tensor(present).to(states.device).bool()
         k = self.model.n_actions
         if tuple(present.shape) != (states.shape[0], k):
-            raise ValueError(f"present must be (B, C) = ({states.shape[0]}, {k}) multi-hot labels, got {tuple(present.shape)}")
+            raise ValueError(
+                f"present must be (B, C) = ({states.shape[0]}, {k}) multi-hot labels, got {tuple(present.shape)}"
+            )
         rows, classes = torch.nonzero(present, as_tuple=True)
         if len(rows) == 0:
             return states.new_zeros(0, *states.shape[-2:]), rows, classes
         return self.explain(states[rows], classes), rows, classes
 
-    def with_model(self, model: Model) -> "Explainer":
+    def with_model(self, model: Model) -> Explainer:
         """The same trained agents explaining ``model`` without the model check: the sanity metric
         re-explains randomized copies of the model (the agents' extractors stay as trained)."""
         if not isinstance(model, Model):
@@ -167,15 +187,19 @@ class RExL(Explainer):
             return self.agents[target]
         if None in self.agents:
             return self.agents[None]
-        raise ValueError(f"no RExL agent explains class {target} ({self.model.action_names[target]}); the "
-                         f"class-specific agents given explain {sorted(k for k in self.agents)}")
+        raise ValueError(
+            f"no RExL agent explains class {target} ({self.model.action_names[target]}); the "
+            f"class-specific agents given explain {sorted(k for k in self.agents)}"
+        )
 
     @torch.no_grad()
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         index = target_fn.index  # (B,) validated class indices; None for callables
         if index is None:
-            raise TypeError("rexl masks cells to lower one class's probability, so targets must be class "
-                            "(action) indices: None, an int or a (B,) tensor, not a callable")
+            raise TypeError(
+                "rexl masks cells to lower one class's probability, so targets must be class "
+                "(action) indices: None, an int or a (B,) tensor, not a callable"
+            )
         saliency = torch.empty(states.shape[0], *states.shape[-2:], device=states.device)
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(index.tolist()):
@@ -184,7 +208,7 @@ class RExL(Explainer):
             rows_t = torch.tensor(rows, device=states.device)
             agent, record = self._agent_for(int(index[rows[0]]))
             for start in range(0, len(rows), self.batch_size):
-                part = rows_t[start:start + self.batch_size]
+                part = rows_t[start : start + self.batch_size]
                 saliency[part] = self._maps(agent, record, states[part], index[part])
         if self.smooth > 0:
             saliency = gaussian_blur(saliency, self.smooth)
@@ -192,9 +216,17 @@ class RExL(Explainer):
 
     def _maps(self, agent: RExLAgent, record: dict, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         agent = agent.to(states.device)
-        batch = MaskingBatch(self.model, states, grid=self.grid, noise=record["noise"], seed=self.seed,
-                             batch_size=self.batch_size, mean=record.get("noise_mean"), std=record.get("noise_std"),
-                             score=self.score)
+        batch = MaskingBatch(
+            self.model,
+            states,
+            grid=self.grid,
+            noise=record["noise"],
+            seed=self.seed,
+            batch_size=self.batch_size,
+            mean=record.get("noise_mean"),
+            std=record.get("noise_std"),
+            score=self.score,
+        )
         noise = batch.draw_noise(1).expand_as(states)  # one noise image for every state
         probs, actions = [], []
         with shared_trunk(agent, self.model) as encode:  # one trunk pass per step when it is the model's

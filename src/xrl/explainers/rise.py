@@ -56,6 +56,7 @@ Cost: ``B * (n_masks + 1)`` forward passes in chunks of ``batch_size`` rows unde
 2000 masks of 84x84). Measured on 84x84x4 states with a Nature CNN (2 shared CPU cores): ~1.2x
 the floor (the same number of forward passes in one batch), all actions at once.
 """
+
 from __future__ import annotations
 
 import math
@@ -129,8 +130,9 @@ class Rise(PerturbationExplainer):
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The cached masks ``(n_masks, H, W)`` in ``[0, 1]`` (1 = kept)."""
-        check_memory(self.n_masks * height * width * 4, f"{self.n_masks} RISE masks of {height}x{width}",
-                     "use fewer n_masks")
+        check_memory(
+            self.n_masks * height * width * 4, f"{self.n_masks} RISE masks of {height}x{width}", "use fewer n_masks"
+        )
         return rise_masks(height, width, self.n_masks, self.grid, self.p, self.seed, torch.device(device))
 
 

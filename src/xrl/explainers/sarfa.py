@@ -35,6 +35,7 @@ Cost: as ``greydanus``, ``B * (ceil(H/stride) * ceil(W/stride) + 1)`` forward pa
 Measured on 84x84x4 states with a Nature CNN (2 shared CPU cores): ~1.4x the floor (the same
 number of forward passes in one batch), all actions at once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,8 +81,16 @@ class Sarfa(Greydanus):
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, radius=radius, stride=stride, blur_sigma=blur_sigma, score="target",
-                         incremental=incremental, batch_size=batch_size, seed=seed)
+        super().__init__(
+            model,
+            radius=radius,
+            stride=stride,
+            blur_sigma=blur_sigma,
+            score="target",
+            incremental=incremental,
+            batch_size=batch_size,
+            seed=seed,
+        )
 
     def effects(self, base, perturbed, target_fn):
         if target_fn is None:
@@ -106,8 +115,9 @@ def sarfa_scores(base: torch.Tensor, perturbed: torch.Tensor, actions: torch.Ten
     every = torch.arange(k, device=base.device)
     others = every.expand(b, a, k)[every != actions[..., None]].view(b, a, k - 1)  # (B, A, K-1)
     log_rem = base[:, None].expand(b, a, k).gather(2, others).log_softmax(-1)[:, :, None]  # (B, A, 1, K-1)
-    log_rem_perturbed = (perturbed[:, None].expand(b, a, n, k)
-                         .gather(3, others[:, :, None].expand(b, a, n, k - 1)).log_softmax(-1))  # (B, A, N, K-1)
+    log_rem_perturbed = (
+        perturbed[:, None].expand(b, a, n, k).gather(3, others[:, :, None].expand(b, a, n, k - 1)).log_softmax(-1)
+    )  # (B, A, N, K-1)
     kl = (log_rem.exp() * (log_rem - log_rem_perturbed)).sum(-1).clamp_min(0)  # KL(P_rem(s) || P_rem(s')) >= 0
     relevance = 1.0 / (1.0 + kl)
     harmonic = 2 * specificity * relevance / (specificity + relevance)

@@ -22,9 +22,10 @@ noisy states are explained ``batch_size`` at a time; the result does not depend 
 ``batch_size``. By hand rather than with Captum's ``NoiseTunnel``, which draws from the global
 RNG in a batch-dependent order.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -62,8 +63,11 @@ class SmoothGrad(Explainer):
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
-        bases = sorted(n for n in EXPLAINERS.names() if isinstance(EXPLAINERS.get(n), type)
-                       and issubclass(EXPLAINERS.get(n), GRADIENT_METHODS))
+        bases = sorted(
+            n
+            for n in EXPLAINERS.names()
+            if isinstance(EXPLAINERS.get(n), type) and issubclass(EXPLAINERS.get(n), GRADIENT_METHODS)
+        )
         if base not in bases:
             raise ValueError(f"smoothgrad wraps a gradient method, one of {bases}; got base={base!r}")
         if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
@@ -79,8 +83,7 @@ class SmoothGrad(Explainer):
         """Averaged signed attributions (squared ones with ``squared=True``) ``(B, C, H, W)``
         before the base's channel reduction (bases with ``channel_gradients`` only)."""
         if not isinstance(self.base, Gradient):
-            raise ValueError(f"{type(self.base).__name__} gives maps, not per-channel attributions; "
-                             "use explain")
+            raise ValueError(f"{type(self.base).__name__} gives maps, not per-channel attributions; use explain")
         self.model.check_states(states)
         with guarded(self.model, states):
             return self._average(states, target_function(self.model, states, targets)).detach()

@@ -5,6 +5,7 @@ attributions"), the learned baseline of VisionMask: the same mask network and co
 
 ``get_explainer("stalder_explainer", model, network="runs/stalder-explainer/stalder_explainer.pt")``.
 """
+
 from __future__ import annotations
 
 from xrl.explainers.base import EXPLAINERS

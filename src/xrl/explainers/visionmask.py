@@ -20,10 +20,12 @@ by the agent's weights fingerprint with :func:`xrl.zoo.find_network`, never by a
 (states per forward pass; the maps do not depend on it), ``check_agent`` (default True; see
 ``with_model``). A network made for another agent is refused, whoever gives it.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,12 +49,18 @@ class VisionMask(Explainer):
     #: the method a loaded network must have been trained with
     method = "visionmask"
 
-    def __init__(self, model: Model, *, network: str | os.PathLike | MaskNetwork | None = None,
-                 check_agent: bool = True, batch_size: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        network: str | os.PathLike | MaskNetwork | None = None,
+        check_agent: bool = True,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
         if network is None:
-            network = zoo_network(self.method, model,
-                                  f"train one with xrl train {self.method.replace('_', '-')}")
+            network = zoo_network(self.method, model, f"train one with xrl train {self.method.replace('_', '-')}")
         #: where the network came from (a path, or "given" for a MaskNetwork object)
         self.network_source = "given" if isinstance(network, MaskNetwork) else str(network)
         if not isinstance(network, MaskNetwork):
@@ -64,12 +72,11 @@ class VisionMask(Explainer):
         self.network = network.eval()
         self.check_agent = bool(check_agent)
 
-    def with_model(self, model: Model) -> "Explainer":
+    def with_model(self, model: Model) -> Explainer:
         """The same network explaining ``model`` without the agent check: the sanity metric
         re-explains randomized copies of the agent, and a trained network's maps do not depend on
         the agent's weights at run time (only training sees them), so the check reports that."""
-        other = type(self)(model, network=self.network, check_agent=False, batch_size=self.batch_size,
-                           seed=self.seed)
+        other = type(self)(model, network=self.network, check_agent=False, batch_size=self.batch_size, seed=self.seed)
         other.network_source = self.network_source
         return other
 
@@ -83,13 +90,16 @@ class VisionMask(Explainer):
             raise TypeError(
                 f"{self.method} has one trained mask per action, so targets must be action indices "
                 "(None, an int or a (B,) tensor), not a callable; explain values or logit differences "
-                "with 'gradient', 'occlusion' or 'rise'")
+                "with 'gradient', 'occlusion' or 'rise'"
+            )
         maps = self._explain_all(states)  # (B, K, H, W)
         return maps[torch.arange(len(states), device=maps.device), index]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(network={self.network_source!r}, arch={self.network.arch!r}, "
-                f"reference={self.network.reference!r}, batch_size={self.batch_size})")
+        return (
+            f"{type(self).__name__}(network={self.network_source!r}, arch={self.network.arch!r}, "
+            f"reference={self.network.reference!r}, batch_size={self.batch_size})"
+        )
 
 
 def zoo_network(kind: str, model: Model, how_to_train: str) -> str:
@@ -98,19 +108,22 @@ def zoo_network(kind: str, model: Model, how_to_train: str) -> str:
     try:
         return network_for(kind, model.fingerprint())
     except ValueError as why:  # no zoo folder (an installed xrl without the repository's zoo/), or no network
-        raise ValueError(f"{kind} needs network= a trained network (.pt) for this agent: {why}; {how_to_train}") from None
+        raise ValueError(
+            f"{kind} needs network= a trained network (.pt) for this agent: {why}; {how_to_train}"
+        ) from None
 
 
 class Counterfactual(NamedTuple):
     """What :func:`counterfactual` returns, one row per state."""
-    targets: torch.Tensor        # (B,) the explained actions
-    maps: torch.Tensor           # (B, H, W) their masks
-    region: torch.Tensor         # (B, H, W) bool: the removed region
-    states: torch.Tensor         # (B, C, H, W) the states with the region replaced by the reference
-    probs: torch.Tensor          # (B, K) the agent's probabilities on the original states
-    new_probs: torch.Tensor      # (B, K) and on the counterfactual states
-    actions: torch.Tensor        # (B,) argmax on the original states
-    new_actions: torch.Tensor    # (B,) argmax on the counterfactual states
+
+    targets: torch.Tensor  # (B,) the explained actions
+    maps: torch.Tensor  # (B, H, W) their masks
+    region: torch.Tensor  # (B, H, W) bool: the removed region
+    states: torch.Tensor  # (B, C, H, W) the states with the region replaced by the reference
+    probs: torch.Tensor  # (B, K) the agent's probabilities on the original states
+    new_probs: torch.Tensor  # (B, K) and on the counterfactual states
+    actions: torch.Tensor  # (B,) argmax on the original states
+    new_actions: torch.Tensor  # (B,) argmax on the counterfactual states
 
 
 def salient_region(saliency: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -119,6 +132,7 @@ def salient_region(saliency: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
     from scipy import ndimage
+
     out = np.zeros(saliency.shape, dtype=bool)
     for b, s in enumerate(saliency.detach().cpu().numpy()):
         peak = s.max()
@@ -129,8 +143,9 @@ def salient_region(saliency: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return torch.from_numpy(out).to(saliency.device)
 
 
-def counterfactual(explainer: VisionMask, states: torch.Tensor, targets: Targets = None, *,
-                   threshold: float = 0.5) -> Counterfactual:
+def counterfactual(
+    explainer: VisionMask, states: torch.Tensor, targets: Targets = None, *, threshold: float = 0.5
+) -> Counterfactual:
     """Remove the most salient region of each target's mask (replace it by the reference value)
     and ask the agent again (VisionMask section 4.3, Figure 2)."""
     model, network = explainer.model, explainer.network

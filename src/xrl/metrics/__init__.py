@@ -1,4 +1,5 @@
 """Metrics registry: ``get_metric(name, **settings)`` and ``list_metrics()``."""
+
 from xrl.metrics.base import METRICS, Metric
 
 
@@ -12,6 +13,12 @@ def list_metrics() -> list[str]:
 
 
 __all__ = ["METRICS", "Metric", "get_metric", "list_metrics"]
-from xrl.metrics import complexity, cost, faithfulness, localization, robustness  # noqa: E402,F401  (registers the metrics)
-from xrl.metrics import sanity  # noqa: E402,F401  (sanity checks, Adebayo et al. 2018)
-from xrl.metrics import gaze  # noqa: E402,F401  (agreement with human gaze: nss, gaze_kl, shuffled_auc)
+from xrl.metrics import (  # noqa: E402,F401  (registers the metrics)
+    complexity,
+    cost,
+    faithfulness,
+    gaze,  # noqa: E402,F401  (agreement with human gaze: nss, gaze_kl, shuffled_auc)
+    localization,
+    robustness,
+    sanity,  # noqa: E402,F401  (sanity checks, Adebayo et al. 2018)
+)

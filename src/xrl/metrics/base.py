@@ -11,21 +11,19 @@ exactly those keys, and ``higher_is_better`` is a dict ``{name: bool}``. The fir
 headline value. Single-output metrics leave ``outputs = ()`` and return one ``(B,)`` tensor.
 A NaN value means "undefined for this sample" (e.g. no important pixel) and is left out of means.
 """
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 import torch
 
 from xrl.agents.model import Model
 from xrl.registry import Registry
 
-CATEGORIES = ("faithfulness", "robustness", "complexity", "localization", "human_agreement", "cost",
-              "sanity")
+CATEGORIES = ("faithfulness", "robustness", "complexity", "localization", "human_agreement", "cost", "sanity")
 
-METRICS: Registry[type["Metric"]] = Registry("metric")
+METRICS: Registry[type[Metric]] = Registry("metric")
 
-Values = Union[torch.Tensor, dict[str, torch.Tensor]]
+Values = torch.Tensor | dict[str, torch.Tensor]
 
 
 class Metric:
@@ -52,8 +50,9 @@ class Metric:
         missing = [r for r in self.requires if given[r] is None]
         if missing:
             raise ValueError(f"metric {type(self).__name__} needs {', '.join(missing)}")
-        values = self.compute(states=states, saliency=saliency, model=model, targets=targets,
-                              labels=labels, explainer=explainer)
+        values = self.compute(
+            states=states, saliency=saliency, model=model, targets=targets, labels=labels, explainer=explainer
+        )
         self._check_values(values, states.shape[0])
         return values
 
@@ -70,16 +69,17 @@ class Metric:
             items = [("value", values)]
         for key, v in items:
             if not isinstance(v, torch.Tensor) or tuple(v.shape) != (n,):
-                raise TypeError(f"{name}.compute must give one value per sample, shape ({n},), "
-                                f"for {key!r}")
+                raise TypeError(f"{name}.compute must give one value per sample, shape ({n},), for {key!r}")
 
 
 def check_saliency(states: torch.Tensor, saliency: torch.Tensor) -> None:
     """Raise a ``ValueError``/``TypeError`` unless ``saliency`` is a finite float ``(B, H, W)``
     map matching ``states (B, C, H, W)``."""
     if not isinstance(states, torch.Tensor) or states.dim() != 4:
-        raise ValueError(f"states must be a (B, C, H, W) tensor, got "
-                         f"{tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__}")
+        raise ValueError(
+            f"states must be a (B, C, H, W) tensor, got "
+            f"{tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__}"
+        )
     if not isinstance(saliency, torch.Tensor):
         raise TypeError(f"saliency must be a torch.Tensor, got {type(saliency).__name__}")
     if saliency.dim() != 3 or saliency.shape[0] != states.shape[0] or saliency.shape[1:] != states.shape[2:]:

@@ -1,4 +1,5 @@
 """Complexity: how concentrated a saliency map is."""
+
 from __future__ import annotations
 
 import torch

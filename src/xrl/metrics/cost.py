@@ -1,4 +1,5 @@
 """Cost: how long an explainer takes per saliency map."""
+
 from __future__ import annotations
 
 import time

@@ -31,6 +31,7 @@ Common to both curve protocols:
   ``torch.trapezoid(scores, x)``. Perturbed states are scored in chunks of ``batch_size``; the
   value does not depend on it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -116,9 +117,11 @@ class Substrate:
             raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel!r}")
         if kind == "background":
             if not isinstance(background, torch.Tensor) or background.dim() != 3:
-                raise ValueError("substrate='background' needs background= a (C, H, W) tensor in the "
-                                 f"model's input space, got {type(background).__name__}"
-                                 f"{tuple(background.shape) if isinstance(background, torch.Tensor) else ''}")
+                raise ValueError(
+                    "substrate='background' needs background= a (C, H, W) tensor in the "
+                    f"model's input space, got {type(background).__name__}"
+                    f"{tuple(background.shape) if isinstance(background, torch.Tensor) else ''}"
+                )
         elif background is not None:
             raise ValueError(f"background= is only used with substrate='background', not {kind!r}")
         self.kind = kind
@@ -142,23 +145,23 @@ class Substrate:
             noise = torch.rand(states.shape[1:], generator=torch.Generator().manual_seed(self.seed))
             return noise.to(states).expand_as(states)
         if tuple(self.background.shape) != tuple(states.shape[1:]):
-            raise ValueError(f"background has shape {tuple(self.background.shape)} but states are "
-                             f"(B, {', '.join(map(str, states.shape[1:]))})")
+            raise ValueError(
+                f"background has shape {tuple(self.background.shape)} but states are "
+                f"(B, {', '.join(map(str, states.shape[1:]))})"
+            )
         return self.background.to(states).expand_as(states)
 
 
 def target_indices(model: Model, states: torch.Tensor, targets) -> torch.Tensor:
     """``(B,)`` action indices: validated ``targets``, or the model's argmax when ``None``."""
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        raise TypeError("this metric needs target indices (None, an int or a (B,) tensor), "
-                        "not a callable")
+        raise TypeError("this metric needs target indices (None, an int or a (B,) tensor), not a callable")
     return target_function(model, states, targets).index
 
 
 def _check_model(model: Model, states: torch.Tensor) -> None:
     if not isinstance(model, Model):
-        raise TypeError(f"metrics take an xrl Model, got {type(model).__name__}; "
-                        "wrap it with xrl.as_model")
+        raise TypeError(f"metrics take an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
     model.check_states(states)
 
 
@@ -236,8 +239,9 @@ class _Curve(Metric):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         kind = self.default_substrate if substrate is None else substrate
         self.protocol = protocol
-        self.substrate = Substrate(kind, blur_sigma=blur_sigma, blur_kernel=blur_kernel,
-                                   background=background, seed=seed, blur=protocol)
+        self.substrate = Substrate(
+            kind, blur_sigma=blur_sigma, blur_kernel=blur_kernel, background=background, seed=seed, blur=protocol
+        )
         self.step_fraction = None if step_fraction is None else float(step_fraction)
         self.score = score
         self.batch_size = int(batch_size)
@@ -346,8 +350,9 @@ class Accuracy(Metric):
         if normalize not in ("minmax", "none"):
             raise ValueError(f"normalize must be 'minmax' or 'none', got {normalize!r}")
         self.normalize = normalize
-        self.substrate = Substrate(substrate, blur_sigma=blur_sigma, blur_kernel=blur_kernel,
-                                   background=background, seed=seed)
+        self.substrate = Substrate(
+            substrate, blur_sigma=blur_sigma, blur_kernel=blur_kernel, background=background, seed=seed
+        )
 
     def compute(self, *, model, states, saliency, targets=None, **_) -> torch.Tensor:
         _check_model(model, states)

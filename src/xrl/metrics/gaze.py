@@ -13,6 +13,7 @@ On object label maps (Red-Fetch-Green, Atari RAM ground truth: 1 important, 0 un
 important pixels act as one fixation each, so these metrics then measure agreement with the
 labelled objects, not with humans.
 """
+
 from __future__ import annotations
 
 import torch
@@ -126,8 +127,10 @@ class ShuffledAUC(_Gaze):
                 raise ValueError(f"negatives has shape {tuple(self.negatives.shape)}, the fixation maps {size}")
             others = self.negatives.to(s.device).double().flatten()[None] - counts
             if (others < 0).any():
-                raise ValueError("negatives must include the scored frames' fixations (it is the sum "
-                                 "over the dataset); a frame has more fixations in a pixel than negatives")
+                raise ValueError(
+                    "negatives must include the scored frames' fixations (it is the sum "
+                    "over the dataset); a frame has more fixations in a pixel than negatives"
+                )
         others = others * valid
         order = s.argsort(1)
         scores = s.gather(1, order)
@@ -151,11 +154,14 @@ def _check_fixations(labels: torch.Tensor, saliency: torch.Tensor) -> torch.Tens
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be (B, H, W) integer fixation counts, got {type(labels).__name__}")
     if labels.dim() != 3 or labels.shape[0] != saliency.shape[0]:
-        raise ValueError(f"labels must be fixation maps (B, H, W) with B = {saliency.shape[0]}, got "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be fixation maps (B, H, W) with B = {saliency.shape[0]}, got {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer fixation counts, got {labels.dtype}")
     if ((labels < 0) & (labels != EXCLUDED)).any():
-        raise ValueError(f"fixation counts must be >= 0 ({EXCLUDED} = excluded pixel), got "
-                         f"{sorted(labels[(labels < 0) & (labels != EXCLUDED)].unique().tolist())}")
+        raise ValueError(
+            f"fixation counts must be >= 0 ({EXCLUDED} = excluded pixel), got "
+            f"{sorted(labels[(labels < 0) & (labels != EXCLUDED)].unique().tolist())}"
+        )
     return labels.to(saliency.device)

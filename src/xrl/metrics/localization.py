@@ -1,4 +1,5 @@
 """Localization: does the saliency fall on the pixels known to matter (DIGR section 4.4)?"""
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,11 @@ class Localization(Metric):
         at_or_below = torch.searchsorted(negatives, score, side="right")
         wins = ((below + at_or_below).double() / 2 * pos).sum(1)  # below + (ties) / 2
         pairs = pos.sum(1).double() * neg.sum(1).double()
-        auc = torch.where(pairs > 0, wins / pairs.clamp_min(1), torch.full((b,), float("nan"),
-                          dtype=torch.float64, device=score.device))
+        auc = torch.where(
+            pairs > 0,
+            wins / pairs.clamp_min(1),
+            torch.full((b,), float("nan"), dtype=torch.float64, device=score.device),
+        )
         return {
             "auc": auc.float(),
             "important": (score * pos).sum(1).float(),
@@ -54,12 +58,15 @@ def _check_labels(labels: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a (B, H, W) integer tensor, got {type(labels).__name__}")
     if tuple(labels.shape) != tuple(saliency.shape):
-        raise ValueError(f"labels must have the saliency's shape (B, H, W) = {tuple(saliency.shape)}, "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have the saliency's shape (B, H, W) = {tuple(saliency.shape)}, got {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     known = (labels == IMPORTANT) | (labels == UNIMPORTANT) | (labels == EXCLUDED)
     if not known.all():
-        raise ValueError(f"labels must hold only {IMPORTANT} (important), {UNIMPORTANT} (unimportant) "
-                         f"and {EXCLUDED} (excluded), got {sorted(labels[~known].unique().tolist())}")
+        raise ValueError(
+            f"labels must hold only {IMPORTANT} (important), {UNIMPORTANT} (unimportant) "
+            f"and {EXCLUDED} (excluded), got {sorted(labels[~known].unique().tolist())}"
+        )
     return labels.to(saliency.device)

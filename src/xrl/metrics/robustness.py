@@ -6,6 +6,7 @@ Self-Explaining Neural Networks", NeurIPS 2018, arXiv:1806.07538),
 ``max_j ||e(x) - e(x_j)||_2 / ||x - x_j||_2`` over sampled neighbours ``x_j``. Three named
 protocols (``protocol=``), see :class:`LocalLipschitz` and ``docs/metrics.md``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -86,29 +87,42 @@ class LocalLipschitz(Metric):
     category = "robustness"
     requires = ("explainer",)
 
-    def __init__(self, *, protocol: str = "xrl", radius: float | None = None, std: float | None = None,
-                 n_samples: int | None = None, batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        protocol: str = "xrl",
+        radius: float | None = None,
+        std: float | None = None,
+        n_samples: int | None = None,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
         if protocol not in LIPSCHITZ_PROTOCOLS:
             raise ValueError(f"protocol must be one of {LIPSCHITZ_PROTOCOLS}, got {protocol!r}")
         if protocol == "quantus":
             if radius is not None:
-                raise ValueError("radius= is the L-inf ball of protocol='xrl'/'xrl-raw'; protocol='quantus' "
-                                 "adds Gaussian noise of std= (default 0.1)")
+                raise ValueError(
+                    "radius= is the L-inf ball of protocol='xrl'/'xrl-raw'; protocol='quantus' "
+                    "adds Gaussian noise of std= (default 0.1)"
+                )
             std = 0.1 if std is None else std
             if not std > 0:
                 raise ValueError(f"std must be positive, got {std!r}")
         else:
             if std is not None:
-                raise ValueError(f"std= is the Gaussian noise of protocol='quantus'; protocol={protocol!r} "
-                                 "samples the L-inf ball of radius= (default 0.02)")
+                raise ValueError(
+                    f"std= is the Gaussian noise of protocol='quantus'; protocol={protocol!r} "
+                    "samples the L-inf ball of radius= (default 0.02)"
+                )
             radius = 0.02 if radius is None else radius
             if not radius > 0:
                 raise ValueError(f"radius must be positive, got {radius!r}")
         if n_samples is None:
             n_samples = 200 if protocol == "quantus" else 16
         if int(n_samples) < 1 or int(batch_size) < 1:
-            raise ValueError(f"n_samples and batch_size must be positive integers, got "
-                             f"{n_samples!r} and {batch_size!r}")
+            raise ValueError(
+                f"n_samples and batch_size must be positive integers, got {n_samples!r} and {batch_size!r}"
+            )
         self.protocol = protocol
         self.radius = None if radius is None else float(radius)
         self.std = None if std is None else float(std)
@@ -138,10 +152,12 @@ class LocalLipschitz(Metric):
             fixed = fixed.repeat_interleave(s)  # one per neighbour, sample-major
         offsets = self.noise(tuple(states.shape[1:])).to(states)  # (S, C, H, W)
         neighbours = (states.unsqueeze(1) + offsets).flatten(0, 1)  # (B*S, C, H, W)
-        maps = torch.cat([
-            explainer.explain(neighbours[part], fixed[part] if isinstance(fixed, torch.Tensor) else fixed)
-            for part in chunks(b * s, self.batch_size)
-        ]).double()
+        maps = torch.cat(
+            [
+                explainer.explain(neighbours[part], fixed[part] if isinstance(fixed, torch.Tensor) else fixed)
+                for part in chunks(b * s, self.batch_size)
+            ]
+        ).double()
         given = saliency.reshape(b, -1).double()
         if self.protocol != "xrl-raw":
             maps, given = normalise_by_max(maps), normalise_by_max(given)

@@ -1,8 +1,10 @@
 """Sanity checks: do a method's maps depend on the agent's weights at all?"""
+
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -43,12 +45,13 @@ class SanityCheck(Metric):
     #: printed after the evaluation table for methods whose mean ``passed`` is below 0.5
     flagged = "maps barely change when the agent's weights are randomized"
 
-    def __init__(self, *, layers: Sequence[str] | None = None, threshold: float = 0.5,
-                 seed: int = 0) -> None:
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)
-                                   or not layers):
-            raise ValueError(f"layers must be None (every layer) or a non-empty list of module "
-                             f"names in model.net, got {layers!r}")
+    def __init__(self, *, layers: Sequence[str] | None = None, threshold: float = 0.5, seed: int = 0) -> None:
+        if layers is not None and (
+            isinstance(layers, str) or not all(isinstance(n, str) for n in layers) or not layers
+        ):
+            raise ValueError(
+                f"layers must be None (every layer) or a non-empty list of module names in model.net, got {layers!r}"
+            )
         if not -1 <= float(threshold) <= 1:
             raise ValueError(f"threshold is a rank correlation, in [-1, 1]; got {threshold!r}")
         self.layers = None if layers is None else list(layers)
@@ -59,11 +62,15 @@ class SanityCheck(Metric):
         curves = self._curves(states, saliency, explainer, targets, every_step=False)
         cascading = curves.cascading[:, -1]
         passed = torch.where(cascading.isnan(), cascading, (cascading < self.threshold).to(cascading))
-        return {"cascading": cascading.float(), "independent": curves.independent.nanmean(1).float(),
-                "passed": passed.float()}
+        return {
+            "cascading": cascading.float(),
+            "independent": curves.independent.nanmean(1).float(),
+            "passed": passed.float(),
+        }
 
-    def curves(self, *, states: torch.Tensor, explainer: Explainer, saliency: torch.Tensor | None = None,
-               targets=None) -> SanityCurves:
+    def curves(
+        self, *, states: torch.Tensor, explainer: Explainer, saliency: torch.Tensor | None = None, targets=None
+    ) -> SanityCurves:
         """Every step of the cascade (from 0 randomized layers) and every single layer.
 
         ``saliency`` defaults to ``explainer.explain(states, targets)``. Column 0 of the cascade
@@ -104,11 +111,13 @@ class SanityCheck(Metric):
     def _select(self, model: Model, states: torch.Tensor) -> list[str]:
         """Names of the randomizable layers of ``model.net`` in forward order: the modules that
         own a weight (a parameter with >= 2 dims; Conv and Linear layers) and compute the scores."""
-        candidates = {name: m for name, m in model.net.named_modules()
-                      if any(p.dim() >= 2 for p in m.parameters(recurse=False))}
+        candidates = {
+            name: m for name, m in model.net.named_modules() if any(p.dim() >= 2 for p in m.parameters(recurse=False))
+        }
         called: dict[str, None] = {}  # insertion order = order of first call
-        hooks = [m.register_forward_hook(lambda *_, name=name: called.setdefault(name))
-                 for name, m in candidates.items()]
+        hooks = [
+            m.register_forward_hook(lambda *_, name=name: called.setdefault(name)) for name, m in candidates.items()
+        ]
         try:
             with torch.no_grad():
                 model(states[:1])
@@ -117,14 +126,18 @@ class SanityCheck(Metric):
                 h.remove()
         order = list(called)
         if not order:
-            raise ValueError(f"the sanity check randomizes layers with weights (Conv, Linear), but "
-                             f"this model ({type(model.net).__name__}) uses none to compute its scores")
+            raise ValueError(
+                f"the sanity check randomizes layers with weights (Conv, Linear), but "
+                f"this model ({type(model.net).__name__}) uses none to compute its scores"
+            )
         if self.layers is None:
             return order
         unknown = [n for n in self.layers if n not in order]
         if unknown:
-            raise ValueError(f"sanity: cannot randomize {unknown}; the layers with weights that compute "
-                             f"the scores are {order} (names in model.net, forward order)")
+            raise ValueError(
+                f"sanity: cannot randomize {unknown}; the layers with weights that compute "
+                f"the scores are {order} (names in model.net, forward order)"
+            )
         return [n for n in order if n in self.layers]
 
     def _fresh(self, model: Model, layers: list[str]) -> dict[str, list[torch.Tensor]]:

@@ -8,6 +8,7 @@ file can be mailed or opened anywhere.
 
     build_report("bench-results/quick")      # -> bench-results/quick/report.html
 """
+
 from __future__ import annotations
 
 import base64
@@ -92,9 +93,19 @@ def over_seeds(groups: list[dict]) -> dict:
         for k in merged:
             merged[k].update(g.get(k, {}))
     seeds = ", ".join(str(g["seed"]) for g in done)
-    return {"agent": done[0]["agent"], "env": done[0]["env"], "seed": f"mean over {seeds}",
-            "rows": [r for g in done for r in g["rows"] or []], "gallery_rows": [], "methods": methods,
-            "columns": columns, "means": means, "curves": curves, "maps": {}, **merged}
+    return {
+        "agent": done[0]["agent"],
+        "env": done[0]["env"],
+        "seed": f"mean over {seeds}",
+        "rows": [r for g in done for r in g["rows"] or []],
+        "gallery_rows": [],
+        "methods": methods,
+        "columns": columns,
+        "means": means,
+        "curves": curves,
+        "maps": {},
+        **merged,
+    }
 
 
 def build_report(results: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -111,9 +122,15 @@ def build_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
         groups += [_group(g, doc["spec"], folder) for g in mine]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(_TEMPLATE.read_text()).render(
-        name=doc["spec"]["name"], created=doc["created"], folder=str(folder), jobs=doc["jobs"],
-        groups=groups, failed=doc["failed"], versions=doc["versions"],
-        spec=doc["spec_text"] or json.dumps(doc["spec"], indent=2))
+        name=doc["spec"]["name"],
+        created=doc["created"],
+        folder=str(folder),
+        jobs=doc["jobs"],
+        groups=groups,
+        failed=doc["failed"],
+        versions=doc["versions"],
+        spec=doc["spec_text"] or json.dumps(doc["spec"], indent=2),
+    )
     with atomic_path(out) as tmp:
         tmp.write_text(html)
     return out
@@ -122,19 +139,32 @@ def build_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
 def _group(g: dict, spec: dict, folder: Path) -> dict:
     methods = g["methods"]
     best = best_values(g)
-    cells = {m: {c: {"raw": repr(float(g["means"][m].get(c, math.nan))),
-                     "text": format_value(g["means"][m].get(c, math.nan)),
-                     "best": c in best and g["means"][m].get(c) == best[c]}
-                 for c in g["columns"]} for m in methods}
+    cells = {
+        m: {
+            c: {
+                "raw": repr(float(g["means"][m].get(c, math.nan))),
+                "text": format_value(g["means"][m].get(c, math.nan)),
+                "best": c in best and g["means"][m].get(c) == best[c],
+            }
+            for c in g["columns"]
+        }
+        for m in methods
+    }
     curves = []
     for name in ("deletion", "insertion"):
-        series = {m: (g["curves"][m][name]["x"], g["curves"][m][name]["y"])
-                  for m in methods if name in g["curves"].get(m, {})}
+        series = {
+            m: (g["curves"][m][name]["x"], g["curves"][m][name]["y"]) for m in methods if name in g["curves"].get(m, {})
+        }
         if series:
             seed = g["seed"] if isinstance(g["seed"], str) else f"seed {g['seed']}"
-            curves.append(svg.line_chart(series, title=f"{name} ({g['agent']}, {seed})",
-                                         xlabel="fraction of pixels " + ("deleted" if name == "deletion" else "inserted"),
-                                         ylabel="p(action)"))
+            curves.append(
+                svg.line_chart(
+                    series,
+                    title=f"{name} ({g['agent']}, {seed})",
+                    xlabel="fraction of pixels " + ("deleted" if name == "deletion" else "inserted"),
+                    ylabel="p(action)",
+                )
+            )
     scores = category_scores(g) if methods else {}
     radars = [svg.radar(scores[m], title=m, colour_=svg.colour(i)) for i, m in enumerate(methods)]
     sanity_cols = [c for c in g["columns"] if g["categories"][c] == "sanity"]
@@ -143,17 +173,31 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
         verdict = {}
         for m in methods:
             passed = [g["means"][m][c] for c in sanity_cols if c.endswith(".passed")]
-            verdict[m] = ("n/a" if not passed or not math.isfinite(passed[0]) else
-                          "passed" if passed[0] >= 0.5 else "flagged: maps barely change with random weights")
+            verdict[m] = (
+                "n/a"
+                if not passed or not math.isfinite(passed[0])
+                else "passed"
+                if passed[0] >= 0.5
+                else "flagged: maps barely change with random weights"
+            )
         sanity = {"columns": sanity_cols, "verdict": verdict}
     times = None
     if "time_per_map" in g["columns"]:
-        times = svg.bars({m: g["means"][m]["time_per_map"] * 1000 for m in methods},
-                         title="time per map (log scale)", unit="ms")
-    return {**g, "n_states": len(g["rows"] or []), "cells": cells, "curves": curves,
-            "radars": radars, "sanity": sanity, "times": times, "timing": timing_table(g, methods),
-            "arrows": {c: "↑" if g["higher_is_better"][c] else "↓" for c in g["columns"]},
-            "gallery": _gallery(g, folder) if methods else []}
+        times = svg.bars(
+            {m: g["means"][m]["time_per_map"] * 1000 for m in methods}, title="time per map (log scale)", unit="ms"
+        )
+    return {
+        **g,
+        "n_states": len(g["rows"] or []),
+        "cells": cells,
+        "curves": curves,
+        "radars": radars,
+        "sanity": sanity,
+        "times": times,
+        "timing": timing_table(g, methods),
+        "arrows": {c: "↑" if g["higher_is_better"][c] else "↓" for c in g["columns"]},
+        "gallery": _gallery(g, folder) if methods else [],
+    }
 
 
 def timing_table(g: dict, methods: list[str]) -> dict | None:
@@ -196,8 +240,10 @@ def _gallery(g: dict, folder: Path) -> list[dict]:
     for m, path in g["maps"].items():
         arrays = read_npz(folder / path)
         if list(arrays["gallery_rows"]) != list(rows):
-            raise ValueError(f"{path} holds maps of rows {list(arrays['gallery_rows'])}, the results "
-                             f"list {rows}; run `xrl bench` again to rewrite the results")
+            raise ValueError(
+                f"{path} holds maps of rows {list(arrays['gallery_rows'])}, the results "
+                f"list {rows}; run `xrl bench` again to rewrite the results"
+            )
         maps[m] = arrays["gallery"]
     with StateDataset.open(data) as ds:
         frames = ds.frames(rows)
@@ -207,12 +253,15 @@ def _gallery(g: dict, folder: Path) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
         a = int(actions[i])
-        out.append({
-            "row": row, "action": f"{names[a]} ({probs[i][a]:.2f})",
-            "probs": list(zip(names, probs[i].tolist())),
-            "frame": _b64(encode_png(frames[i])),
-            "maps": {m: _b64(encode_png(overlay(frames[i], maps[m][i]))) for m in g["methods"]},
-        })
+        out.append(
+            {
+                "row": row,
+                "action": f"{names[a]} ({probs[i][a]:.2f})",
+                "probs": list(zip(names, probs[i].tolist())),
+                "frame": _b64(encode_png(frames[i])),
+                "maps": {m: _b64(encode_png(overlay(frames[i], maps[m][i]))) for m in g["methods"]},
+            }
+        )
     return out
 
 

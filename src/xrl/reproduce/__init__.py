@@ -8,6 +8,7 @@ into an output folder. The ledger of what was reproduced is ``docs/reproduction.
     from xrl.reproduce import TARGETS, run_target
     run_target(TARGETS.get("digr-table1"), "reproduce/digr-table1", quick=True)
 """
+
 from __future__ import annotations
 
 from xrl.reproduce import analyses, digr, fls, rexl, visionmask

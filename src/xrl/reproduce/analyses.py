@@ -8,6 +8,7 @@
   snapshots ``xrl train digr --snapshots true`` saves (how the zoo's α = 1 student was chosen,
   ``docs/digr.md``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ def run_rise_coverage(run: Run) -> None:
     from scipy.stats import spearmanr
 
     from xrl.agents.load import load_agent
-    from xrl.explainers import get_explainer
     from xrl.data.dataset import StateDataset
+    from xrl.explainers import get_explainer
+
     s = run.settings
     model = load_agent(s["agent"])
     path = run.collect("states", model, episodes=s["episodes"], seed=0, max_steps=s["max_steps"])
@@ -34,17 +36,29 @@ def run_rise_coverage(run: Run) -> None:
         top = model(states).softmax(-1).amax(-1).tolist()
     rows = []
     for score in ("probability", "logits"):
+
         def compute(score=score):
             explainer = get_explainer("rise", model, score=score, n_masks=s["n_masks"])
             maps = explainer.explain(states)
             coverage = explainer.masks(*states.shape[-2:]).sum(0).flatten().numpy()
             return {"rho": [float(spearmanr(m.flatten().numpy(), coverage).statistic) for m in maps]}
+
         rho = run.row(f"rise-{score}", compute)["rho"]
-        rows.append({"RISE score": score, "states": len(rho), "mean rank correlation with coverage": nanmean(rho),
-                     "per state": " ".join(f"{r:.2f}" for r in rho)})
-    run.table("coverage", rows, ["RISE score", "states", "mean rank correlation with coverage", "per state"],
-              title=f"Spearman correlation between RISE's map and its masks' coverage Σ M_i ({s['agent']}; the "
-                    "agent's top probability per state: " + " ".join(f"{p:.3f}" for p in top) + ")")
+        rows.append(
+            {
+                "RISE score": score,
+                "states": len(rho),
+                "mean rank correlation with coverage": nanmean(rho),
+                "per state": " ".join(f"{r:.2f}" for r in rho),
+            }
+        )
+    run.table(
+        "coverage",
+        rows,
+        ["RISE score", "states", "mean rank correlation with coverage", "per state"],
+        title=f"Spearman correlation between RISE's map and its masks' coverage Σ M_i ({s['agent']}; the "
+        "agent's top probability per state: " + " ".join(f"{p:.3f}" for p in top) + ")",
+    )
 
 
 def run_zoo_baselines(run: Run) -> None:
@@ -52,6 +66,7 @@ def run_zoo_baselines(run: Run) -> None:
 
     from xrl.agents.load import load_agent
     from xrl.envs import make_env
+
     s = run.settings
     model = load_agent(s["agent"])
     env = model.info.get("env") or {}
@@ -66,6 +81,7 @@ def run_zoo_baselines(run: Run) -> None:
             with torch.inference_mode():
                 p = model.probs(model.preprocess(obs[None]))[0].double().numpy()
             return int(rng.choice(len(p), p=p / p.sum()))
+
         out = {"agent greedy": greedy}
         if model.score_kind == "logits":
             out["agent sampled"] = sampled
@@ -95,28 +111,42 @@ def run_zoo_baselines(run: Run) -> None:
     rows = []
     for name, policy in policies().items():
         r = run.row(f"policy-{name}", lambda policy=policy: play(policy))
-        rows.append({"policy": name, "mean return": float(np.mean(r["returns"])), "std": float(np.std(r["returns"])),
-                     "mean length": float(np.mean(r["lengths"])), "ended by termination": float(np.mean(r["terminated"]))})
-    run.table("baselines", rows, ["policy", "mean return", "std", "mean length", "ended by termination"],
-              title=f"{s['agent']} ({env['name']}) against trivial policies, {s['episodes']} seeded episodes (seeds "
-                    f"{s['seed']}+), the same for every policy")
+        rows.append(
+            {
+                "policy": name,
+                "mean return": float(np.mean(r["returns"])),
+                "std": float(np.std(r["returns"])),
+                "mean length": float(np.mean(r["lengths"])),
+                "ended by termination": float(np.mean(r["terminated"])),
+            }
+        )
+    run.table(
+        "baselines",
+        rows,
+        ["policy", "mean return", "std", "mean length", "ended by termination"],
+        title=f"{s['agent']} ({env['name']}) against trivial policies, {s['episodes']} seeded episodes (seeds "
+        f"{s['seed']}+), the same for every policy",
+    )
 
 
 def run_digr_snapshots(run: Run) -> None:
     import torch
 
     from xrl.agents.load import load_agent
-    from xrl.explainers import get_explainer
-    from xrl.metrics import get_metric
     from xrl.data.dataset import StateDataset
     from xrl.envs import INFO_ONLY_SETTINGS
+    from xrl.explainers import get_explainer
+    from xrl.metrics import get_metric
     from xrl.train.agent import evaluate
     from xrl.train.digr import DIGR_TARGET
     from xrl.viz.overlay import line_panels
+
     s = run.settings
     if not s["run"]:
-        raise ValueError("digr-snapshots needs the DIGR run folder: --set run=runs/digr-rfg-a1 (a run trained with "
-                         "xrl train digr --snapshots true)")
+        raise ValueError(
+            "digr-snapshots needs the DIGR run folder: --set run=runs/digr-rfg-a1 (a run trained with "
+            "xrl train digr --snapshots true)"
+        )
     snapshots = sorted(Path(s["run"], "snapshots").glob("agent-*.pt"))
     if s["updates"]:
         wanted = {int(u) for u in s["updates"]}
@@ -124,21 +154,40 @@ def run_digr_snapshots(run: Run) -> None:
     if not snapshots:
         raise ValueError(f"{s['run']}/snapshots/ holds no agent-*.pt: train with --snapshots true")
     teacher = load_agent(s["teacher"])
-    path = run.collect("validation", teacher, episodes=s["data_episodes"], seed=s["data_seed"],
-                       env_settings={"labels": s["labels"]}, max_steps=s["max_steps"])
+    path = run.collect(
+        "validation",
+        teacher,
+        episodes=s["data_episodes"],
+        seed=s["data_seed"],
+        env_settings={"labels": s["labels"]},
+        max_steps=s["max_steps"],
+    )
     with StateDataset.open(path) as ds:
         rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
         states, labels = ds.states(rows), torch.as_tensor(ds.labels(rows))
-        seen = (ds.env["name"], {k: v for k, v in (ds.env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS})
+        seen = (
+            ds.env["name"],
+            {k: v for k, v in (ds.env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS},
+        )
 
     def score(model) -> dict:
         maps = get_explainer("gradient", model).explain(states, DIGR_TARGET)
         loc = get_metric("localization")(states=states, saliency=maps, labels=labels)
         env = model.info["env"]
-        ret = evaluate(model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=s["seed"],
-                       progress=False, batch=10)
-        return {**{k: nanmean(v.double().tolist()) for k, v in loc.items()}, "mean_return": ret["mean_return"],
-                "success_rate": ret.get("success_rate")}
+        ret = evaluate(
+            model,
+            env["name"],
+            env.get("settings") or {},
+            episodes=s["episodes"],
+            seed=s["seed"],
+            progress=False,
+            batch=10,
+        )
+        return {
+            **{k: nanmean(v.double().tolist()) for k, v in loc.items()},
+            "mean_return": ret["mean_return"],
+            "success_rate": ret.get("success_rate"),
+        }
 
     results = []
     for p in snapshots:
@@ -149,15 +198,27 @@ def run_digr_snapshots(run: Run) -> None:
         results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})
     t = run.row("teacher", lambda: score(teacher))
     results.append({"update": "teacher", **t})
-    run.table("snapshots", results, ["update", "auc", "important", "unimportant", "mean_return", "success_rate"],
-              title=f"DIGR student snapshots of {s['run']}: vanilla-gradient localization on {len(rows)} validation "
-                    f"states ({s['labels']} labels) and greedy success over {s['episodes']} episodes (seeds "
-                    f"{s['seed']}+)")
+    run.table(
+        "snapshots",
+        results,
+        ["update", "auc", "important", "unimportant", "mean_return", "success_rate"],
+        title=f"DIGR student snapshots of {s['run']}: vanilla-gradient localization on {len(rows)} validation "
+        f"states ({s['labels']} labels) and greedy success over {s['episodes']} episodes (seeds "
+        f"{s['seed']}+)",
+    )
     u = [r["update"] for r in results[:-1]]
-    line_panels({"vanilla-gradient AUC": {"DIGR": (u, [r["auc"] for r in results[:-1]], None)},
-                 "success rate": {"DIGR": (u, [r["success_rate"] for r in results[:-1]], None),
-                                  "teacher": ([u[0], u[-1]], [t["success_rate"]] * 2, None)}},
-                run.figure("snapshots"), xlabel="update", ylabel="")
+    line_panels(
+        {
+            "vanilla-gradient AUC": {"DIGR": (u, [r["auc"] for r in results[:-1]], None)},
+            "success rate": {
+                "DIGR": (u, [r["success_rate"] for r in results[:-1]], None),
+                "teacher": ([u[0], u[-1]], [t["success_rate"]] * 2, None),
+            },
+        },
+        run.figure("snapshots"),
+        xlabel="update",
+        ylabel="",
+    )
 
 
 # the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json

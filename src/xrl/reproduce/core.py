@@ -16,6 +16,7 @@ the wall time.
 ``quick=True`` applies the target's ``quick`` settings over its full budget: the same code path on
 a handful of states and episodes, for the tests.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,23 +27,23 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from xrl.files import FolderLock, atomic_path, write_json
 
 PAPERS = {
-    "digr": "DIGR: Xing, Nagata, Zou, Neftci & Krichmar 2022, \"Policy Distillation with Selective Input "
-            "Gradient Regularization for Efficient Interpretability\", arXiv:2205.08685",
-    "visionmask": "VisionMask: Zuo, Khan, Wang, Katz & Qiu 2025, \"Why the Agent Made that Decision: "
-                  "Contrastive Explanation Learning for Reinforcement Learning\", arXiv:2411.16120",
-    "rexl": "RExL: Agarwal, Iqbal, Buridi, Manjusha & Das 2021, \"Reinforcement Explanation Learning\", "
-            "arXiv:2111.13406",
-    "fls": "FLS: Nikulin, Ianina, Aliev & Nikolenko 2019, \"Free-Lunch Saliency via Attention in Atari "
-           "Agents\", arXiv:1908.02511",
+    "digr": 'DIGR: Xing, Nagata, Zou, Neftci & Krichmar 2022, "Policy Distillation with Selective Input '
+    'Gradient Regularization for Efficient Interpretability", arXiv:2205.08685',
+    "visionmask": 'VisionMask: Zuo, Khan, Wang, Katz & Qiu 2025, "Why the Agent Made that Decision: '
+    'Contrastive Explanation Learning for Reinforcement Learning", arXiv:2411.16120',
+    "rexl": 'RExL: Agarwal, Iqbal, Buridi, Manjusha & Das 2021, "Reinforcement Explanation Learning", arXiv:2111.13406',
+    "fls": 'FLS: Nikulin, Ianina, Aliev & Nikolenko 2019, "Free-Lunch Saliency via Attention in Atari '
+    'Agents", arXiv:1908.02511',
 }
 
 
@@ -61,7 +62,7 @@ class Target:
     """the full budget (every setting with its default)"""
     quick: dict
     """settings laid over ``settings`` by ``--quick``"""
-    run: Callable[["Run"], None]
+    run: Callable[[Run], None]
     measured: str = "not measured yet"
     """how long the full budget took here, and under which load (``--list`` prints it)"""
     docs: str = ""
@@ -77,7 +78,9 @@ class Target:
             settings.update(self.quick)
         for key, value in (overrides or {}).items():
             if key not in self.settings:
-                raise ValueError(f"{self.name} has no setting {key!r}; its settings: {', '.join(sorted(self.settings))}")
+                raise ValueError(
+                    f"{self.name} has no setting {key!r}; its settings: {', '.join(sorted(self.settings))}"
+                )
             if isinstance(self.settings[key], list) and not isinstance(value, list):
                 value = [value]  # --set agents=pong: a list of one
             settings[key] = value
@@ -87,8 +90,9 @@ class Target:
 class Run:
     """One run of a target into ``out``: resumable rows, data, tables and figures."""
 
-    def __init__(self, target: Target, out: str | os.PathLike, settings: dict, *, quick: bool = False,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, target: Target, out: str | os.PathLike, settings: dict, *, quick: bool = False, progress: bool = True
+    ) -> None:
         self.target, self.out, self.settings, self.quick = target, Path(out), settings, quick
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,7 @@ class Run:
     def key(self, name: str) -> str:
         # settings left at None are unused (an optional override), so adding one keeps old rows
         settings = {k: v for k, v in self.settings.items() if k not in self.target.selectors and v is not None}
-        text = json.dumps({"target": self.target.name, "settings": settings, "row": name},
-                          sort_keys=True, default=str)
+        text = json.dumps({"target": self.target.name, "settings": settings, "row": name}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def row(self, name: str, compute: Callable[[], dict]) -> dict:
@@ -133,16 +136,43 @@ class Run:
         return json.loads(path.read_text())["value"]
 
     # -- data -------------------------------------------------------------------------------------
-    def collect(self, name: str, agent, *, episodes: int, seed: int = 0, env_settings: Mapping | None = None,
-                max_steps: int | None = None, sample: bool = False) -> Path:
+    def collect(
+        self,
+        name: str,
+        agent,
+        *,
+        episodes: int,
+        seed: int = 0,
+        env_settings: Mapping | None = None,
+        max_steps: int | None = None,
+        sample: bool = False,
+    ) -> Path:
         """``<out>/data/<name>.h5``: the agent's seeded episodes (``xrl collect``; resumes)."""
         from xrl.data.collect import collect
-        return collect(agent, episodes=episodes, out=self.out / "data" / f"{name}.h5", seed=seed,
-                       env_settings=env_settings, max_steps=max_steps, sample=sample, progress=False)
+
+        return collect(
+            agent,
+            episodes=episodes,
+            out=self.out / "data" / f"{name}.h5",
+            seed=seed,
+            env_settings=env_settings,
+            max_steps=max_steps,
+            sample=sample,
+            progress=False,
+        )
 
     # -- outputs ----------------------------------------------------------------------------------
-    def table(self, name: str, rows: Sequence[Mapping], columns: Sequence[str], *, title: str,
-              notes: Sequence[str] = (), extra: Mapping | None = None, digits: int = 3) -> Path:
+    def table(
+        self,
+        name: str,
+        rows: Sequence[Mapping],
+        columns: Sequence[str],
+        *,
+        title: str,
+        notes: Sequence[str] = (),
+        extra: Mapping | None = None,
+        digits: int = 3,
+    ) -> Path:
         """``<name>.md``, ``<name>.csv`` and ``<name>.json`` (rows, columns, title, notes,
         ``extra``: e.g. paired intervals or per-state values)."""
         lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -157,8 +187,16 @@ class Run:
             writer.writerow(columns)
             for r in rows:
                 writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
-        write_json(self.out / f"{name}.json", {"title": title, "columns": list(columns), "rows": [dict(r) for r in rows],
-                                               "notes": list(notes), **dict(extra or {})})
+        write_json(
+            self.out / f"{name}.json",
+            {
+                "title": title,
+                "columns": list(columns),
+                "rows": [dict(r) for r in rows],
+                "notes": list(notes),
+                **dict(extra or {}),
+            },
+        )
         self.tables[name] = md
         if self.progress:
             print(md)
@@ -179,20 +217,29 @@ def _row_done(run: Run, name: str) -> None:
     """Called after every row is written (the tests replace it to inject a kill)."""
 
 
-def run_target(target: Target, out: str | os.PathLike, *, quick: bool = False, overrides: Mapping | None = None,
-               progress: bool = True, command: str | None = None) -> Run:
+def run_target(
+    target: Target,
+    out: str | os.PathLike,
+    *,
+    quick: bool = False,
+    overrides: Mapping | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Run:
     """Run (or resume) ``target`` into ``out`` and write ``summary.md`` and ``run.json``."""
-    import torch
+
     settings = target.resolved(overrides, quick=quick)
     run = Run(target, out, settings, quick=quick, progress=progress)
     with FolderLock(run.out / ".lock", str(run.out), "wait for it to finish or use another --out"):
         return _run_locked(target, run, settings, quick, overrides, progress, command)
 
 
-def _run_locked(target: Target, run: Run, settings: dict, quick: bool, overrides, progress: bool,
-                command: str | None) -> Run:
+def _run_locked(
+    target: Target, run: Run, settings: dict, quick: bool, overrides, progress: bool, command: str | None
+) -> Run:
     """:func:`run_target` once it holds the output folder's lock (one run at a time per folder)."""
     import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
@@ -202,37 +249,69 @@ def _run_locked(target: Target, run: Run, settings: dict, quick: bool, overrides
         torch.set_num_threads(threads)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     command = command or f"xrl reproduce {target.name}" + (" --quick" if quick else "") + "".join(
-        f" --set {k}={_flag(v)}" for k, v in (overrides or {}).items())
+        f" --set {k}={_flag(v)}" for k, v in (overrides or {}).items()
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    record = {"target": target.name, "paper": PAPERS.get(target.paper, target.paper), "claim": target.claim,
-              "command": command, "quick": quick, "settings": settings, "seconds": seconds,
-              "cpu_seconds": cpu_seconds, "load_average_at_end": load, "rows_computed": len(run.computed),
-              "rows_reused": len(run.reused), "tables": list(run.tables), "figures": run.figures, "notes": run.notes,
-              "torch_threads": 1, "python": sys.version.split()[0], "torch": torch.__version__}
+    record = {
+        "target": target.name,
+        "paper": PAPERS.get(target.paper, target.paper),
+        "claim": target.claim,
+        "command": command,
+        "quick": quick,
+        "settings": settings,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "load_average_at_end": load,
+        "rows_computed": len(run.computed),
+        "rows_reused": len(run.reused),
+        "tables": list(run.tables),
+        "figures": run.figures,
+        "notes": run.notes,
+        "torch_threads": 1,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
     write_json(run.out / "run.json", record)
-    text = [f"# {target.name}: {target.claim}", "", f"Paper: {PAPERS.get(target.paper, target.paper)}", "",
-            f"Re-runs: {run.reruns}", "", f"Command: `{command}`", "",
-            f"Settings: `{json.dumps(settings, sort_keys=True)}`", ""]
+    text = [
+        f"# {target.name}: {target.claim}",
+        "",
+        f"Paper: {PAPERS.get(target.paper, target.paper)}",
+        "",
+        f"Re-runs: {run.reruns}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Settings: `{json.dumps(settings, sort_keys=True)}`",
+        "",
+    ]
     text += [run.tables[name] for name in run.tables]
     text += [f"![{f}]({f})\n" for f in run.figures]
     text += run.notes
-    text += ["", f"Took {seconds:.0f} s of wall time ({cpu_seconds:.0f} s of CPU in this process; "
-             f"{len(run.computed)} rows computed, {len(run.reused)} reused from an earlier run; load average "
-             f"{load if load is None else round(load, 2)} at the end)."]
+    text += [
+        "",
+        f"Took {seconds:.0f} s of wall time ({cpu_seconds:.0f} s of CPU in this process; "
+        f"{len(run.computed)} rows computed, {len(run.reused)} reused from an earlier run; load average "
+        f"{load if load is None else round(load, 2)} at the end).",
+    ]
     with atomic_path(run.out / "summary.md") as tmp:
         tmp.write_text("\n".join(text) + "\n")
     if progress:
-        print(f"wrote {run.out}/summary.md, run.json, " + ", ".join(
-            f"{t}.md/.csv/.json" for t in run.tables) + ("" if not run.figures else ", " + ", ".join(run.figures)))
+        print(
+            f"wrote {run.out}/summary.md, run.json, "
+            + ", ".join(f"{t}.md/.csv/.json" for t in run.tables)
+            + ("" if not run.figures else ", " + ", ".join(run.figures))
+        )
     return run
 
 
 # -- statistics ------------------------------------------------------------------------------------
-def paired_interval(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0,
-                    level: float = 0.95) -> dict:
+def paired_interval(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Mean of ``a - b`` over paired samples (states or seeded episodes; pairs with a NaN/None
     left out) with a percentile-bootstrap interval (``scipy.stats.bootstrap``, seeded)."""
     from scipy.stats import bootstrap
+
     a = np.asarray([np.nan if x is None else x for x in a], dtype=np.float64)
     b = np.asarray([np.nan if x is None else x for x in b], dtype=np.float64)
     if a.shape != b.shape:
@@ -243,8 +322,14 @@ def paired_interval(a: Sequence[float], b: Sequence[float], *, resamples: int = 
         return {"mean": float(diff.mean()) if diff.size else None, "low": None, "high": None, "n": int(diff.size)}
     if np.all(diff == diff[0]):  # a degenerate sample: the interval is the point
         return {"mean": float(diff[0]), "low": float(diff[0]), "high": float(diff[0]), "n": int(diff.size)}
-    ci = bootstrap((diff,), np.mean, n_resamples=resamples, method="percentile", confidence_level=level,
-                   rng=np.random.default_rng(seed)).confidence_interval
+    ci = bootstrap(
+        (diff,),
+        np.mean,
+        n_resamples=resamples,
+        method="percentile",
+        confidence_level=level,
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high), "n": int(diff.size)}
 
 
@@ -277,7 +362,7 @@ def _cell(value: Any, digits: int) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
-        if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e5):
+        if value != 0 and (abs(value) < 10**-digits or abs(value) >= 1e5):
             return f"{value:.2e}"
         return f"{value:.{digits}f}"
     return str(value)
@@ -327,13 +412,17 @@ def load_targets(runs: Mapping[str, Callable[[Run], None]], path: str | os.PathL
             raise ValueError(f"{where}: expected an object with keys {', '.join(sorted(REQUIRED_KEYS))}")
         missing, unknown = REQUIRED_KEYS - entry.keys(), entry.keys() - TARGET_KEYS
         if missing or unknown:
-            raise ValueError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
-                             f"a target has {', '.join(sorted(TARGET_KEYS))}")
+            raise ValueError(
+                f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
+                f"a target has {', '.join(sorted(TARGET_KEYS))}"
+            )
         if not isinstance(entry["settings"], dict) or not isinstance(entry["quick"], dict):
             raise ValueError(f"{where}: settings and quick must be objects")
         if not set(entry["quick"]) <= set(entry["settings"]):
-            raise ValueError(f"{where}: quick sets {sorted(set(entry['quick']) - set(entry['settings']))}, "
-                             "which are not among its settings")
+            raise ValueError(
+                f"{where}: quick sets {sorted(set(entry['quick']) - set(entry['settings']))}, "
+                "which are not among its settings"
+            )
         if entry["name"] not in runs:
             raise ValueError(f"{where}: no run function; the paper's module must list it in RUNS")
         registry.add(Target(**{**entry, "selectors": tuple(entry.get("selectors", ()))}, run=runs[entry["name"]]))

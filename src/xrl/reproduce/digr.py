@@ -8,6 +8,7 @@ collected twice, with object labels (the drawn agent and green ball important) a
 default cell labels; the rows drawn with ``numpy.random.default_rng(0)`` as ``digr_evidence.py``
 did before it moved here.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,20 +20,31 @@ import torch
 from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 # Table 1 of the paper: important, unimportant, AUC
-PAPER_TABLE1 = {"VG": (56.04, 278.10, 0.840), "Guided BP": (82.84, 35.67, 0.993), "Grad-CAM": (43.12, 364.97, 0.686),
-                "SmoothGrad": (83.05, 84.76, 0.991), "Integrated G": (67.79, 232.09, 0.900),
-                "GB Perturbation": (86.11, 77.81, 0.989), "SARFA": (58.40, 42.17, 0.895),
-                "DIGR VG": (72.52, 0.00, 0.997)}
+PAPER_TABLE1 = {
+    "VG": (56.04, 278.10, 0.840),
+    "Guided BP": (82.84, 35.67, 0.993),
+    "Grad-CAM": (43.12, 364.97, 0.686),
+    "SmoothGrad": (83.05, 84.76, 0.991),
+    "Integrated G": (67.79, 232.09, 0.900),
+    "GB Perturbation": (86.11, 77.81, 0.989),
+    "SARFA": (58.40, 42.17, 0.895),
+    "DIGR VG": (72.52, 0.00, 0.997),
+}
 
 
 def teacher_methods(s: dict) -> dict:
     from xrl.train.digr import DIGR_TARGET
+
     return {
         "VG": ("gradient", {}, DIGR_TARGET),
         "VG (action)": ("gradient", {}, None),
         "Guided BP": ("guided_backprop", {}, None),
         "Grad-CAM": ("grad_cam", {}, None),
-        "SmoothGrad": ("smoothgrad", {"base": "guided_backprop", "n_samples": s["smoothgrad_samples"], "sigma": 0.15}, None),
+        "SmoothGrad": (
+            "smoothgrad",
+            {"base": "guided_backprop", "n_samples": s["smoothgrad_samples"], "sigma": 0.15},
+            None,
+        ),
         "Integrated G": ("integrated_gradients", {"n_steps": s["ig_steps"]}, None),
         "GB Perturbation": ("greydanus", {"score": "kl", "radius": s["radius"], "stride": s["stride"]}, None),
         "SARFA": ("sarfa", {"radius": s["radius"], "stride": s["stride"]}, None),
@@ -41,11 +53,13 @@ def teacher_methods(s: dict) -> dict:
 
 def student_methods(s: dict) -> dict:
     from xrl.train.digr import DIGR_TARGET
+
     return {"VG": ("gradient", {}, DIGR_TARGET), "VG (action)": ("gradient", {}, None)}
 
 
 def _agents(s: dict) -> dict:
     from xrl.agents.load import load_agent
+
     agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(s["student"])}
     if s.get("distilled"):
         agents["distillation only"] = load_agent(s["distilled"])
@@ -60,19 +74,31 @@ def _states(run: Run, teacher, labels: str, s: dict):
     """States, actions, labels and frames of the labelled test states (``labels``: objects, cells
     on Red-Fetch-Green; cars on highway-fast)."""
     from xrl.data.dataset import StateDataset
-    path = run.collect(f"teacher-{labels}", teacher, episodes=s["episodes"], seed=s["collect_seed"],
-                       env_settings={"labels": LABEL_SETTINGS.get(labels, labels)},
-                       max_steps=s["max_steps"])
+
+    path = run.collect(
+        f"teacher-{labels}",
+        teacher,
+        episodes=s["episodes"],
+        seed=s["collect_seed"],
+        env_settings={"labels": LABEL_SETTINGS.get(labels, labels)},
+        max_steps=s["max_steps"],
+    )
     with StateDataset.open(path) as ds:
         if ds.labels() is None:
             raise ValueError(f"{path} has no ground-truth labels; DIGR's Table 1 needs them")
         rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
-        return (rows, ds.states(rows), torch.as_tensor(ds.actions[rows]), torch.as_tensor(ds.labels(rows)),
-                ds.frames(rows))
+        return (
+            rows,
+            ds.states(rows),
+            torch.as_tensor(ds.actions[rows]),
+            torch.as_tensor(ds.labels(rows)),
+            ds.frames(rows),
+        )
 
 
 def _maps(model, method, settings, target, states, actions):
     from xrl.explainers import get_explainer
+
     explainer = get_explainer(method, model, **settings)
     return explainer, explainer.explain(states, target if target is not None else actions)
 
@@ -88,11 +114,14 @@ def _other_teacher(run: Run, agents: dict) -> bool:
     if env == PAPER_ENV:
         return False
     s = run.settings
-    names = ", ".join(f"{a} `{s[k]}`" for a, k in (("teacher", "teacher"), ("DIGR student", "student"),
-                                                     ("distillation-only student", "distilled")) if s.get(k))
+    names = ", ".join(
+        f"{a} `{s[k]}`"
+        for a, k in (("teacher", "teacher"), ("DIGR student", "student"), ("distillation-only student", "distilled"))
+        if s.get(k)
+    )
     run.reruns = f"on {env} (not the paper's Red-Fetch-Green): the {names}; " + {
         "digr-table1": "the teacher's 7 saliency methods and the students' vanilla gradient on labelled states, "
-                       "and the agents' greedy return over the same seeded episodes",
+        "and the agents' greedy return over the same seeded episodes",
         "digr-attacks": "the agents' greedy return on the same seeded episodes under each attack and eps",
     }.get(run.target.name, "as the target describes")
     return True
@@ -102,8 +131,10 @@ def run_table1(run: Run) -> None:
     agents = _agents(run.settings)
     other = _other_teacher(run, agents)
     if other:
-        run.note(f"The paper's Table 1 is on Red-Fetch-Green; this teacher plays "
-                 f"{agents['teacher'].info['env']['name']}, so no paper numbers are printed beside ours.")
+        run.note(
+            f"The paper's Table 1 is on Red-Fetch-Green; this teacher plays "
+            f"{agents['teacher'].info['env']['name']}, so no paper numbers are printed beside ours."
+        )
     table1(run, agents, run.settings, paper={} if other else PAPER_TABLE1)
 
 
@@ -112,6 +143,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     students) on the teacher's labelled states; ``paper``: the paper's rows to print beside ours
     (empty when the paper has none for this task)."""
     from xrl.metrics import get_metric
+
     teacher = agents["teacher"]
     localization = get_metric("localization")
     per_state: dict[str, dict[str, list]] = {}
@@ -124,14 +156,19 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
         for agent, model in agents.items():
             methods = teacher_methods(s) if agent == "teacher" else student_methods(s)
             for name, (method, settings, target) in methods.items():
+
                 def compute(model=model, method=method, settings=settings, target=target):
                     explainer, m = _maps(model, method, settings, target, states, actions)
                     v = localization(states=states, saliency=m, labels=label_maps)
                     n = min(8, len(states))
                     t = get_metric("time_per_map", repeats=s["time_repeats"])(
-                        states=states[:n], saliency=m[:n], explainer=explainer,
-                        targets=target if target is not None else actions[:n])
+                        states=states[:n],
+                        saliency=m[:n],
+                        explainer=explainer,
+                        targets=target if target is not None else actions[:n],
+                    )
                     return {**{k: x.double().tolist() for k, x in v.items()}, "seconds_per_map": float(t[0])}
+
                 value = run.row(f"table1-{labels}-{agent}-{name}", compute)
                 per_state.setdefault(f"{agent}: {name}", {})[labels] = value["auc"]
                 entry = table.setdefault((agent, name), {"agent": agent, "method": name})
@@ -146,41 +183,62 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
             entry["paper important"], entry["paper unimportant"], entry["paper AUC"] = paper[key]
     # paired intervals: the DIGR student's VG AUC minus every other row's, on the same states
     primary = s["labels"][0]
-    paired = {k: paired_interval(per_state["DIGR: VG"][primary], v[primary])
-              for k, v in per_state.items() if k != "DIGR: VG"}
+    paired = {
+        k: paired_interval(per_state["DIGR: VG"][primary], v[primary]) for k, v in per_state.items() if k != "DIGR: VG"
+    }
     for (agent, name), entry in table.items():
         entry["DIGR VG AUC minus this (95% CI)"] = format_interval(paired.get(f"{agent}: {name}"))
     speed = {f"{a}: {n}": e["seconds_per_map"] for (a, n), e in table.items()}
     ratio = speed["teacher: GB Perturbation"] / speed["DIGR: VG"]
-    columns = ["agent", "method", "important", "unimportant"] + [f"auc_{lab}" for lab in s["labels"]] + [
-        *(["paper important", "paper unimportant", "paper AUC"] if paper else []),
-        "DIGR VG AUC minus this (95% CI)", "seconds_per_map"]
-    run.table("table1", list(table.values()), columns,
-              title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "
-                    f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
-                    "against the ground truth)",
-              notes=[f"Perturbation map / DIGR vanilla gradient time per map: {ratio:.0f}x (same run, one thread).",
-                     f"Paired intervals: mean over the same states of the DIGR student's VG AUC minus each row's "
-                     f"({primary} labels), 95% percentile bootstrap; bold = excludes 0."],
-              extra={"paired_auc_vs_digr_vg": paired, "per_state_auc": per_state, "perturbation_over_digr_time": ratio})
+    columns = (
+        ["agent", "method", "important", "unimportant"]
+        + [f"auc_{lab}" for lab in s["labels"]]
+        + [
+            *(["paper important", "paper unimportant", "paper AUC"] if paper else []),
+            "DIGR VG AUC minus this (95% CI)",
+            "seconds_per_map",
+        ]
+    )
+    run.table(
+        "table1",
+        list(table.values()),
+        columns,
+        title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "
+        f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
+        "against the ground truth)",
+        notes=[
+            f"Perturbation map / DIGR vanilla gradient time per map: {ratio:.0f}x (same run, one thread).",
+            f"Paired intervals: mean over the same states of the DIGR student's VG AUC minus each row's "
+            f"({primary} labels), 95% percentile bootstrap; bold = excludes 0.",
+        ],
+        extra={"paired_auc_vs_digr_vg": paired, "per_state_auc": per_state, "perturbation_over_digr_time": ratio},
+    )
 
     # Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG (and the
     # distillation-only student's, the ablation, when given)
     from xrl.viz.overlay import explanation_grid, line_panels
+
     rows, states, actions, frames = first
     pick = list(range(0, len(rows), max(1, len(rows) // 4)))[:4]
     figure_maps = {}
-    panels = [("teacher VG", "teacher", teacher_methods(s)["VG"]),
-              ("GB perturbation", "teacher", teacher_methods(s)["GB Perturbation"]),
-              ("DIGR VG", "DIGR", student_methods(s)["VG"])]
+    panels = [
+        ("teacher VG", "teacher", teacher_methods(s)["VG"]),
+        ("GB perturbation", "teacher", teacher_methods(s)["GB Perturbation"]),
+        ("DIGR VG", "DIGR", student_methods(s)["VG"]),
+    ]
     if "distillation only" in agents:
         panels.append(("distillation-only VG", "distillation only", student_methods(s)["VG"]))
     for label, agent, (method, settings, target) in panels:
         figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[1]
-    explanation_grid(frames[pick], figure_maps, run.figure("fig3"), actions=actions[pick].numpy(),
-                     action_names=teacher.action_names,
-                     title="teacher vanilla gradient, perturbation, DIGR student"
-                           + (", distillation-only student" if "distillation only" in agents else ""))
+    explanation_grid(
+        frames[pick],
+        figure_maps,
+        run.figure("fig3"),
+        actions=actions[pick].numpy(),
+        action_names=teacher.action_names,
+        title="teacher vanilla gradient, perturbation, DIGR student"
+        + (", distillation-only student" if "distillation only" in agents else ""),
+    )
 
     # Fig. 9: the students' return during training (their history.json) against the teacher's
     curves = {}
@@ -192,8 +250,11 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
             if path.exists():
                 h = json.loads(path.read_text())
                 log = [e for e in h["log"] if "student" in e]
-                curves[agent] = ([e["update"] for e in log], [e["student"]["mean_return"] for e in log],
-                                 [e["student"]["std_return"] for e in log])
+                curves[agent] = (
+                    [e["update"] for e in log],
+                    [e["student"]["mean_return"] for e in log],
+                    [e["student"]["std_return"] for e in log],
+                )
                 t = h["teacher"]["mean_return"]
                 curves.setdefault("teacher", ([log[0]["update"], log[-1]["update"]], [t, t], None))
                 break
@@ -202,32 +263,59 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
 
     # behaviour: every agent on the same seeded greedy episodes (the cards' seeds 10000 + i)
     from xrl.train.agent import evaluate
+
     env = teacher.info["env"]
     returns = {}
     for agent, model in agents.items():
-        returns[agent] = run.row(f"score-{agent}", lambda model=model: evaluate(
-            model, env["name"], env.get("settings") or {}, episodes=s["score_episodes"], seed=10_000,
-            progress=False, batch=20, per_episode=True))
+        returns[agent] = run.row(
+            f"score-{agent}",
+            lambda model=model: evaluate(
+                model,
+                env["name"],
+                env.get("settings") or {},
+                episodes=s["score_episodes"],
+                seed=10_000,
+                progress=False,
+                batch=20,
+                per_episode=True,
+            ),
+        )
     base = np.asarray(returns["teacher"]["returns"])
     score_rows, paired_returns = [], {}
     for agent, r in returns.items():
         won = np.asarray(r["returns"]) > 0
-        row = {"agent": agent, "mean return": r["mean_return"], "std return": r["std_return"],
-               "return / teacher": r["mean_return"] / returns["teacher"]["mean_return"], "success": float(won.mean())}
+        row = {
+            "agent": agent,
+            "mean return": r["mean_return"],
+            "std return": r["std_return"],
+            "return / teacher": r["mean_return"] / returns["teacher"]["mean_return"],
+            "success": float(won.mean()),
+        }
         if agent != "teacher":
             paired_returns[agent] = paired_interval(r["returns"], base)
             row["return minus teacher (95% CI)"] = format_interval(paired_returns[agent])
             row["success minus teacher (95% CI)"] = format_interval(
-                paired_interval(won.astype(float), (base > 0).astype(float)))
+                paired_interval(won.astype(float), (base > 0).astype(float))
+            )
         score_rows.append(row)
-    run.table("behaviour", score_rows, ["agent", "mean return", "std return", "return / teacher",
-                                        "return minus teacher (95% CI)", "success", "success minus teacher (95% CI)"],
-              title=f"Greedy return over the same {s['score_episodes']} seeded episodes (seeds 10000+) for every "
-                    "agent (the paper's Fig. 9: the student's performance matches the teacher's; success = "
-                    "positive return)",
-              notes=["Paired intervals over the same seeded episodes, 95% percentile bootstrap; bold = excludes 0."],
-              extra={"returns": {a: r["returns"] for a, r in returns.items()},
-                     "paired_return_vs_teacher": paired_returns})
+    run.table(
+        "behaviour",
+        score_rows,
+        [
+            "agent",
+            "mean return",
+            "std return",
+            "return / teacher",
+            "return minus teacher (95% CI)",
+            "success",
+            "success minus teacher (95% CI)",
+        ],
+        title=f"Greedy return over the same {s['score_episodes']} seeded episodes (seeds 10000+) for every "
+        "agent (the paper's Fig. 9: the student's performance matches the teacher's; success = "
+        "positive return)",
+        notes=["Paired intervals over the same seeded episodes, 95% percentile bootstrap; bold = excludes 0."],
+        extra={"returns": {a: r["returns"] for a, r in returns.items()}, "paired_return_vs_teacher": paired_returns},
+    )
 
 
 def half_return_eps(curve: list[dict]) -> float | None:
@@ -246,8 +334,9 @@ def run_attacks(run: Run) -> None:
     attacks(run, agents, s, max_steps=s["max_steps"])
 
 
-def attacks(run: Run, agents: dict, s: dict, *, env_overrides: dict | None = None,
-            max_steps: int | None = None) -> None:
+def attacks(
+    run: Run, agents: dict, s: dict, *, env_overrides: dict | None = None, max_steps: int | None = None
+) -> None:
     """Fig. 8 for ``agents`` (``teacher`` first): every attack of ``s["attacks"]`` at every eps of
     ``s["eps"]`` on ``s["episodes"]`` seeded episodes; ``env_overrides``: env settings laid over
     the agents'; ``max_steps``: every episode ends after this many steps (the quick runs, on any
@@ -255,24 +344,47 @@ def attacks(run: Run, agents: dict, s: dict, *, env_overrides: dict | None = Non
     from xrl.attacks import get_attack
     from xrl.train.agent import evaluate
     from xrl.viz.overlay import attack_curves
+
     eps = sorted({0.0, *map(float, s["eps"])})
     results: dict[str, dict[str, list[dict]]] = {}
     for agent, model in agents.items():
         env = dict(model.info["env"])
         if env_overrides:
             env["settings"] = {**(env.get("settings") or {}), **env_overrides}
-        clean = run.row(f"clean-{agent}", lambda model=model, env=env: evaluate(
-            model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=0, progress=False,
-            batch=s["batch"], per_episode=True, max_steps=max_steps))
+        clean = run.row(
+            f"clean-{agent}",
+            lambda model=model, env=env: evaluate(
+                model,
+                env["name"],
+                env.get("settings") or {},
+                episodes=s["episodes"],
+                seed=0,
+                progress=False,
+                batch=s["batch"],
+                per_episode=True,
+                max_steps=max_steps,
+            ),
+        )
         results[agent] = {}
         for attack in s["attacks"]:
             curve = [{"eps": 0.0, **clean}]
             for e in eps[1:]:
+
                 def compute(model=model, env=env, attack=attack, e=e):
                     perturb = get_attack(attack, model, eps=e)
-                    return evaluate(model, env["name"], env.get("settings") or {}, episodes=s["episodes"], seed=0,
-                                    perturb=perturb, progress=False, batch=s["batch"], per_episode=True,
-                                    max_steps=max_steps)
+                    return evaluate(
+                        model,
+                        env["name"],
+                        env.get("settings") or {},
+                        episodes=s["episodes"],
+                        seed=0,
+                        perturb=perturb,
+                        progress=False,
+                        batch=s["batch"],
+                        per_episode=True,
+                        max_steps=max_steps,
+                    )
+
                 curve.append({"eps": e, **run.row(f"attack-{agent}-{attack}-{e:g}", compute)})
             results[agent][attack] = curve
     attack_curves(results, run.figure("fig8"))
@@ -287,34 +399,66 @@ def attacks(run: Run, agents: dict, s: dict, *, env_overrides: dict | None = Non
                 row[agent] = r["mean_return"]
                 if agent != "teacher":
                     row[f"{agent} minus teacher (95% CI)"] = format_interval(
-                        paired_interval(r["returns"], at["teacher"]["returns"]))
+                        paired_interval(r["returns"], at["teacher"]["returns"])
+                    )
         rows.append(row)
     others = [a for a in agents if a != "teacher"]
     columns = ["attack", "teacher's half-return eps", *agents, *[f"{a} minus teacher (95% CI)" for a in others]]
-    run.table("fig8", rows, columns,
-              title=f"DIGR Fig. 8: greedy return under attack at the eps where the teacher's return halves "
-                    f"({s['episodes']} seeded episodes per point, the same for every agent and eps)",
-              notes=["Paired intervals over the same seeded episodes (each attack's random stream reseeded per "
-                     "episode), 95% percentile bootstrap; bold = excludes 0."],
-              extra={"curves": {a: {k: [{kk: vv for kk, vv in r.items() if kk != "returns"} for r in c]
-                                    for k, c in per.items()} for a, per in results.items()},
-                     "teacher_half_return_eps": half})
-    curve_rows = [{"agent": a, "attack": k, "eps": r["eps"], "mean_return": r["mean_return"],
-                   "std_return": r["std_return"], "success_rate": r.get("success_rate")}
-                  for a, per in results.items() for k, c in per.items() for r in c]
-    run.table("curves", curve_rows, ["agent", "attack", "eps", "mean_return", "std_return", "success_rate"],
-              title="Return under attack, every agent, attack and eps (the curves of fig8.png)")
-
-
-
+    run.table(
+        "fig8",
+        rows,
+        columns,
+        title=f"DIGR Fig. 8: greedy return under attack at the eps where the teacher's return halves "
+        f"({s['episodes']} seeded episodes per point, the same for every agent and eps)",
+        notes=[
+            "Paired intervals over the same seeded episodes (each attack's random stream reseeded per "
+            "episode), 95% percentile bootstrap; bold = excludes 0."
+        ],
+        extra={
+            "curves": {
+                a: {k: [{kk: vv for kk, vv in r.items() if kk != "returns"} for r in c] for k, c in per.items()}
+                for a, per in results.items()
+            },
+            "teacher_half_return_eps": half,
+        },
+    )
+    curve_rows = [
+        {
+            "agent": a,
+            "attack": k,
+            "eps": r["eps"],
+            "mean_return": r["mean_return"],
+            "std_return": r["std_return"],
+            "success_rate": r.get("success_rate"),
+        }
+        for a, per in results.items()
+        for k, c in per.items()
+        for r in c
+    ]
+    run.table(
+        "curves",
+        curve_rows,
+        ["agent", "attack", "eps", "mean_return", "std_return", "success_rate"],
+        title="Return under attack, every agent, attack and eps (the curves of fig8.png)",
+    )
 
 
 # -- DIGR on a driving task: highway-fast stands in for CARLA ----------------------------------------
 #: the DigrArgs a digr-highway setting sets (setting name -> DigrArgs field)
-HIGHWAY_TRAINING = {"updates": "updates", "batch_size": "batch_size", "alpha": "alpha", "temperature": "temperature",
-                    "learning_rate": "learning_rate", "threshold": "threshold", "buffer_size": "buffer_size",
-                    "n_envs": "n_envs", "eval_every": "eval_every", "eval_episodes": "eval_episodes",
-                    "final_eval_episodes": "final_eval_episodes", "train_seed": "seed"}
+HIGHWAY_TRAINING = {
+    "updates": "updates",
+    "batch_size": "batch_size",
+    "alpha": "alpha",
+    "temperature": "temperature",
+    "learning_rate": "learning_rate",
+    "threshold": "threshold",
+    "buffer_size": "buffer_size",
+    "n_envs": "n_envs",
+    "eval_every": "eval_every",
+    "eval_episodes": "eval_episodes",
+    "final_eval_episodes": "final_eval_episodes",
+    "train_seed": "seed",
+}
 HIGHWAY_DATA = ("teacher", "data_states", "data_stride", "data_radius", "train_seed")
 #: training settings a run may change and still resume (DigrArgs.IGNORED): not in the folder's name
 HIGHWAY_BUDGET = ("updates", "eval_episodes", "final_eval_episodes")
@@ -322,6 +466,7 @@ HIGHWAY_BUDGET = ("updates", "eval_episodes", "final_eval_episodes")
 
 def _digest(settings: dict, keys) -> str:
     import hashlib
+
     text = json.dumps({k: settings[k] for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -336,29 +481,48 @@ def highway_student(run: Run, *, igr: bool = True) -> Path:
     its checkpoints."""
     from xrl.agents.load import load_agent
     from xrl.train.digr import DigrArgs, make_saliency_dataset, train_digr
+
     s = run.settings
     data = run.out / "data" / f"digr-{_digest(s, HIGHWAY_DATA)}.h5"
     data.parent.mkdir(parents=True, exist_ok=True)
     teacher = load_agent(s["teacher"])
     if run.progress:
         print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
-    make_saliency_dataset(teacher, data, n_states=s["data_states"], radius=s["data_radius"], stride=s["data_stride"],
-                          seed=s["train_seed"], progress=run.progress)
+    make_saliency_dataset(
+        teacher,
+        data,
+        n_states=s["data_states"],
+        radius=s["data_radius"],
+        stride=s["data_stride"],
+        seed=s["train_seed"],
+        progress=run.progress,
+    )
     name = "student" if igr else "distilled"
-    folder = run.out / f"{name}-{_digest(s, [*HIGHWAY_DATA, *(k for k in HIGHWAY_TRAINING if k not in HIGHWAY_BUDGET)])}"
+    folder = (
+        run.out / f"{name}-{_digest(s, [*HIGHWAY_DATA, *(k for k in HIGHWAY_TRAINING if k not in HIGHWAY_BUDGET)])}"
+    )
     card = folder / "agent.json"
     if card.exists() and json.loads(card.read_text()).get("updates") == s["updates"]:
         return folder / "agent.pt"  # trained (more updates resume the run from its last checkpoint)
     if run.progress:
         print(f"[{run.target.name}] {'DIGR' if igr else 'distillation-only'} student {folder} ...", flush=True)
-    args = DigrArgs(teacher=s["teacher"], data=str(data), out=str(folder), n_states=s["data_states"], igr=igr,
-                    stride=s["data_stride"], checkpoint_every=max(1, min(250, s["updates"])), progress=run.progress,
-                    **{field: s[key] for key, field in HIGHWAY_TRAINING.items()})
+    args = DigrArgs(
+        teacher=s["teacher"],
+        data=str(data),
+        out=str(folder),
+        n_states=s["data_states"],
+        igr=igr,
+        stride=s["data_stride"],
+        checkpoint_every=max(1, min(250, s["updates"])),
+        progress=run.progress,
+        **{field: s[key] for key, field in HIGHWAY_TRAINING.items()},
+    )
     return train_digr(args)
 
 
 def run_highway(run: Run) -> None:
     from xrl.agents.load import load_agent
+
     s = run.settings
     student = highway_student(run)
     agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(str(student))}
@@ -369,8 +533,12 @@ def run_highway(run: Run) -> None:
         run.note(f"distillation-only student: {distilled}")
     table1(run, agents, s, paper={})
     agreement(run, agents, s)
-    attacks(run, agents, {**s, "episodes": s["attack_episodes"]},
-            env_overrides={"duration": s["attack_duration"]} if s["attack_duration"] else {})
+    attacks(
+        run,
+        agents,
+        {**s, "episodes": s["attack_episodes"]},
+        env_overrides={"duration": s["attack_duration"]} if s["attack_duration"] else {},
+    )
 
 
 @torch.no_grad()
@@ -392,14 +560,20 @@ def agreement(run: Run, agents: dict, s: dict) -> None:
             rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
         counts = np.bincount(actions.numpy(), minlength=agents["teacher"].n_actions)
         names = agents["teacher"].action_names
-        run.table("agreement", rows, ["agent", "states", "takes the teacher's action"],
-                  title=f"Share of the {len(actions)} test states (the teacher's greedy episodes) where the student's "
-                        "greedy action is the teacher's",
-                  notes=["The teacher's actions on these states: " + ", ".join(
-                      f"{names[a] if names else a} {c / len(actions):.0%}" for a, c in enumerate(counts) if c)
-                      + " (a student always taking the most frequent one would agree on "
-                      f"{counts.max() / len(actions):.0%})."],
-                  extra={"teacher_action_counts": counts.tolist()})
+        run.table(
+            "agreement",
+            rows,
+            ["agent", "states", "takes the teacher's action"],
+            title=f"Share of the {len(actions)} test states (the teacher's greedy episodes) where the student's "
+            "greedy action is the teacher's",
+            notes=[
+                "The teacher's actions on these states: "
+                + ", ".join(f"{names[a] if names else a} {c / len(actions):.0%}" for a, c in enumerate(counts) if c)
+                + " (a student always taking the most frequent one would agree on "
+                f"{counts.max() / len(actions):.0%})."
+            ],
+            extra={"teacher_action_counts": counts.tolist()},
+        )
 
 
 # the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json

@@ -16,6 +16,7 @@ the agent-goal rectangle (a hypothesis made after looking at the pictures, repor
 reading); ``shifted_nearest``: the cell-by-cell drawing with the grid moved by one tile. On
 Pong: every method's AUC against RAM ground truth (ball and paddles).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,16 +25,21 @@ from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 TILE = 8
 GROUPS = {
-    "red-fetch-green": {"grid_cnn": ["red-fetch-green-cnn-500k-0", "red-fetch-green-cnn-500k-1"],
-                        "grid_sparse_fls": ["red-fetch-green-sparse-fls-0", "red-fetch-green-sparse-fls-1"]},
-    "pong": {"nature_cnn": ["pong-nature-cnn-1m-0", "pong-nature-cnn-1m-1"],
-             "sparse_fls": ["pong-sparse-fls-1m-0", "pong-sparse-fls-1m-1"]},
+    "red-fetch-green": {
+        "grid_cnn": ["red-fetch-green-cnn-500k-0", "red-fetch-green-cnn-500k-1"],
+        "grid_sparse_fls": ["red-fetch-green-sparse-fls-0", "red-fetch-green-sparse-fls-1"],
+    },
+    "pong": {
+        "nature_cnn": ["pong-nature-cnn-1m-0", "pong-nature-cnn-1m-1"],
+        "sparse_fls": ["pong-sparse-fls-1m-0", "pong-sparse-fls-1m-1"],
+    },
 }
 
 
 def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -> list[float]:
     """Uniformly random actions on the same seeded episodes (action stream seeded per episode)."""
     from xrl.envs import make_env
+
     env, returns = make_env(env_name, **settings), []
     for i in range(episodes):
         env.reset(seed=seed + i)
@@ -50,6 +56,7 @@ def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -
 def run_free_lunch(run: Run) -> None:
     from xrl.agents.load import load_agent
     from xrl.train.agent import evaluate
+
     s = run.settings
     rows, curves = [], {}
     for env_key in s["envs"]:
@@ -61,15 +68,34 @@ def run_free_lunch(run: Run) -> None:
                 model = load_agent(name)
                 env = model.info.get("env") or {}
                 envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
-                returns[(group, name)] = np.asarray(run.row(f"{env_key}-{name}", lambda model=model, env=env: {
-                    "returns": evaluate(model, env["name"], env.get("settings") or {}, episodes=episodes,
-                                        seed=s["seed"], batch=s["batch"], per_episode=True, progress=False)["returns"]
-                })["returns"], dtype=float)
+                returns[(group, name)] = np.asarray(
+                    run.row(
+                        f"{env_key}-{name}",
+                        lambda model=model, env=env: {
+                            "returns": evaluate(
+                                model,
+                                env["name"],
+                                env.get("settings") or {},
+                                episodes=episodes,
+                                seed=s["seed"],
+                                batch=s["batch"],
+                                per_episode=True,
+                                progress=False,
+                            )["returns"]
+                        },
+                    )["returns"],
+                    dtype=float,
+                )
         if len(envs) != 1:
             raise ValueError(f"the {env_key} agents were made for different envs or settings: {sorted(envs, key=str)}")
         env_name, settings = next(iter(envs))
-        floor = np.asarray(run.row(f"{env_key}-random", lambda: {"returns": random_returns(
-            env_name, dict(settings), episodes=episodes, seed=s["seed"])})["returns"], dtype=float)
+        floor = np.asarray(
+            run.row(
+                f"{env_key}-random",
+                lambda: {"returns": random_returns(env_name, dict(settings), episodes=episodes, seed=s["seed"])},
+            )["returns"],
+            dtype=float,
+        )
         baseline = next(iter(groups))
 
         def mean_of(group):  # (episodes,): the group's agents averaged per episode
@@ -81,26 +107,53 @@ def run_free_lunch(run: Run) -> None:
         base = mean_of(baseline)
         for group in groups:
             mine = mean_of(group)
-            row = {"env": env_key, "group": group + (" (baseline)" if group == baseline else ""),
-                   "episodes": episodes, "mean return": float(mine.mean()),
-                   "per seed": ", ".join(f"{r.mean():.3f}" for (g, _), r in returns.items() if g == group),
-                   "success": float(won(group).mean())}
+            row = {
+                "env": env_key,
+                "group": group + (" (baseline)" if group == baseline else ""),
+                "episodes": episodes,
+                "mean return": float(mine.mean()),
+                "per seed": ", ".join(f"{r.mean():.3f}" for (g, _), r in returns.items() if g == group),
+                "success": float(won(group).mean()),
+            }
             if group != baseline:
                 progress = base.mean() - floor.mean()
                 row["ratio to baseline"] = float((mine.mean() - floor.mean()) / progress) if progress > 0 else None
                 row["return diff (95% CI)"] = format_interval(paired_interval(mine, base))
                 row["success diff (95% CI)"] = format_interval(paired_interval(won(group), won(baseline)))
             rows.append(row)
-        rows.append({"env": env_key, "group": "random policy", "episodes": episodes,
-                     "mean return": float(floor.mean()), "success": float((floor > 0).mean())})
+        rows.append(
+            {
+                "env": env_key,
+                "group": "random policy",
+                "episodes": episodes,
+                "mean return": float(floor.mean()),
+                "success": float((floor > 0).mean()),
+            }
+        )
         curves[env_key] = {g: float(mean_of(g).mean()) for g in groups} | {"random": float(floor.mean())}
-    run.table("free_lunch", rows, ["env", "group", "episodes", "mean return", "per seed", "success",
-                                   "ratio to baseline", "return diff (95% CI)", "success diff (95% CI)"],
-              title=f"FLS free lunch: greedy return of each architecture's agents (one per training seed) on the same "
-                    f"seeded episodes (seeds {s['seed']}+); ratio = (group - random) / (baseline - random)",
-              notes=["Paired intervals over the same episodes (group mean per episode minus the baseline's), 95% "
-                     "percentile bootstrap; bold = excludes 0."])
+    run.table(
+        "free_lunch",
+        rows,
+        [
+            "env",
+            "group",
+            "episodes",
+            "mean return",
+            "per seed",
+            "success",
+            "ratio to baseline",
+            "return diff (95% CI)",
+            "success diff (95% CI)",
+        ],
+        title=f"FLS free lunch: greedy return of each architecture's agents (one per training seed) on the same "
+        f"seeded episodes (seeds {s['seed']}+); ratio = (group - random) / (baseline - random)",
+        notes=[
+            "Paired intervals over the same episodes (group mean per episode minus the baseline's), 95% "
+            "percentile bootstrap; bold = excludes 0."
+        ],
+    )
     from xrl.viz.overlay import figure, save_figure
+
     fig, axes = figure(1, len(curves), (4 * len(curves), 3))
     for ax, (env_key, means) in zip(axes[0], curves.items()):
         ax.bar(list(means), list(means.values()), color=["tab:grey", "tab:red", "tab:blue"][: len(means)])
@@ -112,6 +165,7 @@ def run_free_lunch(run: Run) -> None:
 def rectangle_labels(cells: np.ndarray) -> np.ndarray:
     """``(B, H, W)`` cell labels -> the rectangle of tiles spanned by the important tiles."""
     from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
+
     out = cells.copy()
     for b, lab in enumerate(cells):
         rows, cols = np.nonzero(lab == IMPORTANT)
@@ -127,23 +181,34 @@ def rectangle_labels(cells: np.ndarray) -> np.ndarray:
     return out
 
 
-RFG_METHODS = {"attention (transposed)": ("attention", {"upsample": "transposed"}),
-               "attention (transposed_mean)": ("attention", {"upsample": "transposed_mean"}),
-               "attention (bilinear)": ("attention", {"upsample": "bilinear"}),
-               "attention (nearest)": ("attention", {"upsample": "nearest"}),
-               "gradient": ("gradient", {}), "guided_backprop": ("guided_backprop", {})}
-PONG_METHODS = {"attention (transposed)": ("attention", {"upsample": "transposed"}),
-                "attention (transposed_mean)": ("attention", {"upsample": "transposed_mean"}),
-                "attention (bilinear)": ("attention", {"upsample": "bilinear"}),
-                "gradient": ("gradient", {}), "guided_backprop": ("guided_backprop", {}),
-                "smoothgrad": ("smoothgrad", {}), "greydanus": ("greydanus", {}), "rise": ("rise", {}),
-                "grad_cam": ("grad_cam", {}), "normgrad": ("normgrad", {}), "random": ("random", {})}
+RFG_METHODS = {
+    "attention (transposed)": ("attention", {"upsample": "transposed"}),
+    "attention (transposed_mean)": ("attention", {"upsample": "transposed_mean"}),
+    "attention (bilinear)": ("attention", {"upsample": "bilinear"}),
+    "attention (nearest)": ("attention", {"upsample": "nearest"}),
+    "gradient": ("gradient", {}),
+    "guided_backprop": ("guided_backprop", {}),
+}
+PONG_METHODS = {
+    "attention (transposed)": ("attention", {"upsample": "transposed"}),
+    "attention (transposed_mean)": ("attention", {"upsample": "transposed_mean"}),
+    "attention (bilinear)": ("attention", {"upsample": "bilinear"}),
+    "gradient": ("gradient", {}),
+    "guided_backprop": ("guided_backprop", {}),
+    "smoothgrad": ("smoothgrad", {}),
+    "greydanus": ("greydanus", {}),
+    "rise": ("rise", {}),
+    "grad_cam": ("grad_cam", {}),
+    "normgrad": ("normgrad", {}),
+    "random": ("random", {}),
+}
 
 
 def _auc(states, saliency, labels) -> list:
     import torch
 
     from xrl.metrics import get_metric
+
     value = get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]
     return value.double().tolist()
 
@@ -155,14 +220,21 @@ def run_localization(run: Run) -> None:
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import explain_dataset
     from xrl.explainers.attention import find_attention
+
     s = run.settings
     rows, shifted_rows, figure = [], [], None
     for name in s["rfg_agents"]:
         model = load_agent(name)
-        cells_path = run.collect(f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"},
-                                 max_steps=s["max_steps"])
-        objects_path = run.collect(f"{name}-objects", model, episodes=s["episodes"],
-                                   env_settings={"labels": "objects"}, max_steps=s["max_steps"])
+        cells_path = run.collect(
+            f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"}, max_steps=s["max_steps"]
+        )
+        objects_path = run.collect(
+            f"{name}-objects",
+            model,
+            episodes=s["episodes"],
+            env_settings={"labels": "objects"},
+            max_steps=s["max_steps"],
+        )
         with StateDataset.open(cells_path) as ds, StateDataset.open(objects_path) as dso:
             index = np.arange(len(ds))
             if not np.array_equal(dso.actions[:], ds.actions[:]):
@@ -171,17 +243,27 @@ def run_localization(run: Run) -> None:
             labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}
             states = ds.states(index)
             for method, (explainer, settings) in RFG_METHODS.items():
+
                 def compute(explainer=explainer, settings=settings):
                     maps = explain_dataset(model, ds, explainer, settings, rows=index)
                     return {kind: _auc(states, maps, lab) for kind, lab in labels.items()}
+
                 v = run.row(f"{name}-{method}", compute)
-                rows.append({"agent": name, "method": method, "states": len(index),
-                             **{f"AUC {k}": nanmean(x) for k, x in v.items()}})
+                rows.append(
+                    {
+                        "agent": name,
+                        "method": method,
+                        "states": len(index),
+                        **{f"AUC {k}": nanmean(x) for k, x in v.items()},
+                    }
+                )
             if figure is None:
                 pick = index[:: max(1, len(index) // 4)][:4]
-                maps = {m: explain_dataset(model, ds, e, st, rows=pick)
-                        for m, (e, st) in RFG_METHODS.items() if m in ("attention (transposed)",
-                                                                      "attention (transposed_mean)", "gradient")}
+                maps = {
+                    m: explain_dataset(model, ds, e, st, rows=pick)
+                    for m, (e, st) in RFG_METHODS.items()
+                    if m in ("attention (transposed)", "attention (transposed_mean)", "gradient")
+                }
                 figure = (ds.frames(pick), maps, ds.actions[pick], model.action_names, name)
 
         def shift():
@@ -194,40 +276,67 @@ def run_localization(run: Run) -> None:
                     up = torch.nn.functional.interpolate(moved, size=tuple(states.shape[-2:]), mode="nearest")[:, 0]
                     out[f"{dy},{dx}"] = nanmean(_auc(states, up, labels["cells"]))
             return out
+
         shifted = run.row(f"{name}-shifted", shift)
         best = max(shifted, key=lambda k: shifted[k] if shifted[k] is not None else -1)
         shifted_rows.append({"agent": name, **shifted, "best shift": best})
-    run.table("red_fetch_green", rows, ["agent", "method", "states", "AUC cells", "AUC objects", "AUC rectangle"],
-              title="FLS attention on Red-Fetch-Green: localization ROC AUC on every state of each agent's seeded "
-                    "episodes, against cell labels, object labels and the agent-goal rectangle")
-    run.table("shifted", shifted_rows, ["agent", *[f"{dy},{dx}" for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
-                                        "best shift"],
-              title="Cell-by-cell attention with the cell grid moved by (rows, cols) tiles, AUC against cell labels "
-                    "(does the attention sit one tile off the objects?)")
+    run.table(
+        "red_fetch_green",
+        rows,
+        ["agent", "method", "states", "AUC cells", "AUC objects", "AUC rectangle"],
+        title="FLS attention on Red-Fetch-Green: localization ROC AUC on every state of each agent's seeded "
+        "episodes, against cell labels, object labels and the agent-goal rectangle",
+    )
+    run.table(
+        "shifted",
+        shifted_rows,
+        ["agent", *[f"{dy},{dx}" for dy in (-1, 0, 1) for dx in (-1, 0, 1)], "best shift"],
+        title="Cell-by-cell attention with the cell grid moved by (rows, cols) tiles, AUC against cell labels "
+        "(does the attention sit one tile off the objects?)",
+    )
     pong_rows = []
     for name in s["pong_agents"]:
         model = load_agent(name)
-        path = run.collect(f"{name}-ram", model, episodes=s["pong_episodes"], env_settings={"labels": True},
-                           max_steps=s["pong_max_steps"])
+        path = run.collect(
+            f"{name}-ram",
+            model,
+            episodes=s["pong_episodes"],
+            env_settings={"labels": True},
+            max_steps=s["pong_max_steps"],
+        )
         with StateDataset.open(path) as ds:
-            index = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)),
-                                                            replace=False))
+            index = np.sort(
+                np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)), replace=False)
+            )
             states, labels = ds.states(index), ds.labels(index)
             for method, (explainer, settings) in PONG_METHODS.items():
                 settings = {**settings, **s["method_settings"].get(explainer, {})}
-                v = run.row(f"{name}-{method}", lambda explainer=explainer, settings=settings: {
-                    "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)})
+                v = run.row(
+                    f"{name}-{method}",
+                    lambda explainer=explainer, settings=settings: {
+                        "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)
+                    },
+                )
                 pong_rows.append({"agent": name, "method": method, "states": len(index), "AUC": nanmean(v["auc"])})
     if pong_rows:
-        run.table("pong", pong_rows, ["agent", "method", "states", "AUC"],
-                  title="FLS attention on Pong: localization ROC AUC against RAM ground truth (ball and both paddles)")
+        run.table(
+            "pong",
+            pong_rows,
+            ["agent", "method", "states", "AUC"],
+            title="FLS attention on Pong: localization ROC AUC against RAM ground truth (ball and both paddles)",
+        )
     if figure is not None:
         from xrl.viz.overlay import explanation_grid
+
         frames, maps, actions, names, agent = figure
-        explanation_grid(frames, maps, run.figure("attention"), actions=actions, action_names=names,
-                         title=f"{agent}: FLS attention next to the gradient")
-
-
+        explanation_grid(
+            frames,
+            maps,
+            run.figure("attention"),
+            actions=actions,
+            action_names=names,
+            title=f"{agent}: FLS attention next to the gradient",
+        )
 
 
 def run_metrics(run: Run) -> None:
@@ -238,6 +347,7 @@ def run_metrics(run: Run) -> None:
     from xrl.bench import find_spec, load_results, parse_spec, run_bench
     from xrl.bench.results import group_table
     from xrl.report import build_report
+
     s = run.settings
     data = tomllib.loads(find_spec("fls_rfg").read_text())
     data["n_states"] = s["n_states"]
@@ -261,16 +371,28 @@ def run_metrics(run: Run) -> None:
     build_report(folder)
     doc = load_results(folder)
     rows = []
-    columns = ["deletion", "insertion", "localization.auc", "accuracy", "sparseness", "lipschitz", "sanity.passed",
-               "time_per_map"]
+    columns = [
+        "deletion",
+        "insertion",
+        "localization.auc",
+        "accuracy",
+        "sparseness",
+        "lipschitz",
+        "sanity.passed",
+        "time_per_map",
+    ]
     for g in doc["groups"]:
         run.note(f"{g['agent']} (seed {g['seed']}):\n\n```\n{group_table(g)}\n```\n")
         for method in g["methods"]:
             means = g["means"][method]
             rows.append({"agent": g["agent"], "method": method, **{c: means.get(c) for c in columns}})
-    run.table("metrics", rows, ["agent", "method", *columns],
-              title="FLS attention next to every post-hoc method on every metric (the fls_rfg bench spec; full "
-                    "tables and report in bench/)")
+    run.table(
+        "metrics",
+        rows,
+        ["agent", "method", *columns],
+        title="FLS attention next to every post-hoc method on every metric (the fls_rfg bench spec; full "
+        "tables and report in bench/)",
+    )
 
 
 # the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json

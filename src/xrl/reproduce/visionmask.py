@@ -19,6 +19,7 @@ instead (what it was trained with). ``visionmask=PATH`` scores another network o
 (the Table 2 ablations, e.g. ``--set agents=red-fetch-green --set visionmask=runs/vm-amax0.2/visionmask.pt
 --set 'baselines=[]'``).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,10 @@ import numpy as np
 
 from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
-AGENTS = {"red-fetch-green": ("red-fetch-green", "zoo/red-fetch-green-visionmask"),
-          "pong": ("pong", "zoo/pong-visionmask")}
+AGENTS = {
+    "red-fetch-green": ("red-fetch-green", "zoo/red-fetch-green-visionmask"),
+    "pong": ("pong", "zoo/pong-visionmask"),
+}
 COLUMNS = ["accuracy", "deletion", "insertion", "lipschitz", "sparseness"]
 HIGHER = {"accuracy": True, "deletion": False, "insertion": True, "lipschitz": False, "sparseness": True}
 # the paper's Table 1 claim, in words (its numbers are for Atari/SMB agents we do not have)
@@ -39,6 +42,7 @@ PAPER = "VisionMask: best insertion, top-two deletion, accuracy >= 90% on every 
 
 def _folder(name: str):
     from xrl.agents.load import ZOO_DIR
+
     agent, folder = AGENTS[name]
     return agent, Path(ZOO_DIR) / Path(folder).name
 
@@ -67,11 +71,17 @@ def run_table1(run: Run) -> None:
         network = load_mask_network(vm_path, method="visionmask")
         network.check_agent(model)
         background = network.reference_image if network.reference in ("background", "mean") else None
-        substrate = dict(substrate="background", background=background) if background is not None else \
-            dict(substrate="black")
+        substrate = (
+            dict(substrate="background", background=background) if background is not None else dict(substrate="black")
+        )
         curve = substrate if s["curve_substrate"] == "reference" else {}
-        metrics = {"accuracy": substrate, "deletion": curve, "insertion": curve,
-                   "lipschitz": {"n_samples": s["lipschitz_samples"]}, "sparseness": {}}
+        metrics = {
+            "accuracy": substrate,
+            "deletion": curve,
+            "insertion": curve,
+            "lipschitz": {"n_samples": s["lipschitz_samples"]},
+            "sparseness": {},
+        }
         methods = {"visionmask": {"network": str(vm_path)}}
         if st_path.exists():
             methods["stalder_explainer"] = {"network": str(st_path)}
@@ -80,16 +90,25 @@ def run_table1(run: Run) -> None:
             test = split_indices(len(ds), s["split_seed"])["test"][: s["n_states"]]
             values = {}
             for method, settings in methods.items():
+
                 def compute(method=method, settings=settings):
                     start = time.perf_counter()
                     result = evaluate(model, ds, {method: settings}, metrics, rows=test, progress=False)
                     return {"values": result.values[method], "seconds": time.perf_counter() - start}
+
                 values[method] = run.row(f"{env}-{method}", compute)["values"]
 
             def raw():
-                result = evaluate(model, ds, {"visionmask": methods["visionmask"]},
-                                  {"accuracy": dict(substrate, normalize="none")}, rows=test, progress=False)
+                result = evaluate(
+                    model,
+                    ds,
+                    {"visionmask": methods["visionmask"]},
+                    {"accuracy": dict(substrate, normalize="none")},
+                    rows=test,
+                    progress=False,
+                )
                 return result.values["visionmask"]
+
             raw_accuracy = run.row(f"{env}-visionmask-raw-accuracy", raw)["accuracy"]
             speed_states = ds.states(np.arange(min(s["speed_states"], len(ds))))
         for method, v in values.items():
@@ -104,10 +123,20 @@ def run_table1(run: Run) -> None:
                     prow[method] = format_interval(paired_interval(values["visionmask"][col], v[col]))
             paired_rows.append(prow)
         extra[env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
-        speed = run.row(f"{env}-speed", lambda model=model, vm_path=vm_path, states=speed_states: _speed(
-            model, vm_path, states, s["method_settings"].get("greydanus", {})))
-        speed_rows.append({"agent": env, "states": len(speed_states), **speed,
-                           "ratio": speed["visionmask_states_per_s"] / speed["greydanus_states_per_s"]})
+        speed = run.row(
+            f"{env}-speed",
+            lambda model=model, vm_path=vm_path, states=speed_states: _speed(
+                model, vm_path, states, s["method_settings"].get("greydanus", {})
+            ),
+        )
+        speed_rows.append(
+            {
+                "agent": env,
+                "states": len(speed_states),
+                **speed,
+                "ratio": speed["visionmask_states_per_s"] / speed["greydanus_states_per_s"],
+            }
+        )
         torch.set_num_threads(1)
 
     methods = list(dict.fromkeys(r["method"] for r in rows_out))
@@ -116,28 +145,45 @@ def run_table1(run: Run) -> None:
             vals = [x[c] for x in rows_out if x["agent"] == r["agent"] and x[c] is not None]
             if r[c] is not None and vals and r[c] == (max(vals) if HIGHER[c] else min(vals)):
                 r[f"{c} best"] = True
-    run.table("table1", rows_out, ["agent", "method", *COLUMNS, "accuracy (raw mask)"],
-              title=f"VisionMask Table 1 on {s['n_states']} test-split states of each zoo agent's expert data "
-                    f"(↑ accuracy, ↓ deletion, ↑ insertion, ↓ lipschitz, ↑ sparseness; curves substrate: "
-                    f"{s['curve_substrate']})", extra={"per_state": extra})
-    run.table("paired", paired_rows, ["agent", "column", *[m for m in methods if m != "visionmask"]],
-              title="VisionMask minus each method over the same states (mean, 95% percentile bootstrap interval; "
-                    "bold = excludes 0; deletion: positive = VisionMask worse; insertion: negative = VisionMask worse)")
-    run.table("speed", speed_rows, ["agent", "states", "visionmask_states_per_s", "greydanus_states_per_s", "ratio"],
-              title="States per second: VisionMask's every-action masks in one batched pass per 64 states against "
-                    "Greydanus's map of one action (best of 3, one thread)", digits=1)
+    run.table(
+        "table1",
+        rows_out,
+        ["agent", "method", *COLUMNS, "accuracy (raw mask)"],
+        title=f"VisionMask Table 1 on {s['n_states']} test-split states of each zoo agent's expert data "
+        f"(↑ accuracy, ↓ deletion, ↑ insertion, ↓ lipschitz, ↑ sparseness; curves substrate: "
+        f"{s['curve_substrate']})",
+        extra={"per_state": extra},
+    )
+    run.table(
+        "paired",
+        paired_rows,
+        ["agent", "column", *[m for m in methods if m != "visionmask"]],
+        title="VisionMask minus each method over the same states (mean, 95% percentile bootstrap interval; "
+        "bold = excludes 0; deletion: positive = VisionMask worse; insertion: negative = VisionMask worse)",
+    )
+    run.table(
+        "speed",
+        speed_rows,
+        ["agent", "states", "visionmask_states_per_s", "greydanus_states_per_s", "ratio"],
+        title="States per second: VisionMask's every-action masks in one batched pass per 64 states against "
+        "Greydanus's map of one action (best of 3, one thread)",
+        digits=1,
+    )
     _figure(run, rows_out)
 
 
 def _speed(model, network_path, states, greydanus_settings) -> dict:
     from xrl.explainers import get_explainer
+
     vm = get_explainer("visionmask", model, network=str(network_path), batch_size=64)
     gd = get_explainer("greydanus", model, **greydanus_settings)
     vm.explain_all(states[:8])
     gd.explain(states[:2])
     times = {}
-    for name, fn, n in (("visionmask", lambda: vm.explain_all(states), len(states)),
-                        ("greydanus", lambda: gd.explain(states[:16]), min(16, len(states)))):
+    for name, fn, n in (
+        ("visionmask", lambda: vm.explain_all(states), len(states)),
+        ("greydanus", lambda: gd.explain(states[:16]), min(16, len(states))),
+    ):
         best = math.inf
         for _ in range(3):
             start = time.perf_counter()
@@ -149,14 +195,18 @@ def _speed(model, network_path, states, greydanus_settings) -> dict:
 
 def _figure(run: Run, rows: list[dict]) -> None:
     from xrl.viz.overlay import figure, save_figure
+
     agents = list(dict.fromkeys(r["agent"] for r in rows))
     fig, axes = figure(len(agents), 3, (11, 2.8 * len(agents)))
     for i, agent in enumerate(agents):
         mine = [r for r in rows if r["agent"] == agent]
         for j, col in enumerate(("accuracy", "deletion", "insertion")):
             ax = axes[i, j]
-            ax.barh([r["method"] for r in mine], [r[col] or 0 for r in mine],
-                    color=["tab:red" if r["method"] == "visionmask" else "tab:grey" for r in mine])
+            ax.barh(
+                [r["method"] for r in mine],
+                [r[col] or 0 for r in mine],
+                color=["tab:red" if r["method"] == "visionmask" else "tab:grey" for r in mine],
+            )
             ax.set_title(f"{agent}: {col} {'↑' if HIGHER[col] else '↓'}", fontsize=9)
             ax.tick_params(labelsize=7)
     save_figure(fig, run.figure("table1"), "VisionMask Table 1 on the zoo agents")

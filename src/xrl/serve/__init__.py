@@ -4,6 +4,7 @@ This module is light (argparse only): ``xrl.cli`` registers the subcommand with
 :func:`add_parser`; the web app (Starlette, uvicorn) and the engine are imported by
 :func:`run` when the command runs, never by ``import xrl``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,18 +14,29 @@ DEFAULT_PORT = 8765
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``serve`` on an ``add_subparsers()`` object."""
-    p = sub.add_parser("serve", help="interactive explorer in the browser: episode timeline, saliency per "
-                                     "method and action, poke the frame, per-frame scores, PNG/MP4 export")
-    p.add_argument("--agent", action="append", default=[], metavar="NAME|PATH",
-                   help="agent shown first: a zoo name, or an agent file/run folder (the only paths the "
-                        "server reads besides the zoo); repeat to add more")
+    p = sub.add_parser(
+        "serve",
+        help="interactive explorer in the browser: episode timeline, saliency per "
+        "method and action, poke the frame, per-frame scores, PNG/MP4 export",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="agent shown first: a zoo name, or an agent file/run folder (the only paths the "
+        "server reads besides the zoo); repeat to add more",
+    )
     p.add_argument("--env-seed", type=int, default=0, help="episode seed shown first (default 0)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--max-steps", type=int, default=500, help="steps recorded per episode (default 500)")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="folder for recorded episodes and videos (default: a new temporary folder)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="folder for recorded episodes and videos (default: a new temporary folder)",
+    )
     p.set_defaults(fn=run)
     return p
 
@@ -54,8 +66,9 @@ def run(args) -> int:
             given[value] = value  # a zoo name: checked by the engine
     from xrl.serve.engine import RequestError
 
-    engine = Engine(agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache,
-                    max_steps=args.max_steps)
+    engine = Engine(
+        agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache, max_steps=args.max_steps
+    )
     try:
         for name in given:  # unknown names and unreadable agent files are refused now, not in the page
             print(f"xrl serve: loading agent {name}", flush=True)
@@ -68,13 +81,13 @@ def run(args) -> int:
         raise
     # shown first: the first --agent, else the zoo's small Red-Fetch-Green agent, else the first listed
     listed = [a["id"] for a in engine.agents()]
-    default = next(iter(given), None) or ("red-fetch-green" if "red-fetch-green" in listed else
-                                          (listed[0] if listed else None))
+    default = next(iter(given), None) or (
+        "red-fetch-green" if "red-fetch-green" in listed else (listed[0] if listed else None)
+    )
     if default is not None:
         engine.preload(default)
     local = args.host in ("127.0.0.1", "localhost", "::1")
-    app = create_app(engine, default_agent=default, default_seed=args.env_seed,
-                     allowed_hosts=None if local else ["*"])
+    app = create_app(engine, default_agent=default, default_seed=args.env_seed, allowed_hosts=None if local else ["*"])
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as err:
@@ -82,8 +95,9 @@ def run(args) -> int:
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); choose another --port") from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)",
-          flush=True)
+    print(
+        f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)", flush=True
+    )
     config = uvicorn.Config(app, log_level="warning")
     server = uvicorn.Server(config)
     try:

@@ -21,6 +21,7 @@ A request that starts work waits up to ``engine.wait_seconds`` seconds; if the w
 answer is ``202 {"job": id, ...progress}``: poll ``/api/jobs/{id}`` and, once ``state`` is
 ``done``, send the same request again (the map is then in the cache).
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,8 +98,9 @@ def _query_int(request: Request, name: str) -> int:
         raise RequestError(f"query parameter {name} must be an integer, got {value!r}") from None
 
 
-def create_app(engine: Engine, *, default_agent: str | None = None, default_seed: int = 0,
-               allowed_hosts: list[str] | None = None) -> Starlette:
+def create_app(
+    engine: Engine, *, default_agent: str | None = None, default_seed: int = 0, allowed_hosts: list[str] | None = None
+) -> Starlette:
     """The app; ``allowed_hosts`` guards against DNS rebinding (default: local names only)."""
 
     def target_of(episode, value: Any) -> int | None:
@@ -106,7 +108,9 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
             return None
         k = engine.model(episode.agent).n_actions
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < k:
-            raise RequestError(f"target must be an action index in [0, {k - 1}] or null (the agent's action), got {value!r}")
+            raise RequestError(
+                f"target must be an action index in [0, {k - 1}] or null (the agent's action), got {value!r}"
+            )
         return value
 
     def frame_request(data: dict):
@@ -125,8 +129,9 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
     async def agents(request: Request) -> JSONResponse:
         rows = engine.agents()
         default = default_agent or (rows[0]["id"] if rows else None)
-        return JSONResponse({"agents": rows, "default": {"agent": default, "seed": default_seed},
-                             "max_steps": engine.max_steps})
+        return JSONResponse(
+            {"agents": rows, "default": {"agent": default, "seed": default_seed}, "max_steps": engine.max_steps}
+        )
 
     def methods(request: Request) -> JSONResponse:
         agent = engine.agent_id(request.query_params.get("agent"))
@@ -136,22 +141,28 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         data = await _body(request, {"agent", "seed"}, {"agent", "seed"})
         agent = engine.agent_id(data["agent"])
         seed = engine.check_seed(data["seed"])
-        result = await _settled(engine, await run_in_threadpool(engine.episode, agent, seed), failed="recording failed",
-                                status=lambda code: code if code < 500 else 422)
+        result = await _settled(
+            engine,
+            await run_in_threadpool(engine.episode, agent, seed),
+            failed="recording failed",
+            status=lambda code: code if code < 500 else 422,
+        )
         if isinstance(result, Job):
             return _pending(result)
         return JSONResponse(engine.episode_info(result))
 
     def frame(request: Request) -> JSONResponse:
-        data = {"agent": request.query_params.get("agent"), "seed": _query_int(request, "seed"),
-                "t": _query_int(request, "t")}
+        data = {
+            "agent": request.query_params.get("agent"),
+            "seed": _query_int(request, "seed"),
+            "t": _query_int(request, "t"),
+        }
         agent, ep, t = frame_request(data)
         model = engine.model(agent)
         import torch
 
         view = scores_view(model, torch.as_tensor(ep.scores[t]))
-        return JSONResponse({"t": t, "frame": png_url(ep.frames[t]), "action": int(ep.actions[t]),
-                             "bars": view})
+        return JSONResponse({"t": t, "frame": png_url(ep.frames[t]), "action": int(ep.actions[t]), "bars": view})
 
     async def probabilities(request: Request) -> JSONResponse:
         data = await _body(request, {"agent", "seed", "t", "rects"}, {"agent", "seed", "t"})
@@ -160,13 +171,21 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         poked = await run_in_threadpool(engine.probabilities, ep, t, rects)
         original = await run_in_threadpool(engine.probabilities, ep, t, [])
         image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
-        return JSONResponse({"t": t, "original": original, "poked": poked, "rects": rects,
-                             "action_changes": poked["action"] != original["action"],
-                             "frame": png_url(image)})
+        return JSONResponse(
+            {
+                "t": t,
+                "original": original,
+                "poked": poked,
+                "rects": rects,
+                "action_changes": poked["action"] != original["action"],
+                "frame": png_url(image),
+            }
+        )
 
     async def saliency(request: Request) -> JSONResponse:
-        data = await _body(request, {"agent", "seed", "t", "method", "settings", "target", "rects"},
-                           {"agent", "seed", "t", "method"})
+        data = await _body(
+            request, {"agent", "seed", "t", "method", "settings", "target", "rects"}, {"agent", "seed", "t", "method"}
+        )
         agent, ep, t = frame_request(data)
         method = engine.method(agent, data["method"])
         settings = check_settings(data.get("settings"))
@@ -181,14 +200,23 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         from xrl.viz.overlay import overlay
 
         image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
-        return JSONResponse({"t": t, "method": method["id"], "target": target, "cached": cached,
-                             "overlay": png_url(overlay(image, result)),
-                             "peak": [int(v) for v in np.unravel_index(int(np.argmax(result)), result.shape)],
-                             "shape": list(result.shape), "seconds": round(time.perf_counter() - start, 4)})
+        return JSONResponse(
+            {
+                "t": t,
+                "method": method["id"],
+                "target": target,
+                "cached": cached,
+                "overlay": png_url(overlay(image, result)),
+                "peak": [int(v) for v in np.unravel_index(int(np.argmax(result)), result.shape)],
+                "shape": list(result.shape),
+                "seconds": round(time.perf_counter() - start, 4),
+            }
+        )
 
     async def scores(request: Request) -> JSONResponse:
-        data = await _body(request, {"agent", "seed", "t", "method", "settings", "target"},
-                           {"agent", "seed", "t", "method"})
+        data = await _body(
+            request, {"agent", "seed", "t", "method", "settings", "target"}, {"agent", "seed", "t", "method"}
+        )
         agent, ep, t = frame_request(data)
         method = engine.method(agent, data["method"])
         settings = check_settings(data.get("settings"))
@@ -228,8 +256,10 @@ def create_app(engine: Engine, *, default_agent: str | None = None, default_seed
         return _error(str(exc), exc.status)
 
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
-        message = {404: f"no such page or endpoint: {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        message = {
+            404: f"no such page or endpoint: {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         return _error(message, exc.status_code)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -274,8 +304,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0):
 class ServerThread:
     """The app served by uvicorn in a background thread (tests, benchmarks, the docs screenshot)::
 
-        with ServerThread(create_app(engine)) as server:
-            urllib.request.urlopen(server.url + "api/agents")
+    with ServerThread(create_app(engine)) as server:
+        urllib.request.urlopen(server.url + "api/agents")
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -289,7 +319,7 @@ class ServerThread:
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

@@ -22,6 +22,7 @@ HTTP layer (:mod:`xrl.serve.app`) only parses requests and the tests can call it
   waits a short while for its job; when the job is not done by then the caller gets the job
   (its id, its progress in forward passes of the agent) to poll.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,10 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +72,7 @@ class Job:
 
     id: str
     what: str
-    fn: Callable[["Job"], Any]
+    fn: Callable[[Job], Any]
     started: float = 0.0
     finished: float = 0.0
     state: str = "queued"  # queued, running, done, error
@@ -88,8 +90,15 @@ class Job:
             fraction = 1.0
         elif self.expected:
             fraction = min(0.99, self.forwards / self.expected)
-        return {"job": self.id, "what": self.what, "state": self.state, "elapsed": round(elapsed, 3),
-                "forwards": self.forwards, "expected_forwards": self.expected, "fraction": fraction}
+        return {
+            "job": self.id,
+            "what": self.what,
+            "state": self.state,
+            "elapsed": round(elapsed, 3),
+            "forwards": self.forwards,
+            "expected_forwards": self.expected,
+            "fraction": fraction,
+        }
 
 
 class Lane:
@@ -123,7 +132,7 @@ class Lane:
                 self.current = None
                 job.done_event.set()
 
-    def model(self, engine: "Engine", agent: str):
+    def model(self, engine: Engine, agent: str):
         """This lane's copy of the agent, with a forward hook counting passes for progress."""
         if agent not in self.models:
             model = copy.deepcopy(engine.model(agent))
@@ -163,14 +172,20 @@ def check_settings(settings: Any) -> dict:
         raise RequestError(f"settings must be a JSON object of method settings, got {type(settings).__name__}")
     for key, value in settings.items():
         if key in PATH_SETTINGS:
-            raise RequestError(f"setting {key!r} names a file; the page may not send paths (the server "
-                               "reads only the zoo and the paths given on its command line)", 403)
+            raise RequestError(
+                f"setting {key!r} names a file; the page may not send paths (the server "
+                "reads only the zoo and the paths given on its command line)",
+                403,
+            )
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
             raise RequestError(f"setting names are words (a-z, 0-9, _), got {key!r}")
         if isinstance(value, str):
             if not re.fullmatch(r"[A-Za-z0-9_\-]{1,40}", value):
-                raise RequestError(f"setting {key}={value!r}: text values are single words "
-                                   "(letters, digits, _ and -); paths are refused", 403 if ("/" in value or "\\" in value or ".." in value) else 400)
+                raise RequestError(
+                    f"setting {key}={value!r}: text values are single words "
+                    "(letters, digits, _ and -); paths are refused",
+                    403 if ("/" in value or "\\" in value or ".." in value) else 400,
+                )
         elif value is not None and not isinstance(value, (bool, int, float)):
             raise RequestError(f"setting {key} must be a number, a boolean or a word, got {type(value).__name__}")
         elif isinstance(value, float) and not math.isfinite(value):
@@ -215,7 +230,7 @@ def rect_mask(rect: dict, height: int, width: int) -> torch.Tensor:
     c0, c1 = math.floor(rect["x0"] * width), math.ceil(rect["x1"] * width)
     r0, c0 = min(r0, height - 1), min(c0, width - 1)
     mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)] = True
+    mask[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)] = True
     return mask
 
 
@@ -285,9 +300,16 @@ class Engine:
     ``zoo``: the zoo folder (default: ``load_agent``'s); ``cache``: folder for recorded
     episodes and videos (default: a temporary folder); ``max_steps``: steps recorded per episode."""
 
-    def __init__(self, *, agents: dict[str, str] | None = None, zoo: str | os.PathLike | None = None,
-                 cache: str | os.PathLike | None = None, max_steps: int = 500, wait: float = 0.4,
-                 cache_size: int = 4000) -> None:
+    def __init__(
+        self,
+        *,
+        agents: dict[str, str] | None = None,
+        zoo: str | os.PathLike | None = None,
+        cache: str | os.PathLike | None = None,
+        max_steps: int = 500,
+        wait: float = 0.4,
+        cache_size: int = 4000,
+    ) -> None:
         from xrl.agents.load import ZOO_DIR
 
         self.zoo = Path(zoo) if zoo is not None else ZOO_DIR
@@ -312,15 +334,17 @@ class Engine:
         self._downloads: dict[str, Path] = {}
         self._ids = itertools.count(1)
         self.lanes = {"fast": Lane("fast"), "slow": Lane("slow")}
-        for name, path in self.given.items():
+        for _name, path in self.given.items():
             if not Path(path).exists() and not (self.zoo / path / "agent.pt").exists():
                 raise ValueError(f"--agent {path!r}: no such file or folder and no zoo agent of that name")
 
     def preload(self, agent: str) -> list[Job]:
         """Load the agent and its method list, and each lane's copy, in the background (the first
         page then answers at once)."""
-        jobs = [self.submit(name, f"load {agent}", None, lambda job, lane=lane: lane.model(self, agent))
-                for name, lane in self.lanes.items()]
+        jobs = [
+            self.submit(name, f"load {agent}", None, lambda job, lane=lane: lane.model(self, agent))
+            for name, lane in self.lanes.items()
+        ]
         jobs.append(self.submit("fast", f"methods of {agent}", None, lambda job: self.methods(agent)))
         return jobs
 
@@ -338,8 +362,19 @@ class Engine:
         """Agents the page may pick: command-line ones first, then the zoo's (cards)."""
         from xrl.agents.load import zoo_cards
 
-        rows = [{"id": name, "source": "command line", "env": "", "arch": "", "kind": "agent",
-                 "score": "", "command": "", "finished": True} for name in self.given]
+        rows = [
+            {
+                "id": name,
+                "source": "command line",
+                "env": "",
+                "arch": "",
+                "kind": "agent",
+                "score": "",
+                "command": "",
+                "finished": True,
+            }
+            for name in self.given
+        ]
         try:
             cards = zoo_cards(self.zoo) if self.zoo.is_dir() else []
         except ValueError:
@@ -349,8 +384,16 @@ class Engine:
                 continue
             if not (self.zoo / card["name"] / "agent.pt").exists():
                 continue
-            rows.append({"id": card["name"], "source": "zoo", **{k: card[k] for k in (
-                "env", "arch", "kind", "score", "command", "finished", "trained", "planned")}})
+            rows.append(
+                {
+                    "id": card["name"],
+                    "source": "zoo",
+                    **{
+                        k: card[k]
+                        for k in ("env", "arch", "kind", "score", "command", "finished", "trained", "planned")
+                    },
+                }
+            )
         return rows
 
     def agent_id(self, value: Any) -> str:
@@ -359,12 +402,18 @@ class Engine:
             raise RequestError("agent must be the id of an agent listed by /api/agents")
         if value in self.given:
             return value
-        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value) and ".." not in value \
-                and (self.zoo / value / "agent.pt").is_file():
+        if (
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value)
+            and ".." not in value
+            and (self.zoo / value / "agent.pt").is_file()
+        ):
             return value
         if "/" in value or "\\" in value or value.startswith("."):
-            raise RequestError(f"agent {value!r} looks like a path; the page may name only the zoo's agents "
-                               "and those given on the command line (xrl serve --agent PATH)", 403)
+            raise RequestError(
+                f"agent {value!r} looks like a path; the page may name only the zoo's agents "
+                "and those given on the command line (xrl serve --agent PATH)",
+                403,
+            )
         known = [a["id"] for a in self.agents()]
         raise RequestError(f"unknown agent {value!r}; known agents: {', '.join(known) or '(none)'}", 404)
 
@@ -397,8 +446,11 @@ class Engine:
                 if not variants:
                     unavailable[name] = f"no {name} network trained for this agent in the zoo"
                 for folder, value in variants:
-                    methods.append(self._method_row(f"{name}:{folder}", name, EXPLAINERS.get(name),
-                                                    {NETWORK_METHODS[name]: value}, folder))
+                    methods.append(
+                        self._method_row(
+                            f"{name}:{folder}", name, EXPLAINERS.get(name), {NETWORK_METHODS[name]: value}, folder
+                        )
+                    )
                 continue
             try:
                 get_explainer(name, model)
@@ -415,9 +467,14 @@ class Engine:
 
     @staticmethod
     def _method_row(method_id: str, name: str, cls, fixed: dict, network: str | None) -> dict:
-        return {"id": method_id, "name": name, "per_action": bool(getattr(cls, "per_action", False)),
-                "lane": "slow" if name in SLOW_METHODS else "fast", "network": network,
-                "fixed": {k: (v if isinstance(v, str) else [str(p) for p in v]) for k, v in fixed.items()}}
+        return {
+            "id": method_id,
+            "name": name,
+            "per_action": bool(getattr(cls, "per_action", False)),
+            "lane": "slow" if name in SLOW_METHODS else "fast",
+            "network": network,
+            "fixed": {k: (v if isinstance(v, str) else [str(p) for p in v]) for k, v in fixed.items()},
+        }
 
     def _zoo_networks(self, name: str, model) -> list[tuple[str, Any]]:
         """Zoo folders holding a ``name`` network trained for this agent, with the setting value."""
@@ -451,8 +508,9 @@ class Engine:
             if m["id"] == method_id:
                 return m
         if method_id in listing["unavailable"]:
-            raise RequestError(f"method {method_id!r} cannot explain agent {agent!r}: "
-                               f"{listing['unavailable'][method_id]}", 422)
+            raise RequestError(
+                f"method {method_id!r} cannot explain agent {agent!r}: {listing['unavailable'][method_id]}", 422
+            )
         known = ", ".join(m["id"] for m in listing["methods"])
         raise RequestError(f"unknown method {method_id!r} for agent {agent!r}; available: {known}", 404)
 
@@ -475,8 +533,9 @@ class Engine:
 
     # ------------------------------------------------------------ jobs
 
-    def submit(self, lane: str, what: str, key: tuple | None, fn: Callable[[Job], Any],
-               expected: int | None = None) -> Job:
+    def submit(
+        self, lane: str, what: str, key: tuple | None, fn: Callable[[Job], Any], expected: int | None = None
+    ) -> Job:
         """Queue ``fn`` on a lane, or return the job already running for the same ``key``."""
         with self._lock:
             if key is not None and key in self._running and self._running[key].state in ("queued", "running"):
@@ -507,7 +566,7 @@ class Engine:
     # ------------------------------------------------------------ episodes
 
     def check_seed(self, seed: Any) -> int:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
             raise RequestError(f"seed must be an integer in [0, 2^31), got {seed!r}")
         return seed
 
@@ -516,15 +575,21 @@ class Engine:
         with self._lock:
             if (agent, seed) in self._episodes:
                 return self._episodes[(agent, seed)]
-        return self.submit("slow", f"record {agent} seed {seed}", ("episode", agent, seed),
-                           lambda job: self._record(job, agent, seed), expected=self.max_steps)
+        return self.submit(
+            "slow",
+            f"record {agent} seed {seed}",
+            ("episode", agent, seed),
+            lambda job: self._record(job, agent, seed),
+            expected=self.max_steps,
+        )
 
     def loaded_episode(self, agent: str, seed: int) -> Episode:
         with self._lock:
             episode = self._episodes.get((agent, seed))
         if episode is None:
-            raise RequestError(f"episode of agent {agent!r} with seed {seed} is not recorded yet; "
-                               "POST /api/episode first", 409)
+            raise RequestError(
+                f"episode of agent {agent!r} with seed {seed} is not recorded yet; POST /api/episode first", 409
+            )
         return episode
 
     def _record(self, job: Job, agent: str, seed: int) -> Episode:
@@ -534,8 +599,11 @@ class Engine:
 
         model = self.lanes["slow"].model(self, agent)
         name, settings = _resolve_env(model, None, None)
-        extra = {} if _has_labels(make_env, name, settings) else (
-            {"labels": True} if _has_labels(make_env, name, {**settings, "labels": True}) else {})
+        extra = (
+            {}
+            if _has_labels(make_env, name, settings)
+            else ({"labels": True} if _has_labels(make_env, name, {**settings, "labels": True}) else {})
+        )
         from xrl.data.collect import agent_record
 
         # the file is named by everything the episode depends on (the weights included), so a
@@ -545,17 +613,41 @@ class Engine:
         out = self.cache_dir / "episodes" / f"{safe}-seed{seed}-{key}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            path = collect(model, episodes=1, out=out, seed=seed, max_steps=self.max_steps,
-                           env_settings=extra or None, progress=False)
+            path = collect(
+                model,
+                episodes=1,
+                out=out,
+                seed=seed,
+                max_steps=self.max_steps,
+                env_settings=extra or None,
+                progress=False,
+            )
         except ValueError as err:  # a cache file recorded by another xrl version: record it again
             if "already holds" not in str(err):
                 raise
-            path = collect(model, episodes=1, out=out, seed=seed, max_steps=self.max_steps,
-                           env_settings=extra or None, progress=False, overwrite=True)
+            path = collect(
+                model,
+                episodes=1,
+                out=out,
+                seed=seed,
+                max_steps=self.max_steps,
+                env_settings=extra or None,
+                progress=False,
+                overwrite=True,
+            )
         with StateDataset.open(path) as ds:
             labels = ds.labels() if ds.has_labels else None
-            episode = Episode(agent, seed, path, ds.raw_states(), ds.frames(), ds.actions, ds.scores,
-                              labels, float(ds.episode_returns[0]))
+            episode = Episode(
+                agent,
+                seed,
+                path,
+                ds.raw_states(),
+                ds.frames(),
+                ds.actions,
+                ds.scores,
+                labels,
+                float(ds.episode_returns[0]),
+            )
         with self._lock:
             self._episodes[(agent, seed)] = episode
         return episode
@@ -571,13 +663,20 @@ class Engine:
         scores = torch.as_tensor(episode.scores)
         h, w = episode.frames.shape[1:3]
         has_labels = episode.labels is not None and bool((episode.labels >= 0).any())
-        return {"agent": episode.agent, "seed": episode.seed, "length": int(len(episode.actions)),
-                "return": episode.episode_return, "actions": episode.actions.tolist(),
-                "action_names": list(model.action_names), "score_kind": model.score_kind,
-                "frame_size": [int(h), int(w)], "state_shape": list(episode.states.shape[1:]),
-                "has_labels": has_labels, "dataset": episode.path.name,
-                "confidence": [scores_view(model, s)["values"][int(a)] for s, a in
-                               zip(scores, episode.actions)]}
+        return {
+            "agent": episode.agent,
+            "seed": episode.seed,
+            "length": int(len(episode.actions)),
+            "return": episode.episode_return,
+            "actions": episode.actions.tolist(),
+            "action_names": list(model.action_names),
+            "score_kind": model.score_kind,
+            "frame_size": [int(h), int(w)],
+            "state_shape": list(episode.states.shape[1:]),
+            "has_labels": has_labels,
+            "dataset": episode.path.name,
+            "confidence": [scores_view(model, s)["values"][int(a)] for s, a in zip(scores, episode.actions)],
+        }
 
     def state(self, episode: Episode, t: int, rects: list[dict] | None = None) -> torch.Tensor:
         model = self.model(episode.agent)
@@ -599,13 +698,20 @@ class Engine:
         job = self.submit("fast", "scores", None, run)
         return self._result(self.wait(job, 60.0))
 
-    def saliency(self, episode: Episode, t: int, method: dict, settings: dict, target: int | None,
-                 rects: list[dict]) -> np.ndarray | Job:
+    def saliency(
+        self, episode: Episode, t: int, method: dict, settings: dict, target: int | None, rects: list[dict]
+    ) -> np.ndarray | Job:
         """The ``(H, W)`` map of ``target`` (None: the recorded action, or the poked state's
         action) from the cache, or the job computing it."""
-        model = self.model(episode.agent)
-        base = (episode.agent, episode.seed, t, method["id"], json.dumps(settings, sort_keys=True),
-                json.dumps(rects, sort_keys=True))
+        self.model(episode.agent)
+        base = (
+            episode.agent,
+            episode.seed,
+            t,
+            method["id"],
+            json.dumps(settings, sort_keys=True),
+            json.dumps(rects, sort_keys=True),
+        )
         with self._lock:
             hit = self._maps.get(base + (target,))
             if hit is not None:
@@ -642,11 +748,13 @@ class Engine:
 
         with self._lock:
             expected = self._forwards_per_map.get(recipe)
-        return self.submit(method["lane"], f"{method['id']} step {t}", ("map",) + base + (target,), run,
-                           expected=(expected or None))
+        return self.submit(
+            method["lane"], f"{method['id']} step {t}", ("map",) + base + (target,), run, expected=(expected or None)
+        )
 
-    def curves(self, episode: Episode, t: int, method: dict, settings: dict, target: int | None,
-               saliency: np.ndarray) -> dict:
+    def curves(
+        self, episode: Episode, t: int, method: dict, settings: dict, target: int | None, saliency: np.ndarray
+    ) -> dict:
         """Deletion and insertion curves (RISE's protocol, xrl's defaults) of one map, and its
         localization against the env's ground truth where the episode has some."""
         from xrl.metrics import get_metric
@@ -665,10 +773,13 @@ class Engine:
             for name in ("deletion", "insertion"):
                 metric = get_metric(name)
                 x, y = metric.curve(model=model, states=states, saliency=maps, targets=targets)
-                out[name] = {"x": x.tolist(), "y": y[0].tolist(),
-                             "auc": float(torch.trapezoid(y[0], x)),
-                             "higher_is_better": bool(metric.higher_is_better)}
-            labels = None if episode.labels is None else torch.as_tensor(episode.labels[t:t + 1]).long()
+                out[name] = {
+                    "x": x.tolist(),
+                    "y": y[0].tolist(),
+                    "auc": float(torch.trapezoid(y[0], x)),
+                    "higher_is_better": bool(metric.higher_is_better),
+                }
+            labels = None if episode.labels is None else torch.as_tensor(episode.labels[t : t + 1]).long()
             if labels is not None and bool((labels >= 0).any()):
                 values = get_metric("localization")(states=states, saliency=maps, labels=labels)
                 out["localization"] = {k2: float(v[0]) for k2, v in values.items()}
@@ -695,24 +806,34 @@ class Engine:
         # watch takes {method name: settings}: one network per method name
         by_name = {m["name"]: {**(settings if i == 0 else {}), **m["fixed"]} for i, m in enumerate(methods)}
         if len(by_name) != len(methods):
-            raise RequestError("the video shows one network per method (watch names its panels by method); "
-                               f"got {', '.join(ids)}", 422)
+            raise RequestError(
+                f"the video shows one network per method (watch names its panels by method); got {', '.join(ids)}", 422
+            )
 
         def run(job: Job) -> dict:
             model = lane.model(self, agent)
             out = self.cache_dir / "videos" / f"{_digest(list(key))}"
             out.parent.mkdir(parents=True, exist_ok=True)
-            result = watch(model, methods=by_name, seed=seed, max_steps=len(episode.actions), out=out,
-                           formats=("mp4",), progress=False)
+            result = watch(
+                model,
+                methods=by_name,
+                seed=seed,
+                max_steps=len(episode.actions),
+                out=out,
+                formats=("mp4",),
+                progress=False,
+            )
             token = _digest([str(result.paths[0]), time.time()])
             with self._lock:
                 self._downloads[token] = result.paths[0]
-            return {"download": f"/api/download/{token}", "steps": result.steps,
-                    "same_episode": result.actions == episode.actions.tolist(),
-                    "seconds_per_map": result.seconds_per_map}
+            return {
+                "download": f"/api/download/{token}",
+                "steps": result.steps,
+                "same_episode": result.actions == episode.actions.tolist(),
+                "seconds_per_map": result.seconds_per_map,
+            }
 
-        return self.submit("slow", f"video {','.join(ids)}", key, run,
-                           expected=None)
+        return self.submit("slow", f"video {','.join(ids)}", key, run, expected=None)
 
     def download(self, token: Any) -> Path:
         if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{16}", token):

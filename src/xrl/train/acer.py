@@ -46,6 +46,7 @@ itself (``obs`` is then the new episode's first observation), plus ``state_dict`
 ``load_state_dict`` for resuming. The network maps ``obs (B, D)`` to ``(logits, q) (B, A)`` each.
 Randomness only through the generator seeded with ``seed``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,6 +61,7 @@ from torch import nn
 @dataclass
 class AcerSettings:
     """ACER's settings (their defaults: Table 5 of RExL, then stable-baselines' ACER)."""
+
     gamma: float = 1.0
     """discount factor (Table 5)"""
     n_steps: int = 49
@@ -109,6 +111,7 @@ class TensorVecEnv(Protocol):
 
 class Segment(NamedTuple):
     """``n_steps`` steps of ``n_envs`` envs: obs ``(T + 1, n, D)``, the rest ``(T, n[, A])``."""
+
     obs: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
@@ -129,8 +132,15 @@ def replay_start_segments(settings: AcerSettings) -> int:
 # ------------------------------------------------------------------ 1. Retrace
 
 
-def retrace_targets(rewards: torch.Tensor, dones: torch.Tensor, q_taken: torch.Tensor, values: torch.Tensor,
-                    rho_taken: torch.Tensor, bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
+def retrace_targets(
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    q_taken: torch.Tensor,
+    values: torch.Tensor,
+    rho_taken: torch.Tensor,
+    bootstrap: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
     """``Q_ret (T, n)`` from rewards, dones, ``Q(s_t, a_t)``, ``V(s_t)``, ``rho_t`` (each ``(T, n)``)
     and ``V(s_T)`` ``(n,)`` (see the module docstring)."""
     rho_bar = rho_taken.clamp(max=1.0)
@@ -146,8 +156,16 @@ def retrace_targets(rewards: torch.Tensor, dones: torch.Tensor, q_taken: torch.T
 # ------------------------------------------------------------------ 2. losses and trust region
 
 
-def acer_losses(logits: torch.Tensor, q: torch.Tensor, actions: torch.Tensor, mu: torch.Tensor,
-                q_ret: torch.Tensor, *, correction: float, ent_coef: float) -> dict[str, torch.Tensor]:
+def acer_losses(
+    logits: torch.Tensor,
+    q: torch.Tensor,
+    actions: torch.Tensor,
+    mu: torch.Tensor,
+    q_ret: torch.Tensor,
+    *,
+    correction: float,
+    ent_coef: float,
+) -> dict[str, torch.Tensor]:
     """Per-sample terms on flat batches: ``logits, q, mu (B, A)``, ``actions, q_ret (B,)``.
 
     Returns ``policy (B,)`` (truncated IS + bias correction - ent_coef x entropy, a function of
@@ -191,13 +209,16 @@ class Acer:
     def __init__(self, net: nn.Module, env: TensorVecEnv, settings: AcerSettings, *, seed: int = 0) -> None:
         self.net, self.env, self.s = net, env, settings
         self.avg = copy.deepcopy(net).requires_grad_(False)
-        self.optimiser = torch.optim.RMSprop(net.parameters(), lr=settings.learning_rate, alpha=settings.rms_alpha,
-                                             eps=settings.rms_eps)
+        self.optimiser = torch.optim.RMSprop(
+            net.parameters(), lr=settings.learning_rate, alpha=settings.rms_alpha, eps=settings.rms_eps
+        )
         self.generator = torch.Generator().manual_seed(int(seed))
         self.capacity = buffer_segments(settings)
         if self.capacity < 1 and settings.replay_ratio > 0:
-            raise ValueError(f"buffer_size {settings.buffer_size} holds no segment of n_steps {settings.n_steps} "
-                             "steps (buffer_size // n_steps segments): raise buffer_size or set replay_ratio 0")
+            raise ValueError(
+                f"buffer_size {settings.buffer_size} holds no segment of n_steps {settings.n_steps} "
+                "steps (buffer_size // n_steps segments): raise buffer_size or set replay_ratio 0"
+            )
         self.replay_start = replay_start_segments(settings)
         self.buffer: list[Segment] = []
         self.next_slot = 0
@@ -227,8 +248,9 @@ class Acer:
             rewards.append(r)
             dones.append(d)
             mus.append(mu)
-        return Segment(torch.stack(obs), torch.stack(actions), torch.stack(rewards).float(), torch.stack(dones),
-                       torch.stack(mus))
+        return Segment(
+            torch.stack(obs), torch.stack(actions), torch.stack(rewards).float(), torch.stack(dones), torch.stack(mus)
+        )
 
     # -- learning
 
@@ -244,8 +266,15 @@ class Acer:
             rho_a = (pi[:-1] / seg.mu.clamp_min(1e-8)).gather(2, seg.actions[..., None])[..., 0]
             q_a = q[:-1].gather(2, seg.actions[..., None])[..., 0]
             q_ret = retrace_targets(seg.rewards, seg.dones, q_a, v[:-1], rho_a, v[-1], self.s.gamma)
-        terms = acer_losses(logits[:-1].flatten(0, 1), q[:-1].flatten(0, 1), seg.actions.flatten(), seg.mu.flatten(0, 1),
-                            q_ret.flatten(), correction=self.s.correction, ent_coef=self.s.ent_coef)
+        terms = acer_losses(
+            logits[:-1].flatten(0, 1),
+            q[:-1].flatten(0, 1),
+            seg.actions.flatten(),
+            seg.mu.flatten(0, 1),
+            q_ret.flatten(),
+            correction=self.s.correction,
+            ent_coef=self.s.ent_coef,
+        )
         b = t * n
         policy_loss, q_loss = terms["policy"].mean(), terms["q"].mean()
         self.optimiser.zero_grad(set_to_none=True)
@@ -263,8 +292,12 @@ class Acer:
         with torch.no_grad():
             for p_avg, p in zip(self.avg.parameters(), self.net.parameters()):
                 p_avg.mul_(self.s.avg_decay).add_(p, alpha=1 - self.s.avg_decay)
-        return {"policy_loss": policy_loss.item(), "q_loss": q_loss.item(),
-                "entropy": terms["entropy"].mean().item(), "grad_norm": float(norm)}
+        return {
+            "policy_loss": policy_loss.item(),
+            "q_loss": q_loss.item(),
+            "entropy": terms["entropy"].mean().item(),
+            "grad_norm": float(norm),
+        }
 
     def store(self, seg: Segment) -> None:
         """Put a segment in the buffer, overwriting the oldest once it is full (no buffer when
@@ -285,8 +318,9 @@ class Acer:
         if len(set(idx)) == 1:
             return self.buffer[idx[0]]
         envs = range(n)
-        return Segment(*(torch.stack([self.buffer[j][f][:, i] for i, j in zip(envs, idx)], 1)
-                         for f in range(len(Segment._fields))))
+        return Segment(
+            *(torch.stack([self.buffer[j][f][:, i] for i, j in zip(envs, idx)], 1) for f in range(len(Segment._fields)))
+        )
 
     def update(self) -> dict[str, float]:
         """Collect one segment, learn on it, then replay; returns the mean losses, the number
@@ -301,8 +335,9 @@ class Acer:
         self.updates += 1
         out = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         out["replayed"] = len(stats) - 1
-        out["mean_return"] = (sum(self.episode_returns) / len(self.episode_returns)
-                              if self.episode_returns else float("nan"))
+        out["mean_return"] = (
+            sum(self.episode_returns) / len(self.episode_returns) if self.episode_returns else float("nan")
+        )
         out["episodes"] = len(self.episode_returns)
         self.episode_returns = []
         return out
@@ -311,10 +346,18 @@ class Acer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly (tensors and plain values: ``weights_only`` loads)."""
-        return {"net": self.net.state_dict(), "avg": self.avg.state_dict(), "optimiser": self.optimiser.state_dict(),
-                "generator": self.generator.get_state(), "buffer": [s._asdict() for s in self.buffer],
-                "next_slot": self.next_slot, "obs": self.obs, "updates": self.updates, "running": self.running,
-                "env": self.env.state_dict()}
+        return {
+            "net": self.net.state_dict(),
+            "avg": self.avg.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "generator": self.generator.get_state(),
+            "buffer": [s._asdict() for s in self.buffer],
+            "next_slot": self.next_slot,
+            "obs": self.obs,
+            "updates": self.updates,
+            "running": self.running,
+            "env": self.env.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
@@ -337,5 +380,5 @@ class Acer:
             return
         full = next_slot < len(segments)  # a ring that wrapped: the oldest segment is at next_slot
         ordered = segments[next_slot:] + segments[:next_slot] if full else segments
-        self.buffer = ordered[-self.capacity:] if self.capacity else []
+        self.buffer = ordered[-self.capacity :] if self.capacity else []
         self.next_slot = len(self.buffer) % max(1, self.capacity)

@@ -27,6 +27,7 @@ whose ``checkpoints/`` folder is lost but whose ``checkpoint.zip`` remains is re
 start would overwrite that zip at its first save); ``--from-weights`` resumes it from the zip's
 weights, optimizer and step counters with fresh episodes (:func:`_resume_weights`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,9 +37,10 @@ import random
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -49,8 +51,8 @@ from xrl.compat import quiet_old_gym
 
 quiet_old_gym()  # before Stable-Baselines3, which imports the old gym when installed
 from stable_baselines3 import DQN, PPO  # noqa: E402
-from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.atari_wrappers import ClipRewardEnv  # noqa: E402
+from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import Logger  # noqa: E402
 from stable_baselines3.common.monitor import Monitor  # noqa: E402
@@ -61,9 +63,19 @@ from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
 from xrl.files import write_json  # noqa: E402
-from xrl.train.run import (CHECKPOINTS, TRUST_PICKLE, Run, SettingsError, check_pairs, check_settings, command,  # noqa: E402
-                           link, load_tensors, read_json, zip_tensors)
-
+from xrl.train.run import (  # noqa: E402
+    CHECKPOINTS,
+    TRUST_PICKLE,
+    Run,
+    SettingsError,
+    check_pairs,
+    check_settings,
+    command,  # noqa: E402
+    link,
+    load_tensors,
+    read_json,
+    zip_tensors,
+)
 
 #: default training reward scale of envs whose returns are far from order 1. ViZDoom basic:
 #: -1 per tic (-4 per step), -5 per missed shot, +101 for the kill, returns -300..+100; unscaled,
@@ -79,9 +91,18 @@ REWARD_SCALES = {"vizdoom-basic": 0.01, "mario": 0.1}
 #: the recipe of highway-env's authors for its grayscale image stack (their
 #: ``scripts/sb3_highway_dqn_cnn.py``: 1e5 steps, one env), exploration decaying to the SB3
 #: default 0.05 over 70% of the run
-DQN_DEFAULTS = dict(learning_rate=5e-4, buffer_size=15_000, learning_starts=200, batch_size=32, gamma=0.8,
-                    train_freq=1, gradient_steps=1, target_update_interval=50, exploration_fraction=0.7,
-                    exploration_final_eps=0.05)
+DQN_DEFAULTS = dict(
+    learning_rate=5e-4,
+    buffer_size=15_000,
+    learning_starts=200,
+    batch_size=32,
+    gamma=0.8,
+    train_freq=1,
+    gradient_steps=1,
+    target_update_interval=50,
+    exploration_fraction=0.7,
+    exploration_final_eps=0.05,
+)
 ALGOS = ("ppo", "dqn")
 
 
@@ -146,19 +167,35 @@ class AgentArgs:
     optimizer, step counters); every env starts a fresh seeded episode and the RNG streams are new"""
 
     LIMITS: ClassVar[dict] = {
-        "total_timesteps": ">=1", "seed": ">=0", "n_envs": ">=1", "n_steps": ">=1", "n_epochs": ">=1",
-        "batch_size": ">=1", "learning_rate": ">0", "clip_range": ">0", "reward_scale": ">0", "ent_coef": ">=0",
-        "vf_coef": ">=0", "max_grad_norm": ">0", "gamma": "0..1", "gae_lambda": "0..1", "checkpoint_every": ">=1",
-        "eval_episodes": ">=1"}
+        "total_timesteps": ">=1",
+        "seed": ">=0",
+        "n_envs": ">=1",
+        "n_steps": ">=1",
+        "n_epochs": ">=1",
+        "batch_size": ">=1",
+        "learning_rate": ">0",
+        "clip_range": ">0",
+        "reward_scale": ">0",
+        "ent_coef": ">=0",
+        "vf_coef": ">=0",
+        "max_grad_norm": ">0",
+        "gamma": "0..1",
+        "gae_lambda": "0..1",
+        "checkpoint_every": ">=1",
+        "eval_episodes": ">=1",
+    }
     #: may change between a run and its resumption
     IGNORED: ClassVar[set] = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"}
 
-    def resolved(self) -> "AgentArgs":
+    def resolved(self) -> AgentArgs:
         """Fill the env-family defaults left as None."""
-        d = dict(arch="nature_cnn", n_envs=8, batch_size=256, learning_rate=2.5e-4,
-                 linear_decay=True, clip_range=0.1) if self.screen_game else \
-            dict(arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3,
-                 linear_decay=False, clip_range=0.2)
+        d = (
+            dict(arch="nature_cnn", n_envs=8, batch_size=256, learning_rate=2.5e-4, linear_decay=True, clip_range=0.1)
+            if self.screen_game
+            else dict(
+                arch="grid_cnn", n_envs=16, batch_size=256, learning_rate=1e-3, linear_decay=False, clip_range=0.2
+            )
+        )
         d["reward_scale"] = REWARD_SCALES.get(self.env, 1.0)
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
@@ -172,15 +209,21 @@ class AgentArgs:
         if self.reward_scale is not None and not float(self.reward_scale) > 0:
             raise ValueError(f"reward_scale must be a positive number, got {self.reward_scale!r}")
         check_pairs("dqn", self.dqn, DQN_DEFAULTS)
-        out = dataclasses.replace(self, **{k: (getattr(self, k) if getattr(self, k) is not None else v)
-                                           for k, v in d.items()})
+        out = dataclasses.replace(
+            self, **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in d.items()}
+        )
         return dataclasses.replace(out, dqn={**DQN_DEFAULTS, **self.dqn}) if self.algo == "dqn" else out
 
     def recorded(self) -> dict:
         """The settings stored in ``args.json``; a reward scale of 1 and PPO's algo (with its empty
         ``dqn``) are left out, as in runs made before those settings existed, so those resume."""
         d = dataclasses.asdict(self)
-        for key in ("export_only", "trust_pickle", "convert_only", "from_weights"):  # what to do, not how the agent is made
+        for key in (
+            "export_only",
+            "trust_pickle",
+            "convert_only",
+            "from_weights",
+        ):  # what to do, not how the agent is made
             del d[key]
         if d.get("reward_scale") == 1.0:
             del d["reward_scale"]
@@ -193,12 +236,14 @@ class AgentArgs:
         """A game seen on screen (Atari, ViZDoom, highway-env, Mario), not a grid world: the
         rl-zoo Atari PPO defaults (Nature CNN, 8 envs); only Atari rewards are clipped."""
         from xrl.envs import FAMILIES
+
         return FAMILIES.get(self.env, "grid") != "grid"
 
     @property
     def atari(self) -> bool:
         """An Atari game (any architecture): rl-zoo defaults, rewards clipped in training."""
         from xrl.envs.atari import GAMES
+
         return self.env in GAMES
 
 
@@ -259,8 +304,14 @@ def capture_rngs(env: gym.Env) -> list:
                 out.append([depth, key, value.bit_generator.state])
             elif type(value).__name__ == "ALEInterface":  # its state with the RNG, serialized by ALE itself
                 import base64
-                out.append([depth, key, {"ale_state": base64.b64encode(value.cloneState(include_rng=True).serialize())
-                                         .decode("ascii")}])
+
+                out.append(
+                    [
+                        depth,
+                        key,
+                        {"ale_state": base64.b64encode(value.cloneState(include_rng=True).serialize()).decode("ascii")},
+                    ]
+                )
     return out
 
 
@@ -271,6 +322,7 @@ def restore_rngs(env: gym.Env, rngs: list) -> None:
             import base64
 
             import ale_py
+
             getattr(chain[depth], key).restoreState(ale_py.ALEState(base64.b64decode(state["ale_state"])))
             continue
         bit_generator = getattr(np.random, state["bit_generator"])()
@@ -291,6 +343,7 @@ def make_vec_env(args: AgentArgs) -> DummyVecEnv:
             env = EpisodeLog(env)
             env.reset(seed=args.seed + i)
             return env
+
         return build
 
     return DummyVecEnv([builder(i) for i in range(args.n_envs)])
@@ -306,8 +359,14 @@ class _Checkpoint(BaseCallback):
         self.bar = None
 
     def _on_training_start(self) -> None:
-        self.bar = tqdm(total=self.args.total_timesteps, initial=self.num_timesteps, unit="step",
-                        desc=f"{self.args.algo.upper()} {self.args.env}", disable=not self.args.progress, smoothing=0.05)
+        self.bar = tqdm(
+            total=self.args.total_timesteps,
+            initial=self.num_timesteps,
+            unit="step",
+            desc=f"{self.args.algo.upper()} {self.args.env}",
+            disable=not self.args.progress,
+            smoothing=0.05,
+        )
         self.last_saved = self.num_timesteps
 
     def _on_rollout_start(self) -> None:
@@ -347,19 +406,28 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     folder: ``checkpoint.zip``, a hard link to the newest one (what SB3 and ``xrl.load_agent``
     open), and ``checkpoint.json``, a card that lets ``xrl zoo`` list the unfinished run."""
     envs = _vec(algo).envs
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002  (SB3 draws from the global generator)
     py_state = random.getstate()
-    state = {"format": CHECKPOINT_FORMAT, "version": 1, "algo": args.algo, "xrl_version": __version__,
-             **{k: getattr(algo, k) for k in _COUNTERS if hasattr(algo, k)},
-             "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-             "python": {"version": py_state[0], "gauss": py_state[2]},
-             # DQN draws random actions (warm-up, epsilon-greedy) from the action space's own RNG
-             "action_space": algo.action_space.np_random.bit_generator.state,
-             "ep_info_buffer": list(algo.ep_info_buffer or []), "ep_success_buffer": list(algo.ep_success_buffer or []),
-             "envs": [getattr(e, "start", None) for e in envs]}
-    tensors = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
-               "python_state": torch.tensor(py_state[1], dtype=torch.int64),
-               "actions": [torch.tensor(getattr(e, "actions", []), dtype=torch.int64) for e in envs]}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "algo": args.algo,
+        "xrl_version": __version__,
+        **{k: getattr(algo, k) for k in _COUNTERS if hasattr(algo, k)},
+        "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "gauss": py_state[2]},
+        # DQN draws random actions (warm-up, epsilon-greedy) from the action space's own RNG
+        "action_space": algo.action_space.np_random.bit_generator.state,
+        "ep_info_buffer": list(algo.ep_info_buffer or []),
+        "ep_success_buffer": list(algo.ep_success_buffer or []),
+        "envs": [getattr(e, "start", None) for e in envs],
+    }
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
+        "python_state": torch.tensor(py_state[1], dtype=torch.int64),
+        "actions": [torch.tensor(getattr(e, "actions", []), dtype=torch.int64) for e in envs],
+    }
     if algo._last_obs is not None:  # None: the envs are reset when learning starts (fresh episodes)
         tensors["last_obs"] = torch.from_numpy(np.asarray(algo._last_obs))
         tensors["last_episode_starts"] = torch.from_numpy(np.asarray(algo._last_episode_starts))
@@ -374,17 +442,28 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
         torch.save(tensors, folder / "tensors.pt")
         write_json(folder / "state.json", state)
         if isinstance(algo, DQN):
-            torch.save({k: torch.from_numpy(v) for k, v in vars(algo.replay_buffer).items()
-                        if isinstance(v, np.ndarray)}, folder / "buffer.pt")
+            torch.save(
+                {k: torch.from_numpy(v) for k, v in vars(algo.replay_buffer).items() if isinstance(v, np.ndarray)},
+                folder / "buffer.pt",
+            )
 
     folder = run.save(algo.num_timesteps, write)
     link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
-    write_json(run.folder / "checkpoint.json", {
-        "what": f"{args.algo.upper()} checkpoint for {args.env} (training in progress)",
-        "env": {"name": args.env, "settings": args.env_settings}, "algo": args.algo, "arch": args.arch,
-        "seed": args.seed, "timesteps": int(algo.num_timesteps), "timesteps_planned": args.total_timesteps,
-        "checkpoint": str(folder.relative_to(run.folder)),
-        "action_names": _action_names(args), "xrl_version": __version__})
+    write_json(
+        run.folder / "checkpoint.json",
+        {
+            "what": f"{args.algo.upper()} checkpoint for {args.env} (training in progress)",
+            "env": {"name": args.env, "settings": args.env_settings},
+            "algo": args.algo,
+            "arch": args.arch,
+            "seed": args.seed,
+            "timesteps": int(algo.num_timesteps),
+            "timesteps_planned": args.total_timesteps,
+            "checkpoint": str(folder.relative_to(run.folder)),
+            "action_names": _action_names(args),
+            "xrl_version": __version__,
+        },
+    )
     for name in ("checkpoint.state", "checkpoint.buffer"):  # the pickles of an old-format checkpoint, superseded
         (run.folder / name).unlink(missing_ok=True)
     return folder
@@ -393,17 +472,36 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
 def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
     """The algorithm of a fresh run (a resume builds the same, then loads its checkpoint)."""
     from xrl.agents.nets import ARCHS
+
     env = make_vec_env(args) if env is None else env
     if args.algo == "dqn":
-        return DQN("CnnPolicy", env, **args.dqn, policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
-                   seed=args.seed, device="cpu", verbose=0)
-    decay = (lambda v: (lambda progress: progress * v)) if args.linear_decay else (lambda v: v)
+        return DQN(
+            "CnnPolicy",
+            env,
+            **args.dqn,
+            policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+            seed=args.seed,
+            device="cpu",
+            verbose=0,
+        )
+    decay = (lambda v: lambda progress: progress * v) if args.linear_decay else (lambda v: v)
     return PPO(
-        "CnnPolicy", env, n_steps=args.n_steps, n_epochs=args.n_epochs,
-        batch_size=args.batch_size, learning_rate=decay(args.learning_rate),
-        clip_range=decay(args.clip_range), ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-        max_grad_norm=args.max_grad_norm, gamma=args.gamma, gae_lambda=args.gae_lambda,
-        policy_kwargs=ARCHS.get(args.arch).policy_kwargs(), seed=args.seed, device="cpu", verbose=0,
+        "CnnPolicy",
+        env,
+        n_steps=args.n_steps,
+        n_epochs=args.n_epochs,
+        batch_size=args.batch_size,
+        learning_rate=decay(args.learning_rate),
+        clip_range=decay(args.clip_range),
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        max_grad_norm=args.max_grad_norm,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+        seed=args.seed,
+        device="cpu",
+        verbose=0,
     )
 
 
@@ -435,8 +533,15 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
     algo.ep_success_buffer = collections.deque(state["ep_success_buffer"], maxlen=algo._stats_window_size)
     algo.action_space.np_random.bit_generator.state = state["action_space"]
     torch.set_rng_state(tensors["torch"])
-    np.random.set_state(("MT19937", tensors["numpy_key"].numpy().astype(np.uint32), state["numpy"]["pos"],
-                         state["numpy"]["has_gauss"], state["numpy"]["cached_gaussian"]))
+    np.random.set_state(  # noqa: NPY002  (SB3 draws from the global generator)
+        (
+            "MT19937",
+            tensors["numpy_key"].numpy().astype(np.uint32),
+            state["numpy"]["pos"],
+            state["numpy"]["has_gauss"],
+            state["numpy"]["cached_gaussian"],
+        )
+    )
     random.setstate((state["python"]["version"], tuple(tensors["python_state"].tolist()), state["python"]["gauss"]))
     return algo
 
@@ -456,8 +561,11 @@ def _replay_envs(algo: BaseAlgorithm, starts: list, actions: list, folder: Path)
         algo._last_obs[i], algo._last_episode_starts[i] = np.asarray(obs), True
         fresh.append(i)
     if fresh:
-        print(f"resuming {folder} at {algo.num_timesteps} steps: env(s) {fresh} start fresh episodes (their "
-              "episode could not be rebuilt from its seed and actions)", file=sys.stderr)
+        print(
+            f"resuming {folder} at {algo.num_timesteps} steps: env(s) {fresh} start fresh episodes (their "
+            "episode could not be rebuilt from its seed and actions)",
+            file=sys.stderr,
+        )
 
 
 def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
@@ -465,6 +573,7 @@ def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
     import pickle
 
     import cloudpickle
+
     state = pickle.loads((run / "checkpoint.state").read_bytes())
     env = cloudpickle.loads(state["env"]) if state["env"] is not None else make_vec_env(args)
     cls = DQN if args.algo == "dqn" else PPO
@@ -475,7 +584,9 @@ def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
         algo.load_replay_buffer(run / "checkpoint.buffer")
         buffer = algo.replay_buffer
         if buffer.pos != (algo.num_timesteps // buffer.n_envs) % buffer.buffer_size:
-            raise ValueError(f"{run}: checkpoint.buffer and checkpoint.zip disagree; delete the checkpoint.* files to restart")
+            raise ValueError(
+                f"{run}: checkpoint.buffer and checkpoint.zip disagree; delete the checkpoint.* files to restart"
+            )
     vec = _vec(algo)
     vec.envs = [e if isinstance(e, EpisodeLog) else EpisodeLog(e, known=False) for e in vec.envs]
     if state["env"] is None:
@@ -484,7 +595,7 @@ def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
     if "action_space" in state:  # checkpoints made before it was saved resume without it
         algo.action_space.np_random.bit_generator.state = state["action_space"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002  (SB3 draws from the global generator)
     random.setstate(state["python"])
     return algo
 
@@ -503,17 +614,25 @@ def convert_checkpoint(args: AgentArgs, run: Run) -> Path:
     converts at the next checkpoint."""
     old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
     if run.latest() is not None and "checkpoint.state" not in old:
-        raise ValueError(f"{run.folder}: its checkpoint {run.latest().relative_to(run.folder)} is already in the new "
-                         "format; nothing to convert")
+        raise ValueError(
+            f"{run.folder}: its checkpoint {run.latest().relative_to(run.folder)} is already in the new "
+            "format; nothing to convert"
+        )
     if "checkpoint.state" not in old:
-        raise FileNotFoundError(f"{run.folder} has no checkpoint in the old pickle format (checkpoint.state) to convert")
+        raise FileNotFoundError(
+            f"{run.folder} has no checkpoint in the old pickle format (checkpoint.state) to convert"
+        )
     if run.latest() is not None:  # a new checkpoint beside leftover pickles: the new one is what resumes
-        raise ValueError(f"{run.folder} holds a new-format checkpoint ({run.latest().relative_to(run.folder)}) and "
-                         f"leftover old files ({', '.join(old)}); the new one is what resumes: delete the old files")
+        raise ValueError(
+            f"{run.folder} holds a new-format checkpoint ({run.latest().relative_to(run.folder)}) and "
+            f"leftover old files ({', '.join(old)}); the new one is what resumes: delete the old files"
+        )
     if not args.trust_pickle:
-        raise ValueError(f"{run.folder}: its checkpoint is in the old pickle format ({', '.join(old)}); loading it "
-                         "runs code stored in the file. --convert-only needs --trust-pickle (trust_pickle=True): "
-                         "pass it if you made the checkpoint or trust its source")
+        raise ValueError(
+            f"{run.folder}: its checkpoint is in the old pickle format ({', '.join(old)}); loading it "
+            "runs code stored in the file. --convert-only needs --trust-pickle (trust_pickle=True): "
+            "pass it if you made the checkpoint or trust its source"
+        )
     return save_checkpoint(_resume_pickle(args, run.folder), run, args)
 
 
@@ -521,8 +640,10 @@ def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
     folder = run.latest()
     if folder is not None:
         if args.from_weights:
-            raise ValueError(f"{run.folder}: its checkpoint {folder.relative_to(run.folder)} is complete and resumes "
-                             "exactly; --from-weights is for a run whose checkpoints/ folder is lost: leave it out")
+            raise ValueError(
+                f"{run.folder}: its checkpoint {folder.relative_to(run.folder)} is complete and resumes "
+                "exactly; --from-weights is for a run whose checkpoints/ folder is lost: leave it out"
+            )
         return load_checkpoint(args, folder)
     old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
     if "checkpoint.state" not in old:
@@ -533,13 +654,17 @@ def _resume(args: AgentArgs, run: Run) -> BaseAlgorithm | None:
                 f"{run.folder}: holds checkpoint.zip (a training at {_zip_steps(run.folder / 'checkpoint.zip'):,} steps) "
                 f"but no complete checkpoint folder in {run.folder / CHECKPOINTS}/ to resume it exactly: restore that "
                 "folder (git checkout, a backup), or resume from the weights alone with --from-weights (fresh "
-                "episodes, new RNG streams), or delete the checkpoint.* files to start over")
+                "episodes, new RNG streams), or delete the checkpoint.* files to start over"
+            )
         if args.from_weights:
             raise FileNotFoundError(f"{run.folder} has no checkpoint.zip to resume --from-weights")
         return None
     if not args.trust_pickle:
-        raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files=", ".join(old))
-                         + "; or convert it without training: --convert-only --trust-pickle")
+        raise ValueError(
+            f"{run.folder}: "
+            + TRUST_PICKLE.format(files=", ".join(old))
+            + "; or convert it without training: --convert-only --trust-pickle"
+        )
     return _resume_pickle(args, run.folder)
 
 
@@ -561,8 +686,10 @@ def _resume_weights(args: AgentArgs, path: Path) -> BaseAlgorithm:
     seeded episodes and the RNGs are seeded anew from the seed and the step, so the run goes on
     from the same weights but not along the path an uninterrupted run would have taken."""
     if args.algo != "ppo":
-        raise ValueError(f"{path}: --from-weights resumes PPO runs; a {args.algo.upper()} run's replay buffer is "
-                         "not in checkpoint.zip (restore the checkpoint folder or start over)")
+        raise ValueError(
+            f"{path}: --from-weights resumes PPO runs; a {args.algo.upper()} run's replay buffer is "
+            "not in checkpoint.zip (restore the checkpoint folder or start over)"
+        )
     steps = _zip_steps(path)
     with zipfile.ZipFile(path) as z:
         data = json.loads(z.read("data"))
@@ -576,8 +703,11 @@ def _resume_weights(args: AgentArgs, path: Path) -> BaseAlgorithm:
     algo._n_updates = int(data.get("_n_updates", 0))
     algo._episode_num = int(data.get("_episode_num", 0))
     algo.set_random_seed((args.seed + 1_000_003 * (1 + steps)) % 2**32)  # envs, action space, torch, numpy
-    print(f"resuming {path} at {steps:,} steps from its weights alone: every env starts a fresh seeded episode, "
-          "the RNG streams are new", file=sys.stderr)
+    print(
+        f"resuming {path} at {steps:,} steps from its weights alone: every env starts a fresh seeded episode, "
+        "the RNG streams are new",
+        file=sys.stderr,
+    )
     return algo
 
 
@@ -586,6 +716,7 @@ def check_agent_args(args: AgentArgs) -> AgentArgs:
     anything is written; returns the resolved settings."""
     from xrl.agents.nets import ARCHS
     from xrl.envs import ENVS
+
     check_settings(args)
     ENVS.get(args.env)  # unknown names fail here, before a run folder is made
     resolved = args.resolved()
@@ -630,16 +761,21 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
         model = agent_model(algo, args)
         score = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed)
         card = {
-            "what": f"{args.algo.upper()} agent for {args.env}", "env": {"name": args.env, "settings": args.env_settings},
-            "algo": args.algo, "seed": args.seed, "timesteps": int(algo.num_timesteps),
+            "what": f"{args.algo.upper()} agent for {args.env}",
+            "env": {"name": args.env, "settings": args.env_settings},
+            "algo": args.algo,
+            "seed": args.seed,
+            "timesteps": int(algo.num_timesteps),
             "timesteps_planned": args.total_timesteps,
             "command": agent_command(given, args),
-            "action_names": model.action_names, "score": score,
+            "action_names": model.action_names,
+            "score": score,
             "train_seconds_this_run": trained,
         }
         if model.score_kind == "logits":  # the policy PPO trained, beside its argmax
-            card["score_sampled"] = evaluate(model, args.env, args.env_settings, episodes=args.eval_episodes,
-                                             seed=10_000 + args.seed, sample=True)
+            card["score_sampled"] = evaluate(
+                model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed, sample=True
+            )
         return save_agent(algo, run.folder / "agent.pt", arch=args.arch, card=card)
 
 
@@ -648,23 +784,34 @@ def _action_names(args: AgentArgs) -> list[str]:
     try:
         if args.atari:
             from xrl.envs.atari import action_names
+
             return action_names(env)
-        return list(getattr(env.unwrapped, "action_names", None) or
-                    [str(i) for i in range(env.action_space.n)])
+        return list(getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(env.action_space.n)])
     finally:
         env.close()
 
 
 def agent_model(algo: BaseAlgorithm, args: AgentArgs) -> Model:
     names = _action_names(args)
-    return model_from_policy(algo.policy, action_names=names,
-                             info={"env": {"name": args.env, "settings": args.env_settings}})
+    return model_from_policy(
+        algo.policy, action_names=names, info={"env": {"name": args.env, "settings": args.env_settings}}
+    )
 
 
-def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed: int,
-             perturb: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-             batch: int = 1, per_episode: bool = False, sample: bool = False,
-             max_steps: int | None = None) -> dict:
+def evaluate(
+    model: Model,
+    env_name: str,
+    settings: dict,
+    *,
+    episodes: int,
+    seed: int,
+    perturb: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    batch: int = 1,
+    per_episode: bool = False,
+    sample: bool = False,
+    max_steps: int | None = None,
+) -> dict:
     """Greedy (argmax) episodes, episode i seeded ``seed + i``: mean/std return and success rate
     (success = positive return, meaningful for goal-reaching envs).
 
@@ -691,8 +838,10 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
     if sample and model.score_kind != "logits":
-        raise ValueError(f"sample=True needs a policy that outputs logits; this model outputs {model.score_kind!r} "
-                         "(Q-values have no policy to sample from): use the greedy score")
+        raise ValueError(
+            f"sample=True needs a policy that outputs logits; this model outputs {model.score_kind!r} "
+            "(Q-values have no policy to sample from): use the greedy score"
+        )
     if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
         raise ValueError(f"max_steps must be a positive number of steps or None, got {max_steps!r}")
     envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
@@ -715,7 +864,7 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
                         actions = [int(rng.choice(len(q), p=q / q.sum())) for rng, q in zip(rngs, p)]
                     else:
                         actions = model(states).argmax(-1).tolist()
-                for j, env in enumerate(envs[:len(group)]):
+                for j, env in enumerate(envs[: len(group)]):
                     if running[j]:
                         o, reward, terminated, truncated, _ = env.step(actions[j])
                         obs[j], totals[j] = np.asarray(o), totals[j] + float(reward)
@@ -726,8 +875,13 @@ def evaluate(model: Model, env_name: str, settings: dict, *, episodes: int, seed
             returns += totals
     for env in envs:
         env.close()
-    result = {"episodes": episodes, "seed": seed, "mean_return": float(np.mean(returns)),
-              "std_return": float(np.std(returns)), "success_rate": float((np.asarray(returns) > 0).mean())}
+    result = {
+        "episodes": episodes,
+        "seed": seed,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "success_rate": float((np.asarray(returns) > 0).mean()),
+    }
     if per_episode:
         result["returns"] = [float(r) for r in returns]
     return result
@@ -740,5 +894,10 @@ def agent_command(given: AgentArgs, resolved: AgentArgs) -> str:
     shown = dataclasses.replace(given, **{k: getattr(resolved, k) for k in always})
     if shown.reward_scale == REWARD_SCALES.get(shown.env, 1.0):
         shown = dataclasses.replace(shown, reward_scale=None)
-    return command("xrl train agent", shown, always=always, pair_defaults={"dqn": DQN_DEFAULTS},
-                   skip=("progress", "export_only", "trust_pickle", "convert_only", "from_weights"))
+    return command(
+        "xrl train agent",
+        shown,
+        always=always,
+        pair_defaults={"dqn": DQN_DEFAULTS},
+        skip=("progress", "export_only", "trust_pickle", "convert_only", "from_weights"),
+    )

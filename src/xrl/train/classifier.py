@@ -8,6 +8,7 @@
 
 The model (``ShapesCNN``, torchvision builders, ``trunk_of``) lives in :mod:`xrl.agents.classifier`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,6 @@ from xrl._version import __version__
 from xrl.agents.classifier import build_net, save_classifier
 from xrl.train.run import Run, check_settings, command, load_tensors
 
-
 # ------------------------------------------------------------------ image folders
 
 
@@ -40,6 +40,7 @@ def load_image_folder(root: str | Path, *, size: int) -> tuple[np.ndarray, np.nd
     (classes sorted by name). Images are converted to RGB and resized (bilinear) to the side.
     """
     from PIL import Image
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -63,8 +64,12 @@ def load_image_folder(root: str | Path, *, size: int) -> tuple[np.ndarray, np.nd
         labels = np.asarray(label_list, dtype=np.int64)
     if not paths:
         raise ValueError(f"no images in {root}: expected root/<class>/*.png|jpg or root/labels.json")
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
-                       for p in paths])
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+            for p in paths
+        ]
+    )
     return images, labels, names
 
 
@@ -95,8 +100,15 @@ class ClassifierArgs:
     """seed of the data, the initialisation and the shuffling"""
     progress: bool = True
 
-    LIMITS: ClassVar[dict] = {"size": ">=1", "n_train": ">=1", "n_val": ">=1", "epochs": ">=1", "batch_size": ">=1",
-                              "learning_rate": ">0", "seed": ">=0"}
+    LIMITS: ClassVar[dict] = {
+        "size": ">=1",
+        "n_train": ">=1",
+        "n_val": ">=1",
+        "epochs": ">=1",
+        "batch_size": ">=1",
+        "learning_rate": ">0",
+        "seed": ">=0",
+    }
     #: may change between a run and its resumption
     IGNORED: ClassVar[set] = {"epochs", "progress", "out"}
 
@@ -104,8 +116,11 @@ class ClassifierArgs:
 def _data(args: ClassifierArgs):
     if args.data == "shapes":
         from xrl.data import shapes
-        train, val = shapes.split("train", args.n_train, size=args.size, seed=args.seed), \
-            shapes.split("val", args.n_val, size=args.size, seed=args.seed)
+
+        train, val = (
+            shapes.split("train", args.n_train, size=args.size, seed=args.seed),
+            shapes.split("val", args.n_val, size=args.size, seed=args.seed),
+        )
         return train.images, train.labels, val.images, val.labels, list(shapes.CLASSES)
     images, labels, names = load_image_folder(args.data, size=args.size)
     perm = np.random.default_rng(args.seed).permutation(len(images))
@@ -122,7 +137,7 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     net.eval()
-    scores = torch.cat([net(torch.from_numpy(images[i:i + 256]).float() / 255) for i in range(0, len(images), 256)])
+    scores = torch.cat([net(torch.from_numpy(images[i : i + 256]).float() / 255) for i in range(0, len(images), 256)])
     labels = torch.as_tensor(labels)
     if labels.dim() == 2:
         return float(((scores > 0).long() == labels).float().mean())
@@ -151,8 +166,13 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
         optimiser.load_state_dict(blob["optimiser"])
         start, history, best = blob["epoch"], json.loads(blob["history"]), json.loads(blob["best"])
     steps = math.ceil(len(x_train) / args.batch_size)
-    bar = tqdm(total=args.epochs * steps, initial=start * steps, unit="step", desc=f"classifier ({len(x_train)} images)",
-               disable=not args.progress)
+    bar = tqdm(
+        total=args.epochs * steps,
+        initial=start * steps,
+        unit="step",
+        desc=f"classifier ({len(x_train)} images)",
+        disable=not args.progress,
+    )
     started = time.time()
     for epoch in range(start, args.epochs):
         net.train()
@@ -162,8 +182,10 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
             x = torch.from_numpy(x_train[rows.numpy()]).float() / 255
             loss = _loss(net(x), torch.as_tensor(y_train[rows.numpy()]))
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
-                                         f"checkpoint (epoch {epoch}) is kept in {folder}; lower learning_rate")
+                raise FloatingPointError(
+                    f"classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
+                    f"checkpoint (epoch {epoch}) is kept in {folder}; lower learning_rate"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -172,13 +194,26 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
             bar.set_postfix(loss=f"{total / (i + 1):.4f}")
         record = {"epoch": epoch + 1, "train_loss": total / steps, "val_accuracy": _accuracy(net, x_val, y_val)}
         history["epochs"].append(record)
-        bar.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation accuracy {record['val_accuracy']:.3f}")
+        bar.write(
+            f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation accuracy {record['val_accuracy']:.3f}"
+        )
         if best is None or record["val_accuracy"] > best["val_accuracy"]:
             best = record
-            save_classifier(net, folder / "classifier.pt", arch=args.arch, size=args.size, class_names=names,
-                            card=_card(args, best, names))
-        blob = {"epoch": epoch + 1, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
-                "history": json.dumps(history), "best": json.dumps(best)}
+            save_classifier(
+                net,
+                folder / "classifier.pt",
+                arch=args.arch,
+                size=args.size,
+                class_names=names,
+                card=_card(args, best, names),
+            )
+        blob = {
+            "epoch": epoch + 1,
+            "net": net.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "history": json.dumps(history),
+            "best": json.dumps(best),
+        }
         run.save(epoch + 1, lambda f: torch.save(blob, f / "state.pt"))
         if run.checkpointed(history, epoch + 1, stop_at):
             break
@@ -188,6 +223,11 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
 
 
 def _card(args: ClassifierArgs, best: dict, names: list[str]) -> dict:
-    return {"what": f"{args.arch} image classifier on {args.data}", "class_names": names,
-            "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": command("xrl train classifier", args), "score": best, "xrl_version": __version__}
+    return {
+        "what": f"{args.arch} image classifier on {args.data}",
+        "class_names": names,
+        "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
+        "command": command("xrl train classifier", args),
+        "score": best,
+        "xrl_version": __version__,
+    }

@@ -32,6 +32,7 @@ Reads top to bottom:
 The DIGR saliency of the student is then the ``gradient`` explainer with ``targets=DIGR_TARGET``
 (the quantity of Eq. 2), or plain vanilla gradient of the chosen action.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,9 +43,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -101,23 +103,27 @@ def make_saliency_dataset(
         raise ValueError("the teacher records no env (model.info['env']); load it with xrl.load_agent")
     if isinstance(n_states, bool) or int(n_states) < 1:
         raise ValueError(f"n_states must be a positive integer, got {n_states!r}")
-    settings = {"radius": float(radius if radius is not None else RADIUS.get(env["name"], 5.0)),
-                "stride": int(stride), "score": "kl"}
+    settings = {
+        "radius": float(radius if radius is not None else RADIUS.get(env["name"], 5.0)),
+        "stride": int(stride),
+        "score": "kl",
+    }
     if out.exists():
         with StateDataset.open(out) as ds:
             _check_dataset(ds, teacher, maps=False)
             if SALIENCY_KEY in ds.saliency_methods:
                 if len(ds) < n_states or ds.saliency_settings(SALIENCY_KEY) != settings:
-                    raise ValueError(f"{out} holds a DIGR dataset of {len(ds)} states made with "
-                                     f"{ds.saliency_settings(SALIENCY_KEY)}; asked for {n_states} "
-                                     f"with {settings}: choose another out")
+                    raise ValueError(
+                        f"{out} holds a DIGR dataset of {len(ds)} states made with "
+                        f"{ds.saliency_settings(SALIENCY_KEY)}; asked for {n_states} "
+                        f"with {settings}: choose another out"
+                    )
                 return out
             episodes = ds.n_episodes  # states collected before an interruption
     else:
         episodes = 1
     while True:  # episodes until there are enough states (collect extends the same file)
-        collect(teacher, episodes=episodes, out=out, seed=seed, sample=teacher.score_kind == "logits",
-                progress=False)
+        collect(teacher, episodes=episodes, out=out, seed=seed, sample=teacher.score_kind == "logits", progress=False)
         with StateDataset.open(out) as ds:
             n, done = len(ds), ds.n_episodes
         if n >= n_states:
@@ -141,8 +147,9 @@ def _chunk_maps(teacher: Model, states: np.ndarray, settings: dict) -> np.ndarra
     return get_explainer("greydanus", teacher, **settings).explain(x).numpy()
 
 
-def _maps_in_chunks(teacher: Model, ds: StateDataset, settings: dict, chunk: int,
-                    ray: str | None, progress: bool) -> np.ndarray:
+def _maps_in_chunks(
+    teacher: Model, ds: StateDataset, settings: dict, chunk: int, ray: str | None, progress: bool
+) -> np.ndarray:
     """All maps of ``ds``, chunk by chunk; finished chunks are kept in ``<out>.maps.partial/``."""
     folder = _maps_partial(ds.path)
     folder.mkdir(exist_ok=True)
@@ -158,17 +165,22 @@ def _maps_in_chunks(teacher: Model, ds: StateDataset, settings: dict, chunk: int
         with atomic_path(folder / f"{start:08d}.npy") as tmp, tmp.open("wb") as f:
             np.save(f, maps.astype(np.float32))
 
-    with tqdm(total=len(starts), initial=len(starts) - len(todo), unit="chunk", disable=not progress,
-              desc=f"perturbation maps ({len(ds)} states)") as bar:
+    with tqdm(
+        total=len(starts),
+        initial=len(starts) - len(todo),
+        unit="chunk",
+        disable=not progress,
+        desc=f"perturbation maps ({len(ds)} states)",
+    ) as bar:
         if ray is None:
             for start in todo:
                 save(start, _chunk_maps(teacher, ds.raw_states(slice(start, start + chunk)), settings))
                 bar.update(1)
         else:
             import ray as ray_lib
+
             if not ray_lib.is_initialized():
-                ray_lib.init(address=None if ray == "auto" else ray, include_dashboard=False,
-                             log_to_driver=False)
+                ray_lib.init(address=None if ray == "auto" else ray, include_dashboard=False, log_to_driver=False)
             remote = ray_lib.remote(num_cpus=1)(_chunk_maps_one_thread)
             model_ref = ray_lib.put(teacher)
             pending = {remote.remote(model_ref, ds.raw_states(slice(s, s + chunk)), settings): s for s in todo}
@@ -207,8 +219,9 @@ def igr_loss(model: Model, states: torch.Tensor, teacher_maps: torch.Tensor, thr
     return (penalised * policy_saliency(model, states)).flatten(1).mean(1).mean()
 
 
-def distillation_loss(teacher: Model, student: Model, states: torch.Tensor,
-                      temperature: float | None = None) -> torch.Tensor:
+def distillation_loss(
+    teacher: Model, student: Model, states: torch.Tensor, temperature: float | None = None
+) -> torch.Tensor:
     """``mean_s KL(pi_t(s) || pi_theta(s))`` (scalar), ``pi_t = softmax(teacher(s) / temperature)``."""
     with torch.no_grad():
         log_p = (teacher(states) / (temperature or 1.0)).log_softmax(-1)
@@ -294,12 +307,32 @@ class DigrArgs:
     """resume a checkpoint in the old pickle format (checkpoint.pkl runs code when loaded)"""
 
     LIMITS: ClassVar[dict] = {
-        "updates": ">=1", "batch_size": ">=1", "learning_rate": ">0", "alpha": ">=0", "threshold": "0..1",
-        "buffer_size": ">=1", "n_envs": ">=1", "n_states": ">=1", "stride": ">=1", "temperature": ">0", "eval_every": ">=1",
-        "eval_episodes": ">=1", "final_eval_episodes": ">=1", "checkpoint_every": ">=1", "seed": ">=0"}
+        "updates": ">=1",
+        "batch_size": ">=1",
+        "learning_rate": ">0",
+        "alpha": ">=0",
+        "threshold": "0..1",
+        "buffer_size": ">=1",
+        "n_envs": ">=1",
+        "n_states": ">=1",
+        "stride": ">=1",
+        "temperature": ">0",
+        "eval_every": ">=1",
+        "eval_episodes": ">=1",
+        "final_eval_episodes": ">=1",
+        "checkpoint_every": ">=1",
+        "seed": ">=0",
+    }
     #: may change between a run and its resumption
-    IGNORED: ClassVar[set] = {"updates", "progress", "eval_episodes", "final_eval_episodes", "checkpoint_every",
-                              "out", "snapshots"}
+    IGNORED: ClassVar[set] = {
+        "updates",
+        "progress",
+        "eval_episodes",
+        "final_eval_episodes",
+        "checkpoint_every",
+        "out",
+        "snapshots",
+    }
 
 
 def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
@@ -310,11 +343,12 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
     arch = _student_arch(args, teacher)
     env = teacher.info["env"]
     data = Path(args.data)
-    with (StateDataset.open(data) if data.exists() else _nothing()) as ds:
+    with StateDataset.open(data) if data.exists() else _nothing() as ds:
         made = ds is not None and SALIENCY_KEY in ds.saliency_methods
     if not made:  # make it (or finish making it) with this teacher
-        make_saliency_dataset(teacher, data, n_states=args.n_states, stride=args.stride, seed=args.seed,
-                              progress=args.progress)
+        make_saliency_dataset(
+            teacher, data, n_states=args.n_states, stride=args.stride, seed=args.seed, progress=args.progress
+        )
     with StateDataset.open(data) as ds:
         _check_dataset(ds, teacher)
         states_d = torch.as_tensor(ds.raw_states())  # uint8 (N, C, H, W)
@@ -325,8 +359,18 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         return _train(args, run, teacher, arch, env, data, states_d, maps_d, data_settings, stop_at)
 
 
-def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data: Path, states_d: torch.Tensor,
-           maps_d: torch.Tensor, data_settings: dict, stop_at: int | None) -> Path:
+def _train(
+    args: DigrArgs,
+    run_: Run,
+    teacher: Model,
+    arch: str,
+    env: dict,
+    data: Path,
+    states_d: torch.Tensor,
+    maps_d: torch.Tensor,
+    data_settings: dict,
+    stop_at: int | None,
+) -> Path:
     run = run_.folder
     state = _resume(args, run_, teacher, arch) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
@@ -336,8 +380,15 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
     rng, gen = state["rng"], state["torch_gen"]
     history = state["history"]
     if "teacher" not in history:
-        history["teacher"] = evaluate(teacher, env["name"], env.get("settings") or {},
-                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False, batch=10)
+        history["teacher"] = evaluate(
+            teacher,
+            env["name"],
+            env.get("settings") or {},
+            episodes=args.eval_episodes,
+            seed=20_000 + args.seed,
+            progress=False,
+            batch=10,
+        )
     bar = tqdm(total=args.updates, initial=state["update"], desc="DIGR", unit="update", disable=not args.progress)
     last_good = state["update"]
     started = time.time()
@@ -356,30 +407,50 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
             bar.close()
             raise FloatingPointError(
                 f"DIGR loss became {values} at update {update}; stopped. The last good checkpoint "
-                f"(update {last_good}) is kept in {run}; lower learning_rate or check the dataset")
-        grads = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, params, allow_unused=True,
-                                                                        materialize_grads=True)])
-                 for v in losses]
+                f"(update {last_good}) is kept in {run}; lower learning_rate or check the dataset"
+            )
+        grads = [
+            torch.cat(
+                [g.reshape(-1) for g in torch.autograd.grad(v, params, allow_unused=True, materialize_grads=True)]
+            )
+            for v in losses
+        ]
         combined = pcgrad(grads, gen) if args.use_pcgrad and len(grads) > 1 else torch.stack(grads).sum(0)
         offset = 0
         for p in params:
-            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         state["update"] = update + 1
         log = {"update": update + 1, "kl": values[-1] / args.alpha, "igr": values[0] if args.igr else None}
         if (update + 1) % args.eval_every == 0 or update + 1 == args.updates:
-            log["student"] = evaluate(student, env["name"], env.get("settings") or {},
-                                      episodes=args.eval_episodes, seed=20_000 + args.seed, progress=False, batch=10)
+            log["student"] = evaluate(
+                student,
+                env["name"],
+                env.get("settings") or {},
+                episodes=args.eval_episodes,
+                seed=20_000 + args.seed,
+                progress=False,
+                batch=10,
+            )
             history["log"].append(log)
             if args.snapshots:
-                save_policy(student_policy, run / "snapshots" / f"agent-{update + 1:06d}.pt", algo="ppo",
-                            arch=arch, card=_card(args, teacher, env, data, len(states_d), data_settings,
-                                                  update=update + 1, score=log["student"]))
-            bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}",
-                            student_return=f"{log['student']['mean_return']:.3f}",
-                            teacher_return=f"{history['teacher']['mean_return']:.3f}")
+                save_policy(
+                    student_policy,
+                    run / "snapshots" / f"agent-{update + 1:06d}.pt",
+                    algo="ppo",
+                    arch=arch,
+                    card=_card(
+                        args, teacher, env, data, len(states_d), data_settings, update=update + 1, score=log["student"]
+                    ),
+                )
+            bar.set_postfix(
+                igr=f"{values[0]:.4f}" if args.igr else "-",
+                kl=f"{log['kl']:.4f}",
+                student_return=f"{log['student']['mean_return']:.3f}",
+                teacher_return=f"{history['teacher']['mean_return']:.3f}",
+            )
         elif (update + 1) % 50 == 0:
             bar.set_postfix(igr=f"{values[0]:.4f}" if args.igr else "-", kl=f"{log['kl']:.4f}")
         bar.update(1)
@@ -390,26 +461,65 @@ def _train(args: DigrArgs, run_: Run, teacher: Model, arch: str, env: dict, data
                 bar.close()
                 return folder
     bar.close()
-    score = evaluate(student, env["name"], env.get("settings") or {}, episodes=args.final_eval_episodes,
-                     seed=10_000 + args.seed, progress=False, batch=10)
-    teacher_score = evaluate(teacher, env["name"], env.get("settings") or {},
-                             episodes=args.final_eval_episodes, seed=10_000 + args.seed, progress=False, batch=10)
-    card = _card(args, teacher, env, data, len(states_d), data_settings, update=args.updates, score=score,
-                 teacher_score=teacher_score, train_seconds_this_run=round(time.time() - started, 1))
+    score = evaluate(
+        student,
+        env["name"],
+        env.get("settings") or {},
+        episodes=args.final_eval_episodes,
+        seed=10_000 + args.seed,
+        progress=False,
+        batch=10,
+    )
+    teacher_score = evaluate(
+        teacher,
+        env["name"],
+        env.get("settings") or {},
+        episodes=args.final_eval_episodes,
+        seed=10_000 + args.seed,
+        progress=False,
+        batch=10,
+    )
+    card = _card(
+        args,
+        teacher,
+        env,
+        data,
+        len(states_d),
+        data_settings,
+        update=args.updates,
+        score=score,
+        teacher_score=teacher_score,
+        train_seconds_this_run=round(time.time() - started, 1),
+    )
     run_.write_history(history)
     return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
 
 
-def _card(args: DigrArgs, teacher: Model, env: dict, data: Path, n_data: int, data_settings: dict, *,
-          update: int, score: dict, **extra) -> dict:
+def _card(
+    args: DigrArgs,
+    teacher: Model,
+    env: dict,
+    data: Path,
+    n_data: int,
+    data_settings: dict,
+    *,
+    update: int,
+    score: dict,
+    **extra,
+) -> dict:
     return {
         "what": f"DIGR student of {args.teacher} for {env['name']}" + ("" if args.igr else " (distillation only)"),
-        "env": env, "algo": "ppo", "seed": args.seed, "teacher": teacher.info.get("source"),
-        "score": score, "updates": update,
+        "env": env,
+        "algo": "ppo",
+        "seed": args.seed,
+        "teacher": teacher.info.get("source"),
+        "score": score,
+        "updates": update,
         "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
         "saliency_dataset": {"path": str(data), "states": int(n_data), **data_settings},
         "command": command("xrl train digr", args, always=("teacher", "data", "out")),
-        "action_names": teacher.action_names, "value_head": "untrained (DIGR distils the policy only)",
+        "action_names": teacher.action_names,
+        "value_head": "untrained (DIGR distils the policy only)",
         **extra,
     }
 
@@ -426,18 +536,24 @@ def _student_arch(args: DigrArgs, teacher: Model) -> str:
         raise ValueError("the teacher's card names no architecture; pass arch= (a registered one)")
     arch = args.arch or teacher_arch
     if teacher_arch is not None and arch != teacher_arch and not args.allow_other_arch:
-        raise ValueError(f"the student's architecture {arch!r} differs from the teacher's {teacher_arch!r}; "
-                         "DIGR retrains the same architecture (pass allow_other_arch=True to distil into another)")
+        raise ValueError(
+            f"the student's architecture {arch!r} differs from the teacher's {teacher_arch!r}; "
+            "DIGR retrains the same architecture (pass allow_other_arch=True to distil into another)"
+        )
     return arch
 
 
 def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> None:
     if ds.env != teacher.info.get("env"):
-        raise ValueError(f"the saliency dataset {ds.path} was collected on {ds.env}, the teacher was "
-                         f"trained on {teacher.info.get('env')}: make the dataset with this teacher")
+        raise ValueError(
+            f"the saliency dataset {ds.path} was collected on {ds.env}, the teacher was "
+            f"trained on {teacher.info.get('env')}: make the dataset with this teacher"
+        )
     if ds.agent.get("fingerprint") != agent_record(teacher)["fingerprint"]:
-        raise ValueError(f"the saliency dataset {ds.path} was made by another agent "
-                         f"({ds.agent.get('source')}); its perturbation maps are not this teacher's")
+        raise ValueError(
+            f"the saliency dataset {ds.path} was made by another agent "
+            f"({ds.agent.get('source')}); its perturbation maps are not this teacher's"
+        )
     if maps and SALIENCY_KEY not in ds.saliency_methods:
         raise ValueError(f"{ds.path} has no saliency/{SALIENCY_KEY}; make it with make_saliency_dataset")
 
@@ -448,12 +564,20 @@ def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
     env = teacher.info["env"]
     envs = [make_env(env["name"], **(env.get("settings") or {})) for _ in range(args.n_envs)]
     obs = [np.asarray(e.reset(seed=args.seed + i)[0]) for i, e in enumerate(envs)]
-    return {"episodes": [{"seed": args.seed + i, "actions": []} for i in range(args.n_envs)],
-        "policy": policy, "optimiser": torch.optim.Adam(policy.parameters(), lr=args.learning_rate),
-        "rng": np.random.default_rng(args.seed), "torch_gen": torch.Generator().manual_seed(args.seed),
-        "envs": envs, "obs": obs, "episode_seed": args.seed + args.n_envs,
-        "buffer": np.zeros((args.buffer_size, *teacher.input_shape), np.uint8), "filled": 0, "cursor": 0,
-        "update": 0, "history": {"log": []},
+    return {
+        "episodes": [{"seed": args.seed + i, "actions": []} for i in range(args.n_envs)],
+        "policy": policy,
+        "optimiser": torch.optim.Adam(policy.parameters(), lr=args.learning_rate),
+        "rng": np.random.default_rng(args.seed),
+        "torch_gen": torch.Generator().manual_seed(args.seed),
+        "envs": envs,
+        "obs": obs,
+        "episode_seed": args.seed + args.n_envs,
+        "buffer": np.zeros((args.buffer_size, *teacher.input_shape), np.uint8),
+        "filled": 0,
+        "cursor": 0,
+        "update": 0,
+        "history": {"log": []},
     }
 
 
@@ -486,13 +610,26 @@ def _save(run: Run, state: dict) -> Path:
     (the online buffer, compressed: game frames shrink ~30x), ``state.json`` (the numpy RNG,
     counters, each env's episode seed, the history)."""
     filled = state["filled"]
-    tensors = {"policy": state["policy"].state_dict(), "optimiser": state["optimiser"].state_dict(),
-               "torch_gen": state["torch_gen"].get_state(), "obs": torch.from_numpy(np.stack(state["obs"])),
-               "actions": [torch.tensor(e["actions"] if e else [], dtype=torch.int64) for e in state["episodes"]]}
-    meta = {"format": FORMAT, "version": 1, "xrl_version": __version__, "rng": state["rng"].bit_generator.state,
-            "episodes": [{"seed": e["seed"]} if e else None for e in state["episodes"]],
-            "episode_seed": state["episode_seed"], "filled": filled, "cursor": state["cursor"],
-            "buffer_size": len(state["buffer"]), "update": state["update"], "history": state["history"]}
+    tensors = {
+        "policy": state["policy"].state_dict(),
+        "optimiser": state["optimiser"].state_dict(),
+        "torch_gen": state["torch_gen"].get_state(),
+        "obs": torch.from_numpy(np.stack(state["obs"])),
+        "actions": [torch.tensor(e["actions"] if e else [], dtype=torch.int64) for e in state["episodes"]],
+    }
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "xrl_version": __version__,
+        "rng": state["rng"].bit_generator.state,
+        "episodes": [{"seed": e["seed"]} if e else None for e in state["episodes"]],
+        "episode_seed": state["episode_seed"],
+        "filled": filled,
+        "cursor": state["cursor"],
+        "buffer_size": len(state["buffer"]),
+        "update": state["update"],
+        "history": state["history"],
+    }
 
     def write(folder: Path) -> None:
         torch.save(tensors, folder / "tensors.pt")
@@ -527,12 +664,18 @@ def _resume(args: DigrArgs, run: Run, teacher: Model, arch: str) -> dict | None:
     buffer = np.zeros((meta["buffer_size"], *teacher.input_shape), np.uint8)
     try:
         with np.load(folder / "buffer.npz", allow_pickle=False) as npz:
-            buffer[:meta["filled"]] = npz["buffer"]
+            buffer[: meta["filled"]] = npz["buffer"]
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder / 'buffer.npz'} is not a readable buffer ({err})") from None
-    state = {"policy": policy, "optimiser": optimiser, "rng": rng, "torch_gen": gen, "buffer": buffer,
-             "obs": list(tensors["obs"].numpy()), **{k: meta[k] for k in ("episode_seed", "filled", "cursor",
-                                                                          "update", "history")}}
+    state = {
+        "policy": policy,
+        "optimiser": optimiser,
+        "rng": rng,
+        "torch_gen": gen,
+        "buffer": buffer,
+        "obs": list(tensors["obs"].numpy()),
+        **{k: meta[k] for k in ("episode_seed", "filled", "cursor", "update", "history")},
+    }
     _replay(state, teacher, meta["episodes"], tensors["actions"], folder)
     return state
 
@@ -558,8 +701,11 @@ def _replay(state: dict, teacher: Model, episodes: list, actions: list, folder: 
         state["obs"][i] = np.asarray(obs)
         fresh.append(i)
     if fresh:
-        print(f"resuming {folder}: env(s) {fresh} start new episodes (theirs could not be rebuilt from "
-              "their seed and actions)", file=sys.stderr)
+        print(
+            f"resuming {folder}: env(s) {fresh} start new episodes (theirs could not be rebuilt from "
+            "their seed and actions)",
+            file=sys.stderr,
+        )
 
 
 def _resume_pickle(path: Path) -> dict:
@@ -567,6 +713,7 @@ def _resume_pickle(path: Path) -> dict:
     unknown until they end (a resume from the next checkpoint starts them anew)."""
     import gzip
     import pickle
+
     blob = pickle.loads(gzip.decompress(path.read_bytes()))
     optimiser = torch.optim.Adam(blob["policy"].parameters())
     optimiser.load_state_dict(blob["optimiser"])
@@ -576,5 +723,3 @@ def _resume_pickle(path: Path) -> dict:
     gen.set_state(blob["torch_gen"])
     episodes = blob.get("episodes") or [None] * len(blob["envs"])
     return {**blob, "optimiser": optimiser, "rng": rng, "torch_gen": gen, "episodes": episodes}
-
-

@@ -24,6 +24,7 @@ Reads top to bottom:
    times K^2); ``checkpoint.pt`` every ``checkpoint_every`` updates; the same command resumes to
    the same result (ACER); the agent is exported as ``rexl.pt`` + card.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,11 +94,30 @@ class RExLArgs(AcerSettings):
     progress: bool = True
 
     LIMITS: ClassVar[dict] = {
-        "total_steps": ">=1", "n_envs": ">=1", "n_steps": ">=1", "checkpoint_every": ">=1", "n_images": ">=1",
-        "grid": ">=1", "image": ">=0", "seed": ">=0", "extractor_seed": ">=0", "learning_rate": ">0", "gamma": "0..1",
-        "buffer_size": ">=1", "ent_coef": ">=0", "reward_scale": ">=0", "replay_ratio": ">=0", "replay_start": ">=0",
-        "correction": ">0", "delta": ">0", "avg_decay": "0..1", "rms_alpha": "0..1", "rms_eps": ">0",
-        "max_grad_norm": ">0", "q_coef": ">=0"}
+        "total_steps": ">=1",
+        "n_envs": ">=1",
+        "n_steps": ">=1",
+        "checkpoint_every": ">=1",
+        "n_images": ">=1",
+        "grid": ">=1",
+        "image": ">=0",
+        "seed": ">=0",
+        "extractor_seed": ">=0",
+        "learning_rate": ">0",
+        "gamma": "0..1",
+        "buffer_size": ">=1",
+        "ent_coef": ">=0",
+        "reward_scale": ">=0",
+        "replay_ratio": ">=0",
+        "replay_start": ">=0",
+        "correction": ">0",
+        "delta": ">0",
+        "avg_decay": "0..1",
+        "rms_alpha": "0..1",
+        "rms_eps": ">0",
+        "max_grad_norm": ">0",
+        "q_coef": ">=0",
+    }
 
 
 # ------------------------------------------------------------------ 1-2. model and images
@@ -107,6 +127,7 @@ def load_explained(spec: str) -> Model:
     """An xrl classifier file, or anything :func:`xrl.load_agent` takes (which dispatches by the
     file's format marker, :mod:`xrl.artifacts`)."""
     from xrl.agents.load import load_agent
+
     return load_agent(spec)
 
 
@@ -118,20 +139,27 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
     labels = None
     if args.data == "shapes":
         from xrl.data import shapes
+
         data = shapes.split("train", args.n_images, size=model.input_shape[-1], seed=args.seed)
         images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
     elif args.data == "multishapes":
         from xrl.data import shapes
+
         data = shapes.make_multi_shapes(args.n_images, size=model.input_shape[-1], seed=args.seed)
         images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
     elif args.data.endswith(".h5"):
         from xrl.data.dataset import StateDataset
+
         with StateDataset.open(args.data) as ds:
             images = ds.states(np.arange(min(len(ds), args.n_images)))
     else:
         from xrl.train.classifier import load_image_folder
+
         raw, label_array, _ = load_image_folder(args.data, size=model.input_shape[-1])
-        images, labels = torch.from_numpy(raw[:args.n_images]).float() / 255, torch.from_numpy(label_array[:args.n_images])
+        images, labels = (
+            torch.from_numpy(raw[: args.n_images]).float() / 255,
+            torch.from_numpy(label_array[: args.n_images]),
+        )
     model.check_states(images)
     multi_label = labels is not None and labels.dim() == 2
     score = args.score if args.score != "auto" else ("sigmoid" if multi_label else "softmax")
@@ -141,7 +169,7 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
         present = labels.bool() if multi_label else None
     else:
         with torch.no_grad():
-            logits = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)])
+            logits = torch.cat([model(images[i : i + 256]) for i in range(0, len(images), 256)])
         present = torch.sigmoid(logits) > 0.5 if score == "sigmoid" else None
         labels = logits.argmax(-1)
     if present is None:
@@ -153,16 +181,19 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
     return images, targets, image_of, score
 
 
-def episode_rows(args: RExLArgs, targets: torch.Tensor, n_classes: int, image_of: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+def episode_rows(
+    args: RExLArgs, targets: torch.Tensor, n_classes: int, image_of: torch.Tensor | None = None
+) -> torch.Tensor:
     """The pairs (indices into ``targets``) episodes are drawn from, by mode."""
     image_of = torch.arange(len(targets)) if image_of is None else image_of
     if args.mode == "ds":
         return torch.arange(len(targets))
     if args.mode == "cs":
         if not 0 <= args.target_class < n_classes:
-            raise ValueError(f"--target-class must be a class index in [0, {n_classes}) for a model with "
-                             f"{n_classes} outputs, got {args.target_class}")
+            raise ValueError(
+                f"--target-class must be a class index in [0, {n_classes}) for a model with "
+                f"{n_classes} outputs, got {args.target_class}"
+            )
         rows = torch.nonzero(targets == args.target_class).flatten()
         if len(rows) == 0:
             raise ValueError(f"no training image is explained for class {args.target_class}")
@@ -185,8 +216,17 @@ class MaskingVecEnv:
     """ACER's tensor vector env over :class:`MaskingBatch`: every episode lasts ``grid**2``
     steps, so all ``n_envs`` end together and restart on freshly drawn rows."""
 
-    def __init__(self, batch: MaskingBatch, agent: RExLAgent, targets: torch.Tensor, rows: torch.Tensor,
-                 n_envs: int, seed: int, reward_scale: float = 1.0, image_of: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        batch: MaskingBatch,
+        agent: RExLAgent,
+        targets: torch.Tensor,
+        rows: torch.Tensor,
+        n_envs: int,
+        seed: int,
+        reward_scale: float = 1.0,
+        image_of: torch.Tensor | None = None,
+    ) -> None:
         """``targets (P,)`` the class of each pair, ``rows`` the pairs drawn from, ``image_of (P,)``
         each pair's image (None: pair = image)."""
         self.batch, self.agent, self.all_targets, self.pool = batch, agent, targets, rows
@@ -219,9 +259,17 @@ class MaskingVecEnv:
 
     def state_dict(self) -> dict:
         b = self.batch
-        return {"generator": self.generator.get_state(), "noise_generator": b.generator.get_state(), "rows": b.rows,
-                "targets": b.targets, "noise": b.noise_images, "masked": b.masked, "t": b.t, "states": b.states,
-                "probs": b.probs}
+        return {
+            "generator": self.generator.get_state(),
+            "noise_generator": b.generator.get_state(),
+            "rows": b.rows,
+            "targets": b.targets,
+            "noise": b.noise_images,
+            "masked": b.masked,
+            "t": b.t,
+            "states": b.states,
+            "probs": b.probs,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         b = self.batch
@@ -236,11 +284,12 @@ class MaskingVecEnv:
 
 
 def reward_scale(args: RExLArgs) -> float:
-    return args.reward_scale or 1.0 / args.grid ** 2
+    return args.reward_scale or 1.0 / args.grid**2
 
 
 def _check_args(args: RExLArgs, model: Model) -> None:
     from xrl.agents.rexl import MODES
+
     if args.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {args.mode!r}")
     if args.targets not in ("label", "argmax"):
@@ -268,6 +317,7 @@ def _run_settings(run: Path, args: RExLArgs) -> dict:
     config = run / "args.json"
     if config.exists():
         import json
+
         old = json.loads(config.read_text())
         for key, value in _ADDED.items():
             if key not in old and settings[key] == value:
@@ -295,8 +345,14 @@ def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, s
     classes = sorted(set(targets[rows].tolist())) if args.mode == "ds" else [int(targets[rows[0]])]
     extractor = build_extractor(model, args.extractor, args.extractor_seed)
     torch.manual_seed(args.seed)
-    agent = RExLAgent(extractor, input_shape=model.input_shape, n_classes=model.n_actions, grid=args.grid,
-                      mode=args.mode, classes=classes)
+    agent = RExLAgent(
+        extractor,
+        input_shape=model.input_shape,
+        n_classes=model.n_actions,
+        grid=args.grid,
+        mode=args.mode,
+        classes=classes,
+    )
     batch = MaskingBatch(model, images, grid=args.grid, noise=args.noise, seed=args.seed, score=score)
     record = agent_record(model, batch, args.extractor, args.extractor_seed)
     started = time.time()
@@ -329,19 +385,27 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
         history = blob["history"]
     per_update = args.n_envs * args.n_steps
     n_updates = math.ceil(args.total_steps / per_update)
-    bar = tqdm(total=n_updates * per_update, initial=acer.updates * per_update, unit="step",
-               desc=f"rexl-{args.mode} acer", disable=not args.progress)
+    bar = tqdm(
+        total=n_updates * per_update,
+        initial=acer.updates * per_update,
+        unit="step",
+        desc=f"rexl-{args.mode} acer",
+        disable=not args.progress,
+    )
     recent: list[float] = []
     while acer.updates < n_updates:
         stats = acer.update()
         if not all(math.isfinite(stats[k]) for k in ("policy_loss", "q_loss")):
             bar.close()
-            raise FloatingPointError(f"ACER loss became {stats} at update {acer.updates}; stopped. The last good "
-                                     f"checkpoint is kept in {run.folder}; lower learning_rate")
+            raise FloatingPointError(
+                f"ACER loss became {stats} at update {acer.updates}; stopped. The last good "
+                f"checkpoint is kept in {run.folder}; lower learning_rate"
+            )
         if stats["episodes"]:
             recent = (recent + [stats["mean_return"]])[-20:]
-        history["updates"].append({"update": acer.updates, "steps": acer.updates * per_update,
-                                   **{k: round(v, 5) for k, v in stats.items()}})
+        history["updates"].append(
+            {"update": acer.updates, "steps": acer.updates * per_update, **{k: round(v, 5) for k, v in stats.items()}}
+        )
         bar.update(per_update)
         bar.set_postfix(mean_return=f"{sum(recent) / max(1, len(recent)):.3f}", entropy=f"{stats['entropy']:.2f}")
         if acer.updates % args.checkpoint_every == 0 or acer.updates == n_updates:
@@ -359,12 +423,15 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     Resumes from the newest checkpoint's weights and step count, read without unpickling (not
     bit-identical: the envs start new episodes)."""
     import gymnasium as gym
+
     from xrl.compat import quiet_old_gym
+
     quiet_old_gym()
     from stable_baselines3 import A2C, DQN, PPO
-    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.vec_env import DummyVecEnv
+
     from xrl.envs.masking import MaskingEnv
 
     class Features(BaseFeaturesExtractor):
@@ -381,8 +448,9 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     env = DummyVecEnv([make(i) for i in range(args.n_envs)])
     env.seed(args.seed)
     algo = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo]
-    learner = algo("MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed,
-                   gamma=args.gamma, verbose=0)
+    learner = algo(
+        "MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed, gamma=args.gamma, verbose=0
+    )
     _load_sb3(learner, run)
     remaining = max(0, args.total_steps - learner.num_timesteps)
     learner.set_logger(Logger(None, []))  # SB3's default logger leaves an empty /tmp/SB3-<date> per run
@@ -390,12 +458,17 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
 
     def write(folder: Path) -> None:
         learner.save(folder / "checkpoint.zip")
-        write_json(folder / "state.json", {"num_timesteps": int(learner.num_timesteps), "_n_updates": learner._n_updates})
+        write_json(
+            folder / "state.json", {"num_timesteps": int(learner.num_timesteps), "_n_updates": learner._n_updates}
+        )
 
     folder = run.save(learner.num_timesteps, write)
     link(folder / "checkpoint.zip", run.folder / "checkpoint.zip")
-    layers = (learner.policy.q_net.q_net if args.algo == "dqn" else
-              [*learner.policy.mlp_extractor.policy_net, learner.policy.action_net])
+    layers = (
+        learner.policy.q_net.q_net
+        if args.algo == "dqn"
+        else [*learner.policy.mlp_extractor.policy_net, learner.policy.action_net]
+    )
     linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
     ours = [m for m in agent.mlp if isinstance(m, torch.nn.Linear)] + [agent.pi]
     for mine, theirs in zip(ours, linears, strict=True):
@@ -408,6 +481,7 @@ def _load_sb3(learner, run: Run) -> None:
     ``checkpoint.zip``), read with ``weights_only=True`` and as JSON: nothing is unpickled."""
     import json
     import zipfile
+
     latest = run.latest()
     path = latest / "checkpoint.zip" if latest is not None else run.folder / "checkpoint.zip"
     if not path.exists():
@@ -425,29 +499,55 @@ def _load_sb3(learner, run: Run) -> None:
 
 def _sb3_kwargs(args, features) -> dict:
     arch = [256, 128] if args.algo == "dqn" else {"pi": [256, 128], "vf": [256, 128]}
-    return {"features_extractor_class": features, "net_arch": arch, "share_features_extractor": True} \
-        if args.algo != "dqn" else {"features_extractor_class": features, "net_arch": arch}
+    return (
+        {"features_extractor_class": features, "net_arch": arch, "share_features_extractor": True}
+        if args.algo != "dqn"
+        else {"features_extractor_class": features, "net_arch": arch}
+    )
 
 
 def agent_record(model: Model, batch: MaskingBatch, extractor: str, extractor_seed: int) -> dict:
     """What a RExL agent file records about the model and the MDP it was trained on."""
     from xrl.data.collect import agent_record as model_record
+
     gaussian = batch.noise == "gaussian"
-    return {"model_fingerprint": model_record(model)["fingerprint"], "model_source": str(model.info.get("source")),
-            "input_shape": list(model.input_shape), "noise": batch.noise, "extractor": extractor,
-            "extractor_seed": int(extractor_seed), "score": batch.score, "noise_mean": batch.mean.flatten().tolist() if gaussian else None,
-            "noise_std": batch.std.flatten().tolist() if gaussian else None}
+    return {
+        "model_fingerprint": model_record(model)["fingerprint"],
+        "model_source": str(model.info.get("source")),
+        "input_shape": list(model.input_shape),
+        "noise": batch.noise,
+        "extractor": extractor,
+        "extractor_seed": int(extractor_seed),
+        "score": batch.score,
+        "noise_mean": batch.mean.flatten().tolist() if gaussian else None,
+        "noise_std": batch.std.flatten().tolist() if gaussian else None,
+    }
 
 
-def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str = "ds", classes=None,
-                    extractor: str | torch.nn.Module = "trunk", seed: int = 0, score: str = "softmax") -> Path:
+def untrained_agent(
+    model: Model,
+    path: str | Path,
+    *,
+    grid: int = 7,
+    mode: str = "ds",
+    classes=None,
+    extractor: str | torch.nn.Module = "trunk",
+    seed: int = 0,
+    score: str = "softmax",
+) -> Path:
     """Save a randomly initialised agent for ``model`` (what timing and contract tests need;
     its maps rank cells by an untrained policy)."""
     module = build_extractor(model, extractor, seed)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        agent = RExLAgent(module, input_shape=model.input_shape, n_classes=model.n_actions, grid=grid, mode=mode,
-                          classes=list(range(model.n_actions)) if classes is None else classes)
+        agent = RExLAgent(
+            module,
+            input_shape=model.input_shape,
+            n_classes=model.n_actions,
+            grid=grid,
+            mode=mode,
+            classes=list(range(model.n_actions)) if classes is None else classes,
+        )
     batch = MaskingBatch(model, torch.zeros(1, *model.input_shape), grid=grid, score=score)
     name = extractor if isinstance(extractor, str) else "module"
     save_rexl_agent(agent, path, record=agent_record(model, batch, name, seed), card={"what": "untrained RExL agent"})
@@ -457,13 +557,19 @@ def untrained_agent(model: Model, path: str | Path, *, grid: int = 7, mode: str 
 def _card(args: RExLArgs, model: Model, history: dict, classes: list[int]) -> dict:
     updates = history.get("updates", [])
     last = [u["mean_return"] for u in updates[-20:] if u.get("episodes")]
-    return {"what": f"RExL-{args.mode.upper()} agent explaining {args.model}", "classes": classes,
-            "class_names": [model.action_names[c] for c in classes], "grid": args.grid,
-            "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
-            "command": rexl_command(args),
-            "score": {"mean_return_last_20_updates": sum(last) / len(last) if last else None,
-                      "steps": updates[-1]["steps"] if updates else history.get("sb3", {}).get("timesteps")},
-            "xrl_version": __version__}
+    return {
+        "what": f"RExL-{args.mode.upper()} agent explaining {args.model}",
+        "classes": classes,
+        "class_names": [model.action_names[c] for c in classes],
+        "grid": args.grid,
+        "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
+        "command": rexl_command(args),
+        "score": {
+            "mean_return_last_20_updates": sum(last) / len(last) if last else None,
+            "steps": updates[-1]["steps"] if updates else history.get("sb3", {}).get("timesteps"),
+        },
+        "xrl_version": __version__,
+    }
 
 
 def rexl_command(args: RExLArgs) -> str:

@@ -34,6 +34,7 @@ released and a start that never saved leaves nothing; the checkpoints are untouc
 short leaves only a partial folder, which the next save removes). ``kill -9`` cannot be caught:
 its lock is taken over by the next run (its pid is dead).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,8 @@ import threading
 import time
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from xrl.files import FolderLock, Locked, write_json
 
@@ -133,8 +134,12 @@ def check_settings(args) -> None:
             raise SettingsError(f"{_flag(f)} ({f.name}) must be {_RULES[rule][1]}, got {value!r}")
 
 
-_RULES = {">=1": (lambda v: v >= 1, "at least 1"), ">0": (lambda v: v > 0, "positive"),
-          ">=0": (lambda v: v >= 0, "0 or more"), "0..1": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+_RULES = {
+    ">=1": (lambda v: v >= 1, "at least 1"),
+    ">0": (lambda v: v > 0, "positive"),
+    ">=0": (lambda v: v >= 0, "0 or more"),
+    "0..1": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
 
 
 def _within(value, rule: str) -> bool:
@@ -195,6 +200,7 @@ def _typed(kind, name: str):
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+
     parse.__name__ = name
     return parse
 
@@ -203,14 +209,19 @@ def field_docs(cls) -> dict[str, str]:
     """The string literal under each dataclass field (the CleanRL-style docs), on one line."""
     import ast
     import inspect
+
     docs = {}
     for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
         if not dataclasses.is_dataclass(klass):
             continue
         body = ast.parse(inspect.getsource(klass)).body[0].body
         for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                    and isinstance(after.value, ast.Constant)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+            ):
                 docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
 
@@ -229,18 +240,28 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
         if f.metadata.get("switch"):  # a flag without a value (e.g. --export-only)
             parser.add_argument(_flag(f), dest=_dest(f), action="store_true", help=help_)
             continue
-        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) \
-            or f.metadata.get("required", False)
+        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or f.metadata.get(
+            "required", False
+        )
         kind = kinds[f.name][0][0] if kinds[f.name][0] else str
         if kind is dict:
-            parser.add_argument(_flag(f), dest=_dest(f), action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
+            parser.add_argument(
+                _flag(f), dest=_dest(f), action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)"
+            )
             continue
         default = None if required else f.default
         parse = {bool: _bool, int: _typed(int, "an integer"), float: _typed(float, "a number")}.get(kind, str)
         choices = f.metadata.get("choices")
-        parser.add_argument(_flag(f), dest=_dest(f), type=parse, required=required, default=default, choices=choices,
-                            metavar=None if choices else _flag(f)[2:].upper().replace("-", "_"),
-                            help=help_ + ("" if required else f" (default {default})"))
+        parser.add_argument(
+            _flag(f),
+            dest=_dest(f),
+            type=parse,
+            required=required,
+            default=default,
+            choices=choices,
+            metavar=None if choices else _flag(f)[2:].upper().replace("-", "_"),
+            help=help_ + ("" if required else f" (default {default})"),
+        )
 
 
 def from_flags(cls, ns: argparse.Namespace):
@@ -256,8 +277,7 @@ def from_flags(cls, ns: argparse.Namespace):
     return cls(**values)
 
 
-def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",),
-            order=None) -> str:
+def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",), order=None) -> str:
     """The command that remakes ``args``: ``prog`` and a flag for each field that differs from
     the dataclass default (and each field in ``always``), spelled as :func:`add_flags` spells it.
     ``pair_defaults``: for dict fields, the values a key may be left out at; ``order``: field
@@ -273,8 +293,11 @@ def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, sk
             continue
         if isinstance(value, dict):
             skipped = (pair_defaults or {}).get(f.name, {})
-            parts += [f"{_flag(f)} " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
-                      for k, v in value.items() if k not in skipped or skipped[k] != v]
+            parts += [
+                f"{_flag(f)} " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+                for k, v in value.items()
+                if k not in skipped or skipped[k] != v
+            ]
         elif value is not None:
             parts.append(f"{_flag(f)} " + shlex.quote(str(value).lower() if isinstance(value, bool) else str(value)))
     return " ".join(parts)
@@ -301,7 +324,7 @@ class Run:
 
     # -- lock and settings --------------------------------------------------------------------
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         if self.folder.exists() and not self.folder.is_dir():
             raise SettingsError(f"--out {self.folder} is a file, expected a run folder")
         self._created = not self.folder.exists()
@@ -326,8 +349,7 @@ class Run:
     def _catch_sigterm(self) -> None:
         """SIGTERM raises :class:`Terminated` while the run holds the folder (main thread only,
         and only over the default handler: a handler the program set is left alone)."""
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._sigterm = signal.signal(signal.SIGTERM, _terminated)
 
     def _release_sigterm(self) -> None:
@@ -351,8 +373,9 @@ class Run:
         return self.folder / ".lock"
 
     def _lock(self) -> None:
-        self._holder = FolderLock(self.lock_path, str(self.folder),
-                                  "wait for it to finish or use another run folder (--out)")
+        self._holder = FolderLock(
+            self.lock_path, str(self.folder), "wait for it to finish or use another run folder (--out)"
+        )
         self._holder.acquire()
         self._locked = True
 
@@ -364,7 +387,8 @@ class Run:
     def has_progress(self) -> bool:
         """Whether the folder holds anything a resume would continue from."""
         return self.latest() is not None or any(
-            (self.folder / n).exists() for n in ("checkpoint.zip", "checkpoint.pkl", "checkpoint.pt", *self.outputs))
+            (self.folder / n).exists() for n in ("checkpoint.zip", "checkpoint.pkl", "checkpoint.pt", *self.outputs)
+        )
 
     def _check_settings(self) -> None:
         config = self.folder / "args.json"
@@ -378,7 +402,8 @@ class Run:
                 first = next(iter(diff))
                 raise SettingsError(
                     f"{self.folder} holds a run with other settings {diff} (stored, asked); the first is "
-                    f"{first!r}: stored {diff[first][0]!r}, asked {diff[first][1]!r}; use another run folder (--out)")
+                    f"{first!r}: stored {diff[first][0]!r}, asked {diff[first][1]!r}; use another run folder (--out)"
+                )
             if not diff:
                 self._new_budget = old != self.settings
                 return
@@ -407,8 +432,12 @@ class Run:
         _step("write")
         write(tmp)
         _step("files")
-        manifest = {"step": int(step), "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                                                 for p in sorted(tmp.iterdir()) if p.is_file()}}
+        manifest = {
+            "step": int(step),
+            "files": {
+                p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+            },
+        }
         for p in tmp.iterdir():
             _fsync(p)
         (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1))
@@ -490,11 +519,19 @@ def is_complete(folder: Path, *, verify_hash: bool = False) -> bool:
 
 def _versions(folder: Path) -> list[Path]:
     """The checkpoint folders (``<step>`` or ``<step>.<n>``), oldest first."""
+
     def order(p: Path):
         step, _, n = p.name.partition(".")
         return int(step), int(n or 0)
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and p.name.replace(".", "").isdigit()), key=order)
+
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name.replace(".", "").isdigit()
+        ),
+        key=order,
+    )
 
 
 def latest_checkpoint(run: str | os.PathLike) -> Path | None:
@@ -531,6 +568,7 @@ def read_json(path: Path) -> dict:
 def load_tensors(path: Path) -> dict:
     """A ``.pt`` file of a checkpoint, read with ``weights_only=True`` (no code runs)."""
     import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
@@ -544,6 +582,7 @@ def zip_tensors(path: Path, name: str) -> dict:
     import zipfile
 
     import torch
+
     try:
         with zipfile.ZipFile(path) as archive:
             data = archive.read(name)
@@ -555,6 +594,8 @@ def zip_tensors(path: Path, name: str) -> dict:
         raise ValueError(f"{path}: {name} is not readable weights ({type(err).__name__}: {err})") from None
 
 
-TRUST_PICKLE = ("this run folder holds a checkpoint in the old pickle format ({files}); loading it runs code "
-                "stored in the file. Pass --trust-pickle (trust_pickle=True) to resume it if you made it or trust "
-                "its source; the next checkpoint is written in the new format (no pickle)")
+TRUST_PICKLE = (
+    "this run folder holds a checkpoint in the old pickle format ({files}); loading it runs code "
+    "stored in the file. Pass --trust-pickle (trust_pickle=True) to resume it if you made it or trust "
+    "its source; the next checkpoint is written in the new format (no pickle)"
+)

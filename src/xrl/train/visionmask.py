@@ -37,15 +37,17 @@ Reads top to bottom:
    + card) whenever it improves; ``checkpoint.pt`` after every epoch; the same call resumes to
    the same result; a non-finite loss stops with the last good checkpoint kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -73,8 +75,11 @@ def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     n_val = n_test = max(1, int(round(0.1 * n)))
     n_train = n - n_val - n_test
-    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
-            "test": np.sort(perm[n_train + n_val:])}
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train : n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val :]),
+    }
 
 
 # ------------------------------------------------------------------ 2. the losses
@@ -95,7 +100,7 @@ def negative_entropy_loss(z_removed: torch.Tensor) -> torch.Tensor:
     averaged over the batch; ``-log K / K`` when every ``p~_i`` is uniform (its minimum)."""
     k = z_removed.shape[1]
     log_p = z_removed.log_softmax(-1)
-    return (log_p.exp() * log_p).sum((1, 2)).mean() / k ** 2
+    return (log_p.exp() * log_p).sum((1, 2)).mean() / k**2
 
 
 def area_loss(masks: torch.Tensor, a_max: float) -> torch.Tensor:
@@ -135,8 +140,9 @@ def min_max_area_loss(mask: torch.Tensor, min_area: float, max_area: float) -> t
     return (F.relu(at_least - v).mean(-1) + F.relu(v - at_most).mean(-1)).mean()
 
 
-def masked_scores(model: Model, states: torch.Tensor, masks: torch.Tensor,
-                  reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_scores(
+    model: Model, states: torch.Tensor, masks: torch.Tensor, reference: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The agent's scores on every kept and removed state: ``z, z~ (B, K', K)`` for masks
     ``(B, K', H, W)``."""
     kept, removed = overlay(states, masks, reference)  # (B, K', C, H, W) each
@@ -146,8 +152,9 @@ def masked_scores(model: Model, states: torch.Tensor, masks: torch.Tensor,
     return z, z_removed
 
 
-def visionmask_losses(model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor,
-                      args: "VisionMaskArgs") -> dict[str, torch.Tensor]:
+def visionmask_losses(
+    model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor, args: VisionMaskArgs
+) -> dict[str, torch.Tensor]:
     """Every term of the VisionMask loss and their weighted sum ``"loss"`` (scalars)."""
     masks = network.masks(states)  # (B, K, H, W)
     z, z_removed = masked_scores(model, states, masks, network.reference_for(states))
@@ -159,26 +166,40 @@ def visionmask_losses(model: Model, network: MaskNetwork, states: torch.Tensor, 
     terms = {"pos": pos, "neg": neg, "ne": negative_entropy_loss(z_removed), "area": area}
     if args.lambda_tv:
         terms["tv"] = total_variation(masks)
-    terms["loss"] = (pos + neg + args.lambda_ne * terms["ne"] + args.lambda_area * terms["area"]
-                     + args.lambda_tv * terms.get("tv", 0.0))
+    terms["loss"] = (
+        pos
+        + neg
+        + args.lambda_ne * terms["ne"]
+        + args.lambda_area * terms["area"]
+        + args.lambda_tv * terms.get("tv", 0.0)
+    )
     return terms
 
 
-def stalder_losses(model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor,
-                   args: "StalderArgs") -> dict[str, torch.Tensor]:
+def stalder_losses(
+    model: Model, network: MaskNetwork, states: torch.Tensor, targets: torch.Tensor, args: StalderArgs
+) -> dict[str, torch.Tensor]:
     """Every term of the Stalder Explainer loss and their weighted sum ``"loss"`` (scalars)."""
     masks = network.masks(states)  # (B, K, H, W)
     rows = torch.arange(len(states), device=states.device)
     target_mask = masks[rows, targets]  # (B, H, W)
     z, z_removed = masked_scores(model, states, target_mask[:, None], network.reference_for(states))
     others = torch.ones_like(masks[:, :, 0, 0]).scatter_(1, targets[:, None], 0.0)  # (B, K)
-    terms = {"cls": classification_loss(z[:, 0], targets), "ent": entropy_loss(z_removed[:, 0]),
-             "area": min_max_area_loss(target_mask, args.min_area, args.max_area),
-             "others": (masks.mean((2, 3)) * others).sum(1).div(others.sum(1).clamp_min(1)).mean()}
+    terms = {
+        "cls": classification_loss(z[:, 0], targets),
+        "ent": entropy_loss(z_removed[:, 0]),
+        "area": min_max_area_loss(target_mask, args.min_area, args.max_area),
+        "others": (masks.mean((2, 3)) * others).sum(1).div(others.sum(1).clamp_min(1)).mean(),
+    }
     if args.lambda_tv:
         terms["tv"] = total_variation(target_mask[:, None])
-    terms["loss"] = (terms["cls"] + args.lambda_ent * terms["ent"] + args.lambda_area * terms["area"]
-                     + args.lambda_others * terms["others"] + args.lambda_tv * terms.get("tv", 0.0))
+    terms["loss"] = (
+        terms["cls"]
+        + args.lambda_ent * terms["ent"]
+        + args.lambda_area * terms["area"]
+        + args.lambda_others * terms["others"]
+        + args.lambda_tv * terms.get("tv", 0.0)
+    )
     return terms
 
 
@@ -188,6 +209,7 @@ def stalder_losses(model: Model, network: MaskNetwork, states: torch.Tensor, tar
 @dataclass
 class _MaskTrainingArgs:
     """Fields shared by the VisionMask and Stalder Explainer trainings."""
+
     agent: str
     """the agent to explain: zoo name, xrl .pt or SB3 .zip"""
     data: str
@@ -224,10 +246,22 @@ class _MaskTrainingArgs:
     lambda_tv: float = 0.0
     """weight of the total variation of the masks (0: off, the VisionMask paper's default)"""
 
-    LIMITS: ClassVar[dict] = {"epochs": ">=1", "batch_size": ">=1", "learning_rate": ">0", "episodes": ">=1",
-                              "max_steps": ">=1", "seed": ">=0", "a_max": "0..1", "min_area": "0..1",
-                              "max_area": "0..1", "lambda_ne": ">=0", "lambda_area": ">=0", "lambda_tv": ">=0",
-                              "lambda_ent": ">=0", "lambda_others": ">=0"}
+    LIMITS: ClassVar[dict] = {
+        "epochs": ">=1",
+        "batch_size": ">=1",
+        "learning_rate": ">0",
+        "episodes": ">=1",
+        "max_steps": ">=1",
+        "seed": ">=0",
+        "a_max": "0..1",
+        "min_area": "0..1",
+        "max_area": "0..1",
+        "lambda_ne": ">=0",
+        "lambda_area": ">=0",
+        "lambda_tv": ">=0",
+        "lambda_ent": ">=0",
+        "lambda_others": ">=0",
+    }
 
 
 @dataclass
@@ -271,13 +305,23 @@ def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
     with torch.random.fork_rng(devices=[]):  # building the SB3 policy draws from the global RNG
         model = load_agent(args.agent)
     raw, targets, split = _expert_data(args, model)
-    with Run(args.out, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED,
-             outputs=(f"{method}.pt",)) as run:
+    with Run(
+        args.out, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED, outputs=(f"{method}.pt",)
+    ) as run:
         return _fit(args, method, losses, stop_at, run, model, raw, targets, split)
 
 
-def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, model: Model, raw: np.ndarray,
-         targets: torch.Tensor, split: dict) -> Path:
+def _fit(
+    args,
+    method: str,
+    losses: Callable,
+    stop_at: int | None,
+    run_: Run,
+    model: Model,
+    raw: np.ndarray,
+    targets: torch.Tensor,
+    split: dict,
+) -> Path:
     run = run_.folder
     for p in model.parameters():  # the agent is frozen: gradients flow to the masks only
         p.requires_grad_(False)
@@ -285,12 +329,15 @@ def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, mo
 
     start = _resume(run_, model, args)
     if start is None:
-        network = MaskNetwork.for_model(model, args.arch, seed=args.seed, reference=args.reference,
-                                        reference_image=reference_image(raw[split["train"]], args.reference,
-                                                                        model.obs_scale),
-                                        method=method)
-        start = {"network": network, "epoch": 0, "history": {"epochs": []}, "best": None,
-                 "optimiser": None}
+        network = MaskNetwork.for_model(
+            model,
+            args.arch,
+            seed=args.seed,
+            reference=args.reference,
+            reference_image=reference_image(raw[split["train"]], args.reference, model.obs_scale),
+            method=method,
+        )
+        start = {"network": network, "epoch": 0, "history": {"epochs": []}, "best": None, "optimiser": None}
     network = start["network"]
     optimiser = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
     if start["optimiser"] is not None:
@@ -303,8 +350,13 @@ def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, mo
     train_rows = torch.as_tensor(split["train"])
     steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)  # batches of near-equal size (no batch of 1
     # state at the end, which batch norm in training mode refuses)
-    bar = tqdm(total=args.epochs * steps_per_epoch, initial=last_good * steps_per_epoch, unit="step",
-               desc=f"{method} ({len(train_rows)} states)", disable=not args.progress)
+    bar = tqdm(
+        total=args.epochs * steps_per_epoch,
+        initial=last_good * steps_per_epoch,
+        unit="step",
+        desc=f"{method} ({len(train_rows)} states)",
+        disable=not args.progress,
+    )
     started = time.time()
     for epoch in range(start["epoch"], args.epochs):
         epoch_seed = args.seed * 100_003 + epoch
@@ -349,19 +401,22 @@ def _fit(args, method: str, losses: Callable, stop_at: int | None, run_: Run, mo
 
 
 def _stopped(method: str, values: dict, where: str, last_good: int, run: Path) -> FloatingPointError:
-    return FloatingPointError(f"{method} loss became {values} at {where}; stopped. The last good checkpoint "
-                              f"(epoch {last_good}) is kept in {run}; lower learning_rate or check the dataset")
+    return FloatingPointError(
+        f"{method} loss became {values} at {where}; stopped. The last good checkpoint "
+        f"(epoch {last_good}) is kept in {run}; lower learning_rate or check the dataset"
+    )
 
 
 @torch.no_grad()
-def _validate(model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndarray, targets: torch.Tensor,
-              args, losses: Callable) -> dict[str, float]:
+def _validate(
+    model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndarray, targets: torch.Tensor, args, losses: Callable
+) -> dict[str, float]:
     """Mean loss terms and the ``accuracy`` metric of the targets' masks on the validation rows."""
     network.eval()
     accuracy = get_metric("accuracy", normalize="none", **substrate_settings(network))
     sums, n = {}, 0
     for start in range(0, len(rows), args.batch_size):
-        chunk = torch.as_tensor(rows[start:start + args.batch_size])
+        chunk = torch.as_tensor(rows[start : start + args.batch_size])
         x = torch.from_numpy(raw[chunk.numpy()]).float() / model.obs_scale
         t = targets[chunk]
         terms = {k: v.item() * len(chunk) for k, v in losses(model, network, x, t, args).items()}
@@ -380,6 +435,7 @@ def substrate_settings(network: MaskNetwork) -> dict:
         return {"substrate": "background", "background": network.reference_image}
     if network.reference == "blur":
         from xrl.agents.mask_nets import BLUR_KERNEL, BLUR_SIGMA
+
         return {"substrate": "blur", "blur_sigma": BLUR_SIGMA, "blur_kernel": BLUR_KERNEL}
     return {"substrate": "black"}
 
@@ -409,15 +465,26 @@ def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str
     another agent is refused."""
     data = Path(args.data)
     if not data.exists():
-        collect(model, episodes=args.episodes, out=data, seed=args.seed, sample=args.sample,
-                max_steps=args.max_steps, progress=args.progress)
+        collect(
+            model,
+            episodes=args.episodes,
+            out=data,
+            seed=args.seed,
+            sample=args.sample,
+            max_steps=args.max_steps,
+            progress=args.progress,
+        )
     with StateDataset.open(data) as ds:
         if ds.env != model.info.get("env"):
-            raise ValueError(f"the expert dataset {data} was collected on {ds.env}, the agent acts on "
-                             f"{model.info.get('env')}: collect it with this agent (or choose another data)")
+            raise ValueError(
+                f"the expert dataset {data} was collected on {ds.env}, the agent acts on "
+                f"{model.info.get('env')}: collect it with this agent (or choose another data)"
+            )
         if ds.agent.get("fingerprint") != agent_record(model)["fingerprint"]:
-            raise ValueError(f"the expert dataset {data} was collected by another agent ({ds.agent.get('source')}); "
-                             "VisionMask learns from the explained agent's own rollouts: collect them with it")
+            raise ValueError(
+                f"the expert dataset {data} was collected by another agent ({ds.agent.get('source')}); "
+                "VisionMask learns from the explained agent's own rollouts: collect them with it"
+            )
         raw = ds.raw_states()
         actions = torch.as_tensor(ds.actions, dtype=torch.long)
     if tuple(raw.shape[1:]) != tuple(model.input_shape):
@@ -426,20 +493,32 @@ def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str
         targets = actions
     else:
         with torch.no_grad():
-            targets = torch.cat([model(torch.from_numpy(raw[i:i + 256]).float() / model.obs_scale).argmax(-1)
-                                 for i in range(0, len(raw), 256)])
+            targets = torch.cat(
+                [
+                    model(torch.from_numpy(raw[i : i + 256]).float() / model.obs_scale).argmax(-1)
+                    for i in range(0, len(raw), 256)
+                ]
+            )
     return raw, targets, split_indices(len(raw), args.seed)
 
 
 _IGNORED = {"epochs", "progress", "out"}  # may change between a run and its resumption
 
 
-def _save(run: Run, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict,
-          best: dict | None) -> None:
+def _save(
+    run: Run, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict, best: dict | None
+) -> None:
     """Everything needed to continue exactly (the shuffling and dropout are seeded per epoch)."""
-    blob = {"epoch": epoch, "network": network.state_dict(), "optimiser": optimiser.state_dict(),
-            "agent": network.agent, "arch": network.arch, "reference": network.reference,
-            "history": json.dumps(history), "best": json.dumps(best)}
+    blob = {
+        "epoch": epoch,
+        "network": network.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "agent": network.agent,
+        "arch": network.arch,
+        "reference": network.reference,
+        "history": json.dumps(history),
+        "best": json.dumps(best),
+    }
     run.save(epoch, lambda folder: torch.save(blob, folder / "state.pt"))
 
 
@@ -450,26 +529,46 @@ def _resume(run: Run, model: Model, args) -> dict | None:
         return None
     blob = load_tensors(path)
     if blob["agent"]["fingerprint"] != agent_of(model)["fingerprint"]:
-        raise ValueError(f"{path} holds a network trained for another agent ({blob['agent']['source']}); "
-                         "use another out")
+        raise ValueError(
+            f"{path} holds a network trained for another agent ({blob['agent']['source']}); use another out"
+        )
     state = blob["network"]
-    network = MaskNetwork(blob["arch"], model.input_shape, model.n_actions, reference=blob["reference"],
-                          reference_image=state["reference_image"], agent=blob["agent"],
-                          method=json.loads((run.folder / "args.json").read_text())["method"])
+    network = MaskNetwork(
+        blob["arch"],
+        model.input_shape,
+        model.n_actions,
+        reference=blob["reference"],
+        reference_image=state["reference_image"],
+        agent=blob["agent"],
+        method=json.loads((run.folder / "args.json").read_text())["method"],
+    )
     network.load_state_dict(state)
-    return {"network": network, "epoch": blob["epoch"], "optimiser": blob["optimiser"],
-            "history": json.loads(blob["history"]), "best": json.loads(blob["best"])}
+    return {
+        "network": network,
+        "epoch": blob["epoch"],
+        "optimiser": blob["optimiser"],
+        "history": json.loads(blob["history"]),
+        "best": json.loads(blob["best"]),
+    }
 
 
 def _card(args, method: str, model: Model, split: dict, best: dict | None, history: dict) -> dict:
-    what = {"visionmask": "VisionMask network (Zuo et al. 2025)",
-            "stalder_explainer": "Stalder et al. 2022 Explainer network"}[method]
+    what = {
+        "visionmask": "VisionMask network (Zuo et al. 2025)",
+        "stalder_explainer": "Stalder et al. 2022 Explainer network",
+    }[method]
     return {
-        "what": f"{what} for {args.agent}", "method": method, "agent": agent_of(model),
-        "env": model.info.get("env"), "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
+        "what": f"{what} for {args.agent}",
+        "method": method,
+        "agent": agent_of(model),
+        "env": model.info.get("env"),
+        "settings": {k: v for k, v in dataclasses.asdict(args).items() if k != "progress"},
         "command": command(f"xrl train {method.replace('_', '-')}", args, always=("agent", "data", "out")),
-        "split": {"seed": args.seed, **{k: int(len(v)) for k, v in split.items()},
-                  "rule": "xrl.train.visionmask.split_indices(len(dataset), seed)"},
+        "split": {
+            "seed": args.seed,
+            **{k: int(len(v)) for k, v in split.items()},
+            "rule": "xrl.train.visionmask.split_indices(len(dataset), seed)",
+        },
         "scores": {"best_epoch": best["epoch"] if best else None, "val": best["val"] if best else None},
         "epochs_done": len(history["epochs"]),
     }

@@ -2,10 +2,11 @@
 
 The only module that imports matplotlib (with the non-interactive Agg backend).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -31,8 +32,9 @@ def resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(s, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def overlay(frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.8,
-            cmap: str = "jet", dim: float = 0.6) -> np.ndarray:
+def overlay(
+    frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.8, cmap: str = "jet", dim: float = 0.6
+) -> np.ndarray:
     """Blend the normalised map, coloured by ``cmap``, over an RGB ``frame (h, w, 3)`` uint8.
 
     The frame is dimmed by ``dim`` so the colours stand out on dark games; the map's opacity
@@ -76,8 +78,7 @@ def explanation_grid(
 ) -> None:
     """PNG grid: one row per state, the frame then one overlay per method (column titles)."""
     n, methods = len(frames), list(maps)
-    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(2.2 * (1 + len(methods)), 2.4 * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(2.2 * (1 + len(methods)), 2.4 * n), squeeze=False)
     for i in range(n):
         label = ""
         if actions is not None:
@@ -126,19 +127,34 @@ def attack_curves(results: Mapping[str, Mapping[str, Sequence[Mapping]]], path: 
     """Return vs eps, one panel per attack, one curve per agent: ``{agent: {attack: [rows]}}``
     as :func:`xrl.attacks.evaluate.return_under_attack` gives them."""
     attacks = list(next(iter(results.values())))
-    panels = {a: {agent: ([r["eps"] for r in per[a]], [r["mean_return"] for r in per[a]],
-                          [r["std_return"] for r in per[a]]) for agent, per in results.items()}
-              for a in attacks}
+    panels = {
+        a: {
+            agent: ([r["eps"] for r in per[a]], [r["mean_return"] for r in per[a]], [r["std_return"] for r in per[a]])
+            for agent, per in results.items()
+        }
+        for a in attacks
+    }
     line_panels(panels, path, xlabel="eps (L-inf, state units)", ylabel="episode return")
 
 
-def counterfactual_figure(state: torch.Tensor, edited: torch.Tensor, saliency: torch.Tensor, region: torch.Tensor,
-                          probs: torch.Tensor, new_probs: torch.Tensor, *, target: int,
-                          action_names: Sequence[str], path: str | os.PathLike, title: str | None = None) -> None:
+def counterfactual_figure(
+    state: torch.Tensor,
+    edited: torch.Tensor,
+    saliency: torch.Tensor,
+    region: torch.Tensor,
+    probs: torch.Tensor,
+    new_probs: torch.Tensor,
+    *,
+    target: int,
+    action_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> None:
     """PNG of a counterfactual (VisionMask Figure 2): the state with the target's map, the state
     with the map's most salient region replaced (outlined), and the agent's probabilities before
     and after. States ``(C, H, W)`` in [0, 1] are drawn as RGB when C is a multiple of 3 (the
     last frame of a stack), else as the last channel in grey."""
+
     def image(x: torch.Tensor) -> np.ndarray:
         x = x.detach().float().cpu().clamp(0, 1)
         rgb = x[-3:] if x.shape[0] % 3 == 0 else x[-1:].expand(3, -1, -1)
@@ -147,8 +163,9 @@ def counterfactual_figure(state: torch.Tensor, edited: torch.Tensor, saliency: t
     before, after = probs.detach().cpu().numpy(), new_probs.detach().cpu().numpy()
     fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.2), gridspec_kw={"width_ratios": [1, 1, 1.3]})
     axes[0].imshow(overlay(image(state), saliency.detach().cpu()))
-    axes[0].set_title(f"map of {action_names[target]}; agent: {action_names[int(before.argmax())]} "
-                      f"({before.max():.2f})", fontsize=8)
+    axes[0].set_title(
+        f"map of {action_names[target]}; agent: {action_names[int(before.argmax())]} ({before.max():.2f})", fontsize=8
+    )
     axes[1].imshow(image(edited))
     axes[1].contour(region.detach().cpu().numpy().astype(float), levels=[0.5], colors="white", linewidths=0.8)
     axes[1].set_title(f"region removed; agent: {action_names[int(after.argmax())]} ({after.max():.2f})", fontsize=8)

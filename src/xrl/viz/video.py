@@ -3,11 +3,12 @@
 The only module that imports imageio (PNG bytes for the HTML report, MP4 and GIF videos) and
 draws text with OpenCV, which is fast enough to caption every frame of an episode.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import imageio.v3 as iio
@@ -28,9 +29,14 @@ def upscale(image: np.ndarray, height: int) -> np.ndarray:
     return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
-def panel_row(frame: np.ndarray, maps: Mapping[str, np.ndarray | torch.Tensor], *,
-              caption: Sequence[str] = (), extra: Mapping[str, np.ndarray] | None = None,
-              height: int = 192) -> np.ndarray:
+def panel_row(
+    frame: np.ndarray,
+    maps: Mapping[str, np.ndarray | torch.Tensor],
+    *,
+    caption: Sequence[str] = (),
+    extra: Mapping[str, np.ndarray] | None = None,
+    height: int = 192,
+) -> np.ndarray:
     """One image: the frame, then one overlay per method (titled), then ``extra`` images, with
     ``caption`` lines (action, probabilities) below. ``(h', w', 3)`` uint8."""
     tiles = [("frame", frame)] + [(m, overlay(frame, s)) for m, s in maps.items()]
@@ -40,9 +46,17 @@ def panel_row(frame: np.ndarray, maps: Mapping[str, np.ndarray | torch.Tensor], 
     for title, image in tiles:
         image = upscale(image, height)
         cell = np.full((image.shape[0] + title_h, image.shape[1] + pad, 3), 255, np.uint8)
-        cell[title_h:, :image.shape[1]] = image
-        cv2.putText(cell, title[: max(4, image.shape[1] // 8)], (2, 13), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cell[title_h:, : image.shape[1]] = image
+        cv2.putText(
+            cell,
+            title[: max(4, image.shape[1] // 8)],
+            (2, 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.42,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         cells.append(cell)
     h = max(c.shape[0] for c in cells)
     cells = [np.pad(c, ((0, h - c.shape[0]), (0, 0), (0, 0)), constant_values=255) for c in cells]
@@ -50,8 +64,7 @@ def panel_row(frame: np.ndarray, maps: Mapping[str, np.ndarray | torch.Tensor], 
     if caption:
         text = np.full((16 * len(caption) + 6, row.shape[1], 3), 255, np.uint8)
         for i, line in enumerate(caption):
-            cv2.putText(text, line, (4, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
-                        cv2.LINE_AA)
+            cv2.putText(text, line, (4, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         row = np.concatenate([row, text], axis=0)
     # even sizes: H.264 needs them
     return np.pad(row, ((0, row.shape[0] % 2), (0, row.shape[1] % 2), (0, 0)), constant_values=255)
@@ -73,8 +86,9 @@ def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: f
         if suffix == ".gif":
             iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
         else:
-            iio.imwrite(tmp, stack, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                        macro_block_size=1)
+            iio.imwrite(
+                tmp, stack, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
