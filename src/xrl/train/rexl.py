@@ -54,7 +54,7 @@ class RExLArgs(AcerSettings):
     model: str
     """the explained model: an xrl classifier .pt (xrl train classifier), a zoo agent, an xrl .pt or an SB3 .zip"""
     data: str = "shapes"
-    """images: shapes (the generated training split), multishapes (its multi-label variant), an image folder, or a StateDataset .h5"""
+    """images: shapes (the generated training split), multishapes (its multi-label variant), an image folder, a StateDataset .h5, or episodes (agents: the agent's own state visitation, see --episodes)"""
     out: str = "runs/rexl"
     """run folder: checkpoint.pt, history.json, args.json, then rexl.pt and rexl.json"""
     mode: str = "ds"
@@ -91,6 +91,12 @@ class RExLArgs(AcerSettings):
     """updates between checkpoints"""
     seed: int = 0
     """seed of the data, the episodes, the initialisation and the sampling"""
+    episodes: int = 1000
+    """data=episodes: greedy and as many sampled episodes of the agent, collected into OUT/episodes-*.h5"""
+    episode_seed: int = 100_000
+    """data=episodes: episode i is reset with episode_seed + i (keep test seeds outside [episode_seed, episode_seed + episodes))"""
+    snapshot_every: int = 0
+    """ACER: updates between agents exported to OUT/snapshots/ (a learning curve); 0 = none"""
     progress: bool = True
 
     LIMITS: ClassVar[dict] = {
@@ -117,6 +123,9 @@ class RExLArgs(AcerSettings):
         "rms_eps": ">0",
         "max_grad_norm": ">0",
         "q_coef": ">=0",
+        "episodes": ">=1",
+        "episode_seed": ">=0",
+        "snapshot_every": ">=0",
     }
 
 
@@ -147,6 +156,8 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
 
         data = shapes.make_multi_shapes(args.n_images, size=model.input_shape[-1], seed=args.seed)
         images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
+    elif args.data == "episodes":
+        images = agent_states(args, model)
     elif args.data.endswith(".h5"):
         from xrl.data.dataset import StateDataset
 
@@ -179,6 +190,38 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
     if len(targets) == 0:
         raise ValueError(f"no class is present in any image of {args.data} (multi-hot labels or sigmoid > 0.5)")
     return images, targets, image_of, score
+
+
+def agent_states(args: RExLArgs, model: Model) -> torch.Tensor:
+    """The agent's own state visitation: the states of ``episodes`` greedy and ``episodes``
+    sampled episodes of the explained agent on its own env, seeds ``episode_seed + i``, collected
+    (resumably) into ``OUT/episodes-greedy.h5`` and ``OUT/episodes-sampled.h5``; at most
+    ``n_images`` of them, drawn without replacement with ``seed`` when there are more."""
+    from xrl.data.collect import collect
+    from xrl.data.dataset import StateDataset
+
+    if "env" not in model.info:
+        raise ValueError(
+            f"data=episodes needs an RL agent that records its env; {args.model} records none "
+            "(use a StateDataset .h5 or images)"
+        )
+    parts = []
+    for kind in ("greedy", "sampled"):
+        path = collect(
+            model,
+            episodes=args.episodes,
+            out=Path(args.out) / f"episodes-{kind}.h5",
+            seed=args.episode_seed,
+            sample=kind == "sampled",
+            progress=args.progress,
+        )
+        with StateDataset.open(path) as ds:
+            parts.append(ds.states(np.arange(len(ds))))
+    images = torch.cat(parts)
+    if len(images) > args.n_images:
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.n_images]
+        images = images[keep.sort().values]
+    return images
 
 
 def episode_rows(
@@ -305,9 +348,9 @@ def _check_args(args: RExLArgs, model: Model) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-_IGNORED = {"total_steps", "progress", "out", "checkpoint_every"}
+_IGNORED = {"total_steps", "progress", "out", "checkpoint_every", "snapshot_every"}
 #: settings added after runs were recorded, with the value that reproduces those runs
-_ADDED = {"score": "auto"}
+_ADDED = {"score": "auto", "episodes": 1000, "episode_seed": 100_000, "snapshot_every": 0}
 
 
 def _run_settings(run: Path, args: RExLArgs) -> dict:
@@ -357,7 +400,12 @@ def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, s
     record = agent_record(model, batch, args.extractor, args.extractor_seed)
     started = time.time()
     if args.algo == "acer":
-        history = _train_acer(args, run_, agent, batch, targets, rows, stop_at, image_of)
+
+        def snapshot(steps: int) -> None:  # the agent as it is now, for a learning curve
+            card = {"what": f"RExL-{args.mode.upper()} agent explaining {args.model}, snapshot", "steps": steps}
+            save_rexl_agent(agent, run / "snapshots" / f"rexl-{steps:09d}.pt", record=record, card=card)
+
+        history = _train_acer(args, run_, agent, batch, targets, rows, stop_at, image_of, snapshot)
     else:
         history = _train_sb3(args, run_, agent, model, images, targets, rows, score, image_of)
     run_.write_history(history, started=started)
@@ -366,15 +414,15 @@ def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, s
     return path
 
 
-def _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of=None) -> dict:
+def _train_acer(args, run, agent, batch, targets, rows, stop_at, image_of=None, snapshot=None) -> dict:
     env = MaskingVecEnv(batch, agent, targets, rows, args.n_envs, args.seed, reward_scale(args), image_of)
     try:
-        return _acer_loop(args, run, agent, env, stop_at)
+        return _acer_loop(args, run, agent, env, stop_at, snapshot)
     finally:
         env.close()
 
 
-def _acer_loop(args, run, agent, env, stop_at) -> dict:
+def _acer_loop(args, run, agent, env, stop_at, snapshot=None) -> dict:
     acer = Acer(agent, env, settings_of(args), seed=args.seed)
     history: dict = {"updates": []}
     latest = run.latest()
@@ -413,6 +461,8 @@ def _acer_loop(args, run, agent, env, stop_at) -> dict:
             run.save(acer.updates, lambda folder: torch.save(blob, folder / "state.pt"))
             if run.checkpointed(history, acer.updates, stop_at):
                 break
+        if snapshot is not None and args.snapshot_every and acer.updates % args.snapshot_every == 0:
+            snapshot(acer.updates * per_update)
     bar.close()
     return history
 
