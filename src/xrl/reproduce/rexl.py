@@ -11,6 +11,13 @@ RExL-DS (Table 4); seconds per map one state at a time, interleaved in one run (
 Targets: the labels (shapes) or the model's argmax (agent states). States whose target has no
 class-specific agent are left out of every method's means. ``ds`` / ``cs`` replace the zoo's
 RExL agents (e.g. ``--set ds=runs/rexl-rfg-ds-sb/rexl.pt --set 'cs=[]'``: a DS agent alone).
+
+Test states of the Red-Fetch-Green agent come from fresh greedy episodes on seeds
+``test_seed + i`` (default 200,000 on: disjoint from the seeds of every dataset the zoo RExL agents
+were trained on — ``xrl train rexl --data episodes`` uses 100,000-100,999, the older agents
+``zoo/red-fetch-green-digr/data.h5``'s 0-199), collected into ``<out>/data/``. ``curve`` (a
+folder of ``xrl train rexl --snapshot-every`` snapshots per setting) adds the learning curve: the
+test deletion of each snapshot against its training steps.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import numpy as np
 from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 
 LAMBDAS = (0.0, 0.7, 0.8, 1.0)
+#: the methods RExL is compared with, state by state (paired intervals), as the paper's Table 1
+BASELINES = ("RISE", "Extremal", "Grad-CAM")
 
 
 def _zoo(*parts) -> str:
@@ -36,8 +45,8 @@ def setting(name: str) -> dict:
     if name == "red-fetch-green":
         return {
             "model": "red-fetch-green",
-            "data": _zoo("red-fetch-green-digr", "data.h5"),
-            "first_row": 1100,
+            "data": "episodes",
+            "first_row": 0,
             "ds": _zoo("red-fetch-green-rexl-ds", "rexl.pt"),
             "cs": [_zoo("red-fetch-green-rexl-cs", f"class{c}", "rexl.pt") for c in range(4)],
         }
@@ -52,9 +61,30 @@ def setting(name: str) -> dict:
     raise ValueError(f"rexl-deletion: unknown setting {name!r}; known: red-fetch-green, shapes")
 
 
-def load_states(model, data: str, n: int, first_row: int, seed: int):
-    """States, targets and labels (or None) of the evaluation images."""
+def load_states(model, data: str, n: int, first_row: int, seed: int, run: Run | None = None, test_seed: int = 0):
+    """States, targets and labels (or None) of the evaluation images. ``data="episodes"``: the
+    first ``n`` states of fresh greedy episodes of the agent on seeds ``test_seed + i`` (as many
+    episodes as it takes, collected into the run's ``data/``)."""
     import torch
+
+    if data == "episodes":
+        from xrl.data.dataset import StateDataset
+
+        episodes = 8
+        while True:
+            path = run.collect(
+                "test-episodes", model, episodes=episodes, seed=test_seed, env_settings={"labels": "cells"}
+            )
+            with StateDataset.open(path) as ds:
+                if len(ds) >= n or episodes >= 4096:
+                    rows = np.arange(min(n, len(ds)))
+                    states = ds.states(rows)
+                    labels = torch.from_numpy(ds.labels(rows)) if ds.has_labels else None
+                    break
+            episodes *= 2
+        with torch.no_grad():
+            targets = model(states).argmax(-1)
+        return states, targets, labels
 
     if data == "shapes":
         from xrl.data.shapes import object_labels, split
@@ -93,12 +123,14 @@ def run_deletion(run: Run) -> None:
     from xrl.train.rexl import load_explained
 
     s = run.settings
-    table, ablation, timing, paired_rows, extra = [], [], [], [], {}
+    table, ablation, timing, paired_rows, curve, extra = [], [], [], [], [], {}
     for name in s["settings"]:
         cfg = setting(name)
         model = load_explained(cfg["model"])
         n = s["n_states"][name] if isinstance(s["n_states"], dict) else s["n_states"]
-        states, targets, labels = load_states(model, cfg["data"], n, cfg["first_row"], s["seed"])
+        states, targets, labels = load_states(
+            model, cfg["data"], n, cfg["first_row"], s["seed"], run, s.get("test_seed", 200_000)
+        )
         cfg["ds"] = s["ds"] or cfg["ds"]
         cfg["cs"] = cfg["cs"] if s["cs"] is None else s["cs"]
         methods = {
@@ -145,18 +177,24 @@ def run_deletion(run: Run) -> None:
                 }
             )
         for col in ("deletion", "insertion", "localization_auc"):
-            if col in values["RISE"]:
-                paired_rows.append(
-                    {
-                        "setting": name,
-                        "column": col,
-                        **{
-                            f"{m} minus RISE": format_interval(paired_interval(values[m][col], values["RISE"][col]))
-                            for m in ("RExL-DS", "RExL-CS")
-                            if m in values
-                        },
-                    }
-                )
+            for base in BASELINES:
+                if col in values[base]:
+                    paired_rows.append(
+                        {
+                            "setting": name,
+                            "column": col,
+                            "baseline": base,
+                            **{
+                                f"{m} minus baseline": format_interval(
+                                    paired_interval(values[m][col], values[base][col])
+                                )
+                                for m in ("RExL-DS", "RExL-CS")
+                                if m in values
+                            },
+                        }
+                    )
+        if (s.get("curve") or {}).get(name):
+            curve.extend(_curve(run, name, model, cfg, s, states, targets, labels, values))
         for lam in LAMBDAS:
 
             def ablate(lam=lam):
@@ -211,10 +249,19 @@ def run_deletion(run: Run) -> None:
     run.table(
         "paired",
         paired_rows,
-        ["setting", "column", "RExL-DS minus RISE", "RExL-CS minus RISE"],
-        title="RExL minus RISE over the same states (mean, 95% percentile bootstrap interval; bold = excludes 0; "
-        "deletion: negative = RExL better)",
+        ["setting", "column", "baseline", "RExL-DS minus baseline", "RExL-CS minus baseline"],
+        title="RExL minus each baseline over the same states (mean, 95% percentile bootstrap interval; bold = "
+        "excludes 0; deletion: negative = RExL better)",
     )
+    if curve:
+        run.table(
+            "curve",
+            curve,
+            ["setting", "agent", "steps", "deletion", "insertion", "deletion minus RISE"],
+            title="Learning curve: test deletion ↓ and insertion ↑ of RExL-DS snapshots against ACER steps "
+            "(the same test states; RISE's deletion beside)",
+        )
+        _curve_figure(run, curve)
     run.table(
         "lambda",
         ablation,
@@ -228,6 +275,58 @@ def run_deletion(run: Run) -> None:
         title="RExL Table 3: seconds per map, one state at a time, interleaved, one thread",
     )
     _figure(run, table)
+
+
+def _curve(run: Run, name: str, model, cfg: dict, s: dict, states, targets, labels, values: dict) -> list[dict]:
+    """Rows of the learning curve: each snapshot of ``s["curve"][name]`` (a folder of
+    ``rexl-<steps>.pt``, ``xrl train rexl --snapshot-every``) and the final agent, scored on the
+    test states."""
+    import torch
+
+    from xrl.explainers import get_explainer
+
+    folder = Path(s["curve"][name])
+    snaps = sorted(folder.glob("rexl-*.pt"))
+    if not snaps:
+        raise ValueError(f"rexl-deletion: curve folder {folder} holds no rexl-<steps>.pt snapshots")
+    rows = []
+    for snap in snaps:
+        steps = int(snap.stem.split("-")[1])
+
+        def compute(snap=snap):
+            explainer = get_explainer("rexl", model, agent=str(snap), seed=s["seed"])
+            maps = torch.cat(
+                [explainer.explain(states[i : i + 25], targets[i : i + 25]) for i in range(0, len(states), 25)]
+            )
+            return scores(model, states, targets, labels, maps)
+
+        v = run.row(f"{name}-curve-{steps}", compute)
+        rows.append(
+            {
+                "setting": name,
+                "agent": str(folder),
+                "steps": steps,
+                "deletion": nanmean(v["deletion"]),
+                "insertion": nanmean(v["insertion"]),
+                "deletion minus RISE": format_interval(paired_interval(v["deletion"], values["RISE"]["deletion"])),
+            }
+        )
+    return rows
+
+
+def _curve_figure(run: Run, rows: list[dict]) -> None:
+    from xrl.viz.overlay import figure, save_figure
+
+    fig, axes = figure(1, 1, (5, 3.2))
+    ax = axes[0][0]
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == name]
+        ax.plot([r["steps"] for r in mine], [r["deletion"] for r in mine], marker="o", label=f"{name} RExL-DS")
+    ax.set_xlabel("ACER steps", fontsize=8)
+    ax.set_ylabel("test deletion ↓", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save_figure(fig, run.figure("learning_curve"), "RExL-DS learning curve")
 
 
 def _figure(run: Run, rows: list[dict]) -> None:
