@@ -192,12 +192,16 @@ SLOW = {
         "test_quick",
     ],
     "test_rexl.py": [
+        "test_agent_states_are_the_agents_own_seeded_episodes_and_snapshots_load",
         "test_cli_flags_map_onto_the_training_args",
         "test_sb3_trains_the_same_agent",
         "test_training_resumes_to_the_same_agent",
     ],
     "test_rexl_protocol.py": [
         "test_a_run_recorded_before_the_score_setting_resumes",
+    ],
+    "test_rlzoo_score.py": [
+        "test_the_breakout_cards_rlzoo_score_is_sb3s_pipeline",
     ],
     "test_runs.py": [
         "test_a_crafted_checkpoint_state_runs_nothing_when_resumed",
