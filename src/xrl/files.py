@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import math
 import os
+import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
 
 
 class Locked(RuntimeError):
@@ -29,14 +38,80 @@ def _alive(pid: int) -> bool:
 
 class FolderLock:
     """A lock file (``path``) holding the pid, host and start time of the process using an
-    output: taken with ``O_EXCL``; a second process is refused with those
-    (``"{what} is in use by pid 4242 on gpu-box since ...; {advice}"``); a lock whose process is
-    dead (same host) is taken over, one of another host never is. A context manager, or
-    :meth:`acquire` / :meth:`release`."""
+    output; a second process is refused with those (``"{what} is in use by pid 4242 on gpu-box
+    since ...; {advice}"``); a lock whose process is dead (same host) is taken over, one of another
+    host never is. A context manager, or :meth:`acquire` / :meth:`release`.
 
-    def __init__(self, path: str | os.PathLike, what: str, advice: str) -> None:
+    The lock file appears with its content in one step: it is written under a temporary name and
+    hard-linked onto ``path`` (``os.link`` fails if ``path`` exists), so no process ever reads a
+    lock that is still empty and takes it for a stale one. Taking a stale lock over happens under
+    an ``flock`` of the folder and only if ``path`` is still the very file found stale, so two
+    processes that both find it stale cannot both take it."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str, advice: str) -> None:
         self.path, self.what, self.advice = Path(path), what, advice
         self.held = False
+
+    def _holder(self) -> tuple[dict[str, Any] | None, os.stat_result | None]:
+        """The lock file's content (None if unreadable) and its identity (None if it is gone)."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(4096)
+        except FileNotFoundError:
+            return None, None
+        except OSError:
+            return None, os.stat(self.path) if self.path.exists() else None
+        try:
+            holder = json.loads(data)
+            holder["pid"], holder["host"] = int(holder["pid"]), str(holder["host"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None, st
+        return holder, st
+
+    def _create(self, content: bytes) -> bool:
+        """``path`` made with ``content`` in one step; False if it exists."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(content)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError as err:  # a file system without hard links
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)  # (a reader may see it empty: it then waits, see acquire)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _remove_if_same(self, st: os.stat_result | None) -> None:
+        """Remove the stale lock file ``st`` under an ``flock`` of its folder, unless it was already
+        replaced (another process took it over first)."""
+        guard = None
+        if fcntl is not None:  # (Windows has none: the identity check alone)
+            try:
+                guard = os.open(self.path.parent, os.O_RDONLY)
+                fcntl.flock(guard, fcntl.LOCK_EX)
+            except OSError:  # a file system without flock: the identity check alone
+                pass
+        try:
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                return
+            if st is not None and (now.st_ino, now.st_dev, now.st_mtime_ns) == (st.st_ino, st.st_dev, st.st_mtime_ns):
+                self.path.unlink(missing_ok=True)
+        finally:
+            if guard is not None:
+                os.close(guard)  # releases the flock
 
     def acquire(self) -> None:
         me = {
@@ -44,25 +119,25 @@ class FolderLock:
             "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
         }
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text())
-                    pid, host = int(holder["pid"]), str(holder["host"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    holder, pid, host = None, None, None
-                if holder is not None and (host != me["host"] or _alive(pid)):
-                    raise Locked(
-                        f"{self.what} is in use by pid {pid} on {host} since {holder.get('started')}; {self.advice}"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone (or unreadable)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            self.held = True
-            return
+        content = json.dumps(me).encode()
+        for attempt in range(50):
+            if self._create(content):
+                self.held = True
+                return
+            holder, st = self._holder()
+            if st is None:
+                continue  # released meanwhile: try again
+            if holder is None and time.time() - st.st_mtime < 2:
+                time.sleep(0.01 * (attempt + 1))  # written without os.link and not yet filled in: wait
+                holder, st = self._holder()
+                if st is None:
+                    continue
+            if holder is not None and (holder["host"] != me["host"] or _alive(holder["pid"])):
+                raise Locked(
+                    f"{self.what} is in use by pid {holder['pid']} on {holder['host']} since "
+                    f"{holder.get('started')}; {self.advice}"
+                )
+            self._remove_if_same(st)  # stale: its process is gone (or the file is not a lock)
         raise Locked(f"could not take the lock {self.path}")
 
     def release(self) -> None:
@@ -74,12 +149,12 @@ class FolderLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,13 +167,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Atomic, standard JSON: NaN and infinities (undefined values) are written as ``null``."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
-def _finite(x):
+def _finite(x: Any) -> Any:
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
