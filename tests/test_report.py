@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 from xrl import cli
 from xrl.bench import load_results, run_bench
-from xrl.report import best_values, build_report, category_scores, format_value
+from xrl.report import best_values, build_report, category_scores, format_value, glossary, with_inside
+from xrl.report.verdict import DETAIL_COLUMNS, verdict
 
 SPEC = """\
 name = "tiny-report"
@@ -131,38 +134,52 @@ def test_report_renders_in_chromium_with_the_numbers_of_the_results(report, tmp_
     n_methods = len(g["methods"])
     assert int(dom.status["data-total"]) == len(g["gallery_rows"]) * (1 + n_methods) == 8
 
-    (table,) = [t for t in dom.tables if "metrics" in t["attrs"].get("class", "")]
+    (table,) = [t for t in dom.tables if t["attrs"].get("class") == "metrics"]
     header = [c["text"].strip() for c in table["rows"][0]["cells"]]
-    for col, text in zip(g["columns"], header[1:]):
-        arrow = "↑" if g["higher_is_better"][col] else "↓"
+    shown = [c for c in with_inside(g)["columns"] if c not in DETAIL_COLUMNS]
+    assert [c["attrs"]["data-column"] for c in table["rows"][0]["cells"][1:]] == shown
+    assert "localization.inside" in shown and "localization.important" not in shown  # moved to the detail table
+    for col, text in zip(shown, header[1:]):
+        arrow = "↑" if with_inside(g)["higher_is_better"][col] else "↓"
         assert text.startswith(f"{col} {arrow}"), (col, text)
     with open(results / "results.csv", newline="") as f:
         csv_rows = {r["method"]: r for r in csv.DictReader(f)}
-    best = best_values(g)
+    v = verdict(with_inside(g))
     body = table["rows"][1:]
     assert [r["attrs"]["data-method"] for r in body] == g["methods"]
     for row in body:
         method = row["attrs"]["data-method"]
         cells = {c["attrs"]["data-column"]: c for c in row["cells"][1:]}
-        assert list(cells) == g["columns"]
+        assert list(cells) == shown
+        # a method that fails the sanity check is marked in the table
+        assert ("⚠" in row["cells"][0]["text"]) == (method in v["flagged"])
         for col, cell in cells.items():
+            if col == "localization.inside":  # derived: checked in test_localization_inside_is_the_share_inside
+                continue
             want = float(csv_rows[method][col]) if csv_rows[method][col] else math.nan
             assert want == g["means"][method][col] or math.isnan(want)
-            shown = cell["text"].replace("★", "").strip()
+            shown_text = cell["text"].replace("★", "").strip()
             if math.isnan(want):
-                assert shown == "nan"
+                assert shown_text == "nan"
             else:
                 assert float(cell["attrs"]["data-value"]) == want
-                assert float(shown) == pytest.approx(want, rel=5e-4, abs=1e-12), (method, col, shown)
+                assert float(shown_text) == pytest.approx(want, rel=5e-4, abs=1e-12), (method, col, shown_text)
+            r = v["columns"][col]
             is_best = "best" in cell["attrs"].get("class", "")
-            assert is_best == (want == best.get(col)), (method, col)
+            assert is_best == (r["ranked"] and r["leader"] == method), (method, col)
             assert ("★" in cell["text"]) == is_best
-    # every column has a marked best
+    # a star in every ranked column, none in a column that cannot rank (sanity: a gate)
     marked = {c["attrs"]["data-column"] for r in body for c in r["cells"][1:] if "best" in c["attrs"].get("class", "")}
-    assert marked == set(best)
+    assert marked == {c for c, r in v["columns"].items() if r["ranked"]}
+    assert not any(c.startswith("sanity.") for c in marked)
+    assert v["flagged"] == ["random"]  # noise does not depend on the agent's weights
+    assert v["columns"]["time_per_map"]["leader"] != "random"  # cheap because it explains nothing
 
     text = done.stdout
     for section in (
+        "Verdict",
+        "Glossary",
+        "Localization in detail",
         "Deletion and insertion curves",
         "Radar over metric categories",
         "Sanity checks",
@@ -196,7 +213,9 @@ def test_report_shows_time_per_method_and_per_metric(report):
     assert "Where the time goes" in text
     g = load_results(out)["groups"][0]
     for m in g["methods"]:
-        assert f'<tr data-method="{m}"><td>{m}</td><td>{g["seconds_by_step"][m]["explain"]:.1f}</td>' in text
+        explain = f"{g['seconds_by_step'][m]['explain']:.3g}"
+        row = rf'<tr data-method="{m}"><td>{m}(?: <span class="flag"[^>]*>⚠</span>)?</td><td>{re.escape(explain)}</td>'
+        assert re.search(row, text), row
     for step in g["seconds_by_step"][g["methods"][0]]:
         assert f"<th>{step}</th>" in text
 
@@ -258,5 +277,116 @@ def test_an_agent_with_several_seeds_gets_a_table_of_means_over_seeds(tmp_path):
         m = row["attrs"]["data-method"]
         for cell in row["cells"][1:]:
             c = cell["attrs"]["data-column"]
+            if c == "localization.inside":  # derived per state: the mean over the pooled states
+                continue
             want = np.mean([g["means"][m][c] for g in doc["groups"]])
             assert float(cell["attrs"]["data-value"]) == pytest.approx(want, rel=1e-12), (m, c)
+
+
+def exact_bootstrap(diff: np.ndarray, q: float) -> float:
+    """The q-quantile of the mean over every one of the n^n resamples of ``diff`` (the limit
+    that a percentile bootstrap approaches): computed by hand, no scipy."""
+    n = len(diff)
+    idx = np.stack(np.meshgrid(*[np.arange(n)] * n, indexing="ij"), -1).reshape(-1, n)
+    return float(np.quantile(diff[idx].mean(1), q))
+
+
+def test_verdict_matches_a_hand_computation_of_the_paired_intervals(report):
+    """The verdict's rankings come from the job files: redo them by hand from results.json's
+    per-state values (means, the sanity gate, the paired differences and their bootstrap
+    distribution enumerated exactly) and compare with what the report shows."""
+    results, html = report
+    g = load_results(results)["groups"][0]
+    n = len(g["rows"])
+    assert n <= 6  # small enough to enumerate every resample
+
+    def per_state(m, c):
+        return np.asarray([np.nan if x is None else x for x in g["values"][m][c]], float)
+
+    flagged = {m for m in g["methods"] if np.nanmean(per_state(m, "sanity.passed")) < 0.5}
+    v = verdict(with_inside(g))
+    assert set(v["flagged"]) == flagged
+    dom = Dom()
+    dom.feed(html.read_text())
+    (table,) = [t for t in dom.tables if t["attrs"].get("class") == "verdict"]
+    shown = {r["attrs"]["data-column"]: r["attrs"] for r in table["rows"][1:] if "data-best" in r["attrs"]}
+    undecided = decided = 0
+    for c in ["deletion", "insertion", "sparseness", "localization.auc", "time_per_map"]:
+        sign = 1.0 if g["higher_is_better"][c] else -1.0
+        means = {m: np.nanmean(per_state(m, c)) for m in g["methods"]}
+        order = sorted(g["methods"], key=lambda m: -sign * means[m])
+        r = v["columns"][c]
+        assert [row["method"] for row in r["order"]] == order, c
+        eligible = [m for m in order if m not in flagged and not (c == "time_per_map" and m == "random")]
+        leader = eligible[0]
+        assert r["leader"] == leader, c
+        best = [leader]
+        for m in eligible[1:]:
+            diff = sign * (per_state(leader, c) - per_state(m, c))
+            diff = diff[~np.isnan(diff)]
+            row = next(x for x in r["order"] if x["method"] == m)
+            assert row["vs_best"]["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+            if np.all(diff == diff[0]):
+                lo = hi = diff[0]
+            else:
+                lo, hi = exact_bootstrap(diff, 0.025), exact_bootstrap(diff, 0.975)
+                # 2000 resamples: the verdict's ends fall within the exact 1.5-3.5 % / 96.5-98.5 % quantiles
+                assert exact_bootstrap(diff, 0.01) - 1e-12 <= row["vs_best"]["low"] <= exact_bootstrap(diff, 0.04)
+                assert exact_bootstrap(diff, 0.96) <= row["vs_best"]["high"] <= exact_bootstrap(diff, 0.99) + 1e-12
+            if min(abs(lo), abs(hi)) < 1e-3 * max(1.0, abs(diff).max()) and lo != hi:
+                undecided += 1  # 0 on an end of the interval: either answer is right
+                continue
+            decided += 1
+            tied = lo <= 0 <= hi
+            assert row["tied"] == tied, (c, m, lo, hi, row["vs_best"])
+            if tied:
+                best.append(m)
+        if not undecided:
+            assert r["best"] == best, c
+        assert shown[c]["data-best"] == ",".join(r["best"])  # the report shows these rankings
+    assert decided >= 5 and undecided <= 1
+    # the paragraph names each category's best
+    for cat in v["categories"]:
+        for m in cat["best"]:
+            assert m in v["paragraph"]
+    assert "random fails the sanity check" in v["paragraph"]
+
+
+def test_every_metric_column_has_a_glossary_entry_and_a_header_hint(report):
+    _, html = report
+    text = html.read_text()
+    dom = Dom()
+    dom.feed(text)
+    columns = {
+        c["attrs"]["data-column"]
+        for t in dom.tables
+        if t["attrs"].get("class") in ("metrics", "detail", "sanity")
+        for c in t["rows"][0]["cells"][1:]
+        if "data-column" in c["attrs"]
+    }
+    assert {"deletion", "localization.auc", "localization.inside", "sanity.passed", "time_per_map"} <= columns
+    for c in columns:
+        e = glossary.entry(c, True)
+        assert f'<dt id="{e["anchor"]}" data-column="{c}">' in text, c
+        assert f'href="#{e["anchor"]}"' in text
+        assert re.search(
+            rf'<th data-column="{re.escape(c)}"[^>]* title="[^"]*{re.escape(str(escape(e["definition"]))[:30])}', text
+        ), c
+    # every docs section a glossary entry names exists
+    root = Path(__file__).resolve().parents[1]
+    for column, (_, _, _, docs) in glossary.ENTRIES.items():
+        path, _, section = docs.partition(" § ")
+        headings = [line.lstrip("#").strip() for line in (root / path).read_text().splitlines() if line.startswith("#")]
+        assert section in headings, (column, docs)
+
+
+def test_localization_inside_is_the_share_inside(report):
+    results, _ = report
+    g = load_results(results)["groups"][0]
+    got = with_inside(g)
+    for m in g["methods"]:
+        imp = np.asarray(g["values"][m]["localization.important"], float)
+        un = np.asarray(g["values"][m]["localization.unimportant"], float)
+        share = imp / (imp + un)
+        assert got["means"][m]["localization.inside"] == pytest.approx(np.nanmean(share), rel=1e-12)
+    assert got["columns"].index("localization.inside") == got["columns"].index("localization.auc") + 1

@@ -22,7 +22,8 @@ import numpy as np
 
 from xrl.bench.results import load_results
 from xrl.files import atomic_path
-from xrl.report import svg
+from xrl.report import glossary, svg
+from xrl.report.verdict import DETAIL_COLUMNS, verdict
 
 _TEMPLATE = Path(__file__).with_name("template.html")
 
@@ -76,13 +77,17 @@ def over_seeds(groups: list[dict]) -> dict:
     done = [g for g in groups if g["methods"]]
     methods = [m for m in done[0]["methods"] if all(m in g["methods"] for g in done)]
     columns = list(dict.fromkeys(c for g in done for c in g["columns"]))
-    means, curves = {}, {}
+    means, curves, values = {}, {}, {}
     for m in methods:
-        means[m] = {}
+        means[m], values[m] = {}, {}
         for c in columns:
             vals = [g["means"][m].get(c, math.nan) for g in done]
             vals = [v for v in vals if v is not None and math.isfinite(v)]
             means[m][c] = float(np.mean(vals)) if vals else math.nan
+            # per state, every seed's states one after another (the verdict pairs methods on them)
+            values[m][c] = [
+                v for g in done for v in ((g.get("values") or {}).get(m, {}).get(c) or [None] * len(g["rows"] or []))
+            ]
         curves[m] = {}
         for name in done[0]["curves"].get(m, {}):
             ys = [g["curves"][m][name]["y"] for g in done if name in g["curves"].get(m, {})]
@@ -102,31 +107,80 @@ def over_seeds(groups: list[dict]) -> dict:
         "methods": methods,
         "columns": columns,
         "means": means,
+        "values": values,
         "curves": curves,
         "maps": {},
         **merged,
     }
 
 
-def build_report(results: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the report of the results folder ``results``; returns its path."""
+def with_inside(g: dict) -> dict:
+    """``g`` with the column ``localization.inside`` after ``localization.auc``: per state the
+    share of the normalised map's mass on important pixels, ``important / (important +
+    unimportant)`` (NaN when both are 0), averaged over the states. The raw sums reward small
+    maps; the share does not."""
+    if not {"localization.important", "localization.unimportant"} <= set(g["columns"]):
+        return g
+    g = {**g, "values": dict(g.get("values") or {}), "means": dict(g["means"])}
+    for m in g["methods"]:
+        vals = g["values"].get(m, {})
+        imp = np.asarray([np.nan if x is None else x for x in vals.get("localization.important", [])], float)
+        un = np.asarray([np.nan if x is None else x for x in vals.get("localization.unimportant", [])], float)
+        total = imp + un
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inside = np.where(total > 0, imp / np.where(total > 0, total, 1.0), np.nan)
+        g["values"][m] = {**vals, "localization.inside": [None if np.isnan(x) else float(x) for x in inside]}
+        finite = inside[np.isfinite(inside)]
+        g["means"][m] = {**g["means"][m], "localization.inside": float(finite.mean()) if finite.size else math.nan}
+    columns = [c for c in g["columns"] if c != "localization.inside"]
+    at = columns.index("localization.auc") + 1 if "localization.auc" in columns else len(columns)
+    g["columns"] = columns[:at] + ["localization.inside"] + columns[at:]
+    g["higher_is_better"] = {**g["higher_is_better"], "localization.inside": True}
+    g["categories"] = {**g["categories"], "localization.inside": "localization"}
+    return g
+
+
+def build_report(
+    results: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    include_flagged: bool = False,
+    sections: list[dict] | None = None,
+    papers: dict | None = None,
+) -> Path:
+    """Write the report of the results folder ``results``; returns its path.
+
+    ``include_flagged``: methods that fail the sanity check may still be the verdict's best.
+    ``sections``: other results folders of the same run summarised and linked from this report
+    (``[{"name", "title", "results": folder}]``; ``xrl demo``'s DIGR and FLS sections);
+    ``papers``: a table ``{"columns": [...], "rows": [[cell, ...], ...], "note": str}`` shown
+    as "The papers in this run"."""
     folder = Path(results)
     doc = load_results(folder)
     folder = folder if folder.is_dir() else folder.parent
     out = Path(out) if out is not None else folder / "report.html"
-    groups = []
-    for agent in dict.fromkeys(g["agent"] for g in doc["groups"]):
-        mine = [g for g in doc["groups"] if g["agent"] == agent]
-        if len([g for g in mine if g["methods"]]) > 1:
-            groups.append(_group(over_seeds(mine), doc["spec"], folder))
-        groups += [_group(g, doc["spec"], folder) for g in mine]
+    groups = _groups(doc, folder, include_flagged=include_flagged)
+    linked = []
+    for s in sections or []:
+        sdoc = load_results(s["results"])
+        sgroups = _groups(sdoc, Path(s["results"]), include_flagged=include_flagged, gallery=False)
+        href = os.path.relpath(Path(s["results"]) / "report.html", out.parent)
+        linked.append({**s, "href": href, "groups": [g for g in sgroups if g["headline"]]})
+    from xrl.viz.overlay import key_colours
+
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    columns = list(dict.fromkeys(c for g in groups + [g for s in linked for g in s["groups"]] for c in g["columns"]))
+    hib = {c: h for g in groups + [g for s in linked for g in s["groups"]] for c, h in g["higher_is_better"].items()}
     html = env.from_string(_TEMPLATE.read_text()).render(
         name=doc["spec"]["name"],
         created=doc["created"],
         folder=str(folder),
         jobs=doc["jobs"],
         groups=groups,
+        sections=linked,
+        papers=papers,
+        key=key_colours(),
+        glossary=[glossary.entry(c, hib[c]) for c in columns],
         failed=doc["failed"],
         versions=doc["versions"],
         spec=doc["spec_text"] or json.dumps(doc["spec"], indent=2),
@@ -136,20 +190,43 @@ def build_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     return out
 
 
-def _group(g: dict, spec: dict, folder: Path) -> dict:
+def _groups(doc: dict, folder: Path, *, include_flagged: bool, gallery: bool = True) -> list[dict]:
+    """Every group of the results to show: per agent the mean over seeds (when several seeds
+    finished) then each seed; the first of each agent is its headline (the verdict at the top)."""
+    groups = []
+    for agent in dict.fromkeys(g["agent"] for g in doc["groups"]):
+        mine = [g for g in doc["groups"] if g["agent"] == agent]
+        shown = ([over_seeds(mine)] if len([g for g in mine if g["methods"]]) > 1 else []) + mine
+        for i, g in enumerate(shown):
+            groups.append(
+                {
+                    **_group(g, doc["spec"], folder, include_flagged=include_flagged, gallery=gallery),
+                    "headline": i == 0,
+                }
+            )
+    return groups
+
+
+def _group(g: dict, spec: dict, folder: Path, *, include_flagged: bool = False, gallery: bool = True) -> dict:
+    g = with_inside(g)
     methods = g["methods"]
-    best = best_values(g)
-    cells = {
-        m: {
-            c: {
-                "raw": repr(float(g["means"][m].get(c, math.nan))),
-                "text": format_value(g["means"][m].get(c, math.nan)),
-                "best": c in best and g["means"][m].get(c) == best[c],
+    v = verdict(g, include_flagged=include_flagged) if methods else None
+    flagged = set(v["flagged"]) if v else set()
+    ranked = v["columns"] if v else {}
+    cells = {}
+    for m in methods:
+        cells[m] = {}
+        for c in g["columns"]:
+            r = ranked.get(c)
+            mean = g["means"][m].get(c, math.nan)
+            cells[m][c] = {
+                "raw": repr(float(mean)),
+                "text": format_value(mean),
+                "best": bool(r and r["ranked"] and r["leader"] == m),
+                "tied": bool(r and r["ranked"] and m in r["best"] and r["leader"] != m),
             }
-            for c in g["columns"]
-        }
-        for m in methods
-    }
+    main = [c for c in g["columns"] if c not in DETAIL_COLUMNS]
+    detail = [c for c in ("localization.inside", *DETAIL_COLUMNS) if c in g["columns"]]
     curves = []
     for name in ("deletion", "insertion"):
         series = {
@@ -165,22 +242,22 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
                     ylabel="p(action)",
                 )
             )
-    scores = category_scores(g) if methods else {}
+    scores = category_scores({**g, "columns": main}) if methods else {}
     radars = [svg.radar(scores[m], title=m, colour_=svg.colour(i)) for i, m in enumerate(methods)]
     sanity_cols = [c for c in g["columns"] if g["categories"][c] == "sanity"]
     sanity = None
     if sanity_cols:
-        verdict = {}
+        verdicts = {}
         for m in methods:
             passed = [g["means"][m][c] for c in sanity_cols if c.endswith(".passed")]
-            verdict[m] = (
+            verdicts[m] = (
                 "n/a"
                 if not passed or not math.isfinite(passed[0])
                 else "passed"
                 if passed[0] >= 0.5
                 else "flagged: maps barely change with random weights"
             )
-        sanity = {"columns": sanity_cols, "verdict": verdict}
+        sanity = {"columns": sanity_cols, "verdict": verdicts}
     times = None
     if "time_per_map" in g["columns"]:
         times = svg.bars(
@@ -189,6 +266,10 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
     return {
         **g,
         "n_states": len(g["rows"] or []),
+        "main_columns": main,
+        "detail_columns": detail,
+        "verdict": v,
+        "flagged": flagged,
         "cells": cells,
         "curves": curves,
         "radars": radars,
@@ -196,7 +277,8 @@ def _group(g: dict, spec: dict, folder: Path) -> dict:
         "times": times,
         "timing": timing_table(g, methods),
         "arrows": {c: "↑" if g["higher_is_better"][c] else "↓" for c in g["columns"]},
-        "gallery": _gallery(g, folder) if methods else [],
+        "help": {c: glossary.entry(c, g["higher_is_better"][c]) for c in g["columns"]},
+        "gallery": _gallery(g, folder) if methods and gallery else [],
     }
 
 
@@ -216,8 +298,8 @@ def timing_table(g: dict, methods: list[str]) -> dict | None:
         value = g["seconds"].get(m) if c == "job" else steps.get(m, {}).get(c)
         return math.nan if value is None else float(value)
 
-    def text(v: float) -> str:
-        return "–" if not math.isfinite(v) else f"{v:.1f}"
+    def text(v: float) -> str:  # 3 significant digits: most steps of a quick run take well under 0.1 s
+        return "–" if not math.isfinite(v) else f"{v:.3g}"
 
     rows = [(m, [text(cell(m, c)) for c in columns]) for m in methods]
     totals = [text(sum(v for m in methods if math.isfinite(v := cell(m, c)))) for c in columns]

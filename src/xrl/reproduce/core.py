@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from xrl.files import FolderLock, atomic_path, write_json
+from xrl.stats import paired_interval  # noqa: F401  (re-exported: the papers' modules use it from here)
 
 PAPERS = {
     "digr": 'DIGR: Xing, Nagata, Zou, Neftci & Krichmar 2022, "Policy Distillation with Selective Input '
@@ -305,34 +306,6 @@ def _run_locked(
 
 
 # -- statistics ------------------------------------------------------------------------------------
-def paired_interval(
-    a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95
-) -> dict:
-    """Mean of ``a - b`` over paired samples (states or seeded episodes; pairs with a NaN/None
-    left out) with a percentile-bootstrap interval (``scipy.stats.bootstrap``, seeded)."""
-    from scipy.stats import bootstrap
-
-    a = np.asarray([np.nan if x is None else x for x in a], dtype=np.float64)
-    b = np.asarray([np.nan if x is None else x for x in b], dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
-    diff = a - b
-    diff = diff[~np.isnan(diff)]
-    if diff.size < 2:
-        return {"mean": float(diff.mean()) if diff.size else None, "low": None, "high": None, "n": int(diff.size)}
-    if np.all(diff == diff[0]):  # a degenerate sample: the interval is the point
-        return {"mean": float(diff[0]), "low": float(diff[0]), "high": float(diff[0]), "n": int(diff.size)}
-    ci = bootstrap(
-        (diff,),
-        np.mean,
-        n_resamples=resamples,
-        method="percentile",
-        confidence_level=level,
-        rng=np.random.default_rng(seed),
-    ).confidence_interval
-    return {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high), "n": int(diff.size)}
-
-
 def format_interval(d: Mapping | None, digits: int = 3) -> str:
     """``+0.012 [-0.003, +0.030]``, bold when the interval excludes 0."""
     if not d or d.get("mean") is None:

@@ -49,6 +49,13 @@ def overlay(
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def key_colours(n: int = 11, cmap: str = "jet") -> list[str]:
+    """``n`` colours ``#rrggbb`` of ``cmap`` from 0 to 1: a colour key for overlays drawn by
+    :func:`overlay` (an HTML gradient, a legend strip)."""
+    rgb = plt.get_cmap(cmap)(np.linspace(0.0, 1.0, n))[:, :3]
+    return ["#" + "".join(f"{round(float(c) * 255):02x}" for c in row) for row in rgb]
+
+
 def figure(rows: int, cols: int, figsize: tuple[float, float]):
     """``(fig, axes)``: a figure of ``rows x cols`` panels, ``axes`` always 2-D, for a caller that
     draws its own chart (the reproduction figures) without importing matplotlib itself;
