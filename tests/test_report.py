@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -390,3 +391,32 @@ def test_localization_inside_is_the_share_inside(report):
         share = imp / (imp + un)
         assert got["means"][m]["localization.inside"] == pytest.approx(np.nanmean(share), rel=1e-12)
     assert got["columns"].index("localization.inside") == got["columns"].index("localization.auc") + 1
+
+
+def test_one_report_links_and_summarises_the_sections_of_a_run(report, tmp_path):
+    """xrl demo's main report: each section's verdict and table with a link to its own report,
+    a row of the main table beside it (DIGR: the teacher), and the papers' table."""
+    results, _ = report
+    out = tmp_path / "main" / "report.html"
+    build_report(
+        results,
+        out,
+        sections=[
+            {"name": "digr", "title": "the section", "results": results, "beside": {"method": "gradient", "label": "T"}}
+        ],
+        papers={"columns": ["agent", "method", "x"], "rows": [["a", "gradient", "0.5"]], "note": "rows"},
+    )
+    text = out.read_text()
+    dom = Dom()
+    dom.feed(text)
+    assert f'href="{os.path.relpath(results / "report.html", out.parent)}"' in text  # relative: no absolute path
+    (section,) = [t for t in dom.tables if t["attrs"].get("data-section") == "digr"]
+    rows = {r["attrs"]["data-method"]: r for r in section["rows"][1:]}
+    g = load_results(results)["groups"][0]
+    assert list(rows) == [*g["methods"], "beside"]
+    assert rows["beside"]["cells"][0]["text"] == "T"
+    want = {c["attrs"]["data-column"]: c["attrs"]["data-value"] for c in rows["gradient"]["cells"][1:]}
+    assert {c["attrs"]["data-column"]: c["attrs"]["data-value"] for c in rows["beside"]["cells"][1:]} == want
+    (papers,) = [t for t in dom.tables if t["attrs"].get("class") == "papers"]
+    assert [c["text"] for c in papers["rows"][1]["cells"]] == ["a", "gradient", "0.5"]
+    assert "The papers in this run" in text and 'id="sections"' in text

@@ -111,7 +111,7 @@ def section_spec(name: str, *, quick: bool, seed: int, zoo: Path | None = None):
     return parse_spec(data)
 
 
-def _row(g: dict, method: str, label: str) -> str:
+def _cells(g: dict, method: str) -> list[str]:
     means = g["means"][method]
     cells = []
     for c in PAPER_COLUMNS:
@@ -123,21 +123,25 @@ def _row(g: dict, method: str, label: str) -> str:
             if c == "time_per_map"
             else f"{v:.3f}"
         )
-    return f"| {label} | `{method}` | " + " | ".join(cells) + " |"
+    return cells
+
+
+def papers_rows(main: dict, sections: dict[str, dict]) -> list[list[str]]:
+    """The papers' rows ``[agent, method, *PAPER_COLUMNS]``: the learned explainers on the demo
+    agent, the DIGR student's gradient beside the teacher's, the FLS agent's attention beside its
+    gradient."""
+    rows = [[f"{ENV} (zoo network)", m, *_cells(main, m)] for m in LEARNED if m in main["methods"]]
+    if "gradient" in main["methods"]:
+        rows.append([f"{ENV} (DIGR's teacher)", "gradient", *_cells(main, "gradient")])
+    for _name, g in sections.items():
+        rows += [[g["agent"], m, *_cells(g, m)] for m in g["methods"]]
+    return rows
 
 
 def papers_table(main: dict, sections: dict[str, dict]) -> str:
-    """The papers' rows: the learned explainers on the demo agent, the DIGR student's gradient
-    beside the teacher's, the FLS agent's attention beside its gradient."""
+    """:func:`papers_rows` as a Markdown table (summary.md)."""
     lines = ["| agent | method | " + " | ".join(PAPER_COLUMNS) + " |", "|---|---|" + "---|" * len(PAPER_COLUMNS)]
-    for m in LEARNED:
-        if m in main["methods"]:
-            lines.append(_row(main, m, f"{ENV} (zoo network)"))
-    if "gradient" in main["methods"]:
-        lines.append(_row(main, "gradient", f"{ENV} (DIGR's teacher)"))
-    for _name, g in sections.items():
-        for m in g["methods"]:
-            lines.append(_row(g, m, g["agent"]))
+    lines += [f"| {r[0]} | `{r[1]}` | " + " | ".join(r[2:]) + " |" for r in papers_rows(main, sections)]
     return "\n".join(lines)
 
 
@@ -157,7 +161,6 @@ def run_demo(
     spec = demo_spec(agent, quick=quick, seed=seed)
     bench_start = time.time()
     run_bench(spec, out, processes=processes, progress=not quick)
-    build_report(out)
     seconds = {"main": time.time() - bench_start}
     sections, missing = {}, []
     for name in SECTIONS:
@@ -173,6 +176,26 @@ def run_demo(
 
     doc = load_results(out)
     (g,) = doc["groups"]
+    # one report for the run: the main table, the sections summarised and linked, the papers' rows
+    build_report(
+        out,
+        sections=[
+            {
+                "name": name,
+                "title": SECTIONS[name][1],
+                "results": out / name,
+                **({"beside": {"method": "gradient", "label": f"teacher ({ENV}): gradient"}} if name == "digr" else {}),
+            }
+            for name in sections
+        ],
+        papers={
+            "columns": ["agent", "method", *PAPER_COLUMNS],
+            "rows": papers_rows(g, sections),
+            "note": "VisionMask, the Stalder Explainer and RExL with the zoo networks made for this agent; "
+            "DIGR's student beside its teacher's gradient and an FLS agent's attention beside its gradient "
+            "(their sections above). docs/reproduction.md re-runs the papers' tables: xrl reproduce --list.",
+        },
+    )
     rows = g["gallery_rows"]
     maps = {m: torch.as_tensor(_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
     with StateDataset.open(out / g["data"]) as ds:

@@ -165,7 +165,11 @@ def build_report(
         sdoc = load_results(s["results"])
         sgroups = _groups(sdoc, Path(s["results"]), include_flagged=include_flagged, gallery=False)
         href = os.path.relpath(Path(s["results"]) / "report.html", out.parent)
-        linked.append({**s, "href": href, "groups": [g for g in sgroups if g["headline"]]})
+        beside = None
+        if s.get("beside") and groups and s["beside"]["method"] in groups[0]["methods"]:
+            # a row of this report's headline group shown in the section's table (DIGR: the teacher)
+            beside = {"label": s["beside"]["label"], "cells": groups[0]["cells"][s["beside"]["method"]]}
+        linked.append({**s, "href": href, "beside": beside, "groups": [g for g in sgroups if g["headline"]]})
     from xrl.viz.overlay import key_colours
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)

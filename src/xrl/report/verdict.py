@@ -91,7 +91,10 @@ def rank_column(
     if not finite:
         out["why"] = "no method has a value"
         return out
-    if len({means[m] for m in finite}) == 1 and len(finite) > 1:
+    if len(finite) == 1:
+        out["why"] = "one method: nothing to compare it with"
+        return out
+    if len({means[m] for m in finite}) == 1:
         out["why"] = "all methods equal: it cannot tell them apart"
         return out
 
@@ -231,6 +234,8 @@ def _value(c: str, v: float) -> str:
 
 def paragraph(g: dict, v: dict) -> str:
     """What to use for what, in words, from the verdict's numbers."""
+    if len(g["methods"]) < 2:
+        return f"Only {_names(g['methods'])} here: nothing to rank it against in this table."
     if not v["categories"]:
         return "No metric column tells the methods apart here, so no method is recommended."
     sentences = []
