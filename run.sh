@@ -41,6 +41,8 @@ case "$job" in
     .venv/bin/ruff check --no-cache . || { echo "run.sh: ruff check failed (ruff check --fix . fixes the safe ones)" >&2; exit 1; }
     .venv/bin/ruff format --no-cache --check . >/dev/null \
       || { .venv/bin/ruff format --no-cache --check . >&2; echo "run.sh: ruff format --check failed (run: ruff format .)" >&2; exit 1; }
+    # then the types ([tool.mypy] in pyproject.toml: strict on the core, default on the rest of src/)
+    .venv/bin/mypy || { echo "run.sh: mypy failed (see [tool.mypy] in pyproject.toml)" >&2; exit 1; }
     exec .venv/bin/python -m pytest "$@" ;;
   xrl)  exec .venv/bin/xrl "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test or xrl)" >&2; exit 2 ;;

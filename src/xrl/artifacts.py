@@ -70,7 +70,7 @@ class ArtifactError(ValueError):
     """A file that is not the artifact it should be, in one line: ``<path> <found>; expected
     <expected>`` (``found`` is a phrase such as ``is not valid JSON (...)``)."""
 
-    def __init__(self, path: str | os.PathLike, found: str, expected: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], found: str, expected: str) -> None:
         self.path, self.found, self.expected = str(path), found, expected
         super().__init__(f"{path} {found}; expected {expected}")
 
@@ -94,7 +94,7 @@ def fingerprint(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def sha256(path: str | os.PathLike) -> str:
+def sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file's bytes (hex), read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -106,12 +106,12 @@ def sha256(path: str | os.PathLike) -> str:
 # ------------------------------------------------------------------ cards
 
 
-def card_path(path: str | os.PathLike) -> Path:
+def card_path(path: str | os.PathLike[str]) -> Path:
     """The card of an artifact: the same stem with ``.json``."""
     return Path(path).with_suffix(".json")
 
 
-def read_card(path: str | os.PathLike, *, required: bool = False) -> dict:
+def read_card(path: str | os.PathLike[str], *, required: bool = False) -> dict[str, Any]:
     """The card beside artifact ``path`` (``{}`` when there is none and it is not ``required``);
     refused when it is not a JSON object or its ``env`` is not ``{"name", "settings"}``."""
     card = card_path(path)
@@ -144,7 +144,7 @@ def read_card(path: str | os.PathLike, *, required: bool = False) -> dict:
 # ------------------------------------------------------------------ payloads
 
 
-def _check_version(path: Path, payload: dict, fmt: str) -> None:
+def _check_version(path: Path, payload: dict[str, Any], fmt: str) -> None:
     version = payload.get("version", 1)  # files written before a format carried a version
     newest = FORMATS[fmt][1]
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= newest:
@@ -153,7 +153,7 @@ def _check_version(path: Path, payload: dict, fmt: str) -> None:
         )
 
 
-def _torch_load(path: Path, **kwargs) -> Any:
+def _torch_load(path: Path, **kwargs: Any) -> Any:
     if not path.is_file():
         raise ArtifactError(path, "does not exist" if not path.exists() else "is not a file", "an xrl artifact (.pt)")
     try:
@@ -169,7 +169,7 @@ def _torch_load(path: Path, **kwargs) -> Any:
         ) from None
 
 
-def _checked(path: Path, payload: Any, expected: str | tuple[str, ...] | None) -> dict:
+def _checked(path: Path, payload: Any, expected: str | tuple[str, ...] | None) -> dict[str, Any]:
     formats = (expected,) if isinstance(expected, str) else tuple(expected or FORMATS)
     if not isinstance(payload, dict):
         raise ArtifactError(
@@ -189,14 +189,14 @@ def _checked(path: Path, payload: Any, expected: str | tuple[str, ...] | None) -
     return payload
 
 
-def load_payload(path: str | os.PathLike, expected: str | tuple[str, ...] | None = None) -> dict:
+def load_payload(path: str | os.PathLike[str], expected: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """An artifact's dict (settings and weights on the CPU), checked: format among ``expected``
     (default: any xrl format), a version this xrl reads. Nothing in the file runs."""
     path = Path(path)
     return _checked(path, _torch_load(path, map_location="cpu"), expected)
 
 
-def read_header(path: str | os.PathLike, expected: str | tuple[str, ...] | None = None) -> dict:
+def read_header(path: str | os.PathLike[str], expected: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """An artifact's dict without reading its weights (tensors are shapes on the ``meta``
     device): enough to know its format, settings and shapes."""
     path = Path(path)
@@ -207,7 +207,7 @@ def read_header(path: str | os.PathLike, expected: str | tuple[str, ...] | None 
     return _checked(path, payload, expected)
 
 
-def format_of(path: str | os.PathLike) -> str:
+def format_of(path: str | os.PathLike[str]) -> str:
     """The format of a file: an xrl format name, or :data:`SB3_ZIP` for a Stable-Baselines3
     ``.zip``; refused with what was found otherwise. Reads no weights and runs nothing."""
     path = Path(path)
@@ -231,16 +231,16 @@ def format_of(path: str | os.PathLike) -> str:
             )
     elif path.suffix == ".zip":
         raise ArtifactError(path, "is not a zip file", "an SB3 model saved with model.save()")
-    return read_header(path)["format"]
+    return str(read_header(path)["format"])
 
 
 def save_payload(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     fmt: str,
-    settings: Mapping,
+    settings: Mapping[str, Any],
     state_dict: Mapping[str, torch.Tensor],
     *,
-    card: Mapping | None = None,
+    card: Mapping[str, Any] | None = None,
     weights_fingerprint: str | None = None,
 ) -> Path:
     """Write artifact ``path`` = ``{"format", "version", **settings, "state_dict"}`` atomically
@@ -262,7 +262,11 @@ def save_payload(
 
 
 def write_card(
-    path: str | os.PathLike, card: Mapping, *, weights_fingerprint: str | None = None, fmt: str | None = None
+    path: str | os.PathLike[str],
+    card: Mapping[str, Any],
+    *,
+    weights_fingerprint: str | None = None,
+    fmt: str | None = None,
 ) -> Path:
     """Write the card of artifact ``path`` (atomically) with the artifact's ``sha256`` (of the
     file as it is now), and its ``fingerprint`` and ``format`` when given."""

@@ -24,7 +24,7 @@ def _method_settings(
 ) -> dict[str, dict]:
     """``"gradient,greydanus"`` + ``["greydanus.radius=4"]`` (the ``--setting`` flags) -> ``{name: settings}``,
     each setting checked against the method's constructor (:func:`check_method_settings`)."""
-    methods = {m.strip(): {} for m in names.split(",") if m.strip()}
+    methods: dict[str, dict] = {m.strip(): {} for m in names.split(",") if m.strip()}
     for key, value in parse_pairs(pairs, flag).items():
         method, _, setting = key.partition(".")
         if method not in methods or not setting:
@@ -48,7 +48,8 @@ def _settings_of(cls) -> tuple[dict, bool]:
     MRO) as ``{name: inspect.Parameter}``, and whether the chain ends open (``**kwargs`` kept)."""
     import inspect
 
-    params, open_ = {}, False
+    params: dict = {}
+    open_ = False
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
@@ -173,7 +174,7 @@ def cmd_zoo(args) -> int | None:
     rows, networks = zoo_cards(args.dir), zoo_networks(args.dir)
     if args.json:
         print(json.dumps(rows + networks, indent=2))
-        return
+        return None
     for r in rows:
         trained = _count(r["trained"]) + ("" if r["finished"] else f" of {_count(r['planned'])}, resumable")
         sampled = f" (sampled policy: {r['score_sampled']})" if r["score_sampled"] else ""
@@ -193,6 +194,7 @@ def cmd_zoo(args) -> int | None:
         print(f"{r['name']:30s} {r['kind']:17s} for {r['explains']:19s} {r['arch']:16s} {trained:22s} {r['score']}")
         if args.commands:
             print(f"{'':30s} {r['command']}")
+    return None
 
 
 def cmd_methods(args) -> None:
@@ -244,7 +246,7 @@ def cmd_counterfactual(args) -> None:
         rows = _rows(len(ds), args.n, args.seed)
         states = ds.states(rows)
     targets = None if args.target is None else torch.full((len(rows),), args.target)
-    cf = counterfactual(explainer, states, targets, threshold=args.threshold)
+    cf = counterfactual(explainer, states, targets, threshold=args.threshold)  # type: ignore[arg-type]
     names = model.action_names
     for i, row in enumerate(rows):
         path = out / f"state_{int(row):06d}.png"
@@ -286,7 +288,7 @@ def cmd_attack(args) -> None:
         sources[agent] = model.info.get("card", {})
         for name, rows in results[agent].items():
             print(f"{agent} {name}: " + "  ".join(f"eps {r['eps']:g}: {r['mean_return']:.3f}" for r in rows))
-    out = write_attack_results(results, args.out, agents=sources)
+    out = write_attack_results(results, args.out, agents=sources)  # type: ignore[arg-type]
     attack_curves(results, out / "attacks.png")
     print(f"wrote {out}/attacks.csv, attacks.json, attacks.png")
 

@@ -54,7 +54,7 @@ class Evaluation:
 
     def means(self) -> dict[str, dict[str, float]]:
         """NaN-free mean of every column (NaN = undefined for that sample, left out)."""
-        out = {}
+        out: dict = {}
         for method in self.methods:
             out[method] = {}
             for col in self.columns:
@@ -220,9 +220,9 @@ def evaluate(
         )
     states = dataset.states(rows)
     chosen = targets
-    targets = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)
+    targets = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)  # type: ignore[assignment]
     labels = dataset.labels(rows)
-    labels = torch.as_tensor(labels) if labels is not None else None
+    labels = torch.as_tensor(labels) if labels is not None else None  # type: ignore[assignment]
 
     metric_objs: dict[str, Metric] = {name: get_metric(name, **s) for name, s in metrics.items()}
     columns, directions, skipped = [], {}, {}
@@ -234,9 +234,9 @@ def evaluate(
         for out in outs:
             col = name if out is None else f"{name}.{out}"
             columns.append(col)
-            directions[col] = metric.higher_is_better[out] if out else metric.higher_is_better
+            directions[col] = metric.higher_is_better[out] if out else metric.higher_is_better  # type: ignore[index]
 
-    result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())
+    result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())  # type: ignore[arg-type]
     work = [(m, k) for m in methods for k in metric_objs if k not in skipped]
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
     for method, settings in methods.items():
@@ -262,14 +262,14 @@ def evaluate(
                 continue
             bar.set_postfix_str(f"{method}: {name}")
             started = time.perf_counter()
-            values = {}
+            values: dict = {}
             for part in chunks(len(rows), batch_size):
                 v = metric(
                     model=model,
                     states=states[part],
                     saliency=maps[part],
-                    targets=targets[part],
-                    labels=labels[part] if labels is not None else None,
+                    targets=targets[part],  # type: ignore[arg-type, index]
+                    labels=labels[part] if labels is not None else None,  # type: ignore[arg-type]
                     explainer=explainer,
                 )
                 for key, t in v.items() if isinstance(v, dict) else [(None, v)]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,8 @@ def _chain(net: nn.Module) -> list[nn.Module] | None:
     except Exception:  # any forward fx cannot trace: the caller runs densely
         return None
     modules = dict(net.named_modules())
-    chain, previous = [], None
+    chain: list[Any] = []
+    previous = None
     for node in graph.nodes:
         if node.op == "placeholder":
             if previous is not None:
@@ -165,7 +167,7 @@ class Plan:
                 )
             else:
                 full = F.pad(source, (pw, pw, ph, ph), value=window.pad_value).expand(n, -1, -1, -1).clone()
-                _paste(full, tile, top + ph, left + pw)
+                _paste(full, tile, top + ph, left + pw)  # type: ignore[arg-type]
                 patch = _gather(full, o_top * sh, o_left * sw, in_size)
             out = _apply(window, patch)
             for m in pointwise:
@@ -174,13 +176,13 @@ class Plan:
         # the first Linear on the change of its input
         last = acts[-1][0]  # (C, h, w)
         old = _gather(last[None].expand(n, -1, -1, -1), top, left, size)
-        delta = (tile - old).flatten(1)  # (N, C * h * w)
+        delta = (tile - old).flatten(1)  # type: ignore[operator]  # (N, C * h * w)
         linear = base_linear.expand(n, -1).clone()
         key = top * last.shape[-1] + left
         for k in key.unique().tolist():
             rows = (key == k).nonzero().squeeze(1)
             r, c = divmod(k, last.shape[-1])
-            linear[rows] = torch.addmm(linear[rows], delta[rows], self._weight_box(tuple(last.shape), r, c, size))
+            linear[rows] = torch.addmm(linear[rows], delta[rows], self._weight_box(tuple(last.shape), r, c, size))  # type: ignore[arg-type]
         return base, self.rest(linear)
 
     def _weight_box(self, shape: tuple[int, int, int], row: int, col: int, size: tuple[int, int]) -> torch.Tensor:

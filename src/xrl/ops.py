@@ -90,6 +90,7 @@ class TargetFn:
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         if self.index is None:
+            assert self._fn is not None  # __init__ keeps exactly one of index and fn
             out = self._fn(scores)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (scores.shape[0],):
                 raise ValueError(

@@ -141,9 +141,10 @@ def network_for(kind: str, fingerprint: str) -> str:
     if key not in _FOUND:
         path = find_network(kind, fingerprint)  # ValueError when there is no zoo folder (not remembered)
         _FOUND[key] = None if path is None else str(path)
-    if _FOUND[key] is None:
+    found = _FOUND[key]
+    if found is None:
         raise ValueError(f"the zoo has no {NETWORK_NOUNS[kind]} (weights fingerprint {fingerprint})")
-    return _FOUND[key]
+    return found
 
 
 # ------------------------------------------------------------------ the listing of xrl zoo

@@ -134,6 +134,7 @@ def draw(
         else:
             raise ValueError(f"mode must be 'transposed', 'transposed_mean', 'bilinear' or 'nearest', got {mode!r}")
         total = out if total is None else total + out
+    assert total is not None  # at least one attention map
     return total.squeeze(1)  # (B, H, W)
 
 
@@ -301,7 +302,7 @@ def _trunk_convs(convs: Sequence[ConvSpec] | str, height: int, width: int) -> li
         if convs not in named:
             raise ValueError(f"unknown trunk {convs!r}; known: {', '.join(sorted(named))}")
         return list(named[convs])
-    return [tuple(int(v) for v in spec) for spec in convs]
+    return [tuple(int(v) for v in spec) for spec in convs]  # type: ignore[misc]
 
 
 def has_attention(model: nn.Module) -> bool:

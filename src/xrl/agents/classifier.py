@@ -50,6 +50,8 @@ class Normalized(nn.Module):
     def __init__(self, net: nn.Module, mean, std) -> None:
         super().__init__()
         self.net = net
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -120,7 +122,7 @@ def trunk_of(model: Model) -> nn.Module:
             children.append(child)
         return _NormalizedTrunk(model.net, nn.Sequential(*children))
     if isinstance(model.net, Normalized) and hasattr(net, "features"):
-        return _NormalizedTrunk(model.net, net.features)
+        return _NormalizedTrunk(model.net, net.features)  # type: ignore[arg-type]
     policy = getattr(model.net, "policy", None)  # xrl.agents.load._ActorScores
     if policy is not None:
         extractor = getattr(policy, "pi_features_extractor", None) or policy.q_net.features_extractor
@@ -197,7 +199,7 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
     card = read_card(path)
     info = {"source": str(path), "card": card, "arch": arch}
     if not weights:
-        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
+        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))  # type: ignore[arg-type]
     return Model(
         net,
         input_shape=(3, size, size),

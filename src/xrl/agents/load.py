@@ -96,7 +96,7 @@ class _QValues(nn.Module):
         self.q_net = q_net
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.q_net.q_net(self.q_net.features_extractor(states))
+        return self.q_net.q_net(self.q_net.features_extractor(states))  # type: ignore[operator]
 
 
 class _CriticValue(nn.Module):
@@ -275,7 +275,7 @@ def load(
         if model is None:
             model = _rexl_model(path)
         agent, record = load_rexl_agent(path, model)
-        agent.record = record
+        agent.record = record  # type: ignore[assignment]
         return agent.to(device)
     return load_agent(path, device=device, trust=trust)
 

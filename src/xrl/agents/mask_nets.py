@@ -186,7 +186,7 @@ class MaskNetwork(nn.Module):
         """A freshly initialised network (from ``seed``, global RNG untouched) for ``model``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(arch, model.input_shape, model.n_actions, agent=agent_of(model), **kwargs)
+            return cls(arch, model.input_shape, model.n_actions, agent=agent_of(model), **kwargs)  # type: ignore[arg-type]
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Logit maps ``(B, K, H, W)``."""
@@ -202,7 +202,7 @@ class MaskNetwork(nn.Module):
             return torch.zeros_like(states)
         if self.reference == "blur":
             return gaussian_blur(states, BLUR_SIGMA, kernel_size=BLUR_KERNEL)
-        return self.reference_image.to(states).expand_as(states)
+        return self.reference_image.to(states).expand_as(states)  # type: ignore[operator]
 
     def check_agent(self, model: Model) -> None:
         """Refuse a model this network was not trained for (other weights, action count or input)."""

@@ -12,6 +12,7 @@ first, frames stacked along channels (oldest first). A model that declares its `
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,16 @@ class Model(nn.Module):
         scores = model(torch.rand(5, 3, 2, 2))   # (5, 3)
     """
 
+    net: nn.Module
+    value_net: nn.Module | None
+    input_shape: tuple[int, ...]
+    action_names: list[str]
+    score_kind: str
+    frame_stack: int
+    obs_scale: float
+    input_range: tuple[float, float] | None
+    info: dict[str, Any]
+
     def __init__(
         self,
         net: nn.Module,
@@ -43,7 +54,7 @@ class Model(nn.Module):
         frame_stack: int = 1,
         obs_scale: float = 255.0,
         input_range: tuple[float, float] | None = None,
-        info: dict | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -119,17 +130,20 @@ class Model(nn.Module):
         scores = self.net(states)
         if isinstance(scores, (tuple, list)):  # models returning (logits, extra)
             scores = scores[0]
-        return scores
+        out: torch.Tensor = scores
+        return out
 
     def value(self, states: torch.Tensor) -> torch.Tensor:
         """State value ``(B,)``; raises if the model has no value head."""
         if self.value_net is None:
             raise ValueError("this model has no value head; pass value_net= to as_model")
-        return self.value_net(states).reshape(-1)
+        value: torch.Tensor = self.value_net(states)
+        return value.reshape(-1)
 
     def probs(self, states: torch.Tensor) -> torch.Tensor:
         """Softmax of the scores ``(B, K)`` (for Q-values: a Boltzmann policy at temperature 1)."""
-        return torch.softmax(self(states), dim=-1)
+        scores: torch.Tensor = self(states)
+        return torch.softmax(scores, dim=-1)
 
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw env observation(s) ``(C, H, W)`` or ``(B, C, H, W)`` uint8 -> float states."""
@@ -147,7 +161,9 @@ class Model(nn.Module):
     @torch.inference_mode()
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
         """Greedy actions ``(B,)`` for raw observations."""
-        return self(self.preprocess(obs)).argmax(-1).cpu().numpy()
+        scores: torch.Tensor = self(self.preprocess(obs))
+        actions: np.ndarray = scores.argmax(-1).cpu().numpy()
+        return actions
 
     def conv_layers(self) -> dict[str, nn.Conv2d]:
         """Named conv layers in forward order (for CAM-style methods)."""
@@ -179,11 +195,36 @@ class Model(nn.Module):
             raise ValueError("states contain NaN or Inf values")
         if self.input_range is not None:
             self._check_range(float(low), float(high))
+            self._check_means(states, float(low), float(high))
+
+    def _check_means(self, states: torch.Tensor, low: float, high: float) -> None:
+        """Refuse a state whose mean leaves the declared input range (negated or shifted states,
+        e.g. ``-s`` for a ``[0, 1]`` model): zero-mean noise (SmoothGrad, Local Lipschitz) moves
+        values beyond the range but not the mean of a state, by more than ``2 * width / sqrt(n)``
+        (six standard deviations of the mean of ``n`` values of noise of up to a third of the
+        width)."""
+        assert self.input_range is not None
+        lo, hi = self.input_range
+        if lo <= low and high <= hi:
+            return
+        width = hi - lo
+        tol = 2 * width / float(np.sqrt(states[0].numel()))
+        means = states.detach().flatten(1).mean(1, dtype=torch.float64)
+        off = (means < lo - tol) | (means > hi + tol)
+        if bool(off.any()):
+            i = int(off.nonzero()[0])
+            raise ValueError(
+                f"states range over [{low + 0.0:g}, {high + 0.0:g}] and state {i} has mean {float(means[i]):.4g}, "
+                f"outside the range [{lo:g}, {hi:g}] the model consumes (negated or shifted states?)"
+            )
 
     def _check_range(self, low: float, high: float) -> None:
         """Refuse states off the declared input range by more than its own width: states on the
         wrong scale (raw 0-255 pixels given to a network that consumes pixels / 255), not the small
-        excursions of noise-perturbed states (SmoothGrad, Local Lipschitz), which stay legal."""
+        excursions of noise-perturbed states (SmoothGrad, Local Lipschitz), which stay legal
+        (their means may not leave it: :meth:`_check_means`)."""
+        if self.input_range is None:
+            return
         lo, hi = self.input_range
         width = hi - lo
         if lo - width <= low and high <= hi + width:
@@ -199,7 +240,7 @@ class Model(nn.Module):
         )
 
 
-def _valid_range(input_range) -> tuple[float, float] | None:
+def _valid_range(input_range: Sequence[float] | None) -> tuple[float, float] | None:
     if input_range is None:
         return None
     try:
@@ -217,8 +258,8 @@ def as_model(
     input_shape: Sequence[int],
     action_names: Sequence[str] | None = None,
     score_kind: str = "logits",
-    value_fn: nn.Module | Callable | None = None,
-    **kwargs,
+    value_fn: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    **kwargs: Any,
 ) -> Model:
     """Wrap any ``nn.Module`` mapping ``(B, C, H, W)`` float states to ``(B, K)`` scores."""
     if isinstance(module, Model):
@@ -233,9 +274,10 @@ def as_model(
 
 
 class _Lambda(nn.Module):
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.fn = fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
+        out: torch.Tensor = self.fn(x)
+        return out

@@ -57,7 +57,7 @@ def return_under_attack(
         raise ValueError("the agent records no env; pass env= (a registered env name)")
     settings = dict(env_settings if env_settings is not None else recorded.get("settings") or {})
     attack_settings = attack_settings or {}
-    out = {}
+    out: dict = {}
     with tqdm(total=len(attacks) * len(eps), desc="attacks", disable=not progress) as bar:
         for name in attacks:
             out[name] = []
@@ -86,7 +86,7 @@ def write_attack_results(
         writer = csv.writer(f)
         writer.writerow(["agent", "attack", "eps", "mean_return", "std_return", "success_rate", "episodes"])
         for agent, per_attack in table.items():
-            for attack, rows in per_attack.items():
+            for attack, rows in per_attack.items():  # type: ignore[union-attr]
                 for r in rows:
                     writer.writerow(
                         [agent, attack, r["eps"], r["mean_return"], r["std_return"], r["success_rate"], r["episodes"]]

@@ -124,7 +124,7 @@ def _curve(
     states = ds.states(rows)
     targets = torch.as_tensor(ds.actions[rows], dtype=torch.long)
     parts = [
-        metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])
+        metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])  # type: ignore[attr-defined]
         for part in chunks(len(rows), 64)
     ]
     x, y = parts[0][0], torch.cat([scores for _, scores in parts])
@@ -378,7 +378,7 @@ def _on_ray(address: str, workers: int | None) -> Callable:
                     blobs[path] = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16])
             pending = {}
             for j in todo:
-                blob, digest = blobs[data_path(out, spec, j.agent, j.seed)]
+                blob, digest = blobs[data_path(out, spec, j.agent, j.seed)]  # type: ignore[assignment]
                 pending[remote.remote(j, models[j.agent], blob, digest)] = j
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

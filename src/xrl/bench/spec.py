@@ -287,7 +287,7 @@ def parse_spec(
     every = data.get("methods", "all") == "all"
     not_run: dict[str, dict[str, str]] = {a.name: {} for a in agents}
     networks: dict[str, dict[str, str]] = {a.name: {} for a in agents}
-    checks = [(a.name, models[a.name]) for a in agents] or [(None, m) for m in loaded[:1]]
+    checks = [(a.name, models[a.name]) for a in agents] or [(None, m) for m in loaded[:1]]  # type: ignore[misc]
     for m in methods:
         for agent_name, model in checks:
             try:
@@ -317,7 +317,7 @@ def parse_spec(
             )
 
     if problems:  # in the order of the file
-        raise SpecError(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))
+        raise SpecError(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))  # type: ignore[attr-defined]
     return Spec(
         name=name,
         seeds=list(seeds),

@@ -167,7 +167,7 @@ def read_labels(path: str | os.PathLike) -> Trial:
         columns["gaze"].append(np.asarray(gaze, dtype=np.float64).reshape(-1, 2))
     if len(set(columns["ids"])) != len(columns["ids"]):
         seen = set()
-        dup = next(i for i in columns["ids"] if i in seen or seen.add(i))
+        dup = next(i for i in columns["ids"] if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise ValueError(f"{path}: frame id {dup!r} appears twice")
     return Trial(
         columns["ids"],
@@ -193,7 +193,7 @@ def read_frames(path: str | os.PathLike, frame_ids: list[str]) -> np.ndarray:
     with tarfile.open(path) as tar:
         members = {Path(m.name).stem: m for m in tar.getmembers() if m.isfile() and m.name.endswith(".png")}
         _check_match(path, frame_ids, members)
-        return _decode(path, frame_ids, lambda name: tar.extractfile(members[name]).read())
+        return _decode(path, frame_ids, lambda name: tar.extractfile(members[name]).read())  # type: ignore[union-attr]
 
 
 def _check_match(path: Path, frame_ids: list[str], files: dict) -> None:

@@ -220,7 +220,7 @@ def _check_env(env: gym.Env, model: Model) -> None:
             f"{model.input_shape} (channels first, frames stacked on channels)"
         )
     n = getattr(env.action_space, "n", None)
-    if not isinstance(env.action_space, gym.spaces.Discrete) or int(n) != model.n_actions:
+    if not isinstance(env.action_space, gym.spaces.Discrete) or int(n) != model.n_actions:  # type: ignore[arg-type]
         raise ValueError(
             f"the env's action space {env.action_space} does not match the model's {model.n_actions} actions"
         )

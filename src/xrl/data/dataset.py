@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 Index = int | slice | Sequence[int] | np.ndarray | torch.Tensor | None
 
 
-def partial_path(out: str | os.PathLike) -> Path:
+def partial_path(out: str | os.PathLike[str]) -> Path:
     """The folder holding a collection bound for ``out`` until it is complete."""
     return Path(f"{os.fspath(out)}.partial")
 
@@ -117,7 +117,7 @@ class StateDataset:
         self._n = int(file["states"].shape[0])
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> StateDataset:
+    def open(cls, path: str | os.PathLike[str]) -> StateDataset:
         """Open ``path`` read-only after checking it is a whole xrl StateDataset.
 
         Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (saying what was
@@ -181,23 +181,24 @@ class StateDataset:
     # -- metadata ----------------------------------------------------------------------------
 
     @property
-    def env(self) -> dict:
+    def env(self) -> dict[str, Any]:
         """``{"name", "settings"}``: ``xrl.make_env(env["name"], **env["settings"])``."""
-        return json.loads(self._meta["env"])
+        return _json_object(self._meta["env"])
 
     @property
-    def agent(self) -> dict:
+    def agent(self) -> dict[str, Any]:
         """The agent: ``source`` (path or zoo name), ``card``, ``fingerprint`` of its weights, ..."""
-        return json.loads(self._meta["agent"])
+        return _json_object(self._meta["agent"])
 
     @property
     def action_names(self) -> list[str]:
-        return json.loads(self._meta["action_names"])
+        names: list[str] = json.loads(self._meta["action_names"])
+        return names
 
     @property
-    def collect_settings(self) -> dict:
+    def collect_settings(self) -> dict[str, Any]:
         """How the rollouts were made: ``seed``, ``sample``, ``max_steps``."""
-        return json.loads(self._meta["collect"])
+        return _json_object(self._meta["collect"])
 
     @property
     def meta(self) -> dict[str, str]:
@@ -258,10 +259,10 @@ class StateDataset:
             raise ValueError(f"no saliency stored for {method!r} in {self.path}; stored: {known}")
         return self._read(f"saliency/{method}", idx)
 
-    def saliency_settings(self, method: str) -> dict:
+    def saliency_settings(self, method: str) -> dict[str, Any]:
         """The settings stored with ``saliency/<method>`` (``{}`` when none were given)."""
         self.saliency(method, [])  # unknown methods fail with the list of stored ones
-        return json.loads(self._h5()[f"saliency/{method}"].attrs.get("settings", "{}"))
+        return _json_object(self._h5()[f"saliency/{method}"].attrs.get("settings", "{}"))
 
     def add_saliency(
         self,
@@ -307,10 +308,17 @@ class StateDataset:
 def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
     n = dset.shape[0]
     if idx is None:
-        return dset[()]
+        out = dset[()]
+        return out
     if isinstance(idx, slice):
+def _json_object(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
         rows = np.arange(n)[idx]
     else:
+    out: np.ndarray
         rows = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx).reshape(-1)
         if rows.dtype == np.bool_ or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
             raise TypeError(f"row indices must be integers, got dtype {rows.dtype}")
@@ -320,9 +328,11 @@ def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
     if rows.size == 0:
         return np.empty((0, *dset.shape[1:]), dtype=dset.dtype)
     if np.all(np.diff(rows) == 1):  # contiguous: one plain slice
-        return dset[rows[0] : rows[-1] + 1]
+        out = dset[rows[0] : rows[-1] + 1]
+        return out
     unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
-    return dset[unique][inverse]
+    out = dset[unique][inverse]
+    return out
 
 
 def _check(file: h5py.File, path: Path) -> None:
@@ -400,12 +410,12 @@ class StateDatasetWriter:
 
     def __init__(
         self,
-        out: str | os.PathLike,
+        out: str | os.PathLike[str],
         *,
-        env: Mapping,
-        agent: Mapping,
+        env: Mapping[str, Any],
+        agent: Mapping[str, Any],
         action_names: Sequence[str],
-        collect: Mapping | None = None,
+        collect: Mapping[str, Any] | None = None,
         compression: str | None = "gzip",
         restart: bool = False,
     ) -> None:
@@ -484,7 +494,7 @@ class StateDatasetWriter:
     def episode_returns(self) -> np.ndarray:
         return np.concatenate([p.returns for p in self._pieces] or [np.zeros(0)])
 
-    def start_from(self, dataset: str | os.PathLike) -> None:
+    def start_from(self, dataset: str | os.PathLike[str]) -> None:
         """Continue a complete dataset of the same collection (to add episodes to it)."""
         if self._pieces:
             raise ValueError("start_from needs an empty collection")

@@ -146,7 +146,7 @@ def make_atari(
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be a bool, got {value!r}")
-    for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):
+    for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):  # type: ignore[assignment]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
     if frame_stack_padding not in ("reset", "zero"):

@@ -54,7 +54,7 @@ AtariARI does not map) are excluded, never unimportant.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -267,7 +267,7 @@ def to_grid(box: Box, size: tuple[int, int] = (84, 84), margin: int = 0) -> tupl
 
 def label_map(
     now: dict[str, Box],
-    before: list[dict[str, Box]] = (),
+    before: Sequence[dict[str, Box]] = (),
     always_excluded: tuple[Box, ...] = (),
     size: tuple[int, int] = (84, 84),
     margin: int = 1,

@@ -151,7 +151,8 @@ class MarioEnv(gym.Env):
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
-        total, done, last = 0.0, False, []
+        total, done = 0.0, False
+        last: list[np.ndarray] = []
         for i in range(FRAME_SKIP):
             screen, reward, done, info = self.nes.step(self.buttons[int(action)])
             total += reward

@@ -44,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -199,7 +200,7 @@ class MaskingEnv(gym.Env):
         obs, reward, terminated, truncated, info = env.step(24)
     """
 
-    metadata = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(
         self,

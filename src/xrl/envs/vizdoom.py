@@ -61,7 +61,8 @@ class DoomScreen(gym.Wrapper):
             if state is not None:
                 info["labels"] = self.last_labels = self._labels(state, fresh)
             else:  # after the last step: the last screen and its labels
-                info["labels"] = self.last_labels
+                info["labels"] = self.last_labels  # type: ignore[assignment]
+        assert self.screen is not None  # reset() observes the first screen
         return screens.gray(self.screen), info
 
     def _labels(self, state, fresh: bool) -> np.ndarray:
@@ -93,8 +94,8 @@ class DoomScreen(gym.Wrapper):
         # ViZDoom marks a timeout as finished *and* timed out; Gymnasium wants truncation only
         return obs, float(reward), bool(terminated and not truncated), bool(truncated), {**info, **extra}
 
-    def render(self) -> np.ndarray:
-        """The current RGB screen ``(H, W, 3)`` uint8."""
+    def render(self) -> np.ndarray | None:
+        """The current RGB screen ``(H, W, 3)`` uint8 (None before the first reset)."""
         return self.screen
 
     def __getstate__(self):

@@ -74,8 +74,8 @@ class Attention(Explainer):
         maps = []
         with torch.no_grad():
             for rows in chunks(states.shape[0], self.batch_size):
-                attention = attention_module.attention_maps(states[rows])  # [(b, h_i, w_i)]
-                maps.append(draw(attention, attention_module.receptive_fields, size, self.upsample))
+                attention = attention_module.attention_maps(states[rows])  # type: ignore[operator]  # [(b, h_i, w_i)]
+                maps.append(draw(attention, attention_module.receptive_fields, size, self.upsample))  # type: ignore[arg-type]
         return torch.cat(maps)  # (B, H, W)
 
 

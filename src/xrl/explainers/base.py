@@ -10,6 +10,8 @@ callable ``scores (B, K) -> (B,)``. Methods with one map per action also give
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 import torch
 
 from xrl.agents.model import Model
@@ -33,8 +35,10 @@ class Explainer:
     per_action: bool = False
     #: False when the method needs action indices and refuses a callable ``targets`` (TypeError)
     callable_targets: bool = True
+    #: the constructor's arguments but the model (``with_model`` rebuilds the method with them)
+    _settings: tuple[tuple[Any, ...], dict[str, Any]]
 
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # Record the constructor's settings (all arguments but the model) so that ``with_model``
         # can build the same method for another model. ``copy`` and ``pickle`` call ``__new__``
         # without arguments and then restore ``__dict__``, so they keep the recorded settings.

@@ -103,6 +103,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +202,8 @@ class ExtremalPerturbation(Explainer):
             "area_weight": area_weight,
             "area_growth": area_growth,
         }
-        settings = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}  # explicit wins
+        explicit = {k: v for k, v in given.items() if v is not None}
+        settings: dict[str, Any] = {**PRESETS[preset], **explicit}  # explicit wins
         area, iterations, lr = settings["area"], settings["iterations"], settings["lr"]
         step, sigma, temperature = settings["step"], settings["sigma"], settings["temperature"]
         max_blur, num_levels, area_weight = settings["max_blur"], settings["num_levels"], settings["area_weight"]
@@ -251,7 +253,8 @@ class ExtremalPerturbation(Explainer):
         masks = []
         for rows in chunks(states.shape[0], self.batch_size):
             if index is None:
-                reward = target_fn  # a callable of the scores: any chunk of states works
+                # a callable of the scores: any chunk of states works
+                reward: Callable[[torch.Tensor], torch.Tensor] = target_fn
             else:
                 reward = functools.partial(_reward, index=index[rows], contrastive=self.reward == "contrastive")
             masks.append(self._optimise(states[rows], reward))
@@ -271,6 +274,7 @@ class ExtremalPerturbation(Explainer):
             priority = priority.double() / (height * width) * 1e-9  # below any real mask difference
             param = torch.full((b, 1, len(rows), len(cols)), self.init, device=states.device, dtype=states.dtype)
             param.requires_grad_(True)
+            optimiser: torch.optim.Optimizer
             if self.optimizer == "adam":
                 optimiser = torch.optim.Adam([param], lr=self.lr)
             else:  # TorchRay's: SGD, momentum 0.9, dampening 0.9

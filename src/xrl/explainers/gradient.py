@@ -11,13 +11,11 @@ which made it ~10% slower on an Atari state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
-from xrl.ops import Targets, chunks, guarded, target_function
+from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 
 REDUCTIONS = ("max", "sum", "mean")
 
@@ -45,10 +43,10 @@ class Gradient(Explainer):
         with guarded(self.model, states):
             return self._gradients(states, target_function(self.model, states, targets)).detach()
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         return reduce_channels(self._gradients(states, target_fn), self.reduce)
 
-    def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _gradients(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         index = target_fn.index  # (B,) when targets are action indices, None for a callable
         parts = []
         with torch.inference_mode(False), torch.enable_grad():

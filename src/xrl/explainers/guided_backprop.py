@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
-from xrl.ops import chunks
+from xrl.ops import TargetFn, chunks
 
 RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
@@ -44,7 +44,7 @@ class GuidedBackprop(Gradient):
         saliency = explainer.explain(states)  # (B, H, W)
     """
 
-    def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _gradients(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         from captum.attr import GuidedBackprop as CaptumGuidedBackprop  # on first use (docs/architecture.md)
 
         index = target_fn.index  # (B,) when targets are action indices, None for a callable

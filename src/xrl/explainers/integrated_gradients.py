@@ -23,14 +23,13 @@ depend on ``batch_size``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
-from xrl.ops import chunks
+from xrl.ops import TargetFn, chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -66,7 +65,7 @@ class IntegratedGradients(Gradient):
         self.n_steps = int(n_steps)
         self.method = method
 
-    def _gradients(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _gradients(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients  # on first use (docs/architecture.md)
 
         index = target_fn.index  # (B,) when targets are action indices, None for a callable

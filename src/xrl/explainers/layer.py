@@ -12,9 +12,11 @@ method) and of Captum's ``LayerGradCam``, without their per-call overhead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from xrl.agents.model import Model
 from xrl.explainers.base import Explainer
@@ -49,14 +51,14 @@ class LayerExplainer(Explainer):
 
 
 def activations_and_gradients(
-    model: Model, layer: str, x: torch.Tensor, fn: Callable, method: str
+    model: Model, layer: str, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], method: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output ``a`` of ``model.net``'s module ``layer`` on ``x`` and ``d sum(fn(model(x))) / d a``
     (one forward hook, one ``autograd.grad``; the parameters' ``.grad`` are not touched)."""
     module = dict(model.net.named_modules())[layer]
-    outputs = []
+    outputs: list[Any] = []
 
-    def record(module, inputs, output):
+    def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
         outputs.append(output)
         return output.clone()  # later in-place ops (ReLU(inplace=True)) must not alter `a`
 

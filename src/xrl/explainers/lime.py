@@ -152,7 +152,7 @@ class Lime(PerturbationExplainer):
             return scores.transpose(1, 2)
         return target_fn(scores.flatten(0, 1)).view(*scores.shape[:2], 1).transpose(1, 2)
 
-    def project(self, y: torch.Tensor, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:
+    def project(self, y: torch.Tensor, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:  # type: ignore[override]  # perturbations() gives SuperpixelSamples
         """Targets ``(B, K', N)`` -> each superpixel's surrogate coefficient on its pixels ``(B, K', H, W)``."""
         return self._paint(self._select(self._fit(masks.samples, y.transpose(1, 2))), masks.segments)
 
@@ -211,7 +211,7 @@ class Lime(PerturbationExplainer):
             samples.append(z.to(states.device, states.dtype))
         return SuperpixelSamples(segments, samples)
 
-    def fill_states(self, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:
+    def fill_states(self, states: torch.Tensor, masks: SuperpixelSamples) -> torch.Tensor:  # type: ignore[override]  # as project
         """What switched-off superpixels become, ``(B, C, H, W)``."""
         if self.fill == "blur":
             return gaussian_blur(states, self.blur_sigma)
@@ -223,7 +223,7 @@ class Lime(PerturbationExplainer):
             sums = states.new_zeros(b, c, s).scatter_add_(2, index, states.flatten(2))
             counts = states.new_zeros(b, 1, s).scatter_add_(2, index[:, :1], torch.ones_like(states[:, :1].flatten(2)))
             return (sums / counts.clamp_min(1)).gather(2, index).view_as(states)
-        return torch.full_like(states, 0.0 if self.fill == "black" else self.fill)
+        return torch.full_like(states, 0.0 if self.fill == "black" else float(self.fill))
 
     def combine(self, state, fill, keep, out) -> None:
         """``fill + z_i[segments] * (state - fill)``: superpixels switched off take the fill."""

@@ -43,7 +43,7 @@ def byte_cache(fn):
                     _CACHE.popitem(last=False)
         return value
 
-    cached.cache_clear = _CACHE.clear  # type: ignore[attr-defined]
+    cached.cache_clear = _CACHE.clear
     return cached
 
 

@@ -27,23 +27,51 @@ on ``batch_size``. Before allocating, the memory the batch needs is estimated
 (:func:`check_memory`), so a setting that would ask for gigabytes fails with one line that says
 which setting to change. ``explain_all`` gives all K maps from the same batch, so it costs what
 ``explain`` costs.
+
+**Resident chunks, without allocator settings** (issue 45). On the CPU a chunk holds at most
+:data:`RESIDENT_BYTES` (8 MiB) of states, fewer rows than ``batch_size`` when the states are
+large, and each call first frees one untouched block just under 32 MiB (:func:`keep_resident`).
+glibc's malloc raises its mmap threshold to the size of a freed mmapped block (up to 32 MiB) and
+its trim threshold to twice that, so the network's activations for such a chunk then come from
+the heap and stay mapped from chunk to chunk instead of being unmapped and page-faulted back
+every chunk (RISE on the zoo Red-Fetch-Green agent: from ~126,000 minor faults per map to a few
+hundred, ``benchmarks/bench_faults.py``). No ``mallopt`` call: any program that frees a 32 MiB
+tensor moves glibc the same way, and a process whose thresholds are set (``MALLOC_*``
+variables, :func:`xrl.ops.tune_malloc`) is left as it is.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
+import sys
 from collections.abc import Callable
 
 import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import Explainer
-from xrl.ops import chunks
+from xrl.ops import TargetFn, chunks
 
 #: largest single allocation a perturbation method makes without asking (bytes); the environment
 #: variable ``XRL_MAX_ALLOC_GB`` changes it
 DEFAULT_MAX_ALLOC = 4 * 2**30
+
+
+#: on the CPU, the most bytes of states one chunk of perturbed states holds (its rows are
+#: ``batch_size`` or fewer): small enough that the network's activations for the chunk stay under
+#: glibc's 32 MiB mmap threshold (see the module docstring)
+RESIDENT_BYTES = 8 * 2**20
+
+
+def keep_resident() -> None:
+    """Allocate and free one untouched block just under 32 MiB (glibc's largest dynamic mmap
+    threshold, ``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit): glibc then serves blocks up to that size
+    from its heap and trims the heap only when more than twice that is free at its top. A no-op
+    off Linux, and when the thresholds were set explicitly (glibc then stops moving them)."""
+    if sys.platform.startswith("linux"):
+        torch.empty(32 * 2**20 - 2**16, dtype=torch.uint8)  # posix_memalign + free: one mmap, one munmap
 
 
 def max_alloc() -> int:
@@ -111,7 +139,7 @@ class PerturbationExplainer(Explainer):
 
     # ---------------------------------------------------------------- the run, once for all
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         if not self.callable_targets and target_fn.index is None:
             raise TypeError(self.callable_refusal)
         base, perturbed, masks = self.perturbed_scores(states)
@@ -134,6 +162,9 @@ class PerturbationExplainer(Explainer):
         total = b * per_state
         size = min(self.batch_size, total)
         row_bytes = states[0].numel() * states.element_size()
+        if states.device.type == "cpu":  # chunks whose activations stay resident (module docstring)
+            size = min(size, max(1, RESIDENT_BYTES // row_bytes))
+            keep_resident()
         check_memory(size * row_bytes, f"a batch of {size} perturbed states", "lower batch_size")
         with torch.inference_mode():
             fill = self.fill_states(states, masks)
@@ -151,7 +182,9 @@ class PerturbationExplainer(Explainer):
             return scores[:, 0], scores[:, 1:], masks
         return None, scores, masks
 
-    def _incremental_scores(self, states: torch.Tensor, masks: Masks):
+    def _incremental_scores(
+        self, states: torch.Tensor, masks: Masks
+    ) -> tuple[torch.Tensor | None, torch.Tensor] | None:
         """:func:`xrl.incremental` scores when the network has a plan (else None: dense)."""
         from xrl import incremental
 
@@ -165,7 +198,7 @@ class PerturbationExplainer(Explainer):
             boxes = getattr(masks.weights, "_xrl_boxes", None)  # masks are cached and never modified
             if boxes is None:
                 boxes = incremental.mask_boxes(masks.weights)
-                masks.weights._xrl_boxes = boxes
+                setattr(masks.weights, "_xrl_boxes", boxes)  # noqa: B010  (an attribute torch does not declare)
             bases, parts = [], []
             for i in range(states.shape[0]):
                 rows = [
@@ -177,7 +210,9 @@ class PerturbationExplainer(Explainer):
         base, perturbed = torch.stack(bases), torch.stack(parts)  # outside inference mode: ordinary tensors
         return (base if self.include_state else None), perturbed
 
-    def _build(self, states, fill, masks: Masks, rows: slice, per_state: int, out: torch.Tensor) -> None:
+    def _build(
+        self, states: torch.Tensor, fill: torch.Tensor, masks: Masks, rows: slice, per_state: int, out: torch.Tensor
+    ) -> None:
         """Rows ``rows`` of the state-major batch ``(B * per_state, C, H, W)``, written into ``out``."""
         start = rows.start
         while start < rows.stop:
@@ -213,7 +248,7 @@ class PerturbationExplainer(Explainer):
         """Step 3: ``out[i] = state * (1 - weight[i]) + fill * weight[i]`` for one state's run."""
         torch.lerp(state, fill, weight, out=out)
 
-    def effects(self, base: torch.Tensor | None, perturbed: torch.Tensor, target_fn: Callable | None) -> torch.Tensor:
+    def effects(self, base: torch.Tensor | None, perturbed: torch.Tensor, target_fn: TargetFn | None) -> torch.Tensor:
         """Step 4: ``(B, 1, N)`` for the target ``target_fn``, ``(B, K, N)`` per action when it is None."""
         raise NotImplementedError
 
@@ -222,7 +257,9 @@ class PerturbationExplainer(Explainer):
         raise NotImplementedError
 
 
-def drop(base: torch.Tensor, perturbed: torch.Tensor, target_fn: Callable | None) -> torch.Tensor:
+def drop(
+    base: torch.Tensor, perturbed: torch.Tensor, target_fn: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
     """``f(s) - f(s')`` as ``(B, K', N)``: of the target (``K' = 1``) or of every action's score."""
     if target_fn is None:
         return (base[:, None] - perturbed).transpose(1, 2)
@@ -231,10 +268,10 @@ def drop(base: torch.Tensor, perturbed: torch.Tensor, target_fn: Callable | None
     return (target_fn(base)[:, None] - target_fn(perturbed.flatten(0, 1)).view(b, n))[:, None]
 
 
-def positive_int(name: str, value, low: int = 1) -> int:
+def positive_int(name: str, value: object, low: int = 1) -> int:
     """``value`` (an integer, or a float with an integral value) as an int ``>= low``, or a
     ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.floor(value) != value or value < low:
         kind = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value)
+    return int(math.floor(value))

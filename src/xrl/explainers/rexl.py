@@ -34,7 +34,7 @@ ordered by image, then class.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.ops import gaussian_blur
+from xrl.ops import TargetFn, gaussian_blur
 from xrl.zoo import network_for
 
 
@@ -189,11 +189,11 @@ class RExL(Explainer):
             return self.agents[None]
         raise ValueError(
             f"no RExL agent explains class {target} ({self.model.action_names[target]}); the "
-            f"class-specific agents given explain {sorted(k for k in self.agents)}"
+            f"class-specific agents given explain {sorted(k for k in self.agents if k is not None)}"
         )
 
     @torch.no_grad()
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         index = target_fn.index  # (B,) validated class indices; None for callables
         if index is None:
             raise TypeError(

@@ -25,8 +25,6 @@ RNG in a batch-dependent order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from xrl.agents.model import Model
@@ -34,7 +32,7 @@ from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
 from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
-from xrl.ops import Targets, chunks, guarded, target_function
+from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes
 GRADIENT_METHODS = (Gradient, GradCam, NormGrad)
@@ -88,15 +86,14 @@ class SmoothGrad(Explainer):
         with guarded(self.model, states):
             return self._average(states, target_function(self.model, states, targets)).detach()
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         mean = self._average(states, target_fn)
         return reduce_channels(mean, self.base.reduce) if isinstance(self.base, Gradient) else mean
 
-    def _average(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _average(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         """Mean over the noisy copies of the base's signed attributions ``(B, C, H, W)`` or maps
         ``(B, H, W)``."""
         b, n = states.shape[0], self.n_samples
-        signed = isinstance(self.base, Gradient)
         noise = torch.randn(n, *states.shape[1:], generator=self.generator()).to(states)  # (n, C, H, W)
         scale = self.sigma * (states.amax((1, 2, 3)) - states.amin((1, 2, 3)))  # (B,)
         index = target_fn.index
@@ -106,7 +103,8 @@ class SmoothGrad(Explainer):
             owner, m = r // n, r % n
             noisy = states[owner] + scale[owner, None, None, None] * noise[m]
             fn = target_fn if index is None else target_function(self.model, noisy, index[owner])
-            maps = self.base._gradients(noisy, fn) if signed else self.base._explain(noisy, fn)
+            maps = self.base._gradients(noisy, fn) if isinstance(self.base, Gradient) else self.base._explain(noisy, fn)
             total = torch.zeros(b, *maps.shape[1:], dtype=maps.dtype, device=maps.device) if total is None else total
             total.index_add_(0, owner, maps.detach() ** 2 if self.squared else maps.detach())
+        assert total is not None  # b * n >= 1 rows
         return total / n

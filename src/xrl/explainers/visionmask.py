@@ -24,7 +24,6 @@ by the agent's weights fingerprint with :func:`xrl.zoo.find_network`, never by a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 from xrl.agents.mask_nets import MaskNetwork, load_mask_network
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
-from xrl.ops import Targets, chunks, guarded, target_function
+from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 from xrl.zoo import network_for
 
 
@@ -84,7 +83,7 @@ class VisionMask(Explainer):
         with torch.no_grad():
             return torch.cat([self.network.masks(states[rows]) for rows in chunks(len(states), self.batch_size)])
 
-    def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
         index = target_fn.index  # (B,) for index targets, None for callables
         if index is None:
             raise TypeError(

@@ -14,10 +14,15 @@ A NaN value means "undefined for this sample" (e.g. no important pixel) and is l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from xrl.agents.model import Model
 from xrl.registry import Registry
+
+if TYPE_CHECKING:
+    from xrl.explainers.base import Explainer
 
 CATEGORIES = ("faithfulness", "robustness", "complexity", "localization", "human_agreement", "cost", "sanity")
 
@@ -43,7 +48,7 @@ class Metric:
         model: Model | None = None,
         targets: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        explainer=None,
+        explainer: Explainer | None = None,
     ) -> Values:
         check_saliency(states, saliency)
         given = {"model": model, "labels": labels, "explainer": explainer}
@@ -56,11 +61,14 @@ class Metric:
         self._check_values(values, states.shape[0])
         return values
 
-    def compute(self, **kwargs) -> Values:
+    def compute(self, *args: Any, **kwargs: Any) -> Values:
+        """The values for keyword arguments ``states``, ``saliency``, ``model``, ``targets``,
+        ``labels``, ``explainer`` (a subclass names those it uses and takes the rest as ``**_``)."""
         raise NotImplementedError
 
     def _check_values(self, values: Values, n: int) -> None:
         name = type(self).__name__
+        items: list[tuple[str, Values]]
         if self.outputs:
             if not isinstance(values, dict) or set(values) != set(self.outputs):
                 raise TypeError(f"{name}.compute must return a dict with keys {self.outputs}")

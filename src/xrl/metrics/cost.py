@@ -36,7 +36,7 @@ class TimePerMap(Metric):
             first = targets[:1] if isinstance(targets, torch.Tensor) and targets.dim() == 1 else targets
             explainer.explain(states[:1], first)
         best = float("inf")
-        for _ in range(self.repeats):
+        for _repeat in range(self.repeats):
             _sync(states)
             start = time.perf_counter()
             explainer.explain(states, targets)

@@ -156,7 +156,9 @@ def target_indices(model: Model, states: torch.Tensor, targets) -> torch.Tensor:
     """``(B,)`` action indices: validated ``targets``, or the model's argmax when ``None``."""
     if callable(targets) and not isinstance(targets, torch.Tensor):
         raise TypeError("this metric needs target indices (None, an int or a (B,) tensor), not a callable")
-    return target_function(model, states, targets).index
+    index = target_function(model, states, targets).index
+    assert index is not None  # targets are not a callable
+    return index
 
 
 def _check_model(model: Model, states: torch.Tensor) -> None:
@@ -167,6 +169,7 @@ def _check_model(model: Model, states: torch.Tensor) -> None:
 
 class _Curve(Metric):
     """Deletion and insertion differ only in which image the top-ranked pixels come from.
+        assert self.background is not None  # kind == "background": __init__ checked it
 
     Settings (constructor keywords, so ``get_metric(name, protocol=..., ...)``, a bench spec's
     ``[metric_settings.deletion]`` and ``xrl evaluate --setting deletion.protocol=...`` all work):

@@ -167,3 +167,4 @@ class LocalLipschitz(Metric):
             return (change / (moved + QUANTUS_EPS)).amax(dim=1).float()
         step = offsets.flatten(1).double().norm(dim=1)  # (S,)
         return (change / step).amax(dim=1).float()
+        assert self.radius is not None

@@ -110,7 +110,7 @@ def run_zoo_baselines(run: Run) -> None:
 
     rows = []
     for name, policy in policies().items():
-        r = run.row(f"policy-{name}", lambda policy=policy: play(policy))
+        r = run.row(f"policy-{name}", lambda policy=policy: play(policy))  # type: ignore[misc]
         rows.append(
             {
                 "policy": name,
@@ -184,7 +184,7 @@ def run_digr_snapshots(run: Run) -> None:
             batch=10,
         )
         return {
-            **{k: nanmean(v.double().tolist()) for k, v in loc.items()},
+            **{k: nanmean(v.double().tolist()) for k, v in loc.items()},  # type: ignore[union-attr]
             "mean_return": ret["mean_return"],
             "success_rate": ret.get("success_rate"),
         }
@@ -195,7 +195,7 @@ def run_digr_snapshots(run: Run) -> None:
         env = model.info["env"]
         if (env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}) != seen:
             raise ValueError(f"{p} was trained on {env}, the validation states are {seen}")
-        results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})
+        results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})  # type: ignore[misc]
     t = run.row("teacher", lambda: score(teacher))
     results.append({"update": "teacher", **t})
     run.table(

@@ -203,7 +203,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
         "table1",
         list(table.values()),
         columns,
-        title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "
+        title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "  # type: ignore[index]
         f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
         "against the ground truth)",
         notes=[
@@ -218,7 +218,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     # distillation-only student's, the ablation, when given)
     from xrl.viz.overlay import explanation_grid, line_panels
 
-    rows, states, actions, frames = first
+    rows, states, actions, frames = first  # type: ignore[misc]
     pick = list(range(0, len(rows), max(1, len(rows) // 4)))[:4]
     figure_maps = {}
     panels = [
@@ -256,7 +256,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
                     [e["student"]["std_return"] for e in log],
                 )
                 t = h["teacher"]["mean_return"]
-                curves.setdefault("teacher", ([log[0]["update"], log[-1]["update"]], [t, t], None))
+                curves.setdefault("teacher", ([log[0]["update"], log[-1]["update"]], [t, t], None))  # type: ignore[arg-type]
                 break
     if curves:
         line_panels({"return during DIGR training": curves}, run.figure("fig9"), xlabel="update", ylabel="return")
@@ -269,7 +269,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     for agent, model in agents.items():
         returns[agent] = run.row(
             f"score-{agent}",
-            lambda model=model: evaluate(
+            lambda model=model: evaluate(  # type: ignore[misc]
                 model,
                 env["name"],
                 env.get("settings") or {},
@@ -353,7 +353,7 @@ def attacks(
             env["settings"] = {**(env.get("settings") or {}), **env_overrides}
         clean = run.row(
             f"clean-{agent}",
-            lambda model=model, env=env: evaluate(
+            lambda model=model, env=env: evaluate(  # type: ignore[misc]
                 model,
                 env["name"],
                 env.get("settings") or {},
@@ -390,7 +390,7 @@ def attacks(
     attack_curves(results, run.figure("fig8"))
     rows, half = [], {}
     for attack in s["attacks"]:
-        e = half_return_eps(results["teacher"][attack])
+        e = half_return_eps(results["teacher"][attack])  # type: ignore[assignment]
         half[attack] = e
         row = {"attack": attack, "teacher's half-return eps": e}
         if e is not None:
@@ -555,7 +555,7 @@ def agreement(run: Run, agents: dict, s: dict) -> None:
         for agent, model in agents.items():
             if agent == "teacher":
                 continue
-            value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})
+            value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})  # type: ignore[misc]
             same = np.asarray(value["same"])
             rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
         counts = np.bincount(actions.numpy(), minlength=agents["teacher"].n_actions)

@@ -68,10 +68,10 @@ def run_free_lunch(run: Run) -> None:
                 model = load_agent(name)
                 env = model.info.get("env") or {}
                 envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
-                returns[(group, name)] = np.asarray(
+                returns[(group, name)] = np.asarray(  # type: ignore[type-var]
                     run.row(
                         f"{env_key}-{name}",
-                        lambda model=model, env=env: {
+                        lambda model=model, env=env: {  # type: ignore[misc]
                             "returns": evaluate(
                                 model,
                                 env["name"],
@@ -89,10 +89,10 @@ def run_free_lunch(run: Run) -> None:
         if len(envs) != 1:
             raise ValueError(f"the {env_key} agents were made for different envs or settings: {sorted(envs, key=str)}")
         env_name, settings = next(iter(envs))
-        floor = np.asarray(
+        floor = np.asarray(  # type: ignore[type-var]
             run.row(
                 f"{env_key}-random",
-                lambda: {"returns": random_returns(env_name, dict(settings), episodes=episodes, seed=s["seed"])},
+                lambda: {"returns": random_returns(env_name, dict(settings), episodes=episodes, seed=s["seed"])},  # type: ignore[arg-type]
             )["returns"],
             dtype=float,
         )
@@ -127,7 +127,7 @@ def run_free_lunch(run: Run) -> None:
                 "group": "random policy",
                 "episodes": episodes,
                 "mean return": float(floor.mean()),
-                "success": float((floor > 0).mean()),
+                "success": float((floor > 0).mean()),  # type: ignore[operator]
             }
         )
         curves[env_key] = {g: float(mean_of(g).mean()) for g in groups} | {"random": float(floor.mean())}
@@ -209,7 +209,7 @@ def _auc(states, saliency, labels) -> list:
 
     from xrl.metrics import get_metric
 
-    value = get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]
+    value = get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]  # type: ignore[index]
     return value.double().tolist()
 
 
@@ -240,7 +240,7 @@ def run_localization(run: Run) -> None:
             if not np.array_equal(dso.actions[:], ds.actions[:]):
                 raise ValueError(f"{objects_path} holds other episodes than {cells_path} (actions differ)")
             cells = ds.labels(index)
-            labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}
+            labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}  # type: ignore[arg-type]
             states = ds.states(index)
             for method, (explainer, settings) in RFG_METHODS.items():
 
@@ -308,12 +308,12 @@ def run_localization(run: Run) -> None:
             index = np.sort(
                 np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)), replace=False)
             )
-            states, labels = ds.states(index), ds.labels(index)
+            states, labels = ds.states(index), ds.labels(index)  # type: ignore[assignment]
             for method, (explainer, settings) in PONG_METHODS.items():
                 settings = {**settings, **s["method_settings"].get(explainer, {})}
                 v = run.row(
                     f"{name}-{method}",
-                    lambda explainer=explainer, settings=settings: {
+                    lambda explainer=explainer, settings=settings: {  # type: ignore[misc]
                         "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)
                     },
                 )

@@ -72,7 +72,7 @@ def load_states(model, data: str, n: int, first_row: int, seed: int, run: Run | 
 
         episodes = 8
         while True:
-            path = run.collect(
+            path = run.collect(  # type: ignore[union-attr]
                 "test-episodes", model, episodes=episodes, seed=test_seed, env_settings={"labels": "cells"}
             )
             with StateDataset.open(path) as ds:
@@ -112,8 +112,8 @@ def scores(model, states, targets, labels, saliency) -> dict[str, list[float]]:
     if labels is not None:
         out["localization_auc"] = get_metric("localization")(
             model=model, states=states, saliency=saliency, targets=targets, labels=labels
-        )["auc"]
-    return {k: v.double().tolist() for k, v in out.items()}
+        )["auc"]  # type: ignore[index]
+    return {k: v.double().tolist() for k, v in out.items()}  # type: ignore[union-attr]
 
 
 def run_deletion(run: Run) -> None:
@@ -146,7 +146,7 @@ def run_deletion(run: Run) -> None:
         }
         explainers = {k: get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
         if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
-            covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])
+            covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])  # type: ignore[attr-defined]
             states, targets = states[covered], targets[covered]
             labels = labels[covered] if labels is not None else None
         with torch.no_grad():

@@ -125,7 +125,7 @@ def run_table1(run: Run) -> None:
         extra[env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
         speed = run.row(
             f"{env}-speed",
-            lambda model=model, vm_path=vm_path, states=speed_states: _speed(
+            lambda model=model, vm_path=vm_path, states=speed_states: _speed(  # type: ignore[misc]
                 model, vm_path, states, s["method_settings"].get("greydanus", {})
             ),
         )
@@ -139,7 +139,7 @@ def run_table1(run: Run) -> None:
         )
         torch.set_num_threads(1)
 
-    methods = list(dict.fromkeys(r["method"] for r in rows_out))
+    methods = list(dict.fromkeys(r["method"] for r in rows_out))  # type: ignore[assignment]
     for r in rows_out:  # mark the best value of each column per agent
         for c in COLUMNS:
             vals = [x[c] for x in rows_out if x["agent"] == r["agent"] and x[c] is not None]

@@ -284,7 +284,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-        exception_handlers={RequestError: on_request_error, HTTPException: on_http, Exception: on_error},
+        exception_handlers={RequestError: on_request_error, HTTPException: on_http, Exception: on_error},  # type: ignore[dict-item]
     )
 
 

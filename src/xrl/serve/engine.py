@@ -534,7 +534,7 @@ class Engine:
     # ------------------------------------------------------------ jobs
 
     def submit(
-        self, lane: str, what: str, key: tuple | None, fn: Callable[[Job], Any], expected: int | None = None
+        self, lane: str, what: str, key: tuple | None, fn: Callable[..., Any], expected: int | None = None
     ) -> Job:
         """Queue ``fn`` on a lane, or return the job already running for the same ``key``."""
         with self._lock:
@@ -772,7 +772,7 @@ class Engine:
             out: dict[str, Any] = {"target": k}
             for name in ("deletion", "insertion"):
                 metric = get_metric(name)
-                x, y = metric.curve(model=model, states=states, saliency=maps, targets=targets)
+                x, y = metric.curve(model=model, states=states, saliency=maps, targets=targets)  # type: ignore[attr-defined]
                 out[name] = {
                     "x": x.tolist(),
                     "y": y[0].tolist(),
@@ -782,7 +782,7 @@ class Engine:
             labels = None if episode.labels is None else torch.as_tensor(episode.labels[t : t + 1]).long()
             if labels is not None and bool((labels >= 0).any()):
                 values = get_metric("localization")(states=states, saliency=maps, labels=labels)
-                out["localization"] = {k2: float(v[0]) for k2, v in values.items()}
+                out["localization"] = {k2: float(v[0]) for k2, v in values.items()}  # type: ignore[union-attr]
                 out["localization"] = {k2: (None if math.isnan(v) else v) for k2, v in out["localization"].items()}
             else:
                 out["localization"] = None

@@ -210,7 +210,8 @@ class AgentArgs:
             raise ValueError(f"reward_scale must be a positive number, got {self.reward_scale!r}")
         check_pairs("dqn", self.dqn, DQN_DEFAULTS)
         out = dataclasses.replace(
-            self, **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in d.items()}
+            self,
+            **{k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in d.items()},  # type: ignore[arg-type]
         )
         return dataclasses.replace(out, dqn={**DQN_DEFAULTS, **self.dqn}) if self.algo == "dqn" else out
 
@@ -346,7 +347,7 @@ def make_vec_env(args: AgentArgs) -> DummyVecEnv:
 
         return build
 
-    return DummyVecEnv([builder(i) for i in range(args.n_envs)])
+    return DummyVecEnv([builder(i) for i in range(args.n_envs)])  # type: ignore[arg-type]
 
 
 class _Checkpoint(BaseCallback):
@@ -359,7 +360,7 @@ class _Checkpoint(BaseCallback):
         self.bar = None
 
     def _on_training_start(self) -> None:
-        self.bar = tqdm(
+        self.bar = tqdm(  # type: ignore[assignment]
             total=self.args.total_timesteps,
             initial=self.num_timesteps,
             unit="step",
@@ -376,15 +377,15 @@ class _Checkpoint(BaseCallback):
             self.last_saved = self.num_timesteps
 
     def _on_step(self) -> bool:
-        self.bar.update(self.training_env.num_envs)
+        self.bar.update(self.training_env.num_envs)  # type: ignore[attr-defined]
         if self.n_calls % 200 == 0 and self.model.ep_info_buffer:
             returns = [e["r"] for e in self.model.ep_info_buffer]
-            self.bar.set_postfix(mean_return=f"{np.mean(returns):.2f}", episodes=len(returns))
+            self.bar.set_postfix(mean_return=f"{np.mean(returns):.2f}", episodes=len(returns))  # type: ignore[attr-defined]
         # stop_at simulates an interruption (for the resume test): stop right after a checkpoint
         return not (self.stop_at is not None and self.last_saved >= self.stop_at)
 
     def _on_training_end(self) -> None:
-        self.bar.close()
+        self.bar.close()  # type: ignore[attr-defined]
 
 
 def _vec(algo: BaseAlgorithm) -> DummyVecEnv:
@@ -414,7 +415,7 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
         "algo": args.algo,
         "xrl_version": __version__,
         **{k: getattr(algo, k) for k in _COUNTERS if hasattr(algo, k)},
-        "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},  # type: ignore[index]
         "python": {"version": py_state[0], "gauss": py_state[2]},
         # DQN draws random actions (warm-up, epsilon-greedy) from the action space's own RNG
         "action_space": algo.action_space.np_random.bit_generator.state,
@@ -424,7 +425,7 @@ def save_checkpoint(algo: BaseAlgorithm, run: Run, args: AgentArgs) -> Path:
     }
     tensors = {
         "torch": torch.get_rng_state(),
-        "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),  # type: ignore[index]
         "python_state": torch.tensor(py_state[1], dtype=torch.int64),
         "actions": [torch.tensor(getattr(e, "actions", []), dtype=torch.int64) for e in envs],
     }
@@ -479,7 +480,7 @@ def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
             "CnnPolicy",
             env,
             **args.dqn,
-            policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+            policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),  # type: ignore[arg-type]
             seed=args.seed,
             device="cpu",
             verbose=0,
@@ -498,7 +499,7 @@ def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
         max_grad_norm=args.max_grad_norm,
         gamma=args.gamma,
         gae_lambda=args.gae_lambda,
-        policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),
+        policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),  # type: ignore[arg-type]
         seed=args.seed,
         device="cpu",
         verbose=0,
@@ -615,7 +616,7 @@ def convert_checkpoint(args: AgentArgs, run: Run) -> Path:
     old = [n for n in ("checkpoint.zip", "checkpoint.state", "checkpoint.buffer") if (run.folder / n).exists()]
     if run.latest() is not None and "checkpoint.state" not in old:
         raise ValueError(
-            f"{run.folder}: its checkpoint {run.latest().relative_to(run.folder)} is already in the new "
+            f"{run.folder}: its checkpoint {run.latest().relative_to(run.folder)} is already in the new "  # type: ignore[union-attr]
             "format; nothing to convert"
         )
     if "checkpoint.state" not in old:
@@ -624,7 +625,7 @@ def convert_checkpoint(args: AgentArgs, run: Run) -> Path:
         )
     if run.latest() is not None:  # a new checkpoint beside leftover pickles: the new one is what resumes
         raise ValueError(
-            f"{run.folder} holds a new-format checkpoint ({run.latest().relative_to(run.folder)}) and "
+            f"{run.folder} holds a new-format checkpoint ({run.latest().relative_to(run.folder)}) and "  # type: ignore[union-attr]
             f"leftover old files ({', '.join(old)}); the new one is what resumes: delete the old files"
         )
     if not args.trust_pickle:
@@ -720,7 +721,7 @@ def check_agent_args(args: AgentArgs) -> AgentArgs:
     check_settings(args)
     ENVS.get(args.env)  # unknown names fail here, before a run folder is made
     resolved = args.resolved()
-    ARCHS.get(resolved.arch)
+    ARCHS.get(resolved.arch)  # type: ignore[arg-type]
     try:
         make_env(args.env, **args.env_settings).close()
     except (TypeError, ValueError, KeyError) as err:
@@ -776,7 +777,7 @@ def train_agent(args: AgentArgs, *, stop_at: int | None = None, export_only: boo
             card["score_sampled"] = evaluate(
                 model, args.env, args.env_settings, episodes=args.eval_episodes, seed=10_000 + args.seed, sample=True
             )
-        return save_agent(algo, run.folder / "agent.pt", arch=args.arch, card=card)
+        return save_agent(algo, run.folder / "agent.pt", arch=args.arch, card=card)  # type: ignore[arg-type]
 
 
 def _action_names(args: AgentArgs) -> list[str]:
@@ -851,7 +852,7 @@ def evaluate(
             group = list(range(first, min(first + len(envs), episodes)))
             obs = [np.asarray(env.reset(seed=seed + i)[0]) for env, i in zip(envs, group)]
             if hasattr(perturb, "reseed"):
-                perturb.reseed([seed + i for i in group])
+                perturb.reseed([seed + i for i in group])  # type: ignore[union-attr]
             rngs = [np.random.default_rng(seed + i) for i in group]
             totals, running, steps = [0.0] * len(group), [True] * len(group), 0
             while any(running):
@@ -883,7 +884,7 @@ def evaluate(
         "success_rate": float((np.asarray(returns) > 0).mean()),
     }
     if per_episode:
-        result["returns"] = [float(r) for r in returns]
+        result["returns"] = [float(r) for r in returns]  # type: ignore[assignment]
     return result
 
 

@@ -66,7 +66,7 @@ def load_image_folder(root: str | Path, *, size: int) -> tuple[np.ndarray, np.nd
         raise ValueError(f"no images in {root}: expected root/<class>/*.png|jpg or root/labels.json")
     images = np.stack(
         [
-            np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+            np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)  # type: ignore[attr-defined]
             for p in paths
         ]
     )
@@ -138,10 +138,10 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     net.eval()
     scores = torch.cat([net(torch.from_numpy(images[i : i + 256]).float() / 255) for i in range(0, len(images), 256)])
-    labels = torch.as_tensor(labels)
-    if labels.dim() == 2:
-        return float(((scores > 0).long() == labels).float().mean())
-    return float((scores.argmax(-1) == labels).float().mean())
+    labels = torch.as_tensor(labels)  # type: ignore[assignment]
+    if labels.dim() == 2:  # type: ignore[attr-defined]
+        return float(((scores > 0).long() == labels).float().mean())  # type: ignore[attr-defined]
+    return float((scores.argmax(-1) == labels).float().mean())  # type: ignore[attr-defined]
 
 
 def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Path:
@@ -157,7 +157,8 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
     torch.manual_seed(args.seed)
     net = build_net(args.arch, len(names))
     optimiser = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
-    start, history, best = 0, {"epochs": []}, None
+    history: dict[str, list] = {"epochs": []}
+    start, best = 0, None
     latest = run.latest()
     saved = latest / "state.pt" if latest is not None else folder / "checkpoint.pt"  # checkpoint.pt: before run.py
     if saved.exists():

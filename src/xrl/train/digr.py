@@ -46,7 +46,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -423,7 +423,11 @@ def _train(
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         state["update"] = update + 1
-        log = {"update": update + 1, "kl": values[-1] / args.alpha, "igr": values[0] if args.igr else None}
+        log: dict[str, Any] = {
+            "update": update + 1,
+            "kl": values[-1] / args.alpha,
+            "igr": values[0] if args.igr else None,
+        }
         if (update + 1) % args.eval_every == 0 or update + 1 == args.updates:
             log["student"] = evaluate(
                 student,
@@ -540,7 +544,7 @@ def _student_arch(args: DigrArgs, teacher: Model) -> str:
             f"the student's architecture {arch!r} differs from the teacher's {teacher_arch!r}; "
             "DIGR retrains the same architecture (pass allow_other_arch=True to distil into another)"
         )
-    return arch
+    return arch  # type: ignore[return-value]
 
 
 def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> None:

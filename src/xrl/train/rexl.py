@@ -154,7 +154,7 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
     elif args.data == "multishapes":
         from xrl.data import shapes
 
-        data = shapes.make_multi_shapes(args.n_images, size=model.input_shape[-1], seed=args.seed)
+        data = shapes.make_multi_shapes(args.n_images, size=model.input_shape[-1], seed=args.seed)  # type: ignore[assignment]
         images, labels = torch.from_numpy(data.images).float() / 255, torch.from_numpy(data.labels)
     elif args.data == "episodes":
         images = agent_states(args, model)

@@ -103,7 +103,7 @@ def score_card(agent_dir: str, *, episodes: int = 10, seed: int = 10_000, progre
     settings = (card.get("env") or {}).get("settings") or {}
     if settings.get("version") != "v4":
         raise ValueError(f"{path}: rl-zoo's pipeline plays NoFrameskip-v4 games; this agent's env is {card.get('env')}")
-    score = rlzoo_score(load_agent(str(path)), game, episodes=episodes, seed=seed, progress=progress)
+    score = rlzoo_score(load_agent(str(path)), game, episodes=episodes, seed=seed, progress=progress)  # type: ignore[arg-type]
     card["score_rlzoo"] = score
     write_card(path, card)
     return score

@@ -51,6 +51,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xrl.files import FolderLock, Locked, write_json
 
@@ -214,7 +215,7 @@ def field_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
         if not dataclasses.is_dataclass(klass):
             continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body
+        body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[arg-type, attr-defined]
         for node, after in zip(body, body[1:]):
             if (
                 isinstance(node, ast.AnnAssign)
@@ -320,7 +321,7 @@ class Run:
         self._saved = False
         self._wrote_args = False
         self._new_budget = False  # only ignored settings changed: args.json takes them at the first save
-        self._sigterm = None  # the SIGTERM handler before this run's, while it is installed
+        self._sigterm: Any = None  # the SIGTERM handler before this run's, while it is installed
 
     # -- lock and settings --------------------------------------------------------------------
 

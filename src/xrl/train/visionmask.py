@@ -414,14 +414,15 @@ def _validate(
     """Mean loss terms and the ``accuracy`` metric of the targets' masks on the validation rows."""
     network.eval()
     accuracy = get_metric("accuracy", normalize="none", **substrate_settings(network))
-    sums, n = {}, 0
+    sums: dict = {}
+    n = 0
     for start in range(0, len(rows), args.batch_size):
         chunk = torch.as_tensor(rows[start : start + args.batch_size])
         x = torch.from_numpy(raw[chunk.numpy()]).float() / model.obs_scale
         t = targets[chunk]
         terms = {k: v.item() * len(chunk) for k, v in losses(model, network, x, t, args).items()}
         maps = network.masks(x)[torch.arange(len(x)), t]  # (b, H, W)
-        terms["accuracy"] = accuracy(model=model, states=x, saliency=maps, targets=t).sum().item()
+        terms["accuracy"] = accuracy(model=model, states=x, saliency=maps, targets=t).sum().item()  # type: ignore[union-attr]
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         n += len(chunk)
@@ -535,7 +536,7 @@ def _resume(run: Run, model: Model, args) -> dict | None:
     state = blob["network"]
     network = MaskNetwork(
         blob["arch"],
-        model.input_shape,
+        model.input_shape,  # type: ignore[arg-type]
         model.n_actions,
         reference=blob["reference"],
         reference_image=state["reference_image"],

@@ -74,11 +74,11 @@ def save_figure(fig, path: str | os.PathLike, title: str | None = None) -> None:
 
 
 def explanation_grid(
-    frames: Sequence[np.ndarray],
+    frames: Sequence[np.ndarray] | np.ndarray,
     maps: Mapping[str, np.ndarray | torch.Tensor],
     path: str | os.PathLike,
     *,
-    actions: Sequence[int] | None = None,
+    actions: Sequence[int] | np.ndarray | None = None,
     action_names: Sequence[str] | None = None,
     probs: np.ndarray | None = None,
     title: str | None = None,
@@ -117,11 +117,11 @@ def line_panels(
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (name, curves) in zip(axes[0], panels.items()):
         for label, (x, y, std) in curves.items():
-            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-            ax.plot(x, y, marker="o", markersize=3, label=label)
+            xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
             if std is not None:
-                std = np.asarray(std, dtype=float)
-                ax.fill_between(x, y - std, y + std, alpha=0.2)
+                band = np.asarray(std, dtype=float)
+                ax.fill_between(xs, ys - band, ys + band, alpha=0.2)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
