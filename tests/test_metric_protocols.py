@@ -6,6 +6,13 @@
   one row, ``gkern(11, 5)``, zero-padded blur, ``torch.zeros_like`` deletion, softmax model).
 * ``lipschitz`` with ``protocol="quantus"``: Quantus' ``LocalLipschitzEstimate`` itself when it
   imports (fed xrl's noise draws), and a line-by-line numpy port of it otherwise.
+* ``deletion`` / ``insertion`` and ``lipschitz`` with ``protocol="latec"``: ports of LATEC's code
+  (Klein et al. 2024, arXiv:2409.16756; github.com/IML-DKFZ/latec,
+  ``src/modules/components/insertion_deletion.py`` ``Insertion`` / ``Deletion`` /
+  ``PixelPerturber``, and ``src/modules/registry/eval_metrics_registry.py`` +
+  ``configs/eval_metric/image_imagenet.yaml`` for ``LocalLipschitzEstimate`` of the Quantus fork
+  github.com/lukaskln/Quantus, ``quantus/metrics/robustness/local_lipschitz_estimate.py``,
+  ``functions/normalise_func.py``, ``perturb_func.py``, ``similarity_func.py``).
 
 Nothing here calls xrl's metric code to build the expected values.
 """
@@ -157,7 +164,9 @@ def test_protocols_refuse_unknown_names():
     with pytest.raises(ValueError, match="protocol must be one of"):
         get_metric("deletion", protocol="RISE")
     with pytest.raises(ValueError, match="protocol must be one of"):
-        get_metric("lipschitz", protocol="latec")
+        get_metric("lipschitz", protocol="captum")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        get_metric("insertion", protocol="LATEC")
 
 
 # --- Quantus' LocalLipschitzEstimate ----------------------------------------------------------------
@@ -352,3 +361,182 @@ def test_lipschitz_all_zero_maps_give_zero_and_values_do_not_depend_on_the_batch
             targets=targets[1:2],
         )
         torch.testing.assert_close(alone, whole[1:2])
+
+
+# --- LATEC's Insertion / Deletion, re-implemented from github.com/IML-DKFZ/latec ---------------------
+# src/modules/components/insertion_deletion.py: per state, torch.topk over the flattened map,
+# np.unravel_index, a PixelPerturber that copies [:, r, c] from its baseline, a while loop that
+# perturbs pixel_batch_size pixels, *breaks* once every pixel is perturbed and otherwise scores
+# softmax(model(current))[target]; AUC = scipy.integrate.trapezoid(scores, dx=1 / len(scores)).
+
+
+def latec_curve(
+    net,
+    img: torch.Tensor,
+    attribution: torch.Tensor,
+    target: int,
+    mode: str,
+    pixel_batch_size=50,
+    kernel_size=9,
+    sigma=5.0,
+):
+    from scipy.integrate import trapezoid
+    from torchvision.transforms import GaussianBlur
+
+    num_pixels = attribution.numel()
+    _, indices = torch.topk(attribution.flatten(), num_pixels)
+    indices = np.unravel_index(indices.numpy(), tuple(attribution.size()))
+    if mode == "ins":  # PixelPerturber(blurred_input, x): start blurred, copy the image's pixels in
+        current, baseline = GaussianBlur(kernel_size, sigma)(img).clone(), img
+    else:  # PixelPerturber(x, torch.zeros_like(x))
+        current, baseline = img.clone(), torch.zeros_like(img)
+    scores = []
+    replaced = 0
+    while replaced < num_pixels:
+        batch = min(num_pixels - replaced, pixel_batch_size)
+        for pixel in range(batch):
+            r, c = indices[-2][replaced + pixel], indices[-1][replaced + pixel]
+            current[:, r, c] = baseline[:, r, c]
+        replaced += batch
+        if replaced == num_pixels:
+            break
+        with torch.no_grad():
+            scores.append(float(torch.softmax(net(current[None]), dim=-1)[0, target]))
+    scores = np.array(scores)
+    return scores, trapezoid(scores, dx=1.0 / len(scores))
+
+
+@pytest.mark.parametrize("c, h, w, step", [(3, 12, 12, 10), (2, 7, 13, 9), (4, 15, 16, 50)])
+@pytest.mark.parametrize("name, mode", [("deletion", "del"), ("insertion", "ins")])
+def test_latec_protocol_matches_latecs_insertion_deletion(c, h, w, step, name, mode):
+    model, net, states, saliency = setup(c, h, w)
+    settings = {"protocol": "latec"} if step == 50 else {"protocol": "latec", "step_pixels": step}
+    metric = get_metric(name, **settings)
+    ours = metric(model=model, states=states, saliency=saliency)
+    _, curve = metric.curve(model=model, states=states, saliency=saliency)
+    targets = model(states).argmax(1)
+    reference = [latec_curve(net, states[i], saliency[i], int(targets[i]), mode, step) for i in range(3)]
+    assert curve.shape == (3, -(-h * w // step) - 1)  # no unperturbed, no fully perturbed point
+    np.testing.assert_allclose(curve.numpy(), np.stack([r[0] for r in reference]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ours.numpy(), [r[1] for r in reference], rtol=0, atol=1e-5)
+    assert np.ptp(np.stack([r[0] for r in reference])) > 0.05  # the curves move
+    # LATEC's ImageNet config blurs with 15 taps
+    if mode == "ins" and min(h, w) > 7:
+        wide = get_metric(name, **settings, blur_kernel=15)(model=model, states=states, saliency=saliency)
+        expected = [latec_curve(net, states[i], saliency[i], int(targets[i]), mode, step, 15)[1] for i in range(3)]
+        np.testing.assert_allclose(wide.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_latec_protocol_settings():
+    metric = get_metric("deletion", protocol="latec")
+    assert metric.step(84, 84) == 50 and metric.substrate.kind == "black"
+    insertion = get_metric("insertion", protocol="latec")
+    assert (insertion.substrate.blur, insertion.substrate.blur_kernel, insertion.substrate.blur_sigma) == (
+        "latec",
+        9,
+        5.0,
+    )
+    model, _, states, saliency = setup(2, 7, 13)
+    with pytest.raises(ValueError, match="smaller step_pixels"):  # ceil(91 / 50) - 1 = 1 point
+        metric(model=model, states=states, saliency=saliency)
+    with pytest.raises(ValueError, match="step_pixels"):
+        get_metric("deletion", protocol="xrl", step_pixels=10)
+    with pytest.raises(ValueError, match="step_pixels"):
+        get_metric("deletion", protocol="latec", step_pixels=0)
+
+
+def test_latec_blur_is_torchvisions_gaussian_blur_with_reflected_borders():
+    """An independent scipy computation of torchvision's GaussianBlur: the 1-D kernel
+    exp(-x^2 / 2 sigma^2) on x = -(k-1)/2 .. (k-1)/2, normalised, mirrored borders without
+    repeating the edge (numpy's and scipy's "mirror" = torch's "reflect")."""
+    from scipy.ndimage import correlate1d
+
+    from xrl.metrics.faithfulness import Substrate
+
+    states = torch.rand(2, 3, 11, 14, generator=torch.Generator().manual_seed(6))
+    for k, sigma in ((9, 5.0), (15, 5.0), (5, 1.5)):
+        x = np.linspace(-(k - 1) / 2, (k - 1) / 2, k)
+        g = np.exp(-0.5 * (x / sigma) ** 2)
+        g /= g.sum()
+        expected = correlate1d(correlate1d(states.double().numpy(), g, axis=2, mode="mirror"), g, axis=3, mode="mirror")
+        ours = Substrate("blur", blur="latec", blur_kernel=k, blur_sigma=sigma)(states)
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_sigmoid_score_is_the_sigmoid_of_the_target_logit():
+    """score="sigmoid" (multi-label models): RISE's CausalMetric loop with sigmoid in place of softmax."""
+    model, net, states, saliency = setup(3, 12, 12)
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))).numpy()
+
+    targets = model(states).argmax(1)  # the argmax of the logits = the argmax of the sigmoids
+    for name, mode in (("deletion", "del"), ("insertion", "ins")):
+        ours = get_metric(name, score="sigmoid")(model=model, states=states, saliency=saliency)
+        expected = [
+            rise_auc(causal_metric(sigmoid, states[i].numpy(), saliency[i].numpy(), mode, 12)) for i in range(3)
+        ]
+        np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-5)
+        assert not np.allclose(ours.numpy(), get_metric(name)(model=model, states=states, saliency=saliency).numpy())
+    assert targets.shape == (3,)
+
+
+# --- LATEC's LocalLipschitzEstimate (the Quantus fork github.com/lukaskln/Quantus) ----------------
+
+
+def latec_lle_port(explain, x: np.ndarray, y: np.ndarray, a: np.ndarray, noise: np.ndarray, normalise=True):
+    """The fork's ``LocalLipschitzEstimate.evaluate_batch`` as LATEC configures it (nr_samples 5,
+    perturb_std 0.1, perturb_mean 0, gaussian_noise, distance_euclidean both ways,
+    lipschitz_constant, normalise=True, abs=False) on one state per call; ``noise[step_id]``
+    replaces ``np.random.normal(0.0, 0.1, size)`` of ``gaussian_noise``."""
+
+    def normalise_by_max(arr, normalise_axes=None):  # quantus/functions/normalise_func.py (fork)
+        if np.all(arr == 0.0):
+            return arr
+        if normalise_axes is None:
+            normalise_axes = list(range(np.ndim(arr)))
+        a_max = np.max(np.abs(arr), axis=tuple(normalise_axes), keepdims=True)
+        return np.divide(arr, a_max + 0.0000000000001)
+
+    def euclidean(u, v):  # scipy.spatial.distance.euclidean
+        return float(np.sqrt(((u.astype(np.float64) - v.astype(np.float64)) ** 2).sum()))
+
+    out = []
+    for i in range(x.shape[0]):
+        x_batch, y_batch = x[i : i + 1], y[i : i + 1]
+        a_batch = a[i : i + 1]
+        if normalise:  # base.general_preprocess: normalise_axes = all but the batch axis
+            a_batch = normalise_by_max(a_batch, normalise_axes=list(range(np.ndim(a_batch)))[1:])
+        similarities = np.zeros((1, noise.shape[0])) * np.nan
+        for step_id in range(noise.shape[0]):
+            x_perturbed = x_batch.copy()
+            x_perturbed[0] = x_batch[0] + noise[step_id]  # gaussian_noise, stored in float32
+            a_perturbed = explain(x_perturbed, y_batch)
+            if normalise:
+                a_perturbed = normalise_by_max(a_perturbed)
+            similarities[0, step_id] = euclidean(a_batch[0].flatten(), a_perturbed[0].flatten()) / (
+                euclidean(x_batch[0].flatten(), x_perturbed[0].flatten()) + 1e-10
+            )
+        out.append(np.nanmax(similarities, axis=1)[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("explainer_cls", [SmoothGrad, Signed])
+@pytest.mark.parametrize("normalise", [True, False])
+def test_latec_lipschitz_matches_a_port_of_latecs_quantus(explainer_cls, normalise):
+    _, explainer, states, targets = lipschitz_setup(explainer_cls)
+    saliency = explainer.explain(states, targets)
+    settings = {"protocol": "latec", "seed": 2} | ({} if normalise else {"normalise": False})
+    metric = get_metric("lipschitz", **settings)
+    assert (metric.n_samples, metric.std) == (5, 0.1)
+    ours = metric(states=states, saliency=saliency, explainer=explainer, targets=targets)
+    noise = documented_noise(5, tuple(states.shape[1:]), 0.1, seed=2)
+    expected = latec_lle_port(
+        explain_np(explainer), states.numpy(), targets.numpy(), saliency.numpy(), noise, normalise
+    )
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalise"):
+        get_metric("lipschitz", protocol="quantus", normalise=False)
+    with pytest.raises(ValueError, match="radius"):
+        get_metric("lipschitz", protocol="latec", radius=0.02)

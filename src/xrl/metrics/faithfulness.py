@@ -2,7 +2,7 @@
 
 * ``deletion`` / ``insertion``: the target's score while pixels are removed from (deletion) or
   added to (insertion) the state in order of decreasing saliency; the value is the area under
-  that curve. Two named protocols (``protocol=``), see :data:`CURVE_PROTOCOLS` and
+  that curve. Three named protocols (``protocol=``), see :data:`CURVE_PROTOCOLS` and
   ``docs/metrics.md``:
 
   - ``"rise"`` (default): exactly the ``CausalMetric`` of Petsiuk, Das & Saenko 2018, "RISE:
@@ -10,12 +10,16 @@
     code github.com/eclique/RISE, file ``evaluation.py`` (with the settings of its
     ``Evaluation.ipynb``), in the model's input space;
   - ``"xrl"``: the protocol xrl used before (2 % steps, 31-tap replicate-padded blur, reading
-    order for ties).
+    order for ties);
+  - ``"latec"``: LATEC's ``Insertion`` / ``Deletion`` (Klein et al. 2024, arXiv:2409.16756;
+    github.com/IML-DKFZ/latec, ``src/modules/components/insertion_deletion.py``), which
+    VisionMask follows: 50 pixels a step, 9-tap sigma-5 torchvision blur, no unperturbed and no
+    fully perturbed point, ``dx = 1 / T``.
 
 * ``accuracy`` (VisionMask, section 4.2): does the agent keep its action on the state seen
   through the map, ``s * m + r * (1 - m)``?
 
-Common to both curve protocols:
+Common to the curve protocols:
 
 * Pixels are the ``(H, W)`` locations; all channels and stacked frames at a location are
   removed or added together (RISE: all three colour channels of a pixel).
@@ -25,7 +29,8 @@ Common to both curve protocols:
   the state), ``background`` (a given ``(C, H, W)`` image). Defaults: ``black`` for deletion,
   ``blur`` for insertion (RISE's ``torch.zeros_like`` and its ``gkern`` blur).
 * The score is the softmax probability of the target (``score="probability"``; RISE wraps its
-  classifier in ``nn.Softmax``) or its raw score (``"logit"``). Targets default to the agent's
+  classifier in ``nn.Softmax``), its raw score (``"logit"``) or the sigmoid of it (``"sigmoid"``,
+  multi-label models). Targets default to the agent's
   action (argmax) on the unperturbed state (RISE: the top class of the clean image).
 * ``metric.curve(...)`` returns the curve's x axis ``(T,)`` and scores ``(B, T)``; the value is
   ``torch.trapezoid(scores, x)``. Perturbed states are scored in chunks of ``batch_size``; the
@@ -45,10 +50,12 @@ from xrl.metrics.base import METRICS, Metric, check_saliency
 from xrl.ops import chunks, gaussian_blur, guarded, minmax, target_function
 
 SUBSTRATES = ("blur", "noise", "black", "mean", "background")
-SCORES = ("probability", "logit")
+SCORES = ("probability", "logit", "sigmoid")
 #: the named deletion/insertion protocols; the first is the default
-CURVE_PROTOCOLS = ("rise", "xrl")
-BLURS = ("xrl", "rise")
+CURVE_PROTOCOLS = ("rise", "xrl", "latec")
+BLURS = ("xrl", "rise", "latec")
+#: LATEC's ``Insertion``/``Deletion`` default ``pixel_batch_size`` (and its configs' value): pixels a step
+LATEC_STEP = 50
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,13 +93,27 @@ def rise_blur(states: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.
     return F.conv2d(states, kernel.expand(c, 1, -1, -1), padding=int(klen) // 2, groups=c)
 
 
+def latec_blur(states: torch.Tensor, kernel_size: int = 9, sigma: float = 5.0) -> torch.Tensor:
+    """LATEC's insertion substrate, ``torchvision.transforms.GaussianBlur(kernel_size, sigma)``
+    (github.com/IML-DKFZ/latec, ``src/modules/components/insertion_deletion.py``): torchvision's
+    ``gaussian_blur``, every channel separately with the separable kernel
+    ``exp(-x^2 / (2 sigma^2))`` at ``x = -(k - 1) / 2 ... (k - 1) / 2``, normalised to sum 1, borders
+    ``reflect``-padded (whole-sample mirror), same size out. Checked against scipy in
+    ``tests/test_metric_protocols.py``."""
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    return tv_blur(states, [int(kernel_size)] * 2, [float(sigma)] * 2)
+
+
 class Substrate:
     """What removed pixels are replaced with: ``substrate(states (B, C, H, W)) -> (B, C, H, W)``.
 
     ``blur`` is the protocol's blur: ``blur="xrl"`` a separable Gaussian of std ``blur_sigma``,
     ``blur_kernel`` taps (``None``: ``2 * ceil(3 * blur_sigma) + 1``), image borders replicated;
     ``blur="rise"`` RISE's ``gkern(klen=blur_kernel, nsig=blur_sigma)`` convolution with zero
-    padding (``None``: 11 taps), see :func:`rise_blur`.
+    padding (``None``: 11 taps), see :func:`rise_blur`; ``blur="latec"`` torchvision's
+    ``GaussianBlur(blur_kernel, blur_sigma)`` with reflected borders (``None``: 9 taps), see
+    :func:`latec_blur`.
     """
 
     def __init__(
@@ -112,7 +133,7 @@ class Substrate:
         if not blur_sigma > 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")
         if blur_kernel is None:
-            blur_kernel = 11 if blur == "rise" else 2 * math.ceil(3 * blur_sigma) + 1
+            blur_kernel = {"rise": 11, "latec": 9}.get(blur, 2 * math.ceil(3 * blur_sigma) + 1)
         if int(blur_kernel) < 1 or int(blur_kernel) % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel!r}")
         if kind == "background":
@@ -139,11 +160,14 @@ class Substrate:
         if self.kind == "blur":
             if self.blur == "rise":
                 return rise_blur(states, self.blur_kernel, self.blur_sigma)
+            if self.blur == "latec":
+                return latec_blur(states, self.blur_kernel, self.blur_sigma)
             return gaussian_blur(states, self.blur_sigma, kernel_size=self.blur_kernel)
         if self.kind == "noise":
             # drawn on the CPU so the same seed gives the same image on every device
             noise = torch.rand(states.shape[1:], generator=torch.Generator().manual_seed(self.seed))
             return noise.to(states).expand_as(states)
+        assert self.background is not None  # kind == "background": __init__ checked it
         if tuple(self.background.shape) != tuple(states.shape[1:]):
             raise ValueError(
                 f"background has shape {tuple(self.background.shape)} but states are "
@@ -169,7 +193,6 @@ def _check_model(model: Model, states: torch.Tensor) -> None:
 
 class _Curve(Metric):
     """Deletion and insertion differ only in which image the top-ranked pixels come from.
-        assert self.background is not None  # kind == "background": __init__ checked it
 
     Settings (constructor keywords, so ``get_metric(name, protocol=..., ...)``, a bench spec's
     ``[metric_settings.deletion]`` and ``xrl evaluate --setting deletion.protocol=...`` all work):
@@ -208,6 +231,32 @@ class _Curve(Metric):
       stable sort of ``-saliency``); ``blur`` = separable Gaussian, ``blur_sigma=5``,
       ``2 * ceil(3 * blur_sigma) + 1`` = 31 taps, borders replicated. Same substrates, scores and
       trapezoid AUC.
+    * ``protocol="latec"`` — LATEC's ``Insertion`` / ``Deletion`` (Klein et al. 2024, "Navigating
+      the Maze of Explainable AI: A Systematic Approach to Evaluating Methods and Metrics",
+      arXiv:2409.16756; github.com/IML-DKFZ/latec, ``src/modules/components/insertion_deletion.py``
+      with ``configs/eval_metric/image_*.yaml``), the protocol VisionMask says it follows:
+
+      - ``step`` = 50 pixels (``pixel_batch_size: 50``; ``step_pixels`` changes it);
+      - order ``torch.topk(saliency.flatten(), H * W)``: largest first (ties as ``topk`` returns them);
+      - a score after each step *before* the last: pixels moved ``k = step, 2 step, ...`` while
+        ``k < H * W`` (their loop breaks before scoring the fully perturbed state), so
+        ``T = ceil(H * W / step) - 1`` points, **no unperturbed point and no fully perturbed point**;
+      - deletion substrate zeros (``torch.zeros_like``); insertion substrate :func:`latec_blur`,
+        ``GaussianBlur(kernel_size=9, sigma=5.0)`` (the class defaults; LATEC's ImageNet config
+        passes ``kernel_size: 15``: ``blur_kernel=15``), reflected borders;
+      - score = softmax probability of the target; AUC = ``scipy.integrate.trapezoid(scores,
+        dx=1 / T)``: the x axis is ``j / T``, ``j = 1 ... T`` (it spans ``(T - 1) / T``, not 1).
+
+      Differences from LATEC's code: LATEC ranks every entry of its attribution (Captum maps of a
+      ``3 x H x W`` image have ``3 H W`` entries, each location appearing up to 3 times, every
+      appearance spending one of the step's 50); here the ``(H, W)`` map's ``H W`` locations. LATEC feeds
+      inputs with more than 3 channels as volumes (``unsqueeze(1)``); here the state goes to the
+      model as it is. Targets may be left out (LATEC: the dataset's labels). Fewer than 2 points
+      (``H * W <= 2 * step``) are refused (LATEC's AUC would be 0). Float64 AUC.
+
+    ``score``: ``"probability"`` (softmax, every protocol's default), ``"logit"`` (the raw score),
+    ``"sigmoid"`` (``sigmoid`` of the raw score, for multi-label models whose outputs are
+    independent logits, as the RExL explainer's ``score="sigmoid"``).
 
     ``substrate=None`` takes the metric's default: ``black`` for deletion, ``blur`` for insertion.
     """
@@ -223,6 +272,7 @@ class _Curve(Metric):
         protocol: str = "rise",
         substrate: str | None = None,
         step_fraction: float | None = None,
+        step_pixels: int | None = None,
         score: str = "probability",
         batch_size: int = 256,
         seed: int = 0,
@@ -236,6 +286,13 @@ class _Curve(Metric):
             step_fraction = 0.02 if protocol == "xrl" else None
         if step_fraction is not None and not 0 < step_fraction <= 1:
             raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction!r}")
+        if step_pixels is not None:
+            if protocol == "xrl" or step_fraction is not None:
+                raise ValueError("step_pixels= is the step of protocol='rise'/'latec' and replaces step_fraction=")
+            if int(step_pixels) < 1:
+                raise ValueError(f"step_pixels must be a positive integer, got {step_pixels!r}")
+        elif protocol == "latec" and step_fraction is None:
+            step_pixels = LATEC_STEP
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if int(batch_size) < 1:
@@ -246,11 +303,14 @@ class _Curve(Metric):
             kind, blur_sigma=blur_sigma, blur_kernel=blur_kernel, background=background, seed=seed, blur=protocol
         )
         self.step_fraction = None if step_fraction is None else float(step_fraction)
+        self.step_pixels = None if step_pixels is None else int(step_pixels)
         self.score = score
         self.batch_size = int(batch_size)
 
     def step(self, height: int, width: int) -> int:
         """Pixels moved per step on ``height x width`` states."""
+        if self.step_pixels is not None:
+            return self.step_pixels
         if self.step_fraction is None:  # protocol="rise": one image row, as RISE's step=224
             return width
         return max(1, math.ceil(round(self.step_fraction * height * width, 9)))
@@ -260,8 +320,9 @@ class _Curve(Metric):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The curve's x axis ``(T,)`` and the target's score there ``(B, T)``.
 
-        x is the fraction of pixels moved, ``k / (H * W)``, for ``protocol="xrl"`` and RISE's
-        ``i / n_steps`` for ``"rise"`` (the same unless the last step is shorter).
+        x is the fraction of pixels moved, ``k / (H * W)``, for ``protocol="xrl"``, RISE's
+        ``i / n_steps`` for ``"rise"`` (the same unless the last step is shorter) and LATEC's
+        ``j / T`` (``dx = 1 / T``) for ``"latec"``.
         """
         check_saliency(states, saliency)
         _check_model(model, states)
@@ -274,6 +335,8 @@ class _Curve(Metric):
             flat = saliency.reshape(b, n)
             if self.protocol == "rise":  # np.flip(np.argsort(s, kind="stable")): ties, last first
                 order = torch.argsort(flat, dim=1, stable=True).flip(1)
+            elif self.protocol == "latec":  # LATEC: torch.topk(a.flatten(), num_pixels)
+                order = torch.topk(flat, n, dim=1).indices
             else:  # ties in reading order
                 order = torch.argsort(flat, dim=1, descending=True, stable=True)
             rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
@@ -282,6 +345,15 @@ class _Curve(Metric):
                 n_steps = (n + step - 1) // step
                 counts = (torch.arange(n_steps + 1) * step).clamp(max=n).to(states.device)  # (T,)
                 x = torch.arange(n_steps + 1, dtype=torch.float64, device=states.device) / n_steps
+            elif self.protocol == "latec":  # scored after every step but the last; dx = 1 / T
+                t = (n + step - 1) // step - 1
+                if t < 2:
+                    raise ValueError(
+                        f"protocol='latec' scores ceil(H*W / step) - 1 points: {t} on {h}x{w} states with "
+                        f"{step}-pixel steps; use a smaller step_pixels"
+                    )
+                counts = (torch.arange(1, t + 1) * step).to(states.device)  # (T,), all < H*W
+                x = torch.arange(1, t + 1, dtype=torch.float64, device=states.device) / t
             else:
                 counts = torch.cat([torch.arange(0, n, step), torch.tensor([n])]).to(states.device)  # (T,)
                 x = counts.double() / n
@@ -294,6 +366,8 @@ class _Curve(Metric):
                 out = model(torch.where(moved, source[i], start[i]))  # (chunk, K)
                 if self.score == "probability":
                     out = torch.softmax(out, dim=-1)
+                elif self.score == "sigmoid":
+                    out = torch.sigmoid(out)
                 scores[part] = out.gather(1, index[i, None]).squeeze(1).double()
         return x, scores.view(b, t)
 

@@ -3,7 +3,7 @@
 ``lipschitz``: the local Lipschitz estimate of Alvarez-Melis & Jaakkola 2018 ("On the Robustness
 of Interpretability Methods", arXiv:1806.08049; "Towards Robust Interpretability with
 Self-Explaining Neural Networks", NeurIPS 2018, arXiv:1806.07538),
-``max_j ||e(x) - e(x_j)||_2 / ||x - x_j||_2`` over sampled neighbours ``x_j``. Three named
+``max_j ||e(x) - e(x_j)||_2 / ||x - x_j||_2`` over sampled neighbours ``x_j``. Four named
 protocols (``protocol=``), see :class:`LocalLipschitz` and ``docs/metrics.md``.
 """
 
@@ -16,17 +16,20 @@ from xrl.metrics.base import METRICS, Metric
 from xrl.ops import chunks, target_function
 
 #: the named local Lipschitz protocols; the first is the default
-LIPSCHITZ_PROTOCOLS = ("xrl", "quantus", "xrl-raw")
+LIPSCHITZ_PROTOCOLS = ("xrl", "quantus", "xrl-raw", "latec")
 #: Quantus' ``lipschitz_constant``: added to the denominator "for numerical stability"
 QUANTUS_EPS = 1e-10
+#: the Quantus fork LATEC runs (github.com/lukaskln/Quantus): ``normalise_by_max`` divides by ``max + 1e-13``
+LATEC_NORMALISE_EPS = 1e-13
 
 
-def normalise_by_max(maps: torch.Tensor) -> torch.Tensor:
+def normalise_by_max(maps: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Each map of ``maps (B, ...)`` divided by its own largest absolute value (signs kept); an
-    all-zero map is returned unchanged (Quantus' ``normalise_by_max``, applied per map)."""
+    all-zero map is returned unchanged (Quantus' ``normalise_by_max``, applied per map). ``eps``
+    is added to the divisor (the Quantus fork LATEC uses: ``1e-13``)."""
     flat = maps.flatten(1)
     top = flat.abs().amax(1, keepdim=True)
-    return (flat / torch.where(top > 0, top, torch.ones_like(top))).view_as(maps)
+    return (flat / (torch.where(top > 0, top, torch.ones_like(top)) + eps)).view_as(maps)
 
 
 @METRICS.register("lipschitz")
@@ -77,9 +80,27 @@ class LocalLipschitz(Metric):
       same float32 neighbours as Quantus' float64 noise added then stored in the float32 input.
       (3) Quantus expects targets given; ``None`` here is the action on ``x``.
       ``return_nan_when_prediction_changes`` is Quantus' default, False (not offered).
+    * ``"latec"``: LATEC's ``locallipschitzestimate`` (Klein et al. 2024, "Navigating the Maze of
+      Explainable AI: A Systematic Approach to Evaluating Methods and Metrics", arXiv:2409.16756;
+      github.com/IML-DKFZ/latec, ``src/modules/registry/eval_metrics_registry.py`` with
+      ``configs/eval_metric/image_imagenet.yaml``), which runs ``LocalLipschitzEstimate`` of the
+      Quantus fork github.com/lukaskln/Quantus (``quantus/metrics/robustness/
+      local_lipschitz_estimate.py``) with ``nr_samples: 5``, ``perturb_std: 0.1``,
+      ``perturb_mean: 0.0``, ``perturb_func=gaussian_noise``, Euclidean numerator and
+      denominator, ``lipschitz_constant`` (denominator ``+ 1e-10``), ``normalise=True``,
+      ``abs=False``: as ``"quantus"`` with ``n_samples=5`` and the fork's ``normalise_by_max``,
+      which divides by ``max |value| + 1e-13``. ``normalise=False`` (a setting of this protocol
+      only) compares raw maps. Differences from LATEC: the fork normalises the given maps per map
+      but each neighbour's map by the largest ``|value|`` of all neighbour maps of its call
+      (``normalise_axes=None``; LATEC's evaluation loop calls it on 2 states at a time,
+      ``chunk_size: 2``), so its values depend on which states share a call; here every map by
+      its own max. Seeded noise shared by all states (the fork: ``np.random.normal`` per state);
+      targets may be left out; LATEC feeds inputs with more than 3 channels to the explainer as
+      volumes (``unsqueeze(1)``), here the state goes as it is.
 
-    Settings: ``protocol``; ``radius`` (``"xrl"``, ``"xrl-raw"``) or ``std`` (``"quantus"``) — the
-    other one is refused; ``n_samples`` (default 16, or 200 for ``"quantus"``); ``batch_size=64``;
+    Settings: ``protocol``; ``radius`` (``"xrl"``, ``"xrl-raw"``) or ``std`` (``"quantus"``,
+    ``"latec"``) — the other one is refused; ``n_samples`` (default 16, 200 for ``"quantus"``, 5
+    for ``"latec"``); ``normalise`` (``"latec"`` only, default True); ``batch_size=64``;
     ``seed=0``. Lower is better.
     """
 
@@ -96,13 +117,19 @@ class LocalLipschitz(Metric):
         n_samples: int | None = None,
         batch_size: int = 64,
         seed: int = 0,
+        normalise: bool | None = None,
     ) -> None:
         if protocol not in LIPSCHITZ_PROTOCOLS:
             raise ValueError(f"protocol must be one of {LIPSCHITZ_PROTOCOLS}, got {protocol!r}")
-        if protocol == "quantus":
+        if normalise is not None and (protocol != "latec" or not isinstance(normalise, bool)):
+            raise ValueError(
+                f"normalise= (True or False) is a setting of protocol='latec' only, got {normalise!r} "
+                f"with protocol={protocol!r} ('xrl-raw' is 'xrl' without normalisation)"
+            )
+        if protocol in ("quantus", "latec"):
             if radius is not None:
                 raise ValueError(
-                    "radius= is the L-inf ball of protocol='xrl'/'xrl-raw'; protocol='quantus' "
+                    f"radius= is the L-inf ball of protocol='xrl'/'xrl-raw'; protocol={protocol!r} "
                     "adds Gaussian noise of std= (default 0.1)"
                 )
             std = 0.1 if std is None else std
@@ -111,19 +138,20 @@ class LocalLipschitz(Metric):
         else:
             if std is not None:
                 raise ValueError(
-                    f"std= is the Gaussian noise of protocol='quantus'; protocol={protocol!r} "
+                    f"std= is the Gaussian noise of protocol='quantus'/'latec'; protocol={protocol!r} "
                     "samples the L-inf ball of radius= (default 0.02)"
                 )
             radius = 0.02 if radius is None else radius
             if not radius > 0:
                 raise ValueError(f"radius must be positive, got {radius!r}")
         if n_samples is None:
-            n_samples = 200 if protocol == "quantus" else 16
+            n_samples = {"quantus": 200, "latec": 5}.get(protocol, 16)
         if int(n_samples) < 1 or int(batch_size) < 1:
             raise ValueError(
                 f"n_samples and batch_size must be positive integers, got {n_samples!r} and {batch_size!r}"
             )
         self.protocol = protocol
+        self.normalise = protocol != "xrl-raw" if normalise is None else normalise
         self.radius = None if radius is None else float(radius)
         self.std = None if std is None else float(std)
         self.n_samples = int(n_samples)
@@ -132,12 +160,14 @@ class LocalLipschitz(Metric):
 
     def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The offsets ``d_j (n_samples, *shape)`` (float32, CPU) for states of shape ``(B, *shape)``:
-        ``(2 * torch.rand(...) - 1) * radius`` or, for ``"quantus"``, ``torch.randn(...) * std``,
-        from ``torch.Generator().manual_seed(seed)``."""
+        ``(2 * torch.rand(...) - 1) * radius`` or, for ``"quantus"`` and ``"latec"``,
+        ``torch.randn(...) * std``, from ``torch.Generator().manual_seed(seed)``."""
         gen = torch.Generator().manual_seed(self.seed)
         size = (self.n_samples, *shape)
-        if self.protocol == "quantus":
+        if self.protocol in ("quantus", "latec"):
+            assert self.std is not None  # __init__ sets std for "quantus", radius for the others
             return torch.randn(size, generator=gen) * self.std
+        assert self.radius is not None
         return (torch.rand(size, generator=gen) * 2 - 1) * self.radius
 
     def compute(self, *, states, saliency, explainer, targets=None, **_) -> torch.Tensor:
@@ -159,12 +189,12 @@ class LocalLipschitz(Metric):
             ]
         ).double()
         given = saliency.reshape(b, -1).double()
-        if self.protocol != "xrl-raw":
-            maps, given = normalise_by_max(maps), normalise_by_max(given)
+        if self.normalise:
+            eps = LATEC_NORMALISE_EPS if self.protocol == "latec" else 0.0
+            maps, given = normalise_by_max(maps, eps), normalise_by_max(given, eps)
         change = (maps.view(b, s, -1) - given.view(b, 1, -1)).norm(dim=2)  # (B, S)
-        if self.protocol == "quantus":
+        if self.protocol in ("quantus", "latec"):
             moved = (neighbours.view(b, s, -1).double() - states.reshape(b, 1, -1).double()).norm(dim=2)
             return (change / (moved + QUANTUS_EPS)).amax(dim=1).float()
         step = offsets.flatten(1).double().norm(dim=1)  # (S,)
         return (change / step).amax(dim=1).float()
-        assert self.radius is not None
