@@ -223,9 +223,14 @@ def load_agent(
     ``model.fingerprint()`` is the one its card records): what checking a bench spec needs.
     """
     trust = _TRUSTED.get() if trust is None else bool(trust)
+    foreign = _foreign(path_or_name, device=device, trust=trust, weights=weights)  # hf://, CleanRL (docs/agents.md)
+    if foreign is not None:
+        return foreign
     path = resolve(path_or_name)
     if path.suffix not in (".zip", ".pt"):
-        raise ValueError(f"agent files are SB3 .zip or xrl .pt checkpoints, got {path.name!r}")
+        raise ValueError(
+            f"agent files are SB3 .zip, xrl .pt checkpoints or CleanRL .cleanrl_model files, got {path.name!r}"
+        )
     fmt = _format(path)
     if fmt in ("xrl.mask_network", "xrl.rexl_agent"):
         raise ArtifactError(
@@ -255,6 +260,17 @@ def _nothing():
     yield
 
 
+def _foreign(path_or_name, **kwargs) -> Model | None:
+    """The agents of other projects (docs/agents.md): ``hf://ORG/REPO`` (rl-zoo on the Hugging
+    Face Hub, :mod:`xrl.agents.hub`) and CleanRL ``.cleanrl_model`` files (:mod:`xrl.agents.cleanrl`)."""
+    text = str(path_or_name)
+    if text.endswith(".cleanrl_model"):
+        from xrl.agents.cleanrl import load_cleanrl
+
+        return load_cleanrl(resolve(text), device=kwargs.get("device", "cpu"))
+    return None
+
+
 def load(
     path_or_name: str | os.PathLike, *, model: Model | None = None, device: str = "cpu", trust: bool | None = None
 ):
@@ -263,6 +279,8 @@ def load(
     and Stalder networks; a :class:`~xrl.agents.rexl.RExLAgent` (its record as ``.record``) for a
     RExL agent, built for ``model`` (default: the zoo agent with the recorded weights
     fingerprint, else the model its card names)."""
+    if str(path_or_name).startswith("hf://") or str(path_or_name).endswith(".cleanrl_model"):
+        return load_agent(path_or_name, device=device, trust=trust)
     path = resolve(path_or_name)
     fmt = _format(path)
     if fmt == "xrl.mask_network":

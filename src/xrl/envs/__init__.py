@@ -54,7 +54,12 @@ _EXTRA_MODULES = {"vizdoom": "vizdoom", "highway": "highway_env", "mario": "gym_
 
 
 def make_env(name: str, **settings) -> gym.Env:
-    """Build the environment registered as ``name`` with ``settings`` (recorded on the env)."""
+    """Build the environment registered as ``name`` with ``settings`` (recorded on the env);
+    ``"gym:ID"`` is any registered Gymnasium env with image observations (:mod:`xrl.envs.gym_env`)."""
+    if isinstance(name, str) and name.startswith("gym:"):
+        from xrl.envs.gym_env import make_gym_env
+
+        return make_gym_env(name[4:], **settings)
     env = ENVS.get(name)(**settings)
     # a builder may record its resolved settings (defaults filled in); they complete the record
     resolved = getattr(env.unwrapped, "xrl_spec", {}).get("settings", {})
