@@ -6,6 +6,8 @@ procedure, written here from its description (not copied):
   ``occlude``, ``score_frame``);
 - RISE, Petsiuk et al. 2018, github.com/eclique/RISE ``explanations.py`` (``generate_masks``,
   ``RISE.forward``) with the model wrapped in a softmax (their ``Saliency.py``);
+- TorchRay's RISE (``preset="torchray"``), github.com/facebookresearch/TorchRay
+  ``torchray/attribution/rise.py`` (``rise``, ``_upsample_reflect``), ported line by line;
 - LIME, Ribeiro et al. 2016, github.com/marcotcr/lime ``lime/lime_image.py``
   (``ImageExplanation.get_image_and_mask``) and ``lime/lime_base.py`` (the ordering of
   ``local_exp``);
@@ -183,6 +185,83 @@ def test_rise_saliency_matches_the_authors_formula():
     np.testing.assert_allclose(
         raw.double().numpy(), (scores.T @ masks.reshape(n, -1)).reshape(5, 20, 20) / n / p1, rtol=1e-4, atol=1e-5
     )
+
+
+# ---------------------------------------------------------------- TorchRay's RISE
+
+
+def torchray_upsample_reflect(x, size):
+    """TorchRay's ``_upsample_reflect``: reflect-pad by one cell, bilinear resize to
+    ``cell * (n + 2)``, slice ``size`` from ``cell`` on."""
+    orig_size = x.shape[2:]
+    cell_size = [int(np.ceil(s / orig_size[i])) for i, s in enumerate(size)]
+    pad_size = [int(cell_size[i] * (orig_size[i] + 2)) for i in range(len(orig_size))]
+    x_padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    x_up = torch.nn.functional.interpolate(x_padded, pad_size, mode="bilinear", align_corners=False)
+    return x_up[:, :, cell_size[0] : cell_size[0] + size[0], cell_size[1] : cell_size[1] + size[1]]
+
+
+def torchray_rise(model, input, seed=0, num_masks=8000, num_cells=7, batch_size=32, p=0.5):
+    """TorchRay's ``rise`` (CPU inputs, no filter_masks, resize=False): every class's map."""
+    with torch.no_grad():
+        height, width = input.shape[2], input.shape[3]
+        num_classes = model(input).shape[1]
+        saliency = torch.zeros([input.shape[0], num_classes, height, width])
+        cell_size = tuple(int(np.ceil(s / num_cells)) for s in input.shape[2:])
+        up_size = tuple(input.shape[2 + i] + cell_size[i] for i in range(2))
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        num_chunks = (num_masks + batch_size - 1) // batch_size
+        for chunk in range(num_chunks):
+            mask_bs = min(num_masks - batch_size * chunk, batch_size)
+            grid = (torch.rand(mask_bs, 1, num_cells, num_cells) < p).float()
+            masks_up = torchray_upsample_reflect(grid, up_size)
+            masks = torch.empty(mask_bs, 1, height, width)
+            shift_x = torch.randint(0, cell_size[0], (mask_bs,))
+            shift_y = torch.randint(0, cell_size[1], (mask_bs,))
+            for i in range(mask_bs):
+                masks[i] = masks_up[i, :, shift_x[i] : shift_x[i] + height, shift_y[i] : shift_y[i] + width]
+            for i, inp in enumerate(input):
+                out = torch.sigmoid(model(inp.unsqueeze(0) * masks))
+                sal = torch.matmul(out.data.transpose(0, 1), masks.view(mask_bs, height * width))
+                saliency[i] = saliency[i] + sal.view((num_classes, height, width))
+        saliency /= num_masks
+        torch.set_rng_state(state)
+        return saliency
+
+
+@pytest.mark.parametrize("side, cells, n, seed", [(20, 7, 100, 0), (17, 4, 70, 3)])
+def test_rise_torchray_preset_matches_torchrays_rise(side, cells, n, seed):
+    model, x = small_net(side=side, k=5), rand(2, 1, side, side, seed=seed)
+    explainer = get_explainer("rise", model, preset="torchray", n_masks=n, grid=cells, seed=seed, batch_size=33)
+    expected = torchray_rise(model, x, seed=seed, num_masks=n, num_cells=cells)
+    np.testing.assert_allclose(explainer.explain_all(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    targets = torch.tensor([1, 3])
+    np.testing.assert_allclose(
+        explainer.explain(x, targets).numpy(), expected[torch.arange(2), targets].numpy(), rtol=1e-5, atol=1e-6
+    )
+    # not eclique's RISE: another mask generator, sigmoid scores, no division by p
+    assert not torch.allclose(get_explainer("rise", model, n_masks=n, grid=cells, seed=seed).explain_all(x), expected)
+
+
+def test_rise_presets_set_what_they_say():
+    model = small_net()
+    torchray = get_explainer("rise", model, preset="torchray")
+    assert (torchray.n_masks, torchray.grid, torchray.p, torchray.score) == (8000, 7, 0.5, "sigmoid")
+    default = get_explainer("rise", model)
+    assert (default.preset, default.n_masks, default.grid, default.p, default.score) == (
+        "eclique",
+        2000,
+        8,
+        0.5,
+        "probability",
+    )
+    mixed = get_explainer("rise", model, preset="torchray", n_masks=100, score="probability")
+    assert (mixed.n_masks, mixed.grid, mixed.score) == (100, 7, "probability")
+    with pytest.raises(ValueError, match="preset"):
+        get_explainer("rise", model, preset="captum")
+    with pytest.raises(ValueError, match="grid"):
+        get_explainer("rise", model, preset="torchray", grid=1)
 
 
 # ---------------------------------------------------------------- LIME

@@ -51,6 +51,23 @@ tile on 64x64 Red-Fetch-Green states) and ``p=0.5``. The masks are a function of
 ``(H, W, n_masks, grid, p, seed)``: drawn once from a generator seeded with ``seed`` and cached,
 so every state of every call sees the same masks and maps do not depend on the batch.
 
+**Presets** (``preset=``; explicitly given ``n_masks``, ``grid``, ``p``, ``score`` win):
+
+- ``"eclique"`` (default): the authors' RISE above at xrl's settings, ``n_masks=2000, grid=8,
+  p=0.5, score="probability"``.
+- ``"torchray"``: TorchRay's ``rise`` (Fong, Patrick & Vedaldi 2019, arXiv:1910.08485;
+  github.com/facebookresearch/TorchRay, ``torchray/attribution/rise.py``), the RISE VisionMask
+  compared with: ``n_masks=8000`` (``num_masks``), ``grid=7`` (``num_cells``), ``p=0.5``,
+  ``score="sigmoid"`` (``torch.sigmoid(model(inp * masks))``: every output squashed on its own,
+  not a softmax), the sum divided by ``n_masks`` only (not ``n_masks * p``), and TorchRay's masks
+  (:func:`torchray_masks`: reflect-padded grids resized by ``F.interpolate``, TorchRay's random
+  draws: the same masks as TorchRay for the same seed on CPU inputs). Differences from TorchRay:
+  the masks are drawn on the CPU for every device (TorchRay draws the grids on the input's
+  device, so CUDA inputs get other masks); all masks are summed in one matmul (TorchRay: per
+  chunk of 32, float32 rounding apart the same); the map is picked by the target (TorchRay's
+  ``rise`` returns every class, ``rise_class`` picks one); ``resize`` is not offered (maps are
+  the state's size already).
+
 Cost: ``B * (n_masks + 1)`` forward passes in chunks of ``batch_size`` rows under
 ``torch.inference_mode()``; memory for the cached masks is ``n_masks * H * W`` floats (56 MB for
 2000 masks of 84x84). Measured on 84x84x4 states with a Nature CNN (2 shared CPU cores): ~1.2x
@@ -69,7 +86,13 @@ from xrl.explainers.masks import byte_cache
 from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import chunks
 
-SCORES = ("probability", "logits")
+SCORES = ("probability", "logits", "sigmoid")
+#: ``preset=``: settings a preset gives (explicit settings win) and how its masks are made
+PRESETS = {
+    "eclique": {"n_masks": 2000, "grid": 8, "p": 0.5, "score": "probability"},
+    # TorchRay's rise() defaults: num_masks=8000, num_cells=7, p=0.5, torch.sigmoid of the outputs
+    "torchray": {"n_masks": 8000, "grid": 7, "p": 0.5, "score": "sigmoid"},
+}
 
 
 @EXPLAINERS.register("rise")
@@ -89,21 +112,29 @@ class Rise(PerturbationExplainer):
         self,
         model: Model,
         *,
-        n_masks: int = 2000,
-        grid: int = 8,
-        p: float = 0.5,
-        score: str = "probability",
+        n_masks: int | None = None,
+        grid: int | None = None,
+        p: float | None = None,
+        score: str | None = None,
+        preset: str = "eclique",
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed)
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        given = {"n_masks": n_masks, "grid": grid, "p": p, "score": score}
+        settings = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}  # explicit wins
+        n_masks, grid, p, score = settings["n_masks"], settings["grid"], settings["p"], settings["score"]
         n_masks, grid = positive_int("n_masks", n_masks), positive_int("grid", grid)
         if not 0 < float(p) <= 1:
             raise ValueError(f"p (the probability of keeping a grid cell) must be in (0, 1], got {p!r}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if preset == "torchray" and grid < 2:
+            raise ValueError(f"preset='torchray' reflect-pads the grid by one cell: grid must be >= 2, got {grid}")
         self.n_masks, self.grid, self.p = n_masks, grid, float(p)
-        self.score = score
+        self.score, self.preset = score, preset
 
     def fill_states(self, states: torch.Tensor, masks: Masks) -> torch.Tensor:
         return states.new_zeros(()).expand_as(states)
@@ -113,8 +144,12 @@ class Rise(PerturbationExplainer):
         torch.mul(state, keep, out=out)
 
     def effects(self, base, scores, target_fn):
-        """Scores ``(B, K', N)`` of the masked states ``s * M_i`` (softmax first for ``"probability"``)."""
-        scores = scores.softmax(-1) if self.score == "probability" else scores
+        """Scores ``(B, K', N)`` of the masked states ``s * M_i`` (softmax first for ``"probability"``,
+        sigmoid for ``"sigmoid"``)."""
+        if self.score == "probability":
+            scores = scores.softmax(-1)
+        elif self.score == "sigmoid":
+            scores = scores.sigmoid()
         if target_fn is None:
             return scores.transpose(1, 2)
         b, n = scores.shape[:2]
@@ -122,10 +157,11 @@ class Rise(PerturbationExplainer):
         return target_fn(scores.flatten(0, 1)).view(b, 1, n)
 
     def project(self, scores: torch.Tensor, states: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """``(B, K, N)`` scores -> ``(B, K, H, W)`` = ``sum_i score_i * M_i / (N * p)``."""
+        """``(B, K, N)`` scores -> ``(B, K, H, W)`` = ``sum_i score_i * M_i / (N * p)`` (TorchRay:
+        ``/ N``)."""
         height, width = states.shape[-2:]
         keep = masks.weights.flatten(1)  # (N, H*W)
-        saliency = scores.to(keep.dtype) @ keep / (self.n_masks * self.p)
+        saliency = scores.to(keep.dtype) @ keep / (self.n_masks * (1.0 if self.preset == "torchray" else self.p))
         return saliency.view(*scores.shape[:2], height, width)
 
     def masks(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -133,7 +169,8 @@ class Rise(PerturbationExplainer):
         check_memory(
             self.n_masks * height * width * 4, f"{self.n_masks} RISE masks of {height}x{width}", "use fewer n_masks"
         )
-        return rise_masks(height, width, self.n_masks, self.grid, self.p, self.seed, torch.device(device))
+        make = torchray_masks if self.preset == "torchray" else rise_masks
+        return make(height, width, self.n_masks, self.grid, self.p, self.seed, torch.device(device))
 
 
 @byte_cache
@@ -183,3 +220,36 @@ def _linear_upsampling(n_in: int, n_out: int) -> torch.Tensor:
             index = torch.where(index > n_in - 1, period - index, index)
         matrix.index_put_((torch.arange(n_out), index), w, accumulate=True)
     return matrix
+
+
+@byte_cache
+def torchray_masks(
+    height: int, width: int, n_masks: int, grid: int, p: float, seed: int, device: torch.device
+) -> torch.Tensor:
+    """TorchRay's RISE masks ``(n_masks, H, W)`` (github.com/facebookresearch/TorchRay,
+    ``torchray/attribution/rise.py``: ``rise`` and ``_upsample_reflect``), drawn as TorchRay draws
+    them on the CPU: a generator seeded with ``seed`` (their ``torch.manual_seed(seed)``), then per
+    chunk of 32 masks (``rise``'s default ``batch_size``) ``rand(32, 1, grid, grid) < p``, the
+    grids reflect-padded by one cell, bilinearly resized (``align_corners=False``) to
+    ``cell' * (grid + 2)`` with ``cell' = ceil(up / grid)``, ``up = (H + ceil(H / grid), W + ...)``,
+    sliced to ``up`` from ``cell'`` on, and cropped at ``randint(0, ceil(H / grid))`` rows and
+    ``randint(0, ceil(W / grid))`` columns. The same tensor TorchRay builds for CPU inputs and the
+    same seed; cached (do not modify it)."""
+    import torch.nn.functional as F
+
+    with torch.inference_mode(False):
+        generator = torch.Generator().manual_seed(seed)
+        cell = (math.ceil(height / grid), math.ceil(width / grid))
+        up = (height + cell[0], width + cell[1])
+        cell_up = (math.ceil(up[0] / grid), math.ceil(up[1] / grid))  # _upsample_reflect's cell_size
+        masks = torch.empty(n_masks, height, width)
+        for part in chunks(n_masks, 32):
+            cells = (torch.rand(part.stop - part.start, 1, grid, grid, generator=generator) < p).float()
+            padded = F.pad(cells, (1, 1, 1, 1), mode="reflect")
+            resized = F.interpolate(padded, [c * (grid + 2) for c in cell_up], mode="bilinear", align_corners=False)
+            resized = resized[:, 0, cell_up[0] : cell_up[0] + up[0], cell_up[1] : cell_up[1] + up[1]]
+            rows = torch.randint(0, cell[0], (len(resized),), generator=generator)
+            cols = torch.randint(0, cell[1], (len(resized),), generator=generator)
+            for i in range(len(resized)):
+                masks[part.start + i] = resized[i, rows[i] : rows[i] + height, cols[i] : cols[i] + width]
+        return masks.to(device)
