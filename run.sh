@@ -43,6 +43,10 @@ case "$job" in
       || { .venv/bin/ruff format --no-cache --check . >&2; echo "run.sh: ruff format --check failed (run: ruff format .)" >&2; exit 1; }
     # then the types ([tool.mypy] in pyproject.toml: strict on the core, default on the rest of src/)
     .venv/bin/mypy || { echo "run.sh: mypy failed (see [tool.mypy] in pyproject.toml)" >&2; exit 1; }
+    # on both cores (pytest-xdist) when more than one core is idle now (XRL_TEST_WORKERS=N overrides;
+    # 1 runs in this process); each test file stays on one worker, so its module fixtures run once
+    workers=${XRL_TEST_WORKERS:-$(.venv/bin/python tests/free_cores.py)}
+    if [ "$workers" -gt 1 ]; then set -- -n "$workers" --dist loadfile "$@"; fi
     exec .venv/bin/python -m pytest "$@" ;;
   xrl)  exec .venv/bin/xrl "$@" ;;
   *) echo "run.sh: unknown job '$job' (expected demo, test or xrl)" >&2; exit 2 ;;

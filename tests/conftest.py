@@ -13,6 +13,11 @@ batch-equals-loop sweep, two-process bench, trainer kill tests). Those that run 
 to end are also marked ``train``, those driving chromium ``browser``.
 """
 
+import contextlib
+import io
+import json
+import os
+
 import pytest
 import torch
 
@@ -117,6 +122,10 @@ SLOW = {
         "test_saliency_dataset_resumes_after_an_interruption",
         "test_training_changes_the_student_and_igr_lowers_its_loss",
         "test_xrl_train_digr_command",
+    ],
+    "test_docs.py": [  # builds the documentation site (mkdocs build --strict)
+        "test_the_reference_lists_every_registered_method_with_its_settings",
+        "test_the_reference_pages_cover_every_family",
     ],
     "test_envs_atari.py": [
         "test_action_names",
@@ -280,3 +289,31 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """``xrl demo --quick --out DIR`` run once for the whole test run: (exit status, stdout,
+    stderr, DIR), shared by the tests that check its results (tests/test_cli.py, tests/test_demo.py).
+
+    Under pytest-xdist the workers share it through the run's base folder, the first one to ask
+    running it under a file lock; without xdist it is this session's own."""
+    from filelock import FileLock
+
+    from xrl import cli
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder of this run, above each worker's own
+    out, done = root / "quick-demo", root / "quick-demo.json"
+    with FileLock(str(root / "quick-demo.lock")):
+        if not done.exists():
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    code = cli.main(["demo", "--quick", "--out", str(out)])
+                except SystemExit as exc:
+                    code = exc.code
+            done.write_text(json.dumps([code, stdout.getvalue(), stderr.getvalue()]))
+    code, stdout, stderr = json.loads(done.read_text())
+    return code, stdout, stderr, out

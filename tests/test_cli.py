@@ -505,9 +505,8 @@ def check_demo_results(out: Path) -> None:
         assert max(rows) < len(ds)
 
 
-def test_demo_quick(capsys, tmp_path):
-    out = tmp_path / "demo"
-    code, stdout, err = run(capsys, "demo", "--quick", "--out", out)
+def test_demo_quick(quick_demo):
+    code, stdout, err, out = quick_demo  # `xrl demo --quick --out DIR`, run once (tests/conftest.py)
     assert code == 0, err
     check_demo_results(out)
     assert not (out / "agent").exists()  # the zoo agent was used

@@ -54,11 +54,11 @@ def test_papers_table_puts_each_row_beside_its_reference():
 
 
 @pytest.mark.slow
-def test_demo_quick_has_the_papers(tmp_path):
+def test_demo_quick_has_the_papers(quick_demo):
     from xrl.bench import load_results
-    from xrl.demo import run_demo
 
-    out = run_demo(tmp_path / "demo", quick=True)
+    code, _, err, out = quick_demo  # `xrl demo --quick` (run_demo(out, quick=True)), run once (tests/conftest.py)
+    assert code == 0, err
     (g,) = load_results(out)["groups"]
     for method in LEARNED:
         assert method in g["methods"] and g["means"][method]["deletion"] is not None
