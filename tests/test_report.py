@@ -420,3 +420,62 @@ def test_one_report_links_and_summarises_the_sections_of_a_run(report, tmp_path)
     (papers,) = [t for t in dom.tables if t["attrs"].get("class") == "papers"]
     assert [c["text"] for c in papers["rows"][1]["cells"]] == ["a", "gradient", "0.5"]
     assert "The papers in this run" in text and 'id="sections"' in text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_report_reads_in_a_real_browser(report, tmp_path):
+    """Headless chromium through selenium: the verdict at the top, a glossary entry reached from
+    each metric header, the method column still readable after scrolling the table sideways in a
+    narrow window, a click on a header sorts the rows, and the page itself is no wider than the
+    window. The page loads nothing from the network (no request but the file itself)."""
+    from test_serve_browser import browser
+
+    _, html = report
+    d = browser()
+    try:
+        d.set_window_size(700, 900)
+        d.get(html.resolve().as_uri())
+        verdict = d.find_element("id", "verdict")
+        assert "use gradient" in verdict.text.lower() and "random fails the sanity check" in verdict.text
+        assert d.execute_script("return document.getElementById('verdict').getBoundingClientRect().top") < 900
+        headers = d.find_elements("css selector", "table.metrics thead th[data-column]:not([data-column=method])")
+        assert len(headers) >= 8
+        for th in headers:
+            anchor = th.find_element("css selector", "a.gl").get_attribute("hash")[1:]
+            entry = d.find_element("id", anchor)
+            assert entry.get_attribute("data-column") == th.get_attribute("data-column")
+            assert th.get_attribute("title").count(" — ") == 2  # definition — direction — range
+        # sideways: the table's box scrolls, the method cell stays at the box's left edge
+        box = d.find_element("css selector", "section.group .scroll")
+        d.execute_script("arguments[0].scrollIntoView(); arguments[0].scrollLeft = 10000;", box)
+        assert d.execute_script("return arguments[0].scrollLeft", box) > 100
+        first = d.find_element("css selector", "table.metrics tbody tr td:first-child")
+        left = d.execute_script("return arguments[0].getBoundingClientRect().left", first)
+        box_left = d.execute_script("return arguments[0].getBoundingClientRect().left", box)
+        assert abs(left - box_left) < 2 and first.text.split()[0] == "gradient"
+        assert d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        # sort by insertion (higher is better): best first, a second click reverses
+        th = d.find_element("css selector", "table.metrics th[data-column=insertion]")
+        d.execute_script("arguments[0].click()", th)
+        values = d.execute_script(
+            "return [...document.querySelectorAll('table.metrics tbody td[data-column=insertion]')]"
+            ".map(c => Number(c.dataset.value))"
+        )
+        assert values == sorted(values, reverse=True)
+        d.execute_script("arguments[0].click()", th)
+        values = d.execute_script(
+            "return [...document.querySelectorAll('table.metrics tbody td[data-column=insertion]')]"
+            ".map(c => Number(c.dataset.value))"
+        )
+        assert values == sorted(values)
+        # nothing but the file itself was fetched
+        names = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(n.startswith("data:") for n in names), names
+        shot = tmp_path / "top.png"
+        d.set_window_size(1400, 1000)
+        d.execute_script("window.scrollTo(0, 0)")
+        d.save_screenshot(str(shot))
+    finally:
+        d.quit()
+    assert len(np.unique(np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3), axis=0)) > 50
