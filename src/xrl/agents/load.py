@@ -110,7 +110,8 @@ class _CriticValue(nn.Module):
 
 
 def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | None = None) -> Model:
-    """Wrap an SB3 policy (PPO/A2C actor-critic or DQN) as a Model."""
+    """Wrap an SB3 policy (PPO/A2C actor-critic or DQN; sb3-contrib's QR-DQN, TRPO, RecurrentPPO:
+    :mod:`xrl.agents.contrib`) as a Model."""
     space = policy.observation_space
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 3:
         raise ValueError(f"xrl explains image observations (C, H, W); this policy observes {space}")
@@ -122,13 +123,22 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
     normalized = getattr(policy, "normalize_images", True) and space.dtype == np.uint8
     is_ac = isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(False)
+    from xrl.agents.contrib import RecurrentActorScores, scores_of  # QR-DQN, RecurrentPPO (sb3-contrib)
+
+    contrib = scores_of(policy)
+    if contrib is not None:
+        net, value_net, kind = contrib
+        info = {**(info or {}), "recurrent": isinstance(net, RecurrentActorScores)}
+    else:
+        net = _ActorScores(policy) if is_ac else _QValues(policy.q_net)
+        value_net, kind = (_CriticValue(policy) if is_ac else None), ("logits" if is_ac else "q_values")
     return Model(
-        _ActorScores(policy) if is_ac else _QValues(policy.q_net),
+        net,
         input_shape=space.shape,
         action_names=action_names,
         n_actions=int(policy.action_space.n),
-        score_kind="logits" if is_ac else "q_values",
-        value_net=_CriticValue(policy) if is_ac else None,
+        score_kind=kind,
+        value_net=value_net,
         obs_scale=255.0 if normalized else 1.0,
         input_range=_input_range(space, normalized),
         info=info,
@@ -345,21 +355,23 @@ def _load_sb3_zip(path: Path, device: str, info: dict, *, trust: bool = False, w
         "exploration_schedule": lambda _: 0.0,
     }
     errors = []
-    for name, algo in _SB3_ALGOS.items():
+    from xrl.agents.contrib import algorithms
+
+    for name, algo in {**_SB3_ALGOS, **algorithms()}.items():
         try:
             loaded = algo.load(path, device=device, custom_objects=custom)
         except Exception as err:  # wrong algorithm class: try the next one
             errors.append(f"{name}: {type(err).__name__}: {err}")
             continue
         return model_from_policy(loaded.policy, action_names=names, info=info)
-    raise ValueError(f"{path} is not a loadable SB3 PPO/A2C/DQN model:\n  " + "\n  ".join(errors))
+    raise ValueError(f"{path} is not a loadable SB3 (or sb3-contrib) model:\n  " + "\n  ".join(errors))
 
 
 # ------------------------------------------------------------------ SB3 zips without pickle
 
 _TRUST = "if you trust the file, load it with trust=True (CLI --trust-pickle), which runs code from it"
 #: packages whose classes a zip's plain JSON may name (imported from the installed package, not the file)
-_CLASS_PACKAGES = ("stable_baselines3.", "xrl.", "torch.nn.")
+_CLASS_PACKAGES = ("stable_baselines3.", "sb3_contrib.", "xrl.", "torch.nn.")
 
 
 def _named_class(path: Path, text: str, base: type, what: str) -> type:

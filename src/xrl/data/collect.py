@@ -68,6 +68,11 @@ def collect(
             f"collect takes an xrl Model, got {type(model).__name__}; wrap it with "
             "xrl.as_model(module, input_shape=...)"
         )
+    if model.info.get("recurrent"):  # sb3-contrib RecurrentPPO (xrl/agents/contrib.py)
+        raise ValueError(
+            "the agent is recurrent (an LSTM policy): collect does not carry its recurrent state from step "
+            "to step yet, so it would act from the zero state at every step (docs/agents.md)"
+        )
     for arg, value, low in (("episodes", episodes, 1), ("seed", seed, 0), ("max_steps", max_steps, 1)):
         if value is None and arg == "max_steps":
             continue
