@@ -246,6 +246,17 @@ def test_training_resumes_to_the_same_result(tmp_path, expert):
         assert card["split"]["train"] + card["split"]["val"] + card["split"]["test"] == len(ds)
 
 
+def test_adam_weight_decay_is_the_authors_for_visionmask(tmp_path, expert):
+    """VisionMask's code (github.com/0pow0/VisionMask, models/vm.py) builds Adam(lr,
+    weight_decay=0.01); the Stalder Explainer is trained without weight decay."""
+    assert (VisionMaskArgs.weight_decay, StalderArgs.weight_decay) == (0.01, 0.0)
+    path = train_visionmask(tiny(tmp_path, expert, "decay", epochs=1, weight_decay=0.05))
+    state = torch.load(latest_checkpoint(path.parent) / "state.pt", weights_only=True)
+    assert {g["weight_decay"] for g in state["optimiser"]["param_groups"]} == {0.05}
+    with pytest.raises(ValueError, match="weight_decay"):
+        train_visionmask(tiny(tmp_path, expert, "bad-decay", weight_decay=-1.0))
+
+
 def test_stalder_training_exports_its_network(tmp_path, expert):
     path = train_stalder(tiny(tmp_path, expert, "stalder", cls=StalderArgs, epochs=1, reference="blur"))
     assert path.name == "stalder_explainer.pt" and load_mask_network(path).method == "stalder_explainer"

@@ -31,7 +31,8 @@ Reads top to bottom:
    ``s~_a`` (:func:`entropy_loss`), the min-max area loss (:func:`min_max_area_loss`), plus
    the mean of the other actions' masks (so they are trained towards empty, as the Explainer's
    non-target class masks) and total variation.
-3. :func:`train_visionmask` / :func:`train_stalder` — Adam over epochs of shuffled training
+3. :func:`train_visionmask` / :func:`train_stalder` — Adam (VisionMask: ``weight_decay=0.01``,
+   the authors' code; Stalder: none) over epochs of shuffled training
    states; a progress bar with each loss term; validation loss terms and ``accuracy``
    (``xrl.metrics``) each epoch; the network with the lowest validation loss is exported (``.pt``
    + card) whenever it improves; ``checkpoint.pt`` after every epoch; the same call resumes to
@@ -226,6 +227,8 @@ class _MaskTrainingArgs:
     """states per step"""
     learning_rate: float = 1e-3
     """Adam step size"""
+    weight_decay: float = 0.0
+    """Adam's L2 weight decay (torch.optim.Adam(weight_decay=...))"""
     targets: str = "argmax"
     """what each state's mask explains: argmax (the agent's action on the state) or action (the stored one)"""
     episodes: int = 50
@@ -250,6 +253,7 @@ class _MaskTrainingArgs:
         "epochs": ">=1",
         "batch_size": ">=1",
         "learning_rate": ">0",
+        "weight_decay": ">=0",
         "episodes": ">=1",
         "max_steps": ">=1",
         "seed": ">=0",
@@ -274,6 +278,9 @@ class VisionMaskArgs(_MaskTrainingArgs):
     """target mask area of the L1 area loss (the paper's default, Table 2c)"""
     area: str = "l1"
     """area loss: l1 (Eq. 5) or min_max (Stalder et al.'s, on every mask: the ablation of Table 2a)"""
+    weight_decay: float = 0.01
+    """Adam's L2 weight decay: 0.01, the authors' (github.com/0pow0/VisionMask models/vm.py,
+    Adam(lr, weight_decay=0.01)); the zoo networks were trained before this setting, with 0"""
 
 
 @dataclass
@@ -339,7 +346,7 @@ def _fit(
         )
         start = {"network": network, "epoch": 0, "history": {"epochs": []}, "best": None, "optimiser": None}
     network = start["network"]
-    optimiser = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
+    optimiser = torch.optim.Adam(network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     if start["optimiser"] is not None:
         optimiser.load_state_dict(start["optimiser"])
     history, best, last_good = start["history"], start["best"], start["epoch"]
@@ -452,6 +459,8 @@ def _check_args(args) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not args.learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {args.learning_rate!r}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {args.weight_decay!r}")
     if hasattr(args, "a_max") and not 0 <= args.a_max <= 1:
         raise ValueError(f"a_max must be in [0, 1], got {args.a_max!r}")
     if getattr(args, "area", "l1") not in ("l1", "min_max"):
