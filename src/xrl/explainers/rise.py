@@ -77,6 +77,7 @@ the floor (the same number of forward passes in one batch), all actions at once.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -124,7 +125,8 @@ class Rise(PerturbationExplainer):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         given = {"n_masks": n_masks, "grid": grid, "p": p, "score": score}
-        settings = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}  # explicit wins
+        explicit = {k: v for k, v in given.items() if v is not None}
+        settings: dict[str, Any] = {**PRESETS[preset], **explicit}  # explicit wins
         n_masks, grid, p, score = settings["n_masks"], settings["grid"], settings["p"], settings["score"]
         n_masks, grid = positive_int("n_masks", n_masks), positive_int("grid", grid)
         if not 0 < float(p) <= 1:
