@@ -1,5 +1,8 @@
 """Explainers registry: ``get_explainer(name, model, **settings)`` and ``list_explainers()``."""
 
+import importlib
+import pkgutil
+
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
 
@@ -15,22 +18,7 @@ def list_explainers() -> list[str]:
 
 __all__ = ["EXPLAINERS", "Explainer", "get_explainer", "list_explainers"]
 
-from xrl.explainers import (  # noqa: E402,F401  (registers the explainers)  # noqa: E402,F401  (LIME, extremal perturbations)  # noqa: E402,F401  (gradient family)  # noqa: E402,F401  (occlusion, RISE, SARFA)  # noqa: E402,F401  (learned mask networks)
-    attention,  # noqa: E402,F401  (FLS: the agent's own attention)
-    extremal_perturbation,
-    grad_cam,
-    gradient,
-    greydanus,
-    guided_backprop,
-    integrated_gradients,
-    lime,
-    normgrad,
-    occlusion,
-    random_map,
-    rexl,  # noqa: E402,F401  (RExL: a trained masking agent)
-    rise,
-    sarfa,
-    smoothgrad,
-    stalder_explainer,
-    visionmask,
-)
+# every module of this package is imported, so the explainers it registers are known: a new
+# method is one file here with one ``@EXPLAINERS.register("name")`` (CONTRIBUTING.md)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,5 +1,8 @@
 """Metrics registry: ``get_metric(name, **settings)`` and ``list_metrics()``."""
 
+import importlib
+import pkgutil
+
 from xrl.metrics.base import METRICS, Metric
 
 
@@ -13,12 +16,7 @@ def list_metrics() -> list[str]:
 
 
 __all__ = ["METRICS", "Metric", "get_metric", "list_metrics"]
-from xrl.metrics import (  # noqa: E402,F401  (registers the metrics)
-    complexity,
-    cost,
-    faithfulness,
-    gaze,  # noqa: E402,F401  (agreement with human gaze: nss, gaze_kl, shuffled_auc)
-    localization,
-    robustness,
-    sanity,  # noqa: E402,F401  (sanity checks, Adebayo et al. 2018)
-)
+# every module of this package is imported, so the metrics it registers are known: a new metric
+# is one file here (or a class in its category's file) with one ``@METRICS.register("name")``
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
