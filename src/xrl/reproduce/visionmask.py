@@ -15,7 +15,20 @@ deletion and insertion are RISE's ``CausalMetric`` (``protocol="rise"``); the lo
 estimate divides each map by its largest magnitude (``protocol="xrl"``); RISE scores softmax
 probabilities and Greydanus the logits (``docs/metrics.md``, ``docs/explainers.md``).
 ``curve_substrate="reference"`` runs deletion and insertion against the network's reference
-instead (what it was trained with). ``visionmask=PATH`` scores another network of the agent
+instead (what it was trained with).
+
+Two protocols (``protocols=``), each with its own tables: ``"xrl"`` is the protocol above
+(``table1``, ``paired``, ``table1.png``); ``"visionmask"`` runs the baselines and metrics as
+VisionMask compared them (``table1-visionmask``, ``paired-visionmask``): the settings of
+``visionmask_protocol`` — RISE as TorchRay's (``preset="torchray"``: 8,000 masks, 7 cells,
+sigmoid, sum / N; the paper: "we use the public implementation from torchray"), LIME's binary
+explanation mask (``output="binary"``: ``get_image_and_mask``'s top 5 positive superpixels;
+the paper: "the binary mask of LIME"), deletion, insertion and the local Lipschitz estimate as
+LATEC's code (``protocol="latec"``; the paper: "we closely follow the LATEC benchmark") with
+``latec_lipschitz_samples`` neighbours (None: LATEC's 5). Accuracy and sparseness are the same
+in both. The zoo VisionMask networks were trained without the authors' Adam
+``weight_decay=0.01`` (``xrl train visionmask --weight-decay``, default 0.01 since issue 42);
+they are scored as they are. ``visionmask=PATH`` scores another network of the agent
 (the Table 2 ablations, e.g. ``--set agents=red-fetch-green --set visionmask=runs/vm-amax0.2/visionmask.pt
 --set 'baselines=[]'``).
 """
@@ -57,7 +70,11 @@ def run_table1(run: Run) -> None:
     from xrl.train.visionmask import split_indices
 
     s = run.settings
-    rows_out, paired_rows, speed_rows, extra = [], [], [], {}
+    for protocol in s["protocols"]:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"visionmask-table1: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    out: dict[str, dict[str, list]] = {p: {"rows": [], "paired": [], "extra": {}} for p in s["protocols"]}
+    speed_rows = []
     for env in s["agents"]:
         if env not in AGENTS:
             raise ValueError(f"visionmask-table1: unknown agent {env!r}; known: {', '.join(AGENTS)}")
@@ -75,28 +92,26 @@ def run_table1(run: Run) -> None:
             dict(substrate="background", background=background) if background is not None else dict(substrate="black")
         )
         curve = substrate if s["curve_substrate"] == "reference" else {}
-        metrics = {
-            "accuracy": substrate,
-            "deletion": curve,
-            "insertion": curve,
-            "lipschitz": {"n_samples": s["lipschitz_samples"]},
-            "sparseness": {},
-        }
-        methods = {"visionmask": {"network": str(vm_path)}}
+        networks = {"visionmask": {"network": str(vm_path)}}
         if st_path.exists():
-            methods["stalder_explainer"] = {"network": str(st_path)}
-        methods.update({m: dict(s["method_settings"].get(m, {})) for m in s["baselines"]})
+            networks["stalder_explainer"] = {"network": str(st_path)}
         with StateDataset.open(data) as ds:
             test = split_indices(len(ds), s["split_seed"])["test"][: s["n_states"]]
-            values = {}
-            for method, settings in methods.items():
+            by_protocol = {}
+            for protocol in s["protocols"]:
+                metrics, methods = _protocol(s, protocol, substrate, curve, networks)
+                values = {}
+                for method, settings in methods.items():
 
-                def compute(method=method, settings=settings):
-                    start = time.perf_counter()
-                    result = evaluate(model, ds, {method: settings}, metrics, rows=test, progress=False)
-                    return {"values": result.values[method], "seconds": time.perf_counter() - start}
+                    def compute(method=method, settings=settings, metrics=metrics):
+                        start = time.perf_counter()
+                        result = evaluate(model, ds, {method: settings}, metrics, rows=test, progress=False)
+                        return {"values": result.values[method], "seconds": time.perf_counter() - start}
 
-                values[method] = run.row(f"{env}-{method}", compute)["values"]
+                    # protocol "xrl" keeps its row names (rows cached by earlier runs stay valid)
+                    name = f"{env}-{method}" if protocol == "xrl" else f"{env}-{protocol}-protocol-{method}"
+                    values[method] = run.row(name, compute)["values"]
+                by_protocol[protocol] = values
 
             def raw():
                 result = evaluate(
@@ -111,18 +126,19 @@ def run_table1(run: Run) -> None:
 
             raw_accuracy = run.row(f"{env}-visionmask-raw-accuracy", raw)["accuracy"]
             speed_states = ds.states(np.arange(min(s["speed_states"], len(ds))))
-        for method, v in values.items():
-            row = {"agent": env, "method": method, **{c: nanmean(v[c]) for c in COLUMNS}}
-            if method == "visionmask":
-                row["accuracy (raw mask)"] = nanmean(raw_accuracy)
-            rows_out.append(row)
-        for col in ("deletion", "insertion"):
-            prow = {"agent": env, "column": col}
+        for protocol, values in by_protocol.items():
             for method, v in values.items():
-                if method != "visionmask":
-                    prow[method] = format_interval(paired_interval(values["visionmask"][col], v[col]))
-            paired_rows.append(prow)
-        extra[env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
+                row = {"agent": env, "method": method, **{c: nanmean(v[c]) for c in COLUMNS}}
+                if method == "visionmask":
+                    row["accuracy (raw mask)"] = nanmean(raw_accuracy)
+                out[protocol]["rows"].append(row)
+            for col in ("deletion", "insertion"):
+                prow = {"agent": env, "column": col}
+                for method, v in values.items():
+                    if method != "visionmask":
+                        prow[method] = format_interval(paired_interval(values["visionmask"][col], v[col]))
+                out[protocol]["paired"].append(prow)
+            out[protocol]["extra"][env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
         speed = run.row(
             f"{env}-speed",
             lambda model=model, vm_path=vm_path, states=speed_states: _speed(  # type: ignore[misc]
@@ -139,28 +155,31 @@ def run_table1(run: Run) -> None:
         )
         torch.set_num_threads(1)
 
-    methods = list(dict.fromkeys(r["method"] for r in rows_out))  # type: ignore[assignment]
-    for r in rows_out:  # mark the best value of each column per agent
-        for c in COLUMNS:
-            vals = [x[c] for x in rows_out if x["agent"] == r["agent"] and x[c] is not None]
-            if r[c] is not None and vals and r[c] == (max(vals) if HIGHER[c] else min(vals)):
-                r[f"{c} best"] = True
-    run.table(
-        "table1",
-        rows_out,
-        ["agent", "method", *COLUMNS, "accuracy (raw mask)"],
-        title=f"VisionMask Table 1 on {s['n_states']} test-split states of each zoo agent's expert data "
-        f"(↑ accuracy, ↓ deletion, ↑ insertion, ↓ lipschitz, ↑ sparseness; curves substrate: "
-        f"{s['curve_substrate']})",
-        extra={"per_state": extra},
-    )
-    run.table(
-        "paired",
-        paired_rows,
-        ["agent", "column", *[m for m in methods if m != "visionmask"]],
-        title="VisionMask minus each method over the same states (mean, 95% percentile bootstrap interval; "
-        "bold = excludes 0; deletion: positive = VisionMask worse; insertion: negative = VisionMask worse)",
-    )
+    for protocol, tables in out.items():
+        rows_out, suffix = tables["rows"], "" if protocol == "xrl" else f"-{protocol}"
+        methods = list(dict.fromkeys(r["method"] for r in rows_out))
+        for r in rows_out:  # mark the best value of each column per agent
+            for c in COLUMNS:
+                vals = [x[c] for x in rows_out if x["agent"] == r["agent"] and x[c] is not None]
+                if r[c] is not None and vals and r[c] == (max(vals) if HIGHER[c] else min(vals)):
+                    r[f"{c} best"] = True
+        run.table(
+            f"table1{suffix}",
+            rows_out,
+            ["agent", "method", *COLUMNS, "accuracy (raw mask)"],
+            title=f"VisionMask Table 1 on {s['n_states']} test-split states of each zoo agent's expert data, "
+            f"{PROTOCOLS[protocol]} (↑ accuracy, ↓ deletion, ↑ insertion, ↓ lipschitz, ↑ sparseness; curves "
+            f"substrate: {s['curve_substrate']})",
+            extra={"per_state": tables["extra"], "protocol": protocol, "settings": _settings_of(s, protocol)},
+        )
+        run.table(
+            f"paired{suffix}",
+            tables["paired"],
+            ["agent", "column", *[m for m in methods if m != "visionmask"]],
+            title=f"{PROTOCOLS[protocol]}: VisionMask minus each method over the same states (mean, 95% "
+            "percentile bootstrap interval; bold = excludes 0; deletion: positive = VisionMask worse; insertion: "
+            "negative = VisionMask worse)",
+        )
     run.table(
         "speed",
         speed_rows,
@@ -169,7 +188,48 @@ def run_table1(run: Run) -> None:
         "Greydanus's map of one action (best of 3, one thread)",
         digits=1,
     )
-    _figure(run, rows_out)
+    for protocol, tables in out.items():
+        _figure(run, tables["rows"], "table1" if protocol == "xrl" else f"table1-{protocol}", PROTOCOLS[protocol])
+
+
+#: the protocols of ``protocols=`` and their titles
+PROTOCOLS = {
+    "visionmask": "baselines and metrics as VisionMask ran them (TorchRay's RISE, LIME's binary mask, LATEC's "
+    "deletion, insertion and LLE)",
+    "xrl": "xrl's protocol (eclique's RISE, LIME coefficients, RISE's CausalMetric, normalised LLE)",
+}
+
+
+def _settings_of(s: dict, protocol: str) -> dict:
+    """The method and metric settings a protocol lays over the run's (``visionmask_protocol`` for
+    ``"visionmask"``, nothing for ``"xrl"``)."""
+    if protocol == "xrl":
+        return {"method_settings": {}, "metric_settings": {"lipschitz": {"n_samples": s["lipschitz_samples"]}}}
+    laid = s["visionmask_protocol"]
+    metric_settings = {k: dict(v) for k, v in laid.get("metric_settings", {}).items()}
+    if s["latec_lipschitz_samples"] is not None:
+        metric_settings.setdefault("lipschitz", {})["n_samples"] = s["latec_lipschitz_samples"]
+    return {"method_settings": laid.get("method_settings", {}), "metric_settings": metric_settings}
+
+
+def _protocol(s: dict, protocol: str, substrate: dict, curve: dict, networks: dict) -> tuple[dict, dict]:
+    """``(metrics, methods)`` of one protocol: the run's ``method_settings`` (e.g. ``--quick``'s
+    budgets) laid over the protocol's method settings, its metric settings over the curves'
+    substrate."""
+    laid = _settings_of(s, protocol)
+    metric_settings = laid["metric_settings"]
+    metrics = {
+        "accuracy": substrate,
+        "deletion": {**curve, **metric_settings.get("deletion", {})},
+        "insertion": {**curve, **metric_settings.get("insertion", {})},
+        "lipschitz": dict(metric_settings.get("lipschitz", {})),
+        "sparseness": {},
+    }
+    methods = dict(networks)
+    methods.update(
+        {m: {**laid["method_settings"].get(m, {}), **s["method_settings"].get(m, {})} for m in s["baselines"]}
+    )
+    return metrics, methods
 
 
 def _speed(model, network_path, states, greydanus_settings) -> dict:
@@ -193,7 +253,7 @@ def _speed(model, network_path, states, greydanus_settings) -> dict:
     return times
 
 
-def _figure(run: Run, rows: list[dict]) -> None:
+def _figure(run: Run, rows: list[dict], name: str = "table1", protocol: str = "") -> None:
     from xrl.viz.overlay import figure, save_figure
 
     agents = list(dict.fromkeys(r["agent"] for r in rows))
@@ -209,7 +269,7 @@ def _figure(run: Run, rows: list[dict]) -> None:
             )
             ax.set_title(f"{agent}: {col} {'↑' if HIGHER[col] else '↓'}", fontsize=9)
             ax.tick_params(labelsize=7)
-    save_figure(fig, run.figure("table1"), "VisionMask Table 1 on the zoo agents")
+    save_figure(fig, run.figure(name), f"VisionMask Table 1 on the zoo agents: {protocol}")
 
 
 # the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
