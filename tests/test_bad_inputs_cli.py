@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -38,12 +39,13 @@ REFUSED = [
     # xrl train agent: env settings, DQN settings, algorithm, env
     (
         [*AGENT, "--set", "size=abc", "--out", "OUT"],
-        "--set size=abc: red-fetch-green refused its settings: '<' not supported between instances of 'str' and 'int'",
+        "--set size=abc: red-fetch-green refused its settings: size must be at least 5 (walls + room for 4 "
+        "entities) and an integer, got 'abc'",
     ),
     (
         [*AGENT, "--set", "size=true", "--out", "OUT"],
-        "--set size=True: red-fetch-green refused its settings: size must be at least 5 (walls + room for 4 entities), "
-        "got True",
+        "--set size=True: red-fetch-green refused its settings: size must be at least 5 (walls + room for 4 "
+        "entities) and an integer, got True",
     ),
     (
         [*AGENT, "--set", "colour=red", "--out", "OUT"],
@@ -186,6 +188,10 @@ PARSER = [
         "argument --threshold: expected a number in [0, 1], got '-1'",
     ),
     (["bench", "quick", "--workers", "0"], "argument --workers: expected an integer of at least 1, got '0'"),
+    (
+        ["attack", "--agent", "red-fetch-green", "--eps", "abc", "--out", "OUT"],
+        "argument --eps: expected comma-separated numbers of at least 0, got 'abc'",
+    ),
 ]
 
 
@@ -500,69 +506,200 @@ def test_the_bad_input_tables_hold_at_least_60_rows():
     assert len(REFUSED) + len(PARSER) + len(COMMANDS) >= 60
 
 
-def test_a_damaged_job_file_is_named_by_read_npz(tmp_path):
-    """What ``xrl report`` and the bench runner read of a job: a cut ``.npz`` is one error naming it."""
+# ------------------------------------------------------------------ issue 46's list, as stated
+
+#: (argv, the exact line after "xrl <command>: error: " or a regular expression, environment variables);
+#: in/ holds the files made by _issue46_files, DATA the shared dataset
+ISSUE46 = [
+    # tracebacks before
+    (
+        [*EVALUATE, "--metrics", "sparseness", "--targets", "agent", "--agent", "pong", "--out", "ev"],
+        "DATA holds states of shape (3, 64, 64) (env red-fetch-green) but the agent consumes (4, 84, 84); collect "
+        "a dataset with this agent (xrl collect --agent ...)",
+        {},
+    ),
+    # cryptic before
+    (
+        ["explain", *RFG_AGENT, "--data", "in/chunk.h5", "--methods", "gradient", "--out", "e.png"],
+        re.compile(
+            r"in/chunk\.h5 is truncated or corrupt \(.+\); " + re.escape(STATE_DATASET) + r"\. Collect it again\."
+        ),
+        {},
+    ),
+    (
+        ["collect", "--agent", "in/cab/agent.pt", "--episodes", "1", "--out", "c.h5"],
+        'in/cab/agent.pt: its card\'s env settings {"size": "abc"} are refused by red-fetch-green: size must be at '
+        "least 5 (walls + room for 4 entities) and an integer, got 'abc'",
+        {},
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/empty.h5", "--methods", "gradient", "--out", "e.png"],
+        f"in/empty.h5 holds no states (0 rows); {STATE_DATASET}. Collect it again with at least one step.",
+        {},
+    ),
+    (
+        [*EVALUATE, "--metrics", "sparseness", "--out", "in/loop"],
+        "--out in/loop is a symbolic link that leads nowhere (a loop or a missing target); expected a folder",
+        {},
+    ),
+    (
+        [*EVALUATE, "--metrics", "sparseness", "--out", "in/afile"],
+        "--out in/afile is a file; expected a folder (it would hold the results)",
+        {},
+    ),
+    (
+        ["attack", *RFG_AGENT, "--attacks", "fgsm", "--episodes", "1", "--out", "in/afile"],
+        "--out in/afile is a file; expected a folder (it would hold the results)",
+        {},
+    ),
+    (
+        ["bench", "in/spec.toml.d/spec.toml", "--check"],
+        "in/spec.toml.d/spec.toml is a folder; expected a spec file (TOML) or a shipped spec: quick, full",
+        {},
+    ),
+    (["report", "in/afile"], "in/afile is a file; expected a results folder (xrl bench --out)", {}),
+    ([*EVALUATE, "--metrics", "sparseness", "--out", ""], "--out '': expected a file or folder name", {}),
+    ([*EXPLAIN, "gradient", "--out", ""], "--out '': expected a file or folder name", {}),
+    (["collect", *RFG_AGENT, "--episodes", "1", "--out", ""], "--out '': expected a file or folder name", {}),
+    (
+        ["collect", "--agent", "shapes-cnn", "--episodes", "1", "--out", "c.h5"],
+        "--agent shapes-cnn is a classifier whose card records no env to play in; collect needs an agent trained "
+        "on an env, or --env NAME (xrl envs)",
+        {},
+    ),
+    (
+        ["collect", *RFG_AGENT, "--episodes", "1", "--out", "c.h5"],
+        "no agent file 'red-fetch-green', and no zoo to look the name up in: $XRL_ZOO '/nonexistent' is not a "
+        "folder; set XRL_ZOO to a zoo folder or give an SB3 .zip or an xrl .pt path",
+        {"XRL_ZOO": "/nonexistent"},
+    ),
+    (["zoo"], "zoo folder '/nonexistent' does not exist (set XRL_ZOO or pass a folder)", {"XRL_ZOO": "/nonexistent"}),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/pickled.h5", "--methods", "gradient", "--out", "e.png"],
+        re.compile(r"in/pickled\.h5 has attribute agent = .+, not JSON; expected an object"),
+        {},
+    ),
+    # silently accepted before
+    (
+        ["explain", *RFG_AGENT, "--data", "in/nan.h5", "--methods", "gradient", "--out", "e.png"],
+        "in/nan.h5 has 1 rows with NaN or infinite scores, the first row 3; expected finite float scores (the "
+        "agent's outputs). Collect it again.",
+        {},
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/garbage-env.h5", "--methods", "gradient", "--out", "e.png"],
+        'in/garbage-env.h5 has attribute env = "red-fetch-green"; expected an object {"name": "<env name>", '
+        '"settings": {...}}',
+        {},
+    ),
+    (
+        [*EXPLAIN, "greydanus", "--setting", "greydanus.radius=Infinity", "--out", "e.png"],
+        "--setting greydanus.radius=Infinity: expected a finite number (default 5.0)",
+        {},
+    ),
+    (
+        ["zoo", "--dir", "in/zoo"],
+        'in/zoo/red-fetch-green/agent.json: score is "great"; expected an object of numbers like {"mean_return": '
+        '0.9, "std_return": 0.1, "episodes": 10}',
+        {},
+    ),
+]
+
+
+def _issue46_files(folder, data) -> None:
+    import pickle
+    import shutil
+
+    import h5py
     import numpy as np
 
-    from xrl.bench.layout import read_npz
+    from xrl.agents.load import ZOO_DIR
 
-    path = tmp_path / "random.npz"
-    np.savez_compressed(path, maps=np.zeros((2, 4, 4), np.float32))
-    assert read_npz(path)["maps"].shape == (2, 4, 4)
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError) as err:
-        read_npz(path)
-    assert str(err.value).startswith(f"{path} is not a readable job file (") and "run `xrl bench` again" in str(
-        err.value
+    (folder / "afile").write_text("a file, not a folder")
+    (folder / "loop").symlink_to("loop")
+    (folder / "spec.toml.d" / "spec.toml").mkdir(parents=True)
+    blob = bytearray(data.read_bytes())
+    with h5py.File(data, "r") as f:  # garbage over the middle of the states' data (the file opens)
+        states = f["states"]
+        offsets = [states.id.get_chunk_info(i).byte_offset for i in range(states.id.get_num_chunks())]
+    at = offsets[len(offsets) // 2]
+    blob[at : at + 64] = b"\xff" * 64
+    (folder / "chunk.h5").write_bytes(bytes(blob))
+    for name, change in (
+        ("nan.h5", lambda f: f["scores"].__setitem__(3, np.nan)),
+        ("garbage-env.h5", lambda f: f.attrs.__setitem__("env", json.dumps("red-fetch-green"))),
+        ("pickled.h5", lambda f: f.attrs.__setitem__("agent", np.void(pickle.dumps({"source": "x"})))),
+    ):
+        shutil.copy(data, folder / name)
+        with h5py.File(folder / name, "r+") as f:
+            change(f)
+    with h5py.File(data, "r") as src, h5py.File(folder / "empty.h5", "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        dst.attrs["n_episodes"] = 0
+        for key in src:
+            if isinstance(src[key], h5py.Dataset):
+                dst.create_dataset(key, shape=(0, *src[key].shape[1:]), dtype=src[key].dtype)
+    card = json.loads((ZOO_DIR / "red-fetch-green" / "agent.json").read_text())
+    (folder / "cab").mkdir()
+    shutil.copy(ZOO_DIR / "red-fetch-green" / "agent.pt", folder / "cab" / "agent.pt")
+    (folder / "cab" / "agent.json").write_text(
+        json.dumps({**card, "env": {**card["env"], "settings": {"size": "abc"}}})
     )
+    (folder / "zoo" / "red-fetch-green").mkdir(parents=True)
+    shutil.copy(ZOO_DIR / "red-fetch-green" / "agent.pt", folder / "zoo" / "red-fetch-green" / "agent.pt")
+    (folder / "zoo" / "red-fetch-green" / "agent.json").write_text(json.dumps({**card, "score": "great"}))
+
+
+@pytest.mark.parametrize("argv, line, env", ISSUE46, ids=[" ".join(a[:1] + a[-4:-2]) for a, _, _ in ISSUE46])
+def test_issue_46_bad_inputs_are_one_line_and_write_nothing(argv, line, env, dataset, tmp_path, capsys, monkeypatch):
+    import xrl.agents.load
+    import xrl.zoo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    _issue46_files(tmp_path / "in", dataset)
+    for key, value in env.items():  # the zoo folder is read once, at import
+        monkeypatch.setenv(key, value)
+        if key == "XRL_ZOO":
+            monkeypatch.setattr(xrl.agents.load, "ZOO_DIR", Path(value))
+            monkeypatch.setattr(xrl.zoo, "ZOO_DIR", Path(value))
+    argv = [str(dataset) if a == "DATA" else a for a in argv]
+    before, data_before = files(tmp_path), dataset.read_bytes()
+    capsys.readouterr()
+    code = None
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    prefix = f"xrl {argv[0]}: error: "
+    assert err[0].startswith(prefix)
+    if isinstance(line, str):
+        assert err[0][len(prefix) :] == line.replace("DATA", str(dataset))
+    else:
+        assert re.fullmatch(line.pattern.replace("DATA", re.escape(str(dataset))), err[0][len(prefix) :]), err[0]
+    assert files(tmp_path) == before and dataset.read_bytes() == data_before  # nothing written
 
 
 @pytest.mark.slow
-def test_a_truncated_job_file_in_report_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "spec.toml").write_text(
-        "methods = ['random']\nmetrics = ['sparseness']\n[[agents]]\nagent = 'red-fetch-green'\n"
-    )
-    assert main(["bench", "spec.toml", "--out", "res"]) == 0
-    job = next((tmp_path / "res" / "jobs").rglob("*.npz"))
-    job.write_bytes(job.read_bytes()[:300])
-    before = files(tmp_path)
-    capsys.readouterr()
-    assert main(["report", "res", "--out", "r.html"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        f"xrl report: error: {job.relative_to(tmp_path)} is not a readable job file (BadZipFile: File is "
-        "not a zip file); delete it and run `xrl bench` again to recompute the job"
-    ]
-    assert files(tmp_path) == before
+def test_a_closed_pipe_ends_quietly():
+    """``xrl zoo | head -1``: the reader has gone; no "Broken pipe" error, SIGPIPE's status 141."""
+    import os
+    import subprocess
+    import sys
 
-
-def test_a_setting_that_needs_too_much_memory_is_one_line(dataset, tmp_path, capsys, monkeypatch):
-    """The memory estimate before a large allocation (XRL_MAX_ALLOC_GB) reaches the CLI as one
-    line naming the setting to change, not a traceback; nothing is written."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XRL_MAX_ALLOC_GB", "0.00001")  # 10 kB
-    assert (
-        main(
-            [
-                "explain",
-                *RFG_AGENT,
-                "--data",
-                str(dataset),
-                "--methods",
-                "greydanus",
-                "--setting",
-                "greydanus.stride=1",
-                "--out",
-                "e.png",
-            ]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        writer = subprocess.run(
+            [sys.executable, "-c", "import sys; from xrl.cli import main; sys.exit(main(['zoo']))"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=120,
         )
-        == 2
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.fullmatch(
-        r"xrl explain: error: .+ would need [0-9.]+ GB \(limit 0\.0 GB, "
-        r"XRL_MAX_ALLOC_GB\); .*stride.*",
-        err[0],
-    ), err
-    assert files(tmp_path) == {}
+    finally:
+        os.close(write)
+    assert writer.stderr.decode().strip() == "" and writer.returncode == 141

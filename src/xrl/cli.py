@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import zipfile
 from collections.abc import Callable
@@ -109,6 +111,8 @@ def check_method_settings(registry, methods: dict[str, dict], flag: str) -> None
             if not ok:
                 expected = " or ".join(_KINDS[w][1] for w in sorted(words, key=list(_KINDS).index))
                 raise ValueError(f"--{flag} {method}.{key}={shown}: expected {expected} (default {p.default!r})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{flag} {method}.{key}={shown}: expected a finite number (default {p.default!r})")
 
 
 def _number(kind, test, expected: str):
@@ -130,6 +134,40 @@ def _number(kind, test, expected: str):
 _at_least_1 = _number(int, lambda v: v >= 1, "an integer of at least 1")
 _positive = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
 _fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def _eps_list(text: str) -> list[float]:
+    """``--eps 0,0.01,0.1``: comma-separated finite radii of at least 0."""
+    try:
+        values = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of at least 0, got {text!r}")
+    return values
+
+
+_eps_list.__name__ = "comma-separated numbers"
+
+
+def _out_folder(out: str, flag: str = "--out") -> Path:
+    """An output folder checked before any computation: not a file, not a dangling or looping
+    symbolic link, not inside a file."""
+    path = Path(out)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(
+            f"{flag} {out} is a symbolic link that leads nowhere (a loop or a missing target); expected a folder"
+        )
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {out} is a file; expected a folder (it would hold the results)")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {out}: {parent} is a file; expected a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{flag} {out}: {parent} is not writable")
+            break
+    return path
 
 
 def _doc(obj) -> str:
@@ -238,10 +276,10 @@ def cmd_counterfactual(args) -> None:
     from xrl.explainers.visionmask import counterfactual
     from xrl.viz.overlay import counterfactual_figure
 
+    out = _out_folder(args.out)
     model = load_agent(args.agent)
     network = load_mask_network(args.network)
     explainer = get_explainer(network.method, model, network=network)
-    out = Path(args.out)
     with StateDataset.open(args.data) as ds:
         rows = _rows(len(ds), args.n, args.seed)
         states = ds.states(rows)
@@ -275,7 +313,8 @@ def cmd_attack(args) -> None:
     from xrl.viz.overlay import attack_curves
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    eps = [float(e) for e in args.eps.split(",") if e.strip()]
+    eps = args.eps
+    _out_folder(args.out)
     from xrl.attacks import ATTACKS
 
     settings = _method_settings(",".join(attacks), args.setting, registry=ATTACKS)
@@ -298,6 +337,12 @@ def cmd_collect(args) -> None:
     from xrl.data.collect import collect
 
     model = load_agent(args.agent)
+    if args.env is None and not model.info.get("env"):
+        kind = "classifier" if (model.info.get("card") or {}).get("format") == "xrl.classifier" else "model"
+        raise ValueError(
+            f"--agent {args.agent} is a {kind} whose card records no env to play in; collect needs an agent "
+            "trained on an env, or --env NAME (xrl envs)"
+        )
     path = collect(
         model,
         episodes=args.episodes,
@@ -316,6 +361,16 @@ def _within_data(flag: str, asked: int | None, ds) -> None:
     """A count given on the command line may not exceed the dataset's states (the default may)."""
     if asked is not None and asked > len(ds):
         raise ValueError(f"{flag} {asked}: {ds.path} holds {len(ds)} states; ask for at most {len(ds)}")
+
+
+def _fits(model, ds) -> None:
+    """The dataset's states are of the shape the model consumes (else: another env's dataset)."""
+    if tuple(ds.state_shape) != tuple(model.input_shape):
+        env = ds.env.get("name")
+        raise ValueError(
+            f"{ds.path} holds states of shape {tuple(ds.state_shape)} (env {env}) but the agent consumes "
+            f"{tuple(model.input_shape)}; collect a dataset with this agent (xrl collect --agent ...)"
+        )
 
 
 def _rows(n_total: int, n: int, seed: int) -> np.ndarray:
@@ -360,6 +415,7 @@ def cmd_explain(args) -> None:
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
+        _fits(model, ds)
         _within_data("--n", args.n, ds)
         rows = _rows(len(ds), args.n or 6, args.seed)
         actions = dataset_targets(model, ds, rows, args.targets)  # refuses another agent's data unless asked
@@ -379,12 +435,14 @@ def cmd_evaluate(args) -> None:
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import evaluate
 
+    _out_folder(args.out)
     model = load_agent(args.agent)
     methods = _methods_for(model, args.methods, args.setting)
     metrics = _method_settings(
         args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting", registry=METRICS
     )
     with StateDataset.open(args.data) as ds:
+        _fits(model, ds)
         _within_data("--n-states", args.n_states, ds)
         result = evaluate(
             model, ds, methods, metrics, n_states=args.n_states or 64, seed=args.seed, targets=args.targets
@@ -398,6 +456,10 @@ def cmd_bench(args) -> int:
     from xrl.bench import load_results, load_spec, run_bench
     from xrl.bench.results import group_table
 
+    if Path(args.spec).is_dir():
+        raise ValueError(f"{args.spec} is a folder; expected a spec file (TOML) or a shipped spec: quick, full")
+    if args.out is not None:
+        _out_folder(args.out)
     spec = load_spec(args.spec, load_weights=not args.check)  # checking reads no weights
     if args.check:
         print(
@@ -424,6 +486,8 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> None:
     from xrl.report import build_report
 
+    if Path(args.results).exists() and not Path(args.results).is_dir():
+        raise ValueError(f"{args.results} is a file; expected a results folder (xrl bench --out)")
     print(f"wrote {build_report(args.results, args.out)}")
 
 
@@ -583,7 +647,9 @@ def _data_commands(sub) -> None:
     a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
     a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")
     a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
-    a.add_argument("--eps", default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)")
+    a.add_argument(
+        "--eps", type=_eps_list, default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)"
+    )
     a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
     a.add_argument("--episodes", type=_at_least_1, default=50)
     a.add_argument(
@@ -734,13 +800,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if a != "--trust-pickle"])
     if "--trust-pickle" in argv and hasattr(args, "trust_pickle"):  # xrl train agent/digr
         args.trust_pickle = True
+    if getattr(args, "out", None) is not None and not str(args.out).strip():
+        print(f"xrl {args.command}: error: --out {args.out!r}: expected a file or folder name", file=sys.stderr)
+        return 2
     try:
         if trust:
             from xrl.agents.load import trusting_pickle
 
             with trusting_pickle():
-                return args.fn(args) or 0
-        return args.fn(args) or 0
+                code = args.fn(args) or 0
+        else:
+            code = args.fn(args) or 0
+        sys.stdout.flush()  # a closed pipe (xrl zoo | head -1) fails here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # the reader went away (xrl zoo | head -1): stop quietly, as SIGPIPE would
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush at exit must not fail again
+        except (OSError, ValueError):
+            pass
+        return 141
     except EXPECTED as err:
         if debug:
             raise

@@ -19,8 +19,10 @@ The zoo folder is ``$XRL_ZOO`` or the repository's ``zoo/``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from xrl.artifacts import FORMATS, ArtifactError, card_path, read_card, read_header
 
@@ -150,9 +152,19 @@ def network_for(kind: str, fingerprint: str) -> str:
 # ------------------------------------------------------------------ the listing of xrl zoo
 
 
-def _score_text(score: dict) -> str:
+def _score_text(score: Any, card: Any = None, key: str = "score") -> str:
     """A card's measured score in words: success rate and/or mean return over N episodes, or a
-    classifier's validation accuracy."""
+    classifier's validation accuracy. A score that is not an object of numbers is refused naming
+    the card."""
+    numbers = ("val_accuracy", "mean_return", "std_return", "success_rate")
+    if not isinstance(score, dict) or any(
+        k in score and (isinstance(score[k], bool) or not isinstance(score[k], (int, float, type(None))))
+        for k in numbers
+    ):
+        raise ValueError(
+            f"{card}: {key} is {json.dumps(score)[:80]}; expected an object of numbers like "
+            '{"mean_return": 0.9, "std_return": 0.1, "episodes": 10}'
+        )
     if "val_accuracy" in score:
         return f"validation accuracy {score['val_accuracy']:.3f}"
     if "mean_return" not in score:
@@ -218,8 +230,10 @@ def zoo_cards(zoo_dir: str | os.PathLike | None = None) -> list[dict]:
                 "trained": trained,
                 "planned": planned,
                 "finished": not (planned and trained is not None and trained < planned),
-                "score": _score_text(card.get("score") or {}),
-                "score_sampled": _score_text(card.get("score_sampled") or {}),  # policy agents since 2026-12-02
+                "score": _score_text(card.get("score") or {}, path),
+                "score_sampled": _score_text(
+                    card.get("score_sampled") or {}, path, "score_sampled"
+                ),  # since 2026-12-02
                 "teacher": (card.get("digr") or {}).get("teacher") or _named(zoo, card.get("teacher")),
                 "command": card.get("command", ""),
                 "path": str(path),

@@ -138,7 +138,13 @@ def _collect(
             )
     extend = out.exists() and not overwrite  # add episodes to the complete file
 
-    environment = make_env(name, **settings)
+    try:
+        environment = make_env(name, **settings)
+    except (TypeError, ValueError) as err:
+        card = (model.info.get("env") or {}).get("settings") or {}
+        source = model.info.get("source")
+        whose = f"{source}: its card's env settings" if source and any(k in card for k in settings) else "env settings"
+        raise ValueError(f"{whose} {json.dumps(settings)} are refused by {name}: {err}") from None
     try:
         _check_env(environment, model)
         with StateDatasetWriter(out, **meta, compression=compression, restart=overwrite) as writer:

@@ -217,7 +217,12 @@ class StateDataset:
     # -- data --------------------------------------------------------------------------------
 
     def _read(self, name: str, idx: Index = None) -> np.ndarray:
-        return _read_rows(self._h5()[name], idx)
+        try:
+            return _read_rows(self._h5()[name], idx)
+        except OSError as err:  # a damaged chunk inside the file (HDF5 does not name the file)
+            raise ValueError(
+                f"{self.path} is truncated or corrupt ({name}: {err}); {_EXPECTED}. Collect it again."
+            ) from err
 
     def states(self, idx: Index = None, *, device: torch.device | str | None = None) -> torch.Tensor:
         """The model's input ``(n, C, H, W)`` float32: stored uint8 over the agent's ``obs_scale``."""
@@ -305,20 +310,20 @@ class StateDataset:
             self.close()  # the rename must not happen under an open handle
 
 
-def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
-    n = dset.shape[0]
-    if idx is None:
-        out = dset[()]
-        return out
-    if isinstance(idx, slice):
 def _json_object(text: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(text)
     return data
 
 
+def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
+    n = dset.shape[0]
+    out: np.ndarray
+    if idx is None:
+        out = dset[()]
+        return out
+    if isinstance(idx, slice):
         rows = np.arange(n)[idx]
     else:
-    out: np.ndarray
         rows = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx).reshape(-1)
         if rows.dtype == np.bool_ or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
             raise TypeError(f"row indices must be integers, got dtype {rows.dtype}")
@@ -359,9 +364,52 @@ def _check(file: h5py.File, path: Path) -> None:
         raise ValueError(
             f"{path} is inconsistent: {n} rows in {n_episodes} episodes, but dataset lengths {lengths}; {_EXPECTED}"
         )
+    if n == 0:
+        raise ValueError(f"{path} holds no states (0 rows); {_EXPECTED}. Collect it again with at least one step.")
     for k in lengths:  # read the last row of each: catches a file cut inside its data
-        if n:
-            file[k][n - 1]
+        file[k][n - 1]
+    _check_meta(file, path)
+    scores = file["scores"][()]
+    if not np.issubdtype(scores.dtype, np.floating) or not np.isfinite(scores).all():
+        bad: np.ndarray | list[int] = (
+            np.flatnonzero(~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))) if scores.size else []
+        )
+        found = (
+            f"{len(bad)} rows with NaN or infinite scores, the first row {int(bad[0])}" if len(bad) else scores.dtype
+        )
+        raise ValueError(f"{path} has {found}; expected finite float scores (the agent's outputs). Collect it again.")
+
+
+def _check_meta(file: h5py.File, path: Path) -> None:
+    """The identifying attributes are JSON of the expected shape (never unpickled: a pickled or
+    garbage attribute is refused naming it)."""
+    expected = {
+        "env": 'an object {"name": "<env name>", "settings": {...}}',
+        "agent": "an object",
+        "action_names": "a list of action names",
+        "collect": "an object",
+    }
+    for key in META_KEYS:
+        raw = file.attrs[key]
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            if not isinstance(text, str):
+                raise ValueError
+            value = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            shown = repr(raw)[:60]
+            raise ValueError(f"{path} has attribute {key} = {shown}, not JSON; expected {expected[key]}") from None
+        ok = {
+            "env": isinstance(value, dict)
+            and isinstance(value.get("name"), str)
+            and bool(value["name"])
+            and isinstance(value.get("settings"), dict),
+            "agent": isinstance(value, dict),
+            "action_names": isinstance(value, list) and all(isinstance(a, str) for a in value),
+            "collect": isinstance(value, dict),
+        }[key]
+        if not ok:
+            raise ValueError(f"{path} has attribute {key} = {json.dumps(value)[:80]}; expected {expected[key]}")
 
 
 def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, compression: str | None) -> h5py.Dataset:

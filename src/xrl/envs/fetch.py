@@ -69,8 +69,8 @@ class RedFetchGreenEnv(MiniGridEnv):
             raise ValueError(f"obs_type must be 'rgb' or 'symbolic', got {obs_type!r}")
         if object_type not in _OBJECTS:
             raise ValueError(f"object_type must be one of {sorted(_OBJECTS)}, got {object_type!r}")
-        if size < 5:
-            raise ValueError(f"size must be at least 5 (walls + room for 4 entities), got {size}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 5:
+            raise ValueError(f"size must be at least 5 (walls + room for 4 entities) and an integer, got {size!r}")
         for name, value in (
             ("tile_size", tile_size),
             ("max_steps", max_steps),
