@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def run_table1(run: Run) -> None:
     for protocol in s["protocols"]:
         if protocol not in PROTOCOLS:
             raise ValueError(f"visionmask-table1: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    out: dict[str, dict[str, list]] = {p: {"rows": [], "paired": [], "extra": {}} for p in s["protocols"]}
+    out: dict[str, dict[str, Any]] = {p: {"rows": [], "paired": [], "extra": {}} for p in s["protocols"]}
     speed_rows = []
     for env in s["agents"]:
         if env not in AGENTS:
@@ -157,7 +158,7 @@ def run_table1(run: Run) -> None:
 
     for protocol, tables in out.items():
         rows_out, suffix = tables["rows"], "" if protocol == "xrl" else f"-{protocol}"
-        methods = list(dict.fromkeys(r["method"] for r in rows_out))
+        names = list(dict.fromkeys(r["method"] for r in rows_out))
         for r in rows_out:  # mark the best value of each column per agent
             for c in COLUMNS:
                 vals = [x[c] for x in rows_out if x["agent"] == r["agent"] and x[c] is not None]
@@ -175,7 +176,7 @@ def run_table1(run: Run) -> None:
         run.table(
             f"paired{suffix}",
             tables["paired"],
-            ["agent", "column", *[m for m in methods if m != "visionmask"]],
+            ["agent", "column", *[m for m in names if m != "visionmask"]],
             title=f"{PROTOCOLS[protocol]}: VisionMask minus each method over the same states (mean, 95% "
             "percentile bootstrap interval; bold = excludes 0; deletion: positive = VisionMask worse; insertion: "
             "negative = VisionMask worse)",
