@@ -67,7 +67,9 @@ def run(args) -> int:
     from xrl.serve.engine import RequestError
 
     engine = Engine(
-        agents={k: v for k, v in given.items() if Path(v).exists()}, cache=args.cache, max_steps=args.max_steps
+        agents={k: v for k, v in given.items() if Path(v).exists() or v.startswith("hf://")},  # hf://: the Hub
+        cache=args.cache,
+        max_steps=args.max_steps,
     )
     try:
         for name in given:  # unknown names and unreadable agent files are refused now, not in the page

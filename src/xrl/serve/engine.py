@@ -335,7 +335,7 @@ class Engine:
         self._ids = itertools.count(1)
         self.lanes = {"fast": Lane("fast"), "slow": Lane("slow")}
         for _name, path in self.given.items():
-            if not Path(path).exists() and not (self.zoo / path / "agent.pt").exists():
+            if not Path(path).exists() and not (self.zoo / path / "agent.pt").exists() and not path.startswith("hf://"):
                 raise ValueError(f"--agent {path!r}: no such file or folder and no zoo agent of that name")
 
     def preload(self, agent: str) -> list[Job]:
