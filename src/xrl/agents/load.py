@@ -212,6 +212,12 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         zoo = ZOO_DIR / str(path_or_name) / name
         if zoo.exists():
             return zoo
+    if not ZOO_DIR.is_dir():
+        where = "$XRL_ZOO" if "XRL_ZOO" in os.environ else "the zoo folder"
+        raise ValueError(
+            f"no agent file {str(path_or_name)!r}, and no zoo to look the name up in: {where} {str(ZOO_DIR)!r} "
+            "is not a folder; set XRL_ZOO to a zoo folder or give an SB3 .zip or an xrl .pt path"
+        )
     known = sorted(p.parent.name for p in ZOO_DIR.glob("*/agent.pt"))
     raise ValueError(
         f"no agent file {str(path_or_name)!r} and no zoo agent of that name; zoo agents: "
