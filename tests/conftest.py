@@ -112,6 +112,7 @@ SLOW = {
         "test_resume_after_kill_equals_uninterrupted",
         "test_the_same_agent_from_another_path_extends_the_dataset",
     ],
+    "test_contributing.py": ["test_a_new_explainer_in_one_file_gets_the_contract_tests"],  # a pytest run in a copy
     "test_demo.py": [
         "test_sections_are_shipped_specs_of_the_papers_agents",
     ],
