@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import xrl
-from xrl.serve.engine import RequestError, check_rects, check_settings, perturb_states, rect_mask
+from xrl.serve.engine import RequestError, check_rects, check_scale, check_settings, perturb_states, rect_mask
 
 AGENT = "red-fetch-green"
 SEED = 0  # a 5-step episode of the zoo agent
@@ -473,7 +473,7 @@ SAL = {"agent": AGENT, "seed": SEED, "t": 0, "method": "gradient"}
         ({"target": "left"}, 400, ["target"]),
         ({"settings": {"reduce": "bogus"}}, 422, ["refuses", "reduce"]),
         ({"settings": {"network": "/tmp/x.pt"}}, 403, ["path"]),
-        ({"settings": {"no_such_setting": 1}}, 422, ["refuses"]),
+        ({"settings": {"no_such_setting": 1}}, 422, ["refuses", "its settings: reduce="]),
         ({"t": 5}, 400, ["t must"]),
         ({"seed": 99}, 409, ["not recorded"]),
         ({"extra": 1}, 400, ["unknown fields"]),
@@ -588,3 +588,56 @@ def test_command_serves_on_127_0_0_1_and_prints_the_address(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_saliency_scale_own_or_shared_and_its_range(server):
+    """The overlay names its scaling: the map's own min-max (and its range, for the colour key)
+    or a shared [lo, hi] from the page, which is what overlay(vrange=) draws; bad scales refused."""
+    from xrl.viz.overlay import overlay
+
+    body = {"agent": AGENT, "seed": SEED, "t": 1, "method": "gradient"}
+    status, own = call(server, "POST", "api/saliency", body, settle=True)
+    with recorded(server) as ds:
+        state, frame, action = ds.states(1), ds.frames(1)[0], int(ds.actions[1])
+    saliency = xrl.get_explainer("gradient", xrl.load_agent(AGENT)).explain(state, action)[0].numpy()
+    assert status == 200 and own["scale"] == "own"
+    assert own["range"] == pytest.approx([float(saliency.min()), float(saliency.max())])
+    lo, hi = float(saliency.min()), float(saliency.max()) * 2
+    status, shared = call(server, "POST", "api/saliency", {**body, "scale": [lo, hi]})
+    assert status == 200 and shared["scale"] == [lo, hi]
+    want = np.clip((saliency.astype(np.float64) - lo) / (hi - lo), 0, 1)  # by hand: shared scale, clipped
+    got = decode(shared["overlay"]).astype(int)
+    assert np.abs(got - overlay(frame, want, vrange=(0.0, 1.0)).astype(int)).max() <= 1
+    assert shared["overlay"] != own["overlay"]
+    for scale in ([1, 1], [2, 1], [0], "own", [True, 2]):
+        got_status, answer = call(server, "POST", "api/saliency", {**body, "scale": scale})
+        assert got_status == 400 and "scale" in answer["error"], (scale, answer)
+    with pytest.raises(RequestError, match="scale"):
+        check_scale([0, float("inf")])
+
+
+def test_episode_says_when_it_was_cut_and_agents_and_networks_say_their_kind(server):
+    ep = server.episode
+    assert ep["max_steps"] == 40 and ep["truncated"] == (ep["length"] >= 40)
+    status, listing = call(server, "GET", "api/agents")
+    roles = {a["id"]: a["role"] for a in listing["agents"]}
+    assert roles["red-fetch-green-digr-a1"] == "DIGR student of red-fetch-green"
+    assert roles["red-fetch-green-sparse-fls-0"].startswith("FLS attention agent")
+    assert roles[AGENT] == ""
+    status, methods = call(server, "GET", f"api/methods?agent={AGENT}")
+    labels = {m["id"]: m["label"] for m in methods["methods"]}
+    assert (
+        labels[VM] == "visionmask · explainer network red-fetch-green-visionmask" and labels["gradient"] == "gradient"
+    )
+
+
+def test_the_page_colour_key_is_the_overlay_colour_map():
+    """app.js draws its key with the colours of xrl.viz.overlay (matplotlib's jet)."""
+    import re
+    from pathlib import Path
+
+    from xrl.viz.overlay import key_colours
+
+    js = (Path(xrl.__file__).parent / "serve" / "static" / "app.js").read_text()
+    (stops,) = re.findall(r"const JET = \[([^\]]*)\]", js)
+    assert re.findall(r'"(#[0-9a-f]{6})"', stops) == key_colours(11)

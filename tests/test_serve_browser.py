@@ -101,8 +101,26 @@ def drive(url: str, screenshot: Path) -> None:
         settle(d)
         step = d.find_element("id", "step")
         assert step.text.startswith("step 0 /")
+        assert "episode ended" in step.text or "cut at 40 steps" in step.text  # truncation is shown
         first = overlay(d)
         assert first
+        # the colour key under the map: the ramp, the map's range, its scaling named
+        key = d.find_element("id", "key")
+        assert key.get_attribute("data-scaling") == "own" and "…" in d.find_element("id", "key-range").text
+        assert "own min–max" in d.find_element("id", "key-text").text
+        ramp = d.execute_script("return getComputedStyle(document.querySelector('#key .ramp')).backgroundImage")
+        assert ramp.startswith("linear-gradient"), ramp
+        # legends of the bars and of the action strip
+        assert "poked frame" in d.find_element("id", "bars-legend").text
+        legend = d.find_element("id", "strip-legend").text
+        assert all(name in legend for name in ("left", "right", "forward", "pickup")), legend
+        # the ? panel lists the keys
+        d.find_element("tag name", "body").send_keys("?")
+        assert (
+            d.find_element("id", "help").is_displayed() and "previous / next step" in d.find_element("id", "help").text
+        )
+        d.find_element("tag name", "body").send_keys("\ue00c")  # Escape
+        assert not d.find_element("id", "help").is_displayed()
 
         # step the timeline: the frame and its map change
         d.find_element("id", "next").click()
@@ -126,11 +144,21 @@ def drive(url: str, screenshot: Path) -> None:
         settle(d)
         assert step.text.startswith("step 1 /") and overlay(d) == stepped  # cached, the same map
 
-        # switch method: a zoo VisionMask network for this agent
-        Select(d.find_element("id", "method")).select_by_value(VM)
+        # switch method: a zoo VisionMask network for this agent, labelled as a network
+        method_list = d.find_element("id", "method")
+        Select(method_list).select_by_value(VM)
         settle(d)
         by_vm = overlay(d)
         assert by_vm and by_vm != stepped
+        assert "explainer network" in Select(method_list).first_selected_option.text
+        # the method list has focus: → and ← still step the timeline, the method stays
+        method_list.send_keys("\ue014")  # ArrowRight
+        settle(d)
+        assert step.text.startswith("step 2 /") and method_list.get_attribute("value") == VM
+        method_list.send_keys("\ue012")  # ArrowLeft
+        settle(d)
+        assert step.text.startswith("step 1 /") and method_list.get_attribute("value") == VM
+        assert overlay(d) == by_vm
 
         # select another action: its map
         taken = d.execute_script(
@@ -157,6 +185,11 @@ def drive(url: str, screenshot: Path) -> None:
         assert d.find_element("id", "poke-result").text.startswith("Poked:")
         poked_map = overlay(d)
         assert poked_map and poked_map != other_map
+        # this poke changes the action (forward -> right): the page says so and keeps the chosen map
+        result = d.find_element("id", "poke-result")
+        assert result.get_attribute("data-changes") == "true" and "instead of" in result.text, result.text
+        assert d.find_element("id", "map-label").get_attribute("data-action") == str(other)
+        assert "selected" in d.find_element("id", f"bar-{other}").get_attribute("class")
 
         # side by side (with the poke): two more methods on the same frame
         for method in ("gradient", "greydanus"):
@@ -170,6 +203,39 @@ def drive(url: str, screenshot: Path) -> None:
         d.find_element("id", "undo").click()
         settle(d)
         assert all(v is None for v in bars(d, "poked")) and overlay(d) == other_map  # no poked bars
+
+        # the same poke with the agent's own action shown: the map stays the one of the action
+        # taken (not the poked state's new action), and the line says which map is shown
+        d.find_element("id", f"bar-{other}").click()  # back to the agent's action
+        settle(d)
+        ActionChains(d).move_to_element_with_offset(view, -w // 4, -h // 4).click_and_hold().move_by_offset(
+            w // 2, h // 2
+        ).release().perform()
+        settle(d)
+        result = d.find_element("id", "poke-result")
+        assert result.get_attribute("data-changes") == "true", result.text
+        assert f"still shows {d.find_element('id', f'bar-{taken}').text.split()[0]}" in result.text, result.text
+        assert d.find_element("id", "map-label").get_attribute("data-action") == str(taken)
+        assert "selected" in d.find_element("id", f"bar-{taken}").get_attribute("class")
+        d.find_element("tag name", "body").send_keys("\ue003")  # Backspace: undo the poke
+        settle(d)
+        assert "(the action taken)" in d.find_element("id", "map-label").text
+        Select(d.find_element("id", "method")).select_by_value(VM)
+        d.find_element("id", f"bar-{other}").click()
+        settle(d)
+        assert overlay(d) == other_map
+
+        # shared scaling: the key says so; the main view and the tiles keep a key each
+        Select(d.find_element("id", "scaling")).select_by_value("shared")
+        settle(d)
+        assert d.find_element("id", "key").get_attribute("data-scaling") == "shared"
+        assert "Shared scale" in d.find_element("id", "key-text").text
+        assert all(
+            d.execute_script(f"return document.querySelector(\"#compare canvas[data-method='{m}']\").dataset.range")
+            for m in ("gradient", "greydanus")
+        )
+        Select(d.find_element("id", "scaling")).select_by_value("own")
+        settle(d)
 
         # per-frame scores: deletion/insertion curves and localization (the env has ground truth)
         d.find_element("id", "scores-btn").click()
@@ -206,6 +272,14 @@ def drive(url: str, screenshot: Path) -> None:
             time.sleep(0.1)
         assert "n_masks" in d.find_element("id", "error").text
         box.clear()
+        box.send_keys('{"bogus": 1}\ue007')  # an unknown setting: answered with the accepted ones
+        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while "bogus" not in d.find_element("id", "error").text:
+            assert time.monotonic() < deadline, "no error shown for an unknown setting"
+            time.sleep(0.1)
+        assert "its settings: n_masks=" in d.find_element("id", "error").text
+        box.clear()
         Select(d.find_element("id", "method")).select_by_value("gradient")
         settle(d)
 
@@ -220,6 +294,15 @@ def drive(url: str, screenshot: Path) -> None:
             ".then(r => r.status + ' ' + r.headers.get('content-type'))"
         )
         assert kind == "200 video/mp4", kind
+        assert d.find_element("id", "mp4-match").get_attribute("data-same") == "true"  # same actions replayed
+        # nothing was fetched from another origin
+        names = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(n.startswith((d.current_url, "data:")) for n in names), names
+        # a narrow screen: the frame scales to the window
+        d.set_window_size(400, 900)
+        time.sleep(0.3)
+        assert d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert d.execute_script("return document.getElementById('view').getBoundingClientRect().right") <= 400
     finally:
         d.quit()
     not_blank(np.asarray(Image.open(screenshot).convert("RGB")))

@@ -40,7 +40,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from xrl.serve.engine import Engine, Job, RequestError, check_rects, check_settings, perturb_frame, scores_view
+from xrl.serve.engine import (
+    Engine,
+    Job,
+    RequestError,
+    check_rects,
+    check_scale,
+    check_settings,
+    perturb_frame,
+    scores_view,
+)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -184,13 +193,16 @@ def create_app(
 
     async def saliency(request: Request) -> JSONResponse:
         data = await _body(
-            request, {"agent", "seed", "t", "method", "settings", "target", "rects"}, {"agent", "seed", "t", "method"}
+            request,
+            {"agent", "seed", "t", "method", "settings", "target", "rects", "scale"},
+            {"agent", "seed", "t", "method"},
         )
         agent, ep, t = frame_request(data)
         method = engine.method(agent, data["method"])
         settings = check_settings(data.get("settings"))
         target = target_of(ep, data.get("target"))
         rects = check_rects(data.get("rects"))
+        scale = check_scale(data.get("scale"))
         start = time.perf_counter()
         result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects)
         cached = not isinstance(result, Job)
@@ -206,7 +218,10 @@ def create_app(
                 "method": method["id"],
                 "target": target,
                 "cached": cached,
-                "overlay": png_url(overlay(image, result)),
+                # scaled to its own min-max (scale null) or to the page's shared [lo, hi]
+                "overlay": png_url(overlay(image, result, vrange=scale)),
+                "range": [float(np.min(result)), float(np.max(result))],
+                "scale": "own" if scale is None else list(scale),
                 "peak": [int(v) for v in np.unravel_index(int(np.argmax(result)), result.shape)],
                 "shape": list(result.shape),
                 "seconds": round(time.perf_counter() - start, 4),

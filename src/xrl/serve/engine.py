@@ -193,6 +193,21 @@ def check_settings(settings: Any) -> dict:
     return dict(settings)
 
 
+def check_scale(scale: Any) -> tuple[float, float] | None:
+    """The colour scale of an overlay: ``null`` (the map's own min-max) or ``[lo, hi]``, two
+    finite numbers with lo < hi (a scale the page shares between maps)."""
+    if scale is None:
+        return None
+    if (
+        not isinstance(scale, list)
+        or len(scale) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)
+        or not scale[0] < scale[1]
+    ):
+        raise RequestError(f"scale must be null (each map its own min-max) or [lo, hi] with lo < hi, got {scale!r}")
+    return float(scale[0]), float(scale[1])
+
+
 def check_rects(rects: Any) -> list[dict]:
     """Rectangles poked into the frame: ``[{"x0", "y0", "x1", "y1", "kind"}]`` in frame
     fractions (0 = left/top, 1 = right/bottom), applied in order."""
@@ -388,6 +403,7 @@ class Engine:
                 {
                     "id": card["name"],
                     "source": "zoo",
+                    "role": _role(card),
                     **{
                         k: card[k]
                         for k in ("env", "arch", "kind", "score", "command", "finished", "trained", "planned")
@@ -470,6 +486,8 @@ class Engine:
         return {
             "id": method_id,
             "name": name,
+            # what the page lists: a learned explainer says which trained network it runs
+            "label": name if network is None else f"{name} · explainer network {network}",
             "per_action": bool(getattr(cls, "per_action", False)),
             "lane": "slow" if name in SLOW_METHODS else "fast",
             "network": network,
@@ -526,7 +544,11 @@ class Engine:
         try:  # each lane builds only its own explainers: no race on the same key
             explainer = get_explainer(method["name"], lane.model(self, agent), **settings, **method["fixed"])
         except (TypeError, ValueError) as err:
-            raise RequestError(f"method {method['id']!r} refuses settings {settings}: {err}", 422) from err
+            raise RequestError(
+                f"method {method['id']!r} refuses settings {settings}: {err}; "
+                f"its settings: {accepted_settings(method['name'], method['fixed'])}",
+                422,
+            ) from err
         with self._lock:
             _lru_put(self._explainers, key, explainer, 64)
         return explainer
@@ -674,6 +696,9 @@ class Engine:
             "frame_size": [int(h), int(w)],
             "state_shape": list(episode.states.shape[1:]),
             "has_labels": has_labels,
+            # recording stops at max_steps: an episode that long was cut there, not ended
+            "max_steps": self.max_steps,
+            "truncated": bool(len(episode.actions) >= self.max_steps),
             "dataset": episode.path.name,
             "confidence": [scores_view(model, s)["values"][int(a)] for s, a in zip(scores, episode.actions)],
         }
@@ -853,6 +878,34 @@ class Engine:
         if job.state == "error":
             raise RequestError(job.error or "failed", job.status)
         raise RequestError(f"{job.what} did not finish in time", 503)
+
+
+def _role(card: dict) -> str:
+    """What kind of agent a zoo card is, in words the agent list shows (a DIGR student, an FLS
+    attention agent), or ``""`` for a plain agent."""
+    teacher = card.get("teacher") or ""
+    if teacher:
+        name = Path(teacher).parent.name if teacher.endswith(".pt") else teacher
+        return f"DIGR student of {name}"
+    if "fls" in str(card.get("arch", "")):
+        return f"FLS attention agent ({card['arch']})"
+    return ""
+
+
+def accepted_settings(name: str, fixed: dict | None = None) -> str:
+    """The constructor settings of the explainer ``name`` with their defaults (what an unknown
+    setting is answered with), those the server fixes (a zoo network) left out."""
+    import inspect
+
+    from xrl.explainers import EXPLAINERS
+
+    params = inspect.signature(EXPLAINERS.get(name).__init__).parameters
+    parts = []
+    for p in params.values():
+        if p.name in ("self", "model") or p.name in (fixed or {}) or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        parts.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}")
+    return ", ".join(parts) or "(none)"
 
 
 def _has_labels(make_env, name: str, settings: dict) -> bool:

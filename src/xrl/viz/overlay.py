@@ -5,6 +5,7 @@ The only module that imports matplotlib (with the non-interactive Agg backend).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -33,16 +34,31 @@ def resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(
-    frame: np.ndarray, saliency: np.ndarray | torch.Tensor, *, alpha: float = 0.8, cmap: str = "jet", dim: float = 0.6
+    frame: np.ndarray,
+    saliency: np.ndarray | torch.Tensor,
+    *,
+    alpha: float = 0.8,
+    cmap: str = "jet",
+    dim: float = 0.6,
+    vrange: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Blend the normalised map, coloured by ``cmap``, over an RGB ``frame (h, w, 3)`` uint8.
 
-    The frame is dimmed by ``dim`` so the colours stand out on dark games; the map's opacity
-    grows with the square root of its value, so unimportant regions show the frame and weak
-    but non-zero saliency stays visible."""
+    The map is scaled to its own min and max, or to ``vrange = (lo, hi)`` (a scale shared by
+    several maps; values outside are clipped). The frame is dimmed by ``dim`` so the colours
+    stand out on dark games; the map's opacity grows with the square root of its value, so
+    unimportant regions show the frame and weak but non-zero saliency stays visible."""
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame must be an RGB image (h, w, 3), got shape {frame.shape}")
-    weight = resize(normalize(saliency), frame.shape[:2])
+    if vrange is None:
+        scaled = normalize(saliency)
+    else:
+        lo, hi = float(vrange[0]), float(vrange[1])
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"vrange must be two finite numbers lo < hi, got {vrange!r}")
+        s = torch.as_tensor(saliency, dtype=torch.float32).numpy()
+        scaled = np.clip((s - lo) / (hi - lo), 0.0, 1.0)
+    weight = resize(scaled, frame.shape[:2])
     colour = plt.get_cmap(cmap)(weight)[..., :3]
     a = alpha * np.sqrt(weight)[..., None]
     out = (1 - a) * dim * (frame.astype(np.float32) / 255) + a * colour
