@@ -140,3 +140,19 @@ def test_watch_command(capsys, tmp_path):
     assert code == 0
     assert "2 frames" in printed and "frames/s" in printed and f"wrote {out}.gif" in printed
     assert len(iio.imread(f"{out}.gif")) == 2 and not (tmp_path / "w.mp4").exists()
+
+
+def test_video_frames_carry_the_colour_key_of_the_overlays():
+    """A frame with maps gets a key row: the jet ramp of xrl.viz.overlay from its 0 to its 1."""
+    from matplotlib import colormaps
+
+    frame = panel_row(np.zeros((8, 8, 3), np.uint8), {"m": np.arange(64.0).reshape(8, 8)}, height=64)
+    plain = panel_row(np.zeros((8, 8, 3), np.uint8), {}, height=64)
+    assert frame.shape[0] >= plain.shape[0] + 20
+    width = min(120, max(8, frame.shape[1] // 4))  # 136 px wide: even, so not padded
+    ramp = list(frame[-10, 16 : 16 + width].astype(float))  # the key's middle row, beside its "0"
+    jet = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).round()
+    assert len(ramp) >= 8
+    # every pixel of the key is a jet colour, from the blue end to the red end
+    assert all(np.abs(jet - px).sum(1).min() <= 6 for px in ramp)
+    assert ramp[0][2] > ramp[0][0] and ramp[-1][0] > ramp[-1][2]

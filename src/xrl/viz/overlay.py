@@ -72,6 +72,13 @@ def key_colours(n: int = 11, cmap: str = "jet") -> list[str]:
     return ["#" + "".join(f"{round(float(c) * 255):02x}" for c in row) for row in rgb]
 
 
+def key_strip(width: int, height: int, cmap: str = "jet") -> np.ndarray:
+    """An RGB ``(height, width, 3)`` uint8 ramp of ``cmap`` from 0 (left) to 1 (right): the colour
+    key drawn beside overlays in pictures and videos."""
+    rgb = plt.get_cmap(cmap)(np.linspace(0.0, 1.0, width))[:, :3]
+    return np.repeat((rgb * 255).round().astype(np.uint8)[None], height, axis=0)
+
+
 def figure(rows: int, cols: int, figsize: tuple[float, float]):
     """``(fig, axes)``: a figure of ``rows x cols`` panels, ``axes`` always 2-D, for a caller that
     draws its own chart (the reproduction figures) without importing matplotlib itself;

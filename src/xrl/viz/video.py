@@ -15,7 +15,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from xrl.viz.overlay import overlay
+from xrl.viz.overlay import key_strip, overlay
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -37,8 +37,9 @@ def panel_row(
     extra: Mapping[str, np.ndarray] | None = None,
     height: int = 192,
 ) -> np.ndarray:
-    """One image: the frame, then one overlay per method (titled), then ``extra`` images, with
-    ``caption`` lines (action, probabilities) below. ``(h', w', 3)`` uint8."""
+    """One image: the frame, then one overlay per method (titled), then ``extra`` images, a
+    colour key of the overlays (when there are maps) and ``caption`` lines (action,
+    probabilities) below. ``(h', w', 3)`` uint8."""
     tiles = [("frame", frame)] + [(m, overlay(frame, s)) for m, s in maps.items()]
     tiles += list((extra or {}).items())
     title_h, pad = 18, 4
@@ -61,6 +62,22 @@ def panel_row(
     h = max(c.shape[0] for c in cells)
     cells = [np.pad(c, ((0, h - c.shape[0]), (0, 0), (0, 0)), constant_values=255) for c in cells]
     row = np.concatenate(cells, axis=1)
+    if maps:  # the colour key of the overlays, with their scaling named
+        key = np.full((20, row.shape[1], 3), 255, np.uint8)
+        ramp = key_strip(min(120, max(8, row.shape[1] // 4)), 10)
+        cv2.putText(key, "0", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        key[5:15, 16 : 16 + ramp.shape[1]] = ramp
+        cv2.putText(
+            key,
+            "1   colour key: each map scaled to its own min-max",
+            (20 + ramp.shape[1], 14),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.42,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        row = np.concatenate([row, key], axis=0)
     if caption:
         text = np.full((16 * len(caption) + 6, row.shape[1], 3), 255, np.uint8)
         for i, line in enumerate(caption):
