@@ -220,12 +220,14 @@ def evaluate(
         )
     states = dataset.states(rows)
     chosen = targets
-    targets = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)  # type: ignore[assignment]
-    labels = dataset.labels(rows)
-    labels = torch.as_tensor(labels) if labels is not None else None  # type: ignore[assignment]
+    target_index = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)
+    stored_labels = dataset.labels(rows)
+    labels = torch.as_tensor(stored_labels) if stored_labels is not None else None
 
     metric_objs: dict[str, Metric] = {name: get_metric(name, **s) for name, s in metrics.items()}
-    columns, directions, skipped = [], {}, {}
+    columns: list[str] = []
+    directions: dict[str, bool] = {}
+    skipped: dict[str, str] = {}
     for name, metric in metric_objs.items():
         if "labels" in metric.requires and labels is None:
             skipped[name] = "the dataset has no ground-truth labels"
@@ -234,9 +236,10 @@ def evaluate(
         for out in outs:
             col = name if out is None else f"{name}.{out}"
             columns.append(col)
-            directions[col] = metric.higher_is_better[out] if out else metric.higher_is_better  # type: ignore[index]
+            hib = metric.higher_is_better
+            directions[col] = hib[out] if isinstance(hib, dict) and out else bool(hib)
 
-    result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())  # type: ignore[arg-type]
+    result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())
     work = [(m, k) for m in methods for k in metric_objs if k not in skipped]
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)
     for method, settings in methods.items():
@@ -268,8 +271,8 @@ def evaluate(
                     model=model,
                     states=states[part],
                     saliency=maps[part],
-                    targets=targets[part],  # type: ignore[arg-type, index]
-                    labels=labels[part] if labels is not None else None,  # type: ignore[arg-type]
+                    targets=target_index[part],
+                    labels=labels[part] if labels is not None else None,
                     explainer=explainer,
                 )
                 for key, t in v.items() if isinstance(v, dict) else [(None, v)]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -155,7 +155,7 @@ class MaskNetwork(nn.Module):
     def __init__(
         self,
         arch: str,
-        input_shape: tuple[int, int, int],
+        input_shape: Sequence[int],
         n_maps: int,
         *,
         reference: str = "background",
@@ -179,6 +179,7 @@ class MaskNetwork(nn.Module):
         self.reference, self.method, self.agent = reference, method, dict(agent or {})
         self.net = MASK_NETS.get(arch)(c, self.n_maps)
         image = reference_image if reference_image is not None else torch.zeros(c, h, w)
+        self.reference_image: torch.Tensor
         self.register_buffer("reference_image", image.detach().float().clone())
 
     @classmethod
@@ -186,7 +187,7 @@ class MaskNetwork(nn.Module):
         """A freshly initialised network (from ``seed``, global RNG untouched) for ``model``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(arch, model.input_shape, model.n_actions, agent=agent_of(model), **kwargs)  # type: ignore[arg-type]
+            return cls(arch, model.input_shape, model.n_actions, agent=agent_of(model), **kwargs)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Logit maps ``(B, K, H, W)``."""
@@ -202,7 +203,7 @@ class MaskNetwork(nn.Module):
             return torch.zeros_like(states)
         if self.reference == "blur":
             return gaussian_blur(states, BLUR_SIGMA, kernel_size=BLUR_KERNEL)
-        return self.reference_image.to(states).expand_as(states)  # type: ignore[operator]
+        return self.reference_image.to(states).expand_as(states)
 
     def check_agent(self, model: Model) -> None:
         """Refuse a model this network was not trained for (other weights, action count or input)."""

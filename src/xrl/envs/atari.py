@@ -146,9 +146,9 @@ def make_atari(
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be a bool, got {value!r}")
-    for key, value, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):  # type: ignore[assignment]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
+    for key, number, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {number!r}")
     if frame_stack_padding not in ("reset", "zero"):
         raise ValueError(f"frame_stack_padding must be 'reset' or 'zero', got {frame_stack_padding!r}")
     labelled = sorted([*atari_objects.GAMES, *atari_objects.PIXEL_GAMES])

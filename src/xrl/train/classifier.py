@@ -138,10 +138,10 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     net.eval()
     scores = torch.cat([net(torch.from_numpy(images[i : i + 256]).float() / 255) for i in range(0, len(images), 256)])
-    labels = torch.as_tensor(labels)  # type: ignore[assignment]
-    if labels.dim() == 2:  # type: ignore[attr-defined]
-        return float(((scores > 0).long() == labels).float().mean())  # type: ignore[attr-defined]
-    return float((scores.argmax(-1) == labels).float().mean())  # type: ignore[attr-defined]
+    truth = torch.as_tensor(labels)
+    if truth.dim() == 2:
+        return float(((scores > 0).long() == truth).float().mean())
+    return float((scores.argmax(-1) == truth).float().mean())
 
 
 def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Path:

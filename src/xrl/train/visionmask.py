@@ -545,7 +545,7 @@ def _resume(run: Run, model: Model, args) -> dict | None:
     state = blob["network"]
     network = MaskNetwork(
         blob["arch"],
-        model.input_shape,  # type: ignore[arg-type]
+        model.input_shape,
         model.n_actions,
         reference=blob["reference"],
         reference_image=state["reference_image"],
