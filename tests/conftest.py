@@ -22,6 +22,7 @@ import pytest
 import torch
 
 SLOW = {
+    "test_agents_doc.py": ["test_each_python_block_runs"],
     "test_hub.py": ["test_cli_collect_and_explain_from_the_cache", "test_serve_lists_an_hf_agent_given_with_agent"],
     "test_acer.py": [
         "test_acer_resumes_exactly",
