@@ -110,7 +110,7 @@ def run_zoo_baselines(run: Run) -> None:
 
     rows = []
     for name, policy in policies().items():
-        r = run.row(f"policy-{name}", lambda policy=policy: play(policy))  # type: ignore[misc]
+        r = run.row(f"policy-{name}", lambda policy=policy: play(policy))
         rows.append(
             {
                 "policy": name,
@@ -195,7 +195,7 @@ def run_digr_snapshots(run: Run) -> None:
         env = model.info["env"]
         if (env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}) != seen:
             raise ValueError(f"{p} was trained on {env}, the validation states are {seen}")
-        results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})  # type: ignore[misc]
+        results.append({"update": int(p.stem.split("-")[1]), **run.row(f"snapshot-{p.stem}", lambda m=model: score(m))})
     t = run.row("teacher", lambda: score(teacher))
     results.append({"update": "teacher", **t})
     run.table(

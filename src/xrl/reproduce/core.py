@@ -113,7 +113,7 @@ class Run:
         text = json.dumps({"target": self.target.name, "settings": settings, "row": name}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def row(self, name: str, compute: Callable[[], dict]) -> dict:
+    def row(self, name: str, compute: Callable[..., dict]) -> dict:  # ...: lambdas binding loop variables as defaults
         """The row ``name``: read from ``rows/<name>.json`` when it holds this run's key, else
         computed by ``compute()`` (a JSON-able dict) and written atomically."""
         path = self.out / "rows" / f"{_safe(name)}.json"

@@ -269,7 +269,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     for agent, model in agents.items():
         returns[agent] = run.row(
             f"score-{agent}",
-            lambda model=model: evaluate(  # type: ignore[misc]
+            lambda model=model: evaluate(
                 model,
                 env["name"],
                 env.get("settings") or {},
@@ -353,7 +353,7 @@ def attacks(
             env["settings"] = {**(env.get("settings") or {}), **env_overrides}
         clean = run.row(
             f"clean-{agent}",
-            lambda model=model, env=env: evaluate(  # type: ignore[misc]
+            lambda model=model, env=env: evaluate(
                 model,
                 env["name"],
                 env.get("settings") or {},
@@ -555,7 +555,7 @@ def agreement(run: Run, agents: dict, s: dict) -> None:
         for agent, model in agents.items():
             if agent == "teacher":
                 continue
-            value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})  # type: ignore[misc]
+            value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})
             same = np.asarray(value["same"])
             rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
         counts = np.bincount(actions.numpy(), minlength=agents["teacher"].n_actions)

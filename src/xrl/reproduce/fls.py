@@ -68,10 +68,10 @@ def run_free_lunch(run: Run) -> None:
                 model = load_agent(name)
                 env = model.info.get("env") or {}
                 envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
-                returns[(group, name)] = np.asarray(  # type: ignore[type-var]
+                returns[(group, name)] = np.asarray(
                     run.row(
                         f"{env_key}-{name}",
-                        lambda model=model, env=env: {  # type: ignore[misc]
+                        lambda model=model, env=env: {
                             "returns": evaluate(
                                 model,
                                 env["name"],
@@ -313,7 +313,7 @@ def run_localization(run: Run) -> None:
                 settings = {**settings, **s["method_settings"].get(explainer, {})}
                 v = run.row(
                     f"{name}-{method}",
-                    lambda explainer=explainer, settings=settings: {  # type: ignore[misc]
+                    lambda explainer=explainer, settings=settings: {
                         "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)
                     },
                 )

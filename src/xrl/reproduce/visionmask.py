@@ -142,7 +142,7 @@ def run_table1(run: Run) -> None:
             out[protocol]["extra"][env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
         speed = run.row(
             f"{env}-speed",
-            lambda model=model, vm_path=vm_path, states=speed_states: _speed(  # type: ignore[misc]
+            lambda model=model, vm_path=vm_path, states=speed_states: _speed(
                 model, vm_path, states, s["method_settings"].get("greydanus", {})
             ),
         )
