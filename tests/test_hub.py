@@ -226,3 +226,16 @@ def test_serve_lists_an_hf_agent_given_with_agent(offline, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_a_bench_spec_checks_an_hf_agent(offline, tmp_path):
+    from xrl.bench.spec import load_spec
+
+    spec = tmp_path / "hub.toml"
+    spec.write_text(
+        'name = "hub"\nseeds = [0]\nn_states = 2\nmethods = ["gradient"]\nmetrics = ["deletion"]\n\n'
+        '[[agents]]\nagent = "hf://sb3/ppo-PongNoFrameskip-v4"\nepisodes = 1\nmax_steps = 4\n'
+    )
+    xrl.load_agent("hf://sb3/ppo-PongNoFrameskip-v4")  # the card (with the weights fingerprint) is written
+    checked = load_spec(spec, load_weights=False)
+    assert [a.name for a in checked.agents] == ["ppo-PongNoFrameskip-v4"]

@@ -381,6 +381,8 @@ def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tup
 
 def _agent_name(source: str) -> str:
     """``zoo/pong/agent.pt`` -> ``pong``, ``runs/x.zip`` -> ``x``, a zoo name stays itself."""
+    if source.startswith("hf://"):  # hf://ORG/REPO[@REV] -> REPO
+        return source.split("/")[-1].split("@")[0]
     path = Path(source)
     if path.suffix not in (".pt", ".zip"):
         return source
@@ -471,7 +473,7 @@ def _agent(
     if env is None:
         bad(place, f'agent {raw["agent"]!r} does not record its env; add env = "<name>"')
         return None
-    if env not in ENVS:
+    if env not in ENVS and not str(env).startswith("gym:"):  # gym:ID: any Gymnasium image env
         bad(place + ("env",), f"unknown env {env!r}; known envs: {', '.join(ENVS.names())}")
         return None
     if trained is not None and env != trained:
