@@ -239,3 +239,27 @@ def test_a_bench_spec_checks_an_hf_agent(offline, tmp_path):
     xrl.load_agent("hf://sb3/ppo-PongNoFrameskip-v4")  # the card (with the weights fingerprint) is written
     checked = load_spec(spec, load_weights=False)
     assert [a.name for a in checked.agents] == ["ppo-PongNoFrameskip-v4"]
+
+
+def test_a_cleanrl_repo_on_the_hub(tmp_path, monkeypatch):
+    """CleanRL's push_to_hub layout: ENV_ID-EXP_NAME-seedN holding EXP_NAME.cleanrl_model."""
+    import io
+
+    from test_cleanrl import QNetwork, _Envs
+
+    net = QNetwork(_Envs())
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    cache = tmp_path / "hub"
+    put_in_cache(
+        cache, "cleanrl/BreakoutNoFrameskip-v4-dqn_atari-seed1", {"dqn_atari.cleanrl_model": buffer.getvalue()}
+    )
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = xrl.load_agent("hf://cleanrl/BreakoutNoFrameskip-v4-dqn_atari-seed1")
+    assert model.info["env"]["name"] == "gym:BreakoutNoFrameskip-v4"
+    assert model.info["env"]["settings"]["atari"] == "cleanrl" and model.info["card"]["revision"] == COMMIT
+    obs = _play(model, steps=3)
+    with torch.no_grad():
+        ours, theirs = model(model.preprocess(obs)), net(torch.as_tensor(obs, dtype=torch.float32))
+    assert (ours - theirs).abs().max().item() <= 1e-5
