@@ -233,6 +233,12 @@ def test_report_command(report, capsys, tmp_path):
     out = tmp_path / "r.html"
     assert cli.main(["report", str(results), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and out.stat().st_size > 10_000
+    # asked: methods failing the sanity check may be the best (still marked)
+    assert cli.main(["report", str(results), "--out", str(out), "--include-flagged"]) == 0
+    text = out.read_text()
+    assert "kept in the ranking as asked" in text and '<span class="flag"' in text
+    v = verdict(with_inside(load_results(results)["groups"][0]), include_flagged=True)
+    assert next(r for r in v["columns"]["deletion"]["order"] if r["method"] == "random")["eligible"]
     assert cli.main(["report", str(tmp_path / "nosuch")]) == 2
     assert "no results.json" in capsys.readouterr().err
 

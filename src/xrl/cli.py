@@ -488,7 +488,7 @@ def cmd_report(args) -> None:
 
     if Path(args.results).exists() and not Path(args.results).is_dir():
         raise ValueError(f"{args.results} is a file; expected a results folder (xrl bench --out)")
-    print(f"wrote {build_report(args.results, args.out)}")
+    print(f"wrote {build_report(args.results, args.out, include_flagged=args.include_flagged)}")
 
 
 def cmd_watch(args) -> None:
@@ -754,6 +754,11 @@ def _bench_commands(sub) -> None:
     r = sub.add_parser("report", help="self-contained HTML report of a bench results folder")
     r.add_argument("results", help="results folder (xrl bench --out)")
     r.add_argument("--out", default=None, help="HTML file (default RESULTS/report.html)")
+    r.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="methods that fail the sanity check may still be the verdict's best (default: marked and left out)",
+    )
     r.set_defaults(fn=cmd_report)
 
     w = sub.add_parser("watch", help="film one seeded episode: frame, overlays, action, probabilities")
