@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -197,9 +198,9 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
                 "the weights of the architecture it names",
             ) from None
     card = read_card(path)
-    info = {"source": str(path), "card": card, "arch": arch}
+    info: dict[str, Any] = {"source": str(path), "card": card, "arch": arch}
     if not weights:
-        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))  # type: ignore[arg-type]
+        info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
     return Model(
         net,
         input_shape=(3, size, size),

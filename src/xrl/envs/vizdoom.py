@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -56,12 +57,12 @@ class DoomScreen(gym.Wrapper):
         state = self.env.unwrapped.state
         if state is not None:
             self.screen = np.array(state.screen_buffer, copy=True)  # (H, W, 3)
-        info = {}
+        info: dict[str, Any] = {}
         if self.labels:
             if state is not None:
                 info["labels"] = self.last_labels = self._labels(state, fresh)
             else:  # after the last step: the last screen and its labels
-                info["labels"] = self.last_labels  # type: ignore[assignment]
+                info["labels"] = self.last_labels
         assert self.screen is not None  # reset() observes the first screen
         return screens.gray(self.screen), info
 
