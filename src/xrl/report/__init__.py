@@ -247,7 +247,12 @@ def _group(g: dict, spec: dict, folder: Path, *, include_flagged: bool = False, 
                 )
             )
     scores = category_scores({**g, "columns": main}) if methods else {}
-    radars = [svg.radar(scores[m], title=m, colour_=svg.colour(i)) for i, m in enumerate(methods)]
+    # one method alone has nothing to be placed between: every axis would read "the best"
+    radars = (
+        [svg.radar(scores[m], title=m, colour_=svg.colour(i)) for i, m in enumerate(methods)]
+        if len(methods) > 1
+        else []
+    )
     sanity_cols = [c for c in g["columns"] if g["categories"][c] == "sanity"]
     sanity = None
     if sanity_cols:
