@@ -373,7 +373,7 @@ def test_bad_sb3_zip_json_refused_without_trust(tmp_path, sb3_zip):
             "foreign.zip",
             foreign_class,
             r"names features_extractor_class <class 'os.system'>; expected a class of "
-            r"stable_baselines3, xrl, torch.nn; if you trust the file, load it with trust=True",
+            r"stable_baselines3, sb3_contrib, xrl, torch.nn; if you trust the file, load it with trust=True",
         ),
         ("policy.zip", foreign_policy, r"names policy class <class 'subprocess.ActorCriticCnnPolicy'>;"),
         ("dunder.zip", dunder, r"names features_extractor_class <class 'xrl.__main__.Thing'>;"),
