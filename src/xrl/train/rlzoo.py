@@ -89,9 +89,10 @@ def rlzoo_score(
     }
 
 
-def score_card(agent_dir: str, *, episodes: int = 10, seed: int = 10_000, progress: bool = True) -> dict:
-    """Add ``score_rlzoo`` (:func:`rlzoo_score` of the agent's game, the seeds of its ``score``)
-    to the card of the zoo agent or run folder ``agent_dir`` (``zoo/breakout``); returns it."""
+def score_card(agent_dir: str, *, episodes: int | None = None, seed: int | None = None, progress: bool = True) -> dict:
+    """Add ``score_rlzoo`` (:func:`rlzoo_score` of the agent's game; by default the episodes and
+    seeds of its card's ``score``) to the card of the zoo agent or run folder ``agent_dir``
+    (``zoo/breakout``); returns it."""
     from pathlib import Path
 
     from xrl.agents.load import load_agent
@@ -103,6 +104,9 @@ def score_card(agent_dir: str, *, episodes: int = 10, seed: int = 10_000, progre
     settings = (card.get("env") or {}).get("settings") or {}
     if settings.get("version") != "v4":
         raise ValueError(f"{path}: rl-zoo's pipeline plays NoFrameskip-v4 games; this agent's env is {card.get('env')}")
+    own = card.get("score") or {}
+    episodes = int(own.get("episodes", 10)) if episodes is None else episodes
+    seed = int(own.get("seed", 10_000)) if seed is None else seed
     score = rlzoo_score(load_agent(str(path)), game, episodes=episodes, seed=seed, progress=progress)  # type: ignore[arg-type]
     card["score_rlzoo"] = score
     write_card(path, card)
