@@ -71,3 +71,9 @@ def test_demo_quick_has_the_papers(quick_demo):
     for method in LEARNED:
         assert f"`{method}` |" in summary and f"`{method}` not run" not in summary
     assert "digr-student" in summary and "sparse-fls" in summary and "`attention`" in summary
+    # one report for the run: the sections linked and summarised (the teacher beside the DIGR
+    # student), the papers' table
+    report = (out / "report.html").read_text()
+    for name in SECTIONS:
+        assert f'href="{name}/report.html"' in report and f'data-section="{name}"' in report
+    assert "teacher (red-fetch-green): gradient" in report and "The papers in this run" in report
