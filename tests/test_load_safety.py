@@ -319,7 +319,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, Path, str]]:
     case(
         "unknown suffix",
         write("agent.onnx", b"x"),
-        r"agent files are SB3 .zip or xrl .pt checkpoints, got 'agent.onnx'",
+        r"agent files are SB3 .zip, xrl .pt checkpoints or CleanRL .cleanrl_model files, got 'agent.onnx'",
     )
     case("missing", lambda f: f / "nosuch.pt", r"no agent file .*nosuch.pt' and no zoo agent of that name")
     return cases
