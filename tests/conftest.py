@@ -178,6 +178,7 @@ SLOW = {
         "test_extremal_perturbation_area_follows_the_setting",
         "test_extremal_perturbation_batch_equals_loop_for_every_batch_size",
         "test_extremal_perturbation_preserves_the_region_the_model_reads",
+        "test_extremal_masks_do_not_follow_the_last_bit_of_the_smooth_max",
         "test_lime_batch_equals_loop_for_every_batch_size",
     ],
     "test_load_safety.py": [

@@ -24,8 +24,9 @@ preserved region alone keeps the explained target highest:
 - **Area constraint**: the paper's ranking loss ``R_a(m) = mean((sort(m) - r_a)^2)`` with
   ``r_a`` the sorted ideal mask (``(1 - a) |Omega|`` zeros then ``a |Omega|`` ones), computed as
   ``mean((m - top)^2)`` with ``top`` the indicator of the ``a |Omega|`` largest mask values (the
-  same value and gradient, ~5x faster than sorting). Equal values are ranked in a random order
-  drawn from ``seed`` (by pixel index they would favour the bottom of the state). ``area``
+  same value and gradient, ~5x faster than sorting). Values are ranked rounded to ``1 /
+  RANK_STEPS`` (1/4096), and equal ones in a fixed random order drawn from ``seed`` (by pixel
+  index they would favour the bottom of the state): see "Tie-break" below. ``area``
   defaults to 0.12, the value RExL used for its Extremal Perturbation baseline. The weight
   ``lambda`` starts at ``area_weight = 300`` and grows geometrically by ``AREA_GROWTH = 16``
   over the run (``area_growth``; TorchRay multiplies it by 1.0035 per iteration, x16.4 over 800):
@@ -86,16 +87,27 @@ The saliency is the final mask ``m`` in ``[0, 1]`` (1 = preserved = important). 
 optimised together with a sum of per-sample losses, so each mask follows its own gradient.
 **Batching (default) and ``exact=True``:** the states' optimisations are independent, so by
 default each step runs all states of a chunk through the model in one forward and one backward
-pass. Float rounding in a batched matmul differs with the batch size (~1e-8) and the optimisation
-can amplify it near its end, so masks depend on the batch within a tolerance: on 32
-Red-Fetch-Green states (zoo agent, 50 iterations) the batched masks are within 5e-7 of the
-one-state runs of the code before batching (``tests/test_lime_extremal.py`` checks 1e-3). ``exact=True`` runs the model on one state per
-call, which makes masks bitwise independent of the batch and of ``batch_size``, at about twice
-the time. Cost: ``iterations`` forward and backward passes per state; the smooth max-convolution
+pass. Float rounding in a batched matmul differs with the batch size (~1e-8), so masks depend on
+the batch within a tolerance: on 32 Red-Fetch-Green states (zoo agent, default settings, 100
+iterations) the batched masks are within 2.4e-7 of the one-state runs (``exact=True``;
+``tests/test_lime_extremal.py`` checks 1e-3 on a small network). ``exact=True`` runs the model on
+one state per call, which makes masks bitwise independent of the batch and of ``batch_size``, at
+about twice the time.
+
+**Tie-break** (issue 45). The area loss picks the ``a |Omega|`` largest mask values, and where the
+mask is flat (parameters clamped at 1) that choice used to follow the values' last bits: rounding
+noise of one float32 ulp added to the smooth max-convolution moved the masks of 6 of those 32
+states by more than 0.01 (up to 0.33), and another summation order by up to 0.94. Values are now
+ranked rounded to ``1 / RANK_STEPS`` (1/4096; 1.0 is the middle of its step), ties in the seeded
+order: the same noise moves no mask by more than 4.5e-7 (rounding to 2^-20 instead still moved
+5 states, up to 0.35). This changed the masks themselves, as any other tie order would: by up
+to 0.78 on those states against the code before it, within 1e-3 on most. Cost: ``iterations`` forward and backward passes per state; the smooth max-convolution
 has its gradient written out (:class:`_SmoothMax`).
 Measured on 16 84x84x4 Nature-CNN states (CPU, one thread; ``benchmarks/bench_methods.py``):
 ~2.2-2.4x the floor of one forward+backward of the 16 states per step (smooth max-convolution,
-perturbation gathers, ranking loss and Adam take the rest), ~3.9-4.1x with ``exact=True``.
+perturbation gathers, ranking loss and Adam take the rest), ~3.9-4.1x with ``exact=True``. Each
+call frees one 32 MiB block first (:func:`xrl.explainers.perturbation.keep_resident`), so the
+steps' tensors stay mapped in a process without allocator settings too.
 """
 
 from __future__ import annotations
@@ -111,10 +123,14 @@ import torch.nn.functional as F
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import mask_centres, upsample_grid
+from xrl.explainers.perturbation import keep_resident
 from xrl.ops import TargetFn, chunks, gaussian_blur
 
 REWARDS = ("simple", "contrastive")
 OPTIMISERS = ("adam", "sgd")
+#: the area loss ranks mask values rounded to this many steps per unit: values closer than that are
+#: ties, and ties go in the seeded random order (see :func:`_ranking_loss`)
+RANK_STEPS = 2**12
 #: the area weight grows geometrically by this factor over the run (``preset="fast"``)
 AREA_GROWTH = 16.0
 #: named settings; explicit constructor arguments override them
@@ -250,6 +266,8 @@ class ExtremalPerturbation(Explainer):
         if index is not None:
             with torch.inference_mode(False):  # usable by autograd even if resolved in inference mode
                 index = index.clone()
+        if states.device.type == "cpu":
+            keep_resident()  # the steps' tensors stay mapped without allocator settings (perturbation.py)
         masks = []
         for rows in chunks(states.shape[0], self.batch_size):
             if index is None:
@@ -268,10 +286,10 @@ class ExtremalPerturbation(Explainer):
             with torch.no_grad():
                 levels = self._levels(states.detach().clone())  # (b, L, C, H, W)
             kept = round(self.area * height * width)  # pixels of the ideal mask r_a that are 1
-            # ties (a plateau of parameters clamped at 1) are ranked in a random, seeded order,
-            # not by pixel index, which would favour the bottom of the state
+            # ties (a plateau of parameters clamped at 1) are ranked in a fixed random, seeded
+            # order, not by pixel index, which would favour the bottom of the state
             priority = torch.randperm(height * width, generator=self.generator()).to(states.device)
-            priority = priority.double() / (height * width) * 1e-9  # below any real mask difference
+            priority = priority.double() / (height * width)  # in [0, 1): below one rank step (RANK_STEPS)
             param = torch.full((b, 1, len(rows), len(cols)), self.init, device=states.device, dtype=states.dtype)
             param.requires_grad_(True)
             optimiser: torch.optim.Optimizer
@@ -325,8 +343,14 @@ class ExtremalPerturbation(Explainer):
 def _ranking_loss(mask: torch.Tensor, priority: torch.Tensor, kept: int) -> torch.Tensor:
     """``mean((sort(m) - r_a)^2)`` per row of ``mask (b, N)``, with ``r_a`` = ``N - kept`` zeros
     then ``kept`` ones. Equal to ``mean((m - top)^2)`` with ``top`` the indicator of the ``kept``
-    largest values, which ``topk`` finds ~5x faster than a sort."""
-    key = mask.detach().double() + priority  # unique keys: ties broken by the seeded priority
+    largest values, which ``topk`` finds ~5x faster than a sort.
+
+    Values are ranked after rounding to ``1 / RANK_STEPS`` (1.0, the plateau of parameters clamped
+    at 1, is the middle of its step), so values that differ only in their last bits (a batched
+    matmul's rounding, another summation order) are ties, and ties are ranked in the fixed order
+    ``priority`` (distinct values in ``[0, 1)``, seeded): the ranking, and with it the optimisation,
+    does not follow rounding noise."""
+    key = (mask.detach().double() * RANK_STEPS).round_() + priority  # unique keys, fixed tie order
     top = torch.zeros_like(mask).scatter_(1, key.topk(kept, dim=1).indices, 1.0)
     return (mask - top).pow(2).mean(1)
 
