@@ -6,7 +6,8 @@ On one Nature-CNN policy (6 actions) and ``--states`` random 84x84x4 states, in 
 - ``floor`` : the same work done by the network alone. While ``xrl`` runs, a hook counts the rows
   that go through the network, and whether gradients were taken; the floor puts as many rows
   through one batched forward pass (inference mode) or forward + backward (when the method
-  takes gradients), in chunks of the method's ``batch_size``; for the optimising methods of
+  takes gradients), in chunks of the method's ``batch_size`` (forward-only methods: of the
+  largest call the method made, its chunk on the CPU); for the optimising methods of
   ``STEPWISE`` (extremal perturbation: each step needs the previous one) in calls of
   ``min(states, batch_size)`` rows, one forward + backward of all the chunk's states per step;
 - ``captum``: where Captum has the method, Captum's own implementation with the same settings
@@ -25,7 +26,8 @@ default``: glibc's own allocator settings instead of :func:`xrl.ops.tune_malloc`
 applies).
 
 ``--methods a,b`` reruns those methods and keeps the other rows of ``results/methods.json``
-(each row says whether it comes from this run or an earlier one).
+(each row says whether it comes from this run or an earlier one). ``--out NAME`` writes
+``results/NAME.json`` instead.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class RowCounter:
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.grad_rows = self.nograd_rows = 0
+        self.largest_nograd_call = 0  # rows of the largest forward-only call (the method's chunk)
         self.handle = module.register_forward_hook(self.hook)
 
     def hook(self, module, inputs, output) -> None:
@@ -55,6 +58,7 @@ class RowCounter:
             self.grad_rows += n
         else:
             self.nograd_rows += n
+            self.largest_nograd_call = max(self.largest_nograd_call, n)
 
     def close(self) -> None:
         self.handle.remove()
@@ -130,6 +134,10 @@ def time_method(
     explainer.explain(states, targets)
     counter.close()
     chunk = explainer.batch_size
+    if counter.grad_rows == 0 and counter.largest_nograd_call:
+        # the chunks the method formed: on the CPU at most RESIDENT_BYTES of states, fewer rows
+        # than batch_size for large states (xrl.explainers.perturbation)
+        chunk = counter.largest_nograd_call
     if name in STEPWISE:  # each step needs the previous one: at most the chunk's states per call
         chunk = min(chunk, states.shape[0])
     candidates = {
@@ -230,6 +238,7 @@ def main() -> None:
         default="tuned",
         help="tuned: xrl.ops.tune_malloc() as the CLI does; default: glibc's own settings",
     )
+    parser.add_argument("--out", default=None, help="results/<OUT>.json instead of the default name")
     args = parser.parse_args()
 
     from xrl.ops import tune_malloc
@@ -264,12 +273,12 @@ def main() -> None:
             "ratio_to_floor": {t: {n: r["ratio_to_floor"] for n, r in rows.items()} for t, rows in per_threads.items()},
             "by_threads": per_threads,
         }
-        name = "methods_threads" if tuned else "methods_threads_default_malloc"
+        name = args.out or ("methods_threads" if tuned else "methods_threads_default_malloc")
         print(f"wrote {write_result(name, result)}")
         return
 
     rows = time_methods(names, model, states, targets, args.repeats)
-    previous = RESULTS / "methods.json"
+    previous = RESULTS / f"{args.out or 'methods'}.json"
     if args.methods and previous.exists():  # a rerun of some methods keeps the others' rows
         kept = json.loads(previous.read_text())["methods"]
         rows = {
@@ -292,7 +301,7 @@ def main() -> None:
             n: r["ratio_to_captum"] <= 1 for n, r in rows.items() if r["ratio_to_captum"] is not None
         },
     }
-    print(f"wrote {write_result('methods', result)}")
+    print(f"wrote {write_result(args.out or 'methods', result)}")
 
 
 if __name__ == "__main__":
