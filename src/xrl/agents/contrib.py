@@ -15,9 +15,10 @@ imported from the installed ``sb3_contrib``, weights from ``policy.pth`` with
   state in ``model.net.recurrent_state`` (``None``, the default, is the zero state of an episode's
   first step; else the ``RNNStates`` sb3-contrib's policy returns, or ``(h, c)`` of the actor's
   LSTM, each ``(layers, 1 or B, hidden)``). Every state of a batch is scored from that one
-  recurrent state, with no step of history replayed. xrl's ``collect`` does not carry the state from
-  step to step yet, so it refuses these agents (``model.info["recurrent"]``); explain states you
-  score with the state set by hand (docs/agents.md).
+  recurrent state, with no step of history replayed. xrl's rollouts (``collect``, ``watch``,
+  ``serve``, attacks) do not carry the state from step to step yet, so they refuse these agents
+  (``model.info["recurrent"]``); explain states you score with the state set by hand
+  (docs/agents.md).
 """
 
 from __future__ import annotations

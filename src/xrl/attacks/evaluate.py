@@ -51,6 +51,8 @@ def return_under_attack(
     eps = [float(e) for e in eps]
     if not eps or any(not e >= 0 for e in eps):
         raise ValueError(f"eps must be a non-empty list of radii >= 0, got {eps}")
+    if model.info.get("recurrent"):  # its LSTM state is not carried from step to step (docs/agents.md)
+        raise ValueError("the agent is recurrent (an LSTM policy): attacks do not carry its recurrent state yet")
     recorded = model.info.get("env") or {}
     env = env or recorded.get("name")
     if env is None:

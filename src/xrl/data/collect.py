@@ -68,11 +68,6 @@ def collect(
             f"collect takes an xrl Model, got {type(model).__name__}; wrap it with "
             "xrl.as_model(module, input_shape=...)"
         )
-    if model.info.get("recurrent"):  # sb3-contrib RecurrentPPO (xrl/agents/contrib.py)
-        raise ValueError(
-            "the agent is recurrent (an LSTM policy): collect does not carry its recurrent state from step "
-            "to step yet, so it would act from the zero state at every step (docs/agents.md)"
-        )
     for arg, value, low in (("episodes", episodes, 1), ("seed", seed, 0), ("max_steps", max_steps, 1)):
         if value is None and arg == "max_steps":
             continue
@@ -179,7 +174,13 @@ def agent_record(model: Model) -> dict:
 
 
 def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) -> tuple[str, dict]:
-    """The env name and settings to collect in; refuse ones the agent was not trained on."""
+    """The env name and settings to collect in; refuse ones the agent was not trained on, and
+    recurrent agents (every rollout, collect's, watch's and serve's, goes through here)."""
+    if model.info.get("recurrent"):  # sb3-contrib RecurrentPPO (xrl/agents/contrib.py)
+        raise ValueError(
+            "the agent is recurrent (an LSTM policy): xrl's rollouts do not carry its recurrent state from "
+            "step to step yet, so it would act from the zero state at every step (docs/agents.md)"
+        )
     if env is not None and not isinstance(env, str):
         raise TypeError(f"env must be a registered env name, got {type(env).__name__}")
     trained = model.info.get("env")
