@@ -319,7 +319,7 @@ COMMANDS = [
     ),
     (
         [*EXPLAIN, "rise", "--setting", "rise.nosuch=1", "--out", "e.png"],
-        "--setting rise.nosuch: rise has no setting 'nosuch'; known: batch_size, grid, n_masks, p, score, seed",
+        "--setting rise.nosuch: rise has no setting 'nosuch'; known: batch_size, grid, n_masks, p, preset, score, seed",
     ),
     (
         [*EXPLAIN, "gradient", "--setting", "greydanus.radius=4", "--out", "e.png"],
@@ -598,6 +598,133 @@ ISSUE46 = [
         {},
     ),
     (
+        ["explain", "--agent", "in/huge-actions/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+        "in/huge-actions/agent.pt has n_actions 1000000000; expected n_actions an integer >= 1 (at most 65536)",
+        {},
+    ),
+    (
+        ["explain", "--agent", "in/huge-obs/agent.pt", "--data", "DATA", "--methods", "gradient", "--out", "e.png"],
+        "in/huge-obs/agent.pt has obs_shape [3, 100000, 100000]; expected obs_shape [C, H, W] of positive integers "
+        "of at most 4096, 50,331,648 values in all",
+        {},
+    ),
+    (
+        [*EXPLAIN, "smoothgrad", "--setting", "smoothgrad.n_samples=100000000", "--out", "e.png"],
+        "smoothgrad with n_samples=100000000 (noise for 100000000 copies of a (3, 64, 64) state) would need 4577.7 GB "
+        "(limit 4.0 GB, XRL_MAX_ALLOC_GB); lower smoothgrad.n_samples (or batch_size)",
+        {"XRL_MAX_ALLOC_GB": "4"},
+    ),
+    (
+        [*EVALUATE, "--metrics", "lipschitz", "--metric-setting", "lipschitz.n_samples=100000000", "--out", "ev"],
+        "lipschitz with n_samples=100000000 (1000000000 neighbours of (3, 64, 64) states) would need 111389.2 GB "
+        "(limit 4.0 GB, XRL_MAX_ALLOC_GB); lower lipschitz.n_samples",
+        {"XRL_MAX_ALLOC_GB": "4"},
+    ),
+    # the same bad files and outputs through the other commands that take them
+    (
+        [
+            "explain",
+            "--agent",
+            "pong",
+            "--data",
+            "DATA",
+            "--methods",
+            "gradient",
+            "--targets",
+            "agent",
+            "--out",
+            "e.png",
+        ],
+        "DATA holds states of shape (3, 64, 64) (env red-fetch-green) but the agent consumes (4, 84, 84); collect "
+        "a dataset with this agent (xrl collect --agent ...)",
+        {},
+    ),
+    (
+        [
+            "evaluate",
+            *RFG_AGENT,
+            "--data",
+            "in/nan.h5",
+            "--methods",
+            "gradient",
+            "--metrics",
+            "sparseness",
+            "--out",
+            "e",
+        ],
+        "in/nan.h5 has 1 rows with NaN or infinite scores, the first row 3; expected finite float scores (the "
+        "agent's outputs). Collect it again.",
+        {},
+    ),
+    (
+        [
+            "evaluate",
+            *RFG_AGENT,
+            "--data",
+            "in/empty.h5",
+            "--methods",
+            "gradient",
+            "--metrics",
+            "sparseness",
+            "--out",
+            "e",
+        ],
+        f"in/empty.h5 holds no states (0 rows); {STATE_DATASET}. Collect it again with at least one step.",
+        {},
+    ),
+    (
+        ["evaluate", *RFG_AGENT, "--data", "in/garbage-env.h5", "--methods", "random", "--metrics", "sparseness"],
+        'in/garbage-env.h5 has attribute env = "red-fetch-green"; expected an object {"name": "<env name>", '
+        '"settings": {...}}',
+        {},
+    ),
+    (
+        ["evaluate", *RFG_AGENT, "--data", "in/pickled.h5", "--methods", "random", "--metrics", "sparseness"],
+        re.compile(r"in/pickled\.h5 has attribute agent = .+, not JSON; expected an object"),
+        {},
+    ),
+    (
+        ["evaluate", *RFG_AGENT, "--data", "in/chunk.h5", "--methods", "gradient", "--metrics", "sparseness"],
+        re.compile(
+            r"in/chunk\.h5 is truncated or corrupt \(.+\); " + re.escape(STATE_DATASET) + r"\. Collect it again\."
+        ),
+        {},
+    ),
+    (
+        ["collect", "--agent", "in/huge-actions/agent.pt", "--episodes", "1", "--out", "c.h5"],
+        "in/huge-actions/agent.pt has n_actions 1000000000; expected n_actions an integer >= 1 (at most 65536)",
+        {},
+    ),
+    (
+        [*EXPLAIN, "greydanus", "--setting", "greydanus.radius=NaN", "--out", "e.png"],
+        "--setting greydanus.radius=NaN: expected a finite number (default 5.0)",
+        {},
+    ),
+    (
+        [*EVALUATE, "--metrics", "lipschitz", "--metric-setting", "lipschitz.radius=-Infinity", "--out", "ev"],
+        "--metric-setting lipschitz.radius=-Infinity: expected a finite number (default None)",
+        {},
+    ),
+    (["attack", *RFG_AGENT, "--out", ""], "--out '': expected a file or folder name", {}),
+    (["watch", *RFG_AGENT, "--out", ""], "--out '': expected a file or folder name", {}),
+    (["bench", "quick", "--out", ""], "--out '': expected a file or folder name", {}),
+    (["report", "in", "--out", ""], "--out '': expected a file or folder name", {}),
+    (
+        ["bench", "quick", "--out", "in/afile"],
+        "--out in/afile is a file; expected a folder (it would hold the results)",
+        {},
+    ),
+    (
+        ["attack", *RFG_AGENT, "--attacks", "fgsm", "--eps", "0.1", "--episodes", "1", "--out", "in/loop"],
+        "--out in/loop is a symbolic link that leads nowhere (a loop or a missing target); expected a folder",
+        {},
+    ),
+    (
+        ["explain", *RFG_AGENT, "--data", "in/spec.toml.d", "--methods", "gradient", "--out", "e.png"],
+        f"in/spec.toml.d is a folder; {STATE_DATASET}",
+        {},
+    ),
+    (
         ["zoo", "--dir", "in/zoo"],
         'in/zoo/red-fetch-green/agent.json: score is "great"; expected an object of numbers like {"mean_return": '
         '0.9, "std_return": 0.1, "episodes": 10}',
@@ -646,6 +773,13 @@ def _issue46_files(folder, data) -> None:
     (folder / "cab" / "agent.json").write_text(
         json.dumps({**card, "env": {**card["env"], "settings": {"size": "abc"}}})
     )
+    import torch
+
+    payload = torch.load(ZOO_DIR / "red-fetch-green" / "agent.pt", weights_only=True)
+    for name, key, value in (("huge-actions", "n_actions", 10**9), ("huge-obs", "obs_shape", [3, 100_000, 100_000])):
+        (folder / name).mkdir()
+        torch.save({**payload, key: value}, folder / name / "agent.pt")
+        shutil.copy(ZOO_DIR / "red-fetch-green" / "agent.json", folder / name / "agent.json")
     (folder / "zoo" / "red-fetch-green").mkdir(parents=True)
     shutil.copy(ZOO_DIR / "red-fetch-green" / "agent.pt", folder / "zoo" / "red-fetch-green" / "agent.pt")
     (folder / "zoo" / "red-fetch-green" / "agent.json").write_text(json.dumps({**card, "score": "great"}))
@@ -703,3 +837,200 @@ def test_a_closed_pipe_ends_quietly():
     finally:
         os.close(write)
     assert writer.stderr.decode().strip() == "" and writer.returncode == 141
+
+
+def _deep(n: int):
+    value: object = 1
+    for _ in range(n):
+        value = [value]
+    return value
+
+
+def _state_json() -> dict:
+    """A well-formed state.json of a PPO checkpoint of one env (as xrl.train.agent.save_checkpoint writes)."""
+    import numpy as np
+
+    pcg = np.random.default_rng(0).bit_generator.state
+    return {
+        "format": "xrl.sb3_checkpoint",
+        "version": 1,
+        "algo": "ppo",
+        "num_timesteps": 128,
+        "_n_updates": 4,
+        "_episode_num": 0,
+        "action_space": pcg,
+        "envs": [{"seed": None, "rngs": [[1, "_np_random", dict(pcg)]]}],
+        "ep_info_buffer": [{"l": 6, "r": 0.9, "t": 1.0}],
+        "ep_success_buffer": [],
+        "numpy": {"pos": 337, "has_gauss": 0, "cached_gaussian": 0.0},
+        "python": {"version": 3, "gauss": None},
+    }
+
+
+#: a crafted run state.json (issue 46): (how it is damaged, the key and what was expected in the line)
+STATE_JSON = [
+    (lambda s: s["action_space"].update(bit_generator="Evil"), 'action_space.bit_generator is "Evil"; expected one of'),
+    (
+        lambda s: s["envs"][0]["rngs"][0][2].update(bit_generator="os.system"),
+        'envs[0].rngs[0][2].bit_generator is "os.system"; expected one of',
+    ),
+    (lambda s: s.update(envs=_deep(99)), "envs[0] is [[[[[[[[[["),
+    (lambda s: s.update(num_timesteps="128"), 'num_timesteps is "128"; expected an integer of at least 0'),
+    (lambda s: s.update(_n_updates=_deep(99)), "_n_updates is [[[[[[[[[["),
+    (lambda s: s["envs"][0].update(seed="abc"), 'envs[0].seed is "abc"; expected an integer of at least 0'),
+    (lambda s: s["numpy"].update(pos=1.5), "numpy.pos is 1.5; expected an integer of at least 0"),
+]
+
+
+@pytest.mark.parametrize("damage, words", STATE_JSON, ids=[w.split(" is ")[0] for _, w in STATE_JSON])
+def test_a_crafted_run_state_json_is_one_line_naming_the_key(damage, words, tmp_path, capsys):
+    from xrl.train.agent import AgentArgs, check_state
+    from xrl.train.run import Run
+
+    state = _state_json()
+    check_state(state, tmp_path / "state.json")  # the well-formed one passes
+    damage(state)
+    out = tmp_path / "run"
+    with Run(out, AgentArgs(env="red-fetch-green", out=str(out)).resolved().recorded()) as run:
+        run.save(128, lambda f: (f / "state.json").write_text(json.dumps(state)))
+    before = files(tmp_path)
+    assert main([*AGENT, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("xrl train: error: ") and "Traceback" not in err[0], err
+    assert "state.json: " + words in err[0] and err[0].endswith("The checkpoint is damaged"), err[0]
+    assert files(tmp_path) == before
+
+
+#: bench specs (issue 46): (the spec's lines after its methods and metrics, the problem line); the
+#: spec's problems are listed one a line under "the spec has N problem(s):"
+SPECS = [
+    (
+        "n_states = 1000000000000\n[[agents]]\nagent = 'red-fetch-green'\ndata = 'DATA'\n",
+        "spec.toml:3: n_states: n_states must be an integer >= 1 (at most 1,000,000), got 1000000000000",
+    ),
+    (
+        "n_states = 500\n[[agents]]\nagent = 'red-fetch-green'\ndata = 'DATA'\n",
+        "spec.toml:3: n_states: n_states = 500 but agent 'red-fetch-green' has fewer states: its dataset DATA holds 10",
+    ),
+    (
+        "n_states = 500\n[[agents]]\nagent = 'red-fetch-green'\nepisodes = 2\nmax_steps = 10\n",
+        "spec.toml:3: n_states: n_states = 500 but agent 'red-fetch-green' has fewer states: episodes x max_steps "
+        "collects at most 20",
+    ),
+    (
+        "[[agents]]\nagent = 'red-fetch-green'\ndata = 'in/empty.h5'\n",
+        f"spec.toml:5: agents[0].data: in/empty.h5 holds no states (0 rows); {STATE_DATASET}. Collect it again with at "
+        "least one step.",
+    ),
+    (
+        "[[agents]]\nagent = 'in/huge-obs/agent.pt'\n",
+        "spec.toml:4: agents[0].agent: cannot load agent 'in/huge-obs/agent.pt': in/huge-obs/agent.pt has obs_shape "
+        "[3, 100000, 100000]; expected obs_shape [C, H, W] of positive integers of at most 4096, 50,331,648 values in all",
+    ),
+]
+
+
+@pytest.mark.parametrize("rest, problem", SPECS, ids=[r.split("\n")[0] for r, _ in SPECS])
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_bad_specs_are_refused_by_check_and_run(rest, problem, check, dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    _issue46_files(tmp_path / "in", dataset)
+    (tmp_path / "spec.toml").write_text(
+        "methods = ['random']\nmetrics = ['sparseness']\n" + rest.replace("DATA", str(dataset))
+    )
+    before = files(tmp_path)
+    capsys.readouterr()
+    assert main(["bench", "spec.toml", *(["--check"] if check else ["--out", "res"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["xrl bench: error: the spec has 1 problem(s):", "  " + problem.replace("DATA", str(dataset))]
+    assert files(tmp_path) == before
+
+
+def _negated_states_rows():
+    from xrl.explainers import list_explainers
+
+    return [("red-fetch-green-sparse-fls-0" if m == "attention" else "red-fetch-green", m) for m in list_explainers()]
+
+
+NEGATED = _negated_states_rows()
+
+
+@pytest.mark.parametrize("agent, method", NEGATED, ids=[m for _, m in NEGATED])
+def test_negated_states_are_refused_by_every_method(agent, method, dataset):
+    """States outside the model's declared range (-s for a [0, 1] model) are refused naming the range
+    found and the range expected, by every method (issue 46)."""
+    import xrl
+    from xrl.data.dataset import StateDataset
+    from xrl.explainers import get_explainer
+
+    model = xrl.load_agent(agent)
+    if tuple(model.input_shape) != (3, 64, 64):
+        pytest.skip("another observation shape")
+    with StateDataset.open(dataset) as ds:
+        states = ds.states([0, 1])
+    explainer = get_explainer(method, model)
+    explainer.explain(states[:1])  # the states themselves are explained
+    with pytest.raises(ValueError) as err:
+        explainer.explain(-states)
+    assert re.fullmatch(
+        r"states range over \[-1, 0\] and state 0 has mean -0\.\d+, outside the range \[0, 1\] the model "
+        r"consumes \(negated or shifted states\?\)",
+        str(err.value),
+    ), str(err.value)
+
+
+#: library calls (issue 46): (what is called, the exception and the exact message or a pattern)
+LIBRARY = [
+    ("as_model 0x0", ValueError, "input_shape must be (C, H, W) of positive integers, got (3, 0, 0)"),
+    (
+        "lime 1e6 samples",
+        MemoryError,
+        r"lime with n_samples=1000000 over \d+ superpixels of \(64, 64\) states would need [0-9.]+ GB \(limit 1\.0 "
+        r"GB, XRL_MAX_ALLOC_GB\); lower lime\.n_samples, or use fewer superpixels \(a larger kernel_size / cell, "
+        r"fewer n_segments\)",
+    ),
+    (
+        "integrated_gradients batch 10**6",
+        MemoryError,
+        r"integrated_gradients with batch_size=1000000 on \(3, 64, 64\) states would need 183\.1 GB \(limit 1\.0 "
+        r"GB, XRL_MAX_ALLOC_GB\); lower integrated_gradients\.batch_size",
+    ),
+    (
+        "smoothgrad 1e8",
+        MemoryError,
+        r"smoothgrad with n_samples=100000000 \(noise for 100000000 copies of a \(3, 64, 64\) state\) would need "
+        r"4577\.7 GB \(limit 1\.0 GB, XRL_MAX_ALLOC_GB\); lower smoothgrad\.n_samples \(or batch_size\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("what, error, message", LIBRARY, ids=[w for w, _, _ in LIBRARY])
+def test_bad_library_calls_say_what_was_expected(what, error, message, dataset, monkeypatch):
+    import torch
+
+    import xrl
+    from xrl.data.dataset import StateDataset
+    from xrl.explainers import get_explainer
+
+    monkeypatch.setenv("XRL_MAX_ALLOC_GB", "1")
+    with StateDataset.open(dataset) as ds:
+        states = ds.states([0])
+    model = xrl.load_agent("red-fetch-green")
+    calls = {
+        "as_model 0x0": lambda: xrl.as_model(torch.nn.Flatten(), input_shape=(3, 0, 0)),
+        "lime 1e6 samples": lambda: get_explainer("lime", model, n_samples=10**6).explain(states),
+        "integrated_gradients batch 10**6": lambda: get_explainer(
+            "integrated_gradients", model, batch_size=10**6
+        ).explain(states),
+        "smoothgrad 1e8": lambda: get_explainer("smoothgrad", model, n_samples=10**8).explain(states),
+    }
+    with pytest.raises(error) as err:
+        calls[what]()
+    assert re.fullmatch(message if error is MemoryError else re.escape(message), str(err.value)), str(err.value)
+
+
+def test_the_bad_input_tables_hold_at_least_150_rows():
+    """Issue 46: at least 150 bad inputs in the tables, each one clear line (or error) naming what was expected."""
+    rows = len(REFUSED) + len(PARSER) + len(COMMANDS) + len(ISSUE46) + len(STATE_JSON) + len(SPECS) * 2
+    assert rows + len(NEGATED) + len(LIBRARY) >= 150, rows + len(NEGATED) + len(LIBRARY)

@@ -239,6 +239,9 @@ def evaluate(
             hib = metric.higher_is_better
             directions[col] = hib[out] if isinstance(hib, dict) and out else bool(hib)
 
+    for name, metric in metric_objs.items():  # memory estimates before anything is computed (XRL_MAX_ALLOC_GB)
+        if name not in skipped and hasattr(metric, "check_budget"):
+            metric.check_budget(min(len(rows), batch_size), tuple(dataset.state_shape))
     result = Evaluation(list(methods), columns, directions, skipped=skipped, rows=rows.tolist())
     work = [(m, k) for m in methods for k in metric_objs if k not in skipped]
     bar = tqdm(total=len(methods) + len(work), desc="evaluate", disable=not progress)

@@ -18,6 +18,7 @@ import contextvars
 import importlib
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -450,6 +451,14 @@ def _spaces(path: Path, data: dict) -> tuple[gym.spaces.Box, gym.spaces.Discrete
             f"has observation/action spaces its JSON does not describe ({err})",
             f"'dtype', '_shape', 'low', 'high' and 'n' in plain JSON; {_TRUST}",
         ) from None
+    if not (0 < len(shape) <= 3 and all(0 < v <= MAX_SIDE for v in shape) and math.prod(shape) <= MAX_OBS_VALUES):
+        raise ArtifactError(
+            path,
+            f"has observation shape {list(shape)}",
+            f"at most 3 axes of at most {MAX_SIDE}, {MAX_OBS_VALUES:,} values in all",
+        )
+    if not 1 <= n <= MAX_ACTIONS:
+        raise ArtifactError(path, f"has {n} actions", f"an action count in [1, {MAX_ACTIONS}]")
     return gym.spaces.Box(low, high, shape, dtype=dtype), gym.spaces.Discrete(n)
 
 
@@ -563,13 +572,27 @@ def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = Tru
     return model_from_policy(policy.to(device), action_names=info["card"].get("action_names"), info=info)
 
 
+#: sane bounds on the sizes an agent file declares, checked before a network is built from them (a
+#: crafted obs_shape or n_actions would otherwise ask for terabytes): 4096x4096 pixels, 65,536 actions
+MAX_SIDE, MAX_OBS_VALUES, MAX_ACTIONS = 4096, 3 * 4096 * 4096, 65536
+
+
 def _check_agent_header(path: Path, payload: dict) -> None:
     """The constructor settings of an agent checkpoint, each of the expected type."""
     shape, n, algo, arch = (payload.get(k) for k in ("obs_shape", "n_actions", "algo", "arch"))
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise ArtifactError(path, f"has obs_shape {shape!r}", "obs_shape [C, H, W] of positive integers")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ArtifactError(path, f"has n_actions {n!r}", "n_actions an integer >= 1")
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in shape)
+        and shape[0] * shape[1] * shape[2] <= MAX_OBS_VALUES
+    ):
+        raise ArtifactError(
+            path,
+            f"has obs_shape {shape!r}",
+            f"obs_shape [C, H, W] of positive integers of at most {MAX_SIDE}, {MAX_OBS_VALUES:,} values in all",
+        )
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ACTIONS:
+        raise ArtifactError(path, f"has n_actions {n!r}", f"n_actions an integer >= 1 (at most {MAX_ACTIONS})")
     if algo not in _SB3_ALGOS:
         raise ArtifactError(path, f"has algo {algo!r}", f"algo one of {', '.join(_SB3_ALGOS)}")
     if arch not in ARCHS.names():

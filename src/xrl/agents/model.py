@@ -59,6 +59,8 @@ class Model(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape):
+            raise ValueError(f"input_shape must be (C, H, W) of positive integers, got {tuple(input_shape)}")
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
         self.net = net

@@ -241,10 +241,10 @@ def parse_spec(
         bad(("seeds",), f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
         seeds = [0]
     numbers = {}
-    for key, default, low in (("n_states", 32, 1), ("threads", 1, 1), ("gallery", 4, 0)):
+    for key, default, low, high in (("n_states", 32, 1, 10**6), ("threads", 1, 1, 1024), ("gallery", 4, 0, 1000)):
         value = data.get(key, default)
-        if not _is_int(value, low):
-            bad((key,), f"{key} must be an integer >= {low}, got {value!r}")
+        if not _is_int(value, low) or value > high:
+            bad((key,), f"{key} must be an integer >= {low} (at most {high:,}), got {value!r}")
             value = default
         numbers[key] = value
     store = data.get("store_saliency", False)
@@ -278,6 +278,8 @@ def parse_spec(
             if agent.name in {a.name for a in agents}:
                 bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
             agents.append(agent)
+            if numbers["n_states"] == data.get("n_states", 32):  # (a bad one is already refused)
+                _check_n_states(numbers["n_states"], agent, bad)
 
     # settings are checked by building each method and metric once (unknown or bad settings,
     # a trained network that is not there): the same constructors the jobs call
@@ -377,6 +379,22 @@ def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tup
         if re.search(rf"\b{re.escape(key)}\b", str(err)):
             return (table, name, key)
     return (table, name)
+
+
+def _check_n_states(n_states: int, agent: AgentSpec, bad) -> None:
+    """``n_states`` is at most the states the agent has: its dataset's rows, or ``episodes x
+    max_steps`` when it is collected with a step limit (more would quietly score fewer)."""
+    if agent.data is not None:
+        from xrl.data.dataset import StateDataset
+
+        with StateDataset.open(agent.data) as ds:
+            most, where = len(ds), f"its dataset {agent.data} holds"
+    elif agent.max_steps is not None:
+        most, where = agent.episodes * agent.max_steps, "episodes x max_steps collects at most"
+    else:
+        return
+    if n_states > most:
+        bad(("n_states",), f"n_states = {n_states} but agent {agent.name!r} has fewer states: {where} {most}")
 
 
 def _agent_name(source: str) -> str:

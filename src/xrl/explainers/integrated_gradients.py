@@ -29,6 +29,7 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
+from xrl.explainers.perturbation import check_memory
 from xrl.ops import TargetFn, chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -70,15 +71,22 @@ class IntegratedGradients(Gradient):
 
         index = target_fn.index  # (B,) when targets are action indices, None for a callable
         method = "riemann_right" if self.method == "riemann" else self.method
+        b = min(states.shape[0], self.batch_size)
+        rows = b * max(1, self.batch_size // b)  # Captum's chunk: internal_batch_size // b path points per state
+        check_memory(  # a chunk of path points, their gradients and the model's input copies (x4)
+            4 * rows * states[0].numel() * states.element_size() + 8 * b * self.n_steps,
+            f"integrated_gradients with batch_size={self.batch_size} on {tuple(states.shape[1:])} states",
+            "lower integrated_gradients.batch_size",
+        )
         parts = []
-        for rows in chunks(states.shape[0], self.batch_size):
-            x = states[rows].detach()
+        for rows_ in chunks(states.shape[0], self.batch_size):
+            x = states[rows_].detach()
             baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
             settings = dict(
                 baselines=baseline, n_steps=self.n_steps, method=method, internal_batch_size=self.batch_size
             )
             if index is not None:
-                attributions = CaptumIntegratedGradients(self.model).attribute(x, target=index[rows], **settings)
+                attributions = CaptumIntegratedGradients(self.model).attribute(x, target=index[rows_], **settings)
             else:  # callable target: the forward returns (b,), which Captum accepts with target=None
                 attributions = CaptumIntegratedGradients(lambda s: target_fn(self.model(s))).attribute(x, **settings)
             parts.append(attributions)

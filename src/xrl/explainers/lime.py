@@ -70,7 +70,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
 from xrl.ops import gaussian_blur
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
@@ -204,6 +204,13 @@ class Lime(PerturbationExplainer):
     def perturbations(self, states: torch.Tensor) -> SuperpixelSamples:
         """Superpixels ``(B, H, W)`` and each state's on/off samples ``(N, S_b)``."""
         segments = self.segments(states)
+        s = int(segments.max()) + 1
+        n = self.n_samples
+        check_memory(  # each state's on/off samples, and the float64 regression (design, weights, solution)
+            4 * states.shape[0] * n * s + 8 * (n * (s + 1) * 3 + n * self.model.n_actions),
+            f"lime with n_samples={n} over {s} superpixels of {tuple(states.shape[-2:])} states",
+            "lower lime.n_samples, or use fewer superpixels (a larger kernel_size / cell, fewer n_segments)",
+        )
         samples = []
         for seg in segments:
             z = torch.randint(0, 2, (self.n_samples, int(seg.max()) + 1), generator=self.generator())

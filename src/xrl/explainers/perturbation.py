@@ -74,11 +74,25 @@ def keep_resident() -> None:
         torch.empty(32 * 2**20 - 2**16, dtype=torch.uint8)  # posix_memalign + free: one mmap, one munmap
 
 
+def _available_memory() -> int | None:
+    """The memory the kernel says can be allocated without swapping (``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def max_alloc() -> int:
-    """The allocation bound in bytes (``XRL_MAX_ALLOC_GB``, default 4 GB)."""
+    """The allocation bound in bytes: ``XRL_MAX_ALLOC_GB``, else 4 GB or half the memory now
+    available (``MemAvailable``), whichever is less."""
     value = os.environ.get("XRL_MAX_ALLOC_GB")
     if value is None:
-        return DEFAULT_MAX_ALLOC
+        available = _available_memory()
+        return DEFAULT_MAX_ALLOC if available is None else min(DEFAULT_MAX_ALLOC, available // 2)
     try:
         gb = float(value)
     except ValueError:

@@ -32,6 +32,7 @@ from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
 from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
+from xrl.explainers.perturbation import check_memory
 from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes
@@ -94,6 +95,12 @@ class SmoothGrad(Explainer):
         """Mean over the noisy copies of the base's signed attributions ``(B, C, H, W)`` or maps
         ``(B, H, W)``."""
         b, n = states.shape[0], self.n_samples
+        rows = min(b * n, self.batch_size)  # noise, plus a chunk of noisy states, their gradients and maps
+        check_memory(
+            states[0].numel() * states.element_size() * (n + 3 * rows),
+            f"smoothgrad with n_samples={n} (noise for {n} copies of a {tuple(states.shape[1:])} state)",
+            "lower smoothgrad.n_samples (or batch_size)",
+        )
         noise = torch.randn(n, *states.shape[1:], generator=self.generator()).to(states)  # (n, C, H, W)
         scale = self.sigma * (states.amax((1, 2, 3)) - states.amin((1, 2, 3)))  # (B,)
         index = target_fn.index

@@ -9,9 +9,12 @@ protocols (``protocol=``), see :class:`LocalLipschitz` and ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from xrl.explainers.base import Explainer
+from xrl.explainers.perturbation import check_memory
 from xrl.metrics.base import METRICS, Metric
 from xrl.ops import chunks, target_function
 
@@ -170,11 +173,22 @@ class LocalLipschitz(Metric):
         assert self.radius is not None
         return (torch.rand(size, generator=gen) * 2 - 1) * self.radius
 
+    def check_budget(self, b: int, shape: tuple[int, ...]) -> None:
+        """Refuse (``MemoryError``) a batch of ``b`` states of ``shape`` whose offsets, neighbours and
+        their float64 maps would need more than ``XRL_MAX_ALLOC_GB``; run before anything is computed."""
+        s, numel = self.n_samples, math.prod(shape)
+        check_memory(
+            4 * numel * (s + b * s) + 8 * b * s * shape[-2] * shape[-1] * 2,
+            f"lipschitz with n_samples={s} ({b * s} neighbours of {shape} states)",
+            "lower lipschitz.n_samples",
+        )
+
     def compute(self, *, states, saliency, explainer, targets=None, **_) -> torch.Tensor:
         if not isinstance(explainer, Explainer):
             raise TypeError(f"explainer must be an xrl Explainer, got {type(explainer).__name__}")
         explainer.model.check_states(states)
         b, s = states.shape[0], self.n_samples
+        self.check_budget(b, tuple(states.shape[1:]))
         # None is the argmax on the states, not on each neighbour; a callable stays itself
         resolved = target_function(explainer.model, states, targets)
         fixed = targets if resolved.index is None else resolved.index

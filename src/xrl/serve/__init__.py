@@ -29,6 +29,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--env-seed", type=int, default=0, help="episode seed shown first (default 0)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header the server answers besides this machine's names and the bound address (repeatable; "
+        "requests naming another host are refused: DNS rebinding)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--max-steps", type=int, default=500, help="steps recorded per episode (default 500)")
     p.add_argument(
@@ -52,6 +60,18 @@ def run(args) -> int:
 
     if args.env_seed < 0:
         raise ValueError(f"--env-seed must be >= 0, got {args.env_seed}")
+    import os
+    import signal
+    import sys
+
+    from xrl.train.run import Terminated
+
+    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: the engine's temporary folder is removed
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated) if threading_main() else None
+    # one request may not ask for more than this (each map, video or score is one request's work)
+    os.environ.setdefault("XRL_MAX_ALLOC_GB", "1")
     given = {}
     for value in args.agent:
         path = Path(value)
@@ -89,7 +109,16 @@ def run(args) -> int:
     if default is not None:
         engine.preload(default)
     local = args.host in ("127.0.0.1", "localhost", "::1")
-    app = create_app(engine, default_agent=default, default_seed=args.env_seed, allowed_hosts=None if local else ["*"])
+    hosts = None if local and not args.allow_host else allowed_hosts(args.host, args.allow_host)
+    if not local:
+        print(
+            f"xrl serve: warning: listening on {args.host}, beyond this machine: anyone who can reach it can run "
+            "computations and read the zoo and the agents given; requests are answered only for the Host names "
+            f"{', '.join(hosts or [])} (add others with --allow-host)",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = create_app(engine, default_agent=default, default_seed=args.env_seed, allowed_hosts=hosts)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as err:
@@ -103,7 +132,32 @@ def run(args) -> int:
     config = uvicorn.Config(app, log_level="warning")
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # uvicorn handles SIGTERM and SIGINT, then raises them again: see above
     finally:
         engine.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """The Host names answered: local names, this machine's name and addresses, the bound address
+    (unless it is a wildcard), and ``extra``."""
+    import socket
+
+    names = {"127.0.0.1", "localhost", "[::1]", "::1", *extra}
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{host}]" if ":" in host else host)
+    try:
+        hostname = socket.gethostname()
+        names.update({hostname, socket.getfqdn()})
+        names.update(socket.gethostbyname_ex(hostname)[2])
+    except OSError:
+        pass
+    return sorted(n for n in names if n)

@@ -52,6 +52,57 @@ from xrl.serve.engine import (
 )
 
 STATIC = Path(__file__).parent / "static"
+#: the largest request body read (bytes); a larger one is answered 413 without being read
+MAX_BODY = 1 << 20
+#: jobs one client (address) may have queued or running at once; more are answered 429
+MAX_JOBS_PER_CLIENT = 16
+#: settings one request may carry
+MAX_SETTINGS = 64
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose ``Content-Length`` is over ``limit`` bytes is answered 413
+    before its body is read; a streamed (chunked) body is cut off with 413 as soon as the bytes
+    received pass ``limit``. Nothing over the limit is ever held in memory."""
+
+    def __init__(self, app, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                n = -1
+            if not 0 <= n <= self.limit:
+                status = 413 if n > self.limit else 400
+                message = (
+                    f"the request body is {n} bytes; at most {self.limit} are read"
+                    if status == 413
+                    else f"Content-Length must be a number of bytes, got {length.decode(errors='replace')!r}"
+                )
+                await JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})(
+                    scope, receive, send
+                )
+                return
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise RequestError(
+                        f"the request body is over {self.limit} bytes; at most {self.limit} are read", 413
+                    )
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def png_url(image: np.ndarray) -> str:
@@ -84,10 +135,15 @@ async def _settled(engine: Engine, result: Any, *, failed: str = "failed", statu
 async def _body(request: Request, allowed: set[str], required: set[str]) -> dict:
     try:
         data = await request.json()
+    except RequestError:  # a body over MAX_BODY (BodyLimit)
+        raise
     except Exception:
         raise RequestError("the request body must be a JSON object") from None
     if not isinstance(data, dict):
         raise RequestError(f"the request body must be a JSON object, got {type(data).__name__}")
+    settings = data.get("settings")
+    if isinstance(settings, dict) and len(settings) > MAX_SETTINGS:
+        raise RequestError(f"{len(settings)} settings sent; a method has at most {MAX_SETTINGS}", 413)
     unknown = set(data) - allowed
     if unknown:
         raise RequestError(f"unknown fields {sorted(unknown)}; expected {sorted(allowed)}")
@@ -111,6 +167,41 @@ def create_app(
     engine: Engine, *, default_agent: str | None = None, default_seed: int = 0, allowed_hosts: list[str] | None = None
 ) -> Starlette:
     """The app; ``allowed_hosts`` guards against DNS rebinding (default: local names only)."""
+    inflight: dict[str, list[Job]] = {}  # per client address: its jobs, to bound its queue
+
+    def admit(request: Request) -> str:
+        """The client's address, once it has fewer than MAX_JOBS_PER_CLIENT jobs queued or running."""
+        client = request.client.host if request.client else "?"
+        jobs = [j for j in inflight.get(client, []) if j.state in ("queued", "running")]
+        inflight[client] = jobs
+        if len(jobs) >= MAX_JOBS_PER_CLIENT:
+            raise RequestError(
+                f"{len(jobs)} jobs of yours are queued or running (at most {MAX_JOBS_PER_CLIENT}); wait for one to "
+                "finish (GET /api/jobs/ID) and send the request again",
+                429,
+            )
+        return client
+
+    def track(client: str, result: Any) -> Any:
+        if isinstance(result, Job) and all(j is not result for j in inflight.setdefault(client, [])):
+            inflight[client].append(result)
+        return result
+
+    def checked_settings(method: dict, settings: dict) -> dict:
+        """Settings of the method's constructor, of the types it declares (422 naming the accepted ones)."""
+        from xrl.cli import check_method_settings
+        from xrl.explainers import EXPLAINERS
+        from xrl.serve.engine import accepted_settings
+
+        try:
+            check_method_settings(EXPLAINERS, {method["name"]: settings}, "setting")
+        except ValueError as err:
+            raise RequestError(
+                f"method {method['id']!r} refuses settings {settings}: {str(err).removeprefix('--setting ')}; its "
+                f"settings: {accepted_settings(method['name'], method['fixed'])}",
+                422,
+            ) from None
+        return settings
 
     def target_of(episode, value: Any) -> int | None:
         if value is None:
@@ -152,7 +243,7 @@ def create_app(
         seed = engine.check_seed(data["seed"])
         result = await _settled(
             engine,
-            await run_in_threadpool(engine.episode, agent, seed),
+            track(admit(request), await run_in_threadpool(engine.episode, agent, seed)),
             failed="recording failed",
             status=lambda code: code if code < 500 else 422,
         )
@@ -199,12 +290,13 @@ def create_app(
         )
         agent, ep, t = frame_request(data)
         method = engine.method(agent, data["method"])
-        settings = check_settings(data.get("settings"))
+        settings = checked_settings(method, check_settings(data.get("settings")))
         target = target_of(ep, data.get("target"))
         rects = check_rects(data.get("rects"))
         scale = check_scale(data.get("scale"))
         start = time.perf_counter()
-        result = await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects)
+        client = admit(request)
+        result = track(client, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects))
         cached = not isinstance(result, Job)
         result = await _settled(engine, result)
         if isinstance(result, Job):
@@ -234,9 +326,12 @@ def create_app(
         )
         agent, ep, t = frame_request(data)
         method = engine.method(agent, data["method"])
-        settings = check_settings(data.get("settings"))
+        settings = checked_settings(method, check_settings(data.get("settings")))
         target = target_of(ep, data.get("target"))
-        result = await _settled(engine, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, []))
+        client = admit(request)
+        result = await _settled(
+            engine, track(client, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, []))
+        )
         if isinstance(result, Job):
             return _pending(result)
         out = await run_in_threadpool(engine.curves, ep, t, method, settings, target, result)
@@ -251,7 +346,9 @@ def create_app(
             raise RequestError("methods must be a list of 1 to 6 method ids")
         chosen = [engine.method(agent, m) for m in ids]
         settings = check_settings(data.get("settings"))
-        job = engine.video(agent, seed, chosen, settings)
+        for m in chosen[:1]:  # the first method's settings (the others run at their defaults)
+            checked_settings(m, settings)
+        job = track(admit(request), engine.video(agent, seed, chosen, settings))
         return _pending(job)
 
     def job(request: Request) -> JSONResponse:
@@ -298,7 +395,7 @@ def create_app(
     hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]", "::1"]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[Middleware(BodyLimit), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         exception_handlers={RequestError: on_request_error, HTTPException: on_http, Exception: on_error},  # type: ignore[dict-item]
     )
 

@@ -125,6 +125,8 @@ class Lane:
                 job.state = "done"
             except RequestError as err:
                 job.state, job.error, job.status = "error", str(err), err.status
+            except MemoryError as err:  # an estimate over XRL_MAX_ALLOC_GB: the request asks too much
+                job.state, job.error, job.status = "error", str(err) or "out of memory", 413
             except Exception as err:  # reported to the page as a message, never a traceback
                 job.state, job.error, job.status = "error", f"{type(err).__name__}: {err}", 500
             finally:
@@ -366,6 +368,9 @@ class Engine:
     def close(self) -> None:
         for lane in self.lanes.values():
             lane.stop()
+        for lane in self.lanes.values():  # a job still running ends first (torch must not be torn down under it)
+            if lane.thread is not threading.current_thread():
+                lane.thread.join(timeout=30)
         if self._own_cache:
             import shutil
 

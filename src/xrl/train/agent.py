@@ -512,6 +512,7 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
     state = read_json(folder / "state.json")
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algo") != args.algo:
         raise ValueError(f"{folder} is not an xrl {args.algo} training checkpoint (format={CHECKPOINT_FORMAT!r})")
+    check_state(state, folder / "state.json")
     algo = _build(args)
     tensors = load_tensors(folder / "tensors.pt")
     algo.policy.load_state_dict(zip_tensors(folder / "checkpoint.zip", "policy.pth"))
@@ -545,6 +546,81 @@ def load_checkpoint(args: AgentArgs, folder: Path) -> BaseAlgorithm:
     )
     random.setstate((state["python"]["version"], tuple(tensors["python_state"].tolist()), state["python"]["gauss"]))
     return algo
+
+
+#: the numpy bit generators a checkpoint may name (their states are plain numbers)
+BIT_GENERATORS = ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64")
+
+
+def check_state(state: dict, path: Path) -> None:
+    """Every value of a checkpoint's ``state.json`` a resume uses, of the type it must have, before
+    any is used: a damaged or crafted file (a counter of the wrong type, an unknown bit generator,
+    a structure nested where a number belongs) is one error naming the file, the key and what was
+    expected."""
+
+    def bad(key: str, value, expected: str) -> ValueError:
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ValueError(f"{path}: {key} is {shown}; expected {expected}. The checkpoint is damaged")
+
+    def integer(key: str, value, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(key, value, f"an integer of at least {low}")
+
+    def number(key: str, value, none: bool = False) -> None:
+        if (value is None and none) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return
+        raise bad(key, value, "a number" + (" or null" if none else ""))
+
+    def generator(key: str, value, ale: bool = False) -> None:
+        if ale and isinstance(value, dict) and "ale_state" in value:  # the Arcade Learning Environment's own
+            if not isinstance(value["ale_state"], str):
+                raise bad(f"{key}.ale_state", value["ale_state"], "base64 text")
+            return
+        if not isinstance(value, dict):
+            raise bad(key, value, "a numpy bit generator state (an object)")
+        if value.get("bit_generator") not in BIT_GENERATORS:
+            raise bad(f"{key}.bit_generator", value.get("bit_generator"), f"one of {', '.join(BIT_GENERATORS)}")
+        if not isinstance(value.get("state"), dict):
+            raise bad(f"{key}.state", value.get("state"), "an object")
+        try:  # the generator checks its own numbers
+            getattr(np.random, value["bit_generator"])().state = value
+        except (ValueError, TypeError, KeyError, OverflowError) as err:
+            raise bad(key, value, f"a {value['bit_generator']} state ({err})") from None
+
+    for key in _COUNTERS:
+        if key in state:
+            (number if key == "exploration_rate" else integer)(key, state[key])
+    generator("action_space", state.get("action_space"))
+    for key, check in (("pos", integer), ("has_gauss", integer), ("cached_gaussian", number)):
+        check(f"numpy.{key}", (state.get("numpy") or {}).get(key) if isinstance(state.get("numpy"), dict) else None)
+    python = state.get("python") if isinstance(state.get("python"), dict) else {}
+    integer("python.version", python.get("version"))
+    number("python.gauss", python.get("gauss"), none=True)
+    for key in ("ep_info_buffer", "ep_success_buffer"):
+        if not isinstance(state.get(key), list):
+            raise bad(key, state.get(key), "a list")
+    if "buffer" in state:
+        buffer = state["buffer"] if isinstance(state["buffer"], dict) else {}
+        integer("buffer.pos", buffer.get("pos"))
+        if not isinstance(buffer.get("full"), bool):
+            raise bad("buffer.full", buffer.get("full"), "true or false")
+    envs = state.get("envs", [])
+    if not isinstance(envs, list):
+        raise bad("envs", envs, "a list of episode starts")
+    for i, start in enumerate(envs):
+        if start is None:
+            continue
+        if not isinstance(start, dict) or not isinstance(start.get("rngs", []), list):
+            raise bad(f"envs[{i}]", start, 'null or an object {"seed": ..., "rngs": [...]}')
+        if start.get("seed") is not None:
+            integer(f"envs[{i}].seed", start["seed"])
+        for j, entry in enumerate(start.get("rngs", [])):
+            key = f"envs[{i}].rngs[{j}]"
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], str)):
+                raise bad(key, entry, "[depth, attribute, state]")
+            integer(f"{key}[0]", entry[0])
+            generator(f"{key}[2]", entry[2], ale=True)
 
 
 def _replay_envs(algo: BaseAlgorithm, starts: list, actions: list, folder: Path) -> None:
