@@ -95,9 +95,9 @@ class SmoothGrad(Explainer):
         """Mean over the noisy copies of the base's signed attributions ``(B, C, H, W)`` or maps
         ``(B, H, W)``."""
         b, n = states.shape[0], self.n_samples
-        rows = min(b * n, self.batch_size)  # noise, plus a chunk of noisy states, their gradients and maps
+        chunk = min(b * n, self.batch_size)  # noise, plus a chunk of noisy states, their gradients and maps
         check_memory(
-            states[0].numel() * states.element_size() * (n + 3 * rows),
+            states[0].numel() * states.element_size() * (n + 3 * chunk),
             f"smoothgrad with n_samples={n} (noise for {n} copies of a {tuple(states.shape[1:])} state)",
             "lower smoothgrad.n_samples (or batch_size)",
         )

@@ -594,7 +594,7 @@ def check_state(state: dict, path: Path) -> None:
     generator("action_space", state.get("action_space"))
     for key, check in (("pos", integer), ("has_gauss", integer), ("cached_gaussian", number)):
         check(f"numpy.{key}", (state.get("numpy") or {}).get(key) if isinstance(state.get("numpy"), dict) else None)
-    python = state.get("python") if isinstance(state.get("python"), dict) else {}
+    python: dict = state["python"] if isinstance(state.get("python"), dict) else {}
     integer("python.version", python.get("version"))
     number("python.gauss", python.get("gauss"), none=True)
     for key in ("ep_info_buffer", "ep_success_buffer"):
