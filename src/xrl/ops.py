@@ -170,14 +170,15 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0, *, kernel_size: int | N
     """Normalised 1-D Gaussian ``(2 * ceil(truncate * sigma) + 1,)`` float32 (as scipy's), or of
     ``kernel_size`` taps (odd) when given.
 
-    The 2-D kernel is its outer product with itself (the Gaussian is separable).
+    The 2-D kernel is its outer product with itself (the Gaussian is separable). Made on the CPU
+    (a constant: callers move it where they use it).
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     if kernel_size is not None and (int(kernel_size) < 1 or int(kernel_size) % 2 == 0):
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
     half = int(math.ceil(truncate * sigma)) if kernel_size is None else int(kernel_size) // 2
-    x = torch.arange(-half, half + 1, dtype=torch.float64)
+    x = torch.arange(-half, half + 1, dtype=torch.float64, device="cpu")
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return (kernel / kernel.sum()).float()
 
@@ -209,8 +210,11 @@ def blur_matrix(n: int, sigma: float, taps: int, device: torch.device, dtype: to
     with torch.inference_mode(False):  # cached: must stay usable by autograd later
         kernel = gaussian_kernel(sigma, kernel_size=taps).double()
         half = kernel.numel() // 2
-        source = (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)  # (n, taps)
-        matrix = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, source, kernel.expand(n, -1).contiguous())
+        cpu = torch.device("cpu")  # built once on the CPU (the same matrix on every device), then moved
+        source = torch.arange(n, device=cpu)[:, None] + torch.arange(-half, half + 1, device=cpu)[None]  # (n, taps)
+        source = source.clamp(0, n - 1)
+        matrix = torch.zeros(n, n, dtype=torch.float64, device=cpu)
+        matrix.scatter_add_(1, source, kernel.expand(n, -1).contiguous())
         return matrix.to(device=device, dtype=dtype)
 
 

@@ -81,10 +81,11 @@ def check_grid(height: int, width: int, grid: int) -> None:
 def cell_masks(height: int, width: int, grid: int) -> torch.Tensor:
     """``(grid**2, H, W)`` bool: the pixels of each cell, cells in reading order (row-major)."""
     check_grid(height, width, grid)
-    rows = torch.arange(height) // (height // grid)  # (H,) cell row of each pixel
-    cols = torch.arange(width) // (width // grid)
+    cpu = torch.device("cpu")  # built on the CPU; callers move it to their images' device
+    rows = torch.arange(height, device=cpu) // (height // grid)  # (H,) cell row of each pixel
+    cols = torch.arange(width, device=cpu) // (width // grid)
     cell = rows[:, None] * grid + cols[None, :]  # (H, W)
-    return cell[None] == torch.arange(grid * grid)[:, None, None]
+    return cell[None] == torch.arange(grid * grid, device=cpu)[:, None, None]
 
 
 class MaskingBatch:
@@ -129,10 +130,16 @@ class MaskingBatch:
         self.batch_size = int(batch_size)
         if noise == "gaussian":  # the image distribution, per channel (given, or of these images)
             self.mean = (
-                (images.mean(dim=(0, 2, 3)) if mean is None else torch.as_tensor(mean)).view(1, -1, 1, 1).to(images)
+                (images.mean(dim=(0, 2, 3)) if mean is None else torch.as_tensor(mean, device="cpu"))
+                .view(1, -1, 1, 1)
+                .to(images)
             )
-            self.std = (images.std(dim=(0, 2, 3)) if std is None else torch.as_tensor(std)).view(1, -1, 1, 1).to(images)
-        self.generator = torch.Generator().manual_seed(int(seed))
+            self.std = (
+                (images.std(dim=(0, 2, 3)) if std is None else torch.as_tensor(std, device="cpu"))
+                .view(1, -1, 1, 1)
+                .to(images)
+            )
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))  # same noise on every device
 
     @property
     def n_cells(self) -> int:
@@ -142,16 +149,17 @@ class MaskingBatch:
         """Noise images ``(n, C, H, W)`` from the batch's generator (on the CPU, then moved)."""
         shape = (n, *self.images.shape[1:])
         if self.noise == "uniform":
-            noise = self.low + (self.high - self.low) * torch.rand(shape, generator=self.generator)
+            noise = self.low + (self.high - self.low) * torch.rand(shape, generator=self.generator, device="cpu")
         else:
-            noise = torch.randn(shape, generator=self.generator).to(self.images) * self.std.cpu() + self.mean.cpu()
+            noise = torch.randn(shape, generator=self.generator, device="cpu").to(self.images.dtype)
+            noise = noise * self.std.cpu() + self.mean.cpu()
             noise = noise.clamp(self.low, self.high)
         return noise.to(self.images)
 
     def reset(self, rows: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Start ``len(rows)`` episodes on ``images[rows]`` explaining ``targets``; the unmasked states."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        targets = torch.as_tensor(targets, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.images.device)
+        targets = torch.as_tensor(targets, dtype=torch.long, device=self.images.device)
         if rows.dim() != 1 or tuple(targets.shape) != tuple(rows.shape):
             raise ValueError(f"rows and targets must be (n,) each, got {tuple(rows.shape)} and {tuple(targets.shape)}")
         k = self.model.n_actions
@@ -175,7 +183,7 @@ class MaskingBatch:
             raise ValueError(
                 f"actions must be ({len(self.rows)},) cell indices in [0, {self.n_cells}), got {actions.tolist()}"
             )
-        self.masked[torch.arange(len(actions)), actions] = True
+        self.masked[torch.arange(len(actions), device=actions.device), actions] = True
         pixels = (self.masked.to(self.cells.dtype).float() @ self.cells.flatten(1).float()) > 0  # (n, H*W)
         pixels = pixels.view(len(actions), 1, *self.images.shape[-2:])
         self.states = torch.where(pixels, self.noise_images, self.original)
@@ -215,7 +223,7 @@ class MaskingEnv(gym.Env):
         score: str = "softmax",
     ) -> None:
         super().__init__()
-        targets = torch.as_tensor(targets, dtype=torch.long)
+        targets = torch.as_tensor(targets, dtype=torch.long, device=images.device)
         if tuple(targets.shape) != (len(images),):
             raise ValueError(f"targets must be one class index per image ({len(images)},), got {tuple(targets.shape)}")
         self.batch = MaskingBatch(model, images, grid=grid, noise=noise, low=low, high=high, score=score)
@@ -239,9 +247,9 @@ class MaskingEnv(gym.Env):
         if seed is not None:
             self.batch.generator.manual_seed(int(seed))
         row = int(self.np_random.integers(len(self.targets)))
-        self.batch.reset(torch.tensor([row]), self.targets[row : row + 1])
+        self.batch.reset(torch.tensor([row], device=self.targets.device), self.targets[row : row + 1])
         return self._obs(), {"row": row, "prob": float(self.batch.probs[0])}
 
     def step(self, action):
-        _, rewards, done = self.batch.step(torch.tensor([int(action)]))
+        _, rewards, done = self.batch.step(torch.tensor([int(action)], device=self.batch.images.device))
         return self._obs(), float(rewards[0]), bool(done), False, {"prob": float(self.batch.probs[0])}

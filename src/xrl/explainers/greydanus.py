@@ -208,13 +208,14 @@ def reflect_blur_matrix(n: int, sigma: float, device: torch.device, dtype: torch
     repeated for kernels wider than the signal). Float64 weights, cast to ``dtype``."""
     with torch.inference_mode(False):  # cached: must stay usable by autograd later
         half = int(4.0 * sigma + 0.5)
-        offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+        cpu = torch.device("cpu")  # built on the CPU (the same on every device), moved at the end
+        offsets = torch.arange(-half, half + 1, dtype=torch.float64, device=cpu)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
         kernel = kernel / kernel.sum()
-        source = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]  # (n, taps)
+        source = torch.arange(n, device=cpu)[:, None] + torch.arange(-half, half + 1, device=cpu)[None]  # (n, taps)
         source = source.remainder(2 * n)  # half-sample symmetric extension has period 2n
         source = torch.where(source >= n, 2 * n - 1 - source, source)
-        matrix = torch.zeros(n, n, dtype=torch.float64)
+        matrix = torch.zeros(n, n, dtype=torch.float64, device=cpu)
         matrix.scatter_add_(1, source, kernel.expand(n, -1).contiguous())
         return matrix.to(device=device, dtype=dtype)
 
@@ -239,8 +240,8 @@ def greydanus_masks(height: int, width: int, stride: int, radius: float, device:
         rows, cols = mask_centres(height, width, stride)
         blur_h = reflect_blur_matrix(height, float(radius), torch.device("cpu"), torch.float64)
         blur_w = reflect_blur_matrix(width, float(radius), torch.device("cpu"), torch.float64)
-        y = torch.arange(height)[None, :, None]
-        x = torch.arange(width)[None, None, :]
+        y = torch.arange(height, device="cpu")[None, :, None]  # built on the CPU, moved at the end
+        x = torch.arange(width, device="cpu")[None, None, :]
         masks = []
         for r in rows.tolist():
             disc = ((y - r) ** 2 + (x - cols[:, None, None]) ** 2 <= 1).double()  # (W', H, W)

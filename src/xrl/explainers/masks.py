@@ -54,8 +54,8 @@ def cached_bytes() -> int:
 
 
 def mask_centres(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices ``0, stride, 2*stride, ...`` of the perturbation centres."""
-    return torch.arange(0, height, stride), torch.arange(0, width, stride)
+    """Row and column indices ``0, stride, 2*stride, ...`` of the perturbation centres (on the CPU)."""
+    return torch.arange(0, height, stride, device="cpu"), torch.arange(0, width, stride, device="cpu")
 
 
 @byte_cache
@@ -86,8 +86,9 @@ def perturbation_masks(
 
 def _gaussian_masks(height: int, width: int, stride: int, radius: float, truncate: float) -> torch.Tensor:
     rows, cols = mask_centres(height, width, stride)
-    y = torch.arange(height, dtype=torch.float32)
-    x = torch.arange(width, dtype=torch.float32)
+    # built on the CPU (the same masks on every device), moved once by perturbation_masks
+    y = torch.arange(height, dtype=torch.float32, device="cpu")
+    x = torch.arange(width, dtype=torch.float32, device="cpu")
     dy2 = (y[None, :] - rows[:, None]) ** 2  # (H', H)
     dx2 = (x[None, :] - cols[:, None]) ** 2  # (W', W)
     d2 = dy2[:, None, :, None] + dx2[None, :, None, :]  # (H', W', H, W)

@@ -122,8 +122,8 @@ def window_masks(height: int, width: int, window: int, stride: int, device: torc
 
 
 def _window_axis(size: int, window: int, stride: int) -> torch.Tensor:
-    starts = torch.arange(math.ceil((size - window) / stride) + 1) * stride
-    pixel = torch.arange(size)
+    starts = torch.arange(math.ceil((size - window) / stride) + 1, device="cpu") * stride  # moved by window_masks
+    pixel = torch.arange(size, device="cpu")
     return ((pixel >= starts[:, None]) & (pixel < starts[:, None] + window)).float()
 
 

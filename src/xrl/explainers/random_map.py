@@ -23,10 +23,12 @@ class RandomMap(Explainer):
 
     def _explain(self, states: torch.Tensor, target_fn: Callable) -> torch.Tensor:
         height, width = states.shape[-2:]
-        maps = [torch.rand(height, width, generator=self._state_generator(s)) for s in states.detach().cpu()]
+        maps = [
+            torch.rand(height, width, generator=self._state_generator(s), device="cpu") for s in states.detach().cpu()
+        ]
         return torch.stack(maps).to(states.device)
 
     def _state_generator(self, state: torch.Tensor) -> torch.Generator:
         digest = hashlib.blake2b(self.seed.to_bytes(8, "little", signed=True), digest_size=8)
         digest.update(state.contiguous().numpy().tobytes())
-        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+        return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest.digest(), "little") >> 1)

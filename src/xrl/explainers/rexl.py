@@ -230,7 +230,7 @@ class RExL(Explainer):
         noise = batch.draw_noise(1).expand_as(states)  # one noise image for every state
         probs, actions = [], []
         with shared_trunk(agent, self.model) as encode:  # one trunk pass per step when it is the model's
-            current = batch.reset(torch.arange(len(states)), targets, noise=noise)
+            current = batch.reset(torch.arange(len(states), device=states.device), targets, noise=noise)
             probs.append(batch.probs)
             for _ in range(batch.n_cells):
                 logits = agent(encode(current, targets))[0]

@@ -186,8 +186,9 @@ def rise_masks(
     Drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (identical on every device)
     and cached: the same arguments return the same tensor (do not modify it).
     """
-    with torch.inference_mode(False):  # cached: must stay usable by autograd later
-        generator = torch.Generator().manual_seed(seed)
+    # cached: must stay usable by autograd later; drawn and built on the CPU (device rule), moved once
+    with torch.inference_mode(False), torch.device("cpu"):
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         cell_h, cell_w = math.ceil(height / grid), math.ceil(width / grid)
         cells = (torch.rand(n_masks, 1, grid, grid, generator=generator) < p).float()
         shift_h = torch.randint(0, cell_h, (n_masks,), generator=generator)
@@ -239,8 +240,8 @@ def torchray_masks(
     same seed; cached (do not modify it)."""
     import torch.nn.functional as F
 
-    with torch.inference_mode(False):
-        generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(False), torch.device("cpu"):  # drawn on the CPU (device rule), moved once
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         cell = (math.ceil(height / grid), math.ceil(width / grid))
         up = (height + cell[0], width + cell[1])
         cell_up = (math.ceil(up[0] / grid), math.ceil(up[1] / grid))  # _upsample_reflect's cell_size

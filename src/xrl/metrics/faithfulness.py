@@ -73,11 +73,13 @@ def rise_kernel(klen: int, nsig: float) -> torch.Tensor:
     Computed in float64 and cast to float32, as RISE does. Checked against scipy in ``tests/test_metric_protocols.py``.
     """
     radius = int(4.0 * float(nsig) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    cpu = torch.device("cpu")  # a constant, the same on every device: built on the CPU, moved by the caller
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=cpu)
     weights = torch.exp(-0.5 * x**2 / float(nsig) ** 2)
     weights = weights / weights.sum()
     centre = klen // 2
-    source = (torch.arange(klen)[:, None] + torch.arange(-radius, radius + 1)[None]) % (2 * klen)
+    source = torch.arange(klen, device=cpu)[:, None] + torch.arange(-radius, radius + 1, device=cpu)[None]
+    source = source % (2 * klen)
     source = torch.where(source >= klen, 2 * klen - 1 - source, source)  # (klen, taps) reflected
     g = (weights[None].expand(klen, -1) * (source == centre)).sum(1)  # (klen,)
     return torch.outer(g, g).float()
@@ -165,7 +167,8 @@ class Substrate:
             return gaussian_blur(states, self.blur_sigma, kernel_size=self.blur_kernel)
         if self.kind == "noise":
             # drawn on the CPU so the same seed gives the same image on every device
-            noise = torch.rand(states.shape[1:], generator=torch.Generator().manual_seed(self.seed))
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            noise = torch.rand(states.shape[1:], generator=gen, device="cpu")
             return noise.to(states).expand_as(states)
         assert self.background is not None  # kind == "background": __init__ checked it
         if tuple(self.background.shape) != tuple(states.shape[1:]):
@@ -343,7 +346,7 @@ class _Curve(Metric):
             step = self.step(h, w)
             if self.protocol == "rise":
                 n_steps = (n + step - 1) // step
-                counts = (torch.arange(n_steps + 1) * step).clamp(max=n).to(states.device)  # (T,)
+                counts = (torch.arange(n_steps + 1, device=states.device) * step).clamp(max=n)  # (T,)
                 x = torch.arange(n_steps + 1, dtype=torch.float64, device=states.device) / n_steps
             elif self.protocol == "latec":  # scored after every step but the last; dx = 1 / T
                 t = (n + step - 1) // step - 1
@@ -352,10 +355,11 @@ class _Curve(Metric):
                         f"protocol='latec' scores ceil(H*W / step) - 1 points: {t} on {h}x{w} states with "
                         f"{step}-pixel steps; use a smaller step_pixels"
                     )
-                counts = (torch.arange(1, t + 1) * step).to(states.device)  # (T,), all < H*W
+                counts = torch.arange(1, t + 1, device=states.device) * step  # (T,), all < H*W
                 x = torch.arange(1, t + 1, dtype=torch.float64, device=states.device) / t
             else:
-                counts = torch.cat([torch.arange(0, n, step), torch.tensor([n])]).to(states.device)  # (T,)
+                d = states.device
+                counts = torch.cat([torch.arange(0, n, step, device=d), torch.tensor([n], device=d)])  # (T,)
                 x = counts.double() / n
             t = counts.numel()
             scores = torch.empty(b * t, dtype=torch.float64, device=states.device)

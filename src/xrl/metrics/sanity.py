@@ -144,14 +144,14 @@ class SanityCheck(Metric):
         """New values for every parameter of ``layers`` as PyTorch initialises a new Conv/Linear
         layer: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias, ``fan_in`` from the
         layer's weight. Drawn on the CPU from ``seed``, bottom layer first."""
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
         modules = dict(model.net.named_modules())
         fresh = {}
         for name in reversed(layers):
             params = list(modules[name].parameters(recurse=False))
             weight = next(p for p in params if p.dim() >= 2)
             bound = (weight.numel() // weight.shape[0]) ** -0.5
-            fresh[name] = [((torch.rand(p.shape, generator=gen) * 2 - 1) * bound).to(p) for p in params]
+            fresh[name] = [((torch.rand(p.shape, generator=gen, device="cpu") * 2 - 1) * bound).to(p) for p in params]
         return fresh
 
 

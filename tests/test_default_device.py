@@ -1,0 +1,118 @@
+"""The device rule (docs/architecture.md#devices), tested without a GPU.
+
+Every tensor factory, generator and module in xrl names its device: the states' (or model's)
+device for computation, or ``"cpu"`` where a result must be the same on every device. With the
+default device set to ``meta`` around the call and the model and states on the CPU, any tensor
+created without naming its device lands on ``meta`` and the call fails (meta tensors hold no
+data: mixing one with a CPU tensor raises, reading one raises). That is the bug class "tensor on
+cpu, expected cuda" a GPU run would hit, found on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from test_explainers import NAMES, make, states, tiny_model
+
+from xrl.metrics import get_metric, list_metrics
+
+#: tiny budgets on top of the contract tests' SETTINGS, so the whole file runs in a few seconds
+FAST = {
+    "rise": {"n_masks": 16},
+    "lime": {"n_samples": 16},
+    "smoothgrad": {"n_samples": 4},
+    "integrated_gradients": {"n_steps": 4},
+    "extremal_perturbation": {"iterations": 3},
+}
+METRIC_SETTINGS = {"lipschitz": {"n_samples": 3}}
+#: Cases that still create a tensor on the default device, each waiting for a small edit in a
+#: file another change is open on (the edit is named; remove the entry when it is made).
+PENDING = {
+    "extremal_perturbation": "extremal_perturbation.py:_levels: torch.linspace(0, 1, self.num_levels, device='cpu')",
+    "integrated_gradients": "integrated_gradients.py:_gradients: Captum's alphas (torch.linspace, no device) need "
+    "the Captum call under `with torch.device(x.device):`",
+    "lime": "lime.py:perturbations: torch.randint(..., generator=self.generator(), device='cpu')",
+    "smoothgrad": "smoothgrad.py:_average: torch.randn(..., generator=self.generator(), device='cpu')",
+    "lipschitz": "robustness.py:noise: torch.Generator(device='cpu'), torch.rand/randn(..., device='cpu')",
+}
+
+
+def pending(name):
+    """``name`` as a parameter, marked xfail while its edit is pending."""
+    if name not in PENDING:
+        return name
+    return pytest.param(name, marks=pytest.mark.xfail(raises=NotImplementedError, reason=f"pending: {PENDING[name]}"))
+
+
+#: targets in every form the contract tests use
+TARGETS = {"none": None, "int": 1, "tensor": torch.tensor([0, 2, 1])}
+
+
+@pytest.fixture(autouse=True)
+def cold_caches():
+    """Empty xrl's caches (masks, blur matrices, kernels) so the meta call builds them itself: a
+    cache filled by an earlier CPU call would hide a factory that names no device."""
+
+    def clear():
+        for module in [m for name, m in sys.modules.items() if name.startswith("xrl.")]:
+            for value in list(vars(module).values()):
+                if (
+                    callable(getattr(value, "cache_clear", None))
+                    and getattr(value, "__module__", "") == module.__name__
+                ):
+                    value.cache_clear()
+
+    clear()
+    yield
+    clear()
+
+
+def on_meta_default(call):
+    """Run ``call()`` with the default device set to ``meta``."""
+    with torch.device("meta"):
+        return call()
+
+
+def test_the_meta_default_catches_an_unnamed_device():
+    """The control: a computation that creates a tensor without naming its device fails here,
+    the same computation naming the states' device runs."""
+    x = states()
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        on_meta_default(lambda: (x * torch.ones(x.shape[-2:])).sum().item())
+    assert on_meta_default(lambda: (x * torch.ones(x.shape[-2:], device=x.device)).sum().item()) > 0
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("name", [pending(n) for n in NAMES])
+def test_explainer_names_its_devices(name, target):
+    model, x = tiny_model(name), states()
+    explainer = make(name, model, **FAST.get(name, {}))
+    saliency = on_meta_default(lambda: explainer.explain(x, targets=TARGETS[target]))  # first: caches are cold
+    expected = explainer.explain(x, targets=TARGETS[target])
+    assert saliency.device == x.device
+    torch.testing.assert_close(saliency, expected, rtol=1e-5, atol=1e-6)  # the same map, not just a map
+    if target == "none":
+        maps = on_meta_default(lambda: explainer.explain_all(x))
+        assert maps.device == x.device and maps.shape == (3, model.n_actions, *x.shape[-2:])
+
+
+@pytest.mark.parametrize("name", [pending(n) for n in list_metrics()])
+def test_metric_names_its_devices(name):
+    model, x = tiny_model(), states()
+    explainer = make("gradient", model)
+    saliency = explainer.explain(x)
+    labels = (torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(2)) > 0.5).to(torch.int8)
+    metric = get_metric(name, **METRIC_SETTINGS.get(name, {}))
+    kwargs = dict(model=model, states=x, saliency=saliency, labels=labels, explainer=explainer)
+    kwargs["targets"] = torch.tensor([0, 2, 1])
+    out = on_meta_default(lambda: metric(**kwargs))  # first: caches are cold
+    values = out if isinstance(out, dict) else {"value": out}
+    for key, v in values.items():
+        assert v.device == x.device, key
+    if name != "time_per_map":  # a time is not a function of the inputs
+        again = metric(**kwargs)
+        again = again if isinstance(again, dict) else {"value": again}
+        for key, v in values.items():
+            torch.testing.assert_close(v, again[key], equal_nan=True, msg=key)
