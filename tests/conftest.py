@@ -207,6 +207,7 @@ SLOW = {
     "test_rexl.py": [
         "test_agent_states_are_the_agents_own_seeded_episodes_and_snapshots_load",
         "test_cli_flags_map_onto_the_training_args",
+        "test_rexl_deletion_learning_curve_picks_the_snapshot_on_validation_states",
         "test_sb3_trains_the_same_agent",
         "test_training_resumes_to_the_same_agent",
     ],

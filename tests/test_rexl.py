@@ -306,3 +306,49 @@ def test_agent_states_are_the_agents_own_seeded_episodes_and_snapshots_load(tmp_
     final, _ = load_rexl_agent(path, model)
     for a, b in zip(last.state_dict().values(), final.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_rexl_deletion_learning_curve_picks_the_snapshot_on_validation_states(tmp_path):
+    """The curve scores every snapshot on the test states, and the chosen one is the lowest
+    deletion on the *validation* states (other seeds), recomputed here with the deletion metric."""
+    import shutil
+
+    import numpy as np
+
+    import xrl
+    from xrl.data.dataset import StateDataset
+    from xrl.reproduce import TARGETS, run_target
+
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    from xrl.agents.load import ZOO_DIR
+
+    zoo = ZOO_DIR / "red-fetch-green-rexl-ds"
+    for steps in (100, 200):  # two "snapshots": the zoo DS agent twice, at two step counts
+        for suffix in (".pt", ".json"):
+            shutil.copy(zoo / f"rexl{suffix}", snaps / f"rexl-{steps:09d}{suffix}")
+    out = tmp_path / "out"
+    run_target(
+        TARGETS.get("rexl-deletion"),
+        out,
+        quick=True,
+        overrides={"curve": {"red-fetch-green": str(snaps)}, "cs": []},
+        progress=False,
+    )
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [100, 200]
+    assert rows[0]["deletion"] == rows[1]["deletion"]  # the same agent twice
+    with (
+        StateDataset.open(out / "data" / "validation-episodes.h5") as val,
+        StateDataset.open(out / "data" / "test-episodes.h5") as test,
+    ):
+        seeds = [json.loads(d.meta["collect"])["seed"] for d in (val, test)]
+        assert seeds == [300_000, 200_000]
+        states = val.states(np.arange(3))
+    model = xrl.load_agent("red-fetch-green")
+    targets = model(states).argmax(-1)
+    maps = xrl.get_explainer("rexl", model, agent=str(snaps / "rexl-000000100.pt"), seed=0).explain(states, targets)
+    deletion = xrl.get_metric("deletion")(model=model, states=states, saliency=maps, targets=targets)
+    assert rows[0]["validation deletion"] == pytest.approx(float(deletion.double().mean()), abs=1e-6)
+    table = json.loads((out / "table1.json").read_text())["rows"]
+    assert any(r["method"] == "RExL-DS val.-chosen (100 steps)" for r in table)  # ties: the first

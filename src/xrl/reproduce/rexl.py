@@ -32,6 +32,10 @@ from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
 LAMBDAS = (0.0, 0.7, 0.8, 1.0)
 #: the methods RExL is compared with, state by state (paired intervals), as the paper's Table 1
 BASELINES = ("RISE", "Extremal", "Grad-CAM")
+#: the snapshot of the learning curve with the lowest deletion on validation states (never the test states)
+CHOSEN = "RExL-DS val.-chosen"
+#: validation episodes are seeded from here: disjoint from training (100,000 on) and test (200,000 on)
+VALIDATION_SEED = 300_000
 
 
 def _zoo(*parts) -> str:
@@ -61,7 +65,16 @@ def setting(name: str) -> dict:
     raise ValueError(f"rexl-deletion: unknown setting {name!r}; known: red-fetch-green, shapes")
 
 
-def load_states(model, data: str, n: int, first_row: int, seed: int, run: Run | None = None, test_seed: int = 0):
+def load_states(
+    model,
+    data: str,
+    n: int,
+    first_row: int,
+    seed: int,
+    run: Run | None = None,
+    test_seed: int = 0,
+    name: str = "test-episodes",
+):
     """States, targets and labels (or None) of the evaluation images. ``data="episodes"``: the
     first ``n`` states of fresh greedy episodes of the agent on seeds ``test_seed + i`` (as many
     episodes as it takes, collected into the run's ``data/``)."""
@@ -73,7 +86,7 @@ def load_states(model, data: str, n: int, first_row: int, seed: int, run: Run | 
         episodes = 8
         while True:
             path = run.collect(  # type: ignore[union-attr]
-                "test-episodes", model, episodes=episodes, seed=test_seed, env_settings={"labels": "cells"}
+                name, model, episodes=episodes, seed=test_seed, env_settings={"labels": "cells"}
             )
             with StateDataset.open(path) as ds:
                 if len(ds) >= n or episodes >= 4096:
@@ -176,6 +189,20 @@ def run_deletion(run: Run) -> None:
                     "batched_seconds_per_map": values[method]["batched_seconds_per_map"],
                 }
             )
+        if (s.get("curve") or {}).get(name):
+            rows, (steps, chosen) = _curve(run, name, model, cfg, s, states, targets, labels, values)
+            curve.extend(rows)
+            values[CHOSEN] = chosen
+            table.append(
+                {
+                    "setting": name,
+                    "method": f"{CHOSEN} ({steps} steps)",
+                    "states": len(states),
+                    "accuracy": accuracy,
+                    **{k: nanmean(v) for k, v in chosen.items() if isinstance(v, list)},
+                    "batched_seconds_per_map": values["RExL-DS"]["batched_seconds_per_map"],
+                }
+            )
         for col in ("deletion", "insertion", "localization_auc"):
             for base in BASELINES:
                 if col in values[base]:
@@ -188,13 +215,11 @@ def run_deletion(run: Run) -> None:
                                 f"{m} minus baseline": format_interval(
                                     paired_interval(values[m][col], values[base][col])
                                 )
-                                for m in ("RExL-DS", "RExL-CS")
+                                for m in ("RExL-DS", "RExL-CS", CHOSEN)
                                 if m in values
                             },
                         }
                     )
-        if (s.get("curve") or {}).get(name):
-            curve.extend(_curve(run, name, model, cfg, s, states, targets, labels, values))
         for lam in LAMBDAS:
 
             def ablate(lam=lam):
@@ -249,7 +274,14 @@ def run_deletion(run: Run) -> None:
     run.table(
         "paired",
         paired_rows,
-        ["setting", "column", "baseline", "RExL-DS minus baseline", "RExL-CS minus baseline"],
+        [
+            "setting",
+            "column",
+            "baseline",
+            "RExL-DS minus baseline",
+            "RExL-CS minus baseline",
+            f"{CHOSEN} minus baseline",
+        ],
         title="RExL minus each baseline over the same states (mean, 95% percentile bootstrap interval; bold = "
         "excludes 0; deletion: negative = RExL better)",
     )
@@ -257,9 +289,10 @@ def run_deletion(run: Run) -> None:
         run.table(
             "curve",
             curve,
-            ["setting", "agent", "steps", "deletion", "insertion", "deletion minus RISE"],
+            ["setting", "agent", "steps", "validation deletion", "deletion", "insertion", "deletion minus RISE"],
             title="Learning curve: test deletion ↓ and insertion ↑ of RExL-DS snapshots against ACER steps "
-            "(the same test states; RISE's deletion beside)",
+            "(the same test states; RISE's deletion beside); validation deletion on other fresh episodes picks "
+            f"{CHOSEN}",
         )
         _curve_figure(run, curve)
     run.table(
@@ -277,10 +310,14 @@ def run_deletion(run: Run) -> None:
     _figure(run, table)
 
 
-def _curve(run: Run, name: str, model, cfg: dict, s: dict, states, targets, labels, values: dict) -> list[dict]:
+def _curve(
+    run: Run, name: str, model, cfg: dict, s: dict, states, targets, labels, values: dict
+) -> tuple[list[dict], tuple[int, dict]]:
     """Rows of the learning curve: each snapshot of ``s["curve"][name]`` (a folder of
-    ``rexl-<steps>.pt``, ``xrl train rexl --snapshot-every``) and the final agent, scored on the
-    test states."""
+    ``rexl-<steps>.pt``, ``xrl train rexl --snapshot-every``) scored on the test states and, for
+    the choice, on validation states (fresh greedy episodes from :data:`VALIDATION_SEED`, disjoint
+    from the test and training seeds); returns the rows and ``(steps, test values)`` of the
+    snapshot with the lowest validation deletion."""
     import torch
 
     from xrl.explainers import get_explainer
@@ -289,9 +326,22 @@ def _curve(run: Run, name: str, model, cfg: dict, s: dict, states, targets, labe
     snaps = sorted(folder.glob("rexl-*.pt"))
     if not snaps:
         raise ValueError(f"rexl-deletion: curve folder {folder} holds no rexl-<steps>.pt snapshots")
-    rows = []
+    val_states, val_targets, _ = load_states(
+        model, "episodes", len(states), 0, s["seed"], run, VALIDATION_SEED, "validation-episodes"
+    )
+    rows, chosen, best = [], None, float("inf")
     for snap in snaps:
         steps = int(snap.stem.split("-")[1])
+
+        def validate(snap=snap):
+            from xrl.metrics import get_metric
+
+            explainer = get_explainer("rexl", model, agent=str(snap), seed=s["seed"])
+            maps = explainer.explain(val_states, val_targets)
+            deletion = get_metric("deletion")(model=model, states=val_states, saliency=maps, targets=val_targets)
+            return {"deletion": deletion.double().tolist()}
+
+        val = nanmean(run.row(f"{name}-validation-{steps}", validate)["deletion"])
 
         def compute(snap=snap):
             explainer = get_explainer("rexl", model, agent=str(snap), seed=s["seed"])
@@ -301,17 +351,22 @@ def _curve(run: Run, name: str, model, cfg: dict, s: dict, states, targets, labe
             return scores(model, states, targets, labels, maps)
 
         v = run.row(f"{name}-curve-{steps}", compute)
+        if val is not None and val < best:
+            best, chosen = val, (steps, v)
         rows.append(
             {
                 "setting": name,
                 "agent": str(folder),
                 "steps": steps,
+                "validation deletion": val,
                 "deletion": nanmean(v["deletion"]),
                 "insertion": nanmean(v["insertion"]),
                 "deletion minus RISE": format_interval(paired_interval(v["deletion"], values["RISE"]["deletion"])),
             }
         )
-    return rows
+    if chosen is None:
+        raise ValueError(f"rexl-deletion: no snapshot in {folder} has a validation deletion")
+    return rows, chosen
 
 
 def _curve_figure(run: Run, rows: list[dict]) -> None:
