@@ -15,8 +15,10 @@ import sys
 import pytest
 import torch
 from test_explainers import NAMES, make, states, tiny_model
+from torch.overrides import TorchFunctionMode
 
 from xrl.metrics import get_metric, list_metrics
+from xrl.metrics.faithfulness import Substrate
 
 #: tiny budgets on top of the contract tests' SETTINGS, so the whole file runs in a few seconds
 FAST = {
@@ -116,3 +118,103 @@ def test_metric_names_its_devices(name):
         again = again if isinstance(again, dict) else {"value": again}
         for key, v in values.items():
             torch.testing.assert_close(v, again[key], equal_nan=True, msg=key)
+
+
+# ---------------------------------------------------------------- seeded draws: the same on every device
+
+#: the functions that draw from a generator
+RANDOM = {
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.bernoulli,
+    torch.normal,
+    torch.multinomial,
+    torch.rand_like,
+    torch.randn_like,
+    torch.randint_like,
+    torch.Tensor.uniform_,
+    torch.Tensor.normal_,
+    torch.Tensor.bernoulli_,
+    torch.Tensor.random_,
+    torch.Tensor.exponential_,
+}
+
+
+class Draws(TorchFunctionMode):
+    """Records every random draw made while active: a copy of what the generator gave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in RANDOM:
+            self.log.append(out.detach().clone())
+        return out
+
+
+def draws_for(make_on):
+    """``(draws, result)`` of ``make_on(device)`` for ``cpu`` and ``meta`` (the stand-in for a GPU)."""
+    runs = {}
+    for device in ("cpu", "meta"):
+        for module in [m for name, m in sys.modules.items() if name.startswith("xrl.")]:  # cold caches
+            for value in list(vars(module).values()):
+                if (
+                    callable(getattr(value, "cache_clear", None))
+                    and getattr(value, "__module__", "") == module.__name__
+                ):
+                    value.cache_clear()
+        with Draws() as log:
+            result = make_on(torch.device(device))
+        runs[device] = (log.log, result)
+    return runs
+
+
+def _sanity_fresh(device):
+    model = tiny_model()
+    model.net.to(device)
+    return get_metric("sanity", seed=4)._fresh(model, ["head", "conv"])
+
+
+def _masking_noise(device, noise):
+    from xrl.envs.masking import MaskingBatch
+
+    model, x = tiny_model(), states()
+    batch = MaskingBatch(model, x, grid=4, noise=noise, seed=5)
+    batch.images = x.to(device)  # the batch's images on the device (a meta model cannot be validated)
+    return batch.draw_noise(2)
+
+
+SEEDED = {
+    "rise": lambda d: make("rise", tiny_model(), n_masks=8, seed=7).masks(12, 12, d),
+    "rise-torchray": lambda d: make("rise", tiny_model(), n_masks=8, preset="torchray", seed=7).masks(12, 12, d),
+    "deletion-noise-substrate": lambda d: Substrate("noise", seed=3)(states().to(d)),
+    "sanity": _sanity_fresh,
+    "masking-uniform": lambda d: _masking_noise(d, "uniform"),
+    "masking-gaussian": lambda d: _masking_noise(d, "gaussian"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEEDED))
+def test_seeded_draws_are_the_same_on_every_device(case):
+    """A seeded method draws its masks/noise on the CPU from its seeded generator and moves the
+    result: asked for the CPU and for another device, the generator gives the same numbers (a
+    draw made on the device would be on ``meta`` here and hold no numbers), and the result is
+    on the device asked for."""
+    runs = draws_for(SEEDED[case])
+    cpu_draws, cpu_result = runs["cpu"]
+    meta_draws, meta_result = runs["meta"]
+    assert cpu_draws, "the control: the case draws something"
+    assert all(d.device.type == "cpu" for d in meta_draws), [d.device for d in meta_draws]
+    assert len(meta_draws) == len(cpu_draws)
+    assert all(torch.equal(a, b) for a, b in zip(cpu_draws, meta_draws, strict=True))
+    assert all(t.device.type == "meta" for t in tensors(meta_result))
+    assert [t.shape for t in tensors(meta_result)] == [t.shape for t in tensors(cpu_result)]
+
+
+def tensors(result):
+    """The tensors of a case's result (a tensor, or sanity's ``{layer: [tensors]}``)."""
+    return [t for ts in result.values() for t in ts] if isinstance(result, dict) else [result]
