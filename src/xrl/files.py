@@ -10,6 +10,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -151,6 +152,41 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class DiskFull(OSError):
+    """The disk filled up: one line saying what was kept and how to go on (free space, run again)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes free on the file system of ``path`` (or of its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk: ``ENOSPC``, or HDF5's report of it (h5py raises those as
+    ``RuntimeError`` or ``OSError`` carrying ``errno = 28`` in the text)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return isinstance(err, (OSError, RuntimeError)) and ("errno = 28," in text or "No space left on device" in text)
+
+
+def check_free(path: str | os.PathLike[str], need: int, what: str, then: str) -> None:
+    """Raise :class:`DiskFull` before writing ``need`` bytes (plus 1 MiB) where less is free."""
+    free = free_bytes(path)
+    if free < need + 2**20:
+        raise DiskFull(
+            errno.ENOSPC,
+            f"the disk of {path} is full ({free / 2**20:.1f} MB free, {what} needs {(need + 2**20) / 2**20:.1f} MB); "
+            f"{then}",
+        )
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ only ``cost`` metrics (wall time) differ from run to run.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import tempfile
@@ -36,7 +37,7 @@ from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
 from xrl.evaluation import evaluate
-from xrl.files import FolderLock, atomic_path, write_json
+from xrl.files import DiskFull, FolderLock, atomic_path, is_disk_full, write_json
 from xrl.metrics import METRICS, get_metric
 from xrl.ops import chunks
 
@@ -238,17 +239,27 @@ def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> P
             if processes and processes > 1 and len(todo) > 1
             else _in_process
         )
-        for job, output in run(todo, spec, out):
-            if "error" in output:
-                failed += 1
-                save_error(out, job, output["error"], output["traceback"])
-            else:
-                save_job(out, job, output)
-            bar.update(1)
-            bar.set_postfix_str(
-                f"{job.id} {'FAILED' if 'error' in output else 'done'}" + (f", {failed} failed" if failed else "")
-            )
-    merge(spec, out)
+        try:
+            for job, output in run(todo, spec, out):
+                if "error" in output:
+                    failed += 1
+                    save_error(out, job, output["error"], output["traceback"])
+                else:
+                    save_job(out, job, output)
+                bar.update(1)
+                bar.set_postfix_str(
+                    f"{job.id} {'FAILED' if 'error' in output else 'done'}" + (f", {failed} failed" if failed else "")
+                )
+            merge(spec, out)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            done = sum(is_done(out, j) for j in jobs)
+            raise DiskFull(
+                errno.ENOSPC,
+                f"the disk of {out} is full (No space left on device) after {done} of {len(jobs)} jobs; the finished "
+                "jobs are kept: free space and run the same command again to resume",
+            ) from None
     if progress:
         print(
             f"wrote {out}/results.json and results.csv"

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from xrl.agents.model import Model
 from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
 from xrl.envs import INFO_ONLY_SETTINGS, make_env
 from xrl.envs.labels import EXCLUDED
-from xrl.files import FolderLock
+from xrl.files import DiskFull, FolderLock, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,28 @@ def _collect(
             if writer.n_episodes > episodes:
                 writer.truncate(episodes)
             returns = list(writer.episode_returns)
-            with tqdm(
-                total=episodes, initial=writer.n_episodes, unit="episode", disable=not progress, desc=f"collect {name}"
-            ) as bar:
-                for i in range(writer.n_episodes, episodes):
-                    returns.append(_rollout(model, environment, writer, seed + i, max_steps, sample))
-                    bar.update(1)
-                    bar.set_postfix(steps=writer.n_rows, mean_return=f"{np.mean(returns):.3g}")
-            return writer.finalize()
+            try:
+                with tqdm(
+                    total=episodes,
+                    initial=writer.n_episodes,
+                    unit="episode",
+                    disable=not progress,
+                    desc=f"collect {name}",
+                ) as bar:
+                    for i in range(writer.n_episodes, episodes):
+                        returns.append(_rollout(model, environment, writer, seed + i, max_steps, sample))
+                        bar.update(1)
+                        bar.set_postfix(steps=writer.n_rows, mean_return=f"{np.mean(returns):.3g}")
+                return writer.finalize()
+            except (OSError, RuntimeError) as err:
+                if isinstance(err, DiskFull) or not is_disk_full(err):
+                    raise
+                writer.close()  # the episode in progress is dropped; the finished ones stay
+                raise DiskFull(
+                    errno.ENOSPC,
+                    f"the disk of {out} is full (No space left on device) after {writer.n_episodes} of {episodes} "
+                    f"episodes; they are kept in {writer.dir}: free space and run the same command again to resume",
+                ) from None
     finally:
         environment.close()
 

@@ -47,7 +47,7 @@ import torch
 
 from xrl._version import __version__
 from xrl.envs.labels import EXCLUDED
-from xrl.files import atomic_path, write_json
+from xrl.files import atomic_path, check_free, write_json
 
 FORMAT = "xrl.StateDataset"
 FORMAT_VERSION = 1
@@ -624,6 +624,13 @@ class StateDatasetWriter:
         for name, value in data.items():
             if layout is not None and layout[name] != value.shape[1:]:
                 raise ValueError(f"{name} rows of shape {value.shape[1:]} do not match the collection's {layout[name]}")
+        check_free(  # before HDF5 writes: a write failing for want of space leaves HDF5 in a state it cannot close
+            self.dir,
+            sum(v.nbytes for v in data.values()) + 2**16,
+            f"step {self._rows} of episode {self.n_episodes}",
+            f"the {self.n_episodes} finished episodes are kept in {self.dir}: free space and run the same "
+            "collection again to resume",
+        )
         self._layout = {k: v.shape[1:] for k, v in data.items()}
         if self._file is None:
             self._file = h5py.File(self._tmp, "w")
@@ -657,6 +664,13 @@ class StateDatasetWriter:
         if not self._pieces:
             raise ValueError("no episode was written; nothing to finalize")
         n, n_episodes = self.n_rows, self.n_episodes
+        check_free(
+            self.out.parent,
+            sum(p.path.stat().st_size for p in self._pieces),
+            f"merging {n_episodes} episodes into {self.out.name}",
+            f"the {n_episodes} finished episodes are kept in {self.dir}: free space and run the same collection "
+            "again to finish",
+        )
         with atomic_path(self.out) as tmp, h5py.File(tmp, "w") as file:
             file.attrs.update(
                 {
@@ -683,10 +697,15 @@ class StateDatasetWriter:
         return self.out
 
     def close(self) -> None:
-        """Stop without finalizing: ``<out>.partial/`` keeps the committed episodes."""
+        """Stop without finalizing: ``<out>.partial/`` keeps the committed episodes (the episode in
+        progress is dropped)."""
         if self._file is not None:
-            self._file.close()
-            self._file, self._rows = None, 0
+            file, self._file, self._rows = self._file, None, 0
+            try:
+                file.close()
+            except (OSError, RuntimeError):  # its writes failed (a full disk): the episode is dropped anyway
+                pass
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> StateDatasetWriter:
         return self
