@@ -289,7 +289,7 @@ class ExtremalPerturbation(Explainer):
             kept = round(self.area * height * width)  # pixels of the ideal mask r_a that are 1
             # ties (a plateau of parameters clamped at 1) are ranked in a fixed random, seeded
             # order, not by pixel index, which would favour the bottom of the state
-            priority = torch.randperm(height * width, generator=self.generator()).to(states.device)
+            priority = torch.randperm(height * width, generator=self.generator(), device="cpu").to(states.device)
             priority = priority.double() / (height * width)  # in [0, 1): below one rank step (RANK_STEPS)
             param = torch.full((b, 1, len(rows), len(cols)), self.init, device=states.device, dtype=states.dtype)
             param.requires_grad_(True)
@@ -327,7 +327,7 @@ class ExtremalPerturbation(Explainer):
     def _levels(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Blur pyramid ``(b, L, C, H, W)`` (level 0 blurred most, level L-1 the state itself)
         and the differences between consecutive levels ``(b, L - 1, C, H, W)``."""
-        fractions = torch.linspace(0, 1, self.num_levels).tolist()
+        fractions = torch.linspace(0, 1, self.num_levels, device="cpu").tolist()
         levels = torch.stack([gaussian_blur(states, self.max_blur * (1 - f)) for f in fractions], dim=1)
         return levels, levels.diff(dim=1)
 
@@ -408,11 +408,11 @@ def _smax_kernel(rows: int, cols: int, sigma: float, device: torch.device, dtype
 
 def _build_smax_kernel(rows: int, cols: int, sigma: float, device: torch.device, dtype: torch.dtype):
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device="cpu")  # built on the CPU, moved
     d2 = (offsets[:, None] ** 2 + offsets[None] ** 2).flatten()
     inside = (d2 <= (3 * sigma) ** 2).nonzero().squeeze(1)
     weights = torch.exp(-d2[inside] / (2 * sigma**2)).to(device=device, dtype=dtype)
-    ones = torch.ones(1, 1, rows, cols, dtype=torch.float64)
+    ones = torch.ones(1, 1, rows, cols, dtype=torch.float64, device="cpu")
     on_grid = F.unfold(ones, 2 * radius + 1, padding=radius)[:, inside]  # (1, n, H'*W') of 0/1
     valid = torch.zeros_like(on_grid).masked_fill(on_grid == 0, -math.inf).to(device=device, dtype=dtype)
     return (weights, inside.to(device)), valid, radius

@@ -85,10 +85,12 @@ class IntegratedGradients(Gradient):
             settings = dict(
                 baselines=baseline, n_steps=self.n_steps, method=method, internal_batch_size=self.batch_size
             )
-            if index is not None:
-                attributions = CaptumIntegratedGradients(self.model).attribute(x, target=index[rows_], **settings)
-            else:  # callable target: the forward returns (b,), which Captum accepts with target=None
-                attributions = CaptumIntegratedGradients(lambda s: target_fn(self.model(s))).attribute(x, **settings)
+            with torch.device(x.device):  # Captum makes its alphas and step sizes without naming a device
+                if index is not None:
+                    attributions = CaptumIntegratedGradients(self.model).attribute(x, target=index[rows_], **settings)
+                else:  # callable target: the forward returns (b,), which Captum accepts with target=None
+                    ig = CaptumIntegratedGradients(lambda s: target_fn(self.model(s)))
+                    attributions = ig.attribute(x, **settings)
             parts.append(attributions)
         return torch.cat(parts)
 

@@ -213,7 +213,7 @@ class Lime(PerturbationExplainer):
         )
         samples = []
         for seg in segments:
-            z = torch.randint(0, 2, (self.n_samples, int(seg.max()) + 1), generator=self.generator())
+            z = torch.randint(0, 2, (self.n_samples, int(seg.max()) + 1), generator=self.generator(), device="cpu")
             z[0] = 1  # the state itself, as lime
             samples.append(z.to(states.device, states.dtype))
         return SuperpixelSamples(segments, samples)
@@ -249,7 +249,7 @@ class Lime(PerturbationExplainer):
             a = root * (z - centre_z)  # intercept fitted by centring, not penalised (as sklearn)
             rhs = root * (yb - centre_y)
             if self.alpha > 0:
-                a = torch.cat([a, torch.eye(z.shape[1], dtype=a.dtype) * self.alpha**0.5])
+                a = torch.cat([a, torch.eye(z.shape[1], dtype=a.dtype, device=a.device) * self.alpha**0.5])
                 rhs = torch.cat([rhs, rhs.new_zeros(z.shape[1], rhs.shape[1])])
             beta = torch.linalg.lstsq(a, rhs, driver="gelsd").solution  # (S, K)
             coefficients.append(beta.T.to(device=y.device, dtype=torch.float32))

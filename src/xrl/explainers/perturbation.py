@@ -71,7 +71,7 @@ def keep_resident() -> None:
     from its heap and trims the heap only when more than twice that is free at its top. A no-op
     off Linux, and when the thresholds were set explicitly (glibc then stops moving them)."""
     if sys.platform.startswith("linux"):
-        torch.empty(32 * 2**20 - 2**16, dtype=torch.uint8)  # posix_memalign + free: one mmap, one munmap
+        torch.empty(32 * 2**20 - 2**16, dtype=torch.uint8, device="cpu")  # posix_memalign + free: one mmap, one munmap
 
 
 def _available_memory() -> int | None:

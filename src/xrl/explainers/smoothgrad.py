@@ -101,7 +101,7 @@ class SmoothGrad(Explainer):
             f"smoothgrad with n_samples={n} (noise for {n} copies of a {tuple(states.shape[1:])} state)",
             "lower smoothgrad.n_samples (or batch_size)",
         )
-        noise = torch.randn(n, *states.shape[1:], generator=self.generator()).to(states)  # (n, C, H, W)
+        noise = torch.randn(n, *states.shape[1:], generator=self.generator(), device="cpu").to(states)  # (n, C, H, W)
         scale = self.sigma * (states.amax((1, 2, 3)) - states.amin((1, 2, 3)))  # (B,)
         index = target_fn.index
         total = None

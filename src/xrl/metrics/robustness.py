@@ -165,13 +165,13 @@ class LocalLipschitz(Metric):
         """The offsets ``d_j (n_samples, *shape)`` (float32, CPU) for states of shape ``(B, *shape)``:
         ``(2 * torch.rand(...) - 1) * radius`` or, for ``"quantus"`` and ``"latec"``,
         ``torch.randn(...) * std``, from ``torch.Generator().manual_seed(seed)``."""
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
         size = (self.n_samples, *shape)
         if self.protocol in ("quantus", "latec"):
             assert self.std is not None  # __init__ sets std for "quantus", radius for the others
-            return torch.randn(size, generator=gen) * self.std
+            return torch.randn(size, generator=gen, device="cpu") * self.std
         assert self.radius is not None
-        return (torch.rand(size, generator=gen) * 2 - 1) * self.radius
+        return (torch.rand(size, generator=gen, device="cpu") * 2 - 1) * self.radius
 
     def check_budget(self, b: int, shape: tuple[int, ...]) -> None:
         """Refuse (``MemoryError``) a batch of ``b`` states of ``shape`` whose offsets, neighbours and
