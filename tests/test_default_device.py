@@ -226,3 +226,25 @@ def test_seeded_draws_are_the_same_on_every_device(case):
 def tensors(result):
     """The tensors of a case's result (a tensor, or sanity's ``{layer: [tensors]}``)."""
     return [t for ts in result.values() for t in ts] if isinstance(result, dict) else [result]
+
+
+# ---------------------------------------------------------------- the device a user names
+
+
+def test_resolve_device(monkeypatch):
+    from xrl.ops import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA device; use 'cpu' or 'auto'"):
+        resolve_device("cuda")
+    for bad in ("gpu", "mps", "cuda:x", 2.5):
+        with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("AUTO") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2' is not available: this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")

@@ -56,6 +56,26 @@ def tune_malloc() -> bool:
     return all(mallopt(code, value) == 1 for code, value in MALLOC_SETTINGS.values())
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The ``torch.device`` a user's ``device`` names: ``"auto"`` (CUDA when available, else the
+    CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"meta"`` or a ``torch.device``. A CUDA device that
+    is not there is refused here, with what is, rather than at the first tensor moved."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            have = f"{count} CUDA device(s): cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+            raise ValueError(f"device {str(resolved)!r} is not available: this machine has {have}; use 'cpu' or 'auto'")
+    elif resolved.type not in ("cpu", "meta"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
+
+
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` items: every expansion is chunked by this."""
     for start in range(0, n, size):
