@@ -34,10 +34,10 @@ large, and each call first frees one untouched block just under 32 MiB (:func:`k
 glibc's malloc raises its mmap threshold to the size of a freed mmapped block (up to 32 MiB) and
 its trim threshold to twice that, so the network's activations for such a chunk then come from
 the heap and stay mapped from chunk to chunk instead of being unmapped and page-faulted back
-every chunk (RISE on the zoo Red-Fetch-Green agent: from ~126,000 minor faults per map to a few
-hundred, ``benchmarks/bench_faults.py``). No ``mallopt`` call: any program that frees a 32 MiB
-tensor moves glibc the same way, and a process whose thresholds are set (``MALLOC_*``
-variables, :func:`xrl.ops.tune_malloc`) is left as it is.
+every chunk (RISE on 32 states of the zoo Red-Fetch-Green agent: from 152,081 minor faults per
+map to 67, 790 on the first call, ``benchmarks/bench_faults.py``). No ``mallopt`` call: any
+program that frees a 32 MiB tensor moves glibc the same way, and a process whose thresholds are
+set (``MALLOC_*`` variables, :func:`xrl.ops.tune_malloc`) is left as it is.
 """
 
 from __future__ import annotations
