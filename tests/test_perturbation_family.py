@@ -414,3 +414,27 @@ def test_a_model_returning_a_view_of_its_input_keeps_every_chunk(name):
     a = get_explainer(name, view, batch_size=5, **settings).explain_all(x)
     b = get_explainer(name, copy, batch_size=5, **settings).explain_all(x)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_cpu_chunks_hold_at_most_resident_bytes_and_give_the_same_maps(name, monkeypatch):
+    """Issue 45: on the CPU a chunk holds at most RESIDENT_BYTES of states (fewer rows than
+    batch_size), so the network's activations stay mapped without allocator settings; the maps
+    are those of chunks of batch_size rows."""
+    from xrl.explainers import perturbation
+
+    model = tiny_model(side=12)
+    states = rand(3, 2, 12, 12, seed=4)
+    row_bytes = 2 * 12 * 12 * 4
+    monkeypatch.setattr(perturbation, "RESIDENT_BYTES", 5 * row_bytes + 3)  # 5 rows per chunk
+    calls = []
+    hook = model.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    maps = make(name, model, batch_size=64).explain_all(states)
+    hook.remove()
+    assert max(calls) == 5 and sum(calls) > 5
+    monkeypatch.setattr(perturbation, "RESIDENT_BYTES", 2**62)  # chunks of batch_size rows, as before
+    calls.clear()
+    hook = model.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    torch.testing.assert_close(make(name, model, batch_size=64).explain_all(states), maps, rtol=0, atol=1e-6)
+    hook.remove()
+    assert max(calls) == 64
