@@ -269,6 +269,14 @@ def load_agent(
             model = load_classifier(path, weights=weights)
         else:
             model = _load_checkpoint(path, device, info, weights=weights)
+    want = card.get("fingerprint")
+    if weights and isinstance(want, str) and want and (have := model.fingerprint()) != want:
+        raise ArtifactError(  # a flipped byte among the weights loads without complaint otherwise
+            path,
+            f"holds weights whose fingerprint {have} differs from the one its card records ({want})",
+            "the weights the card was written for: the file is damaged or was changed after its card "
+            "(a retrained file gets a new card; xrl zoo --update-sha256 records the zoo's)",
+        )
     return model.to(device)
 
 

@@ -144,7 +144,7 @@ class StateDataset:
         try:
             _check(file, path)
             return cls(path, file)
-        except OSError as err:  # HDF5 read errors inside a damaged file
+        except (OSError, RuntimeError, KeyError) as err:  # HDF5 read errors inside a damaged file
             file.close()
             raise ValueError(f"{path} is truncated or corrupt ({err}); {_EXPECTED}. Collect it again.") from err
         except BaseException:
@@ -219,7 +219,7 @@ class StateDataset:
     def _read(self, name: str, idx: Index = None) -> np.ndarray:
         try:
             return _read_rows(self._h5()[name], idx)
-        except OSError as err:  # a damaged chunk inside the file (HDF5 does not name the file)
+        except (OSError, RuntimeError, KeyError) as err:  # a damaged chunk inside the file (HDF5 names no file)
             raise ValueError(
                 f"{self.path} is truncated or corrupt ({name}: {err}); {_EXPECTED}. Collect it again."
             ) from err

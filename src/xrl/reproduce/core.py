@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from xrl.files import FolderLock, atomic_path, write_json
+from xrl.files import FolderLock, _finite, atomic_path, write_json
 from xrl.stats import paired_interval  # noqa: F401  (re-exported: the papers' modules use it from here)
 
 PAPERS = {
@@ -121,16 +121,25 @@ class Run:
         if path.exists():
             try:
                 stored = json.loads(path.read_text())
-            except json.JSONDecodeError:
+            except (OSError, ValueError):  # cut, damaged or not text: computed again
                 stored = {}
-            if stored.get("key") == key:
+            if (
+                isinstance(stored, dict)
+                and stored.get("key") == key
+                and "value" in stored
+                and stored.get("sha256", _digest(stored["value"])) == _digest(stored["value"])
+            ):  # a row written with its digest is reused only when its value still matches it
                 self.reused.append(name)
                 return stored["value"]
         if self.progress:
             print(f"[{self.target.name}] {name} ...", flush=True)
         start = time.perf_counter()
         value = compute()
-        write_json(path, {"key": key, "row": name, "seconds": time.perf_counter() - start, "value": value})
+        value = json.loads(json.dumps(_finite(value), default=str))  # as JSON gives it back (NaN: None)
+        write_json(
+            path,
+            {"key": key, "row": name, "seconds": time.perf_counter() - start, "value": value, "sha256": _digest(value)},
+        )
         self.computed.append(name)
         _row_done(self, name)
         # what was written is what a resumed run reads: NaN becomes None in both
@@ -212,6 +221,11 @@ class Run:
         self.notes.append(text)
         if self.progress:
             print(text)
+
+
+def _digest(value: Any) -> str:
+    """The sha256 of a row's value as canonical JSON (a damaged row file is computed again)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _row_done(run: Run, name: str) -> None:
