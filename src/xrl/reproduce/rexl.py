@@ -83,7 +83,10 @@ def load_states(
     if data == "episodes":
         from xrl.data.dataset import StateDataset
 
-        episodes = 8
+        episodes, done = 8, run.out / "data" / f"{name}.h5"  # type: ignore[union-attr]
+        if done.exists():  # an earlier run collected more: its first n states are the same
+            with StateDataset.open(done) as ds:
+                episodes = max(episodes, ds.n_episodes)
         while True:
             path = run.collect(  # type: ignore[union-attr]
                 name, model, episodes=episodes, seed=test_seed, env_settings={"labels": "cells"}
@@ -323,6 +326,8 @@ def _curve(
     from xrl.explainers import get_explainer
 
     folder = Path(s["curve"][name])
+    if not folder.is_absolute() and not folder.exists():  # a zoo folder: red-fetch-green-rexl-ds/snapshots
+        folder = Path(_zoo(s["curve"][name]))
     snaps = sorted(folder.glob("rexl-*.pt"))
     if not snaps:
         raise ValueError(f"rexl-deletion: curve folder {folder} holds no rexl-<steps>.pt snapshots")
@@ -356,7 +361,7 @@ def _curve(
         rows.append(
             {
                 "setting": name,
-                "agent": str(folder),
+                "agent": s["curve"][name],  # as given (a zoo folder, or a path)
                 "steps": steps,
                 "validation deletion": val,
                 "deletion": nanmean(v["deletion"]),
