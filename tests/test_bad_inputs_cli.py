@@ -5,6 +5,7 @@ shows the traceback instead."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -923,6 +924,10 @@ SPECS = [
         "least one step.",
     ),
     (
+        "[[agents]]\nagent = 'in/pickle.zip'\n",
+        "spec.toml:4: agents[0].agent: cannot load agent 'in/pickle.zip': in/pickle.zip holds a policy.pth PICKLE",
+    ),
+    (
         "[[agents]]\nagent = 'in/huge-obs/agent.pt'\n",
         "spec.toml:4: agents[0].agent: cannot load agent 'in/huge-obs/agent.pt': in/huge-obs/agent.pt has obs_shape "
         "[3, 100000, 100000]; expected obs_shape [C, H, W] of positive integers of at most 4096, 50,331,648 values in all",
@@ -930,12 +935,38 @@ SPECS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def pickle_zip(tmp_path_factory):
+    """An SB3 zip whose policy.pth is a bare pickle, not torch's weights format."""
+    import zipfile
+
+    from stable_baselines3 import PPO
+
+    from xrl.agents.load import ARCHS
+    from xrl.envs import make_env
+
+    folder = tmp_path_factory.mktemp("zip")
+    kwargs = ARCHS.get("grid_cnn").policy_kwargs()
+    PPO("CnnPolicy", make_env("red-fetch-green"), n_steps=8, batch_size=8, policy_kwargs=kwargs).save(folder / "a.zip")
+    with zipfile.ZipFile(folder / "a.zip") as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(folder / "pickle.zip", "w") as z:
+        for name, blob in members.items():
+            z.writestr(name, pickle.dumps({"weights": [1, 2, 3]}) if name == "policy.pth" else blob)
+    return folder / "pickle.zip"
+
+
 @pytest.mark.parametrize("rest, problem", SPECS, ids=[r.split("\n")[0] for r, _ in SPECS])
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
-def test_bad_specs_are_refused_by_check_and_run(rest, problem, check, dataset, tmp_path, capsys, monkeypatch):
+def test_bad_specs_are_refused_by_check_and_run(
+    rest, problem, check, dataset, pickle_zip, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
     _issue46_files(tmp_path / "in", dataset)
+    shutil.copy(pickle_zip, tmp_path / "in" / "pickle.zip")
     (tmp_path / "spec.toml").write_text(
         "methods = ['random']\nmetrics = ['sparseness']\n" + rest.replace("DATA", str(dataset))
     )
@@ -943,7 +974,13 @@ def test_bad_specs_are_refused_by_check_and_run(rest, problem, check, dataset, t
     capsys.readouterr()
     assert main(["bench", "spec.toml", *(["--check"] if check else ["--out", "res"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["xrl bench: error: the spec has 1 problem(s):", "  " + problem.replace("DATA", str(dataset))]
+    want = problem.replace("DATA", str(dataset))
+    if want.endswith(" PICKLE"):  # --check reads its head, the run torch's refusal: the same file and entry named
+        assert err[0] == "xrl bench: error: the spec has 1 problem(s):" and len(err) == 2, err
+        assert err[1].startswith("  " + want.removesuffix(" PICKLE")), err[1]
+        assert ("that is a pickle, not torch's weights format" if check else "that is not plain weights") in err[1]
+        return
+    assert err == ["xrl bench: error: the spec has 1 problem(s):", "  " + want]
     assert files(tmp_path) == before
 
 

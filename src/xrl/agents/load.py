@@ -474,6 +474,10 @@ def _get(entry, key):
     return entry.get(key) if isinstance(entry, dict) else None
 
 
+#: how torch's legacy (non-zip) format begins: a pickled magic number (weights_only reads it)
+_LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
 def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = True) -> BasePolicy:
     """The policy of an SB3 ``.zip`` rebuilt without unpickling anything: its class, spaces and
     keyword arguments from the plain JSON of ``data`` (``":serialized:"`` entries ignored), its
@@ -489,6 +493,15 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
                     path, f"is not a loadable SB3 PPO/A2C/DQN model (it holds {sorted(members)[:6]})", expected
                 )
             data = json.loads(z.read("data"))
+            if not weights:  # not read; but a bare pickle in its place is refused here as the load would
+                with z.open("policy.pth") as f:
+                    head = f.read(16)
+                if head.startswith(b"\x80") and not head.startswith(_LEGACY_TORCH):
+                    raise ArtifactError(
+                        path,
+                        "holds a policy.pth that is a pickle, not torch's weights format (loading it would run code)",
+                        f"weights only; {_TRUST}",
+                    )
             state = (
                 torch.load(io.BytesIO(z.read("policy.pth")), map_location=device, weights_only=True) if weights else {}
             )

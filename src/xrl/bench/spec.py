@@ -203,7 +203,10 @@ def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> 
     ``load_weights=False`` (``xrl bench --check``) checks it without reading any agent's weights
     (:func:`parse_spec`)."""
     path = find_spec(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError([f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); a spec is a TOML file"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
