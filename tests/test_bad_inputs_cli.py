@@ -1017,8 +1017,27 @@ def test_negated_states_are_refused_by_every_method(agent, method, dataset):
     ), str(err.value)
 
 
-#: library calls (issue 46): (what is called, the exception and the exact message or a pattern)
+#: library calls (issue 46): (what is called, the exception and the exact message or a pattern); the
+#: time rows run under XRL_MAX_SECONDS=1e-6 (estimated from the first chunk, measured)
 LIBRARY = [
+    (
+        "lime time",
+        ValueError,
+        r"Lime on 2 state\(s\) would take about \d+ s \(400 passes at [0-9.e+-]+ ms each, measured\); limit 1e-06 s "
+        r"\(XRL_MAX_SECONDS\); lower the number of perturbations",
+    ),
+    (
+        "integrated_gradients time",
+        ValueError,
+        r"integrated_gradients with n_steps=50 on 2 states would take about \d+ s \(100 passes at [0-9.e+-]+ ms each, "
+        r"measured\); limit 1e-06 s \(XRL_MAX_SECONDS\); lower integrated_gradients\.n_steps",
+    ),
+    (
+        "smoothgrad time",
+        ValueError,
+        r"smoothgrad with n_samples=50 on 2 states would take about \d+ s \(100 passes at [0-9.e+-]+ ms each, "
+        r"measured\); limit 1e-06 s \(XRL_MAX_SECONDS\); lower smoothgrad\.n_samples",
+    ),
     ("as_model 0x0", ValueError, "input_shape must be (C, H, W) of positive integers, got (3, 0, 0)"),
     (
         "lime 1e6 samples",
@@ -1051,8 +1070,11 @@ def test_bad_library_calls_say_what_was_expected(what, error, message, dataset, 
     from xrl.explainers import get_explainer
 
     monkeypatch.setenv("XRL_MAX_ALLOC_GB", "1")
+    if what.endswith(" time"):
+        monkeypatch.setenv("XRL_MAX_SECONDS", "0.000001")
     with StateDataset.open(dataset) as ds:
         states = ds.states([0])
+        pair = ds.states([0, 1])
     model = xrl.load_agent("red-fetch-green")
     calls = {
         "as_model 0x0": lambda: xrl.as_model(torch.nn.Flatten(), input_shape=(3, 0, 0)),
@@ -1061,10 +1083,14 @@ def test_bad_library_calls_say_what_was_expected(what, error, message, dataset, 
             "integrated_gradients", model, batch_size=10**6
         ).explain(states),
         "smoothgrad 1e8": lambda: get_explainer("smoothgrad", model, n_samples=10**8).explain(states),
+        "lime time": lambda: get_explainer("lime", model, n_samples=200, batch_size=16).explain(pair),
+        "integrated_gradients time": lambda: get_explainer("integrated_gradients", model, batch_size=1).explain(pair),
+        "smoothgrad time": lambda: get_explainer("smoothgrad", model, n_samples=50, batch_size=8).explain(pair),
     }
     with pytest.raises(error) as err:
         calls[what]()
-    assert re.fullmatch(message if error is MemoryError else re.escape(message), str(err.value)), str(err.value)
+    pattern = message if error is MemoryError or what.endswith(" time") else re.escape(message)
+    assert re.fullmatch(pattern, str(err.value)), str(err.value)
 
 
 def test_the_bad_input_tables_hold_at_least_150_rows():

@@ -23,13 +23,14 @@ depend on ``batch_size``.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
-from xrl.explainers.perturbation import check_memory
+from xrl.explainers.perturbation import check_memory, check_time
 from xrl.ops import TargetFn, chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -78,8 +79,17 @@ class IntegratedGradients(Gradient):
             f"integrated_gradients with batch_size={self.batch_size} on {tuple(states.shape[1:])} states",
             "lower integrated_gradients.batch_size",
         )
-        parts = []
+        parts: list[torch.Tensor] = []
+        started = time.perf_counter()
         for rows_ in chunks(states.shape[0], self.batch_size):
+            if len(parts) == 1:  # one chunk measured: the time of all of them
+                check_time(
+                    time.perf_counter() - started,
+                    parts[0].shape[0] * self.n_steps,
+                    states.shape[0] * self.n_steps,
+                    f"integrated_gradients with n_steps={self.n_steps} on {states.shape[0]} states",
+                    "lower integrated_gradients.n_steps",
+                )
             x = states[rows_].detach()
             baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
             settings = dict(

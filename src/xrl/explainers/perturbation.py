@@ -42,10 +42,12 @@ set (``MALLOC_*`` variables, :func:`xrl.ops.tune_malloc`) is left as it is.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -110,6 +112,39 @@ def check_memory(n_bytes: int, what: str, suggestion: str) -> None:
         raise MemoryError(
             f"{what} would need {n_bytes / 2**30:.1f} GB (limit {limit / 2**30:.1f} GB, XRL_MAX_ALLOC_GB); {suggestion}"
         )
+
+
+class TooLong(ValueError):
+    """Work whose time, estimated from its first measured chunk, exceeds ``XRL_MAX_SECONDS``."""
+
+
+def max_seconds() -> float | None:
+    """The time bound of one call in seconds (``XRL_MAX_SECONDS``; unset: none)."""
+    value = os.environ.get("XRL_MAX_SECONDS")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"XRL_MAX_SECONDS must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"XRL_MAX_SECONDS must be positive, got {value!r}")
+    return seconds
+
+
+def check_time(elapsed: float, done: int, total: int, what: str, suggestion: str) -> None:
+    """After the first ``done`` of ``total`` forward passes took ``elapsed`` seconds: refuse
+    (:class:`TooLong`) when the whole would take more than ``XRL_MAX_SECONDS``, naming the estimate
+    and ``suggestion``; without a bound, work estimated at over a minute is logged with its estimate."""
+    if done <= 0 or done >= total:
+        return
+    estimate = elapsed / done * total
+    text = f"{what} would take about {estimate:.0f} s ({total} passes at {1000 * elapsed / done:.3g} ms each, measured)"
+    limit = max_seconds()
+    if limit is not None and estimate > limit:
+        raise TooLong(f"{text}; limit {limit:g} s (XRL_MAX_SECONDS); {suggestion}")
+    if limit is None and estimate > 60:
+        logging.getLogger("xrl").warning("%s; XRL_MAX_SECONDS refuses longer work", text)
 
 
 class Masks:
@@ -183,8 +218,17 @@ class PerturbationExplainer(Explainer):
         with torch.inference_mode():
             fill = self.fill_states(states, masks)
             buffer = states.new_empty((size, *states.shape[1:]))
-            parts = []
+            parts: list[torch.Tensor] = []
+            started = time.perf_counter()
             for rows in chunks(total, size):
+                if len(parts) == 1:  # one chunk measured: the time of all of them
+                    check_time(
+                        time.perf_counter() - started,
+                        size,
+                        total,
+                        f"{type(self).__name__} on {b} state(s)",
+                        "lower the number of perturbations",
+                    )
                 out = buffer[: rows.stop - rows.start]
                 self._build(states, fill, masks, rows, per_state, out)
                 scores = self.model(out)

@@ -25,6 +25,8 @@ RNG in a batch-dependent order.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from xrl.agents.model import Model
@@ -32,7 +34,7 @@ from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
 from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
-from xrl.explainers.perturbation import check_memory
+from xrl.explainers.perturbation import check_memory, check_time
 from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes
@@ -105,7 +107,19 @@ class SmoothGrad(Explainer):
         scale = self.sigma * (states.amax((1, 2, 3)) - states.amin((1, 2, 3)))  # (B,)
         index = target_fn.index
         total = None
+        started, first = time.perf_counter(), None
         for rows in chunks(b * n, self.batch_size):  # row r = state r // n plus noise r % n
+            if first is not None:  # one chunk measured: the time of all of them (once)
+                check_time(
+                    time.perf_counter() - started,
+                    first,
+                    b * n,
+                    f"smoothgrad with n_samples={n} on {b} states",
+                    "lower smoothgrad.n_samples",
+                )
+                first = b * n
+            else:
+                first = rows.stop - rows.start
             r = torch.arange(rows.start, rows.stop, device=states.device)
             owner, m = r // n, r % n
             noisy = states[owner] + scale[owner, None, None, None] * noise[m]
