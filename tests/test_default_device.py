@@ -248,3 +248,20 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("AUTO") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match=r"'cuda:2' is not available: this machine has 2 CUDA device\(s\)"):
         resolve_device("cuda:2")
+
+
+def test_load_takes_a_device(monkeypatch):
+    import xrl
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    model = xrl.load_agent("red-fetch-green", device="auto")
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+    assert {p.device for p in xrl.load("red-fetch-green", device=torch.device("cpu")).parameters()} == {
+        torch.device("cpu")
+    }
+    for load in (xrl.load_agent, xrl.load):
+        with pytest.raises(ValueError, match="no CUDA device; use 'cpu' or 'auto'"):
+            load("red-fetch-green", device="cuda:0")
+        with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            load("red-fetch-green", device="gpu")

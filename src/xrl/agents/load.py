@@ -54,6 +54,7 @@ from xrl.artifacts import (  # noqa: E402
     write_card,
 )
 from xrl.files import write_json  # noqa: E402
+from xrl.ops import resolve_device  # noqa: E402
 from xrl.zoo import ZOO_DIR, zoo_artifacts, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
 
 CHECKPOINT_FORMAT = "xrl.agent"
@@ -227,7 +228,11 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
 
 
 def load_agent(
-    path_or_name: str | os.PathLike, *, device: str = "cpu", trust: bool | None = None, weights: bool = True
+    path_or_name: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    trust: bool | None = None,
+    weights: bool = True,
 ) -> Model:
     """A Model from a zoo name, a run folder, an SB3 ``.zip``, an xrl agent checkpoint (``.pt``,
     DIGR students included) or an xrl classifier (``classifier.pt``), by the file's format marker.
@@ -238,7 +243,10 @@ def load_agent(
     unless inside :func:`trusting_pickle`). ``weights=False`` builds the network from the file's settings without reading its weights
     (freshly initialised ones stand in; ``model.info["weights"] == "not loaded"``, and
     ``model.fingerprint()`` is the one its card records): what checking a bench spec needs.
+    ``device``: where the model's weights go, ``"auto"`` (CUDA when available), ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` (:func:`xrl.ops.resolve_device`).
     """
+    device = str(resolve_device(device))
     trust = _TRUSTED.get() if trust is None else bool(trust)
     foreign = _foreign(path_or_name, device=device, trust=trust, weights=weights)  # hf://, CleanRL (docs/agents.md)
     if foreign is not None:
@@ -301,13 +309,18 @@ def _foreign(path_or_name, **kwargs) -> Model | None:
 
 
 def load(
-    path_or_name: str | os.PathLike, *, model: Model | None = None, device: str = "cpu", trust: bool | None = None
+    path_or_name: str | os.PathLike,
+    *,
+    model: Model | None = None,
+    device: str | torch.device = "cpu",
+    trust: bool | None = None,
 ):
     """Any xrl artifact, by its format marker: a :class:`Model` for agents, DIGR students,
     classifiers and SB3 ``.zip`` files; a :class:`~xrl.agents.mask_nets.MaskNetwork` for VisionMask
     and Stalder networks; a :class:`~xrl.agents.rexl.RExLAgent` (its record as ``.record``) for a
     RExL agent, built for ``model`` (default: the zoo agent with the recorded weights
-    fingerprint, else the model its card names)."""
+    fingerprint, else the model its card names). ``device`` as in :func:`load_agent`."""
+    device = str(resolve_device(device))
     if str(path_or_name).startswith("hf://") or str(path_or_name).endswith(".cleanrl_model"):
         return load_agent(path_or_name, device=device, trust=trust)
     path = resolve(path_or_name)
