@@ -265,3 +265,16 @@ def test_load_takes_a_device(monkeypatch):
             load("red-fetch-green", device="cuda:0")
         with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
             load("red-fetch-green", device="gpu")
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mi_fgsm", "mad"])
+def test_attack_step_names_its_devices(name):
+    from xrl.attacks.attacks import get_attack, list_attacks
+
+    assert name in list_attacks()
+    model, x = tiny_model(), states()
+    attack = get_attack(name, model, eps=0.05, seed=1)
+    adversarial = on_meta_default(lambda: attack(x))
+    attack.reseed(1)
+    assert adversarial.device == x.device
+    torch.testing.assert_close(adversarial, attack(x))

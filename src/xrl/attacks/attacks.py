@@ -64,7 +64,7 @@ class Attack:
         if not low < high:
             raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
         self.model, self.eps, self.bounds, self.seed = model, float(eps), (low, high), int(seed)
-        self._generators = [torch.Generator().manual_seed(self.seed)]
+        self._generators = [torch.Generator(device="cpu").manual_seed(self.seed)]  # same starts on every device
 
     def __call__(self, states: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial states ``(B, C, H, W)`` within ``eps`` (L∞) of ``states`` and in ``bounds``."""
@@ -90,7 +90,7 @@ class Attack:
         seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
         if not seeds:
             raise ValueError("reseed needs at least one seed")
-        self._generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self._generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
     def _perturb(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -112,9 +112,9 @@ class Attack:
     def _random_start(self, states: torch.Tensor) -> torch.Tensor:
         gens = self._generators
         if len(gens) == 1:
-            noise = torch.rand(states.shape, generator=gens[0])
+            noise = torch.rand(states.shape, generator=gens[0], device="cpu")
         elif len(gens) == len(states):
-            noise = torch.stack([torch.rand(states.shape[1:], generator=g) for g in gens])
+            noise = torch.stack([torch.rand(states.shape[1:], generator=g, device="cpu") for g in gens])
         else:
             raise ValueError(
                 f"the attack was reseeded with {len(gens)} streams, one per row, "
