@@ -31,8 +31,8 @@ import torch
 
 from xrl.agents.load import ZOO_DIR
 from xrl.bench import find_spec, load_results, parse_spec, run_bench
+from xrl.bench.layout import read_npz
 from xrl.bench.results import group_table
-from xrl.bench.runner import _npz
 from xrl.data.dataset import StateDataset
 from xrl.files import atomic_path
 from xrl.report import build_report
@@ -197,7 +197,7 @@ def run_demo(
         },
     )
     rows = g["gallery_rows"]
-    maps = {m: torch.as_tensor(_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
+    maps = {m: torch.as_tensor(read_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
     with StateDataset.open(out / g["data"]) as ds:
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
         explanation_grid(

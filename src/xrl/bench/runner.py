@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
-from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths, read_npz
+from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths
 from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
@@ -42,8 +42,6 @@ from xrl.metrics import METRICS, get_metric
 from xrl.ops import chunks
 
 CURVE_METRICS = ("deletion", "insertion")
-#: the old private name of :func:`xrl.bench.layout.read_npz` (``xrl.demo`` still imports it)
-_npz = read_npz
 __all__ = ["run_bench", "run_job", "job_paths", "data_path", "is_done", "gallery_positions", "save_job", "save_error"]
 
 

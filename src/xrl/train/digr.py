@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from xrl._version import __version__
 from xrl.agents.load import build_policy, load_agent, model_from_policy, save_policy
 from xrl.agents.model import Model
-from xrl.data.collect import agent_record, collect
+from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
@@ -343,7 +343,7 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
     arch = _student_arch(args, teacher)
     env = teacher.info["env"]
     data = Path(args.data)
-    with StateDataset.open(data) if data.exists() else _nothing() as ds:
+    with StateDataset.open(data) if data.exists() else contextlib.nullcontext() as ds:
         made = ds is not None and SALIENCY_KEY in ds.saliency_methods
     if not made:  # make it (or finish making it) with this teacher
         make_saliency_dataset(
@@ -528,11 +528,6 @@ def _card(
     }
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield None
-
-
 def _student_arch(args: DigrArgs, teacher: Model) -> str:
     card = teacher.info.get("card") or {}
     teacher_arch = card.get("arch")
@@ -553,7 +548,7 @@ def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> No
             f"the saliency dataset {ds.path} was collected on {ds.env}, the teacher was "
             f"trained on {teacher.info.get('env')}: make the dataset with this teacher"
         )
-    if ds.agent.get("fingerprint") != agent_record(teacher)["fingerprint"]:
+    if ds.agent.get("fingerprint") != teacher.fingerprint():
         raise ValueError(
             f"the saliency dataset {ds.path} was made by another agent "
             f"({ds.agent.get('source')}); its perturbation maps are not this teacher's"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -53,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xrl.artifacts import sha256
 from xrl.files import FolderLock, Locked, write_json
 
 CHECKPOINTS = "checkpoints"
@@ -436,7 +436,7 @@ class Run:
         manifest = {
             "step": int(step),
             "files": {
-                p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+                p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()
             },
         }
         for p in tmp.iterdir():
@@ -484,14 +484,6 @@ def _step(name: str) -> None:
     """A point between two steps of a save (tests inject a failure here)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -511,7 +503,7 @@ def is_complete(folder: Path, *, verify_hash: bool = False) -> bool:
         manifest = json.loads((folder / COMPLETE).read_text())
         for name, meta in manifest["files"].items():
             p = folder / name
-            if p.stat().st_size != meta["bytes"] or (verify_hash and _sha256(p) != meta["sha256"]):
+            if p.stat().st_size != meta["bytes"] or (verify_hash and sha256(p) != meta["sha256"]):
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from xrl.agents.load import load_agent
 from xrl.agents.mask_nets import REFERENCES, MaskNetwork, agent_of, overlay, save_mask_network
 from xrl.agents.model import Model
-from xrl.data.collect import agent_record, collect
+from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
 from xrl.files import write_json
 from xrl.metrics import get_metric
@@ -490,7 +490,7 @@ def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str
                 f"the expert dataset {data} was collected on {ds.env}, the agent acts on "
                 f"{model.info.get('env')}: collect it with this agent (or choose another data)"
             )
-        if ds.agent.get("fingerprint") != agent_record(model)["fingerprint"]:
+        if ds.agent.get("fingerprint") != model.fingerprint():
             raise ValueError(
                 f"the expert dataset {data} was collected by another agent ({ds.agent.get('source')}); "
                 "VisionMask learns from the explained agent's own rollouts: collect them with it"
