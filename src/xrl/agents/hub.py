@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +222,17 @@ def _agent_file(folder: Path, repo_name: str) -> Path:
     )
 
 
-def load_hub_agent(name: str, *, device: str = "cpu", trust: bool | None = None, weights: bool = True) -> Model:
-    """The agent ``hf://ORG/REPO[@REVISION]`` (module docstring) as a Model, with its env and card."""
-    from xrl.agents.load import load_agent
+def load_hub_agent(
+    name: str,
+    *,
+    load_file: Callable[..., Model],
+    device: str = "cpu",
+    trust: bool | None = None,
+    weights: bool = True,
+) -> Model:
+    """The agent ``hf://ORG/REPO[@REVISION]`` (module docstring) as a Model, with its env and card.
+    ``load_file`` loads the repo's agent file (:func:`xrl.agents.load.load_agent`, which calls this:
+    passed in, so this module stays below the loader)."""
     from xrl.files import write_json
 
     repo_id, revision = parse(name)
@@ -250,7 +259,7 @@ def load_hub_agent(name: str, *, device: str = "cpu", trust: bool | None = None,
         algo_env = re.fullmatch(r"([\w]+)-(.+)", repo_name)
         env_id = algo_env.group(2) if algo_env else None
         env, how = zoo_env(env_id, config, env_kwargs) if env_id else (None, "the repo name is not ALGO-ENV_ID")
-        model = load_agent(file, device=device, trust=trust, weights=weights)
+        model = load_file(file, device=device, trust=trust, weights=weights)
     previous = model.info.get("card") or {}
     names = previous.get("action_names")
     if not names and env is not None:  # ALE's meanings of the actions, for an Atari game

@@ -300,7 +300,7 @@ def _foreign(path_or_name, **kwargs) -> Model | None:
     if text.startswith("hf://"):
         from xrl.agents.hub import load_hub_agent
 
-        return load_hub_agent(text, **kwargs)
+        return load_hub_agent(text, load_file=load_agent, **kwargs)
     if text.endswith(".cleanrl_model"):
         from xrl.agents.cleanrl import load_cleanrl
 
