@@ -10,6 +10,7 @@ cpu, expected cuda" a GPU run would hit, found on a CPU-only machine.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -278,3 +279,90 @@ def test_attack_step_names_its_devices(name):
     attack.reseed(1)
     assert adversarial.device == x.device
     torch.testing.assert_close(adversarial, attack(x))
+
+
+# ---------------------------------------------------------------- one update of every trainer
+
+
+def _digr_update():
+    from xrl.train.digr import distillation_loss, igr_loss, policy_saliency
+
+    teacher, student, x = tiny_model(), tiny_model(), states()
+    maps = policy_saliency(teacher, x, create_graph=False).detach()
+    optimiser = torch.optim.Adam(student.parameters(), lr=1e-3)
+
+    def step():
+        loss = igr_loss(student, x, maps, 0.1) + distillation_loss(teacher, student, x)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return loss
+
+    return step
+
+
+def _mask_update(method):
+    from xrl.agents.mask_nets import MaskNetwork
+    from xrl.train.visionmask import StalderArgs, VisionMaskArgs, stalder_losses, visionmask_losses
+
+    model, x = tiny_model(), states()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    network = MaskNetwork.for_model(model, method=method, reference="black")
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
+    targets = torch.tensor([0, 2, 1])
+    if method == "visionmask":
+        losses, args = visionmask_losses, VisionMaskArgs(agent="-", data="-")
+    else:
+        losses, args = stalder_losses, StalderArgs(agent="-", data="-")
+
+    def step():
+        loss = losses(model, network, x, targets, args)["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return loss
+
+    return step
+
+
+def _acer_update():
+    from torch import nn
+
+    from xrl.agents.rexl import RExLAgent
+    from xrl.envs.masking import MaskingBatch
+    from xrl.train.acer import Acer, AcerSettings
+    from xrl.train.rexl import MaskingVecEnv
+
+    model, x = tiny_model(), states()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    agent = RExLAgent(nn.Flatten(), input_shape=SHAPE, n_classes=3, grid=4, mode="ds", classes=[0, 1, 2])
+    batch = MaskingBatch(model, x, grid=4, seed=0)
+    env = MaskingVecEnv(batch, agent, torch.tensor([0, 2, 1]), torch.arange(3), 2, 0)
+    acer = Acer(agent, env, AcerSettings(n_steps=5, replay_start=10, replay_ratio=1.0), seed=0)
+    acer.update()  # fills the buffer: the next update replays too
+
+    def step():
+        return acer.update()["policy_loss"]  # a float
+
+    return step
+
+
+TRAINERS = {
+    "digr": _digr_update,
+    "visionmask": lambda: _mask_update("visionmask"),
+    "stalder": lambda: _mask_update("stalder"),
+    "acer": _acer_update,
+}
+
+
+@pytest.mark.parametrize("trainer", list(TRAINERS))
+def test_trainer_update_names_its_devices(trainer):
+    """One update of the trainer, networks built outside, the update with the meta default."""
+    step = TRAINERS[trainer]()
+    loss = on_meta_default(step)
+    if isinstance(loss, torch.Tensor):
+        assert loss.device.type == "cpu"
+    assert math.isfinite(float(loss))

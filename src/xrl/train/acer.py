@@ -212,7 +212,7 @@ class Acer:
         self.optimiser = torch.optim.RMSprop(
             net.parameters(), lr=settings.learning_rate, alpha=settings.rms_alpha, eps=settings.rms_eps
         )
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))  # the same draws on every device
         self.capacity = buffer_segments(settings)
         if self.capacity < 1 and settings.replay_ratio > 0:
             raise ValueError(
@@ -225,7 +225,7 @@ class Acer:
         self.obs: torch.Tensor | None = None
         self.updates = 0
         self.episode_returns: list[float] = []  # finished episodes since the last update
-        self.running = torch.zeros(env.n_envs)
+        self.running = torch.zeros(env.n_envs, device="cpu")
 
     # -- acting
 
@@ -237,7 +237,7 @@ class Acer:
         obs, actions, rewards, dones, mus = [self.obs], [], [], [], []
         for _ in range(self.s.n_steps):
             mu = self.net(self.obs)[0].softmax(-1)
-            a = torch.multinomial(mu.cpu(), 1, generator=self.generator)[:, 0].to(mu.device)
+            a = torch.multinomial(mu.cpu(), 1, generator=self.generator)[:, 0].to(mu.device)  # drawn on the CPU
             self.obs, r, d = self.env.step(a)
             self.running += r.cpu()
             for i in torch.nonzero(d.cpu()).flatten().tolist():
@@ -314,7 +314,7 @@ class Acer:
         """For every env ``i``, env ``i``'s part of a segment drawn uniformly from the buffer
         (independently per env, as stable-baselines' ``Buffer.get``)."""
         n = self.env.n_envs
-        idx = torch.randint(len(self.buffer), (n,), generator=self.generator).tolist()
+        idx = torch.randint(len(self.buffer), (n,), generator=self.generator, device="cpu").tolist()
         if len(set(idx)) == 1:
             return self.buffer[idx[0]]
         envs = range(n)
@@ -329,7 +329,8 @@ class Acer:
         self.store(seg)
         stats = [self.learn(seg)]
         if self.s.replay_ratio > 0 and len(self.buffer) >= self.replay_start:
-            n_replay = int(torch.poisson(torch.tensor(float(self.s.replay_ratio)), generator=self.generator))
+            rate = torch.tensor(float(self.s.replay_ratio), device="cpu")
+            n_replay = int(torch.poisson(rate, generator=self.generator))
             for _ in range(n_replay):
                 stats.append(self.learn(self.replay_batch()))
         self.updates += 1

@@ -276,7 +276,7 @@ class MaskingVecEnv:
         self.image_of = image_of
         self.reward_scale = float(reward_scale)
         self.n_envs, self.n_actions = int(n_envs), batch.n_cells
-        self.generator = torch.Generator().manual_seed(int(seed) + 7)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed) + 7)  # the same draws on every device
         # the trunk's output is taken from the model's forward when the extractor is its trunk
         self._shared = shared_trunk(agent, batch.model)
         self._encoder = self._shared.__enter__()
@@ -288,7 +288,8 @@ class MaskingVecEnv:
         return self._encoder(states, self.batch.targets)
 
     def _new_episodes(self) -> torch.Tensor:
-        pairs = self.pool[torch.randint(len(self.pool), (self.n_envs,), generator=self.generator)]
+        pick = torch.randint(len(self.pool), (self.n_envs,), generator=self.generator, device="cpu")
+        pairs = self.pool[pick.to(self.pool.device)]
         images = pairs if self.image_of is None else self.image_of[pairs]
         return self._encode(self.batch.reset(images, self.all_targets[pairs]))
 
@@ -298,7 +299,7 @@ class MaskingVecEnv:
     def step(self, actions: torch.Tensor):
         states, rewards, done = self.batch.step(actions)
         obs = self._new_episodes() if done else self._encode(states)
-        return obs, rewards * self.reward_scale, torch.full((self.n_envs,), done)
+        return obs, rewards * self.reward_scale, torch.full((self.n_envs,), done, device=rewards.device)
 
     def state_dict(self) -> dict:
         b = self.batch
