@@ -350,7 +350,26 @@ def _acer_update():
     return step
 
 
+def _ppo_update():
+    """One PPO update (Stable-Baselines3, on its own ``device=``) of an xrl architecture on an xrl env."""
+    from stable_baselines3 import PPO
+
+    from xrl.agents.nets import ARCHS
+    from xrl.envs import make_env
+
+    env = make_env("red-fetch-green")
+    kwargs = ARCHS.get("grid_cnn").policy_kwargs()
+    algo = PPO("CnnPolicy", env, n_steps=16, batch_size=8, n_epochs=1, policy_kwargs=kwargs, device="cpu", seed=0)
+
+    def step():
+        algo.learn(16)
+        return float(algo.logger.name_to_value.get("train/loss", 0.0))
+
+    return step
+
+
 TRAINERS = {
+    "ppo": _ppo_update,
     "digr": _digr_update,
     "visionmask": lambda: _mask_update("visionmask"),
     "stalder": lambda: _mask_update("stalder"),
