@@ -189,8 +189,8 @@ def create_app(
 
     def checked_settings(method: dict, settings: dict) -> dict:
         """Settings of the method's constructor, of the types it declares (422 naming the accepted ones)."""
-        from xrl.cli import check_method_settings
         from xrl.explainers import EXPLAINERS
+        from xrl.method_settings import check_method_settings
         from xrl.serve.engine import accepted_settings
 
         try:
