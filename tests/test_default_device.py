@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_explainers import NAMES, SHAPE, make, states, tiny_model
@@ -385,3 +386,28 @@ def test_trainer_update_names_its_devices(trainer):
     if isinstance(loss, torch.Tensor):
         assert loss.device.type == "cpu"
     assert math.isfinite(float(loss))
+
+
+# ---------------------------------------------------------------- an evaluation (what a bench job runs)
+
+
+def test_evaluation_names_its_devices(tmp_path):
+    from test_evaluation import write_dataset
+    from torch import nn
+
+    from xrl.agents.model import as_model
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import evaluate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = as_model(net, input_shape=(3, 8, 8), action_names=["left", "fire", "right"])
+    path = write_dataset(tmp_path / "states.h5", model, labels=True)
+    methods, metrics = {"gradient": {}, "rise": {"n_masks": 8}}, ["sparseness", "localization", "deletion"]
+    with StateDataset.open(path) as ds:
+        on_meta = on_meta_default(lambda: evaluate(model, ds, methods, metrics, n_states=4, progress=False))
+        expected = evaluate(model, ds, methods, metrics, n_states=4, progress=False)
+    assert on_meta.rows == expected.rows and on_meta.columns == expected.columns
+    for method in methods:
+        for column in expected.columns:
+            np.testing.assert_allclose(on_meta.values[method][column], expected.values[method][column], rtol=1e-6)

@@ -155,7 +155,7 @@ def dataset_targets(
                 "that agent's choices. Explain the explained agent's own actions (targets='agent', CLI "
                 "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)"
             )
-    return torch.as_tensor(dataset.actions[rows], dtype=torch.long)
+    return torch.as_tensor(dataset.actions[rows], dtype=torch.long, device="cpu")  # beside the dataset's states
 
 
 def explain_dataset(
@@ -222,7 +222,7 @@ def evaluate(
     chosen = targets
     target_index = dataset_targets(model, dataset, rows, chosen, batch_size=batch_size)
     stored_labels = dataset.labels(rows)
-    labels = torch.as_tensor(stored_labels) if stored_labels is not None else None
+    labels = torch.as_tensor(stored_labels, device="cpu") if stored_labels is not None else None
 
     metric_objs: dict[str, Metric] = {name: get_metric(name, **s) for name, s in metrics.items()}
     columns: list[str] = []

@@ -121,7 +121,7 @@ def _curve(
     started = time.perf_counter()
     metric = get_metric(name, **job.metrics[name])
     states = ds.states(rows)
-    targets = torch.as_tensor(ds.actions[rows], dtype=torch.long)
+    targets = torch.as_tensor(ds.actions[rows], dtype=torch.long, device="cpu")  # beside the dataset's states
     parts = [
         metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])  # type: ignore[attr-defined]
         for part in chunks(len(rows), 64)
