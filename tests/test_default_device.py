@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,3 +412,38 @@ def test_evaluation_names_its_devices(tmp_path):
     for method in methods:
         for column in expected.columns:
             np.testing.assert_allclose(on_meta.values[method][column], expected.values[method][column], rtol=1e-6)
+
+
+BENCH = """\
+name = "meta"
+seeds = [0]
+n_states = 2
+gallery = 0
+methods = ["gradient", "rise"]
+metrics = ["deletion", "sparseness", "localization"]
+
+[[agents]]
+agent = "red-fetch-green"
+episodes = 1
+max_steps = 4
+
+[method_settings.rise]
+n_masks = 8
+"""
+
+
+def test_a_bench_job_names_its_devices(tmp_path):
+    """A whole bench run (agent loaded from the zoo, states collected, maps, metrics): the same
+    results with the meta default as without."""
+    import json
+
+    from test_bench import comparable, same_maps, write_spec
+
+    from xrl.bench.runner import run_bench
+
+    spec = write_spec(tmp_path, BENCH)
+    on_meta = on_meta_default(lambda: run_bench(spec, tmp_path / "meta", progress=False))
+    plain = run_bench(spec, tmp_path / "plain", progress=False)
+    docs = [json.loads((Path(out) / "results.json").read_text()) for out in (on_meta, plain)]
+    assert comparable(docs[0]) == comparable(docs[1])
+    same_maps(Path(on_meta), Path(plain))

@@ -268,7 +268,8 @@ def load_agent(
     info = {"env": card.get("env"), "card": card, "source": str(path)}
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
-    with torch.random.fork_rng(devices=[]) if not weights else _nothing():  # stand-in weights: RNG untouched
+    # stand-in weights: RNG untouched; the networks are built on the device they go to (docs/architecture.md#devices)
+    with torch.random.fork_rng(devices=[]) if not weights else _nothing(), torch.device(device):
         if fmt == SB3_ZIP:
             model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
         elif fmt == "xrl.classifier":

@@ -149,7 +149,7 @@ class Model(nn.Module):
 
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw env observation(s) ``(C, H, W)`` or ``(B, C, H, W)`` uint8 -> float states."""
-        x = torch.as_tensor(np.asarray(obs) if not isinstance(obs, torch.Tensor) else obs)
+        x = obs if isinstance(obs, torch.Tensor) else torch.as_tensor(np.asarray(obs), device="cpu")
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if tuple(x.shape[1:]) != self.input_shape:
