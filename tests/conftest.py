@@ -308,9 +308,7 @@ def quick_demo(tmp_path_factory):
 
     from xrl import cli
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the folder of this run, above each worker's own
+    root = _shared_root(tmp_path_factory)
     out, done = root / "quick-demo", root / "quick-demo.json"
     with FileLock(str(root / "quick-demo.lock")):
         if not done.exists():
@@ -323,3 +321,45 @@ def quick_demo(tmp_path_factory):
             done.write_text(json.dumps([code, stdout.getvalue(), stderr.getvalue()]))
     code, stdout, stderr = json.loads(done.read_text())
     return code, stdout, stderr, out
+
+
+def _shared_root(tmp_path_factory):
+    """This test run's base folder: above each worker's own under pytest-xdist, this session's
+    otherwise."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session")
+def quick_reproduction(tmp_path_factory):
+    """``run_target(TARGETS.get(name), DIR, quick=True)`` run once per target for the whole test
+    run, as ``quick_reproduction(name)`` -> (the run's record: ``target``, ``tables``, ``figures``,
+    ``computed`` rows, and ``again()``: the same command run again on DIR, under the lock that
+    keeps two workers from running it at once; DIR), shared by tests/test_reproduce.py and
+    tests/test_reproduce_highway.py (the workers of pytest-xdist share it as :func:`quick_demo`
+    does)."""
+    from types import SimpleNamespace
+
+    from filelock import FileLock
+
+    from xrl.reproduce import TARGETS, run_target
+
+    root = _shared_root(tmp_path_factory)
+
+    def reproduce(name: str):
+        out, done = root / f"quick-{name}", root / f"quick-{name}.json"
+        lock = FileLock(str(root / f"quick-{name}.lock"))
+        with lock:
+            if not done.exists():
+                run = run_target(TARGETS.get(name), out, quick=True, progress=False)
+                record = {"tables": list(run.tables), "figures": list(run.figures), "computed": run.computed}
+                done.write_text(json.dumps(record))
+        record = json.loads(done.read_text())
+
+        def again():
+            with lock:
+                return run_target(TARGETS.get(name), out, quick=True, progress=False)
+
+        return SimpleNamespace(target=TARGETS.get(name), again=again, **record), out
+
+    return reproduce

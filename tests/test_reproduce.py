@@ -51,11 +51,10 @@ def test_every_target_is_tested_and_listed(capsys):
 
 
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
-def test_quick(name, tmp_path):
-    out = tmp_path / name
-    run = run_target(TARGETS.get(name), out, quick=True, progress=False)
+def test_quick(name, quick_reproduction):
+    run, out = quick_reproduction(name)  # run_target(..., quick=True), once per run (tests/conftest.py)
     _check_outputs(run, out)
-    again = run_target(TARGETS.get(name), out, quick=True, progress=False)
+    again = run.again()  # run_target(..., quick=True) on the same folder
     assert again.computed == [] and sorted(again.reused) == sorted(run.computed)
 
 

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("highway_env")
 
-from xrl.reproduce import TARGETS, run_target  # noqa: E402
+from xrl.reproduce import TARGETS  # noqa: E402
 
 
 def test_distillation_temperature_against_a_hand_computed_kl():
@@ -41,13 +41,12 @@ def test_distillation_temperature_against_a_hand_computed_kl():
 
 
 @pytest.mark.slow
-def test_digr_highway_quick(tmp_path):
+def test_digr_highway_quick(quick_reproduction):
     import xrl
     from xrl.reproduce.core import paired_interval
 
     target = TARGETS.get("digr-highway")
-    out = tmp_path / "hw"
-    run = run_target(target, out, quick=True, progress=False)
+    run, out = quick_reproduction("digr-highway")  # the quick run test_reproduce.py checks too (tests/conftest.py)
     students = list(out.glob("student-*/agent.pt"))
     assert len(students) == 1
     card = json.loads(students[0].with_suffix(".json").read_text())
@@ -93,5 +92,5 @@ def test_digr_highway_quick(tmp_path):
     agreement = json.loads((out / "agreement.json").read_text())["rows"][0]
     assert agreement["takes the teacher's action"] == pytest.approx(same)
     # resumes: nothing is computed again, the student is not retrained
-    again = run_target(target, out, quick=True, progress=False)
+    again = run.again()  # run_target(target, out, quick=True) on the same folder
     assert again.computed == [] and sorted(again.reused) == sorted(run.computed)
