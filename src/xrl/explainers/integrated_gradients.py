@@ -30,7 +30,7 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
-from xrl.explainers.perturbation import check_memory, check_time
+from xrl.limits import check_memory, check_time
 from xrl.ops import TargetFn, chunks
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")

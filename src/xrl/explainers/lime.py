@@ -70,7 +70,8 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.limits import check_memory
 from xrl.ops import gaussian_blur
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")

@@ -51,7 +51,8 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.masks import byte_cache
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, check_memory, drop, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, drop, positive_int
+from xrl.limits import check_memory
 
 Fill = float | torch.Tensor
 

@@ -34,7 +34,7 @@ from xrl.explainers.base import EXPLAINERS, Explainer, reduce_channels
 from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
-from xrl.explainers.perturbation import check_memory, check_time
+from xrl.limits import check_memory, check_time
 from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes

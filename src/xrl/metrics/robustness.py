@@ -14,7 +14,7 @@ import math
 import torch
 
 from xrl.explainers.base import Explainer
-from xrl.explainers.perturbation import check_memory
+from xrl.limits import check_memory
 from xrl.metrics.base import METRICS, Metric
 from xrl.ops import chunks, target_function
 
