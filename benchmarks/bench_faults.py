@@ -44,8 +44,10 @@ def child(variant: str, methods: list[str], n_states: int, repeats: int) -> dict
 
     torch.set_num_threads(1)
     if variant == "before":
+        from xrl.explainers import extremal_perturbation
+
         perturbation.RESIDENT_BYTES = 2**62
-        perturbation.keep_resident = lambda: None
+        perturbation.keep_resident = extremal_perturbation.keep_resident = lambda: None
     agent = xrl.load_agent("red-fetch-green")
     with StateDataset.open(ZOO_DIR / "red-fetch-green-visionmask" / "expert.h5") as ds:
         states = ds.states(slice(0, n_states))
