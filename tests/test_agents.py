@@ -391,7 +391,9 @@ def test_bad_sb3_zips_and_other_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="is not a loadable SB3 PPO/A2C/DQN model"):
         load_agent(tmp_path / "other.zip")
     (tmp_path / "agent.onnx").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"SB3 \.zip or xrl \.pt checkpoints, got 'agent.onnx'"):
+    with pytest.raises(
+        ValueError, match=r"SB3 \.zip, xrl \.pt checkpoints or CleanRL \.cleanrl_model files, got 'agent.onnx'"
+    ):
         load_agent(tmp_path / "agent.onnx")
 
 
