@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import xrl.train.run as run_module
+from xrl.artifacts import sha256
 from xrl.cli import build_parser
 from xrl.train.run import (
     Run,
@@ -672,7 +673,7 @@ def _reseal(folder: Path) -> None:
     """Rewrite ``complete.json`` to match the files (what an attacker who edits them can do)."""
     manifest = json.loads((folder / "complete.json").read_text())
     manifest["files"] = {
-        p.name: {"bytes": p.stat().st_size, "sha256": run_module._sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
         for p in sorted(folder.iterdir())
         if p.name != "complete.json"
     }

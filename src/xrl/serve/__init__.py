@@ -126,11 +126,15 @@ def run(args) -> int:
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); choose another --port") from None
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)", flush=True
-    )
+    ready = f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)"
+
+    class Server(uvicorn.Server):  # says "open" once uvicorn holds SIGTERM and SIGINT (they arrive in its loop)
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            print(ready, flush=True)
+
     config = uvicorn.Config(app, log_level="warning")
-    server = uvicorn.Server(config)
+    server = Server(config)
     try:
         server.run(sockets=[sock])  # uvicorn handles SIGTERM and SIGINT, then raises them again: see above
     finally:
