@@ -118,24 +118,9 @@ def test_metric_names_its_devices(name):
 
 # ---------------------------------------------------------------- seeded draws: the same on every device
 
-#: the functions that draw from a generator
-RANDOM = {
-    torch.rand,
-    torch.randn,
-    torch.randint,
-    torch.randperm,
-    torch.bernoulli,
-    torch.normal,
-    torch.multinomial,
-    torch.rand_like,
-    torch.randn_like,
-    torch.randint_like,
-    torch.Tensor.uniform_,
-    torch.Tensor.normal_,
-    torch.Tensor.bernoulli_,
-    torch.Tensor.random_,
-    torch.Tensor.exponential_,
-}
+# the random draws recorded: the same set the prepared GPU check records (benchmarks/gpu_check.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from gpu_check import RANDOM  # noqa: E402
 
 
 class Draws(TorchFunctionMode):
