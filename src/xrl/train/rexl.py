@@ -219,7 +219,9 @@ def agent_states(args: RExLArgs, model: Model) -> torch.Tensor:
             parts.append(ds.states(np.arange(len(ds))))
     images = torch.cat(parts)
     if len(images) > args.n_images:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.n_images]
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed), device="cpu")[
+            : args.n_images
+        ]
         images = images[keep.sort().values]
     return images
 
