@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import xrl
-import xrl.evaluation
+import xrl.pipeline.steps
 from xrl import cli
 from xrl.data.dataset import StateDataset
 from xrl.envs import ENVS
@@ -290,7 +290,7 @@ def test_evaluate_writes_consistent_csv_and_json(capsys, collected, tmp_path, mo
         made.append((name, settings))
         return get_explainer(name, model, **settings)
 
-    monkeypatch.setattr(xrl.evaluation, "get_explainer", spy)
+    monkeypatch.setattr(xrl.pipeline.steps, "get_explainer", spy)  # evaluate builds explainers there
     results = tmp_path / "results"
     code, out, err = run(
         capsys,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import xrl.evaluation
+import xrl.pipeline.steps
 from xrl.agents.model import as_model
 from xrl.data.dataset import StateDataset, StateDatasetWriter
 from xrl.evaluation import Evaluation, evaluate, explain_dataset
@@ -134,7 +134,7 @@ def test_evaluate_passes_method_settings(model, dataset, monkeypatch):
         calls.append((name, settings))
         return get_explainer(name, model, **settings)
 
-    monkeypatch.setattr(xrl.evaluation, "get_explainer", spy)
+    monkeypatch.setattr(xrl.pipeline.steps, "get_explainer", spy)
     evaluate(model, dataset, {"greydanus": {"radius": 3, "stride": 4}}, ["sparseness"], n_states=2, progress=False)
     assert calls and all(c == ("greydanus", {"radius": 3, "stride": 4}) for c in calls)
 

@@ -108,6 +108,7 @@ LAYERS = [
         "xrl.agents.classifier",
     ),
     ("xrl", "xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers"),
+    ("xrl.pipeline",),  # explain and score: below every procedure that explains and scores
     (
         "xrl.attacks.evaluate",
         "xrl.train",

@@ -1,0 +1,180 @@
+"""The pipeline on a :class:`~xrl.data.dataset.StateDataset`: :func:`read_batch` reads the rows'
+states, targets and labels once; :func:`evaluate` explains and scores them (:func:`explain`,
+:func:`score`).
+
+**Targets and the dataset's agent.** A dataset records the weights fingerprint of the agent that
+collected it. Explaining it with another agent is refused: the stored actions are the other
+agent's choices, not this one's. ``targets="agent"`` (CLI ``--targets agent``) explains the
+explained agent's own greedy actions on those states instead, ``targets="dataset"`` the stored
+actions anyway. A dataset written before fingerprints were recorded gets a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xrl.agents.model import Model
+from xrl.data.dataset import StateDataset
+from xrl.ops import chunks
+from xrl.pipeline.result import Evaluation
+from xrl.pipeline.steps import Methods, Metrics, build_metrics, check_budgets, columns_of, explain, named, score
+
+TARGETS = ("dataset", "agent")
+
+
+@dataclass
+class Batch:
+    """What an evaluation reads from a dataset, once (Quantus' ``x_batch``, ``y_batch`` and the
+    ground truth): the ``rows``, their ``states (n, C, H, W)``, the ``targets (n,)`` the maps
+    explain and the ground-truth ``labels (n, H, W)`` (None when the dataset has none)."""
+
+    rows: np.ndarray
+    states: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def check_rows(rows, n: int) -> np.ndarray:
+    """``rows`` as a flat int64 array of rows of an ``n``-row dataset, or a one-line error."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+        raise ValueError(f"rows must be a non-empty list of dataset rows in [0, {n}), got {rows.tolist()[:10]}")
+    return rows
+
+
+def sample_rows(n: int, n_states: int | None, seed: int = 0) -> np.ndarray:
+    """The seeded sample of ``n_states`` of ``n`` rows, sorted (all rows when None or ``>= n``)."""
+    if n_states is not None and (
+        isinstance(n_states, bool) or not isinstance(n_states, (int, np.integer)) or n_states < 1
+    ):
+        raise ValueError(f"n_states must be a positive number of states (or None for all), got {n_states!r}")
+    if n_states is None or n_states >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_states, replace=False))
+
+
+def dataset_targets(
+    model: Model,
+    dataset: StateDataset,
+    rows: np.ndarray,
+    targets: str | None = None,
+    *,
+    batch_size: int = 64,
+    states: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The actions ``(n,)`` to explain on dataset ``rows``: the stored ones when the dataset was
+    collected by ``model`` (same weights fingerprint) or ``targets="dataset"``; the model's own
+    greedy actions with ``targets="agent"`` (on ``states``, the rows' states when already read).
+    Another agent's dataset without ``targets`` is refused; a dataset without a recorded
+    fingerprint gets a warning."""
+    if targets is not None and targets not in TARGETS:
+        raise ValueError(
+            f"targets must be one of {TARGETS} (or None: the stored actions of the model's own "
+            f"dataset), got {targets!r}"
+        )
+    if targets == "agent":
+        states = dataset.states(rows) if states is None else states
+        with torch.no_grad():  # not inference_mode: gradient explainers save the targets for backward
+            return torch.cat([model(states[part]).argmax(-1).cpu() for part in chunks(len(rows), batch_size)])
+    if targets is None:
+        recorded = (dataset.agent or {}).get("fingerprint")
+        source = (dataset.agent or {}).get("source")
+        if not recorded:
+            warnings.warn(
+                f"{dataset.path}: the dataset records no agent fingerprint (written before they were "
+                "recorded); its stored actions are explained as this agent's",
+                stacklevel=3,
+            )
+        elif recorded != model.fingerprint():
+            raise ValueError(
+                f"{dataset.path} was collected by another agent ({source}, weights {recorded}) than the one "
+                f"explained ({model.info.get('source')}, weights {model.fingerprint()}); its stored actions are "
+                "that agent's choices. Explain the explained agent's own actions (targets='agent', CLI "
+                "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)"
+            )
+    return torch.as_tensor(dataset.actions[rows], dtype=torch.long, device="cpu")  # beside the dataset's states
+
+
+def read_batch(model: Model, dataset: StateDataset, rows, targets: str | None = None, *, batch_size: int = 64) -> Batch:
+    """The :class:`Batch` of dataset ``rows``: states, targets (:func:`dataset_targets`; with
+    ``targets="agent"`` the model runs once over the states) and labels, each read once."""
+    rows = check_rows(rows, len(dataset))
+    states = dataset.states(rows)
+    target_index = dataset_targets(model, dataset, rows, targets, batch_size=batch_size, states=states)
+    stored = dataset.labels(rows)
+    labels = torch.as_tensor(stored, device="cpu") if stored is not None else None
+    return Batch(rows, states, target_index, labels)
+
+
+def evaluate_batch(
+    model: Model,
+    batch: Batch,
+    methods: Methods,
+    metrics: Metrics,
+    *,
+    batch_size: int = 64,
+    curves: Iterable[str] = (),
+    progress: bool = False,
+    saliency: dict[str, torch.Tensor] | None = None,
+) -> Evaluation:
+    """:func:`explain` ``batch.states`` with every method (each explainer built once), then
+    :func:`score` every map with every metric (the same explainers, targets and labels). Metric
+    memory budgets are checked before anything is explained; computed maps are put in
+    ``saliency`` when a dict is given; ``Evaluation.seconds`` holds each method's ``"explain"``."""
+    methods = named(methods, "methods")
+    metric_objs = build_metrics(metrics)
+    if not methods or not metric_objs:
+        raise ValueError("evaluate needs at least one method and one metric")
+    _, _, skipped = columns_of(metric_objs, batch.labels is not None)
+    check_budgets(metric_objs, skipped, min(len(batch.rows), batch_size), tuple(batch.states.shape[1:]))
+    work = len(methods) * (1 + len(metric_objs) - len(skipped))
+    with tqdm(total=work, desc="evaluate", disable=not progress) as bar:
+        maps = explain(model, batch.states, methods, batch.targets, batch_size=batch_size, progress=bar)
+        if saliency is not None:
+            saliency.update(maps)
+        result = score(
+            model,
+            batch.states,
+            maps,
+            metric_objs,
+            batch.targets,
+            batch.labels,
+            maps.explainers,
+            batch_size=batch_size,
+            curves=curves,
+            rows=batch.rows.tolist(),
+            progress=bar,
+        )
+    result.seconds = {m: {"explain": maps.seconds[m], **result.seconds[m]} for m in result.methods}
+    return result
+
+
+def evaluate(
+    model: Model,
+    dataset: StateDataset,
+    rows,
+    methods: Methods,
+    metrics: Metrics,
+    *,
+    targets: str | None = None,
+    batch_size: int = 64,
+    curves: Iterable[str] = (),
+    progress: bool = False,
+    saliency: dict[str, torch.Tensor] | None = None,
+) -> Evaluation:
+    """Explain and score dataset ``rows``: their states, targets and labels read once
+    (:func:`read_batch`), every explainer built once, the model run once for ``targets="agent"``
+    (:func:`evaluate_batch`). ``targets``: see :func:`dataset_targets`; ``curves``: see
+    :func:`score`."""
+    if not named(methods, "methods") or not named(metrics, "metrics"):
+        raise ValueError("evaluate needs at least one method and one metric")
+    batch = read_batch(model, dataset, rows, targets, batch_size=batch_size)
+    return evaluate_batch(
+        model, batch, methods, metrics, batch_size=batch_size, curves=curves, progress=progress, saliency=saliency
+    )
