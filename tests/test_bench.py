@@ -18,6 +18,7 @@ import xrl
 from xrl import cli
 from xrl.bench import SpecError, load_results, load_spec, run_bench
 from xrl.bench.layout import read_npz as _npz
+from xrl.bench.runner import prepare
 from xrl.data.dataset import StateDataset
 from xrl.evaluation import evaluate
 from xrl.explainers import EXPLAINERS
@@ -211,7 +212,7 @@ def test_a_metric_that_needs_labels_the_data_lacks_is_refused(tmp_path, tiny_run
 
 def test_shipped_specs_are_valid_and_cover_every_registered_name():
     for name in ("quick", "full"):
-        spec = load_spec(name)
+        spec, _ = prepare(load_spec(name))  # the methods built for each agent: what is not run, and why
         assert list(spec.methods) == xrl.list_explainers()
         assert list(spec.metrics) == xrl.list_metrics()
         # methods that cannot explain an agent (an attention explainer on a plain CNN) are left
@@ -413,19 +414,123 @@ class _NeedsNetwork(Explainer):
 def test_a_method_that_cannot_explain_the_agent(tmp_path, monkeypatch):
     monkeypatch.setitem(EXPLAINERS._items, "_needs_network", _NeedsNetwork)
     named = TINY.replace('"greydanus"]', '"greydanus", "_needs_network"]')
+    checked = load_spec(write_spec(tmp_path, named))  # the spec itself builds no method: it passes
+    assert "_needs_network" in checked.methods and not checked.not_run
     with pytest.raises(SpecError, match=r"spec.toml:5: methods.*_needs_network.*not there"):
-        load_spec(write_spec(tmp_path, named))
+        prepare(checked)  # the runner builds each method for each agent before the first job
+    with pytest.raises(SpecError, match=r"spec.toml:5: methods.*_needs_network.*not there"):
+        run_bench(write_spec(tmp_path, named), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
     # with methods = "all" it is left out of that agent's jobs, and the results say why
     every = TINY.replace('methods = ["gradient", "random", "greydanus"]', 'methods = "all"')
-    spec = load_spec(write_spec(tmp_path, every, "all.toml"))
+    spec, _ = prepare(load_spec(write_spec(tmp_path, every, "all.toml")))
     assert spec.not_run["red-fetch-green"]["_needs_network"].startswith("needs a trained explainer")
     assert "_needs_network" not in {j.method for j in spec.jobs()}
     assert {j.method for j in spec.jobs()} == set(xrl.list_explainers()) - set(spec.not_run["red-fetch-green"])
 
 
 def test_other_states_make_other_jobs(tmp_path):
-    spec = load_spec(write_spec(tmp_path))
-    more = load_spec(write_spec(tmp_path, TINY.replace("episodes = 1", "episodes = 2"), "more.toml"))
+    spec, models = prepare(load_spec(write_spec(tmp_path)))
+    more, _ = prepare(load_spec(write_spec(tmp_path, TINY.replace("episodes = 1", "episodes = 2"), "more.toml")))
     assert [j.id for j in spec.jobs()] == [j.id for j in more.jobs()]
     assert not {j.key for j in spec.jobs()} & {j.key for j in more.jobs()}
-    assert spec.agents[0].inputs == xrl.data.collect.agent_record(spec.models["red-fetch-green"])["fingerprint"]
+    assert spec.agents[0].inputs == xrl.data.collect.agent_record(models["red-fetch-green"])["fingerprint"]
+
+
+# -- configuration only; devices and GPUs (issues 43 and 40) ----------------------------------------
+
+#: TINY with two learned explainers (their networks found in the zoo) and where the jobs run
+LEARNED = TINY.replace('"greydanus"]', '"greydanus", "visionmask", "rexl"]').replace(
+    "gallery = 2\n", 'gallery = 2\ndevice = "cpu"\ngpus_per_job = 0.5\n'
+)
+
+
+def test_check_reads_no_weights_and_builds_no_method(tmp_path, capsys, monkeypatch):
+    """``xrl bench --check`` (and load_spec) read cards and headers only: no torch.load of weights
+    (a header is read onto the ``meta`` device), no explainer built, no env made; the runner's
+    preparation does read them (so the check below can fail)."""
+    import torch
+
+    import xrl.bench.spec
+    import xrl.envs
+    import xrl.explainers
+
+    reads, real = [], torch.load
+
+    def load(*args, **kwargs):
+        if kwargs.get("map_location") != "meta":
+            reads.append(args[0] if args else kwargs.get("f"))
+        return real(*args, **kwargs)
+
+    def no(*args, **kwargs):
+        raise AssertionError("checking a spec built an explainer or an env")
+
+    monkeypatch.setattr(torch, "load", load)
+    path = write_spec(tmp_path, LEARNED)
+    with monkeypatch.context() as m:
+        m.setattr(xrl.explainers, "get_explainer", no)
+        m.setattr(xrl.envs, "make_env", no)
+        assert cli.main(["bench", str(path), "--check"]) == 0, capsys.readouterr().err
+        spec = load_spec(path)
+    assert "OK, 10 jobs" in capsys.readouterr().out
+    assert reads == [] and not spec.not_run and not spec.networks
+    assert (spec.device, spec.gpus_per_job, spec.gpus()) == ("cpu", 0.5, 0.5)
+    prepared, models = prepare(spec)
+    assert reads and set(models) == {"red-fetch-green"}
+    # the learned explainers' zoo networks, found by the agent's fingerprint, enter their jobs' keys
+    assert set(prepared.networks["red-fetch-green"]) == {"visionmask", "rexl"}
+    keys = {j.method: j.key for j in prepared.jobs()}
+    assert keys["gradient"] == {j.method: j.key for j in spec.jobs()}["gradient"]
+    assert keys["visionmask"] != {j.method: j.key for j in spec.jobs()}["visionmask"]
+    # device and gpus_per_job are where the jobs run, not what they compute: no key and no
+    # resolved spec changes with them
+    plain = prepare(
+        load_spec(write_spec(tmp_path, LEARNED.replace('device = "cpu"\ngpus_per_job = 0.5\n', ""), "plain.toml"))
+    )[0]
+    assert [j.key for j in plain.jobs()] == [j.key for j in prepared.jobs()]
+    assert plain.resolved() == prepared.resolved()
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ('device = "gpu"', ["spec.toml:1: device", "'gpu'", "cuda:N"]),
+        ('device = "cuda:x"', ["spec.toml:1: device", "'cuda:x'"]),
+        ("device = 0", ["spec.toml:1: device", "got 0"]),
+        ("gpus_per_job = -1", ["spec.toml:1: gpus_per_job", "number >= 0", "got -1"]),
+        ("gpus_per_job = 0.00001", ["spec.toml:1: gpus_per_job", "4 decimals"]),
+        ('gpus_per_job = "1"', ["spec.toml:1: gpus_per_job", "got '1'"]),
+        ("gpus_per_job = true", ["spec.toml:1: gpus_per_job", "got True"]),
+    ],
+)
+def test_bad_device_settings_are_one_line_each(tmp_path, line, words):
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, line + "\n" + TINY))
+    (problem,) = info.value.problems
+    assert "\n" not in problem
+    for word in words:
+        assert word in problem, problem
+
+
+def test_device_and_gpus_per_job_defaults_and_override(tmp_path):
+    import torch
+
+    spec = load_spec(write_spec(tmp_path))
+    assert (spec.device, spec.gpus_per_job) == ("auto", None)
+    assert spec.gpus() == (1 if torch.cuda.is_available() else 0)
+    assert spec.with_device("cpu").gpus() == 0 and spec.with_device("cuda").gpus() == 1
+    assert spec.with_device("cuda:1").gpus() == 1 and spec.with_device(None) is spec
+    assert load_spec(write_spec(tmp_path), device="cuda").device == "cuda"  # xrl bench --device
+    two = load_spec(write_spec(tmp_path, "gpus_per_job = 2\n" + TINY), device="cpu")
+    assert two.gpus() == 2  # set in the spec: kept whatever the device
+    with pytest.raises(ValueError, match="'gpu'"):
+        spec.with_device("gpu")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_the_first_job(tmp_path, capsys):
+    path = write_spec(tmp_path, 'device = "cuda"\n' + TINY)
+    assert cli.main(["bench", str(path), "--check"]) == 0  # a spec for a GPU cluster checks anywhere
+    with pytest.raises(SpecError, match=r"spec.toml:1: device: device 'cuda' is not available"):
+        run_bench(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ import xrl.zoo
 from xrl.agents.mask_nets import load_mask_network, save_mask_network
 from xrl.artifacts import fingerprint, read_card, sha256
 from xrl.bench import load_spec
+from xrl.bench.runner import prepare
 
 ZOO = Path(xrl.zoo.__file__).resolve().parents[2] / "zoo"
 NETWORK = ZOO / "red-fetch-green-visionmask" / "visionmask.pt"
@@ -50,7 +51,7 @@ def zoo(tmp_path, monkeypatch):
 def _spec(tmp_path, text=SPEC, name="spec.toml"):
     path = tmp_path / name
     path.write_text(text)
-    return load_spec(path)
+    return prepare(load_spec(path))[0]  # the networks are resolved by the runner, with the agents
 
 
 def _jobs(spec):

@@ -9,10 +9,15 @@ Results folder::
     jobs/<agent>/seed<s>/<method>.error.json   a job that raised: error and traceback
     results.json, results.csv      every finished job merged (:mod:`xrl.bench.results`)
 
-A job is one method on one (agent, seed): :func:`xrl.evaluation.evaluate` on the seeded sample of
-states, plus the mean deletion/insertion curves. Jobs are functions of their inputs (one torch
-thread each, seeded methods), so the results do not depend on where or in which order they run;
-only ``cost`` metrics (wall time) differ from run to run.
+A job is one method on one (agent, seed): one call into the pipeline
+(:func:`xrl.pipeline.evaluate_batch`, what :func:`xrl.evaluation.evaluate` runs) on the seeded
+sample of states, with the mean deletion/insertion curves. Jobs are functions of their inputs (one
+torch thread each, seeded methods), so the results do not depend on where or in which order they
+run; only ``cost`` metrics (wall time) differ from run to run.
+
+Before anything is written, :func:`prepare` (:mod:`xrl.bench.prepare`) loads the agents and checks
+what the spec alone cannot tell. Jobs compute on the spec's ``device``; on Ray each asks for
+``gpus_per_job`` GPUs (``num_gpus``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,108 +39,88 @@ from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
 from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths
+from xrl.bench.prepare import prepare
 from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
-from xrl.evaluation import evaluate
 from xrl.files import DiskFull, FolderLock, atomic_path, is_disk_full, write_json
-from xrl.metrics import METRICS, get_metric
-from xrl.ops import chunks
+from xrl.metrics import METRICS
+from xrl.ops import resolve_device
+from xrl.pipeline import Batch, Evaluation, evaluate_batch, read_batch, sample_rows
 
 CURVE_METRICS = ("deletion", "insertion")
-__all__ = ["run_bench", "run_job", "job_paths", "data_path", "is_done", "gallery_positions", "save_job", "save_error"]
+__all__ = [
+    "run_bench",
+    "run_job",
+    "prepare",
+    "collect_states",
+    "job_paths",
+    "data_path",
+    "is_done",
+    "gallery_positions",
+    "save_job",
+    "save_error",
+]
 
 
-def run_job(job: Job, model: Model, data: str | os.PathLike) -> dict:
-    """Compute one job; returns ``{"result": JSON-able dict, "arrays": {name: ndarray}}``."""
+def run_job(job: Job, model: Model, data: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Compute one job on ``device`` (``"auto"``: CUDA when this machine has one; the model and
+    the states are moved there): one call into :func:`xrl.pipeline.evaluate_batch` on the seeded
+    sample of the dataset's states. Returns ``{"result": JSON-able dict, "arrays": {name: ndarray}}``,
+    values and maps on the CPU."""
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads)
     started = time.perf_counter()
     try:
-        saliency: dict[str, torch.Tensor] = {}
+        where = resolve_device(device)
+        model = model.to(where)
         with StateDataset.open(data) as ds:
-            shared = [n for n in CURVE_METRICS if n in job.metrics]
-            others = {k: v for k, v in job.metrics.items() if k not in shared} or job.metrics
-            if others is job.metrics:
-                shared = []  # only curve metrics: evaluate scores them, the curves are computed apart
-            ev = evaluate(
-                model,
-                ds,
-                {job.method: job.settings},
-                others,
-                n_states=job.n_states,
-                seed=job.seed,
-                saliency=saliency,
-                progress=False,
-            )
-            rows = np.asarray(ev.rows)
-            maps = saliency[job.method]  # (n, H, W)
-            steps = ev.seconds.setdefault(job.method, {})  # explain + each metric
-            curves = {}
-            for name in CURVE_METRICS:
-                if name in job.metrics:
-                    curves[name] = _curve(ev, name, job, model, ds, rows, maps, steps, score=name in shared)
-            if shared:  # columns in the spec's metric order, as evaluate gives them
-                ev.columns = [
-                    c for name in job.metrics for c in ev.columns + shared if c == name or c.startswith(f"{name}.")
-                ]
-            steps = dict(steps)
-        pick = gallery_positions(len(rows), job.gallery)
-        arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
-        if job.store_saliency:
-            arrays.update(saliency=maps.numpy(), rows=rows)
-        result = {
-            "job": {**asdict(job), "id": job.id, "key": job.key},
-            "rows": ev.rows,
-            "columns": ev.columns,
-            "higher_is_better": ev.higher_is_better,
-            "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
-            "values": ev.values[job.method],
-            "means": ev.means()[job.method],
-            "skipped": ev.skipped,
-            "curves": curves,
-            "seconds": time.perf_counter() - started,
-            "seconds_by_step": steps,
-            "worker": {"host": socket.gethostname(), "pid": os.getpid()},
-        }
-        return {"result": result, "arrays": arrays}
+            batch = _on(read_batch(model, ds, sample_rows(len(ds), job.n_states, job.seed)), where)
+        saliency: dict[str, torch.Tensor] = {}
+        ev = evaluate_batch(
+            model,
+            batch,
+            {job.method: job.settings},
+            job.metrics,
+            curves=[name for name in CURVE_METRICS if name in job.metrics],
+            saliency=saliency,
+        )
+        return _output(job, ev, saliency[job.method].cpu(), time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
 
 
-def _curve(
-    ev,
-    name: str,
-    job: Job,
-    model: Model,
-    ds: StateDataset,
-    rows: np.ndarray,
-    maps: torch.Tensor,
-    steps: dict,
-    score: bool,
-) -> dict:
-    """The mean curve of deletion/insertion metric ``name`` over the job's states; with ``score``
-    also its per-state values (the AUC of each state's curve, what ``metric.compute`` returns) put
-    into ``ev``, so the curve is computed once. Chunks of 64 states as :func:`evaluate` scores
-    them (its default ``batch_size``), so the values equal evaluate's bit for bit. Seconds go to
-    ``steps["<name> curve"]`` (the curves) and, with ``score``, ``steps[name]`` (the values)."""
-    started = time.perf_counter()
-    metric = get_metric(name, **job.metrics[name])
-    states = ds.states(rows)
-    targets = torch.as_tensor(ds.actions[rows], dtype=torch.long, device="cpu")  # beside the dataset's states
-    parts = [
-        metric.curve(model=model, states=states[part], saliency=maps[part], targets=targets[part])  # type: ignore[attr-defined]
-        for part in chunks(len(rows), 64)
-    ]
-    x, y = parts[0][0], torch.cat([scores for _, scores in parts])
-    steps[f"{name} curve"] = time.perf_counter() - started
-    if score:
-        started = time.perf_counter()
-        values = torch.cat([torch.trapezoid(scores, xs, dim=1).float() for xs, scores in parts])
-        ev.values[job.method][name] = values.double().cpu().tolist()
-        ev.higher_is_better[name] = metric.higher_is_better
-        steps[name] = time.perf_counter() - started
-    return {"x": x.tolist(), "y": y.mean(0).tolist()}
+def _on(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its states, targets and labels on ``device`` (itself on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    labels = batch.labels.to(device) if batch.labels is not None else None
+    return Batch(batch.rows, batch.states.to(device), batch.targets.to(device), labels)
+
+
+def _output(job: Job, ev: Evaluation, maps: torch.Tensor, seconds: float) -> dict:
+    """A finished job as :func:`save_job` writes it: the result JSON (values, means, the mean
+    deletion/insertion curves, seconds per step) and the arrays of its ``.npz`` (gallery maps)."""
+    rows = np.asarray(ev.rows)
+    pick = gallery_positions(len(rows), job.gallery)
+    arrays = {"gallery": maps[pick].numpy(), "gallery_rows": rows[pick]}
+    if job.store_saliency:
+        arrays.update(saliency=maps.numpy(), rows=rows)
+    result = {
+        "job": {**asdict(job), "id": job.id, "key": job.key},
+        "rows": ev.rows,
+        "columns": ev.columns,
+        "higher_is_better": ev.higher_is_better,
+        "categories": {c: METRICS.get(c.partition(".")[0]).category for c in ev.columns},
+        "values": ev.values[job.method],
+        "means": ev.means()[job.method],
+        "skipped": ev.skipped,
+        "curves": ev.curves.get(job.method, {}),
+        "seconds": seconds,
+        "seconds_by_step": ev.seconds[job.method],
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
+    return {"result": result, "arrays": arrays}
 
 
 def save_job(out: Path, job: Job, output: dict) -> None:
@@ -154,12 +140,16 @@ def save_error(out: Path, job: Job, error: str, trace: str) -> None:
     )
 
 
-def _guarded(job: Job, model: Model, data) -> dict:
+def _guarded(job: Job, model: Model, data, device: str = "cpu") -> dict:
     """``run_job`` with any exception turned into an error record (the other jobs go on)."""
     try:
-        return run_job(job, model, data)
+        return run_job(job, model, data, device)
     except Exception as err:  # noqa: BLE001 - a crashing job is recorded, not fatal
         return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+#: one job to run: the job, its agent and its dataset file
+Task = tuple[Job, Model, Path]
 
 
 def run_bench(
@@ -177,10 +167,30 @@ def run_bench(
     (n > 1), in ``n`` local worker processes (no Ray; each job on its ``threads`` as always, so
     the results are the same but for ``cost`` metrics); ``"auto"`` starts a local Ray
     (``workers`` CPUs, default all) or uses the one already initialised; any other value is the
-    address of a running cluster (``host:port`` or ``ray://host:port``). One run at a time per
-    results folder (``out/.lock``, :class:`xrl.files.FolderLock`)."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    address of a running cluster (``host:port`` or ``ray://host:port``). On Ray each job asks
+    for ``spec.gpus()`` GPUs (``gpus_per_job``). Jobs compute on the spec's ``device``. Before
+    anything is written the agents are loaded and what needs them is checked (:func:`prepare`).
+    One run at a time per results folder (``out/.lock``, :class:`xrl.files.FolderLock`)."""
+    _check_executor(ray, workers, processes)
+    spec, models = prepare(spec if isinstance(spec, Spec) else load_spec(spec), here=ray is None)
     out = Path(out) if out is not None else Path("bench-results") / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    if ray is not None:
+        run = _on_ray(ray, workers, spec.device, spec.gpus())
+    elif processes and processes > 1:
+        run = _in_processes(processes, spec.device)
+    else:
+        run = _in_process(spec.device)
+    with FolderLock(out / ".lock", str(out), "wait for it to finish or use another results folder (--out)"):
+        _write_spec(spec, out)
+        collect_states(spec, models, out, progress)
+        _run_jobs(spec, models, out, run, progress)
+    return out
+
+
+def _check_executor(ray: str | None, workers: int | None, processes: int | None) -> None:
+    """Where the jobs run: one of in process, ``processes`` local processes, a local Ray of
+    ``workers`` CPUs, a reachable Ray cluster."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if workers is not None and ray != "auto":
@@ -191,24 +201,23 @@ def run_bench(
         raise ValueError("processes runs jobs in local processes without Ray; give either ray or processes")
     if ray is not None and ray != "auto":
         check_reachable(ray)
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out / ".lock", str(out), "wait for it to finish or use another results folder (--out)"):
-        return _run_bench(spec, out, ray=ray, workers=workers, processes=processes, progress=progress)
 
 
-def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> Path:
-    """:func:`run_bench` once it holds the results folder's lock."""
-    from xrl.bench.results import merge
-
+def _write_spec(spec: Spec, out: Path) -> None:
+    """The spec as written (``spec.toml``) and as resolved (``spec.json``)."""
     if spec.text is not None:
         with atomic_path(out / "spec.toml") as tmp:
             tmp.write_text(spec.text)
     write_json(out / "spec.json", spec.resolved())
 
-    for agent in spec.agents:  # collect the states once per (agent, seed); resumable
+
+def collect_states(spec: Spec, models: dict[str, Model], out: Path, progress: bool = False) -> None:
+    """Collect the states once per (agent, seed) into ``out/data`` (resumable); agents with a
+    ``data`` file collect nothing."""
+    for agent in spec.agents:
         for seed in spec.seeds if agent.data is None else ():
             collect(
-                spec.models[agent.name],
+                models[agent.name],
                 episodes=agent.episodes,
                 out=data_path(out, spec, agent.name, seed),
                 env=agent.env,
@@ -219,28 +228,26 @@ def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> P
                 progress=progress,
             )
 
+
+def _run_jobs(spec: Spec, models: dict[str, Model], out: Path, run: Callable, progress: bool) -> None:
+    """The jobs not already done, run by ``run`` (an executor) and saved as they finish; then the merge."""
+    from xrl.bench.results import merge
+
     jobs = spec.jobs()
-    todo = [j for j in jobs if not is_done(out, j)]
+    todo = [(j, models[j.agent], data_path(out, spec, j.agent, j.seed)) for j in jobs if not is_done(out, j)]
     if progress:
         print(
             f"xrl bench {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
-            f"{len(todo)} to run ({'on Ray' if ray is not None else f'in {processes} processes' if processes and processes > 1 else 'in process'}) -> {out}"
+            f"{len(todo)} to run ({getattr(run, 'where', 'in process')}) -> {out}"
         )
     failed = 0
     with tqdm(
         total=len(jobs), initial=len(jobs) - len(todo), unit="job", desc=f"bench {spec.name}", disable=not progress
     ) as bar:
-        run = (
-            _on_ray(ray, workers)
-            if ray is not None
-            else _in_processes(min(processes, len(todo)))
-            if processes and processes > 1 and len(todo) > 1
-            else _in_process
-        )
         try:
-            for job, output in run(todo, spec, out):
+            for job, output in run(todo):
+                failed += "error" in output
                 if "error" in output:
-                    failed += 1
                     save_error(out, job, output["error"], output["traceback"])
                 else:
                     save_job(out, job, output)
@@ -263,31 +270,40 @@ def _run_bench(spec: Spec, out: Path, *, ray, workers, processes, progress) -> P
             f"wrote {out}/results.json and results.csv"
             + (f"; {failed} job(s) failed (see results.json)" if failed else "")
         )
-    return out
 
 
-def _in_process(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
-    for job in todo:
-        yield job, _guarded(job, spec.models[job.agent], data_path(out, spec, job.agent, job.seed))
+def _in_process(device: str) -> Callable:
+    """Jobs one after another in this process."""
+
+    def run(todo: list[Task]) -> Iterator[tuple[Job, dict]]:
+        for job, model, data in todo:
+            yield job, _guarded(job, model, data, device)
+
+    run.where = "in process"  # type: ignore[attr-defined]
+    return run
 
 
-def _in_processes(n: int) -> Callable:
+def _in_processes(n: int, device: str) -> Callable:
     """Jobs in ``n`` fresh local processes (spawned: no state inherited from this one), yielded
     as they finish; the longest kinds of job start first so the last ones to finish are short."""
 
-    def run(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
+    def run(todo: list[Task]) -> Iterator[tuple[Job, dict]]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        order = sorted(todo, key=lambda j: SLOW_FIRST.index(j.method) if j.method in SLOW_FIRST else len(SLOW_FIRST))
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start) as pool:
-            running = {
-                pool.submit(_guarded, job, spec.models[job.agent], data_path(out, spec, job.agent, job.seed)): job
-                for job in order
-            }
+        if len(todo) < 2:  # not worth starting processes
+            yield from _in_process(device)(todo)
+            return
+        order = sorted(
+            todo, key=lambda t: SLOW_FIRST.index(t[0].method) if t[0].method in SLOW_FIRST else len(SLOW_FIRST)
+        )
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(n, len(todo)), mp_context=context, initializer=_worker_start) as pool:
+            running = {pool.submit(_guarded, job, model, data, device): job for job, model, data in order}
             for done in as_completed(running):
                 yield running[done], done.result()
 
+    run.where = f"in {n} processes"  # type: ignore[attr-defined]
     return run
 
 
@@ -354,19 +370,20 @@ def _local_copy(blob: bytes, digest: str) -> Path:
     return path
 
 
-def _remote_job(job: Job, model: Model, blob: bytes, digest: str) -> dict:
-    return _guarded(job, model, _local_copy(blob, digest))
+def _remote_job(job: Job, model: Model, blob: bytes, digest: str, device: str = "cpu") -> dict:
+    return _guarded(job, model, _local_copy(blob, digest), device)
 
 
-def _on_ray(address: str, workers: int | None) -> Callable:
-    import hashlib
-
+def _on_ray(address: str, workers: int | None, device: str, gpus: float) -> Callable:
+    """Jobs as Ray tasks of one CPU and ``gpus`` GPUs (``num_gpus``), on a local Ray (``"auto"``,
+    ``workers`` CPUs) or the cluster at ``address``; the agents and dataset files travel through
+    the object store once per run."""
     try:
         import ray
     except ImportError:
         raise ValueError("--ray needs Ray: pip install 'xrl[ray]'") from None
 
-    def run(todo: list[Job], spec: Spec, out: Path) -> Iterator[tuple[Job, dict]]:
+    def run(todo: list[Task]) -> Iterator[tuple[Job, dict]]:
         started = False
         if not ray.is_initialized():
             if address == "auto":
@@ -375,31 +392,37 @@ def _on_ray(address: str, workers: int | None) -> Callable:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             started = True
         try:
-            if not todo:
-                return
-            remote = ray.remote(num_cpus=1, max_retries=0)(_remote_job)
-            models = {a: ray.put(spec.models[a]) for a in {j.agent for j in todo}}
-            blobs = {}
-            for j in todo:
-                path = data_path(out, spec, j.agent, j.seed)
-                if path not in blobs:
-                    blob = path.read_bytes()
-                    blobs[path] = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16])
-            pending = {}
-            for j in todo:
-                blob, digest = blobs[data_path(out, spec, j.agent, j.seed)]  # type: ignore[assignment]
-                pending[remote.remote(j, models[j.agent], blob, digest)] = j
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    job = pending.pop(ref)
-                    try:
-                        output = ray.get(ref)
-                    except Exception as err:  # noqa: BLE001 - the worker died: record it, go on
-                        output = {"error": f"{type(err).__name__}: {err}", "traceback": str(err)}
-                    yield job, output
+            if todo:
+                yield from _ray_tasks(ray, todo, device, gpus)
         finally:
             if started:
                 ray.shutdown()
 
+    run.where = "on Ray"  # type: ignore[attr-defined]
     return run
+
+
+def _ray_tasks(ray, todo: list[Task], device: str, gpus: float) -> Iterator[tuple[Job, dict]]:
+    """Submit every task, yield each result as it finishes (a dead worker: an error record)."""
+    import hashlib
+
+    remote = ray.remote(num_cpus=1, max_retries=0)(_remote_job).options(num_gpus=gpus)
+    models: dict[int, Any] = {}
+    blobs: dict[Path, tuple] = {}
+    pending = {}
+    for job, model, path in todo:
+        if id(model) not in models:
+            models[id(model)] = ray.put(model)
+        if path not in blobs:
+            blob = path.read_bytes()
+            blobs[path] = (ray.put(blob), hashlib.sha256(blob).hexdigest()[:16])
+        pending[remote.remote(job, models[id(model)], *blobs[path], device)] = job
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            job = pending.pop(ref)
+            try:
+                output = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - the worker died: record it, go on
+                output = {"error": f"{type(err).__name__}: {err}", "traceback": str(err)}
+            yield job, output

@@ -10,6 +10,8 @@ Format (every key but ``[[agents]]`` optional; see ``docs/bench.md``)::
     store_saliency = false  # keep every job's maps in jobs/*.npz (gallery maps are always kept)
     methods = "all"         # or a list of registered names
     metrics = "all"
+    device = "auto"         # where jobs compute: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+    gpus_per_job = 1        # Ray's num_gpus per job (default 1 on CUDA, else 0; fractions allowed)
 
     [[agents]]
     agent = "red-fetch-green"   # zoo name, SB3 .zip or xrl .pt (paths relative to the spec)
@@ -24,8 +26,14 @@ Format (every key but ``[[agents]]`` optional; see ``docs/bench.md``)::
     n_samples = 8
 
 :func:`load_spec` reports *every* problem at once, each with its line in the file
-(:class:`SpecError`), before anything runs: unknown keys and names, wrong types, settings a
-method or metric refuses, an agent trained on another env, a dataset of another env.
+(:class:`SpecError`), before anything runs: unknown keys and names, wrong types, a setting a
+method does not have or of the wrong type, settings a metric refuses, an agent trained on
+another env, a dataset of another env or shape or collected by another agent. A spec is
+configuration: checking it reads the TOML, the agents' cards and headers and the datasets'
+headers, never an agent's weights, and builds no explainer and no env. What needs the agents
+themselves (a method that cannot explain an agent or refuses a value, an env without the labels
+a metric needs, a device that is not there) is checked by :func:`xrl.bench.runner.prepare`
+before the first job, with the same one-line problems naming the spec's lines.
 """
 
 from __future__ import annotations
@@ -35,11 +43,9 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from xrl.agents.model import Model
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -55,6 +61,8 @@ _TOP = {
     "agents",
     "method_settings",
     "metric_settings",
+    "device",
+    "gpus_per_job",
 }
 _AGENT = {"name", "agent", "env", "env_settings", "data", "episodes", "max_steps", "sample"}
 
@@ -65,6 +73,11 @@ class SpecError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__(f"the spec has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+    @classmethod
+    def in_file_order(cls, problems: list[str]) -> SpecError:
+        """The error listing ``problems`` (``file:line: ...``) in the order of their lines."""
+        return cls(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))
 
 
 @dataclass
@@ -121,6 +134,10 @@ class Job:
 
 @dataclass
 class Spec:
+    """A checked spec: configuration only (no model, env or explainer). :func:`xrl.bench.runner.prepare`
+    fills in what needs the agents (``not_run``, ``networks``, each agent's ``inputs`` from its
+    loaded weights) and returns it with the models."""
+
     name: str
     seeds: list[int]
     n_states: int
@@ -137,7 +154,15 @@ class Spec:
     (:func:`network_identity`), part of their jobs' keys"""
     text: str | None = None
     path: str | None = None
-    models: dict[str, Model] = field(default_factory=dict, repr=False)
+    device: str = "auto"
+    """where the jobs compute: ``"auto"`` (CUDA where the job runs, when there is one), ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` (:func:`xrl.ops.resolve_device`); not part of the results"""
+    gpus_per_job: float | None = None
+    """Ray's ``num_gpus`` per job; None: 1 when :attr:`device` is CUDA, else 0 (:meth:`gpus`)"""
+    every_method: bool = False
+    """``methods = "all"``: a method that cannot explain an agent is left out (``not_run``), not an error"""
+    every_metric: bool = False
+    """``metrics = "all"``: a metric the data has no labels for is skipped, not an error"""
 
     def jobs(self) -> list[Job]:
         """The grid, agents × seeds × methods, in that order."""
@@ -177,11 +202,39 @@ class Spec:
             "networks": self.networks,
         }
 
+    def with_device(self, device: str | None) -> Spec:
+        """This spec computing on ``device`` (``xrl bench --device``; None: as the spec says). A
+        ``gpus_per_job`` the spec sets stays; the default follows the new device."""
+        if device is None:
+            return self
+        if not _is_device(device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        return replace(self, device=device)
+
+    def gpus(self) -> float:
+        """Ray's ``num_gpus`` for each job: ``gpus_per_job``, else 1 when the device is CUDA
+        (``"auto"``: when this machine has one) and 0 otherwise."""
+        if self.gpus_per_job is not None:
+            return self.gpus_per_job
+        if self.device == "auto":
+            import torch
+
+            return 1 if torch.cuda.is_available() else 0
+        return 1 if self.device.startswith("cuda") else 0
+
+    def where(self, place: tuple) -> str:
+        """``file:line: place`` of a key of the spec, for a problem found after parsing."""
+        return _Locator(self.text or "", self.path or "<spec>")(place)
+
 
 def _is_word(name) -> bool:
     """A name that is one file name inside its folder: letters, digits, ``_ . -``, and not ``.``
     or ``..`` (which would write results into or above the output folder's parent)."""
     return isinstance(name, str) and bool(re.fullmatch(r"[\w.-]+", name)) and set(name) != {"."}
+
+
+def _is_device(value) -> bool:
+    return isinstance(value, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", value))
 
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
@@ -198,10 +251,11 @@ def find_spec(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> Spec:
-    """Read and check a spec file (or a shipped spec by name); raises :class:`SpecError`.
-    ``load_weights=False`` (``xrl bench --check``) checks it without reading any agent's weights
-    (:func:`parse_spec`)."""
+def load_spec(name_or_path: str | os.PathLike, *, device: str | None = None, load_weights: bool | None = None) -> Spec:
+    """Read and check a spec file (or a shipped spec by name); raises :class:`SpecError`. No
+    weights are read (:func:`parse_spec`). ``device`` overrides the spec's (:meth:`Spec.with_device`,
+    ``xrl bench --device``). ``load_weights`` is ignored (a spec never reads weights; kept for
+    callers from when it did)."""
     path = find_spec(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -211,23 +265,26 @@ def load_spec(name_or_path: str | os.PathLike, *, load_weights: bool = True) -> 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError([f"{path}: not valid TOML: {err}"]) from None
-    return parse_spec(data, text=text, path=path, load_weights=load_weights)
+    return parse_spec(data, text=text, path=path, device=device)
 
 
 def parse_spec(
-    data: dict, *, text: str | None = None, path: str | os.PathLike | None = None, load_weights: bool = True
+    data: dict,
+    *,
+    text: str | None = None,
+    path: str | os.PathLike | None = None,
+    device: str | None = None,
+    load_weights: bool | None = None,
 ) -> Spec:
     """Check a spec given as a dict (what ``tomllib`` reads); ``text`` locates problems by line.
 
-    ``load_weights=False`` checks it without reading any agent's weights (nothing in an agent file
-    runs either way): each agent is built from its file's settings with stand-in weights and the
-    fingerprint its card records (``load_agent(weights=False)``), which is enough to check envs,
-    data, methods and metrics; the Spec returned is for checking, not for running."""
-    from xrl.explainers import EXPLAINERS, get_explainer
-    from xrl.metrics import METRICS, get_metric
+    Reads the agents' cards and headers (``load_agent(weights=False)``: the network described by
+    the file, stand-in weights, nothing of the file run) and the datasets' headers, never weights;
+    builds no explainer and no env. ``device`` overrides the spec's; ``load_weights`` is ignored."""
+    from xrl.explainers import EXPLAINERS
+    from xrl.metrics import METRICS
 
     where = _Locator(text or "", str(path) if path else "<spec>")
-    base = Path(path).parent if path else Path.cwd()
     problems: list[str] = []
 
     def bad(place: tuple, message: str) -> None:
@@ -235,7 +292,36 @@ def parse_spec(
 
     for key in sorted(set(data) - _TOP):
         bad((key,), f"unknown key {key!r}; known keys: {', '.join(sorted(_TOP))}")
+    top = _top_level(data, path, bad)
+    methods = _selection(data, "methods", EXPLAINERS.names(), bad)
+    metrics = _selection(data, "metrics", METRICS.names(), bad)
+    method_settings = _settings_tables(data, "method_settings", methods, bad)
+    metric_settings = _settings_tables(data, "metric_settings", metrics, bad)
+    _check_method_settings(method_settings, bad)
+    _check_metric_settings({m: metric_settings.get(m, {}) for m in metrics}, bad)
+    labels_needed = [m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"]
+    agents = _agents(data, Path(path).parent if path else Path.cwd(), bad, labels_needed)
+    if top["n_states"] == data.get("n_states", 32):  # (a bad one is already refused)
+        for agent in agents:
+            _check_n_states(top["n_states"], agent, bad)
+    if problems:
+        raise SpecError.in_file_order(problems)
+    spec = Spec(
+        agents=agents,
+        methods={m: method_settings.get(m, {}) for m in methods},
+        metrics={m: metric_settings.get(m, {}) for m in metrics},
+        text=text,
+        path=str(path) if path else None,
+        every_method=data.get("methods", "all") == "all",
+        every_metric=data.get("metrics", "all") == "all",
+        **top,
+    )
+    return spec.with_device(device)
 
+
+def _top_level(data: dict, path, bad) -> dict:
+    """The spec's own settings (name, seeds, budgets, device), checked; a bad one is refused and
+    its default stands in, so the rest is still checked."""
     name = data.get("name", Path(path).stem if path else "bench")
     if not _is_word(name):
         bad(("name",), f"name must be a word (letters, digits, _ . -, not only dots), got {name!r}")
@@ -243,102 +329,57 @@ def parse_spec(
     if not (isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds) and len(set(seeds)) == len(seeds)):
         bad(("seeds",), f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
         seeds = [0]
-    numbers = {}
+    top: dict = {"name": name, "seeds": list(seeds)}
     for key, default, low, high in (("n_states", 32, 1, 10**6), ("threads", 1, 1, 1024), ("gallery", 4, 0, 1000)):
         value = data.get(key, default)
         if not _is_int(value, low) or value > high:
             bad((key,), f"{key} must be an integer >= {low} (at most {high:,}), got {value!r}")
             value = default
-        numbers[key] = value
-    store = data.get("store_saliency", False)
-    if not isinstance(store, bool):
-        bad(("store_saliency",), f"store_saliency must be true or false, got {store!r}")
-
-    methods = _selection(data, "methods", EXPLAINERS.names(), bad)
-    metrics = _selection(data, "metrics", METRICS.names(), bad)
-    method_settings = _settings_tables(data, "method_settings", methods, bad)
-    metric_settings = _settings_tables(data, "metric_settings", metrics, bad)
-
-    agents: list[AgentSpec] = []
-    models: dict[str, Model] = {}
-    loaded: list[Model] = []  # also agents with other problems: their methods' settings are checked
-    raw_agents = data.get("agents")
-    if not isinstance(raw_agents, list) or not raw_agents or not all(isinstance(a, dict) for a in raw_agents):
-        bad(("agents",), "expected at least one [[agents]] table naming an agent")
-        raw_agents = []
-    for i, raw in enumerate(raw_agents):
-        agent = _agent(
-            raw,
-            i,
-            base,
-            bad,
-            models,
-            loaded,
-            labels_needed=[m for m in metrics if "labels" in METRICS.get(m).requires and data.get("metrics") != "all"],
-            load_weights=load_weights,
+        top[key] = value
+    top["store_saliency"] = data.get("store_saliency", False)
+    if not isinstance(top["store_saliency"], bool):
+        bad(("store_saliency",), f"store_saliency must be true or false, got {top['store_saliency']!r}")
+    top["device"] = data.get("device", "auto")
+    if not _is_device(top["device"]):
+        bad(("device",), f'device must be "auto", "cpu", "cuda" or "cuda:N", got {top["device"]!r}')
+        top["device"] = "auto"
+    gpus = top["gpus_per_job"] = data.get("gpus_per_job")
+    if gpus is not None and (
+        isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus < 1e6 or round(gpus, 4) != gpus
+    ):
+        bad(
+            ("gpus_per_job",),
+            f"gpus_per_job must be a number >= 0, Ray's num_gpus per job (a fraction such as 0.25 shares a GPU, "
+            f"at most 4 decimals), got {gpus!r}",
         )
-        if agent is not None:
-            if agent.name in {a.name for a in agents}:
-                bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
-            agents.append(agent)
-            if numbers["n_states"] == data.get("n_states", 32):  # (a bad one is already refused)
-                _check_n_states(numbers["n_states"], agent, bad)
+        top["gpus_per_job"] = None
+    return top
 
-    # settings are checked by building each method and metric once (unknown or bad settings,
-    # a trained network that is not there): the same constructors the jobs call
-    # With methods = "all", a method that cannot explain an agent at its default settings (e.g.
-    # one that needs an attention module the agent lacks) is not run for that agent, and the
-    # results say why; a method named in the spec, or given settings, must work.
-    every = data.get("methods", "all") == "all"
-    not_run: dict[str, dict[str, str]] = {a.name: {} for a in agents}
-    networks: dict[str, dict[str, str]] = {a.name: {} for a in agents}
-    checks = [(a.name, models[a.name]) for a in agents] or [(None, m) for m in loaded[:1]]  # type: ignore[misc]
-    for m in methods:
-        for agent_name, model in checks:
+
+def _check_method_settings(tables: dict[str, dict], bad) -> None:
+    """Each setting is one the method's constructor has, of the type it declares
+    (:func:`xrl.method_settings.check_method_settings`); the values themselves are checked when the
+    runner builds each method for its agents (:func:`xrl.bench.runner.prepare`)."""
+    from xrl.explainers import EXPLAINERS
+    from xrl.method_settings import check_method_settings
+
+    for m, settings in tables.items():
+        for key, value in settings.items():
             try:
-                explainer = get_explainer(m, model, **method_settings.get(m, {}))
-                identity = network_identity(explainer)
-                if identity and agent_name is not None:
-                    networks[agent_name][m] = identity
-            except (TypeError, ValueError, FileNotFoundError) as err:
-                if every and m not in method_settings and agent_name is not None:
-                    not_run[agent_name][m] = str(err)
-                    continue
-                if m in method_settings:
-                    bad(
-                        _setting_place("method_settings", m, method_settings[m], err),
-                        f"method {m!r} refuses its settings: {err}",
-                    )
-                else:
-                    bad(("methods",), f"method {m!r} cannot explain agent {agent_name or ''!r}: {err}")
-                break
-    for m in metrics:
-        try:
-            get_metric(m, **metric_settings.get(m, {}))
-        except (TypeError, ValueError, FileNotFoundError) as err:
-            bad(
-                _setting_place("metric_settings", m, metric_settings.get(m, {}), err),
-                f"metric {m!r} refuses its settings: {err}",
-            )
+                check_method_settings(EXPLAINERS, {m: {key: value}}, "setting")
+            except ValueError as err:
+                bad(("method_settings", m, key), f"method {m!r} refuses its settings: {str(err).split(' ', 1)[1]}")
 
-    if problems:  # in the order of the file
-        raise SpecError(sorted(problems, key=lambda p: int(m.group(1)) if (m := re.match(r"[^:]*:(\d+):", p)) else 0))  # type: ignore[attr-defined]
-    return Spec(
-        name=name,
-        seeds=list(seeds),
-        n_states=numbers["n_states"],
-        threads=numbers["threads"],
-        gallery=numbers["gallery"],
-        store_saliency=store,
-        agents=agents,
-        methods={m: method_settings.get(m, {}) for m in methods},
-        metrics={m: metric_settings.get(m, {}) for m in metrics},
-        not_run=not_run,
-        networks={a: n for a, n in networks.items() if n},
-        text=text,
-        path=str(path) if path else None,
-        models=models,
-    )
+
+def _check_metric_settings(tables: dict[str, dict], bad) -> None:
+    """Each metric built once with its settings: the constructor the jobs call (no model needed)."""
+    from xrl.metrics import get_metric
+
+    for m, settings in tables.items():
+        try:
+            get_metric(m, **settings)
+        except (TypeError, ValueError, FileNotFoundError) as err:
+            bad(setting_place("metric_settings", m, settings, err), f"metric {m!r} refuses its settings: {err}")
 
 
 def network_identity(explainer) -> str:
@@ -367,16 +408,7 @@ def network_identity(explainer) -> str:
     return ";".join(ids)
 
 
-def _fingerprint(model: Model) -> str | None:
-    """The model's weights fingerprint; for one built without its weights, the one its card
-    records (None when it records none)."""
-    try:
-        return model.fingerprint()
-    except ValueError:
-        return None
-
-
-def _setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
+def setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
     """The setting an error message names (``'radus'``, ``step_fraction``), else the table."""
     for key in settings:
         if re.search(rf"\b{re.escape(key)}\b", str(err)):
@@ -449,22 +481,27 @@ def _settings_tables(data: dict, key: str, selected: list[str], bad) -> dict[str
     return out
 
 
-def _agent(
-    raw: dict, i: int, base: Path, bad, models: dict, loaded: list, labels_needed: list[str], load_weights: bool = True
-) -> AgentSpec | None:
-    from xrl.agents.load import load_agent
-    from xrl.data.dataset import StateDataset
-    from xrl.envs import ENVS, make_env
+def _agents(data: dict, base: Path, bad, labels_needed: list[str]) -> list[AgentSpec]:
+    raw_agents = data.get("agents")
+    if not isinstance(raw_agents, list) or not raw_agents or not all(isinstance(a, dict) for a in raw_agents):
+        bad(("agents",), "expected at least one [[agents]] table naming an agent")
+        return []
+    agents: list[AgentSpec] = []
+    for i, raw in enumerate(raw_agents):
+        agent = _agent(raw, i, base, bad, labels_needed)
+        if agent is not None:
+            if agent.name in {a.name for a in agents}:
+                bad(("agents", i, "name"), f"two agents are named {agent.name!r}; give each a distinct name")
+            agents.append(agent)
+    return agents
 
-    place = ("agents", i)
+
+def _agent_keys(raw: dict, place: tuple, bad) -> bool:
+    """The keys of an ``[[agents]]`` table and the types of its plain settings."""
     ok = True
     for key in sorted(set(raw) - _AGENT):
         bad(place + (key,), f"unknown key {key!r} in [[agents]]; known keys: {', '.join(sorted(_AGENT))}")
         ok = False
-    source = raw.get("agent")
-    if not isinstance(source, str) or not source:
-        bad(place, 'every [[agents]] table needs agent = "<zoo name, .zip or .pt path>"')
-        return None
     for key, low in (("episodes", 1), ("max_steps", 1)):
         if key in raw and not _is_int(raw[key], low):
             bad(place + (key,), f"{key} must be an integer >= {low}, got {raw[key]!r}")
@@ -472,24 +509,49 @@ def _agent(
     if "sample" in raw and not isinstance(raw["sample"], bool):
         bad(place + ("sample",), f"sample must be true or false, got {raw['sample']!r}")
         ok = False
-    env_settings = raw.get("env_settings")
-    if env_settings is not None and not isinstance(env_settings, dict):
-        bad(place + ("env_settings",), f"env_settings must be a table, got {env_settings!r}")
+    if raw.get("env_settings") is not None and not isinstance(raw["env_settings"], dict):
+        bad(place + ("env_settings",), f"env_settings must be a table, got {raw['env_settings']!r}")
         ok = False
-    name = raw.get("name", _agent_name(source))
+    name = raw.get("name", _agent_name(raw["agent"]))
     if not _is_word(name):
         bad(place + ("name",), f"name must be a word (letters, digits, _ . -, not only dots), got {name!r}")
         ok = False
+    return ok
 
+
+def agent_header(source: str) -> dict:
+    """What a spec needs to know of an agent, read from its card and header without its weights
+    (``load_agent(weights=False)``; nothing of the file runs): the env it was trained on (name and
+    settings), its input shape and its weights fingerprint (None when its card records none)."""
+    from xrl.agents.load import load_agent
+
+    model = load_agent(source, weights=False)
+    env = model.info.get("env") or {}
+    return {
+        "env": env.get("name"),
+        "env_settings": dict(env.get("settings") or {}),
+        "input_shape": tuple(model.input_shape),
+        "fingerprint": model.info.get("fingerprint"),
+    }
+
+
+def _agent(raw: dict, i: int, base: Path, bad, labels_needed: list[str]) -> AgentSpec | None:
+    from xrl.envs import ENVS
+
+    place = ("agents", i)
+    source = raw.get("agent")
+    if not isinstance(source, str) or not source:
+        bad(place, 'every [[agents]] table needs agent = "<zoo name, .zip or .pt path>"')
+        return None
+    ok = _agent_keys(raw, place, bad)
     path = base / source
     source = str(path) if path.exists() else source
     try:
-        model = load_agent(source, weights=load_weights)
+        header = agent_header(source)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         bad(place + ("agent",), f"cannot load agent {raw['agent']!r}: {err}")
         return None
-    loaded.append(model)
-    trained = (model.info.get("env") or {}).get("name")
+    trained = header["env"]
     env = raw.get("env", trained)
     if env is None:
         bad(place, f'agent {raw["agent"]!r} does not record its env; add env = "<name>"')
@@ -500,74 +562,74 @@ def _agent(
     if trained is not None and env != trained:
         bad(place + ("env",), f"agent {raw['agent']!r} was trained on {trained!r}, not {env!r}")
         ok = False
-
     data = raw.get("data")
-    has_labels = None
     if data is not None:
-        data_path = base / str(data)
-        try:
-            with StateDataset.open(data_path) as ds:
-                if ds.env["name"] != env:
-                    bad(place + ("data",), f"dataset {data} holds {ds.env['name']!r} states, the agent plays {env!r}")
-                    ok = False
-                if tuple(ds.state_shape) != tuple(model.input_shape):
-                    bad(
-                        place + ("data",),
-                        f"dataset {data} holds states of shape {ds.state_shape}, "
-                        f"the agent takes {tuple(model.input_shape)}",
-                    )
-                    ok = False
-                collected_by, mine = (ds.agent or {}).get("fingerprint"), _fingerprint(model)
-                if collected_by and mine and collected_by != mine:
-                    bad(
-                        place + ("data",),
-                        f"dataset {data} was collected by another agent ({(ds.agent or {}).get('source')}, "
-                        f"weights {collected_by}) than {raw['agent']!r} (weights {mine}); its actions are "
-                        "that agent's: collect this agent's states (leave data out)",
-                    )
-                    ok = False
-                has_labels = ds.has_labels
-            data = str(data_path)
-        except (ValueError, FileNotFoundError) as err:
-            bad(place + ("data",), str(err))
-            ok = False
-    elif labels_needed and ok:
-        settings = env_settings if env_settings is not None else (model.info.get("env") or {}).get("settings") or {}
-        try:
-            environment = make_env(env, **settings)
-            _, info = environment.reset(seed=0)
-            environment.close()
-            has_labels = "labels" in info
-        except (TypeError, ValueError) as err:
-            bad(place + ("env_settings",), f"env {env!r} refuses its settings: {err}")
-            ok = False
-    if labels_needed and has_labels is False:
-        bad(
-            ("metrics",),
-            f"{', '.join(labels_needed)} need ground-truth labels, which agent "
-            f'{name!r} ({env}) has none of; drop them or use metrics = "all" '
-            "(metrics without data are then reported as skipped)",
-        )
-        ok = False
+        data = _agent_data(raw, str(data), base, env, header, place, bad, labels_needed)
+        ok = ok and data is not None
     if not ok:
         return None
-    models[name] = model
-    inputs = _fingerprint(model) or "weights not loaded"
-    if data is not None:
-        stat = Path(data).stat()
-        inputs += f";data {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
+    inputs = header["fingerprint"] or "weights not loaded"
     return AgentSpec(
-        name=name,
+        name=raw.get("name", _agent_name(raw["agent"])),
         agent=source,
         env=env,
-        inputs=inputs,
-        env_settings=dict(env_settings)
-        if env_settings is not None
-        else dict((model.info.get("env") or {}).get("settings") or {}),
+        inputs=inputs + (_data_stamp(data) if data is not None else ""),
+        env_settings=dict(raw["env_settings"]) if raw.get("env_settings") is not None else header["env_settings"],
         data=data,
         episodes=raw.get("episodes", 16),
         max_steps=raw.get("max_steps"),
         sample=raw.get("sample", False),
+    )
+
+
+def _data_stamp(data: str) -> str:
+    """What of a given data file enters the jobs' keys: its size and modification time."""
+    stat = Path(data).stat()
+    return f";data {stat.st_size} bytes, mtime {stat.st_mtime_ns}"
+
+
+def _agent_data(
+    raw: dict, data: str, base: Path, env: str, header: dict, place: tuple, bad, labels_needed: list[str]
+) -> str | None:
+    """The path of an agent's ``data`` file once its header fits the agent (env, state shape, the
+    agent that collected it, labels for the metrics named); None when it does not."""
+    from xrl.data.dataset import StateDataset
+
+    place += ("data",)
+    data_path = base / data
+    try:
+        with StateDataset.open(data_path) as ds:
+            problems = []
+            if ds.env["name"] != env:
+                problems.append(f"dataset {data} holds {ds.env['name']!r} states, the agent plays {env!r}")
+            if tuple(ds.state_shape) != header["input_shape"]:
+                problems.append(
+                    f"dataset {data} holds states of shape {ds.state_shape}, the agent takes {header['input_shape']}"
+                )
+            collected_by, mine = (ds.agent or {}).get("fingerprint"), header["fingerprint"]
+            if collected_by and mine and collected_by != mine:
+                problems.append(
+                    f"dataset {data} was collected by another agent ({(ds.agent or {}).get('source')}, "
+                    f"weights {collected_by}) than {raw['agent']!r} (weights {mine}); its actions are "
+                    "that agent's: collect this agent's states (leave data out)"
+                )
+            has_labels = ds.has_labels
+    except (ValueError, FileNotFoundError) as err:
+        bad(place, str(err))
+        return None
+    for problem in problems:
+        bad(place, problem)
+    if labels_needed and not has_labels:
+        bad(("metrics",), labels_missing(labels_needed, raw.get("name", _agent_name(raw["agent"])), env))
+        return None
+    return None if problems else str(data_path)
+
+
+def labels_missing(metrics: list[str], agent: str, env: str) -> str:
+    """The problem of metrics named in a spec that need labels an agent's states lack."""
+    return (
+        f"{', '.join(metrics)} need ground-truth labels, which agent {agent!r} ({env}) has none of; drop them "
+        'or use metrics = "all" (metrics without data are then reported as skipped)'
     )
 
 
