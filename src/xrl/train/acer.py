@@ -44,7 +44,9 @@ The environment is any *tensor vector env*: ``n_envs``, ``n_actions``, ``reset()
 and ``step(actions (n,)) -> (obs, rewards (n,), dones (n,) bool)`` that resets finished episodes
 itself (``obs`` is then the new episode's first observation), plus ``state_dict`` /
 ``load_state_dict`` for resuming. The network maps ``obs (B, D)`` to ``(logits, q) (B, A)`` each.
-Randomness only through the generator seeded with ``seed``.
+Randomness only through the generator seeded with ``seed`` (a CPU generator: the same draws on
+every device). :class:`Acer` computes on its network's device (the env's observations are on it);
+:meth:`Acer.state_dict` is saved with :func:`to_device` ``(..., "cpu")`` and loads on any device.
 """
 
 from __future__ import annotations
@@ -52,10 +54,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
+
+
+def to_device(tree: Any, device: torch.device | str) -> Any:
+    """``tree`` (tensors in nested dicts, lists and tuples, NamedTuples kept) with every tensor
+    moved to ``device``: a checkpoint's state to the CPU before it is saved (it then loads on any
+    machine) and back to the run's device when resumed. A tensor already there is kept as is."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(to_device(v, device) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
 
 
 @dataclass
@@ -361,13 +378,16 @@ class Acer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`, saved on any device: the buffer and the current
+        observations go to the network's device, the bookkeeping and the generator stay on the CPU."""
+        device = next(self.net.parameters()).device
         self.net.load_state_dict(state["net"])
         self.avg.load_state_dict(state["avg"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.generator.set_state(state["generator"])
-        self.load_buffer([Segment(**s) for s in state["buffer"]], state["next_slot"])
-        self.obs, self.updates = state["obs"], state["updates"]
-        self.running = state["running"]
+        self.optimiser.load_state_dict(state["optimiser"])  # torch moves its state to the parameters' device
+        self.generator.set_state(state["generator"].cpu())
+        self.load_buffer([Segment(**to_device(s, device)) for s in state["buffer"]], state["next_slot"])
+        self.obs, self.updates = to_device(state["obs"], device), state["updates"]
+        self.running = state["running"].cpu()
         self.env.load_state_dict(state["env"])
 
     def load_buffer(self, segments: list[Segment], next_slot: int) -> None:

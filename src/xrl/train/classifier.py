@@ -5,6 +5,9 @@
 * :class:`ClassifierArgs` / :func:`train_classifier`: Adam on the shapes dataset
   (``data="shapes"``) or an image folder, a checkpoint per epoch, resumes, the best validation
   accuracy exported as ``classifier.pt`` + card (:func:`xrl.agents.classifier.load_classifier` reads it).
+  ``device`` (``auto``: CUDA when available) holds the network and each batch; the network is
+  initialised and the shuffling drawn on the CPU, checkpoints are saved on the CPU, and a run
+  resumes on any device (the device is not part of the run's settings check).
 
 The model (``ShapesCNN``, torchvision builders, ``trunk_of``) lives in :mod:`xrl.agents.classifier`.
 """
@@ -27,6 +30,8 @@ from tqdm.auto import tqdm
 
 from xrl._version import __version__
 from xrl.agents.classifier import build_net, save_classifier
+from xrl.ops import resolve_device
+from xrl.train.acer import to_device
 from xrl.train.run import Run, check_settings, command, load_tensors
 
 # ------------------------------------------------------------------ image folders
@@ -89,7 +94,7 @@ class ClassifierArgs:
     n_train: int = 4000
     """shapes only: training images"""
     n_val: int = 500
-    """shapes only: validation images (an image folder holds out 10%)"""
+    """shapes only: validation images (an image folder holds out a tenth)"""
     epochs: int = 10
     """passes over the training images"""
     batch_size: int = 64
@@ -98,6 +103,8 @@ class ClassifierArgs:
     """Adam step size"""
     seed: int = 0
     """seed of the data, the initialisation and the shuffling"""
+    device: str = "auto"
+    """auto|cpu|cuda|cuda:N; auto = CUDA when available"""
     progress: bool = True
 
     LIMITS: ClassVar[dict] = {
@@ -110,7 +117,7 @@ class ClassifierArgs:
         "seed": ">=0",
     }
     #: may change between a run and its resumption
-    IGNORED: ClassVar[set] = {"epochs", "progress", "out"}
+    IGNORED: ClassVar[set] = {"epochs", "progress", "out", "device"}
 
 
 def _data(args: ClassifierArgs):
@@ -137,16 +144,23 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     net.eval()
-    scores = torch.cat([net(torch.from_numpy(images[i : i + 256]).float() / 255) for i in range(0, len(images), 256)])
-    truth = torch.as_tensor(labels)
+    device = next(net.parameters()).device
+    scores = torch.cat([net(_batch(images[i : i + 256], device)).cpu() for i in range(0, len(images), 256)])
+    truth = torch.as_tensor(labels, device="cpu")
     if truth.dim() == 2:
         return float(((scores > 0).long() == truth).float().mean())
     return float((scores.argmax(-1) == truth).float().mean())
 
 
+def _batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images ``(B, 3, H, W)`` as floats in [0, 1] on ``device``."""
+    return torch.from_numpy(images).to(device).float() / 255
+
+
 def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a classifier; returns ``out/classifier.pt`` (the best validation accuracy)."""
     check_settings(args)
+    resolve_device(args.device)  # a bad or absent device is refused before anything is written
     x_train, y_train, x_val, y_val, names = _data(args)  # a bad image folder fails before anything is written
     with Run(args.out, dataclasses.asdict(args), ignore=ClassifierArgs.IGNORED, outputs=("classifier.pt",)) as run:
         return _train(args, run, x_train, y_train, x_val, y_val, names, stop_at)
@@ -155,7 +169,8 @@ def train_classifier(args: ClassifierArgs, *, stop_at: int | None = None) -> Pat
 def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names, stop_at) -> Path:
     folder = run.folder
     torch.manual_seed(args.seed)
-    net = build_net(args.arch, len(names))
+    device = resolve_device(args.device)
+    net = build_net(args.arch, len(names)).to(device)  # initialised on the CPU: the same weights on every device
     optimiser = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
     history: dict[str, list] = {"epochs": []}
     start, best = 0, None
@@ -164,7 +179,7 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
     if saved.exists():
         blob = load_tensors(saved)
         net.load_state_dict(blob["net"])
-        optimiser.load_state_dict(blob["optimiser"])
+        optimiser.load_state_dict(blob["optimiser"])  # torch moves its state to the parameters' device
         start, history, best = blob["epoch"], json.loads(blob["history"]), json.loads(blob["best"])
     steps = math.ceil(len(x_train) / args.batch_size)
     bar = tqdm(
@@ -177,11 +192,12 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
     started = time.time()
     for epoch in range(start, args.epochs):
         net.train()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
+        shuffle = torch.Generator(device="cpu").manual_seed(args.seed * 100_003 + epoch)
+        order = torch.randperm(len(x_train), generator=shuffle, device="cpu")
         total = 0.0
         for i, rows in enumerate(torch.tensor_split(order, steps)):
-            x = torch.from_numpy(x_train[rows.numpy()]).float() / 255
-            loss = _loss(net(x), torch.as_tensor(y_train[rows.numpy()]))
+            x = _batch(x_train[rows.numpy()], device)
+            loss = _loss(net(x), torch.as_tensor(y_train[rows.numpy()], device="cpu").to(device))
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
@@ -210,8 +226,8 @@ def _train(args: ClassifierArgs, run: Run, x_train, y_train, x_val, y_val, names
             )
         blob = {
             "epoch": epoch + 1,
-            "net": net.state_dict(),
-            "optimiser": optimiser.state_dict(),
+            "net": to_device(net.state_dict(), "cpu"),  # loads on any device
+            "optimiser": to_device(optimiser.state_dict(), "cpu"),
             "history": json.dumps(history),
             "best": json.dumps(best),
         }

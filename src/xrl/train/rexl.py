@@ -23,6 +23,11 @@ Reads top to bottom:
    end). A progress bar shows the mean return (minus the mean probability along an episode,
    times K^2); ``checkpoint.pt`` every ``checkpoint_every`` updates; the same command resumes to
    the same result (ACER); the agent is exported as ``rexl.pt`` + card.
+
+``device`` (``auto``: CUDA when available) holds the explained model, the agent, the images and
+the episodes (SB3: its own ``device=``); the noise and the episodes' rows are drawn on the CPU
+and moved, checkpoints are saved on the CPU, and a run resumes on any device (the device is not
+part of the run's settings check).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
 from xrl.envs.masking import SCORES, MaskingBatch, check_grid
 from xrl.files import write_json
-from xrl.train.acer import Acer, AcerSettings, settings_of
+from xrl.ops import resolve_device
+from xrl.train.acer import Acer, AcerSettings, settings_of, to_device
 from xrl.train.run import Run, check_settings, command, link, load_tensors, zip_tensors
 
 SB3_ALGOS = ("ppo", "a2c", "dqn")
@@ -97,6 +103,8 @@ class RExLArgs(AcerSettings):
     """data=episodes: episode i is reset with episode_seed + i (keep test seeds outside [episode_seed, episode_seed + episodes))"""
     snapshot_every: int = 0
     """ACER: updates between agents exported to OUT/snapshots/ (a learning curve); 0 = none"""
+    device: str = "auto"
+    """auto|cpu|cuda|cuda:N; auto = CUDA when available"""
     progress: bool = True
 
     LIMITS: ClassVar[dict] = {
@@ -132,19 +140,20 @@ class RExLArgs(AcerSettings):
 # ------------------------------------------------------------------ 1-2. model and images
 
 
-def load_explained(spec: str) -> Model:
+def load_explained(spec: str, device: str | torch.device = "cpu") -> Model:
     """An xrl classifier file, or anything :func:`xrl.load_agent` takes (which dispatches by the
-    file's format marker, :mod:`xrl.artifacts`)."""
+    file's format marker, :mod:`xrl.artifacts`), on ``device``."""
     from xrl.agents.load import load_agent
 
-    return load_agent(spec)
+    return load_agent(spec, device=device)
 
 
 def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """``(images (N, C, H, W), targets (P,), image_of (P,), score)``: float states, the (image,
     class) pairs episodes explain — pair ``p`` explains class ``targets[p]`` of image
     ``image_of[p]`` — and the resolved score. Single-label data: one pair per image
-    (``image_of = arange(N)``); multi-label data: one per present class."""
+    (``image_of = arange(N)``); multi-label data: one per present class. All on the CPU (the
+    model's answers are computed on its device)."""
     labels = None
     if args.data == "shapes":
         from xrl.data import shapes
@@ -179,13 +188,14 @@ def training_images(args: RExLArgs, model: Model) -> tuple[torch.Tensor, torch.T
             raise ValueError(f"{args.data} holds agent states without labels: use --targets argmax")
         present = labels.bool() if multi_label else None
     else:
+        device = next(model.parameters()).device
         with torch.no_grad():
-            logits = torch.cat([model(images[i : i + 256]) for i in range(0, len(images), 256)])
+            logits = torch.cat([model(images[i : i + 256].to(device)).cpu() for i in range(0, len(images), 256)])
         present = torch.sigmoid(logits) > 0.5 if score == "sigmoid" else None
         labels = logits.argmax(-1)
     if present is None:
         targets = labels.long()
-        return images, targets, torch.arange(len(targets)), score
+        return images, targets, torch.arange(len(targets), device="cpu"), score
     image_of, targets = torch.nonzero(present, as_tuple=True)
     if len(targets) == 0:
         raise ValueError(f"no class is present in any image of {args.data} (multi-hot labels or sigmoid > 0.5)")
@@ -219,9 +229,9 @@ def agent_states(args: RExLArgs, model: Model) -> torch.Tensor:
             parts.append(ds.states(np.arange(len(ds))))
     images = torch.cat(parts)
     if len(images) > args.n_images:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed), device="cpu")[
-            : args.n_images
-        ]
+        keep = torch.randperm(
+            len(images), generator=torch.Generator(device="cpu").manual_seed(args.seed), device="cpu"
+        )[: args.n_images]
         images = images[keep.sort().values]
     return images
 
@@ -230,9 +240,9 @@ def episode_rows(
     args: RExLArgs, targets: torch.Tensor, n_classes: int, image_of: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The pairs (indices into ``targets``) episodes are drawn from, by mode."""
-    image_of = torch.arange(len(targets)) if image_of is None else image_of
+    image_of = torch.arange(len(targets), device=targets.device) if image_of is None else image_of
     if args.mode == "ds":
-        return torch.arange(len(targets))
+        return torch.arange(len(targets), device=targets.device)
     if args.mode == "cs":
         if not 0 <= args.target_class < n_classes:
             raise ValueError(
@@ -318,11 +328,16 @@ class MaskingVecEnv:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`, saved on any device: the episodes go to the images'
+        device, the generators stay on the CPU."""
         b = self.batch
-        self.generator.set_state(state["generator"])
-        b.generator.set_state(state["noise_generator"])
-        b.rows, b.targets, b.noise_images, b.masked = state["rows"], state["targets"], state["noise"], state["masked"]
-        b.t, b.states, b.probs = state["t"], state["states"], state["probs"]
+        self.generator.set_state(state["generator"].cpu())
+        b.generator.set_state(state["noise_generator"].cpu())
+        on = to_device(
+            {k: state[k] for k in ("rows", "targets", "noise", "masked", "states", "probs")}, b.images.device
+        )
+        b.rows, b.targets, b.noise_images, b.masked = on["rows"], on["targets"], on["noise"], on["masked"]
+        b.t, b.states, b.probs = state["t"], on["states"], on["probs"]
         b.original = b.images[b.rows]
 
 
@@ -351,7 +366,7 @@ def _check_args(args: RExLArgs, model: Model) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-_IGNORED = {"total_steps", "progress", "out", "checkpoint_every", "snapshot_every"}
+_IGNORED = {"total_steps", "progress", "out", "checkpoint_every", "snapshot_every", "device"}
 #: settings added after runs were recorded, with the value that reproduces those runs
 _ADDED = {"score": "auto", "episodes": 1000, "episode_seed": 100_000, "snapshot_every": 0}
 
@@ -375,8 +390,9 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a RExL agent; returns ``out/rexl.pt``. ``stop_at`` stops after the
     checkpoint of that update (to test resuming)."""
     check_settings(args)
+    device = resolve_device(args.device)  # a bad or absent device is refused before anything is loaded
     with torch.random.fork_rng(devices=[]):
-        model = load_explained(args.model)
+        model = load_explained(args.model, device)
     _check_args(args, model)
     images, targets, image_of, score = training_images(args, model)  # bad data fails before anything is written
     rows = episode_rows(args, targets, model.n_actions, image_of)
@@ -385,7 +401,10 @@ def train_rexl(args: RExLArgs, *, stop_at: int | None = None) -> Path:
 
 
 def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, score, rows, stop_at) -> Path:
+    """The agent (initialised on the CPU, the same weights on every device), the images, pairs
+    and episodes on the model's device, then ACER or SB3 there."""
     run = run_.folder
+    device = next(model.parameters()).device
     for p in model.parameters():
         p.requires_grad_(False)
     classes = sorted(set(targets[rows].tolist())) if args.mode == "ds" else [int(targets[rows[0]])]
@@ -398,8 +417,14 @@ def _train(args: RExLArgs, run_: Run, model: Model, images, targets, image_of, s
         grid=args.grid,
         mode=args.mode,
         classes=classes,
+    ).to(device)
+    # the noise's mean and std computed on the CPU: the same noise on every device
+    mean, std = (images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))) if args.noise == "gaussian" else (None, None)
+    images, targets, rows = images.to(device), targets.to(device), rows.to(device)
+    image_of = image_of.to(device) if image_of is not None else None
+    batch = MaskingBatch(
+        model, images, grid=args.grid, noise=args.noise, seed=args.seed, score=score, mean=mean, std=std
     )
-    batch = MaskingBatch(model, images, grid=args.grid, noise=args.noise, seed=args.seed, score=score)
     record = agent_record(model, batch, args.extractor, args.extractor_seed)
     started = time.time()
     if args.algo == "acer":
@@ -460,7 +485,7 @@ def _acer_loop(args, run, agent, env, stop_at, snapshot=None) -> dict:
         bar.update(per_update)
         bar.set_postfix(mean_return=f"{sum(recent) / max(1, len(recent)):.3f}", entropy=f"{stats['entropy']:.2f}")
         if acer.updates % args.checkpoint_every == 0 or acer.updates == n_updates:
-            blob = {"acer": acer.state_dict(), "history": history}
+            blob = {"acer": to_device(acer.state_dict(), "cpu"), "history": history}  # loads on any device
             run.save(acer.updates, lambda folder: torch.save(blob, folder / "state.pt"))
             if run.checkpointed(history, acer.updates, stop_at):
                 break
@@ -502,7 +527,13 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     env.seed(args.seed)
     algo = {"ppo": PPO, "a2c": A2C, "dqn": DQN}[args.algo]
     learner = algo(
-        "MultiInputPolicy", env, policy_kwargs=_sb3_kwargs(args, Features), seed=args.seed, gamma=args.gamma, verbose=0
+        "MultiInputPolicy",
+        env,
+        policy_kwargs=_sb3_kwargs(args, Features),
+        seed=args.seed,
+        gamma=args.gamma,
+        verbose=0,
+        device=next(agent.parameters()).device,  # the agent's (and the explained model's)
     )
     _load_sb3(learner, run)
     remaining = max(0, args.total_steps - learner.num_timesteps)

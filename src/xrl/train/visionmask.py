@@ -37,6 +37,11 @@ Reads top to bottom:
    (``xrl.metrics``) each epoch; the network with the lowest validation loss is exported (``.pt``
    + card) whenever it improves; ``checkpoint.pt`` after every epoch; the same call resumes to
    the same result; a non-finite loss stops with the last good checkpoint kept.
+
+``device`` (``auto``: CUDA when available) holds the agent, the mask network and each batch; the
+network is initialised on the CPU (the same weights on every device), the shuffling is drawn on
+the CPU, checkpoints are saved on the CPU, and a run resumes on any device (the device is not
+part of the run's settings check).
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ from xrl.data.collect import collect
 from xrl.data.dataset import StateDataset
 from xrl.files import write_json
 from xrl.metrics import get_metric
-from xrl.ops import reference_image
+from xrl.ops import reference_image, resolve_device
+from xrl.train.acer import to_device
 from xrl.train.run import Run, check_settings, command, load_tensors
 
 # ------------------------------------------------------------------ 1. the expert dataset
@@ -248,6 +254,8 @@ class _MaskTrainingArgs:
     """min-max area loss: and at most this fraction"""
     lambda_tv: float = 0.0
     """weight of the total variation of the masks (0: off, the VisionMask paper's default)"""
+    device: str = "auto"
+    """auto|cpu|cuda|cuda:N; auto = CUDA when available"""
 
     LIMITS: ClassVar[dict] = {
         "epochs": ">=1",
@@ -309,8 +317,9 @@ def train_stalder(args: StalderArgs, *, stop_at: int | None = None) -> Path:
 def _train(args, method: str, losses: Callable, stop_at: int | None) -> Path:
     check_settings(args)
     _check_args(args)
+    device = resolve_device(args.device)  # a bad or absent device is refused before anything is loaded
     with torch.random.fork_rng(devices=[]):  # building the SB3 policy draws from the global RNG
-        model = load_agent(args.agent)
+        model = load_agent(args.agent, device=device)
     raw, targets, split = _expert_data(args, model)
     with Run(
         args.out, {"method": method, **dataclasses.asdict(args)}, ignore=_IGNORED, outputs=(f"{method}.pt",)
@@ -330,6 +339,7 @@ def _fit(
     split: dict,
 ) -> Path:
     run = run_.folder
+    device = next(model.parameters()).device
     for p in model.parameters():  # the agent is frozen: gradients flow to the masks only
         p.requires_grad_(False)
     model.eval()
@@ -345,14 +355,14 @@ def _fit(
             method=method,
         )
         start = {"network": network, "epoch": 0, "history": {"epochs": []}, "best": None, "optimiser": None}
-    network = start["network"]
+    network = start["network"].to(device)  # built on the CPU: the same initial weights on every device
     optimiser = torch.optim.Adam(network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     if start["optimiser"] is not None:
         optimiser.load_state_dict(start["optimiser"])
     history, best, last_good = start["history"], start["best"], start["epoch"]
 
     def states_of(rows: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(raw[rows.numpy()]).float() / model.obs_scale
+        return torch.from_numpy(raw[rows.numpy()]).to(device).float() / model.obs_scale
 
     train_rows = torch.as_tensor(split["train"])
     steps_per_epoch = math.ceil(len(train_rows) / args.batch_size)  # batches of near-equal size (no batch of 1
@@ -367,13 +377,15 @@ def _fit(
     started = time.time()
     for epoch in range(start["epoch"], args.epochs):
         epoch_seed = args.seed * 100_003 + epoch
-        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(epoch_seed))]
+        shuffle = torch.Generator(device="cpu").manual_seed(epoch_seed)
+        order = train_rows[torch.randperm(len(train_rows), generator=shuffle, device="cpu")]
         network.train()
         sums: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[]):  # dropout (fcn, deeplabv3) seeded per epoch: resumable,
-            torch.manual_seed(epoch_seed)  # and the caller's global RNG is left as it was
+        # dropout (fcn, deeplabv3) seeded per epoch: resumable, and the caller's global RNG is left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(epoch_seed)
             for step, rows in enumerate(torch.tensor_split(order, steps_per_epoch)):
-                terms = losses(model, network, states_of(rows), targets[rows], args)
+                terms = losses(model, network, states_of(rows), targets[rows].to(device), args)
                 values = {k: v.item() for k, v in terms.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     bar.close()
@@ -419,16 +431,17 @@ def _validate(
     model: Model, network: MaskNetwork, rows: np.ndarray, raw: np.ndarray, targets: torch.Tensor, args, losses: Callable
 ) -> dict[str, float]:
     """Mean loss terms and the ``accuracy`` metric of the targets' masks on the validation rows."""
+    device = next(network.parameters()).device
     network.eval()
     accuracy = get_metric("accuracy", normalize="none", **substrate_settings(network))
     sums: dict = {}
     n = 0
     for start in range(0, len(rows), args.batch_size):
-        chunk = torch.as_tensor(rows[start : start + args.batch_size])
-        x = torch.from_numpy(raw[chunk.numpy()]).float() / model.obs_scale
-        t = targets[chunk]
+        chunk = torch.as_tensor(rows[start : start + args.batch_size], device="cpu")
+        x = torch.from_numpy(raw[chunk.numpy()]).to(device).float() / model.obs_scale
+        t = targets[chunk].to(device)
         terms = {k: v.item() * len(chunk) for k, v in losses(model, network, x, t, args).items()}
-        maps = network.masks(x)[torch.arange(len(x)), t]  # (b, H, W)
+        maps = network.masks(x)[torch.arange(len(x), device=device), t]  # (b, H, W)
         terms["accuracy"] = accuracy(model=model, states=x, saliency=maps, targets=t).sum().item()  # type: ignore[union-attr]
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -472,7 +485,8 @@ def _check_args(args) -> None:
 def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str, np.ndarray]]:
     """Raw uint8 states ``(N, C, H, W)``, targets ``(N,)`` and the split, from ``args.data``
     (collected with the agent when absent). A dataset of another env, other env settings or
-    another agent is refused."""
+    another agent is refused. The targets are on the CPU (the agent's answers computed on its
+    device)."""
     data = Path(args.data)
     if not data.exists():
         collect(
@@ -496,33 +510,35 @@ def _expert_data(args, model: Model) -> tuple[np.ndarray, torch.Tensor, dict[str
                 "VisionMask learns from the explained agent's own rollouts: collect them with it"
             )
         raw = ds.raw_states()
-        actions = torch.as_tensor(ds.actions, dtype=torch.long)
+        actions = torch.as_tensor(ds.actions, dtype=torch.long, device="cpu")
     if tuple(raw.shape[1:]) != tuple(model.input_shape):
         raise ValueError(f"the dataset's states are {tuple(raw.shape[1:])}, the agent takes {tuple(model.input_shape)}")
     if args.targets == "action":
         targets = actions
     else:
+        device = next(model.parameters()).device
         with torch.no_grad():
             targets = torch.cat(
                 [
-                    model(torch.from_numpy(raw[i : i + 256]).float() / model.obs_scale).argmax(-1)
+                    model(torch.from_numpy(raw[i : i + 256]).to(device).float() / model.obs_scale).argmax(-1).cpu()
                     for i in range(0, len(raw), 256)
                 ]
             )
     return raw, targets, split_indices(len(raw), args.seed)
 
 
-_IGNORED = {"epochs", "progress", "out"}  # may change between a run and its resumption
+_IGNORED = {"epochs", "progress", "out", "device"}  # may change between a run and its resumption
 
 
 def _save(
     run: Run, network: MaskNetwork, optimiser: torch.optim.Optimizer, epoch: int, history: dict, best: dict | None
 ) -> None:
-    """Everything needed to continue exactly (the shuffling and dropout are seeded per epoch)."""
+    """Everything needed to continue exactly (the shuffling and dropout are seeded per epoch), on
+    the CPU: it loads on any device."""
     blob = {
         "epoch": epoch,
-        "network": network.state_dict(),
-        "optimiser": optimiser.state_dict(),
+        "network": to_device(network.state_dict(), "cpu"),
+        "optimiser": to_device(optimiser.state_dict(), "cpu"),
         "agent": network.agent,
         "arch": network.arch,
         "reference": network.reference,
