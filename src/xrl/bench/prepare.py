@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from xrl.agents.model import Model
-from xrl.bench.spec import AgentSpec, Spec, SpecError, labels_missing, network_identity, setting_place
+from xrl.bench.spec import AgentSpec, Spec, SpecError, labels_missing, setting_place
 
 
 def prepare(spec: Spec, *, here: bool = True) -> tuple[Spec, dict[str, Model]]:
@@ -80,6 +80,32 @@ def _check_methods(spec: Spec, models: dict[str, Model], bad) -> tuple[dict, dic
             if identity:
                 networks[agent.name][m] = identity
     return not_run, networks
+
+
+def network_identity(explainer) -> str:
+    """The weights fingerprints of the trained networks ``explainer`` runs (a mask network's
+    ``network_source``, RExL's ``agent_paths``), ``;``-joined in its order; "" when it runs none
+    (or was handed a network object, which has no file). Each is the fingerprint its card records
+    when the card's sha256 is the file's (the card belongs to these bytes), else ``sha256:`` and
+    the file's own hash (a network without a card, or one overwritten without a new card)."""
+    from xrl.artifacts import ArtifactError, read_card, sha256
+
+    files = []
+    source = getattr(explainer, "network_source", None)
+    if isinstance(source, str) and source != "given":
+        files.append(source)
+    files += [str(p) for p in getattr(explainer, "agent_paths", None) or []]
+    ids = []
+    for f in files:
+        digest = sha256(f)
+        try:
+            card = read_card(f)
+        except ArtifactError:
+            card = {}
+        ids.append(
+            card["fingerprint"] if card.get("fingerprint") and card.get("sha256") == digest else f"sha256:{digest[:16]}"
+        )
+    return ";".join(ids)
 
 
 def _check_labels(spec: Spec, bad) -> None:

@@ -114,7 +114,7 @@ class Job:
     network: str = ""
     """for a learned explainer (VisionMask, Stalder Explainer, RExL), the weights fingerprint of
     every network it runs, whether named in its settings or found in the zoo by the agent's
-    fingerprint (:func:`network_identity`): a retrained network makes another key; "" for the rest"""
+    fingerprint (:func:`xrl.bench.prepare.network_identity`): a retrained network makes another key; "" for the rest"""
 
     @property
     def id(self) -> str:
@@ -151,7 +151,7 @@ class Spec:
     """``{agent: {method: why}}``: methods of ``methods = "all"`` that cannot explain that agent"""
     networks: dict[str, dict[str, str]] = field(default_factory=dict)
     """``{agent: {method: fingerprints}}``: the networks learned explainers run for that agent
-    (:func:`network_identity`), part of their jobs' keys"""
+    (:func:`xrl.bench.prepare.network_identity`), part of their jobs' keys"""
     text: str | None = None
     path: str | None = None
     device: str = "auto"
@@ -380,32 +380,6 @@ def _check_metric_settings(tables: dict[str, dict], bad) -> None:
             get_metric(m, **settings)
         except (TypeError, ValueError, FileNotFoundError) as err:
             bad(setting_place("metric_settings", m, settings, err), f"metric {m!r} refuses its settings: {err}")
-
-
-def network_identity(explainer) -> str:
-    """The weights fingerprints of the trained networks ``explainer`` runs (a mask network's
-    ``network_source``, RExL's ``agent_paths``), ``;``-joined in its order; "" when it runs none
-    (or was handed a network object, which has no file). Each is the fingerprint its card records
-    when the card's sha256 is the file's (the card belongs to these bytes), else ``sha256:`` and
-    the file's own hash (a network without a card, or one overwritten without a new card)."""
-    from xrl.artifacts import ArtifactError, read_card, sha256
-
-    files = []
-    source = getattr(explainer, "network_source", None)
-    if isinstance(source, str) and source != "given":
-        files.append(source)
-    files += [str(p) for p in getattr(explainer, "agent_paths", None) or []]
-    ids = []
-    for f in files:
-        digest = sha256(f)
-        try:
-            card = read_card(f)
-        except ArtifactError:
-            card = {}
-        ids.append(
-            card["fingerprint"] if card.get("fingerprint") and card.get("sha256") == digest else f"sha256:{digest[:16]}"
-        )
-    return ";".join(ids)
 
 
 def setting_place(table: str, name: str, settings: dict, err: Exception) -> tuple:
