@@ -53,11 +53,11 @@ def make(trainer: str, inputs: Path, out: Path, **kw):
 
         cls, train = (VisionMaskArgs, train_visionmask) if trainer == "visionmask" else (StalderArgs, train_stalder)
         settings = dict(agent=AGENT, data=str(inputs / "rfg.h5"), epochs=3, batch_size=16, progress=False)
-        return cls(out=str(out), **{**settings, **kw}), train  # type: ignore[arg-type]
+        return cls(out=str(out), **{**settings, **kw}), train
     from xrl.train.classifier import ClassifierArgs, train_classifier
 
     settings = dict(size=16, n_train=48, n_val=16, batch_size=16, epochs=3, progress=False)
-    return ClassifierArgs(out=str(out), **{**settings, **kw}), train_classifier  # type: ignore[arg-type]
+    return ClassifierArgs(out=str(out), **{**settings, **kw}), train_classifier
 
 
 def state(path: Path) -> dict:
