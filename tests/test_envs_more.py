@@ -101,9 +101,12 @@ def test_missing_extra_names_the_extra_to_install(name, monkeypatch):
 
 
 def test_envs_command_says_which_extras_are_installed(capsys, monkeypatch):
-    from xrl import cli, envs
+    from xrl import cli
+    from xrl.envs import registry
 
-    monkeypatch.setattr(envs.importlib.util, "find_spec", lambda module: None if module == "highway_env" else object())
+    monkeypatch.setattr(
+        registry.importlib.util, "find_spec", lambda module: None if module == "highway_env" else object()
+    )
     assert cli.main(["envs"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["highway-fast"].endswith("[extra highway: NOT installed]")

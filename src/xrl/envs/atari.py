@@ -64,11 +64,13 @@ Example::
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import gymnasium as gym
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, ReshapeObservation
 
-from xrl.envs import ENVS, FAMILIES, atari_objects
+from xrl.envs import atari_objects
+from xrl.envs.registry import ENVS, FAMILIES
 
 SCREEN_SIZE = 84
 FRAME_SKIP = 4
@@ -133,89 +135,93 @@ def make_atari(
     the resolved settings are stored in ``env.unwrapped.xrl_spec``.
     """
     env_id = ale_id(name, version)
-    if sticky_actions is None:
-        sticky_actions = _DEFAULT_STICKY[version]
-    if frame_stack_padding is None:
-        frame_stack_padding = _DEFAULT_PADDING[version]
-    for key, value in (
-        ("sticky_actions", sticky_actions),
-        ("full_action_space", full_action_space),
-        ("terminal_on_life_loss", terminal_on_life_loss),
-        ("labels", labels),
-        ("infinite", infinite),
-    ):
-        if not isinstance(value, bool):
-            raise TypeError(f"{key} must be a bool, got {value!r}")
-    for key, number, low in (("frame_stack", frame_stack, 1), ("noop_max", noop_max, 0)):
+    settings: dict[str, Any] = {
+        "version": version,
+        "sticky_actions": _DEFAULT_STICKY[version] if sticky_actions is None else sticky_actions,
+        "full_action_space": full_action_space,
+        "frame_stack": frame_stack,
+        "noop_max": noop_max,
+        "terminal_on_life_loss": terminal_on_life_loss,
+        "frame_stack_padding": _DEFAULT_PADDING[version] if frame_stack_padding is None else frame_stack_padding,
+        "labels": labels,
+        "infinite": infinite,
+    }
+    _check_settings(name, settings)
+    env = _ale_env(env_id, settings)
+    env = _preprocessed(env, settings)
+    env = FrameStackObservation(env, frame_stack, padding_type=settings["frame_stack_padding"])  # (S, 84, 84)
+    if labels and name in atari_objects.PIXEL_GAMES:
+        env = atari_objects.PixelLabels(env, name, frame_stack=frame_stack)
+    elif labels:
+        env = atari_objects.ObjectLabels(env, name, frame_stack=frame_stack)
+    env.unwrapped.xrl_spec = {"name": name, "settings": settings}
+    return env
+
+
+def _check_settings(name: str, settings: dict) -> None:
+    """Refuse settings of the wrong type or range, and labels or ``infinite`` for a game without them."""
+    for key in ("sticky_actions", "full_action_space", "terminal_on_life_loss", "labels", "infinite"):
+        if not isinstance(settings[key], bool):
+            raise TypeError(f"{key} must be a bool, got {settings[key]!r}")
+    for key, low in (("frame_stack", 1), ("noop_max", 0)):
+        number = settings[key]
         if isinstance(number, bool) or not isinstance(number, int) or number < low:
             raise ValueError(f"{key} must be an int >= {low}, got {number!r}")
-    if frame_stack_padding not in ("reset", "zero"):
-        raise ValueError(f"frame_stack_padding must be 'reset' or 'zero', got {frame_stack_padding!r}")
+    if settings["frame_stack_padding"] not in ("reset", "zero"):
+        raise ValueError(f"frame_stack_padding must be 'reset' or 'zero', got {settings['frame_stack_padding']!r}")
     labelled = sorted([*atari_objects.GAMES, *atari_objects.PIXEL_GAMES])
-    if labels and name not in labelled:
+    if settings["labels"] and name not in labelled:
         raise ValueError(f"labels=True: RAM ground truth exists for {', '.join(labelled)}, not {name!r}")
-    if infinite and name != "breakout":
+    if settings["infinite"] and name != "breakout":
         raise ValueError(f"infinite=True is BreakoutInfinite; it applies to breakout, not {name!r}")
+
+
+def _ale_env(env_id: str, settings: dict) -> gym.Env:
+    """The ALE env ``env_id`` at every frame (no frame skip), rendering RGB; BreakoutInfinite when asked."""
     _register_ale()
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
         raise ValueError(f"{env_id} is not registered; is ale-py (which ships the ROMs) installed?") from err
-
     env = gym.make(
         env_id,
-        frameskip=1,  # frame skipping is done (with max-pooling) by the preprocessing below
-        repeat_action_probability=_STICKY_PROBABILITY if sticky_actions else 0.0,
-        full_action_space=full_action_space,
+        frameskip=1,  # frame skipping is done (with max-pooling) by the preprocessing (_preprocessed)
+        repeat_action_probability=_STICKY_PROBABILITY if settings["sticky_actions"] else 0.0,
+        full_action_space=settings["full_action_space"],
         render_mode="rgb_array",
     )
-    if infinite:
+    if settings["infinite"]:
         env = atari_objects.BreakoutInfinite(env)  # frame level: the score is checked every frame
-    if version == "v5":
-        env = AtariPreprocessing(
+    return env
+
+
+def _preprocessed(env: gym.Env, settings: dict) -> gym.Env:
+    """Frame skip 4 with max-pooling, no-op starts, 84×84 grayscale ``(84, 84)``: gymnasium's
+    ``AtariPreprocessing`` for v5, SB3's ``AtariWrapper`` for v4."""
+    if settings["version"] == "v5":
+        return AtariPreprocessing(
             env,
-            noop_max=noop_max,
+            noop_max=settings["noop_max"],
             frame_skip=FRAME_SKIP,
             screen_size=SCREEN_SIZE,
-            terminal_on_life_loss=terminal_on_life_loss,
+            terminal_on_life_loss=settings["terminal_on_life_loss"],
             grayscale_obs=True,
         )  # (84, 84)
-    else:
-        # SB3 itself, not a re-implementation: its grayscale and FIRE reset differ from gymnasium's.
-        from xrl.compat import quiet_old_gym
+    # SB3 itself, not a re-implementation: its grayscale and FIRE reset differ from gymnasium's.
+    from xrl.compat import quiet_old_gym
 
-        quiet_old_gym()
-        from stable_baselines3.common.atari_wrappers import AtariWrapper
+    quiet_old_gym()
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
 
-        env = AtariWrapper(
-            env,
-            noop_max=noop_max,
-            frame_skip=FRAME_SKIP,
-            screen_size=SCREEN_SIZE,
-            terminal_on_life_loss=terminal_on_life_loss,
-            clip_reward=False,
-        )  # (84, 84, 1)
-        env = ReshapeObservation(env, (SCREEN_SIZE, SCREEN_SIZE))
-    env = FrameStackObservation(env, frame_stack, padding_type=frame_stack_padding)  # (S, 84, 84)
-    if labels and name in atari_objects.PIXEL_GAMES:
-        env = atari_objects.PixelLabels(env, name, frame_stack=frame_stack)
-    elif labels:
-        env = atari_objects.ObjectLabels(env, name, frame_stack=frame_stack)
-    env.unwrapped.xrl_spec = {
-        "name": name,
-        "settings": {
-            "version": version,
-            "sticky_actions": sticky_actions,
-            "full_action_space": full_action_space,
-            "frame_stack": frame_stack,
-            "noop_max": noop_max,
-            "terminal_on_life_loss": terminal_on_life_loss,
-            "frame_stack_padding": frame_stack_padding,
-            "labels": labels,
-            "infinite": infinite,
-        },
-    }
-    return env
+    env = AtariWrapper(
+        env,
+        noop_max=settings["noop_max"],
+        frame_skip=FRAME_SKIP,
+        screen_size=SCREEN_SIZE,
+        terminal_on_life_loss=settings["terminal_on_life_loss"],
+        clip_reward=False,
+    )  # (84, 84, 1)
+    return ReshapeObservation(env, (SCREEN_SIZE, SCREEN_SIZE))
 
 
 def action_names(env: gym.Env) -> list[str]:

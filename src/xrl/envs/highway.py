@@ -28,8 +28,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from xrl.envs import ENVS, EXTRAS, FAMILIES, import_extra, screens
+from xrl.envs import screens
 from xrl.envs.labels import EXCLUDED, IMPORTANT, LabelsInInfo
+from xrl.envs.registry import ENVS, EXTRAS, FAMILIES, import_extra
 
 NAME = "highway-fast"
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)

@@ -36,7 +36,8 @@ import io
 import gymnasium as gym
 import numpy as np
 
-from xrl.envs import ENVS, EXTRAS, FAMILIES, import_extra, screens
+from xrl.envs import screens
+from xrl.envs.registry import ENVS, EXTRAS, FAMILIES, import_extra
 
 NAME = "mario"
 FRAME_SKIP = 4

@@ -34,7 +34,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import FrameStackObservation
 
-from xrl.envs import ENVS, EXTRAS, FAMILIES, import_extra, screens
+from xrl.envs import screens
+from xrl.envs.registry import ENVS, EXTRAS, FAMILIES, import_extra
 
 SCENARIOS = {"vizdoom-basic": "basic.cfg", "vizdoom-defend-the-center": "defend_the_center.cfg"}
 RESOLUTIONS = ("160x120", "320x240", "640x480")
