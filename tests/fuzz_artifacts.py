@@ -215,15 +215,15 @@ def checkpoint(out: Path) -> list[dict]:
 
 
 def reproduce_rows(out: Path) -> list[dict]:
-    from xrl.reproduce.core import Run, Target
+    from xrl.reproduce.core import Target, TargetRun
 
     target = Target(name="fuzz", paper="xrl", claim="", reruns="", settings={"seed": 0}, quick={}, run=lambda run: None)
     value = {"auc": [0.5, 0.25], "n": 3, "label": "deletion"}
-    run = Run(target, out / "repro", {"seed": 0}, progress=False)
+    run = TargetRun(target, out / "repro", {"seed": 0}, progress=False)
     run.row("deletion", lambda: value)
 
     def load():
-        return Run(target, out / "repro", {"seed": 0}, progress=False).row("deletion", lambda: value)
+        return TargetRun(target, out / "repro", {"seed": 0}, progress=False).row("deletion", lambda: value)
 
     return [fuzz("reproduce row", out / "repro" / "rows" / "deletion.json", load, 9)]
 

@@ -246,7 +246,7 @@ def test_digr_targets_on_another_teacher_say_so(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(digr, "table1", lambda run, agents, s, *, paper: seen.update(paper=paper, agents=list(agents)))
     pong = {"teacher": "pong", "student": "pong-nature-cnn-1m-0", "distilled": None}
-    run = core.Run(
+    run = core.TargetRun(
         TARGETS.get("digr-table1"),
         tmp_path / "t1",
         TARGETS.get("digr-table1").resolved(pong, quick=True),
@@ -258,7 +258,7 @@ def test_digr_targets_on_another_teacher_say_so(tmp_path, monkeypatch):
         "on pong (not the paper's Red-Fetch-Green): the teacher `pong`, DIGR student `pong-nature-cnn-1m-0`;"
     )
     assert any("no paper numbers" in n for n in run.notes)
-    rfg = core.Run(
+    rfg = core.TargetRun(
         TARGETS.get("digr-table1"),
         tmp_path / "t2",
         TARGETS.get("digr-table1").resolved({"distilled": None}, quick=True),

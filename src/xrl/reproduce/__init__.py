@@ -12,8 +12,8 @@ into an output folder. The ledger of what was reproduced is ``docs/reproduction.
 from __future__ import annotations
 
 from xrl.reproduce import analyses, digr, fls, rexl, visionmask
-from xrl.reproduce.core import PAPERS, Run, Target, load_targets, paired_interval, run_target
+from xrl.reproduce.core import PAPERS, Target, TargetRun, load_targets, paired_interval, run_target
 
 TARGETS = load_targets({**digr.RUNS, **visionmask.RUNS, **rexl.RUNS, **fls.RUNS, **analyses.RUNS})
 
-__all__ = ["TARGETS", "PAPERS", "Run", "Target", "paired_interval", "run_target"]
+__all__ = ["TARGETS", "PAPERS", "Target", "TargetRun", "paired_interval", "run_target"]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xrl.reproduce.core import Run, nanmean
+from xrl.reproduce.core import TargetRun, nanmean
 
 
-def run_rise_coverage(run: Run) -> None:
+def run_rise_coverage(run: TargetRun) -> None:
     import torch
     from scipy.stats import spearmanr
 
@@ -61,7 +61,7 @@ def run_rise_coverage(run: Run) -> None:
     )
 
 
-def run_zoo_baselines(run: Run) -> None:
+def run_zoo_baselines(run: TargetRun) -> None:
     import torch
 
     from xrl.agents.load import load_agent
@@ -129,7 +129,7 @@ def run_zoo_baselines(run: Run) -> None:
     )
 
 
-def run_digr_snapshots(run: Run) -> None:
+def run_digr_snapshots(run: TargetRun) -> None:
     import torch
 
     from xrl.agents.load import load_agent

@@ -4,12 +4,12 @@ A *target* (:class:`Target`) re-runs one table or figure of a paper on zoo agent
 is declared in ``targets.json`` beside this file (its claim, what it re-runs, its full and quick
 settings, how long it took here); its ``run`` function lives in the paper's module, which lists
 it in ``RUNS``, and :func:`load_targets` binds the two. The ``run`` function receives a
-:class:`Run` and computes the table row by row with :meth:`Run.row`: each row is a JSON file
+:class:`TargetRun` and computes the table row by row with :meth:`TargetRun.row`: each row is a JSON file
 in ``<out>/rows/`` written atomically when it finishes, holding a key that hashes the target,
 its settings and the row's name. Running the same command again reuses every row
 whose key matches, so a killed run goes on where it stopped and a changed setting recomputes the
 rows it changes. Data a target collects goes to ``<out>/data/`` (``collect`` itself resumes).
-At the end :meth:`Run.table` writes each table as Markdown, CSV and JSON, figures are PNG files
+At the end :meth:`TargetRun.table` writes each table as Markdown, CSV and JSON, figures are PNG files
 beside them, and ``<out>/summary.md`` + ``<out>/run.json`` record the settings, the command and
 the wall time.
 
@@ -63,7 +63,7 @@ class Target:
     """the full budget (every setting with its default)"""
     quick: dict
     """settings laid over ``settings`` by ``--quick``"""
-    run: Callable[[Run], None]
+    run: Callable[[TargetRun], None]
     measured: str = "not measured yet"
     """how long the full budget took here, and under which load (``--list`` prints it)"""
     docs: str = ""
@@ -88,8 +88,9 @@ class Target:
         return settings
 
 
-class Run:
-    """One run of a target into ``out``: resumable rows, data, tables and figures."""
+class TargetRun:
+    """One run of a target into ``out``: resumable rows, data, tables and figures (what a
+    target's ``run`` function receives)."""
 
     def __init__(
         self, target: Target, out: str | os.PathLike, settings: dict, *, quick: bool = False, progress: bool = True
@@ -228,7 +229,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _row_done(run: Run, name: str) -> None:
+def _row_done(run: TargetRun, name: str) -> None:
     """Called after every row is written (the tests replace it to inject a kill)."""
 
 
@@ -240,18 +241,18 @@ def run_target(
     overrides: Mapping | None = None,
     progress: bool = True,
     command: str | None = None,
-) -> Run:
+) -> TargetRun:
     """Run (or resume) ``target`` into ``out`` and write ``summary.md`` and ``run.json``."""
 
     settings = target.resolved(overrides, quick=quick)
-    run = Run(target, out, settings, quick=quick, progress=progress)
+    run = TargetRun(target, out, settings, quick=quick, progress=progress)
     with FolderLock(run.out / ".lock", str(run.out), "wait for it to finish or use another --out"):
         return _run_locked(target, run, settings, quick, overrides, progress, command)
 
 
 def _run_locked(
-    target: Target, run: Run, settings: dict, quick: bool, overrides, progress: bool, command: str | None
-) -> Run:
+    target: Target, run: TargetRun, settings: dict, quick: bool, overrides, progress: bool, command: str | None
+) -> TargetRun:
     """:func:`run_target` once it holds the output folder's lock (one run at a time per folder)."""
     import torch
 
@@ -360,7 +361,10 @@ def _flag(value: Any) -> str:
 
 
 @dataclass
-class Registry:
+class Targets:
+    """The declared targets by name (``xrl.reproduce.TARGETS``, made by :func:`load_targets`); ``get``
+    of an unknown name lists the known ones."""
+
     targets: dict[str, Target] = field(default_factory=dict)
 
     def add(self, target: Target) -> Target:
@@ -379,7 +383,7 @@ TARGET_KEYS = {"name", "paper", "claim", "reruns", "settings", "quick", "measure
 REQUIRED_KEYS = {"name", "paper", "claim", "reruns", "settings", "quick"}
 
 
-def load_targets(runs: Mapping[str, Callable[[Run], None]], path: str | os.PathLike | None = None) -> Registry:
+def load_targets(runs: Mapping[str, Callable[[TargetRun], None]], path: str | os.PathLike | None = None) -> Targets:
     """The registry of the targets declared in ``targets.json`` (or ``path``), each bound to its
     run function in ``runs`` (target name -> function); a declaration without a run, a run
     without a declaration, or a malformed declaration is an error that names it."""
@@ -391,7 +395,7 @@ def load_targets(runs: Mapping[str, Callable[[Run], None]], path: str | os.PathL
         raise ValueError(f"{path}: not a readable JSON list of reproduce targets ({err})") from None
     if not isinstance(declared, list):
         raise ValueError(f"{path}: expected a JSON list of target objects, got {type(declared).__name__}")
-    registry = Registry()
+    registry = Targets()
     for i, entry in enumerate(declared):
         name = entry.get("name", "unnamed") if isinstance(entry, dict) else repr(entry)
         where = f"{path}: target {i} ({name})"

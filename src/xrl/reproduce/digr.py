@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import TargetRun, format_interval, nanmean, paired_interval
 
 # Table 1 of the paper: important, unimportant, AUC
 PAPER_TABLE1 = {
@@ -70,7 +70,7 @@ def _agents(s: dict) -> dict:
 LABEL_SETTINGS = {"cars": True}
 
 
-def _states(run: Run, teacher, labels: str, s: dict):
+def _states(run: TargetRun, teacher, labels: str, s: dict):
     """States, actions, labels and frames of the labelled test states (``labels``: objects, cells
     on Red-Fetch-Green; cars on highway-fast)."""
     from xrl.data.dataset import StateDataset
@@ -97,17 +97,42 @@ def _states(run: Run, teacher, labels: str, s: dict):
 
 
 def _maps(model, method, settings, target, states, actions):
-    from xrl.explainers import get_explainer
+    """The maps of one method on ``states`` in one batch, with its explainer
+    (:func:`xrl.pipeline.explain`); ``target``: the method's own (DIGR's), else the actions."""
+    from xrl.pipeline import explain
 
-    explainer = get_explainer(method, model, **settings)
-    return explainer, explainer.explain(states, target if target is not None else actions)
+    return explain(model, states, {method: settings}, target if target is not None else actions, batch_size=len(states))
+
+
+def _localization_row(model, method, settings, target, states, actions, label_maps, time_repeats: int) -> dict:
+    """One row of Table 1: the method's maps scored by ``localization`` against ``label_maps`` and
+    its seconds per map (``time_per_map`` on the first 8 states), through :mod:`xrl.pipeline`."""
+    from xrl.pipeline import score
+
+    maps = _maps(model, method, settings, target, states, actions)
+    located = score(model, states, maps, ["localization"], labels=label_maps, batch_size=len(states))
+    n = min(8, len(states))
+    timed = score(
+        model,
+        states[:n],
+        {method: maps[method][:n]},
+        {"time_per_map": {"repeats": time_repeats}},
+        target if target is not None else actions[:n],
+        explainers=maps.explainers,
+        batch_size=n,
+    )
+    values = located.values[method]
+    return {
+        **{out: values[f"localization.{out}"] for out in ("auc", "important", "unimportant")},
+        "seconds_per_map": timed.values[method]["time_per_map"][0],
+    }
 
 
 #: the environment of the paper's Table 1 (its Fig. 8 adds CARLA; it has neither on Breakout)
 PAPER_ENV = "red-fetch-green"
 
 
-def _other_teacher(run: Run, agents: dict) -> bool:
+def _other_teacher(run: TargetRun, agents: dict) -> bool:
     """True when the teacher does not play the paper's Red-Fetch-Green: the summary then names
     the agents given instead of the target's zoo Red-Fetch-Green text."""
     env = agents["teacher"].info["env"]["name"]
@@ -127,7 +152,7 @@ def _other_teacher(run: Run, agents: dict) -> bool:
     return True
 
 
-def run_table1(run: Run) -> None:
+def run_table1(run: TargetRun) -> None:
     agents = _agents(run.settings)
     other = _other_teacher(run, agents)
     if other:
@@ -138,19 +163,26 @@ def run_table1(run: Run) -> None:
     table1(run, agents, run.settings, paper={} if other else PAPER_TABLE1)
 
 
-def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
+def table1(run: TargetRun, agents: dict, s: dict, *, paper: dict) -> None:
     """Table 1, Fig. 3, Fig. 9 and the agents' returns for ``agents`` (``teacher`` first, then
     students) on the teacher's labelled states; ``paper``: the paper's rows to print beside ours
     (empty when the paper has none for this task)."""
-    from xrl.metrics import get_metric
+    table, per_state, first = _table1_rows(run, agents, s)
+    _write_table1(run, table, per_state, s, paper, n_states=len(first[0]))
+    _fig3(run, agents, s, first)
+    _fig9(run, agents)
+    _behaviour(run, agents, s)
 
-    teacher = agents["teacher"]
-    localization = get_metric("localization")
+
+def _table1_rows(run: TargetRun, agents: dict, s: dict) -> tuple[dict, dict, tuple]:
+    """``(table, per_state, first)``: a row per (agent, method) with its mean AUC per labelling
+    (and, for the first, important, unimportant, seconds per map), each state's AUC per row and
+    labelling, and the first labelling's ``(rows, states, actions, frames)``."""
     per_state: dict[str, dict[str, list]] = {}
     table: dict[tuple[str, str], dict] = {}
     first = None
     for labels in s["labels"]:
-        rows, states, actions, label_maps, frames = _states(run, teacher, labels, s)
+        rows, states, actions, label_maps, frames = _states(run, agents["teacher"], labels, s)
         if first is None:
             first = (rows, states, actions, frames)
         for agent, model in agents.items():
@@ -158,16 +190,9 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
             for name, (method, settings, target) in methods.items():
 
                 def compute(model=model, method=method, settings=settings, target=target):
-                    explainer, m = _maps(model, method, settings, target, states, actions)
-                    v = localization(states=states, saliency=m, labels=label_maps)
-                    n = min(8, len(states))
-                    t = get_metric("time_per_map", repeats=s["time_repeats"])(
-                        states=states[:n],
-                        saliency=m[:n],
-                        explainer=explainer,
-                        targets=target if target is not None else actions[:n],
+                    return _localization_row(
+                        model, method, settings, target, states, actions, label_maps, s["time_repeats"]
                     )
-                    return {**{k: x.double().tolist() for k, x in v.items()}, "seconds_per_map": float(t[0])}
 
                 value = run.row(f"table1-{labels}-{agent}-{name}", compute)
                 per_state.setdefault(f"{agent}: {name}", {})[labels] = value["auc"]
@@ -177,6 +202,13 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
                     entry["important"] = nanmean(value["important"])
                     entry["unimportant"] = nanmean(value["unimportant"])
                     entry["seconds_per_map"] = value["seconds_per_map"]
+    assert first is not None  # s["labels"] is never empty
+    return table, per_state, first
+
+
+def _write_table1(run: TargetRun, table: dict, per_state: dict, s: dict, paper: dict, *, n_states: int) -> None:
+    """``table1``: the rows, the paper's beside them, the DIGR student's VG AUC minus each row's
+    (paired intervals over the same states) and the perturbation/DIGR time ratio."""
     for (agent, name), entry in table.items():
         key = "DIGR VG" if agent == "DIGR" and name == "VG" else name if agent == "teacher" else None
         if key in paper and (agent != "teacher" or name != "VG (action)"):
@@ -203,7 +235,7 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
         "table1",
         list(table.values()),
         columns,
-        title=f"DIGR Table 1 on {len(first[0])} states of {s['episodes']} seeded teacher episodes "  # type: ignore[index]
+        title=f"DIGR Table 1 on {n_states} states of {s['episodes']} seeded teacher episodes "
         f"(important/unimportant: sums of min-max-normalised maps under {primary} labels; AUC: ROC AUC "
         "against the ground truth)",
         notes=[
@@ -214,11 +246,13 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
         extra={"paired_auc_vs_digr_vg": paired, "per_state_auc": per_state, "perturbation_over_digr_time": ratio},
     )
 
-    # Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG (and the
-    # distillation-only student's, the ablation, when given)
-    from xrl.viz.overlay import explanation_grid, line_panels
 
-    rows, states, actions, frames = first  # type: ignore[misc]
+def _fig3(run: TargetRun, agents: dict, s: dict, first: tuple) -> None:
+    """Fig. 3: states with the teacher's VG, its perturbation map and the DIGR student's VG (and
+    the distillation-only student's, the ablation, when given)."""
+    from xrl.viz.overlay import explanation_grid
+
+    rows, states, actions, frames = first
     pick = list(range(0, len(rows), max(1, len(rows) // 4)))[:4]
     figure_maps = {}
     panels = [
@@ -229,18 +263,22 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     if "distillation only" in agents:
         panels.append(("distillation-only VG", "distillation only", student_methods(s)["VG"]))
     for label, agent, (method, settings, target) in panels:
-        figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[1]
+        figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[method]
     explanation_grid(
         frames[pick],
         figure_maps,
         run.figure("fig3"),
         actions=actions[pick].numpy(),
-        action_names=teacher.action_names,
+        action_names=agents["teacher"].action_names,
         title="teacher vanilla gradient, perturbation, DIGR student"
         + (", distillation-only student" if "distillation only" in agents else ""),
     )
 
-    # Fig. 9: the students' return during training (their history.json) against the teacher's
+
+def _fig9(run: TargetRun, agents: dict) -> None:
+    """Fig. 9: the students' return during training (their history.json) against the teacher's."""
+    from xrl.viz.overlay import line_panels
+
     curves = {}
     for agent in ("DIGR", "distillation only"):
         if agent not in agents:
@@ -261,10 +299,12 @@ def table1(run: Run, agents: dict, s: dict, *, paper: dict) -> None:
     if curves:
         line_panels({"return during DIGR training": curves}, run.figure("fig9"), xlabel="update", ylabel="return")
 
-    # behaviour: every agent on the same seeded greedy episodes (the cards' seeds 10000 + i)
+
+def _behaviour(run: TargetRun, agents: dict, s: dict) -> None:
+    """``behaviour``: every agent on the same seeded greedy episodes (the cards' seeds 10000 + i)."""
     from xrl.train.agent import evaluate
 
-    env = teacher.info["env"]
+    env = agents["teacher"].info["env"]
     returns = {}
     for agent, model in agents.items():
         returns[agent] = run.row(
@@ -327,7 +367,7 @@ def half_return_eps(curve: list[dict]) -> float | None:
     return None
 
 
-def run_attacks(run: Run) -> None:
+def run_attacks(run: TargetRun) -> None:
     s = run.settings
     agents = _agents(s)
     _other_teacher(run, agents)
@@ -335,7 +375,7 @@ def run_attacks(run: Run) -> None:
 
 
 def attacks(
-    run: Run, agents: dict, s: dict, *, env_overrides: dict | None = None, max_steps: int | None = None
+    run: TargetRun, agents: dict, s: dict, *, env_overrides: dict | None = None, max_steps: int | None = None
 ) -> None:
     """Fig. 8 for ``agents`` (``teacher`` first): every attack of ``s["attacks"]`` at every eps of
     ``s["eps"]`` on ``s["episodes"]`` seeded episodes; ``env_overrides``: env settings laid over
@@ -471,7 +511,7 @@ def _digest(settings: dict, keys) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def highway_student(run: Run, *, igr: bool = True) -> Path:
+def highway_student(run: TargetRun, *, igr: bool = True) -> Path:
     """The perturbation saliency dataset of the teacher and the DIGR student distilled from it, in
     ``<out>/data/digr-<hash>.h5`` and ``<out>/student-<hash>/`` (the hashes of the settings each
     depends on, so a changed setting makes a new one; more ``updates`` continue the same run);
@@ -520,7 +560,7 @@ def highway_student(run: Run, *, igr: bool = True) -> Path:
     return train_digr(args)
 
 
-def run_highway(run: Run) -> None:
+def run_highway(run: TargetRun) -> None:
     from xrl.agents.load import load_agent
 
     s = run.settings
@@ -546,7 +586,7 @@ def _same(model, states: torch.Tensor, actions: torch.Tensor) -> list[float]:
     return (model(states).argmax(-1) == actions).double().tolist()
 
 
-def agreement(run: Run, agents: dict, s: dict) -> None:
+def agreement(run: TargetRun, agents: dict, s: dict) -> None:
     """How often each student takes the teacher's action on the labelled test states (the
     teacher's greedy episodes): the distillation's fidelity where the teacher drives."""
     for labels in s["labels"][:1]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import TargetRun, format_interval, nanmean, paired_interval
 
 TILE = 8
 GROUPS = {
@@ -53,7 +53,7 @@ def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -
     return returns
 
 
-def run_free_lunch(run: Run) -> None:
+def run_free_lunch(run: TargetRun) -> None:
     from xrl.agents.load import load_agent
     from xrl.train.agent import evaluate
 
@@ -213,7 +213,7 @@ def _auc(states, saliency, labels) -> list:
     return value.double().tolist()
 
 
-def run_localization(run: Run) -> None:
+def run_localization(run: TargetRun) -> None:
     import torch
 
     from xrl.agents.load import load_agent
@@ -339,7 +339,7 @@ def run_localization(run: Run) -> None:
         )
 
 
-def run_metrics(run: Run) -> None:
+def run_metrics(run: TargetRun) -> None:
     """The ``fls_rfg`` bench spec (every method, the attention among them, on every metric) through
     ``run_bench``: its jobs are the rows (``<out>/bench/jobs/``), so a killed run resumes."""
     import tomllib

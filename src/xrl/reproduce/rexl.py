@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import TargetRun, format_interval, nanmean, paired_interval
 
 LAMBDAS = (0.0, 0.7, 0.8, 1.0)
 #: the methods RExL is compared with, state by state (paired intervals), as the paper's Table 1
@@ -71,7 +71,7 @@ def load_states(
     n: int,
     first_row: int,
     seed: int,
-    run: Run | None = None,
+    run: TargetRun | None = None,
     test_seed: int = 0,
     name: str = "test-episodes",
 ):
@@ -119,164 +119,202 @@ def load_states(
 
 
 def scores(model, states, targets, labels, saliency) -> dict[str, list[float]]:
-    from xrl.metrics import get_metric
+    """Per-state deletion, insertion and (with labels) localization ROC AUC of one method's maps,
+    in one batch (:func:`xrl.pipeline.score`)."""
+    from xrl.pipeline import score
 
-    out = {
-        "deletion": get_metric("deletion")(model=model, states=states, saliency=saliency, targets=targets),
-        "insertion": get_metric("insertion")(model=model, states=states, saliency=saliency, targets=targets),
-    }
+    metrics = ["deletion", "insertion", *(["localization"] if labels is not None else [])]
+    v = score(model, states, {"maps": saliency}, metrics, targets, labels, batch_size=max(1, len(states)))
+    out = {"deletion": v.values["maps"]["deletion"], "insertion": v.values["maps"]["insertion"]}
     if labels is not None:
-        out["localization_auc"] = get_metric("localization")(
-            model=model, states=states, saliency=saliency, targets=targets, labels=labels
-        )["auc"]  # type: ignore[index]
-    return {k: v.double().tolist() for k, v in out.items()}  # type: ignore[union-attr]
+        out["localization_auc"] = v.values["maps"]["localization.auc"]
+    return out
 
 
-def run_deletion(run: Run) -> None:
+def _explain(model, states, targets, methods: dict, *, batch_size: int | None = None):
+    """:func:`xrl.pipeline.explain` of ``methods`` (names or built explainers) in chunks of
+    ``batch_size`` states (default: one batch)."""
+    from xrl.pipeline import explain
+
+    return explain(model, states, methods, targets, batch_size=batch_size or max(1, len(states)))
+
+
+def run_deletion(run: TargetRun) -> None:
+    s = run.settings
+    tables: dict = {"table1": [], "lambda": [], "time": [], "paired": [], "curve": [], "per_state": {}}
+    for name in s["settings"]:
+        _setting(run, name, tables)
+    _write_tables(run, tables)
+
+
+def _inputs(run: TargetRun, name: str) -> tuple:
+    """``(cfg, model, states, targets, labels, explainers)`` of a setting: its model and test
+    states, each compared method built once (RISE, Extremal Perturbations, Grad-CAM, NormGrad,
+    RExL-DS and -CS), the states left out whose target has no class-specific agent."""
     import torch
 
     from xrl.explainers import get_explainer
     from xrl.train.rexl import load_explained
 
     s = run.settings
-    table, ablation, timing, paired_rows, curve, extra = [], [], [], [], [], {}
-    for name in s["settings"]:
-        cfg = setting(name)
-        model = load_explained(cfg["model"])
-        n = s["n_states"][name] if isinstance(s["n_states"], dict) else s["n_states"]
-        states, targets, labels = load_states(
-            model, cfg["data"], n, cfg["first_row"], s["seed"], run, s.get("test_seed", 200_000)
-        )
-        cfg["ds"] = s["ds"] or cfg["ds"]
-        cfg["cs"] = cfg["cs"] if s["cs"] is None else s["cs"]
-        methods = {
-            "RExL-DS": ("rexl", {"agent": cfg["ds"], "seed": s["seed"]}),
-            **({"RExL-CS": ("rexl", {"agent": cfg["cs"], "seed": s["seed"]})} if cfg["cs"] else {}),
-            "RISE": ("rise", {"n_masks": s["rise_masks"], "grid": 7, "p": 0.5, "seed": s["seed"]}),
-            "Extremal": (
-                "extremal_perturbation",
-                {"area": 0.12, "reward": "contrastive", "seed": s["seed"], **s["extremal"]},
-            ),
-            "Grad-CAM": ("grad_cam", {}),
-            "NormGrad": ("normgrad", {}),
-        }
-        explainers = {k: get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
-        if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
-            covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])  # type: ignore[attr-defined]
-            states, targets = states[covered], targets[covered]
-            labels = labels[covered] if labels is not None else None
-        with torch.no_grad():
-            accuracy = float((model(states).argmax(-1) == targets).float().mean())
-        values = {}
-        for method, explainer in explainers.items():
+    cfg = setting(name)
+    model = load_explained(cfg["model"])
+    n = s["n_states"][name] if isinstance(s["n_states"], dict) else s["n_states"]
+    states, targets, labels = load_states(
+        model, cfg["data"], n, cfg["first_row"], s["seed"], run, s.get("test_seed", 200_000)
+    )
+    cfg["ds"] = s["ds"] or cfg["ds"]
+    cfg["cs"] = cfg["cs"] if s["cs"] is None else s["cs"]
+    methods = {
+        "RExL-DS": ("rexl", {"agent": cfg["ds"], "seed": s["seed"]}),
+        **({"RExL-CS": ("rexl", {"agent": cfg["cs"], "seed": s["seed"]})} if cfg["cs"] else {}),
+        "RISE": ("rise", {"n_masks": s["rise_masks"], "grid": 7, "p": 0.5, "seed": s["seed"]}),
+        "Extremal": (
+            "extremal_perturbation",
+            {"area": 0.12, "reward": "contrastive", "seed": s["seed"], **s["extremal"]},
+        ),
+        "Grad-CAM": ("grad_cam", {}),
+        "NormGrad": ("normgrad", {}),
+    }
+    explainers = {k: get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
+    if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
+        covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])  # type: ignore[attr-defined]
+        states, targets = states[covered], targets[covered]
+        labels = labels[covered] if labels is not None else None
+    return cfg, model, states, targets, labels, explainers
 
-            def compute(explainer=explainer):
-                start = time.perf_counter()
-                maps = torch.cat(
-                    [explainer.explain(states[i : i + 25], targets[i : i + 25]) for i in range(0, len(states), 25)]
-                )
-                seconds = time.perf_counter() - start
-                return {
-                    **scores(model, states, targets, labels, maps),
-                    "batched_seconds_per_map": seconds / len(states),
-                }
 
-            values[method] = run.row(f"{name}-{method}", compute)
-            table.append(
-                {
-                    "setting": name,
-                    "method": method,
-                    "states": len(states),
-                    "accuracy": accuracy,
-                    **{k: nanmean(v) for k, v in values[method].items() if isinstance(v, list)},
-                    "batched_seconds_per_map": values[method]["batched_seconds_per_map"],
-                }
-            )
-        if (s.get("curve") or {}).get(name):
-            rows, (steps, chosen) = _curve(run, name, model, cfg, s, states, targets, labels, values)
-            curve.extend(rows)
-            values[CHOSEN] = chosen
-            table.append(
-                {
-                    "setting": name,
-                    "method": f"{CHOSEN} ({steps} steps)",
-                    "states": len(states),
-                    "accuracy": accuracy,
-                    **{k: nanmean(v) for k, v in chosen.items() if isinstance(v, list)},
-                    "batched_seconds_per_map": values["RExL-DS"]["batched_seconds_per_map"],
-                }
-            )
-        for col in ("deletion", "insertion", "localization_auc"):
-            for base in BASELINES:
-                if col in values[base]:
-                    paired_rows.append(
-                        {
-                            "setting": name,
-                            "column": col,
-                            "baseline": base,
-                            **{
-                                f"{m} minus baseline": format_interval(
-                                    paired_interval(values[m][col], values[base][col])
-                                )
-                                for m in ("RExL-DS", "RExL-CS", CHOSEN)
-                                if m in values
-                            },
-                        }
-                    )
-        for lam in LAMBDAS:
+def _setting(run: TargetRun, name: str, tables: dict) -> None:
+    """Every row of one setting (methods, learning curve, paired intervals, λ ablation, timing)
+    into ``tables``."""
+    import torch
 
-            def ablate(lam=lam):
-                saliency = get_explainer("rexl", model, agent=cfg["ds"], lam=lam, seed=s["seed"]).explain(
-                    states, targets
-                )
-                return scores(model, states, targets, labels, saliency)
+    s = run.settings
+    cfg, model, states, targets, labels, explainers = _inputs(run, name)
+    with torch.no_grad():
+        accuracy = float((model(states).argmax(-1) == targets).float().mean())
 
-            v = run.row(f"{name}-lambda-{lam}", ablate)
-            ablation.append({"setting": name, "lambda": lam, **{k: nanmean(x) for k, x in v.items()}})
+    def head(method: str) -> dict:
+        return {"setting": name, "method": method, "states": len(states), "accuracy": accuracy}
 
-        timed = {k: explainers[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal") if k in explainers}
+    values = {}
+    for method, explainer in explainers.items():
 
-        def time_maps():
-            wall = {k: [] for k in timed}
-            cpu = {k: [] for k in timed}
-            for i in range(min(s["n_time"], len(states) - 1) + 1):  # interleaved; the first round warms up
-                for k, explainer in timed.items():
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    explainer.explain(states[i : i + 1], targets[i : i + 1])
-                    if i > 0:
-                        wall[k].append(time.perf_counter() - start)
-                        cpu[k].append(time.process_time() - start_cpu)
+        def compute(method=method, explainer=explainer):
+            maps = _explain(model, states, targets, {method: explainer}, batch_size=25)
             return {
-                "wall": {k: float(np.mean(v)) for k, v in wall.items()},
-                "cpu": {k: float(np.mean(v)) for k, v in cpu.items()},
-                "n_timed": len(wall["RISE"]),
+                **scores(model, states, targets, labels, maps[method]),
+                "batched_seconds_per_map": maps.seconds[method] / len(states),
             }
 
-        t = run.row(f"{name}-time", time_maps)
-        for k in timed:
-            timing.append(
-                {
-                    "setting": name,
-                    "method": k,
-                    "wall s / map": t["wall"][k],
-                    "CPU s / map": t["cpu"][k],
-                    "RISE CPU ÷ this": t["cpu"]["RISE"] / t["cpu"][k],
-                    "maps timed": t["n_timed"],
-                }
-            )
-        extra[name] = {"values": values, "targets": targets.tolist()}
+        values[method] = run.row(f"{name}-{method}", compute)
+        tables["table1"].append({**head(method), **_means(values[method])})
+    if (s.get("curve") or {}).get(name):
+        rows, (steps, chosen) = _curve(run, name, model, cfg, s, states, targets, labels, values)
+        tables["curve"].extend(rows)
+        values[CHOSEN] = chosen
+        tables["table1"].append(
+            {
+                **head(f"{CHOSEN} ({steps} steps)"),
+                **_means(chosen),
+                "batched_seconds_per_map": values["RExL-DS"]["batched_seconds_per_map"],
+            }
+        )
+    tables["paired"] += _paired_rows(name, values)
+    for lam in LAMBDAS:
+
+        def ablate(lam=lam):
+            ds = {"rexl": {"agent": cfg["ds"], "lam": lam, "seed": s["seed"]}}
+            return scores(model, states, targets, labels, _explain(model, states, targets, ds)["rexl"])
+
+        v = run.row(f"{name}-lambda-{lam}", ablate)
+        tables["lambda"].append({"setting": name, "lambda": lam, **{k: nanmean(x) for k, x in v.items()}})
+    tables["time"] += _timing(run, name, explainers, states, targets)
+    tables["per_state"][name] = {"values": values, "targets": targets.tolist()}
+
+
+def _means(value: dict) -> dict:
+    """The means of a row's per-state lists, and its ``batched_seconds_per_map``."""
+    out = {k: nanmean(v) for k, v in value.items() if isinstance(v, list)}
+    return (
+        {**out, "batched_seconds_per_map": value["batched_seconds_per_map"]}
+        if "batched_seconds_per_map" in value
+        else out
+    )
+
+
+def _paired_rows(name: str, values: dict) -> list[dict]:
+    """RExL (DS, CS, the validation-chosen snapshot) minus each baseline, per column."""
+    rows = []
+    for col in ("deletion", "insertion", "localization_auc"):
+        for base in BASELINES:
+            if col in values[base]:
+                rows.append(
+                    {
+                        "setting": name,
+                        "column": col,
+                        "baseline": base,
+                        **{
+                            f"{m} minus baseline": format_interval(paired_interval(values[m][col], values[base][col]))
+                            for m in ("RExL-DS", "RExL-CS", CHOSEN)
+                            if m in values
+                        },
+                    }
+                )
+    return rows
+
+
+def _timing(run: TargetRun, name: str, explainers: dict, states, targets) -> list[dict]:
+    """Table 3: seconds per map, one state at a time, the methods interleaved (the first round
+    warms up)."""
+    s = run.settings
+    timed = {k: explainers[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal") if k in explainers}
+
+    def time_maps():
+        wall: dict[str, list[float]] = {k: [] for k in timed}
+        cpu: dict[str, list[float]] = {k: [] for k in timed}
+        for i in range(min(s["n_time"], len(states) - 1) + 1):  # interleaved; the first round warms up
+            for k, explainer in timed.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                explainer.explain(states[i : i + 1], targets[i : i + 1])
+                if i > 0:
+                    wall[k].append(time.perf_counter() - start)
+                    cpu[k].append(time.process_time() - start_cpu)
+        return {
+            "wall": {k: float(np.mean(v)) for k, v in wall.items()},
+            "cpu": {k: float(np.mean(v)) for k, v in cpu.items()},
+            "n_timed": len(wall["RISE"]),
+        }
+
+    t = run.row(f"{name}-time", time_maps)
+    return [
+        {
+            "setting": name,
+            "method": k,
+            "wall s / map": t["wall"][k],
+            "CPU s / map": t["cpu"][k],
+            "RISE CPU ÷ this": t["cpu"]["RISE"] / t["cpu"][k],
+            "maps timed": t["n_timed"],
+        }
+        for k in timed
+    ]
+
+
+def _write_tables(run: TargetRun, tables: dict) -> None:
+    """``table1``, ``paired``, ``curve`` (with a learning curve), ``lambda``, ``time`` and the figures."""
+    s = run.settings
     cols = ["setting", "method", "states", "deletion", "insertion", "localization_auc", "batched_seconds_per_map"]
     run.table(
         "table1",
-        table,
+        tables["table1"],
         cols,
         title="RExL Tables 1-2: deletion ↓ and insertion ↑ (RISE's CausalMetric, softmax probability of the "
         f"target), localization ROC AUC ↑; RISE with {s['rise_masks']} masks",
-        extra={"per_state": extra},
+        extra={"per_state": tables["per_state"]},
     )
     run.table(
         "paired",
-        paired_rows,
+        tables["paired"],
         [
             "setting",
             "column",
@@ -288,43 +326,39 @@ def run_deletion(run: Run) -> None:
         title="RExL minus each baseline over the same states (mean, 95% percentile bootstrap interval; bold = "
         "excludes 0; deletion: negative = RExL better)",
     )
-    if curve:
+    if tables["curve"]:
         run.table(
             "curve",
-            curve,
+            tables["curve"],
             ["setting", "agent", "steps", "validation deletion", "deletion", "insertion", "deletion minus RISE"],
             title="Learning curve: test deletion ↓ and insertion ↑ of RExL-DS snapshots against ACER steps "
             "(the same test states; RISE's deletion beside); validation deletion on other fresh episodes picks "
             f"{CHOSEN}",
         )
-        _curve_figure(run, curve)
+        _curve_figure(run, tables["curve"])
     run.table(
         "lambda",
-        ablation,
+        tables["lambda"],
         ["setting", "lambda", "deletion", "insertion", "localization_auc"],
         title="RExL Table 4: the λ ablation of RExL-DS",
     )
     run.table(
         "time",
-        timing,
+        tables["time"],
         ["setting", "method", "wall s / map", "CPU s / map", "RISE CPU ÷ this", "maps timed"],
         title="RExL Table 3: seconds per map, one state at a time, interleaved, one thread",
     )
-    _figure(run, table)
+    _figure(run, tables["table1"])
 
 
 def _curve(
-    run: Run, name: str, model, cfg: dict, s: dict, states, targets, labels, values: dict
+    run: TargetRun, name: str, model, cfg: dict, s: dict, states, targets, labels, values: dict
 ) -> tuple[list[dict], tuple[int, dict]]:
     """Rows of the learning curve: each snapshot of ``s["curve"][name]`` (a folder of
     ``rexl-<steps>.pt``, ``xrl train rexl --snapshot-every``) scored on the test states and, for
     the choice, on validation states (fresh greedy episodes from :data:`VALIDATION_SEED`, disjoint
     from the test and training seeds); returns the rows and ``(steps, test values)`` of the
     snapshot with the lowest validation deletion."""
-    import torch
-
-    from xrl.explainers import get_explainer
-
     folder = Path(s["curve"][name])
     if not folder.is_absolute() and not folder.exists():  # a zoo folder: red-fetch-green-rexl-ds/snapshots
         folder = Path(_zoo(s["curve"][name]))
@@ -339,21 +373,17 @@ def _curve(
         steps = int(snap.stem.split("-")[1])
 
         def validate(snap=snap):
-            from xrl.metrics import get_metric
+            from xrl.pipeline import score
 
-            explainer = get_explainer("rexl", model, agent=str(snap), seed=s["seed"])
-            maps = explainer.explain(val_states, val_targets)
-            deletion = get_metric("deletion")(model=model, states=val_states, saliency=maps, targets=val_targets)
-            return {"deletion": deletion.double().tolist()}
+            maps = _explain(model, val_states, val_targets, {"rexl": {"agent": str(snap), "seed": s["seed"]}})
+            deletion = score(model, val_states, maps, ["deletion"], val_targets, batch_size=len(val_states))
+            return {"deletion": deletion.values["rexl"]["deletion"]}
 
         val = nanmean(run.row(f"{name}-validation-{steps}", validate)["deletion"])
 
         def compute(snap=snap):
-            explainer = get_explainer("rexl", model, agent=str(snap), seed=s["seed"])
-            maps = torch.cat(
-                [explainer.explain(states[i : i + 25], targets[i : i + 25]) for i in range(0, len(states), 25)]
-            )
-            return scores(model, states, targets, labels, maps)
+            maps = _explain(model, states, targets, {"rexl": {"agent": str(snap), "seed": s["seed"]}}, batch_size=25)
+            return scores(model, states, targets, labels, maps["rexl"])
 
         v = run.row(f"{name}-curve-{steps}", compute)
         if val is not None and val < best:
@@ -374,7 +404,7 @@ def _curve(
     return rows, chosen
 
 
-def _curve_figure(run: Run, rows: list[dict]) -> None:
+def _curve_figure(run: TargetRun, rows: list[dict]) -> None:
     from xrl.viz.overlay import figure, save_figure
 
     fig, axes = figure(1, 1, (5, 3.2))
@@ -389,7 +419,7 @@ def _curve_figure(run: Run, rows: list[dict]) -> None:
     save_figure(fig, run.figure("learning_curve"), "RExL-DS learning curve")
 
 
-def _figure(run: Run, rows: list[dict]) -> None:
+def _figure(run: TargetRun, rows: list[dict]) -> None:
     from xrl.viz.overlay import figure, save_figure
 
     settings = list(dict.fromkeys(r["setting"] for r in rows))

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from xrl.reproduce.core import Run, format_interval, nanmean, paired_interval
+from xrl.reproduce.core import TargetRun, format_interval, nanmean, paired_interval
 
 AGENTS = {
     "red-fetch-green": ("red-fetch-green", "zoo/red-fetch-green-visionmask"),
@@ -61,14 +61,8 @@ def _folder(name: str):
     return agent, Path(ZOO_DIR) / Path(folder).name
 
 
-def run_table1(run: Run) -> None:
+def run_table1(run: TargetRun) -> None:
     import torch
-
-    from xrl.agents.load import load_agent
-    from xrl.agents.mask_nets import load_mask_network
-    from xrl.data.dataset import StateDataset
-    from xrl.evaluation import evaluate
-    from xrl.train.visionmask import split_indices
 
     s = run.settings
     for protocol in s["protocols"]:
@@ -79,83 +73,109 @@ def run_table1(run: Run) -> None:
     for env in s["agents"]:
         if env not in AGENTS:
             raise ValueError(f"visionmask-table1: unknown agent {env!r}; known: {', '.join(AGENTS)}")
-        agent, folder = _folder(env)
-        model = load_agent(agent)
-        vm_path, st_path, data = folder / "visionmask.pt", folder / "stalder_explainer.pt", folder / "expert.h5"
-        if s["visionmask"]:  # another network for this agent (an ablation of Table 2), without the Stalder one
-            if len(s["agents"]) != 1:
-                raise ValueError("visionmask= replaces the network of one agent: give agents= one agent too")
-            vm_path, st_path = Path(s["visionmask"]), Path("/nonexistent")
-        network = load_mask_network(vm_path, method="visionmask")
-        network.check_agent(model)
-        background = network.reference_image if network.reference in ("background", "mean") else None
-        substrate = (
-            dict(substrate="background", background=background) if background is not None else dict(substrate="black")
-        )
-        curve = substrate if s["curve_substrate"] == "reference" else {}
-        networks = {"visionmask": {"network": str(vm_path)}}
-        if st_path.exists():
-            networks["stalder_explainer"] = {"network": str(st_path)}
-        with StateDataset.open(data) as ds:
-            test = split_indices(len(ds), s["split_seed"])["test"][: s["n_states"]]
-            by_protocol = {}
-            for protocol in s["protocols"]:
-                metrics, methods = _protocol(s, protocol, substrate, curve, networks)
-                values = {}
-                for method, settings in methods.items():
-
-                    def compute(method=method, settings=settings, metrics=metrics):
-                        start = time.perf_counter()
-                        result = evaluate(model, ds, {method: settings}, metrics, rows=test, progress=False)
-                        return {"values": result.values[method], "seconds": time.perf_counter() - start}
-
-                    # protocol "xrl" keeps its row names (rows cached by earlier runs stay valid)
-                    name = f"{env}-{method}" if protocol == "xrl" else f"{env}-{protocol}-protocol-{method}"
-                    values[method] = run.row(name, compute)["values"]
-                by_protocol[protocol] = values
-
-            def raw():
-                result = evaluate(
-                    model,
-                    ds,
-                    {"visionmask": methods["visionmask"]},
-                    {"accuracy": dict(substrate, normalize="none")},
-                    rows=test,
-                    progress=False,
-                )
-                return result.values["visionmask"]
-
-            raw_accuracy = run.row(f"{env}-visionmask-raw-accuracy", raw)["accuracy"]
-            speed_states = ds.states(np.arange(min(s["speed_states"], len(ds))))
-        for protocol, values in by_protocol.items():
-            for method, v in values.items():
-                row = {"agent": env, "method": method, **{c: nanmean(v[c]) for c in COLUMNS}}
-                if method == "visionmask":
-                    row["accuracy (raw mask)"] = nanmean(raw_accuracy)
-                out[protocol]["rows"].append(row)
-            for col in ("deletion", "insertion"):
-                prow = {"agent": env, "column": col}
-                for method, v in values.items():
-                    if method != "visionmask":
-                        prow[method] = format_interval(paired_interval(values["visionmask"][col], v[col]))
-                out[protocol]["paired"].append(prow)
-            out[protocol]["extra"][env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
-        speed = run.row(
-            f"{env}-speed",
-            lambda model=model, vm_path=vm_path, states=speed_states: _speed(
-                model, vm_path, states, s["method_settings"].get("greydanus", {})
-            ),
-        )
-        speed_rows.append(
-            {
-                "agent": env,
-                "states": len(speed_states),
-                **speed,
-                "ratio": speed["visionmask_states_per_s"] / speed["greydanus_states_per_s"],
-            }
-        )
+        speed_rows.append(_agent_rows(run, env, out))
         torch.set_num_threads(1)
+    _write_tables(run, out, speed_rows)
 
+
+def _networks(s: dict, env: str, model) -> tuple[Path, dict, dict, dict, Path]:
+    """``(visionmask path, {method: network settings}, accuracy substrate, curves substrate, expert
+    data)`` of one agent: the zoo networks, or ``visionmask=PATH`` (then no Stalder network)."""
+    from xrl.agents.mask_nets import load_mask_network
+
+    _, folder = _folder(env)
+    vm_path, st_path, data = folder / "visionmask.pt", folder / "stalder_explainer.pt", folder / "expert.h5"
+    if s["visionmask"]:  # another network for this agent (an ablation of Table 2), without the Stalder one
+        if len(s["agents"]) != 1:
+            raise ValueError("visionmask= replaces the network of one agent: give agents= one agent too")
+        vm_path, st_path = Path(s["visionmask"]), Path("/nonexistent")
+    network = load_mask_network(vm_path, method="visionmask")
+    network.check_agent(model)
+    background = network.reference_image if network.reference in ("background", "mean") else None
+    substrate = (
+        dict(substrate="background", background=background) if background is not None else dict(substrate="black")
+    )
+    curve = substrate if s["curve_substrate"] == "reference" else {}
+    networks = {"visionmask": {"network": str(vm_path)}}
+    if st_path.exists():
+        networks["stalder_explainer"] = {"network": str(st_path)}
+    return vm_path, networks, substrate, curve, data
+
+
+def _agent_rows(run: TargetRun, env: str, out: dict) -> dict:
+    """Every protocol's rows for agent ``env`` into ``out`` (the test split read once, each row
+    explained and scored by :func:`xrl.pipeline.evaluate_batch`); returns its speed row."""
+    from xrl.agents.load import load_agent
+    from xrl.data.dataset import StateDataset
+    from xrl.pipeline import evaluate_batch, read_batch
+    from xrl.train.visionmask import split_indices
+
+    s = run.settings
+    model = load_agent(_folder(env)[0])
+    vm_path, networks, substrate, curve, data = _networks(s, env, model)
+    with StateDataset.open(data) as ds:
+        test = split_indices(len(ds), s["split_seed"])["test"][: s["n_states"]]
+        read: list = []  # the test rows' states, targets and labels: read once, when a row needs them
+
+        def scored(methods: dict, metrics: dict) -> dict:
+            if not read:
+                read.append(read_batch(model, ds, test))
+            start = time.perf_counter()
+            result = evaluate_batch(model, read[0], methods, metrics)
+            return {"values": result.values[next(iter(methods))], "seconds": time.perf_counter() - start}
+
+        by_protocol = {}
+        for protocol in s["protocols"]:
+            metrics, methods = _protocol(s, protocol, substrate, curve, networks)
+            # protocol "xrl" keeps its row names (rows cached by earlier runs stay valid)
+            by_protocol[protocol] = {
+                method: run.row(
+                    f"{env}-{method}" if protocol == "xrl" else f"{env}-{protocol}-protocol-{method}",
+                    lambda method=method, settings=settings, metrics=metrics: scored({method: settings}, metrics),
+                )["values"]
+                for method, settings in methods.items()
+            }
+        raw_accuracy = run.row(
+            f"{env}-visionmask-raw-accuracy",
+            lambda: scored({"visionmask": networks["visionmask"]}, {"accuracy": dict(substrate, normalize="none")})[
+                "values"
+            ],
+        )["accuracy"]
+        speed_states = ds.states(np.arange(min(s["speed_states"], len(ds))))
+    _collect_rows(out, env, by_protocol, raw_accuracy, test)
+    speed = run.row(
+        f"{env}-speed", lambda: _speed(model, vm_path, speed_states, s["method_settings"].get("greydanus", {}))
+    )
+    return {
+        "agent": env,
+        "states": len(speed_states),
+        **speed,
+        "ratio": speed["visionmask_states_per_s"] / speed["greydanus_states_per_s"],
+    }
+
+
+def _collect_rows(out: dict, env: str, by_protocol: dict, raw_accuracy: list, test: np.ndarray) -> None:
+    """Each protocol's table rows (means), paired rows (VisionMask minus each method) and
+    per-state values of one agent, into ``out[protocol]``."""
+    for protocol, values in by_protocol.items():
+        for method, v in values.items():
+            row = {"agent": env, "method": method, **{c: nanmean(v[c]) for c in COLUMNS}}
+            if method == "visionmask":
+                row["accuracy (raw mask)"] = nanmean(raw_accuracy)
+            out[protocol]["rows"].append(row)
+        for col in ("deletion", "insertion"):
+            prow = {"agent": env, "column": col}
+            for method, v in values.items():
+                if method != "visionmask":
+                    prow[method] = format_interval(paired_interval(values["visionmask"][col], v[col]))
+            out[protocol]["paired"].append(prow)
+        out[protocol]["extra"][env] = {"test_rows": test.tolist(), "values": values, "raw_accuracy": raw_accuracy}
+
+
+def _write_tables(run: TargetRun, out: dict, speed_rows: list) -> None:
+    """Each protocol's ``table1``/``paired`` (best value per column and agent marked), ``speed``
+    and the figures."""
+    s = run.settings
     for protocol, tables in out.items():
         rows_out, suffix = tables["rows"], "" if protocol == "xrl" else f"-{protocol}"
         names = list(dict.fromkeys(r["method"] for r in rows_out))
@@ -255,7 +275,7 @@ def _speed(model, network_path, states, greydanus_settings) -> dict:
     return times
 
 
-def _figure(run: Run, rows: list[dict], name: str = "table1", protocol: str = "") -> None:
+def _figure(run: TargetRun, rows: list[dict], name: str = "table1", protocol: str = "") -> None:
     from xrl.viz.overlay import figure, save_figure
 
     agents = list(dict.fromkeys(r["agent"] for r in rows))

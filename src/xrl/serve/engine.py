@@ -786,8 +786,9 @@ class Engine:
         self, episode: Episode, t: int, method: dict, settings: dict, target: int | None, saliency: np.ndarray
     ) -> dict:
         """Deletion and insertion curves (RISE's protocol, xrl's defaults) of one map, and its
-        localization against the env's ground truth where the episode has some."""
-        from xrl.metrics import get_metric
+        localization against the env's ground truth where the episode has some: one
+        :func:`xrl.pipeline.score` of the map."""
+        from xrl.pipeline import score
 
         lane = self.lanes["fast"]
 
@@ -797,22 +798,27 @@ class Engine:
             with torch.no_grad():
                 action = int(model(states)[0].argmax())
             k = action if target is None else target
-            maps = torch.as_tensor(saliency)[None].float()
-            targets = torch.tensor([k])
-            out: dict[str, Any] = {"target": k}
-            for name in ("deletion", "insertion"):
-                metric = get_metric(name)
-                x, y = metric.curve(model=model, states=states, saliency=maps, targets=targets)  # type: ignore[attr-defined]
-                out[name] = {
-                    "x": x.tolist(),
-                    "y": y[0].tolist(),
-                    "auc": float(torch.trapezoid(y[0], x)),
-                    "higher_is_better": bool(metric.higher_is_better),
-                }
             labels = None if episode.labels is None else torch.as_tensor(episode.labels[t : t + 1]).long()
-            if labels is not None and bool((labels >= 0).any()):
-                values = get_metric("localization")(states=states, saliency=maps, labels=labels)
-                out["localization"] = {k2: float(v[0]) for k2, v in values.items()}  # type: ignore[union-attr]
+            located = labels is not None and bool((labels >= 0).any())
+            metrics = ["deletion", "insertion", *(["localization"] if located else [])]
+            maps = {"map": torch.as_tensor(saliency)[None].float()}
+            result = score(
+                model, states, maps, metrics, torch.tensor([k]), labels if located else None, curves=metrics[:2]
+            )
+            out: dict[str, Any] = {"target": k}
+            for name in metrics[:2]:
+                x, y = result.curves["map"][name]["x"], result.curves["map"][name]["y"]
+                out[name] = {
+                    "x": x,
+                    "y": y,
+                    "auc": float(
+                        torch.trapezoid(torch.tensor(y, dtype=torch.float64), torch.tensor(x, dtype=torch.float64))
+                    ),
+                    "higher_is_better": result.higher_is_better[name],
+                }
+            if located:
+                values = result.values["map"]
+                out["localization"] = {o: values[f"localization.{o}"][0] for o in ("auc", "important", "unimportant")}
                 out["localization"] = {k2: (None if math.isnan(v) else v) for k2, v in out["localization"].items()}
             else:
                 out["localization"] = None
