@@ -40,11 +40,11 @@ def test_in_process_and_on_ray_give_identical_results(tmp_path, local_ray, capsy
     assert "6 jobs, 6 already done, 0 to run" in capsys.readouterr().out
 
 
-def _dies_on_random(job, model, blob, digest):
+def _dies_on_random(job, model, blob, digest, device="cpu"):
     """A Ray task that kills its worker process for the ``random`` jobs (a segfault, an OOM kill)."""
     if job.method == "random":
         os._exit(3)
-    return runner._remote_job(job, model, blob, digest)
+    return runner._remote_job(job, model, blob, digest, device)
 
 
 def test_a_dying_worker_is_recorded_and_the_other_jobs_finish(tmp_path, local_ray, monkeypatch):
