@@ -107,7 +107,7 @@ LAYERS = [
         "xrl.agents.rexl",
         "xrl.agents.classifier",
     ),
-    ("xrl", "xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers"),
+    ("xrl", "xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers", "xrl.rollout"),
     ("xrl.pipeline",),  # explain and score: below every procedure that explains and scores
     (
         "xrl.attacks.evaluate",

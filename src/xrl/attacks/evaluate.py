@@ -1,6 +1,7 @@
 """Return under attack: how an agent's episode return falls as the attack radius grows (DIGR Fig. 8).
 
-Every step of every episode the agent sees the attacked observation: ``s' = attack(s)`` with the
+Episodes are played by :func:`xrl.rollout.evaluate_policy` (no Stable-Baselines3 is loaded to
+score them). Every step of every episode the agent sees the attacked observation: ``s' = attack(s)`` with the
 attacked action the agent's own choice on ``s``, then it acts greedily on ``s'``. Episode ``i``
 is reset with ``seed + i`` and the attack's random stream is reseeded with the same number, so
 two agents (a teacher and its student) meet the same episodes and the same random starts.
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from xrl.agents.model import Model
 from xrl.attacks.attacks import ATTACKS, get_attack
 from xrl.files import atomic_path, write_json
-from xrl.train.agent import evaluate
+from xrl.rollout import evaluate_policy
 
 
 def return_under_attack(
@@ -51,6 +52,8 @@ def return_under_attack(
     eps = [float(e) for e in eps]
     if not eps or any(not e >= 0 for e in eps):
         raise ValueError(f"eps must be a non-empty list of radii >= 0, got {eps}")
+    if isinstance(batch, bool) or int(batch) < 1:
+        raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
     if model.info.get("recurrent"):  # its LSTM state is not carried from step to step (docs/agents.md)
         raise ValueError("the agent is recurrent (an LSTM policy): attacks do not carry its recurrent state yet")
     recorded = model.info.get("env") or {}
@@ -66,10 +69,10 @@ def return_under_attack(
             for e in eps:
                 attack = get_attack(name, model, eps=e, **dict(attack_settings.get(name, {})))
                 bar.set_postfix(attack=name, eps=e)
-                score = evaluate(
-                    model, env, settings, episodes=episodes, seed=seed, perturb=attack, progress=False, batch=batch
+                played = evaluate_policy(
+                    model, env, env_settings=settings, episodes=episodes, seed=seed, perturb=attack, n_envs=int(batch)
                 )
-                out[name].append({"eps": e, **score})
+                out[name].append({"eps": e, **played.summary()})
                 bar.update(1)
     return out
 

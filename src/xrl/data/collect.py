@@ -1,5 +1,8 @@
 """Roll an agent out in its environment and store what it saw and did as a StateDataset.
 
+The episodes are played by :func:`xrl.rollout.evaluate_policy`, with a callback that records
+every state, frame, action, the scores acted on and the ground truth.
+
 Episode ``i`` is reset with seed ``seed + i`` (and, with ``sample=True``, actions are drawn with
 a ``torch.Generator`` seeded the same way), so a collection is reproducible episode by episode
 and an interrupted one resumes exactly where it stopped.
@@ -29,6 +32,7 @@ from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
 from xrl.envs import INFO_ONLY_SETTINGS, make_env
 from xrl.envs.labels import EXCLUDED
 from xrl.files import DiskFull, FolderLock, is_disk_full
+from xrl.rollout import Policy, Step, evaluate_policy
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +152,6 @@ def _collect(
                 writer.start_from(out)
             if writer.n_episodes > episodes:
                 writer.truncate(episodes)
-            returns = list(writer.episode_returns)
             try:
                 with tqdm(
                     total=episodes,
@@ -157,10 +160,9 @@ def _collect(
                     disable=not progress,
                     desc=f"collect {name}",
                 ) as bar:
-                    for i in range(writer.n_episodes, episodes):
-                        returns.append(_rollout(model, environment, writer, seed + i, max_steps, sample))
-                        bar.update(1)
-                        bar.set_postfix(steps=writer.n_rows, mean_return=f"{np.mean(returns):.3g}")
+                    _record(
+                        model, environment, writer, range(writer.n_episodes, episodes), seed, max_steps, sample, bar
+                    )
                 return writer.finalize()
             except (OSError, RuntimeError) as err:
                 if isinstance(err, DiskFull) or not is_disk_full(err):
@@ -253,38 +255,68 @@ def _check_env(env: gym.Env, model: Model) -> None:
         )
 
 
-@torch.inference_mode()
-def _rollout(
-    model: Model, env: gym.Env, writer: StateDatasetWriter, seed: int, max_steps: int | None, sample: bool
-) -> float:
-    """Play one episode, append its steps to ``writer``, commit it; return its return."""
-    generator = torch.Generator().manual_seed(seed) if sample else None
-    obs, info = env.reset(seed=seed)
-    block: list[tuple] = []
-    total, t, done = 0.0, 0, False
-    while not done:
-        obs = np.asarray(obs)
-        if obs.dtype != np.uint8:
-            raise ValueError(f"xrl envs give uint8 observations, got {obs.dtype}")
-        frame = env.render()
-        if frame is None:
+class _Scored(Policy):
+    """The model's greedy or sampled action on each observation, keeping the scores it acted on
+    (``self.scores``, ``(B, K)``); sampled actions are drawn with ``torch.multinomial`` from a
+    ``torch.Generator`` per episode seeded with the episode's seed."""
+
+    def __init__(self, model: Model, sample: bool) -> None:
+        super().__init__()
+        self.model, self.sample = model, sample
+        self.generators: list[torch.Generator] = []
+        self.scores = torch.empty(0)
+
+    def reseed(self, seeds) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    @torch.inference_mode()
+    def __call__(self, obs: np.ndarray) -> list[int]:
+        self.scores = self.model(self.model.preprocess(obs)).float().cpu()  # (B, K)
+        if self.sample:
+            return [
+                int(torch.multinomial(torch.softmax(row, -1), 1, generator=g))
+                for row, g in zip(self.scores, self.generators)
+            ]
+        return [int(row.argmax()) for row in self.scores]
+
+
+def _record(
+    model: Model,
+    env: gym.Env,
+    writer: StateDatasetWriter,
+    todo: range,
+    seed: int,
+    max_steps: int | None,
+    sample: bool,
+    bar,
+) -> None:
+    """Play episodes ``todo`` (episode ``i`` reset with ``seed + i``) through
+    :func:`xrl.rollout.evaluate_policy`, appending each step to ``writer`` (in blocks) and
+    committing each episode with its return as it ends."""
+    if not len(todo):
+        return
+    policy, block = _Scored(model, sample), []
+    returns = list(writer.episode_returns)
+
+    def step(s: Step) -> None:
+        if s.obs.dtype != np.uint8:
+            raise ValueError(f"xrl envs give uint8 observations, got {s.obs.dtype}")
+        if s.frame is None:
             raise ValueError("env.render() returned None; the env must render rgb_array frames")
-        scores = model(model.preprocess(obs))[0].float().cpu()  # (K,)
-        if sample:
-            action = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
-        else:
-            action = int(scores.argmax())
-        # copies: wrappers may reuse their buffers on the next step
-        block.append((obs.copy(), np.array(frame, copy=True), action, scores.numpy(), info.get("labels")))
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        t += 1
-        done = terminated or truncated or (max_steps is not None and t >= max_steps)
-        if len(block) == _BLOCK or done:
+        scores = policy.scores[s.slot]
+        block.append((s.obs.copy(), s.frame, s.action, scores.numpy(), s.info.get("labels")))
+        if len(block) == _BLOCK or s.done:
             _append(writer, block, model.input_shape[1:])
-            block = []
-    writer.end_episode(total)
-    return total
+            block.clear()
+        if s.done:
+            writer.end_episode(s.total)
+            returns.append(s.total)
+            bar.update(1)
+            bar.set_postfix(steps=writer.n_rows, mean_return=f"{np.mean(returns):.3g}")
+
+    evaluate_policy(
+        policy, env, episodes=len(todo), seed=seed + todo.start, callback=step, max_steps=max_steps, frames=True
+    )
 
 
 def _append(writer: StateDatasetWriter, block: list[tuple], label_shape: tuple[int, ...]) -> None:

@@ -62,10 +62,10 @@ def run_rise_coverage(run: TargetRun) -> None:
 
 
 def run_zoo_baselines(run: TargetRun) -> None:
-    import torch
+    import gymnasium as gym
 
     from xrl.agents.load import load_agent
-    from xrl.envs import make_env
+    from xrl.rollout import Constant, Greedy, Policy, Sampled, Uniform, evaluate_policy
 
     s = run.settings
     model = load_agent(s["agent"])
@@ -73,40 +73,25 @@ def run_zoo_baselines(run: TargetRun) -> None:
     if not env.get("name"):
         raise ValueError(f"{s['agent']} has no card naming its env")
 
-    def policies():
-        def greedy(obs, rng):
-            return int(model.act(obs[None])[0])
-
-        def sampled(obs, rng):
-            with torch.inference_mode():
-                p = model.probs(model.preprocess(obs[None]))[0].double().numpy()
-            return int(rng.choice(len(p), p=p / p.sum()))
-
-        out = {"agent greedy": greedy}
+    def policies() -> dict[str, Policy]:
+        out: dict[str, Policy] = {"agent greedy": Greedy(model)}
         if model.score_kind == "logits":
-            out["agent sampled"] = sampled
-        out["random"] = lambda obs, rng: int(rng.integers(model.n_actions))
+            out["agent sampled"] = Sampled(model)
+        out["random"] = Uniform(gym.spaces.Discrete(model.n_actions))
         for a, name in enumerate(model.action_names):
-            out[f"always {name}"] = lambda obs, rng, a=a: a
+            out[f"always {name}"] = Constant(a)
         return out
 
-    def play(policy) -> dict:
-        environment = make_env(env["name"], **(env.get("settings") or {}))
-        returns, lengths, ended = [], [], []
-        for i in range(s["episodes"]):
-            obs, _ = environment.reset(seed=s["seed"] + i)
-            rng = np.random.default_rng(s["seed"] + i)
-            total, steps, terminated, truncated = 0.0, 0, False, False
-            while not (terminated or truncated):
-                obs, reward, terminated, truncated, _ = environment.step(policy(np.asarray(obs), rng))
-                total, steps = total + float(reward), steps + 1
-                if s["max_steps"] and steps >= s["max_steps"]:
-                    break
-            returns.append(total)
-            lengths.append(steps)
-            ended.append(bool(terminated))
-        environment.close()
-        return {"returns": returns, "lengths": lengths, "terminated": ended}
+    def play(policy: Policy) -> dict:
+        played = evaluate_policy(
+            policy,
+            env["name"],
+            env_settings=env.get("settings") or {},
+            episodes=s["episodes"],
+            seed=s["seed"],
+            max_steps=s["max_steps"] or None,
+        )
+        return {"returns": played.returns, "lengths": played.lengths, "terminated": played.terminated}
 
     rows = []
     for name, policy in policies().items():
@@ -137,7 +122,7 @@ def run_digr_snapshots(run: TargetRun) -> None:
     from xrl.envs import INFO_ONLY_SETTINGS
     from xrl.explainers import get_explainer
     from xrl.metrics import get_metric
-    from xrl.train.agent import evaluate
+    from xrl.rollout import evaluate_policy
     from xrl.train.digr import DIGR_TARGET
     from xrl.viz.overlay import line_panels
 
@@ -174,15 +159,14 @@ def run_digr_snapshots(run: TargetRun) -> None:
         maps = get_explainer("gradient", model).explain(states, DIGR_TARGET)
         loc = get_metric("localization")(states=states, saliency=maps, labels=labels)
         env = model.info["env"]
-        ret = evaluate(
+        ret = evaluate_policy(
             model,
             env["name"],
-            env.get("settings") or {},
+            env_settings=env.get("settings") or {},
             episodes=s["episodes"],
             seed=s["seed"],
-            progress=False,
-            batch=10,
-        )
+            n_envs=10,
+        ).summary()
         return {
             **{k: nanmean(v.double().tolist()) for k, v in loc.items()},  # type: ignore[union-attr]
             "mean_return": ret["mean_return"],

@@ -39,23 +39,18 @@ GROUPS = {
 def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -> list[float]:
     """Uniformly random actions on the same seeded episodes (action stream seeded per episode)."""
     from xrl.envs import make_env
+    from xrl.rollout import Uniform, evaluate_policy
 
-    env, returns = make_env(env_name, **settings), []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        env.action_space.seed(seed + i)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
+    env = make_env(env_name, **settings)
+    try:
+        return evaluate_policy(Uniform(env.action_space), env, episodes=episodes, seed=seed).returns
+    finally:
+        env.close()
 
 
 def run_free_lunch(run: TargetRun) -> None:
     from xrl.agents.load import load_agent
-    from xrl.train.agent import evaluate
+    from xrl.rollout import evaluate_policy
 
     s = run.settings
     rows, curves = [], {}
@@ -72,16 +67,14 @@ def run_free_lunch(run: TargetRun) -> None:
                     run.row(
                         f"{env_key}-{name}",
                         lambda model=model, env=env: {
-                            "returns": evaluate(
+                            "returns": evaluate_policy(
                                 model,
                                 env["name"],
-                                env.get("settings") or {},
+                                env_settings=env.get("settings") or {},
                                 episodes=episodes,
                                 seed=s["seed"],
-                                batch=s["batch"],
-                                per_episode=True,
-                                progress=False,
-                            )["returns"]
+                                n_envs=s["batch"],
+                            ).returns
                         },
                     )["returns"],
                     dtype=float,

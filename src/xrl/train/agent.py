@@ -63,6 +63,7 @@ from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
 from xrl.files import write_json  # noqa: E402
+from xrl.rollout import evaluate_policy  # noqa: E402
 from xrl.train.run import (  # noqa: E402
     CHECKPOINTS,
     TRUST_PICKLE,
@@ -911,57 +912,25 @@ def evaluate(
     paired comparisons of agents over the same seeds).
 
     ``max_steps``: end every episode after this many agent steps (the env's own cap, if any, still
-    applies; for quick runs on envs without one, such as Atari)."""
+    applies; for quick runs on envs without one, such as Atari).
+
+    The episodes are played by :func:`xrl.rollout.evaluate_policy` (what modules that only score
+    call, without loading Stable-Baselines3); this is its summary under the card's name."""
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
-    if sample and model.score_kind != "logits":
-        raise ValueError(
-            f"sample=True needs a policy that outputs logits; this model outputs {model.score_kind!r} "
-            "(Q-values have no policy to sample from): use the greedy score"
-        )
-    if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
-        raise ValueError(f"max_steps must be a positive number of steps or None, got {max_steps!r}")
-    envs = [make_env(env_name, **settings) for _ in range(min(int(batch), episodes))]
-    returns = []
-    with tqdm(total=episodes, desc="evaluate", leave=False, disable=not progress) as bar:
-        for first in range(0, episodes, len(envs)):
-            group = list(range(first, min(first + len(envs), episodes)))
-            obs = [np.asarray(env.reset(seed=seed + i)[0]) for env, i in zip(envs, group)]
-            if hasattr(perturb, "reseed"):
-                perturb.reseed([seed + i for i in group])  # type: ignore[union-attr]
-            rngs = [np.random.default_rng(seed + i) for i in group]
-            totals, running, steps = [0.0] * len(group), [True] * len(group), 0
-            while any(running):
-                states = model.preprocess(np.stack(obs))
-                if perturb is not None:
-                    states = perturb(states)
-                with torch.inference_mode():
-                    if sample:
-                        p = model.probs(states).double().numpy()
-                        actions = [int(rng.choice(len(q), p=q / q.sum())) for rng, q in zip(rngs, p)]
-                    else:
-                        actions = model(states).argmax(-1).tolist()
-                for j, env in enumerate(envs[: len(group)]):
-                    if running[j]:
-                        o, reward, terminated, truncated, _ = env.step(actions[j])
-                        obs[j], totals[j] = np.asarray(o), totals[j] + float(reward)
-                        if terminated or truncated or (max_steps is not None and steps + 1 >= max_steps):
-                            running[j] = False
-                            bar.update(1)
-                steps += 1
-            returns += totals
-    for env in envs:
-        env.close()
-    result: dict[str, Any] = {
-        "episodes": episodes,
-        "seed": seed,
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "success_rate": float((np.asarray(returns) > 0).mean()),
-    }
-    if per_episode:
-        result["returns"] = [float(r) for r in returns]
-    return result
+    played = evaluate_policy(
+        model,
+        env_name,
+        env_settings=settings,
+        episodes=episodes,
+        seed=seed,
+        n_envs=int(batch),
+        sample=sample,
+        perturb=perturb,
+        max_steps=max_steps,
+        progress=progress,
+    )
+    return played.summary(per_episode=per_episode)
 
 
 def agent_command(given: AgentArgs, resolved: AgentArgs) -> str:

@@ -60,7 +60,7 @@ from xrl.data.dataset import StateDataset
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
 from xrl.files import atomic_path, write_json
-from xrl.train.agent import evaluate
+from xrl.rollout import evaluate_policy
 from xrl.train.run import TRUST_PICKLE, Run, check_settings, command, load_tensors, read_json
 
 #: the stored saliency a DIGR dataset holds
@@ -380,15 +380,7 @@ def _train(
     rng, gen = state["rng"], state["torch_gen"]
     history = state["history"]
     if "teacher" not in history:
-        history["teacher"] = evaluate(
-            teacher,
-            env["name"],
-            env.get("settings") or {},
-            episodes=args.eval_episodes,
-            seed=20_000 + args.seed,
-            progress=False,
-            batch=10,
-        )
+        history["teacher"] = _score(teacher, env, episodes=args.eval_episodes, seed=20_000 + args.seed)
     bar = tqdm(total=args.updates, initial=state["update"], desc="DIGR", unit="update", disable=not args.progress)
     last_good = state["update"]
     started = time.time()
@@ -429,15 +421,7 @@ def _train(
             "igr": values[0] if args.igr else None,
         }
         if (update + 1) % args.eval_every == 0 or update + 1 == args.updates:
-            log["student"] = evaluate(
-                student,
-                env["name"],
-                env.get("settings") or {},
-                episodes=args.eval_episodes,
-                seed=20_000 + args.seed,
-                progress=False,
-                batch=10,
-            )
+            log["student"] = _score(student, env, episodes=args.eval_episodes, seed=20_000 + args.seed)
             history["log"].append(log)
             if args.snapshots:
                 save_policy(
@@ -465,24 +449,8 @@ def _train(
                 bar.close()
                 return folder
     bar.close()
-    score = evaluate(
-        student,
-        env["name"],
-        env.get("settings") or {},
-        episodes=args.final_eval_episodes,
-        seed=10_000 + args.seed,
-        progress=False,
-        batch=10,
-    )
-    teacher_score = evaluate(
-        teacher,
-        env["name"],
-        env.get("settings") or {},
-        episodes=args.final_eval_episodes,
-        seed=10_000 + args.seed,
-        progress=False,
-        batch=10,
-    )
+    score = _score(student, env, episodes=args.final_eval_episodes, seed=10_000 + args.seed)
+    teacher_score = _score(teacher, env, episodes=args.final_eval_episodes, seed=10_000 + args.seed)
     card = _card(
         args,
         teacher,
@@ -497,6 +465,15 @@ def _train(
     )
     run_.write_history(history)
     return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
+
+
+def _score(model: Model, env: dict, *, episodes: int, seed: int) -> dict:
+    """The greedy score of ``model`` in the env it was made for: ``episodes`` seeded episodes, 10
+    side by side (:func:`xrl.rollout.evaluate_policy`)."""
+    played = evaluate_policy(
+        model, env["name"], env_settings=env.get("settings") or {}, episodes=episodes, seed=seed, n_envs=10
+    )
+    return played.summary()
 
 
 def _card(
