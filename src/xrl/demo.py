@@ -162,6 +162,34 @@ def run_demo(
     bench_start = time.time()
     run_bench(spec, out, processes=processes, progress=not quick)
     seconds = {"main": time.time() - bench_start}
+    sections, missing = _run_sections(out, seconds, quick=quick, seed=seed, zoo=zoo, processes=processes)
+    doc = load_results(out)
+    (g,) = doc["groups"]
+    _report(out, g, sections)
+    n_states = _explain_png(out, g)
+    table = group_table(g)
+    print(table)
+    papers = papers_table(g, sections)
+    print(papers)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    summary = _summary(
+        doc, g, card, spec, sections, missing, table=table, papers=papers, n_states=n_states, seed=seed, quick=quick
+    )
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(
+            f"{summary}\n\nBench time (this machine, one torch thread per job): {timing}; "
+            f"took {time.time() - started:.0f} s in all.\n"
+        )
+    print(
+        f"wrote {out}/report.html (open it in a browser), results.json, results.csv, explain.png, "
+        f"summary.md{''.join(f', {n}/report.html' for n in sections)}; bench time: {timing}"
+    )
+    return out
+
+
+def _run_sections(out: Path, seconds: dict, *, quick: bool, seed: int, zoo, processes) -> tuple[dict, list]:
+    """``(sections, missing)``: each section's bench run into ``out/<name>`` with its report and
+    its group of results; the sections whose zoo agent is missing. Seconds go to ``seconds``."""
     sections, missing = {}, []
     for name in SECTIONS:
         section = section_spec(name, quick=quick, seed=seed, zoo=Path(zoo) if zoo else None)
@@ -173,10 +201,11 @@ def run_demo(
         build_report(out / name)
         seconds[name] = time.time() - start
         (sections[name],) = load_results(out / name)["groups"]
+    return sections, missing
 
-    doc = load_results(out)
-    (g,) = doc["groups"]
-    # one report for the run: the main table, the sections summarised and linked, the papers' rows
+
+def _report(out: Path, g: dict, sections: dict) -> None:
+    """One report for the run: the main table, the sections summarised and linked, the papers' rows."""
     build_report(
         out,
         sections=[
@@ -196,6 +225,10 @@ def run_demo(
             "(their sections above). docs/reproduction.md re-runs the papers' tables: xrl reproduce --list.",
         },
     )
+
+
+def _explain_png(out: Path, g: dict) -> int:
+    """``explain.png``: the gallery states, one overlay per method; returns the dataset's size."""
     rows = g["gallery_rows"]
     maps = {m: torch.as_tensor(read_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
     with StateDataset.open(out / g["data"]) as ds:
@@ -209,12 +242,25 @@ def run_demo(
             probs=probs,
             title=f"{ENV}: saliency of the action taken",
         )
-        n_states = len(ds)
+        return len(ds)
 
-    table = group_table(g)
-    print(table)
-    papers = papers_table(g, sections)
-    print(papers)
+
+def _summary(
+    doc: dict,
+    g: dict,
+    card: dict,
+    spec,
+    sections: dict,
+    missing: list,
+    *,
+    table: str,
+    papers: str,
+    n_states: int,
+    seed: int,
+    quick: bool,
+) -> str:
+    """``summary.md`` up to the timing line: agent, states, spec, table, failures, the papers' rows
+    and the sections."""
     failed = "".join(f"\nFailed: {f['id']}: {f['error']}" for f in doc["failed"])
     not_run = "".join(f"\n- `{m}` not run: {why}" for m, why in (g.get("not_run") or {}).items())
     section_text = "".join(
@@ -225,25 +271,17 @@ def run_demo(
     section_text += "".join(
         f"\n\nSection `{name}` not run: the zoo has no `{SECTIONS[name][0]}` agent." for name in missing
     )
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-    with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(
-            f"# xrl demo: {ENV}\n\nAgent: {card.get('what')} — `{card.get('command')}`; "
-            f"score {json.dumps(card.get('score'))}\n\n"
-            f"States: {n_states} from seeded greedy episodes; {len(g['rows'] or [])} scored per "
-            f"method (seed {seed}).\n\nSpec: the shipped `quick` spec"
-            f"{' with tiny budgets' if quick else ''}: method settings "
-            f"{json.dumps({m: s for m, s in spec.methods.items() if s})}; metric settings "
-            f"{json.dumps({m: s for m, s in spec.metrics.items() if s})}; every other setting is "
-            f"the default.\n\n```\n{table}\n```\n{failed}{not_run}\n\nFull report: [report.html](report.html)"
-            f"\n\n![explanations](explain.png)\n\n## The papers in this run\n\nVisionMask, the Stalder Explainer "
-            f"and RExL with the zoo networks made for this agent; DIGR's student and an FLS agent in their "
-            f"sections below (`docs/reproduction.md` re-runs the papers' tables: `xrl reproduce --list`).\n\n"
-            f"{papers}{section_text}\n\nBench time (this machine, one torch thread per job): {timing}; "
-            f"took {time.time() - started:.0f} s in all.\n"
-        )
-    print(
-        f"wrote {out}/report.html (open it in a browser), results.json, results.csv, explain.png, "
-        f"summary.md{''.join(f', {n}/report.html' for n in sections)}; bench time: {timing}"
+    return (
+        f"# xrl demo: {ENV}\n\nAgent: {card.get('what')} — `{card.get('command')}`; "
+        f"score {json.dumps(card.get('score'))}\n\n"
+        f"States: {n_states} from seeded greedy episodes; {len(g['rows'] or [])} scored per "
+        f"method (seed {seed}).\n\nSpec: the shipped `quick` spec"
+        f"{' with tiny budgets' if quick else ''}: method settings "
+        f"{json.dumps({m: s for m, s in spec.methods.items() if s})}; metric settings "
+        f"{json.dumps({m: s for m, s in spec.metrics.items() if s})}; every other setting is "
+        f"the default.\n\n```\n{table}\n```\n{failed}{not_run}\n\nFull report: [report.html](report.html)"
+        f"\n\n![explanations](explain.png)\n\n## The papers in this run\n\nVisionMask, the Stalder Explainer "
+        f"and RExL with the zoo networks made for this agent; DIGR's student and an FLS agent in their "
+        f"sections below (`docs/reproduction.md` re-runs the papers' tables: `xrl reproduce --list`).\n\n"
+        f"{papers}{section_text}"
     )
-    return out

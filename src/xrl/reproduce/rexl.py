@@ -270,7 +270,7 @@ def _timing(run: TargetRun, name: str, explainers: dict, states, targets) -> lis
     s = run.settings
     timed = {k: explainers[k] for k in ("RExL-DS", "RExL-CS", "RISE", "Extremal") if k in explainers}
 
-    def time_maps():
+    def time_maps() -> dict:
         wall: dict[str, list[float]] = {k: [] for k in timed}
         cpu: dict[str, list[float]] = {k: [] for k in timed}
         for i in range(min(s["n_time"], len(states) - 1) + 1):  # interleaved; the first round warms up
