@@ -10,7 +10,7 @@ same one-line problems naming the spec's lines (:class:`~xrl.bench.spec.SpecErro
   ``not_run``), and the trained networks it runs (``networks``, found in the zoo by the agent's
   weights fingerprint: part of the jobs' keys);
 - an env that gives no labels for the metrics named that need them, or refuses its settings;
-- a ``device`` this machine does not have (not for Ray, whose workers resolve it);
+- a ``device`` this machine does not have (not for a Ray cluster, whose workers resolve it);
 - each agent's ``inputs`` from its loaded weights (the fingerprint its card records, or the
   weights' own when it records none).
 """
@@ -26,7 +26,8 @@ from xrl.bench.spec import AgentSpec, Spec, SpecError, labels_missing, setting_p
 def prepare(spec: Spec, *, here: bool = True) -> tuple[Spec, dict[str, Model]]:
     """The spec with ``not_run``, ``networks`` and the agents' ``inputs`` filled in, and the
     agents loaded (``{name: Model}`` on the CPU); raises :class:`SpecError` listing every problem.
-    ``here``: the jobs run in this process or its children, so ``device`` must be on this machine."""
+    ``here``: the jobs run on this machine (in process, local processes, a local Ray), so
+    ``device`` must be on it."""
     from xrl.agents.load import load_agent
     from xrl.ops import resolve_device
 

@@ -172,7 +172,8 @@ def run_bench(
     anything is written the agents are loaded and what needs them is checked (:func:`prepare`).
     One run at a time per results folder (``out/.lock``, :class:`xrl.files.FolderLock`)."""
     _check_executor(ray, workers, processes)
-    spec, models = prepare(spec if isinstance(spec, Spec) else load_spec(spec), here=ray is None)
+    here = ray is None or ray == "auto"  # this machine runs the jobs (not a cluster's workers)
+    spec, models = prepare(spec if isinstance(spec, Spec) else load_spec(spec), here=here)
     out = Path(out) if out is not None else Path("bench-results") / spec.name
     out.mkdir(parents=True, exist_ok=True)
     if ray is not None:
