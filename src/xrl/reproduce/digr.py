@@ -381,9 +381,19 @@ def attacks(
     ``s["eps"]`` on ``s["episodes"]`` seeded episodes; ``env_overrides``: env settings laid over
     the agents'; ``max_steps``: every episode ends after this many steps (the quick runs, on any
     env)."""
+    from xrl.viz.overlay import attack_curves
+
+    results = _returns_under_attack(run, agents, s, env_overrides=env_overrides, max_steps=max_steps)
+    attack_curves(results, run.figure("fig8"))
+    _fig8_tables(run, agents, s, results)
+
+
+def _returns_under_attack(
+    run: TargetRun, agents: dict, s: dict, *, env_overrides: dict | None, max_steps: int | None
+) -> dict[str, dict[str, list[dict]]]:
+    """``results[agent][attack]``: the return at every eps (0 first: the clean episodes), one row each."""
     from xrl.attacks import get_attack
     from xrl.train.agent import evaluate
-    from xrl.viz.overlay import attack_curves
 
     eps = sorted({0.0, *map(float, s["eps"])})
     results: dict[str, dict[str, list[dict]]] = {}
@@ -427,7 +437,12 @@ def attacks(
 
                 curve.append({"eps": e, **run.row(f"attack-{agent}-{attack}-{e:g}", compute)})
             results[agent][attack] = curve
-    attack_curves(results, run.figure("fig8"))
+    return results
+
+
+def _fig8_tables(run: TargetRun, agents: dict, s: dict, results: dict) -> None:
+    """``fig8`` (every agent at the eps where the teacher's return halves, paired intervals) and
+    ``curves`` (every agent, attack and eps)."""
     rows, half = [], {}
     for attack in s["attacks"]:
         e = half_return_eps(results["teacher"][attack])  # type: ignore[assignment]
