@@ -4,6 +4,7 @@ checks its values against an independent explainer + metric loop written here.""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -222,3 +223,25 @@ def test_bad_input_gets_one_line_errors(model, dataset):
         pipeline.evaluate(model, dataset, [0, N_ROWS], ["random"], ["sparseness"])
     with pytest.raises(ValueError, match="unknown"):
         pipeline.explain(model, states, ["no_such_method"])
+
+
+def test_a_dataset_without_fingerprint_warns_at_the_callers_line(model, dataset, tmp_path):
+    """The warning names the line that called evaluate, through either face."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "old.h5"
+    shutil.copy(dataset.path, path)
+    with h5py.File(path, "r+") as f:
+        agent = json.loads(f.attrs["agent"])
+        del agent["fingerprint"]
+        f.attrs["agent"] = json.dumps(agent)
+    with StateDataset.open(path) as old:
+        for call in (
+            lambda: pipeline.evaluate(model, old, [0, 1], ["random"], ["sparseness"]),
+            lambda: xrl.evaluation.evaluate(model, old, ["random"], ["sparseness"], n_states=2, progress=False),
+        ):
+            with pytest.warns(UserWarning, match="records no agent fingerprint") as caught:
+                call()
+            assert [w.filename for w in caught] == [__file__]

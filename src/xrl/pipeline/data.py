@@ -11,9 +11,11 @@ actions anyway. A dataset written before fingerprints were recorded gets a warni
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,7 +91,7 @@ def dataset_targets(
             warnings.warn(
                 f"{dataset.path}: the dataset records no agent fingerprint (written before they were "
                 "recorded); its stored actions are explained as this agent's",
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
         elif recorded != model.fingerprint():
             raise ValueError(
@@ -99,6 +101,16 @@ def dataset_targets(
                 "--targets agent) or the stored ones anyway (targets='dataset', --targets dataset)"
             )
     return torch.as_tensor(dataset.actions[rows], dtype=torch.long, device="cpu")  # beside the dataset's states
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` (from the function calling this) of the first frame outside the pipeline
+    and ``xrl/evaluation.py``: a warning names the caller's line, whichever wrapper it came through."""
+    inside = (str(Path(__file__).parent), str(Path(__file__).parents[1] / "evaluation.py"))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def read_batch(model: Model, dataset: StateDataset, rows, targets: str | None = None, *, batch_size: int = 64) -> Batch:
