@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from common import write_result
 
@@ -66,26 +67,14 @@ def main() -> None:
 def run_quick(name: str, out: str, processes: int) -> dict:
     """Spec ``name`` into ``out`` (must not hold finished jobs): set-up, then the jobs, timed."""
     from xrl.bench import run_bench
-    from xrl.bench.runner import collect, data_path
+    from xrl.bench.runner import collect_states, prepare
     from xrl.bench.spec import load_spec
     from xrl.ops import tune_malloc
 
     tune_malloc()  # as the xrl command does
     started = time.perf_counter()
-    spec = load_spec(name)  # loads the agents
-    for agent in spec.agents:
-        for seed in spec.seeds if agent.data is None else ():
-            collect(
-                spec.models[agent.name],
-                episodes=agent.episodes,
-                out=data_path(out, spec, agent.name, seed),
-                env=agent.env,
-                env_settings=agent.env_settings,
-                seed=seed,
-                max_steps=agent.max_steps,
-                sample=agent.sample,
-                progress=False,
-            )
+    spec, models = prepare(load_spec(name))  # loads the agents
+    collect_states(spec, models, Path(out))
     setup = time.perf_counter() - started
     cpu = os.times()
     started = time.perf_counter()

@@ -288,7 +288,7 @@ def test_an_interrupt_is_one_line_and_its_exit_status(capsys, monkeypatch):
         (interrupted, 130, "xrl envs: interrupted"),
         (terminated, 143, "xrl envs: terminated by signal 15"),
     ]:
-        monkeypatch.setattr(cli, "cmd_envs", fn)
+        monkeypatch.setitem(cli.COMMANDS, "envs", (cli.NoSettings, fn, "list environments"))
         assert main(["envs"]) == code
         assert capsys.readouterr().err.strip().splitlines() == [line]
 
@@ -975,10 +975,10 @@ def test_bad_specs_are_refused_by_check_and_run(
     assert main(["bench", "spec.toml", *(["--check"] if check else ["--out", "res"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     want = problem.replace("DATA", str(dataset))
-    if want.endswith(" PICKLE"):  # --check reads its head, the run torch's refusal: the same file and entry named
+    if want.endswith(" PICKLE"):  # --check and the run read its head (no weights): the same file and entry named
         assert err[0] == "xrl bench: error: the spec has 1 problem(s):" and len(err) == 2, err
         assert err[1].startswith("  " + want.removesuffix(" PICKLE")), err[1]
-        assert ("that is a pickle, not torch's weights format" if check else "that is not plain weights") in err[1]
+        assert "that is a pickle, not torch's weights format" in err[1]
         return
     assert err == ["xrl bench: error: the spec has 1 problem(s):", "  " + want]
     assert files(tmp_path) == before

@@ -346,7 +346,7 @@ def test_unreachable_ray_address_fails_fast(tmp_path, capsys):
 def test_check_only(tmp_path, capsys):
     code = cli.main(["bench", str(write_spec(tmp_path)), "--check"])
     assert code == 0
-    assert "OK, 6 jobs (1 agent(s) x 2 seed(s) x 3 method(s)), 5 metric(s)" in capsys.readouterr().out
+    assert "OK, up to 6 jobs (1 agent(s) x 2 seed(s) x 3 method(s)), 5 metric(s)" in capsys.readouterr().out
 
 
 # -- killed midway ----------------------------------------------------------------------------------

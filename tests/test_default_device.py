@@ -432,3 +432,41 @@ def test_a_bench_job_names_its_devices(tmp_path):
     docs = [json.loads((Path(out) / "results.json").read_text()) for out in (on_meta, plain)]
     assert comparable(docs[0]) == comparable(docs[1])
     same_maps(Path(on_meta), Path(plain))
+
+
+def _serve_maps(tmp_path, methods: list[str]) -> dict:
+    """Maps of step 1 of the zoo agent's seed-0 episode, one ``xrl serve`` request per method
+    (the engine's own lanes: recording the episode and computing each map)."""
+    from xrl.serve.engine import Engine, Job
+
+    def done(value):
+        if isinstance(value, Job):
+            engine.wait(value, timeout=300)
+            assert value.state == "done", value.error
+            return value.result
+        return value
+
+    engine = Engine(cache=tmp_path, max_steps=8)
+    try:
+        agent = engine.agent_id("red-fetch-green")
+        done(engine.episode(agent, 0))
+        episode = done(engine.episode(agent, 0))
+        return {
+            m: done(engine.saliency(episode, 1, engine.method(agent, m), FAST.get(m, {}), None, [])) for m in methods
+        }
+    finally:
+        engine.close()
+
+
+def test_a_serve_map_request_names_its_devices(tmp_path, monkeypatch):
+    """``xrl serve``: an episode recorded and maps computed in the engine's worker threads with the
+    default device set to meta there (a thread's default device is its own) equal the plain ones."""
+    from xrl.serve import engine as engine_module
+
+    methods = ["gradient", "grad_cam", "rise"]
+    plain = _serve_maps(tmp_path / "plain", methods)
+    run = engine_module.Lane._run
+    monkeypatch.setattr(engine_module.Lane, "_run", lambda self: on_meta_default(lambda: run(self)))
+    on_meta = _serve_maps(tmp_path / "meta", methods)
+    for m in methods:
+        np.testing.assert_allclose(on_meta[m], plain[m], rtol=1e-6, atol=1e-8)

@@ -12,8 +12,9 @@ from xrl.demo import LEARNED, SECTIONS, demo_spec, papers_table, section_spec
 
 def test_quick_spec_runs_the_learned_explainers_on_the_zoo_agent():
     from xrl.agents.load import ZOO_DIR
+    from xrl.bench.runner import prepare
 
-    spec = demo_spec(ZOO_DIR / "red-fetch-green" / "agent.pt", quick=True, seed=0)
+    spec, _ = prepare(demo_spec(ZOO_DIR / "red-fetch-green" / "agent.pt", quick=True, seed=0))
     (agent,) = spec.agents
     jobs = {j.method for j in spec.jobs()}
     for method in LEARNED:

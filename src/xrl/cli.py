@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +19,18 @@ from xrl.envs import ENVS, list_envs
 from xrl.explainers import EXPLAINERS, list_explainers
 from xrl.method_settings import check_method_settings
 from xrl.metrics import METRICS, list_metrics
-from xrl.train.run import RunLocked, Terminated, add_flags, from_flags, parse_pairs
+from xrl.settings import (
+    OnDevice,
+    add_command,
+    at_least_1,
+    device_name,
+    eps_list,
+    fraction,
+    parse_pairs,
+    positive,
+    run_command,
+)
+from xrl.train.run import RunLocked, Terminated
 
 
 def _method_settings(
@@ -35,41 +46,6 @@ def _method_settings(
         methods[method][setting] = value
     check_method_settings(registry, {m: v for m, v in methods.items() if v}, flag)
     return methods
-
-
-def _number(kind, test, expected: str):
-    """An argparse type: ``kind(text)`` that passes ``test``, else one line saying what was expected."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not test(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    parse.__name__ = expected
-    return parse
-
-
-_at_least_1 = _number(int, lambda v: v >= 1, "an integer of at least 1")
-_positive = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
-_fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-
-
-def _eps_list(text: str) -> list[float]:
-    """``--eps 0,0.01,0.1``: comma-separated finite radii of at least 0."""
-    try:
-        values = [float(e) for e in text.split(",") if e.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers of at least 0, got {text!r}")
-    return values
-
-
-_eps_list.__name__ = "comma-separated numbers"
 
 
 def _out_folder(out: str, flag: str = "--out") -> Path:
@@ -90,6 +66,13 @@ def _out_folder(out: str, flag: str = "--out") -> Path:
                 raise ValueError(f"{flag} {out}: {parent} is not writable")
             break
     return path
+
+
+def _device(args: OnDevice) -> str:
+    """The device a command computes on (``--device``), refused in one line when it is not there."""
+    from xrl.ops import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _doc(obj) -> str:
@@ -176,13 +159,11 @@ def cmd_metrics(args) -> None:
         print(f"{name:16s} {cls.category:14s} {direction:44s} {_doc(cls)}")
 
 
-def cmd_train(args) -> None:
+def cmd_train(trainer: Trainer, settings) -> None:
     """``xrl train <what>``: the trainer's settings from its flags, then what its card says."""
     import importlib
 
-    trainer = TRAINERS[args.what]
-    module = importlib.import_module(trainer.module)
-    path = getattr(module, trainer.train)(from_flags(getattr(module, trainer.settings), args))
+    path = getattr(importlib.import_module(trainer.module), trainer.train)(settings)
     card = json.loads(path.with_suffix(".json").read_text())
     if path.name == "checkpoint.zip":  # --convert-only: a checkpoint, not a trained artifact
         print(f"saved {path.parent / card['checkpoint']}\n{card['what']}: {card['timesteps']} steps")
@@ -199,14 +180,17 @@ def cmd_counterfactual(args) -> None:
     from xrl.viz.overlay import counterfactual_figure
 
     out = _out_folder(args.out)
-    model = load_agent(args.agent)
-    network = load_mask_network(args.network)
+    device = _device(args)
+    model = load_agent(args.agent, device=device)
+    network = load_mask_network(args.network).to(device)
     explainer = get_explainer(network.method, model, network=network)
     with StateDataset.open(args.data) as ds:
         rows = _rows(len(ds), args.n, args.seed)
-        states = ds.states(rows)
-    targets = None if args.target is None else torch.full((len(rows),), args.target)
+        states = ds.states(rows).to(device)
+    targets = None if args.target is None else torch.full((len(rows),), args.target, device=device)
     cf = counterfactual(explainer, states, targets, threshold=args.threshold)  # type: ignore[arg-type]
+    cf = type(cf)(*(t.detach().cpu() for t in cf))  # computed on the device, drawn from the CPU
+    states = states.cpu()
     names = model.action_names
     for i, row in enumerate(rows):
         path = out / f"state_{int(row):06d}.png"
@@ -242,7 +226,7 @@ def cmd_attack(args) -> None:
     settings = _method_settings(",".join(attacks), args.setting, registry=ATTACKS)
     results, sources = {}, {}
     for agent in args.agent:
-        model = load_agent(agent)
+        model = load_agent(agent, device=_device(args))
         results[agent] = return_under_attack(
             model, attacks, eps, episodes=args.episodes, seed=args.seed, attack_settings=settings, batch=args.batch
         )
@@ -258,7 +242,7 @@ def cmd_collect(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.collect import collect
 
-    model = load_agent(args.agent)
+    model = load_agent(args.agent, device=_device(args))
     if args.env is None and not model.info.get("env"):
         kind = "classifier" if (model.info.get("card") or {}).get("format") == "xrl.classifier" else "model"
         raise ValueError(
@@ -270,7 +254,7 @@ def cmd_collect(args) -> None:
         episodes=args.episodes,
         out=args.out,
         env=args.env,
-        env_settings=parse_pairs(args.set) if args.set else None,
+        env_settings=args.env_settings or None,
         seed=args.seed,
         max_steps=args.max_steps,
         sample=args.sample,
@@ -334,7 +318,7 @@ def cmd_explain(args) -> None:
         raise ValueError(
             f"--out {args.out}: expected a picture file ending in one of {', '.join('.' + f for f in sorted(formats))}"
         )
-    model = load_agent(args.agent)
+    model = load_agent(args.agent, device=_device(args))
     methods = _methods_for(model, args.methods, args.setting)
     with StateDataset.open(args.data) as ds:
         _fits(model, ds)
@@ -358,7 +342,7 @@ def cmd_evaluate(args) -> None:
     from xrl.evaluation import evaluate
 
     _out_folder(args.out)
-    model = load_agent(args.agent)
+    model = load_agent(args.agent, device=_device(args))
     methods = _methods_for(model, args.methods, args.setting)
     metrics = _method_settings(
         args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting", registry=METRICS
@@ -382,15 +366,12 @@ def cmd_bench(args) -> int:
         raise ValueError(f"{args.spec} is a folder; expected a spec file (TOML) or a shipped spec: quick, full")
     if args.out is not None:
         _out_folder(args.out)
-    spec = load_spec(args.spec, load_weights=not args.check)  # checking reads no weights
-    if args.check:
+    spec = load_spec(args.spec, device=args.device)  # a spec reads no weights (xrl.bench.spec)
+    if args.check:  # no weights read: the methods an agent cannot serve are known when the run starts
         print(
-            f"{args.spec}: OK, {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
+            f"{args.spec}: OK, up to {len(spec.jobs())} jobs ({len(spec.agents)} agent(s) x "
             f"{len(spec.seeds)} seed(s) x {len(spec.methods)} method(s)), {len(spec.metrics)} metric(s)"
         )
-        for agent, methods in spec.not_run.items():
-            for method, why in methods.items():
-                print(f"  not run for {agent}: {method} ({why})")
         return 0
     out = run_bench(spec, args.out, ray=args.ray, workers=args.workers)
     doc = load_results(out)
@@ -417,12 +398,12 @@ def cmd_watch(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.watch import watch
 
-    model = load_agent(args.agent)
+    model = load_agent(args.agent, device=_device(args))
     result = watch(
         model,
         methods=_method_settings(args.methods, args.setting),
         env=args.env,
-        env_settings=parse_pairs(args.set) if args.set else None,
+        env_settings=args.env_settings or None,
         seed=args.seed,
         max_steps=args.max_steps,
         counterfactual=args.counterfactual,
@@ -509,20 +490,252 @@ TRAINERS = {
 }
 
 
-def _train_commands(sub) -> None:
-    """``xrl train <what>``: every flag made from the trainer's dataclass (``xrl.train.run.add_flags``)."""
+def _train_commands(sub, lazy: bool) -> None:
+    """``xrl train <what>``: every flag made from the trainer's dataclass (``xrl.settings.add_flags``).
+    ``lazy``: the command line is not ``train``, so the trainers (Stable-Baselines3) are not
+    imported; only their names and help are listed."""
+    import functools
     import importlib
 
     train = sub.add_parser(
         "train", help="train an agent, a DIGR student, a mask network, a RExL agent or a classifier"
     ).add_subparsers(dest="what", required=True)
     for name, trainer in TRAINERS.items():
-        t = train.add_parser(name, help=trainer.help)
-        add_flags(t, getattr(importlib.import_module(trainer.module), trainer.settings))
-        t.set_defaults(fn=cmd_train)
+        if lazy:
+            train.add_parser(name, help=trainer.help)
+            continue
+        cls = getattr(importlib.import_module(trainer.module), trainer.settings)
+        add_command(train, name, cls, functools.partial(cmd_train, trainer), trainer.help)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ------------------------------------------------------------------ the commands' settings
+# Each command is its dataclass: the flags, their help (the string under each field) and the
+# types come from it (xrl.settings.add_flags); the handler gets it filled. ``OnDevice`` adds
+# ``--device`` to every command that computes (docs/architecture.md#devices).
+
+_APPEND = {"metavar": "METHOD.KEY=VALUE"}
+
+
+@dataclass
+class NoSettings:
+    """A command without settings (envs, methods, metrics)."""
+
+
+@dataclass
+class ZooSettings:
+    dir: str | None = None
+    """zoo folder (default: the repository's zoo/, or $XRL_ZOO)"""
+    commands: bool = field(default=False, metadata={"switch": True})
+    """also print the command that made each one"""
+    json: bool = field(default=False, metadata={"switch": True})
+    """print the rows as JSON"""
+    verify: bool = field(default=False, metadata={"switch": True})
+    """check every artifact's sha256 against its card and that it loads (exit 1 on a problem)"""
+    update_sha256: bool = field(default=False, metadata={"switch": True})
+    """record every artifact's sha256 and weights fingerprint in its card, then verify"""
+
+
+@dataclass
+class AttackSettings(OnDevice):
+    agent: list[str] = field(default_factory=list, metadata={"required": True})
+    """zoo name, SB3 .zip or xrl .pt"""
+    attacks: str = "fgsm,pgd,mi_fgsm,mad"
+    """comma-separated"""
+    eps: list[float] = field(
+        default_factory=lambda: [0, 0.01, 0.02, 0.05, 0.1], metadata={"type": eps_list, "append": False}
+    )
+    """comma-separated L-inf radii (state units; default 0,0.01,0.02,0.05,0.1)"""
+    setting: list[str] = field(default_factory=list, metadata={"metavar": "ATTACK.KEY=VALUE"})
+    """an attack's setting"""
+    episodes: int = field(default=50, metadata={"type": at_least_1})
+    """episodes played per attack and eps"""
+    batch: int = field(default=8, metadata={"type": at_least_1})
+    """episodes played side by side (one batched attack a step)"""
+    seed: int = 0
+    """the first episode's seed"""
+    out: str = "attack-results"
+    """results folder"""
+
+
+@dataclass
+class CollectSettings(OnDevice):
+    agent: str
+    """zoo name, SB3 .zip or xrl .pt"""
+    episodes: int = field(metadata={"type": at_least_1})
+    """episodes played"""
+    out: str
+    """dataset file (.h5)"""
+    env: str | None = None
+    """default: the env the agent was trained on"""
+    env_settings: dict = field(default_factory=dict, metadata={"flag": "set"})
+    """env setting"""
+    seed: int = 0
+    """the first episode's seed"""
+    max_steps: int | None = field(default=None, metadata={"type": at_least_1})
+    """steps an episode at most"""
+    sample: bool = field(default=False, metadata={"switch": True})
+    """sample actions instead of argmax"""
+    overwrite: bool = field(default=False, metadata={"switch": True})
+    """replace an existing dataset"""
+
+
+@dataclass
+class _OnData(OnDevice):
+    agent: str
+    """zoo name, SB3 .zip or xrl .pt"""
+    data: str
+    """StateDataset file (xrl collect)"""
+    methods: str | None = None
+    """comma-separated; default all"""
+    setting: list[str] = field(default_factory=list, metadata=_APPEND)
+    """a method's setting"""
+    seed: int = 0
+    """which states are drawn"""
+    targets: str | None = field(default=None, metadata={"choices": ("agent", "dataset")})
+    """explain the agent's own greedy actions, or the dataset's stored ones even when another agent
+    collected it (default: the stored actions, refused for another agent's data)"""
+
+
+@dataclass
+class ExplainSettings(_OnData):
+    n: int | None = field(default=None, metadata={"type": at_least_1})
+    """states in the grid (default 6, or all the dataset has if fewer)"""
+    out: str = "explain.png"
+    """picture file; its suffix picks the format (.png, .pdf, .svg), none means .png"""
+
+
+@dataclass
+class EvaluateSettings(_OnData):
+    metrics: str | None = None
+    """comma-separated; default all"""
+    metric_setting: list[str] = field(default_factory=list, metadata={"metavar": "METRIC.KEY=VALUE"})
+    """a metric's setting"""
+    n_states: int | None = field(default=None, metadata={"type": at_least_1})
+    """states scored (default 64, or all the dataset has if fewer)"""
+    out: str = "results"
+    """results folder"""
+
+
+@dataclass
+class CounterfactualSettings(OnDevice):
+    agent: str
+    """zoo name, SB3 .zip or xrl .pt"""
+    network: str
+    """trained mask network (.pt of xrl train visionmask)"""
+    data: str
+    """StateDataset file (xrl collect)"""
+    n: int = field(default=4, metadata={"type": at_least_1})
+    """states drawn"""
+    seed: int = 0
+    """which states are drawn"""
+    target: int | None = None
+    """action whose map is used (default the agent's)"""
+    threshold: float = field(default=0.5, metadata={"type": fraction})
+    """region: connected pixels around the map's maximum at >= threshold x maximum"""
+    out: str = "counterfactuals"
+    """folder of PNGs"""
+
+
+@dataclass
+class BenchSettings:
+    spec: str = field(metadata={"positional": True})
+    """spec file (TOML) or a shipped spec: quick, full"""
+    device: str | None = field(default=None, metadata={"type": device_name, "metavar": "auto|cpu|cuda|cuda:N"})
+    """where the jobs compute (default: the spec's device setting, itself auto: CUDA when available); with
+    --ray each job asks Ray for gpus_per_job GPUs (the spec's; default 1 on CUDA, 0 on the CPU)"""
+    out: str | None = None
+    """results folder (default bench-results/<spec name>)"""
+    ray: str | None = field(default=None, metadata={"metavar": "auto|ADDRESS"})
+    """run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster"""
+    workers: int | None = field(default=None, metadata={"type": at_least_1})
+    """CPUs of the local Ray (--ray auto)"""
+    check: bool = field(default=False, metadata={"switch": True})
+    """only check the spec"""
+    report: bool = field(default=False, metadata={"switch": True})
+    """also write report.html"""
+
+
+@dataclass
+class ReportSettings:
+    results: str = field(metadata={"positional": True})
+    """results folder (xrl bench --out)"""
+    out: str | None = None
+    """HTML file (default RESULTS/report.html)"""
+    include_flagged: bool = field(default=False, metadata={"switch": True})
+    """methods that fail the sanity check may still be the verdict's best (default: marked and left out)"""
+
+
+@dataclass
+class WatchSettings(OnDevice):
+    agent: str
+    """zoo name, SB3 .zip or xrl .pt"""
+    methods: str = "gradient,grad_cam"
+    """comma-separated (xrl methods)"""
+    setting: list[str] = field(default_factory=list, metadata=_APPEND)
+    """a method's setting"""
+    env: str | None = None
+    """default: the env the agent was trained on"""
+    env_settings: dict = field(default_factory=dict, metadata={"flag": "set"})
+    """env setting"""
+    seed: int = 0
+    """the episode's reset seed"""
+    max_steps: int = field(default=500, metadata={"type": at_least_1})
+    """steps at most"""
+    counterfactual: bool = field(default=False, metadata={"switch": True})
+    """add the frame without the first method's most salient region and the action then"""
+    fraction: float = field(default=0.05, metadata={"type": fraction})
+    """share of pixels removed (--counterfactual)"""
+    fps: float = field(default=10, metadata={"type": positive})
+    """frames per second of the video"""
+    formats: str = "mp4,gif"
+    """comma-separated video formats"""
+    out: str = "watch"
+    """video path without suffix: OUT.mp4, OUT.gif"""
+
+
+@dataclass
+class DemoSettings(OnDevice):
+    out: str = "demo-results"
+    """results folder"""
+    quick: bool = field(default=False, metadata={"switch": True})
+    """tiny budgets (used by the tests)"""
+
+
+#: name -> (settings, handler, help); ``train``, ``reproduce`` and ``serve`` are added beside them
+COMMANDS: dict[str, tuple[type, Callable, str]] = {
+    "envs": (NoSettings, cmd_envs, "list environments"),
+    "zoo": (
+        ZooSettings,
+        cmd_zoo,
+        "list the zoo's trained models and the explainer networks made for them: env, architecture, "
+        "training, score (from their cards)",
+    ),
+    "methods": (NoSettings, cmd_methods, "list explainers"),
+    "metrics": (NoSettings, cmd_metrics, "list metrics"),
+    "attack": (AttackSettings, cmd_attack, "episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps"),
+    "collect": (CollectSettings, cmd_collect, "roll out an agent into a StateDataset"),
+    "explain": (ExplainSettings, cmd_explain, "PNG grid of frames and overlays"),
+    "evaluate": (EvaluateSettings, cmd_evaluate, "metrics table (terminal, CSV, JSON)"),
+    "counterfactual": (
+        CounterfactualSettings,
+        cmd_counterfactual,
+        "remove the most salient region of the target's mask (VisionMask / Stalder Explainer): the agent's new "
+        "action, a PNG per state",
+    ),
+    "bench": (
+        BenchSettings,
+        cmd_bench,
+        "a spec's grid of jobs (agents x seeds x methods), resumable, in process or on Ray",
+    ),
+    "report": (ReportSettings, cmd_report, "self-contained HTML report of a bench results folder"),
+    "watch": (WatchSettings, cmd_watch, "film one seeded episode: frame, overlays, action, probabilities"),
+    "demo": (DemoSettings, cmd_demo, "the README's main job: agent, states, every method, metrics, report"),
+}
+
+
+def build_parser(lazy_train: bool = False) -> argparse.ArgumentParser:
+    """The ``xrl`` parser: one subcommand per entry of :data:`COMMANDS` and ``train``, ``reproduce``
+    and ``serve``, each made from its settings dataclass (:func:`xrl.settings.add_command`)."""
     p = argparse.ArgumentParser(
         prog="xrl",
         description="Saliency maps for RL agents that see images. "
@@ -535,184 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON: this RUNS CODE from the file, use it only for files from a source you trust",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("envs", help="list environments").set_defaults(fn=cmd_envs)
-    z = sub.add_parser(
-        "zoo",
-        help="list the zoo's trained models and the explainer networks made for them: env, "
-        "architecture, training, score (from their cards)",
-    )
-    z.add_argument("--dir", default=None, help="zoo folder (default: the repository's zoo/, or $XRL_ZOO)")
-    z.add_argument("--commands", action="store_true", help="also print the command that made each one")
-    z.add_argument("--json", action="store_true", help="print the rows as JSON")
-    z.add_argument(
-        "--verify",
-        action="store_true",
-        help="check every artifact's sha256 against its card and that it loads (exit 1 on a problem)",
-    )
-    z.add_argument(
-        "--update-sha256",
-        action="store_true",
-        help="record every artifact's sha256 and weights fingerprint in its card, then verify",
-    )
-    z.set_defaults(fn=cmd_zoo)
-    sub.add_parser("methods", help="list explainers").set_defaults(fn=cmd_methods)
-    sub.add_parser("metrics", help="list metrics").set_defaults(fn=cmd_metrics)
+    for name, (cls, handler, help_) in COMMANDS.items():
+        add_command(sub, name, cls, handler, help_)
+    _train_commands(sub, lazy_train)
+    from xrl.reproduce.cli import ReproduceSettings, cmd_reproduce  # the handler lives in xrl/reproduce
 
-    _train_commands(sub)
-    _data_commands(sub)
-    _bench_commands(sub)
+    add_command(sub, "reproduce", ReproduceSettings, cmd_reproduce, ReproduceSettings.HELP)
+    from xrl.serve import ServeSettings, run  # the handler lives in xrl/serve (docs/serve.md)
+
+    add_command(sub, "serve", ServeSettings, run, ServeSettings.HELP)
     return p
-
-
-def _data_commands(sub) -> None:
-    """attack, collect, explain, evaluate, counterfactual."""
-    a = sub.add_parser("attack", help="episode return under FGSM/PGD/MI-FGSM/MAD attacks across eps")
-    a.add_argument("--agent", required=True, action="append", help="zoo name, SB3 .zip or xrl .pt (repeatable)")
-    a.add_argument("--attacks", default="fgsm,pgd,mi_fgsm,mad", help="comma-separated")
-    a.add_argument(
-        "--eps", type=_eps_list, default="0,0.01,0.02,0.05,0.1", help="comma-separated L-inf radii (state units)"
-    )
-    a.add_argument("--setting", action="append", metavar="ATTACK.KEY=VALUE")
-    a.add_argument("--episodes", type=_at_least_1, default=50)
-    a.add_argument(
-        "--batch", type=_at_least_1, default=8, help="episodes played side by side (one batched attack a step)"
-    )
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--out", default="attack-results")
-    a.set_defaults(fn=cmd_attack)
-
-    c = sub.add_parser("collect", help="roll out an agent into a StateDataset")
-    c.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
-    c.add_argument("--episodes", type=_at_least_1, required=True)
-    c.add_argument("--out", required=True, help="dataset file (.h5)")
-    c.add_argument("--env", default=None, help="default: the env the agent was trained on")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--max-steps", type=_at_least_1, default=None)
-    c.add_argument("--sample", action="store_true", help="sample actions instead of argmax")
-    c.add_argument("--overwrite", action="store_true")
-    c.set_defaults(fn=cmd_collect)
-
-    for name, fn, helptext in (
-        ("explain", cmd_explain, "PNG grid of frames and overlays"),
-        ("evaluate", cmd_evaluate, "metrics table (terminal, CSV, JSON)"),
-    ):
-        e = sub.add_parser(name, help=helptext)
-        e.add_argument("--agent", required=True)
-        e.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
-        e.add_argument("--methods", default=None, help="comma-separated; default all")
-        e.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
-        e.add_argument("--seed", type=int, default=0, help="which states are drawn")
-        e.add_argument(
-            "--targets",
-            choices=("agent", "dataset"),
-            default=None,
-            help="explain the agent's own greedy actions, or the dataset's stored ones even when another "
-            "agent collected it (default: the stored actions, refused for another agent's data)",
-        )
-        if name == "explain":
-            e.add_argument(
-                "--n",
-                type=_at_least_1,
-                default=None,
-                help="states in the grid (default 6, or all the dataset has if fewer)",
-            )
-            e.add_argument(
-                "--out",
-                default="explain.png",
-                help="picture file; its suffix picks the format (.png, .pdf, .svg), none means .png",
-            )
-        else:
-            e.add_argument("--metrics", default=None, help="comma-separated; default all")
-            e.add_argument("--metric-setting", action="append", metavar="METRIC.KEY=VALUE")
-            e.add_argument(
-                "--n-states",
-                type=_at_least_1,
-                default=None,
-                help="states scored (default 64, or all the dataset has if fewer)",
-            )
-            e.add_argument("--out", default="results")
-        e.set_defaults(fn=fn)
-
-    f = sub.add_parser(
-        "counterfactual",
-        help="remove the most salient region of the target's mask "
-        "(VisionMask / Stalder Explainer): the agent's new action, a PNG per state",
-    )
-    f.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
-    f.add_argument("--network", required=True, help="trained mask network (.pt of xrl train visionmask)")
-    f.add_argument("--data", required=True, help="StateDataset file (xrl collect)")
-    f.add_argument("--n", type=_at_least_1, default=4, help="states drawn")
-    f.add_argument("--seed", type=int, default=0, help="which states are drawn")
-    f.add_argument("--target", type=int, default=None, help="action whose map is used (default the agent's)")
-    f.add_argument(
-        "--threshold",
-        type=_fraction,
-        default=0.5,
-        help="region: connected pixels around the map's maximum at >= threshold x maximum",
-    )
-    f.add_argument("--out", default="counterfactuals", help="folder of PNGs")
-    f.set_defaults(fn=cmd_counterfactual)
-
-
-def _bench_commands(sub) -> None:
-    """bench, report, watch, demo, reproduce."""
-    b = sub.add_parser(
-        "bench", help="a spec's grid of jobs (agents x seeds x methods), resumable, in process or on Ray"
-    )
-    b.add_argument("spec", help="spec file (TOML) or a shipped spec: quick, full")
-    b.add_argument("--out", default=None, help="results folder (default bench-results/<spec name>)")
-    b.add_argument(
-        "--ray",
-        default=None,
-        metavar="auto|ADDRESS",
-        help="run the jobs on Ray: 'auto' starts a local Ray, ADDRESS joins a cluster",
-    )
-    b.add_argument("--workers", type=_at_least_1, default=None, help="CPUs of the local Ray (--ray auto)")
-    b.add_argument("--check", action="store_true", help="only check the spec")
-    b.add_argument("--report", action="store_true", help="also write report.html")
-    b.set_defaults(fn=cmd_bench)
-
-    r = sub.add_parser("report", help="self-contained HTML report of a bench results folder")
-    r.add_argument("results", help="results folder (xrl bench --out)")
-    r.add_argument("--out", default=None, help="HTML file (default RESULTS/report.html)")
-    r.add_argument(
-        "--include-flagged",
-        action="store_true",
-        help="methods that fail the sanity check may still be the verdict's best (default: marked and left out)",
-    )
-    r.set_defaults(fn=cmd_report)
-
-    w = sub.add_parser("watch", help="film one seeded episode: frame, overlays, action, probabilities")
-    w.add_argument("--agent", required=True, help="zoo name, SB3 .zip or xrl .pt")
-    w.add_argument("--methods", default="gradient,grad_cam", help="comma-separated (xrl methods)")
-    w.add_argument("--setting", action="append", metavar="METHOD.KEY=VALUE")
-    w.add_argument("--env", default=None, help="default: the env the agent was trained on")
-    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="env setting (repeatable)")
-    w.add_argument("--seed", type=int, default=0, help="the episode's reset seed")
-    w.add_argument("--max-steps", type=_at_least_1, default=500)
-    w.add_argument(
-        "--counterfactual",
-        action="store_true",
-        help="add the frame without the first method's most salient region and the action then",
-    )
-    w.add_argument("--fraction", type=_fraction, default=0.05, help="share of pixels removed (--counterfactual)")
-    w.add_argument("--fps", type=_positive, default=10, help="frames per second of the video")
-    w.add_argument("--formats", default="mp4,gif")
-    w.add_argument("--out", default="watch", help="video path without suffix: OUT.mp4, OUT.gif")
-    w.set_defaults(fn=cmd_watch)
-
-    d = sub.add_parser("demo", help="the README's main job: agent, states, every method, metrics, report")
-    d.add_argument("--out", default="demo-results")
-    d.add_argument("--quick", action="store_true", help="tiny budgets (used by the tests)")
-    d.set_defaults(fn=cmd_demo)
-
-    from xrl.reproduce.cli import add_parser as add_reproduce  # the parser and handler live in xrl/reproduce
-
-    add_reproduce(sub)
-    from xrl.serve import add_parser as add_serve  # the parser and handler live in xrl/serve (docs/serve.md)
-
-    add_serve(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -722,9 +767,11 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     trust = "--trust-pickle" in argv  # accepted anywhere on the line (docs/artifacts.md)
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)  # tracebacks instead of one-line errors
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
-    args = build_parser().parse_args([a for a in argv if a != "--trust-pickle"])
+    debug = "--debug" in argv  # tracebacks instead of one-line errors
+    argv = [a for a in argv if a != "--debug"]
+    words = [a for a in argv if a != "--trust-pickle"]
+    # the trainers (and Stable-Baselines3) are imported only for `xrl train ...`
+    args = build_parser(lazy_train=words[:1] != ["train"]).parse_args(words)
     if "--trust-pickle" in argv and hasattr(args, "trust_pickle"):  # xrl train agent/digr
         args.trust_pickle = True
     if getattr(args, "out", None) is not None and not str(args.out).strip():
@@ -735,9 +782,9 @@ def main(argv: list[str] | None = None) -> int:
             from xrl.agents.load import trusting_pickle
 
             with trusting_pickle():
-                code = args.fn(args) or 0
+                code = run_command(args) or 0
         else:
-            code = args.fn(args) or 0
+            code = run_command(args) or 0
         sys.stdout.flush()  # a closed pipe (xrl zoo | head -1) fails here, not at the interpreter's exit
         return code
     except BrokenPipeError:  # the reader went away (xrl zoo | head -1): stop quietly, as SIGPIPE would

@@ -25,11 +25,25 @@ def _available_memory() -> int | None:
     return None
 
 
-def max_alloc() -> int:
+def device_free_memory(device: object) -> int | None:
+    """Bytes free on a CUDA device now (``torch.cuda.mem_get_info``), or None for another device."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)  # type: ignore[arg-type]
+    return int(free)
+
+
+def max_alloc(device: object = None) -> int:
     """The allocation bound in bytes: ``XRL_MAX_ALLOC_GB``, else 4 GB or half the memory now
-    available (``MemAvailable``), whichever is less."""
+    available (``MemAvailable``), whichever is less; on a CUDA ``device``, half of what is free
+    on it now (``torch.cuda.mem_get_info``) unless ``XRL_MAX_ALLOC_GB`` says otherwise."""
     value = os.environ.get("XRL_MAX_ALLOC_GB")
     if value is None:
+        free = device_free_memory(device)
+        if free is not None:
+            return free // 2
         available = _available_memory()
         return DEFAULT_MAX_ALLOC if available is None else min(DEFAULT_MAX_ALLOC, available // 2)
     try:
@@ -41,14 +55,25 @@ def max_alloc() -> int:
     return int(gb * 2**30)
 
 
-def check_memory(n_bytes: int, what: str, suggestion: str) -> None:
-    """Refuse an allocation of ``n_bytes`` above :func:`max_alloc` with one line naming ``what``
-    is allocated and ``suggestion`` (which setting to change)."""
-    limit = max_alloc()
+def check_memory(n_bytes: int, what: str, suggestion: str, device: object = None) -> None:
+    """Refuse an allocation of ``n_bytes`` above :func:`max_alloc` (of ``device``: a CUDA device's
+    free memory) with one line naming ``what`` is allocated and ``suggestion`` (which setting to change)."""
+    limit = max_alloc(device)
     if n_bytes > limit:
+        where = f" on {device}" if device_free_memory(device) is not None else ""
         raise MemoryError(
-            f"{what} would need {n_bytes / 2**30:.1f} GB (limit {limit / 2**30:.1f} GB, XRL_MAX_ALLOC_GB); {suggestion}"
+            f"{what} would need {n_bytes / 2**30:.1f} GB{where} (limit {limit / 2**30:.1f} GB, XRL_MAX_ALLOC_GB); "
+            f"{suggestion}"
         )
+
+
+def rows_that_fit(row_bytes: int, device: object, wanted: int) -> int:
+    """How many rows of ``row_bytes`` a chunk takes on ``device``: ``wanted``, or fewer on a CUDA
+    device whose free memory (:func:`max_alloc`) holds fewer (at least 1; a row that cannot fit
+    is refused by :func:`check_memory`)."""
+    if device_free_memory(device) is None:
+        return wanted
+    return max(1, min(wanted, max_alloc(device) // max(1, row_bytes)))
 
 
 class TooLong(ValueError):

@@ -2,59 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+from xrl.settings import OnDevice
 
 DEFAULT_OUT = "reproduce"
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "reproduce",
-        help="re-run a table or figure of the four papers (DIGR, VisionMask, RExL, FLS) "
-        "on zoo agents; resumable; --list shows every target",
-        description="One command per table or figure of the papers that we can re-run. Each target "
-        "writes its tables (Markdown, CSV, JSON) and figures into --out; running the same "
-        "command again resumes. The ledger: docs/reproduction.md.",
+@dataclass
+class ReproduceSettings(OnDevice):
+    HELP: ClassVar[str] = (
+        "re-run a table or figure of the four papers (DIGR, VisionMask, RExL, FLS) on zoo agents; resumable; "
+        "--list shows every target"
     )
-    p.add_argument("target", nargs="?", help="the target's name (see --list)")
-    p.add_argument("--list", action="store_true", help="list the targets: what each re-runs, its budget, its time here")
-    p.add_argument("--quick", action="store_true", help="tiny budgets: the same code path in seconds (for tests)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help=f"output folder (default {DEFAULT_OUT}/<target>, or {DEFAULT_OUT}/<target>-quick with --quick)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a budget setting (JSON values, or comma-separated lists), e.g. --set n_states=16",
-    )
-    p.set_defaults(fn=cmd_reproduce)
-    return p
 
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        if "," in text:
-            return [_value(x) for x in text.split(",")]
-        return text
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
-        out[key] = _value(value)
-    return out
+    target: str | None = field(default=None, metadata={"positional": True})
+    """the target's name (see --list)"""
+    list_targets: bool = field(default=False, metadata={"switch": True, "flag": "list"})
+    """list the targets: what each re-runs, its budget, its time here"""
+    quick: bool = field(default=False, metadata={"switch": True})
+    """tiny budgets: the same code path in seconds (for tests)"""
+    out: str | None = None
+    """output folder (default reproduce/<target>, or reproduce/<target>-quick with --quick)"""
+    overrides: dict = field(default_factory=dict, metadata={"flag": "set", "lists": True})
+    """override a budget setting (JSON values, or comma-separated lists), e.g. --set n_states=16"""
 
 
 def list_targets() -> str:
@@ -84,19 +59,15 @@ def list_targets() -> str:
     return "\n".join(lines)
 
 
-def cmd_reproduce(args) -> int:
+def cmd_reproduce(args: ReproduceSettings) -> int:
     from xrl.reproduce import TARGETS
     from xrl.reproduce.core import run_target
 
-    if args.list or not args.target:
+    if args.list_targets or not args.target:
         print(list_targets())
         return 0
-    try:
-        target = TARGETS.get(args.target)
-        overrides = parse_overrides(args.set)
-        target.resolved(overrides)  # unknown settings fail before anything runs
-    except ValueError as err:
-        raise SystemExit(f"xrl reproduce: {err}") from None
+    target = TARGETS.get(args.target)
+    target.resolved(args.overrides)  # unknown settings fail before anything runs (one line: ValueError)
     out = args.out or str(Path(DEFAULT_OUT) / (args.target + ("-quick" if args.quick else "")))
-    run_target(target, out, quick=args.quick, overrides=overrides)
+    run_target(target, out, quick=args.quick, overrides=args.overrides)
     return 0

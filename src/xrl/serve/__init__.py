@@ -1,55 +1,48 @@
 """``xrl serve``: explore an agent's decisions in the browser (docs/serve.md).
 
-This module is light (argparse only): ``xrl.cli`` registers the subcommand with
-:func:`add_parser`; the web app (Starlette, uvicorn) and the engine are imported by
+This module is light (the settings only): ``xrl.cli`` registers the subcommand from
+:class:`ServeSettings`; the web app (Starlette, uvicorn) and the engine are imported by
 :func:`run` when the command runs, never by ``import xrl``.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from xrl.settings import OnDevice
 
 DEFAULT_PORT = 8765
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``serve`` on an ``add_subparsers()`` object."""
-    p = sub.add_parser(
-        "serve",
-        help="interactive explorer in the browser: episode timeline, saliency per "
-        "method and action, poke the frame, per-frame scores, PNG/MP4 export",
+@dataclass
+class ServeSettings(OnDevice):
+    """The settings of ``xrl serve`` (the flags come from these fields: :mod:`xrl.settings`)."""
+
+    HELP: ClassVar[str] = (
+        "interactive explorer in the browser: episode timeline, saliency per method and action, poke the frame, "
+        "per-frame scores, PNG/MP4 export"
     )
-    p.add_argument(
-        "--agent",
-        action="append",
-        default=[],
-        metavar="NAME|PATH",
-        help="agent shown first: a zoo name, or an agent file/run folder (the only paths the "
-        "server reads besides the zoo); repeat to add more",
-    )
-    p.add_argument("--env-seed", type=int, default=0, help="episode seed shown first (default 0)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a Host header the server answers besides this machine's names and the bound address (repeatable; "
-        "requests naming another host are refused: DNS rebinding)",
-    )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--max-steps", type=int, default=500, help="steps recorded per episode (default 500)")
-    p.add_argument(
-        "--cache",
-        default=None,
-        metavar="DIR",
-        help="folder for recorded episodes and videos (default: a new temporary folder)",
-    )
-    p.set_defaults(fn=run)
-    return p
+
+    agent: list[str] = field(default_factory=list, metadata={"metavar": "NAME|PATH"})
+    """agent shown first: a zoo name, or an agent file/run folder (the only paths the server reads besides the
+    zoo); repeat to add more"""
+    env_seed: int = 0
+    """episode seed shown first"""
+    host: str = "127.0.0.1"
+    """address to bind (127.0.0.1: this machine only)"""
+    allow_host: list[str] = field(default_factory=list, metadata={"metavar": "NAME"})
+    """a Host header the server answers besides this machine's names and the bound address (requests naming
+    another host are refused: DNS rebinding)"""
+    port: int = DEFAULT_PORT
+    """port (0 = any free port)"""
+    max_steps: int = 500
+    """steps recorded per episode"""
+    cache: str | None = field(default=None, metadata={"metavar": "DIR"})
+    """folder for recorded episodes and videos (default: a new temporary folder)"""
 
 
-def run(args) -> int:
+def run(args: ServeSettings) -> int:
     """Handler of ``xrl serve``: build the engine and the app, print the address, serve."""
     from pathlib import Path
 

@@ -37,32 +37,33 @@ its lock is taken over by the next run (its pid is dead).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import shlex
 import shutil
 import signal
 import threading
 import time
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xrl.artifacts import sha256
 from xrl.files import FolderLock, Locked, write_json
+from xrl.settings import (  # noqa: F401  (the flags and checks live in xrl.settings; trainers import them here)
+    SettingsError,
+    add_flags,
+    check_pairs,
+    check_settings,
+    command,
+    field_docs,
+    from_flags,
+    parse_pairs,
+)
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
 KEEP = 2  # the newest checkpoint and its fallback
 HISTORY = "history.json"  # the training's log, beside args.json
-
-
-class SettingsError(ValueError):
-    """A setting of a training run is of the wrong type or out of range (one line, names it)."""
 
 
 #: another live process holds the run folder (the lock of every output: ``xrl.files.Locked``)
@@ -75,233 +76,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum, frame) -> None:
     raise Terminated(f"terminated by signal {signum}")
-
-
-# ------------------------------------------------------------------ settings
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return "--" + _dest(f).replace("_", "-")
-
-
-def _dest(f: dataclasses.Field) -> str:
-    """The attribute the CLI's namespace holds the field in: its flag's name (``timesteps`` for
-    ``total_timesteps``), as the hand-written flags had it."""
-    return f.metadata.get("flag", f.name)
-
-
-def _kinds(cls) -> dict[str, tuple]:
-    """Each field's accepted types from its annotation: ``int``, ``float``, ``bool``, ``str``,
-    ``dict`` and ``X | None``."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        out[f.name] = tuple(a for a in args if a is not type(None)), type(None) in args
-    return out
-
-
-def _type_error(cls, f, value, expected: str) -> SettingsError:
-    return SettingsError(f"{_flag(f)} ({f.name}) must be {expected}, got {value!r}")
-
-
-def check_settings(args) -> None:
-    """Refuse a setting of the wrong type (``seed=1.7``, ``radius=true`` for a number,
-    ``--n-envs 0``) or out of the range the dataclass declares in ``LIMITS``
-    (``{"name": ">=1" | ">0" | ">=0" | "0..1"}``), before anything is written."""
-    cls = type(args)
-    limits = getattr(cls, "LIMITS", {})
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name)
-        (kinds, optional) = _kinds(cls)[f.name]
-        if value is None:
-            if not optional:
-                raise _type_error(cls, f, value, "set")
-            continue
-        kind = kinds[0] if kinds else object
-        if kind is bool and not isinstance(value, bool):
-            raise _type_error(cls, f, value, "true or false")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise _type_error(cls, f, value, "an integer")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _type_error(cls, f, value, "a number")
-        if kind is str and not isinstance(value, str):
-            raise _type_error(cls, f, value, "a string")
-        if kind is dict and not isinstance(value, dict):
-            raise _type_error(cls, f, value, "KEY=VALUE settings")
-        rule = limits.get(f.name)
-        if rule is not None and not _within(value, rule):
-            raise SettingsError(f"{_flag(f)} ({f.name}) must be {_RULES[rule][1]}, got {value!r}")
-
-
-_RULES = {
-    ">=1": (lambda v: v >= 1, "at least 1"),
-    ">0": (lambda v: v > 0, "positive"),
-    ">=0": (lambda v: v >= 0, "0 or more"),
-    "0..1": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-}
-
-
-def _within(value, rule: str) -> bool:
-    return bool(_RULES[rule][0](value))
-
-
-def check_pairs(flag: str, given: dict, types: dict) -> None:
-    """Refuse unknown keys and values of the wrong type in ``--FLAG KEY=VALUE`` settings whose
-    defaults ``types`` give (``--dqn buffer_size=abc``)."""
-    for key, value in given.items():
-        if key not in types:
-            raise SettingsError(f"--{flag} {key}: unknown setting; known: {', '.join(types)}")
-        default = types[key]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = True
-        if not ok:
-            raise SettingsError(f"--{flag} {key}={value}: expected {type(default).__name__} like {default!r}")
-
-
-# ------------------------------------------------------------------ flags and the card's command
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_pairs(pairs: list[str] | None, flag: str = "set") -> dict:
-    """``["radius=4", "score=kl"]`` -> ``{"radius": 4, "score": "kl"}`` (values read as JSON)."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise SettingsError(f"--{flag} takes KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _value(value)
-    return out
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _typed(kind, name: str):
-    def parse(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-
-    parse.__name__ = name
-    return parse
-
-
-def field_docs(cls) -> dict[str, str]:
-    """The string literal under each dataclass field (the CleanRL-style docs), on one line."""
-    import ast
-    import inspect
-
-    docs = {}
-    for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[arg-type, attr-defined]
-        for node, after in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-            ):
-                docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
-
-
-def add_flags(parser: argparse.ArgumentParser, cls, skip=("progress",)) -> None:
-    """One ``--flag`` per field of a training dataclass (its one-line doc as help): the flag is
-    the field's name with dashes, or ``metadata["flag"]``; fields without a default (or with
-    ``metadata["required"]``) are required; booleans take true/false, ``metadata["switch"]``
-    ones are bare switches; dict fields are repeatable ``KEY=VALUE`` flags; ``metadata["choices"]``."""
-    docs = field_docs(cls)
-    kinds = _kinds(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
-            continue
-        help_ = docs.get(f.name, "")
-        if f.metadata.get("switch"):  # a flag without a value (e.g. --export-only)
-            parser.add_argument(_flag(f), dest=_dest(f), action="store_true", help=help_)
-            continue
-        required = (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or f.metadata.get(
-            "required", False
-        )
-        kind = kinds[f.name][0][0] if kinds[f.name][0] else str
-        if kind is dict:
-            parser.add_argument(
-                _flag(f), dest=_dest(f), action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)"
-            )
-            continue
-        default = None if required else f.default
-        parse = {bool: _bool, int: _typed(int, "an integer"), float: _typed(float, "a number")}.get(kind, str)
-        choices = f.metadata.get("choices")
-        parser.add_argument(
-            _flag(f),
-            dest=_dest(f),
-            type=parse,
-            required=required,
-            default=default,
-            choices=choices,
-            metavar=None if choices else _flag(f)[2:].upper().replace("-", "_"),
-            help=help_ + ("" if required else f" (default {default})"),
-        )
-
-
-def from_flags(cls, ns: argparse.Namespace):
-    """The dataclass ``cls`` filled from the flags :func:`add_flags` made for it."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        if not hasattr(ns, _dest(f)):
-            continue
-        value = getattr(ns, _dest(f))
-        if _kinds(cls)[f.name][0][:1] == (dict,):
-            value = parse_pairs(value, f.metadata.get("flag", f.name).replace("_", "-"))
-        values[f.name] = value
-    return cls(**values)
-
-
-def command(prog: str, args, *, always=(), pair_defaults: dict | None = None, skip=("progress",), order=None) -> str:
-    """The command that remakes ``args``: ``prog`` and a flag for each field that differs from
-    the dataclass default (and each field in ``always``), spelled as :func:`add_flags` spells it.
-    ``pair_defaults``: for dict fields, the values a key may be left out at; ``order``: field
-    names in the order to write them (default the dataclass's)."""
-    parts = [prog]
-    fields = {f.name: f for f in dataclasses.fields(args)}
-    for f in (fields[name] for name in (order or fields)):
-        if f.name in skip or f.metadata.get("cli") is False or f.metadata.get("switch"):
-            continue
-        value = getattr(args, f.name)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.name not in always and value == default:
-            continue
-        if isinstance(value, dict):
-            skipped = (pair_defaults or {}).get(f.name, {})
-            parts += [
-                f"{_flag(f)} " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
-                for k, v in value.items()
-                if k not in skipped or skipped[k] != v
-            ]
-        elif value is not None:
-            parts.append(f"{_flag(f)} " + shlex.quote(str(value).lower() if isinstance(value, bool) else str(value)))
-    return " ".join(parts)
 
 
 # ------------------------------------------------------------------ the run folder
