@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import torch
@@ -107,7 +108,8 @@ def _caller_level() -> int:
     """The ``stacklevel`` (from the function calling this) of the first frame outside the pipeline
     and ``xrl/evaluation.py``: a warning names the caller's line, whichever wrapper it came through."""
     inside = (str(Path(__file__).parent), str(Path(__file__).parents[1] / "evaluation.py"))
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
     return level

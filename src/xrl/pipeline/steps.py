@@ -145,7 +145,7 @@ def score(
     states: torch.Tensor,
     maps: Mapping[str, torch.Tensor],
     metrics: Metrics,
-    targets: torch.Tensor | None = None,
+    targets: Targets = None,
     labels: torch.Tensor | None = None,
     explainers: Mapping[str, Explainer] | None = None,
     *,
@@ -159,7 +159,8 @@ def score(
     ``maps``, columns in the order of ``metrics``).
 
     ``metrics``: names, ``{name: settings}`` or ``{name: metric}``. ``targets``: the ``(n,)``
-    action indices the maps explain (None: the model's argmax). ``labels``: ground truth
+    action indices the maps explain, sliced per chunk (None: the model's argmax; a metric that
+    explains again, e.g. ``time_per_map``, also takes an int or a callable, held for every chunk). ``labels``: ground truth
     ``(n, H, W)``; without them a metric that needs them is reported in ``skipped``.
     ``explainers``: each method's explainer, for the metrics that explain again (default: the
     ``explainers`` of an :class:`Explanations`). ``curves``: curve metrics (``deletion``,

@@ -445,7 +445,7 @@ def _fig8_tables(run: TargetRun, agents: dict, s: dict, results: dict) -> None:
     ``curves`` (every agent, attack and eps)."""
     rows, half = [], {}
     for attack in s["attacks"]:
-        e = half_return_eps(results["teacher"][attack])  # type: ignore[assignment]
+        e = half_return_eps(results["teacher"][attack])
         half[attack] = e
         row = {"attack": attack, "teacher's half-return eps": e}
         if e is not None:
