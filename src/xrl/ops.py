@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -80,6 +81,18 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` items: every expansion is chunked by this."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+# ------------------------------------------------------------------ settings
+
+
+def positive_int(name: str, value: object, low: int = 1) -> int:
+    """``value`` (an integer, or a float with an integral value) as an int ``>= low``, or a
+    ValueError naming the setting: the one check of every count setting of the methods and metrics."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.floor(value) != value or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(math.floor(value))
 
 
 # ------------------------------------------------------------------ targets and side effects

@@ -15,7 +15,7 @@ from typing import Any, Self
 import torch
 
 from xrl.agents.model import Model
-from xrl.ops import TargetFn, Targets, guarded, target_function
+from xrl.ops import TargetFn, Targets, guarded, positive_int, target_function
 from xrl.registry import Registry
 
 EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
@@ -33,7 +33,8 @@ class Explainer:
 
     #: True when ``explain_all`` gives all K maps at the cost of one ``explain``
     per_action: bool = False
-    #: False when the method needs action indices and refuses a callable ``targets`` (TypeError)
+    #: False when the method needs action indices: :meth:`explain` refuses a callable ``targets``
+    #: with a ``TypeError`` saying :attr:`callable_refusal`
     callable_targets: bool = True
     #: the constructor's arguments but the model (``with_model`` rebuilds the method with them)
     _settings: tuple[tuple[Any, ...], dict[str, Any]]
@@ -49,17 +50,22 @@ class Explainer:
     def __init__(self, model: Model, *, batch_size: int = 256, seed: int = 0) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"explainers take an xrl Model, got {type(model).__name__}; wrap it with xrl.as_model")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
-        self.batch_size = int(batch_size)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.seed = int(seed)
+
+    @property
+    def callable_refusal(self) -> str:
+        """Why a method with ``callable_targets = False`` refuses a callable (the TypeError's message)."""
+        return "this method needs action indices as targets, not a callable"
 
     def explain(self, states: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         """Saliency ``(B, H, W)`` for ``states (B, C, H, W)``."""
         self.model.check_states(states)
         with guarded(self.model, states):
             target_fn = target_function(self.model, states, targets)
+            if not self.callable_targets and target_fn.index is None:
+                raise TypeError(self.callable_refusal)
             saliency = self._explain(states, target_fn)
         return _finish(saliency, states)
 

@@ -125,7 +125,7 @@ from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.explainers.masks import mask_centres, upsample_grid
 from xrl.explainers.perturbation import keep_resident
-from xrl.ops import TargetFn, chunks, gaussian_blur
+from xrl.ops import TargetFn, chunks, gaussian_blur, positive_int
 
 REWARDS = ("simple", "contrastive")
 OPTIMISERS = ("adam", "sgd")
@@ -233,8 +233,7 @@ class ExtremalPerturbation(Explainer):
         if not 0 <= float(settings["init"]) <= 1:
             raise ValueError(f"init (the starting mask parameter) must be in [0, 1], got {settings['init']!r}")
         for name, value, low in (("iterations", iterations, 1), ("step", step, 1), ("num_levels", num_levels, 2)):
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            positive_int(name, value, low)
         for name, value in (
             ("lr", lr),
             ("sigma", sigma),

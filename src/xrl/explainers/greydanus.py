@@ -96,9 +96,9 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.masks import byte_cache, mask_centres, perturbation_masks, upsample_grid
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer
 from xrl.limits import check_memory
-from xrl.ops import Targets, gaussian_blur
+from xrl.ops import Targets, gaussian_blur, positive_int
 
 SCORES = ("logits", "probability", "kl", "target")
 #: older names still accepted: ``"l2"`` was the probability score

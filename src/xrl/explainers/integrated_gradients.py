@@ -31,7 +31,7 @@ from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
 from xrl.limits import check_memory, check_time
-from xrl.ops import TargetFn, chunks
+from xrl.ops import TargetFn, chunks, positive_int
 
 METHODS = ("riemann", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -59,8 +59,7 @@ class IntegratedGradients(Gradient):
         seed: int = 0,
     ) -> None:
         super().__init__(model, reduce=reduce, batch_size=batch_size, seed=seed)
-        if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 2:
-            raise ValueError(f"n_steps must be an integer >= 2 (Captum's minimum), got {n_steps!r}")
+        positive_int("n_steps", n_steps, low=2)  # Captum's minimum
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.baseline = _checked_baseline(baseline, model.input_shape)

@@ -70,9 +70,9 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer
 from xrl.limits import check_memory
-from xrl.ops import gaussian_blur
+from xrl.ops import gaussian_blur, positive_int
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
 FILLS = ("mean", "blur", "black")

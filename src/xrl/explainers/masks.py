@@ -16,6 +16,8 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from xrl.ops import positive_int
+
 #: bytes all mask caches together may hold
 MASK_CACHE_BYTES = 512 * 2**20
 _CACHE: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
@@ -76,8 +78,7 @@ def perturbation_masks(
     Cached (:func:`byte_cache`): the same arguments return the same tensor object while it is
     kept. Memory is ``N * H * W`` floats (8 MB for 84x84 at stride 5, 200 MB at stride 1).
     """
-    if int(stride) < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    stride = positive_int("stride", stride)
     if not radius > 0:
         raise ValueError(f"radius must be positive, got {radius!r}")
     with torch.inference_mode(False):  # cached: must stay usable by autograd later

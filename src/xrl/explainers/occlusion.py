@@ -51,8 +51,9 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.masks import byte_cache
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, drop, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer, drop
 from xrl.limits import check_memory
+from xrl.ops import positive_int
 
 Fill = float | torch.Tensor
 

@@ -42,8 +42,6 @@ set (``MALLOC_*`` variables, :func:`xrl.ops.tune_malloc`) is left as it is.
 
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 import time
 from collections.abc import Callable
@@ -93,8 +91,6 @@ class PerturbationExplainer(Explainer):
     per_action = True
     #: each state rides along unperturbed as the first row of its run (``base`` in :meth:`effects`)
     include_state: bool = True
-    #: the TypeError raised for a callable target when ``callable_targets`` is False
-    callable_refusal: str = "this method needs action indices as targets, not a callable"
 
     #: compute the perturbed scores by incremental inference (:mod:`xrl.incremental`) where the
     #: network allows: a setting of the methods that offer it (occlusion, greydanus, sarfa)
@@ -112,8 +108,6 @@ class PerturbationExplainer(Explainer):
     # ---------------------------------------------------------------- the run, once for all
 
     def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
-        if not self.callable_targets and target_fn.index is None:
-            raise TypeError(self.callable_refusal)
         base, perturbed, masks = self.perturbed_scores(states)
         return self.project(self.effects(base, perturbed, target_fn), states, masks)[:, 0]
 
@@ -247,12 +241,3 @@ def drop(
     b, n = perturbed.shape[:2]
     # target_fn repeats per-state indices for state-major copies: (B*N, K) -> (B*N,)
     return (target_fn(base)[:, None] - target_fn(perturbed.flatten(0, 1)).view(b, n))[:, None]
-
-
-def positive_int(name: str, value: object, low: int = 1) -> int:
-    """``value`` (an integer, or a float with an integral value) as an int ``>= low``, or a
-    ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.floor(value) != value or value < low:
-        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(math.floor(value))

@@ -87,6 +87,10 @@ class RExL(Explainer):
     """
 
     callable_targets = False
+    callable_refusal = (
+        "rexl masks cells to lower one class's probability, so targets must be class "
+        "(action) indices: None, an int or a (B,) tensor, not a callable"
+    )
     requires = ("rexl_agent",)
 
     def __init__(
@@ -194,12 +198,8 @@ class RExL(Explainer):
 
     @torch.no_grad()
     def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
-        index = target_fn.index  # (B,) validated class indices; None for callables
-        if index is None:
-            raise TypeError(
-                "rexl masks cells to lower one class's probability, so targets must be class "
-                "(action) indices: None, an int or a (B,) tensor, not a callable"
-            )
+        index = target_fn.index  # (B,) validated class indices: explain refuses callables
+        assert index is not None
         saliency = torch.empty(states.shape[0], *states.shape[-2:], device=states.device)
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(index.tolist()):

@@ -84,9 +84,9 @@ import torch
 from xrl.agents.model import Model
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.masks import byte_cache
-from xrl.explainers.perturbation import Masks, PerturbationExplainer, positive_int
+from xrl.explainers.perturbation import Masks, PerturbationExplainer
 from xrl.limits import check_memory
-from xrl.ops import chunks
+from xrl.ops import chunks, positive_int
 
 SCORES = ("probability", "logits", "sigmoid")
 #: ``preset=``: settings a preset gives (explicit settings win) and how its masks are made

@@ -35,7 +35,7 @@ from xrl.explainers.grad_cam import GradCam
 from xrl.explainers.gradient import Gradient
 from xrl.explainers.normgrad import NormGrad
 from xrl.limits import check_memory, check_time
-from xrl.ops import TargetFn, Targets, chunks, guarded, target_function
+from xrl.ops import TargetFn, Targets, chunks, guarded, positive_int, target_function
 
 #: bases SmoothGrad can wrap: subclasses of these (registered) classes
 GRADIENT_METHODS = (Gradient, GradCam, NormGrad)
@@ -71,8 +71,7 @@ class SmoothGrad(Explainer):
         )
         if base not in bases:
             raise ValueError(f"smoothgrad wraps a gradient method, one of {bases}; got base={base!r}")
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = positive_int("n_samples", n_samples)
         if not float(sigma) >= 0:
             raise ValueError(f"sigma (noise std as a fraction of the state's range) must be >= 0, got {sigma!r}")
         self.base = EXPLAINERS.get(base)(model, **{"batch_size": batch_size, "seed": seed, **(base_settings or {})})

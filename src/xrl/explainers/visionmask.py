@@ -48,6 +48,14 @@ class VisionMask(Explainer):
     #: the method a loaded network must have been trained with
     method = "visionmask"
 
+    @property
+    def callable_refusal(self) -> str:
+        return (
+            f"{self.method} has one trained mask per action, so targets must be action indices "
+            "(None, an int or a (B,) tensor), not a callable; explain values or logit differences "
+            "with 'gradient', 'occlusion' or 'rise'"
+        )
+
     def __init__(
         self,
         model: Model,
@@ -84,13 +92,8 @@ class VisionMask(Explainer):
             return torch.cat([self.network.masks(states[rows]) for rows in chunks(len(states), self.batch_size)])
 
     def _explain(self, states: torch.Tensor, target_fn: TargetFn) -> torch.Tensor:
-        index = target_fn.index  # (B,) for index targets, None for callables
-        if index is None:
-            raise TypeError(
-                f"{self.method} has one trained mask per action, so targets must be action indices "
-                "(None, an int or a (B,) tensor), not a callable; explain values or logit differences "
-                "with 'gradient', 'occlusion' or 'rise'"
-            )
+        index = target_fn.index  # (B,): explain refuses callables (callable_targets = False)
+        assert index is not None
         maps = self._explain_all(states)  # (B, K, H, W)
         return maps[torch.arange(len(states), device=maps.device), index]
 

@@ -8,6 +8,7 @@ import torch
 
 from xrl.explainers.base import Explainer
 from xrl.metrics.base import METRICS, Metric
+from xrl.ops import positive_int
 
 
 @METRICS.register("time_per_map")
@@ -24,10 +25,8 @@ class TimePerMap(Metric):
     requires = ("explainer",)
 
     def __init__(self, *, warmup: bool = True, repeats: int = 1) -> None:
-        if int(repeats) < 1:
-            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
         self.warmup = bool(warmup)
-        self.repeats = int(repeats)
+        self.repeats = positive_int("repeats", repeats)
 
     def compute(self, *, states, explainer, targets=None, **_) -> torch.Tensor:
         if not isinstance(explainer, Explainer):

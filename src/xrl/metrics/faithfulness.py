@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from xrl.agents.model import Model
 from xrl.metrics.base import METRICS, Metric, check_saliency
-from xrl.ops import chunks, gaussian_blur, guarded, minmax, target_function
+from xrl.ops import chunks, gaussian_blur, guarded, minmax, positive_int, target_function
 
 SUBSTRATES = ("blur", "noise", "black", "mean", "background")
 SCORES = ("probability", "logit", "sigmoid")
@@ -292,14 +292,12 @@ class _Curve(Metric):
         if step_pixels is not None:
             if protocol == "xrl" or step_fraction is not None:
                 raise ValueError("step_pixels= is the step of protocol='rise'/'latec' and replaces step_fraction=")
-            if int(step_pixels) < 1:
-                raise ValueError(f"step_pixels must be a positive integer, got {step_pixels!r}")
+            positive_int("step_pixels", step_pixels)
         elif protocol == "latec" and step_fraction is None:
             step_pixels = LATEC_STEP
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int("batch_size", batch_size)
         kind = self.default_substrate if substrate is None else substrate
         self.protocol = protocol
         self.substrate = Substrate(

@@ -16,7 +16,7 @@ import torch
 from xrl.explainers.base import Explainer
 from xrl.limits import check_memory
 from xrl.metrics.base import METRICS, Metric
-from xrl.ops import chunks, target_function
+from xrl.ops import chunks, positive_int, target_function
 
 #: the named local Lipschitz protocols; the first is the default
 LIPSCHITZ_PROTOCOLS = ("xrl", "quantus", "xrl-raw", "latec")
@@ -149,10 +149,7 @@ class LocalLipschitz(Metric):
                 raise ValueError(f"radius must be positive, got {radius!r}")
         if n_samples is None:
             n_samples = {"quantus": 200, "latec": 5}.get(protocol, 16)
-        if int(n_samples) < 1 or int(batch_size) < 1:
-            raise ValueError(
-                f"n_samples and batch_size must be positive integers, got {n_samples!r} and {batch_size!r}"
-            )
+        positive_int("n_samples", n_samples), positive_int("batch_size", batch_size)
         self.protocol = protocol
         self.normalise = protocol != "xrl-raw" if normalise is None else normalise
         self.radius = None if radius is None else float(radius)
