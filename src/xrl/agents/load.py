@@ -269,7 +269,7 @@ def load_agent(
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
     # stand-in weights: RNG untouched; the networks are built on the device they go to (docs/architecture.md#devices)
-    with torch.random.fork_rng(devices=[]) if not weights else _nothing(), torch.device(device):
+    with torch.random.fork_rng(devices=[]) if not weights else contextlib.nullcontext(), torch.device(device):
         if fmt == SB3_ZIP:
             model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
         elif fmt == "xrl.classifier":
@@ -287,11 +287,6 @@ def load_agent(
             "(a retrained file gets a new card; xrl zoo --update-sha256 records the zoo's)",
         )
     return model.to(device)
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
 
 
 def _foreign(path_or_name, **kwargs) -> Model | None:

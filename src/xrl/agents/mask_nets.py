@@ -217,7 +217,7 @@ class MaskNetwork(nn.Module):
                 f"this {self.method} network takes states {tuple(self.input_shape)}, the model "
                 f"{tuple(model.input_shape)}"
             )
-        mine, theirs = self.agent.get("fingerprint"), agent_of(model)["fingerprint"]
+        mine, theirs = self.agent.get("fingerprint"), model.fingerprint()
         if mine != theirs:
             raise ValueError(
                 f"this {self.method} network was trained for another agent ({self.agent.get('source')}, "
