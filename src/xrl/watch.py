@@ -86,59 +86,19 @@ def watch(
 
     ``methods``: names or ``{name: settings}``; the first one defines the removed region of the
     counterfactual (its ``fraction`` most salient pixels, blurred)."""
-    methods = {m: {} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
-    if not methods:
-        raise ValueError("watch needs at least one method")
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-    bad = [f for f in formats if f not in ("mp4", "gif")]
-    if bad or not formats:
-        raise ValueError(f"formats are 'mp4' and/or 'gif', got {formats!r}")
+    methods = _checked(methods, fraction, formats)
     name, settings = _resolve_env(model, env, env_settings)
-    explainers = {m: get_explainer(m, model, **s) for m, s in methods.items()}
-    first = next(iter(methods))
-    blur = Substrate("blur")
+    film = _Film(model, {m: get_explainer(m, model, **s) for m, s in methods.items()}, counterfactual, fraction)
     environment = make_env(name, **settings)
-    frames, actions, cf_actions = [], [], []
-    spent = {m: 0.0 for m in methods}
     total, t = 0.0, 0
     try:
         _check_env(environment, model)
         obs, _ = environment.reset(seed=seed)
-        for explainer in explainers.values():  # warm-up: lazy initialisation is not timed
-            explainer.explain(model.preprocess(np.asarray(obs)))
+        film.warm_up(obs)
         bar = tqdm(total=max_steps, unit="frame", desc=f"watch {name}", disable=not progress)
         done = False
         while not done:
-            frame = np.array(environment.render(), copy=True)
-            states = model.preprocess(np.asarray(obs))  # (1, C, H, W)
-            scores = _scores(model, states)
-            probs = torch.softmax(scores, -1)
-            action = int(scores.argmax())
-            maps = {}
-            for m, explainer in explainers.items():
-                start = time.perf_counter()
-                maps[m] = explainer.explain(states, action)[0]  # (H, W)
-                spent[m] += time.perf_counter() - start
-            names = model.action_names
-            caption = [
-                f"step {t}  action: {names[action]} ({probs[action]:.2f})",
-                "  ".join(f"{n} {p:.2f}" for n, p in zip(names, probs.tolist())),
-            ]
-            extra = {}
-            if counterfactual:
-                mask = removed_region(maps[first], fraction)  # (H, W)
-                removed = torch.where(mask, blur(states), states)
-                cf_probs = torch.softmax(_scores(model, removed), -1)
-                cf = int(cf_probs.argmax())
-                cf_actions.append(cf)
-                extra[f"{first} top {fraction:.0%} removed"] = _blank(frame, mask)
-                caption.append(
-                    f"without the top {fraction:.0%} of {first}: {names[cf]} ({cf_probs[cf]:.2f})"
-                    + ("  (same action)" if cf == action else "  (action changes)")
-                )
-            frames.append(panel_row(frame, maps, caption=caption, extra=extra))
-            actions.append(action)
+            action = film.shoot(np.array(environment.render(), copy=True), obs, t)
             obs, reward, terminated, truncated, _ = environment.step(action)
             total += float(reward)
             t += 1
@@ -150,8 +110,79 @@ def watch(
     out = Path(out)
     paths = [out.with_name(f"{out.name}.{f}") for f in formats]
     for path in paths:
-        write_video(frames, path, fps=fps)
-    return WatchResult(paths, t, total, actions, {m: s / t for m, s in spent.items()}, cf_actions)
+        write_video(film.frames, path, fps=fps)
+    return WatchResult(paths, t, total, film.actions, {m: s / t for m, s in film.spent.items()}, film.cf_actions)
+
+
+def _checked(methods: Mapping[str, Mapping] | list[str], fraction: float, formats: tuple[str, ...]) -> dict:
+    """``methods`` as ``{name: settings}``, once the arguments are checked."""
+    methods = {m: {} for m in methods} if not isinstance(methods, Mapping) else dict(methods)
+    if not methods:
+        raise ValueError("watch needs at least one method")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    bad = [f for f in formats if f not in ("mp4", "gif")]
+    if bad or not formats:
+        raise ValueError(f"formats are 'mp4' and/or 'gif', got {formats!r}")
+    return methods
+
+
+class _Film:
+    """The video's panels, one per step (:meth:`shoot`), and what they record: the actions, the
+    counterfactual actions and each method's time spent on its maps."""
+
+    def __init__(self, model: Model, explainers: dict, counterfactual: bool, fraction: float) -> None:
+        self.model, self.explainers, self.counterfactual, self.fraction = model, explainers, counterfactual, fraction
+        self.first = next(iter(explainers))
+        self.blur = Substrate("blur")
+        self.frames: list[np.ndarray] = []
+        self.actions: list[int] = []
+        self.cf_actions: list[int] = []
+        self.spent = {m: 0.0 for m in explainers}
+
+    def warm_up(self, obs) -> None:
+        """One untimed map per method: lazy initialisation is not timed."""
+        for explainer in self.explainers.values():
+            explainer.explain(self.model.preprocess(np.asarray(obs)))
+
+    def shoot(self, frame: np.ndarray, obs, t: int) -> int:
+        """The panel of step ``t`` (the frame, a map per method, the caption); returns the greedy action."""
+        model = self.model
+        states = model.preprocess(np.asarray(obs))  # (1, C, H, W)
+        scores = _scores(model, states)
+        probs = torch.softmax(scores, -1)
+        action = int(scores.argmax())
+        maps = {}
+        for m, explainer in self.explainers.items():
+            start = time.perf_counter()
+            maps[m] = explainer.explain(states, action)[0]  # (H, W)
+            self.spent[m] += time.perf_counter() - start
+        names = model.action_names
+        caption = [
+            f"step {t}  action: {names[action]} ({probs[action]:.2f})",
+            "  ".join(f"{n} {p:.2f}" for n, p in zip(names, probs.tolist())),
+        ]
+        extra = self._counterfactual(frame, states, maps[self.first], action, caption) if self.counterfactual else {}
+        self.frames.append(panel_row(frame, maps, caption=caption, extra=extra))
+        self.actions.append(action)
+        return action
+
+    def _counterfactual(
+        self, frame: np.ndarray, states: torch.Tensor, saliency: torch.Tensor, action: int, caption: list[str]
+    ) -> dict:
+        """The frame with the first method's most salient region blurred away, as an extra panel;
+        the action the agent would take then goes to the caption."""
+        first, fraction, names = self.first, self.fraction, self.model.action_names
+        mask = removed_region(saliency, fraction)  # (H, W)
+        removed = torch.where(mask, self.blur(states), states)
+        cf_probs = torch.softmax(_scores(self.model, removed), -1)
+        cf = int(cf_probs.argmax())
+        self.cf_actions.append(cf)
+        caption.append(
+            f"without the top {fraction:.0%} of {first}: {names[cf]} ({cf_probs[cf]:.2f})"
+            + ("  (same action)" if cf == action else "  (action changes)")
+        )
+        return {f"{first} top {fraction:.0%} removed": _blank(frame, mask)}
 
 
 def _blank(frame: np.ndarray, mask: torch.Tensor) -> np.ndarray:

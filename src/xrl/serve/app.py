@@ -167,13 +167,47 @@ def create_app(
     engine: Engine, *, default_agent: str | None = None, default_seed: int = 0, allowed_hosts: list[str] | None = None
 ) -> Starlette:
     """The app; ``allowed_hosts`` guards against DNS rebinding (default: local names only)."""
-    inflight: dict[str, list[Job]] = {}  # per client address: its jobs, to bound its queue
+    hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]", "::1"]
+    return Starlette(
+        routes=Api(engine, default_agent=default_agent, default_seed=default_seed).routes(),
+        middleware=[Middleware(BodyLimit), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={RequestError: _on_request_error, HTTPException: _on_http, Exception: _on_error},  # type: ignore[dict-item]
+    )
 
-    def admit(request: Request) -> str:
+
+class Api:
+    """The endpoints over one engine (the table in the module docstring), each a method; the
+    steps several share (a client admitted, a frame asked for, settings and a target checked)
+    are methods too."""
+
+    def __init__(self, engine: Engine, *, default_agent: str | None = None, default_seed: int = 0) -> None:
+        self.engine, self.default_agent, self.default_seed = engine, default_agent, default_seed
+        self.inflight: dict[str, list[Job]] = {}  # per client address: its jobs, to bound its queue
+
+    def routes(self) -> list:
+        return [
+            Route("/", self.index),
+            Route("/favicon.ico", self.favicon),
+            Route("/api/agents", self.agents),
+            Route("/api/methods", self.methods),
+            Route("/api/episode", self.episode, methods=["POST"]),
+            Route("/api/frame", self.frame),
+            Route("/api/probabilities", self.probabilities, methods=["POST"]),
+            Route("/api/saliency", self.saliency, methods=["POST"]),
+            Route("/api/scores", self.scores, methods=["POST"]),
+            Route("/api/video", self.video, methods=["POST"]),
+            Route("/api/jobs/{job}", self.job),
+            Route("/api/download/{token}", self.download),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+
+    # ------------------------------------------------------------------ steps the endpoints share
+
+    def admit(self, request: Request) -> str:
         """The client's address, once it has fewer than MAX_JOBS_PER_CLIENT jobs queued or running."""
         client = request.client.host if request.client else "?"
-        jobs = [j for j in inflight.get(client, []) if j.state in ("queued", "running")]
-        inflight[client] = jobs
+        jobs = [j for j in self.inflight.get(client, []) if j.state in ("queued", "running")]
+        self.inflight[client] = jobs
         if len(jobs) >= MAX_JOBS_PER_CLIENT:
             raise RequestError(
                 f"{len(jobs)} jobs of yours are queued or running (at most {MAX_JOBS_PER_CLIENT}); wait for one to "
@@ -182,11 +216,12 @@ def create_app(
             )
         return client
 
-    def track(client: str, result: Any) -> Any:
-        if isinstance(result, Job) and all(j is not result for j in inflight.setdefault(client, [])):
-            inflight[client].append(result)
+    def track(self, client: str, result: Any) -> Any:
+        if isinstance(result, Job) and all(j is not result for j in self.inflight.setdefault(client, [])):
+            self.inflight[client].append(result)
         return result
 
+    @staticmethod
     def checked_settings(method: dict, settings: dict) -> dict:
         """Settings of the method's constructor, of the types it declares (422 naming the accepted ones)."""
         from xrl.explainers import EXPLAINERS
@@ -203,47 +238,61 @@ def create_app(
             ) from None
         return settings
 
-    def target_of(episode, value: Any) -> int | None:
+    def target_of(self, episode, value: Any) -> int | None:
         if value is None:
             return None
-        k = engine.model(episode.agent).n_actions
+        k = self.engine.model(episode.agent).n_actions
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < k:
             raise RequestError(
                 f"target must be an action index in [0, {k - 1}] or null (the agent's action), got {value!r}"
             )
         return value
 
-    def frame_request(data: dict):
-        agent = engine.agent_id(data.get("agent"))
-        seed = engine.check_seed(data.get("seed"))
-        episode = engine.loaded_episode(agent, seed)
-        t = engine.step_of(episode, data.get("t"))
+    def frame_request(self, data: dict):
+        agent = self.engine.agent_id(data.get("agent"))
+        seed = self.engine.check_seed(data.get("seed"))
+        episode = self.engine.loaded_episode(agent, seed)
+        t = self.engine.step_of(episode, data.get("t"))
         return agent, episode, t
 
-    async def index(request: Request) -> Response:
+    def map_request(self, data: dict):
+        """A frame's request for a method's map: the frame, the method, its checked settings and target."""
+        agent, ep, t = self.frame_request(data)
+        method = self.engine.method(agent, data["method"])
+        settings = self.checked_settings(method, check_settings(data.get("settings")))
+        return ep, t, method, settings, self.target_of(ep, data.get("target"))
+
+    # ------------------------------------------------------------------ the endpoints
+
+    async def index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    async def favicon(request: Request) -> Response:
+    async def favicon(self, request: Request) -> Response:
         return Response(status_code=204)
 
-    async def agents(request: Request) -> JSONResponse:
-        rows = engine.agents()
-        default = default_agent or (rows[0]["id"] if rows else None)
+    async def agents(self, request: Request) -> JSONResponse:
+        rows = self.engine.agents()
+        default = self.default_agent or (rows[0]["id"] if rows else None)
         return JSONResponse(
-            {"agents": rows, "default": {"agent": default, "seed": default_seed}, "max_steps": engine.max_steps}
+            {
+                "agents": rows,
+                "default": {"agent": default, "seed": self.default_seed},
+                "max_steps": self.engine.max_steps,
+            }
         )
 
-    def methods(request: Request) -> JSONResponse:
-        agent = engine.agent_id(request.query_params.get("agent"))
-        return JSONResponse(engine.methods(agent))
+    def methods(self, request: Request) -> JSONResponse:
+        agent = self.engine.agent_id(request.query_params.get("agent"))
+        return JSONResponse(self.engine.methods(agent))
 
-    async def episode(request: Request) -> JSONResponse:
+    async def episode(self, request: Request) -> JSONResponse:
+        engine = self.engine
         data = await _body(request, {"agent", "seed"}, {"agent", "seed"})
         agent = engine.agent_id(data["agent"])
         seed = engine.check_seed(data["seed"])
         result = await _settled(
             engine,
-            track(admit(request), await run_in_threadpool(engine.episode, agent, seed)),
+            self.track(self.admit(request), await run_in_threadpool(engine.episode, agent, seed)),
             failed="recording failed",
             status=lambda code: code if code < 500 else 422,
         )
@@ -251,25 +300,25 @@ def create_app(
             return _pending(result)
         return JSONResponse(engine.episode_info(result))
 
-    def frame(request: Request) -> JSONResponse:
+    def frame(self, request: Request) -> JSONResponse:
         data = {
             "agent": request.query_params.get("agent"),
             "seed": _query_int(request, "seed"),
             "t": _query_int(request, "t"),
         }
-        agent, ep, t = frame_request(data)
-        model = engine.model(agent)
+        agent, ep, t = self.frame_request(data)
+        model = self.engine.model(agent)
         import torch
 
         view = scores_view(model, torch.as_tensor(ep.scores[t]))
         return JSONResponse({"t": t, "frame": png_url(ep.frames[t]), "action": int(ep.actions[t]), "bars": view})
 
-    async def probabilities(request: Request) -> JSONResponse:
+    async def probabilities(self, request: Request) -> JSONResponse:
         data = await _body(request, {"agent", "seed", "t", "rects"}, {"agent", "seed", "t"})
-        agent, ep, t = frame_request(data)
+        agent, ep, t = self.frame_request(data)
         rects = check_rects(data.get("rects"))
-        poked = await run_in_threadpool(engine.probabilities, ep, t, rects)
-        original = await run_in_threadpool(engine.probabilities, ep, t, [])
+        poked = await run_in_threadpool(self.engine.probabilities, ep, t, rects)
+        original = await run_in_threadpool(self.engine.probabilities, ep, t, [])
         image = perturb_frame(ep.frames[t], rects, ep.states.shape[-2])
         return JSONResponse(
             {
@@ -282,23 +331,22 @@ def create_app(
             }
         )
 
-    async def saliency(request: Request) -> JSONResponse:
+    async def saliency(self, request: Request) -> JSONResponse:
         data = await _body(
             request,
             {"agent", "seed", "t", "method", "settings", "target", "rects", "scale"},
             {"agent", "seed", "t", "method"},
         )
-        agent, ep, t = frame_request(data)
-        method = engine.method(agent, data["method"])
-        settings = checked_settings(method, check_settings(data.get("settings")))
-        target = target_of(ep, data.get("target"))
+        ep, t, method, settings, target = self.map_request(data)
         rects = check_rects(data.get("rects"))
         scale = check_scale(data.get("scale"))
         start = time.perf_counter()
-        client = admit(request)
-        result = track(client, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, rects))
+        client = self.admit(request)
+        result = self.track(
+            client, await run_in_threadpool(self.engine.saliency, ep, t, method, settings, target, rects)
+        )
         cached = not isinstance(result, Job)
-        result = await _settled(engine, result)
+        result = await _settled(self.engine, result)
         if isinstance(result, Job):
             return _pending(result)
         from xrl.viz.overlay import overlay
@@ -320,39 +368,37 @@ def create_app(
             }
         )
 
-    async def scores(request: Request) -> JSONResponse:
+    async def scores(self, request: Request) -> JSONResponse:
         data = await _body(
             request, {"agent", "seed", "t", "method", "settings", "target"}, {"agent", "seed", "t", "method"}
         )
-        agent, ep, t = frame_request(data)
-        method = engine.method(agent, data["method"])
-        settings = checked_settings(method, check_settings(data.get("settings")))
-        target = target_of(ep, data.get("target"))
-        client = admit(request)
+        ep, t, method, settings, target = self.map_request(data)
+        client = self.admit(request)
         result = await _settled(
-            engine, track(client, await run_in_threadpool(engine.saliency, ep, t, method, settings, target, []))
+            self.engine,
+            self.track(client, await run_in_threadpool(self.engine.saliency, ep, t, method, settings, target, [])),
         )
         if isinstance(result, Job):
             return _pending(result)
-        out = await run_in_threadpool(engine.curves, ep, t, method, settings, target, result)
+        out = await run_in_threadpool(self.engine.curves, ep, t, method, settings, target, result)
         return JSONResponse({"t": t, "method": method["id"], **out})
 
-    async def video(request: Request) -> JSONResponse:
+    async def video(self, request: Request) -> JSONResponse:
         data = await _body(request, {"agent", "seed", "methods", "settings"}, {"agent", "seed", "methods"})
-        agent = engine.agent_id(data["agent"])
-        seed = engine.check_seed(data["seed"])
+        agent = self.engine.agent_id(data["agent"])
+        seed = self.engine.check_seed(data["seed"])
         ids = data["methods"]
         if not isinstance(ids, list) or not ids or len(ids) > 6:
             raise RequestError("methods must be a list of 1 to 6 method ids")
-        chosen = [engine.method(agent, m) for m in ids]
+        chosen = [self.engine.method(agent, m) for m in ids]
         settings = check_settings(data.get("settings"))
         for m in chosen[:1]:  # the first method's settings (the others run at their defaults)
-            checked_settings(m, settings)
-        job = track(admit(request), engine.video(agent, seed, chosen, settings))
+            self.checked_settings(m, settings)
+        job = self.track(self.admit(request), self.engine.video(agent, seed, chosen, settings))
         return _pending(job)
 
-    def job(request: Request) -> JSONResponse:
-        j = engine.job(request.path_params["job"])
+    def job(self, request: Request) -> JSONResponse:
+        j = self.engine.job(request.path_params["job"])
         body = j.progress()
         if j.state == "error":
             body["error"] = j.error
@@ -360,44 +406,25 @@ def create_app(
             body["result"] = j.result
         return JSONResponse(body)
 
-    def download(request: Request) -> Response:
-        path = engine.download(request.path_params["token"])
+    def download(self, request: Request) -> Response:
+        path = self.engine.download(request.path_params["token"])
         return FileResponse(path, media_type="video/mp4", filename=f"xrl-serve-{path.stem}.mp4")
 
-    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return _error(str(exc), exc.status)
 
-    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
-        message = {
-            404: f"no such page or endpoint: {request.url.path}",
-            405: f"{request.method} is not allowed on {request.url.path}",
-        }.get(exc.status_code, str(exc.detail))
-        return _error(message, exc.status_code)
+async def _on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return _error(str(exc), exc.status)
 
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        return _error(f"internal error ({type(exc).__name__}: {exc})", 500)
 
-    routes = [
-        Route("/", index),
-        Route("/favicon.ico", favicon),
-        Route("/api/agents", agents),
-        Route("/api/methods", methods),
-        Route("/api/episode", episode, methods=["POST"]),
-        Route("/api/frame", frame),
-        Route("/api/probabilities", probabilities, methods=["POST"]),
-        Route("/api/saliency", saliency, methods=["POST"]),
-        Route("/api/scores", scores, methods=["POST"]),
-        Route("/api/video", video, methods=["POST"]),
-        Route("/api/jobs/{job}", job),
-        Route("/api/download/{token}", download),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ]
-    hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]", "::1"]
-    return Starlette(
-        routes=routes,
-        middleware=[Middleware(BodyLimit), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-        exception_handlers={RequestError: on_request_error, HTTPException: on_http, Exception: on_error},  # type: ignore[dict-item]
-    )
+async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+    message = {
+        404: f"no such page or endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return _error(message, exc.status_code)
+
+
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(f"internal error ({type(exc).__name__}: {exc})", 500)
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0):
