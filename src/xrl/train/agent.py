@@ -26,6 +26,9 @@ such a checkpoint in the new format without training (:func:`convert_checkpoint`
 whose ``checkpoints/`` folder is lost but whose ``checkpoint.zip`` remains is refused (a fresh
 start would overwrite that zip at its first save); ``--from-weights`` resumes it from the zip's
 weights, optimizer and step counters with fresh episodes (:func:`_resume_weights`).
+
+``device`` (``auto``: CUDA when available) is SB3's own ``device=``; it is not part of the run's
+identity (a run started on the CPU resumes on CUDA), and checkpoints load on the CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from xrl.agents.load import model_from_policy, save_agent  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.envs import make_env  # noqa: E402
 from xrl.files import write_json  # noqa: E402
+from xrl.ops import resolve_device  # noqa: E402
 from xrl.rollout import evaluate_policy  # noqa: E402
 from xrl.train.run import (  # noqa: E402
     CHECKPOINTS,
@@ -157,6 +161,8 @@ class AgentArgs:
     out: str = field(default="runs/agent", metadata={"required": True})
     """run folder: checkpoints/, then agent.pt and agent.json"""
     progress: bool = True
+    device: str = "auto"
+    """auto|cpu|cuda|cuda:N; auto = CUDA when available"""
     export_only: bool = field(default=False, metadata={"switch": True})
     """export the latest checkpoint of an unfinished run (agent.pt + card) without training"""
     trust_pickle: bool = field(default=False, metadata={"switch": True})
@@ -185,8 +191,8 @@ class AgentArgs:
         "checkpoint_every": ">=1",
         "eval_episodes": ">=1",
     }
-    #: may change between a run and its resumption
-    IGNORED: ClassVar[set] = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out"}
+    #: may change between a run and its resumption (a run started on the CPU resumes on CUDA)
+    IGNORED: ClassVar[set] = {"total_timesteps", "progress", "eval_episodes", "checkpoint_every", "out", "device"}
 
     def resolved(self) -> AgentArgs:
         """Fill the env-family defaults left as None."""
@@ -483,7 +489,7 @@ def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
             **args.dqn,
             policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),  # type: ignore[arg-type]
             seed=args.seed,
-            device="cpu",
+            device=resolve_device(args.device),
             verbose=0,
         )
     decay = (lambda v: lambda progress: progress * v) if args.linear_decay else (lambda v: v)
@@ -502,7 +508,7 @@ def _build(args: AgentArgs, env=None) -> BaseAlgorithm:
         gae_lambda=args.gae_lambda,
         policy_kwargs=ARCHS.get(args.arch).policy_kwargs(),  # type: ignore[arg-type]
         seed=args.seed,
-        device="cpu",
+        device=resolve_device(args.device),
         verbose=0,
     )
 
@@ -655,7 +661,9 @@ def _resume_pickle(args: AgentArgs, run: Path) -> BaseAlgorithm:
     state = pickle.loads((run / "checkpoint.state").read_bytes())
     env = cloudpickle.loads(state["env"]) if state["env"] is not None else make_vec_env(args)
     cls = DQN if args.algo == "dqn" else PPO
-    algo = cls.load(run / "checkpoint.zip", env=env, device="cpu", force_reset=state["env"] is None)
+    algo = cls.load(
+        run / "checkpoint.zip", env=env, device=resolve_device(args.device), force_reset=state["env"] is None
+    )
     if algo.num_timesteps != state["num_timesteps"]:
         raise ValueError(f"{run}: checkpoint.zip and checkpoint.state disagree; delete both to restart")
     if cls is DQN:
@@ -796,6 +804,7 @@ def check_agent_args(args: AgentArgs) -> AgentArgs:
     from xrl.envs import ENVS
 
     check_settings(args)
+    resolve_device(args.device)  # a bad or absent device is refused here, before a run folder is made
     ENVS.get(args.env)  # unknown names fail here, before a run folder is made
     resolved = args.resolved()
     ARCHS.get(resolved.arch)  # type: ignore[arg-type]

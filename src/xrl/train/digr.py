@@ -27,7 +27,10 @@ Reads top to bottom:
    their next checkpoint is in the new format. A loss that turns NaN stops the
    run with a clear message and leaves the last good checkpoint. The student is exported as an
    xrl agent (``agent.pt`` + card), so every explainer, metric and ``xrl attack`` takes it.
-   ``igr=False`` trains the distillation-only ablation of Fig. 8.
+   ``igr=False`` trains the distillation-only ablation of Fig. 8. ``device`` (``auto``: CUDA when
+   available) holds the teacher, the student and each batch; the student is initialised and the
+   batches and actions are drawn on the CPU, checkpoints hold CPU tensors, and the device is not
+   part of the run's identity (a run started on the CPU resumes on CUDA).
 
 The DIGR saliency of the student is then the ``gradient`` explainer with ``targets=DIGR_TARGET``
 (the quantity of Eq. 2), or plain vanilla gradient of the chosen action.
@@ -36,6 +39,7 @@ The DIGR saliency of the student is then the ``gradient`` explainer with ``targe
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -60,7 +64,9 @@ from xrl.data.dataset import StateDataset
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
 from xrl.files import atomic_path, write_json
+from xrl.ops import resolve_device
 from xrl.rollout import evaluate_policy
+from xrl.train.acer import to_device
 from xrl.train.run import TRUST_PICKLE, Run, check_settings, command, load_tensors, read_json
 
 #: the stored saliency a DIGR dataset holds
@@ -143,8 +149,8 @@ def _maps_partial(out: Path) -> Path:
 
 def _chunk_maps(teacher: Model, states: np.ndarray, settings: dict) -> np.ndarray:
     """Teacher maps ``(n, H, W)`` of raw uint8 states ``(n, C, H, W)`` (one thread per worker)."""
-    x = torch.as_tensor(states).float() / teacher.obs_scale
-    return get_explainer("greydanus", teacher, **settings).explain(x).numpy()
+    x = (torch.as_tensor(states, device="cpu").float() / teacher.obs_scale).to(_device(teacher))
+    return get_explainer("greydanus", teacher, **settings).explain(x).cpu().numpy()
 
 
 def _maps_in_chunks(
@@ -182,7 +188,7 @@ def _maps_in_chunks(
             if not ray_lib.is_initialized():
                 ray_lib.init(address=None if ray == "auto" else ray, include_dashboard=False, log_to_driver=False)
             remote = ray_lib.remote(num_cpus=1)(_chunk_maps_one_thread)
-            model_ref = ray_lib.put(teacher)
+            model_ref = ray_lib.put(copy.deepcopy(teacher).cpu())  # Ray's workers compute on the CPU
             pending = {remote.remote(model_ref, ds.raw_states(slice(s, s + chunk)), settings): s for s in todo}
             while pending:
                 ready, _ = ray_lib.wait(list(pending), num_returns=1)
@@ -237,7 +243,7 @@ def pcgrad(grads: Sequence[torch.Tensor], generator: torch.Generator | None = No
     for i, g in enumerate(grads):
         g = g.clone()
         others = [j for j in range(len(grads)) if j != i]
-        order = torch.randperm(len(others), generator=generator).tolist()
+        order = torch.randperm(len(others), generator=generator, device="cpu").tolist()
         for j in (others[k] for k in order):
             dot = g @ grads[j]
             if dot < 0:
@@ -303,6 +309,8 @@ class DigrArgs:
     seed: int = 0
     """seed of the student's initialisation, its episodes, the batches and the saliency dataset made here"""
     progress: bool = True
+    device: str = "auto"
+    """auto|cpu|cuda|cuda:N; auto = CUDA when available"""
     trust_pickle: bool = field(default=False, metadata={"switch": True})
     """resume a checkpoint in the old pickle format (checkpoint.pkl runs code when loaded)"""
 
@@ -323,8 +331,9 @@ class DigrArgs:
         "checkpoint_every": ">=1",
         "seed": ">=0",
     }
-    #: may change between a run and its resumption
+    #: may change between a run and its resumption (a run started on the CPU resumes on CUDA)
     IGNORED: ClassVar[set] = {
+        "device",
         "updates",
         "progress",
         "eval_episodes",
@@ -339,7 +348,8 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
     """Train (or resume) a DIGR student; returns ``out/agent.pt``. ``stop_at`` stops after the
     checkpoint at that update (to test resuming) and returns that checkpoint's folder."""
     check_settings(args)
-    teacher = load_agent(args.teacher)
+    device = resolve_device(args.device)  # a bad or absent device is refused before anything is written
+    teacher = load_agent(args.teacher, device=device)
     arch = _student_arch(args, teacher)
     env = teacher.info["env"]
     data = Path(args.data)
@@ -351,8 +361,8 @@ def train_digr(args: DigrArgs, *, stop_at: int | None = None) -> Path:
         )
     with StateDataset.open(data) as ds:
         _check_dataset(ds, teacher)
-        states_d = torch.as_tensor(ds.raw_states())  # uint8 (N, C, H, W)
-        maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY))  # (N, H, W)
+        states_d = torch.as_tensor(ds.raw_states(), device="cpu")  # uint8 (N, C, H, W)
+        maps_d = torch.as_tensor(ds.saliency(SALIENCY_KEY), device="cpu")  # (N, H, W)
         data_settings = ds.saliency_settings(SALIENCY_KEY)
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "trust_pickle"}
     with Run(args.out, settings, ignore=DigrArgs.IGNORED, outputs=("agent.pt",)) as run:
@@ -372,6 +382,7 @@ def _train(
     stop_at: int | None,
 ) -> Path:
     run = run_.folder
+    device = _device(teacher)  # the run's: the teacher is loaded on it, the student and batches follow
     state = _resume(args, run_, teacher, arch) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
     student = model_from_policy(student_policy, action_names=teacher.action_names, info={"env": env})
@@ -386,14 +397,14 @@ def _train(
     started = time.time()
     for update in range(state["update"], args.updates):
         _act(student, state, gen)
-        rows = torch.as_tensor(rng.integers(0, len(states_d), args.batch_size))
-        online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size))
-        x_d = states_d[rows].float() / teacher.obs_scale
-        x_b = torch.as_tensor(state["buffer"][online.numpy()]).float() / teacher.obs_scale
+        rows = torch.as_tensor(rng.integers(0, len(states_d), args.batch_size), device="cpu")
+        online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size), device="cpu")
+        x_d = (states_d[rows].float() / teacher.obs_scale).to(device)
+        x_b = (torch.as_tensor(state["buffer"][online.numpy()], device="cpu").float() / teacher.obs_scale).to(device)
         kl = args.alpha * distillation_loss(teacher, student, x_b, args.temperature)
         losses = [kl]
         if args.igr:
-            losses.insert(0, igr_loss(student, x_d, maps_d[rows], args.threshold))
+            losses.insert(0, igr_loss(student, x_d, maps_d[rows].to(device), args.threshold))
         values = [v.item() for v in losses]
         if not all(math.isfinite(v) for v in values):
             bar.close()
@@ -496,7 +507,7 @@ def _card(
         "teacher": teacher.info.get("source"),
         "score": score,
         "updates": update,
-        "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress",)},
+        "digr": {k: v for k, v in dataclasses.asdict(args).items() if k not in ("progress", "device")},
         "saliency_dataset": {"path": str(data), "states": int(n_data), **data_settings},
         "command": command("xrl train digr", args, always=("teacher", "data", "out")),
         "action_names": teacher.action_names,
@@ -534,9 +545,15 @@ def _check_dataset(ds: StateDataset, teacher: Model, *, maps: bool = True) -> No
         raise ValueError(f"{ds.path} has no saliency/{SALIENCY_KEY}; make it with make_saliency_dataset")
 
 
+def _device(model: Model) -> torch.device:
+    """The device of the model's weights (the run's device: the teacher is loaded on it)."""
+    return next(model.parameters()).device
+
+
 def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
-    torch.manual_seed(args.seed)  # the student's random initialisation
-    policy = build_policy(arch, teacher.input_shape, teacher.n_actions)
+    """A new run's state; the student on the teacher's device (the run's)."""
+    torch.manual_seed(args.seed)  # the student's random initialisation, on the CPU: the same on every device
+    policy = build_policy(arch, teacher.input_shape, teacher.n_actions).to(_device(teacher))
     env = teacher.info["env"]
     envs = [make_env(env["name"], **(env.get("settings") or {})) for _ in range(args.n_envs)]
     obs = [np.asarray(e.reset(seed=args.seed + i)[0]) for i, e in enumerate(envs)]
@@ -545,7 +562,7 @@ def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
         "policy": policy,
         "optimiser": torch.optim.Adam(policy.parameters(), lr=args.learning_rate),
         "rng": np.random.default_rng(args.seed),
-        "torch_gen": torch.Generator().manual_seed(args.seed),
+        "torch_gen": torch.Generator(device="cpu").manual_seed(args.seed),
         "envs": envs,
         "obs": obs,
         "episode_seed": args.seed + args.n_envs,
@@ -561,7 +578,7 @@ def _fresh(args: DigrArgs, teacher: Model, arch: str) -> dict:
 def _act(student: Model, state: dict, gen: torch.Generator) -> None:
     """One step of every env with actions sampled from the student; their states join the buffer."""
     obs = np.stack(state["obs"])
-    probs = student.probs(student.preprocess(obs))
+    probs = student.probs(student.preprocess(obs)).cpu()  # drawn on the CPU: the same draws on every device
     actions = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
     for i, (env, action) in enumerate(zip(state["envs"], actions)):
         state["buffer"][state["cursor"]] = state["obs"][i]
@@ -586,12 +603,14 @@ def _save(run: Run, state: dict) -> Path:
     (the online buffer, compressed: game frames shrink ~30x), ``state.json`` (the numpy RNG,
     counters, each env's episode seed, the history)."""
     filled = state["filled"]
-    tensors = {
-        "policy": state["policy"].state_dict(),
-        "optimiser": state["optimiser"].state_dict(),
+    tensors = {  # CPU tensors: a run saved on CUDA resumes (and loads) on the CPU
+        "policy": to_device(state["policy"].state_dict(), "cpu"),
+        "optimiser": to_device(state["optimiser"].state_dict(), "cpu"),
         "torch_gen": state["torch_gen"].get_state(),
         "obs": torch.from_numpy(np.stack(state["obs"])),
-        "actions": [torch.tensor(e["actions"] if e else [], dtype=torch.int64) for e in state["episodes"]],
+        "actions": [
+            torch.tensor(e["actions"] if e else [], dtype=torch.int64, device="cpu") for e in state["episodes"]
+        ],
     }
     meta = {
         "format": FORMAT,
@@ -625,17 +644,17 @@ def _resume(args: DigrArgs, run: Run, teacher: Model, arch: str) -> dict | None:
             return None
         if not args.trust_pickle:
             raise ValueError(f"{run.folder}: " + TRUST_PICKLE.format(files="checkpoint.pkl"))
-        return _resume_pickle(old)
+        return _resume_pickle(old, _device(teacher))
     meta, tensors = read_json(folder / "state.json"), load_tensors(folder / "tensors.pt")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} is not a DIGR training checkpoint (format={FORMAT!r})")
-    policy = build_policy(arch, teacher.input_shape, teacher.n_actions)
+    policy = build_policy(arch, teacher.input_shape, teacher.n_actions).to(_device(teacher))
     policy.load_state_dict(tensors["policy"])
     optimiser = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
-    optimiser.load_state_dict(tensors["optimiser"])
+    optimiser.load_state_dict(tensors["optimiser"])  # torch moves its state to the parameters' device
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
-    gen = torch.Generator()
+    gen = torch.Generator(device="cpu")
     gen.set_state(tensors["torch_gen"])
     buffer = np.zeros((meta["buffer_size"], *teacher.input_shape), np.uint8)
     try:
@@ -684,18 +703,19 @@ def _replay(state: dict, teacher: Model, episodes: list, actions: list, folder: 
         )
 
 
-def _resume_pickle(path: Path) -> dict:
+def _resume_pickle(path: Path, device: torch.device) -> dict:
     """The old format (a gzip'd cloudpickle): only with ``trust_pickle``; the envs' episodes are
     unknown until they end (a resume from the next checkpoint starts them anew)."""
     import gzip
     import pickle
 
     blob = pickle.loads(gzip.decompress(path.read_bytes()))
+    blob["policy"] = blob["policy"].to(device)
     optimiser = torch.optim.Adam(blob["policy"].parameters())
     optimiser.load_state_dict(blob["optimiser"])
     rng = np.random.default_rng()
     rng.bit_generator.state = blob["rng"]
-    gen = torch.Generator()
+    gen = torch.Generator(device="cpu")
     gen.set_state(blob["torch_gen"])
     episodes = blob.get("episodes") or [None] * len(blob["envs"])
     return {**blob, "optimiser": optimiser, "rng": rng, "torch_gen": gen, "episodes": episodes}
