@@ -382,13 +382,9 @@ def _train(
     stop_at: int | None,
 ) -> Path:
     run = run_.folder
-    device = _device(teacher)  # the run's: the teacher is loaded on it, the student and batches follow
     state = _resume(args, run_, teacher, arch) or _fresh(args, teacher, arch)
     student_policy = state["policy"]
     student = model_from_policy(student_policy, action_names=teacher.action_names, info={"env": env})
-    params = [p for p in student_policy.parameters()]
-    optimiser = state["optimiser"]
-    rng, gen = state["rng"], state["torch_gen"]
     history = state["history"]
     if "teacher" not in history:
         history["teacher"] = _score(teacher, env, episodes=args.eval_episodes, seed=20_000 + args.seed)
@@ -396,35 +392,13 @@ def _train(
     last_good = state["update"]
     started = time.time()
     for update in range(state["update"], args.updates):
-        _act(student, state, gen)
-        rows = torch.as_tensor(rng.integers(0, len(states_d), args.batch_size), device="cpu")
-        online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size), device="cpu")
-        x_d = (states_d[rows].float() / teacher.obs_scale).to(device)
-        x_b = (torch.as_tensor(state["buffer"][online.numpy()], device="cpu").float() / teacher.obs_scale).to(device)
-        kl = args.alpha * distillation_loss(teacher, student, x_b, args.temperature)
-        losses = [kl]
-        if args.igr:
-            losses.insert(0, igr_loss(student, x_d, maps_d[rows].to(device), args.threshold))
-        values = [v.item() for v in losses]
+        values = _update(args, state, teacher, student, states_d, maps_d)
         if not all(math.isfinite(v) for v in values):
             bar.close()
             raise FloatingPointError(
                 f"DIGR loss became {values} at update {update}; stopped. The last good checkpoint "
                 f"(update {last_good}) is kept in {run}; lower learning_rate or check the dataset"
             )
-        grads = [
-            torch.cat(
-                [g.reshape(-1) for g in torch.autograd.grad(v, params, allow_unused=True, materialize_grads=True)]
-            )
-            for v in losses
-        ]
-        combined = pcgrad(grads, gen) if args.use_pcgrad and len(grads) > 1 else torch.stack(grads).sum(0)
-        offset = 0
-        for p in params:
-            p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
-        optimiser.step()
-        optimiser.zero_grad(set_to_none=True)
         state["update"] = update + 1
         log: dict[str, Any] = {
             "update": update + 1,
@@ -462,20 +436,45 @@ def _train(
     bar.close()
     score = _score(student, env, episodes=args.final_eval_episodes, seed=10_000 + args.seed)
     teacher_score = _score(teacher, env, episodes=args.final_eval_episodes, seed=10_000 + args.seed)
-    card = _card(
-        args,
-        teacher,
-        env,
-        data,
-        len(states_d),
-        data_settings,
-        update=args.updates,
-        score=score,
-        teacher_score=teacher_score,
-        train_seconds_this_run=round(time.time() - started, 1),
-    )
+    seconds = round(time.time() - started, 1)
+    card = _card(args, teacher, env, data, len(states_d), data_settings, update=args.updates, score=score)
+    card.update(teacher_score=teacher_score, train_seconds_this_run=seconds)
     run_.write_history(history)
     return save_policy(student_policy, run / "agent.pt", algo="ppo", arch=arch, card=card)
+
+
+def _update(
+    args: DigrArgs, state: dict, teacher: Model, student: Model, states_d: torch.Tensor, maps_d: torch.Tensor
+) -> list[float]:
+    """One update: the student acts in its envs (their states join the buffer), a batch of D and
+    one of the buffer are drawn, and the gradients of ``L_IGR`` and ``alpha * L_KL``, combined by
+    PCGrad, make one Adam step. Returns the losses' values; when one is not finite, nothing is
+    stepped. The batches are drawn on the CPU and moved to the run's device (the teacher's)."""
+    device, rng, gen = _device(teacher), state["rng"], state["torch_gen"]
+    _act(student, state, gen)
+    rows = torch.as_tensor(rng.integers(0, len(states_d), args.batch_size), device="cpu")
+    online = torch.as_tensor(rng.integers(0, state["filled"], args.batch_size), device="cpu")
+    x_d = (states_d[rows].float() / teacher.obs_scale).to(device)
+    x_b = (torch.as_tensor(state["buffer"][online.numpy()], device="cpu").float() / teacher.obs_scale).to(device)
+    losses = [args.alpha * distillation_loss(teacher, student, x_b, args.temperature)]
+    if args.igr:
+        losses.insert(0, igr_loss(student, x_d, maps_d[rows].to(device), args.threshold))
+    values = [v.item() for v in losses]
+    if not all(math.isfinite(v) for v in values):
+        return values
+    params = list(state["policy"].parameters())
+    grads = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(v, params, allow_unused=True, materialize_grads=True)])
+        for v in losses
+    ]
+    combined = pcgrad(grads, gen) if args.use_pcgrad and len(grads) > 1 else torch.stack(grads).sum(0)
+    offset = 0
+    for p in params:
+        p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    state["optimiser"].step()
+    state["optimiser"].zero_grad(set_to_none=True)
+    return values
 
 
 def _score(model: Model, env: dict, *, episodes: int, seed: int) -> dict:
