@@ -49,81 +49,21 @@ def random_returns(env_name: str, settings: dict, *, episodes: int, seed: int) -
 
 
 def run_free_lunch(run: TargetRun) -> None:
-    from xrl.agents.load import load_agent
-    from xrl.rollout import evaluate_policy
-
     s = run.settings
     rows, curves = [], {}
     for env_key in s["envs"]:
         groups = GROUPS[env_key]
         episodes = s["episodes"][env_key] if isinstance(s["episodes"], dict) else s["episodes"]
-        returns, envs = {}, set()
-        for group, names in groups.items():
-            for name in names:
-                model = load_agent(name)
-                env = model.info.get("env") or {}
-                envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
-                returns[(group, name)] = np.asarray(
-                    run.row(
-                        f"{env_key}-{name}",
-                        lambda model=model, env=env: {
-                            "returns": evaluate_policy(
-                                model,
-                                env["name"],
-                                env_settings=env.get("settings") or {},
-                                episodes=episodes,
-                                seed=s["seed"],
-                                n_envs=s["batch"],
-                            ).returns
-                        },
-                    )["returns"],
-                    dtype=float,
-                )
-        if len(envs) != 1:
-            raise ValueError(f"the {env_key} agents were made for different envs or settings: {sorted(envs, key=str)}")
-        env_name, settings = next(iter(envs))
-        floor = np.asarray(  # type: ignore[type-var]
+        returns, (env_name, settings) = _group_returns(run, env_key, episodes)
+        floor = np.asarray(
             run.row(
                 f"{env_key}-random",
-                lambda: {"returns": random_returns(env_name, dict(settings), episodes=episodes, seed=s["seed"])},  # type: ignore[arg-type]
+                lambda: {"returns": random_returns(env_name, dict(settings), episodes=episodes, seed=s["seed"])},
             )["returns"],
             dtype=float,
         )
-        baseline = next(iter(groups))
-
-        def mean_of(group):  # (episodes,): the group's agents averaged per episode
-            return np.mean([r for (g, _), r in returns.items() if g == group], axis=0)
-
-        def won(group):
-            return np.mean([(r > 0) for (g, _), r in returns.items() if g == group], axis=0)
-
-        base = mean_of(baseline)
-        for group in groups:
-            mine = mean_of(group)
-            row = {
-                "env": env_key,
-                "group": group + (" (baseline)" if group == baseline else ""),
-                "episodes": episodes,
-                "mean return": float(mine.mean()),
-                "per seed": ", ".join(f"{r.mean():.3f}" for (g, _), r in returns.items() if g == group),
-                "success": float(won(group).mean()),
-            }
-            if group != baseline:
-                progress = base.mean() - floor.mean()
-                row["ratio to baseline"] = float((mine.mean() - floor.mean()) / progress) if progress > 0 else None
-                row["return diff (95% CI)"] = format_interval(paired_interval(mine, base))
-                row["success diff (95% CI)"] = format_interval(paired_interval(won(group), won(baseline)))
-            rows.append(row)
-        rows.append(
-            {
-                "env": env_key,
-                "group": "random policy",
-                "episodes": episodes,
-                "mean return": float(floor.mean()),
-                "success": float((floor > 0).mean()),  # type: ignore[operator]
-            }
-        )
-        curves[env_key] = {g: float(mean_of(g).mean()) for g in groups} | {"random": float(floor.mean())}
+        rows += _free_lunch_rows(env_key, groups, returns, floor, episodes)
+        curves[env_key] = {g: float(_mean_of(returns, g).mean()) for g in groups} | {"random": float(floor.mean())}
     run.table(
         "free_lunch",
         rows,
@@ -153,6 +93,82 @@ def run_free_lunch(run: TargetRun) -> None:
         ax.set_title(f"{env_key}: mean greedy return", fontsize=9)
         ax.tick_params(labelsize=7)
     save_figure(fig, run.figure("free_lunch"), "FLS: attention agents against the baseline, same budget")
+
+
+def _group_returns(run: TargetRun, env_key: str, episodes: int) -> tuple[dict, tuple]:
+    """``{(group, agent): returns (episodes,)}`` of every agent of ``env_key``'s groups on the same
+    seeded greedy episodes (one row each), and the ``(env name, settings)`` they share."""
+    from xrl.rollout import evaluate_policy
+
+    s = run.settings
+    returns, envs = {}, set()
+    for group, names in GROUPS[env_key].items():
+        for name in names:
+            model = run.load_agent(name)
+            env = model.info.get("env") or {}
+            envs.add((env.get("name"), tuple(sorted((env.get("settings") or {}).items()))))
+            returns[(group, name)] = np.asarray(
+                run.row(
+                    f"{env_key}-{name}",
+                    lambda model=model, env=env: {
+                        "returns": evaluate_policy(
+                            model,
+                            env["name"],
+                            env_settings=env.get("settings") or {},
+                            episodes=episodes,
+                            seed=s["seed"],
+                            n_envs=s["batch"],
+                        ).returns
+                    },
+                )["returns"],
+                dtype=float,
+            )
+    if len(envs) != 1:
+        raise ValueError(f"the {env_key} agents were made for different envs or settings: {sorted(envs, key=str)}")
+    return returns, next(iter(envs))
+
+
+def _mean_of(returns: dict, group: str) -> np.ndarray:
+    """``(episodes,)``: the group's agents' returns averaged per episode."""
+    return np.mean([r for (g, _), r in returns.items() if g == group], axis=0)
+
+
+def _free_lunch_rows(env_key: str, groups: dict, returns: dict, floor: np.ndarray, episodes: int) -> list[dict]:
+    """One row per group (the first is the baseline: ratio and paired intervals against it), and
+    the random policy's."""
+
+    def won(group):
+        return np.mean([(r > 0) for (g, _), r in returns.items() if g == group], axis=0)
+
+    rows = []
+    baseline = next(iter(groups))
+    base = _mean_of(returns, baseline)
+    for group in groups:
+        mine = _mean_of(returns, group)
+        row = {
+            "env": env_key,
+            "group": group + (" (baseline)" if group == baseline else ""),
+            "episodes": episodes,
+            "mean return": float(mine.mean()),
+            "per seed": ", ".join(f"{r.mean():.3f}" for (g, _), r in returns.items() if g == group),
+            "success": float(won(group).mean()),
+        }
+        if group != baseline:
+            progress = base.mean() - floor.mean()
+            row["ratio to baseline"] = float((mine.mean() - floor.mean()) / progress) if progress > 0 else None
+            row["return diff (95% CI)"] = format_interval(paired_interval(mine, base))
+            row["success diff (95% CI)"] = format_interval(paired_interval(won(group), won(baseline)))
+        rows.append(row)
+    rows.append(
+        {
+            "env": env_key,
+            "group": "random policy",
+            "episodes": episodes,
+            "mean return": float(floor.mean()),
+            "success": float((floor > 0).mean()),
+        }
+    )
+    return rows
 
 
 def rectangle_labels(cells: np.ndarray) -> np.ndarray:
@@ -198,18 +214,19 @@ PONG_METHODS = {
 
 
 def _auc(states, saliency, labels) -> list:
+    """Per-state localization ROC AUC of ``saliency`` against ``labels`` (numpy, read from a file)."""
     import torch
 
     from xrl.metrics import get_metric
 
-    value = get_metric("localization")(states=states, saliency=saliency, labels=torch.as_tensor(labels))["auc"]  # type: ignore[index]
-    return value.double().tolist()
+    labels = torch.as_tensor(labels, device="cpu").to(saliency.device)
+    value = get_metric("localization")(states=states, saliency=saliency, labels=labels)["auc"]  # type: ignore[index]
+    return value.double().cpu().tolist()
 
 
 def run_localization(run: TargetRun) -> None:
     import torch
 
-    from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.evaluation import explain_dataset
     from xrl.explainers.attention import find_attention
@@ -217,7 +234,7 @@ def run_localization(run: TargetRun) -> None:
     s = run.settings
     rows, shifted_rows, figure = [], [], None
     for name in s["rfg_agents"]:
-        model = load_agent(name)
+        model = run.load_agent(name)
         cells_path = run.collect(
             f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"}, max_steps=s["max_steps"]
         )
@@ -234,7 +251,7 @@ def run_localization(run: TargetRun) -> None:
                 raise ValueError(f"{objects_path} holds other episodes than {cells_path} (actions differ)")
             cells = ds.labels(index)
             labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}  # type: ignore[arg-type]
-            states = ds.states(index)
+            states = run.to_device(ds.states(index))
             for method, (explainer, settings) in RFG_METHODS.items():
 
                 def compute(explainer=explainer, settings=settings):
@@ -252,8 +269,8 @@ def run_localization(run: TargetRun) -> None:
                 )
             if figure is None:
                 pick = index[:: max(1, len(index) // 4)][:4]
-                maps = {
-                    m: explain_dataset(model, ds, e, st, rows=pick)
+                maps = {  # brought back to the CPU to be drawn
+                    m: explain_dataset(model, ds, e, st, rows=pick).cpu()
                     for m, (e, st) in RFG_METHODS.items()
                     if m in ("attention (transposed)", "attention (transposed_mean)", "gradient")
                 }
@@ -289,7 +306,7 @@ def run_localization(run: TargetRun) -> None:
     )
     pong_rows = []
     for name in s["pong_agents"]:
-        model = load_agent(name)
+        model = run.load_agent(name)
         path = run.collect(
             f"{name}-ram",
             model,
@@ -301,7 +318,7 @@ def run_localization(run: TargetRun) -> None:
             index = np.sort(
                 np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)), replace=False)
             )
-            states, labels = ds.states(index), ds.labels(index)  # type: ignore[assignment]
+            states, labels = run.to_device(ds.states(index)), ds.labels(index)  # type: ignore[assignment]
             for method, (explainer, settings) in PONG_METHODS.items():
                 settings = {**settings, **s["method_settings"].get(explainer, {})}
                 v = run.row(
@@ -358,7 +375,7 @@ def run_metrics(run: TargetRun) -> None:
     for section in ("method_settings", "metric_settings"):
         for name, extra in s[section].items():
             data.setdefault(section, {}).setdefault(name, {}).update(extra)
-    spec = parse_spec(data)
+    spec = parse_spec(data, device=str(run.device))  # the jobs compute on the run's device (not in their results)
     folder = run.out / "bench"
     run_bench(spec, folder, progress=run.progress)
     build_report(folder)
