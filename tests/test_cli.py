@@ -129,7 +129,9 @@ def test_zoo_lists_every_card_with_training_state_score_and_command(capsys, tmp_
     assert code != 0 and "does not exist" in err
     # the shipped zoo: one row per agent checkpoint
     code, out, err = run(capsys, "zoo")
-    shipped = {p.parent.name for p in xrl.agents.load.ZOO_DIR.glob("*/agent.pt")}
+    from xrl.agents.load import ZOO_DIR
+
+    shipped = {p.parent.name for p in ZOO_DIR.glob("*/agent.pt")}
     assert shipped and shipped <= {line.split()[0] for line in out.splitlines() if line.strip()}
 
 

@@ -91,6 +91,7 @@ LAYERS = [
         "xrl.ops",
         "xrl.limits",
         "xrl.method_settings",
+        "xrl.settings",
         "xrl.stats",
         "xrl.incremental",
         "xrl.artifacts",

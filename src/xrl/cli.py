@@ -306,7 +306,7 @@ def _methods_for(model, names: str | None, pairs: list[str] | None) -> dict[str,
 def cmd_explain(args) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
-    from xrl.evaluation import dataset_targets, explain_dataset
+    from xrl.pipeline import explain, read_batch
     from xrl.viz.overlay import explanation_grid
 
     out = Path(args.out)
@@ -324,14 +324,16 @@ def cmd_explain(args) -> None:
         _fits(model, ds)
         _within_data("--n", args.n, ds)
         rows = _rows(len(ds), args.n or 6, args.seed)
-        actions = dataset_targets(model, ds, rows, args.targets)  # refuses another agent's data unless asked
-        maps = {
-            m: explain_dataset(model, ds, m, s, rows=rows, targets=args.targets or "dataset")
-            for m, s in methods.items()
-        }
+        batch = read_batch(model, ds, rows, args.targets)  # refuses another agent's data unless asked
+        maps = {m: v.cpu() for m, v in explain(model, batch.states, methods, batch.targets).items()}
         probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
         explanation_grid(
-            ds.frames(rows), maps, out, actions=actions.numpy(), action_names=model.action_names, probs=probs
+            ds.frames(rows),
+            maps,
+            out,
+            actions=batch.targets.cpu().numpy(),
+            action_names=model.action_names,
+            probs=probs,
         )
     print(f"wrote {out}")
 
@@ -421,7 +423,7 @@ def cmd_watch(args) -> None:
 def cmd_demo(args) -> None:
     from xrl.demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick)
+    run_demo(out=args.out, quick=args.quick, device=args.device)
 
 
 #: ``xrl train <name>``: (module, settings dataclass, function, help); the flags are the dataclass's

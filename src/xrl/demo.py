@@ -146,11 +146,17 @@ def papers_table(main: dict, sections: dict[str, dict]) -> str:
 
 
 def run_demo(
-    out: str | os.PathLike = "demo-results", *, quick: bool = False, zoo: str | os.PathLike | None = None, seed: int = 0
+    out: str | os.PathLike = "demo-results",
+    *,
+    quick: bool = False,
+    zoo: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str | None = None,
 ) -> Path:
     """Run the demo and return the results folder. Its bench jobs run in one worker process per
     CPU (``run_bench(processes=...)``; one job per process at a time, one torch thread each, as
-    in process: the same results); ``quick=True`` runs them in this process."""
+    in process: the same results); ``quick=True`` runs them in this process. ``device``: where
+    the jobs compute (``xrl demo --device``; None: the specs' own, ``auto``)."""
     processes = (
         None if quick else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     )
@@ -158,11 +164,11 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     agent, card = demo_agent(out, zoo=Path(zoo) if zoo else None, quick=quick)
-    spec = demo_spec(agent, quick=quick, seed=seed)
+    spec = demo_spec(agent, quick=quick, seed=seed).with_device(device)
     bench_start = time.time()
     run_bench(spec, out, processes=processes, progress=not quick)
     seconds = {"main": time.time() - bench_start}
-    sections, missing = _run_sections(out, seconds, quick=quick, seed=seed, zoo=zoo, processes=processes)
+    sections, missing = _run_sections(out, seconds, quick=quick, seed=seed, zoo=zoo, processes=processes, device=device)
     doc = load_results(out)
     (g,) = doc["groups"]
     _report(out, g, sections)
@@ -187,7 +193,9 @@ def run_demo(
     return out
 
 
-def _run_sections(out: Path, seconds: dict, *, quick: bool, seed: int, zoo, processes) -> tuple[dict, list]:
+def _run_sections(
+    out: Path, seconds: dict, *, quick: bool, seed: int, zoo, processes, device: str | None = None
+) -> tuple[dict, list]:
     """``(sections, missing)``: each section's bench run into ``out/<name>`` with its report and
     its group of results; the sections whose zoo agent is missing. Seconds go to ``seconds``."""
     sections, missing = {}, []
@@ -196,6 +204,7 @@ def _run_sections(out: Path, seconds: dict, *, quick: bool, seed: int, zoo, proc
         if section is None:
             missing.append(name)
             continue
+        section = section.with_device(device)
         start = time.time()
         run_bench(section, out / name, processes=processes, progress=not quick)
         build_report(out / name)

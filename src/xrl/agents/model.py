@@ -147,6 +147,13 @@ class Model(nn.Module):
         scores: torch.Tensor = self(states)
         return torch.softmax(scores, dim=-1)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the CPU for a model without parameters): procedures that read
+        states from disk put them here (docs/architecture.md#devices)."""
+        first = next(self.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+
     def preprocess(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw env observation(s) ``(C, H, W)`` or ``(B, C, H, W)`` uint8 -> float states."""
         x = obs if isinstance(obs, torch.Tensor) else torch.as_tensor(np.asarray(obs), device="cpu")
@@ -157,8 +164,7 @@ class Model(nn.Module):
                 f"observations of shape {tuple(x.shape[1:])} do not match the model's input "
                 f"{self.input_shape} (channels first, frames stacked on channels)"
             )
-        device = next(self.parameters()).device
-        return x.to(device=device, dtype=torch.float32) / self.obs_scale
+        return x.to(device=self.device, dtype=torch.float32) / self.obs_scale
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:

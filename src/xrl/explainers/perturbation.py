@@ -50,7 +50,7 @@ import torch
 
 from xrl.agents.model import Model
 from xrl.explainers.base import Explainer
-from xrl.limits import check_memory, check_time
+from xrl.limits import check_memory, check_time, rows_that_fit
 from xrl.ops import TargetFn, chunks
 
 #: on the CPU, the most bytes of states one chunk of perturbed states holds (its rows are
@@ -131,7 +131,8 @@ class PerturbationExplainer(Explainer):
         if states.device.type == "cpu":  # chunks whose activations stay resident (module docstring)
             size = min(size, max(1, RESIDENT_BYTES // row_bytes))
             keep_resident()
-        check_memory(size * row_bytes, f"a batch of {size} perturbed states", "lower batch_size")
+        size = rows_that_fit(row_bytes, states.device, size)  # a CUDA device's free memory
+        check_memory(size * row_bytes, f"a batch of {size} perturbed states", "lower batch_size", states.device)
         with torch.inference_mode():
             fill = self.fill_states(states, masks)
             buffer = states.new_empty((size, *states.shape[1:]))

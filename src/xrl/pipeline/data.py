@@ -117,12 +117,14 @@ def _caller_level() -> int:
 
 def read_batch(model: Model, dataset: StateDataset, rows, targets: str | None = None, *, batch_size: int = 64) -> Batch:
     """The :class:`Batch` of dataset ``rows``: states, targets (:func:`dataset_targets`; with
-    ``targets="agent"`` the model runs once over the states) and labels, each read once."""
+    ``targets="agent"`` the model runs once over the states) and labels, each read once and put
+    on the model's device."""
     rows = check_rows(rows, len(dataset))
-    states = dataset.states(rows)
-    target_index = dataset_targets(model, dataset, rows, targets, batch_size=batch_size, states=states)
+    device = model.device  # the states go where the model computes (--device)
+    states = dataset.states(rows).to(device)
+    target_index = dataset_targets(model, dataset, rows, targets, batch_size=batch_size, states=states).to(device)
     stored = dataset.labels(rows)
-    labels = torch.as_tensor(stored, device="cpu") if stored is not None else None
+    labels = torch.as_tensor(stored, device="cpu").to(device) if stored is not None else None
     return Batch(rows, states, target_index, labels)
 
 

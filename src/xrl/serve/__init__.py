@@ -44,20 +44,13 @@ class ServeSettings(OnDevice):
 
 def run(args: ServeSettings) -> int:
     """Handler of ``xrl serve``: build the engine and the app, print the address, serve."""
-    from pathlib import Path
+    import os
+    import signal
 
-    import uvicorn
-
-    from xrl.serve.app import bind_socket, create_app
-    from xrl.serve.engine import Engine
+    from xrl.train.run import Terminated
 
     if args.env_seed < 0:
         raise ValueError(f"--env-seed must be >= 0, got {args.env_seed}")
-    import os
-    import signal
-    import sys
-
-    from xrl.train.run import Terminated
 
     def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: the engine's temporary folder is removed
         raise Terminated(f"terminated by signal {signum}")
@@ -65,10 +58,28 @@ def run(args: ServeSettings) -> int:
     previous = signal.signal(signal.SIGTERM, terminated) if threading_main() else None
     # one request may not ask for more than this (each map, video or score is one request's work)
     os.environ.setdefault("XRL_MAX_ALLOC_GB", "1")
-    given = {}
-    for value in args.agent:
+    try:
+        given = _named_agents(args.agent)
+        engine = _engine(args, given)
+        try:
+            _serve(args, engine, given)
+        finally:
+            engine.close()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _named_agents(values: list[str]) -> dict[str, str]:
+    """``--agent`` values by the name the page shows: a file by its folder (zoo/pong/agent.pt:
+    pong), a folder by itself, numbered when two share one; a zoo name as it is."""
+    from pathlib import Path
+
+    given: dict[str, str] = {}
+    for value in values:
         path = Path(value)
-        if path.exists():  # a file is named by its folder (zoo/pong/agent.pt: pong), a folder by itself
+        if path.exists():
             base = path.resolve().parent.name if path.is_file() else path.resolve().name
             name, i = base, 1
             while name in given:
@@ -77,15 +88,24 @@ def run(args: ServeSettings) -> int:
             given[name] = str(path.resolve())
         else:
             given[value] = value  # a zoo name: checked by the engine
-    from xrl.serve.engine import RequestError
+    return given
+
+
+def _engine(args: ServeSettings, given: dict[str, str]):
+    """The engine with every given agent loaded now (unknown names and unreadable agent files
+    are refused here, not in the page), on ``--device``."""
+    from pathlib import Path
+
+    from xrl.serve.engine import Engine, RequestError
 
     engine = Engine(
         agents={k: v for k, v in given.items() if Path(v).exists() or v.startswith("hf://")},  # hf://: the Hub
         cache=args.cache,
         max_steps=args.max_steps,
+        device=args.device,
     )
     try:
-        for name in given:  # unknown names and unreadable agent files are refused now, not in the page
+        for name in given:
             print(f"xrl serve: loading agent {name}", flush=True)
             engine.model(engine.agent_id(name))
     except RequestError as err:
@@ -94,6 +114,17 @@ def run(args: ServeSettings) -> int:
     except BaseException:
         engine.close()
         raise
+    return engine
+
+
+def _serve(args: ServeSettings, engine, given: dict[str, str]) -> None:
+    """Preload the agent shown first, bind the socket, and serve until stopped."""
+    import sys
+
+    import uvicorn
+
+    from xrl.serve.app import bind_socket, create_app
+
     # shown first: the first --agent, else the zoo's small Red-Fetch-Green agent, else the first listed
     listed = [a["id"] for a in engine.agents()]
     default = next(iter(given), None) or (
@@ -115,26 +146,16 @@ def run(args: ServeSettings) -> int:
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as err:
-        engine.close()
         raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); choose another --port") from None
-    port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    ready = f"xrl serve: open http://{host}:{port}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)"
+    ready = f"xrl serve: open http://{host}:{sock.getsockname()[1]}/  (episodes and videos in {engine.cache_dir}; Ctrl-C stops)"
 
     class Server(uvicorn.Server):  # says "open" once uvicorn holds SIGTERM and SIGINT (they arrive in its loop)
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             print(ready, flush=True)
 
-    config = uvicorn.Config(app, log_level="warning")
-    server = Server(config)
-    try:
-        server.run(sockets=[sock])  # uvicorn handles SIGTERM and SIGINT, then raises them again: see above
-    finally:
-        engine.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
+    Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])  # uvicorn re-raises SIGTERM/SIGINT
 
 
 def threading_main() -> bool:

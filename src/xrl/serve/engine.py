@@ -326,8 +326,12 @@ class Engine:
         max_steps: int = 500,
         wait: float = 0.4,
         cache_size: int = 4000,
+        device: str = "cpu",
     ) -> None:
         from xrl.agents.load import ZOO_DIR
+        from xrl.ops import resolve_device
+
+        self.device = str(resolve_device(device))  # where the agents and their maps compute (xrl serve --device)
 
         self.zoo = Path(zoo) if zoo is not None else ZOO_DIR
         self.given = {k: str(v) for k, v in (agents or {}).items()}
@@ -445,7 +449,7 @@ class Engine:
         with self._lock:
             if agent not in self._models:
                 source = self.given.get(agent) or str(self.zoo / agent / "agent.pt")
-                model = load_agent(source)
+                model = load_agent(source, device=self.device)
                 model.eval()
                 self._models[agent] = model
             return self._models[agent]
