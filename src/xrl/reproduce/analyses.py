@@ -120,10 +120,6 @@ def run_digr_snapshots(run: TargetRun) -> None:
     from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.envs import INFO_ONLY_SETTINGS
-    from xrl.explainers import get_explainer
-    from xrl.metrics import get_metric
-    from xrl.rollout import evaluate_policy
-    from xrl.train.digr import DIGR_TARGET
     from xrl.viz.overlay import line_panels
 
     s = run.settings
@@ -156,22 +152,7 @@ def run_digr_snapshots(run: TargetRun) -> None:
         )
 
     def score(model) -> dict:
-        maps = get_explainer("gradient", model).explain(states, DIGR_TARGET)
-        loc = get_metric("localization")(states=states, saliency=maps, labels=labels)
-        env = model.info["env"]
-        ret = evaluate_policy(
-            model,
-            env["name"],
-            env_settings=env.get("settings") or {},
-            episodes=s["episodes"],
-            seed=s["seed"],
-            n_envs=10,
-        ).summary()
-        return {
-            **{k: nanmean(v.double().tolist()) for k, v in loc.items()},  # type: ignore[union-attr]
-            "mean_return": ret["mean_return"],
-            "success_rate": ret.get("success_rate"),
-        }
+        return _snapshot_score(model, states, labels, episodes=s["episodes"], seed=s["seed"])
 
     results = []
     for p in snapshots:
@@ -203,6 +184,27 @@ def run_digr_snapshots(run: TargetRun) -> None:
         xlabel="update",
         ylabel="",
     )
+
+
+def _snapshot_score(model, states, labels, *, episodes: int, seed: int) -> dict:
+    """Vanilla-gradient localization of Eq. 2's target on the validation states, and the greedy
+    return and success over ``episodes`` seeded episodes (10 side by side)."""
+    from xrl.explainers import get_explainer
+    from xrl.metrics import get_metric
+    from xrl.rollout import evaluate_policy
+    from xrl.train.digr import DIGR_TARGET
+
+    maps = get_explainer("gradient", model).explain(states, DIGR_TARGET)
+    loc = get_metric("localization")(states=states, saliency=maps, labels=labels)
+    env = model.info["env"]
+    ret = evaluate_policy(
+        model, env["name"], env_settings=env.get("settings") or {}, episodes=episodes, seed=seed, n_envs=10
+    ).summary()
+    return {
+        **{k: nanmean(v.double().cpu().tolist()) for k, v in loc.items()},  # type: ignore[union-attr]
+        "mean_return": ret["mean_return"],
+        "success_rate": ret.get("success_rate"),
+    }
 
 
 # the runs of this module's targets; their declarations (claim, settings, budget) are in targets.json
