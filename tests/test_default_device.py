@@ -470,3 +470,18 @@ def test_a_serve_map_request_names_its_devices(tmp_path, monkeypatch):
     on_meta = _serve_maps(tmp_path / "meta", methods)
     for m in methods:
         np.testing.assert_allclose(on_meta[m], plain[m], rtol=1e-6, atol=1e-8)
+
+
+def test_a_learned_explainers_network_follows_the_model():
+    """A VisionMask / Stalder network read from a file goes where the agent computes (here the
+    ``meta`` device stands in for a GPU: the agent's weights moved there hold no data, so the
+    agent check, which reads them, is off)."""
+    from xrl import get_explainer, load_agent
+    from xrl.agents.load import ZOO_DIR
+
+    model = load_agent("red-fetch-green").to("meta")
+    assert model.device.type == "meta"
+    for method in ("visionmask", "stalder_explainer"):
+        path = ZOO_DIR / "red-fetch-green-visionmask" / f"{method}.pt"
+        network = get_explainer(method, model, network=path, check_agent=False).network
+        assert {p.device.type for p in network.parameters()} == {"meta"}, method

@@ -70,8 +70,8 @@ class VisionMask(Explainer):
             network = zoo_network(self.method, model, f"train one with xrl train {self.method.replace('_', '-')}")
         #: where the network came from (a path, or "given" for a MaskNetwork object)
         self.network_source = "given" if isinstance(network, MaskNetwork) else str(network)
-        if not isinstance(network, MaskNetwork):
-            network = load_mask_network(network, method=self.method)
+        if not isinstance(network, MaskNetwork):  # a file: its network goes where the model computes
+            network = load_mask_network(network, method=self.method).to(model.device)
         elif network.method != self.method:
             raise ValueError(f"network holds a {network.method} network, not a {self.method} one")
         if check_agent:
