@@ -32,6 +32,7 @@ from xrl.data.collect import _check_env, _resolve_env
 from xrl.envs import make_env
 from xrl.explainers import get_explainer
 from xrl.metrics.faithfulness import Substrate
+from xrl.rollout import Policy, evaluate_policy
 from xrl.viz.video import panel_row, write_video
 
 
@@ -90,23 +91,20 @@ def watch(
     name, settings = _resolve_env(model, env, env_settings)
     film = _Film(model, {m: get_explainer(m, model, **s) for m, s in methods.items()}, counterfactual, fraction)
     environment = make_env(name, **settings)
-    total, t = 0.0, 0
     try:
         _check_env(environment, model)
-        obs, _ = environment.reset(seed=seed)
-        film.warm_up(obs)
-        bar = tqdm(total=max_steps, unit="frame", desc=f"watch {name}", disable=not progress)
-        done = False
-        while not done:
-            action = film.shoot(np.array(environment.render(), copy=True), obs, t)
-            obs, reward, terminated, truncated, _ = environment.step(action)
-            total += float(reward)
-            t += 1
-            bar.update(1)
-            done = terminated or truncated or (max_steps is not None and t >= max_steps)
-        bar.close()
+        with tqdm(total=max_steps, unit="frame", desc=f"watch {name}", disable=not progress) as bar:
+            played = evaluate_policy(
+                _Filming(film, environment),
+                environment,
+                episodes=1,
+                seed=seed,
+                max_steps=max_steps,
+                callback=lambda step: bar.update(1),
+            )
     finally:
         environment.close()
+    t, total = played.lengths[0], played.returns[0]
     out = Path(out)
     paths = [out.with_name(f"{out.name}.{f}") for f in formats]
     for path in paths:
@@ -125,6 +123,22 @@ def _checked(methods: Mapping[str, Mapping] | list[str], fraction: float, format
     if bad or not formats:
         raise ValueError(f"formats are 'mp4' and/or 'gif', got {formats!r}")
     return methods
+
+
+class _Filming(Policy):
+    """The greedy policy of one filmed episode: each step's frame is rendered and shot (the
+    panels, the model's action) before the env steps; the first observation warms the film up."""
+
+    def __init__(self, film: _Film, environment) -> None:
+        super().__init__()
+        self.film, self.environment, self.t = film, environment, 0
+
+    def __call__(self, obs: np.ndarray) -> list[int]:
+        if self.t == 0:
+            self.film.warm_up(obs[0])
+        action = self.film.shoot(np.array(self.environment.render(), copy=True), obs[0], self.t)
+        self.t += 1
+        return [action]
 
 
 class _Film:
