@@ -340,8 +340,8 @@ def visionmask_epoch(device: torch.device, tiny: bool) -> None:
 def acer_steps(device: torch.device, tiny: bool) -> None:
     """1,000 ACER env steps (tiny: 10) of a RExL agent on the masking MDP (10 envs x 50 steps
     per update; tiny: 2 x 5)."""
+    from xrl.agents.masking import MaskingBatch
     from xrl.agents.rexl import RExLAgent
-    from xrl.envs.masking import MaskingBatch
     from xrl.train.acer import Acer, AcerSettings
     from xrl.train.rexl import MaskingVecEnv
 

@@ -172,7 +172,7 @@ def smoothgrad_noise(device):
 
 
 def _masking_noise(device, noise):
-    from xrl.envs.masking import MaskingBatch
+    from xrl.agents.masking import MaskingBatch
 
     model, x = tiny_model(), states()
     batch = MaskingBatch(model, x, grid=4, noise=noise, seed=5)
@@ -316,8 +316,8 @@ def _mask_update(method):
 def _acer_update():
     from torch import nn
 
+    from xrl.agents.masking import MaskingBatch
     from xrl.agents.rexl import RExLAgent
-    from xrl.envs.masking import MaskingBatch
     from xrl.train.acer import Acer, AcerSettings
     from xrl.train.rexl import MaskingVecEnv
 

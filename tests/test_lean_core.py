@@ -107,6 +107,7 @@ LAYERS = [
         "xrl.agents.mask_nets",
         "xrl.agents.rexl",
         "xrl.agents.classifier",
+        "xrl.agents.masking",
     ),
     ("xrl", "xrl.agents", "xrl.envs.background", "xrl.data", "xrl.classifiers", "xrl.rollout"),
     ("xrl.pipeline",),  # explain and score: below every procedure that explains and scores

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from xrl.agents.masking import MaskingBatch, MaskingEnv, cell_masks, check_grid
 from xrl.agents.model import as_model
-from xrl.envs.masking import MaskingBatch, MaskingEnv, cell_masks, check_grid
 from xrl.explainers import get_explainer
 from xrl.explainers.rexl import cell_credit, normalise
 

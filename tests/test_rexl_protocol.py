@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from xrl.agents.masking import MaskingBatch
 from xrl.agents.model import as_model
 from xrl.data.shapes import CLASSES, make_multi_shapes
-from xrl.envs.masking import MaskingBatch
 from xrl.explainers import get_explainer
 
 SIZE, GRID, CELL = 16, 4, 4  # 16x16 images, 4x4 grid of 4x4-pixel cells

@@ -94,13 +94,17 @@ def watch(
     try:
         _check_env(environment, model)
         with tqdm(total=max_steps, unit="frame", desc=f"watch {name}", disable=not progress) as bar:
+
+            def frame_done(step) -> None:
+                bar.update(1)
+
             played = evaluate_policy(
                 _Filming(film, environment),
                 environment,
                 episodes=1,
                 seed=seed,
                 max_steps=max_steps,
-                callback=lambda step: bar.update(1),
+                callback=frame_done,
             )
     finally:
         environment.close()

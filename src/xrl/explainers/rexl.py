@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
+from xrl.agents.masking import SCORES, MaskingBatch
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, load_rexl_agent, shared_trunk
-from xrl.envs.masking import SCORES, MaskingBatch
 from xrl.explainers.base import EXPLAINERS, Explainer
 from xrl.ops import TargetFn, gaussian_blur
 from xrl.zoo import network_for

@@ -11,12 +11,12 @@ Reads top to bottom:
    (``targets="label"``) or the model's argmax (``"argmax"``, the only choice for agents' states).
    Multi-label data (multi-hot labels; or ``--score sigmoid`` with ``argmax`` targets: the classes
    whose sigmoid exceeds 0.5) gives one pair per *present* class, scored by the class's own
-   sigmoid probability (``score="auto"`` picks it; :mod:`xrl.envs.masking`). The mode picks the
+   sigmoid probability (``score="auto"`` picks it; :mod:`xrl.agents.masking`). The mode picks the
    pairs: ``ds`` (dataset-specific, every pair, the class as a one-hot input), ``cs``
    (class-specific, pairs of ``target_class``), ``is`` (image-specific, image ``image``; its
    ``target_class`` pair when given, else its first).
 3. The environment (:class:`MaskingVecEnv`): ``n_envs`` masking episodes
-   (``xrl.envs.masking.MaskingBatch``) on rows drawn with replacement; observations are the
+   (``xrl.agents.masking.MaskingBatch``) on rows drawn with replacement; observations are the
    frozen extractor's features, so the replay buffer holds features, not images.
 4. ACER (``xrl.train.acer``, ``algo="acer"``) or SB3 PPO/A2C/DQN on the Gymnasium face of the
    MDP (``algo="ppo"`` ...; the same extractor and 256-128 MLP, copied into the RExL agent at the
@@ -44,9 +44,9 @@ import torch
 from tqdm.auto import tqdm
 
 from xrl._version import __version__
+from xrl.agents.masking import SCORES, MaskingBatch, check_grid
 from xrl.agents.model import Model
 from xrl.agents.rexl import RExLAgent, build_extractor, save_rexl_agent, shared_trunk
-from xrl.envs.masking import SCORES, MaskingBatch, check_grid
 from xrl.files import write_json
 from xrl.ops import resolve_device
 from xrl.train.acer import Acer, AcerSettings, settings_of, to_device
@@ -510,7 +510,7 @@ def _train_sb3(args, run, agent, model, images, targets, rows, score="softmax", 
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from xrl.envs.masking import MaskingEnv
+    from xrl.agents.masking import MaskingEnv
 
     class Features(BaseFeaturesExtractor):
         def __init__(self, observation_space: gym.spaces.Dict) -> None:
