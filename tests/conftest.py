@@ -23,6 +23,7 @@ import torch
 
 SLOW = {
     "test_agents_doc.py": ["test_each_python_block_runs"],
+    "test_default_device.py": ["test_a_serve_map_request_names_its_devices"],
     "test_hub.py": ["test_cli_collect_and_explain_from_the_cache", "test_serve_lists_an_hf_agent_given_with_agent"],
     "test_gpu_check.py": ["test_gpu_check_runs_on_the_cpu_against_itself"],
     "test_acer.py": [
