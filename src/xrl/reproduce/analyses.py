@@ -22,25 +22,24 @@ def run_rise_coverage(run: TargetRun) -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.explainers import get_explainer
 
     s = run.settings
-    model = load_agent(s["agent"])
+    model = run.load_agent(s["agent"])
     path = run.collect("states", model, episodes=s["episodes"], seed=0, max_steps=s["max_steps"])
     with StateDataset.open(path) as ds:
         start, stop, step = s["rows"]
-        states = ds.states(list(range(start, min(stop, len(ds)), step)))
+        states = run.to_device(ds.states(list(range(start, min(stop, len(ds)), step))))
     with torch.no_grad():
-        top = model(states).softmax(-1).amax(-1).tolist()
+        top = model(states).softmax(-1).amax(-1).cpu().tolist()
     rows = []
     for score in ("probability", "logits"):
 
         def compute(score=score):
             explainer = get_explainer("rise", model, score=score, n_masks=s["n_masks"])
-            maps = explainer.explain(states)
-            coverage = explainer.masks(*states.shape[-2:]).sum(0).flatten().numpy()
+            maps = explainer.explain(states).cpu()
+            coverage = explainer.masks(*states.shape[-2:]).sum(0).flatten().cpu().numpy()
             return {"rho": [float(spearmanr(m.flatten().numpy(), coverage).statistic) for m in maps]}
 
         rho = run.row(f"rise-{score}", compute)["rho"]
@@ -64,11 +63,10 @@ def run_rise_coverage(run: TargetRun) -> None:
 def run_zoo_baselines(run: TargetRun) -> None:
     import gymnasium as gym
 
-    from xrl.agents.load import load_agent
     from xrl.rollout import Constant, Greedy, Policy, Sampled, Uniform, evaluate_policy
 
     s = run.settings
-    model = load_agent(s["agent"])
+    model = run.load_agent(s["agent"])
     env = model.info.get("env") or {}
     if not env.get("name"):
         raise ValueError(f"{s['agent']} has no card naming its env")
@@ -117,7 +115,6 @@ def run_zoo_baselines(run: TargetRun) -> None:
 def run_digr_snapshots(run: TargetRun) -> None:
     import torch
 
-    from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.envs import INFO_ONLY_SETTINGS
     from xrl.viz.overlay import line_panels
@@ -134,7 +131,7 @@ def run_digr_snapshots(run: TargetRun) -> None:
         snapshots = [p for p in snapshots if int(p.stem.split("-")[1]) in wanted]
     if not snapshots:
         raise ValueError(f"{s['run']}/snapshots/ holds no agent-*.pt: train with --snapshots true")
-    teacher = load_agent(s["teacher"])
+    teacher = run.load_agent(s["teacher"])
     path = run.collect(
         "validation",
         teacher,
@@ -145,7 +142,8 @@ def run_digr_snapshots(run: TargetRun) -> None:
     )
     with StateDataset.open(path) as ds:
         rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
-        states, labels = ds.states(rows), torch.as_tensor(ds.labels(rows))
+        states = run.to_device(ds.states(rows))
+        labels = run.to_device(torch.as_tensor(ds.labels(rows), device="cpu"))
         seen = (
             ds.env["name"],
             {k: v for k, v in (ds.env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS},
@@ -156,7 +154,7 @@ def run_digr_snapshots(run: TargetRun) -> None:
 
     results = []
     for p in snapshots:
-        model = load_agent(p)
+        model = run.load_agent(p)
         env = model.info["env"]
         if (env["name"], {k: v for k, v in (env.get("settings") or {}).items() if k not in INFO_ONLY_SETTINGS}) != seen:
             raise ValueError(f"{p} was trained on {env}, the validation states are {seen}")

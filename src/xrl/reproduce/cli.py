@@ -60,6 +60,7 @@ def list_targets() -> str:
 
 
 def cmd_reproduce(args: ReproduceSettings) -> int:
+    from xrl.ops import resolve_device
     from xrl.reproduce import TARGETS
     from xrl.reproduce.core import run_target
 
@@ -68,6 +69,7 @@ def cmd_reproduce(args: ReproduceSettings) -> int:
         return 0
     target = TARGETS.get(args.target)
     target.resolved(args.overrides)  # unknown settings fail before anything runs (one line: ValueError)
+    device = resolve_device(args.device)  # auto: CUDA when available; a missing CUDA device fails here, too
     out = args.out or str(Path(DEFAULT_OUT) / (args.target + ("-quick" if args.quick else "")))
-    run_target(target, out, quick=args.quick, overrides=args.overrides)
+    run_target(target, out, quick=args.quick, overrides=args.overrides, device=device)
     return 0

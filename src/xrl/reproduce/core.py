@@ -15,6 +15,12 @@ the wall time.
 
 ``quick=True`` applies the target's ``quick`` settings over its full budget: the same code path on
 a handful of states and episodes, for the tests.
+
+``device`` (``xrl reproduce --device``) is where every row computes: the run loads its agents and
+mask networks there (:meth:`TargetRun.load_agent`, :meth:`TargetRun.load_mask_network`) and puts
+the states it reads there (:meth:`TargetRun.to_device`); seeded draws stay on CPU generators
+(``docs/architecture.md#devices``). The device is recorded in ``run.json`` and ``summary.md`` but
+enters neither the rows' keys nor the settings, so rows computed on one device are reused on another.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from xrl.files import FolderLock, _finite, atomic_path, write_json
 from xrl.stats import paired_interval  # noqa: F401  (re-exported: the papers' modules use it from here)
@@ -93,8 +100,20 @@ class TargetRun:
     target's ``run`` function receives)."""
 
     def __init__(
-        self, target: Target, out: str | os.PathLike, settings: dict, *, quick: bool = False, progress: bool = True
+        self,
+        target: Target,
+        out: str | os.PathLike,
+        settings: dict,
+        *,
+        quick: bool = False,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
     ) -> None:
+        from xrl.ops import resolve_device
+
+        #: where the rows compute (resolved first: a CUDA device that is not there is refused
+        #: before the output folder is made); not in the rows' keys
+        self.device: torch.device = resolve_device(device)
         self.target, self.out, self.settings, self.quick = target, Path(out), settings, quick
         self.progress = progress
         self.out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +164,23 @@ class TargetRun:
         _row_done(self, name)
         # what was written is what a resumed run reads: NaN becomes None in both
         return json.loads(path.read_text())["value"]
+
+    # -- the device -------------------------------------------------------------------------------
+    def load_agent(self, source: str | os.PathLike):
+        """:func:`xrl.load_agent` of ``source`` onto the run's device."""
+        from xrl.agents.load import load_agent
+
+        return load_agent(source, device=self.device)
+
+    def load_mask_network(self, path: str | os.PathLike, *, method: str | None = None):
+        """:func:`xrl.agents.mask_nets.load_mask_network` of ``path``, moved to the run's device."""
+        from xrl.agents.mask_nets import load_mask_network
+
+        return load_mask_network(path, method=method).to(self.device)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (states, actions or labels read from a file, made on the CPU) on the run's device."""
+        return tensor.to(self.device)
 
     # -- data -------------------------------------------------------------------------------------
     def collect(
@@ -241,11 +277,14 @@ def run_target(
     overrides: Mapping | None = None,
     progress: bool = True,
     command: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> TargetRun:
-    """Run (or resume) ``target`` into ``out`` and write ``summary.md`` and ``run.json``."""
+    """Run (or resume) ``target`` into ``out`` and write ``summary.md`` and ``run.json``;
+    ``device``: where every row computes (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``; a CUDA
+    device that is not there is a ValueError before anything is written)."""
 
     settings = target.resolved(overrides, quick=quick)
-    run = TargetRun(target, out, settings, quick=quick, progress=progress)
+    run = TargetRun(target, out, settings, quick=quick, progress=progress, device=device)
     with FolderLock(run.out / ".lock", str(run.out), "wait for it to finish or use another --out"):
         return _run_locked(target, run, settings, quick, overrides, progress, command)
 
@@ -254,8 +293,6 @@ def _run_locked(
     target: Target, run: TargetRun, settings: dict, quick: bool, overrides, progress: bool, command: str | None
 ) -> TargetRun:
     """:func:`run_target` once it holds the output folder's lock (one run at a time per folder)."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
@@ -266,7 +303,7 @@ def _run_locked(
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     command = command or f"xrl reproduce {target.name}" + (" --quick" if quick else "") + "".join(
         f" --set {k}={_flag(v)}" for k, v in (overrides or {}).items()
-    )
+    ) + ("" if run.device.type == "cpu" else f" --device {run.device}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     record = {
         "target": target.name,
@@ -275,6 +312,7 @@ def _run_locked(
         "command": command,
         "quick": quick,
         "settings": settings,
+        "device": str(run.device),
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "load_average_at_end": load,
@@ -298,6 +336,8 @@ def _run_locked(
         f"Command: `{command}`",
         "",
         f"Settings: `{json.dumps(settings, sort_keys=True)}`",
+        "",
+        f"Device: {_device_name(run.device)}",
         "",
     ]
     text += [run.tables[name] for name in run.tables]
@@ -338,6 +378,14 @@ def nanmean(values: Sequence) -> float | None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: the device a run computed on, for its summary."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 

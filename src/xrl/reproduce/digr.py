@@ -57,12 +57,12 @@ def student_methods(s: dict) -> dict:
     return {"VG": ("gradient", {}, DIGR_TARGET), "VG (action)": ("gradient", {}, None)}
 
 
-def _agents(s: dict) -> dict:
-    from xrl.agents.load import load_agent
-
-    agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(s["student"])}
+def _agents(run: TargetRun) -> dict:
+    """The teacher and the students of the run's settings, on the run's device."""
+    s = run.settings
+    agents = {"teacher": run.load_agent(s["teacher"]), "DIGR": run.load_agent(s["student"])}
     if s.get("distilled"):
-        agents["distillation only"] = load_agent(s["distilled"])
+        agents["distillation only"] = run.load_agent(s["distilled"])
     return agents
 
 
@@ -71,8 +71,8 @@ LABEL_SETTINGS = {"cars": True}
 
 
 def _states(run: TargetRun, teacher, labels: str, s: dict):
-    """States, actions, labels and frames of the labelled test states (``labels``: objects, cells
-    on Red-Fetch-Green; cars on highway-fast)."""
+    """Rows, states, actions, labels and frames of the labelled test states (``labels``: objects,
+    cells on Red-Fetch-Green; cars on highway-fast); states, actions and labels on the run's device."""
     from xrl.data.dataset import StateDataset
 
     path = run.collect(
@@ -89,9 +89,9 @@ def _states(run: TargetRun, teacher, labels: str, s: dict):
         rows = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["n_states"], len(ds)), replace=False))
         return (
             rows,
-            ds.states(rows),
-            torch.as_tensor(ds.actions[rows]),
-            torch.as_tensor(ds.labels(rows)),
+            run.to_device(ds.states(rows)),
+            run.to_device(torch.as_tensor(ds.actions[rows], device="cpu")),
+            run.to_device(torch.as_tensor(ds.labels(rows), device="cpu")),
             ds.frames(rows),
         )
 
@@ -153,7 +153,7 @@ def _other_teacher(run: TargetRun, agents: dict) -> bool:
 
 
 def run_table1(run: TargetRun) -> None:
-    agents = _agents(run.settings)
+    agents = _agents(run)
     other = _other_teacher(run, agents)
     if other:
         run.note(
@@ -263,12 +263,12 @@ def _fig3(run: TargetRun, agents: dict, s: dict, first: tuple) -> None:
     if "distillation only" in agents:
         panels.append(("distillation-only VG", "distillation only", student_methods(s)["VG"]))
     for label, agent, (method, settings, target) in panels:
-        figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[method]
+        figure_maps[label] = _maps(agents[agent], method, settings, target, states[pick], actions[pick])[method].cpu()
     explanation_grid(
         frames[pick],
         figure_maps,
         run.figure("fig3"),
-        actions=actions[pick].numpy(),
+        actions=actions[pick].cpu().numpy(),
         action_names=agents["teacher"].action_names,
         title="teacher vanilla gradient, perturbation, DIGR student"
         + (", distillation-only student" if "distillation only" in agents else ""),
@@ -369,7 +369,7 @@ def half_return_eps(curve: list[dict]) -> float | None:
 
 def run_attacks(run: TargetRun) -> None:
     s = run.settings
-    agents = _agents(s)
+    agents = _agents(run)
     _other_teacher(run, agents)
     attacks(run, agents, s, max_steps=s["max_steps"])
 
@@ -534,13 +534,12 @@ def highway_student(run: TargetRun, *, igr: bool = True) -> Path:
     (Fig. 8's ablation). Both resume when interrupted:
     :func:`xrl.train.digr.make_saliency_dataset` keeps finished chunks of maps, :func:`train_digr`
     its checkpoints."""
-    from xrl.agents.load import load_agent
     from xrl.train.digr import DigrArgs, make_saliency_dataset, train_digr
 
     s = run.settings
     data = run.out / "data" / f"digr-{_digest(s, HIGHWAY_DATA)}.h5"
     data.parent.mkdir(parents=True, exist_ok=True)
-    teacher = load_agent(s["teacher"])
+    teacher = run.load_agent(s["teacher"])
     if run.progress:
         print(f"[{run.target.name}] perturbation saliency dataset {data} ...", flush=True)
     make_saliency_dataset(
@@ -570,21 +569,20 @@ def highway_student(run: TargetRun, *, igr: bool = True) -> Path:
         stride=s["data_stride"],
         checkpoint_every=max(1, min(250, s["updates"])),
         progress=run.progress,
+        device=str(run.device),  # not in the run's identity (DigrArgs.IGNORED) nor its card's settings
         **{field: s[key] for key, field in HIGHWAY_TRAINING.items()},
     )
     return train_digr(args)
 
 
 def run_highway(run: TargetRun) -> None:
-    from xrl.agents.load import load_agent
-
     s = run.settings
     student = highway_student(run)
-    agents = {"teacher": load_agent(s["teacher"]), "DIGR": load_agent(str(student))}
+    agents = {"teacher": run.load_agent(s["teacher"]), "DIGR": run.load_agent(str(student))}
     run.note(f"DIGR student: {student} (the teacher's perturbation dataset and the training run beside it)")
     if s["distilled"]:
         distilled = highway_student(run, igr=False)
-        agents["distillation only"] = load_agent(str(distilled))
+        agents["distillation only"] = run.load_agent(str(distilled))
         run.note(f"distillation-only student: {distilled}")
     table1(run, agents, s, paper={})
     agreement(run, agents, s)
@@ -598,7 +596,7 @@ def run_highway(run: TargetRun) -> None:
 
 @torch.no_grad()
 def _same(model, states: torch.Tensor, actions: torch.Tensor) -> list[float]:
-    return (model(states).argmax(-1) == actions).double().tolist()
+    return (model(states).argmax(-1) == actions).double().cpu().tolist()
 
 
 def agreement(run: TargetRun, agents: dict, s: dict) -> None:
@@ -613,7 +611,7 @@ def agreement(run: TargetRun, agents: dict, s: dict) -> None:
             value = run.row(f"agreement-{agent}", lambda model=model: {"same": _same(model, states, actions)})
             same = np.asarray(value["same"])
             rows.append({"agent": agent, "states": len(same), "takes the teacher's action": float(same.mean())})
-        counts = np.bincount(actions.numpy(), minlength=agents["teacher"].n_actions)
+        counts = np.bincount(actions.cpu().numpy(), minlength=agents["teacher"].n_actions)
         names = agents["teacher"].action_names
         run.table(
             "agreement",

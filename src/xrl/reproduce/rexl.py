@@ -75,10 +75,12 @@ def load_states(
     test_seed: int = 0,
     name: str = "test-episodes",
 ):
-    """States, targets and labels (or None) of the evaluation images. ``data="episodes"``: the
-    first ``n`` states of fresh greedy episodes of the agent on seeds ``test_seed + i`` (as many
-    episodes as it takes, collected into the run's ``data/``)."""
+    """States, targets and labels (or None) of the evaluation images, on the model's device.
+    ``data="episodes"``: the first ``n`` states of fresh greedy episodes of the agent on seeds
+    ``test_seed + i`` (as many episodes as it takes, collected into the run's ``data/``)."""
     import torch
+
+    device = model.device  # the states follow the model (the run's device)
 
     if data == "episodes":
         from xrl.data.dataset import StateDataset
@@ -94,8 +96,8 @@ def load_states(
             with StateDataset.open(path) as ds:
                 if len(ds) >= n or episodes >= 4096:
                     rows = np.arange(min(n, len(ds)))
-                    states = ds.states(rows)
-                    labels = torch.from_numpy(ds.labels(rows)) if ds.has_labels else None
+                    states = ds.states(rows).to(device)
+                    labels = torch.from_numpy(ds.labels(rows)).to(device) if ds.has_labels else None
                     break
             episodes *= 2
         with torch.no_grad():
@@ -106,13 +108,17 @@ def load_states(
         from xrl.data.shapes import object_labels, split
 
         test = split("test", n, size=model.input_shape[-1], seed=seed)
-        return (torch.from_numpy(test.images).float() / 255, torch.from_numpy(test.labels), object_labels(test.masks))
+        return (
+            torch.from_numpy(test.images).to(device).float() / 255,
+            torch.from_numpy(test.labels).to(device),
+            object_labels(test.masks).to(device),
+        )
     from xrl.data.dataset import StateDataset
 
     with StateDataset.open(data) as ds:
         rows = np.arange(first_row, min(len(ds), first_row + n))
-        states = ds.states(rows)
-        labels = torch.from_numpy(ds.labels(rows)) if ds.has_labels else None
+        states = ds.states(rows).to(device)
+        labels = torch.from_numpy(ds.labels(rows)).to(device) if ds.has_labels else None
     with torch.no_grad():
         targets = model(states).argmax(-1)
     return states, targets, labels
@@ -158,7 +164,7 @@ def _inputs(run: TargetRun, name: str) -> tuple:
 
     s = run.settings
     cfg = setting(name)
-    model = load_explained(cfg["model"])
+    model = load_explained(cfg["model"], device=run.device)
     n = s["n_states"][name] if isinstance(s["n_states"], dict) else s["n_states"]
     states, targets, labels = load_states(
         model, cfg["data"], n, cfg["first_row"], s["seed"], run, s.get("test_seed", 200_000)
@@ -178,7 +184,8 @@ def _inputs(run: TargetRun, name: str) -> tuple:
     }
     explainers = {k: get_explainer(m, model, **kw) for k, (m, kw) in methods.items()}
     if "RExL-CS" in explainers:  # the states every method can explain (a class with no CS agent is left out)
-        covered = torch.tensor([int(t) in explainers["RExL-CS"].agents for t in targets])  # type: ignore[attr-defined]
+        agents = explainers["RExL-CS"].agents  # type: ignore[attr-defined]
+        covered = torch.tensor([int(t) in agents for t in targets.tolist()], dtype=torch.bool, device=targets.device)
         states, targets = states[covered], targets[covered]
         labels = labels[covered] if labels is not None else None
     return cfg, model, states, targets, labels, explainers
@@ -192,7 +199,7 @@ def _setting(run: TargetRun, name: str, tables: dict) -> None:
     s = run.settings
     cfg, model, states, targets, labels, explainers = _inputs(run, name)
     with torch.no_grad():
-        accuracy = float((model(states).argmax(-1) == targets).float().mean())
+        accuracy = float((model(states).argmax(-1) == targets).float().mean().cpu())
 
     def head(method: str) -> dict:
         return {"setting": name, "method": method, "states": len(states), "accuracy": accuracy}
@@ -230,7 +237,7 @@ def _setting(run: TargetRun, name: str, tables: dict) -> None:
         v = run.row(f"{name}-lambda-{lam}", ablate)
         tables["lambda"].append({"setting": name, "lambda": lam, **{k: nanmean(x) for k, x in v.items()}})
     tables["time"] += _timing(run, name, explainers, states, targets)
-    tables["per_state"][name] = {"values": values, "targets": targets.tolist()}
+    tables["per_state"][name] = {"values": values, "targets": targets.cpu().tolist()}
 
 
 def _means(value: dict) -> dict:

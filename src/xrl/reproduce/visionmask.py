@@ -78,48 +78,47 @@ def run_table1(run: TargetRun) -> None:
     _write_tables(run, out, speed_rows)
 
 
-def _networks(s: dict, env: str, model) -> tuple[Path, dict, dict, dict, Path]:
-    """``(visionmask path, {method: network settings}, accuracy substrate, curves substrate, expert
-    data)`` of one agent: the zoo networks, or ``visionmask=PATH`` (then no Stalder network)."""
-    from xrl.agents.mask_nets import load_mask_network
-
+def _networks(run: TargetRun, env: str, model) -> tuple[Any, dict, dict, dict, Path]:
+    """``(visionmask network, {method: network settings}, accuracy substrate, curves substrate,
+    expert data)`` of one agent: the zoo networks, or ``visionmask=PATH`` (then no Stalder
+    network), loaded once onto the run's device (the explainers are given them)."""
+    s = run.settings
     _, folder = _folder(env)
     vm_path, st_path, data = folder / "visionmask.pt", folder / "stalder_explainer.pt", folder / "expert.h5"
     if s["visionmask"]:  # another network for this agent (an ablation of Table 2), without the Stalder one
         if len(s["agents"]) != 1:
             raise ValueError("visionmask= replaces the network of one agent: give agents= one agent too")
         vm_path, st_path = Path(s["visionmask"]), Path("/nonexistent")
-    network = load_mask_network(vm_path, method="visionmask")
+    network = run.load_mask_network(vm_path, method="visionmask")
     network.check_agent(model)
     background = network.reference_image if network.reference in ("background", "mean") else None
     substrate = (
         dict(substrate="background", background=background) if background is not None else dict(substrate="black")
     )
     curve = substrate if s["curve_substrate"] == "reference" else {}
-    networks = {"visionmask": {"network": str(vm_path)}}
+    networks: dict = {"visionmask": {"network": network}}
     if st_path.exists():
-        networks["stalder_explainer"] = {"network": str(st_path)}
-    return vm_path, networks, substrate, curve, data
+        networks["stalder_explainer"] = {"network": run.load_mask_network(st_path, method="stalder_explainer")}
+    return network, networks, substrate, curve, data
 
 
 def _agent_rows(run: TargetRun, env: str, out: dict) -> dict:
     """Every protocol's rows for agent ``env`` into ``out`` (the test split read once, each row
     explained and scored by :func:`xrl.pipeline.evaluate_batch`); returns its speed row."""
-    from xrl.agents.load import load_agent
     from xrl.data.dataset import StateDataset
     from xrl.pipeline import evaluate_batch, read_batch
     from xrl.train.visionmask import split_indices
 
     s = run.settings
-    model = load_agent(_folder(env)[0])
-    vm_path, networks, substrate, curve, data = _networks(s, env, model)
+    model = run.load_agent(_folder(env)[0])
+    network, networks, substrate, curve, data = _networks(run, env, model)
     with StateDataset.open(data) as ds:
         test = split_indices(len(ds), s["split_seed"])["test"][: s["n_states"]]
         read: list = []  # the test rows' states, targets and labels: read once, when a row needs them
 
         def scored(methods: dict, metrics: dict) -> dict:
             if not read:
-                read.append(read_batch(model, ds, test))
+                read.append(read_batch(model, ds, test))  # on the model's device
             start = time.perf_counter()
             result = evaluate_batch(model, read[0], methods, metrics)
             return {"values": result.values[next(iter(methods))], "seconds": time.perf_counter() - start}
@@ -141,10 +140,10 @@ def _agent_rows(run: TargetRun, env: str, out: dict) -> dict:
                 "values"
             ],
         )["accuracy"]
-        speed_states = ds.states(np.arange(min(s["speed_states"], len(ds))))
+        speed_states = run.to_device(ds.states(np.arange(min(s["speed_states"], len(ds)))))
     _collect_rows(out, env, by_protocol, raw_accuracy, test)
     speed = run.row(
-        f"{env}-speed", lambda: _speed(model, vm_path, speed_states, s["method_settings"].get("greydanus", {}))
+        f"{env}-speed", lambda: _speed(model, network, speed_states, s["method_settings"].get("greydanus", {}))
     )
     return {
         "agent": env,
@@ -254,10 +253,10 @@ def _protocol(s: dict, protocol: str, substrate: dict, curve: dict, networks: di
     return metrics, methods
 
 
-def _speed(model, network_path, states, greydanus_settings) -> dict:
+def _speed(model, network, states, greydanus_settings) -> dict:
     from xrl.explainers import get_explainer
 
-    vm = get_explainer("visionmask", model, network=str(network_path), batch_size=64)
+    vm = get_explainer("visionmask", model, network=network, batch_size=64)
     gd = get_explainer("greydanus", model, **greydanus_settings)
     vm.explain_all(states[:8])
     gd.explain(states[:2])
