@@ -173,10 +173,13 @@ class TargetRun:
         return load_agent(source, device=self.device)
 
     def load_mask_network(self, path: str | os.PathLike, *, method: str | None = None):
-        """:func:`xrl.agents.mask_nets.load_mask_network` of ``path``, moved to the run's device."""
+        """:func:`xrl.agents.mask_nets.load_mask_network` of ``path``, built on the CPU (where its
+        file is read) and moved to the run's device."""
         from xrl.agents.mask_nets import load_mask_network
 
-        return load_mask_network(path, method=method).to(self.device)
+        with torch.device("cpu"):  # load_mask_network builds the network on the default device
+            network = load_mask_network(path, method=method)
+        return network.to(self.device)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` (states, actions or labels read from a file, made on the CPU) on the run's device."""
