@@ -19,6 +19,8 @@ Pong: every method's AUC against RAM ground truth (ball and paddles).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from xrl.reproduce.core import TargetRun, format_interval, nanmean, paired_interval
@@ -225,71 +227,13 @@ def _auc(states, saliency, labels) -> list:
 
 
 def run_localization(run: TargetRun) -> None:
-    import torch
-
-    from xrl.data.dataset import StateDataset
-    from xrl.evaluation import explain_dataset
-    from xrl.explainers.attention import find_attention
-
     s = run.settings
     rows, shifted_rows, figure = [], [], None
     for name in s["rfg_agents"]:
-        model = run.load_agent(name)
-        cells_path = run.collect(
-            f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"}, max_steps=s["max_steps"]
-        )
-        objects_path = run.collect(
-            f"{name}-objects",
-            model,
-            episodes=s["episodes"],
-            env_settings={"labels": "objects"},
-            max_steps=s["max_steps"],
-        )
-        with StateDataset.open(cells_path) as ds, StateDataset.open(objects_path) as dso:
-            index = np.arange(len(ds))
-            if not np.array_equal(dso.actions[:], ds.actions[:]):
-                raise ValueError(f"{objects_path} holds other episodes than {cells_path} (actions differ)")
-            cells = ds.labels(index)
-            labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}  # type: ignore[arg-type]
-            states = run.to_device(ds.states(index))
-            for method, (explainer, settings) in RFG_METHODS.items():
-
-                def compute(explainer=explainer, settings=settings):
-                    maps = explain_dataset(model, ds, explainer, settings, rows=index)
-                    return {kind: _auc(states, maps, lab) for kind, lab in labels.items()}
-
-                v = run.row(f"{name}-{method}", compute)
-                rows.append(
-                    {
-                        "agent": name,
-                        "method": method,
-                        "states": len(index),
-                        **{f"AUC {k}": nanmean(x) for k, x in v.items()},
-                    }
-                )
-            if figure is None:
-                pick = index[:: max(1, len(index) // 4)][:4]
-                maps = {  # brought back to the CPU to be drawn
-                    m: explain_dataset(model, ds, e, st, rows=pick).cpu()
-                    for m, (e, st) in RFG_METHODS.items()
-                    if m in ("attention (transposed)", "attention (transposed_mean)", "gradient")
-                }
-                figure = (ds.frames(pick), maps, ds.actions[pick], model.action_names, name)
-
-        def shift():
-            with torch.no_grad():
-                grid = find_attention(model).attention_maps(states)[0]  # (B, h, w)
-            out = {}
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    moved = torch.roll(grid, shifts=(dy, dx), dims=(1, 2))[:, None]
-                    up = torch.nn.functional.interpolate(moved, size=tuple(states.shape[-2:]), mode="nearest")[:, 0]
-                    out[f"{dy},{dx}"] = nanmean(_auc(states, up, labels["cells"]))
-            return out
-
-        shifted = run.row(f"{name}-shifted", shift)
-        best = max(shifted, key=lambda k: shifted[k] if shifted[k] is not None else -1)
-        shifted_rows.append({"agent": name, **shifted, "best shift": best})
+        agent_rows, shifted, drawn = _rfg_agent(run, name, draw=figure is None)
+        rows += agent_rows
+        shifted_rows.append(shifted)
+        figure = figure if figure is not None else drawn
     run.table(
         "red_fetch_green",
         rows,
@@ -304,30 +248,7 @@ def run_localization(run: TargetRun) -> None:
         title="Cell-by-cell attention with the cell grid moved by (rows, cols) tiles, AUC against cell labels "
         "(does the attention sit one tile off the objects?)",
     )
-    pong_rows = []
-    for name in s["pong_agents"]:
-        model = run.load_agent(name)
-        path = run.collect(
-            f"{name}-ram",
-            model,
-            episodes=s["pong_episodes"],
-            env_settings={"labels": True},
-            max_steps=s["pong_max_steps"],
-        )
-        with StateDataset.open(path) as ds:
-            index = np.sort(
-                np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)), replace=False)
-            )
-            states, labels = run.to_device(ds.states(index)), ds.labels(index)  # type: ignore[assignment]
-            for method, (explainer, settings) in PONG_METHODS.items():
-                settings = {**settings, **s["method_settings"].get(explainer, {})}
-                v = run.row(
-                    f"{name}-{method}",
-                    lambda explainer=explainer, settings=settings: {
-                        "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)
-                    },
-                )
-                pong_rows.append({"agent": name, "method": method, "states": len(index), "AUC": nanmean(v["auc"])})
+    pong_rows = [row for name in s["pong_agents"] for row in _pong_rows(run, name)]
     if pong_rows:
         run.table(
             "pong",
@@ -347,6 +268,103 @@ def run_localization(run: TargetRun) -> None:
             action_names=names,
             title=f"{agent}: FLS attention next to the gradient",
         )
+
+
+def _rfg_agent(run: TargetRun, name: str, *, draw: bool) -> tuple[list[dict], dict, tuple | None]:
+    """One Red-Fetch-Green FLS agent: a row per method of :data:`RFG_METHODS` (AUC against cell,
+    object and rectangle labels on every state of its seeded episodes), its shifted-grid row, and
+    (``draw``) the figure's frames, maps (on the CPU), actions, action names and agent name."""
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import explain_dataset
+
+    s = run.settings
+    model = run.load_agent(name)
+    cells_path = run.collect(
+        f"{name}-cells", model, episodes=s["episodes"], env_settings={"labels": "cells"}, max_steps=s["max_steps"]
+    )
+    objects_path = run.collect(
+        f"{name}-objects", model, episodes=s["episodes"], env_settings={"labels": "objects"}, max_steps=s["max_steps"]
+    )
+    rows, figure = [], None
+    with StateDataset.open(cells_path) as ds, StateDataset.open(objects_path) as dso:
+        index = np.arange(len(ds))
+        if not np.array_equal(dso.actions[:], ds.actions[:]):
+            raise ValueError(f"{objects_path} holds other episodes than {cells_path} (actions differ)")
+        cells = ds.labels(index)
+        labels = {"cells": cells, "objects": dso.labels(index), "rectangle": rectangle_labels(cells)}  # type: ignore[arg-type]
+        states = run.to_device(ds.states(index))
+        for method, (explainer, settings) in RFG_METHODS.items():
+
+            def compute(explainer=explainer, settings=settings):
+                maps = explain_dataset(model, ds, explainer, settings, rows=index)
+                return {kind: _auc(states, maps, lab) for kind, lab in labels.items()}
+
+            v = run.row(f"{name}-{method}", compute)
+            rows.append(
+                {
+                    "agent": name,
+                    "method": method,
+                    "states": len(index),
+                    **{f"AUC {k}": nanmean(x) for k, x in v.items()},
+                }
+            )
+        if draw:
+            pick = index[:: max(1, len(index) // 4)][:4]
+            maps = {  # brought back to the CPU to be drawn
+                m: explain_dataset(model, ds, e, st, rows=pick).cpu()
+                for m, (e, st) in RFG_METHODS.items()
+                if m in ("attention (transposed)", "attention (transposed_mean)", "gradient")
+            }
+            figure = (ds.frames(pick), maps, ds.actions[pick], model.action_names, name)
+    shifted = run.row(f"{name}-shifted", lambda: _shifted_aucs(model, states, labels["cells"]))
+    best = max(shifted, key=lambda k: shifted[k] if shifted[k] is not None else -1)
+    return rows, {"agent": name, **shifted, "best shift": best}, figure
+
+
+def _shifted_aucs(model, states, cells) -> dict:
+    """``{"dy,dx": mean AUC}``: the cell-by-cell attention with its grid rolled by (dy, dx) tiles,
+    drawn nearest, against the cell labels."""
+    import torch
+
+    from xrl.explainers.attention import find_attention
+
+    attention: Any = find_attention(model)  # an FLS attention module (attention_maps)
+    with torch.no_grad():
+        grid = attention.attention_maps(states)[0]  # (B, h, w)
+    out = {}
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            moved = torch.roll(grid, shifts=(dy, dx), dims=(1, 2))[:, None]
+            up = torch.nn.functional.interpolate(moved, size=tuple(states.shape[-2:]), mode="nearest")[:, 0]
+            out[f"{dy},{dx}"] = nanmean(_auc(states, up, cells))
+    return out
+
+
+def _pong_rows(run: TargetRun, name: str) -> list[dict]:
+    """A row per method of :data:`PONG_METHODS` on Pong agent ``name``: AUC against the RAM ground
+    truth on ``pong_states`` states of its seeded episodes (drawn with ``default_rng(0)``)."""
+    from xrl.data.dataset import StateDataset
+    from xrl.evaluation import explain_dataset
+
+    s = run.settings
+    model = run.load_agent(name)
+    path = run.collect(
+        f"{name}-ram", model, episodes=s["pong_episodes"], env_settings={"labels": True}, max_steps=s["pong_max_steps"]
+    )
+    rows = []
+    with StateDataset.open(path) as ds:
+        index = np.sort(np.random.default_rng(0).choice(len(ds), size=min(s["pong_states"], len(ds)), replace=False))
+        states, labels = run.to_device(ds.states(index)), ds.labels(index)
+        for method, (explainer, settings) in PONG_METHODS.items():
+            settings = {**settings, **s["method_settings"].get(explainer, {})}
+            v = run.row(
+                f"{name}-{method}",
+                lambda explainer=explainer, settings=settings: {
+                    "auc": _auc(states, explain_dataset(model, ds, explainer, settings, rows=index), labels)
+                },
+            )
+            rows.append({"agent": name, "method": method, "states": len(index), "AUC": nanmean(v["auc"])})
+    return rows
 
 
 def run_metrics(run: TargetRun) -> None:
