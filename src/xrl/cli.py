@@ -326,7 +326,7 @@ def cmd_explain(args) -> None:
         rows = _rows(len(ds), args.n or 6, args.seed)
         batch = read_batch(model, ds, rows, args.targets)  # refuses another agent's data unless asked
         maps = {m: v.cpu() for m, v in explain(model, batch.states, methods, batch.targets).items()}
-        probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
+        probs = torch.softmax(torch.as_tensor(ds.scores[rows], device="cpu"), -1).numpy()
         explanation_grid(
             ds.frames(rows),
             maps,

@@ -241,7 +241,7 @@ def _explain_png(out: Path, g: dict) -> int:
     rows = g["gallery_rows"]
     maps = {m: torch.as_tensor(read_npz(out / g["maps"][m])["gallery"]) for m in g["methods"]}
     with StateDataset.open(out / g["data"]) as ds:
-        probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
+        probs = torch.softmax(torch.as_tensor(ds.scores[rows], device="cpu"), -1).numpy()
         explanation_grid(
             ds.frames(rows),
             maps,

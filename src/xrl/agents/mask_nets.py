@@ -274,15 +274,16 @@ def load_mask_network(path: str | os.PathLike, *, method: str | None = None) -> 
         raise ArtifactError(path, found, err.expected) from None
     if method is not None and payload["method"] != method:
         raise ValueError(f"{path} holds a {payload['method']} network, not a {method} one")
-    network = MaskNetwork(
-        payload["arch"],
-        tuple(payload["input_shape"]),
-        payload["n_maps"],
-        reference=payload["reference"],
-        reference_image=payload["state_dict"]["reference_image"],
-        agent=payload["agent"],
-        method=payload["method"],
-    )
+    with torch.device("cpu"):  # built on the CPU like the file's tensors (the device rule); moved by its user
+        network = MaskNetwork(
+            payload["arch"],
+            tuple(payload["input_shape"]),
+            payload["n_maps"],
+            reference=payload["reference"],
+            reference_image=payload["state_dict"]["reference_image"],
+            agent=payload["agent"],
+            method=payload["method"],
+        )
     try:
         network.load_state_dict(payload["state_dict"])
     except RuntimeError as err:  # the architecture changed since it was saved

@@ -179,14 +179,15 @@ def load_rexl_agent(
             f"{path} was trained on another feature extractor ({blob['extractor']}, weights "
             f"{blob['extractor_fingerprint']}); got weights {fingerprint(module)}"
         )
-    agent = RExLAgent(
-        module,
-        input_shape=model.input_shape,
-        n_classes=blob["n_classes"],
-        grid=blob["grid"],
-        mode=blob["mode"],
-        classes=blob["classes"],
-    )
+    with torch.device("cpu"):  # built on the CPU like the file's tensors (the device rule); moved by its user
+        agent = RExLAgent(
+            module,
+            input_shape=model.input_shape,
+            n_classes=blob["n_classes"],
+            grid=blob["grid"],
+            mode=blob["mode"],
+            classes=blob["classes"],
+        )
     agent.load_state_dict({**{f"extractor.{k}": v for k, v in module.state_dict().items()}, **blob["state_dict"]})
     agent.eval()
     return agent, {k: v for k, v in blob.items() if k != "state_dict"}

@@ -109,8 +109,9 @@ def split(name: str, n: int, *, size: int = 56, seed: int = 0) -> Shapes:
 def object_labels(masks: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Localization labels ``(N, H, W)`` int8 from object masks: object pixels important (1),
     the rest unimportant (0), as :mod:`xrl.envs.labels` defines them."""
-    masks = torch.as_tensor(np.asarray(masks))
-    return torch.where(masks, torch.tensor(IMPORTANT, dtype=torch.int8), torch.tensor(UNIMPORTANT, dtype=torch.int8))
+    masks = torch.as_tensor(np.asarray(masks), device="cpu")
+    important, unimportant = (torch.tensor(v, dtype=torch.int8, device="cpu") for v in (IMPORTANT, UNIMPORTANT))
+    return torch.where(masks, important, unimportant)
 
 
 class MultiShapes(NamedTuple):

@@ -339,7 +339,7 @@ def _gallery(g: dict, folder: Path) -> list[dict]:
     with StateDataset.open(data) as ds:
         frames = ds.frames(rows)
         actions = ds.actions[rows]
-        probs = torch.softmax(torch.as_tensor(ds.scores[rows]), -1).numpy()
+        probs = torch.softmax(torch.as_tensor(ds.scores[rows], device="cpu"), -1).numpy()
         names = ds.action_names
     out = []
     for i, row in enumerate(rows):

@@ -22,14 +22,14 @@ from xrl.files import atomic_path  # noqa: E402
 
 def normalize(saliency: np.ndarray | torch.Tensor) -> np.ndarray:
     """One map ``(H, W)`` rescaled to [0, 1] by its min and max (a constant map becomes 0)."""
-    s = torch.as_tensor(saliency, dtype=torch.float32)
+    s = torch.as_tensor(saliency, dtype=torch.float32).to("cpu")
     span = s.max() - s.min()
     return ((s - s.min()) / span if span > 0 else torch.zeros_like(s)).numpy()
 
 
 def resize(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(H, W)`` to ``size = (h, w)`` (state resolution → display frame)."""
-    s = torch.as_tensor(saliency, dtype=torch.float32)[None, None]
+    s = torch.as_tensor(saliency, dtype=torch.float32).to("cpu")[None, None]
     return F.interpolate(s, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -56,7 +56,7 @@ def overlay(
         lo, hi = float(vrange[0]), float(vrange[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ValueError(f"vrange must be two finite numbers lo < hi, got {vrange!r}")
-        s = torch.as_tensor(saliency, dtype=torch.float32).numpy()
+        s = torch.as_tensor(saliency, dtype=torch.float32).to("cpu").numpy()
         scaled = np.clip((s - lo) / (hi - lo), 0.0, 1.0)
     weight = resize(scaled, frame.shape[:2])
     colour = plt.get_cmap(cmap)(weight)[..., :3]
