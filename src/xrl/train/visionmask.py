@@ -376,27 +376,14 @@ def _fit(
     )
     started = time.time()
     for epoch in range(start["epoch"], args.epochs):
-        epoch_seed = args.seed * 100_003 + epoch
-        shuffle = torch.Generator(device="cpu").manual_seed(epoch_seed)
-        order = train_rows[torch.randperm(len(train_rows), generator=shuffle, device="cpu")]
-        network.train()
-        sums: dict[str, float] = {}
-        # dropout (fcn, deeplabv3) seeded per epoch: resumable, and the caller's global RNG is left as it was
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(epoch_seed)
-            for step, rows in enumerate(torch.tensor_split(order, steps_per_epoch)):
-                terms = losses(model, network, states_of(rows), targets[rows].to(device), args)
-                values = {k: v.item() for k, v in terms.items()}
-                if not all(math.isfinite(v) for v in values.values()):
-                    bar.close()
-                    raise _stopped(method, values, f"epoch {epoch + 1} step {step + 1}", last_good, run)
-                optimiser.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimiser.step()
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
+        try:
+            sums = _train_epoch(
+                args, epoch, train_rows, steps_per_epoch, lambda rows: (states_of(rows), targets[rows].to(device)),
+                model, network, optimiser, losses, bar,
+            )  # fmt: skip
+        except _NotFinite as err:
+            bar.close()
+            raise _stopped(method, err.values, f"epoch {epoch + 1} step {err.step}", last_good, run) from None
         val = _validate(model, network, split["val"], raw, targets, args, losses)
         if not all(math.isfinite(v) for v in val.values()):
             bar.close()
@@ -417,6 +404,43 @@ def _fit(
     card = _card(args, method, model, split, best, history)
     write_json(path.with_suffix(".json"), {**json.loads(path.with_suffix(".json").read_text()), **card})
     return path
+
+
+class _NotFinite(Exception):
+    """A training step's loss terms that are not finite (``values``, at 1-based ``step``)."""
+
+    def __init__(self, values: dict, step: int) -> None:
+        super().__init__(values, step)
+        self.values, self.step = values, step
+
+
+def _train_epoch(
+    args, epoch: int, train_rows, steps_per_epoch: int, batch_of: Callable, model, network, optimiser, losses, bar
+) -> dict[str, float]:
+    """One epoch of updates in the epoch's seeded order; the sums of the loss terms. Raises
+    :class:`_NotFinite` at the first step whose terms are not finite."""
+    device = next(network.parameters()).device
+    epoch_seed = args.seed * 100_003 + epoch
+    shuffle = torch.Generator(device="cpu").manual_seed(epoch_seed)
+    order = train_rows[torch.randperm(len(train_rows), generator=shuffle, device="cpu")]
+    network.train()
+    sums: dict[str, float] = {}
+    # dropout (fcn, deeplabv3) seeded per epoch: resumable, and the caller's global RNG is left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(epoch_seed)
+        for step, rows in enumerate(torch.tensor_split(order, steps_per_epoch)):
+            terms = losses(model, network, *batch_of(rows), args)
+            values = {k: v.item() for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise _NotFinite(values, step + 1)
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimiser.step()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
+    return sums
 
 
 def _stopped(method: str, values: dict, where: str, last_good: int, run: Path) -> FloatingPointError:
