@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_default_device import cold_caches as _cold_caches
 
 from xrl.reproduce import TARGETS, TargetRun, run_target
 
@@ -34,20 +34,9 @@ def rows_of(out: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def cold_caches():
-    """xrl's caches (RISE masks, kernels...) emptied, so a meta-default run builds them itself."""
-
-    def clear():
-        for module in [m for name, m in sys.modules.items() if name.startswith("xrl.")]:
-            for value in list(vars(module).values()):
-                if (
-                    callable(getattr(value, "cache_clear", None))
-                    and getattr(value, "__module__", "") == module.__name__
-                ):
-                    value.cache_clear()
-
-    clear()
-    yield
-    clear()
+    """xrl's caches (RISE masks, kernels...) emptied, so a meta-default run builds them itself
+    (the fixture of tests/test_default_device.py, not autouse here)."""
+    yield from _cold_caches.__wrapped__()
 
 
 def test_device_cpu_gives_the_rows_and_keys_of_the_run_without_it(tmp_path, capsys):
