@@ -11,29 +11,19 @@ line before anything is written.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from test_agents import tiny_args
 
 from xrl.train.agent import AgentArgs, train_agent
 from xrl.train.digr import DigrArgs, train_digr
 
 
 def agent_args(out: Path, **kw) -> AgentArgs:
-    base = AgentArgs(
-        env="red-fetch-green",
-        total_timesteps=512,
-        n_envs=2,
-        n_steps=128,
-        eval_episodes=2,
-        checkpoint_every=256,
-        out=str(out),
-        progress=False,
-    )
-    return dataclasses.replace(base, **kw)
+    return tiny_args(out, **kw)  # test_agents' tiny PPO run
 
 
 def digr_args(tmp: Path, out: str, **kw) -> DigrArgs:
