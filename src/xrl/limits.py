@@ -46,13 +46,18 @@ def max_alloc(device: object = None) -> int:
             return free // 2
         available = _available_memory()
         return DEFAULT_MAX_ALLOC if available is None else min(DEFAULT_MAX_ALLOC, available // 2)
+    return int(_positive("XRL_MAX_ALLOC_GB", value, "gigabytes") * 2**30)
+
+
+def _positive(name: str, value: str, unit: str) -> float:
+    """The environment variable ``name``'s ``value`` as a positive number of ``unit``, or one line."""
     try:
-        gb = float(value)
+        number = float(value)
     except ValueError:
-        raise ValueError(f"XRL_MAX_ALLOC_GB must be a number of gigabytes, got {value!r}") from None
-    if not gb > 0:
-        raise ValueError(f"XRL_MAX_ALLOC_GB must be positive, got {value!r}")
-    return int(gb * 2**30)
+        raise ValueError(f"{name} must be a number of {unit}, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return number
 
 
 def check_memory(n_bytes: int, what: str, suggestion: str, device: object = None) -> None:
@@ -85,13 +90,7 @@ def max_seconds() -> float | None:
     value = os.environ.get("XRL_MAX_SECONDS")
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"XRL_MAX_SECONDS must be a number of seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"XRL_MAX_SECONDS must be positive, got {value!r}")
-    return seconds
+    return _positive("XRL_MAX_SECONDS", value, "seconds")
 
 
 def check_time(elapsed: float, done: int, total: int, what: str, suggestion: str) -> None:
