@@ -11,7 +11,8 @@ first, frames stacked along channels (oldest first). A model that declares its `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,49 @@ class Model(nn.Module):
         scores: torch.Tensor = self(self.preprocess(obs))
         actions: np.ndarray = scores.argmax(-1).cpu().numpy()
         return actions
+
+    @property
+    def recurrent_shape(self) -> tuple[int, ...] | None:
+        """The shape of one state's recurrent state (the packed form of its ``net``, e.g.
+        ``(2 or 4, layers, hidden)`` for sb3-contrib's RecurrentPPO), or None for a feed-forward
+        model (docs/agents.md#recurrent-agents)."""
+        shape = getattr(self.net, "recurrent_shape", None)
+        return None if shape is None else tuple(int(s) for s in shape)
+
+    @contextmanager
+    def recurrent(self, memory: np.ndarray | torch.Tensor | None) -> Iterator[None]:
+        """Score every state under the recurrent state ``memory`` inside the block: one state of
+        :attr:`recurrent_shape`, shared by every state of every batch (the perturbed copies of one
+        state included), or ``(B, *recurrent_shape)``, one per state of batches of ``B``. The
+        model's previous state is back afterwards. ``None`` leaves the model as it is."""
+        if memory is None:
+            yield
+            return
+        shape = self.recurrent_shape
+        if shape is None:
+            raise ValueError("this model is not recurrent (no recurrent_shape): it takes no recurrent state")
+        memory = torch.as_tensor(memory, dtype=torch.float32).to(self.device)
+        if tuple(memory.shape[-len(shape) :]) != shape or memory.dim() not in (len(shape), len(shape) + 1):
+            raise ValueError(
+                f"a recurrent state of this model has shape {shape} (or (B, {', '.join(map(str, shape))}) for B "
+                f"states), got {tuple(memory.shape)}"
+            )
+        before = self.net.recurrent_state
+        self.net.recurrent_state = memory
+        try:
+            yield
+        finally:
+            self.net.recurrent_state = before
+
+    def step(self, states: torch.Tensor, memory: np.ndarray | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A recurrent model's ``(scores (B, K), recurrent state after the step (B, *recurrent_shape))``
+        for ``states`` scored under ``memory`` (``(B, *recurrent_shape)`` or one shared state;
+        None: the model's current one): what a rollout carries from step to step."""
+        if self.recurrent_shape is None:
+            raise ValueError("this model is not recurrent (no recurrent_shape): it has no step")
+        with self.recurrent(memory):
+            scores, after = self.net.step(states)  # type: ignore[operator]
+        return scores, after
 
     def conv_layers(self) -> dict[str, nn.Conv2d]:
         """Named conv layers in forward order (for CAM-style methods)."""
