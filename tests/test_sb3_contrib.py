@@ -85,22 +85,3 @@ def test_recurrent_ppo_from_the_zero_state_and_a_carried_one(tmp_path, env):
         assert (ours - model.net.policy.action_net(torch.zeros(1, 256))).abs().max() > 1e-3  # not the bias alone
         model.net.recurrent_state = None
         assert not torch.allclose(torch.log_softmax(model(states), -1), dist.distribution.logits, atol=1e-5)
-
-
-def test_rollouts_refuse_a_recurrent_agent_for_now(tmp_path, env):
-    """collect, watch (and serve, through collect's env check) and attacks would act from the zero
-    state at every step: they refuse until they carry the recurrent state."""
-    algo = RecurrentPPO("CnnLstmPolicy", env, seed=0, device="cpu", n_steps=16, batch_size=16)
-    algo.save(tmp_path / "rppo.zip")
-    model = xrl.load_agent(tmp_path / "rppo.zip")
-    from xrl.attacks.evaluate import return_under_attack
-    from xrl.data.collect import collect
-    from xrl.watch import watch
-
-    with pytest.raises(ValueError, match="recurrent"):
-        collect(model, episodes=1, out=tmp_path / "d.h5", env="red-fetch-green")
-    with pytest.raises(ValueError, match="recurrent"):
-        watch(model, methods=["gradient"], env="red-fetch-green", out=tmp_path / "w", progress=False)
-    with pytest.raises(ValueError, match="recurrent"):
-        return_under_attack(model, ["fgsm"], [0.01], episodes=1, env="red-fetch-green", progress=False)
-    assert not any(tmp_path.glob("d.h5*")) and not (tmp_path / "w").exists()

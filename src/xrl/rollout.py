@@ -16,6 +16,10 @@ records every state) all play their episodes through it.
   any :class:`Policy` (:class:`Uniform`, :class:`Constant`, or one of your own) plays too.
 - **Callback**: called after every step of every env with a :class:`Step` (to record states and
   frames, count steps, ...).
+- **Recurrent**: a recurrent Model (``model.recurrent_shape``, e.g. sb3-contrib's RecurrentPPO)
+  acts on its recurrent state carried from step to step, each env's its own, zero at every
+  episode's start (as ``RecurrentPPO.predict(obs, state, episode_start)`` carries it); the state
+  each action was chosen with is :attr:`Step.recurrent` (docs/agents.md#recurrent-agents).
 
 Example::
 
@@ -48,6 +52,10 @@ class Policy:
     them), one per env. :meth:`reseed` is called when a group of episodes begins, with their
     seeds; it gives the policy one random stream per episode (``self.rngs``)."""
 
+    #: the recurrent state ``(B, *recurrent_shape)`` each env's action of the last call was chosen
+    #: with (a recurrent model's policy); None for a feed-forward policy
+    memory: torch.Tensor | None = None
+
     def __init__(self) -> None:
         self.rngs: list[np.random.Generator] = []
 
@@ -59,26 +67,45 @@ class Policy:
 
 
 class Greedy(Policy):
-    """The model's argmax on its states (after ``perturb``, when given)."""
+    """The model's argmax on its states (after ``perturb``, when given); a recurrent model's from
+    its recurrent state carried from step to step (zero when a group of episodes begins)."""
 
     def __init__(self, model: Model, perturb: Perturb | None = None) -> None:
         super().__init__()
         self.model, self.perturb = model, perturb
+        self.carried: torch.Tensor | None = None  # the recurrent state for the next call
 
     def reseed(self, seeds: Sequence[int]) -> None:
         reseed = getattr(self.perturb, "reseed", None)
         if reseed is not None:
             reseed(list(seeds))
         super().reseed(seeds)
+        self.carried = self.memory = None  # episodes begin: the zero state
 
     def states(self, obs: np.ndarray) -> torch.Tensor:
         states = self.model.preprocess(obs)
         return self.perturb(states) if self.perturb is not None else states
 
+    def score(self, obs: np.ndarray) -> torch.Tensor:
+        """The model's scores ``(B, K)`` on the (perturbed) states of ``obs``; a recurrent model
+        scores them (and a perturbation is computed) under the carried state, which then steps."""
+        shape = self.model.recurrent_shape
+        if shape is None:
+            states = self.states(obs)
+            with torch.inference_mode():
+                scores: torch.Tensor = self.model(states)
+            return scores
+        if self.carried is None or len(self.carried) != len(obs):
+            self.carried = torch.zeros(len(obs), *shape, device=self.model.device)
+        self.memory = self.carried
+        with self.model.recurrent(self.memory):
+            states = self.states(obs)
+        with torch.no_grad():  # not inference_mode: an attack's gradient is taken under the next state
+            scores, self.carried = self.model.step(states, self.memory)
+        return scores
+
     def __call__(self, obs: np.ndarray) -> list[int]:
-        states = self.states(obs)
-        with torch.inference_mode():
-            actions: list[int] = self.model(states).argmax(-1).tolist()
+        actions: list[int] = self.score(obs).argmax(-1).tolist()
         return actions
 
 
@@ -95,9 +122,12 @@ class Sampled(Greedy):
         super().__init__(model, perturb)
 
     def __call__(self, obs: np.ndarray) -> list[int]:
-        states = self.states(obs)
-        with torch.inference_mode():
-            p = self.model.probs(states).double().cpu().numpy()
+        if self.model.recurrent_shape is None:
+            states = self.states(obs)
+            with torch.inference_mode():
+                p = self.model.probs(states).double().cpu().numpy()
+        else:
+            p = torch.softmax(self.score(obs), dim=-1).double().cpu().numpy()
         return [int(rng.choice(len(q), p=q / q.sum())) for rng, q in zip(self.rngs, p)]
 
 
@@ -159,6 +189,9 @@ class Step:
     """the episode ended here: terminated, truncated or ``max_steps`` reached"""
     total: float
     """the episode's return so far, this reward included"""
+    recurrent: np.ndarray | None = None
+    """the recurrent state ``obs`` was scored with, ``(*model.recurrent_shape)`` float32 (a
+    recurrent model's policy); None for a feed-forward one"""
 
 
 @dataclass
@@ -280,6 +313,7 @@ def _play_group(
         shown = [_frame(e) if frames and r else None for e, r in zip(envs, running)]
         batch = np.stack(obs)  # a copy: wrappers may reuse their buffers on the next step
         actions = policy(batch)
+        memory = None if policy.memory is None else policy.memory.detach().float().cpu().numpy()
         for j, env in enumerate(envs):
             if not running[j]:
                 continue
@@ -306,6 +340,7 @@ def _play_group(
                         truncated=bool(truncated),
                         done=done,
                         total=totals[j],
+                        recurrent=None if memory is None else memory[j].copy(),
                     )
                 )
             obs[j], infos[j] = np.asarray(o), info

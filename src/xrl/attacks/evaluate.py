@@ -4,7 +4,9 @@ Episodes are played by :func:`xrl.rollout.evaluate_policy` (no Stable-Baselines3
 score them). Every step of every episode the agent sees the attacked observation: ``s' = attack(s)`` with the
 attacked action the agent's own choice on ``s``, then it acts greedily on ``s'``. Episode ``i``
 is reset with ``seed + i`` and the attack's random stream is reseeded with the same number, so
-two agents (a teacher and its student) meet the same episodes and the same random starts.
+two agents (a teacher and its student) meet the same episodes and the same random starts. A
+recurrent agent carries its recurrent state from step to step on the attacked observations it
+saw, and the attack is computed under that state (:class:`xrl.rollout.Greedy`).
 
 Example::
 
@@ -54,8 +56,6 @@ def return_under_attack(
         raise ValueError(f"eps must be a non-empty list of radii >= 0, got {eps}")
     if isinstance(batch, bool) or int(batch) < 1:
         raise ValueError(f"batch must be a positive number of episodes, got {batch!r}")
-    if model.info.get("recurrent"):  # its LSTM state is not carried from step to step (docs/agents.md)
-        raise ValueError("the agent is recurrent (an LSTM policy): attacks do not carry its recurrent state yet")
     recorded = model.info.get("env") or {}
     env = env or recorded.get("name")
     if env is None:

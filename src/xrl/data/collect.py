@@ -1,7 +1,9 @@
 """Roll an agent out in its environment and store what it saw and did as a StateDataset.
 
 The episodes are played by :func:`xrl.rollout.evaluate_policy`, with a callback that records
-every state, frame, action, the scores acted on and the ground truth.
+every state, frame, action, the scores acted on and the ground truth; for a recurrent agent also
+the recurrent state each state was scored with (carried from step to step, zero at an episode's
+start: docs/agents.md#recurrent-agents).
 
 Episode ``i`` is reset with seed ``seed + i`` (and, with ``sample=True``, actions are drawn with
 a ``torch.Generator`` seeded the same way), so a collection is reproducible episode by episode
@@ -32,7 +34,7 @@ from xrl.data.dataset import StateDataset, StateDatasetWriter, meta_differences
 from xrl.envs import INFO_ONLY_SETTINGS, make_env
 from xrl.envs.labels import EXCLUDED
 from xrl.files import DiskFull, FolderLock, is_disk_full
-from xrl.rollout import Policy, Step, evaluate_policy
+from xrl.rollout import Greedy, Step, evaluate_policy
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +193,7 @@ def agent_record(model: Model) -> dict:
 
 
 def _resolve_env(model: Model, env: str | None, env_settings: Mapping | None) -> tuple[str, dict]:
-    """The env name and settings to collect in; refuse ones the agent was not trained on, and
-    recurrent agents (every rollout, collect's, watch's and serve's, goes through here)."""
-    if model.info.get("recurrent"):  # sb3-contrib RecurrentPPO (xrl/agents/contrib.py)
-        raise ValueError(
-            "the agent is recurrent (an LSTM policy): xrl's rollouts do not carry its recurrent state from "
-            "step to step yet, so it would act from the zero state at every step (docs/agents.md)"
-        )
+    """The env name and settings to collect in; refuse ones the agent was not trained on."""
     if env is not None and not isinstance(env, str):
         raise TypeError(f"env must be a registered env name, got {type(env).__name__}")
     trained = model.info.get("env")
@@ -255,23 +251,24 @@ def _check_env(env: gym.Env, model: Model) -> None:
         )
 
 
-class _Scored(Policy):
+class _Scored(Greedy):
     """The model's greedy or sampled action on each observation, keeping the scores it acted on
     (``self.scores``, ``(B, K)``); sampled actions are drawn with ``torch.multinomial`` from a
-    ``torch.Generator`` per episode seeded with the episode's seed."""
+    ``torch.Generator`` per episode seeded with the episode's seed. A recurrent model's state is
+    carried from step to step (:class:`~xrl.rollout.Greedy`)."""
 
     def __init__(self, model: Model, sample: bool) -> None:
-        super().__init__()
-        self.model, self.sample = model, sample
+        super().__init__(model)
+        self.sample = sample
         self.generators: list[torch.Generator] = []
         self.scores = torch.empty(0)
 
     def reseed(self, seeds) -> None:
+        super().reseed(seeds)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    @torch.inference_mode()
     def __call__(self, obs: np.ndarray) -> list[int]:
-        self.scores = self.model(self.model.preprocess(obs)).float().cpu()  # (B, K)
+        self.scores = self.score(obs).float().cpu()  # (B, K)
         if self.sample:
             return [
                 int(torch.multinomial(torch.softmax(row, -1), 1, generator=g))
@@ -304,7 +301,7 @@ def _record(
         if s.frame is None:
             raise ValueError("env.render() returned None; the env must render rgb_array frames")
         scores = policy.scores[s.slot]
-        block.append((s.obs.copy(), s.frame, s.action, scores.numpy(), s.info.get("labels")))
+        block.append((s.obs.copy(), s.frame, s.action, scores.numpy(), s.info.get("labels"), s.recurrent))
         if len(block) == _BLOCK or s.done:
             _append(writer, block, model.input_shape[1:])
             block.clear()
@@ -320,7 +317,7 @@ def _record(
 
 
 def _append(writer: StateDatasetWriter, block: list[tuple], label_shape: tuple[int, ...]) -> None:
-    states, frames, actions, scores, labels = zip(*block)
+    states, frames, actions, scores, labels, recurrent = zip(*block)
     if all(x is None for x in labels):
         stacked = None
     else:  # steps without ground truth are excluded from scoring
@@ -331,4 +328,5 @@ def _append(writer: StateDatasetWriter, block: list[tuple], label_shape: tuple[i
         actions=np.asarray(actions),
         scores=np.stack(scores),
         labels=stacked,
+        recurrent=None if recurrent[0] is None else np.stack(recurrent),
     )

@@ -10,12 +10,16 @@ One row per environment step; N rows, E episodes::
     step             int32   (N,)          step within the episode
     labels           int8    (N, H, W)     optional ground truth: 1 important, 0 unimportant,
                                            -1 excluded (see :mod:`xrl.envs.labels`)
+    recurrent        float32 (N, *S)       a recurrent agent's recurrent state each state was
+                                           scored with (``S = model.recurrent_shape``, carried
+                                           from the episode's start); absent for other agents
     episode_returns  float64 (E,)          sum of rewards of each episode
     episode_lengths  int32   (E,)          rows of each episode
     saliency/<name>  float32 (N, H, W)     optional stored saliency, one dataset per method
                                            (attribute ``settings``: how it was made, JSON)
 
-Attributes: ``format`` = ``"xrl.StateDataset"``, ``format_version``, ``xrl_version``,
+Attributes: ``format`` = ``"xrl.StateDataset"``, ``format_version`` (2 for a file with
+``recurrent``, so an xrl that cannot use it refuses it; else 1), ``xrl_version``,
 ``complete``, ``n_episodes`` and, as JSON, ``env`` (``{"name", "settings"}``), ``agent``
 (source, card, weights fingerprint, ...), ``action_names`` and ``collect`` (seed, sampling, cap).
 
@@ -50,11 +54,14 @@ from xrl.envs.labels import EXCLUDED
 from xrl.files import atomic_path, check_free, write_json
 
 FORMAT = "xrl.StateDataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the version written for a dataset without recurrent states (what every xrl reads)
+PLAIN_VERSION = 1
 #: JSON attributes that identify a collection (a resumed one must match them all)
 META_KEYS = ("env", "agent", "action_names", "collect")
 #: datasets with one row per step
-_ROWS = ("states", "frames", "actions", "scores", "episode", "step", "labels")
+_ROWS = ("states", "frames", "actions", "scores", "episode", "step", "labels", "recurrent")
+_OPTIONAL = ("labels", "recurrent")
 _EPISODES = ("episode_returns", "episode_lengths")
 _EXPECTED = (
     "expected an xrl StateDataset: an HDF5 file with attribute format='xrl.StateDataset' as written by xrl.data.collect"
@@ -242,6 +249,16 @@ class StateDataset:
         return self._read("labels", idx) if self.has_labels else None
 
     @property
+    def has_recurrent(self) -> bool:
+        """The dataset records a recurrent agent's recurrent state of each row."""
+        return "recurrent" in self._h5()
+
+    def recurrent(self, idx: Index = None) -> np.ndarray | None:
+        """The recurrent state ``(n, *model.recurrent_shape)`` float32 each state was scored with
+        (a recurrent agent's dataset), or ``None`` when the dataset has none."""
+        return self._read("recurrent", idx) if self.has_recurrent else None
+
+    @property
     def actions(self) -> np.ndarray:
         return self._read("actions")
 
@@ -352,7 +369,7 @@ def _check(file: h5py.File, path: Path) -> None:
         )
     if not bool(file.attrs.get("complete", False)):
         raise ValueError(f"{path} is an incomplete StateDataset; {_EXPECTED}. Collect it again.")
-    missing = [k for k in (*_ROWS[:-1], *_EPISODES) if k not in file]
+    missing = [k for k in (*_ROWS, *_EPISODES) if k not in file and k not in _OPTIONAL]
     missing += [k for k in ("n_episodes", "xrl_version", *META_KEYS) if k not in file.attrs]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; {_EXPECTED}")
@@ -580,12 +597,14 @@ class StateDatasetWriter:
         actions: np.ndarray,
         scores: np.ndarray,
         labels: np.ndarray | None = None,
+        recurrent: np.ndarray | None = None,
     ) -> None:
         """Add ``T`` steps to the current episode.
 
         ``states (T, C, H, W)`` uint8, ``frames (T, h, w, 3)`` uint8, ``actions (T,)`` integers,
         ``scores (T, K)``, ``labels (T, H, W)`` or ``None`` (then stored as -1, excluded, if
-        the collection has labels).
+        the collection has labels), ``recurrent (T, *S)`` (a recurrent agent's state of each
+        step) or ``None``: given at every step of a collection or at none.
         """
         states, frames = np.asarray(states), np.asarray(frames)
         n = len(states)
@@ -608,6 +627,10 @@ class StateDatasetWriter:
             data["labels"] = np.asarray(labels).astype(np.int8, casting="same_kind")
         elif layout is not None and "labels" in layout:
             data["labels"] = np.full((n, *states.shape[2:]), EXCLUDED, dtype=np.int8)
+        if recurrent is not None:
+            data["recurrent"] = np.asarray(recurrent, dtype=np.float32)
+        if layout is not None and ("recurrent" in data) != ("recurrent" in layout):
+            raise ValueError("recurrent states must be given at every step of a collection or at none")
         if layout is not None and "labels" in data and "labels" not in layout:
             raise ValueError(
                 "labels appeared after steps without any; an env must give info['labels'] from the first step or never"
@@ -675,7 +698,7 @@ class StateDatasetWriter:
             file.attrs.update(
                 {
                     "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
+                    "format_version": FORMAT_VERSION if "recurrent" in (self._layout or {}) else PLAIN_VERSION,
                     "xrl_version": __version__,
                     "complete": False,
                     "n_episodes": n_episodes,
