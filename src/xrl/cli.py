@@ -325,7 +325,8 @@ def cmd_explain(args) -> None:
         _within_data("--n", args.n, ds)
         rows = _rows(len(ds), args.n or 6, args.seed)
         batch = read_batch(model, ds, rows, args.targets)  # refuses another agent's data unless asked
-        maps = {m: v.cpu() for m, v in explain(model, batch.states, methods, batch.targets).items()}
+        explained = explain(model, batch.states, methods, batch.targets, recurrent=batch.recurrent)
+        maps = {m: v.cpu() for m, v in explained.items()}
         probs = torch.softmax(torch.as_tensor(ds.scores[rows], device="cpu"), -1).numpy()
         explanation_grid(
             ds.frames(rows),

@@ -42,9 +42,14 @@ def explain_dataset(
     """Saliency ``(n, H, W)`` of ``method`` on the dataset ``rows``; targets = the stored actions
     (``targets``: see :func:`dataset_targets`). One method: :func:`xrl.pipeline.explain`."""
     batch = pipeline.read_batch(model, dataset, rows, targets, batch_size=batch_size)
-    return pipeline.explain(model, batch.states, {method: dict(settings or {})}, batch.targets, batch_size=batch_size)[
-        method
-    ]
+    return pipeline.explain(
+        model,
+        batch.states,
+        {method: dict(settings or {})},
+        batch.targets,
+        batch_size=batch_size,
+        recurrent=batch.recurrent,
+    )[method]
 
 
 def evaluate(

@@ -95,7 +95,7 @@ def _on(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     labels = batch.labels.to(device) if batch.labels is not None else None
-    return Batch(batch.rows, batch.states.to(device), batch.targets.to(device), labels)
+    return Batch(batch.rows, batch.states.to(device), batch.targets.to(device), labels, batch.recurrent)
 
 
 def _output(job: Job, ev: Evaluation, maps: torch.Tensor, seconds: float) -> dict:

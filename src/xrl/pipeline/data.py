@@ -7,6 +7,11 @@ collected it. Explaining it with another agent is refused: the stored actions ar
 agent's choices, not this one's. ``targets="agent"`` (CLI ``--targets agent``) explains the
 explained agent's own greedy actions on those states instead, ``targets="dataset"`` the stored
 actions anyway. A dataset written before fingerprints were recorded gets a warning.
+
+**Recurrent agents.** A recurrent agent's states are explained with the recurrent state carried
+over from the unchanged history (:func:`dataset_memory`): the one the dataset recorded when
+this agent collected it, else the agent's own state replayed along each episode's stored
+observations from its start.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ TARGETS = ("dataset", "agent")
 class Batch:
     """What an evaluation reads from a dataset, once (Quantus' ``x_batch``, ``y_batch`` and the
     ground truth): the ``rows``, their ``states (n, C, H, W)``, the ``targets (n,)`` the maps
-    explain and the ground-truth ``labels (n, H, W)`` (None when the dataset has none)."""
+    explain, the ground-truth ``labels (n, H, W)`` (None when the dataset has none) and, for a
+    recurrent agent, each state's ``recurrent`` state ``(n, *model.recurrent_shape)`` (None for
+    a feed-forward one; :func:`dataset_memory`)."""
 
     rows: np.ndarray
     states: torch.Tensor
     targets: torch.Tensor
     labels: torch.Tensor | None
+    recurrent: torch.Tensor | None = None
 
 
 def check_rows(rows, n: int) -> np.ndarray:
@@ -70,12 +78,14 @@ def dataset_targets(
     *,
     batch_size: int = 64,
     states: torch.Tensor | None = None,
+    memory: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The actions ``(n,)`` to explain on dataset ``rows``: the stored ones when the dataset was
     collected by ``model`` (same weights fingerprint) or ``targets="dataset"``; the model's own
     greedy actions with ``targets="agent"`` (on ``states``, the rows' states when already read).
     Another agent's dataset without ``targets`` is refused; a dataset without a recorded
-    fingerprint gets a warning."""
+    fingerprint gets a warning. ``memory``: a recurrent agent's state of each row
+    (:func:`dataset_memory`), what ``targets="agent"`` scores each state under."""
     if targets is not None and targets not in TARGETS:
         raise ValueError(
             f"targets must be one of {TARGETS} (or None: the stored actions of the model's own "
@@ -84,6 +94,10 @@ def dataset_targets(
     if targets == "agent":
         states = dataset.states(rows) if states is None else states
         with torch.no_grad():  # not inference_mode: gradient explainers save the targets for backward
+            if memory is not None:  # a recurrent agent: each state under its own recurrent state
+                return torch.cat(
+                    [model.step(states[i : i + 1], memory[i])[0].argmax(-1).cpu() for i in range(len(rows))]
+                )
             return torch.cat([model(states[part]).argmax(-1).cpu() for part in chunks(len(rows), batch_size)])
     if targets is None:
         recorded = (dataset.agent or {}).get("fingerprint")
@@ -115,17 +129,55 @@ def _caller_level() -> int:
     return level
 
 
+def dataset_memory(model: Model, dataset: StateDataset, rows: np.ndarray) -> torch.Tensor | None:
+    """A recurrent agent's state ``(n, *model.recurrent_shape)`` of each of the dataset ``rows``
+    (None for a feed-forward agent): the state the dataset recorded when this agent (same weights
+    fingerprint) collected it; else the agent's own, replayed from the zero state along the
+    episode's stored observations up to the row (a dataset of another agent, or without states)."""
+    shape = model.recurrent_shape
+    if shape is None:
+        return None
+    stored = dataset.recurrent(rows)
+    if stored is not None and stored.shape[1:] == shape and dataset.agent.get("fingerprint") == model.fingerprint():
+        return torch.as_tensor(stored, device="cpu").to(model.device)
+    episodes, steps = dataset.episode, dataset.step
+    out = torch.zeros(len(rows), *shape, device=model.device)
+    for e in np.unique(episodes[rows]):
+        history = np.flatnonzero(episodes == e)  # rows in order, steps 0, 1, ... (as collect writes them)
+        history = history[np.argsort(steps[history], kind="stable")]
+        if not np.array_equal(steps[history], np.arange(len(history))):
+            raise ValueError(
+                f"{dataset.path}: episode {e} does not hold its steps from 0 on, so a recurrent agent's state "
+                "cannot be replayed from its start"
+            )
+        wanted = rows[episodes[rows] == e]
+        last = int(steps[wanted].max())
+        seen = dataset.states(history[:last]).to(model.device)  # the observations before the last row asked
+        memory = torch.zeros(1, *shape, device=model.device)
+        at_step = [memory[0]]
+        with torch.no_grad():
+            for t in range(last):
+                _, memory = model.step(seen[t : t + 1], memory)
+                at_step.append(memory[0])
+        for i in np.flatnonzero(episodes[rows] == e):
+            out[i] = at_step[int(steps[rows[i]])]
+    return out
+
+
 def read_batch(model: Model, dataset: StateDataset, rows, targets: str | None = None, *, batch_size: int = 64) -> Batch:
     """The :class:`Batch` of dataset ``rows``: states, targets (:func:`dataset_targets`; with
-    ``targets="agent"`` the model runs once over the states) and labels, each read once and put
-    on the model's device."""
+    ``targets="agent"`` the model runs once over the states), labels and a recurrent agent's
+    states (:func:`dataset_memory`), each read once and put on the model's device."""
     rows = check_rows(rows, len(dataset))
     device = model.device  # the states go where the model computes (--device)
     states = dataset.states(rows).to(device)
-    target_index = dataset_targets(model, dataset, rows, targets, batch_size=batch_size, states=states).to(device)
+    memory = dataset_memory(model, dataset, rows)
+    target_index = dataset_targets(
+        model, dataset, rows, targets, batch_size=batch_size, states=states, memory=memory
+    ).to(device)
     stored = dataset.labels(rows)
     labels = torch.as_tensor(stored, device="cpu").to(device) if stored is not None else None
-    return Batch(rows, states, target_index, labels)
+    return Batch(rows, states, target_index, labels, memory)
 
 
 def evaluate_batch(
@@ -151,7 +203,9 @@ def evaluate_batch(
     check_budgets(metric_objs, skipped, min(len(batch.rows), batch_size), tuple(batch.states.shape[1:]))
     work = len(methods) * (1 + len(metric_objs) - len(skipped))
     with tqdm(total=work, desc="evaluate", disable=not progress) as bar:
-        maps = explain(model, batch.states, methods, batch.targets, batch_size=batch_size, progress=bar)
+        maps = explain(
+            model, batch.states, methods, batch.targets, batch_size=batch_size, progress=bar, recurrent=batch.recurrent
+        )
         if saliency is not None:
             saliency.update(maps)
         result = score(
@@ -166,6 +220,7 @@ def evaluate_batch(
             curves=curves,
             rows=batch.rows.tolist(),
             progress=bar,
+            recurrent=batch.recurrent,
         )
     result.seconds = {m: {"explain": maps.seconds[m], **result.seconds[m]} for m in result.methods}
     return result

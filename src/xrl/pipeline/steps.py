@@ -1,11 +1,19 @@
 """The two steps of every explain-and-score procedure: :func:`explain` (maps per method, each
 explainer built once) and :func:`score` (every metric on every method's maps, into an
-:class:`~xrl.pipeline.result.Evaluation`, with the mean deletion/insertion curves asked for)."""
+:class:`~xrl.pipeline.result.Evaluation`, with the mean deletion/insertion curves asked for).
+
+**Recurrent agents.** Given ``recurrent`` (``(n, *model.recurrent_shape)``, each state's
+recurrent state, e.g. :attr:`Batch.recurrent <xrl.pipeline.data.Batch>`), both steps take the
+states one at a time, each under its own recurrent state (:meth:`Model.recurrent
+<xrl.agents.model.Model.recurrent>`, shared by every perturbed copy of the state and every
+forward a method or a metric makes for it): :func:`state_parts` is where that happens
+(docs/agents.md#recurrent-agents)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -71,6 +79,30 @@ def part_of(targets: Any, part: slice, n: int) -> Any:
     return targets
 
 
+def state_parts(models: Sequence[Model], n: int, batch_size: int, recurrent: torch.Tensor | None) -> Iterator[slice]:
+    """The chunks of ``n`` states an explanation or a metric takes at once: slices of at most
+    ``batch_size`` states; with ``recurrent`` (``(n, *recurrent_shape)``) one state at a time,
+    each yielded with ``models`` (the agent, the explainers' copies of it) under that state's
+    recurrent state."""
+    if recurrent is None:
+        yield from chunks(n, batch_size)
+        return
+    shape = models[0].recurrent_shape
+    if shape is None or tuple(recurrent.shape) != (n, *shape):
+        raise ValueError(
+            f"recurrent must hold the recurrent state of each of the {n} states, shape ({n}, *{shape}) "
+            f"for this model, got {tuple(recurrent.shape)}"
+            if shape is not None
+            else "recurrent states were given but the model is not recurrent"
+        )
+    unique = list({id(m): m for m in models}.values())
+    for i in range(n):
+        with ExitStack() as stack:
+            for m in unique:
+                stack.enter_context(m.recurrent(recurrent[i]))
+            yield slice(i, i + 1)
+
+
 def progress_bar(progress: bool | tqdm, total: int, desc: str) -> tuple[tqdm, bool]:
     """``(bar, owned)``: the caller's bar, or a new one (disabled unless ``progress``) to close."""
     if isinstance(progress, tqdm):
@@ -86,6 +118,7 @@ def explain(
     *,
     batch_size: int = 64,
     progress: bool | tqdm = False,
+    recurrent: torch.Tensor | None = None,
 ) -> Explanations:
     """Maps ``(n, H, W)`` of every method on ``states (n, C, H, W)``, explained in chunks of
     ``batch_size`` states; each method's explainer is built once (:func:`build_explainers`) and
@@ -93,7 +126,8 @@ def explain(
 
     ``methods``: names, ``{name: settings}`` or ``{label: explainer}``. ``targets``: what every
     method explains, as :meth:`Explainer.explain` takes it (None: the model's argmax; an int; a
-    ``(n,)`` tensor of action indices, sliced per chunk; a callable)."""
+    ``(n,)`` tensor of action indices, sliced per chunk; a callable). ``recurrent``: a recurrent
+    agent's state of each state (module docstring; None: the model as it is)."""
     model.check_states(states)
     explainers = build_explainers(model, methods)
     n = states.shape[0]
@@ -103,7 +137,10 @@ def explain(
         bar.set_postfix_str(f"{name}: explaining")
         started = time.perf_counter()
         out[name] = torch.cat(
-            [explainer.explain(states[part], part_of(targets, part, n)) for part in chunks(n, batch_size)]
+            [
+                explainer.explain(states[part], part_of(targets, part, n))
+                for part in state_parts([model, explainer.model], n, batch_size, recurrent)
+            ]
         )
         out.seconds[name] = time.perf_counter() - started
         out.explainers[name] = explainer
@@ -153,6 +190,7 @@ def score(
     curves: Iterable[str] = (),
     rows: Sequence[int] | None = None,
     progress: bool | tqdm = False,
+    recurrent: torch.Tensor | None = None,
 ) -> Evaluation:
     """Every metric on every method's maps ``(n, H, W)`` of ``states (n, C, H, W)``, in chunks of
     ``batch_size`` states; per-sample values in an :class:`Evaluation` (methods in the order of
@@ -166,7 +204,8 @@ def score(
     ``explainers`` of an :class:`Explanations`). ``curves``: curve metrics (``deletion``,
     ``insertion``) among ``metrics`` whose mean curve goes to ``Evaluation.curves``; their
     per-state values are the AUCs of the same curves (what the metric returns), computed once.
-    ``rows``: what ``Evaluation.rows`` records (default ``0..n-1``)."""
+    ``rows``: what ``Evaluation.rows`` records (default ``0..n-1``). ``recurrent``: a recurrent
+    agent's state of each state (module docstring)."""
     model.check_states(states)
     n = states.shape[0]
     metric_objs = build_metrics(metrics)
@@ -184,6 +223,7 @@ def score(
         list(maps), columns, directions, skipped=skipped, rows=list(range(n)) if rows is None else list(rows)
     )
     bar, owned = progress_bar(progress, len(maps) * (len(metric_objs) - len(skipped)), "score")
+    models = [model, *(e.model for e in explainers.values())]
     for method, m in maps.items():
         result.values[method], result.seconds[method] = {}, {}
         for name, metric in metric_objs.items():
@@ -191,13 +231,24 @@ def score(
                 continue
             bar.set_postfix_str(f"{method}: {name}")
             if name in curved:
-                curve = _curve(metric, model, states, m, targets, batch_size, result.seconds[method], name)
+                chunked = state_parts(models, n, batch_size, recurrent)
+                curve = _curve(metric, model, states, m, targets, chunked, result.seconds[method], name)
                 result.curves.setdefault(method, {})[name] = curve.pop("mean")
                 result.values[method][name] = curve["values"]
             else:
                 started = time.perf_counter()
                 result.values[method].update(
-                    _values(metric, name, model, states, m, targets, labels, explainers.get(method), batch_size)
+                    _values(
+                        metric,
+                        name,
+                        model,
+                        states,
+                        m,
+                        targets,
+                        labels,
+                        explainers.get(method),
+                        state_parts(models, n, batch_size, recurrent),
+                    )
                 )
                 result.seconds[method][name] = time.perf_counter() - started
             bar.update()
@@ -217,12 +268,12 @@ def _curve_names(curves: Iterable[str], metrics: Mapping[str, Metric]) -> list[s
 
 
 def _values(
-    metric: Metric, name: str, model, states, maps, targets, labels, explainer, batch_size: int
+    metric: Metric, name: str, model, states, maps, targets, labels, explainer, chunked: Iterator[slice]
 ) -> dict[str, list[float]]:
-    """``{column: per-state values}`` of one metric on one method's maps, chunk by chunk."""
+    """``{column: per-state values}`` of one metric on one method's maps, chunk by chunk (``chunked``: :func:`state_parts`)."""
     n = states.shape[0]
     values: dict[str, list[torch.Tensor]] = {}
-    for part in chunks(n, batch_size):
+    for part in chunked:
         v = metric(
             model=model,
             states=states[part],
@@ -236,7 +287,7 @@ def _values(
     return {col: torch.cat(parts).double().cpu().tolist() for col, parts in values.items()}
 
 
-def _curve(metric: Metric, model, states, maps, targets, batch_size: int, seconds: dict, name: str) -> dict:
+def _curve(metric: Metric, model, states, maps, targets, chunked: Iterator[slice], seconds: dict, name: str) -> dict:
     """``{"mean": {"x", "y"}, "values": per-state AUCs}`` of a curve metric, chunk by chunk (the
     AUCs equal the metric's own values bit for bit); seconds to ``seconds["<name> curve"]`` (the
     curves) and ``seconds[name]`` (their AUCs)."""
@@ -244,7 +295,7 @@ def _curve(metric: Metric, model, states, maps, targets, batch_size: int, second
     n = states.shape[0]
     parts = [
         metric.curve(model=model, states=states[part], saliency=maps[part], targets=part_of(targets, part, n))  # type: ignore[attr-defined]
-        for part in chunks(n, batch_size)
+        for part in chunked
     ]
     x, y = parts[0][0], torch.cat([scores for _, scores in parts])
     seconds[f"{name} curve"] = time.perf_counter() - started
