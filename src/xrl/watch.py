@@ -6,6 +6,8 @@ frame with the most salient region of the first method removed (blurred by xrl's
 std 5 px, 31 taps, borders replicated: the insertion substrate of ``protocol="xrl"``, not RISE's
 zero-padded one, which would darken the frame's borders) and the action the agent would take then. Each method's time per
 map is measured on the episode, so the result says how many frames per second it sustains.
+A recurrent agent acts, and every map and counterfactual of a step is computed, under its
+recurrent state carried over from the episode's earlier steps (docs/agents.md#recurrent-agents).
 
 Example::
 
@@ -157,13 +159,26 @@ class _Film:
         self.actions: list[int] = []
         self.cf_actions: list[int] = []
         self.spent = {m: 0.0 for m in explainers}
+        shape = model.recurrent_shape
+        #: a recurrent agent's state at the next step (zero at the episode's start)
+        self.memory = None if shape is None else torch.zeros(shape, device=model.device)
 
     def warm_up(self, obs) -> None:
         """One untimed map per method: lazy initialisation is not timed."""
-        for explainer in self.explainers.values():
-            explainer.explain(self.model.preprocess(np.asarray(obs)))
+        with self.model.recurrent(self.memory):
+            for explainer in self.explainers.values():
+                explainer.explain(self.model.preprocess(np.asarray(obs)))
 
     def shoot(self, frame: np.ndarray, obs, t: int) -> int:
+        """The panel of step ``t`` (:meth:`_shoot`), under a recurrent agent's state, which then steps."""
+        with self.model.recurrent(self.memory):
+            action = self._shoot(frame, obs, t)
+        if self.memory is not None:
+            with torch.no_grad():
+                self.memory = self.model.step(self.model.preprocess(np.asarray(obs)), self.memory)[1][0]
+        return action
+
+    def _shoot(self, frame: np.ndarray, obs, t: int) -> int:
         """The panel of step ``t`` (the frame, a map per method, the caption); returns the greedy action."""
         model = self.model
         states = model.preprocess(np.asarray(obs))  # (1, C, H, W)

@@ -10,7 +10,9 @@ HTTP layer (:mod:`xrl.serve.app`) only parses requests and the tests can call it
   person who started it did not point it at.
 * **Episodes** are recorded once per (agent, seed) with the agent's greedy policy into a
   StateDataset (``xrl.data.collect``), with the env's ground truth when it has some; the same
-  seed always gives the same episode.
+  seed always gives the same episode. A recurrent agent's episode keeps the recurrent state of
+  each step, and everything computed on step ``t`` (scores, maps, pokes, curves) is computed
+  under it (docs/agents.md#recurrent-agents).
 * **Methods** are every registered explainer that can explain the agent at its default
   settings, plus one entry per zoo network trained for this agent (``visionmask``,
   ``stalder_explainer``, ``rexl``): ids ``"<method>"`` or ``"<method>:<zoo folder>"``.
@@ -308,6 +310,7 @@ class Episode:
     scores: np.ndarray  # (T, K)
     labels: np.ndarray | None
     episode_return: float
+    recurrent: np.ndarray | None = None  # (T, *recurrent_shape) float32 of a recurrent agent
 
 
 class Engine:
@@ -678,6 +681,7 @@ class Engine:
                 ds.scores,
                 labels,
                 float(ds.episode_returns[0]),
+                ds.recurrent(),
             )
         with self._lock:
             self._episodes[(agent, seed)] = episode
@@ -717,6 +721,12 @@ class Engine:
         states = model.preprocess(episode.states[t])  # (1, C, H, W), the network's input
         return perturb_states(states, rects) if rects else states
 
+    @staticmethod
+    def memory(episode: Episode, t: int) -> np.ndarray | None:
+        """The recurrent state step ``t`` was scored with (a recurrent agent's), else None: what
+        ``model.recurrent`` takes around everything computed on that step."""
+        return None if episode.recurrent is None else episode.recurrent[t]
+
     # ------------------------------------------------------------ per frame
 
     def probabilities(self, episode: Episode, t: int, rects: list[dict]) -> dict:
@@ -725,7 +735,7 @@ class Engine:
 
         def run(job: Job) -> dict:
             model = lane.model(self, episode.agent)
-            with torch.no_grad():
+            with torch.no_grad(), model.recurrent(self.memory(episode, t)):
                 scores = model(self.state(episode, t, rects))[0]
             return scores_view(model, scores)
 
@@ -761,30 +771,35 @@ class Engine:
             explainer = self.explainer(lane, episode.agent, method, settings)
             states = self.state(episode, t, rects)
             lane_model = lane.model(self, episode.agent)
-            with torch.no_grad():
-                action = int(lane_model(states)[0].argmax())
-            try:
-                if method["per_action"]:
-                    maps = explainer.explain_all(states)[0].cpu().numpy()  # (K, H, W)
-                    results = {k: maps[k] for k in range(maps.shape[0])}
-                else:
-                    k = action if target is None else target
-                    results = {k: explainer.explain(states, k)[0].cpu().numpy()}
-            except (TypeError, ValueError) as err:
-                raise RequestError(f"method {method['id']!r} failed on this frame: {err}", 422) from err
-            with self._lock:
-                self._forwards_per_map[recipe] = job.forwards  # the whole job: progress of the next one
-                for k, m in results.items():
-                    _lru_put(self._maps, base + (k,), m, self.cache_size)
-                if action in results:
-                    _lru_put(self._maps, base + (None,), results[action], self.cache_size)
-            return results[action if target is None else target]
+            with lane_model.recurrent(self.memory(episode, t)):
+                return self._maps_of(job, explainer, lane_model, states, method, target, base, recipe)
 
         with self._lock:
             expected = self._forwards_per_map.get(recipe)
         return self.submit(
             method["lane"], f"{method['id']} step {t}", ("map",) + base + (target,), run, expected=(expected or None)
         )
+
+    def _maps_of(self, job: Job, explainer, lane_model, states, method: dict, target, base: tuple, recipe: tuple):
+        """The map of ``target`` on ``states`` (every action's for a per-action method), cached."""
+        with torch.no_grad():
+            action = int(lane_model(states)[0].argmax())
+        try:
+            if method["per_action"]:
+                maps = explainer.explain_all(states)[0].cpu().numpy()  # (K, H, W)
+                results = {k: maps[k] for k in range(maps.shape[0])}
+            else:
+                k = action if target is None else target
+                results = {k: explainer.explain(states, k)[0].cpu().numpy()}
+        except (TypeError, ValueError) as err:
+            raise RequestError(f"method {method['id']!r} failed on this frame: {err}", 422) from err
+        with self._lock:
+            self._forwards_per_map[recipe] = job.forwards  # the whole job: progress of the next one
+            for k, m in results.items():
+                _lru_put(self._maps, base + (k,), m, self.cache_size)
+            if action in results:
+                _lru_put(self._maps, base + (None,), results[action], self.cache_size)
+        return results[action if target is None else target]
 
     def curves(
         self, episode: Episode, t: int, method: dict, settings: dict, target: int | None, saliency: np.ndarray
@@ -799,7 +814,8 @@ class Engine:
         def run(job: Job) -> dict:
             model = lane.model(self, episode.agent)
             states = self.state(episode, t)
-            with torch.no_grad():
+            memory = self.memory(episode, t)
+            with torch.no_grad(), model.recurrent(memory):
                 action = int(model(states)[0].argmax())
             k = action if target is None else target
             labels = None if episode.labels is None else torch.as_tensor(episode.labels[t : t + 1]).long()
@@ -807,7 +823,14 @@ class Engine:
             metrics = ["deletion", "insertion", *(["localization"] if located else [])]
             maps = {"map": torch.as_tensor(saliency)[None].float()}
             result = score(
-                model, states, maps, metrics, torch.tensor([k]), labels if located else None, curves=metrics[:2]
+                model,
+                states,
+                maps,
+                metrics,
+                torch.tensor([k]),
+                labels if located else None,
+                curves=metrics[:2],
+                recurrent=None if memory is None else torch.as_tensor(memory)[None],
             )
             out: dict[str, Any] = {"target": k}
             for name in metrics[:2]:
