@@ -19,7 +19,9 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from xrl.data.collect import collect  # noqa: E402
 from xrl.data.dataset import StateDataset  # noqa: E402
-from xrl.evaluation import explain_dataset  # noqa: E402
+from xrl.evaluation import evaluate, explain_dataset  # noqa: E402
+from xrl.pipeline import explain  # noqa: E402
+from xrl.rollout import evaluate_policy  # noqa: E402
 
 ENV, STEPS, EPISODES = "red-fetch-green", 6, 2
 
@@ -145,7 +147,7 @@ def test_metrics_score_each_state_under_its_state(agent):
     rows = np.array([2, 4, STEPS + 3])
     metrics = {"deletion": {"step_fraction": 0.125}, "insertion": {}, "sparseness": {}}
     with StateDataset.open(data) as ds:
-        result = xrl.evaluation.evaluate(model, ds, ["gradient"], metrics, rows=rows, progress=False)
+        result = evaluate(model, ds, ["gradient"], metrics, rows=rows, progress=False)
         states, actions = ds.states(rows), torch.as_tensor(ds.actions[rows])
     for i, row in enumerate(rows):
         packed = torch.from_numpy(theirs[row][2])[:, :, None]  # (4, layers, 1, hidden)
@@ -206,3 +208,35 @@ def test_watch_attacks_and_serve_carry_the_state(agent, tmp_path):
         assert np.abs(got - expected).max() <= 1e-6
     finally:
         engine.close()
+
+
+def test_envs_side_by_side_carry_their_own_states(agent):
+    """Two envs played in one batch each carry their own state: each step's ``Step.recurrent``
+    is the state collect recorded playing the episodes one at a time."""
+    _, model, data, _ = agent
+    seen = {}
+
+    def record(step):
+        seen[(step.episode, step.t)] = step.recurrent
+
+    evaluate_policy(model, ENV, episodes=EPISODES, n_envs=2, max_steps=STEPS, callback=record)
+    with StateDataset.open(data) as ds:
+        for row, (episode, t) in enumerate(zip(ds.episode, ds.step)):
+            np.testing.assert_allclose(seen[(int(episode), int(t))], ds.recurrent(row)[0], atol=1e-6, rtol=0)
+
+
+def test_a_wrong_state_is_refused_in_one_line(agent):
+    _, model, _, _ = agent
+    states = torch.rand(3, *model.input_shape)
+    with pytest.raises(ValueError, match=r"has shape \(4, 1, 256\)"):
+        with model.recurrent(torch.zeros(2, 1, 256)):
+            pass
+    with pytest.raises(ValueError, match="recurrent state of each of the 3 states"):
+        explain(model, states, ["gradient"], recurrent=torch.zeros(2, 4, 1, 256))
+    plain = xrl.as_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4)), input_shape=(3, 64, 64))
+    with pytest.raises(ValueError, match="not recurrent"):
+        with plain.recurrent(torch.zeros(4, 1, 256)):
+            pass
+    with pytest.raises(ValueError, match="not recurrent"):
+        explain(plain, states, ["gradient"], recurrent=torch.zeros(3, 4, 1, 256))
+    assert model.net.recurrent_state is None  # every block put the model back as it was
