@@ -123,8 +123,8 @@ class RecurrentActorScores(nn.Module):
             starts = torch.zeros(len(states), device=states.device)
             vf = self.lstm_state("vf", len(states), states.device)
             shared = p.pi_features_extractor is p.vf_features_extractor
+            vf_features = features if shared else p.vf_features_extractor(states)
             with _lstm_backend(states):
-                vf_features = features if shared else p.vf_features_extractor(states)
                 _, critic = p._process_sequence(vf_features, vf, starts, p.lstm_critic)
             parts += [critic[0], critic[1]]
         return out, torch.stack(parts).permute(2, 0, 1, 3)  # (k, layers, B, hidden) -> (B, k, layers, hidden)
@@ -145,7 +145,8 @@ def _unpacked(packed: torch.Tensor, which: str, shape: tuple[int, int, int]) -> 
 
 def _lstm_backend(states: torch.Tensor) -> Any:
     """cuDNN's LSTM cannot backpropagate in eval mode (explainers run the agent in eval mode):
-    PyTorch's own LSTM kernels then, when a gradient is taken on a GPU."""
+    PyTorch's own LSTM kernels then, when a gradient is taken on a GPU (the block holds the LSTM
+    alone: cuDNN's other flags, reset inside it, touch nothing else)."""
     off = states.is_cuda and torch.is_grad_enabled()
     return torch.backends.cudnn.flags(enabled=False) if off else contextlib.nullcontext()
 
