@@ -238,7 +238,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
 
 
 def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
-    """DQN checkpoints carry the replay buffer and exploration progress: a run stopped after 256
+    """DQN checkpoints carry the replay buffer and exploration progress: a run stopped after 128
     steps and resumed ends with the weights of a run never stopped."""
 
     def args(out):
@@ -246,22 +246,22 @@ def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
             out,
             algo="dqn",
             n_envs=None,
-            total_timesteps=512,
-            checkpoint_every=128,
+            total_timesteps=256,
+            checkpoint_every=64,
             eval_episodes=1,
-            dqn={"learning_starts": 64, "buffer_size": 1000, "target_update_interval": 32},
+            dqn={"learning_starts": 32, "buffer_size": 1000, "target_update_interval": 16},
         )
 
     interrupted = tmp_path / "interrupted"
-    assert train_agent(args(interrupted), stop_at=256) == interrupted / "checkpoint.zip"
-    assert (interrupted / "checkpoints" / f"{256:012d}" / "buffer.pt").exists() and not (
+    assert train_agent(args(interrupted), stop_at=128) == interrupted / "checkpoint.zip"
+    assert (interrupted / "checkpoints" / f"{128:012d}" / "buffer.pt").exists() and not (
         interrupted / "agent.pt"
     ).exists()
     resumed = train_agent(args(interrupted))
     straight = train_agent(args(tmp_path / "straight"))
     assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])
     card = json.loads(straight.with_suffix(".json").read_text())
-    assert card["algo"] == "dqn" and card["timesteps"] == 512 and "--algo dqn" in card["command"]
+    assert card["algo"] == "dqn" and card["timesteps"] == 256 and "--algo dqn" in card["command"]
     assert "--dqn learning_starts=64" in card["command"] and "--dqn gamma" not in card["command"]
     recorded = json.loads((tmp_path / "straight" / "args.json").read_text())
     assert recorded["n_envs"] == 1 and recorded["dqn"]["gamma"] == 0.8 and recorded["dqn"]["buffer_size"] == 1000

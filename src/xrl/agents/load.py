@@ -557,8 +557,10 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
     return policy.to(device)
 
 
-def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> BasePolicy:
-    """An untrained SB3 policy of a registered architecture (to load a state_dict into)."""
+def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo", *, init: bool = True) -> BasePolicy:
+    """An untrained SB3 policy of a registered architecture. ``init=False`` (a policy to load a
+    state_dict into) skips SB3's orthogonal initialisation (``ortho_init=False``): its QR
+    decompositions took half of a load's time, for weights that are overwritten."""
     obs_space = gym.spaces.Box(0, 255, tuple(obs_shape), dtype=np.uint8)
     act_space = gym.spaces.Discrete(int(n_actions))
     kwargs = ARCHS.get(arch).policy_kwargs()
@@ -566,13 +568,15 @@ def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo") -> Bas
         from stable_baselines3.dqn.policies import DQNPolicy
 
         return DQNPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
-    return ActorCriticPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
+    return ActorCriticPolicy(
+        obs_space, act_space, lambda _: 0.0, **{**({} if init else {"ortho_init": False}), **kwargs}
+    )
 
 
 def _fits(arch: str, payload: dict) -> bool:
     """Whether the checkpoint's weights load into architecture ``arch``."""
     try:
-        build_policy(arch, payload["obs_shape"], payload["n_actions"], payload["algo"]).load_state_dict(
+        build_policy(arch, payload["obs_shape"], payload["n_actions"], payload["algo"], init=False).load_state_dict(
             payload["state_dict"]
         )
     except Exception:
@@ -583,7 +587,7 @@ def _fits(arch: str, payload: dict) -> bool:
 def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = True) -> Model:
     payload = load_payload(path, CHECKPOINT_FORMAT) if weights else read_header(path, CHECKPOINT_FORMAT)
     _check_agent_header(path, payload)
-    policy = build_policy(payload["arch"], payload["obs_shape"], payload["n_actions"], payload["algo"])
+    policy = build_policy(payload["arch"], payload["obs_shape"], payload["n_actions"], payload["algo"], init=False)
     try:
         if weights:
             policy.load_state_dict(payload["state_dict"])
