@@ -22,7 +22,8 @@ Reading never runs code from the file: :func:`load_payload` is ``torch.load(weig
 reading the weights (tensors mapped onto the ``meta`` device), and cards are JSON. Files
 written before a format had a ``version`` are version 1. Every problem is an
 :class:`ArtifactError` (a ``ValueError``) of one line naming the file, what was found and what
-was expected. The layer imports only torch, numpy and the standard library (and
+was expected. :func:`open_artifact` reads what a loader needs of a file in one go: its format,
+its card and its payload (with or without the weights). The layer imports only torch, numpy and the standard library (and
 :mod:`xrl.files`), so every floor above it can use it. Details: ``docs/artifacts.md``.
 """
 
@@ -33,6 +34,7 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +234,56 @@ def format_of(path: str | os.PathLike[str]) -> str:
     elif path.suffix == ".zip":
         raise ArtifactError(path, "is not a zip file", "an SB3 model saved with model.save()")
     return str(read_header(path)["format"])
+
+
+def loadable_format(path: str | os.PathLike[str]) -> str:
+    """:func:`format_of` as loaders report it: a ``.pt`` torch cannot read is expected to be an xrl
+    checkpoint (the wording users and tests know)."""
+    path = Path(path)
+    try:
+        return format_of(path)
+    except ArtifactError as err:
+        if path.suffix == ".pt" and "readable" in err.found:
+            raise ArtifactError(
+                path, err.found, "an xrl checkpoint saved by xrl (weights and plain settings)"
+            ) from None
+        raise
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file read for a loader (:func:`open_artifact`): everything the loader dispatches on and builds from."""
+
+    path: Path
+    format: str
+    """an xrl format name, or :data:`SB3_ZIP`"""
+    card: dict[str, Any]
+    """its card (``{}`` when it has none)"""
+    payload: dict[str, Any] | None
+    """its settings and weights (:func:`load_payload`), or settings and shapes alone
+    (:func:`read_header`) when read without weights; None for an SB3 zip (its loader reads it)"""
+
+
+def open_artifact(
+    path: str | os.PathLike[str],
+    *,
+    weights: bool = True,
+    formats: tuple[str, ...] = (SB3_ZIP, *FORMATS),
+    wanted: str = "an artifact",
+    expected: str = "an xrl artifact or an SB3 .zip",
+) -> Artifact:
+    """Read ``path`` for a loader, in this order (so the first problem found is reported): its
+    format (:func:`loadable_format`), refused when not among ``formats`` (``<path> is <kind>, not
+    <wanted>; expected <expected>``), its card (:func:`read_card`), its payload (with the weights
+    unless ``weights`` is False). Nothing in the file runs."""
+    path = Path(path)
+    fmt = loadable_format(path)
+    if fmt not in formats:
+        raise ArtifactError(path, f"is {NOUNS.get(fmt, fmt)}, not {wanted}", expected)
+    card = read_card(path)
+    if fmt == SB3_ZIP:
+        return Artifact(path, fmt, card, None)
+    return Artifact(path, fmt, card, load_payload(path, fmt) if weights else read_header(path, fmt))
 
 
 def save_payload(

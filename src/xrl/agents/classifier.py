@@ -172,6 +172,13 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
     ``weights=False``: built without reading its weights (stand-ins; see ``xrl.load_agent``)."""
     path = Path(path)
     blob = load_payload(path, FORMAT) if weights else read_header(path, FORMAT)
+    net = classifier_net(path, blob, weights=weights)
+    return classifier_model(path, blob, net, read_card(path), weights=weights)
+
+
+def classifier_net(path: Path, blob: dict, *, weights: bool = True) -> nn.Module:
+    """The network of a classifier's payload ``blob`` read from ``path``, its settings checked,
+    with its weights unless ``weights`` is False."""
     arch, size, names = blob.get("arch"), blob.get("size"), blob.get("class_names")
     if not isinstance(arch, str):
         raise ArtifactError(path, f"has arch {arch!r}", "arch the name of a classifier architecture")
@@ -197,14 +204,19 @@ def load_classifier(path: str | Path, *, weights: bool = True) -> Model:
                 f"holds weights that do not fit a {arch} with {len(names)} classes ({first[:200]})",
                 "the weights of the architecture it names",
             ) from None
-    card = read_card(path)
-    info: dict[str, Any] = {"source": str(path), "card": card, "arch": arch}
+    return net
+
+
+def classifier_model(path: Path, blob: dict, net: nn.Module, card: dict, *, weights: bool = True) -> Model:
+    """The Model of a classifier: ``net`` (:func:`classifier_net` of the payload ``blob`` read from
+    ``path``) and the artifact's ``card``."""
+    info: dict[str, Any] = {"source": str(path), "card": card, "arch": blob["arch"]}
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
     return Model(
         net,
-        input_shape=(3, size, size),
-        action_names=names,
+        input_shape=(3, blob["size"], blob["size"]),
+        action_names=blob["class_names"],
         score_kind="class_logits",
         obs_scale=255.0,
         input_range=(0.0, 1.0),

@@ -40,13 +40,13 @@ from xrl._version import __version__  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.agents.nets import ARCHS  # noqa: E402
 from xrl.artifacts import (  # noqa: E402
-    NOUNS,
     SB3_ZIP,
     ArtifactError,
     card_path,
     fingerprint,
-    format_of,
     load_payload,
+    loadable_format,
+    open_artifact,
     read_card,
     read_header,
     save_payload,
@@ -58,6 +58,7 @@ from xrl.ops import resolve_device  # noqa: E402
 from xrl.zoo import ZOO_DIR, zoo_artifacts, zoo_cards  # noqa: E402,F401 (zoo_cards: re-exported)
 
 CHECKPOINT_FORMAT = "xrl.agent"
+CLASSIFIER_FORMAT = "xrl.classifier"
 #: whether ``trust=None`` means trusted (set by :func:`trusting_pickle`, the CLI's ``--trust-pickle``)
 _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("xrl_trust_pickle", default=False)
 
@@ -123,6 +124,7 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
             "(SB3 wraps such envs in VecTransposeImage: use the transposed space)"
         )
     normalized = getattr(policy, "normalize_images", True) and space.dtype == np.uint8
+    input_range = _input_range(space, normalized)
     is_ac = isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(False)
     from xrl.agents.contrib import RecurrentActorScores, scores_of  # QR-DQN, RecurrentPPO (sb3-contrib)
@@ -142,7 +144,7 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
         score_kind=kind,
         value_net=value_net,
         obs_scale=255.0 if normalized else 1.0,
-        input_range=_input_range(space, normalized),
+        input_range=input_range,
         info=info,
     )
 
@@ -256,28 +258,31 @@ def load_agent(
         raise ValueError(
             f"agent files are SB3 .zip, xrl .pt checkpoints or CleanRL .cleanrl_model files, got {path.name!r}"
         )
-    fmt = _format(path)
-    if fmt in ("xrl.mask_network", "xrl.rexl_agent"):
-        raise ArtifactError(
-            path,
-            f"is {NOUNS[fmt]}, not an agent",
-            "an agent or a classifier (xrl.load(path) loads every kind; explainers take "
-            "this file as their network= / agent= setting)",
-        )
-    card = read_card(path)
+    artifact = open_artifact(  # format, card and payload, read once
+        path,
+        weights=weights,
+        formats=(SB3_ZIP, CHECKPOINT_FORMAT, CLASSIFIER_FORMAT),
+        wanted="an agent",
+        expected="an agent or a classifier (xrl.load(path) loads every kind; explainers take "
+        "this file as their network= / agent= setting)",
+    )
+    card = artifact.card
     info = {"env": card.get("env"), "card": card, "source": str(path)}
     if not weights:
         info.update(weights="not loaded", fingerprint=card.get("fingerprint"))
     # stand-in weights: RNG untouched; the networks are built on the device they go to (docs/architecture.md#devices)
     with torch.random.fork_rng(devices=[]) if not weights else contextlib.nullcontext(), torch.device(device):
-        if fmt == SB3_ZIP:
-            model = _load_sb3_zip(path, device, info, trust=trust, weights=weights)
-        elif fmt == "xrl.classifier":
-            from xrl.agents.classifier import load_classifier
-
-            model = load_classifier(path, weights=weights)
+        if artifact.format != CLASSIFIER_FORMAT:
+            if artifact.format == SB3_ZIP:
+                policy = _sb3_zip_policy(path, device, trust=trust, weights=weights)
+            else:
+                policy = _checkpoint_policy(path, artifact.payload or {}, weights=weights)
+            model = model_from_policy(policy.to(device), action_names=card.get("action_names"), info=info)
         else:
-            model = _load_checkpoint(path, device, info, weights=weights)
+            from xrl.agents.classifier import classifier_model, classifier_net
+
+            net = classifier_net(path, artifact.payload or {}, weights=weights)
+            model = classifier_model(path, artifact.payload or {}, net, card, weights=weights)
     want = card.get("fingerprint")
     if weights and isinstance(want, str) and want and (have := model.fingerprint()) != want:
         raise ArtifactError(  # a flipped byte among the weights loads without complaint otherwise
@@ -320,7 +325,7 @@ def load(
     if str(path_or_name).startswith("hf://") or str(path_or_name).endswith(".cleanrl_model"):
         return load_agent(path_or_name, device=device, trust=trust)
     path = resolve(path_or_name)
-    fmt = _format(path)
+    fmt = loadable_format(path)
     if fmt == "xrl.mask_network":
         from xrl.agents.mask_nets import load_mask_network
 
@@ -337,17 +342,6 @@ def load(
 
 
 load_artifact = load
-
-
-def _format(path: Path) -> str:
-    try:
-        return format_of(path)
-    except ArtifactError as err:
-        if path.suffix == ".pt" and "readable" in err.found:  # the wording users and tests know
-            raise ArtifactError(
-                path, err.found, "an xrl checkpoint saved by xrl (weights and plain settings)"
-            ) from None
-        raise
 
 
 def _rexl_model(path: Path) -> Model:
@@ -368,12 +362,13 @@ def _rexl_model(path: Path) -> Model:
     return load_agent(candidate if candidate.exists() else named)
 
 
-def _load_sb3_zip(path: Path, device: str, info: dict, *, trust: bool = False, weights: bool = True) -> Model:
+def _sb3_zip_policy(path: Path, device: str, *, trust: bool = False, weights: bool = True) -> BasePolicy:
+    """The policy of an SB3 ``.zip``: rebuilt without unpickling (:func:`sb3_policy`), or, trusted
+    and with its weights, loaded by Stable-Baselines3 itself."""
     if not zipfile.is_zipfile(path):
         raise ArtifactError(path, "is not a zip file", "an SB3 model saved with model.save()")
-    names = info["card"].get("action_names")
     if not trust or not weights:
-        return model_from_policy(sb3_policy(path, device=device, weights=weights), action_names=names, info=info)
+        return sb3_policy(path, device=device, weights=weights)
     # trusted: Stable-Baselines3 unpickles the ``:serialized:`` entries (runs code from the file).
     # Schedules pickled by other Python versions cannot always be rebuilt; they are not needed.
     custom = {
@@ -391,7 +386,7 @@ def _load_sb3_zip(path: Path, device: str, info: dict, *, trust: bool = False, w
         except Exception as err:  # wrong algorithm class: try the next one
             errors.append(f"{name}: {type(err).__name__}: {err}")
             continue
-        return model_from_policy(loaded.policy, action_names=names, info=info)
+        return loaded.policy
     raise ValueError(f"{path} is not a loadable SB3 (or sb3-contrib) model:\n  " + "\n  ".join(errors))
 
 
@@ -585,7 +580,15 @@ def _fits(arch: str, payload: dict) -> bool:
 
 
 def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = True) -> Model:
+    """The Model of the agent checkpoint ``path`` (read here: what :func:`save_policy` checks)."""
     payload = load_payload(path, CHECKPOINT_FORMAT) if weights else read_header(path, CHECKPOINT_FORMAT)
+    policy = _checkpoint_policy(path, payload, weights=weights)
+    return model_from_policy(policy.to(device), action_names=info["card"].get("action_names"), info=info)
+
+
+def _checkpoint_policy(path: Path, payload: dict, *, weights: bool = True) -> BasePolicy:
+    """The SB3 policy of an agent checkpoint's payload (its settings checked; its weights loaded
+    unless ``weights`` is False), on the CPU or the current default device."""
     _check_agent_header(path, payload)
     policy = build_policy(payload["arch"], payload["obs_shape"], payload["n_actions"], payload["algo"], init=False)
     try:
@@ -603,7 +606,7 @@ def _load_checkpoint(path: Path, device: str, info: dict, *, weights: bool = Tru
             f"{path}: its weights do not fit architecture {payload['arch']!r} with observations "
             f"{payload['obs_shape']}; {hint}. torch: {' '.join(detail)[:300]}"
         ) from err
-    return model_from_policy(policy.to(device), action_names=info["card"].get("action_names"), info=info)
+    return policy
 
 
 #: sane bounds on the sizes an agent file declares, checked before a network is built from them (a
