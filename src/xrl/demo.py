@@ -40,6 +40,19 @@ from xrl.viz.overlay import explanation_grid
 
 ENV = "red-fetch-green"
 QUICK = {"n_states": 6, "episodes": 2, "max_steps": 12, "lipschitz_samples": 2}
+#: ``quick=True``'s method settings over the spec's: the slow methods' samples, steps and windows
+#: cut ~5x (the sanity check re-explains every state once per randomized layer, so these set the
+#: quick demo's time); the same code paths, not the spec's budgets
+QUICK_METHODS = {
+    "rise": {"n_masks": 100},
+    "extremal_perturbation": {"iterations": 10},
+    "lime": {"n_samples": 60},
+    "occlusion": {"stride": 8},
+    "greydanus": {"stride": 8},
+    "sarfa": {"stride": 8},
+    "smoothgrad": {"n_samples": 8},
+    "integrated_gradients": {"n_steps": 8},
+}
 #: the papers' agents, one section each: folder -> (shipped spec, what it shows)
 SECTIONS = {
     "digr": ("quick_digr", "DIGR student (Xing et al. 2022): its vanilla gradient, beside the teacher's"),
@@ -90,6 +103,9 @@ def demo_spec(agent: Path, *, quick: bool, seed: int):
         data["n_states"] = QUICK["n_states"]
         data["agents"][0].update(episodes=QUICK["episodes"], max_steps=QUICK["max_steps"])
         data["metric_settings"]["lipschitz"]["n_samples"] = QUICK["lipschitz_samples"]
+        settings = data.setdefault("method_settings", {})
+        for method, values in QUICK_METHODS.items():
+            settings[method] = {**settings.get(method, {}), **values}
     return parse_spec(data)
 
 
