@@ -1,7 +1,11 @@
 """The layout of a bench results folder (module docstring of :mod:`xrl.bench.runner`): where a
-job's files live, whether a job is done, which states go to the gallery, and reading a job's
-maps. Shared by the runner (writes), :mod:`xrl.bench.results` (merges) and :mod:`xrl.report`
-(reads), so none of them imports another for these.
+job's files live, how the results name them, whether a job is done, which states go to the
+gallery, and reading a job's maps. Shared by the runner (writes), :mod:`xrl.bench.results`
+(merges) and :mod:`xrl.report` (reads), so none of them imports another for these.
+
+A prepared spec is laid out in its folder once (:func:`plan`): the grid of jobs, the dataset of
+each (agent, seed), the collections to make and the spec as recorded. The runner and the merge
+read that :class:`Plan` instead of asking the spec again.
 """
 
 from __future__ import annotations
@@ -9,11 +13,36 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xrl.bench.spec import Job, Spec
+from xrl.bench.spec import AgentSpec, Job, Spec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A prepared spec laid out in the results folder ``out`` (:func:`plan`)."""
+
+    out: Path
+    spec: Spec
+    resolved: dict
+    """the spec with every choice made (:meth:`Spec.resolved`), as ``spec.json`` and ``results.json`` record it"""
+    jobs: list[Job]
+    """the grid (:meth:`Spec.jobs`)"""
+    data: dict[tuple[str, int], Path]
+    """the dataset of each (agent, seed) (:func:`data_path`)"""
+    collections: list[tuple[AgentSpec, int]]
+    """the (agent, seed) whose states are collected into their dataset (agents without a ``data`` file)"""
+
+
+def plan(spec: Spec, out: str | os.PathLike) -> Plan:
+    """``spec`` (prepared: its jobs final) laid out in the results folder ``out``, once."""
+    out = Path(out)
+    data = {(a.name, s): data_path(out, spec, a.name, s) for a in spec.agents for s in spec.seeds}
+    collections = [(a, s) for a in spec.agents if a.data is None for s in spec.seeds]
+    return Plan(out, spec, spec.resolved(), spec.jobs(), data, collections)
 
 
 def job_paths(out: Path, job: Job) -> dict[str, Path]:
@@ -41,6 +70,14 @@ def is_done(out: Path, job: Job) -> bool:
         return json.loads(path.read_text())["job"]["key"] == job.key
     except (ValueError, KeyError):
         return False
+
+
+def relative(path: Path, out: Path) -> str:
+    """``path`` as the results record it: relative to the folder ``out`` when inside it, else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
 
 
 def gallery_positions(n: int, k: int) -> np.ndarray:

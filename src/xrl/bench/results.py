@@ -29,7 +29,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths
+from xrl.bench.layout import Plan, gallery_positions, is_done, job_paths, plan, relative
 from xrl.bench.spec import Spec
 from xrl.files import atomic_path, write_json
 
@@ -49,11 +49,15 @@ def versions() -> dict[str, str]:
 
 def merge(spec: Spec, out: str | os.PathLike) -> dict:
     """Gather every job of ``spec`` found in ``out`` into ``results.json`` and ``results.csv``."""
+    return write_results(plan(spec, out))
 
-    out = Path(out)
+
+def write_results(laid: Plan) -> dict:
+    """:func:`merge` of a spec already laid out in its folder (:func:`xrl.bench.layout.plan`)."""
+    spec, out = laid.spec, laid.out
     groups, failed, missing = [], [], []
     by_group: dict[tuple, dict] = {}
-    for job in spec.jobs():
+    for job in laid.jobs:
         g = by_group.get((job.agent, job.seed))
         if g is None:
             agent = next(a for a in spec.agents if a.name == job.agent)
@@ -61,7 +65,7 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
                 "agent": job.agent,
                 "env": agent.env,
                 "seed": job.seed,
-                "data": _relative(data_path(out, spec, job.agent, job.seed), out),
+                "data": relative(laid.data[job.agent, job.seed], out),
                 "rows": None,
                 "gallery_rows": None,
                 "methods": [],
@@ -94,7 +98,7 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
             g["curves"][job.method] = r["curves"]
             g["seconds"][job.method] = r["seconds"]
             g["seconds_by_step"][job.method] = r.get("seconds_by_step", {})  # absent in jobs before it
-            g["maps"][job.method] = _relative(paths["npz"], out)
+            g["maps"][job.method] = relative(paths["npz"], out)
         elif paths["error"].exists():
             e = json.loads(paths["error"].read_text())
             failed.append({"id": job.id, "error": e["error"], "traceback": e["traceback"]})
@@ -104,10 +108,10 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
         for g in groups:
             if g["rows"] is not None:
                 g["gallery_rows"] = [g["rows"][i] for i in gallery_positions(len(g["rows"]), spec.gallery)]
-    n = len(spec.jobs())
+    n = len(laid.jobs)
     doc = {
         "format": FORMAT,
-        "spec": spec.resolved(),
+        "spec": laid.resolved,
         "spec_text": spec.text,
         "versions": versions(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -130,13 +134,6 @@ def merge(spec: Spec, out: str | os.PathLike) -> dict:
 
 def _cell(x) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
-
-
-def _relative(path: Path, out: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(out.resolve()))
-    except ValueError:
-        return str(Path(path).resolve())
 
 
 def load_results(folder: str | os.PathLike) -> dict:

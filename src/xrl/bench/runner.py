@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
-from xrl.bench.layout import data_path, gallery_positions, is_done, job_paths
+from xrl.bench.layout import Plan, data_path, gallery_positions, is_done, job_paths, plan
 from xrl.bench.prepare import prepare
 from xrl.bench.spec import Job, Spec, load_spec
 from xrl.data.collect import collect
@@ -53,7 +53,6 @@ __all__ = [
     "run_bench",
     "run_job",
     "prepare",
-    "collect_states",
     "job_paths",
     "data_path",
     "is_done",
@@ -173,19 +172,30 @@ def run_bench(
     One run at a time per results folder (``out/.lock``, :class:`xrl.files.FolderLock`)."""
     _check_executor(ray, workers, processes)
     here = ray is None or ray == "auto"  # this machine runs the jobs (not a cluster's workers)
-    spec, models = prepare(spec if isinstance(spec, Spec) else load_spec(spec), here=here)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec, models = prepare(spec, here=here)
     out = Path(out) if out is not None else Path("bench-results") / spec.name
     out.mkdir(parents=True, exist_ok=True)
-    if ray is not None:
-        run = _on_ray(ray, workers, spec.device, spec.gpus())
-    elif processes and processes > 1:
-        run = _in_processes(processes, spec.device)
-    else:
-        run = _in_process(spec.device)
+    laid = plan(spec, out)
+    run = _on_ray(ray, workers, spec.device, spec.gpus()) if ray is not None else _locally(processes or 1, spec.device)
     with FolderLock(out / ".lock", str(out), "wait for it to finish or use another results folder (--out)"):
-        _write_spec(spec, out)
-        collect_states(spec, models, out, progress)
-        _run_jobs(spec, models, out, run, progress)
+        if spec.text is not None:  # the spec as written (spec.toml) and as resolved (spec.json)
+            with atomic_path(out / "spec.toml") as tmp:
+                tmp.write_text(spec.text)
+        write_json(out / "spec.json", laid.resolved)
+        for agent, seed in laid.collections:  # the states, once per (agent, seed), resumable
+            collect(
+                models[agent.name],
+                episodes=agent.episodes,
+                out=laid.data[agent.name, seed],
+                env=agent.env,
+                env_settings=agent.env_settings,
+                seed=seed,
+                max_steps=agent.max_steps,
+                sample=agent.sample,
+                progress=progress,
+            )
+        _run_jobs(laid, models, run, progress)
     return out
 
 
@@ -204,38 +214,12 @@ def _check_executor(ray: str | None, workers: int | None, processes: int | None)
         check_reachable(ray)
 
 
-def _write_spec(spec: Spec, out: Path) -> None:
-    """The spec as written (``spec.toml``) and as resolved (``spec.json``)."""
-    if spec.text is not None:
-        with atomic_path(out / "spec.toml") as tmp:
-            tmp.write_text(spec.text)
-    write_json(out / "spec.json", spec.resolved())
-
-
-def collect_states(spec: Spec, models: dict[str, Model], out: Path, progress: bool = False) -> None:
-    """Collect the states once per (agent, seed) into ``out/data`` (resumable); agents with a
-    ``data`` file collect nothing."""
-    for agent in spec.agents:
-        for seed in spec.seeds if agent.data is None else ():
-            collect(
-                models[agent.name],
-                episodes=agent.episodes,
-                out=data_path(out, spec, agent.name, seed),
-                env=agent.env,
-                env_settings=agent.env_settings,
-                seed=seed,
-                max_steps=agent.max_steps,
-                sample=agent.sample,
-                progress=progress,
-            )
-
-
-def _run_jobs(spec: Spec, models: dict[str, Model], out: Path, run: Callable, progress: bool) -> None:
+def _run_jobs(laid: Plan, models: dict[str, Model], run: Callable, progress: bool) -> None:
     """The jobs not already done, run by ``run`` (an executor) and saved as they finish; then the merge."""
-    from xrl.bench.results import merge
+    from xrl.bench.results import write_results
 
-    jobs = spec.jobs()
-    todo = [(j, models[j.agent], data_path(out, spec, j.agent, j.seed)) for j in jobs if not is_done(out, j)]
+    spec, out, jobs = laid.spec, laid.out, laid.jobs
+    todo = [(j, models[j.agent], laid.data[j.agent, j.seed]) for j in jobs if not is_done(out, j)]
     if progress:
         print(
             f"xrl bench {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
@@ -256,7 +240,7 @@ def _run_jobs(spec: Spec, models: dict[str, Model], out: Path, run: Callable, pr
                 bar.set_postfix_str(
                     f"{job.id} {'FAILED' if 'error' in output else 'done'}" + (f", {failed} failed" if failed else "")
                 )
-            merge(spec, out)
+            write_results(laid)
         except OSError as err:
             if not is_disk_full(err):
                 raise
@@ -273,28 +257,20 @@ def _run_jobs(spec: Spec, models: dict[str, Model], out: Path, run: Callable, pr
         )
 
 
-def _in_process(device: str) -> Callable:
-    """Jobs one after another in this process."""
+def _locally(n: int, device: str) -> Callable:
+    """Jobs on this machine: one after another in this process (``n == 1``, or fewer than two
+    jobs: not worth starting processes), else in ``n`` fresh local processes (spawned: no state
+    inherited from this one), yielded as they finish; the longest kinds of job start first so the
+    last ones to finish are short."""
 
     def run(todo: list[Task]) -> Iterator[tuple[Job, dict]]:
-        for job, model, data in todo:
-            yield job, _guarded(job, model, data, device)
-
-    run.where = "in process"  # type: ignore[attr-defined]
-    return run
-
-
-def _in_processes(n: int, device: str) -> Callable:
-    """Jobs in ``n`` fresh local processes (spawned: no state inherited from this one), yielded
-    as they finish; the longest kinds of job start first so the last ones to finish are short."""
-
-    def run(todo: list[Task]) -> Iterator[tuple[Job, dict]]:
+        if n == 1 or len(todo) < 2:
+            for job, model, data in todo:
+                yield job, _guarded(job, model, data, device)
+            return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        if len(todo) < 2:  # not worth starting processes
-            yield from _in_process(device)(todo)
-            return
         order = sorted(
             todo, key=lambda t: SLOW_FIRST.index(t[0].method) if t[0].method in SLOW_FIRST else len(SLOW_FIRST)
         )
@@ -304,11 +280,11 @@ def _in_processes(n: int, device: str) -> Callable:
             for done in as_completed(running):
                 yield running[done], done.result()
 
-    run.where = f"in {n} processes"  # type: ignore[attr-defined]
+    run.where = "in process" if n == 1 else f"in {n} processes"  # type: ignore[attr-defined]
     return run
 
 
-#: jobs started first by :func:`_in_processes` (the slowest methods of the quick bench)
+#: jobs started first by :func:`_locally` (the slowest methods of the quick bench)
 SLOW_FIRST = (
     "extremal_perturbation",
     "rise",
