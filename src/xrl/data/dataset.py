@@ -448,6 +448,11 @@ def _create(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, co
     )
 
 
+def _row_shapes(file: h5py.File) -> dict[str, tuple[int, ...]]:
+    """Row shapes of a collection's per-step datasets (``labels`` only if it has them)."""
+    return {k: file[k].shape[1:] for k in _ROWS if k in file}
+
+
 class _Piece(NamedTuple):
     """One file of committed episodes in a ``.partial`` folder."""
 
@@ -503,7 +508,7 @@ class StateDatasetWriter:
             shutil.rmtree(self.dir)
         if self.dir.exists() and restart:
             shutil.rmtree(self.dir)
-        if self.dir.exists():
+        if self.dir.exists():  # an interrupted collection: read what it committed
             stored = json.loads(meta_file.read_text())
             differ = meta_differences(stored, wanted)
             if differ:
@@ -512,22 +517,23 @@ class StateDatasetWriter:
                     f"{self.dir} holds an interrupted collection with other settings "
                     f"({details}); delete it or pass overwrite=True to start again"
                 )
-        else:
+            self._pieces = self._scan()
+            self._layout = self._read_layout()
+        else:  # a new one: nothing committed yet
+            self._pieces, self._layout = [], None
             self.dir.mkdir(parents=True)
             write_json(meta_file, self._meta)
         self._tmp = self.dir / "episode.tmp"
         self._tmp.unlink(missing_ok=True)  # the episode a kill interrupted
         self._file: h5py.File | None = None  # the current episode's, once it has rows
         self._rows = 0  # rows in the current episode
-        self._pieces = self._scan()
-        self._layout = self._read_layout()
 
     def _read_layout(self) -> dict[str, tuple[int, ...]] | None:
         """Row shapes of the per-step datasets (``labels`` only if the collection has them)."""
         if not self._pieces:
             return None
         with h5py.File(self._pieces[0].path, "r") as file:
-            return {k: file[k].shape[1:] for k in _ROWS if k in file}
+            return _row_shapes(file)
 
     def _scan(self) -> list[_Piece]:
         """The committed pieces, contiguous from episode 0."""
@@ -563,14 +569,15 @@ class StateDatasetWriter:
         """Continue a complete dataset of the same collection (to add episodes to it)."""
         if self._pieces:
             raise ValueError("start_from needs an empty collection")
-        with StateDataset.open(dataset) as ds:
+        with StateDataset.open(dataset) as ds:  # everything the copy is read once, from it
             differ = meta_differences(ds.meta, {k: json.loads(v) for k, v in self._meta.items()})
+            piece = _Piece(self.dir / f"{0:07d}.h5", 0, ds.episode_returns, ds.episode_lengths)
+            layout = _row_shapes(ds._h5())
         if differ:
             raise ValueError(f"{dataset} is another collection (different {', '.join(differ)})")
-        with atomic_path(self.dir / f"{0:07d}.h5") as tmp:
+        with atomic_path(piece.path) as tmp:
             shutil.copyfile(dataset, tmp)
-        self._pieces = self._scan()
-        self._layout = self._read_layout()
+        self._pieces, self._layout = [piece], layout
 
     def truncate(self, n_episodes: int) -> None:
         """Forget the committed episodes from ``n_episodes`` on."""
