@@ -119,6 +119,28 @@ def test_save_payload_writes_format_version_card_sha256_and_fingerprint(tmp_path
         load_payload(tmp_path / "new.pt")
 
 
+def test_open_artifact_reads_format_card_and_payload_once_in_the_order_problems_are_told(tmp_path):
+    from xrl.artifacts import open_artifact
+
+    net = nn.Linear(3, 2)
+    settings = {"arch": "x", "size": 4, "class_names": ["a", "b"]}
+    path = save_payload(tmp_path / "c.pt", "xrl.classifier", settings, net.state_dict(), card={"what": "test"})
+    art = open_artifact(path)
+    assert art.path == path and art.format == "xrl.classifier"
+    assert art.card == json.loads(path.with_suffix(".json").read_text())  # the card as written
+    stored = torch.load(path, weights_only=True)
+    assert {k: art.payload[k] for k in settings} == settings and art.payload["format"] == stored["format"]
+    assert all(torch.equal(art.payload["state_dict"][k], v) for k, v in net.state_dict().items())
+    header = open_artifact(path, weights=False).payload  # settings and shapes, no weights read
+    assert header["state_dict"]["weight"].device.type == "meta" and header["arch"] == "x"
+    # a format the loader does not take is refused first (before its card, here damaged, is read)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"c.pt is an xrl classifier, not an agent; expected agents only$"):
+        open_artifact(path, formats=("xrl.agent",), wanted="an agent", expected="agents only")
+    with pytest.raises(ArtifactError, match=r"c.json is not valid JSON"):  # then the card, before the payload
+        open_artifact(path)
+
+
 # -- datasets carry their agent's fingerprint ------------------------------------------------------
 
 DATA = ZOO_DIR / "red-fetch-green-visionmask" / "expert.h5"  # collected by the zoo red-fetch-green agent
