@@ -399,3 +399,24 @@ def test_unknown_setting_is_refused():
 def test_nonpositive_tile_size_or_max_steps_raise(settings):
     with pytest.raises(ValueError):
         make_env(NAME, **settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"object_type": "key"}, {"size": 6, "tile_size": 5, "render_tile_size": 12}, {"labels": "objects"}],
+)
+def test_frames_are_minigrids_own_render(settings):
+    """Observations and render() equal MiniGrid's get_frame along seeded random episodes (resets,
+    turns, moves, pickups that change the grid), though drawn from a cached room."""
+    env = make_env(NAME, **settings)
+    inner = env.unwrapped
+    rng = np.random.default_rng(0)
+    for episode in range(6):
+        obs, _ = env.reset(seed=episode)
+        for _ in range(40):
+            assert np.array_equal(obs, inner.get_frame(False, inner.tile_size).transpose(2, 0, 1))
+            assert np.array_equal(env.render(), inner.get_frame(False, inner.render_tile_size))
+            obs, _, terminated, truncated, _ = env.step(int(rng.choice(4, p=[0.25, 0.25, 0.3, 0.2])))
+            if terminated or truncated:
+                assert np.array_equal(obs, inner.get_frame(False, inner.tile_size).transpose(2, 0, 1))
+                break
