@@ -345,12 +345,12 @@ def cmd_evaluate(args) -> None:
     from xrl.evaluation import evaluate
 
     _out_folder(args.out)
-    model = load_agent(args.agent, device=_device(args))
-    methods = _methods_for(model, args.methods, args.setting)
-    metrics = _method_settings(
-        args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting", registry=METRICS
-    )
-    with StateDataset.open(args.data) as ds:
+    with StateDataset.open(args.data) as ds:  # the cheap check first: a missing file before the agent loads
+        model = load_agent(args.agent, device=_device(args))
+        methods = _methods_for(model, args.methods, args.setting)
+        metrics = _method_settings(
+            args.metrics or ",".join(list_metrics()), args.metric_setting, "metric-setting", registry=METRICS
+        )
         _fits(model, ds)
         _within_data("--n-states", args.n_states, ds)
         result = evaluate(
