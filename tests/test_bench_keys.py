@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import xrl.zoo
+import xrl.agents.load  # noqa: F401 (imported before the fixture patches xrl.zoo.ZOO_DIR: a module
+import xrl.zoo  # that first imports during the patch would keep the temporary zoo for the whole run)
 from xrl.agents.mask_nets import load_mask_network, save_mask_network
 from xrl.artifacts import fingerprint, read_card, sha256
 from xrl.bench import load_spec
