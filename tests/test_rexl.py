@@ -352,3 +352,31 @@ def test_rexl_deletion_learning_curve_picks_the_snapshot_on_validation_states(tm
     assert rows[0]["validation deletion"] == pytest.approx(float(deletion.double().mean()), abs=1e-6)
     table = json.loads((out / "table1.json").read_text())["rows"]
     assert any(r["method"] == "RExL-DS val.-chosen (100 steps)" for r in table)  # ties: the first
+
+
+def test_rexl_deletion_learning_curve_on_shapes_validates_on_the_val_split(tmp_path):
+    """For the shapes classifier the snapshots are chosen on its ``val`` split (not on agent
+    episodes, which a classifier has none of): the validation row equals the deletion of the
+    snapshot's maps on the first val images, recomputed here."""
+    import shutil
+
+    import xrl
+    from xrl.agents.load import ZOO_DIR
+    from xrl.data.shapes import split
+    from xrl.reproduce import TARGETS, run_target
+
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copy(ZOO_DIR / "shapes-rexl-ds" / f"rexl{suffix}", snaps / f"rexl-{100:09d}{suffix}")
+    out = tmp_path / "out"
+    overrides = {"settings": ["shapes"], "curve": {"shapes": str(snaps)}, "cs": []}
+    run_target(TARGETS.get("rexl-deletion"), out, quick=True, overrides=overrides, progress=False)
+    assert [r["steps"] for r in json.loads((out / "curve.json").read_text())["rows"]] == [100]
+    stored = json.loads((out / "rows" / "shapes-validation-100.json").read_text())["value"]["deletion"]
+    model = xrl.load_agent(ZOO_DIR / "shapes-cnn" / "classifier.pt")
+    val = split("val", len(stored), size=model.input_shape[-1], seed=0)
+    states, targets = torch.from_numpy(val.images).float() / 255, torch.from_numpy(val.labels)
+    maps = xrl.get_explainer("rexl", model, agent=str(snaps / "rexl-000000100.pt"), seed=0).explain(states, targets)
+    deletion = xrl.get_metric("deletion")(model=model, states=states, saliency=maps, targets=targets)
+    assert torch.allclose(torch.as_tensor(stored, dtype=torch.float64), deletion.double(), atol=1e-6)

@@ -74,10 +74,12 @@ def load_states(
     run: TargetRun | None = None,
     test_seed: int = 0,
     name: str = "test-episodes",
+    part: str = "test",
 ):
     """States, targets and labels (or None) of the evaluation images, on the model's device.
     ``data="episodes"``: the first ``n`` states of fresh greedy episodes of the agent on seeds
-    ``test_seed + i`` (as many episodes as it takes, collected into the run's ``data/``)."""
+    ``test_seed + i`` (as many episodes as it takes, collected into the run's ``data/``);
+    ``data="shapes"``: the first ``n`` images of the shapes split ``part`` (``test`` or ``val``)."""
     import torch
 
     device = model.device  # the states follow the model (the run's device)
@@ -107,7 +109,7 @@ def load_states(
     if data == "shapes":
         from xrl.data.shapes import object_labels, split
 
-        test = split("test", n, size=model.input_shape[-1], seed=seed)
+        test = split(part, n, size=model.input_shape[-1], seed=seed)
         return (
             torch.from_numpy(test.images).to(device).float() / 255,
             torch.from_numpy(test.labels).to(device),
@@ -363,8 +365,9 @@ def _curve(
 ) -> tuple[list[dict], tuple[int, dict]]:
     """Rows of the learning curve: each snapshot of ``s["curve"][name]`` (a folder of
     ``rexl-<steps>.pt``, ``xrl train rexl --snapshot-every``) scored on the test states and, for
-    the choice, on validation states (fresh greedy episodes from :data:`VALIDATION_SEED`, disjoint
-    from the test and training seeds); returns the rows and ``(steps, test values)`` of the
+    the choice, on validation states (an agent's: fresh greedy episodes from
+    :data:`VALIDATION_SEED`, disjoint from the test and training seeds; the shapes classifier's:
+    its ``val`` split); returns the rows and ``(steps, test values)`` of the
     snapshot with the lowest validation deletion."""
     folder = Path(s["curve"][name])
     if not folder.is_absolute() and not folder.exists():  # a zoo folder: red-fetch-green-rexl-ds/snapshots
@@ -372,8 +375,16 @@ def _curve(
     snaps = sorted(folder.glob("rexl-*.pt"))
     if not snaps:
         raise ValueError(f"rexl-deletion: curve folder {folder} holds no rexl-<steps>.pt snapshots")
-    val_states, val_targets, _ = load_states(
-        model, "episodes", len(states), 0, s["seed"], run, VALIDATION_SEED, "validation-episodes"
+    val_states, val_targets, _ = load_states(  # shapes: the val split; agents: fresh validation episodes
+        model,
+        "shapes" if cfg["data"] == "shapes" else "episodes",
+        len(states),
+        0,
+        s["seed"],
+        run,
+        VALIDATION_SEED,
+        "validation-episodes",
+        part="val",
     )
     rows, chosen, best = [], None, float("inf")
     for snap in snaps:
