@@ -341,7 +341,8 @@ def _write_tables(run: TargetRun, tables: dict) -> None:
             tables["curve"],
             ["setting", "agent", "steps", "validation deletion", "deletion", "insertion", "deletion minus RISE"],
             title="Learning curve: test deletion ↓ and insertion ↑ of RExL-DS snapshots against ACER steps "
-            "(the same test states; RISE's deletion beside); validation deletion on other fresh episodes picks "
+            "(the same test states; RISE's deletion beside); validation deletion on other states "
+            "(fresh episodes; shapes: its val split) picks "
             f"{CHOSEN}",
         )
         _curve_figure(run, tables["curve"])
