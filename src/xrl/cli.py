@@ -811,9 +811,10 @@ def main(argv: list[str] | None = None) -> int:
 
 #: failures of a user's input or files (bad settings, missing or damaged files, a locked run
 #: folder, a diverged training, memory beyond XRL_MAX_ALLOC_GB or the machine's): one line with the
-#: path or setting, exit 2; anything else is a bug
-#: and keeps its traceback. ``--debug`` shows the traceback of these too.
-EXPECTED = (ValueError, TypeError, OSError, RunLocked, FloatingPointError, EOFError, zipfile.BadZipFile, MemoryError)
+#: path or setting, exit 2; anything else is a bug and keeps its traceback, a ``TypeError`` too (a
+#: setting of the wrong type raises :class:`xrl.errors.SettingTypeError`, a ValueError). ``--debug``
+#: shows the traceback of these too.
+EXPECTED = (ValueError, OSError, RunLocked, FloatingPointError, EOFError, zipfile.BadZipFile, MemoryError)
 
 
 def _message(err: BaseException) -> str:

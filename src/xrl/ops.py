@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xrl.errors import SettingTypeError
+
 # ------------------------------------------------------------------ batches and the allocator
 
 #: glibc ``mallopt`` settings for xrl's own processes (the CLI sets them at start): tensors up
@@ -152,12 +154,12 @@ def target_function(model: nn.Module, states: torch.Tensor, targets: Targets) ->
         with torch.no_grad():
             index = model(states).argmax(-1)
     elif isinstance(targets, bool):
-        raise TypeError("targets must be an int, a (B,) integer tensor, a callable or None; got a bool")
+        raise SettingTypeError("targets must be an int, a (B,) integer tensor, a callable or None; got a bool")
     elif isinstance(targets, int):
         index = torch.full((n,), targets, dtype=torch.long, device=states.device)
     elif isinstance(targets, torch.Tensor):
         if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
-            raise TypeError(f"target indices must be an integer tensor, got {targets.dtype}")
+            raise SettingTypeError(f"target indices must be an integer tensor, got {targets.dtype}")
         if targets.dim() == 0:
             targets = targets.expand(n)
         if tuple(targets.shape) != (n,):

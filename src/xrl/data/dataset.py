@@ -51,6 +51,7 @@ import torch
 
 from xrl._version import __version__
 from xrl.envs.labels import EXCLUDED
+from xrl.errors import SettingTypeError
 from xrl.files import atomic_path, check_free, write_json
 
 FORMAT = "xrl.StateDataset"
@@ -343,7 +344,7 @@ def _read_rows(dset: h5py.Dataset, idx: Index) -> np.ndarray:
     else:
         rows = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx).reshape(-1)
         if rows.dtype == np.bool_ or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
-            raise TypeError(f"row indices must be integers, got dtype {rows.dtype}")
+            raise SettingTypeError(f"row indices must be integers, got dtype {rows.dtype}")
         if rows.size and (rows.min() < -n or rows.max() >= n):
             raise IndexError(f"row index out of range for a dataset of {n} rows")
         rows = np.where(rows < 0, rows + n, rows)

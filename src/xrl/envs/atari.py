@@ -71,6 +71,7 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, Reshap
 
 from xrl.envs import atari_objects
 from xrl.envs.registry import ENVS, FAMILIES
+from xrl.errors import SettingTypeError
 
 SCREEN_SIZE = 84
 FRAME_SKIP = 4
@@ -162,7 +163,7 @@ def _check_settings(name: str, settings: dict) -> None:
     """Refuse settings of the wrong type or range, and labels or ``infinite`` for a game without them."""
     for key in ("sticky_actions", "full_action_space", "terminal_on_life_loss", "labels", "infinite"):
         if not isinstance(settings[key], bool):
-            raise TypeError(f"{key} must be a bool, got {settings[key]!r}")
+            raise SettingTypeError(f"{key} must be a bool, got {settings[key]!r}")
     for key, low in (("frame_stack", 1), ("noop_max", 0)):
         number = settings[key]
         if isinstance(number, bool) or not isinstance(number, int) or number < low:

@@ -58,6 +58,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import FrameStackObservation
 
+from xrl.errors import SettingTypeError
+
 _WRAPPER_PACKAGES = ("gymnasium.wrappers", "minigrid.wrappers")
 _ATARI_STYLES = ("sb3", "cleanrl")
 _SB3_ATARI_KWARGS = ("noop_max", "frame_skip", "screen_size", "terminal_on_life_loss", "clip_reward")
@@ -86,7 +88,7 @@ def make_gym_env(
     if unknown:
         raise ValueError(f"atari_kwargs {unknown}: SB3's AtariWrapper takes {', '.join(_SB3_ATARI_KWARGS)}")
     if not isinstance(gray, bool):
-        raise TypeError(f"gray must be a bool, got {gray!r}")
+        raise SettingTypeError(f"gray must be a bool, got {gray!r}")
     if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
         raise ValueError(f"frame_stack must be an int >= 1, got {frame_stack!r}")
     if frame_stack_padding not in ("reset", "zero"):

@@ -31,6 +31,7 @@ import numpy as np
 from xrl.envs import screens
 from xrl.envs.labels import EXCLUDED, IMPORTANT, LabelsInInfo
 from xrl.envs.registry import ENVS, EXTRAS, FAMILIES, import_extra
+from xrl.errors import SettingTypeError
 
 NAME = "highway-fast"
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -109,7 +110,7 @@ def make_highway(
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or scaling <= 0:
         raise ValueError(f"scaling must be a positive number, got {scaling!r}")
     if not isinstance(labels, bool):
-        raise TypeError(f"labels must be a bool, got {labels!r}")
+        raise SettingTypeError(f"labels must be a bool, got {labels!r}")
     config = {
         "observation": {
             "type": "GrayscaleObservation",

@@ -36,6 +36,7 @@ from gymnasium.wrappers import FrameStackObservation
 
 from xrl.envs import screens
 from xrl.envs.registry import ENVS, EXTRAS, FAMILIES, import_extra
+from xrl.errors import SettingTypeError
 
 SCENARIOS = {"vizdoom-basic": "basic.cfg", "vizdoom-defend-the-center": "defend_the_center.cfg"}
 RESOLUTIONS = ("160x120", "320x240", "640x480")
@@ -120,7 +121,7 @@ def make_vizdoom(
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     if not isinstance(labels, bool):
-        raise TypeError(f"labels must be a bool, got {labels!r}")
+        raise SettingTypeError(f"labels must be a bool, got {labels!r}")
     env = VizdoomScenarioEnv(
         SCENARIOS[name],
         frame_skip=frame_skip,

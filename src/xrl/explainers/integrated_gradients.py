@@ -28,6 +28,7 @@ import time
 import torch
 
 from xrl.agents.model import Model
+from xrl.errors import SettingTypeError
 from xrl.explainers.base import EXPLAINERS
 from xrl.explainers.gradient import Gradient
 from xrl.limits import check_memory, check_time
@@ -108,7 +109,7 @@ def _checked_baseline(baseline: float | torch.Tensor, shape: tuple) -> float | t
     """A float, or a float tensor ``(C, H, W)`` (or broadcastable to it, or ``(1, C, H, W)``)."""
     if isinstance(baseline, torch.Tensor):
         if not baseline.is_floating_point():
-            raise TypeError(f"a baseline tensor must be float (a state), got {baseline.dtype}")
+            raise SettingTypeError(f"a baseline tensor must be float (a state), got {baseline.dtype}")
         state = baseline[0] if baseline.dim() == 4 and baseline.shape[0] == 1 else baseline
         try:
             ok = state.dim() <= 3 and torch.broadcast_shapes(state.shape, shape) == torch.Size(shape)
@@ -122,5 +123,5 @@ def _checked_baseline(baseline: float | torch.Tensor, shape: tuple) -> float | t
             raise ValueError("the baseline contains NaN or Inf values")
         return state.detach().clone()
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
-        raise TypeError(f"baseline must be a finite float (0.0 = black) or a state tensor, got {baseline!r}")
+        raise SettingTypeError(f"baseline must be a finite float (0.0 = black) or a state tensor, got {baseline!r}")
     return float(baseline)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from xrl.envs.labels import EXCLUDED
+from xrl.errors import SettingTypeError
 from xrl.metrics.base import METRICS, Metric
 from xrl.ops import gaussian_blur
 
@@ -152,13 +153,13 @@ def _distribution(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def _check_fixations(labels: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be (B, H, W) integer fixation counts, got {type(labels).__name__}")
+        raise SettingTypeError(f"labels must be (B, H, W) integer fixation counts, got {type(labels).__name__}")
     if labels.dim() != 3 or labels.shape[0] != saliency.shape[0]:
         raise ValueError(
             f"labels must be fixation maps (B, H, W) with B = {saliency.shape[0]}, got {tuple(labels.shape)}"
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer fixation counts, got {labels.dtype}")
+        raise SettingTypeError(f"labels must be integer fixation counts, got {labels.dtype}")
     if ((labels < 0) & (labels != EXCLUDED)).any():
         raise ValueError(
             f"fixation counts must be >= 0 ({EXCLUDED} = excluded pixel), got "

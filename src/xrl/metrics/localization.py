@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from xrl.envs.labels import EXCLUDED, IMPORTANT, UNIMPORTANT
+from xrl.errors import SettingTypeError
 from xrl.metrics.base import METRICS, Metric
 from xrl.ops import minmax
 
@@ -56,13 +57,13 @@ class Localization(Metric):
 
 def _check_labels(labels: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a (B, H, W) integer tensor, got {type(labels).__name__}")
+        raise SettingTypeError(f"labels must be a (B, H, W) integer tensor, got {type(labels).__name__}")
     if tuple(labels.shape) != tuple(saliency.shape):
         raise ValueError(
             f"labels must have the saliency's shape (B, H, W) = {tuple(saliency.shape)}, got {tuple(labels.shape)}"
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        raise SettingTypeError(f"labels must be an integer tensor, got {labels.dtype}")
     known = (labels == IMPORTANT) | (labels == UNIMPORTANT) | (labels == EXCLUDED)
     if not known.all():
         raise ValueError(

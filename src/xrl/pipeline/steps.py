@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xrl.agents.model import Model
+from xrl.errors import SettingTypeError
 from xrl.explainers import Explainer, get_explainer
 from xrl.metrics import get_metric
 from xrl.metrics.base import Metric
@@ -50,7 +51,7 @@ def named(items: Mapping[str, Any] | Sequence[str], what: str) -> dict[str, Any]
     if isinstance(items, Mapping):
         return dict(items)
     if isinstance(items, str) or not isinstance(items, Iterable):
-        raise TypeError(f"{what} must be a list of names or a {{name: settings}} mapping, got {items!r}")
+        raise SettingTypeError(f"{what} must be a list of names or a {{name: settings}} mapping, got {items!r}")
     return {name: {} for name in items}
 
 
