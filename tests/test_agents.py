@@ -262,7 +262,7 @@ def test_dqn_resumed_equals_uninterrupted_and_loads_as_q_values(tmp_path):
     assert_same_state_dict(payload(resumed)["state_dict"], payload(straight)["state_dict"])
     card = json.loads(straight.with_suffix(".json").read_text())
     assert card["algo"] == "dqn" and card["timesteps"] == 256 and "--algo dqn" in card["command"]
-    assert "--dqn learning_starts=64" in card["command"] and "--dqn gamma" not in card["command"]
+    assert "--dqn learning_starts=32" in card["command"] and "--dqn gamma" not in card["command"]
     recorded = json.loads((tmp_path / "straight" / "args.json").read_text())
     assert recorded["n_envs"] == 1 and recorded["dqn"]["gamma"] == 0.8 and recorded["dqn"]["buffer_size"] == 1000
     # the exported agent is the trained Q-network: its argmax is DQN's greedy action

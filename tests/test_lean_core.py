@@ -85,6 +85,7 @@ def test_heavy_dependencies_load_on_first_use():
 LAYERS = [
     (
         "xrl._version",
+        "xrl.errors",
         "xrl.registry",
         "xrl.files",
         "xrl.compat",
