@@ -124,7 +124,7 @@ def trunk_of(model: Model) -> nn.Module:
         return _NormalizedTrunk(model.net, nn.Sequential(*children))
     if isinstance(model.net, Normalized) and hasattr(net, "features"):
         return _NormalizedTrunk(model.net, net.features)  # type: ignore[arg-type]
-    policy = getattr(model.net, "policy", None)  # xrl.agents.load._ActorScores
+    policy = getattr(model.net, "policy", None)  # xrl.agents.heads.ActorScores
     if policy is not None:
         extractor = getattr(policy, "pi_features_extractor", None) or policy.q_net.features_extractor
         return extractor

@@ -37,6 +37,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy  # noqa: E402
 
 from xrl._version import __version__  # noqa: E402
+from xrl.agents.heads import QuantileMeans, RecurrentActorScores, scores_of  # noqa: E402
 from xrl.agents.model import Model  # noqa: E402
 from xrl.agents.nets import ARCHS  # noqa: E402
 from xrl.artifacts import (  # noqa: E402
@@ -77,44 +78,9 @@ def trusting_pickle():
 _SB3_ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 
 
-class _ActorScores(nn.Module):
-    """The actor (logits) of an SB3 actor-critic policy, fed states already scaled to [0, 1]."""
-
-    def __init__(self, policy: BasePolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        p = self.policy
-        features = p.pi_features_extractor(states)
-        return p.action_net(p.mlp_extractor.forward_actor(features))
-
-
-class _QValues(nn.Module):
-    """The online Q-network of an SB3 DQN policy (its target copy is left out, so that layer
-    lookups such as Grad-CAM's last conv layer find the network that acts)."""
-
-    def __init__(self, q_net: nn.Module) -> None:
-        super().__init__()
-        self.q_net = q_net
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.q_net.q_net(self.q_net.features_extractor(states))  # type: ignore[operator]
-
-
-class _CriticValue(nn.Module):
-    def __init__(self, policy: ActorCriticPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        p = self.policy
-        return p.value_net(p.mlp_extractor.forward_critic(p.vf_features_extractor(states)))
-
-
 def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | None = None) -> Model:
     """Wrap an SB3 policy (PPO/A2C actor-critic or DQN; sb3-contrib's QR-DQN, TRPO, RecurrentPPO:
-    :mod:`xrl.agents.contrib`) as a Model."""
+    :mod:`xrl.agents.heads` says what each scores) as a Model."""
     space = policy.observation_space
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 3:
         raise ValueError(f"xrl explains image observations (C, H, W); this policy observes {space}")
@@ -125,17 +91,10 @@ def model_from_policy(policy: BasePolicy, *, action_names=None, info: dict | Non
         )
     normalized = getattr(policy, "normalize_images", True) and space.dtype == np.uint8
     input_range = _input_range(space, normalized)
-    is_ac = isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(False)
-    from xrl.agents.contrib import RecurrentActorScores, scores_of  # QR-DQN, RecurrentPPO (sb3-contrib)
-
-    contrib = scores_of(policy)
-    if contrib is not None:
-        net, value_net, kind = contrib
+    net, value_net, kind = scores_of(policy)
+    if isinstance(net, (QuantileMeans, RecurrentActorScores)):  # sb3-contrib's
         info = {**(info or {}), "recurrent": isinstance(net, RecurrentActorScores)}
-    else:
-        net = _ActorScores(policy) if is_ac else _QValues(policy.q_net)
-        value_net, kind = (_CriticValue(policy) if is_ac else None), ("logits" if is_ac else "q_values")
     return Model(
         net,
         input_shape=space.shape,
@@ -378,7 +337,7 @@ def _sb3_zip_policy(path: Path, device: str, *, trust: bool = False, weights: bo
         "exploration_schedule": lambda _: 0.0,
     }
     errors = []
-    from xrl.agents.contrib import algorithms
+    from xrl.agents.heads import algorithms
 
     for name, algo in {**_SB3_ALGOS, **algorithms()}.items():
         try:

@@ -1,10 +1,15 @@
-"""sb3-contrib agents (QR-DQN, TRPO, RecurrentPPO) as :class:`~xrl.agents.model.Model`.
+"""What each Stable-Baselines3 and sb3-contrib policy scores: the networks a
+:class:`~xrl.agents.model.Model` runs (:func:`scores_of`; :func:`xrl.agents.load.model_from_policy`
+wraps them).
 
-Their ``.zip`` files are read like Stable-Baselines3's, without unpickling anything
+sb3-contrib's ``.zip`` files are read like Stable-Baselines3's, without unpickling anything
 (:func:`xrl.agents.load.sb3_policy`: the policy class named in the plain JSON of ``data``,
 imported from the installed ``sb3_contrib``, weights from ``policy.pth`` with
 ``torch.load(weights_only=True)``). What each policy scores:
 
+- **PPO, A2C** (``ActorCriticPolicy``): the actor's logits (``score_kind`` ``"logits"``) and the
+  critic's value.
+- **DQN**: the online Q-network's Q-values (``"q_values"``; the target copy is left out).
 - **QR-DQN** (Dabney et al., 2018, "Distributional Reinforcement Learning with Quantile
   Regression", arXiv:1710.10044): the quantile network's ``(B, n_quantiles, A)`` output, Q = the
   mean of the quantiles (what ``QRDQNPolicy._predict`` takes the argmax of); ``score_kind``
@@ -30,6 +35,47 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+class ActorScores(nn.Module):
+    """The actor (logits) of an SB3 actor-critic policy, fed states already scaled to [0, 1]."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        p: Any = self.policy
+        features = p.pi_features_extractor(states)
+        out: torch.Tensor = p.action_net(p.mlp_extractor.forward_actor(features))
+        return out
+
+
+class QValues(nn.Module):
+    """The online Q-network of an SB3 DQN policy (its target copy is left out, so that layer
+    lookups such as Grad-CAM's last conv layer find the network that acts)."""
+
+    def __init__(self, q_net: nn.Module) -> None:
+        super().__init__()
+        self.q_net = q_net
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        q: Any = self.q_net
+        out: torch.Tensor = q.q_net(q.features_extractor(states))
+        return out
+
+
+class CriticValue(nn.Module):
+    """The critic's value of an SB3 actor-critic policy."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        p: Any = self.policy
+        out: torch.Tensor = p.value_net(p.mlp_extractor.forward_critic(p.vf_features_extractor(states)))
+        return out
 
 
 def installed() -> bool:
@@ -176,17 +222,21 @@ class RecurrentValue(nn.Module):
         return out
 
 
-def scores_of(policy: nn.Module) -> tuple[nn.Module, nn.Module | None, str] | None:
-    """``(scores net, value net or None, score_kind)`` for an sb3-contrib policy that is not one
-    of Stable-Baselines3's own classes; ``None`` for other policies."""
-    if not installed():
-        return None
-    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-    from sb3_contrib.qrdqn.policies import QRDQNPolicy
+def scores_of(policy: nn.Module) -> tuple[nn.Module, nn.Module | None, str]:
+    """``(scores net, value net or None, score_kind)`` of an SB3 or sb3-contrib policy (the
+    module docstring)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
 
-    if isinstance(policy, QRDQNPolicy):
-        return QuantileMeans(policy.quantile_net), None, "q_values"
-    if isinstance(policy, RecurrentActorCriticPolicy):
-        scores = RecurrentActorScores(policy)
-        return scores, RecurrentValue(scores), "logits"
-    return None
+    if installed():
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+        from sb3_contrib.qrdqn.policies import QRDQNPolicy
+
+        if isinstance(policy, QRDQNPolicy):
+            return QuantileMeans(policy.quantile_net), None, "q_values"
+        if isinstance(policy, RecurrentActorCriticPolicy):
+            scores = RecurrentActorScores(policy)
+            return scores, RecurrentValue(scores), "logits"
+    if isinstance(policy, ActorCriticPolicy):  # PPO, A2C, TRPO
+        return ActorScores(policy), CriticValue(policy), "logits"
+    dqn: Any = policy
+    return QValues(dqn.q_net), None, "q_values"  # DQN
