@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -163,14 +164,18 @@ def _typed(kind, name: str):
 
 def field_docs(cls) -> dict[str, str]:
     """The string literal under each dataclass field (the CleanRL-style docs), on one line."""
+    return dict(_field_docs(cls))
+
+
+@functools.cache
+def _field_docs(cls) -> dict[str, str]:
     import ast
-    import inspect
 
     docs = {}
     for klass in reversed(cls.__mro__):  # a subclass's doc of a field it redeclares wins
         if not dataclasses.is_dataclass(klass):
             continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body  # type: ignore[arg-type, attr-defined]
+        body = _class_node(klass).body
         for node, after in zip(body, body[1:]):
             if (
                 isinstance(node, ast.AnnAssign)
@@ -180,6 +185,28 @@ def field_docs(cls) -> dict[str, str]:
             ):
                 docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
+
+
+def _class_node(klass):
+    """The ``ast.ClassDef`` of a class, parsed from its own lines (``inspect.getsource`` parses
+    the whole module for every class: 1.5 s for the command line's settings classes). A module-
+    level class is found by its last ``class Name`` line; any other falls back to
+    ``inspect.getsource``."""
+    import ast
+    import inspect
+    import linecache
+    import textwrap
+
+    file = inspect.getsourcefile(klass)
+    if file is not None and klass.__qualname__ == klass.__name__:
+        lines = linecache.getlines(file)
+        starts = [i for i, line in enumerate(lines) if re.match(rf"class {klass.__name__}\b", line)]
+        if starts:
+            block = "".join(inspect.getblock(lines[starts[-1] :]))
+            node = ast.parse(textwrap.dedent(block)).body[0]
+            if isinstance(node, ast.ClassDef):
+                return node
+    return ast.parse(inspect.getsource(klass)).body[0]
 
 
 def _parse(f: dataclasses.Field, kind) -> Callable[[str], Any]:
