@@ -497,8 +497,8 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
             raise ArtifactError(path, f"has policy_kwargs {key} = {value[:60]!r}", f"plain JSON values; {_TRUST}")
         kwargs[key] = value
     obs_space, act_space = _spaces(path, data)
-    try:
-        policy = policy_class(obs_space, act_space, lambda _: 0.0, **kwargs)
+    try:  # rebuilt to be explained: no optimizer (its settings were skipped above)
+        policy = policy_class(obs_space, act_space, lambda _: 0.0, **kwargs, optimizer_class=_no_optimizer)
         if weights:
             policy.load_state_dict(state)
     except Exception as err:
@@ -514,17 +514,26 @@ def sb3_policy(path: str | os.PathLike, *, device: str = "cpu", weights: bool = 
 def build_policy(arch: str, obs_shape, n_actions: int, algo: str = "ppo", *, init: bool = True) -> BasePolicy:
     """An untrained SB3 policy of a registered architecture. ``init=False`` (a policy to load a
     state_dict into) skips SB3's orthogonal initialisation (``ortho_init=False``): its QR
-    decompositions took half of a load's time, for weights that are overwritten."""
+    decompositions took half of a load's time, for weights that are overwritten; and it gets no
+    optimizer (:func:`_no_optimizer`)."""
     obs_space = gym.spaces.Box(0, 255, tuple(obs_shape), dtype=np.uint8)
     act_space = gym.spaces.Discrete(int(n_actions))
     kwargs = ARCHS.get(arch).policy_kwargs()
+    loading: dict = {} if init else {"optimizer_class": _no_optimizer}
     if algo == "dqn":
         from stable_baselines3.dqn.policies import DQNPolicy
 
-        return DQNPolicy(obs_space, act_space, lambda _: 0.0, **kwargs)
+        return DQNPolicy(obs_space, act_space, lambda _: 0.0, **{**loading, **kwargs})
     return ActorCriticPolicy(
-        obs_space, act_space, lambda _: 0.0, **{**({} if init else {"ortho_init": False}), **kwargs}
+        obs_space, act_space, lambda _: 0.0, **{**({} if init else {"ortho_init": False}), **loading, **kwargs}
     )
+
+
+def _no_optimizer(params, **settings) -> None:
+    """The optimizer of a policy rebuilt to be loaded and explained, not trained: none
+    (``policy.optimizer`` is None). A torch optimizer's first construction in a process imports
+    ``torch._dynamo`` (1.5-2.5 s on this machine): every command that loaded an agent paid it."""
+    return None
 
 
 def _fits(arch: str, payload: dict) -> bool:
