@@ -373,9 +373,12 @@ def _curve(
     folder = Path(s["curve"][name])
     if not folder.is_absolute() and not folder.exists():  # a zoo folder: red-fetch-green-rexl-ds/snapshots
         folder = Path(_zoo(s["curve"][name]))
-    snaps = sorted(folder.glob("rexl-*.pt"))
+    snaps = sorted(folder.glob("rexl-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     if not snaps:
         raise ValueError(f"rexl-deletion: curve folder {folder} holds no rexl-<steps>.pt snapshots")
+    if s.get("curve_snapshots") is not None:  # at most this many, evenly spaced, the last included
+        keep = np.unique(np.linspace(0, len(snaps) - 1, max(1, int(s["curve_snapshots"]))).round().astype(int))
+        snaps = [snaps[i] for i in keep]
     val_states, val_targets, _ = load_states(  # shapes: the val split; agents: fresh validation episodes
         model,
         "shapes" if cfg["data"] == "shapes" else "episodes",
