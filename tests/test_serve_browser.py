@@ -253,7 +253,9 @@ def drive(url: str, screenshot: Path) -> None:
         # a slow method with settings: RISE runs as a job whose progress the page shows
         Select(d.find_element("id", "method")).select_by_value("rise")
         box = d.find_element("id", "settings")
-        box.send_keys('{"n_masks": 400, "batch_size": 50}\ue007')  # Enter: the change event
+        # Enter: the change event; 80 batches, long enough for the poll below to see a step on a fast
+        # machine (400 masks finished before the first poll on 2026-12-08)
+        box.send_keys('{"n_masks": 4000, "batch_size": 50}\ue007')
         seen, deadline = set(), time.monotonic() + 120
         while d.execute_script("return document.body.dataset.busy") != "0" or not seen:
             seen.add(d.find_element("id", "progress").text)
